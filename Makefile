@@ -1,0 +1,43 @@
+# Every target builds its own virtualenv, so a fresh machine needs only Python 3.11+ and make.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv relink demo test test-deep lint pytest bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
+	touch $(STAMP)
+
+# strict editable mode links files, so new modules need a re-install to be seen.
+relink: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps -e . --config-settings editable_mode=strict
+
+demo: relink
+	cd examples && ../$(BIN)/python quickstart.py
+
+lint: relink
+	$(BIN)/ruff check runtime actors storage tests examples bench
+	$(BIN)/ruff format --check runtime actors storage tests examples bench
+	$(BIN)/mypy
+
+pytest: relink
+	$(BIN)/pytest -q
+
+test: lint pytest
+
+# Nightly depth: thousands of hypothesis examples per property.
+test-deep: relink
+	HYPOTHESIS_PROFILE=deep $(BIN)/pytest -q tests/test_model.py tests/test_scheduling_properties.py tests/test_cron_schedule.py
+
+bench: relink
+	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.replicas
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,26 @@
+"""The moving parts of a runtime, one actor per concern.
+
+Actors talk through trio memory channels and own only their own state. They import the
+storage protocol and the runtime's leaf modules (rules, errors, clock), never its public API.
+"""
+
+from trioforge.actors.leases import heartbeat, reaper
+from trioforge.actors.listener import listener
+from trioforge.actors.queue import JobTable, QueueConfig, QueueSupervisor
+from trioforge.actors.running import Finished, RunningJobs, StopReason
+from trioforge.actors.storage_actor import StorageHandle, open_storage_channel, storage_actor
+
+__all__ = [
+    "Finished",
+    "JobTable",
+    "QueueConfig",
+    "QueueSupervisor",
+    "RunningJobs",
+    "StopReason",
+    "StorageHandle",
+    "heartbeat",
+    "listener",
+    "open_storage_channel",
+    "reaper",
+    "storage_actor",
+]

@@ -1,0 +1,48 @@
+"""The listener: other processes' enqueues and cancels, pushed instead of polled.
+
+It holds the backend's dedicated listening connection. When that connection drops it
+reconnects (after ``retry_interval``) and then catches up, because notices sent while it was
+away are lost: every local fetcher is woken to claim, and cancel flags are still read by the
+heartbeat. Meanwhile the runtime keeps working on its poll interval.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from trioforge.storage import Backend
+from trioforge.storage._records import Notice
+
+__all__ = ["listener"]
+
+log = logging.getLogger("trioforge.listener")
+
+
+async def listener(
+    backend: Backend,
+    *,
+    on_notice: Callable[[Notice], None],
+    on_connected: Callable[[], None],
+    retry_interval: float,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    started = False
+    while True:
+        try:
+            async with backend.listen() as notices:
+                if not started:
+                    task_status.started()
+                    started = True
+                on_connected()
+                async for notice in notices:
+                    on_notice(notice)
+            log.warning("listening connection dropped; reconnecting")
+        except Exception as exc:
+            log.warning("cannot listen for notices (%s); retrying in %.1fs", exc, retry_interval)
+            if not started:  # the runtime still starts; it polls until we are back
+                task_status.started()
+                started = True
+        await trio.sleep(retry_interval)

@@ -1,0 +1,330 @@
+"""One queue's supervisor, its fetcher and its workers.
+
+The fetcher claims up to <free worker slots> jobs per round trip and hands them to workers
+over a buffered channel sized to the pool, so a hand-off never blocks. It sleeps until a
+wake-up (an in-process enqueue), the earliest known future ``run_at``, or its poll interval.
+Each worker runs one attempt at a time inside that job's own cancel scope and writes the
+outcome shielded from cancellation, so an outcome is never lost to a cancel.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import attrs
+import trio
+
+from trioforge._clock import Clock
+from trioforge._errors import Discard, JobTimeoutError
+from trioforge._rules import Cancelled as CancelledEvent
+from trioforge._rules import Discarded as DiscardedEvent
+from trioforge._rules import Failed, JobState, Retry, Succeeded, failure_outcome, next_state
+from trioforge._rules import Released as ReleasedEvent
+from trioforge.actors.running import Finished, RunningJobs, StopReason
+from trioforge.actors.storage_actor import StorageHandle
+from trioforge.storage import ClaimedJob, ClaimResult, Outcome, ops
+
+__all__ = ["JobTable", "QueueConfig", "QueueSupervisor", "decide_outcome"]
+
+log = logging.getLogger("trioforge.queue")
+
+#: Longest traceback text kept per failed attempt.
+MAX_ERROR_CHARS = 8000
+
+
+class JobTable(Protocol):
+    """What workers need from the application's registry."""
+
+    def names(self) -> frozenset[str]: ...
+
+    def policy(self, name: str) -> tuple[Retry, float | None]:
+        """The job's retry policy and timeout in seconds (None: no timeout)."""
+        ...
+
+    def perform(self, job: ClaimedJob) -> Awaitable[str | None]:
+        """Run one attempt; return the JSON text of the result."""
+        ...
+
+
+@attrs.frozen
+class QueueConfig:
+    name: str
+    concurrency: int
+    owner: str
+    lease_seconds: float
+    poll_interval: float
+
+
+def format_error(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(exc))
+    return text if len(text) <= MAX_ERROR_CHARS else "..." + text[-MAX_ERROR_CHARS:]
+
+
+def decide_outcome(
+    job: ClaimedJob,
+    retry: Retry,
+    *,
+    reason: StopReason | None,
+    error: BaseException | None,
+    result: str | None,
+    now: float,
+    u: float = 0.0,
+) -> Outcome | None:
+    """Turn how an attempt ended into the fenced outcome to write (None: write nothing)."""
+    if reason is StopReason.LOST:
+        return None
+    if reason is StopReason.USER:
+        return Outcome(job.id, job.lease, CancelledEvent(), error="cancelled by request")
+    if reason is StopReason.SHUTDOWN:
+        return Outcome(job.id, job.lease, ReleasedEvent())
+    if error is None:
+        return Outcome(job.id, job.lease, Succeeded(), result=result)
+    if isinstance(error, Discard):
+        return Outcome(job.id, job.lease, DiscardedEvent(), error=error.reason)
+    event = failure_outcome(retry, job.attempt, error, now, u)
+    return Outcome(job.id, job.lease, event, error=format_error(error))
+
+
+@attrs.frozen
+class _Wake:
+    run_at: float
+
+
+@attrs.frozen
+class _SlotFreed:
+    pass
+
+
+_Message = _Wake | _SlotFreed
+
+
+class QueueSupervisor:
+    """Owns one queue's nursery: a fetcher and ``concurrency`` workers, restarted one for
+    one if they crash (at most ``max_restarts`` per minute, then the queue fails loudly)."""
+
+    def __init__(
+        self,
+        config: QueueConfig,
+        table: JobTable,
+        storage: StorageHandle,
+        running: RunningJobs,
+        finished: Finished,
+        clock: Clock,
+        *,
+        max_restarts: int = 10,
+    ) -> None:
+        self.config = config
+        self._table = table
+        self._storage = storage
+        self._running = running
+        self._finished = finished
+        self._clock = clock
+        self._max_restarts = max_restarts
+        self._inbox_send, self._inbox = trio.open_memory_channel[_Message](math.inf)
+        self._jobs_send, self._jobs = trio.open_memory_channel[ClaimedJob](config.concurrency)
+        self._outcomes_send, self._outcomes = trio.open_memory_channel[tuple[ClaimedJob, Outcome]](
+            math.inf
+        )
+        self._fetch_scope = trio.CancelScope()
+        self._stopping = False  # after stop_now(): release jobs instead of starting them
+        self._restarts: list[float] = []
+
+    # --- control (synchronous; safe from any task) -------------------------------------
+
+    def wake(self, run_at: float) -> None:
+        """Tell the fetcher that a job becomes due at ``run_at``."""
+        self._inbox_send.send_nowait(_Wake(run_at))
+
+    def stop_fetching(self) -> None:
+        """No new claims; workers finish what they have, then the supervisor returns."""
+        self._fetch_scope.cancel()
+
+    def stop_now(self) -> None:
+        """Release jobs not yet started; running ones are stopped through RunningJobs."""
+        self._stopping = True
+        self._fetch_scope.cancel()
+
+    # --- the actor --------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        name = self.config.name
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_outcomes, name=f"{name}-outcomes")
+            try:
+                async with trio.open_nursery() as pool:
+                    for i in range(self.config.concurrency):
+                        pool.start_soon(self._supervise, self._worker, name=f"{name}-w{i}")
+                    pool.start_soon(self._fetch_guarded, name=f"{name}-fetcher")
+                    task_status.started()
+            finally:
+                self._outcomes_send.close()  # the writer drains what is left, then returns
+
+    async def _supervise(self, child: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await child()
+                return
+            except Exception:
+                now = trio.current_time()
+                self._restarts = [t for t in self._restarts if now - t < 60.0] + [now]
+                if len(self._restarts) > self._max_restarts:
+                    log.error("queue %s: too many crashes, giving up", self.config.name)
+                    raise
+                log.exception("queue %s: actor crashed; restarting it", self.config.name)
+
+    async def _fetch_guarded(self) -> None:
+        try:
+            with self._fetch_scope:
+                await self._fetch()
+        finally:
+            self._jobs_send.close()  # workers drain what is buffered, then stop
+
+    async def _fetch(self) -> None:
+        cfg, clock = self.config, self._clock
+        free = cfg.concurrency
+        wanted_at: float | None = clock.now()  # when a claim may find something
+        last_claim = -math.inf
+        names = self._table.names()
+        while True:
+            deadline = math.inf
+            if free > 0:
+                target = last_claim + cfg.poll_interval
+                if wanted_at is not None:
+                    target = min(target, wanted_at)
+                now = clock.now()
+                if now >= target:
+                    result = await self._claim(names, free, now)
+                    last_claim = now
+                    if result is None:  # storage error, logged: try again after the poll interval
+                        wanted_at = None
+                        continue
+                    for job in result.jobs:
+                        self._jobs_send.send_nowait(job)
+                    free -= len(result.jobs)
+                    wanted_at = now if result.jobs and free == 0 else result.next_run_at
+                    continue
+                deadline = clock.deadline(target)
+            with trio.move_on_at(deadline):
+                message = await self._inbox.receive()
+                while True:
+                    if isinstance(message, _SlotFreed):
+                        free += 1
+                    elif wanted_at is None or message.run_at < wanted_at:
+                        wanted_at = message.run_at
+                    try:
+                        message = self._inbox.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+
+    async def _claim(self, names: frozenset[str], limit: int, now: float) -> ClaimResult | None:
+        op = ops.Claim(
+            queue=self.config.name,
+            names=names,
+            limit=limit,
+            owner=self.config.owner,
+            lease_until=now + self.config.lease_seconds,
+        )
+        try:
+            # Shielded: once claimed, jobs must reach a worker (or be released), never
+            # be dropped half-way by a cancel.
+            result: ClaimResult | None = await self._storage.call_shielded(op)
+        except Exception:
+            log.exception("queue %s: claim failed", self.config.name)
+            return None
+        return result
+
+    async def _worker(self) -> None:
+        async for job in self._jobs:
+            try:
+                if self._stopping:
+                    self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
+                else:
+                    await self._attempt(job)
+            finally:
+                # The slot frees as soon as the handler is done; the outcome is written by
+                # the writer, batched with others, while this worker takes the next job.
+                self._inbox_send.send_nowait(_SlotFreed())
+
+    def _report(self, job: ClaimedJob, outcome: Outcome) -> None:
+        self._outcomes_send.send_nowait((job, outcome))
+
+    async def _attempt(self, job: ClaimedJob) -> None:
+        retry, timeout = self._table.policy(job.name)
+        entry = self._running.start(job.id, job.lease)
+        if timeout is not None:
+            # One scope for both: a stop request sets entry.reason, the deadline does not.
+            entry.scope.deadline = trio.current_time() + timeout
+        error: BaseException | None = None
+        result: str | None = None
+        try:
+            with entry.scope:
+                try:
+                    if entry.reason is None:  # not cancelled between claim and start
+                        result = await self._table.perform(job)
+                except Exception as exc:
+                    error = exc
+            if entry.reason is None and entry.scope.cancel_called:
+                # Timed out, whatever the handler turned the cancellation into.
+                error = JobTimeoutError(f"attempt {job.attempt} ran past {timeout}s")
+        except BaseException:
+            # Cancelled from outside (runtime torn down) or interrupted: hand the job back.
+            self._running.stop(job.id, StopReason.SHUTDOWN)
+            self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
+            raise
+        finally:
+            self._running.finish(job.id)
+        outcome = decide_outcome(
+            job,
+            retry,
+            reason=entry.reason,
+            error=error,
+            result=result,
+            now=self._clock.now(),
+            u=random.random() if retry.jitter else 0.0,
+        )
+        if outcome is not None:
+            self._report(job, outcome)
+
+    async def _write_outcomes(self) -> None:
+        """The outcome writer: everything waiting goes out as one fenced ``Finish``.
+
+        Shielded: it ends when the channel closes (every worker is gone), so an outcome
+        reported before a cancellation is still written.
+        """
+        with trio.CancelScope(shield=True):
+            async for first in self._outcomes:
+                batch = [first]
+                while True:
+                    try:
+                        batch.append(self._outcomes.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self._write(batch)
+
+    async def _write(self, batch: list[tuple[ClaimedJob, Outcome]]) -> None:
+        ids = [job.id for job, _ in batch]
+        try:
+            applied = await self._storage.call_shielded(ops.Finish(tuple(o for _, o in batch)))
+        except Exception:
+            log.exception("jobs %s: could not record outcomes; their leases will expire", ids)
+            return
+        if applied is None:
+            log.error("jobs %s: recording outcomes timed out; their leases will expire", ids)
+            return
+        for (job, outcome), ok in zip(batch, applied, strict=True):
+            if not ok:
+                log.warning(
+                    "job %d: outcome not recorded, attempt %d lost its lease", job.id, job.attempt
+                )
+                continue
+            event = outcome.event
+            if isinstance(event, Failed) and event.retry_at is not None:
+                self.wake(event.retry_at)  # the retry may be due before the next poll
+            target = next_state(JobState.RUNNING, event)
+            if target is not None and target.is_terminal:
+                self._finished.notify(job.id)

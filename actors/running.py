@@ -1,0 +1,114 @@
+"""What this process is running right now: one cancel scope per job, by job id.
+
+Workers register a job's scope when its attempt starts and drop it when the attempt ends.
+Cancel requests (from ``rt.cancel``, the heartbeat, or shutdown) fire the scope at once and
+record *why*, because the reason decides the outcome the worker writes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import attrs
+import trio
+
+__all__ = ["Finished", "RunningJobs", "StopReason"]
+
+
+class StopReason(enum.Enum):
+    USER = "cancelled by request"  # terminal: cancelled, never retried
+    SHUTDOWN = "runtime shutting down"  # released for another worker, attempt not counted
+    LOST = "lease lost"  # another owner has the job now; write nothing
+
+
+@attrs.define(eq=False)
+class _Running:
+    lease: int
+    scope: trio.CancelScope
+    reason: StopReason | None = None
+
+
+#: How long a cancel for a job claimed but not yet started here is remembered.
+_REMEMBER_CANCEL_SECONDS = 60.0
+
+
+class RunningJobs:
+    def __init__(self) -> None:
+        self._jobs: dict[int, _Running] = {}
+        # Cancels that storage reported as "running" before the job's worker registered
+        # it here (claimed, not yet started): applied when it starts. Keyed by job id,
+        # valued by trio time, pruned by age.
+        self._early_cancels: dict[int, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def start(self, job_id: int, lease: int) -> _Running:
+        entry = _Running(lease, trio.CancelScope())
+        self._jobs[job_id] = entry
+        if self._early_cancels.pop(job_id, None) is not None:
+            self.stop(job_id, StopReason.USER)
+        return entry
+
+    def cancel_running(self, job_id: int) -> None:
+        """Storage says ``job_id`` is running: stop it if it is here, or when it starts here
+        (it may be claimed by this process and on its way to a worker)."""
+        if self.stop(job_id, StopReason.USER):
+            return
+        now = trio.current_time()
+        self._early_cancels = {
+            k: t for k, t in self._early_cancels.items() if now - t < _REMEMBER_CANCEL_SECONDS
+        }
+        self._early_cancels[job_id] = now
+
+    def finish(self, job_id: int) -> None:
+        self._jobs.pop(job_id, None)
+
+    def stop(self, job_id: int, reason: StopReason) -> bool:
+        """Fire the job's scope if it runs here; the first reason given wins."""
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            return False
+        if entry.reason is None:
+            entry.reason = reason
+        entry.scope.cancel()
+        return True
+
+    def stop_all(self, reason: StopReason) -> None:
+        for job_id in list(self._jobs):
+            self.stop(job_id, reason)
+
+    def leases(self) -> tuple[tuple[int, int], ...]:
+        return tuple((job_id, e.lease) for job_id, e in self._jobs.items())
+
+
+class Finished:
+    """Wakes ``wait(job_id)`` callers in this process when a job reaches a terminal state.
+
+    Other processes' outcomes are not seen here; waiters also poll. An entry lives only while
+    someone watches its job.
+    """
+
+    def __init__(self) -> None:
+        self._watched: dict[int, tuple[trio.Event, int]] = {}
+
+    @contextmanager
+    def watch(self, job_id: int) -> Iterator[trio.Event]:
+        event, watchers = self._watched.get(job_id, (trio.Event(), 0))
+        self._watched[job_id] = (event, watchers + 1)
+        try:
+            yield event
+        finally:
+            current = self._watched.get(job_id)
+            if current is not None and current[0] is event:
+                if current[1] <= 1:
+                    del self._watched[job_id]
+                else:
+                    self._watched[job_id] = (event, current[1] - 1)
+
+    def notify(self, job_id: int) -> None:
+        entry = self._watched.pop(job_id, None)
+        if entry is not None:
+            entry[0].set()

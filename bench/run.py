@@ -1,0 +1,204 @@
+"""Throughput and latency of trioforge, no-op jobs, one process (`make bench`).
+
+Reports, per backend: bulk enqueue rate, drain rate of N jobs with a 64-slot queue,
+enqueue->start latency on an idle runtime, and in-process cancel latency (cancel call ->
+the handler's scope cancelled). Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncpg
+import trio
+import trio_asyncio
+
+import trioforge
+from trioforge import JobContext, Registry
+from trioforge.storage import Backend, MemoryBackend
+from trioforge.storage.postgres import PostgresBackend
+
+
+class Probe:
+    """What the benchmark handlers report back."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.target = 0
+        self.all_done = trio.Event()
+        self.started_at = 0.0
+        self.started = trio.Event()
+        self.cancelled_at = 0.0
+        self.cancelled = trio.Event()
+
+
+PROBE = Probe()
+registry = Registry()
+
+
+@registry.job("noop", queue="bench")
+async def noop(ctx: JobContext, n: int) -> None:
+    PROBE.done += 1
+    if PROBE.done == PROBE.target:
+        PROBE.all_done.set()
+
+
+@registry.job("mark", queue="latency")
+async def mark(ctx: JobContext) -> None:
+    PROBE.started_at = time.perf_counter()
+    PROBE.started.set()
+
+
+@registry.job("hang", queue="latency")
+async def hang(ctx: JobContext) -> None:
+    PROBE.started.set()
+    try:
+        await trio.sleep_forever()
+    finally:
+        PROBE.cancelled_at = time.perf_counter()
+        PROBE.cancelled.set()
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def bulk_enqueue(database: Callable[[], str | Backend], jobs: int) -> float:
+    async with trioforge.open_client(database()) as client:
+        t0 = time.perf_counter()
+        for start in range(0, jobs, 5000):
+            await client.enqueue_many(noop, range(start, min(jobs, start + 5000)))
+        return jobs / (time.perf_counter() - t0)
+
+
+async def drain(database: Callable[[], str | Backend], jobs: int) -> float:
+    global PROBE
+    db = database()
+    async with trioforge.open_client(db) as client:
+        await client.enqueue_many(noop, range(jobs))
+    PROBE = Probe()
+    PROBE.target = jobs
+    t0 = time.perf_counter()
+    async with trioforge.open_runtime(registry, database=db, queues={"bench": 64}) as rt:
+        await PROBE.all_done.wait()
+        elapsed = time.perf_counter() - t0
+        del rt
+    return jobs / elapsed
+
+
+async def enqueue_to_start(database: Callable[[], str | Backend], samples: int) -> list[float]:
+    global PROBE
+    out = []
+    async with trioforge.open_runtime(registry, database=database(), queues={"latency": 4}) as rt:
+        for _ in range(samples):
+            PROBE = Probe()
+            t0 = time.perf_counter()
+            job_id = await rt.enqueue(mark)
+            await PROBE.started.wait()
+            out.append(PROBE.started_at - t0)
+            await rt.wait(job_id)
+    return out
+
+
+async def cancel_latency(database: Callable[[], str | Backend], samples: int) -> list[float]:
+    global PROBE
+    out = []
+    async with trioforge.open_runtime(registry, database=database(), queues={"latency": 4}) as rt:
+        for _ in range(samples):
+            PROBE = Probe()
+            job_id = await rt.enqueue(hang)
+            await PROBE.started.wait()
+            t0 = time.perf_counter()
+            await rt.cancel(job_id)
+            await PROBE.cancelled.wait()
+            out.append(PROBE.cancelled_at - t0)
+            await rt.wait(job_id)
+    return out
+
+
+def report(name: str, rows: dict[str, str]) -> None:
+    print(f"\n{name}")
+    for key, value in rows.items():
+        print(f"  {key:38} {value}")
+
+
+async def bench_backend(name: str, database: Callable[[], str | Backend], jobs: int) -> None:
+    enq = await bulk_enqueue(database, jobs)
+    rate = await drain(database, jobs)
+    lat = await enqueue_to_start(database, 300)
+    can = await cancel_latency(database, 200)
+    ms = 1000.0
+    rows = {
+        "bulk enqueue (enqueue_many x5000)": f"{enq:,.0f} jobs/s",
+        f"drain {jobs:,} jobs, 64 slots": f"{rate:,.0f} jobs/s",
+        "idle enqueue->start p50 / p99 (ms)": f"{pct(lat, 0.5) * ms:.2f} / "
+        f"{pct(lat, 0.99) * ms:.2f}",
+        "cancel -> scope cancelled p50 / p99 (ms)": f"{pct(can, 0.5) * ms:.3f} / "
+        f"{pct(can, 0.99) * ms:.3f}",
+        "  (mean enqueue->start, ms)": f"{statistics.mean(lat) * ms:.2f}",
+    }
+    report(name, rows)
+
+
+async def drop_schemas(url: str, schemas: list[str]) -> None:
+    async def drop() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            for schema in schemas:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    async with trio_asyncio.open_loop():
+        await trio_asyncio.aio_as_trio(drop)()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "memory", "all"], default="all")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "TRIOFORGE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
+        help="server for the PostgreSQL column; each run uses (and drops) schemas of its own",
+    )
+    args = parser.parse_args()
+
+    async def run() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            counter = iter(range(1_000_000))
+            if args.backend in ("sqlite", "all"):
+                await bench_backend(
+                    "sqlite (WAL file)",
+                    lambda: f"sqlite:///{Path(tmp) / f'bench{next(counter)}.db'}",
+                    args.jobs,
+                )
+            if args.backend in ("postgres", "all"):
+                schemas: list[str] = []
+
+                def postgres() -> Backend:
+                    schemas.append(f"tf_bench_{uuid.uuid4().hex[:10]}")
+                    return PostgresBackend(args.postgres_url, schema=schemas[-1])
+
+                try:
+                    await bench_backend("postgres (asyncpg, trio-asyncio)", postgres, args.jobs)
+                finally:
+                    await drop_schemas(args.postgres_url, schemas)
+            if args.backend in ("memory", "all"):
+                await bench_backend("memory (reference)", MemoryBackend, args.jobs)
+
+    trio.run(run)
+
+
+if __name__ == "__main__":
+    main()

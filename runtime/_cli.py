@@ -1,0 +1,420 @@
+"""The ``trioforge`` command: run workers, inspect and operate on jobs, manage the schema.
+
+Every error trioforge raises on purpose is printed as one ``error: ...`` line with exit
+status 1; usage mistakes exit with 2 (click's convention); success is 0.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import attrs
+import click
+import trio
+
+from trioforge._client import Client
+from trioforge._config import resolve_database
+from trioforge._errors import TrioforgeError, unwrapped
+from trioforge._registry import Registry
+from trioforge._rules import JobState
+from trioforge._runtime import open_client, open_runtime
+from trioforge.storage import JobInfo, backend_for_url, opened
+from trioforge.storage._urls import redact
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+database_option = click.option(
+    "--database",
+    metavar="URL",
+    default=None,
+    help="Database URL (default: $TRIOFORGE_DATABASE_URL, then [tool.trioforge] in "
+    "./pyproject.toml or ./trioforge.toml, then sqlite:///.trioforge/jobs.db).",
+)
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``trio.run`` with trioforge's own errors turned into one line and exit status 1."""
+    try:
+        return trio.run(fn, *args)
+    except TrioforgeError as exc:
+        fail(str(exc))
+
+
+def with_client(database: str | None, fn: Callable[[Client], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with open_client(database) as client:
+            return await fn(client)
+
+    return run(main)
+
+
+def iso(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return (
+        dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+
+
+def as_json(info: JobInfo) -> str:
+    data = attrs.asdict(info)
+    data["status"] = info.status.value
+    return json.dumps(data, sort_keys=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="trioforge")
+def main() -> None:
+    """trioforge: background jobs for trio applications."""
+
+
+# --- worker ------------------------------------------------------------------------------
+
+
+def parse_queues(
+    ctx: click.Context, param: click.Parameter, values: Sequence[str]
+) -> dict[str, int] | None:
+    del ctx, param
+    queues: dict[str, int] = {}
+    for spec in values:
+        name, sep, size = spec.partition("=")
+        if not sep or not name or not size.isdigit() or int(size) < 1:
+            raise click.BadParameter(f"{spec!r} is not NAME=CONCURRENCY (e.g. emails=8)")
+        queues[name] = int(size)
+    return queues or None
+
+
+def load_registry(target: str) -> Registry:
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise click.BadParameter(f"{target!r} is not MODULE:ATTRIBUTE (e.g. app.jobs:registry)")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        fail(f"cannot import {module_name!r}: {exc}")
+    registry = getattr(module, attr, None)
+    if not isinstance(registry, Registry):
+        fail(f"{target!r} is not a trioforge.Registry (got {type(registry).__name__})")
+    return registry
+
+
+@main.command()
+@click.argument("target", metavar="MODULE:REGISTRY")
+@click.option(
+    "--queue", "-q", "queues", multiple=True, callback=parse_queues, metavar="NAME=CONCURRENCY",
+    help="Queue to run and its worker count; repeatable (default: every queue, 10 each).",
+)  # fmt: skip
+@database_option
+@click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True), default=30.0)
+@click.option("--heartbeat-interval", type=click.FloatRange(min=0, min_open=True), default=2.0)
+@click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), default=1.0)
+@click.option("--shutdown-grace", type=click.FloatRange(min=0), default=10.0)
+@click.option(
+    "--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
+)
+def worker(
+    target: str,
+    queues: dict[str, int] | None,
+    database: str | None,
+    lease_seconds: float,
+    heartbeat_interval: float,
+    poll_interval: float,
+    shutdown_grace: float,
+    log_level: str,
+) -> None:
+    """Run the jobs of MODULE:REGISTRY until SIGINT or SIGTERM.
+
+    The first signal drains: no new claims, running jobs get --shutdown-grace seconds, then
+    are released for another worker. A second signal stops at once (jobs are released too).
+    """
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    registry = load_registry(target)
+
+    async def serve() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            asked_to_stop = trio.Event()
+            hard_stop = trio.CancelScope()
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    if asked_to_stop.is_set():
+                        click.echo("trioforge worker: second signal, stopping now", err=True)
+                        hard_stop.cancel()
+                    else:
+                        name = signal.Signals(signum).name
+                        click.echo(f"trioforge worker: {name}, draining", err=True)
+                        asked_to_stop.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_signals)
+                with hard_stop:
+                    async with open_runtime(
+                        registry, database=database, queues=queues,
+                        lease_seconds=lease_seconds, heartbeat_interval=heartbeat_interval,
+                        poll_interval=poll_interval, shutdown_grace=shutdown_grace,
+                    ) as rt:  # fmt: skip
+                        pools = ", ".join(f"{q}={n}" for q, n in rt.statistics().queues.items())
+                        click.echo(f"trioforge worker {rt.owner} ready: queues {pools}", err=True)
+                        await asked_to_stop.wait()
+                nursery.cancel_scope.cancel()
+        click.echo("trioforge worker: stopped", err=True)
+
+    run(serve)
+
+
+# --- jobs ----------------------------------------------------------------------------------
+
+
+@main.group()
+def jobs() -> None:
+    """Inspect and operate on jobs."""
+
+
+@jobs.command("list")
+@click.option("--status", type=click.Choice([s.value for s in JobState]))
+@click.option("--queue")
+@click.option("--name")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--json", "as_json_lines", is_flag=True, help="One JSON object per line.")
+@database_option
+def list_jobs(
+    status: str | None,
+    queue: str | None,
+    name: str | None,
+    limit: int,
+    as_json_lines: bool,
+    database: str | None,
+) -> None:
+    """List jobs, newest first."""
+    found = with_client(
+        database, lambda c: c.list(status=status, queue=queue, name=name, limit=limit)
+    )
+    if as_json_lines:
+        for info in found:
+            click.echo(as_json(info))
+        return
+    header = (
+        f"{'ID':>8}  {'NAME':24} {'QUEUE':12} {'STATUS':10} {'TRIES':>5}  {'RUN AT':20} PROGRESS"
+    )
+    click.echo(header)
+    for j in found:
+        progress = "-" if j.progress is None else f"{j.progress:.0f}%"
+        click.echo(
+            f"{j.id:>8}  {j.name[:24]:24} {j.queue[:12]:12} {j.status.value:10} "
+            f"{j.attempt:>2}/{j.max_attempts:<2}  {iso(j.run_at):20} {progress}"
+        )
+    if not found:
+        click.echo("(no jobs)")
+
+
+@jobs.command()
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json_object", is_flag=True)
+@database_option
+def show(job_id: int, as_json_object: bool, database: str | None) -> None:
+    """Show everything stored about one job."""
+    info = with_client(database, lambda c: c.get(job_id))
+    if as_json_object:
+        click.echo(as_json(info))
+        return
+    rows = [
+        ("id", info.id), ("name", info.name), ("queue", info.queue),
+        ("status", info.status.value), ("priority", info.priority),
+        ("attempt", f"{info.attempt} of {info.max_attempts}"),
+        ("run at", iso(info.run_at)), ("created at", iso(info.created_at)),
+        ("started at", iso(info.started_at)), ("finished at", iso(info.finished_at)),
+        ("progress", "-" if info.progress is None else f"{info.progress:.0f}% "
+                     f"{info.progress_message or ''}".rstrip()),
+        ("idempotency key", info.idempotency_key or "-"),
+        ("cancel requested", "yes" if info.cancel_requested else "no"),
+        ("payload", json.dumps(info.payload)), ("result", json.dumps(info.result)),
+    ]  # fmt: skip
+    for label, value in rows:
+        click.echo(f"{label:>16}: {value}")
+    if info.error:
+        click.echo(f"{'error':>16}:\n{info.error}")
+
+
+@jobs.command()
+@click.argument("job_id", type=int)
+@database_option
+def cancel(job_id: int, database: str | None) -> None:
+    """Cancel a job: pending ones never run, running ones are stopped by their owner."""
+
+    async def go(c: Client) -> JobInfo | None:
+        return None if await c.cancel(job_id) else await c.get(job_id)
+
+    finished = with_client(database, go)
+    if finished is not None:
+        fail(f"job {job_id} had already finished ({finished.status.value})")
+    click.echo(f"job {job_id}: cancel requested")
+
+
+@jobs.command()
+@click.argument("job_id", type=int)
+@database_option
+def retry(job_id: int, database: str | None) -> None:
+    """Run a dead or cancelled job again, with fresh attempts."""
+
+    async def go(c: Client) -> JobInfo | None:
+        return None if await c.retry(job_id) else await c.get(job_id)
+
+    refused = with_client(database, go)
+    if refused is not None:
+        fail(f"job {job_id} is {refused.status.value}; only dead or cancelled jobs can be retried")
+    click.echo(f"job {job_id}: available again")
+
+
+@jobs.command()
+@click.argument("job_id", type=int)
+@click.option("--reason", default="discarded by operator", show_default=True)
+@database_option
+def discard(job_id: int, reason: str, database: str | None) -> None:
+    """Send a pending job to the dead-letter state without running it."""
+
+    async def go(c: Client) -> JobInfo | None:
+        return None if await c.discard(job_id, reason) else await c.get(job_id)
+
+    refused = with_client(database, go)
+    if refused is not None:
+        fail(f"job {job_id} is {refused.status.value}; only pending jobs can be discarded")
+    click.echo(f"job {job_id}: dead ({reason})")
+
+
+# --- db ------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Manage the database schema."""
+
+
+def schema_version(url: str, *, migrate: bool) -> int:
+    """Open the database (migrating it, or refusing a stale schema) and read its version."""
+
+    async def go() -> int:
+        async with opened(backend_for_url(url), migrate=migrate) as backend:
+            return (await backend.schema_status()).current
+
+    return run(go)
+
+
+@db.command()
+@database_option
+def migrate(database: str | None) -> None:
+    """Apply pending schema migrations (idempotent)."""
+    url = resolve_database(database)
+    click.echo(f"{redact(url)}: schema at version {schema_version(url, migrate=True)}")
+
+
+@db.command()
+@database_option
+def status(database: str | None) -> None:
+    """Report the schema version; exit 1 if migrations are pending."""
+    url = resolve_database(database)
+    click.echo(f"{redact(url)}: schema at version {schema_version(url, migrate=False)}, up to date")
+
+
+@db.command()
+@database_option
+def create(database: str | None) -> None:
+    """Create the database if it does not exist, then apply migrations."""
+    url = resolve_database(database)
+
+    async def go() -> tuple[bool, int]:
+        backend = backend_for_url(url)
+        async with unwrapped(), backend.environment():
+            created = await backend.create_database()
+        async with opened(backend) as ready:
+            return created, (await ready.schema_status()).current
+
+    created, version = run(go)
+    verb = "created" if created else "already exists"
+    click.echo(f"{redact(url)}: database {verb}, schema at version {version}")
+
+
+confirm_option = click.option(
+    "--yes", is_flag=True, help="Do it without asking (every job in the database is deleted)."
+)
+
+
+def drop_tables(url: str, *, then_migrate: bool) -> int:
+    async def go() -> int:
+        async with opened(backend_for_url(url)) as backend:
+            await backend.drop()
+            if then_migrate:
+                await backend.migrate()
+            return (await backend.schema_status()).current
+
+    return run(go)
+
+
+@db.command()
+@database_option
+@confirm_option
+def drop(database: str | None, yes: bool) -> None:
+    """Delete trioforge's tables and every job in them."""
+    url = resolve_database(database)
+    if not yes:
+        click.confirm(f"Delete every trioforge job in {redact(url)}?", abort=True)
+    drop_tables(url, then_migrate=False)
+    click.echo(f"{redact(url)}: trioforge tables dropped")
+
+
+@db.command()
+@database_option
+@confirm_option
+def reset(database: str | None, yes: bool) -> None:
+    """Drop trioforge's tables and create them again, empty."""
+    url = resolve_database(database)
+    if not yes:
+        click.confirm(f"Delete every trioforge job in {redact(url)} and start empty?", abort=True)
+    version = drop_tables(url, then_migrate=True)
+    click.echo(f"{redact(url)}: reset, schema at version {version}")
+
+
+@main.group()
+def cron() -> None:
+    """Inspect cron schedules."""
+
+
+@cron.command("list")
+@click.argument("target", metavar="MODULE:REGISTRY")
+@click.option("--count", type=click.IntRange(min=1), default=3, show_default=True)
+@database_option
+def cron_list(target: str, count: int, database: str | None) -> None:
+    """Each schedule of MODULE:REGISTRY: its next fires and the last tick handled."""
+    registry = load_registry(target)
+    schedules = registry.schedules()
+    if not schedules:
+        click.echo("(no cron schedules)")
+        return
+
+    known = with_client(database, lambda client: client.cron_states())
+    now = dt.datetime.now(dt.UTC)
+    for definition in schedules:
+        assert definition.cron is not None
+        schedule = definition.cron.schedule
+        state = known.get(definition.name)
+        last = "never" if state is None else iso(state.last_tick)
+        click.echo(f"{definition.name}: {schedule.expr!r} in {schedule.timezone}, last tick {last}")
+        if state is not None and state.skipped:
+            click.echo(f"  skipped while the previous run was unfinished: {state.skipped}")
+        for fire in schedule.next_fires(now, count):
+            click.echo(f"  next {fire.isoformat()}")

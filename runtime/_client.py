@@ -1,0 +1,285 @@
+"""The enqueue / inspect / operate half of the API, shared by clients and runtimes."""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeAlias
+
+import attrs
+import trio
+
+from trioforge._clock import Clock
+from trioforge._errors import InvalidArgumentError, JobNotFoundError, TrioforgeError
+from trioforge._payloads import encode
+from trioforge._registry import JobDefinition, Registry
+from trioforge._rules import JobState, PriorityLike, parse_priority
+from trioforge.actors import Finished, RunningJobs, StopReason, StorageHandle
+from trioforge.storage import CancelResult, CronState, Enqueued, JobInfo, NewJob, ops
+
+__all__ = ["Client", "JobRef", "Stats"]
+
+#: A job given by its definition (from ``@registry.job``) or by name (needs a registry).
+JobRef: TypeAlias = JobDefinition | str
+
+
+@attrs.frozen
+class Stats:
+    """Job counts per queue and state, as stored."""
+
+    by_queue: Mapping[str, Mapping[JobState, int]]
+
+    def count(self, state: JobState | str, queue: str | None = None) -> int:
+        state = JobState(state)
+        queues = [queue] if queue is not None else list(self.by_queue)
+        return sum(self.by_queue.get(q, {}).get(state, 0) for q in queues)
+
+
+def _run_at(
+    now: float, delay: float | dt.timedelta | None, run_at: float | dt.datetime | None
+) -> float:
+    if delay is not None and run_at is not None:
+        raise InvalidArgumentError("give either delay= or run_at=, not both")
+    if delay is not None:
+        seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
+        if not seconds >= 0 or math.isinf(seconds):
+            raise InvalidArgumentError(
+                f"delay must be a finite number of seconds >= 0, got {delay!r}"
+            )
+        return now + seconds
+    if run_at is not None:
+        if isinstance(run_at, dt.datetime):
+            if run_at.tzinfo is None:
+                raise InvalidArgumentError(
+                    "run_at must be timezone-aware; attach a tzinfo (e.g. datetime.timezone.utc)"
+                )
+            return run_at.timestamp()
+        if not math.isfinite(run_at):
+            raise InvalidArgumentError(f"run_at must be finite, got {run_at!r}")
+        return float(run_at)
+    return now
+
+
+class Client:
+    """Enqueue, inspect and operate on jobs. Obtained from ``open_client`` or
+    ``open_runtime`` (a runtime is a client too); usable only inside that block.
+
+    Every method is a blocking call into storage; cancelling one is safe (the storage
+    operation may still complete, and nothing is half-applied).
+    """
+
+    def __init__(
+        self,
+        storage: StorageHandle,
+        clock: Clock,
+        *,
+        registry: Registry | None,
+        finished: Finished,
+        running: RunningJobs | None = None,
+        wake: Callable[[str, float], None] | None = None,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._registry = registry
+        self._finished = finished
+        self._running = running
+        self._wake = wake
+        self._poll_interval = poll_interval
+
+    # --- enqueue ---------------------------------------------------------------------
+
+    def _definition(self, job: JobRef) -> JobDefinition:
+        if isinstance(job, JobDefinition):
+            return job
+        if isinstance(job, str):
+            if self._registry is None:
+                raise TrioforgeError(
+                    f"cannot enqueue job {job!r} by name without a registry; pass the job "
+                    "definition itself, or open the client with registry=..."
+                )
+            return self._registry.get(job)
+        raise InvalidArgumentError(f"expected a job definition or a job name, got {job!r}")
+
+    def _new_jobs(
+        self,
+        definition: JobDefinition,
+        payloads: Iterable[Any],
+        *,
+        delay: float | dt.timedelta | None,
+        run_at: float | dt.datetime | None,
+        priority: PriorityLike | None,
+        queue: str | None,
+        idempotency_key: str | None,
+    ) -> builtins.list[NewJob]:
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise InvalidArgumentError("queue must be a non-empty string")
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not idempotency_key
+        ):
+            raise InvalidArgumentError("idempotency_key must be a non-empty string")
+        when = _run_at(self._clock.now(), delay, run_at)
+        level = definition.priority if priority is None else parse_priority(priority)
+        return [
+            NewJob(
+                name=definition.name,
+                queue=queue or definition.queue,
+                payload=encode(definition.name, definition.payload_type, payload),
+                priority=level,
+                run_at=when,
+                max_attempts=definition.retry.max_attempts,
+                idempotency_key=idempotency_key,
+            )
+            for payload in payloads
+        ]
+
+    async def _insert(self, jobs: builtins.list[NewJob]) -> builtins.list[int]:
+        if not jobs:
+            return []
+        enqueued: builtins.list[Enqueued] = await self._storage.call(ops.Enqueue(tuple(jobs)))
+        if self._wake is not None:
+            for queue, when in {
+                j.queue: min(x.run_at for x in jobs if x.queue == j.queue) for j in jobs
+            }.items():
+                self._wake(queue, when)
+        return [e.id for e in enqueued]
+
+    async def enqueue(
+        self,
+        job: JobRef,
+        payload: Any = None,
+        *,
+        delay: float | dt.timedelta | None = None,
+        run_at: float | dt.datetime | None = None,
+        priority: PriorityLike | None = None,
+        queue: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        """Store one job and return its id.
+
+        The payload is checked against the job's declared type first: a mismatch raises
+        :class:`~trioforge.PayloadError` and stores nothing. With ``idempotency_key``, while
+        an unfinished job holds the same key, its id is returned and nothing new is stored.
+        """
+        definition = self._definition(job)
+        jobs = self._new_jobs(
+            definition,
+            [payload],
+            delay=delay,
+            run_at=run_at,
+            priority=priority,
+            queue=queue,
+            idempotency_key=idempotency_key,
+        )
+        return (await self._insert(jobs))[0]
+
+    async def enqueue_many(
+        self,
+        job: JobRef,
+        payloads: Iterable[Any],
+        *,
+        delay: float | dt.timedelta | None = None,
+        run_at: float | dt.datetime | None = None,
+        priority: PriorityLike | None = None,
+        queue: str | None = None,
+    ) -> builtins.list[int]:
+        """Store many jobs of one kind in one transaction; all or none are stored."""
+        definition = self._definition(job)
+        jobs = self._new_jobs(
+            definition,
+            payloads,
+            delay=delay,
+            run_at=run_at,
+            priority=priority,
+            queue=queue,
+            idempotency_key=None,
+        )
+        return await self._insert(jobs)
+
+    # --- inspect ----------------------------------------------------------------------
+
+    async def get(self, job_id: int) -> JobInfo:
+        """The job's current snapshot; raises JobNotFoundError for an unknown id."""
+        info: JobInfo | None = await self._storage.call(ops.Get(job_id))
+        if info is None:
+            raise JobNotFoundError(f"no job with id {job_id}")
+        return info
+
+    async def wait(self, job_id: int) -> JobInfo:
+        """Block until the job is terminal (completed, dead or cancelled) and return it.
+
+        Wakes at once for outcomes written in this process, else checks every poll
+        interval. No timeout of its own: wrap it in ``trio.fail_after``. Cancellation is
+        safe and changes nothing.
+        """
+        while True:
+            with self._finished.watch(job_id) as finished:
+                info = await self.get(job_id)
+                if info.is_terminal:
+                    return info
+                with trio.move_on_after(self._poll_interval):
+                    await finished.wait()
+
+    async def list(
+        self,
+        *,
+        status: JobState | str | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+    ) -> builtins.list[JobInfo]:
+        """Jobs matching every filter given, newest first."""
+        if limit < 1:
+            raise InvalidArgumentError("limit must be at least 1")
+        try:
+            state = None if status is None else JobState(status)
+        except ValueError:
+            names = ", ".join(s.value for s in JobState)
+            raise InvalidArgumentError(f"unknown status {status!r}; use one of {names}") from None
+        result: builtins.list[JobInfo] = await self._storage.call(
+            ops.ListJobs(state, queue, name, limit)
+        )
+        return result
+
+    async def cron_states(self) -> dict[str, CronState]:
+        """The durable state of every cron schedule (last tick handled, runs skipped)."""
+        states: dict[str, CronState] = await self._storage.call(ops.CronStates())
+        return states
+
+    async def stats(self) -> Stats:
+        """Job counts per queue and state, across every process using this database."""
+        counts: dict[str, dict[JobState, int]] = await self._storage.call(ops.Stats())
+        return Stats(counts)
+
+    # --- operate ----------------------------------------------------------------------
+
+    async def cancel(self, job_id: int) -> bool:
+        """Cancel a job. Pending: it never runs. Running here: its cancel scope fires before
+        this call touches storage. Running in another process: that process stops it at its
+        next heartbeat. Ends ``cancelled``, never retried. False if it had already finished.
+        """
+        stopped_here = self._running is not None and self._running.stop(job_id, StopReason.USER)
+        result: CancelResult = await self._storage.call(ops.Cancel(job_id))
+        if result is CancelResult.CANCELLED:
+            self._finished.notify(job_id)
+        elif result is CancelResult.REQUESTED and self._running is not None:
+            self._running.cancel_running(job_id)
+        # FINISHED after stopping it here: its worker recorded the cancel first.
+        return stopped_here or result is not CancelResult.FINISHED
+
+    async def retry(self, job_id: int) -> bool:
+        """Make a dead or cancelled job available again with fresh attempts."""
+        done: bool = await self._storage.call(ops.RetryJob(job_id))
+        if done and self._wake is not None:
+            info = await self.get(job_id)
+            self._wake(info.queue, info.run_at)
+        return done
+
+    async def discard(self, job_id: int, reason: str = "discarded by operator") -> bool:
+        """Send a pending job to ``dead`` without running it. False if it is not pending."""
+        done: bool = await self._storage.call(ops.Discard(job_id, reason))
+        if done:
+            self._finished.notify(job_id)
+        return done

@@ -1,0 +1,109 @@
+"""What a running handler sees of the runtime: its job's identity and a few fenced writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING, Any
+
+from trioforge._errors import InvalidArgumentError
+from trioforge.actors import RunningJobs, StorageHandle
+from trioforge.actors.leases import apply_renewal
+from trioforge.storage import ClaimedJob, RenewResult, ops
+
+if TYPE_CHECKING:
+    from trioforge._client import Client, JobRef
+    from trioforge._clock import Clock
+
+__all__ = ["CronContext", "JobContext"]
+
+_log = logging.getLogger("trioforge.job")
+
+
+class JobContext:
+    """Passed as the first argument to every handler.
+
+    Every write it makes is fenced by the attempt's lease: once the job was rescued by
+    another worker, progress from this attempt is ignored.
+    """
+
+    def __init__(
+        self,
+        job: ClaimedJob,
+        *,
+        client: Client,
+        storage: StorageHandle,
+        running: RunningJobs,
+        clock: Clock,
+        owner: str,
+        lease_seconds: float,
+    ) -> None:
+        self._job = job
+        self._client = client
+        self._storage = storage
+        self._running = running
+        self._clock = clock
+        self._owner = owner
+        self._lease_seconds = lease_seconds
+        self.log = logging.LoggerAdapter(_log, {"job_id": job.id, "job_name": job.name})
+
+    @property
+    def job_id(self) -> int:
+        return self._job.id
+
+    @property
+    def name(self) -> str:
+        return self._job.name
+
+    @property
+    def queue(self) -> str:
+        return self._job.queue
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first attempt, 2 for the first retry, ..."""
+        return self._job.attempt
+
+    @property
+    def max_attempts(self) -> int:
+        return self._job.max_attempts
+
+    @property
+    def is_retry(self) -> bool:
+        return self._job.attempt > 1
+
+    async def progress(self, pct: float, message: str | None = None) -> None:
+        """Record progress (0-100) and an optional message, visible through ``get``.
+
+        Cancellation: cancelling the caller may still let the write land.
+        """
+        if not 0 <= pct <= 100:
+            raise InvalidArgumentError(f"progress must be between 0 and 100, got {pct}")
+        await self._storage.call(ops.Progress(self._job.id, self._job.lease, float(pct), message))
+
+    async def heartbeat(self) -> None:
+        """Renew this attempt's lease now (the runtime also does so periodically). If the
+        job was cancelled elsewhere or its lease was lost, the handler is cancelled."""
+        op = ops.Renew(
+            self._owner, ((self._job.id, self._job.lease),), self._clock.now() + self._lease_seconds
+        )
+        renewal: RenewResult = await self._storage.call(op)
+        apply_renewal(self._running, renewal)
+
+    async def enqueue(self, job: JobRef, payload: Any = None, **options: Any) -> int:
+        """Enqueue a follow-up job; same arguments as ``Client.enqueue``."""
+        return await self._client.enqueue(job, payload, **options)
+
+
+class CronContext(JobContext):
+    """Passed to cron handlers: a :class:`JobContext` plus the tick being run."""
+
+    def __init__(self, job: ClaimedJob, *, scheduled_at: dt.datetime, **services: Any) -> None:
+        super().__init__(job, **services)
+        #: The tick this run is for, aware, in the schedule's time zone.
+        self.scheduled_at = scheduled_at
+        #: Names this run: the schedule and its tick.
+        self.run_id = f"{job.name}@{scheduled_at.isoformat()}"
+        self.log = logging.LoggerAdapter(
+            _log, {"job_id": job.id, "job_name": job.name, "run_id": self.run_id}
+        )

@@ -1,0 +1,89 @@
+"""The exception hierarchy.
+
+One root, :class:`TrioforgeError`; each subclass also inherits the built-in exception it
+refines, so ``except ValueError`` in an application keeps working. Messages say what to do.
+This module imports nothing from the project: storage and actors may raise these too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseUnavailableError",
+    "Discard",
+    "InvalidArgumentError",
+    "InvalidStateError",
+    "JobNotFoundError",
+    "JobTimeoutError",
+    "PayloadError",
+    "SchemaError",
+    "TrioforgeError",
+    "UnknownJobError",
+    "unwrapped",
+]
+
+
+class TrioforgeError(Exception):
+    """Root of every error trioforge raises on purpose."""
+
+
+class ConfigurationError(TrioforgeError, ValueError):
+    """A setting (URL, queue spec, retry policy, ...) is malformed."""
+
+
+class InvalidArgumentError(TrioforgeError, ValueError):
+    """An argument outside its allowed range (negative delay, progress above 100, ...)."""
+
+
+class UnknownJobError(TrioforgeError, LookupError):
+    """A job name that the registry in use does not define."""
+
+
+class PayloadError(TrioforgeError, TypeError):
+    """A payload does not fit the job's declared payload type."""
+
+
+class JobNotFoundError(TrioforgeError, LookupError):
+    """No job with the given id exists in the database."""
+
+
+class InvalidStateError(TrioforgeError, ValueError):
+    """An operation that the job's current state does not allow."""
+
+
+class DatabaseUnavailableError(TrioforgeError, ConnectionError):
+    """The database cannot be opened or reached."""
+
+
+class SchemaError(TrioforgeError, RuntimeError):
+    """The database schema is missing, or newer than this version of trioforge."""
+
+
+class JobTimeoutError(TrioforgeError, TimeoutError):
+    """An attempt ran past its job's ``timeout``; it counts as a failed attempt."""
+
+
+class Discard(TrioforgeError):
+    """Raise from a handler to send the job straight to ``dead`` without further retries."""
+
+    def __init__(self, reason: str = "discarded by handler") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@asynccontextmanager
+async def unwrapped() -> AsyncIterator[None]:
+    """Let a lone exception from the block surface as itself, not wrapped in the
+    ExceptionGroups of the nurseries it crossed (ours, or trio-asyncio's loop)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        inner: BaseException = group
+        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+            inner = inner.exceptions[0]
+        if inner is group:
+            raise
+        raise inner from inner.__cause__

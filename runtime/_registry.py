@@ -1,0 +1,222 @@
+"""The registry: which jobs an application defines, and how each one runs."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+
+from trioforge._cron import CronSchedule
+from trioforge._errors import ConfigurationError, UnknownJobError
+from trioforge._payloads import NO_PAYLOAD
+from trioforge._rules import PriorityLike, Retry, parse_priority
+
+if TYPE_CHECKING:
+    from trioforge._context import JobContext
+
+__all__ = ["AfterHook", "BeforeHook", "CronSpec", "CronTick", "JobDefinition", "Registry"]
+
+Handler = Callable[..., Awaitable[Any]]
+BeforeHook = Callable[["JobContext"], Awaitable[None]]
+#: Called with the context and the exception the attempt raised (None if it returned).
+AfterHook = Callable[["JobContext", BaseException | None], Awaitable[None]]
+
+
+@attrs.frozen
+class CronTick:
+    """The payload of a cron job: the tick it runs for, in epoch seconds."""
+
+    scheduled_at: float
+
+
+@attrs.frozen
+class CronSpec:
+    """When a cron job fires and what happens to ticks it could not fire on time."""
+
+    schedule: CronSchedule
+    catch_up: int
+    overlap: Literal["allow", "skip"]
+
+
+@attrs.frozen
+class JobDefinition:
+    """A named job: its handler, payload type and defaults. Calling it calls the handler."""
+
+    name: str
+    handler: Handler
+    payload_type: Any
+    queue: str
+    priority: int
+    retry: Retry
+    timeout: float | None
+    #: Set for jobs declared with ``registry.cron``: they are enqueued by the scheduler.
+    cron: CronSpec | None = None
+
+    def __call__(self, ctx: JobContext, *args: Any) -> Awaitable[Any]:
+        return self.handler(ctx, *args)
+
+    @property
+    def takes_payload(self) -> bool:
+        return self.payload_type is not NO_PAYLOAD
+
+
+def _payload_type(handler: Handler, name: str) -> Any:
+    params = list(inspect.signature(handler).parameters.values())
+    if not params or len(params) > 2:
+        raise ConfigurationError(
+            f"handler of job {name!r} must take (ctx) or (ctx, payload), "
+            f"not {len(params)} parameters"
+        )
+    if len(params) == 1:
+        return NO_PAYLOAD
+    try:
+        hints = typing.get_type_hints(handler)
+    except NameError as exc:
+        raise ConfigurationError(
+            f"cannot resolve the payload annotation of job {name!r} ({exc}); define the "
+            "payload class at module level or pass payload=TheClass to registry.job()"
+        ) from None
+    return hints.get(params[1].name, Any)
+
+
+class Registry:
+    """The jobs an application defines, by name, plus lifecycle hooks.
+
+    A worker only claims jobs whose names its registry holds.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, JobDefinition] = {}
+        self.before_hooks: list[BeforeHook] = []
+        self.after_hooks: list[AfterHook] = []
+
+    def job(
+        self,
+        name: str,
+        *,
+        queue: str = "default",
+        priority: PriorityLike = "normal",
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        payload: Any = None,
+    ) -> Callable[[Handler], JobDefinition]:
+        """Declare ``async def handler(ctx, payload: T)`` as job ``name``.
+
+        ``payload`` overrides the type read from the handler's annotation.
+        """
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError("a job name must be a non-empty string")
+        if name in self._jobs:
+            raise ConfigurationError(f"job {name!r} is already defined in this registry")
+        if not isinstance(queue, str) or not queue:
+            raise ConfigurationError(f"job {name!r}: queue must be a non-empty string")
+        if timeout is not None and not timeout > 0:
+            raise ConfigurationError(f"job {name!r}: timeout must be > 0 seconds or None")
+        level = parse_priority(priority)
+
+        def register(handler: Handler) -> JobDefinition:
+            if not inspect.iscoroutinefunction(handler):
+                raise ConfigurationError(
+                    f"job {name!r}: the handler must be an `async def` function"
+                )
+            definition = JobDefinition(
+                name=name,
+                handler=handler,
+                payload_type=payload if payload is not None else _payload_type(handler, name),
+                queue=queue,
+                priority=level,
+                retry=retry if retry is not None else Retry(),
+                timeout=timeout,
+            )
+            self._jobs[name] = definition
+            return definition
+
+        return register
+
+    def cron(
+        self,
+        expr: str,
+        *,
+        timezone: str = "UTC",
+        catch_up: int = 0,
+        overlap: Literal["allow", "skip"] = "allow",
+        name: str | None = None,
+        queue: str = "default",
+        priority: PriorityLike = "normal",
+        retry: Retry | None = None,
+        timeout: float | None = None,
+    ) -> Callable[[Handler], JobDefinition]:
+        """Declare ``async def handler(ctx: CronContext)`` to run on a cron schedule.
+
+        Each tick is enqueued once, across every replica, as a job named ``name`` (default
+        ``cron:<function name>``): retries, timeouts, cancel and progress apply.
+        ``catch_up=N`` replays at most the N most recent ticks missed while nothing ran
+        (oldest first); 0 skips them. ``overlap="skip"`` records a tick as skipped while the
+        previous run has not finished. Daylight saving follows classic cron: see
+        :class:`~trioforge.CronSchedule`. A bad expression or zone raises here.
+        """
+        schedule = CronSchedule(expr, timezone)
+        if isinstance(catch_up, bool) or not isinstance(catch_up, int) or catch_up < 0:
+            raise ConfigurationError(f"catch_up must be an int >= 0, got {catch_up!r}")
+        if overlap not in ("allow", "skip"):
+            raise ConfigurationError(f"overlap must be 'allow' or 'skip', got {overlap!r}")
+        spec = CronSpec(schedule, catch_up, overlap)
+
+        def register(handler: Handler) -> JobDefinition:
+            job_name = name or f"cron:{handler.__name__}"
+            definition = self.job(
+                job_name,
+                queue=queue,
+                priority=priority,
+                retry=retry,
+                timeout=timeout,
+                payload=CronTick,
+            )(handler)
+            definition = attrs.evolve(definition, cron=spec)
+            self._jobs[job_name] = definition
+            return definition
+
+        return register
+
+    def schedules(self) -> list[JobDefinition]:
+        """The cron jobs, by name."""
+        return sorted((d for d in self._jobs.values() if d.cron), key=lambda d: d.name)
+
+    def before_perform(self, hook: BeforeHook) -> BeforeHook:
+        """Run ``await hook(ctx)`` before every attempt; if it raises, the attempt fails."""
+        self.before_hooks.append(hook)
+        return hook
+
+    def after_perform(self, hook: AfterHook) -> AfterHook:
+        """Run ``await hook(ctx, error)`` after every attempt that returned or raised (not
+        after a cancelled one); ``error`` is None on success."""
+        self.after_hooks.append(hook)
+        return hook
+
+    def get(self, name: str) -> JobDefinition:
+        try:
+            return self._jobs[name]
+        except KeyError:
+            known = ", ".join(sorted(self._jobs)) or "none"
+            raise UnknownJobError(
+                f"no job named {name!r} in this registry (known: {known}); "
+                "declare it with @registry.job(...)"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._jobs
+
+    def __iter__(self) -> Iterator[JobDefinition]:
+        return iter(self._jobs.values())
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def names(self) -> frozenset[str]:
+        return frozenset(self._jobs)
+
+    def queues(self) -> frozenset[str]:
+        return frozenset(d.queue for d in self._jobs.values())

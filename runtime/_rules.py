@@ -1,0 +1,266 @@
+"""The scheduling rules, as pure functions and a tiny state machine (no I/O, no clock).
+
+Theory of operation
+-------------------
+A job is a row with a *state*. Every change of state is caused by one *event*; the table
+:data:`TRANSITIONS` says which events each state accepts and where they lead. Nothing here
+reads a clock or touches storage: callers pass ``now`` in, and get back the decision. The
+memory backend applies these functions directly; the SQL backends encode the same rules in
+their statements; the property tests use them as the reference model. So a rule changes in
+one place and the contract suite tells every backend about it.
+
+States::
+
+    scheduled ─┐  (run_at in the future; claimable once due, no promotion step needed)
+    available ─┼─ Claimed ──► running ─┬─ Succeeded ──► completed
+    retrying ──┘                       ├─ Failed(retry) ──► retrying (run_at = now + backoff)
+                                       ├─ Failed(no retry) / Discarded ──► dead
+                                       ├─ Cancelled ──► cancelled
+                                       ├─ Released ──► available (attempt not counted)
+                                       └─ Rescued ──► retrying | dead (owner stopped heartbeating)
+    scheduled/available/retrying ─ Cancelled ──► cancelled;  ─ Discarded ──► dead
+    dead/cancelled ─ Retried ──► available (attempts start over)
+
+Claim order within a queue: higher priority first, then earlier ``run_at``, then enqueue
+order (the job id). A claim never takes a job before its ``run_at``.
+
+Leases fence writes: each claim bumps ``lease`` (a per-job counter). A write about a running
+job (progress, heartbeat, outcome) names the lease it holds and is ignored unless that is
+still the job's current lease and the job is still running.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Literal, TypeAlias
+
+import attrs
+
+from trioforge._errors import ConfigurationError
+
+__all__ = [
+    "PENDING_STATES",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
+    "Cancelled",
+    "Claimed",
+    "Discarded",
+    "Event",
+    "Failed",
+    "JobState",
+    "Priority",
+    "Released",
+    "Rescued",
+    "Retried",
+    "Retry",
+    "Succeeded",
+    "backoff_delay",
+    "claim_key",
+    "failure_outcome",
+    "is_due",
+    "next_state",
+    "parse_priority",
+    "rescue_outcome",
+]
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life; see the module docstring for the transitions."""
+
+    SCHEDULED = "scheduled"
+    AVAILABLE = "available"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    RETRYING = "retrying"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+#: States a claim may take a job from (once its run_at is due).
+PENDING_STATES = frozenset({JobState.SCHEDULED, JobState.AVAILABLE, JobState.RETRYING})
+#: States nothing leaves except an operator's explicit retry.
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED})
+
+
+class Priority(enum.IntEnum):
+    """Claim order among due jobs of one queue; stored as the integer value."""
+
+    LOW = 0
+    NORMAL = 10
+    HIGH = 20
+    CRITICAL = 30
+
+
+PriorityLike: TypeAlias = Priority | Literal["low", "normal", "high", "critical"] | int
+
+
+def parse_priority(value: PriorityLike) -> int:
+    """Normalise a priority name, :class:`Priority` or int to the stored integer."""
+    if isinstance(value, bool):
+        raise ConfigurationError(f"priority must be a name or an int, not {value!r}")
+    if isinstance(value, int):
+        return int(value)
+    try:
+        return int(Priority[value.upper()])
+    except KeyError:
+        names = ", ".join(p.name.lower() for p in Priority)
+        raise ConfigurationError(
+            f"unknown priority {value!r}; use one of {names} or an int"
+        ) from None
+
+
+@attrs.frozen
+class Retry:
+    """How a failing job is retried.
+
+    ``max_attempts`` counts every attempt, the first included (1 means never retry).
+    After failed attempt *n* the job waits ``min(base_delay * 2**(n-1), max_delay)`` seconds
+    (``backoff="exponential"``) or ``base_delay`` (``"constant"``), reduced by up to
+    ``jitter`` (a fraction in [0, 1)) at random. ``on`` limits which exception types are
+    retried; an empty tuple retries every exception. A timed-out attempt raises
+    :class:`~trioforge.JobTimeoutError` (a ``TimeoutError``) for this purpose.
+    """
+
+    max_attempts: int = 3
+    backoff: Literal["exponential", "constant"] = "exponential"
+    base_delay: float = 1.0
+    max_delay: float = 300.0
+    jitter: float = 0.0
+    on: tuple[type[BaseException], ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigurationError("Retry.max_attempts must be at least 1 (1 = no retries)")
+        if self.backoff not in ("exponential", "constant"):
+            raise ConfigurationError("Retry.backoff must be 'exponential' or 'constant'")
+        if self.base_delay < 0 or self.max_delay < 0:
+            raise ConfigurationError("Retry delays must be >= 0 seconds")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ConfigurationError("Retry.jitter must be a fraction in [0, 1)")
+
+    def retries(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is of a type this policy retries."""
+        return not self.on or isinstance(exc, self.on)
+
+
+def backoff_delay(policy: Retry, attempt: int, u: float = 0.0) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based); ``u`` in [0, 1) is the
+    random draw used for jitter, passed in so the rule stays deterministic."""
+    if policy.backoff == "constant":
+        delay = policy.base_delay
+    else:
+        # Cap the exponent so huge attempt numbers cannot overflow a float.
+        delay = min(policy.base_delay * 2.0 ** min(attempt - 1, 1000), policy.max_delay)
+    return delay * (1.0 - policy.jitter * u)
+
+
+def is_due(run_at: float, now: float) -> bool:
+    """A job never starts before its run_at."""
+    return run_at <= now
+
+
+def claim_key(priority: int, run_at: float, job_id: int) -> tuple[int, float, int]:
+    """Sort key among due jobs of one queue: smaller sorts first."""
+    return (-priority, run_at, job_id)
+
+
+# --- events --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Claimed:
+    pass
+
+
+@attrs.frozen
+class Succeeded:
+    pass
+
+
+@attrs.frozen
+class Failed:
+    #: None: no retry (attempts exhausted or exception not retried) -> dead.
+    retry_at: float | None
+
+
+@attrs.frozen
+class Discarded:
+    pass
+
+
+@attrs.frozen
+class Cancelled:
+    pass
+
+
+@attrs.frozen
+class Released:
+    pass
+
+
+@attrs.frozen
+class Rescued:
+    retry_at: float | None
+
+
+@attrs.frozen
+class Retried:
+    pass
+
+
+Event: TypeAlias = (
+    Claimed | Succeeded | Failed | Discarded | Cancelled | Released | Rescued | Retried
+)
+
+_S = JobState
+_RUNNING_ONLY = frozenset({_S.RUNNING})
+
+#: Which states accept which event types.
+TRANSITIONS: dict[type[Event], frozenset[JobState]] = {
+    Claimed: PENDING_STATES,
+    Succeeded: _RUNNING_ONLY,
+    Failed: _RUNNING_ONLY,
+    Discarded: PENDING_STATES | _RUNNING_ONLY,
+    Cancelled: PENDING_STATES | _RUNNING_ONLY,
+    Released: _RUNNING_ONLY,
+    Rescued: _RUNNING_ONLY,
+    Retried: frozenset({_S.DEAD, _S.CANCELLED}),
+}
+
+_TARGET: dict[type[Event], Callable[[Event], JobState]] = {
+    Claimed: lambda e: _S.RUNNING,
+    Succeeded: lambda e: _S.COMPLETED,
+    Failed: lambda e: _S.DEAD if e.retry_at is None else _S.RETRYING,  # type: ignore[union-attr]
+    Discarded: lambda e: _S.DEAD,
+    Cancelled: lambda e: _S.CANCELLED,
+    Released: lambda e: _S.AVAILABLE,
+    Rescued: lambda e: _S.DEAD if e.retry_at is None else _S.RETRYING,  # type: ignore[union-attr]
+    Retried: lambda e: _S.AVAILABLE,
+}
+
+
+def next_state(state: JobState, event: Event) -> JobState | None:
+    """The state ``event`` leads to from ``state``, or None if ``state`` ignores it."""
+    if state not in TRANSITIONS[type(event)]:
+        return None
+    return _TARGET[type(event)](event)
+
+
+def failure_outcome(
+    policy: Retry, attempt: int, exc: BaseException, now: float, u: float = 0.0
+) -> Failed:
+    """Decide what failed attempt ``attempt`` leads to."""
+    if attempt >= policy.max_attempts or not policy.retries(exc):
+        return Failed(retry_at=None)
+    return Failed(retry_at=now + backoff_delay(policy, attempt, u))
+
+
+def rescue_outcome(attempt: int, max_attempts: int, now: float) -> Rescued:
+    """A job whose owner vanished: retry at once if attempts are left (the lost attempt
+    counts), else dead. Backoff is not applied: the failure was the worker's, not the job's."""
+    return Rescued(retry_at=now if attempt < max_attempts else None)

@@ -1,0 +1,179 @@
+"""Testing your own jobs: virtual time, an inline mode, hypothesis strategies.
+
+Everything here runs on the memory backend under trio's ``MockClock``, so delays, retries,
+backoff and timeouts take no real time. Three ways to get that clock:
+
+* ``trioforge.testing.run(main)`` — ``trio.run`` with ``MockClock(autojump_threshold=0)``;
+  also the way to use it inside a synchronous hypothesis ``@given`` test, one run per example;
+* ``trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))``;
+* pytest-trio's ``autojump_clock`` fixture.
+
+Example::
+
+    async def test_welcome_is_retried(autojump_clock):
+        async with trioforge.testing.open_test_runtime(registry) as rt:
+            job_id = await rt.enqueue(send_welcome, Welcome("u1"))
+            await rt.run_until_idle()
+            assert (await rt.get(job_id)).attempt == 2
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import attrs
+import trio
+import trio.testing
+
+from trioforge._clock import VirtualClock
+from trioforge._context import JobContext
+from trioforge._errors import ConfigurationError
+from trioforge._payloads import decode, encode
+from trioforge._registry import JobDefinition, Registry
+from trioforge._rules import JobState
+from trioforge._runtime import Runtime, open_client, open_runtime
+from trioforge.actors import RunningJobs
+from trioforge.storage import ClaimResult, MemoryBackend, NewJob, ops
+
+__all__ = [
+    "EPOCH",
+    "TestRuntime",
+    "cron_expressions",
+    "open_test_runtime",
+    "payloads",
+    "perform",
+    "run",
+]
+
+_T = TypeVar("_T")
+
+#: Where virtual epoch time starts unless a test says otherwise (2023-11-14 22:13:20 UTC).
+EPOCH = 1_700_000_000.0
+
+_BUSY = (JobState.AVAILABLE, JobState.RUNNING, JobState.RETRYING)
+
+
+def run(fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    """``trio.run(fn, *args)`` under an autojumping ``MockClock``."""
+    return trio.run(fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def _virtual_clock() -> trio.testing.MockClock:
+    clock = trio.lowlevel.current_clock()
+    if not isinstance(clock, trio.testing.MockClock):
+        raise ConfigurationError(
+            "trioforge.testing needs trio's virtual clock: use trioforge.testing.run(main), "
+            "trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)), or "
+            "pytest-trio's autojump_clock fixture"
+        )
+    return clock
+
+
+class TestRuntime(Runtime):
+    """A runtime in virtual time, with ways to move that time on."""
+
+    __test__ = False  # not a pytest test class
+
+    async def advance(self, seconds: float) -> None:
+        """Let ``seconds`` of virtual time pass, running whatever falls due meanwhile."""
+        clock = _virtual_clock()
+        if clock.autojump_threshold == float("inf"):  # a clock that never jumps by itself
+            clock.jump(seconds)
+            await trio.testing.wait_all_tasks_blocked()
+        else:
+            await trio.sleep(seconds)
+
+    async def run_until_idle(self, *, limit: float = 24 * 3600.0, step: float = 1.0) -> None:
+        """Advance virtual time until no job is available, running or waiting to retry
+        (delayed ``scheduled`` jobs do not count: ``advance`` to them). Raises
+        ``TimeoutError`` if that takes more than ``limit`` virtual seconds."""
+        _virtual_clock()
+        deadline = trio.current_time() + limit
+        while True:
+            await trio.testing.wait_all_tasks_blocked()
+            stats = await self.stats()
+            if not any(stats.count(state) for state in _BUSY):
+                return
+            if trio.current_time() >= deadline:
+                raise TimeoutError(f"jobs still busy after {limit}s of virtual time: {stats}")
+            await self.advance(step)
+
+
+@asynccontextmanager
+async def open_test_runtime(
+    registry: Registry,
+    *,
+    queues: dict[str, int] | None = None,
+    epoch: float = EPOCH,
+    **options: Any,
+) -> AsyncIterator[TestRuntime]:
+    """``open_runtime`` on a fresh memory backend in virtual time (see the module docs).
+
+    ``epoch`` is the wall-clock time the test starts at; ``options`` go to ``open_runtime``.
+    """
+    _virtual_clock()
+    async with open_runtime(
+        registry,
+        database=MemoryBackend(),
+        queues=queues,
+        clock=VirtualClock(epoch - trio.current_time()),
+        _runtime_class=TestRuntime,
+        **options,
+    ) as rt:
+        assert isinstance(rt, TestRuntime)
+        yield rt
+
+
+async def perform(job: JobDefinition, payload: Any = None, *, attempt: int = 1) -> Any:
+    """Run ``job``'s handler once, right here, with a real :class:`~trioforge.JobContext`
+    (its progress and follow-up enqueues go to a throwaway memory backend), and return what
+    it returns. The payload is checked and converted exactly as on enqueue. Exceptions,
+    ``Discard`` included, propagate: no retries, no timeout."""
+    backend = MemoryBackend()
+    text = encode(job.name, job.payload_type, payload)
+    async with open_client(backend, clock=VirtualClock()) as client:
+        now = VirtualClock().now()
+        new = NewJob(
+            job.name, job.queue, text, job.priority, now, max(attempt, job.retry.max_attempts)
+        )
+        await backend.execute([ops.Enqueue((new,))], now)
+        [claim] = await backend.execute(
+            [ops.Claim(job.queue, {job.name}, 1, "inline", now + 3600)], now
+        )
+        assert isinstance(claim, ClaimResult)
+        [claimed] = claim.jobs
+        claimed = attrs.evolve(claimed, attempt=attempt)
+        ctx = JobContext(
+            claimed,
+            client=client,
+            storage=client._storage,
+            running=RunningJobs(),
+            clock=VirtualClock(),
+            owner="inline",
+            lease_seconds=3600.0,
+        )
+        if job.takes_payload:
+            return await job.handler(ctx, decode(job.name, job.payload_type, text))
+        return await job.handler(ctx)
+
+
+def payloads(job: JobDefinition) -> Any:
+    """A hypothesis strategy for payloads ``job`` accepts (attrs classes are built from
+    their field types)."""
+    from hypothesis import strategies as st
+
+    if not job.takes_payload:
+        return st.none()
+    return st.from_type(job.payload_type)
+
+
+def cron_expressions() -> Any:
+    """A hypothesis strategy for valid five-field cron expressions, fixed-time and wildcard."""
+    from hypothesis import strategies as st
+
+    minute = st.one_of(st.integers(0, 59).map(str), st.sampled_from(["*", "*/15", "0,30", "5-10"]))
+    hour = st.one_of(st.integers(0, 23).map(str), st.sampled_from(["*", "*/2", "1-3", "9-17"]))
+    dow = st.sampled_from(["*", "MON-FRI", "SUN", "0,6"])
+    return st.builds(lambda m, h, d: f"{m} {h} * * {d}", minute, hour, dow)

@@ -1,0 +1,42 @@
+"""Persistence behind one small protocol: memory, SQLite (and PostgreSQL later).
+
+Only the storage actor talks to a backend. Backends import nothing from the runtime but the
+two leaf modules every layer shares: the pure rules and the error types.
+"""
+
+from trioforge.storage import _ops as ops
+from trioforge.storage._backend import Backend, opened
+from trioforge.storage._records import (
+    CancelResult,
+    ClaimedJob,
+    ClaimResult,
+    CronState,
+    Enqueued,
+    JobInfo,
+    NewJob,
+    Outcome,
+    ProcessInfo,
+    RenewResult,
+    SchemaStatus,
+)
+from trioforge.storage._urls import backend_for_url
+from trioforge.storage.memory import MemoryBackend
+
+__all__ = [
+    "Backend",
+    "CancelResult",
+    "ClaimResult",
+    "ClaimedJob",
+    "CronState",
+    "Enqueued",
+    "JobInfo",
+    "MemoryBackend",
+    "NewJob",
+    "Outcome",
+    "ProcessInfo",
+    "RenewResult",
+    "SchemaStatus",
+    "backend_for_url",
+    "opened",
+    "ops",
+]

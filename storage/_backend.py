@@ -1,0 +1,77 @@
+"""The one small protocol every storage backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
+
+import trio
+
+from trioforge._errors import unwrapped
+from trioforge.storage._ops import Op
+from trioforge.storage._records import Notice, SchemaStatus
+
+__all__ = ["Backend", "opened"]
+
+
+class Backend(Protocol):
+    """Persistence for jobs. Only the storage actor calls these (one call at a time).
+
+    ``now`` is the runtime clock's time in epoch seconds; backends never read a clock.
+    """
+
+    #: Whether several processes can share this backend's data (rescue, cross-process cancel).
+    shared: bool
+
+    #: Whether :meth:`listen` works: other processes' enqueues and cancels are pushed here.
+    notifies: bool
+
+    def listen(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Notice]]:
+        """A dedicated connection receiving notices until it drops (the channel then ends).
+
+        Only called when ``notifies`` is true, by the runtime's listener actor.
+        """
+        ...
+
+    def environment(self) -> AbstractAsyncContextManager[None]:
+        """What must surround the whole time the backend is open (PostgreSQL: a
+        trio-asyncio loop, unless the host app runs one); entered by :func:`opened`."""
+        ...
+
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect; apply pending migrations if ``migrate``, else fail with SchemaError when
+        the schema is not current. Raises DatabaseUnavailableError if unreachable."""
+
+    async def aclose(self) -> None:
+        """Release every resource; safe to call twice."""
+
+    async def create_database(self) -> bool:
+        """Create the database itself if it does not exist (before :meth:`open`); True if
+        it was created."""
+        ...
+
+    async def drop(self) -> None:
+        """Delete trioforge's tables and every job in them (the database stays)."""
+        ...
+
+    async def schema_status(self) -> SchemaStatus: ...
+
+    async def migrate(self) -> SchemaStatus: ...
+
+    async def execute(self, ops: Sequence[Op], now: float) -> list[object]:
+        """Run ``ops`` as one batch; per op, its result or the exception it raised."""
+        ...
+
+
+@asynccontextmanager
+async def opened(backend: Backend, *, migrate: bool = True) -> AsyncIterator[Backend]:
+    """The backend, open for the block and closed after it (closing is shielded from
+    cancellation, and nested inside the backend's environment)."""
+    async with unwrapped(), backend.environment():
+        await backend.open(migrate=migrate)
+        try:
+            yield backend
+        finally:
+            with trio.CancelScope(shield=True):
+                await backend.aclose()

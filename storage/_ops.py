@@ -1,0 +1,243 @@
+"""Storage operations as frozen request objects.
+
+The storage actor gathers whatever requests are waiting and hands them to the backend as one
+batch (one transaction, one thread hop or one asyncio crossing). Each backend runs every
+operation type below and returns, per operation, its result or the exception it raised, so
+one bad request never fails its neighbours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set
+from typing import Any, TypeAlias
+
+import attrs
+
+from trioforge._rules import JobState
+from trioforge.storage._records import NewJob, Outcome
+
+__all__ = [
+    "Beat",
+    "Cancel",
+    "Claim",
+    "CronStates",
+    "Discard",
+    "Enqueue",
+    "FireCron",
+    "Finish",
+    "Get",
+    "Lead",
+    "Leave",
+    "ListJobs",
+    "Op",
+    "Processes",
+    "Progress",
+    "Renew",
+    "Rescue",
+    "RetryJob",
+    "Stats",
+    "handlers",
+]
+
+
+@attrs.frozen
+class Enqueue:
+    """-> list[Enqueued], one per job, in order; all in one transaction."""
+
+    jobs: tuple[NewJob, ...]
+
+
+@attrs.frozen
+class Claim:
+    """-> ClaimResult: up to ``limit`` due jobs of ``queue`` whose name is in ``names``."""
+
+    queue: str
+    names: Set[str]
+    limit: int
+    owner: str
+    lease_until: float
+
+
+@attrs.frozen
+class Finish:
+    """-> list[bool]: whether each fenced outcome was applied."""
+
+    outcomes: tuple[Outcome, ...]
+
+
+@attrs.frozen
+class Renew:
+    """-> RenewResult: extend the leases ``(job_id, lease)`` held by ``owner``."""
+
+    owner: str
+    leases: tuple[tuple[int, int], ...]
+    lease_until: float
+
+
+@attrs.frozen
+class Progress:
+    """-> bool: record progress of a running attempt (fenced)."""
+
+    job_id: int
+    lease: int
+    pct: float
+    message: str | None
+
+
+@attrs.frozen
+class Get:
+    """-> JobInfo | None."""
+
+    job_id: int
+
+
+@attrs.frozen
+class ListJobs:
+    """-> list[JobInfo], newest first."""
+
+    status: JobState | None = None
+    queue: str | None = None
+    name: str | None = None
+    limit: int = 100
+
+
+@attrs.frozen
+class Cancel:
+    """-> CancelResult; raises JobNotFoundError."""
+
+    job_id: int
+
+
+@attrs.frozen
+class RetryJob:
+    """-> bool: a dead or cancelled job becomes available with fresh attempts; raises
+    JobNotFoundError."""
+
+    job_id: int
+
+
+@attrs.frozen
+class Discard:
+    """-> bool: a pending job goes to dead; raises JobNotFoundError."""
+
+    job_id: int
+    reason: str
+
+
+@attrs.frozen
+class Rescue:
+    """-> list[int]: running jobs whose lease expired become retrying (or dead), and
+    processes whose last beat is older than ``stale_before`` are forgotten."""
+
+    stale_before: float = float("-inf")
+
+
+@attrs.frozen
+class Beat:
+    """-> None: process ``owner`` (running ``queues``) is alive; its registry row."""
+
+    owner: str
+    queues: tuple[str, ...]
+
+
+@attrs.frozen
+class Leave:
+    """-> None: process ``owner`` stopped cleanly; its row goes, as do leases it holds."""
+
+    owner: str
+
+
+@attrs.frozen
+class Processes:
+    """-> list[ProcessInfo]: the live process registry, oldest first."""
+
+
+@attrs.frozen
+class Lead:
+    """-> bool: take or keep the lease ``name`` until ``until``; True if ``owner`` holds it.
+
+    A lease held by another owner is taken only once it has expired.
+    """
+
+    name: str
+    owner: str
+    until: float
+
+
+@attrs.frozen
+class Stats:
+    """-> dict[str, dict[JobState, int]]: job counts per queue and state."""
+
+
+@attrs.frozen
+class FireCron:
+    """-> FireResult: advance schedule ``name`` from ``expected_last`` (None: no state
+    yet) to ``new_last`` and enqueue ``jobs``, in one transaction. If another process moved
+    the state first, nothing happens (``conflict``): a tick fires once however many
+    schedulers race. With ``skip_if_running``, while the schedule's previous job is
+    unfinished the ticks are counted as skipped instead of enqueued."""
+
+    name: str
+    expected_last: float | None
+    new_last: float
+    jobs: tuple[NewJob, ...]
+    skip_if_running: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        # Creating the state races unlocked on some backends, so it may carry no jobs.
+        if self.expected_last is None and self.jobs:
+            raise ValueError("a schedule's first state is recorded without jobs")
+
+
+@attrs.frozen
+class CronStates:
+    """-> dict[str, CronState]: the durable state of every schedule."""
+
+
+def handlers(backend: object) -> dict[type, Any]:
+    """Each operation type mapped to the backend's method for it, named ``_<op_name>``
+    (e.g. ``_enqueue``, ``_list_jobs``); a missing method fails at construction."""
+    return {op: getattr(backend, "_" + name) for op, name in _NAMES.items()}
+
+
+Op: TypeAlias = (
+    Enqueue
+    | Claim
+    | Finish
+    | Renew
+    | Progress
+    | Get
+    | ListJobs
+    | Cancel
+    | RetryJob
+    | Discard
+    | Rescue
+    | Stats
+    | Beat
+    | Leave
+    | Processes
+    | Lead
+    | FireCron
+    | CronStates
+)
+
+_NAMES: dict[type, str] = {
+    Enqueue: "enqueue",
+    Claim: "claim",
+    Finish: "finish",
+    Renew: "renew",
+    Progress: "progress",
+    Get: "get",
+    ListJobs: "list_jobs",
+    Cancel: "cancel",
+    RetryJob: "retry_job",
+    Discard: "discard",
+    Rescue: "rescue",
+    Stats: "stats",
+    Beat: "beat",
+    Leave: "leave",
+    Processes: "processes_list",
+    Lead: "lead",
+    FireCron: "fire_cron",
+    CronStates: "cron_states",
+}

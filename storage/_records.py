@@ -1,0 +1,228 @@
+"""The data that crosses the storage boundary, as frozen attrs classes.
+
+Payloads and results travel as JSON text into storage and come back decoded in
+:class:`JobInfo`; nothing here is ever pickled.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from trioforge._rules import Cancelled, Discarded, Failed, JobState, Released, Succeeded
+
+__all__ = [
+    "CancelResult",
+    "ClaimResult",
+    "CancelNotice",
+    "ClaimedJob",
+    "CronState",
+    "Enqueued",
+    "FireResult",
+    "JOB_COLUMNS",
+    "JobInfo",
+    "NewJob",
+    "Notice",
+    "Outcome",
+    "ProcessInfo",
+    "OutcomeEvent",
+    "RenewResult",
+    "SchemaStatus",
+    "WakeNotice",
+    "decode_json",
+    "job_info",
+]
+
+OutcomeEvent = Succeeded | Failed | Discarded | Cancelled | Released
+
+
+def decode_json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+@attrs.frozen
+class NewJob:
+    """A job to insert; ``payload`` is JSON text already checked against the job's type."""
+
+    name: str
+    queue: str
+    payload: str
+    priority: int
+    run_at: float
+    max_attempts: int
+    idempotency_key: str | None = None
+
+
+@attrs.frozen
+class Enqueued:
+    id: int
+    #: False when an unfinished job with the same idempotency key already existed.
+    created: bool
+
+
+@attrs.frozen
+class ClaimedJob:
+    """A job handed to a worker; ``lease`` fences every later write about this attempt."""
+
+    id: int
+    name: str
+    queue: str
+    payload: str
+    priority: int
+    run_at: float
+    attempt: int
+    max_attempts: int
+    lease: int
+
+
+@attrs.frozen
+class ClaimResult:
+    jobs: tuple[ClaimedJob, ...]
+    #: Earliest run_at of a not-yet-due job this claimer could run, if any: when to look again.
+    next_run_at: float | None
+
+
+@attrs.frozen
+class Outcome:
+    """How an attempt ended, written only if ``lease`` is still the job's current lease."""
+
+    job_id: int
+    lease: int
+    event: OutcomeEvent
+    result: str | None = None
+    error: str | None = None
+
+
+@attrs.frozen
+class RenewResult:
+    #: Jobs among the renewed ones that someone asked to cancel.
+    cancel_requested: frozenset[int]
+    #: Jobs whose lease this owner no longer holds (rescued or finished elsewhere).
+    lost: frozenset[int]
+
+
+class CancelResult(enum.StrEnum):
+    CANCELLED = "cancelled"  # it was pending; it is cancelled now
+    REQUESTED = "requested"  # it is running; its owner has been asked to stop
+    FINISHED = "finished"  # already terminal; nothing changed
+
+
+@attrs.frozen
+class WakeNotice:
+    """Another process enqueued work on ``queue`` that becomes due at ``run_at``."""
+
+    queue: str
+    run_at: float
+
+
+@attrs.frozen
+class CancelNotice:
+    """Another process asked to cancel running job ``job_id``."""
+
+    job_id: int
+
+
+Notice = WakeNotice | CancelNotice
+
+
+@attrs.frozen
+class CronState:
+    """A schedule's durable state: the last tick handled (fired or skipped)."""
+
+    name: str
+    last_tick: float
+    last_job_id: int | None
+    skipped: int
+
+
+@attrs.frozen
+class FireResult:
+    conflict: bool = False
+    job_ids: tuple[int, ...] = ()
+    skipped: int = 0
+
+
+@attrs.frozen
+class ProcessInfo:
+    """A row of the process registry: a runtime that heartbeats."""
+
+    owner: str
+    queues: tuple[str, ...]
+    started_at: float
+    heartbeat_at: float
+
+
+@attrs.frozen
+class SchemaStatus:
+    current: int
+    latest: int
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.latest
+
+
+@attrs.frozen
+class JobInfo:
+    """A snapshot of one job, as stored."""
+
+    id: int
+    name: str
+    queue: str
+    status: JobState
+    priority: int
+    payload: Any
+    attempt: int
+    max_attempts: int
+    run_at: float
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    result: Any
+    error: str | None
+    progress: float | None
+    progress_message: str | None
+    idempotency_key: str | None
+    cancel_requested: bool
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+#: The columns SQL backends select for a :class:`JobInfo`, in :func:`job_info`'s order.
+JOB_COLUMNS = (
+    "id, name, queue, status, priority, payload, attempt, max_attempts, run_at, created_at, "
+    "started_at, finished_at, result, error, progress, progress_message, idempotency_key, "
+    "cancel_requested"
+)
+
+
+def job_info(row: Sequence[Any]) -> JobInfo:
+    """A :class:`JobInfo` from a row selected as :data:`JOB_COLUMNS`."""
+    (id_, name, queue, status, priority, payload, attempt, max_attempts, run_at, created_at,
+     started_at, finished_at, result, error, progress, message, key, cancel) = row  # fmt: skip
+    return JobInfo(
+        id=id_,
+        name=name,
+        queue=queue,
+        status=JobState(status),
+        priority=priority,
+        payload=decode_json(payload),
+        attempt=attempt,
+        max_attempts=max_attempts,
+        run_at=run_at,
+        created_at=created_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        result=decode_json(result),
+        error=error,
+        progress=progress,
+        progress_message=message,
+        idempotency_key=key,
+        cancel_requested=bool(cancel),
+    )

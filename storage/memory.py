@@ -1,0 +1,448 @@
+"""The in-memory backend: pure Python, no threads, no sockets, deterministic.
+
+It exists for virtual-time tests (trio's MockClock must never meet real threads or sockets)
+and applies :mod:`trioforge._rules` directly, so it is also the executable reference for
+the SQL backends. Data lives as long as the backend object.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
+from typing import Any
+
+import attrs
+import trio
+
+from trioforge._errors import InvalidStateError, JobNotFoundError
+from trioforge._rules import (
+    PENDING_STATES,
+    TERMINAL_STATES,
+    Cancelled,
+    Claimed,
+    Discarded,
+    Event,
+    Failed,
+    JobState,
+    Released,
+    Retried,
+    claim_key,
+    is_due,
+    next_state,
+    rescue_outcome,
+)
+from trioforge.storage import _ops as ops
+from trioforge.storage._records import (
+    CancelResult,
+    ClaimedJob,
+    ClaimResult,
+    CronState,
+    Enqueued,
+    FireResult,
+    JobInfo,
+    Notice,
+    Outcome,
+    ProcessInfo,
+    RenewResult,
+    SchemaStatus,
+    decode_json,
+)
+
+__all__ = ["MemoryBackend"]
+
+SCHEMA_VERSION = 1
+
+
+@attrs.define
+class _Row:
+    id: int
+    name: str
+    queue: str
+    payload: str
+    priority: int
+    run_at: float
+    max_attempts: int
+    idempotency_key: str | None
+    created_at: float
+    status: JobState
+    attempt: int = 0
+    lease: int = 0
+    lease_owner: str | None = None
+    lease_until: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: str | None = None
+    error: str | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+    cancel_requested: bool = False
+    #: Bumped whenever the row is (re)indexed as pending; older index entries are stale.
+    version: int = 0
+
+    def info(self) -> JobInfo:
+        return JobInfo(
+            id=self.id,
+            name=self.name,
+            queue=self.queue,
+            status=self.status,
+            priority=self.priority,
+            payload=decode_json(self.payload),
+            attempt=self.attempt,
+            max_attempts=self.max_attempts,
+            run_at=self.run_at,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            result=decode_json(self.result),
+            error=self.error,
+            progress=self.progress,
+            progress_message=self.progress_message,
+            idempotency_key=self.idempotency_key,
+            cancel_requested=self.cancel_requested,
+        )
+
+
+class MemoryBackend:
+    """Jobs in a dict; every operation applies the pure rules."""
+
+    shared = False
+
+    def __init__(self) -> None:
+        self._rows: dict[int, _Row] = {}
+        self._next_id = 1
+        self._open_keys: dict[str, int] = {}  # idempotency key -> unfinished job id
+        # Pending jobs per queue, indexed lazily (stale entries are skipped on the way out):
+        # not yet due by run_at, and due by claim order.
+        self._future: dict[str, list[tuple[float, int, int]]] = {}
+        self._due: dict[str, list[tuple[tuple[int, float, int], int]]] = {}
+        self._processes: dict[str, ProcessInfo] = {}
+        self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, until)
+        self._cron: dict[str, CronState] = {}
+        self._handlers: dict[type, Callable[[Any, float], object]] = ops.handlers(self)
+
+    notifies = False
+
+    def listen(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Notice]]:
+        raise NotImplementedError("this backend pushes no notices; the runtime polls it")
+
+    def environment(self) -> AbstractAsyncContextManager[None]:
+        return nullcontext()
+
+    async def open(self, *, migrate: bool = True) -> None:
+        del migrate
+
+    async def aclose(self) -> None:
+        pass
+
+    async def create_database(self) -> bool:
+        return False
+
+    async def drop(self) -> None:
+        for index in (
+            self._rows, self._open_keys, self._future, self._due, self._processes, self._leases,
+            self._cron,
+        ):  # fmt: skip
+            index.clear()
+
+    async def schema_status(self) -> SchemaStatus:
+        return SchemaStatus(SCHEMA_VERSION, SCHEMA_VERSION)
+
+    async def migrate(self) -> SchemaStatus:
+        return SchemaStatus(SCHEMA_VERSION, SCHEMA_VERSION)
+
+    async def execute(self, batch: Sequence[ops.Op], now: float) -> list[object]:
+        results: list[object] = []
+        for op in batch:
+            try:
+                results.append(self._handlers[type(op)](op, now))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _row(self, job_id: int) -> _Row:
+        try:
+            return self._rows[job_id]
+        except KeyError:
+            raise JobNotFoundError(f"no job with id {job_id}") from None
+
+    def _index(self, row: _Row) -> None:
+        row.version += 1
+        heapq.heappush(self._future.setdefault(row.queue, []), (row.run_at, row.id, row.version))
+
+    def _live(self, job_id: int, version: int) -> _Row | None:
+        row = self._rows[job_id]
+        return row if row.version == version and row.status in PENDING_STATES else None
+
+    def _apply(self, row: _Row, event: Event, now: float, run_at: float | None = None) -> bool:
+        target = next_state(row.status, event)
+        if target is None:
+            return False
+        row.status = target
+        if run_at is not None:
+            row.run_at = run_at
+        if target in PENDING_STATES:
+            self._index(row)
+        if target is JobState.RUNNING:
+            return True
+        row.lease_owner = None
+        row.lease_until = None
+        if target in TERMINAL_STATES:
+            row.finished_at = now
+            if row.idempotency_key is not None:
+                self._open_keys.pop(row.idempotency_key, None)
+        return True
+
+    def _owned(self, job_id: int, lease: int) -> _Row | None:
+        row = self._rows.get(job_id)
+        if row is None or row.status is not JobState.RUNNING or row.lease != lease:
+            return None
+        return row
+
+    # --- operations ------------------------------------------------------------------
+
+    def _enqueue(self, op: ops.Enqueue, now: float) -> list[Enqueued]:
+        out = []
+        for job in op.jobs:
+            key = job.idempotency_key
+            if key is not None and key in self._open_keys:
+                out.append(Enqueued(self._open_keys[key], created=False))
+                continue
+            json.loads(job.payload)  # refuse anything that is not JSON text
+            row = _Row(
+                id=self._next_id,
+                name=job.name,
+                queue=job.queue,
+                payload=job.payload,
+                priority=job.priority,
+                run_at=job.run_at,
+                max_attempts=job.max_attempts,
+                idempotency_key=key,
+                created_at=now,
+                status=JobState.SCHEDULED if job.run_at > now else JobState.AVAILABLE,
+            )
+            self._next_id += 1
+            self._rows[row.id] = row
+            self._index(row)
+            if key is not None:
+                self._open_keys[key] = row.id
+            out.append(Enqueued(row.id, created=True))
+        return out
+
+    def _claim(self, op: ops.Claim, now: float) -> ClaimResult:
+        future = self._future.setdefault(op.queue, [])
+        due = self._due.setdefault(op.queue, [])
+        while future and is_due(future[0][0], now):
+            _, job_id, version = heapq.heappop(future)
+            row = self._live(job_id, version)
+            if row is not None:
+                heapq.heappush(due, (claim_key(row.priority, row.run_at, row.id), version))
+        picked: list[_Row] = []
+        skipped = []  # due, but not a name this claimer runs: back into the index after
+        while due and len(picked) < op.limit:
+            entry = heapq.heappop(due)
+            row = self._live(entry[0][2], entry[1])
+            if row is None:
+                continue
+            if row.name in op.names:
+                picked.append(row)
+            else:
+                skipped.append(row)
+        for row in skipped:
+            heapq.heappush(due, (claim_key(row.priority, row.run_at, row.id), row.version))
+        claimed = []
+        for row in picked:
+            self._apply(row, Claimed(), now)
+            row.attempt += 1
+            row.lease += 1
+            row.lease_owner = op.owner
+            row.lease_until = op.lease_until
+            row.started_at = now
+            row.error = None
+            row.progress = None
+            row.progress_message = None
+            claimed.append(
+                ClaimedJob(
+                    id=row.id,
+                    name=row.name,
+                    queue=row.queue,
+                    payload=row.payload,
+                    priority=row.priority,
+                    run_at=row.run_at,
+                    attempt=row.attempt,
+                    max_attempts=row.max_attempts,
+                    lease=row.lease,
+                )
+            )
+        upcoming = (
+            run_at
+            for run_at, job_id, version in future
+            if (row := self._live(job_id, version)) is not None and row.name in op.names
+        )
+        return ClaimResult(tuple(claimed), min(upcoming, default=None))
+
+    def _finish(self, op: ops.Finish, now: float) -> list[bool]:
+        return [self._finish_one(o, now) for o in op.outcomes]
+
+    def _finish_one(self, outcome: Outcome, now: float) -> bool:
+        row = self._owned(outcome.job_id, outcome.lease)
+        if row is None:
+            return False
+        event = outcome.event
+        if isinstance(event, Released):
+            row.attempt -= 1  # a graceful shutdown is not the job's failure
+        retry_at = event.retry_at if isinstance(event, Failed) else None
+        if not self._apply(row, event, now, run_at=retry_at):
+            return False
+        row.result = outcome.result
+        row.error = outcome.error
+        return True
+
+    def _renew(self, op: ops.Renew, now: float) -> RenewResult:
+        del now
+        cancel, lost = set(), set()
+        for job_id, lease in op.leases:
+            row = self._owned(job_id, lease)
+            if row is None or row.lease_owner != op.owner:
+                lost.add(job_id)
+                continue
+            row.lease_until = op.lease_until
+            if row.cancel_requested:
+                cancel.add(job_id)
+        return RenewResult(frozenset(cancel), frozenset(lost))
+
+    def _progress(self, op: ops.Progress, now: float) -> bool:
+        del now
+        row = self._owned(op.job_id, op.lease)
+        if row is None:
+            return False
+        row.progress = op.pct
+        row.progress_message = op.message
+        return True
+
+    def _get(self, op: ops.Get, now: float) -> JobInfo | None:
+        del now
+        row = self._rows.get(op.job_id)
+        return None if row is None else row.info()
+
+    def _list_jobs(self, op: ops.ListJobs, now: float) -> list[JobInfo]:
+        del now
+        rows = [
+            r
+            for r in sorted(self._rows.values(), key=lambda r: -r.id)
+            if (op.status is None or r.status is op.status)
+            and (op.queue is None or r.queue == op.queue)
+            and (op.name is None or r.name == op.name)
+        ]
+        return [r.info() for r in rows[: op.limit]]
+
+    def _cancel(self, op: ops.Cancel, now: float) -> CancelResult:
+        row = self._row(op.job_id)
+        if row.status in TERMINAL_STATES:
+            return CancelResult.FINISHED
+        if row.status is JobState.RUNNING:
+            row.cancel_requested = True
+            return CancelResult.REQUESTED
+        self._apply(row, Cancelled(), now)
+        return CancelResult.CANCELLED
+
+    def _retry_job(self, op: ops.RetryJob, now: float) -> bool:
+        row = self._row(op.job_id)
+        if next_state(row.status, Retried()) is None:
+            return False
+        key = row.idempotency_key
+        if key is not None and self._open_keys.get(key, row.id) != row.id:
+            raise InvalidStateError(
+                f"job {row.id} cannot be retried: job {self._open_keys[key]} holds its "
+                f"idempotency key {key!r}; wait for that job or cancel it"
+            )
+        if not self._apply(row, Retried(), now, run_at=now):
+            return False
+        row.attempt = 0
+        row.finished_at = None
+        row.error = None
+        row.result = None
+        row.cancel_requested = False
+        if key is not None:
+            self._open_keys[key] = row.id
+        return True
+
+    def _discard(self, op: ops.Discard, now: float) -> bool:
+        row = self._row(op.job_id)
+        if row.status not in PENDING_STATES:
+            return False
+        self._apply(row, Discarded(), now)
+        row.error = op.reason
+        return True
+
+    def _rescue(self, op: ops.Rescue, now: float) -> list[int]:
+        for owner, process in list(self._processes.items()):
+            if process.heartbeat_at < op.stale_before:
+                del self._processes[owner]
+        rescued = []
+        for row in self._rows.values():
+            if row.status is not JobState.RUNNING or row.lease_until is None:
+                continue
+            if row.lease_until > now:
+                continue
+            if row.cancel_requested:
+                self._apply(row, Cancelled(), now)
+            else:
+                event = rescue_outcome(row.attempt, row.max_attempts, now)
+                self._apply(row, event, now, run_at=event.retry_at)
+                row.error = f"attempt {row.attempt} lost: its worker stopped heartbeating"
+            rescued.append(row.id)
+        return rescued
+
+    def _stats(self, op: ops.Stats, now: float) -> dict[str, dict[JobState, int]]:
+        del op, now
+        out: dict[str, dict[JobState, int]] = {}
+        for row in self._rows.values():
+            per = out.setdefault(row.queue, {})
+            per[row.status] = per.get(row.status, 0) + 1
+        return out
+
+    def _beat(self, op: ops.Beat, now: float) -> None:
+        known = self._processes.get(op.owner)
+        started = now if known is None else known.started_at
+        self._processes[op.owner] = ProcessInfo(op.owner, op.queues, started, now)
+
+    def _leave(self, op: ops.Leave, now: float) -> None:
+        del now
+        self._processes.pop(op.owner, None)
+        for name, (owner, _) in list(self._leases.items()):
+            if owner == op.owner:
+                del self._leases[name]
+
+    def _processes_list(self, op: ops.Processes, now: float) -> list[ProcessInfo]:
+        del op, now
+        return sorted(self._processes.values(), key=lambda p: (p.started_at, p.owner))
+
+    def _lead(self, op: ops.Lead, now: float) -> bool:
+        owner, until = self._leases.get(op.name, (op.owner, now))
+        if owner != op.owner and until > now:
+            return False
+        self._leases[op.name] = (op.owner, op.until)
+        return True
+
+    def _fire_cron(self, op: ops.FireCron, now: float) -> FireResult:
+        state = self._cron.get(op.name)
+        if (state.last_tick if state else None) != op.expected_last:
+            return FireResult(conflict=True)
+        last_job = state.last_job_id if state else None
+        busy = last_job is not None and not self._rows[last_job].status.is_terminal
+        if op.jobs and op.skip_if_running and busy:
+            skipped = (state.skipped if state else 0) + len(op.jobs)
+            self._cron[op.name] = CronState(op.name, op.new_last, last_job, skipped)
+            return FireResult(skipped=len(op.jobs))
+        ids = tuple(e.id for e in self._enqueue(ops.Enqueue(op.jobs), now))
+        skipped = state.skipped if state else 0
+        self._cron[op.name] = CronState(op.name, op.new_last, ids[-1] if ids else last_job, skipped)
+        return FireResult(job_ids=ids)
+
+    def _cron_states(self, op: ops.CronStates, now: float) -> dict[str, CronState]:
+        del op, now
+        return dict(self._cron)

@@ -1,0 +1,725 @@
+"""The PostgreSQL backend: many replicas on one database.
+
+asyncpg runs under trio-asyncio, reached only through the storage actor. Each batch is one
+``aio_as_trio`` crossing into a coroutine that acquires a pooled connection, runs the batch
+in one transaction and releases the connection, all on the asyncio side: a cancelled
+crossing cancels that coroutine, whose ``async with`` gives the connection back. Claims use
+``FOR UPDATE SKIP LOCKED`` so replicas never wait on each other's rows; multi-row writes
+(enqueue, outcomes, lease renewals) are single statements over ``unnest`` arrays. The rules
+are those of :mod:`trioforge._rules`; the contract suite holds this backend to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import asyncpg
+import trio
+import trio_asyncio
+
+from trioforge._errors import (
+    DatabaseUnavailableError,
+    InvalidStateError,
+    JobNotFoundError,
+    SchemaError,
+)
+from trioforge._rules import TERMINAL_STATES, JobState, claim_key, next_state
+from trioforge.storage import _ops as ops
+from trioforge.storage._records import (
+    JOB_COLUMNS,
+    CancelNotice,
+    CancelResult,
+    ClaimedJob,
+    ClaimResult,
+    CronState,
+    Enqueued,
+    FireResult,
+    JobInfo,
+    Notice,
+    ProcessInfo,
+    RenewResult,
+    SchemaStatus,
+    WakeNotice,
+    job_info,
+)
+from trioforge.storage._urls import redact
+
+__all__ = ["PostgresBackend"]
+
+_PENDING = "('scheduled', 'available', 'retrying')"
+_TERMINAL = "('completed', 'dead', 'cancelled')"
+#: Serialises concurrent migrations across processes (any fixed 64-bit number).
+_MIGRATION_LOCK = 0x7472696F666F7267
+
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE trioforge_jobs (
+        id BIGSERIAL PRIMARY KEY,
+        name TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        run_at DOUBLE PRECISION NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        idempotency_key TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        status TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        lease BIGINT NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_until DOUBLE PRECISION,
+        started_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION,
+        result TEXT,
+        error TEXT,
+        progress DOUBLE PRECISION,
+        progress_message TEXT,
+        cancel_requested BOOLEAN NOT NULL DEFAULT FALSE
+    );
+    CREATE INDEX trioforge_jobs_claim ON trioforge_jobs (queue, priority DESC, run_at, id)
+        WHERE status IN {_PENDING};
+    CREATE INDEX trioforge_jobs_upcoming ON trioforge_jobs (queue, run_at)
+        WHERE status IN {_PENDING};
+    CREATE UNIQUE INDEX trioforge_jobs_idempotency ON trioforge_jobs (idempotency_key)
+        WHERE idempotency_key IS NOT NULL AND status NOT IN {_TERMINAL};
+    CREATE INDEX trioforge_jobs_leases ON trioforge_jobs (lease_until) WHERE status = 'running';
+    """,
+    """
+    CREATE TABLE trioforge_processes (
+        owner TEXT PRIMARY KEY,
+        queues TEXT[] NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        heartbeat_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE trioforge_leases (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        until DOUBLE PRECISION NOT NULL
+    );
+    """,
+    """
+    CREATE TABLE trioforge_cron (
+        name TEXT PRIMARY KEY,
+        last_tick DOUBLE PRECISION NOT NULL,
+        last_job_id BIGINT,
+        skipped INTEGER NOT NULL DEFAULT 0
+    );
+    """,
+)
+
+
+#: One statement: the insert, and one wake-up notice per queue (sent at commit).
+_INSERT_MANY = """
+WITH inserted AS (
+    INSERT INTO trioforge_jobs
+        (name, queue, payload, priority, run_at, max_attempts, created_at, status)
+    SELECT name, queue, payload, priority, run_at, max_attempts, $7, status
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::int[],
+                $8::text[])
+        WITH ORDINALITY AS t(name, queue, payload, priority, run_at, max_attempts, status, ord)
+    ORDER BY ord
+    RETURNING id, queue, run_at
+), notified AS (
+    SELECT pg_notify($9, 'w:' || min(run_at)::text || ':' || queue) FROM inserted GROUP BY queue
+)
+SELECT id FROM inserted WHERE (SELECT count(*) FROM notified) >= 0
+"""
+
+_INSERT_KEYED = f"""
+INSERT INTO trioforge_jobs
+    (name, queue, payload, priority, run_at, max_attempts, idempotency_key, created_at, status)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (idempotency_key)
+    WHERE idempotency_key IS NOT NULL AND status NOT IN {_TERMINAL} DO NOTHING
+RETURNING id
+"""
+
+#: The LISTEN/NOTIFY channel. Payloads: ``w:<run_at>:<queue>`` (work enqueued) and
+#: ``c:<job id>`` (cancel requested); delivered when the writing transaction commits.
+CHANNEL = "trioforge"
+
+_NOTIFY_WAKES = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
+
+_KEY_HOLDER = (
+    f"SELECT id FROM trioforge_jobs WHERE idempotency_key = $1 AND status NOT IN {_TERMINAL}"
+)
+
+#: One statement: the claimed rows, plus a last row (id NULL) carrying the earliest run_at
+#: still in the future (the rows being claimed are due, so the snapshot cannot mislead it).
+_CLAIM = f"""
+WITH picked AS (
+    SELECT id FROM trioforge_jobs
+    WHERE queue = $1 AND status IN {_PENDING} AND run_at <= $2 AND name = ANY($3::text[])
+    ORDER BY priority DESC, run_at, id
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE trioforge_jobs AS j
+    SET status = 'running', attempt = j.attempt + 1, lease = j.lease + 1, lease_owner = $5,
+        lease_until = $6, started_at = $2, error = NULL, progress = NULL,
+        progress_message = NULL
+    FROM picked WHERE j.id = picked.id
+    RETURNING j.id, j.name, j.queue, j.payload, j.priority, j.run_at, j.attempt,
+        j.max_attempts, j.lease
+)
+SELECT id, name, queue, payload, priority, run_at, attempt, max_attempts, lease FROM claimed
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, min(run_at), NULL, NULL, NULL FROM trioforge_jobs
+WHERE queue = $1 AND status IN {_PENDING} AND run_at > $2 AND name = ANY($3::text[])
+"""
+
+_FINISH = """
+UPDATE trioforge_jobs AS j
+SET status = u.status, run_at = coalesce(u.run_at, j.run_at), attempt = j.attempt - u.released,
+    lease_owner = NULL, lease_until = NULL, finished_at = u.finished_at, result = u.result,
+    error = u.error
+FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[], $5::int[], $6::float8[],
+            $7::text[], $8::text[])
+    AS u(id, lease, status, run_at, released, finished_at, result, error)
+WHERE j.id = u.id AND j.status = 'running' AND j.lease = u.lease
+RETURNING j.id, j.lease
+"""
+
+_RENEW = """
+UPDATE trioforge_jobs AS j SET lease_until = $3
+FROM unnest($1::bigint[], $2::bigint[]) AS u(id, lease)
+WHERE j.id = u.id AND j.lease = u.lease AND j.status = 'running' AND j.lease_owner = $4
+RETURNING j.id, j.lease, j.cancel_requested
+"""
+
+#: One statement: forget processes that stopped beating, rescue jobs whose lease expired.
+_RESCUE = """
+WITH forgotten AS (DELETE FROM trioforge_processes WHERE heartbeat_at < $2)
+UPDATE trioforge_jobs SET
+    status = CASE WHEN cancel_requested THEN 'cancelled'
+                  WHEN attempt < max_attempts THEN 'retrying' ELSE 'dead' END,
+    finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN $1 END,
+    run_at = CASE WHEN NOT cancel_requested AND attempt < max_attempts THEN $1 ELSE run_at END,
+    error = CASE WHEN cancel_requested THEN error
+                 ELSE 'attempt ' || attempt || ' lost: its worker stopped heartbeating' END,
+    lease_owner = NULL, lease_until = NULL
+WHERE status = 'running' AND lease_until <= $1
+RETURNING id
+"""
+
+
+def _atomic_alone(op: ops.Op) -> bool:
+    """Whether the op's writes are one statement, so it needs no explicit transaction."""
+    if isinstance(op, ops.Enqueue):
+        return all(j.idempotency_key is None for j in op.jobs)
+    return isinstance(
+        op, ops.Claim | ops.Finish | ops.Renew | ops.Progress | ops.Get | ops.ListJobs
+        | ops.Rescue | ops.Stats | ops.Beat | ops.Leave | ops.Processes | ops.Lead
+    )  # fmt: skip
+
+
+def parse_notice(payload: str) -> Notice | None:
+    kind, _, rest = payload.partition(":")
+    try:
+        if kind == "w":
+            run_at, _, queue = rest.partition(":")
+            return WakeNotice(queue, float(run_at))
+        if kind == "c":
+            return CancelNotice(int(rest))
+    except ValueError:
+        pass
+    return None  # not ours: ignore
+
+
+class PostgresBackend:
+    """Jobs in PostgreSQL; any number of processes and machines may share it.
+
+    ``schema`` puts the tables in that schema (created if missing) instead of the
+    connection's default search path.
+    """
+
+    shared = True
+    notifies = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        pool_size: int = 4,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.schema = schema
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._pool: asyncpg.Pool | None = None
+        self._handlers: dict[
+            type, Callable[[asyncpg.Connection, Any, float], Awaitable[object]]
+        ] = ops.handlers(self)
+
+    # --- lifecycle (trio side) ---------------------------------------------------------
+
+    async def _aio(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """One crossing into asyncio."""
+        return await trio_asyncio.aio_as_trio(fn)(*args)
+
+    @asynccontextmanager
+    async def listen(self) -> AsyncIterator[trio.MemoryReceiveChannel[Notice]]:
+        """LISTEN on a connection of its own (a pooled one would be UNLISTENed on release).
+        The channel ends when that connection drops."""
+        send, receive = trio.open_memory_channel[Notice](math.inf)
+
+        def on_notify(conn: object, pid: int, channel: str, payload: str) -> None:
+            notice = parse_notice(payload)
+            if notice is not None:
+                with contextlib.suppress(trio.ClosedResourceError):
+                    send.send_nowait(notice)
+
+        def on_lost(conn: object) -> None:
+            send.close()
+
+        async def connect() -> asyncpg.Connection:
+            settings = {"application_name": f"trioforge listener {self.schema or ''}".strip()}
+            if self.schema:
+                settings["search_path"] = self.schema
+            try:
+                conn = await asyncpg.connect(
+                    self.url, timeout=self._connect_timeout, server_settings=settings
+                )
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise DatabaseUnavailableError(
+                    f"cannot reach PostgreSQL at {redact(self.url)} to listen: {exc}"
+                ) from None
+            conn.add_termination_listener(on_lost)
+            await conn.add_listener(CHANNEL, on_notify)
+            return conn
+
+        conn = await self._aio(connect)
+        try:
+            yield receive
+        finally:
+            send.close()
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._aio(conn.close)
+
+    def environment(self) -> AbstractAsyncContextManager[Any]:
+        if trio_asyncio.current_loop.get() is None:
+            loop: AbstractAsyncContextManager[Any] = trio_asyncio.open_loop()
+            return loop
+        return contextlib.nullcontext()  # the host app runs a loop already: reuse it
+
+    async def open(self, *, migrate: bool = True) -> None:
+        try:
+            self._pool = await self._aio(self._connect)
+            status = await self.schema_status()
+            if status.current > status.latest:
+                raise SchemaError(
+                    f"schema version {status.current} in {redact(self.url)} is newer than "
+                    f"this trioforge knows ({status.latest}); upgrade trioforge"
+                )
+            if status.current < status.latest:
+                if not migrate:
+                    raise SchemaError(
+                        f"schema version {status.current} in {redact(self.url)}, this "
+                        f"trioforge needs {status.latest}; run `trioforge db migrate`"
+                    )
+                await self.migrate()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await self._aio(pool.close)
+
+    async def create_database(self) -> bool:
+        parts = urllib.parse.urlsplit(self.url)
+        name = urllib.parse.unquote(parts.path.lstrip("/"))
+        if not name:
+            return False
+        maintenance = urllib.parse.urlunsplit(parts._replace(path="/postgres", query=""))
+
+        async def create() -> bool:
+            try:
+                conn = await asyncpg.connect(maintenance, timeout=self._connect_timeout)
+            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                raise DatabaseUnavailableError(
+                    f"cannot reach PostgreSQL at {redact(maintenance)} to create {name!r}: {exc}"
+                ) from None
+            try:
+                if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                    return False
+                # An identifier cannot be a parameter: quote it as PostgreSQL does.
+                await conn.execute('CREATE DATABASE "{}"'.format(name.replace('"', '""')))
+                return True
+            finally:
+                await conn.close()
+
+        created: bool = await self._aio(create)
+        return created
+
+    async def drop(self) -> None:
+        async def drop_tables(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "DROP TABLE IF EXISTS trioforge_jobs, trioforge_processes, trioforge_leases, "
+                "trioforge_cron, trioforge_schema"
+            )
+
+        await self._aio(self._run, drop_tables)
+
+    async def schema_status(self) -> SchemaStatus:
+        current: int = await self._aio(self._run, self._read_version)
+        return SchemaStatus(current, len(MIGRATIONS))
+
+    async def migrate(self) -> SchemaStatus:
+        await self._aio(self._run, self._migrate)
+        return await self.schema_status()
+
+    async def execute(self, batch: Sequence[ops.Op], now: float) -> list[object]:
+        results: list[object] = await self._aio(self._execute, list(batch), now)
+        return results
+
+    # --- asyncio side ------------------------------------------------------------------
+
+    async def _connect(self) -> asyncpg.Pool:
+        settings = {"search_path": self.schema} if self.schema else None
+        try:
+            if self.schema:
+                conn = await asyncpg.connect(self.url, timeout=self._connect_timeout)
+                try:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                finally:
+                    await conn.close()
+            pool: asyncpg.Pool = await asyncpg.create_pool(
+                self.url,
+                min_size=1,
+                max_size=self._pool_size,
+                timeout=self._connect_timeout,
+                server_settings=settings,
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise DatabaseUnavailableError(
+                f"cannot reach PostgreSQL at {redact(self.url)}: {exc or type(exc).__name__}; "
+                "check that the server is running and the URL (host, port, user, database)"
+            ) from None
+        return pool
+
+    async def _run(self, fn: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
+        if self._pool is None:
+            raise DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} is not open")
+        async with self._pool.acquire() as conn:
+            return await fn(conn)
+
+    @staticmethod
+    async def _read_version(conn: asyncpg.Connection) -> int:
+        exists = await conn.fetchval("SELECT to_regclass('trioforge_schema') IS NOT NULL")
+        if not exists:
+            return 0
+        return await conn.fetchval("SELECT coalesce(max(version), 0) FROM trioforge_schema") or 0
+
+    @staticmethod
+    async def _migrate(conn: asyncpg.Connection) -> None:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS trioforge_schema (version INTEGER NOT NULL)"
+            )
+            current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM trioforge_schema")
+            for version, script in enumerate(MIGRATIONS, start=1):
+                if version > current:
+                    await conn.execute(script)
+                    await conn.execute(
+                        "INSERT INTO trioforge_schema (version) VALUES ($1)", version
+                    )
+
+    async def _execute(self, batch: list[ops.Op], now: float) -> list[object]:
+        if self._pool is None:
+            raise DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} is not open")
+        async with self._pool.acquire() as conn:
+            if len(batch) == 1 and _atomic_alone(batch[0]):
+                try:  # no BEGIN/COMMIT round trips for what one statement does atomically
+                    return [await self._handlers[type(batch[0])](conn, batch[0], now)]
+                except Exception as exc:
+                    return [exc]
+            try:
+                async with conn.transaction():
+                    return [await self._handlers[type(op)](conn, op, now) for op in batch]
+            except Exception:
+                if len(batch) == 1:
+                    return [await self._one(conn, batch[0], now)]
+            # Something failed: each op on its own, so neighbours are unaffected.
+            return [await self._one(conn, op, now) for op in batch]
+
+    async def _one(self, conn: asyncpg.Connection, op: ops.Op, now: float) -> object:
+        try:
+            async with conn.transaction():
+                return await self._handlers[type(op)](conn, op, now)
+        except Exception as exc:
+            return exc
+
+    # --- operations (asyncio side, inside the batch's transaction) ----------------------
+
+    @staticmethod
+    async def _enqueue(conn: asyncpg.Connection, op: ops.Enqueue, now: float) -> list[Enqueued]:
+        for job in op.jobs:
+            json.loads(job.payload)  # refuse anything that is not JSON text
+        status = ["scheduled" if j.run_at > now else "available" for j in op.jobs]
+        if all(j.idempotency_key is None for j in op.jobs):
+            rows = await conn.fetch(
+                _INSERT_MANY,
+                [j.name for j in op.jobs], [j.queue for j in op.jobs],
+                [j.payload for j in op.jobs], [j.priority for j in op.jobs],
+                [j.run_at for j in op.jobs], [j.max_attempts for j in op.jobs], now, status,
+                CHANNEL,
+            )  # fmt: skip
+            return [Enqueued(job_id, created=True) for job_id in sorted(r["id"] for r in rows)]
+        earliest: dict[str, float] = {}
+        for j in op.jobs:
+            earliest[j.queue] = min(j.run_at, earliest.get(j.queue, j.run_at))
+        await conn.execute(
+            _NOTIFY_WAKES, CHANNEL, [f"w:{at!r}:{queue}" for queue, at in earliest.items()]
+        )
+        out = []
+        for j, state in zip(op.jobs, status, strict=True):
+            job_id = await conn.fetchval(
+                _INSERT_KEYED, j.name, j.queue, j.payload, j.priority, j.run_at,
+                j.max_attempts, j.idempotency_key, now, state,
+            )  # fmt: skip
+            if job_id is not None:
+                out.append(Enqueued(job_id, created=True))
+                continue
+            existing = await conn.fetchval(
+                _KEY_HOLDER,
+                j.idempotency_key,
+            )
+            out.append(Enqueued(existing, created=False))
+        return out
+
+    @staticmethod
+    async def _claim(conn: asyncpg.Connection, op: ops.Claim, now: float) -> ClaimResult:
+        rows = await conn.fetch(
+            _CLAIM, op.queue, now, sorted(op.names), max(op.limit, 0), op.owner, op.lease_until
+        )
+        jobs = sorted(
+            (ClaimedJob(*row) for row in rows if row["id"] is not None),
+            key=lambda j: claim_key(j.priority, j.run_at, j.id),
+        )
+        upcoming = next(row["run_at"] for row in rows if row["id"] is None)
+        return ClaimResult(tuple(jobs), upcoming)
+
+    @staticmethod
+    async def _finish(conn: asyncpg.Connection, op: ops.Finish, now: float) -> list[bool]:
+        columns: list[list[Any]] = [[], [], [], [], [], [], [], []]
+        for outcome in op.outcomes:
+            target = next_state(JobState.RUNNING, outcome.event)
+            if target is None:
+                continue
+            values = (
+                outcome.job_id, outcome.lease, target.value,
+                getattr(outcome.event, "retry_at", None),
+                1 if target is JobState.AVAILABLE else 0,
+                now if target in TERMINAL_STATES else None,
+                outcome.result, outcome.error,
+            )  # fmt: skip
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        applied = {(r["id"], r["lease"]) for r in await conn.fetch(_FINISH, *columns)}
+        return [(o.job_id, o.lease) in applied for o in op.outcomes]
+
+    @staticmethod
+    async def _renew(conn: asyncpg.Connection, op: ops.Renew, now: float) -> RenewResult:
+        del now
+        rows = await conn.fetch(
+            _RENEW, [j for j, _ in op.leases], [lease for _, lease in op.leases],
+            op.lease_until, op.owner,
+        )  # fmt: skip
+        held = {(r["id"], r["lease"]): r["cancel_requested"] for r in rows}
+        return RenewResult(
+            cancel_requested=frozenset(j for (j, _), flag in held.items() if flag),
+            lost=frozenset(j for j, lease in op.leases if (j, lease) not in held),
+        )
+
+    @staticmethod
+    async def _progress(conn: asyncpg.Connection, op: ops.Progress, now: float) -> bool:
+        del now
+        status = await conn.execute(
+            "UPDATE trioforge_jobs SET progress = $1, progress_message = $2 "
+            "WHERE id = $3 AND lease = $4 AND status = 'running'",
+            op.pct, op.message, op.job_id, op.lease,
+        )  # fmt: skip
+        return bool(status == "UPDATE 1")
+
+    @staticmethod
+    async def _get(conn: asyncpg.Connection, op: ops.Get, now: float) -> JobInfo | None:
+        del now
+        row = await conn.fetchrow(
+            f"SELECT {JOB_COLUMNS} FROM trioforge_jobs WHERE id = $1", op.job_id
+        )
+        return None if row is None else job_info(row)
+
+    @staticmethod
+    async def _list_jobs(conn: asyncpg.Connection, op: ops.ListJobs, now: float) -> list[JobInfo]:
+        del now
+        rows = await conn.fetch(
+            f"SELECT {JOB_COLUMNS} FROM trioforge_jobs "
+            "WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR queue = $2) "
+            "AND ($3::text IS NULL OR name = $3) ORDER BY id DESC LIMIT $4",
+            op.status.value if op.status else None, op.queue, op.name, op.limit,
+        )  # fmt: skip
+        return [job_info(row) for row in rows]
+
+    @staticmethod
+    async def _locked(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record:
+        row = await conn.fetchrow(
+            "SELECT status, idempotency_key FROM trioforge_jobs WHERE id = $1 FOR UPDATE", job_id
+        )
+        if row is None:
+            raise JobNotFoundError(f"no job with id {job_id}")
+        return row
+
+    async def _cancel(self, conn: asyncpg.Connection, op: ops.Cancel, now: float) -> CancelResult:
+        status = JobState((await self._locked(conn, op.job_id))["status"])
+        if status in TERMINAL_STATES:
+            return CancelResult.FINISHED
+        if status is JobState.RUNNING:
+            await conn.execute(
+                "UPDATE trioforge_jobs SET cancel_requested = TRUE WHERE id = $1", op.job_id
+            )
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"c:{op.job_id}")
+            return CancelResult.REQUESTED
+        await conn.execute(
+            "UPDATE trioforge_jobs SET status = 'cancelled', finished_at = $1 WHERE id = $2",
+            now, op.job_id,
+        )  # fmt: skip
+        return CancelResult.CANCELLED
+
+    async def _retry_job(self, conn: asyncpg.Connection, op: ops.RetryJob, now: float) -> bool:
+        row = await self._locked(conn, op.job_id)
+        if JobState(row["status"]) not in (JobState.DEAD, JobState.CANCELLED):
+            return False
+        key = row["idempotency_key"]
+        if key is not None:
+            holder = await conn.fetchval(
+                _KEY_HOLDER,
+                key,
+            )
+            if holder is not None:
+                raise InvalidStateError(
+                    f"job {op.job_id} cannot be retried: job {holder} holds its "
+                    f"idempotency key {key!r}; wait for that job or cancel it"
+                )
+        await conn.execute(
+            "UPDATE trioforge_jobs SET status = 'available', attempt = 0, run_at = $1, "
+            "finished_at = NULL, error = NULL, result = NULL, cancel_requested = FALSE "
+            "WHERE id = $2",
+            now, op.job_id,
+        )  # fmt: skip
+        return True
+
+    async def _discard(self, conn: asyncpg.Connection, op: ops.Discard, now: float) -> bool:
+        await self._locked(conn, op.job_id)
+        status = await conn.execute(
+            f"UPDATE trioforge_jobs SET status = 'dead', finished_at = $1, error = $2 "
+            f"WHERE id = $3 AND status IN {_PENDING}",
+            now, op.reason, op.job_id,
+        )  # fmt: skip
+        return bool(status == "UPDATE 1")
+
+    @staticmethod
+    async def _rescue(conn: asyncpg.Connection, op: ops.Rescue, now: float) -> list[int]:
+        rows = await conn.fetch(_RESCUE, now, op.stale_before)
+        return sorted(r["id"] for r in rows)
+
+    @staticmethod
+    async def _stats(
+        conn: asyncpg.Connection, op: ops.Stats, now: float
+    ) -> dict[str, dict[JobState, int]]:
+        del op, now
+        out: dict[str, dict[JobState, int]] = {}
+        rows = await conn.fetch(
+            "SELECT queue, status, count(*) AS n FROM trioforge_jobs GROUP BY queue, status"
+        )
+        for row in rows:
+            out.setdefault(row["queue"], {})[JobState(row["status"])] = row["n"]
+        return out
+
+    @staticmethod
+    async def _beat(conn: asyncpg.Connection, op: ops.Beat, now: float) -> None:
+        await conn.execute(
+            "INSERT INTO trioforge_processes (owner, queues, started_at, heartbeat_at) "
+            "VALUES ($1, $2, $3, $3) ON CONFLICT (owner) DO UPDATE SET "
+            "queues = excluded.queues, heartbeat_at = excluded.heartbeat_at",
+            op.owner, list(op.queues), now,
+        )  # fmt: skip
+
+    @staticmethod
+    async def _leave(conn: asyncpg.Connection, op: ops.Leave, now: float) -> None:
+        del now
+        await conn.execute(
+            "WITH gone AS (DELETE FROM trioforge_leases WHERE owner = $1) "
+            "DELETE FROM trioforge_processes WHERE owner = $1",
+            op.owner,
+        )
+
+    @staticmethod
+    async def _processes_list(
+        conn: asyncpg.Connection, op: ops.Processes, now: float
+    ) -> list[ProcessInfo]:
+        del op, now
+        rows = await conn.fetch(
+            "SELECT owner, queues, started_at, heartbeat_at FROM trioforge_processes "
+            "ORDER BY started_at, owner"
+        )
+        return [ProcessInfo(r[0], tuple(r[1]), r[2], r[3]) for r in rows]
+
+    @staticmethod
+    async def _lead(conn: asyncpg.Connection, op: ops.Lead, now: float) -> bool:
+        holder = await conn.fetchval(
+            "INSERT INTO trioforge_leases (name, owner, until) VALUES ($1, $2, $3) "
+            "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until "
+            "WHERE trioforge_leases.until <= $4 OR trioforge_leases.owner = excluded.owner "
+            "RETURNING owner",
+            op.name, op.owner, op.until, now,
+        )  # fmt: skip
+        return holder is not None
+
+    async def _fire_cron(
+        self, conn: asyncpg.Connection, op: ops.FireCron, now: float
+    ) -> FireResult:
+        row = await conn.fetchrow(
+            "SELECT last_tick, last_job_id, skipped FROM trioforge_cron WHERE name = $1 FOR UPDATE",
+            op.name,
+        )
+        last_tick, last_job, skipped = (row[0], row[1], row[2]) if row else (None, None, 0)
+        if last_tick != op.expected_last:
+            return FireResult(conflict=True)
+        busy = last_job is not None and await conn.fetchval(
+            f"SELECT 1 FROM trioforge_jobs WHERE id = $1 AND status NOT IN {_TERMINAL}", last_job
+        )
+        ids: tuple[int, ...] = ()
+        if op.jobs and op.skip_if_running and busy:
+            skipped += len(op.jobs)
+        else:
+            ids = tuple(e.id for e in await self._enqueue(conn, ops.Enqueue(op.jobs), now))
+            last_job = ids[-1] if ids else last_job
+        # Existing state is locked above; a first state carries no jobs (FireCron), so
+        # two schedulers creating it at once is harmless.
+        await conn.execute(
+            "INSERT INTO trioforge_cron (name, last_tick, last_job_id, skipped) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET "
+            "last_tick = excluded.last_tick, last_job_id = excluded.last_job_id, "
+            "skipped = excluded.skipped",
+            op.name, op.new_last, last_job, skipped,
+        )  # fmt: skip
+        return FireResult(job_ids=ids, skipped=0 if ids or not op.jobs else len(op.jobs))
+
+    @staticmethod
+    async def _cron_states(
+        conn: asyncpg.Connection, op: ops.CronStates, now: float
+    ) -> dict[str, CronState]:
+        del op, now
+        rows = await conn.fetch("SELECT name, last_tick, last_job_id, skipped FROM trioforge_cron")
+        return {r[0]: CronState(r[0], r[1], r[2], r[3]) for r in rows}

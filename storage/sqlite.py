@@ -1,0 +1,558 @@
+"""The SQLite backend: the default, one file, many processes.
+
+WAL mode, one connection used from a worker thread: each batch of operations is one thread
+hop and one ``BEGIN IMMEDIATE`` transaction, so many claims, outcomes and enqueues share one
+commit. Several processes may use the same file; SQLite's write lock serialises them, and
+leases plus the reaper hand a crashed process's jobs to another. The rules are those of
+:mod:`trioforge._rules`, written as SQL; the contract suite holds it to the memory backend.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from trioforge._errors import (
+    DatabaseUnavailableError,
+    InvalidStateError,
+    JobNotFoundError,
+    SchemaError,
+)
+from trioforge._rules import TERMINAL_STATES, JobState, claim_key, next_state
+from trioforge.storage import _ops as ops
+from trioforge.storage._records import (
+    JOB_COLUMNS,
+    CancelResult,
+    ClaimedJob,
+    ClaimResult,
+    CronState,
+    Enqueued,
+    FireResult,
+    JobInfo,
+    Notice,
+    Outcome,
+    ProcessInfo,
+    RenewResult,
+    SchemaStatus,
+    job_info,
+)
+
+__all__ = ["SQLiteBackend"]
+
+_PENDING_SQL = "('scheduled', 'available', 'retrying')"
+_TERMINAL_SQL = "('completed', 'dead', 'cancelled')"
+
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE trioforge_jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        run_at REAL NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        idempotency_key TEXT,
+        created_at REAL NOT NULL,
+        status TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        lease INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_until REAL,
+        started_at REAL,
+        finished_at REAL,
+        result TEXT,
+        error TEXT,
+        progress REAL,
+        progress_message TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX trioforge_jobs_claim ON trioforge_jobs (queue, priority DESC, run_at, id)
+        WHERE status IN {_PENDING_SQL};
+    CREATE INDEX trioforge_jobs_upcoming ON trioforge_jobs (queue, run_at)
+        WHERE status IN {_PENDING_SQL};
+    CREATE UNIQUE INDEX trioforge_jobs_idempotency ON trioforge_jobs (idempotency_key)
+        WHERE idempotency_key IS NOT NULL AND status NOT IN {_TERMINAL_SQL};
+    CREATE INDEX trioforge_jobs_leases ON trioforge_jobs (lease_until) WHERE status = 'running'
+    """,
+    """
+    CREATE TABLE trioforge_processes (
+        owner TEXT PRIMARY KEY,
+        queues TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL
+    );
+    CREATE TABLE trioforge_leases (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        until REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE trioforge_cron (
+        name TEXT PRIMARY KEY,
+        last_tick REAL NOT NULL,
+        last_job_id INTEGER,
+        skipped INTEGER NOT NULL DEFAULT 0
+    )
+    """,
+)
+
+_TABLES = (
+    "trioforge_jobs", "trioforge_processes", "trioforge_leases", "trioforge_cron",
+    "trioforge_schema",
+)  # fmt: skip
+
+
+_INSERT = (
+    "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, max_attempts, "
+    "idempotency_key, created_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+#: The unfinished job holding an idempotency key, if any.
+_KEY_HOLDER = (
+    f"SELECT id FROM trioforge_jobs WHERE idempotency_key = ? AND status NOT IN {_TERMINAL_SQL}"
+)
+
+_CLAIM = f"""
+UPDATE trioforge_jobs
+SET status = 'running', attempt = attempt + 1, lease = lease + 1, lease_owner = ?,
+    lease_until = ?, started_at = ?, error = NULL, progress = NULL, progress_message = NULL
+WHERE id IN (
+    SELECT id FROM trioforge_jobs INDEXED BY trioforge_jobs_claim
+    WHERE queue = ? AND status IN {_PENDING_SQL} AND run_at <= ?
+      AND name IN (SELECT value FROM json_each(?))
+    ORDER BY priority DESC, run_at, id
+    LIMIT ?
+)
+RETURNING id, name, queue, payload, priority, run_at, attempt, max_attempts, lease
+"""
+
+_UPCOMING = f"""
+SELECT min(run_at) FROM trioforge_jobs
+WHERE queue = ? AND status IN {_PENDING_SQL} AND run_at > ?
+  AND name IN (SELECT value FROM json_each(?))
+"""
+
+
+class SQLiteBackend:
+    """Jobs in a SQLite file (WAL); safe for several processes on one machine."""
+
+    shared = True
+
+    def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self._busy_timeout = busy_timeout
+        self._db: sqlite3.Connection | None = None
+        self._handlers: dict[type, Callable[[sqlite3.Connection, Any, float], object]] = (
+            ops.handlers(self)
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    notifies = False
+
+    def listen(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Notice]]:
+        raise NotImplementedError("this backend pushes no notices; the runtime polls it")
+
+    def environment(self) -> AbstractAsyncContextManager[None]:
+        return nullcontext()
+
+    async def open(self, *, migrate: bool = True) -> None:
+        await trio.to_thread.run_sync(self._open_sync, migrate)
+
+    def _open_sync(self, migrate: bool) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None,
+                check_same_thread=False,
+            )  # fmt: skip
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+        except (sqlite3.Error, OSError) as exc:
+            raise DatabaseUnavailableError(
+                f"cannot open SQLite database {str(self.path)!r}: {exc}; check the path "
+                "and its permissions"
+            ) from None
+        try:
+            status = self._status_sync(db)
+            if status.current > status.latest:
+                raise SchemaError(
+                    f"{self.path} has schema version {status.current}, newer than this "
+                    f"trioforge knows ({status.latest}); upgrade trioforge"
+                )
+            if status.current < status.latest:
+                if not migrate:
+                    raise SchemaError(
+                        f"{self.path} has schema version {status.current}, this trioforge "
+                        f"needs {status.latest}; run `trioforge db migrate`"
+                    )
+                self._migrate_sync(db)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    async def aclose(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await trio.to_thread.run_sync(db.close)
+
+    async def create_database(self) -> bool:
+        return not self.path.exists()  # open() creates the file
+
+    async def drop(self) -> None:
+        def drop_tables(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            for table in _TABLES:
+                db.execute(f"DROP TABLE IF EXISTS {table}")
+            db.execute("COMMIT")
+
+        await trio.to_thread.run_sync(drop_tables, self._conn())
+
+    async def schema_status(self) -> SchemaStatus:
+        return await trio.to_thread.run_sync(self._status_sync, self._conn())
+
+    async def migrate(self) -> SchemaStatus:
+        db = self._conn()
+        await trio.to_thread.run_sync(self._migrate_sync, db)
+        return await self.schema_status()
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise DatabaseUnavailableError(f"SQLite database {self.path} is not open")
+        return self._db
+
+    @staticmethod
+    def _status_sync(db: sqlite3.Connection) -> SchemaStatus:
+        try:
+            row = db.execute("SELECT max(version) FROM trioforge_schema").fetchone()
+        except sqlite3.OperationalError:  # no such table: a new file
+            return SchemaStatus(0, len(MIGRATIONS))
+        return SchemaStatus(row[0] or 0, len(MIGRATIONS))
+
+    @staticmethod
+    def _migrate_sync(db: sqlite3.Connection) -> None:
+        # Two processes may open a new file at once: decide inside the write lock.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS trioforge_schema (version INTEGER NOT NULL)")
+            current = db.execute("SELECT max(version) FROM trioforge_schema").fetchone()[0] or 0
+            for version, script in enumerate(MIGRATIONS, start=1):
+                if version > current:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.execute("INSERT INTO trioforge_schema (version) VALUES (?)", (version,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # --- batches -----------------------------------------------------------------------
+
+    async def execute(self, batch: Sequence[ops.Op], now: float) -> list[object]:
+        return await trio.to_thread.run_sync(self._execute_sync, self._conn(), list(batch), now)
+
+    def _execute_sync(
+        self, db: sqlite3.Connection, batch: list[ops.Op], now: float
+    ) -> list[object]:
+        try:
+            return self._transaction(db, batch, now)
+        except Exception:
+            if len(batch) == 1:
+                return [self._one(db, batch[0], now)]
+        # Something in the batch failed: run each on its own so neighbours are unaffected.
+        return [self._one(db, op, now) for op in batch]
+
+    def _one(self, db: sqlite3.Connection, op: ops.Op, now: float) -> object:
+        try:
+            return self._transaction(db, [op], now)[0]
+        except Exception as exc:
+            return exc
+
+    def _transaction(self, db: sqlite3.Connection, batch: list[ops.Op], now: float) -> list[object]:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise DatabaseUnavailableError(f"SQLite database {self.path} is busy: {exc}") from None
+        try:
+            results = [self._handlers[type(op)](db, op, now) for op in batch]
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return results
+
+    # --- operations --------------------------------------------------------------------
+
+    def _enqueue(self, db: sqlite3.Connection, op: ops.Enqueue, now: float) -> list[Enqueued]:
+        for job in op.jobs:
+            json.loads(job.payload)  # refuse anything that is not JSON text
+        if all(job.idempotency_key is None for job in op.jobs):
+            rows = [
+                (j.name, j.queue, j.payload, j.priority, j.run_at, j.max_attempts, None, now,
+                 "scheduled" if j.run_at > now else "available")
+                for j in op.jobs
+            ]  # fmt: skip
+            before = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'trioforge_jobs'")
+            first = (before.fetchone() or (0,))[0] + 1
+            db.executemany(_INSERT, rows)
+            # The write lock is held, so AUTOINCREMENT handed out consecutive ids.
+            return [Enqueued(first + i, created=True) for i in range(len(rows))]
+        out = []
+        for j in op.jobs:
+            key = j.idempotency_key
+            if key is not None:
+                existing = db.execute(
+                    _KEY_HOLDER,
+                    (key,),
+                ).fetchone()
+                if existing is not None:
+                    out.append(Enqueued(existing[0], created=False))
+                    continue
+            cursor = db.execute(
+                _INSERT,
+                (j.name, j.queue, j.payload, j.priority, j.run_at, j.max_attempts, key, now,
+                 "scheduled" if j.run_at > now else "available"),
+            )  # fmt: skip
+            assert cursor.lastrowid is not None
+            out.append(Enqueued(cursor.lastrowid, created=True))
+        return out
+
+    def _claim(self, db: sqlite3.Connection, op: ops.Claim, now: float) -> ClaimResult:
+        names = json.dumps(sorted(op.names))
+        rows = db.execute(
+            _CLAIM, (op.owner, op.lease_until, now, op.queue, now, names, max(op.limit, 0))
+        ).fetchall()
+        jobs = sorted(
+            (ClaimedJob(*row) for row in rows), key=lambda j: claim_key(j.priority, j.run_at, j.id)
+        )
+        upcoming = db.execute(_UPCOMING, (op.queue, now, names)).fetchone()[0]
+        return ClaimResult(tuple(jobs), upcoming)
+
+    def _finish(self, db: sqlite3.Connection, op: ops.Finish, now: float) -> list[bool]:
+        return [self._finish_one(db, outcome, now) for outcome in op.outcomes]
+
+    @staticmethod
+    def _finish_one(db: sqlite3.Connection, outcome: Outcome, now: float) -> bool:
+        event = outcome.event
+        target = next_state(JobState.RUNNING, event)
+        if target is None:
+            return False
+        retry_at = getattr(event, "retry_at", None)
+        finished_at = now if target in TERMINAL_STATES else None
+        released = 1 if target is JobState.AVAILABLE else 0
+        cursor = db.execute(
+            "UPDATE trioforge_jobs SET status = ?, run_at = coalesce(?, run_at), "
+            "attempt = attempt - ?, lease_owner = NULL, lease_until = NULL, finished_at = ?, "
+            "result = ?, error = ? WHERE id = ? AND status = 'running' AND lease = ?",
+            (target.value, retry_at, released, finished_at, outcome.result, outcome.error,
+             outcome.job_id, outcome.lease),
+        )  # fmt: skip
+        return cursor.rowcount == 1
+
+    @staticmethod
+    def _renew(db: sqlite3.Connection, op: ops.Renew, now: float) -> RenewResult:
+        del now
+        cancel, lost = set(), set()
+        for job_id, lease in op.leases:
+            row = db.execute(
+                "UPDATE trioforge_jobs SET lease_until = ? WHERE id = ? AND lease = ? "
+                "AND status = 'running' AND lease_owner = ? RETURNING cancel_requested",
+                (op.lease_until, job_id, lease, op.owner),
+            ).fetchone()
+            if row is None:
+                lost.add(job_id)
+            elif row[0]:
+                cancel.add(job_id)
+        return RenewResult(frozenset(cancel), frozenset(lost))
+
+    @staticmethod
+    def _progress(db: sqlite3.Connection, op: ops.Progress, now: float) -> bool:
+        del now
+        cursor = db.execute(
+            "UPDATE trioforge_jobs SET progress = ?, progress_message = ? "
+            "WHERE id = ? AND lease = ? AND status = 'running'",
+            (op.pct, op.message, op.job_id, op.lease),
+        )
+        return cursor.rowcount == 1
+
+    @staticmethod
+    def _get(db: sqlite3.Connection, op: ops.Get, now: float) -> JobInfo | None:
+        del now
+        row = db.execute(
+            f"SELECT {JOB_COLUMNS} FROM trioforge_jobs WHERE id = ?", (op.job_id,)
+        ).fetchone()
+        return None if row is None else job_info(row)
+
+    @staticmethod
+    def _list_jobs(db: sqlite3.Connection, op: ops.ListJobs, now: float) -> list[JobInfo]:
+        del now
+        rows = db.execute(
+            f"SELECT {JOB_COLUMNS} FROM trioforge_jobs "
+            "WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR queue = ?2) "
+            "AND (?3 IS NULL OR name = ?3) ORDER BY id DESC LIMIT ?4",
+            (op.status.value if op.status else None, op.queue, op.name, op.limit),
+        ).fetchall()
+        return [job_info(row) for row in rows]
+
+    @staticmethod
+    def _status_of(db: sqlite3.Connection, job_id: int) -> tuple[JobState, str | None]:
+        row = db.execute(
+            "SELECT status, idempotency_key FROM trioforge_jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        if row is None:
+            raise JobNotFoundError(f"no job with id {job_id}")
+        return JobState(row[0]), row[1]
+
+    def _cancel(self, db: sqlite3.Connection, op: ops.Cancel, now: float) -> CancelResult:
+        status, _ = self._status_of(db, op.job_id)
+        if status in TERMINAL_STATES:
+            return CancelResult.FINISHED
+        if status is JobState.RUNNING:
+            db.execute("UPDATE trioforge_jobs SET cancel_requested = 1 WHERE id = ?", (op.job_id,))
+            return CancelResult.REQUESTED
+        db.execute(
+            "UPDATE trioforge_jobs SET status = 'cancelled', finished_at = ? WHERE id = ?",
+            (now, op.job_id),
+        )
+        return CancelResult.CANCELLED
+
+    def _retry_job(self, db: sqlite3.Connection, op: ops.RetryJob, now: float) -> bool:
+        status, key = self._status_of(db, op.job_id)
+        if status not in (JobState.DEAD, JobState.CANCELLED):
+            return False
+        if key is not None:
+            holder = db.execute(
+                _KEY_HOLDER,
+                (key,),
+            ).fetchone()
+            if holder is not None:
+                raise InvalidStateError(
+                    f"job {op.job_id} cannot be retried: job {holder[0]} holds its "
+                    f"idempotency key {key!r}; wait for that job or cancel it"
+                )
+        db.execute(
+            "UPDATE trioforge_jobs SET status = 'available', attempt = 0, run_at = ?, "
+            "finished_at = NULL, error = NULL, result = NULL, cancel_requested = 0 WHERE id = ?",
+            (now, op.job_id),
+        )
+        return True
+
+    def _discard(self, db: sqlite3.Connection, op: ops.Discard, now: float) -> bool:
+        self._status_of(db, op.job_id)
+        cursor = db.execute(
+            f"UPDATE trioforge_jobs SET status = 'dead', finished_at = ?, error = ? "
+            f"WHERE id = ? AND status IN {_PENDING_SQL}",
+            (now, op.reason, op.job_id),
+        )
+        return cursor.rowcount == 1
+
+    @staticmethod
+    def _rescue(db: sqlite3.Connection, op: ops.Rescue, now: float) -> list[int]:
+        db.execute("DELETE FROM trioforge_processes WHERE heartbeat_at < ?", (op.stale_before,))
+        rows = db.execute(
+            "UPDATE trioforge_jobs SET "
+            "status = CASE WHEN cancel_requested THEN 'cancelled' "
+            "  WHEN attempt < max_attempts THEN 'retrying' ELSE 'dead' END, "
+            "finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts "
+            "  THEN ?1 END, "
+            "run_at = CASE WHEN NOT cancel_requested AND attempt < max_attempts "
+            "  THEN ?1 ELSE run_at END, "
+            "error = CASE WHEN cancel_requested THEN error ELSE "
+            "  'attempt ' || attempt || ' lost: its worker stopped heartbeating' END, "
+            "lease_owner = NULL, lease_until = NULL "
+            "WHERE status = 'running' AND lease_until <= ?1 RETURNING id",
+            (now,),
+        ).fetchall()
+        return sorted(row[0] for row in rows)
+
+    @staticmethod
+    def _stats(db: sqlite3.Connection, op: ops.Stats, now: float) -> dict[str, dict[JobState, int]]:
+        del op, now
+        out: dict[str, dict[JobState, int]] = {}
+        for queue, status, count in db.execute(
+            "SELECT queue, status, count(*) FROM trioforge_jobs GROUP BY queue, status"
+        ):
+            out.setdefault(queue, {})[JobState(status)] = count
+        return out
+
+    @staticmethod
+    def _beat(db: sqlite3.Connection, op: ops.Beat, now: float) -> None:
+        db.execute(
+            "INSERT INTO trioforge_processes (owner, queues, started_at, heartbeat_at) "
+            "VALUES (?1, ?2, ?3, ?3) ON CONFLICT (owner) DO UPDATE SET "
+            "queues = excluded.queues, heartbeat_at = excluded.heartbeat_at",
+            (op.owner, json.dumps(list(op.queues)), now),
+        )
+
+    @staticmethod
+    def _leave(db: sqlite3.Connection, op: ops.Leave, now: float) -> None:
+        del now
+        db.execute("DELETE FROM trioforge_processes WHERE owner = ?", (op.owner,))
+        db.execute("DELETE FROM trioforge_leases WHERE owner = ?", (op.owner,))
+
+    @staticmethod
+    def _processes_list(db: sqlite3.Connection, op: ops.Processes, now: float) -> list[ProcessInfo]:
+        del op, now
+        rows = db.execute(
+            "SELECT owner, queues, started_at, heartbeat_at FROM trioforge_processes "
+            "ORDER BY started_at, owner"
+        )
+        return [ProcessInfo(o, tuple(json.loads(q)), s, h) for o, q, s, h in rows]
+
+    @staticmethod
+    def _lead(db: sqlite3.Connection, op: ops.Lead, now: float) -> bool:
+        row = db.execute(
+            "INSERT INTO trioforge_leases (name, owner, until) VALUES (?1, ?2, ?3) "
+            "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until "
+            "WHERE trioforge_leases.until <= ?4 OR trioforge_leases.owner = excluded.owner "
+            "RETURNING owner",
+            (op.name, op.owner, op.until, now),
+        ).fetchone()
+        return row is not None
+
+    def _fire_cron(self, db: sqlite3.Connection, op: ops.FireCron, now: float) -> FireResult:
+        row = db.execute(
+            "SELECT last_tick, last_job_id, skipped FROM trioforge_cron WHERE name = ?",
+            (op.name,),
+        ).fetchone()
+        last_tick, last_job, skipped = row if row else (None, None, 0)
+        if last_tick != op.expected_last:
+            return FireResult(conflict=True)
+        busy = (
+            last_job is not None
+            and db.execute(
+                f"SELECT 1 FROM trioforge_jobs WHERE id = ? AND status NOT IN {_TERMINAL_SQL}",
+                (last_job,),
+            ).fetchone()
+        )
+        ids: tuple[int, ...] = ()
+        if op.jobs and op.skip_if_running and busy:
+            skipped += len(op.jobs)
+        else:
+            ids = tuple(e.id for e in self._enqueue(db, ops.Enqueue(op.jobs), now))
+            last_job = ids[-1] if ids else last_job
+        db.execute(
+            "INSERT INTO trioforge_cron (name, last_tick, last_job_id, skipped) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick, "
+            "last_job_id = excluded.last_job_id, skipped = excluded.skipped",
+            (op.name, op.new_last, last_job, skipped),
+        )
+        return FireResult(job_ids=ids, skipped=0 if ids or not op.jobs else len(op.jobs))
+
+    @staticmethod
+    def _cron_states(
+        db: sqlite3.Connection, op: ops.CronStates, now: float
+    ) -> dict[str, CronState]:
+        del op, now
+        rows = db.execute("SELECT name, last_tick, last_job_id, skipped FROM trioforge_cron")
+        return {r[0]: CronState(*r) for r in rows}

@@ -1,0 +1,378 @@
+"""The storage contract: what every backend does, with explicit times (no clock, no sleep)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trioforge import InvalidStateError, JobNotFoundError, JobState
+from trioforge._rules import Cancelled, Discarded, Failed, Released, Succeeded
+from trioforge.storage import (
+    Backend,
+    CancelResult,
+    ClaimedJob,
+    ClaimResult,
+    Enqueued,
+    JobInfo,
+    NewJob,
+    Outcome,
+    RenewResult,
+    ops,
+)
+
+T0 = 1_000.0
+
+
+def job(
+    name: str = "a",
+    *,
+    queue: str = "q",
+    payload: str = "{}",
+    priority: int = 10,
+    run_at: float = T0,
+    max_attempts: int = 3,
+    key: str | None = None,
+) -> NewJob:
+    return NewJob(name, queue, payload, priority, run_at, max_attempts, key)
+
+
+async def one(backend: Backend, op: ops.Op, now: float = T0) -> Any:
+    [result] = await backend.execute([op], now)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+async def enqueue(backend: Backend, *jobs: NewJob, now: float = T0) -> list[int]:
+    enqueued: list[Enqueued] = await one(backend, ops.Enqueue(jobs), now)
+    return [e.id for e in enqueued]
+
+
+async def claim(
+    backend: Backend,
+    now: float = T0,
+    *,
+    limit: int = 10,
+    queue: str = "q",
+    names: frozenset[str] = frozenset({"a", "b"}),
+    owner: str = "w1",
+    lease: float = 30.0,
+) -> ClaimResult:
+    result: ClaimResult = await one(
+        backend, ops.Claim(queue, names, limit, owner, now + lease), now
+    )
+    return result
+
+
+async def get(backend: Backend, job_id: int) -> JobInfo:
+    info: JobInfo | None = await one(backend, ops.Get(job_id))
+    assert info is not None
+    return info
+
+
+async def finish(backend: Backend, claimed: ClaimedJob, outcome: Outcome, now: float) -> bool:
+    [applied] = await one(backend, ops.Finish((outcome,)), now)
+    assert isinstance(applied, bool)
+    return applied
+
+
+async def test_enqueue_and_get_round_trip(backend: Backend) -> None:
+    [job_id] = await enqueue(backend, job(payload='{"user": "ada", "n": [1, 2]}', priority=20))
+    info = await get(backend, job_id)
+    assert (info.name, info.queue, info.status, info.priority) == ("a", "q", JobState.AVAILABLE, 20)
+    assert info.payload == {"user": "ada", "n": [1, 2]}
+    assert (info.attempt, info.max_attempts, info.run_at, info.created_at) == (0, 3, T0, T0)
+    assert (info.started_at, info.finished_at, info.result, info.error) == (None, None, None, None)
+    assert await one(backend, ops.Get(job_id + 100)) is None
+
+
+async def test_future_jobs_are_scheduled_and_never_claimed_early(backend: Backend) -> None:
+    [later] = await enqueue(backend, job(run_at=T0 + 60))
+    assert (await get(backend, later)).status is JobState.SCHEDULED
+    early = await claim(backend, T0 + 59.999)
+    assert early.jobs == ()
+    assert early.next_run_at == T0 + 60
+    [claimed] = (await claim(backend, T0 + 60)).jobs
+    assert claimed.id == later
+
+
+async def test_claim_order_is_priority_then_run_at_then_enqueue_order(backend: Backend) -> None:
+    ids = await enqueue(
+        backend,
+        job(priority=10, run_at=T0 - 5),  # 0
+        job(priority=20, run_at=T0 - 1),  # 1
+        job(priority=20, run_at=T0 - 1),  # 2
+        job(priority=20, run_at=T0 - 3),  # 3
+        job(priority=0, run_at=T0 - 9),  # 4
+        job(priority=10, run_at=T0 - 5),  # 5
+    )
+    first = await claim(backend, limit=4)
+    assert [j.id for j in first.jobs] == [ids[3], ids[1], ids[2], ids[0]]
+    rest = await claim(backend, limit=4)
+    assert [j.id for j in rest.jobs] == [ids[5], ids[4]]
+    assert rest.next_run_at is None
+
+
+async def test_claims_respect_queue_names_and_limit(backend: Backend) -> None:
+    a, b, c, other_q = await enqueue(backend, job("a"), job("b"), job("c"), job("a", queue="other"))
+    only_a = await claim(backend, names=frozenset({"a"}))
+    assert [j.id for j in only_a.jobs] == [a]
+    assert [j.id for j in (await claim(backend, limit=5)).jobs] == [b]  # never "c"
+    assert (await claim(backend, names=frozenset({"c"}), limit=0)).jobs == ()
+    assert [j.id for j in (await claim(backend, queue="other")).jobs] == [other_q]
+    assert (await get(backend, c)).status is JobState.AVAILABLE
+
+
+async def test_claim_issues_a_lease_and_counts_the_attempt(backend: Backend) -> None:
+    [job_id] = await enqueue(backend, job(payload='"p"'))
+    [claimed] = (await claim(backend, T0 + 1, owner="w9")).jobs
+    assert (claimed.attempt, claimed.lease, claimed.payload, claimed.max_attempts) == (
+        1,
+        1,
+        '"p"',
+        3,
+    )
+    info = await get(backend, job_id)
+    assert (info.status, info.attempt, info.started_at) == (JobState.RUNNING, 1, T0 + 1)
+
+
+async def test_success_stores_the_result(backend: Backend) -> None:
+    [job_id] = await enqueue(backend, job())
+    [c] = (await claim(backend)).jobs
+    assert await finish(backend, c, Outcome(c.id, c.lease, Succeeded(), result='{"ok": 1}'), T0 + 2)
+    info = await get(backend, job_id)
+    assert (info.status, info.result, info.finished_at) == (JobState.COMPLETED, {"ok": 1}, T0 + 2)
+    assert not await finish(backend, c, Outcome(c.id, c.lease, Succeeded()), T0 + 3)  # once only
+
+
+async def test_failure_with_retry_waits_for_its_backoff(backend: Backend) -> None:
+    [job_id] = await enqueue(backend, job())
+    [c] = (await claim(backend)).jobs
+    assert await finish(backend, c, Outcome(c.id, c.lease, Failed(T0 + 8), error="boom"), T0 + 1)
+    info = await get(backend, job_id)
+    assert (info.status, info.run_at, info.error, info.attempt) == (
+        JobState.RETRYING, T0 + 8, "boom", 1,
+    )  # fmt: skip
+    assert (await claim(backend, T0 + 7)).jobs == ()
+    [again] = (await claim(backend, T0 + 8)).jobs
+    assert (again.attempt, again.lease) == (2, 2)
+    assert (await get(backend, job_id)).error is None  # cleared by the new attempt
+
+
+async def test_failure_without_retry_and_discard_are_dead(backend: Backend) -> None:
+    failed, discarded = await enqueue(backend, job(), job())
+    c1, c2 = (await claim(backend)).jobs
+    assert await finish(backend, c1, Outcome(c1.id, c1.lease, Failed(None), error="e"), T0)
+    assert await finish(backend, c2, Outcome(c2.id, c2.lease, Discarded(), error="bad"), T0)
+    assert (await get(backend, failed)).status is JobState.DEAD
+    info = await get(backend, discarded)
+    assert (info.status, info.error, info.finished_at) == (JobState.DEAD, "bad", T0)
+
+
+async def test_release_hands_the_job_back_without_counting_the_attempt(backend: Backend) -> None:
+    [job_id] = await enqueue(backend, job())
+    [c] = (await claim(backend)).jobs
+    assert await finish(backend, c, Outcome(c.id, c.lease, Released()), T0 + 1)
+    info = await get(backend, job_id)
+    assert (info.status, info.attempt, info.finished_at) == (JobState.AVAILABLE, 0, None)
+    [again] = (await claim(backend, T0 + 1)).jobs
+    assert (again.attempt, again.lease) == (1, 2)
+
+
+async def test_cancel_pending_running_finished_and_unknown(backend: Backend) -> None:
+    pending, running = await enqueue(backend, job(run_at=T0 + 100), job())
+    assert await one(backend, ops.Cancel(pending)) is CancelResult.CANCELLED
+    assert (await get(backend, pending)).status is JobState.CANCELLED
+    [c] = (await claim(backend)).jobs
+    assert await one(backend, ops.Cancel(running)) is CancelResult.REQUESTED
+    assert (await get(backend, running)).cancel_requested
+    assert await finish(backend, c, Outcome(c.id, c.lease, Cancelled()), T0 + 1)
+    assert (await get(backend, running)).status is JobState.CANCELLED
+    assert await one(backend, ops.Cancel(running)) is CancelResult.FINISHED
+    [result] = await backend.execute([ops.Cancel(987_654)], T0)
+    assert isinstance(result, JobNotFoundError)
+
+
+async def test_renew_extends_leases_and_reports_cancels_and_losses(backend: Backend) -> None:
+    a, b = await enqueue(backend, job(), job())
+    ca, cb = (await claim(backend, owner="w1", lease=10)).jobs
+    await one(backend, ops.Cancel(b))
+    renewal: RenewResult = await one(
+        backend, ops.Renew("w1", ((a, ca.lease), (b, cb.lease)), T0 + 40), T0 + 5
+    )
+    assert renewal == RenewResult(cancel_requested=frozenset({b}), lost=frozenset())
+    wrong: RenewResult = await one(backend, ops.Renew("w1", ((a, ca.lease + 5),), T0 + 40))
+    assert wrong.lost == frozenset({a})  # a lease number this owner never held
+    assert await one(backend, ops.Rescue(), T0 + 30) == []  # renewed past T0 + 30
+    other: RenewResult = await one(backend, ops.Renew("w2", ((a, ca.lease),), T0 + 99), T0 + 6)
+    assert other.lost == frozenset({a})  # another owner holds nothing
+
+
+async def test_expired_leases_are_rescued_as_new_attempts(backend: Backend) -> None:
+    retried, exhausted, cancelled, healthy = await enqueue(
+        backend, job(), job(max_attempts=1), job(), job()
+    )
+    claimed = {c.id: c for c in (await claim(backend, owner="ghost", lease=10)).jobs}
+    await one(backend, ops.Cancel(cancelled))
+    await one(backend, ops.Renew("ghost", ((healthy, claimed[healthy].lease),), T0 + 50), T0)
+    assert await one(backend, ops.Rescue(), T0 + 9.999) == []
+    assert await one(backend, ops.Rescue(), T0 + 10) == sorted([retried, exhausted, cancelled])
+    info = await get(backend, retried)
+    assert (info.status, info.run_at, info.attempt) == (JobState.RETRYING, T0 + 10, 1)
+    assert "stopped heartbeating" in (info.error or "")
+    assert (await get(backend, exhausted)).status is JobState.DEAD
+    assert (await get(backend, cancelled)).status is JobState.CANCELLED
+    assert (await get(backend, healthy)).status is JobState.RUNNING
+
+
+async def test_writes_fenced_by_an_old_lease_change_nothing(backend: Backend) -> None:
+    [job_id] = await enqueue(backend, job())
+    [old] = (await claim(backend, owner="w1", lease=10)).jobs
+    await one(backend, ops.Rescue(), T0 + 10)
+    [new] = (await claim(backend, T0 + 10, owner="w2")).jobs
+    assert new.lease == old.lease + 1
+    assert not await one(backend, ops.Progress(job_id, old.lease, 50.0, "stale"), T0 + 11)
+    assert not await finish(backend, old, Outcome(job_id, old.lease, Succeeded(), '"old"'), T0 + 11)
+    stale: RenewResult = await one(backend, ops.Renew("w1", ((job_id, old.lease),), T0 + 99))
+    assert stale.lost == frozenset({job_id})
+    assert await one(backend, ops.Progress(job_id, new.lease, 75.0, "fresh"), T0 + 12)
+    info = await get(backend, job_id)
+    assert (info.status, info.progress, info.progress_message) == (JobState.RUNNING, 75.0, "fresh")
+    assert await finish(backend, new, Outcome(job_id, new.lease, Succeeded(), '"new"'), T0 + 13)
+    assert (await get(backend, job_id)).result == "new"
+
+
+async def test_operator_retry_and_discard(backend: Backend) -> None:
+    dead, pending, running = await enqueue(backend, job(), job(run_at=T0 + 50), job())
+    c_dead, _ = (await claim(backend, limit=2)).jobs
+    await finish(backend, c_dead, Outcome(dead, c_dead.lease, Failed(None), error="x"), T0)
+    assert await one(backend, ops.RetryJob(dead), T0 + 5)
+    info = await get(backend, dead)
+    assert (info.status, info.attempt, info.run_at, info.error) == (
+        JobState.AVAILABLE, 0, T0 + 5, None,
+    )  # fmt: skip
+    assert not await one(backend, ops.RetryJob(running))
+    assert await one(backend, ops.Discard(pending, "nope"), T0 + 6)
+    info = await get(backend, pending)
+    assert (info.status, info.error) == (JobState.DEAD, "nope")
+    assert not await one(backend, ops.Discard(running, "x"))
+    assert not await one(backend, ops.Discard(pending, "again"))
+    for op in (ops.RetryJob(555_555), ops.Discard(555_555, "x")):
+        [result] = await backend.execute([op], T0)
+        assert isinstance(result, JobNotFoundError)
+
+
+async def test_idempotency_keys_hold_while_a_job_is_unfinished(backend: Backend) -> None:
+    first: list[Enqueued] = await one(backend, ops.Enqueue((job(key="k"), job(key="k"))))
+    assert first[0].created
+    assert first[1] == Enqueued(first[0].id, created=False)  # duplicate within one batch
+    again: list[Enqueued] = await one(backend, ops.Enqueue((job(key="k"),)))
+    assert again == [Enqueued(first[0].id, created=False)]
+    [c] = (await claim(backend)).jobs
+    await finish(backend, c, Outcome(c.id, c.lease, Failed(None), error="x"), T0)  # dead
+    [fresh] = await one(backend, ops.Enqueue((job(key="k"),)))
+    assert fresh.created
+    assert fresh.id != first[0].id
+    # the dead job cannot be retried while the new one holds the key
+    [refused] = await backend.execute([ops.RetryJob(first[0].id)], T0)
+    assert isinstance(refused, InvalidStateError)
+
+
+async def test_one_bad_operation_does_not_fail_its_batch(backend: Backend) -> None:
+    results = await backend.execute(
+        [
+            ops.Enqueue((job(),)),
+            ops.Cancel(424_242),
+            ops.Enqueue((job(payload="not json"),)),
+            ops.Enqueue((job("b"),)),
+        ],
+        T0,
+    )
+    assert isinstance(results[0], list)
+    assert isinstance(results[1], JobNotFoundError)
+    assert isinstance(results[2], ValueError)
+    assert isinstance(results[3], list)
+    listed: list[JobInfo] = await one(backend, ops.ListJobs())
+    assert [j.name for j in listed] == ["b", "a"]
+
+
+async def test_list_filters_and_stats(backend: Backend) -> None:
+    await enqueue(backend, job("a"), job("b"), job("a", queue="other"), job("b", run_at=T0 + 9))
+    listed: list[JobInfo] = await one(backend, ops.ListJobs(name="a"))
+    assert [(j.name, j.queue) for j in listed] == [("a", "other"), ("a", "q")]
+    scheduled: list[JobInfo] = await one(backend, ops.ListJobs(status=JobState.SCHEDULED))
+    assert [j.run_at for j in scheduled] == [T0 + 9]
+    assert len(await one(backend, ops.ListJobs(queue="q", limit=2))) == 2
+    stats = await one(backend, ops.Stats())
+    assert stats == {
+        "q": {JobState.AVAILABLE: 2, JobState.SCHEDULED: 1},
+        "other": {JobState.AVAILABLE: 1},
+    }
+
+
+@pytest.mark.parametrize("count", [1, 250])
+async def test_enqueue_many_returns_ids_in_order(backend: Backend, count: int) -> None:
+    ids = await enqueue(backend, *(job(payload=str(i)) for i in range(count)))
+    assert len(set(ids)) == count
+    assert ids == sorted(ids)
+    infos = [await get(backend, i) for i in (ids[0], ids[-1])]
+    assert [i.payload for i in infos] == [0, count - 1]
+
+
+async def test_only_one_owner_holds_a_lease_until_it_expires(backend: Backend) -> None:
+    assert await one(backend, ops.Lead("maintenance", "a", T0 + 10), T0)
+    assert not await one(backend, ops.Lead("maintenance", "b", T0 + 10), T0 + 5)
+    assert await one(backend, ops.Lead("maintenance", "a", T0 + 20), T0 + 9)  # renewed
+    assert not await one(backend, ops.Lead("maintenance", "b", T0 + 30), T0 + 19.9)
+    assert await one(backend, ops.Lead("other", "b", T0 + 30), T0 + 19.9)  # leases are named
+    assert await one(backend, ops.Lead("maintenance", "b", T0 + 40), T0 + 20)  # expired: taken
+    assert not await one(backend, ops.Lead("maintenance", "a", T0 + 40), T0 + 21)
+    await one(backend, ops.Leave("b"), T0 + 22)  # leaving gives it up at once
+    assert await one(backend, ops.Lead("maintenance", "a", T0 + 50), T0 + 22)
+
+
+async def test_process_registry_beats_leaves_and_forgets_the_silent(backend: Backend) -> None:
+    await one(backend, ops.Beat("p1", ("default", "mail")), T0)
+    await one(backend, ops.Beat("p2", ("default",)), T0 + 1)
+    await one(backend, ops.Beat("p1", ("default",)), T0 + 5)
+    processes = await one(backend, ops.Processes(), T0 + 6)
+    assert [(p.owner, p.queues, p.started_at, p.heartbeat_at) for p in processes] == [
+        ("p1", ("default",), T0, T0 + 5),
+        ("p2", ("default",), T0 + 1, T0 + 1),
+    ]
+    await one(backend, ops.Rescue(stale_before=T0 + 2), T0 + 6)  # p2 fell silent
+    assert [p.owner for p in await one(backend, ops.Processes(), T0 + 6)] == ["p1"]
+    await one(backend, ops.Leave("p1"), T0 + 7)
+    assert await one(backend, ops.Processes(), T0 + 7) == []
+
+
+async def test_cron_state_advances_once_however_many_schedulers_race(backend: Backend) -> None:
+    tick = job("cron:x", queue="q", payload='{"scheduled_at": 1060.0}')
+    first = await one(backend, ops.FireCron("x", None, T0, ()))
+    assert first.job_ids == ()
+    fired = await one(backend, ops.FireCron("x", T0, T0 + 60, (tick,)), T0 + 60)
+    late = await one(backend, ops.FireCron("x", T0, T0 + 60, (tick,)), T0 + 60)
+    assert len(fired.job_ids) == 1
+    assert late.conflict
+    assert late.job_ids == ()
+    states = await one(backend, ops.CronStates())
+    assert (states["x"].last_tick, states["x"].last_job_id) == (T0 + 60, fired.job_ids[0])
+    listed: list[JobInfo] = await one(backend, ops.ListJobs(name="cron:x"))
+    assert len(listed) == 1  # the tick was enqueued exactly once
+
+
+async def test_cron_overlap_skip_counts_ticks_while_the_last_run_is_unfinished(
+    backend: Backend,
+) -> None:
+    tick = job("a", payload='{"scheduled_at": 0}')
+    await one(backend, ops.FireCron("s", None, T0, ()))
+    [first] = (await one(backend, ops.FireCron("s", T0, T0 + 1, (tick,), True))).job_ids
+    skipped = await one(backend, ops.FireCron("s", T0 + 1, T0 + 2, (tick, tick), True))
+    assert (skipped.job_ids, skipped.skipped) == ((), 2)
+    [c] = (await claim(backend, T0 + 2)).jobs
+    await finish(backend, c, Outcome(first, c.lease, Succeeded()), T0 + 3)
+    after = await one(backend, ops.FireCron("s", T0 + 2, T0 + 4, (tick,), True), T0 + 4)
+    assert len(after.job_ids) == 1  # the previous run finished: fires again
+    state = (await one(backend, ops.CronStates()))["s"]
+    assert (state.last_tick, state.skipped) == (T0 + 4, 2)

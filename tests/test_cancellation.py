@@ -1,0 +1,172 @@
+"""Cancellation, in every direction: user cancel by id, runtime teardown, cancelled callers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+import trioforge
+from tests.conftest import FAST
+from trioforge import JobContext, JobState, Registry, Retry
+from trioforge.actors import Finished
+from trioforge.storage import Backend
+
+
+def make_registry() -> tuple[Registry, dict[str, Any]]:
+    registry = Registry()
+    seen: dict[str, Any] = {"started": trio.Event(), "cleaned": [], "runs": 0}
+
+    @registry.job("hang", retry=Retry(max_attempts=5, base_delay=0))
+    async def hang(ctx: JobContext) -> None:
+        seen["runs"] += 1
+        seen["started"].set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            seen["cleaned"].append(ctx.job_id)
+
+    @registry.job("stubborn", retry=Retry(max_attempts=5, base_delay=0))
+    async def stubborn(ctx: JobContext) -> str:
+        seen["started"].set()
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            return "swallowed the cancel"  # a badly behaved handler
+        return "unreachable"
+
+    @registry.job("quick")
+    async def quick(ctx: JobContext) -> None:
+        seen["runs"] += 1
+
+    return registry, seen
+
+
+async def test_cancelling_a_pending_job_means_it_never_runs(database: str | Backend) -> None:
+    registry, seen = make_registry()
+    async with trioforge.open_runtime(registry, database=database, **FAST) as rt:
+        job_id = await rt.enqueue("quick", delay=3600)
+        assert await rt.cancel(job_id)
+        info = await rt.wait(job_id)
+        assert not await rt.cancel(job_id)  # already finished
+    assert (info.status, info.attempt, seen["runs"]) == (JobState.CANCELLED, 0, 0)
+
+
+async def test_cancelling_a_running_job_fires_its_scope_runs_finally_and_never_retries(
+    database: str | Backend,
+) -> None:
+    registry, seen = make_registry()
+    async with trioforge.open_runtime(registry, database=database, **FAST) as rt:
+        job_id = await rt.enqueue("hang")
+        await seen["started"].wait()
+        assert await rt.cancel(job_id)
+        info = await rt.wait(job_id)
+    assert info.status is JobState.CANCELLED
+    assert seen["cleaned"] == [job_id]
+    assert (seen["runs"], info.attempt) == (1, 1)
+
+
+async def test_a_handler_that_swallows_the_cancel_still_ends_cancelled(
+    database: str | Backend,
+) -> None:
+    registry, seen = make_registry()
+    async with trioforge.open_runtime(registry, database=database, **FAST) as rt:
+        job_id = await rt.enqueue("stubborn")
+        await seen["started"].wait()
+        await rt.cancel(job_id)
+        info = await rt.wait(job_id)
+    assert (info.status, info.result) == (JobState.CANCELLED, None)
+
+
+async def test_cancel_from_another_process_reaches_the_owner_through_its_heartbeat(
+    shared_url: str,
+) -> None:
+    registry, seen = make_registry()
+    async with trioforge.open_runtime(registry, database=shared_url, **FAST) as rt:
+        job_id = await rt.enqueue("hang")
+        await seen["started"].wait()
+        # A separate client (own connection, no in-process link to the runtime's scopes).
+        async with trioforge.open_client(shared_url) as other:
+            assert await other.cancel(job_id)
+            with trio.fail_after(10):
+                info = await other.wait(job_id)
+    assert info.status is JobState.CANCELLED
+    assert seen["cleaned"] == [job_id]
+
+
+async def test_cancelling_the_runtime_from_outside_releases_running_jobs(
+    database: str | Backend,
+) -> None:
+    registry, seen = make_registry()
+    with trio.CancelScope() as outer:
+        async with trioforge.open_runtime(
+            registry, database=database, shutdown_grace=3600, **FAST
+        ) as rt:
+            job_id = await rt.enqueue("hang")
+            await seen["started"].wait()
+            outer.cancel()  # no grace on cancellation: jobs stop at once
+            await trio.sleep_forever()
+    assert outer.cancelled_caught
+    assert seen["cleaned"] == [job_id]
+    async with trioforge.open_client(database) as client:
+        info = await client.get(job_id)
+    assert (info.status, info.attempt) == (JobState.AVAILABLE, 0)  # handed back, not counted
+
+
+async def test_a_cancelled_wait_changes_nothing(database: str | Backend) -> None:
+    registry, seen = make_registry()
+    async with trioforge.open_runtime(registry, database=database, **FAST) as rt:
+        job_id = await rt.enqueue("hang")
+        await seen["started"].wait()
+        with trio.move_on_after(0.01) as waited:
+            await rt.wait(job_id)
+        assert waited.cancelled_caught
+        assert (await rt.get(job_id)).status is JobState.RUNNING
+        await rt.cancel(job_id)
+        assert (await rt.wait(job_id)).status is JobState.CANCELLED
+
+
+async def test_using_a_client_after_its_block_is_a_clear_error(database: str | Backend) -> None:
+    async with trioforge.open_client(database) as client:
+        pass
+    with pytest.raises(trioforge.TrioforgeError, match="storage is closed"):
+        await client.get(1)
+
+
+async def test_ctx_heartbeat_picks_up_a_cancel_from_another_process(shared_url: str) -> None:
+    registry = Registry()
+    started, stopped = trio.Event(), trio.Event()
+
+    @registry.job("poller")
+    async def poller(ctx: JobContext) -> None:
+        started.set()
+        try:
+            while True:  # a long loop that checks in with storage itself
+                await ctx.heartbeat()
+                await trio.sleep(0.01)
+        finally:
+            stopped.set()
+
+    # The runtime's own heartbeat is far away: only ctx.heartbeat() can notice the cancel.
+    options = {**FAST, "heartbeat_interval": 60.0, "lease_seconds": 120.0}
+    async with trioforge.open_runtime(registry, database=shared_url, **options) as rt:
+        job_id = await rt.enqueue("poller")
+        await started.wait()
+        async with trioforge.open_client(shared_url) as other:
+            await other.cancel(job_id)
+        with trio.fail_after(10):
+            await stopped.wait()
+            info = await rt.wait(job_id)
+    assert info.status is JobState.CANCELLED
+
+
+def test_finished_keeps_nothing_for_jobs_nobody_watches() -> None:
+    finished = Finished()
+    with finished.watch(1) as first, finished.watch(1) as second:
+        assert first is second
+    with finished.watch(2) as event:
+        finished.notify(2)
+        assert event.is_set()
+    finished.notify(3)  # nobody watched: nothing to do
+    assert finished._watched == {}

@@ -1,0 +1,299 @@
+"""What only the PostgreSQL backend promises: no leaked connections under cancellation, a
+clear error for an unreachable server, several replicas sharing one database."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import trio
+import trio_asyncio
+
+import trioforge
+from tests.postgres import URL, require_postgres, schema_url, temporary_schema
+from trioforge import DatabaseUnavailableError, JobState, SchemaError
+from trioforge.storage import NewJob, opened, ops
+from trioforge.storage.postgres import MIGRATIONS, PostgresBackend
+
+
+async def test_cancelled_crossings_never_leak_a_pooled_connection() -> None:
+    async with temporary_schema() as template:
+        backend = PostgresBackend(template.url, schema=template.schema, pool_size=1)
+        async with opened(backend):
+            batch = [ops.Enqueue(tuple(NewJob("a", "q", "1", 10, 0.0, 3) for _ in range(200)))]
+            cancelled = 0
+            for i in range(200):
+                with trio.move_on_after(i * 0.00002) as scope:
+                    await backend.execute(batch, 1.0)
+                cancelled += scope.cancelled_caught
+            assert cancelled > 0  # the loop did cut crossings short
+            with trio.fail_after(10):  # a leaked connection would hang here, pool of one
+                [stats] = await backend.execute([ops.Stats()], 1.0)
+        assert isinstance(stats, dict)
+
+
+async def test_an_unreachable_server_is_a_clear_error_not_a_hang() -> None:
+    with trio.fail_after(20):
+        with pytest.raises(DatabaseUnavailableError, match=r"127\.0\.0\.1:1"):
+            async with trioforge.open_client("postgresql://postgres@127.0.0.1:1/test"):
+                pass
+    require_postgres()
+    wrong_db = URL.rsplit("/", 1)[0] + "/no_such_database_here"
+    with trio.fail_after(20), pytest.raises(DatabaseUnavailableError, match="no_such_database"):
+        async with trioforge.open_client(wrong_db):
+            pass
+
+
+async def test_password_never_appears_in_errors() -> None:
+    with trio.fail_after(20), pytest.raises(DatabaseUnavailableError) as caught:
+        async with trioforge.open_client("postgresql://someone:s3cret@127.0.0.1:1/test"):
+            pass
+    assert "s3cret" not in str(caught.value)
+
+
+async def test_schema_is_versioned() -> None:
+    async with temporary_schema() as backend:
+        with pytest.raises(SchemaError, match="trioforge db migrate"):
+            async with opened(backend, migrate=False):
+                pass
+        async with opened(backend):
+            assert (await backend.schema_status()).up_to_date
+
+            async def bump(conn: asyncpg.Connection) -> None:
+                await conn.execute(
+                    "INSERT INTO trioforge_schema (version) VALUES ($1)", len(MIGRATIONS) + 1
+                )
+
+            await trio_asyncio.aio_as_trio(backend._run)(bump)
+        with pytest.raises(SchemaError, match="upgrade trioforge"):
+            async with opened(backend):
+                pass
+
+
+async def test_the_host_apps_asyncio_loop_is_reused() -> None:
+    registry = trioforge.Registry()
+
+    @registry.job("asyncio-side")
+    async def asyncio_side(ctx: trioforge.JobContext) -> int:
+        async def answer() -> int:
+            return 42
+
+        result: int = await trio_asyncio.aio_as_trio(answer)()
+        return result
+
+    async with trio_asyncio.open_loop() as loop, temporary_schema() as backend:
+        # inside the host's loop the backend opens no loop of its own
+        assert isinstance(backend.environment(), contextlib.nullcontext)
+        async with trioforge.open_runtime(registry, database=backend) as rt:
+            assert trio_asyncio.current_loop.get() is loop
+            info = await rt.wait(await rt.enqueue(asyncio_side))
+    assert info.result == 42
+
+
+WORKER_MODULE = """
+import asyncio
+import os
+
+import asyncpg
+import trio
+import trio_asyncio
+import trioforge
+
+registry = trioforge.Registry()
+_pool = None
+_lock = None
+
+
+async def _record(n: int, attempt: int) -> None:
+    global _pool, _lock
+    _lock = _lock or asyncio.Lock()
+    async with _lock:
+        if _pool is None:
+            _pool = await asyncpg.create_pool(os.environ["EFFECTS_URL"], min_size=1, max_size=4)
+    await _pool.execute(
+        "INSERT INTO effects (n, attempt, pid) VALUES ($1, $2, $3)", n, attempt, os.getpid()
+    )
+
+
+@registry.job("count", retry=trioforge.Retry(max_attempts=5, base_delay=0))
+async def count(ctx: trioforge.JobContext, n: int) -> None:
+    await trio.sleep(0.001)
+    await trio_asyncio.aio_as_trio(_record)(n, ctx.attempt)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_one", [False, True], ids=["all-healthy", "one-sigkilled"])
+async def test_three_replicas_run_every_job_exactly_once(tmp_path: Path, kill_one: bool) -> None:
+    jobs = 5000
+    (tmp_path / "replica.py").write_text(WORKER_MODULE)
+    async with schema_url() as url:
+
+        async def create_effects() -> None:
+            conn = await asyncpg.connect(url)
+            await conn.execute("CREATE TABLE effects (n INT, attempt INT, pid INT)")
+            await conn.close()
+
+        async def effects() -> list[asyncpg.Record]:
+            conn = await asyncpg.connect(url)
+            rows: list[asyncpg.Record] = await conn.fetch("SELECT n, attempt, pid FROM effects")
+            await conn.close()
+            return rows
+
+        async with trio_asyncio.open_loop():
+            await trio_asyncio.aio_as_trio(create_effects)()
+        command = [
+            sys.executable, "-m", "trioforge", "worker", "replica:registry", "--database", url,
+            "--queue", "default=16", "--lease-seconds", "2", "--heartbeat-interval", "0.3",
+            "--poll-interval", "0.05",
+        ]  # fmt: skip
+        env = {**os.environ, "EFFECTS_URL": url}
+        count_job = trioforge.Registry().job("count")(_enqueue_only)
+        async with trioforge.open_client(url) as client:
+            ids = await client.enqueue_many(count_job, range(jobs))
+            logs = [(tmp_path / f"replica{i}.log").open("wb") for i in range(3)]
+            replicas = [
+                await trio.lowlevel.open_process(
+                    command, cwd=tmp_path, env=env, stdout=log, stderr=log
+                )
+                for log in logs
+            ]
+            try:
+                with trio.fail_after(120):
+                    if kill_one:
+                        # Kill one replica mid-run: once the job a third of the way in is
+                        # done (claims go in enqueue order here).
+                        await client.wait(ids[jobs // 3])
+                        replicas[0].send_signal(signal.SIGKILL)
+                    finished = [await client.wait(i) for i in ids]
+            finally:
+                for proc in replicas[1:] if kill_one else replicas:
+                    proc.send_signal(signal.SIGINT)
+                with trio.fail_after(60):
+                    for proc in replicas:
+                        await proc.wait()
+                for log in logs:
+                    log.close()
+        async with trio_asyncio.open_loop():
+            rows = await trio_asyncio.aio_as_trio(effects)()
+
+    assert {j.status for j in finished} == {JobState.COMPLETED}
+    survivors = replicas[1:] if kill_one else replicas
+    assert {r.returncode for r in survivors} == {0}
+    by_job: dict[int, list[int]] = {}
+    for row in rows:
+        by_job.setdefault(row["n"], []).append(row["attempt"])
+    assert sorted(by_job) == list(range(jobs))  # nothing lost
+    attempts = {j.payload: j.attempt for j in finished}
+    for n, seen in by_job.items():
+        if not kill_one:
+            assert (seen, attempts[n]) == ([1], 1), n  # exactly once
+            continue
+        # A job ran its effect once, unless the killed replica was inside it: then the
+        # rescue's new attempt ran it again (at-least-once), and only the last attempt
+        # recorded an outcome.
+        assert len(seen) == 1 or attempts[n] > 1, (n, seen, attempts[n])
+    pids = {row["pid"] for row in rows}
+    assert len(pids) == 3  # all three replicas did work
+
+
+async def _enqueue_only(ctx: trioforge.JobContext, n: int) -> None:
+    """Stands in for the replicas' handler: this process only enqueues."""
+
+
+def listener_registry() -> tuple[trioforge.Registry, trio.Event, trio.Event]:
+    registry = trioforge.Registry()
+    started, stopped = trio.Event(), trio.Event()
+
+    @registry.job("wait-here")
+    async def wait_here(ctx: trioforge.JobContext) -> None:
+        started.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            stopped.set()
+
+    @registry.job("quick")
+    async def quick(ctx: trioforge.JobContext) -> str:
+        return "ran"
+
+    return registry, started, stopped
+
+
+#: Polling and heartbeats far away: only a NOTIFY can explain a prompt reaction.
+SLOW: dict[str, Any] = {"poll_interval": 60.0, "heartbeat_interval": 60.0, "lease_seconds": 120.0}
+
+
+async def test_notify_wakes_another_process_and_carries_cancels() -> None:
+    registry, started, stopped = listener_registry()
+    async with temporary_schema() as backend:
+        other = PostgresBackend(backend.url, schema=backend.schema)
+        async with (
+            trioforge.open_runtime(registry, database=backend, **SLOW) as rt,
+            trioforge.open_client(other, registry=registry) as client,
+        ):
+            with trio.fail_after(10):
+                quick = await client.enqueue("quick")
+                assert (await rt.wait(quick)).result == "ran"
+                job_id = await client.enqueue("wait-here")
+                await started.wait()
+                await client.cancel(job_id)
+                await stopped.wait()
+                assert (await rt.wait(job_id)).status is JobState.CANCELLED
+
+
+async def listener_pids(url: str, schema: str) -> list[int]:
+    async def fetch() -> list[int]:
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                f"trioforge listener {schema}",
+            )
+        finally:
+            await conn.close()
+        return [row["pid"] for row in rows]
+
+    result: list[int] = await trio_asyncio.aio_as_trio(fetch)()
+    return result
+
+
+async def terminate(url: str, pid: int) -> None:
+    async def kill() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await conn.close()
+
+    await trio_asyncio.aio_as_trio(kill)()
+
+
+async def test_a_dropped_listener_reconnects_and_catches_up() -> None:
+    registry, _, _ = listener_registry()
+    async with temporary_schema() as backend:
+        assert backend.schema is not None
+        other = PostgresBackend(backend.url, schema=backend.schema)
+        async with trioforge.open_runtime(registry, database=backend, **SLOW) as rt:
+            [pid] = await listener_pids(backend.url, backend.schema)
+            await terminate(backend.url, pid)
+            async with trioforge.open_client(other, registry=registry) as client:
+                # Enqueued while the listener may be down: its NOTIFY can be lost, so only
+                # the catch-up after reconnecting can start it before the 60 s poll.
+                during = await client.enqueue("quick")
+                with trio.fail_after(15):
+                    assert (await rt.wait(during)).result == "ran"
+                    # The server's own view has no event to wait on: poll it, bounded.
+                    pids = await listener_pids(backend.url, backend.schema)
+                    while pids in ([], [pid]):
+                        await trio.sleep(0.05)
+                        pids = await listener_pids(backend.url, backend.schema)
+                    assert pid not in pids
+                    after = await client.enqueue("quick")  # pushed again through NOTIFY
+                    assert (await rt.wait(after)).result == "ran"

@@ -1,0 +1,104 @@
+"""The pure scheduling rules, checked on their own."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.strategies import retry_policies
+from trioforge import ConfigurationError, Retry
+from trioforge._rules import (
+    PENDING_STATES,
+    TERMINAL_STATES,
+    Cancelled,
+    Claimed,
+    Failed,
+    JobState,
+    Retried,
+    Succeeded,
+    backoff_delay,
+    failure_outcome,
+    next_state,
+    parse_priority,
+    rescue_outcome,
+)
+
+
+@given(retry_policies, st.integers(min_value=1, max_value=50))
+def test_backoff_follows_the_formula(policy: Retry, attempt: int) -> None:
+    delay = backoff_delay(policy, attempt)
+    if policy.backoff == "constant":
+        assert delay == policy.base_delay
+    else:
+        assert delay == min(policy.base_delay * 2 ** (attempt - 1), policy.max_delay)
+
+
+@given(retry_policies, st.integers(min_value=1, max_value=20))
+def test_backoff_never_shrinks_between_attempts(policy: Retry, attempt: int) -> None:
+    assert backoff_delay(policy, attempt + 1) >= backoff_delay(policy, attempt)
+
+
+@given(st.floats(min_value=0, max_value=0.99), st.floats(min_value=0, max_value=0.999))
+def test_jitter_only_shortens_within_its_fraction(jitter: float, u: float) -> None:
+    policy = Retry(base_delay=10, jitter=jitter)
+    delay = backoff_delay(policy, 1, u)
+    assert 10 * (1 - jitter) <= delay <= 10
+
+
+@given(retry_policies, st.integers(min_value=1, max_value=10))
+def test_failure_retries_only_while_attempts_remain(policy: Retry, attempt: int) -> None:
+    outcome = failure_outcome(policy, attempt, RuntimeError("x"), now=100.0)
+    if attempt >= policy.max_attempts:
+        assert outcome.retry_at is None
+    else:
+        assert outcome.retry_at == 100.0 + backoff_delay(policy, attempt)
+
+
+def test_retry_on_limits_which_errors_retry() -> None:
+    policy = Retry(max_attempts=5, on=(ConnectionError,))
+    assert failure_outcome(policy, 1, ConnectionResetError(), 0.0).retry_at is not None
+    assert failure_outcome(policy, 1, ValueError(), 0.0).retry_at is None
+
+
+def test_terminal_states_accept_only_an_operator_retry() -> None:
+    for state in TERMINAL_STATES:
+        assert next_state(state, Claimed()) is None
+        assert next_state(state, Succeeded()) is None
+        assert next_state(state, Cancelled()) is None
+    assert next_state(JobState.COMPLETED, Retried()) is None
+    assert next_state(JobState.DEAD, Retried()) is JobState.AVAILABLE
+
+
+def test_pending_states_are_claimable_and_cancellable() -> None:
+    for state in PENDING_STATES:
+        assert next_state(state, Claimed()) is JobState.RUNNING
+        assert next_state(state, Cancelled()) is JobState.CANCELLED
+        assert next_state(state, Failed(retry_at=None)) is None
+
+
+def test_rescue_counts_the_lost_attempt() -> None:
+    assert rescue_outcome(attempt=1, max_attempts=3, now=5.0).retry_at == 5.0
+    assert rescue_outcome(attempt=3, max_attempts=3, now=5.0).retry_at is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"backoff": "linear"}, "backoff"),
+        ({"base_delay": -1}, "delays"),
+        ({"jitter": 1.5}, "jitter"),
+    ],
+)
+def test_bad_retry_policies_are_refused(kwargs: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigurationError, match=needle):
+        Retry(**kwargs)  # type: ignore[arg-type]
+
+
+def test_priorities_by_name_and_number() -> None:
+    assert parse_priority("critical") > parse_priority("high") > parse_priority("normal")
+    assert parse_priority("normal") > parse_priority("low")
+    assert parse_priority(7) == 7
+    with pytest.raises(ConfigurationError, match="urgent"):
+        parse_priority("urgent")  # type: ignore[arg-type]

@@ -1,0 +1,81 @@
+"""What only the SQLite backend promises: a durable file, shared by processes, versioned."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from trioforge import DatabaseUnavailableError, JobState, SchemaError
+from trioforge.storage import NewJob, ops
+from trioforge.storage.sqlite import MIGRATIONS, SQLiteBackend
+
+NEW = NewJob("a", "q", '{"x": 1}', 10, 0.0, 3)
+
+
+async def run(backend: SQLiteBackend, op: ops.Op) -> Any:
+    [result] = await backend.execute([op], 1.0)
+    return result
+
+
+async def test_jobs_survive_closing_and_reopening(tmp_path: Path) -> None:
+    first = SQLiteBackend(tmp_path / "jobs.db")
+    await first.open()
+    [enqueued] = await run(first, ops.Enqueue((NEW,)))
+    await first.aclose()
+    await first.aclose()  # twice is fine
+    again = SQLiteBackend(tmp_path / "jobs.db")
+    await again.open()
+    info = await run(again, ops.Get(enqueued.id))
+    await again.aclose()
+    assert info.payload == {"x": 1}
+
+
+async def test_two_connections_share_one_file(tmp_path: Path) -> None:
+    one, two = SQLiteBackend(tmp_path / "jobs.db"), SQLiteBackend(tmp_path / "jobs.db")
+    async with trio.open_nursery() as nursery:  # both migrate at the same moment
+        nursery.start_soon(one.open)
+        nursery.start_soon(two.open)
+    [enqueued] = await run(one, ops.Enqueue((NEW,)))
+    claim = await run(two, ops.Claim("q", {"a"}, 5, "w2", 60.0))
+    assert [j.id for j in claim.jobs] == [enqueued.id]
+    assert (await run(one, ops.Get(enqueued.id))).status is JobState.RUNNING
+    await one.aclose()
+    await two.aclose()
+
+
+async def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    fresh = SQLiteBackend(path)
+    with pytest.raises(SchemaError, match="trioforge db migrate"):
+        await fresh.open(migrate=False)
+    await fresh.open()
+    assert (await fresh.schema_status()).up_to_date
+    assert (await fresh.migrate()).current == len(MIGRATIONS)
+    await fresh.aclose()
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT version FROM trioforge_schema ORDER BY version").fetchall()
+    assert rows == [(v,) for v in range(1, len(MIGRATIONS) + 1)]  # each applied once
+
+
+async def test_a_schema_newer_than_the_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    backend = SQLiteBackend(path)
+    await backend.open()
+    await backend.aclose()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO trioforge_schema (version) VALUES (?)", (len(MIGRATIONS) + 1,))
+    with pytest.raises(SchemaError, match="upgrade trioforge"):
+        await SQLiteBackend(path).open()
+
+
+async def test_an_unopenable_path_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(DatabaseUnavailableError, match="taken"):
+        await SQLiteBackend(tmp_path / "taken").open()
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(DatabaseUnavailableError, match="check the path"):
+        await SQLiteBackend(tmp_path / "file" / "jobs.db").open()

@@ -1,7 +1,8 @@
 """One queue's supervisor, its fetcher and its workers.
 
 The fetcher claims up to <free worker slots> jobs per round trip and hands them to workers
-over a buffered channel sized to the pool, so a hand-off never blocks. It sleeps until a
+over a channel that never holds more jobs than there are free slots, so a hand-off never
+blocks. It sleeps until a
 wake-up (an in-process enqueue), the earliest known future ``run_at``, or its poll interval.
 Each worker runs one attempt at a time inside that job's own cancel scope and writes the
 outcome shielded from cancellation, so an outcome is never lost to a cancel.
@@ -100,12 +101,29 @@ class _SlotFreed:
     pass
 
 
-_Message = _Wake | _SlotFreed
+@attrs.frozen
+class _Resized:
+    delta: int
+
+
+@attrs.frozen
+class _Retire:
+    """Handed to a worker like a job: that worker leaves the pool (a shrink)."""
+
+
+_Message = _Wake | _SlotFreed | _Resized
 
 
 class QueueSupervisor:
     """Owns one queue's nursery: a fetcher and ``concurrency`` workers, restarted one for
-    one if they crash (at most ``max_restarts`` per minute, then the queue fails loudly)."""
+    one if they crash (at most ``max_restarts`` per minute, then the queue fails loudly).
+
+    The pool can be resized while it runs (:meth:`resize`). Growing starts workers and lets
+    the fetcher claim for the new slots at once. Shrinking never interrupts a job: the
+    fetcher's free slots drop before its next claim (so it may owe slots until running jobs
+    finish), and it sends one ``_Retire`` per removed slot down the job channel, behind the
+    jobs already handed out, to be taken by whichever workers come free first.
+    """
 
     def __init__(
         self,
@@ -126,19 +144,42 @@ class QueueSupervisor:
         self._clock = clock
         self._max_restarts = max_restarts
         self._inbox_send, self._inbox = trio.open_memory_channel[_Message](math.inf)
-        self._jobs_send, self._jobs = trio.open_memory_channel[ClaimedJob](config.concurrency)
+        # Unbounded, but never holds more jobs than free slots: the fetcher counts them.
+        self._jobs_send, self._jobs = trio.open_memory_channel[ClaimedJob | _Retire](math.inf)
         self._outcomes_send, self._outcomes = trio.open_memory_channel[tuple[ClaimedJob, Outcome]](
             math.inf
         )
         self._fetch_scope = trio.CancelScope()
         self._stopping = False  # after stop_now(): release jobs instead of starting them
         self._restarts: list[float] = []
+        self._size = config.concurrency
+        self._workers_started = 0
+        self._pool: trio.Nursery | None = None
 
     # --- control (synchronous; safe from any task) -------------------------------------
 
     def wake(self, run_at: float) -> None:
         """Tell the fetcher that a job becomes due at ``run_at``."""
         self._inbox_send.send_nowait(_Wake(run_at))
+
+    @property
+    def size(self) -> int:
+        """How many workers the pool has (or is shrinking to)."""
+        return self._size
+
+    def resize(self, size: int) -> None:
+        """Grow or shrink the pool to ``size`` workers (0: claim nothing new).
+
+        Running jobs are never interrupted; see the class docstring. Raises
+        ``trio.ClosedResourceError`` once the queue is stopping or has not started.
+        """
+        if self._pool is None or self._fetch_scope.cancel_called:
+            raise trio.ClosedResourceError(f"queue {self.config.name!r} is not running")
+        delta, self._size = size - self._size, size
+        for _ in range(delta):
+            self._start_worker(self._pool)
+        if delta:
+            self._inbox_send.send_nowait(_Resized(delta))
 
     def stop_fetching(self) -> None:
         """No new claims; workers finish what they have, then the supervisor returns."""
@@ -157,12 +198,19 @@ class QueueSupervisor:
             nursery.start_soon(self._write_outcomes, name=f"{name}-outcomes")
             try:
                 async with trio.open_nursery() as pool:
-                    for i in range(self.config.concurrency):
-                        pool.start_soon(self._supervise, self._worker, name=f"{name}-w{i}")
+                    for _ in range(self.config.concurrency):
+                        self._start_worker(pool)
                     pool.start_soon(self._fetch_guarded, name=f"{name}-fetcher")
+                    self._pool = pool
                     task_status.started()
             finally:
+                self._pool = None
                 self._outcomes_send.close()  # the writer drains what is left, then returns
+
+    def _start_worker(self, pool: trio.Nursery) -> None:
+        self._workers_started += 1
+        name = f"{self.config.name}-w{self._workers_started}"
+        pool.start_soon(self._supervise, self._worker, name=name)
 
     async def _supervise(self, child: Callable[[], Awaitable[None]]) -> None:
         while True:
@@ -191,6 +239,14 @@ class QueueSupervisor:
         last_claim = -math.inf
         names = self._table.names()
         while True:
+            # Everything that happened meanwhile (freed slots, resizes, wake-ups) counts
+            # before the next claim is decided.
+            while True:
+                try:
+                    message = self._inbox.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                free, wanted_at = self._absorb(message, free, wanted_at)
             deadline = math.inf
             if free > 0:
                 target = last_claim + cfg.poll_interval
@@ -210,16 +266,25 @@ class QueueSupervisor:
                     continue
                 deadline = clock.deadline(target)
             with trio.move_on_at(deadline):
-                message = await self._inbox.receive()
-                while True:
-                    if isinstance(message, _SlotFreed):
-                        free += 1
-                    elif wanted_at is None or message.run_at < wanted_at:
-                        wanted_at = message.run_at
-                    try:
-                        message = self._inbox.receive_nowait()
-                    except trio.WouldBlock:
-                        break
+                free, wanted_at = self._absorb(await self._inbox.receive(), free, wanted_at)
+
+    def _absorb(
+        self, message: _Message, free: int, wanted_at: float | None
+    ) -> tuple[int, float | None]:
+        """The fetcher's free slots and next claim time after ``message``."""
+        if isinstance(message, _SlotFreed):
+            return free + 1, wanted_at
+        if isinstance(message, _Resized):
+            # Sent from here, so every job already handed out is ahead of them in the
+            # channel: a retiring worker never strands a claimed job.
+            for _ in range(-message.delta):
+                self._jobs_send.send_nowait(_Retire())
+            if message.delta > 0:  # new slots may take jobs already due
+                return free + message.delta, self._clock.now()
+            return free + message.delta, wanted_at
+        if wanted_at is None or message.run_at < wanted_at:
+            return free, message.run_at
+        return free, wanted_at
 
     async def _claim(self, names: frozenset[str], limit: int, now: float) -> ClaimResult | None:
         op = ops.Claim(
@@ -240,6 +305,8 @@ class QueueSupervisor:
 
     async def _worker(self) -> None:
         async for job in self._jobs:
+            if isinstance(job, _Retire):
+                return  # its slot was already taken off the fetcher's count
             try:
                 if self._stopping:
                     self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))

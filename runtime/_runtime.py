@@ -19,7 +19,12 @@ from trioforge._client import Client
 from trioforge._clock import Clock, WallClock
 from trioforge._config import resolve_database
 from trioforge._context import CronContext, JobContext
-from trioforge._errors import ConfigurationError, unwrapped
+from trioforge._errors import (
+    ConfigurationError,
+    InvalidArgumentError,
+    InvalidStateError,
+    unwrapped,
+)
 from trioforge._payloads import decode, encode_result
 from trioforge._registry import CronTick, Registry
 from trioforge._rules import Retry
@@ -100,15 +105,41 @@ class _RegistryJobs:
 class Runtime(Client):
     """A client that also runs workers. Obtained from :func:`open_runtime`."""
 
-    def __init__(self, *args: Any, owner: str, queues: Mapping[str, int], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, owner: str, supervisors: Mapping[str, QueueSupervisor], **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.owner = owner
-        self._queue_sizes = dict(queues)
+        self._supervisors = supervisors
+
+    def resize(self, queue: str, workers: int) -> None:
+        """Set how many workers serve ``queue`` in this process, while it runs.
+
+        Growing takes jobs that are already due at once. Shrinking never interrupts a
+        running job: the pool stops claiming until it is below the new size, and surplus
+        workers leave as they come free. ``0`` stops claiming on the queue here.
+        Not blocking (the change is decided at once; workers follow), hence not async.
+        """
+        supervisor = self._supervisors.get(queue)
+        if supervisor is None:
+            raise InvalidArgumentError(
+                f"this runtime has no workers for queue {queue!r}; it serves"
+                f" {sorted(self._supervisors)} (pass queues= to open_runtime)"
+            )
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+            raise InvalidArgumentError(f"workers must be an int >= 0, got {workers!r}")
+        try:
+            supervisor.resize(workers)
+        except trio.ClosedResourceError:
+            raise InvalidStateError(
+                f"queue {queue!r} is shutting down; resize it while the runtime is open"
+            ) from None
 
     def statistics(self) -> RuntimeStatistics:
         """A snapshot of this process's side: owner id, queue pools, jobs running here."""
         running = len(self._running) if self._running is not None else 0
-        return RuntimeStatistics(self.owner, dict(self._queue_sizes), running)
+        sizes = {name: supervisor.size for name, supervisor in self._supervisors.items()}
+        return RuntimeStatistics(self.owner, sizes, running)
 
 
 def _default_owner() -> str:
@@ -222,7 +253,7 @@ async def open_runtime(
             wake=wake,
             poll_interval=poll_interval,
             owner=owner,
-            queues=queues,
+            supervisors=supervisors,
         )
 
         def make_context(job: ClaimedJob, kind: type[JobContext], **extra: Any) -> JobContext:

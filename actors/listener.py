@@ -13,8 +13,7 @@ from collections.abc import Callable
 
 import trio
 
-from trioforge.storage import Backend
-from trioforge.storage._records import Notice
+from trioforge.storage import Backend, Notice
 
 __all__ = ["listener"]
 

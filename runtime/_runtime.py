@@ -42,8 +42,15 @@ from trioforge.actors import (
     storage_actor,
 )
 from trioforge.actors.cron import CronJob, cron_scheduler
-from trioforge.storage import Backend, ClaimedJob, backend_for_url, opened, ops
-from trioforge.storage._records import Notice, WakeNotice
+from trioforge.storage import (
+    Backend,
+    ClaimedJob,
+    Notice,
+    WakeNotice,
+    backend_for_url,
+    opened,
+    ops,
+)
 
 __all__ = ["Runtime", "RuntimeStatistics", "open_client", "open_runtime"]
 
@@ -205,7 +212,9 @@ async def open_runtime(
 
     Returns once storage is open and migrated and every queue's actors are running.
     ``queues`` maps queue name to worker count (None: every queue of the registry, with
-    10 workers each; ``{}``: no workers, a client only).
+    10 workers each; ``{}``: no workers, a client only). A count of 0 is a standby pool:
+    the process heartbeats and takes part in rescue, but claims nothing until
+    :meth:`Runtime.resize` grows it.
 
     Leaving the block normally drains: no new claims, running jobs get ``shutdown_grace``
     seconds, then their scopes are cancelled and they are released for another worker
@@ -215,9 +224,9 @@ async def open_runtime(
     if queues is None:
         queues = {name: DEFAULT_CONCURRENCY for name in sorted(registry.queues())}
     for name, size in queues.items():
-        if not isinstance(name, str) or not name or not isinstance(size, int) or size < 1:
+        if not isinstance(name, str) or not name or not isinstance(size, int) or size < 0:
             raise ConfigurationError(
-                f"queues must map queue names to worker counts >= 1, got {name!r}: {size!r}"
+                f"queues must map queue names to worker counts >= 0, got {name!r}: {size!r}"
             )
     if not 0 < heartbeat_interval < lease_seconds:
         raise ConfigurationError("heartbeat_interval must be > 0 and shorter than lease_seconds")

@@ -7,6 +7,7 @@ two leaf modules every layer shares: the pure rules and the error types.
 from trioforge.storage import _ops as ops
 from trioforge.storage._backend import Backend, opened
 from trioforge.storage._records import (
+    CancelNotice,
     CancelResult,
     ClaimedJob,
     ClaimResult,
@@ -14,16 +15,19 @@ from trioforge.storage._records import (
     Enqueued,
     JobInfo,
     NewJob,
+    Notice,
     Outcome,
     ProcessInfo,
     RenewResult,
     SchemaStatus,
+    WakeNotice,
 )
 from trioforge.storage._urls import backend_for_url
 from trioforge.storage.memory import MemoryBackend
 
 __all__ = [
     "Backend",
+    "CancelNotice",
     "CancelResult",
     "ClaimResult",
     "ClaimedJob",
@@ -32,10 +36,12 @@ __all__ = [
     "JobInfo",
     "MemoryBackend",
     "NewJob",
+    "Notice",
     "Outcome",
     "ProcessInfo",
     "RenewResult",
     "SchemaStatus",
+    "WakeNotice",
     "backend_for_url",
     "opened",
     "ops",

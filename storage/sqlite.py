@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
@@ -174,7 +175,7 @@ class SQLiteBackend:
                 self.path, timeout=self._busy_timeout, isolation_level=None,
                 check_same_thread=False,
             )  # fmt: skip
-            db.execute("PRAGMA journal_mode = WAL")
+            self._enter_wal_mode(db)
             db.execute("PRAGMA synchronous = NORMAL")
         except (sqlite3.Error, OSError) as exc:
             raise DatabaseUnavailableError(
@@ -199,6 +200,20 @@ class SQLiteBackend:
             db.close()
             raise
         self._db = db
+
+    def _enter_wal_mode(self, db: sqlite3.Connection) -> None:
+        """Switching a new file to WAL takes an exclusive lock, and SQLite may report a
+        second process doing the same as "locked" at once rather than wait for it (two
+        workers starting on a new file): retry until the busy timeout."""
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)  # a worker thread, not the trio loop
 
     async def aclose(self) -> None:
         db, self._db = self._db, None

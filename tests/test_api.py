@@ -227,8 +227,8 @@ async def test_leaving_releases_jobs_that_outlast_the_grace(database: str | Back
 
 async def test_bad_configuration_is_refused(database: str | Backend) -> None:
     registry, _ = make_registry()
-    with pytest.raises(trioforge.ConfigurationError, match="worker counts"):
-        async with trioforge.open_runtime(registry, database=database, queues={"mail": 0}):
+    with pytest.raises(trioforge.ConfigurationError, match="worker counts >= 0"):
+        async with trioforge.open_runtime(registry, database=database, queues={"mail": -1}):
             pass
     with pytest.raises(trioforge.ConfigurationError, match="scheme"):
         async with trioforge.open_client("jobs.db"):

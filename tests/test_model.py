@@ -1,11 +1,19 @@
-"""Model-based test: whole scenarios in virtual time against the pure reference model.
+"""Model-based test: whole scenarios in virtual time against a reference simulation.
 
-A scenario is a set of jobs with a delay, a behaviour (succeed, fail k times, discard,
-hang past the timeout) and maybe a cancel at some moment. The model below computes, from
-the rules in ``trioforge._rules`` alone, when every attempt must start and how every job
-must end; the runtime runs the same scenario on the memory backend under MockClock, and
-the recorded trace must equal the model exactly. Event times are whole seconds and cancels
-land on half seconds, so no two events tie.
+A scenario is a few queues with a worker pool each, jobs with a queue, a priority, a delay
+and a behaviour (succeed, fail k times, discard, hang past the timeout; each attempt takes
+a whole number of seconds), cancels at random moments and pool resizes. ``simulate`` plays
+it out from the rules in ``trioforge._rules`` alone (claim order, backoff, failure
+outcomes) as a discrete-event simulation; the runtime plays the same scenario on the memory
+backend under MockClock, and every attempt's start and end, every final state and attempt
+count must equal the simulation's exactly. That covers: no job starts before its run_at;
+per queue, each free slot takes the due job first in claim order; attempts and backoff gaps
+follow the rules; a cancelled running job stops at the instant of the cancel and is never
+retried; a shrunk pool lets running jobs finish; every job ends in one terminal state.
+
+Instants: delays, durations and backoff are whole seconds; cancels and resizes land on
+sixty-fourths in between. Events of one queue that coincide at such an instant are
+ordered by nothing the rules say, so ``simulate`` reports them and the example is dropped.
 
 Profiles: ``make test`` runs a fast one; ``make test-deep`` (HYPOTHESIS_PROFILE=deep) runs
 thousands of examples.
@@ -14,113 +22,328 @@ thousands of examples.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+from collections.abc import Mapping
 from typing import Literal
 
 import attrs
 import trio
-from hypothesis import given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import trioforge
-from trioforge import JobContext, JobState, Retry
-from trioforge._rules import backoff_delay, failure_outcome
-from trioforge.testing import open_test_runtime, run
+from tests.strategies import priorities
+from trioforge import Clock, JobContext, JobState, Priority, Retry, VirtualClock, WallClock
+from trioforge._rules import claim_key, failure_outcome
+from trioforge.storage import MemoryBackend
+from trioforge.testing import EPOCH, run
 
 Behaviour = Literal["ok", "fail", "discard", "hang"]
-TIMEOUT = 7.0  # seconds a hanging attempt lasts before it times out
+QUEUES = ("a", "b")
 
 
 @attrs.frozen
-class Spec:
+class JobSpec:
+    queue: str
+    priority: Priority
     delay: int
     behaviour: Behaviour
+    seconds: int  # how long each attempt runs before it returns or raises ("hang": timeout)
     fails: int  # for "fail": attempts that fail before one succeeds
     cancel_at: float | None  # seconds after the start of the scenario
 
 
 @attrs.frozen
-class Expected:
-    starts: tuple[float, ...]
+class Resize:
+    at: float
+    queue: str
+    size: int
+
+
+@attrs.frozen
+class Scenario:
+    sizes: Mapping[str, int]
+    jobs: tuple[JobSpec, ...]
+    resizes: tuple[Resize, ...]
+    retry: Retry
+    timeout: int = 7  # seconds a hanging attempt lasts before it times out
+
+
+@attrs.frozen
+class Outcome:
+    """What happened to one job: each attempt's (start, end), how it ended, and the
+    attempt count stored with it."""
+
+    attempts: tuple[tuple[float, float], ...]
     status: JobState
+    stored_attempts: int
 
 
-def model(spec: Spec, retry: Retry) -> Expected:
-    """When each attempt starts and how the job ends, from the rules alone."""
-    starts: list[float] = []
-    t = float(spec.delay)
-    cancel = math.inf if spec.cancel_at is None else spec.cancel_at
-    attempt = 0
+class Ambiguous(Exception):
+    """Two events of one queue at one instant, in an order the rules leave open."""
+
+
+def simulate(scenario: Scenario) -> list[Outcome]:
+    """The reference: play ``scenario`` out from the rules alone."""
+    jobs, retry = scenario.jobs, scenario.retry
+    run_at = [float(job.delay) for job in jobs]
+    attempts: list[list[tuple[float, float]]] = [[] for _ in jobs]
+    final: dict[int, JobState] = {}
+    ends: dict[int, float] = {}  # running job -> when its attempt ends by itself
+    size = dict(scenario.sizes)
+    resizes = sorted(scenario.resizes, key=lambda r: r.at)
+    now = 0.0
+
+    def attempt_seconds(i: int) -> float:
+        return float(scenario.timeout if jobs[i].behaviour == "hang" else jobs[i].seconds)
+
+    def end_attempt(i: int, at: float) -> None:
+        start, _ = attempts[i][-1]
+        attempts[i][-1] = (start, at)
+        del ends[i]
+        job, attempt = jobs[i], len(attempts[i])
+        if job.behaviour == "ok" or (job.behaviour == "fail" and attempt > job.fails):
+            final[i] = JobState.COMPLETED
+        elif job.behaviour == "discard":
+            final[i] = JobState.DEAD
+        else:
+            error = TimeoutError() if job.behaviour == "hang" else ConnectionError()
+            retry_at = failure_outcome(retry, attempt, error, now=at).retry_at
+            if retry_at is None:
+                final[i] = JobState.DEAD
+            else:
+                run_at[i] = retry_at
+
     while True:
-        if cancel < t:  # cancelled while pending (before the first attempt or in backoff)
-            return Expected(tuple(starts), JobState.CANCELLED)
-        attempt += 1
-        starts.append(t)
-        duration = TIMEOUT if spec.behaviour == "hang" else 0.0
-        if cancel < t + duration:  # cancelled while running
-            return Expected(tuple(starts), JobState.CANCELLED)
-        if spec.behaviour == "ok" or (spec.behaviour == "fail" and attempt > spec.fails):
-            return Expected(tuple(starts), JobState.COMPLETED)
-        if spec.behaviour == "discard":
-            return Expected(tuple(starts), JobState.DEAD)
-        error: BaseException = TimeoutError() if spec.behaviour == "hang" else ConnectionError()
-        outcome = failure_outcome(retry, attempt, error, now=t + duration)
-        if outcome.retry_at is None:
-            return Expected(tuple(starts), JobState.DEAD)
-        assert outcome.retry_at == t + duration + backoff_delay(retry, attempt)
-        t = outcome.retry_at
+        # What happens now, per queue: attempts ending, cancels, resizes, jobs falling due.
+        events: dict[str, int] = {}
+        for i in [i for i, end in ends.items() if end == now]:
+            events[jobs[i].queue] = events.get(jobs[i].queue, 0) + 1
+            end_attempt(i, now)
+        for i, job in enumerate(jobs):
+            if job.cancel_at == now and i not in final:
+                events[job.queue] = events.get(job.queue, 0) + 1
+                if i in ends:
+                    start, _ = attempts[i][-1]
+                    attempts[i][-1] = (start, now)
+                    del ends[i]
+                final[i] = JobState.CANCELLED
+        while resizes and resizes[0].at == now:
+            resize = resizes.pop(0)
+            events[resize.queue] = events.get(resize.queue, 0) + 1
+            size[resize.queue] = resize.size
+        for i in range(len(jobs)):
+            if i not in final and i not in ends and run_at[i] == now:
+                events[jobs[i].queue] = events.get(jobs[i].queue, 0) + 1
+        if now != int(now) and any(count > 1 for count in events.values()):
+            raise Ambiguous(now)
+        # Free slots take due jobs in claim order; an attempt of 0 s frees its slot at once.
+        for queue in size:
+            while True:
+                running = sum(1 for i in ends if jobs[i].queue == queue)
+                due = [
+                    i
+                    for i, job in enumerate(jobs)
+                    if job.queue == queue and i not in final and i not in ends and run_at[i] <= now
+                ]
+                if running >= size[queue] or not due:
+                    break
+                i = min(due, key=lambda i: claim_key(jobs[i].priority, run_at[i], i))
+                attempts[i].append((now, math.nan))
+                ends[i] = now + attempt_seconds(i)
+                if ends[i] == now:
+                    end_attempt(i, now)
+        waiting = [i for i in range(len(jobs)) if i not in final and i not in ends]
+        instants = [*ends.values(), *(r.at for r in resizes)]
+        instants += [run_at[i] for i in waiting if run_at[i] > now]
+        instants += [
+            c for i, job in enumerate(jobs) if i not in final and (c := job.cancel_at) is not None
+        ]
+        if not instants:
+            return [Outcome(tuple(a), final[i], len(a)) for i, a in enumerate(attempts)]
+        now = min(instants)
 
 
-specs = st.builds(
-    Spec,
-    delay=st.integers(0, 30),
+def offsets(max_seconds: int) -> st.SearchStrategy[float]:
+    """Instants strictly between whole seconds, on sixty-fourths (exact in binary)."""
+    return st.builds(lambda s, k: s + k / 64, st.integers(0, max_seconds), st.integers(1, 63))
+
+
+job_specs = st.builds(
+    JobSpec,
+    queue=st.sampled_from(QUEUES),
+    priority=priorities,
+    delay=st.integers(0, 20),
     behaviour=st.sampled_from(["ok", "fail", "discard", "hang"]),
+    seconds=st.integers(0, 4),
     fails=st.integers(0, 4),
-    cancel_at=st.none() | st.integers(0, 80).map(lambda s: s + 0.5),
+    cancel_at=st.none() | offsets(60),
 )
-policies = st.builds(
-    Retry,
-    max_attempts=st.integers(1, 4),
-    base_delay=st.integers(0, 10),
-    max_delay=st.integers(0, 20),
+scenarios = st.builds(
+    Scenario,
+    sizes=st.fixed_dictionaries({queue: st.integers(1, 3) for queue in QUEUES}),
+    jobs=st.lists(job_specs, min_size=1, max_size=10).map(tuple),
+    resizes=st.lists(
+        st.builds(Resize, at=offsets(40), queue=st.sampled_from(QUEUES), size=st.integers(1, 3)),
+        max_size=3,
+    ).map(tuple),
+    # Backoff of at least a second: a retry never ties with the failure that caused it.
+    retry=st.builds(
+        Retry,
+        max_attempts=st.integers(1, 4),
+        backoff=st.sampled_from(["exponential", "constant"]),
+        base_delay=st.integers(1, 10),
+        max_delay=st.integers(1, 20),
+    ),
 )
 
 
-@given(st.lists(specs, min_size=1, max_size=8), policies)
-def test_scenarios_follow_the_reference_model(scenario: list[Spec], retry: Retry) -> None:
+def play(scenario: Scenario, database: str | None = None, *, scale: float = 1.0) -> list[Outcome]:
+    """Run ``scenario`` on the real runtime and record what happens, in scenario seconds.
+
+    ``database=None``: the memory backend in virtual time. A URL: that backend in real
+    time, where one scenario second lasts ``scale`` real seconds.
+    """
     registry = trioforge.Registry()
-    starts: dict[int, list[float]] = {}
-    clock0: list[float] = []
+    attempts: dict[int, list[tuple[float, float]]] = {i: [] for i in range(len(scenario.jobs))}
+    origin: list[tuple[Clock, float]] = []  # the runtime's clock, and its time at second 0
+    retry = attrs.evolve(
+        scenario.retry,
+        base_delay=scenario.retry.base_delay * scale,
+        max_delay=scenario.retry.max_delay * scale,
+    )
 
-    @registry.job("work", retry=retry, timeout=TIMEOUT)
+    def elapsed() -> float:
+        """Scenario seconds by the runtime's own clock, the one "never early" is kept by."""
+        clock, zero = origin[0]
+        return (clock.now() - zero) / scale
+
+    @registry.job("work", retry=retry, timeout=scenario.timeout * scale)
     async def work(ctx: JobContext, index: int) -> None:
-        spec = scenario[index]
-        starts.setdefault(index, []).append(trio.current_time() - clock0[0])
-        assert ctx.attempt == len(starts[index])
-        if spec.behaviour == "hang":
-            await trio.sleep_forever()
-        if spec.behaviour == "discard":
-            raise trioforge.Discard("model says so")
-        if spec.behaviour == "fail" and ctx.attempt <= spec.fails:
-            raise ConnectionError("model says so")
+        job = scenario.jobs[index]
+        start = elapsed()
+        assert ctx.attempt == len(attempts[index]) + 1
+        try:
+            if job.behaviour == "hang":
+                await trio.sleep_forever()
+            await trio.sleep(job.seconds * scale)
+            if job.behaviour == "discard":
+                raise trioforge.Discard("the scenario says so")
+            if job.behaviour == "fail" and ctx.attempt <= job.fails:
+                raise ConnectionError("the scenario says so")
+        finally:
+            attempts[index].append((start, elapsed()))
 
     async def main() -> list[trioforge.JobInfo]:
-        async with open_test_runtime(registry, queues={"default": len(scenario)}) as rt:
-            clock0.append(trio.current_time())
-            ids = [await rt.enqueue(work, i, delay=s.delay) for i, s in enumerate(scenario)]
+        if database is None:
+            backend: str | MemoryBackend = MemoryBackend()
+            clock: Clock = VirtualClock(EPOCH - trio.current_time())
+        else:
+            backend, clock = database, WallClock()
+        # Standby pools while everything is stored, so the first claims see it all.
+        standby = dict.fromkeys(scenario.sizes, 0)
+        async with trioforge.open_runtime(
+            registry, database=backend, clock=clock, queues=standby
+        ) as rt:
+            t0, zero = trio.current_time(), clock.now()
+            origin.append((clock, zero))
+            ids = [
+                await rt.enqueue(
+                    work, i, run_at=zero + job.delay * scale, priority=job.priority, queue=job.queue
+                )
+                for i, job in enumerate(scenario.jobs)
+            ]
+            for queue, size in scenario.sizes.items():
+                rt.resize(queue, size)
 
-            async def cancel_later(job_id: int, at: float) -> None:
-                await trio.sleep_until(clock0[0] + at)
+            async def cancel_at(job_id: int, at: float) -> None:
+                await trio.sleep_until(t0 + at * scale)
                 await rt.cancel(job_id)
 
-            async with trio.open_nursery() as nursery:
-                for job_id, spec in zip(ids, scenario, strict=True):
-                    if spec.cancel_at is not None:
-                        nursery.start_soon(cancel_later, job_id, spec.cancel_at)
-            return [await rt.wait(job_id) for job_id in ids]
+            async def resize_at(resize: Resize) -> None:
+                await trio.sleep_until(t0 + resize.at * scale)
+                rt.resize(resize.queue, resize.size)
 
-    final = run(main)
-    for index, (spec, info) in enumerate(zip(scenario, final, strict=True)):
-        expected = model(spec, retry)
-        assert tuple(starts.get(index, ())) == expected.starts, (index, spec)
-        assert info.status is expected.status, (index, spec)
-        assert info.attempt == len(expected.starts), (index, spec)  # never more than allowed
+            async with trio.open_nursery() as nursery:
+                for job_id, job in zip(ids, scenario.jobs, strict=True):
+                    if job.cancel_at is not None:
+                        nursery.start_soon(cancel_at, job_id, job.cancel_at)
+                for resize in scenario.resizes:
+                    nursery.start_soon(resize_at, resize)
+                finals = [await rt.wait(job_id) for job_id in ids]
+            return finals
+
+    finals = run(main) if database is None else trio.run(main)
+    return [Outcome(tuple(attempts[i]), info.status, info.attempt) for i, info in enumerate(finals)]
+
+
+@given(scenarios)
+def test_scenarios_follow_the_reference_simulation(scenario: Scenario) -> None:
+    try:
+        expected = simulate(scenario)
+    except Ambiguous:
+        assume(False)
+        raise
+    assert play(scenario) == expected
+
+
+#: Real time on SQLite: one scenario second lasts this long, and recorded instants may lag
+#: the simulation's by this many scenario seconds (claims and writes take real time).
+SCALE = 0.25
+LAG = 0.2
+#: How far a wall-clock reading of a monotonic sleep may fall short (clock slew).
+SLEW = 0.004
+
+
+def halves(max_seconds: int) -> st.SearchStrategy[float]:
+    """Half-second instants: apart from any other instant by at least half a second."""
+    return st.integers(0, max_seconds).map(lambda s: s + 0.5)
+
+
+small_scenarios = st.builds(
+    Scenario,
+    sizes=st.fixed_dictionaries({"a": st.integers(1, 2)}),
+    jobs=st.lists(
+        st.builds(
+            JobSpec,
+            queue=st.just("a"),
+            priority=priorities,
+            delay=st.integers(0, 4),
+            behaviour=st.sampled_from(["ok", "fail", "discard", "hang"]),
+            seconds=st.integers(0, 2),
+            fails=st.integers(0, 2),
+            cancel_at=st.none() | halves(8),
+        ),
+        min_size=1,
+        max_size=4,
+    ).map(tuple),
+    resizes=st.lists(
+        st.builds(Resize, at=halves(6), queue=st.just("a"), size=st.integers(1, 2)), max_size=2
+    ).map(tuple),
+    retry=st.builds(
+        Retry, max_attempts=st.integers(1, 2), base_delay=st.integers(1, 2), max_delay=st.just(2)
+    ),
+    timeout=st.just(3),
+)
+
+
+@settings(max_examples=60 if os.environ.get("HYPOTHESIS_PROFILE") == "deep" else 4)
+@given(small_scenarios)
+def test_small_scenarios_follow_the_simulation_on_sqlite_in_real_time(
+    scenario: Scenario,
+) -> None:
+    try:
+        expected = simulate(scenario)
+    except Ambiguous:
+        assume(False)
+        raise
+    with tempfile.TemporaryDirectory() as folder:
+        actual = play(scenario, f"sqlite:///{folder}/jobs.db", scale=SCALE)
+    for got, want in zip(actual, expected, strict=True):
+        assert (got.status, got.stored_attempts) == (want.status, want.stored_attempts)
+        assert len(got.attempts) == len(want.attempts), (got, want)
+        for (start, end), (want_start, want_end) in zip(got.attempts, want.attempts, strict=True):
+            # Never early; late only by the time claims and writes take.
+            assert want_start <= start <= want_start + LAG, (got, want)
+            assert want_end - SLEW <= end <= want_end + LAG, (got, want)

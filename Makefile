@@ -33,7 +33,8 @@ test: lint pytest
 
 # Nightly depth: thousands of hypothesis examples per property.
 test-deep: relink
-	HYPOTHESIS_PROFILE=deep $(BIN)/pytest -q tests/test_model.py tests/test_scheduling_properties.py tests/test_cron_schedule.py
+	HYPOTHESIS_PROFILE=deep $(BIN)/pytest -q tests/test_model.py tests/test_partitions.py \
+		tests/test_scheduling_properties.py tests/test_cron_schedule.py
 
 bench: relink
 	$(BIN)/python bench/run.py

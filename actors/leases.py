@@ -34,8 +34,8 @@ log = logging.getLogger("trioforge.leases")
 def apply_renewal(running: RunningJobs, renewal: RenewResult) -> None:
     for job_id in renewal.cancel_requested:
         running.stop(job_id, StopReason.USER)
-    for job_id in renewal.lost:
-        running.stop(job_id, StopReason.LOST)
+    for job_id, lease in renewal.lost:
+        running.stop(job_id, StopReason.LOST, lease=lease)
 
 
 async def heartbeat(

@@ -205,7 +205,19 @@ class QueueSupervisor:
                     task_status.started()
             finally:
                 self._pool = None
+                self._release_unstarted()
                 self._outcomes_send.close()  # the writer drains what is left, then returns
+
+    def _release_unstarted(self) -> None:
+        """Hand back jobs claimed but never taken by a worker: a claim is shielded, so one
+        can complete while the pool is being cancelled, after its workers are gone."""
+        while True:
+            try:
+                job = self._jobs.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            if not isinstance(job, _Retire):
+                self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
 
     def _start_worker(self, pool: trio.Nursery) -> None:
         self._workers_started += 1
@@ -340,11 +352,11 @@ class QueueSupervisor:
                 error = JobTimeoutError(f"attempt {job.attempt} ran past {timeout}s")
         except BaseException:
             # Cancelled from outside (runtime torn down) or interrupted: hand the job back.
-            self._running.stop(job.id, StopReason.SHUTDOWN)
+            self._running.stop(job.id, StopReason.SHUTDOWN, lease=job.lease)
             self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
             raise
         finally:
-            self._running.finish(job.id)
+            self._running.finish(job.id, job.lease)
         outcome = decide_outcome(
             job,
             retry,

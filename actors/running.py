@@ -1,6 +1,8 @@
-"""What this process is running right now: one cancel scope per job, by job id.
+"""What this process is running right now: one cancel scope per attempt.
 
-Workers register a job's scope when its attempt starts and drop it when the attempt ends.
+Workers register an attempt's scope (by job id and lease) when it starts and drop it when it
+ends. Keyed by lease as well as job id because after a stall two attempts of one job can run
+here at once: a stale one whose lease was taken over, and its rescued successor.
 Cancel requests (from ``rt.cancel``, the heartbeat, or shutdown) fire the scope at once and
 record *why*, because the reason decides the outcome the worker writes.
 """
@@ -36,18 +38,18 @@ _REMEMBER_CANCEL_SECONDS = 60.0
 
 class RunningJobs:
     def __init__(self) -> None:
-        self._jobs: dict[int, _Running] = {}
+        self._jobs: dict[int, dict[int, _Running]] = {}  # job id -> lease -> attempt
         # Cancels that storage reported as "running" before the job's worker registered
         # it here (claimed, not yet started): applied when it starts. Keyed by job id,
         # valued by trio time, pruned by age.
         self._early_cancels: dict[int, float] = {}
 
     def __len__(self) -> int:
-        return len(self._jobs)
+        return sum(len(attempts) for attempts in self._jobs.values())
 
     def start(self, job_id: int, lease: int) -> _Running:
         entry = _Running(lease, trio.CancelScope())
-        self._jobs[job_id] = entry
+        self._jobs.setdefault(job_id, {})[lease] = entry
         if self._early_cancels.pop(job_id, None) is not None:
             self.stop(job_id, StopReason.USER)
         return entry
@@ -63,25 +65,30 @@ class RunningJobs:
         }
         self._early_cancels[job_id] = now
 
-    def finish(self, job_id: int) -> None:
-        self._jobs.pop(job_id, None)
+    def finish(self, job_id: int, lease: int) -> None:
+        attempts = self._jobs.get(job_id, {})
+        attempts.pop(lease, None)
+        if not attempts:
+            self._jobs.pop(job_id, None)
 
-    def stop(self, job_id: int, reason: StopReason) -> bool:
-        """Fire the job's scope if it runs here; the first reason given wins."""
-        entry = self._jobs.get(job_id)
-        if entry is None:
-            return False
-        if entry.reason is None:
-            entry.reason = reason
-        entry.scope.cancel()
-        return True
+    def stop(self, job_id: int, reason: StopReason, *, lease: int | None = None) -> bool:
+        """Fire the scope of the job's attempt holding ``lease`` (None: every attempt of
+        the job) if it runs here; the first reason given wins."""
+        attempts = self._jobs.get(job_id, {})
+        entries = [e for held, e in attempts.items() if lease is None or held == lease]
+        for entry in entries:
+            if entry.reason is None:
+                entry.reason = reason
+            entry.scope.cancel()
+        return bool(entries)
 
     def stop_all(self, reason: StopReason) -> None:
         for job_id in list(self._jobs):
             self.stop(job_id, reason)
 
     def leases(self) -> tuple[tuple[int, int], ...]:
-        return tuple((job_id, e.lease) for job_id, e in self._jobs.items())
+        """(job id, lease) of every attempt running here."""
+        return tuple((job_id, lease) for job_id, held in self._jobs.items() for lease in held)
 
 
 class Finished:

@@ -101,8 +101,9 @@ class Outcome:
 class RenewResult:
     #: Jobs among the renewed ones that someone asked to cancel.
     cancel_requested: frozenset[int]
-    #: Jobs whose lease this owner no longer holds (rescued or finished elsewhere).
-    lost: frozenset[int]
+    #: (job id, lease) of renewed attempts whose lease this owner no longer holds (rescued
+    #: or finished elsewhere). By lease: a successor attempt of the same job may be held.
+    lost: frozenset[tuple[int, int]]
 
 
 class CancelResult(enum.StrEnum):

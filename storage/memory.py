@@ -307,7 +307,7 @@ class MemoryBackend:
         for job_id, lease in op.leases:
             row = self._owned(job_id, lease)
             if row is None or row.lease_owner != op.owner:
-                lost.add(job_id)
+                lost.add((job_id, lease))
                 continue
             row.lease_until = op.lease_until
             if row.cancel_requested:

@@ -539,7 +539,7 @@ class PostgresBackend:
         held = {(r["id"], r["lease"]): r["cancel_requested"] for r in rows}
         return RenewResult(
             cancel_requested=frozenset(j for (j, _), flag in held.items() if flag),
-            lost=frozenset(j for j, lease in op.leases if (j, lease) not in held),
+            lost=frozenset(pair for pair in op.leases if pair not in held),
         )
 
     @staticmethod

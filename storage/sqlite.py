@@ -385,7 +385,7 @@ class SQLiteBackend:
                 (op.lease_until, job_id, lease, op.owner),
             ).fetchone()
             if row is None:
-                lost.add(job_id)
+                lost.add((job_id, lease))
             elif row[0]:
                 cancel.add(job_id)
         return RenewResult(frozenset(cancel), frozenset(lost))

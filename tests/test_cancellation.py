@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import trioforge
 from tests.conftest import FAST
-from trioforge import JobContext, JobState, Registry, Retry
+from tests.virtual import run_virtual
+from trioforge import JobContext, JobState, Registry, Retry, VirtualClock
 from trioforge.actors import Finished
-from trioforge.storage import Backend
+from trioforge.storage import Backend, MemoryBackend, ops
 
 
 def make_registry() -> tuple[Registry, dict[str, Any]]:
@@ -170,3 +173,48 @@ def test_finished_keeps_nothing_for_jobs_nobody_watches() -> None:
         assert event.is_set()
     finished.notify(3)  # nobody watched: nothing to do
     assert finished._watched == {}
+
+
+class HeldClaims(MemoryBackend):
+    """Claims wait at a gate once ``hold`` is set, so one can be in flight at a chosen time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.claiming = trio.Event()
+        self.gate = trio.Event()
+
+    async def execute(self, batch: Sequence[ops.Op], now: float) -> list[object]:
+        if self.hold and any(isinstance(op, ops.Claim) for op in batch):
+            self.claiming.set()
+            await self.gate.wait()
+        return await super().execute(batch, now)
+
+
+def test_a_claim_that_lands_while_the_pool_is_cancelled_is_handed_back() -> None:
+    registry, _ = make_registry()
+    held = HeldClaims()
+    job_ids: list[int] = []
+
+    async def scenario(backend: MemoryBackend, clock: VirtualClock) -> None:
+        assert isinstance(backend, HeldClaims)
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_mid_claim(outer: trio.CancelScope) -> None:
+                await backend.claiming.wait()
+                outer.cancel()
+                backend.gate.set()  # the claim is shielded: it completes all the same
+
+            with trio.CancelScope() as outer:
+                nursery.start_soon(cancel_mid_claim, outer)
+                async with trioforge.open_runtime(registry, database=backend, clock=clock) as rt:
+                    await trio.testing.wait_all_tasks_blocked()  # the start-up claim is done
+                    backend.hold = True
+                    job_ids.append(await rt.enqueue("hang"))
+                    await trio.sleep_forever()
+        async with trioforge.open_client(backend, clock=clock) as client:
+            info = await client.get(job_ids[0])
+        # Claimed as the workers went away: released, not stranded as running.
+        assert (info.status, info.attempt) == (JobState.AVAILABLE, 0)
+
+    run_virtual(scenario, held)

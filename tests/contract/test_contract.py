@@ -203,10 +203,10 @@ async def test_renew_extends_leases_and_reports_cancels_and_losses(backend: Back
     )
     assert renewal == RenewResult(cancel_requested=frozenset({b}), lost=frozenset())
     wrong: RenewResult = await one(backend, ops.Renew("w1", ((a, ca.lease + 5),), T0 + 40))
-    assert wrong.lost == frozenset({a})  # a lease number this owner never held
+    assert wrong.lost == frozenset({(a, ca.lease + 5)})  # a lease number never held
     assert await one(backend, ops.Rescue(), T0 + 30) == []  # renewed past T0 + 30
     other: RenewResult = await one(backend, ops.Renew("w2", ((a, ca.lease),), T0 + 99), T0 + 6)
-    assert other.lost == frozenset({a})  # another owner holds nothing
+    assert other.lost == frozenset({(a, ca.lease)})  # another owner holds nothing
 
 
 async def test_expired_leases_are_rescued_as_new_attempts(backend: Backend) -> None:
@@ -235,7 +235,10 @@ async def test_writes_fenced_by_an_old_lease_change_nothing(backend: Backend) ->
     assert not await one(backend, ops.Progress(job_id, old.lease, 50.0, "stale"), T0 + 11)
     assert not await finish(backend, old, Outcome(job_id, old.lease, Succeeded(), '"old"'), T0 + 11)
     stale: RenewResult = await one(backend, ops.Renew("w1", ((job_id, old.lease),), T0 + 99))
-    assert stale.lost == frozenset({job_id})
+    assert stale.lost == frozenset({(job_id, old.lease)})
+    # One owner may run both attempts after a stall: only the stale one is lost.
+    both = ops.Renew("w2", ((job_id, old.lease), (job_id, new.lease)), T0 + 99)
+    assert (await one(backend, both)).lost == frozenset({(job_id, old.lease)})
     assert await one(backend, ops.Progress(job_id, new.lease, 75.0, "fresh"), T0 + 12)
     info = await get(backend, job_id)
     assert (info.status, info.progress, info.progress_message) == (JobState.RUNNING, 75.0, "fresh")

@@ -5,7 +5,7 @@ pools inside your own trio program, on an embedded SQLite file or (later) Postgr
 Everything public is re-exported here; the underscore modules are private.
 """
 
-from trioforge._client import Client, JobRef, Stats
+from trioforge._client import Client, JobRef, QueueInfo, Stats
 from trioforge._clock import Clock, VirtualClock, WallClock
 from trioforge._context import CronContext, JobContext
 from trioforge._cron import CronSchedule
@@ -46,6 +46,7 @@ __all__ = [
     "JobTimeoutError",
     "PayloadError",
     "Priority",
+    "QueueInfo",
     "Registry",
     "Retry",
     "Runtime",

@@ -297,6 +297,47 @@ def discard(job_id: int, reason: str, database: str | None) -> None:
     click.echo(f"job {job_id}: dead ({reason})")
 
 
+# --- queues --------------------------------------------------------------------------------
+
+
+@main.group()
+def queues() -> None:
+    """Inspect queues; pause and resume claims on them."""
+
+
+@queues.command("list")
+@database_option
+def list_queues(database: str | None) -> None:
+    """Every queue that has jobs or is paused, with its job counts."""
+    found = with_client(database, lambda c: c.queues())
+    states = [JobState.SCHEDULED, JobState.AVAILABLE, JobState.RUNNING, JobState.RETRYING]
+    states += [JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED]
+    click.echo(f"{'QUEUE':16} {'STATE':7} " + " ".join(f"{s.value.upper():>9}" for s in states))
+    for q in found:
+        counts = " ".join(f"{q.counts.get(s, 0):>9}" for s in states)
+        click.echo(f"{q.name[:16]:16} {'paused' if q.paused else 'active':7} {counts}")
+    if not found:
+        click.echo("(no queues)")
+
+
+@queues.command()
+@click.argument("queue")
+@database_option
+def pause(queue: str, database: str | None) -> None:
+    """Stop every worker from claiming QUEUE's jobs (running ones finish)."""
+    changed = with_client(database, lambda c: c.pause(queue))
+    click.echo(f"queue {queue}: paused" + ("" if changed else " (it already was)"))
+
+
+@queues.command()
+@click.argument("queue")
+@database_option
+def resume(queue: str, database: str | None) -> None:
+    """Let workers claim QUEUE's jobs again."""
+    changed = with_client(database, lambda c: c.resume(queue))
+    click.echo(f"queue {queue}: active" + ("" if changed else " (it was not paused)"))
+
+
 # --- db ------------------------------------------------------------------------------------
 
 

@@ -37,6 +37,15 @@ class Stats:
         return sum(self.by_queue.get(q, {}).get(state, 0) for q in queues)
 
 
+@attrs.frozen
+class QueueInfo:
+    """One queue as stored: whether its claims are paused, and its job counts by state."""
+
+    name: str
+    paused: bool
+    counts: Mapping[JobState, int]
+
+
 def _run_at(
     now: float, delay: float | dt.timedelta | None, run_at: float | dt.datetime | None
 ) -> float:
@@ -114,8 +123,8 @@ class Client:
         queue: str | None,
         idempotency_key: str | None,
     ) -> builtins.list[NewJob]:
-        if queue is not None and (not isinstance(queue, str) or not queue):
-            raise InvalidArgumentError("queue must be a non-empty string")
+        if queue is not None:
+            _check_queue(queue)
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not idempotency_key
         ):
@@ -277,9 +286,40 @@ class Client:
             self._wake(info.queue, info.run_at)
         return done
 
+    async def pause(self, queue: str) -> bool:
+        """Stop every process on this database from claiming jobs of ``queue``, until
+        :meth:`resume`. Running jobs finish; enqueues are still stored. Durable across
+        restarts. False if it was paused already."""
+        _check_queue(queue)
+        changed: bool = await self._storage.call(ops.PauseQueue(queue, paused=True))
+        return changed
+
+    async def resume(self, queue: str) -> bool:
+        """Let ``queue``'s jobs be claimed again, here at once and elsewhere on the next
+        wake-up (PostgreSQL notifies) or poll. False if it was not paused."""
+        _check_queue(queue)
+        changed: bool = await self._storage.call(ops.PauseQueue(queue, paused=False))
+        if changed and self._wake is not None:
+            self._wake(queue, self._clock.now())
+        return changed
+
+    async def queues(self) -> builtins.list[QueueInfo]:
+        """Every queue that has jobs or is paused, by name."""
+        counts: dict[str, dict[JobState, int]] = await self._storage.call(ops.Stats())
+        paused: frozenset[str] = await self._storage.call(ops.PausedQueues())
+        return [
+            QueueInfo(name, name in paused, counts.get(name, {}))
+            for name in sorted(set(counts) | paused)
+        ]
+
     async def discard(self, job_id: int, reason: str = "discarded by operator") -> bool:
         """Send a pending job to ``dead`` without running it. False if it is not pending."""
         done: bool = await self._storage.call(ops.Discard(job_id, reason))
         if done:
             self._finished.notify(job_id)
         return done
+
+
+def _check_queue(queue: object) -> None:
+    if not isinstance(queue, str) or not queue:
+        raise InvalidArgumentError(f"queue must be a non-empty string, got {queue!r}")

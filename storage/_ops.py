@@ -30,6 +30,8 @@ __all__ = [
     "Leave",
     "ListJobs",
     "Op",
+    "PauseQueue",
+    "PausedQueues",
     "Processes",
     "Progress",
     "Renew",
@@ -49,7 +51,8 @@ class Enqueue:
 
 @attrs.frozen
 class Claim:
-    """-> ClaimResult: up to ``limit`` due jobs of ``queue`` whose name is in ``names``."""
+    """-> ClaimResult: up to ``limit`` due jobs of ``queue`` whose name is in ``names``;
+    none (and no next run_at) while the queue is paused."""
 
     queue: str
     names: Set[str]
@@ -170,6 +173,20 @@ class Stats:
 
 
 @attrs.frozen
+class PauseQueue:
+    """-> bool: pause (or resume) claims on ``queue`` for every process; True if that
+    changed anything. Running jobs are not touched. Resuming wakes listening processes."""
+
+    queue: str
+    paused: bool
+
+
+@attrs.frozen
+class PausedQueues:
+    """-> frozenset[str]: the queues whose claims are paused."""
+
+
+@attrs.frozen
 class FireCron:
     """-> FireResult: advance schedule ``name`` from ``expected_last`` (None: no state
     yet) to ``new_last`` and enqueue ``jobs``, in one transaction. If another process moved
@@ -213,6 +230,8 @@ Op: TypeAlias = (
     | Discard
     | Rescue
     | Stats
+    | PauseQueue
+    | PausedQueues
     | Beat
     | Leave
     | Processes
@@ -234,6 +253,8 @@ _NAMES: dict[type, str] = {
     Discard: "discard",
     Rescue: "rescue",
     Stats: "stats",
+    PauseQueue: "pause_queue",
+    PausedQueues: "paused_queues",
     Beat: "beat",
     Leave: "leave",
     Processes: "processes_list",

@@ -120,6 +120,7 @@ class MemoryBackend:
         self._processes: dict[str, ProcessInfo] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, until)
         self._cron: dict[str, CronState] = {}
+        self._paused: set[str] = set()
         self._handlers: dict[type, Callable[[Any, float], object]] = ops.handlers(self)
 
     notifies = False
@@ -142,7 +143,7 @@ class MemoryBackend:
     async def drop(self) -> None:
         for index in (
             self._rows, self._open_keys, self._future, self._due, self._processes, self._leases,
-            self._cron,
+            self._cron, self._paused,
         ):  # fmt: skip
             index.clear()
 
@@ -233,6 +234,8 @@ class MemoryBackend:
         return out
 
     def _claim(self, op: ops.Claim, now: float) -> ClaimResult:
+        if op.queue in self._paused:
+            return ClaimResult((), None)
         future = self._future.setdefault(op.queue, [])
         due = self._due.setdefault(op.queue, [])
         while future and is_due(future[0][0], now):
@@ -404,6 +407,19 @@ class MemoryBackend:
             per = out.setdefault(row.queue, {})
             per[row.status] = per.get(row.status, 0) + 1
         return out
+
+    def _pause_queue(self, op: ops.PauseQueue, now: float) -> bool:
+        del now
+        changed = (op.queue in self._paused) != op.paused
+        if op.paused:
+            self._paused.add(op.queue)
+        else:
+            self._paused.discard(op.queue)
+        return changed
+
+    def _paused_queues(self, op: ops.PausedQueues, now: float) -> frozenset[str]:
+        del op, now
+        return frozenset(self._paused)
 
     def _beat(self, op: ops.Beat, now: float) -> None:
         known = self._processes.get(op.owner)

@@ -111,6 +111,12 @@ MIGRATIONS: tuple[str, ...] = (
         skipped INTEGER NOT NULL DEFAULT 0
     );
     """,
+    """
+    CREATE TABLE trioforge_paused_queues (
+        name TEXT PRIMARY KEY,
+        paused_at DOUBLE PRECISION NOT NULL
+    );
+    """,
 )
 
 
@@ -156,6 +162,7 @@ _CLAIM = f"""
 WITH picked AS (
     SELECT id FROM trioforge_jobs
     WHERE queue = $1 AND status IN {_PENDING} AND run_at <= $2 AND name = ANY($3::text[])
+      AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
     ORDER BY priority DESC, run_at, id
     LIMIT $4
     FOR UPDATE SKIP LOCKED
@@ -172,6 +179,7 @@ SELECT id, name, queue, payload, priority, run_at, attempt, max_attempts, lease 
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, min(run_at), NULL, NULL, NULL FROM trioforge_jobs
 WHERE queue = $1 AND status IN {_PENDING} AND run_at > $2 AND name = ANY($3::text[])
+  AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
 """
 
 _FINISH = """
@@ -365,7 +373,7 @@ class PostgresBackend:
         async def drop_tables(conn: asyncpg.Connection) -> None:
             await conn.execute(
                 "DROP TABLE IF EXISTS trioforge_jobs, trioforge_processes, trioforge_leases, "
-                "trioforge_cron, trioforge_schema"
+                "trioforge_cron, trioforge_paused_queues, trioforge_schema"
             )
 
         await self._aio(self._run, drop_tables)
@@ -645,6 +653,30 @@ class PostgresBackend:
         for row in rows:
             out.setdefault(row["queue"], {})[JobState(row["status"])] = row["n"]
         return out
+
+    @staticmethod
+    async def _pause_queue(conn: asyncpg.Connection, op: ops.PauseQueue, now: float) -> bool:
+        if op.paused:
+            status = await conn.execute(
+                "INSERT INTO trioforge_paused_queues (name, paused_at) VALUES ($1, $2) "
+                "ON CONFLICT (name) DO NOTHING",
+                op.queue, now,
+            )  # fmt: skip
+            return bool(status == "INSERT 0 1")
+        status = await conn.execute("DELETE FROM trioforge_paused_queues WHERE name = $1", op.queue)
+        if status != "DELETE 1":
+            return False
+        # Sleeping fetchers of other processes claim at once rather than at their next poll.
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"w:{now!r}:{op.queue}")
+        return True
+
+    @staticmethod
+    async def _paused_queues(
+        conn: asyncpg.Connection, op: ops.PausedQueues, now: float
+    ) -> frozenset[str]:
+        del op, now
+        rows = await conn.fetch("SELECT name FROM trioforge_paused_queues")
+        return frozenset(row["name"] for row in rows)
 
     @staticmethod
     async def _beat(conn: asyncpg.Connection, op: ops.Beat, now: float) -> None:

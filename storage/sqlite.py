@@ -103,11 +103,17 @@ MIGRATIONS: tuple[str, ...] = (
         skipped INTEGER NOT NULL DEFAULT 0
     )
     """,
+    """
+    CREATE TABLE trioforge_paused_queues (
+        name TEXT PRIMARY KEY,
+        paused_at REAL NOT NULL
+    )
+    """,
 )
 
 _TABLES = (
     "trioforge_jobs", "trioforge_processes", "trioforge_leases", "trioforge_cron",
-    "trioforge_schema",
+    "trioforge_paused_queues", "trioforge_schema",
 )  # fmt: skip
 
 
@@ -134,6 +140,8 @@ WHERE id IN (
 )
 RETURNING id, name, queue, payload, priority, run_at, attempt, max_attempts, lease
 """
+
+_IS_PAUSED = "SELECT 1 FROM trioforge_paused_queues WHERE name = ?"
 
 _UPCOMING = f"""
 SELECT min(run_at) FROM trioforge_jobs
@@ -343,6 +351,8 @@ class SQLiteBackend:
         return out
 
     def _claim(self, db: sqlite3.Connection, op: ops.Claim, now: float) -> ClaimResult:
+        if db.execute(_IS_PAUSED, (op.queue,)).fetchone() is not None:
+            return ClaimResult((), None)
         names = json.dumps(sorted(op.names))
         rows = db.execute(
             _CLAIM, (op.owner, op.lease_until, now, op.queue, now, names, max(op.limit, 0))
@@ -499,6 +509,23 @@ class SQLiteBackend:
         ):
             out.setdefault(queue, {})[JobState(status)] = count
         return out
+
+    @staticmethod
+    def _pause_queue(db: sqlite3.Connection, op: ops.PauseQueue, now: float) -> bool:
+        if op.paused:
+            cursor = db.execute(
+                "INSERT INTO trioforge_paused_queues (name, paused_at) VALUES (?, ?) "
+                "ON CONFLICT (name) DO NOTHING",
+                (op.queue, now),
+            )
+        else:
+            cursor = db.execute("DELETE FROM trioforge_paused_queues WHERE name = ?", (op.queue,))
+        return cursor.rowcount == 1
+
+    @staticmethod
+    def _paused_queues(db: sqlite3.Connection, op: ops.PausedQueues, now: float) -> frozenset[str]:
+        del op, now
+        return frozenset(name for (name,) in db.execute("SELECT name FROM trioforge_paused_queues"))
 
     @staticmethod
     def _beat(db: sqlite3.Connection, op: ops.Beat, now: float) -> None:

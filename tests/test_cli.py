@@ -113,6 +113,22 @@ def test_errors_are_one_line_without_a_traceback(url: str) -> None:
     assert "Traceback" not in bad_url.output
 
 
+def test_queues_pause_resume_and_list(url: str) -> None:
+    seed(url, ["x", "y"])
+    paused = cli("queues", "pause", "default", "--database", url)
+    assert (paused.exit_code, paused.output) == (0, "queue default: paused\n")
+    again = cli("queues", "pause", "default", "--database", url)
+    assert "(it already was)" in again.output
+    listed = cli("queues", "list", "--database", url)
+    assert listed.exit_code == 0, listed.output
+    header, row = listed.output.splitlines()
+    assert header.split()[:4] == ["QUEUE", "STATE", "SCHEDULED", "AVAILABLE"]
+    assert row.split()[:4] == ["default", "paused", "0", "2"]
+    resumed = cli("queues", "resume", "default", "--database", url)
+    assert (resumed.exit_code, resumed.output) == (0, "queue default: active\n")
+    assert cli("queues", "list", "--database", url).output.splitlines()[1].split()[1] == "active"
+
+
 def test_bad_worker_arguments_are_usage_errors(url: str) -> None:
     for spec in ("emails=0", "emails", "=3"):
         result = cli("worker", "tests.test_cli:registry", "--queue", spec, "--database", url)

@@ -379,3 +379,28 @@ async def test_cron_overlap_skip_counts_ticks_while_the_last_run_is_unfinished(
     assert len(after.job_ids) == 1  # the previous run finished: fires again
     state = (await one(backend, ops.CronStates()))["s"]
     assert (state.last_tick, state.skipped) == (T0 + 4, 2)
+
+
+async def test_a_paused_queue_is_not_claimed_until_resumed(backend: Backend) -> None:
+    first, later = await enqueue(backend, job(), job(run_at=T0 + 50))
+    [other] = await enqueue(backend, job(queue="other"))
+    [running] = (await claim(backend, limit=1)).jobs  # a job already running goes on
+    assert running.id == first
+    assert await one(backend, ops.PauseQueue("q", paused=True))
+    assert not await one(backend, ops.PauseQueue("q", paused=True))  # already paused
+    assert await one(backend, ops.PausedQueues()) == frozenset({"q"})
+    assert await claim(backend, T0 + 60) == ClaimResult((), None)  # nothing, not even next
+    assert [j.id for j in (await claim(backend, queue="other")).jobs] == [other]
+    assert await finish(backend, running, Outcome(first, running.lease, Succeeded()), T0 + 1)
+    assert await one(backend, ops.PauseQueue("q", paused=False))
+    assert not await one(backend, ops.PauseQueue("q", paused=False))  # not paused
+    assert await one(backend, ops.PausedQueues()) == frozenset()
+    assert [j.id for j in (await claim(backend, T0 + 60)).jobs] == [later]
+
+
+async def test_a_queue_may_be_paused_before_it_has_jobs(backend: Backend) -> None:
+    assert await one(backend, ops.PauseQueue("later", paused=True))
+    [job_id] = await enqueue(backend, job(queue="later"))
+    assert (await claim(backend, queue="later")).jobs == ()
+    assert await one(backend, ops.PauseQueue("later", paused=False))
+    assert [j.id for j in (await claim(backend, queue="later")).jobs] == [job_id]

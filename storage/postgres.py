@@ -146,6 +146,15 @@ ON CONFLICT (idempotency_key)
 RETURNING id
 """
 
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release hook: nothing to undo. Storage operations leave no session state
+    (LISTEN has its own connection, leases are rows, the migration lock is per
+    transaction) and asyncpg still rolls back an open transaction, so the default reset
+    query, one more round trip per storage batch, is skipped."""
+    del conn
+
+
 #: The LISTEN/NOTIFY channel. Payloads: ``w:<run_at>:<queue>`` (work enqueued) and
 #: ``c:<job id>`` (cancel requested); delivered when the writing transaction commits.
 CHANNEL = "trioforge"
@@ -215,6 +224,10 @@ UPDATE trioforge_jobs SET
 WHERE status = 'running' AND lease_until <= $1
 RETURNING id
 """
+
+
+#: Batches of at most this many single-statement ops run without an explicit transaction.
+_AUTOCOMMIT_MAX = 3
 
 
 def _atomic_alone(op: ops.Op) -> bool:
@@ -407,6 +420,7 @@ class PostgresBackend:
                 max_size=self._pool_size,
                 timeout=self._connect_timeout,
                 server_settings=settings,
+                reset=_keep_session,
             )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnavailableError(
@@ -447,11 +461,11 @@ class PostgresBackend:
         if self._pool is None:
             raise DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} is not open")
         async with self._pool.acquire() as conn:
-            if len(batch) == 1 and _atomic_alone(batch[0]):
-                try:  # no BEGIN/COMMIT round trips for what one statement does atomically
-                    return [await self._handlers[type(batch[0])](conn, batch[0], now)]
-                except Exception as exc:
-                    return [exc]
+            if len(batch) <= _AUTOCOMMIT_MAX and all(_atomic_alone(op) for op in batch):
+                # No BEGIN/COMMIT round trips for what single statements do atomically: for
+                # a few ops (a claim and an outcome batch, say) they cost more than the
+                # extra commits.
+                return [await self._autocommit(conn, op, now) for op in batch]
             try:
                 async with conn.transaction():
                     return [await self._handlers[type(op)](conn, op, now) for op in batch]
@@ -460,6 +474,12 @@ class PostgresBackend:
                     return [await self._one(conn, batch[0], now)]
             # Something failed: each op on its own, so neighbours are unaffected.
             return [await self._one(conn, op, now) for op in batch]
+
+    async def _autocommit(self, conn: asyncpg.Connection, op: ops.Op, now: float) -> object:
+        try:
+            return await self._handlers[type(op)](conn, op, now)
+        except Exception as exc:
+            return exc
 
     async def _one(self, conn: asyncpg.Connection, op: ops.Op, now: float) -> object:
         try:

@@ -2,8 +2,8 @@
 
 The fetcher claims up to <free worker slots> jobs per round trip and hands them to workers
 over a channel that never holds more jobs than there are free slots, so a hand-off never
-blocks. It sleeps until a
-wake-up (an in-process enqueue), the earliest known future ``run_at``, or its poll interval.
+blocks. It sleeps until a wake-up (an in-process enqueue), the earliest known future
+``run_at``, or its poll interval.
 Each worker runs one attempt at a time inside that job's own cancel scope and writes the
 outcome shielded from cancellation, so an outcome is never lost to a cancel.
 """

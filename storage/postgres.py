@@ -226,6 +226,12 @@ RETURNING id
 """
 
 
+#: Resume a queue and, in the same statement, send the usual wake-up notice for it.
+_RESUME = """
+WITH resumed AS (DELETE FROM trioforge_paused_queues WHERE name = $1 RETURNING name)
+SELECT pg_notify($2, $3) FROM resumed
+"""
+
 #: Batches of at most this many single-statement ops run without an explicit transaction.
 _AUTOCOMMIT_MAX = 3
 
@@ -236,7 +242,8 @@ def _atomic_alone(op: ops.Op) -> bool:
         return all(j.idempotency_key is None for j in op.jobs)
     return isinstance(
         op, ops.Claim | ops.Finish | ops.Renew | ops.Progress | ops.Get | ops.ListJobs
-        | ops.Rescue | ops.Stats | ops.Beat | ops.Leave | ops.Processes | ops.Lead
+        | ops.Rescue | ops.Stats | ops.PauseQueue | ops.PausedQueues | ops.Beat | ops.Leave
+        | ops.Processes | ops.Lead
     )  # fmt: skip
 
 
@@ -683,12 +690,9 @@ class PostgresBackend:
                 op.queue, now,
             )  # fmt: skip
             return bool(status == "INSERT 0 1")
-        status = await conn.execute("DELETE FROM trioforge_paused_queues WHERE name = $1", op.queue)
-        if status != "DELETE 1":
-            return False
         # Sleeping fetchers of other processes claim at once rather than at their next poll.
-        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"w:{now!r}:{op.queue}")
-        return True
+        resumed = await conn.fetch(_RESUME, op.queue, CHANNEL, f"w:{now!r}:{op.queue}")
+        return bool(resumed)
 
     @staticmethod
     async def _paused_queues(

@@ -1,9 +1,10 @@
 """The heartbeat and the reaper: keeping this process's leases alive, rescuing others'.
 
-Heartbeat: every ``interval``, this process's row in the process registry, and one batched
-renewal for every job running here. The reply says which of them were cancelled by another
-process (their scopes fire, ending them as ``cancelled``) and which leases were lost (their
-scopes fire; nothing is written).
+Heartbeat: every ``interval``, one batched renewal of every lease held here (jobs running,
+claimed, or with their outcome not yet recorded) and this process's row in the process
+registry; after a failure it retries with backoff rather than wait a whole interval. The
+reply says which jobs were cancelled by another process (their scopes fire, ending them as
+``cancelled``) and which leases were lost (their scopes fire; nothing is written).
 
 Reaper: every ``interval``, if this process holds (or takes) the ``maintenance`` lease, so
 that one replica does it rather than all: running jobs whose lease expired (their owner
@@ -19,23 +20,20 @@ from collections.abc import Callable
 import trio
 
 from trioforge._clock import Clock
-from trioforge.actors.running import RunningJobs, StopReason
+from trioforge.actors.running import RunningJobs
 from trioforge.actors.storage_actor import StorageHandle
 from trioforge.storage import RenewResult, ops
 
-__all__ = ["MAINTENANCE", "apply_renewal", "heartbeat", "reaper"]
+__all__ = ["MAINTENANCE", "RETRY_FIRST", "heartbeat", "reaper", "renew_leases"]
+
+#: The first pause before retrying a failed storage write that must not be lost (lease
+#: renewals, outcomes); doubled on each further failure.
+RETRY_FIRST = 0.05
 
 #: The lease whose holder runs maintenance (rescue now; retention and cron later).
 MAINTENANCE = "maintenance"
 
 log = logging.getLogger("trioforge.leases")
-
-
-def apply_renewal(running: RunningJobs, renewal: RenewResult) -> None:
-    for job_id in renewal.cancel_requested:
-        running.stop(job_id, StopReason.USER)
-    for job_id, lease in renewal.lost:
-        running.stop(job_id, StopReason.LOST, lease=lease)
 
 
 async def heartbeat(
@@ -55,17 +53,35 @@ async def heartbeat(
     except Exception:
         log.exception("first heartbeat failed; retrying in %.1fs", interval)
     task_status.started()
+    wait, failing = interval, False
     while True:
+        await trio.sleep(wait)
         try:
-            await trio.sleep(interval)
+            # Leases first: they are what a database blip must not cost.
+            await renew_leases(storage, running, clock, owner=owner, lease_seconds=lease_seconds)
             await storage.call(ops.Beat(owner, queues))
-            leases = running.leases()
-            if leases:
-                op = ops.Renew(owner, leases, clock.now() + lease_seconds)
-                renewal: RenewResult = await storage.call(op)
-                apply_renewal(running, renewal)
-        except Exception:
-            log.exception("heartbeat failed; retrying in %.1fs", interval)
+        except Exception as exc:
+            # Retry soon, backing off to the interval: a renewal that waits a whole
+            # interval after a blip brings held leases that much closer to expiring.
+            wait = min(interval, wait * 2 if failing else RETRY_FIRST)
+            if not failing:
+                log.warning("heartbeat failed (%s); retrying with backoff", exc)
+            failing = True
+            continue
+        if failing:
+            log.info("heartbeat recovered")
+        wait, failing = interval, False
+
+
+async def renew_leases(
+    storage: StorageHandle, running: RunningJobs, clock: Clock, *, owner: str, lease_seconds: float
+) -> None:
+    """One batched renewal of every lease held here; its reply applied to ``running``."""
+    leases = running.leases()
+    if leases:
+        until = clock.now() + lease_seconds
+        renewal: RenewResult = await storage.call(ops.Renew(owner, leases, until))
+        running.renewed(leases, until, renewal)
 
 
 async def reaper(

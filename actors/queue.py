@@ -26,6 +26,7 @@ from trioforge._rules import Cancelled as CancelledEvent
 from trioforge._rules import Discarded as DiscardedEvent
 from trioforge._rules import Failed, JobState, Retry, Succeeded, failure_outcome, next_state
 from trioforge._rules import Released as ReleasedEvent
+from trioforge.actors.leases import RETRY_FIRST
 from trioforge.actors.running import Finished, RunningJobs, StopReason
 from trioforge.actors.storage_actor import StorageHandle
 from trioforge.storage import ClaimedJob, ClaimResult, Outcome, ops
@@ -36,6 +37,8 @@ log = logging.getLogger("trioforge.queue")
 
 #: Longest traceback text kept per failed attempt.
 MAX_ERROR_CHARS = 8000
+#: Longest pause between tries to record outcomes while the database is away.
+RETRY_MAX = 0.5
 
 
 class JobTable(Protocol):
@@ -272,6 +275,7 @@ class QueueSupervisor:
                         wanted_at = None
                         continue
                     for job in result.jobs:
+                        self._running.hold(job.id, job.lease, now + cfg.lease_seconds)
                         self._jobs_send.send_nowait(job)
                     free -= len(result.jobs)
                     wanted_at = now if result.jobs and free == 0 else result.next_run_at
@@ -368,38 +372,57 @@ class QueueSupervisor:
         )
         if outcome is not None:
             self._report(job, outcome)
+        else:  # the lease is another owner's now
+            self._running.release(job.id, job.lease)
 
     async def _write_outcomes(self) -> None:
         """The outcome writer: everything waiting goes out as one fenced ``Finish``.
+
+        A failed write (the database restarting, SQLite busy) is retried with backoff, with
+        whatever arrived meanwhile, for as long as each job's lease holds: the heartbeat
+        keeps renewing those leases, and a fenced outcome is safe to write twice. Only an
+        outcome whose lease expired is given up (its job will be rescued and run again).
 
         Shielded: it ends when the channel closes (every worker is gone), so an outcome
         reported before a cancellation is still written.
         """
         with trio.CancelScope(shield=True):
             async for first in self._outcomes:
-                batch = [first]
+                pending, wait = [first], RETRY_FIRST
                 while True:
-                    try:
-                        batch.append(self._outcomes.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
+                    pending.extend(self._reported_meanwhile())
+                    pending = await self._write(pending)
+                    if not pending:
                         break
-                await self._write(batch)
+                    await trio.sleep(wait)
+                    wait = min(wait * 2, RETRY_MAX)
 
-    async def _write(self, batch: list[tuple[ClaimedJob, Outcome]]) -> None:
-        ids = [job.id for job, _ in batch]
+    def _reported_meanwhile(self) -> list[tuple[ClaimedJob, Outcome]]:
+        batch = []
+        while True:
+            try:
+                batch.append(self._outcomes.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return batch
+
+    async def _write(
+        self, batch: list[tuple[ClaimedJob, Outcome]]
+    ) -> list[tuple[ClaimedJob, Outcome]]:
+        """Write ``batch``; return the outcomes to try again (their leases still hold)."""
         try:
             applied = await self._storage.call_shielded(ops.Finish(tuple(o for _, o in batch)))
-        except Exception:
-            log.exception("jobs %s: could not record outcomes; their leases will expire", ids)
-            return
+            error = None if applied is not None else "timed out"
+        except Exception as exc:
+            applied, error = None, str(exc) or type(exc).__name__
         if applied is None:
-            log.error("jobs %s: recording outcomes timed out; their leases will expire", ids)
-            return
+            return self._retryable(batch, error)
         for (job, outcome), ok in zip(batch, applied, strict=True):
+            self._running.release(job.id, job.lease)
             if not ok:
                 log.warning(
-                    "job %d: outcome not recorded, attempt %d lost its lease", job.id, job.attempt
-                )
+                    "job %d: outcome of attempt %d not recorded: its lease was lost (or an "
+                    "earlier try recorded it)", job.id, job.attempt
+                )  # fmt: skip
                 continue
             event = outcome.event
             if isinstance(event, Failed) and event.retry_at is not None:
@@ -407,3 +430,25 @@ class QueueSupervisor:
             target = next_state(JobState.RUNNING, event)
             if target is not None and target.is_terminal:
                 self._finished.notify(job.id)
+        return []
+
+    def _retryable(
+        self, batch: list[tuple[ClaimedJob, Outcome]], error: str | None
+    ) -> list[tuple[ClaimedJob, Outcome]]:
+        now, keep = self._clock.now(), []
+        for job, outcome in batch:
+            expiry = self._running.expiry(job.id, job.lease)
+            if expiry is not None and expiry > now:
+                keep.append((job, outcome))
+                continue
+            self._running.release(job.id, job.lease)
+            log.error(
+                "job %d: could not record the outcome of attempt %d before its lease expired"
+                " (%s); it will be rescued and run again", job.id, job.attempt, error,
+            )  # fmt: skip
+        if keep:
+            log.warning(
+                "could not record %d outcome(s) (%s); retrying while their leases hold",
+                len(keep), error,
+            )  # fmt: skip
+        return keep

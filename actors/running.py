@@ -1,20 +1,28 @@
-"""What this process is running right now: one cancel scope per attempt.
+"""What this process is running right now: one cancel scope per attempt, and the leases
+it holds.
 
 Workers register an attempt's scope (by job id and lease) when it starts and drop it when it
 ends. Keyed by lease as well as job id because after a stall two attempts of one job can run
 here at once: a stale one whose lease was taken over, and its rescued successor.
 Cancel requests (from ``rt.cancel``, the heartbeat, or shutdown) fire the scope at once and
 record *why*, because the reason decides the outcome the worker writes.
+
+A lease is held from the claim until the attempt's outcome is recorded, which can be after
+the handler returned: while the database is away, the outcome writer retries and the
+heartbeat keeps renewing. Each held lease knows until when storage last confirmed it
+(``expiry``): past that another process may rescue the job, so retrying is pointless.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import attrs
 import trio
+
+from trioforge.storage import RenewResult
 
 __all__ = ["Finished", "RunningJobs", "StopReason"]
 
@@ -43,6 +51,7 @@ class RunningJobs:
         # it here (claimed, not yet started): applied when it starts. Keyed by job id,
         # valued by trio time, pruned by age.
         self._early_cancels: dict[int, float] = {}
+        self._held: dict[tuple[int, int], float] = {}  # (job id, lease) -> lease expiry
 
     def __len__(self) -> int:
         return sum(len(attempts) for attempts in self._jobs.values())
@@ -86,9 +95,37 @@ class RunningJobs:
         for job_id in list(self._jobs):
             self.stop(job_id, reason)
 
+    def hold(self, job_id: int, lease: int, until: float) -> None:
+        """A claim gave this process ``lease`` on the job, valid until ``until``."""
+        self._held[(job_id, lease)] = until
+
+    def release(self, job_id: int, lease: int) -> None:
+        """The attempt's outcome is recorded (or its lease is gone): stop renewing it."""
+        self._held.pop((job_id, lease), None)
+
+    def expiry(self, job_id: int, lease: int) -> float | None:
+        """Until when storage last confirmed the lease (None: not held here any more)."""
+        return self._held.get((job_id, lease))
+
     def leases(self) -> tuple[tuple[int, int], ...]:
-        """(job id, lease) of every attempt running here."""
-        return tuple((job_id, lease) for job_id, held in self._jobs.items() for lease in held)
+        """(job id, lease) of every attempt whose lease this process holds: claimed,
+        running, or with its outcome not yet recorded."""
+        return tuple(self._held)
+
+    def renewed(
+        self, requested: Iterable[tuple[int, int]], until: float, result: RenewResult
+    ) -> None:
+        """Apply a lease renewal's reply: confirmed leases last until ``until``; attempts
+        cancelled elsewhere are stopped as cancelled; lost leases are stopped and let go."""
+        for pair in requested:
+            if pair in result.lost:
+                self.release(*pair)
+            elif pair in self._held:
+                self._held[pair] = until
+        for job_id in result.cancel_requested:
+            self.stop(job_id, StopReason.USER)
+        for job_id, lease in result.lost:
+            self.stop(job_id, StopReason.LOST, lease=lease)
 
 
 class Finished:

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from trioforge._errors import InvalidArgumentError
 from trioforge.actors import RunningJobs, StorageHandle
-from trioforge.actors.leases import apply_renewal
 from trioforge.storage import ClaimedJob, RenewResult, ops
 
 if TYPE_CHECKING:
@@ -84,11 +83,10 @@ class JobContext:
     async def heartbeat(self) -> None:
         """Renew this attempt's lease now (the runtime also does so periodically). If the
         job was cancelled elsewhere or its lease was lost, the handler is cancelled."""
-        op = ops.Renew(
-            self._owner, ((self._job.id, self._job.lease),), self._clock.now() + self._lease_seconds
-        )
-        renewal: RenewResult = await self._storage.call(op)
-        apply_renewal(self._running, renewal)
+        leases = ((self._job.id, self._job.lease),)
+        until = self._clock.now() + self._lease_seconds
+        renewal: RenewResult = await self._storage.call(ops.Renew(self._owner, leases, until))
+        self._running.renewed(leases, until, renewal)
 
     async def enqueue(self, job: JobRef, payload: Any = None, **options: Any) -> int:
         """Enqueue a follow-up job; same arguments as ``Client.enqueue``."""

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 import trioforge
-from tests.virtual import run_virtual
+from tests.virtual import EPOCH, run_virtual
 from trioforge import DatabaseUnavailableError, JobContext, JobState, Registry, VirtualClock
+from trioforge.actors.queue import RETRY_MAX
 from trioforge.storage import MemoryBackend, ops
 
 
@@ -58,3 +61,101 @@ def test_failing_claims_are_retried_on_the_poll_interval_not_in_a_loop() -> None
     run_virtual(scenario, flaky)
     assert seen[0].status is JobState.COMPLETED
     assert flaky.claims > 1
+
+
+HEARTBEAT = 1.0
+LEASE = 6.0
+TIMINGS = {"heartbeat_interval": HEARTBEAT, "lease_seconds": LEASE, "poll_interval": HEARTBEAT}
+
+
+class Outage(MemoryBackend):
+    """A memory backend that is away while ``start <= now < end`` (epoch seconds): the
+    operations of the types in ``failing`` fail then (None: every operation, as when the
+    database restarts)."""
+
+    def __init__(self, start: float, end: float, failing: frozenset[type] | None = None) -> None:
+        super().__init__()
+        self.start, self.end, self.failing = start, end, failing
+
+    async def execute(self, batch: Sequence[ops.Op], now: float) -> list[object]:
+        if not self.start <= now < self.end:
+            return await super().execute(batch, now)
+        if self.failing is None:
+            raise DatabaseUnavailableError("the database is restarting")
+        results: list[object] = []
+        for op in batch:
+            if type(op) in self.failing:
+                results.append(DatabaseUnavailableError("the database is restarting"))
+            else:
+                results.extend(await super().execute([op], now))
+        return results
+
+
+def play_outage(
+    backend: Outage, seconds: list[float], workers: int
+) -> tuple[list[trioforge.JobInfo], dict[int, list[tuple[float, float]]]]:
+    """Run one job per entry of ``seconds`` (each lasting that long) through the outage;
+    return their final infos and every attempt's (start, end) by job index."""
+    registry = Registry()
+    runs: dict[int, list[tuple[float, float]]] = {i: [] for i in range(len(seconds))}
+    finals: list[trioforge.JobInfo] = []
+
+    async def scenario(db: MemoryBackend, clock: VirtualClock) -> None:
+        @registry.job("work", retry=trioforge.Retry(max_attempts=5))
+        async def work(ctx: JobContext, index: int) -> None:
+            start = clock.now()
+            await trio.sleep(seconds[index])
+            runs[index].append((start, clock.now()))
+
+        async with trioforge.open_runtime(
+            registry, database=db, clock=clock, queues={"default": workers}, **TIMINGS
+        ) as rt:
+            ids = [await rt.enqueue(work, i) for i in range(len(seconds))]
+            # This test's own calls would fail during the outage too: wait it out.
+            await trio.sleep(max(0.0, backend.end - clock.now()))
+            finals.extend([await rt.wait(job_id) for job_id in ids])
+
+    run_virtual(scenario, backend)
+    return finals, runs
+
+
+@given(
+    seconds=st.lists(st.integers(0, 4).map(float), min_size=1, max_size=8),
+    workers=st.integers(1, 4),
+    start=st.integers(1, 6 * 64).map(lambda t: t / 64),  # after the enqueues
+    # Renewals resume within a heartbeat of the end, so the lease never runs out.
+    length=st.integers(1, int((LEASE - 2 * HEARTBEAT) * 64)).map(lambda t: t / 64),
+    only_outcomes=st.booleans(),
+)
+def test_an_outage_shorter_than_the_lease_loses_no_outcome_and_runs_nothing_twice(
+    seconds: list[float], workers: int, start: float, length: float, only_outcomes: bool
+) -> None:
+    failing = frozenset({ops.Finish}) if only_outcomes else None
+    backend = Outage(EPOCH + start, EPOCH + start + length, failing)
+    finals, runs = play_outage(backend, seconds, workers)
+    for info, attempts in zip(finals, runs.values(), strict=True):
+        assert info.status is JobState.COMPLETED
+        assert len(attempts) == 1, (info, attempts)  # never rescued
+        assert info.attempt == 1
+        # Recorded as soon as the database is back: within one backoff pause of its end.
+        assert info.finished_at is not None
+        assert info.finished_at <= max(attempts[0][1], backend.end) + RETRY_MAX
+
+
+def test_outcomes_wait_out_a_long_write_outage_while_their_leases_are_renewed() -> None:
+    # Outcome writes fail for three leases' worth of time, renewals keep working: each job's
+    # lease is kept alive until its outcome lands, so nothing is rescued or run twice.
+    backend = Outage(EPOCH + 1.0, EPOCH + 1.0 + 3 * LEASE, frozenset({ops.Finish}))
+    finals, runs = play_outage(backend, [2.0, 3.0, 5.0], workers=2)
+    assert [len(r) for r in runs.values()] == [1, 1, 1]
+    assert [(f.status, f.attempt) for f in finals] == [(JobState.COMPLETED, 1)] * 3
+    assert all(f.finished_at is not None and f.finished_at >= backend.end for f in finals)
+
+
+def test_an_outage_longer_than_the_lease_hands_the_job_on_as_a_new_attempt() -> None:
+    # The fallback: past its lease, an outcome is given up and the job is rescued (it runs
+    # again: at-least-once), rather than waiting forever.
+    backend = Outage(EPOCH + 1.0, EPOCH + 1.0 + 2 * LEASE)
+    finals, runs = play_outage(backend, [2.0], workers=1)
+    assert [(f.status, f.attempt) for f in finals] == [(JobState.COMPLETED, 2)]
+    assert len(runs[0]) == 2

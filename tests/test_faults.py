@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 from hypothesis import given
@@ -65,7 +66,11 @@ def test_failing_claims_are_retried_on_the_poll_interval_not_in_a_loop() -> None
 
 HEARTBEAT = 1.0
 LEASE = 6.0
-TIMINGS = {"heartbeat_interval": HEARTBEAT, "lease_seconds": LEASE, "poll_interval": HEARTBEAT}
+TIMINGS: dict[str, Any] = {
+    "heartbeat_interval": HEARTBEAT,
+    "lease_seconds": LEASE,
+    "poll_interval": HEARTBEAT,
+}
 
 
 class Outage(MemoryBackend):

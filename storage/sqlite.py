@@ -150,6 +150,14 @@ WHERE queue = ? AND status IN {_PENDING_SQL} AND run_at > ?
 """
 
 
+class _Busy(Exception):
+    """The write lock could not be taken within the busy timeout (carries the error)."""
+
+    def __init__(self, error: DatabaseUnavailableError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class SQLiteBackend:
     """Jobs in a SQLite file (WAL); safe for several processes on one machine."""
 
@@ -289,6 +297,10 @@ class SQLiteBackend:
     ) -> list[object]:
         try:
             return self._transaction(db, batch, now)
+        except _Busy as exc:
+            # Another process held the write lock past the busy timeout: each op on its own
+            # would wait that long again. The callers retry (outcomes while their leases hold).
+            return [exc.error] * len(batch)
         except Exception:
             if len(batch) == 1:
                 return [self._one(db, batch[0], now)]
@@ -298,6 +310,8 @@ class SQLiteBackend:
     def _one(self, db: sqlite3.Connection, op: ops.Op, now: float) -> object:
         try:
             return self._transaction(db, [op], now)[0]
+        except _Busy as exc:
+            return exc.error
         except Exception as exc:
             return exc
 
@@ -305,7 +319,12 @@ class SQLiteBackend:
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise DatabaseUnavailableError(f"SQLite database {self.path} is busy: {exc}") from None
+            raise _Busy(
+                DatabaseUnavailableError(
+                    f"SQLite database {self.path} is busy ({exc}): another process held its "
+                    f"write lock for over {self._busy_timeout}s"
+                )
+            ) from None
         try:
             results = [self._handlers[type(op)](db, op, now) for op in batch]
             db.execute("COMMIT")

@@ -192,6 +192,186 @@ async def open_client(
         )
 
 
+@attrs.frozen
+class _Settings:
+    """``open_runtime``'s arguments, checked, with their defaults filled in."""
+
+    queues: Mapping[str, int]
+    clock: Clock
+    owner: str
+    lease_seconds: float
+    heartbeat_interval: float
+    poll_interval: float
+    rescue_interval: float
+    shutdown_grace: float
+
+    @classmethod
+    def checked(
+        cls,
+        registry: Registry,
+        *,
+        queues: Mapping[str, int] | None,
+        clock: Clock | None,
+        owner: str | None,
+        lease_seconds: float,
+        heartbeat_interval: float,
+        poll_interval: float,
+        rescue_interval: float | None,
+        shutdown_grace: float,
+    ) -> _Settings:
+        if queues is None:
+            queues = {name: DEFAULT_CONCURRENCY for name in sorted(registry.queues())}
+        for name, size in queues.items():
+            if not isinstance(name, str) or not name or not isinstance(size, int) or size < 0:
+                raise ConfigurationError(
+                    f"queues must map queue names to worker counts >= 0, got {name!r}: {size!r}"
+                )
+        if not 0 < heartbeat_interval < lease_seconds:
+            raise ConfigurationError(
+                "heartbeat_interval must be > 0 and shorter than lease_seconds"
+            )
+        return cls(
+            queues=dict(queues),
+            clock=clock or WallClock(),
+            owner=owner or _default_owner(),
+            lease_seconds=lease_seconds,
+            heartbeat_interval=heartbeat_interval,
+            poll_interval=poll_interval,
+            rescue_interval=rescue_interval or heartbeat_interval,
+            shutdown_grace=shutdown_grace,
+        )
+
+
+class _Parts:
+    """Every part of one runtime, built before any runs (DESIGN's picture, section 3), and
+    the callbacks that connect them: wake-ups from enqueues, notices and rescues reach the
+    queue supervisors; cancels reach the running jobs."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        settings: _Settings,
+        backend: Backend,
+        storage: StorageHandle,
+        runtime_class: type[Runtime],
+    ) -> None:
+        self.settings, self.backend, self.storage = settings, backend, storage
+        self.running, self.finished = RunningJobs(), Finished()
+        self.supervisors: dict[str, QueueSupervisor] = {}
+        self.runtime = runtime_class(
+            storage,
+            settings.clock,
+            registry=registry,
+            finished=self.finished,
+            running=self.running,
+            wake=self.wake,
+            poll_interval=settings.poll_interval,
+            owner=settings.owner,
+            supervisors=self.supervisors,
+        )
+        self.jobs = _RegistryJobs(registry, self._context)
+        self.cron_jobs = [
+            CronJob(
+                name=d.name,
+                schedule=d.cron.schedule,
+                catch_up=d.cron.catch_up,
+                skip_if_running=d.cron.overlap == "skip",
+                queue=d.queue,
+                priority=d.priority,
+                max_attempts=d.retry.max_attempts,
+            )
+            for d in registry.schedules()
+            if d.cron is not None
+        ]
+
+    def _context(self, job: ClaimedJob, kind: type[JobContext], **extra: Any) -> JobContext:
+        return kind(
+            job,
+            **extra,
+            client=self.runtime,
+            storage=self.storage,
+            running=self.running,
+            clock=self.settings.clock,
+            owner=self.settings.owner,
+            lease_seconds=self.settings.lease_seconds,
+        )
+
+    def supervisor(self, name: str, size: int) -> QueueSupervisor:
+        s = self.settings
+        config = QueueConfig(name, size, s.owner, s.lease_seconds, s.poll_interval)
+        supervisor = QueueSupervisor(
+            config, self.jobs, self.storage, self.running, self.finished, s.clock
+        )
+        self.supervisors[name] = supervisor
+        return supervisor
+
+    def wake(self, queue: str, run_at: float) -> None:
+        supervisor = self.supervisors.get(queue)
+        if supervisor is not None:
+            supervisor.wake(run_at)
+
+    def wake_all(self) -> None:
+        for queue in self.supervisors:
+            self.wake(queue, self.settings.clock.now())
+
+    def on_notice(self, notice: Notice) -> None:
+        if isinstance(notice, WakeNotice):
+            self.wake(notice.queue, notice.run_at)
+        else:
+            self.running.cancel_running(notice.job_id)
+
+    def stop_now(self) -> None:
+        self.running.stop_all(StopReason.SHUTDOWN)
+        for supervisor in self.supervisors.values():
+            supervisor.stop_now()
+
+    async def stop_after_grace(self) -> None:
+        grace = self.settings.shutdown_grace
+        await trio.sleep(grace)
+        log.warning("shutdown grace of %.1fs over: releasing running jobs", grace)
+        self.stop_now()
+
+
+async def _start_services(services: trio.Nursery, parts: _Parts) -> None:
+    """The process-wide actors, in order: heartbeat (registered before anything claims),
+    reaper, cron scheduler, listener. A client-only runtime (no queues) runs none."""
+    s, storage, clock = parts.settings, parts.storage, parts.settings.clock
+    if not s.queues:
+        return
+    await services.start(
+        partial(
+            heartbeat, storage, parts.running, clock, owner=s.owner, queues=tuple(s.queues),
+            interval=s.heartbeat_interval, lease_seconds=s.lease_seconds,
+        )
+    )  # fmt: skip
+    await services.start(
+        partial(
+            reaper, storage, clock, owner=s.owner, interval=s.rescue_interval,
+            lease_seconds=s.lease_seconds, on_rescued=parts.wake_all,
+        )
+    )  # fmt: skip
+    if parts.cron_jobs:
+        await services.start(
+            partial(
+                cron_scheduler, storage, clock, parts.cron_jobs, owner=s.owner,
+                interval=s.rescue_interval, wake=parts.wake,
+            )
+        )  # fmt: skip
+    if parts.backend.notifies:
+        await services.start(
+            partial(
+                listener, parts.backend, on_notice=parts.on_notice, on_connected=parts.wake_all,
+                retry_interval=min(s.poll_interval, 1.0),
+            )
+        )  # fmt: skip
+
+
+async def _start_pools(pools: trio.Nursery, parts: _Parts) -> None:
+    """One supervisor per queue, each running (fetcher and workers) before the next."""
+    for name, size in parts.settings.queues.items():
+        await pools.start(parts.supervisor(name, size).run)
+
+
 @asynccontextmanager
 async def open_runtime(
     registry: Registry,
@@ -221,150 +401,29 @@ async def open_runtime(
     (the attempt is not counted). Leaving by an exception or a cancellation stops running
     jobs at once and releases them the same way.
     """
-    if queues is None:
-        queues = {name: DEFAULT_CONCURRENCY for name in sorted(registry.queues())}
-    for name, size in queues.items():
-        if not isinstance(name, str) or not name or not isinstance(size, int) or size < 0:
-            raise ConfigurationError(
-                f"queues must map queue names to worker counts >= 0, got {name!r}: {size!r}"
-            )
-    if not 0 < heartbeat_interval < lease_seconds:
-        raise ConfigurationError("heartbeat_interval must be > 0 and shorter than lease_seconds")
-    clock = clock or WallClock()
-    owner = owner or _default_owner()
-    running, finished = RunningJobs(), Finished()
-
+    settings = _Settings.checked(
+        registry, queues=queues, clock=clock, owner=owner, lease_seconds=lease_seconds,
+        heartbeat_interval=heartbeat_interval, poll_interval=poll_interval,
+        rescue_interval=rescue_interval, shutdown_grace=shutdown_grace,
+    )  # fmt: skip
     backend = _backend(database)
-    async with unwrapped(), _storage(backend, clock, migrate) as storage:
-        supervisors: dict[str, QueueSupervisor] = {}
-
-        def wake(queue: str, run_at: float) -> None:
-            supervisor = supervisors.get(queue)
-            if supervisor is not None:
-                supervisor.wake(run_at)
-
-        def on_notice(notice: Notice) -> None:
-            if isinstance(notice, WakeNotice):
-                wake(notice.queue, notice.run_at)
-            else:
-                running.cancel_running(notice.job_id)
-
-        def wake_all() -> None:
-            for queue in supervisors:
-                wake(queue, clock.now())
-
-        rt = _runtime_class(
-            storage,
-            clock,
-            registry=registry,
-            finished=finished,
-            running=running,
-            wake=wake,
-            poll_interval=poll_interval,
-            owner=owner,
-            supervisors=supervisors,
-        )
-
-        def make_context(job: ClaimedJob, kind: type[JobContext], **extra: Any) -> JobContext:
-            return kind(
-                job,
-                **extra,
-                client=rt,
-                storage=storage,
-                running=running,
-                clock=clock,
-                owner=owner,
-                lease_seconds=lease_seconds,
-            )
-
-        jobs = _RegistryJobs(registry, make_context)
-
-        def stop_now() -> None:
-            running.stop_all(StopReason.SHUTDOWN)
-            for supervisor in supervisors.values():
-                supervisor.stop_now()
-
-        async def stop_after_grace() -> None:
-            await trio.sleep(shutdown_grace)
-            log.warning("shutdown grace of %.1fs over: releasing running jobs", shutdown_grace)
-            stop_now()
-
+    # Storage first and last: every other actor writes through it, until its very end.
+    async with unwrapped(), _storage(backend, settings.clock, migrate) as storage:
+        parts = _Parts(registry, settings, backend, storage, _runtime_class)
         async with trio.open_nursery() as services:
             try:
-                if queues:
-                    await services.start(
-                        partial(
-                            heartbeat,
-                            storage,
-                            running,
-                            clock,
-                            owner=owner,
-                            queues=tuple(queues),
-                            interval=heartbeat_interval,
-                            lease_seconds=lease_seconds,
-                        )
-                    )
-                    await services.start(
-                        partial(
-                            reaper,
-                            storage,
-                            clock,
-                            owner=owner,
-                            interval=rescue_interval or heartbeat_interval,
-                            lease_seconds=lease_seconds,
-                            on_rescued=wake_all,
-                        )
-                    )
-                    cron_jobs = [
-                        CronJob(
-                            name=d.name,
-                            schedule=d.cron.schedule,
-                            catch_up=d.cron.catch_up,
-                            skip_if_running=d.cron.overlap == "skip",
-                            queue=d.queue,
-                            priority=d.priority,
-                            max_attempts=d.retry.max_attempts,
-                        )
-                        for d in registry.schedules()
-                        if d.cron is not None
-                    ]
-                    if cron_jobs:
-                        await services.start(
-                            partial(
-                                cron_scheduler,
-                                storage,
-                                clock,
-                                cron_jobs,
-                                owner=owner,
-                                interval=rescue_interval or heartbeat_interval,
-                                wake=wake,
-                            )
-                        )
-                    if backend.notifies:
-                        await services.start(
-                            partial(
-                                listener,
-                                backend,
-                                on_notice=on_notice,
-                                on_connected=wake_all,
-                                retry_interval=min(poll_interval, 1.0),
-                            )
-                        )
+                await _start_services(services, parts)
                 async with trio.open_nursery() as pools:
-                    for name, size in queues.items():
-                        config = QueueConfig(name, size, owner, lease_seconds, poll_interval)
-                        supervisor = QueueSupervisor(
-                            config, jobs, storage, running, finished, clock
-                        )
-                        supervisors[name] = supervisor
-                        await pools.start(supervisor.run)
+                    await _start_pools(pools, parts)
                     try:
-                        yield rt
+                        yield parts.runtime
                     finally:
-                        for supervisor in supervisors.values():
+                        # Drain in reverse: no new claims; running jobs get the grace
+                        # period (the pools nursery waits for them), then are released.
+                        for supervisor in parts.supervisors.values():
                             supervisor.stop_fetching()
-                        services.start_soon(stop_after_grace)
+                        services.start_soon(parts.stop_after_grace)
             finally:
                 services.cancel_scope.cancel()
-                if queues:  # out of the registry, and leadership handed on at once
-                    await storage.call_shielded(ops.Leave(owner), limit=5.0)
+                if settings.queues:  # out of the registry, and leadership handed on at once
+                    await storage.call_shielded(ops.Leave(settings.owner), limit=5.0)

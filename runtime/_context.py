@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Any
 
-from trioforge._errors import InvalidArgumentError
+from trioforge._errors import DatabaseUnavailableError, InvalidArgumentError
 from trioforge.actors import RunningJobs, StorageHandle
 from trioforge.storage import ClaimedJob, RenewResult, ops
 
@@ -74,18 +74,32 @@ class JobContext:
     async def progress(self, pct: float, message: str | None = None) -> None:
         """Record progress (0-100) and an optional message, visible through ``get``.
 
+        Best effort: while the database is unreachable the update is dropped with a
+        warning (the next one replaces it) rather than failing the attempt.
         Cancellation: cancelling the caller may still let the write land.
         """
         if not 0 <= pct <= 100:
             raise InvalidArgumentError(f"progress must be between 0 and 100, got {pct}")
-        await self._storage.call(ops.Progress(self._job.id, self._job.lease, float(pct), message))
+        op = ops.Progress(self._job.id, self._job.lease, float(pct), message)
+        try:
+            await self._storage.call(op)
+        except DatabaseUnavailableError as exc:
+            self.log.warning("progress %.0f%% not recorded: %s", pct, exc)
 
     async def heartbeat(self) -> None:
         """Renew this attempt's lease now (the runtime also does so periodically). If the
-        job was cancelled elsewhere or its lease was lost, the handler is cancelled."""
+        job was cancelled elsewhere or its lease was lost, the handler is cancelled.
+
+        While the database is unreachable this only warns: the runtime's own heartbeat
+        keeps retrying, and a blip must not fail the attempt.
+        """
         leases = ((self._job.id, self._job.lease),)
         until = self._clock.now() + self._lease_seconds
-        renewal: RenewResult = await self._storage.call(ops.Renew(self._owner, leases, until))
+        try:
+            renewal: RenewResult = await self._storage.call(ops.Renew(self._owner, leases, until))
+        except DatabaseUnavailableError as exc:
+            self.log.warning("lease not renewed: %s", exc)
+            return
         self._running.renewed(leases, until, renewal)
 
     async def enqueue(self, job: JobRef, payload: Any = None, **options: Any) -> int:

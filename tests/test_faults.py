@@ -164,3 +164,29 @@ def test_an_outage_longer_than_the_lease_hands_the_job_on_as_a_new_attempt() -> 
     finals, runs = play_outage(backend, [2.0], workers=1)
     assert [(f.status, f.attempt) for f in finals] == [(JobState.COMPLETED, 2)]
     assert len(runs[0]) == 2
+
+
+def test_progress_and_heartbeats_during_an_outage_do_not_fail_the_attempt() -> None:
+    backend = Outage(EPOCH + 1.0, EPOCH + 3.0)
+    registry = Registry()
+    runs: list[int] = []
+
+    @registry.job("report")
+    async def report(ctx: JobContext) -> None:
+        runs.append(ctx.attempt)
+        for step in range(10):
+            await trio.sleep(0.5)
+            await ctx.progress(step * 10, f"step {step}")
+            await ctx.heartbeat()
+
+    seen: list[trioforge.JobInfo] = []
+
+    async def scenario(db: MemoryBackend, clock: VirtualClock) -> None:
+        async with trioforge.open_runtime(registry, database=db, clock=clock, **TIMINGS) as rt:
+            job_id = await rt.enqueue(report)
+            await trio.sleep(backend.end - clock.now())
+            seen.append(await rt.wait(job_id))
+
+    run_virtual(scenario, backend)
+    assert runs == [1]
+    assert (seen[0].status, seen[0].attempt, seen[0].progress) == (JobState.COMPLETED, 1, 90)

@@ -21,10 +21,18 @@ import attrs
 import trio
 
 from trioforge._clock import Clock
-from trioforge._errors import Discard, JobTimeoutError
+from trioforge._errors import JobTimeoutError
 from trioforge._rules import Cancelled as CancelledEvent
 from trioforge._rules import Discarded as DiscardedEvent
-from trioforge._rules import Failed, JobState, Retry, Succeeded, failure_outcome, next_state
+from trioforge._rules import (
+    Failed,
+    JobState,
+    Retry,
+    Succeeded,
+    discard_reason,
+    failure_outcome,
+    next_state,
+)
 from trioforge._rules import Released as ReleasedEvent
 from trioforge.actors.running import Finished, RunningJobs, StopReason
 from trioforge.actors.storage_actor import StorageHandle
@@ -85,8 +93,9 @@ def decide_outcome(
         return Outcome(job.id, job.lease, ReleasedEvent())
     if error is None:
         return Outcome(job.id, job.lease, Succeeded(), result=result)
-    if isinstance(error, Discard):
-        return Outcome(job.id, job.lease, DiscardedEvent(), error=error.reason)
+    reason_text = discard_reason(error)  # a Discard, or a group holding one
+    if reason_text is not None:
+        return Outcome(job.id, job.lease, DiscardedEvent(), error=reason_text)
     event = failure_outcome(retry, job.attempt, error, now, u)
     return Outcome(job.id, job.lease, event, error=format_error(error))
 

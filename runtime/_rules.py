@@ -37,7 +37,7 @@ from typing import Literal, TypeAlias
 
 import attrs
 
-from trioforge._errors import ConfigurationError
+from trioforge._errors import ConfigurationError, Discard
 
 __all__ = [
     "PENDING_STATES",
@@ -57,6 +57,7 @@ __all__ = [
     "Succeeded",
     "backoff_delay",
     "claim_key",
+    "discard_reason",
     "failure_outcome",
     "is_due",
     "next_state",
@@ -124,6 +125,10 @@ class Retry:
     ``jitter`` (a fraction in [0, 1)) at random. ``on`` limits which exception types are
     retried; an empty tuple retries every exception. A timed-out attempt raises
     :class:`~trioforge.JobTimeoutError` (a ``TimeoutError``) for this purpose.
+
+    An exception group (what a nursery inside the handler raises) retries only if every
+    exception in it, nested groups included, is of a type in ``on``: one error that is not
+    retryable makes the whole attempt not retryable.
     """
 
     max_attempts: int = 3
@@ -144,8 +149,35 @@ class Retry:
             raise ConfigurationError("Retry.jitter must be a fraction in [0, 1)")
 
     def retries(self, exc: BaseException) -> bool:
-        """Whether ``exc`` is of a type this policy retries."""
-        return not self.on or isinstance(exc, self.on)
+        """Whether ``exc`` is of a type this policy retries (a group: all of its leaves)."""
+        if not self.on:
+            return True
+        if isinstance(exc, BaseExceptionGroup):
+            _, rest = exc.split(self.on)
+            return rest is None
+        return isinstance(exc, self.on)
+
+
+def discard_reason(exc: BaseException) -> str | None:
+    """The reason of the :class:`~trioforge.Discard` that ``exc`` is or holds (anywhere in
+    nested exception groups), None if it holds none. Several Discards in one group: their
+    distinct reasons joined by "; ", in the group's order."""
+    if isinstance(exc, Discard):
+        return exc.reason
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    found, _ = exc.split(Discard)
+    if found is None:
+        return None
+    reasons: list[str] = []
+    pending: list[BaseException] = [found]
+    while pending:
+        leaf = pending.pop(0)
+        if isinstance(leaf, BaseExceptionGroup):
+            pending[:0] = leaf.exceptions
+        elif isinstance(leaf, Discard) and leaf.reason not in reasons:
+            reasons.append(leaf.reason)
+    return "; ".join(reasons)
 
 
 def backoff_delay(policy: Retry, attempt: int, u: float = 0.0) -> float:

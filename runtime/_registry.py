@@ -5,24 +5,83 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import attrs
 
 from trioforge._cron import CronSchedule
 from trioforge._errors import ConfigurationError, UnknownJobError
 from trioforge._payloads import NO_PAYLOAD
-from trioforge._rules import PriorityLike, Retry, parse_priority
+from trioforge._rules import AttemptOutcome, PriorityLike, Retry, parse_priority
 
 if TYPE_CHECKING:
     from trioforge._context import JobContext
 
-__all__ = ["AfterHook", "BeforeHook", "CronSpec", "CronTick", "JobDefinition", "Registry"]
+__all__ = [
+    "AfterHook",
+    "AttemptEnd",
+    "BeforeHook",
+    "CronSpec",
+    "CronTick",
+    "EndHook",
+    "JobDefinition",
+    "Registry",
+]
 
 Handler = Callable[..., Awaitable[Any]]
 BeforeHook = Callable[["JobContext"], Awaitable[None]]
-#: Called with the context and the exception the attempt raised (None if it returned).
-AfterHook = Callable[["JobContext", BaseException | None], Awaitable[None]]
+
+
+@attrs.frozen
+class AttemptEnd:
+    """How one attempt of a job ended: what ``after_perform`` hooks receive."""
+
+    #: The context the handler ran with (job id, name, attempt, log, ...).
+    ctx: JobContext
+    #: The decoded payload the handler was given (None for a job that takes none).
+    payload: Any
+    outcome: AttemptOutcome
+    #: What the attempt raised: the handler's exception, JobTimeoutError for a timeout,
+    #: None when it completed or was stopped (cancelled, released, lost).
+    error: BaseException | None
+
+
+#: ``async def hook(end: AttemptEnd)``: sees the end of every attempt.
+EndHook = Callable[[AttemptEnd], Awaitable[None]]
+#: ``async def hook(ctx, error)``, the older form: attempts that completed, failed, timed
+#: out or were discarded (``error`` None on success); not stopped ones.
+LegacyAfterHook = Callable[["JobContext", BaseException | None], Awaitable[None]]
+AfterHook = EndHook | LegacyAfterHook
+_AfterHookT = TypeVar("_AfterHookT", bound=AfterHook)
+
+#: The outcomes a two-argument after hook is called for (what it always saw, plus timeouts).
+_LEGACY_OUTCOMES = frozenset(
+    {
+        AttemptOutcome.COMPLETED,
+        AttemptOutcome.FAILED,
+        AttemptOutcome.TIMED_OUT,
+        AttemptOutcome.DISCARDED,
+    }
+)
+
+
+def _end_hook(hook: AfterHook) -> EndHook:
+    """``hook`` as a one-argument hook, whichever form it was written in."""
+    params = len(inspect.signature(hook).parameters)
+    if params == 1:
+        return cast(EndHook, hook)
+    if params != 2:
+        raise ConfigurationError(
+            f"after_perform hook {hook!r} must take (end: AttemptEnd) or (ctx, error), "
+            f"not {params} parameters"
+        )
+    legacy = cast(LegacyAfterHook, hook)
+
+    async def call(end: AttemptEnd) -> None:
+        if end.outcome in _LEGACY_OUTCOMES:
+            await legacy(end.ctx, end.error)
+
+    return call
 
 
 @attrs.frozen
@@ -91,7 +150,8 @@ class Registry:
     def __init__(self) -> None:
         self._jobs: dict[str, JobDefinition] = {}
         self.before_hooks: list[BeforeHook] = []
-        self.after_hooks: list[AfterHook] = []
+        #: Every after hook, in the one-argument form (see ``after_perform``).
+        self.after_hooks: list[EndHook] = []
 
     def job(
         self,
@@ -190,10 +250,16 @@ class Registry:
         self.before_hooks.append(hook)
         return hook
 
-    def after_perform(self, hook: AfterHook) -> AfterHook:
-        """Run ``await hook(ctx, error)`` after every attempt that returned or raised (not
-        after a cancelled one); ``error`` is None on success."""
-        self.after_hooks.append(hook)
+    def after_perform(self, hook: _AfterHookT) -> _AfterHookT:
+        """Run ``await hook(end)`` when any attempt ends, with an :class:`AttemptEnd`: its
+        context, payload, outcome and error. It runs even when a cancel or timeout ended
+        the attempt (shielded, for at most 10 seconds in all), before the outcome is
+        recorded; an exception from it is logged and changes nothing.
+
+        The older form ``await hook(ctx, error)`` still works and is called for attempts
+        that completed (``error`` None), failed, timed out or were discarded.
+        """
+        self.after_hooks.append(_end_hook(hook))
         return hook
 
     def get(self, name: str) -> JobDefinition:

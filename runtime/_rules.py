@@ -43,6 +43,7 @@ __all__ = [
     "PENDING_STATES",
     "TERMINAL_STATES",
     "TRANSITIONS",
+    "AttemptOutcome",
     "Cancelled",
     "Claimed",
     "Discarded",
@@ -55,6 +56,7 @@ __all__ = [
     "Retried",
     "Retry",
     "Succeeded",
+    "attempt_outcome",
     "backoff_delay",
     "claim_key",
     "discard_reason",
@@ -296,3 +298,34 @@ def rescue_outcome(attempt: int, max_attempts: int, now: float) -> Rescued:
     """A job whose owner vanished: retry at once if attempts are left (the lost attempt
     counts), else dead. Backoff is not applied: the failure was the worker's, not the job's."""
     return Rescued(retry_at=now if attempt < max_attempts else None)
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt ended, as ``after_perform`` hooks are told."""
+
+    COMPLETED = "completed"  # the handler returned
+    FAILED = "failed"  # it raised: retried or dead, per the job's Retry
+    TIMED_OUT = "timed_out"  # it ran past the job's timeout
+    DISCARDED = "discarded"  # it raised Discard (or a group holding one)
+    CANCELLED = "cancelled"  # cancelled by request: terminal
+    RELEASED = "released"  # the runtime is stopping: handed back, the attempt not counted
+    LOST = "lost"  # its lease went to another worker: nothing of it is recorded
+
+
+def attempt_outcome(event: Event | None, *, timed_out: bool) -> AttemptOutcome:
+    """What the event recorded for an attempt (None: nothing, the lease was lost) means
+    to the hooks."""
+    if event is None:
+        return AttemptOutcome.LOST
+    if isinstance(event, Failed):
+        return AttemptOutcome.TIMED_OUT if timed_out else AttemptOutcome.FAILED
+    return _ATTEMPT_OUTCOMES[type(event)]
+
+
+#: The events an attempt's end is recorded as (besides Failed, which depends on why).
+_ATTEMPT_OUTCOMES: dict[type[Event], AttemptOutcome] = {
+    Succeeded: AttemptOutcome.COMPLETED,
+    Discarded: AttemptOutcome.DISCARDED,
+    Cancelled: AttemptOutcome.CANCELLED,
+    Released: AttemptOutcome.RELEASED,
+}

@@ -26,8 +26,8 @@ from trioforge._errors import (
     unwrapped,
 )
 from trioforge._payloads import decode, encode_result
-from trioforge._registry import CronTick, Registry
-from trioforge._rules import Retry
+from trioforge._registry import AttemptEnd, CronTick, Registry
+from trioforge._rules import AttemptOutcome, Retry
 from trioforge.actors import (
     Finished,
     QueueConfig,
@@ -83,8 +83,23 @@ class _RegistryJobs:
         definition = self._registry.get(name)
         return definition.retry, definition.timeout
 
-    async def perform(self, job: ClaimedJob) -> str | None:
+    def attempt(self, job: ClaimedJob) -> _Attempt:
+        return _Attempt(self._registry, self._make_context, job)
+
+
+class _Attempt:
+    """One attempt: before hooks and the handler, then (told how it ended) after hooks."""
+
+    def __init__(self, registry: Registry, make_context: Any, job: ClaimedJob) -> None:
+        self._registry = registry
+        self._make_context = make_context
+        self._job = job
+        self._started: tuple[JobContext, Any] | None = None  # context and payload
+
+    async def run(self) -> str | None:
+        job = self._job
         definition = self._registry.get(job.name)
+        payload: Any = None
         args: tuple[Any, ...] = ()
         if definition.cron is not None:
             tick: CronTick = decode(job.name, CronTick, job.payload)
@@ -94,19 +109,24 @@ class _RegistryJobs:
         else:
             ctx = self._make_context(job, JobContext)
             if definition.takes_payload:
-                args = (decode(job.name, definition.payload_type, job.payload),)
+                payload = decode(job.name, definition.payload_type, job.payload)
+                args = (payload,)
+        self._started = (ctx, payload)
         for hook in self._registry.before_hooks:
             await hook(ctx)
-        try:
-            value = await definition.handler(ctx, *args)
-            result = encode_result(job.name, value)
-        except Exception as exc:
-            for after in self._registry.after_hooks:
-                await after(ctx, exc)
-            raise
-        for after in self._registry.after_hooks:
-            await after(ctx, None)
-        return result
+        value = await definition.handler(ctx, *args)
+        return encode_result(job.name, value)
+
+    async def end(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
+        if self._started is None:  # its payload could not even be decoded
+            return
+        ctx, payload = self._started
+        end = AttemptEnd(ctx, payload, outcome, error)
+        for hook in self._registry.after_hooks:
+            try:
+                await hook(end)
+            except Exception:
+                ctx.log.exception("an after_perform hook failed")
 
 
 class Runtime(Client):

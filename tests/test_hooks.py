@@ -143,9 +143,12 @@ async def test_hooks_run_when_the_runtime_is_left_by_an_exception(
     class Boom(Exception):
         pass
 
-    with pytest.raises(Boom):
+    async def leave_by_an_exception() -> None:
         async with open_test_runtime(registry) as rt:
             await rt.enqueue("hang", "torn down")
             await events["started"].wait()
             raise Boom
+
+    with pytest.raises(Boom):
+        await leave_by_an_exception()
     assert ends == [("hang", "torn down", AttemptOutcome.RELEASED, "NoneType")]

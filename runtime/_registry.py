@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 import attrs
 
 from trioforge._cron import CronSchedule
-from trioforge._errors import ConfigurationError, UnknownJobError
+from trioforge._errors import ConfigurationError, InvalidStateError, UnknownJobError
 from trioforge._payloads import NO_PAYLOAD
 from trioforge._rules import AttemptOutcome, PriorityLike, Retry, parse_priority
 
@@ -144,11 +144,13 @@ def _payload_type(handler: Handler, name: str) -> Any:
 class Registry:
     """The jobs an application defines, by name, plus lifecycle hooks.
 
-    A worker only claims jobs whose names its registry holds.
+    A worker only claims jobs whose names its registry holds. Once a runtime has been
+    opened with it, the registry is frozen: workers have read its jobs and hooks.
     """
 
     def __init__(self) -> None:
         self._jobs: dict[str, JobDefinition] = {}
+        self._frozen = False
         self.before_hooks: list[BeforeHook] = []
         #: Every after hook, in the one-argument form (see ``after_perform``).
         self.after_hooks: list[EndHook] = []
@@ -167,6 +169,7 @@ class Registry:
 
         ``payload`` overrides the type read from the handler's annotation.
         """
+        self._check_open(f"job {name!r}")
         if not isinstance(name, str) or not name:
             raise ConfigurationError("a job name must be a non-empty string")
         if name in self._jobs:
@@ -178,6 +181,7 @@ class Registry:
         level = parse_priority(priority)
 
         def register(handler: Handler) -> JobDefinition:
+            self._check_open(f"job {name!r}")
             if not inspect.iscoroutinefunction(handler):
                 raise ConfigurationError(
                     f"job {name!r}: the handler must be an `async def` function"
@@ -218,6 +222,7 @@ class Registry:
         previous run has not finished. Daylight saving follows classic cron: see
         :class:`~trioforge.CronSchedule`. A bad expression or zone raises here.
         """
+        self._check_open(f"cron schedule {expr!r}")
         schedule = CronSchedule(expr, timezone)
         if isinstance(catch_up, bool) or not isinstance(catch_up, int) or catch_up < 0:
             raise ConfigurationError(f"catch_up must be an int >= 0, got {catch_up!r}")
@@ -247,6 +252,7 @@ class Registry:
 
     def before_perform(self, hook: BeforeHook) -> BeforeHook:
         """Run ``await hook(ctx)`` before every attempt; if it raises, the attempt fails."""
+        self._check_open("before_perform hook")
         self.before_hooks.append(hook)
         return hook
 
@@ -259,8 +265,27 @@ class Registry:
         The older form ``await hook(ctx, error)`` still works and is called for attempts
         that completed (``error`` None), failed, timed out or were discarded.
         """
+        self._check_open("after_perform hook")
         self.after_hooks.append(_end_hook(hook))
         return hook
+
+    @property
+    def frozen(self) -> bool:
+        """True once a runtime was opened with this registry: it takes no more jobs."""
+        return self._frozen
+
+    def freeze(self) -> None:
+        """Refuse new jobs, cron schedules and hooks from now on (``open_runtime`` calls
+        this: its workers read the registry once, so later additions would never run)."""
+        self._frozen = True
+
+    def _check_open(self, what: str) -> None:
+        if self._frozen:
+            raise InvalidStateError(
+                f"cannot register {what}: this registry is frozen because a runtime was "
+                "opened with it; register every job, cron schedule and hook before "
+                "opening the runtime"
+            )
 
     def get(self, name: str) -> JobDefinition:
         try:

@@ -253,6 +253,7 @@ async def open_runtime(
     clock = clock or WallClock()
     owner = owner or _default_owner()
     running, finished = RunningJobs(), Finished()
+    registry.freeze()  # the fetchers read its job names once
 
     backend = _backend(database)
     async with unwrapped(), _storage(backend, clock, migrate) as storage:

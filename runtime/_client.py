@@ -211,7 +211,7 @@ class Client:
 
     async def get(self, job_id: int) -> JobInfo:
         """The job's current snapshot; raises JobNotFoundError for an unknown id."""
-        info: JobInfo | None = await self._storage.call(ops.Get(job_id))
+        info: JobInfo | None = await self._storage.call(ops.Get(_check_job_id(job_id)))
         if info is None:
             raise JobNotFoundError(f"no job with id {job_id}")
         return info
@@ -269,6 +269,7 @@ class Client:
         this call touches storage. Running in another process: that process stops it at its
         next heartbeat. Ends ``cancelled``, never retried. False if it had already finished.
         """
+        _check_job_id(job_id)
         stopped_here = self._running is not None and self._running.stop(job_id, StopReason.USER)
         result: CancelResult = await self._storage.call(ops.Cancel(job_id))
         if result is CancelResult.CANCELLED:
@@ -280,7 +281,7 @@ class Client:
 
     async def retry(self, job_id: int) -> bool:
         """Make a dead or cancelled job available again with fresh attempts."""
-        done: bool = await self._storage.call(ops.RetryJob(job_id))
+        done: bool = await self._storage.call(ops.RetryJob(_check_job_id(job_id)))
         if done and self._wake is not None:
             info = await self.get(job_id)
             self._wake(info.queue, info.run_at)
@@ -314,10 +315,23 @@ class Client:
 
     async def discard(self, job_id: int, reason: str = "discarded by operator") -> bool:
         """Send a pending job to ``dead`` without running it. False if it is not pending."""
-        done: bool = await self._storage.call(ops.Discard(job_id, reason))
+        done: bool = await self._storage.call(ops.Discard(_check_job_id(job_id), reason))
         if done:
             self._finished.notify(job_id)
         return done
+
+
+#: Job ids are 64-bit signed integers in every backend.
+_MAX_JOB_ID = 2**63 - 1
+
+
+def _check_job_id(job_id: object) -> int:
+    """``job_id`` if it can name a stored job; out of range, no job has it."""
+    if isinstance(job_id, bool) or not isinstance(job_id, int):
+        raise InvalidArgumentError(f"a job id is an int, got {job_id!r}")
+    if not 1 <= job_id <= _MAX_JOB_ID:
+        raise JobNotFoundError(f"no job with id {job_id}")
+    return job_id
 
 
 def _check_queue(queue: object) -> None:

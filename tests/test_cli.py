@@ -240,3 +240,9 @@ def test_cron_list_previews_ticks(url: str) -> None:
     assert len(fires) == 2
     assert all((f.hour, f.minute, f.weekday() < 5) == (9, 0, True) for f in fires)
     assert all(f.utcoffset() in (dt.timedelta(hours=-5), dt.timedelta(hours=-4)) for f in fires)
+
+
+def test_an_id_out_of_range_is_a_one_line_error(url: str) -> None:
+    result = cli("jobs", "cancel", str(10**30), "--database", url)
+    assert result.exit_code == 1
+    assert result.output == f"error: no job with id {10**30}\n"

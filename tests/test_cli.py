@@ -246,3 +246,12 @@ def test_an_id_out_of_range_is_a_one_line_error(url: str) -> None:
     result = cli("jobs", "cancel", str(10**30), "--database", url)
     assert result.exit_code == 1
     assert result.output == f"error: no job with id {10**30}\n"
+
+
+def test_db_status_reports_a_missing_sqlite_file_without_creating_it(tmp_path: Path) -> None:
+    path = tmp_path / "not-yet" / "jobs.db"
+    result = cli("db", "status", "--database", f"sqlite:///{path}")
+    assert result.exit_code == 1
+    assert "no database at" in result.output
+    assert "trioforge db migrate" in result.output
+    assert not path.parent.exists()

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import trio
 
-from trioforge._client import Client
+from trioforge._client import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, Client
 from trioforge._clock import Clock, WallClock
 from trioforge._config import resolve_database
 from trioforge._context import CronContext, JobContext
@@ -199,16 +199,25 @@ async def open_client(
     clock: Clock | None = None,
     migrate: bool = True,
     poll_interval: float = 1.0,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
 ) -> AsyncIterator[Client]:
     """Enqueue, inspect and cancel jobs without running any (web processes, scripts).
 
     ``database`` is a URL or a backend; None reads the configuration (see the README).
-    ``registry`` is needed only to enqueue jobs by name.
+    ``registry`` is needed only to enqueue jobs by name. Enqueues refuse payloads over
+    ``max_payload_bytes`` of JSON and idempotency keys over ``max_key_bytes`` of UTF-8.
     """
     clock = clock or WallClock()
     async with unwrapped(), _storage(_backend(database), clock, migrate) as storage:
         yield Client(
-            storage, clock, registry=registry, finished=Finished(), poll_interval=poll_interval
+            storage,
+            clock,
+            registry=registry,
+            finished=Finished(),
+            poll_interval=poll_interval,
+            max_payload_bytes=max_payload_bytes,
+            max_key_bytes=max_key_bytes,
         )
 
 
@@ -226,6 +235,8 @@ async def open_runtime(
     rescue_interval: float | None = None,
     shutdown_grace: float = 10.0,
     migrate: bool = True,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
     _runtime_class: type[Runtime] = Runtime,
 ) -> AsyncIterator[Runtime]:
     """Run workers for ``registry`` inside the caller's trio run.
@@ -240,6 +251,9 @@ async def open_runtime(
     seconds, then their scopes are cancelled and they are released for another worker
     (the attempt is not counted). Leaving by an exception or a cancellation stops running
     jobs at once and releases them the same way.
+
+    Enqueues (``ctx.enqueue`` too) refuse payloads over ``max_payload_bytes`` of JSON and
+    idempotency keys over ``max_key_bytes`` of UTF-8, storing nothing.
     """
     if queues is None:
         queues = {name: DEFAULT_CONCURRENCY for name in sorted(registry.queues())}
@@ -282,6 +296,8 @@ async def open_runtime(
             running=running,
             wake=wake,
             poll_interval=poll_interval,
+            max_payload_bytes=max_payload_bytes,
+            max_key_bytes=max_key_bytes,
             owner=owner,
             supervisors=supervisors,
         )

@@ -34,10 +34,10 @@ def make_registry() -> Registry:
 async def test_default_limits_count_json_and_utf8_bytes(autojump_clock: trio.abc.Clock) -> None:
     async with open_test_runtime(make_registry(), queues={}) as rt:
         await rt.enqueue("echo", "x" * (MIB - 2))  # with its quotes: exactly the limit
-        with pytest.raises(PayloadError, match=f"{MIB + 1} bytes of JSON.*max_payload_bytes="):
+        with pytest.raises(PayloadError, match=rf"{MIB + 1} bytes of JSON.*max_payload_bytes="):
             await rt.enqueue("echo", "x" * (MIB - 1))
         await rt.enqueue("echo", "k", idempotency_key="é" * 128)  # 256 bytes
-        with pytest.raises(InvalidArgumentError, match="258 bytes of UTF-8.*max_key_bytes="):
+        with pytest.raises(InvalidArgumentError, match=r"258 bytes of UTF-8.*max_key_bytes="):
             await rt.enqueue("echo", "k", idempotency_key="é" * 129)
         assert (await rt.stats()).count(JobState.AVAILABLE) == 2
 

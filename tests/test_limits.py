@@ -43,8 +43,7 @@ async def test_default_limits_count_json_and_utf8_bytes(autojump_clock: trio.abc
 
 
 async def test_nothing_over_a_limit_is_stored(autojump_clock: trio.abc.Clock) -> None:
-    options = {"max_payload_bytes": 100, "max_key_bytes": 8}
-    async with open_test_runtime(make_registry(), **options) as rt:
+    async with open_test_runtime(make_registry(), max_payload_bytes=100, max_key_bytes=8) as rt:
         with pytest.raises(PayloadError, match="over the limit of 100"):
             await rt.enqueue("echo", "x" * 99)
         with pytest.raises(PayloadError, match="over the limit of 100"):

@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Installing the project: errors only. A strict editable install always prints setuptools'
+# "Strict editable installation performed" banner as a warning; errors still show.
+PIP_QUIET := --quiet --quiet
 
 .PHONY: venv relink demo test test-deep lint pytest bench clean
 
@@ -11,12 +14,12 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
+	$(BIN)/python -m pip install $(PIP_QUIET) -e '.[dev]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
 # strict editable mode links files, so new modules need a re-install to be seen.
 relink: $(STAMP)
-	$(BIN)/python -m pip install --quiet --no-deps -e . --config-settings editable_mode=strict
+	$(BIN)/python -m pip install $(PIP_QUIET) --no-deps -e . --config-settings editable_mode=strict
 
 demo: relink
 	cd examples && ../$(BIN)/python quickstart.py

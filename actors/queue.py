@@ -21,17 +21,27 @@ import attrs
 import trio
 
 from trioforge._clock import Clock
-from trioforge._errors import Discard, JobTimeoutError
+from trioforge._errors import JobTimeoutError
+from trioforge._rules import (
+    AttemptOutcome,
+    Failed,
+    JobState,
+    Retry,
+    Succeeded,
+    attempt_outcome,
+    discard_reason,
+    failure_outcome,
+    next_state,
+)
 from trioforge._rules import Cancelled as CancelledEvent
 from trioforge._rules import Discarded as DiscardedEvent
-from trioforge._rules import Failed, JobState, Retry, Succeeded, failure_outcome, next_state
 from trioforge._rules import Released as ReleasedEvent
 from trioforge.actors.leases import RETRY_FIRST
 from trioforge.actors.running import Finished, RunningJobs, StopReason
 from trioforge.actors.storage_actor import StorageHandle
 from trioforge.storage import ClaimedJob, ClaimResult, Outcome, ops
 
-__all__ = ["JobTable", "QueueConfig", "QueueSupervisor", "decide_outcome"]
+__all__ = ["Attempt", "JobTable", "QueueConfig", "QueueSupervisor", "decide_outcome"]
 
 log = logging.getLogger("trioforge.queue")
 
@@ -39,6 +49,20 @@ log = logging.getLogger("trioforge.queue")
 MAX_ERROR_CHARS = 8000
 #: Longest pause between tries to record outcomes while the database is away.
 RETRY_MAX = 0.5
+#: How long an attempt's after hooks may take (they run shielded from cancellation).
+AFTER_HOOKS_SECONDS = 10.0
+
+
+class Attempt(Protocol):
+    """One attempt of a job, as the application runs it."""
+
+    async def run(self) -> str | None:
+        """Run the handler (and what goes before it); return the JSON text of the result."""
+        ...
+
+    async def end(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
+        """Tell the application how the attempt ended (nothing if ``run`` never started)."""
+        ...
 
 
 class JobTable(Protocol):
@@ -50,8 +74,8 @@ class JobTable(Protocol):
         """The job's retry policy and timeout in seconds (None: no timeout)."""
         ...
 
-    def perform(self, job: ClaimedJob) -> Awaitable[str | None]:
-        """Run one attempt; return the JSON text of the result."""
+    def attempt(self, job: ClaimedJob) -> Attempt:
+        """A new, not yet started attempt of ``job``."""
         ...
 
 
@@ -88,8 +112,9 @@ def decide_outcome(
         return Outcome(job.id, job.lease, ReleasedEvent())
     if error is None:
         return Outcome(job.id, job.lease, Succeeded(), result=result)
-    if isinstance(error, Discard):
-        return Outcome(job.id, job.lease, DiscardedEvent(), error=error.reason)
+    reason_text = discard_reason(error)  # a Discard, or a group holding one
+    if reason_text is not None:
+        return Outcome(job.id, job.lease, DiscardedEvent(), error=reason_text)
     event = failure_outcome(retry, job.attempt, error, now, u)
     return Outcome(job.id, job.lease, event, error=format_error(error))
 
@@ -338,6 +363,7 @@ class QueueSupervisor:
 
     async def _attempt(self, job: ClaimedJob) -> None:
         retry, timeout = self._table.policy(job.name)
+        attempt = self._table.attempt(job)
         entry = self._running.start(job.id, job.lease)
         if timeout is not None:
             # One scope for both: a stop request sets entry.reason, the deadline does not.
@@ -348,16 +374,18 @@ class QueueSupervisor:
             with entry.scope:
                 try:
                     if entry.reason is None:  # not cancelled between claim and start
-                        result = await self._table.perform(job)
+                        result = await attempt.run()
                 except Exception as exc:
                     error = exc
-            if entry.reason is None and entry.scope.cancel_called:
-                # Timed out, whatever the handler turned the cancellation into.
+            timed_out = entry.reason is None and entry.scope.cancel_called
+            if timed_out:
+                # Whatever the handler turned the cancellation into.
                 error = JobTimeoutError(f"attempt {job.attempt} ran past {timeout}s")
         except BaseException:
             # Cancelled from outside (runtime torn down) or interrupted: hand the job back.
             self._running.stop(job.id, StopReason.SHUTDOWN, lease=job.lease)
             self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
+            await self._end(job, attempt, AttemptOutcome.RELEASED, error)
             raise
         finally:
             self._running.finish(job.id, job.lease)
@@ -370,10 +398,27 @@ class QueueSupervisor:
             now=self._clock.now(),
             u=random.random() if retry.jitter else 0.0,
         )
+        kind = attempt_outcome(None if outcome is None else outcome.event, timed_out=timed_out)
+        # Before the outcome is written, so a waiter that sees it knows the hooks ran.
+        await self._end(job, attempt, kind, error)
         if outcome is not None:
             self._report(job, outcome)
         else:  # the lease is another owner's now
             self._running.release(job.id, job.lease)
+
+    async def _end(
+        self,
+        job: ClaimedJob,
+        attempt: Attempt,
+        outcome: AttemptOutcome,
+        error: BaseException | None,
+    ) -> None:
+        """Run the attempt's after hooks even if a cancel ended it: shielded, but bounded."""
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + AFTER_HOOKS_SECONDS
+            await attempt.end(outcome, error)
+        if scope.cancelled_caught:
+            log.warning("job %d: after hooks stopped after %.0fs", job.id, AFTER_HOOKS_SECONDS)
 
     async def _write_outcomes(self) -> None:
         """The outcome writer: everything waiting goes out as one fenced ``Finish``.

@@ -22,12 +22,14 @@ from trioforge._errors import (
     TrioforgeError,
     UnknownJobError,
 )
-from trioforge._registry import JobDefinition, Registry
-from trioforge._rules import JobState, Priority, Retry
+from trioforge._registry import AttemptEnd, JobDefinition, Registry
+from trioforge._rules import AttemptOutcome, JobState, Priority, Retry
 from trioforge._runtime import Runtime, RuntimeStatistics, open_client, open_runtime
 from trioforge.storage import JobInfo
 
 __all__ = [
+    "AttemptEnd",
+    "AttemptOutcome",
     "Client",
     "Clock",
     "ConfigurationError",

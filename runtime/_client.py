@@ -12,14 +12,25 @@ import attrs
 import trio
 
 from trioforge._clock import Clock
-from trioforge._errors import InvalidArgumentError, JobNotFoundError, TrioforgeError
+from trioforge._errors import (
+    ConfigurationError,
+    InvalidArgumentError,
+    JobNotFoundError,
+    PayloadError,
+    TrioforgeError,
+)
 from trioforge._payloads import encode
 from trioforge._registry import JobDefinition, Registry
 from trioforge._rules import JobState, PriorityLike, parse_priority
 from trioforge.actors import Finished, RunningJobs, StopReason, StorageHandle
 from trioforge.storage import CancelResult, CronState, Enqueued, JobInfo, NewJob, ops
 
-__all__ = ["Client", "JobRef", "Stats"]
+__all__ = ["DEFAULT_MAX_KEY_BYTES", "DEFAULT_MAX_PAYLOAD_BYTES", "Client", "JobRef", "Stats"]
+
+#: Largest payload accepted by default, as JSON text (it is stored in every job row).
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+#: Longest idempotency key accepted by default, in UTF-8 bytes (it is indexed).
+DEFAULT_MAX_KEY_BYTES = 256
 
 #: A job given by its definition (from ``@registry.job``) or by name (needs a registry).
 JobRef: TypeAlias = JobDefinition | str
@@ -89,7 +100,17 @@ class Client:
         running: RunningJobs | None = None,
         wake: Callable[[str, float], None] | None = None,
         poll_interval: float = 1.0,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
     ) -> None:
+        for name, limit in (
+            ("max_payload_bytes", max_payload_bytes),
+            ("max_key_bytes", max_key_bytes),
+        ):
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise ConfigurationError(f"{name} must be an int >= 1, got {limit!r}")
+        self._max_payload_bytes = max_payload_bytes
+        self._max_key_bytes = max_key_bytes
         self._storage = storage
         self._clock = clock
         self._registry = registry
@@ -129,13 +150,21 @@ class Client:
             not isinstance(idempotency_key, str) or not idempotency_key
         ):
             raise InvalidArgumentError("idempotency_key must be a non-empty string")
+        if idempotency_key is not None:
+            size = len(idempotency_key.encode())
+            if size > self._max_key_bytes:
+                raise InvalidArgumentError(
+                    f"idempotency_key is {size} bytes of UTF-8, over the limit of "
+                    f"{self._max_key_bytes}; use a shorter key (a hash of it, say), or raise "
+                    "the limit with max_key_bytes= on open_runtime / open_client"
+                )
         when = _run_at(self._clock.now(), delay, run_at)
         level = definition.priority if priority is None else parse_priority(priority)
         return [
             NewJob(
                 name=definition.name,
                 queue=queue or definition.queue,
-                payload=encode(definition.name, definition.payload_type, payload),
+                payload=self._encode(definition, payload),
                 priority=level,
                 run_at=when,
                 max_attempts=definition.retry.max_attempts,
@@ -143,6 +172,18 @@ class Client:
             )
             for payload in payloads
         ]
+
+    def _encode(self, definition: JobDefinition, payload: Any) -> str:
+        text = encode(definition.name, definition.payload_type, payload)
+        size = len(text.encode())
+        if size > self._max_payload_bytes:
+            raise PayloadError(
+                f"payload for job {definition.name!r} is {size} bytes of JSON, over the limit "
+                f"of {self._max_payload_bytes}; store large data elsewhere and pass a "
+                "reference, or raise the limit with max_payload_bytes= on open_runtime / "
+                "open_client"
+            )
+        return text
 
     async def _insert(self, jobs: builtins.list[NewJob]) -> builtins.list[int]:
         if not jobs:
@@ -211,7 +252,7 @@ class Client:
 
     async def get(self, job_id: int) -> JobInfo:
         """The job's current snapshot; raises JobNotFoundError for an unknown id."""
-        info: JobInfo | None = await self._storage.call(ops.Get(job_id))
+        info: JobInfo | None = await self._storage.call(ops.Get(_check_job_id(job_id)))
         if info is None:
             raise JobNotFoundError(f"no job with id {job_id}")
         return info
@@ -269,6 +310,7 @@ class Client:
         this call touches storage. Running in another process: that process stops it at its
         next heartbeat. Ends ``cancelled``, never retried. False if it had already finished.
         """
+        _check_job_id(job_id)
         stopped_here = self._running is not None and self._running.stop(job_id, StopReason.USER)
         result: CancelResult = await self._storage.call(ops.Cancel(job_id))
         if result is CancelResult.CANCELLED:
@@ -280,7 +322,7 @@ class Client:
 
     async def retry(self, job_id: int) -> bool:
         """Make a dead or cancelled job available again with fresh attempts."""
-        done: bool = await self._storage.call(ops.RetryJob(job_id))
+        done: bool = await self._storage.call(ops.RetryJob(_check_job_id(job_id)))
         if done and self._wake is not None:
             info = await self.get(job_id)
             self._wake(info.queue, info.run_at)
@@ -314,10 +356,23 @@ class Client:
 
     async def discard(self, job_id: int, reason: str = "discarded by operator") -> bool:
         """Send a pending job to ``dead`` without running it. False if it is not pending."""
-        done: bool = await self._storage.call(ops.Discard(job_id, reason))
+        done: bool = await self._storage.call(ops.Discard(_check_job_id(job_id), reason))
         if done:
             self._finished.notify(job_id)
         return done
+
+
+#: Job ids are 64-bit signed integers in every backend.
+_MAX_JOB_ID = 2**63 - 1
+
+
+def _check_job_id(job_id: object) -> int:
+    """``job_id`` if it can name a stored job; out of range, no job has it."""
+    if isinstance(job_id, bool) or not isinstance(job_id, int):
+        raise InvalidArgumentError(f"a job id is an int, got {job_id!r}")
+    if not 1 <= job_id <= _MAX_JOB_ID:
+        raise JobNotFoundError(f"no job with id {job_id}")
+    return job_id
 
 
 def _check_queue(queue: object) -> None:

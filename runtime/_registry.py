@@ -5,24 +5,83 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import attrs
 
 from trioforge._cron import CronSchedule
-from trioforge._errors import ConfigurationError, UnknownJobError
+from trioforge._errors import ConfigurationError, InvalidStateError, UnknownJobError
 from trioforge._payloads import NO_PAYLOAD
-from trioforge._rules import PriorityLike, Retry, parse_priority
+from trioforge._rules import AttemptOutcome, PriorityLike, Retry, parse_priority
 
 if TYPE_CHECKING:
     from trioforge._context import JobContext
 
-__all__ = ["AfterHook", "BeforeHook", "CronSpec", "CronTick", "JobDefinition", "Registry"]
+__all__ = [
+    "AfterHook",
+    "AttemptEnd",
+    "BeforeHook",
+    "CronSpec",
+    "CronTick",
+    "EndHook",
+    "JobDefinition",
+    "Registry",
+]
 
 Handler = Callable[..., Awaitable[Any]]
 BeforeHook = Callable[["JobContext"], Awaitable[None]]
-#: Called with the context and the exception the attempt raised (None if it returned).
-AfterHook = Callable[["JobContext", BaseException | None], Awaitable[None]]
+
+
+@attrs.frozen
+class AttemptEnd:
+    """How one attempt of a job ended: what ``after_perform`` hooks receive."""
+
+    #: The context the handler ran with (job id, name, attempt, log, ...).
+    ctx: JobContext
+    #: The decoded payload the handler was given (None for a job that takes none).
+    payload: Any
+    outcome: AttemptOutcome
+    #: What the attempt raised: the handler's exception, JobTimeoutError for a timeout,
+    #: None when it completed or was stopped (cancelled, released, lost).
+    error: BaseException | None
+
+
+#: ``async def hook(end: AttemptEnd)``: sees the end of every attempt.
+EndHook = Callable[[AttemptEnd], Awaitable[None]]
+#: ``async def hook(ctx, error)``, the older form: attempts that completed, failed, timed
+#: out or were discarded (``error`` None on success); not stopped ones.
+LegacyAfterHook = Callable[["JobContext", BaseException | None], Awaitable[None]]
+AfterHook = EndHook | LegacyAfterHook
+_AfterHookT = TypeVar("_AfterHookT", bound=AfterHook)
+
+#: The outcomes a two-argument after hook is called for (what it always saw, plus timeouts).
+_LEGACY_OUTCOMES = frozenset(
+    {
+        AttemptOutcome.COMPLETED,
+        AttemptOutcome.FAILED,
+        AttemptOutcome.TIMED_OUT,
+        AttemptOutcome.DISCARDED,
+    }
+)
+
+
+def _end_hook(hook: AfterHook) -> EndHook:
+    """``hook`` as a one-argument hook, whichever form it was written in."""
+    params = len(inspect.signature(hook).parameters)
+    if params == 1:
+        return cast(EndHook, hook)
+    if params != 2:
+        raise ConfigurationError(
+            f"after_perform hook {hook!r} must take (end: AttemptEnd) or (ctx, error), "
+            f"not {params} parameters"
+        )
+    legacy = cast(LegacyAfterHook, hook)
+
+    async def call(end: AttemptEnd) -> None:
+        if end.outcome in _LEGACY_OUTCOMES:
+            await legacy(end.ctx, end.error)
+
+    return call
 
 
 @attrs.frozen
@@ -85,13 +144,16 @@ def _payload_type(handler: Handler, name: str) -> Any:
 class Registry:
     """The jobs an application defines, by name, plus lifecycle hooks.
 
-    A worker only claims jobs whose names its registry holds.
+    A worker only claims jobs whose names its registry holds. Once a runtime has been
+    opened with it, the registry is frozen: workers have read its jobs and hooks.
     """
 
     def __init__(self) -> None:
         self._jobs: dict[str, JobDefinition] = {}
+        self._frozen = False
         self.before_hooks: list[BeforeHook] = []
-        self.after_hooks: list[AfterHook] = []
+        #: Every after hook, in the one-argument form (see ``after_perform``).
+        self.after_hooks: list[EndHook] = []
 
     def job(
         self,
@@ -107,6 +169,7 @@ class Registry:
 
         ``payload`` overrides the type read from the handler's annotation.
         """
+        self._check_open(f"job {name!r}")
         if not isinstance(name, str) or not name:
             raise ConfigurationError("a job name must be a non-empty string")
         if name in self._jobs:
@@ -118,6 +181,7 @@ class Registry:
         level = parse_priority(priority)
 
         def register(handler: Handler) -> JobDefinition:
+            self._check_open(f"job {name!r}")
             if not inspect.iscoroutinefunction(handler):
                 raise ConfigurationError(
                     f"job {name!r}: the handler must be an `async def` function"
@@ -158,6 +222,7 @@ class Registry:
         previous run has not finished. Daylight saving follows classic cron: see
         :class:`~trioforge.CronSchedule`. A bad expression or zone raises here.
         """
+        self._check_open(f"cron schedule {expr!r}")
         schedule = CronSchedule(expr, timezone)
         if isinstance(catch_up, bool) or not isinstance(catch_up, int) or catch_up < 0:
             raise ConfigurationError(f"catch_up must be an int >= 0, got {catch_up!r}")
@@ -187,14 +252,40 @@ class Registry:
 
     def before_perform(self, hook: BeforeHook) -> BeforeHook:
         """Run ``await hook(ctx)`` before every attempt; if it raises, the attempt fails."""
+        self._check_open("before_perform hook")
         self.before_hooks.append(hook)
         return hook
 
-    def after_perform(self, hook: AfterHook) -> AfterHook:
-        """Run ``await hook(ctx, error)`` after every attempt that returned or raised (not
-        after a cancelled one); ``error`` is None on success."""
-        self.after_hooks.append(hook)
+    def after_perform(self, hook: _AfterHookT) -> _AfterHookT:
+        """Run ``await hook(end)`` when any attempt ends, with an :class:`AttemptEnd`: its
+        context, payload, outcome and error. It runs even when a cancel or timeout ended
+        the attempt (shielded, for at most 10 seconds in all), before the outcome is
+        recorded; an exception from it is logged and changes nothing.
+
+        The older form ``await hook(ctx, error)`` still works and is called for attempts
+        that completed (``error`` None), failed, timed out or were discarded.
+        """
+        self._check_open("after_perform hook")
+        self.after_hooks.append(_end_hook(hook))
         return hook
+
+    @property
+    def frozen(self) -> bool:
+        """True once a runtime was opened with this registry: it takes no more jobs."""
+        return self._frozen
+
+    def freeze(self) -> None:
+        """Refuse new jobs, cron schedules and hooks from now on (``open_runtime`` calls
+        this: its workers read the registry once, so later additions would never run)."""
+        self._frozen = True
+
+    def _check_open(self, what: str) -> None:
+        if self._frozen:
+            raise InvalidStateError(
+                f"cannot register {what}: this registry is frozen because a runtime was "
+                "opened with it; register every job, cron schedule and hook before "
+                "opening the runtime"
+            )
 
     def get(self, name: str) -> JobDefinition:
         try:

@@ -37,12 +37,13 @@ from typing import Literal, TypeAlias
 
 import attrs
 
-from trioforge._errors import ConfigurationError
+from trioforge._errors import ConfigurationError, Discard
 
 __all__ = [
     "PENDING_STATES",
     "TERMINAL_STATES",
     "TRANSITIONS",
+    "AttemptOutcome",
     "Cancelled",
     "Claimed",
     "Discarded",
@@ -55,8 +56,10 @@ __all__ = [
     "Retried",
     "Retry",
     "Succeeded",
+    "attempt_outcome",
     "backoff_delay",
     "claim_key",
+    "discard_reason",
     "failure_outcome",
     "is_due",
     "next_state",
@@ -124,6 +127,10 @@ class Retry:
     ``jitter`` (a fraction in [0, 1)) at random. ``on`` limits which exception types are
     retried; an empty tuple retries every exception. A timed-out attempt raises
     :class:`~trioforge.JobTimeoutError` (a ``TimeoutError``) for this purpose.
+
+    An exception group (what a nursery inside the handler raises) retries only if every
+    exception in it, nested groups included, is of a type in ``on``: one error that is not
+    retryable makes the whole attempt not retryable.
     """
 
     max_attempts: int = 3
@@ -144,8 +151,35 @@ class Retry:
             raise ConfigurationError("Retry.jitter must be a fraction in [0, 1)")
 
     def retries(self, exc: BaseException) -> bool:
-        """Whether ``exc`` is of a type this policy retries."""
-        return not self.on or isinstance(exc, self.on)
+        """Whether ``exc`` is of a type this policy retries (a group: all of its leaves)."""
+        if not self.on:
+            return True
+        if isinstance(exc, BaseExceptionGroup):
+            _, rest = exc.split(self.on)
+            return rest is None
+        return isinstance(exc, self.on)
+
+
+def discard_reason(exc: BaseException) -> str | None:
+    """The reason of the :class:`~trioforge.Discard` that ``exc`` is or holds (anywhere in
+    nested exception groups), None if it holds none. Several Discards in one group: their
+    distinct reasons joined by "; ", in the group's order."""
+    if isinstance(exc, Discard):
+        return exc.reason
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    found, _ = exc.split(Discard)
+    if found is None:
+        return None
+    reasons: list[str] = []
+    pending: list[BaseException] = [found]
+    while pending:
+        leaf = pending.pop(0)
+        if isinstance(leaf, BaseExceptionGroup):
+            pending[:0] = leaf.exceptions
+        elif isinstance(leaf, Discard) and leaf.reason not in reasons:
+            reasons.append(leaf.reason)
+    return "; ".join(reasons)
 
 
 def backoff_delay(policy: Retry, attempt: int, u: float = 0.0) -> float:
@@ -264,3 +298,34 @@ def rescue_outcome(attempt: int, max_attempts: int, now: float) -> Rescued:
     """A job whose owner vanished: retry at once if attempts are left (the lost attempt
     counts), else dead. Backoff is not applied: the failure was the worker's, not the job's."""
     return Rescued(retry_at=now if attempt < max_attempts else None)
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt ended, as ``after_perform`` hooks are told."""
+
+    COMPLETED = "completed"  # the handler returned
+    FAILED = "failed"  # it raised: retried or dead, per the job's Retry
+    TIMED_OUT = "timed_out"  # it ran past the job's timeout
+    DISCARDED = "discarded"  # it raised Discard (or a group holding one)
+    CANCELLED = "cancelled"  # cancelled by request: terminal
+    RELEASED = "released"  # the runtime is stopping: handed back, the attempt not counted
+    LOST = "lost"  # its lease went to another worker: nothing of it is recorded
+
+
+def attempt_outcome(event: Event | None, *, timed_out: bool) -> AttemptOutcome:
+    """What the event recorded for an attempt (None: nothing, the lease was lost) means
+    to the hooks."""
+    if event is None:
+        return AttemptOutcome.LOST
+    if isinstance(event, Failed):
+        return AttemptOutcome.TIMED_OUT if timed_out else AttemptOutcome.FAILED
+    return _ATTEMPT_OUTCOMES[type(event)]
+
+
+#: The events an attempt's end is recorded as (besides Failed, which depends on why).
+_ATTEMPT_OUTCOMES: dict[type[Event], AttemptOutcome] = {
+    Succeeded: AttemptOutcome.COMPLETED,
+    Discarded: AttemptOutcome.DISCARDED,
+    Cancelled: AttemptOutcome.CANCELLED,
+    Released: AttemptOutcome.RELEASED,
+}

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import trio
 
-from trioforge._client import Client
+from trioforge._client import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, Client
 from trioforge._clock import Clock, WallClock
 from trioforge._config import resolve_database
 from trioforge._context import CronContext, JobContext
@@ -26,8 +26,8 @@ from trioforge._errors import (
     unwrapped,
 )
 from trioforge._payloads import decode, encode_result
-from trioforge._registry import CronTick, Registry
-from trioforge._rules import Retry
+from trioforge._registry import AttemptEnd, CronTick, Registry
+from trioforge._rules import AttemptOutcome, Retry
 from trioforge.actors import (
     Finished,
     QueueConfig,
@@ -83,8 +83,23 @@ class _RegistryJobs:
         definition = self._registry.get(name)
         return definition.retry, definition.timeout
 
-    async def perform(self, job: ClaimedJob) -> str | None:
+    def attempt(self, job: ClaimedJob) -> _Attempt:
+        return _Attempt(self._registry, self._make_context, job)
+
+
+class _Attempt:
+    """One attempt: before hooks and the handler, then (told how it ended) after hooks."""
+
+    def __init__(self, registry: Registry, make_context: Any, job: ClaimedJob) -> None:
+        self._registry = registry
+        self._make_context = make_context
+        self._job = job
+        self._started: tuple[JobContext, Any] | None = None  # context and payload
+
+    async def run(self) -> str | None:
+        job = self._job
         definition = self._registry.get(job.name)
+        payload: Any = None
         args: tuple[Any, ...] = ()
         if definition.cron is not None:
             tick: CronTick = decode(job.name, CronTick, job.payload)
@@ -94,19 +109,24 @@ class _RegistryJobs:
         else:
             ctx = self._make_context(job, JobContext)
             if definition.takes_payload:
-                args = (decode(job.name, definition.payload_type, job.payload),)
+                payload = decode(job.name, definition.payload_type, job.payload)
+                args = (payload,)
+        self._started = (ctx, payload)
         for hook in self._registry.before_hooks:
             await hook(ctx)
-        try:
-            value = await definition.handler(ctx, *args)
-            result = encode_result(job.name, value)
-        except Exception as exc:
-            for after in self._registry.after_hooks:
-                await after(ctx, exc)
-            raise
-        for after in self._registry.after_hooks:
-            await after(ctx, None)
-        return result
+        value = await definition.handler(ctx, *args)
+        return encode_result(job.name, value)
+
+    async def end(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
+        if self._started is None:  # its payload could not even be decoded
+            return
+        ctx, payload = self._started
+        end = AttemptEnd(ctx, payload, outcome, error)
+        for hook in self._registry.after_hooks:
+            try:
+                await hook(end)
+            except Exception:
+                ctx.log.exception("an after_perform hook failed")
 
 
 class Runtime(Client):
@@ -179,16 +199,25 @@ async def open_client(
     clock: Clock | None = None,
     migrate: bool = True,
     poll_interval: float = 1.0,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
 ) -> AsyncIterator[Client]:
     """Enqueue, inspect and cancel jobs without running any (web processes, scripts).
 
     ``database`` is a URL or a backend; None reads the configuration (see the README).
-    ``registry`` is needed only to enqueue jobs by name.
+    ``registry`` is needed only to enqueue jobs by name. Enqueues refuse payloads over
+    ``max_payload_bytes`` of JSON and idempotency keys over ``max_key_bytes`` of UTF-8.
     """
     clock = clock or WallClock()
     async with unwrapped(), _storage(_backend(database), clock, migrate) as storage:
         yield Client(
-            storage, clock, registry=registry, finished=Finished(), poll_interval=poll_interval
+            storage,
+            clock,
+            registry=registry,
+            finished=Finished(),
+            poll_interval=poll_interval,
+            max_payload_bytes=max_payload_bytes,
+            max_key_bytes=max_key_bytes,
         )
 
 
@@ -204,6 +233,8 @@ class _Settings:
     poll_interval: float
     rescue_interval: float
     shutdown_grace: float
+    max_payload_bytes: int
+    max_key_bytes: int
 
     @classmethod
     def checked(
@@ -218,6 +249,8 @@ class _Settings:
         poll_interval: float,
         rescue_interval: float | None,
         shutdown_grace: float,
+        max_payload_bytes: int,
+        max_key_bytes: int,
     ) -> _Settings:
         if queues is None:
             queues = {name: DEFAULT_CONCURRENCY for name in sorted(registry.queues())}
@@ -239,6 +272,8 @@ class _Settings:
             poll_interval=poll_interval,
             rescue_interval=rescue_interval or heartbeat_interval,
             shutdown_grace=shutdown_grace,
+            max_payload_bytes=max_payload_bytes,
+            max_key_bytes=max_key_bytes,
         )
 
 
@@ -266,6 +301,8 @@ class _Parts:
             running=self.running,
             wake=self.wake,
             poll_interval=settings.poll_interval,
+            max_payload_bytes=settings.max_payload_bytes,
+            max_key_bytes=settings.max_key_bytes,
             owner=settings.owner,
             supervisors=self.supervisors,
         )
@@ -386,6 +423,8 @@ async def open_runtime(
     rescue_interval: float | None = None,
     shutdown_grace: float = 10.0,
     migrate: bool = True,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
     _runtime_class: type[Runtime] = Runtime,
 ) -> AsyncIterator[Runtime]:
     """Run workers for ``registry`` inside the caller's trio run.
@@ -400,12 +439,17 @@ async def open_runtime(
     seconds, then their scopes are cancelled and they are released for another worker
     (the attempt is not counted). Leaving by an exception or a cancellation stops running
     jobs at once and releases them the same way.
+
+    Enqueues (``ctx.enqueue`` too) refuse payloads over ``max_payload_bytes`` of JSON and
+    idempotency keys over ``max_key_bytes`` of UTF-8, storing nothing.
     """
     settings = _Settings.checked(
         registry, queues=queues, clock=clock, owner=owner, lease_seconds=lease_seconds,
         heartbeat_interval=heartbeat_interval, poll_interval=poll_interval,
         rescue_interval=rescue_interval, shutdown_grace=shutdown_grace,
+        max_payload_bytes=max_payload_bytes, max_key_bytes=max_key_bytes,
     )  # fmt: skip
+    registry.freeze()  # the fetchers read its job names once
     backend = _backend(database)
     # Storage first and last: every other actor writes through it, until its very end.
     async with unwrapped(), _storage(backend, settings.clock, migrate) as storage:

@@ -185,6 +185,12 @@ class SQLiteBackend:
         await trio.to_thread.run_sync(self._open_sync, migrate)
 
     def _open_sync(self, migrate: bool) -> None:
+        if not migrate and not self.path.exists():
+            # Only migrating may create the file: inspecting must leave no trace.
+            raise SchemaError(
+                f"no database at {str(self.path)!r} (the file does not exist); create it "
+                "with `trioforge db migrate`"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(

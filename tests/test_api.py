@@ -235,3 +235,19 @@ async def test_bad_configuration_is_refused(database: str | Backend) -> None:
             pass
     with pytest.raises(trioforge.ConfigurationError, match="already defined"):
         registry.job("greet")(registry.get("greet").handler)
+
+
+async def test_ids_out_of_range_are_not_found_and_non_ints_are_refused(
+    database: str | Backend,
+) -> None:
+    registry, _ = make_registry()
+    async with trioforge.open_runtime(registry, database=database, queues={}) as rt:
+        operations = (rt.get, rt.wait, rt.cancel, rt.retry, rt.discard)
+        for operation in operations:
+            for job_id in (10**30, 2**63, -(2**63) - 1, 0):
+                with pytest.raises(trioforge.JobNotFoundError, match=f"no job with id {job_id}"):
+                    await operation(job_id)
+            for bad in ("1", 1.0, True, None):
+                with pytest.raises(trioforge.InvalidArgumentError, match="a job id is an int"):
+                    await operation(bad)  # type: ignore[arg-type]
+        assert await rt.list() == []

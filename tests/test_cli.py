@@ -240,3 +240,18 @@ def test_cron_list_previews_ticks(url: str) -> None:
     assert len(fires) == 2
     assert all((f.hour, f.minute, f.weekday() < 5) == (9, 0, True) for f in fires)
     assert all(f.utcoffset() in (dt.timedelta(hours=-5), dt.timedelta(hours=-4)) for f in fires)
+
+
+def test_an_id_out_of_range_is_a_one_line_error(url: str) -> None:
+    result = cli("jobs", "cancel", str(10**30), "--database", url)
+    assert result.exit_code == 1
+    assert result.output == f"error: no job with id {10**30}\n"
+
+
+def test_db_status_reports_a_missing_sqlite_file_without_creating_it(tmp_path: Path) -> None:
+    path = tmp_path / "not-yet" / "jobs.db"
+    result = cli("db", "status", "--database", f"sqlite:///{path}")
+    assert result.exit_code == 1
+    assert "no database at" in result.output
+    assert "trioforge db migrate" in result.output
+    assert not path.parent.exists()

@@ -154,6 +154,8 @@ class SQLiteBackend:
     """Jobs in a SQLite file (WAL); safe for several processes on one machine."""
 
     shared = True
+    #: One batch at a time: one connection, one writer thread.
+    max_in_flight = 1
 
     def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)

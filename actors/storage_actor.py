@@ -94,16 +94,15 @@ _Batch = tuple[list[_Request], frozenset[int] | None]
 class _Scheduler:
     """Which waiting requests go out next, decided synchronously.
 
-    Claims go first, in a batch of their own, so a claim never waits behind the outcome
-    write queued before it (a job's outcome is only ever reported after its claim
-    returned); the batch after that takes the oldest requests, so nothing starves. With
-    nothing in flight, everything waiting goes out together: the classic batch, and all
-    there is for a backend that runs one batch at a time (SQLite's single writer, the
-    in-process memory backend). With more allowed (PostgreSQL, one pooled connection per
-    batch), a batch starts beside others unless order could show: a request that writes a
-    job an in-flight batch writes waits for it, with everything behind it; any other kind
-    of write (cancel, retry, cron, leases, pause, rescue...) starts only when nothing is in
-    flight, and nothing starts beside it.
+    With one batch at a time (SQLite's single writer, the in-process memory backend) that
+    is everything waiting, in order: the classic batch. With more (PostgreSQL, one pooled
+    connection per batch), claims go first, in a batch of their own, so a claim never
+    waits behind the outcome write queued before it (a job's outcome is only ever reported
+    after its claim returned); the batch after that takes the oldest requests, so nothing
+    starves. A batch starts beside others unless order could show: a request that writes
+    a job an in-flight batch writes waits for it, with everything behind it; any other
+    kind of write (cancel, retry, cron, leases, pause, rescue...) starts only when nothing
+    is in flight, and nothing starts beside it.
     """
 
     def __init__(self, max_in_flight: int, max_batch: int) -> None:
@@ -140,7 +139,11 @@ class _Scheduler:
         """The next batch to start, taken off the waiting list and counted in flight."""
         if not self._waiting or len(self._in_flight) >= self._limit or None in self._in_flight:
             return None
-        if not self._claims_last and any(isinstance(r.op, ops.Claim) for r in self._waiting):
+        if (
+            self._limit > 1
+            and not self._claims_last
+            and any(isinstance(r.op, ops.Claim) for r in self._waiting)
+        ):
             claims = [r for r in self._waiting if isinstance(r.op, ops.Claim)][: self._max_batch]
             taken = {id(r) for r in claims}
             self._waiting = deque(r for r in self._waiting if id(r) not in taken)

@@ -92,21 +92,21 @@ _Batch = tuple[list[_Request], frozenset[int] | None]
 
 
 class _Scheduler:
-    """Which waiting requests go out next, decided synchronously.
+    """Which waiting requests go out next when several batches may run at once (PostgreSQL:
+    one per pooled connection), decided synchronously.
 
-    With one batch at a time (SQLite's single writer, the in-process memory backend) that
-    is everything waiting, in order: the classic batch. With more (PostgreSQL, one pooled
-    connection per batch), claims go first, in a batch of their own, so a claim never
-    waits behind the outcome write queued before it (a job's outcome is only ever reported
-    after its claim returned); the batch after that takes the oldest requests, so nothing
-    starves. A batch starts beside others unless order could show: a request that writes
-    a job an in-flight batch writes waits for it, with everything behind it; any other
-    kind of write (cancel, retry, cron, leases, pause, rescue...) starts only when nothing
-    is in flight, and nothing starts beside it.
+    Claims go first, in a batch of their own, so a claim never waits behind the outcome
+    write queued before it (a job's outcome is only ever reported after its claim
+    returned); the batch after that takes the oldest requests, so nothing starves. With
+    nothing in flight, everything waiting goes out together, in order. A batch starts
+    beside others unless order could show: a request that writes a job an in-flight batch
+    writes waits for it, with everything behind it; any other kind of write (cancel,
+    retry, cron, leases, pause, rescue...) starts only when nothing is in flight, and
+    nothing starts beside it.
     """
 
     def __init__(self, max_in_flight: int, max_batch: int) -> None:
-        self._limit = max(1, max_in_flight)
+        self._limit = max_in_flight
         self._max_batch = max_batch
         self._waiting: deque[_Request] = deque()
         self._in_flight: list[frozenset[int] | None] = []  # what each running batch writes
@@ -139,11 +139,7 @@ class _Scheduler:
         """The next batch to start, taken off the waiting list and counted in flight."""
         if not self._waiting or len(self._in_flight) >= self._limit or None in self._in_flight:
             return None
-        if (
-            self._limit > 1
-            and not self._claims_last
-            and any(isinstance(r.op, ops.Claim) for r in self._waiting)
-        ):
+        if not self._claims_last and any(isinstance(r.op, ops.Claim) for r in self._waiting):
             claims = [r for r in self._waiting if isinstance(r.op, ops.Claim)][: self._max_batch]
             taken = {id(r) for r in claims}
             self._waiting = deque(r for r in self._waiting if id(r) not in taken)
@@ -175,15 +171,10 @@ class _Scheduler:
         writes: frozenset[int] | None,
     ) -> None:
         try:
-            results = await backend.execute([r.op for r in batch], now())
-        except Exception as exc:  # the whole batch failed (e.g. database unreachable)
-            results = [exc] * len(batch)
+            await _run(backend, now, batch)
         finally:
             self._in_flight.remove(writes)
             self._changed.set()
-        for request, result in zip(batch, results, strict=True):
-            request.result = result
-            request.done.set()
 
 
 async def storage_actor(
@@ -201,15 +192,46 @@ async def storage_actor(
     write their final outcomes (shielded) through this actor; the runtime closes the
     channel after every other actor has stopped, and the actor drains and returns.
     """
-    scheduler = _Scheduler(backend.max_in_flight, max_batch)
     task_status.started()
     with trio.CancelScope(shield=True), receive:
+        if backend.max_in_flight <= 1:
+            await _serve_one_at_a_time(backend, now, receive, max_batch)
+            return
+        scheduler = _Scheduler(backend.max_in_flight, max_batch)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(scheduler.take_in, receive)
             while not scheduler.finished:
                 while (started := scheduler.next_batch()) is not None:
                     nursery.start_soon(scheduler.run, backend, now, *started)
                 await scheduler.changed()
+
+
+async def _serve_one_at_a_time(
+    backend: Backend,
+    now: Callable[[], float],
+    receive: trio.MemoryReceiveChannel[_Request],
+    max_batch: int,
+) -> None:
+    """Everything waiting as one batch, in order, served inline: no task hops between a
+    request and its batch (the classic batch of :class:`_Scheduler` with one in flight)."""
+    async for first in receive:
+        batch = [first]
+        while len(batch) < max_batch:
+            try:
+                batch.append(receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        await _run(backend, now, batch)
+
+
+async def _run(backend: Backend, now: Callable[[], float], batch: list[_Request]) -> None:
+    try:
+        results = await backend.execute([r.op for r in batch], now())
+    except Exception as exc:  # the whole batch failed (e.g. database unreachable)
+        results = [exc] * len(batch)
+    for request, result in zip(batch, results, strict=True):
+        request.result = result
+        request.done.set()
 
 
 def open_storage_channel() -> tuple[StorageHandle, trio.MemoryReceiveChannel[_Request]]:

@@ -2,12 +2,15 @@
 
 Requests arrive on a memory channel, each with a one-shot reply slot. The actor takes
 whatever is waiting (up to ``max_batch``) and runs it as one backend batch: one transaction,
-one thread hop or one asyncio crossing for many enqueues, claims and outcomes.
+one thread hop or one asyncio crossing for many enqueues, claims and outcomes. Backends that
+can (``max_in_flight`` > 1: PostgreSQL's pool) run several batches at once, as long as no
+job's writes could be reordered.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -63,6 +66,117 @@ class StorageHandle:
         self._send.close()
 
 
+#: Operations that may run beside other batches. Claims and enqueues write only rows no
+#: other request of this process is writing (pending or new ones); reads see one committed
+#: state or another, as they would beside another process.
+_OVERLAPPING = (
+    ops.Claim, ops.Enqueue, ops.Get, ops.ListJobs, ops.Stats, ops.PausedQueues,
+    ops.Processes, ops.CronStates,
+)  # fmt: skip
+
+
+def _writes(op: ops.Op) -> frozenset[int] | None:
+    """The running jobs whose rows ``op`` writes, or None if it must run alone."""
+    if isinstance(op, ops.Finish):
+        return frozenset(o.job_id for o in op.outcomes)
+    if isinstance(op, ops.Renew):
+        return frozenset(job_id for job_id, _ in op.leases)
+    if isinstance(op, ops.Progress):
+        return frozenset((op.job_id,))
+    if isinstance(op, _OVERLAPPING):
+        return frozenset()
+    return None
+
+
+_Batch = tuple[list[_Request], frozenset[int] | None]
+
+
+class _Scheduler:
+    """Which waiting requests go out next when several batches may run at once (PostgreSQL:
+    one per pooled connection), decided synchronously.
+
+    Claims go first, in a batch of their own, so a claim never waits behind the outcome
+    write queued before it (a job's outcome is only ever reported after its claim
+    returned); the batch after that takes the oldest requests, so nothing starves. With
+    nothing in flight, everything waiting goes out together, in order. A batch starts
+    beside others unless order could show: a request that writes a job an in-flight batch
+    writes waits for it, with everything behind it; any other kind of write (cancel,
+    retry, cron, leases, pause, rescue...) starts only when nothing is in flight, and
+    nothing starts beside it.
+    """
+
+    def __init__(self, max_in_flight: int, max_batch: int) -> None:
+        self._limit = max_in_flight
+        self._max_batch = max_batch
+        self._waiting: deque[_Request] = deque()
+        self._in_flight: list[frozenset[int] | None] = []  # what each running batch writes
+        self._claims_last = False
+        self._closed = False
+        self._changed = trio.Event()
+
+    @property
+    def finished(self) -> bool:
+        return self._closed and not self._waiting and not self._in_flight
+
+    async def changed(self) -> None:
+        """Wait until a request arrives, a batch ends or the channel closes."""
+        await self._changed.wait()
+        self._changed = trio.Event()
+
+    async def take_in(self, receive: trio.MemoryReceiveChannel[_Request]) -> None:
+        async for first in receive:
+            self._waiting.append(first)
+            while True:  # everything already queued, so it can share a batch
+                try:
+                    self._waiting.append(receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            self._changed.set()
+        self._closed = True
+        self._changed.set()
+
+    def next_batch(self) -> _Batch | None:
+        """The next batch to start, taken off the waiting list and counted in flight."""
+        if not self._waiting or len(self._in_flight) >= self._limit or None in self._in_flight:
+            return None
+        if not self._claims_last and any(isinstance(r.op, ops.Claim) for r in self._waiting):
+            claims = [r for r in self._waiting if isinstance(r.op, ops.Claim)][: self._max_batch]
+            taken = {id(r) for r in claims}
+            self._waiting = deque(r for r in self._waiting if id(r) not in taken)
+            self._claims_last = True  # the next batch is the oldest requests: none starve
+            return self._started(claims, frozenset())
+        busy = frozenset[int]().union(*(w for w in self._in_flight if w is not None))
+        batch: list[_Request] = []
+        writes: frozenset[int] | None = frozenset()
+        while self._waiting and len(batch) < self._max_batch:
+            touched = _writes(self._waiting[0].op)
+            if self._in_flight and (touched is None or not busy.isdisjoint(touched)):
+                break  # it waits for the batches in flight, and what is behind it too
+            batch.append(self._waiting.popleft())
+            writes = None if touched is None or writes is None else writes | touched
+        if not batch:
+            return None
+        self._claims_last = False
+        return self._started(batch, writes)
+
+    def _started(self, batch: list[_Request], writes: frozenset[int] | None) -> _Batch:
+        self._in_flight.append(writes)
+        return batch, writes
+
+    async def run(
+        self,
+        backend: Backend,
+        now: Callable[[], float],
+        batch: list[_Request],
+        writes: frozenset[int] | None,
+    ) -> None:
+        try:
+            await _run(backend, now, batch)
+        finally:
+            self._in_flight.remove(writes)
+            self._changed.set()
+
+
 async def storage_actor(
     backend: Backend,
     now: Callable[[], float],
@@ -71,7 +185,8 @@ async def storage_actor(
     max_batch: int = 512,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve requests until the channel is closed.
+    """Serve requests until the channel is closed, up to ``backend.max_in_flight``
+    batches at once (:class:`_Scheduler` decides which may overlap).
 
     Shielded from cancellation on purpose: when the runtime is torn down, workers still
     write their final outcomes (shielded) through this actor; the runtime closes the
@@ -79,20 +194,44 @@ async def storage_actor(
     """
     task_status.started()
     with trio.CancelScope(shield=True), receive:
-        async for first in receive:
-            batch = [first]
-            while len(batch) < max_batch:
-                try:
-                    batch.append(receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+        if backend.max_in_flight <= 1:
+            await _serve_one_at_a_time(backend, now, receive, max_batch)
+            return
+        scheduler = _Scheduler(backend.max_in_flight, max_batch)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(scheduler.take_in, receive)
+            while not scheduler.finished:
+                while (started := scheduler.next_batch()) is not None:
+                    nursery.start_soon(scheduler.run, backend, now, *started)
+                await scheduler.changed()
+
+
+async def _serve_one_at_a_time(
+    backend: Backend,
+    now: Callable[[], float],
+    receive: trio.MemoryReceiveChannel[_Request],
+    max_batch: int,
+) -> None:
+    """Everything waiting as one batch, in order, served inline: no task hops between a
+    request and its batch (the classic batch of :class:`_Scheduler` with one in flight)."""
+    async for first in receive:
+        batch = [first]
+        while len(batch) < max_batch:
             try:
-                results = await backend.execute([r.op for r in batch], now())
-            except Exception as exc:  # the whole batch failed (e.g. database unreachable)
-                results = [exc] * len(batch)
-            for request, result in zip(batch, results, strict=True):
-                request.result = result
-                request.done.set()
+                batch.append(receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        await _run(backend, now, batch)
+
+
+async def _run(backend: Backend, now: Callable[[], float], batch: list[_Request]) -> None:
+    try:
+        results = await backend.execute([r.op for r in batch], now())
+    except Exception as exc:  # the whole batch failed (e.g. database unreachable)
+        results = [exc] * len(batch)
+    for request, result in zip(batch, results, strict=True):
+        request.result = result
+        request.done.set()
 
 
 def open_storage_channel() -> tuple[StorageHandle, trio.MemoryReceiveChannel[_Request]]:

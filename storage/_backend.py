@@ -16,13 +16,18 @@ __all__ = ["Backend", "opened"]
 
 
 class Backend(Protocol):
-    """Persistence for jobs. Only the storage actor calls these (one call at a time).
+    """Persistence for jobs. Only the storage actor calls these: :meth:`execute` up to
+    ``max_in_flight`` times at once, everything else one call at a time.
 
     ``now`` is the runtime clock's time in epoch seconds; backends never read a clock.
     """
 
     #: Whether several processes can share this backend's data (rescue, cross-process cancel).
     shared: bool
+
+    #: How many :meth:`execute` batches may run at once (each on its own connection). The
+    #: storage actor keeps per-job order across them; 1 for a single connection.
+    max_in_flight: int
 
     #: Whether :meth:`listen` works: other processes' enqueues and cancels are pushed here.
     notifies: bool
@@ -60,7 +65,11 @@ class Backend(Protocol):
     async def migrate(self) -> SchemaStatus: ...
 
     async def execute(self, ops: Sequence[Op], now: float) -> list[object]:
-        """Run ``ops`` as one batch; per op, its result or the exception it raised."""
+        """Run ``ops`` as one batch; per op, its result or the exception it raised.
+
+        Cancellation: the storage actor never cancels a batch; a cancelled caller of a
+        backend that crosses into another event loop must still give back its connection.
+        """
         ...
 
 

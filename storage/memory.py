@@ -108,6 +108,8 @@ class MemoryBackend:
     """Jobs in a dict; every operation applies the pure rules."""
 
     shared = False
+    #: One batch at a time: it runs in-process, nothing to overlap.
+    max_in_flight = 1
 
     def __init__(self) -> None:
         self._rows: dict[int, _Row] = {}

@@ -281,6 +281,8 @@ class PostgresBackend:
         self.url = url
         self.schema = schema
         self._pool_size = pool_size
+        #: One batch per pooled connection (the listener has a connection of its own).
+        self.max_in_flight = pool_size
         self._connect_timeout = connect_timeout
         self._pool: asyncpg.Pool | None = None
         self._handlers: dict[

@@ -37,7 +37,6 @@ from trioforge.storage._records import (
     FireResult,
     JobInfo,
     Notice,
-    Outcome,
     ProcessInfo,
     RenewResult,
     SchemaStatus,
@@ -141,12 +140,32 @@ WHERE id IN (
 RETURNING id, name, queue, payload, priority, run_at, attempt, max_attempts, lease
 """
 
-_IS_PAUSED = "SELECT 1 FROM trioforge_paused_queues WHERE name = ?"
+#: Before a claim, in one statement: whether the queue is paused, and the earliest run_at
+#: still in the future (the jobs being claimed are due, so the claim cannot change it).
+_PAUSED_AND_UPCOMING = f"""
+SELECT EXISTS (SELECT 1 FROM trioforge_paused_queues WHERE name = ?1),
+    (SELECT min(run_at) FROM trioforge_jobs
+     WHERE queue = ?1 AND status IN {_PENDING_SQL} AND run_at > ?2
+       AND name IN (SELECT value FROM json_each(?3)))
+"""
 
-_UPCOMING = f"""
-SELECT min(run_at) FROM trioforge_jobs
-WHERE queue = ? AND status IN {_PENDING_SQL} AND run_at > ?
-  AND name IN (SELECT value FROM json_each(?))
+#: Every outcome of a batch in one statement (one GIL hand-off in the writer thread, not
+#: one per job): rows of [id, lease, status, run_at, released, finished_at, result, error]
+#: as JSON, whose numbers SQLite reads back exactly.
+_FINISH = """
+WITH u AS (
+    SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS lease,
+        json_extract(value, '$[2]') AS status, json_extract(value, '$[3]') AS run_at,
+        json_extract(value, '$[4]') AS released, json_extract(value, '$[5]') AS finished_at,
+        json_extract(value, '$[6]') AS result, json_extract(value, '$[7]') AS error
+    FROM json_each(?)
+)
+UPDATE trioforge_jobs AS j
+SET status = u.status, run_at = coalesce(u.run_at, j.run_at), attempt = j.attempt - u.released,
+    lease_owner = NULL, lease_until = NULL, finished_at = u.finished_at, result = u.result,
+    error = u.error
+FROM u WHERE j.id = u.id AND j.status = 'running' AND j.lease = u.lease
+RETURNING id, lease
 """
 
 
@@ -162,6 +181,8 @@ class SQLiteBackend:
     """Jobs in a SQLite file (WAL); safe for several processes on one machine."""
 
     shared = True
+    #: One batch at a time: one connection, one writer thread.
+    max_in_flight = 1
 
     def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
@@ -376,38 +397,34 @@ class SQLiteBackend:
         return out
 
     def _claim(self, db: sqlite3.Connection, op: ops.Claim, now: float) -> ClaimResult:
-        if db.execute(_IS_PAUSED, (op.queue,)).fetchone() is not None:
-            return ClaimResult((), None)
         names = json.dumps(sorted(op.names))
+        paused, upcoming = db.execute(_PAUSED_AND_UPCOMING, (op.queue, now, names)).fetchone()
+        if paused:
+            return ClaimResult((), None)
         rows = db.execute(
             _CLAIM, (op.owner, op.lease_until, now, op.queue, now, names, max(op.limit, 0))
         ).fetchall()
         jobs = sorted(
             (ClaimedJob(*row) for row in rows), key=lambda j: claim_key(j.priority, j.run_at, j.id)
         )
-        upcoming = db.execute(_UPCOMING, (op.queue, now, names)).fetchone()[0]
         return ClaimResult(tuple(jobs), upcoming)
 
-    def _finish(self, db: sqlite3.Connection, op: ops.Finish, now: float) -> list[bool]:
-        return [self._finish_one(db, outcome, now) for outcome in op.outcomes]
-
     @staticmethod
-    def _finish_one(db: sqlite3.Connection, outcome: Outcome, now: float) -> bool:
-        event = outcome.event
-        target = next_state(JobState.RUNNING, event)
-        if target is None:
-            return False
-        retry_at = getattr(event, "retry_at", None)
-        finished_at = now if target in TERMINAL_STATES else None
-        released = 1 if target is JobState.AVAILABLE else 0
-        cursor = db.execute(
-            "UPDATE trioforge_jobs SET status = ?, run_at = coalesce(?, run_at), "
-            "attempt = attempt - ?, lease_owner = NULL, lease_until = NULL, finished_at = ?, "
-            "result = ?, error = ? WHERE id = ? AND status = 'running' AND lease = ?",
-            (target.value, retry_at, released, finished_at, outcome.result, outcome.error,
-             outcome.job_id, outcome.lease),
-        )  # fmt: skip
-        return cursor.rowcount == 1
+    def _finish(db: sqlite3.Connection, op: ops.Finish, now: float) -> list[bool]:
+        rows = []
+        for outcome in op.outcomes:
+            target = next_state(JobState.RUNNING, outcome.event)
+            if target is not None:
+                rows.append(
+                    (outcome.job_id, outcome.lease, target.value,
+                     getattr(outcome.event, "retry_at", None),
+                     1 if target is JobState.AVAILABLE else 0,
+                     now if target in TERMINAL_STATES else None, outcome.result, outcome.error)
+                )  # fmt: skip
+        if not rows:
+            return [False] * len(op.outcomes)
+        applied = set(db.execute(_FINISH, (json.dumps(rows),)).fetchall())
+        return [(o.job_id, o.lease) in applied for o in op.outcomes]
 
     @staticmethod
     def _renew(db: sqlite3.Connection, op: ops.Renew, now: float) -> RenewResult:

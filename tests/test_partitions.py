@@ -42,6 +42,7 @@ class Partition:
 
     shared = True
     notifies = False
+    max_in_flight = 1
 
     def __init__(self, backend: MemoryBackend) -> None:
         self._backend = backend

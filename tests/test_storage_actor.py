@@ -1,0 +1,175 @@
+"""The storage actor with several batches in flight: a claim never waits behind a blocked
+outcome write (PostgreSQL, a row lock held from outside), and a job's own writes, and writes
+that must run alone, keep their order (a gated memory backend, decided deterministically)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import pytest
+import trio
+import trio.testing
+import trio_asyncio
+
+from tests.postgres import URL, temporary_schema
+from trioforge._rules import JobState, Succeeded
+from trioforge.actors import StorageHandle, open_storage_channel, storage_actor
+from trioforge.storage import Backend, JobInfo, MemoryBackend, NewJob, Outcome, opened, ops
+from trioforge.storage.postgres import PostgresBackend
+
+NOW = 1000.0
+
+
+class GatedMemory(MemoryBackend):
+    """The memory backend with room for several batches at once, whose batches holding a
+    progress write wait for ``gate``: what is run meanwhile is decided by then, in
+    memory, so a scheduler that let a write overtake it could not hide it."""
+
+    max_in_flight = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
+
+    async def execute(self, batch: Sequence[ops.Op], now: float) -> list[object]:
+        if any(isinstance(op, ops.Progress) for op in batch):
+            await self.gate.wait()
+        return await super().execute(batch, now)
+
+
+@asynccontextmanager
+async def served(backend: Backend) -> AsyncIterator[tuple[StorageHandle, trio.Nursery]]:
+    """The backend open and served by a storage actor, and a nursery for calls that will
+    block; the actor must have answered everything when the block ends."""
+    async with opened(backend):
+        handle, receive = open_storage_channel()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(storage_actor, backend, lambda: NOW, receive)
+            try:
+                with trio.fail_after(20):  # a batch stuck behind another would hang here
+                    yield handle, nursery
+            finally:
+                handle.close()
+
+
+@asynccontextmanager
+async def actor_on(
+    backend: PostgresBackend,
+) -> AsyncIterator[tuple[StorageHandle, asyncpg.Connection, trio.Nursery]]:
+    """The backend served by a storage actor, an outside connection to the same schema
+    (to hold locks), and a nursery for calls that will block."""
+    assert backend.schema is not None
+    async with opened(backend):
+        outside = await trio_asyncio.aio_as_trio(asyncpg.connect)(
+            URL, server_settings={"search_path": backend.schema}
+        )
+        handle, receive = open_storage_channel()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(storage_actor, backend, lambda: NOW, receive)
+            try:
+                with trio.fail_after(20):  # a batch stuck behind another would hang here
+                    yield handle, outside, nursery
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio_asyncio.aio_as_trio(outside.close)()  # lets go of its locks
+                handle.close()
+
+
+def aio(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    return trio_asyncio.aio_as_trio(fn)  # type: ignore[no-any-return]
+
+
+async def running_jobs(handle: StorageHandle, count: int) -> list[Any]:
+    """``count`` jobs enqueued on queue "q" and claimed; one more is left available."""
+    await handle.call(
+        ops.Enqueue(tuple(NewJob("a", "q", "1", 10, 0.0, 3) for _ in range(count + 1)))
+    )
+    claimed = await handle.call(ops.Claim("q", frozenset({"a"}), count, "me", NOW + 60))
+    assert len(claimed.jobs) == count
+    return list(claimed.jobs)
+
+
+async def until_blocked(outside: asyncpg.Connection, wait_event_type: str) -> None:
+    """Until some other session of this database waits on a lock of that kind."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock' AND wait_event = $1"
+    )
+    # The server's own view; nothing here could set an event when it changes.
+    while not await aio(outside.fetchval)(query, wait_event_type):  # noqa: ASYNC110
+        await trio.sleep(0.005)
+
+
+async def call_in_background(
+    nursery: trio.Nursery, handle: StorageHandle, op: ops.Op
+) -> tuple[trio.Event, list[object]]:
+    done, result = trio.Event(), []
+
+    async def call() -> None:
+        result.append(await handle.call(op))
+        done.set()
+
+    nursery.start_soon(call)
+    return done, result
+
+
+async def test_a_claim_is_not_stuck_behind_a_blocked_outcome_batch() -> None:
+    async with temporary_schema() as template:
+        backend = PostgresBackend(template.url, schema=template.schema)
+        async with actor_on(backend) as (handle, outside, nursery):
+            [job] = await running_jobs(handle, 1)
+            lock = outside.transaction()
+            await aio(lock.start)()
+            await aio(outside.execute)(
+                "SELECT 1 FROM trioforge_jobs WHERE id = $1 FOR UPDATE", job.id
+            )
+            finish = ops.Finish((Outcome(job.id, job.lease, Succeeded()),))
+            finished, applied = await call_in_background(nursery, handle, finish)
+            await until_blocked(outside, "transactionid")  # the outcome batch waits on the row
+
+            claimed = await handle.call(ops.Claim("q", frozenset({"a"}), 5, "me", NOW + 60))
+
+            assert [j.id for j in claimed.jobs] == [job.id + 1]
+            assert not finished.is_set()  # the claim went by while the outcome waited
+            await aio(lock.rollback)()
+            await finished.wait()
+            assert applied == [[True]]
+
+
+@pytest.mark.parametrize("held_back", ["the same job's outcome", "a write that runs alone"])
+async def test_writes_that_could_be_reordered_wait_while_others_overlap(held_back: str) -> None:
+    backend = GatedMemory()
+    async with served(backend) as (handle, nursery):
+        first, second = await running_jobs(handle, 2)
+        if held_back == "a write that runs alone":
+            op: ops.Op = ops.Cancel(second.id)
+        else:
+            op = ops.Finish((Outcome(first.id, first.lease, Succeeded()),))
+        try:
+            progressed, recorded = await call_in_background(
+                nursery, handle, ops.Progress(first.id, first.lease, 50.0, "half")
+            )
+            await trio.testing.wait_all_tasks_blocked()  # the progress batch is in flight
+            done, result = await call_in_background(nursery, handle, op)
+            await trio.testing.wait_all_tasks_blocked()
+
+            claimed = await handle.call(ops.Claim("q", frozenset({"a"}), 5, "me", NOW + 60))
+            await trio.testing.wait_all_tasks_blocked()
+
+            assert len(claimed.jobs) == 1  # other batches still run beside the blocked one
+            assert not done.is_set()  # but not this one
+            handle.close()  # the actor still answers everything before it returns
+        finally:
+            backend.gate.set()  # (also after a failed assert: the actor drains, shielded)
+        await progressed.wait()
+        await done.wait()
+        assert recorded == [True]  # the progress write went first
+        [info] = await backend.execute([ops.Get(first.id)], NOW)
+        assert isinstance(info, JobInfo)
+        assert info.progress == 50.0
+        if isinstance(op, ops.Finish):
+            assert result == [[True]]
+            assert info.status is JobState.COMPLETED

@@ -155,6 +155,29 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     del conn
 
 
+#: Errors that mean the server went away or refused us (restarting, shut down, network),
+#: not that an operation was wrong.
+_CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def _lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection is gone (so is every later op on it). asyncpg's
+    interface errors on a connection we never share ("connection is closed", "another
+    operation is in progress" after a broken one) are that too, but not those that are
+    also ValueErrors (bad arguments)."""
+    if isinstance(exc, asyncpg.InterfaceError):
+        return not isinstance(exc, ValueError)
+    return isinstance(exc, _CONNECTION_LOST)
+
+
 #: The LISTEN/NOTIFY channel. Payloads: ``w:<run_at>:<queue>`` (work enqueued) and
 #: ``c:<job id>`` (cancel requested); delivered when the writing transaction commits.
 CHANNEL = "trioforge"
@@ -409,8 +432,25 @@ class PostgresBackend:
         return await self.schema_status()
 
     async def execute(self, batch: Sequence[ops.Op], now: float) -> list[object]:
-        results: list[object] = await self._aio(self._execute, list(batch), now)
-        return results
+        try:
+            results: list[object] = await self._aio(self._execute, list(batch), now)
+        except Exception as exc:
+            mapped = self._unavailable(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        return [self._unavailable(r) if isinstance(r, Exception) else r for r in results]
+
+    def _unavailable(self, exc: Exception) -> Exception:
+        """A lost or refused connection as the error callers know (other errors as they
+        are): the runtime retries what must not be lost (outcomes, renewals), and a
+        handler's progress rides it out."""
+        if isinstance(exc, DatabaseUnavailableError) or not _lost(exc):
+            return exc
+        return DatabaseUnavailableError(
+            f"PostgreSQL at {redact(self.url)} is unavailable ({type(exc).__name__}: "
+            f"{exc}); the operation can be retried once it is back"
+        )
 
     # --- asyncio side ------------------------------------------------------------------
 
@@ -474,20 +514,41 @@ class PostgresBackend:
                 # No BEGIN/COMMIT round trips for what single statements do atomically: for
                 # a few ops (a claim and an outcome batch, say) they cost more than the
                 # extra commits.
-                return [await self._autocommit(conn, op, now) for op in batch]
+                return await self._each(conn, batch, now, self._autocommit)
             try:
                 async with conn.transaction():
                     return [await self._handlers[type(op)](conn, op, now) for op in batch]
-            except Exception:
-                if len(batch) == 1:
-                    return [await self._one(conn, batch[0], now)]
+            except Exception as exc:
+                if _lost(exc):  # nothing committed; the connection is gone
+                    return [exc] * len(batch)
             # Something failed: each op on its own, so neighbours are unaffected.
-            return [await self._one(conn, op, now) for op in batch]
+            return await self._each(conn, batch, now, self._one)
+
+    @staticmethod
+    async def _each(
+        conn: asyncpg.Connection,
+        batch: list[ops.Op],
+        now: float,
+        run: Callable[[asyncpg.Connection, ops.Op, float], Awaitable[object]],
+    ) -> list[object]:
+        """Each op on its own; once the connection is lost, the rest are not tried (their
+        error is the loss), and what already committed keeps its result."""
+        results: list[object] = []
+        for i, op in enumerate(batch):
+            try:
+                results.append(await run(conn, op, now))
+            except Exception as exc:
+                if not _lost(exc):
+                    raise
+                return results + [exc] * (len(batch) - i)
+        return results
 
     async def _autocommit(self, conn: asyncpg.Connection, op: ops.Op, now: float) -> object:
         try:
             return await self._handlers[type(op)](conn, op, now)
         except Exception as exc:
+            if _lost(exc):
+                raise
             return exc
 
     async def _one(self, conn: asyncpg.Connection, op: ops.Op, now: float) -> object:
@@ -495,6 +556,8 @@ class PostgresBackend:
             async with conn.transaction():
                 return await self._handlers[type(op)](conn, op, now)
         except Exception as exc:
+            if _lost(exc):
+                raise
             return exc
 
     # --- operations (asyncio side, inside the batch's transaction) ----------------------

@@ -98,7 +98,9 @@ EFFECTS = os.environ["EFFECTS_FILE"]
 async def effect(ctx: trioforge.JobContext, n: int) -> None:
     # The side effect goes to a local file: it must not depend on the database.
     started = time.time()
-    await trio.sleep(0.02)
+    await trio.sleep(0.01)
+    await ctx.progress(50, "halfway")  # best effort: a restart must not fail the attempt
+    await trio.sleep(0.01)
     with open(EFFECTS, "a") as out:
         out.write(f"{n} {ctx.attempt} {started}\\n")
 """

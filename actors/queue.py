@@ -60,6 +60,11 @@ class Attempt(Protocol):
         """Run the handler (and what goes before it); return the JSON text of the result."""
         ...
 
+    @property
+    def watched(self) -> bool:
+        """Whether ``end`` has anyone to tell (no after hooks: the worker skips it)."""
+        ...
+
     async def end(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
         """Tell the application how the attempt ended (nothing if ``run`` never started)."""
         ...
@@ -414,6 +419,8 @@ class QueueSupervisor:
         error: BaseException | None,
     ) -> None:
         """Run the attempt's after hooks even if a cancel ended it: shielded, but bounded."""
+        if not attempt.watched:  # the common case: no scope, no await, per job
+            return
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + AFTER_HOOKS_SECONDS
             await attempt.end(outcome, error)

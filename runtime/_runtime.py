@@ -117,6 +117,10 @@ class _Attempt:
         value = await definition.handler(ctx, *args)
         return encode_result(job.name, value)
 
+    @property
+    def watched(self) -> bool:
+        return bool(self._registry.after_hooks)
+
     async def end(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
         if self._started is None:  # its payload could not even be decoded
             return

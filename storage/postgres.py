@@ -170,9 +170,12 @@ _CONNECTION_LOST: tuple[type[BaseException], ...] = (
 
 def _lost(exc: BaseException) -> bool:
     """Whether ``exc`` means the connection is gone (so is every later op on it). asyncpg's
-    interface errors on a connection we never share ("connection is closed", "another
-    operation is in progress" after a broken one) are that too, but not those that are
-    also ValueErrors (bad arguments)."""
+    interface and internal client errors on a connection we never share ("connection is
+    closed"; "cannot switch to state", from the rollback of a transaction whose connection
+    broke) are that too, but not interface errors that are also ValueErrors (bad
+    arguments)."""
+    if isinstance(exc, asyncpg.InternalClientError):
+        return True
     if isinstance(exc, asyncpg.InterfaceError):
         return not isinstance(exc, ValueError)
     return isinstance(exc, _CONNECTION_LOST)

@@ -185,6 +185,7 @@ class QueueSupervisor:
         self._fetch_scope = trio.CancelScope()
         self._stopping = False  # after stop_now(): release jobs instead of starting them
         self._restarts: list[float] = []
+        self._orphans_possible = False  # after a failed claim (see _claim)
         self._size = config.concurrency
         self._workers_started = 0
         self._pool: trio.Nursery | None = None
@@ -333,21 +334,44 @@ class QueueSupervisor:
         return free, wanted_at
 
     async def _claim(self, names: frozenset[str], limit: int, now: float) -> ClaimResult | None:
+        cfg = self.config
+        if self._orphans_possible and not await self._release_orphans():
+            return None
         op = ops.Claim(
-            queue=self.config.name,
+            queue=cfg.name,
             names=names,
             limit=limit,
-            owner=self.config.owner,
-            lease_until=now + self.config.lease_seconds,
+            owner=cfg.owner,
+            lease_until=now + cfg.lease_seconds,
         )
         try:
             # Shielded: once claimed, jobs must reach a worker (or be released), never
             # be dropped half-way by a cancel.
             result: ClaimResult | None = await self._storage.call_shielded(op)
         except Exception:
-            log.exception("queue %s: claim failed", self.config.name)
-            return None
+            log.exception("queue %s: claim failed", cfg.name)
+            result = None
+        # A failed claim may have committed all the same (the reply lost with the
+        # connection): its jobs would sit unseen until their leases ran out.
+        self._orphans_possible = result is None
         return result
+
+    async def _release_orphans(self) -> bool:
+        """Hand back jobs of this queue leased to this process that it does not hold (a
+        lost claim reply); True once storage has answered."""
+        cfg = self.config
+        op = ops.ReleaseOrphans(cfg.name, cfg.owner, self._running.leases())
+        try:
+            released: list[int] | None = await self._storage.call_shielded(op)
+        except Exception:
+            log.exception("queue %s: could not check for orphaned claims", cfg.name)
+            return False
+        if released:
+            log.warning(
+                "queue %s: handed back %d job(s) whose claim reply was lost: %s",
+                cfg.name, len(released), released,
+            )  # fmt: skip
+        return released is not None
 
     async def _worker(self) -> None:
         async for job in self._jobs:

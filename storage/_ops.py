@@ -34,6 +34,7 @@ __all__ = [
     "PausedQueues",
     "Processes",
     "Progress",
+    "ReleaseOrphans",
     "Renew",
     "Rescue",
     "RetryJob",
@@ -75,6 +76,19 @@ class Renew:
     owner: str
     leases: tuple[tuple[int, int], ...]
     lease_until: float
+
+
+@attrs.frozen
+class ReleaseOrphans:
+    """-> list[int]: running jobs of ``queue`` leased to ``owner`` under a lease not in
+    ``held`` go back to available, the attempt not counted (as a release). A claim whose
+    reply was lost (its connection died after the commit) leaves such jobs; the owner's
+    fetcher, sure of what it holds, hands them back instead of letting their leases run out.
+    """
+
+    queue: str
+    owner: str
+    held: tuple[tuple[int, int], ...]
 
 
 @attrs.frozen
@@ -222,6 +236,7 @@ Op: TypeAlias = (
     | Claim
     | Finish
     | Renew
+    | ReleaseOrphans
     | Progress
     | Get
     | ListJobs
@@ -245,6 +260,7 @@ _NAMES: dict[type, str] = {
     Claim: "claim",
     Finish: "finish",
     Renew: "renew",
+    ReleaseOrphans: "release_orphans",
     Progress: "progress",
     Get: "get",
     ListJobs: "list_jobs",

@@ -306,6 +306,16 @@ class MemoryBackend:
         row.error = outcome.error
         return True
 
+    def _release_orphans(self, op: ops.ReleaseOrphans, now: float) -> list[int]:
+        held = set(op.held)
+        orphans = [
+            Outcome(row.id, row.lease, Released())
+            for row in self._rows.values()
+            if row.status is JobState.RUNNING and row.queue == op.queue
+            and row.lease_owner == op.owner and (row.id, row.lease) not in held
+        ]  # fmt: skip
+        return sorted(o.job_id for o in orphans if self._finish_one(o, now))
+
     def _renew(self, op: ops.Renew, now: float) -> RenewResult:
         del now
         cancel, lost = set(), set()

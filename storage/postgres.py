@@ -29,7 +29,7 @@ from trioforge._errors import (
     JobNotFoundError,
     SchemaError,
 )
-from trioforge._rules import TERMINAL_STATES, JobState, claim_key, next_state
+from trioforge._rules import TERMINAL_STATES, JobState, Released, claim_key, next_state
 from trioforge.storage import _ops as ops
 from trioforge.storage._records import (
     JOB_COLUMNS,
@@ -42,6 +42,7 @@ from trioforge.storage._records import (
     FireResult,
     JobInfo,
     Notice,
+    Outcome,
     ProcessInfo,
     RenewResult,
     SchemaStatus,
@@ -612,6 +613,23 @@ class PostgresBackend:
         )
         upcoming = next(row["run_at"] for row in rows if row["id"] is None)
         return ClaimResult(tuple(jobs), upcoming)
+
+    async def _release_orphans(
+        self, conn: asyncpg.Connection, op: ops.ReleaseOrphans, now: float
+    ) -> list[int]:
+        rows = await conn.fetch(
+            "SELECT id, lease FROM trioforge_jobs WHERE queue = $1 AND status = 'running' "
+            "AND lease_owner = $2",
+            op.queue, op.owner,
+        )  # fmt: skip
+        held = set(op.held)
+        orphans = tuple(
+            Outcome(r["id"], r["lease"], Released())
+            for r in rows
+            if (r["id"], r["lease"]) not in held
+        )
+        applied = await self._finish(conn, ops.Finish(orphans), now) if orphans else []
+        return sorted(o.job_id for o, ok in zip(orphans, applied, strict=True) if ok)
 
     @staticmethod
     async def _finish(conn: asyncpg.Connection, op: ops.Finish, now: float) -> list[bool]:

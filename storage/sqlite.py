@@ -25,7 +25,7 @@ from trioforge._errors import (
     JobNotFoundError,
     SchemaError,
 )
-from trioforge._rules import TERMINAL_STATES, JobState, claim_key, next_state
+from trioforge._rules import TERMINAL_STATES, JobState, Released, claim_key, next_state
 from trioforge.storage import _ops as ops
 from trioforge.storage._records import (
     JOB_COLUMNS,
@@ -37,6 +37,7 @@ from trioforge.storage._records import (
     FireResult,
     JobInfo,
     Notice,
+    Outcome,
     ProcessInfo,
     RenewResult,
     SchemaStatus,
@@ -408,6 +409,21 @@ class SQLiteBackend:
             (ClaimedJob(*row) for row in rows), key=lambda j: claim_key(j.priority, j.run_at, j.id)
         )
         return ClaimResult(tuple(jobs), upcoming)
+
+    def _release_orphans(
+        self, db: sqlite3.Connection, op: ops.ReleaseOrphans, now: float
+    ) -> list[int]:
+        rows = db.execute(
+            "SELECT id, lease FROM trioforge_jobs WHERE queue = ? AND status = 'running' "
+            "AND lease_owner = ?",
+            (op.queue, op.owner),
+        ).fetchall()
+        held = set(op.held)
+        orphans = tuple(
+            Outcome(i, lease, Released()) for i, lease in rows if (i, lease) not in held
+        )
+        applied = self._finish(db, ops.Finish(orphans), now) if orphans else []
+        return sorted(o.job_id for o, ok in zip(orphans, applied, strict=True) if ok)
 
     @staticmethod
     def _finish(db: sqlite3.Connection, op: ops.Finish, now: float) -> list[bool]:

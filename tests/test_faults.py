@@ -13,7 +13,7 @@ import trioforge
 from tests.virtual import EPOCH, run_virtual
 from trioforge import DatabaseUnavailableError, JobContext, JobState, Registry, VirtualClock
 from trioforge.actors.queue import RETRY_MAX
-from trioforge.storage import MemoryBackend, ops
+from trioforge.storage import ClaimResult, MemoryBackend, ops
 
 
 class FlakyClaims(MemoryBackend):
@@ -157,12 +157,13 @@ def test_outcomes_wait_out_a_long_write_outage_while_their_leases_are_renewed() 
     assert all(f.finished_at is not None and f.finished_at >= backend.end for f in finals)
 
 
-def test_an_outage_longer_than_the_lease_hands_the_job_on_as_a_new_attempt() -> None:
-    # The fallback: past its lease, an outcome is given up and the job is rescued (it runs
-    # again: at-least-once), rather than waiting forever.
+def test_an_outage_longer_than_the_lease_runs_the_job_again() -> None:
+    # The fallback: past its lease, an outcome is given up and the job runs again
+    # (at-least-once), rather than waiting forever: handed back by its own process after
+    # the outage, or rescued, whichever storage sees first.
     backend = Outage(EPOCH + 1.0, EPOCH + 1.0 + 2 * LEASE)
     finals, runs = play_outage(backend, [2.0], workers=1)
-    assert [(f.status, f.attempt) for f in finals] == [(JobState.COMPLETED, 2)]
+    assert [f.status for f in finals] == [JobState.COMPLETED]
     assert len(runs[0]) == 2
 
 
@@ -190,3 +191,43 @@ def test_progress_and_heartbeats_during_an_outage_do_not_fail_the_attempt() -> N
     run_virtual(scenario, backend)
     assert runs == [1]
     assert (seen[0].status, seen[0].attempt, seen[0].progress) == (JobState.COMPLETED, 1, 90)
+
+
+class LostClaimReply(MemoryBackend):
+    """A memory backend whose first claim that takes jobs commits but answers with an error,
+    as when the connection dies right after the commit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost: list[int] = []
+
+    async def execute(self, batch: Sequence[ops.Op], now: float) -> list[object]:
+        results = await super().execute(batch, now)
+        for i, (op, result) in enumerate(zip(batch, results, strict=True)):
+            first = not self.lost and isinstance(op, ops.Claim)
+            if first and isinstance(result, ClaimResult) and result.jobs:
+                self.lost.extend(j.id for j in result.jobs)
+                results[i] = DatabaseUnavailableError("connection lost after the commit")
+        return results
+
+
+def test_jobs_of_a_claim_whose_reply_was_lost_are_handed_back_at_once() -> None:
+    backend = LostClaimReply()
+    registry = Registry()
+    seen: list[trioforge.JobInfo] = []
+
+    @registry.job("work")
+    async def work(ctx: JobContext) -> None:
+        pass
+
+    async def scenario(db: MemoryBackend, clock: VirtualClock) -> None:
+        async with trioforge.open_runtime(registry, database=db, clock=clock, **TIMINGS) as rt:
+            ids = [await rt.enqueue(work) for _ in range(3)]
+            seen.extend([await rt.wait(job_id) for job_id in ids])
+
+    run_virtual(scenario, backend)
+    assert backend.lost  # the fault happened
+    # Handed back as released (the attempt not counted) at the next claim, one poll
+    # interval later, not rescued once the lease ran out.
+    assert [(i.status, i.attempt) for i in seen] == [(JobState.COMPLETED, 1)] * 3
+    assert all(i.finished_at is not None and i.finished_at < EPOCH + 2 * HEARTBEAT for i in seen)

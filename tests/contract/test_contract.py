@@ -180,6 +180,26 @@ async def test_release_hands_the_job_back_without_counting_the_attempt(backend: 
     assert (again.attempt, again.lease) == (1, 2)
 
 
+async def test_orphaned_claims_of_an_owner_are_handed_back(backend: Backend) -> None:
+    # w1 claimed three jobs of "q" but holds only one (the reply of the other claim was
+    # lost); w2's job and w1's job on another queue are not orphans of "q".
+    ids = await enqueue(backend, job(), job(), job(), job(), job(queue="r"))
+    [held] = (await claim(backend, limit=1)).jobs
+    lost = (await claim(backend, limit=2)).jobs
+    [other] = (await claim(backend, limit=1, owner="w2")).jobs
+    [elsewhere] = (await claim(backend, queue="r")).jobs
+    op = ops.ReleaseOrphans("q", "w1", ((held.id, held.lease), (elsewhere.id, 99)))
+    assert await one(backend, op, T0 + 1) == sorted(j.id for j in lost)
+    states = {i: ((info := await get(backend, i)).status, info.attempt) for i in ids}
+    assert states == {
+        held.id: (JobState.RUNNING, 1),
+        **{j.id: (JobState.AVAILABLE, 0) for j in lost},
+        other.id: (JobState.RUNNING, 1),
+        elsewhere.id: (JobState.RUNNING, 1),
+    }
+    assert await one(backend, op, T0 + 2) == []  # nothing left to hand back
+
+
 async def test_cancel_pending_running_finished_and_unknown(backend: Backend) -> None:
     pending, running = await enqueue(backend, job(run_at=T0 + 100), job())
     assert await one(backend, ops.Cancel(pending)) is CancelResult.CANCELLED

@@ -22,7 +22,7 @@ import trio
 
 from trioforge._clock import Clock
 from trioforge._cron import CronSchedule
-from trioforge.actors.storage_actor import StorageHandle
+from trioforge.actors.storage_actor import StorageHandle, log_failure
 from trioforge.storage import NewJob, ops
 from trioforge.storage._records import CronState, FireResult
 
@@ -107,9 +107,9 @@ async def cron_scheduler(
                         seen = await _bring_up_to_date(storage, job, state, now, wake)
                         known[job.name] = seen
                     wake_at = min(wake_at, seen[1])
-        except Exception:
+        except Exception as exc:
             known.clear()
-            log.exception("cron pass failed; retrying in %.1fs", interval)
+            log_failure(log, exc, "cron pass failed; retrying in %.1fs", interval)
         await trio.sleep_until(clock.deadline(wake_at))
 
 

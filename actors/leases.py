@@ -21,7 +21,7 @@ import trio
 
 from trioforge._clock import Clock
 from trioforge.actors.running import RunningJobs
-from trioforge.actors.storage_actor import StorageHandle
+from trioforge.actors.storage_actor import StorageHandle, log_failure
 from trioforge.storage import RenewResult, ops
 
 __all__ = ["MAINTENANCE", "RETRY_FIRST", "heartbeat", "reaper", "renew_leases"]
@@ -50,8 +50,8 @@ async def heartbeat(
     # The first beat comes before ``started``: once the runtime is open, it is registered.
     try:
         await storage.call(ops.Beat(owner, queues))
-    except Exception:
-        log.exception("first heartbeat failed; retrying in %.1fs", interval)
+    except Exception as exc:
+        log_failure(log, exc, "first heartbeat failed; retrying in %.1fs", interval)
     task_status.started()
     wait, failing = interval, False
     while True:
@@ -103,8 +103,8 @@ async def reaper(
             if not await storage.call(ops.Lead(MAINTENANCE, owner, now + 3 * interval)):
                 continue
             rescued: list[int] = await storage.call(ops.Rescue(now - lease_seconds))
-        except Exception:
-            log.exception("rescue pass failed; retrying in %.1fs", interval)
+        except Exception as exc:
+            log_failure(log, exc, "rescue pass failed; retrying in %.1fs", interval)
             continue
         if rescued:
             on_rescued()

@@ -38,7 +38,7 @@ from trioforge._rules import Discarded as DiscardedEvent
 from trioforge._rules import Released as ReleasedEvent
 from trioforge.actors.leases import RETRY_FIRST
 from trioforge.actors.running import Finished, RunningJobs, StopReason
-from trioforge.actors.storage_actor import StorageHandle
+from trioforge.actors.storage_actor import StorageHandle, log_failure
 from trioforge.storage import ClaimedJob, ClaimResult, Outcome, ops
 
 __all__ = ["Attempt", "JobTable", "QueueConfig", "QueueSupervisor", "decide_outcome"]
@@ -306,7 +306,6 @@ class QueueSupervisor:
                         wanted_at = None
                         continue
                     for job in result.jobs:
-                        self._running.hold(job.id, job.lease, now + cfg.lease_seconds)
                         self._jobs_send.send_nowait(job)
                     free -= len(result.jobs)
                     wanted_at = now if result.jobs and free == 0 else result.next_run_at
@@ -348,9 +347,12 @@ class QueueSupervisor:
             # Shielded: once claimed, jobs must reach a worker (or be released), never
             # be dropped half-way by a cancel.
             result: ClaimResult | None = await self._storage.call_shielded(op)
-        except Exception:
-            log.exception("queue %s: claim failed", cfg.name)
+        except Exception as exc:
+            log_failure(log, exc, "queue %s: claim failed", cfg.name)
             result = None
+        if result is not None:
+            for job in result.jobs:  # held from here until its outcome is recorded
+                self._running.hold(job.id, job.lease, op.lease_until)
         # A failed claim may have committed all the same (the reply lost with the
         # connection): its jobs would sit unseen until their leases ran out.
         self._orphans_possible = result is None
@@ -363,8 +365,8 @@ class QueueSupervisor:
         op = ops.ReleaseOrphans(cfg.name, cfg.owner, self._running.leases())
         try:
             released: list[int] | None = await self._storage.call_shielded(op)
-        except Exception:
-            log.exception("queue %s: could not check for orphaned claims", cfg.name)
+        except Exception as exc:
+            log_failure(log, exc, "queue %s: could not check for orphaned claims", cfg.name)
             return False
         if released:
             log.warning(

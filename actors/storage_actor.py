@@ -9,6 +9,7 @@ job's writes could be reordered.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Callable
@@ -17,10 +18,19 @@ from typing import Any
 import attrs
 import trio
 
-from trioforge._errors import TrioforgeError
+from trioforge._errors import DatabaseUnavailableError, TrioforgeError
 from trioforge.storage import Backend, ops
 
-__all__ = ["StorageHandle", "open_storage_channel", "storage_actor"]
+__all__ = ["StorageHandle", "log_failure", "open_storage_channel", "storage_actor"]
+
+
+def log_failure(logger: logging.Logger, exc: Exception, message: str, *args: object) -> None:
+    """Log a failed storage call: one line while the database is unavailable (expected
+    during a restart, and retried), the whole traceback for anything else."""
+    if isinstance(exc, DatabaseUnavailableError):
+        logger.warning(message + " (%s)", *args, exc)
+    else:
+        logger.error(message, *args, exc_info=exc)
 
 
 @attrs.define(eq=False)

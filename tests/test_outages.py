@@ -16,8 +16,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -131,7 +131,7 @@ def effects(folder: Path) -> list[tuple[int, int, float]]:
     return rows
 
 
-async def until(predicate: Any) -> None:
+async def until(predicate: Callable[[], bool]) -> None:
     """Poll another process's observable state (there is no event to wait on), bounded by
     the caller's deadline."""
     while not predicate():  # noqa: ASYNC110
@@ -191,7 +191,7 @@ async def test_postgres_restart_under_load_loses_nothing_and_runs_nothing_twice(
                         before = len(effects(tmp_path))
                         enqueued = time.time()
                         await client.enqueue(job, n)
-                        await until(lambda b=before: len(effects(tmp_path)) > b)
+                        await until(lambda: len(effects(tmp_path)) > before)  # noqa: B023
                         latencies.append(max(r[2] for r in effects(tmp_path)) - enqueued)
                     finals = [await client.wait(job_id) for job_id in ids]
         finally:

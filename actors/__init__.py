@@ -6,11 +6,12 @@ storage protocol and the runtime's leaf modules (rules, errors, clock), never it
 
 from trioforge.actors.leases import heartbeat, reaper
 from trioforge.actors.listener import listener
-from trioforge.actors.queue import JobTable, QueueConfig, QueueSupervisor
+from trioforge.actors.queue import Ended, JobTable, QueueConfig, QueueSupervisor
 from trioforge.actors.running import Finished, RunningJobs, StopReason
 from trioforge.actors.storage_actor import StorageHandle, open_storage_channel, storage_actor
 
 __all__ = [
+    "Ended",
     "Finished",
     "JobTable",
     "QueueConfig",

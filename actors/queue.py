@@ -36,12 +36,14 @@ from trioforge._rules import (
 from trioforge._rules import Cancelled as CancelledEvent
 from trioforge._rules import Discarded as DiscardedEvent
 from trioforge._rules import Released as ReleasedEvent
+from trioforge._rules import Suspended as SuspendedEvent
 from trioforge.actors.leases import RETRY_FIRST
 from trioforge.actors.running import Finished, RunningJobs, StopReason
 from trioforge.actors.storage_actor import StorageHandle, log_failure
 from trioforge.storage import ClaimedJob, ClaimResult, Outcome, ops
+from trioforge.storage._records import OutcomeEvent
 
-__all__ = ["Attempt", "JobTable", "QueueConfig", "QueueSupervisor", "decide_outcome"]
+__all__ = ["Attempt", "Ended", "JobTable", "QueueConfig", "QueueSupervisor", "decide_outcome"]
 
 log = logging.getLogger("trioforge.queue")
 
@@ -53,11 +55,26 @@ RETRY_MAX = 0.5
 AFTER_HOOKS_SECONDS = 10.0
 
 
+@attrs.frozen
+class Ended:
+    """An attempt that decided its own outcome (a workflow run suspending, undone, or
+    failing for good): what to record, fenced by the lease like any outcome."""
+
+    event: OutcomeEvent
+    result: str | None = None
+    error: str | None = None
+
+
 class Attempt(Protocol):
     """One attempt of a job, as the application runs it."""
 
-    async def run(self) -> str | None:
-        """Run the handler (and what goes before it); return the JSON text of the result."""
+    async def run(self) -> str | Ended | None:
+        """Run the handler (and what goes before it); return the JSON text of the result,
+        or how the attempt ended when it decided that itself."""
+        ...
+
+    def cancelled(self) -> Ended | None:
+        """What to record when a cancel request stopped the attempt (None: cancelled)."""
         ...
 
     @property
@@ -104,17 +121,22 @@ def decide_outcome(
     *,
     reason: StopReason | None,
     error: BaseException | None,
-    result: str | None,
+    result: str | Ended | None,
     now: float,
     u: float = 0.0,
+    on_cancel: Ended | None = None,
 ) -> Outcome | None:
     """Turn how an attempt ended into the fenced outcome to write (None: write nothing)."""
     if reason is StopReason.LOST:
         return None
     if reason is StopReason.USER:
+        if on_cancel is not None:
+            return Outcome(job.id, job.lease, on_cancel.event, on_cancel.result, on_cancel.error)
         return Outcome(job.id, job.lease, CancelledEvent(), error="cancelled by request")
     if reason is StopReason.SHUTDOWN:
         return Outcome(job.id, job.lease, ReleasedEvent())
+    if isinstance(result, Ended):
+        return Outcome(job.id, job.lease, result.event, result.result, result.error)
     if error is None:
         return Outcome(job.id, job.lease, Succeeded(), result=result)
     reason_text = discard_reason(error)  # a Discard, or a group holding one
@@ -400,7 +422,7 @@ class QueueSupervisor:
             # One scope for both: a stop request sets entry.reason, the deadline does not.
             entry.scope.deadline = trio.current_time() + timeout
         error: BaseException | None = None
-        result: str | None = None
+        result: str | Ended | None = None
         try:
             with entry.scope:
                 try:
@@ -428,6 +450,7 @@ class QueueSupervisor:
             result=result,
             now=self._clock.now(),
             u=random.random() if retry.jitter else 0.0,
+            on_cancel=attempt.cancelled() if entry.reason is StopReason.USER else None,
         )
         kind = attempt_outcome(None if outcome is None else outcome.event, timed_out=timed_out)
         # Before the outcome is written, so a waiter that sees it knows the hooks ran.
@@ -505,6 +528,8 @@ class QueueSupervisor:
             event = outcome.event
             if isinstance(event, Failed) and event.retry_at is not None:
                 self.wake(event.retry_at)  # the retry may be due before the next poll
+            elif isinstance(event, SuspendedEvent):
+                self.wake(event.run_at)  # a short sleep, or woken while it ran
             target = next_state(JobState.RUNNING, event)
             if target is not None and target.is_terminal:
                 self._finished.notify(job.id)

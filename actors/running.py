@@ -16,7 +16,7 @@ heartbeat keeps renewing. Each held lease knows until when storage last confirme
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import attrs
@@ -137,6 +137,17 @@ class Finished:
 
     def __init__(self) -> None:
         self._watched: dict[int, tuple[trio.Event, int]] = {}
+        self._callbacks: dict[int, list[Callable[[], None]]] = {}
+
+    def on_finish(self, job_id: int, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once when ``job_id`` is seen terminal here (a workflow run
+        waiting on its children is woken without waiting for a poll)."""
+        self._callbacks.setdefault(job_id, []).append(callback)
+
+    def forget(self, job_id: int) -> None:
+        """Drop the callbacks registered for ``job_id`` (it ended where this process did
+        not see it)."""
+        self._callbacks.pop(job_id, None)
 
     @contextmanager
     def watch(self, job_id: int) -> Iterator[trio.Event]:
@@ -156,3 +167,5 @@ class Finished:
         entry = self._watched.pop(job_id, None)
         if entry is not None:
             entry[0].set()
+        for callback in self._callbacks.pop(job_id, ()):
+            callback()

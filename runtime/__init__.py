@@ -10,6 +10,7 @@ from trioforge._clock import Clock, VirtualClock, WallClock
 from trioforge._context import CronContext, JobContext
 from trioforge._cron import CronSchedule
 from trioforge._errors import (
+    ChildFailed,
     ConfigurationError,
     DatabaseUnavailableError,
     Discard,
@@ -17,19 +18,26 @@ from trioforge._errors import (
     InvalidStateError,
     JobNotFoundError,
     JobTimeoutError,
+    NonDeterminismError,
     PayloadError,
     SchemaError,
+    StepFailed,
     TrioforgeError,
     UnknownJobError,
+    WorkflowTimeoutError,
 )
 from trioforge._registry import AttemptEnd, JobDefinition, Registry
 from trioforge._rules import AttemptOutcome, JobState, Priority, Retry
 from trioforge._runtime import Runtime, RuntimeStatistics, open_client, open_runtime
-from trioforge.storage import JobInfo
+from trioforge._workflow import ChildHandle, WorkflowContext
+from trioforge._workflow_info import StepInfo, WorkflowInfo
+from trioforge.storage import JobInfo, StepKind, StepStatus
 
 __all__ = [
     "AttemptEnd",
     "AttemptOutcome",
+    "ChildFailed",
+    "ChildHandle",
     "Client",
     "Clock",
     "ConfigurationError",
@@ -46,6 +54,7 @@ __all__ = [
     "JobRef",
     "JobState",
     "JobTimeoutError",
+    "NonDeterminismError",
     "PayloadError",
     "Priority",
     "QueueInfo",
@@ -55,10 +64,17 @@ __all__ = [
     "RuntimeStatistics",
     "SchemaError",
     "Stats",
+    "StepFailed",
+    "StepInfo",
+    "StepKind",
+    "StepStatus",
     "TrioforgeError",
     "UnknownJobError",
     "VirtualClock",
     "WallClock",
+    "WorkflowContext",
+    "WorkflowInfo",
+    "WorkflowTimeoutError",
     "open_client",
     "open_runtime",
 ]

@@ -20,10 +20,19 @@ from trioforge._errors import (
     TrioforgeError,
 )
 from trioforge._payloads import encode
+from trioforge._workflow_info import WorkflowInfo, workflow_info
 from trioforge._registry import JobDefinition, Registry
 from trioforge._rules import JobState, PriorityLike, parse_priority
 from trioforge.actors import Finished, RunningJobs, StopReason, StorageHandle
-from trioforge.storage import CancelResult, CronState, Enqueued, JobInfo, NewJob, ops
+from trioforge.storage import (
+    CancelResult,
+    CronState,
+    Enqueued,
+    JobInfo,
+    NewJob,
+    WorkflowRecord,
+    ops,
+)
 
 __all__ = ["DEFAULT_MAX_KEY_BYTES", "DEFAULT_MAX_PAYLOAD_BYTES", "Client", "JobRef", "Stats"]
 
@@ -123,7 +132,8 @@ class Client:
 
     def _definition(self, job: JobRef) -> JobDefinition:
         if isinstance(job, JobDefinition):
-            return job
+            # New runs of a workflow take its highest version registered here.
+            return job if self._registry is None else self._registry.latest(job)
         if isinstance(job, str):
             if self._registry is None:
                 raise TrioforgeError(
@@ -169,6 +179,7 @@ class Client:
                 run_at=when,
                 max_attempts=definition.retry.max_attempts,
                 idempotency_key=idempotency_key,
+                workflow=definition.workflow is not None,
             )
             for payload in payloads
         ]
@@ -271,6 +282,40 @@ class Client:
                     return info
                 with trio.move_on_after(self._poll_interval):
                     await finished.wait()
+
+    async def workflow(self, run_id: int) -> WorkflowInfo:
+        """A workflow run's status, version and record (each step's status, attempts,
+        times, result or error); raises JobNotFoundError, or InvalidArgumentError for a
+        job that is not a workflow run."""
+        job = await self.get(run_id)
+        record: WorkflowRecord | None = await self._storage.call(ops.ReadWorkflow(job.id))
+        if record is None:
+            raise JobNotFoundError(f"no job with id {run_id}")
+        if "@v" not in job.name:
+            raise InvalidArgumentError(f"job {run_id} ({job.name!r}) is not a workflow run")
+        return workflow_info(job, record)
+
+    async def signal(self, run_id: int, name: str, payload: Any = True) -> int:
+        """Send signal ``name`` to workflow run ``run_id``: kept until a
+        ``wait_for_signal(name)`` of the run takes it, and the run is woken. ``payload`` is
+        any JSON value or attrs instance (not None: that is what a timed-out wait returns).
+        Returns the signal's id. Raises JobNotFoundError, or InvalidStateError once the run
+        finished. Cancellation: the signal may still be stored."""
+        _check_job_id(run_id)
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError("a signal name must be a non-empty string")
+        if payload is None:
+            raise InvalidArgumentError(
+                "a signal's payload cannot be None (a timed-out wait returns None); send "
+                "True or a value"
+            )
+        kind = type(payload) if attrs.has(type(payload)) else Any
+        text = encode(f"signal {name!r}", kind, payload)
+        signal_id: int = await self._storage.call(ops.SendSignal(run_id, name, text))
+        if self._wake is not None:  # a run waiting in this process is due now
+            info = await self.get(run_id)
+            self._wake(info.queue, info.run_at)
+        return signal_id
 
     async def list(
         self,

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 __all__ = [
+    "ChildFailed",
     "ConfigurationError",
     "DatabaseUnavailableError",
     "Discard",
@@ -18,10 +19,13 @@ __all__ = [
     "InvalidStateError",
     "JobNotFoundError",
     "JobTimeoutError",
+    "NonDeterminismError",
     "PayloadError",
     "SchemaError",
+    "StepFailed",
     "TrioforgeError",
     "UnknownJobError",
+    "WorkflowTimeoutError",
     "unwrapped",
 ]
 
@@ -64,6 +68,36 @@ class SchemaError(TrioforgeError, RuntimeError):
 
 class JobTimeoutError(TrioforgeError, TimeoutError):
     """An attempt ran past its job's ``timeout``; it counts as a failed attempt."""
+
+
+class WorkflowTimeoutError(TrioforgeError, TimeoutError):
+    """A workflow run went past its ``timeout`` (counted from its start); it is undone."""
+
+
+class NonDeterminismError(TrioforgeError, RuntimeError):
+    """A run's code made other durable calls than its record holds (the code changed under
+    a running version); the run goes dead instead of mixing the two."""
+
+
+class StepFailed(TrioforgeError, RuntimeError):
+    """A workflow step failed on its last allowed attempt. Catch it to go on without the
+    step; uncaught, the run is undone (compensated) and ends."""
+
+    def __init__(self, step: str, attempts: int, error: str | None) -> None:
+        super().__init__(f"step {step!r} failed after {attempts} attempt(s): {error}")
+        self.step = step
+        self.attempts = attempts
+        self.error = error
+
+
+class ChildFailed(TrioforgeError, RuntimeError):
+    """A child job of a workflow run ended dead, cancelled or compensated (see ``gather``)."""
+
+    def __init__(self, job_id: int, status: str, error: str | None) -> None:
+        super().__init__(f"child job {job_id} ended {status}: {error}")
+        self.job_id = job_id
+        self.status = status
+        self.error = error
 
 
 class Discard(TrioforgeError):

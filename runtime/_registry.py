@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Iterator
@@ -26,6 +27,7 @@ __all__ = [
     "EndHook",
     "JobDefinition",
     "Registry",
+    "WorkflowSpec",
 ]
 
 Handler = Callable[..., Awaitable[Any]]
@@ -101,6 +103,27 @@ class CronSpec:
 
 
 @attrs.frozen
+class WorkflowSpec:
+    """What makes a job definition a workflow: its name and version, its run deadline."""
+
+    name: str
+    version: int
+    #: Seconds from the run's start until it is given up and undone (None: no limit).
+    timeout: float | None
+
+
+#: A workflow's default retry policy for errors raised by its own code outside steps (a
+#: step has its own). Attempts are counted only by such errors and by lost workers, never
+#: by suspensions, so the default is generous.
+WORKFLOW_RETRY = Retry(max_attempts=10)
+
+
+def workflow_job_name(name: str, version: int) -> str:
+    """The job name a workflow version's runs are stored under: claims pick versions."""
+    return f"{name}@v{version}"
+
+
+@attrs.frozen
 class JobDefinition:
     """A named job: its handler, payload type and defaults. Calling it calls the handler."""
 
@@ -113,6 +136,8 @@ class JobDefinition:
     timeout: float | None
     #: Set for jobs declared with ``registry.cron``: they are enqueued by the scheduler.
     cron: CronSpec | None = None
+    #: Set for workflows (``registry.workflow``): runs that replay, suspend and resume.
+    workflow: WorkflowSpec | None = None
 
     def __call__(self, ctx: JobContext, *args: Any) -> Awaitable[Any]:
         return self.handler(ctx, *args)
@@ -150,6 +175,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._jobs: dict[str, JobDefinition] = {}
+        self._latest: dict[str, JobDefinition] = {}  # workflow name -> its highest version
         self._frozen = False
         self.before_hooks: list[BeforeHook] = []
         #: Every after hook, in the one-argument form (see ``after_perform``).
@@ -246,6 +272,61 @@ class Registry:
 
         return register
 
+    def workflow(
+        self,
+        name: str,
+        *,
+        version: int = 1,
+        queue: str = "default",
+        priority: PriorityLike = "normal",
+        retry: Retry | None = None,
+        timeout: float | dt.timedelta | None = None,
+        payload: Any = None,
+    ) -> Callable[[Handler], JobDefinition]:
+        """Declare ``async def handler(ctx: WorkflowContext, payload: T)`` as version
+        ``version`` of workflow ``name``: a durable run of steps that survives restarts.
+
+        Several versions may be registered side by side; new runs take the highest, and
+        each run resumes only on the version it started with. ``timeout`` bounds the whole
+        run from its start (then it is undone); ``retry`` applies to errors the handler
+        raises outside its steps (default: 10 attempts). See docs/workflows.md.
+        """
+        self._check_open(f"workflow {name!r}")
+        if not isinstance(name, str) or not name or "@" in name:
+            raise ConfigurationError(
+                f"a workflow name must be a non-empty string without '@', got {name!r}"
+            )
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ConfigurationError(f"workflow {name!r}: version must be an int >= 1")
+        seconds = timeout.total_seconds() if isinstance(timeout, dt.timedelta) else timeout
+        if seconds is not None and not seconds > 0:
+            raise ConfigurationError(f"workflow {name!r}: timeout must be > 0 or None")
+        spec = WorkflowSpec(name, version, seconds)
+        job_name = workflow_job_name(name, version)
+
+        def register(handler: Handler) -> JobDefinition:
+            definition = self.job(
+                job_name,
+                queue=queue,
+                priority=priority,
+                retry=retry if retry is not None else WORKFLOW_RETRY,
+                payload=payload if payload is not None else _payload_type(handler, name),
+            )(handler)
+            definition = attrs.evolve(definition, workflow=spec)
+            self._jobs[job_name] = definition
+            latest = self._latest.get(name)
+            if latest is None or latest.workflow is None or latest.workflow.version < version:
+                self._latest[name] = definition
+            return definition
+
+        return register
+
+    def latest(self, definition: JobDefinition) -> JobDefinition:
+        """For a workflow, its highest version registered here (new runs take it)."""
+        if definition.workflow is None:
+            return definition
+        return self._latest.get(definition.workflow.name, definition)
+
     def schedules(self) -> list[JobDefinition]:
         """The cron jobs, by name."""
         return sorted((d for d in self._jobs.values() if d.cron), key=lambda d: d.name)
@@ -288,8 +369,9 @@ class Registry:
             )
 
     def get(self, name: str) -> JobDefinition:
+        """The job named ``name``; a workflow's plain name means its highest version."""
         try:
-            return self._jobs[name]
+            return self._jobs.get(name) or self._latest[name]
         except KeyError:
             known = ", ".join(sorted(self._jobs)) or "none"
             raise UnknownJobError(

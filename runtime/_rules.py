@@ -17,6 +17,9 @@ States::
                                        ├─ Failed(no retry) / Discarded ──► dead
                                        ├─ Cancelled ──► cancelled
                                        ├─ Released ──► available (attempt not counted)
+                                       ├─ Suspended ──► scheduled (a workflow run waits; the
+                                       │                attempt not counted)
+                                       ├─ Compensated ──► compensated (a workflow run undone)
                                        └─ Rescued ──► retrying | dead (owner stopped heartbeating)
     scheduled/available/retrying ─ Cancelled ──► cancelled;  ─ Discarded ──► dead
     dead/cancelled ─ Retried ──► available (attempts start over)
@@ -46,6 +49,7 @@ __all__ = [
     "AttemptOutcome",
     "Cancelled",
     "Claimed",
+    "Compensated",
     "Discarded",
     "Event",
     "Failed",
@@ -56,6 +60,7 @@ __all__ = [
     "Retried",
     "Retry",
     "Succeeded",
+    "Suspended",
     "attempt_outcome",
     "backoff_delay",
     "claim_key",
@@ -78,6 +83,8 @@ class JobState(enum.StrEnum):
     RETRYING = "retrying"
     DEAD = "dead"
     CANCELLED = "cancelled"
+    #: A workflow run that failed or was cancelled, its completed steps undone.
+    COMPENSATED = "compensated"
 
     @property
     def is_terminal(self) -> bool:
@@ -87,7 +94,9 @@ class JobState(enum.StrEnum):
 #: States a claim may take a job from (once its run_at is due).
 PENDING_STATES = frozenset({JobState.SCHEDULED, JobState.AVAILABLE, JobState.RETRYING})
 #: States nothing leaves except an operator's explicit retry.
-TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED})
+TERMINAL_STATES = frozenset(
+    {JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED, JobState.COMPENSATED}
+)
 
 
 class Priority(enum.IntEnum):
@@ -238,6 +247,20 @@ class Released:
 
 
 @attrs.frozen
+class Suspended:
+    """A workflow run stops until ``run_at`` (a durable sleep, a signal or its children):
+    its row waits as ``scheduled`` and holds no worker slot. If the run was woken while it
+    ran (a signal, a child finished), storage makes it due at once instead."""
+
+    run_at: float
+
+
+@attrs.frozen
+class Compensated:
+    pass
+
+
+@attrs.frozen
 class Rescued:
     retry_at: float | None
 
@@ -248,7 +271,16 @@ class Retried:
 
 
 Event: TypeAlias = (
-    Claimed | Succeeded | Failed | Discarded | Cancelled | Released | Rescued | Retried
+    Claimed
+    | Succeeded
+    | Failed
+    | Discarded
+    | Cancelled
+    | Released
+    | Suspended
+    | Compensated
+    | Rescued
+    | Retried
 )
 
 _S = JobState
@@ -262,6 +294,8 @@ TRANSITIONS: dict[type[Event], frozenset[JobState]] = {
     Discarded: PENDING_STATES | _RUNNING_ONLY,
     Cancelled: PENDING_STATES | _RUNNING_ONLY,
     Released: _RUNNING_ONLY,
+    Suspended: _RUNNING_ONLY,
+    Compensated: _RUNNING_ONLY,
     Rescued: _RUNNING_ONLY,
     Retried: frozenset({_S.DEAD, _S.CANCELLED}),
 }
@@ -273,6 +307,8 @@ _TARGET: dict[type[Event], Callable[[Event], JobState]] = {
     Discarded: lambda e: _S.DEAD,
     Cancelled: lambda e: _S.CANCELLED,
     Released: lambda e: _S.AVAILABLE,
+    Suspended: lambda e: _S.SCHEDULED,
+    Compensated: lambda e: _S.COMPENSATED,
     Rescued: lambda e: _S.DEAD if e.retry_at is None else _S.RETRYING,  # type: ignore[union-attr]
     Retried: lambda e: _S.AVAILABLE,
 }
@@ -309,6 +345,8 @@ class AttemptOutcome(enum.StrEnum):
     DISCARDED = "discarded"  # it raised Discard (or a group holding one)
     CANCELLED = "cancelled"  # cancelled by request: terminal
     RELEASED = "released"  # the runtime is stopping: handed back, the attempt not counted
+    SUSPENDED = "suspended"  # a workflow run waits (sleep, signal, children): not counted
+    COMPENSATED = "compensated"  # a workflow run ended with its completed steps undone
     LOST = "lost"  # its lease went to another worker: nothing of it is recorded
 
 
@@ -328,4 +366,6 @@ _ATTEMPT_OUTCOMES: dict[type[Event], AttemptOutcome] = {
     Discarded: AttemptOutcome.DISCARDED,
     Cancelled: AttemptOutcome.CANCELLED,
     Released: AttemptOutcome.RELEASED,
+    Suspended: AttemptOutcome.SUSPENDED,
+    Compensated: AttemptOutcome.COMPENSATED,
 }

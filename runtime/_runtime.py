@@ -26,9 +26,11 @@ from trioforge._errors import (
     unwrapped,
 )
 from trioforge._payloads import decode, encode_result
-from trioforge._registry import AttemptEnd, CronTick, Registry
+from trioforge._registry import AttemptEnd, CronTick, JobDefinition, Registry
 from trioforge._rules import AttemptOutcome, Retry
+from trioforge._workflow import WorkflowAttempt, WorkflowContext
 from trioforge.actors import (
+    Ended,
     Finished,
     QueueConfig,
     QueueSupervisor,
@@ -47,6 +49,7 @@ from trioforge.storage import (
     ClaimedJob,
     Notice,
     WakeNotice,
+    WorkflowRecord,
     backend_for_url,
     opened,
     ops,
@@ -72,9 +75,10 @@ class RuntimeStatistics:
 class _RegistryJobs:
     """Adapts a Registry to what workers need (the actors' ``JobTable``)."""
 
-    def __init__(self, registry: Registry, make_context: Any) -> None:
+    def __init__(self, registry: Registry, make_context: Any, parts: _Parts) -> None:
         self._registry = registry
         self._make_context = make_context
+        self._parts = parts
 
     def names(self) -> frozenset[str]:
         return self._registry.names()
@@ -83,8 +87,31 @@ class _RegistryJobs:
         definition = self._registry.get(name)
         return definition.retry, definition.timeout
 
-    def attempt(self, job: ClaimedJob) -> _Attempt:
-        return _Attempt(self._registry, self._make_context, job)
+    def attempt(self, job: ClaimedJob) -> _Attempt | WorkflowAttempt:
+        definition = self._registry.get(job.name)
+        if definition.workflow is None:
+            return _Attempt(self._registry, self._make_context, job)
+        return WorkflowAttempt(
+            definition,
+            job,
+            partial(self._workflow_context, definition),
+            storage=self._parts.storage,
+            clock=self._parts.settings.clock,
+        )
+
+    def _workflow_context(
+        self, definition: JobDefinition, job: ClaimedJob, record: WorkflowRecord
+    ) -> WorkflowContext:
+        assert definition.workflow is not None
+        context: WorkflowContext = self._make_context(
+            job,
+            WorkflowContext,
+            record=record,
+            registry=self._registry,
+            version=definition.workflow.version,
+            wake=self._parts.wake,
+        )
+        return context
 
 
 class _Attempt:
@@ -95,6 +122,9 @@ class _Attempt:
         self._make_context = make_context
         self._job = job
         self._started: tuple[JobContext, Any] | None = None  # context and payload
+
+    def cancelled(self) -> Ended | None:
+        return None
 
     async def run(self) -> str | None:
         job = self._job
@@ -310,7 +340,7 @@ class _Parts:
             owner=settings.owner,
             supervisors=self.supervisors,
         )
-        self.jobs = _RegistryJobs(registry, self._context)
+        self.jobs = _RegistryJobs(registry, self._context, self)
         self.cron_jobs = [
             CronJob(
                 name=d.name,

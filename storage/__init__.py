@@ -7,8 +7,10 @@ two leaf modules every layer shares: the pure rules and the error types.
 from trioforge.storage import _ops as ops
 from trioforge.storage._backend import Backend, opened
 from trioforge.storage._records import (
+    NEVER,
     CancelNotice,
     CancelResult,
+    ChildRecord,
     ClaimedJob,
     ClaimResult,
     CronState,
@@ -20,16 +22,24 @@ from trioforge.storage._records import (
     ProcessInfo,
     RenewResult,
     SchemaStatus,
+    SignalRecord,
+    StepKind,
+    StepRecord,
+    StepStatus,
+    StepWrite,
     WakeNotice,
+    WorkflowRecord,
 )
 from trioforge.storage._urls import backend_for_url
 from trioforge.storage.memory import MemoryBackend
 
 __all__ = [
+    "NEVER",
     "Backend",
     "CancelNotice",
     "CancelResult",
     "ClaimResult",
+    "ChildRecord",
     "ClaimedJob",
     "CronState",
     "Enqueued",
@@ -41,7 +51,13 @@ __all__ = [
     "ProcessInfo",
     "RenewResult",
     "SchemaStatus",
+    "SignalRecord",
+    "StepKind",
+    "StepRecord",
+    "StepStatus",
+    "StepWrite",
     "WakeNotice",
+    "WorkflowRecord",
     "backend_for_url",
     "opened",
     "ops",

@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 import attrs
 
 from trioforge._rules import JobState
-from trioforge.storage._records import NewJob, Outcome
+from trioforge.storage._records import NewJob, Outcome, StepRecord
 
 __all__ = [
     "Beat",
@@ -29,15 +29,19 @@ __all__ = [
     "Lead",
     "Leave",
     "ListJobs",
+    "LoadWorkflow",
     "Op",
     "PauseQueue",
     "PausedQueues",
     "Processes",
     "Progress",
+    "ReadWorkflow",
+    "RecordStep",
     "ReleaseOrphans",
     "Renew",
     "Rescue",
     "RetryJob",
+    "SendSignal",
     "Stats",
     "handlers",
 ]
@@ -225,6 +229,47 @@ class CronStates:
     """-> dict[str, CronState]: the durable state of every schedule."""
 
 
+@attrs.frozen
+class LoadWorkflow:
+    """-> WorkflowRecord | None (None: ``lease`` is not the run's current one). Also clears
+    the run's wake-up flag: a signal or child end after this read wakes the run again."""
+
+    run_id: int
+    lease: int
+
+
+@attrs.frozen
+class ReadWorkflow:
+    """-> WorkflowRecord | None (None: no such job): a look, changing nothing."""
+
+    run_id: int
+
+
+@attrs.frozen
+class RecordStep:
+    """-> StepWrite: write (insert or replace) entry ``step.seq`` of the run's record,
+    fenced by the run's lease, together with what belongs to it in the same transaction:
+    the signal it consumed, the child job it started (``step.result`` is then ignored and
+    the child's id stored), and whether the run's cancel request is now handled."""
+
+    run_id: int
+    lease: int
+    step: StepRecord
+    consume_signal: int | None = None
+    child: NewJob | None = None
+    clear_cancel: bool = False
+
+
+@attrs.frozen
+class SendSignal:
+    """-> int (the signal's id): keep ``payload`` (JSON text) for run ``run_id``'s waits
+    and wake the run. Raises JobNotFoundError, or InvalidStateError once it finished."""
+
+    run_id: int
+    name: str
+    payload: str
+
+
 def handlers(backend: object) -> dict[type, Any]:
     """Each operation type mapped to the backend's method for it, named ``_<op_name>``
     (e.g. ``_enqueue``, ``_list_jobs``); a missing method fails at construction."""
@@ -253,6 +298,10 @@ Op: TypeAlias = (
     | Lead
     | FireCron
     | CronStates
+    | LoadWorkflow
+    | ReadWorkflow
+    | RecordStep
+    | SendSignal
 )
 
 _NAMES: dict[type, str] = {
@@ -277,4 +326,8 @@ _NAMES: dict[type, str] = {
     Lead: "lead",
     FireCron: "fire_cron",
     CronStates: "cron_states",
+    LoadWorkflow: "load_workflow",
+    ReadWorkflow: "read_workflow",
+    RecordStep: "record_step",
+    SendSignal: "send_signal",
 }

@@ -13,10 +13,21 @@ from typing import Any
 
 import attrs
 
-from trioforge._rules import Cancelled, Discarded, Failed, JobState, Released, Succeeded
+from trioforge._rules import (
+    Cancelled,
+    Compensated,
+    Discarded,
+    Failed,
+    JobState,
+    Released,
+    Succeeded,
+    Suspended,
+)
 
 __all__ = [
+    "NEVER",
     "CancelResult",
+    "ChildRecord",
     "ClaimResult",
     "CancelNotice",
     "ClaimedJob",
@@ -32,12 +43,22 @@ __all__ = [
     "OutcomeEvent",
     "RenewResult",
     "SchemaStatus",
+    "SignalRecord",
+    "StepKind",
+    "StepRecord",
+    "StepStatus",
+    "StepWrite",
     "WakeNotice",
+    "WorkflowRecord",
     "decode_json",
     "job_info",
 ]
 
-OutcomeEvent = Succeeded | Failed | Discarded | Cancelled | Released
+OutcomeEvent = Succeeded | Failed | Discarded | Cancelled | Released | Suspended | Compensated
+
+#: The run_at of a workflow run that waits with no deadline (a signal without a timeout,
+#: children): only a signal or a child's end makes it due. Epoch seconds, ~31 million years.
+NEVER = 1e15
 
 
 def decode_json(text: str | None) -> Any:
@@ -55,6 +76,10 @@ class NewJob:
     run_at: float
     max_attempts: int
     idempotency_key: str | None = None
+    #: The workflow run that started this job as its child (its end wakes the parent).
+    parent_id: int | None = None
+    #: A workflow run: cancelling it while it waits hands it to a worker to compensate.
+    workflow: bool = False
 
 
 @attrs.frozen
@@ -227,3 +252,87 @@ def job_info(row: Sequence[Any]) -> JobInfo:
         idempotency_key=key,
         cancel_requested=bool(cancel),
     )
+
+
+class StepKind(enum.StrEnum):
+    """What a workflow run's record entry is (replay checks the code makes the same calls)."""
+
+    STEP = "step"
+    SLEEP = "sleep"
+    SIGNAL = "signal"
+    CHILD = "child"
+    #: Where the run stopped going forward and began undoing its steps (result: why).
+    COMPENSATING = "compensating"
+    #: The compensation of the completed step of the same name.
+    COMPENSATION = "compensation"
+
+
+class StepStatus(enum.StrEnum):
+    PENDING = "pending"
+    #: Started and not finished: a sleep or a signal wait not yet over.
+    RUNNING = "running"
+    COMPLETED = "completed"
+    #: The last attempt failed: retried at ``wake_at``, or for good when that is None.
+    FAILED = "failed"
+    #: Completed, then undone by its compensation (shown, never stored).
+    COMPENSATED = "compensated"
+
+
+@attrs.frozen
+class StepRecord:
+    """Entry ``seq`` of a workflow run's durable record; ``result`` is JSON text."""
+
+    seq: int
+    kind: StepKind
+    name: str
+    status: StepStatus
+    attempt: int = 0
+    result: str | None = None
+    error: str | None = None
+    #: A sleep's wake time, a signal wait's deadline, a failed step's next attempt.
+    wake_at: float | None = None
+    #: Whether the step has a compensation to run if the run fails.
+    compensable: bool = False
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@attrs.frozen
+class SignalRecord:
+    """A signal sent to a run and not yet consumed by a wait; ``payload`` is JSON text."""
+
+    id: int
+    name: str
+    payload: str
+    sent_at: float
+
+
+@attrs.frozen
+class ChildRecord:
+    """A job a run started as its child, as it stands."""
+
+    id: int
+    name: str
+    status: JobState
+    result: str | None
+    error: str | None
+
+
+@attrs.frozen
+class WorkflowRecord:
+    """Everything a run's replay needs: its record, pending signals and children."""
+
+    run_id: int
+    created_at: float
+    cancel_requested: bool
+    steps: tuple[StepRecord, ...]
+    signals: tuple[SignalRecord, ...]
+    children: tuple[ChildRecord, ...]
+
+
+@attrs.frozen
+class StepWrite:
+    #: False: the run's lease was lost, nothing was written.
+    applied: bool
+    #: The id of the child job inserted with the step, if any.
+    child_id: int | None = None

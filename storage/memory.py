@@ -28,6 +28,7 @@ from trioforge._rules import (
     JobState,
     Released,
     Retried,
+    Suspended,
     claim_key,
     is_due,
     next_state,
@@ -36,6 +37,7 @@ from trioforge._rules import (
 from trioforge.storage import _ops as ops
 from trioforge.storage._records import (
     CancelResult,
+    ChildRecord,
     ClaimedJob,
     ClaimResult,
     CronState,
@@ -47,6 +49,10 @@ from trioforge.storage._records import (
     ProcessInfo,
     RenewResult,
     SchemaStatus,
+    SignalRecord,
+    StepRecord,
+    StepWrite,
+    WorkflowRecord,
     decode_json,
 )
 
@@ -78,6 +84,10 @@ class _Row:
     progress: float | None = None
     progress_message: str | None = None
     cancel_requested: bool = False
+    parent_id: int | None = None
+    workflow: bool = False
+    #: A signal or a child's end arrived while the run was running (see Suspended).
+    wake_requested: bool = False
     #: Bumped whenever the row is (re)indexed as pending; older index entries are stale.
     version: int = 0
 
@@ -123,6 +133,10 @@ class MemoryBackend:
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, until)
         self._cron: dict[str, CronState] = {}
         self._paused: set[str] = set()
+        self._steps: dict[int, dict[int, StepRecord]] = {}  # run id -> seq -> entry
+        self._signals: dict[int, list[SignalRecord]] = {}  # run id -> unconsumed, oldest first
+        self._next_signal = 1
+        self._children: dict[int, list[int]] = {}  # run id -> child job ids, in start order
         self._handlers: dict[type, Callable[[Any, float], object]] = ops.handlers(self)
 
     notifies = False
@@ -145,7 +159,7 @@ class MemoryBackend:
     async def drop(self) -> None:
         for index in (
             self._rows, self._open_keys, self._future, self._due, self._processes, self._leases,
-            self._cron, self._paused,
+            self._cron, self._paused, self._steps, self._signals, self._children,
         ):  # fmt: skip
             index.clear()
 
@@ -197,7 +211,21 @@ class MemoryBackend:
             row.finished_at = now
             if row.idempotency_key is not None:
                 self._open_keys.pop(row.idempotency_key, None)
+            if row.parent_id is not None:
+                self._wake_run(row.parent_id, now)
         return True
+
+    def _wake_run(self, run_id: int, now: float) -> None:
+        """A waiting run becomes due now; a running one will be when it suspends."""
+        row = self._rows.get(run_id)
+        if row is None:
+            return
+        if row.status in PENDING_STATES:
+            if row.run_at > now:
+                row.run_at = now
+                self._index(row)
+        elif row.status is JobState.RUNNING:
+            row.wake_requested = True
 
     def _owned(self, job_id: int, lease: int) -> _Row | None:
         row = self._rows.get(job_id)
@@ -215,6 +243,8 @@ class MemoryBackend:
                 out.append(Enqueued(self._open_keys[key], created=False))
                 continue
             json.loads(job.payload)  # refuse anything that is not JSON text
+            if job.parent_id is not None:
+                self._row(job.parent_id)  # a child of no run would never wake one
             row = _Row(
                 id=self._next_id,
                 name=job.name,
@@ -226,8 +256,12 @@ class MemoryBackend:
                 idempotency_key=key,
                 created_at=now,
                 status=JobState.SCHEDULED if job.run_at > now else JobState.AVAILABLE,
+                parent_id=job.parent_id,
+                workflow=job.workflow,
             )
             self._next_id += 1
+            if job.parent_id is not None:
+                self._children.setdefault(job.parent_id, []).append(row.id)
             self._rows[row.id] = row
             self._index(row)
             if key is not None:
@@ -297,9 +331,11 @@ class MemoryBackend:
         if row is None:
             return False
         event = outcome.event
-        if isinstance(event, Released):
-            row.attempt -= 1  # a graceful shutdown is not the job's failure
+        if isinstance(event, Released | Suspended):
+            row.attempt -= 1  # a graceful shutdown or a wait is not the job's failure
         retry_at = event.retry_at if isinstance(event, Failed) else None
+        if isinstance(event, Suspended):
+            retry_at = now if row.wake_requested else event.run_at
         if not self._apply(row, event, now, run_at=retry_at):
             return False
         row.result = outcome.result
@@ -358,8 +394,14 @@ class MemoryBackend:
         row = self._row(op.job_id)
         if row.status in TERMINAL_STATES:
             return CancelResult.FINISHED
+        for child in self._children.get(row.id, ()):
+            self._cancel(ops.Cancel(child), now)
         if row.status is JobState.RUNNING:
             row.cancel_requested = True
+            return CancelResult.REQUESTED
+        if row.workflow:  # a worker undoes its completed steps first
+            row.cancel_requested = True
+            self._wake_run(row.id, now)
             return CancelResult.REQUESTED
         self._apply(row, Cancelled(), now)
         return CancelResult.CANCELLED
@@ -403,7 +445,7 @@ class MemoryBackend:
                 continue
             if row.lease_until > now:
                 continue
-            if row.cancel_requested:
+            if row.cancel_requested and not row.workflow:  # a run compensates first
                 self._apply(row, Cancelled(), now)
             else:
                 event = rescue_outcome(row.attempt, row.max_attempts, now)
@@ -474,3 +516,61 @@ class MemoryBackend:
     def _cron_states(self, op: ops.CronStates, now: float) -> dict[str, CronState]:
         del op, now
         return dict(self._cron)
+
+    # --- workflows ---------------------------------------------------------------------
+
+    def _record_of(self, row: _Row) -> WorkflowRecord:
+        children = (self._rows[i] for i in self._children.get(row.id, ()))
+        return WorkflowRecord(
+            run_id=row.id,
+            created_at=row.created_at,
+            cancel_requested=row.cancel_requested,
+            steps=tuple(e for _, e in sorted(self._steps.get(row.id, {}).items())),
+            signals=tuple(self._signals.get(row.id, ())),
+            children=tuple(
+                ChildRecord(c.id, c.name, c.status, c.result, c.error) for c in children
+            ),
+        )
+
+    def _load_workflow(self, op: ops.LoadWorkflow, now: float) -> WorkflowRecord | None:
+        del now
+        row = self._owned(op.run_id, op.lease)
+        if row is None:
+            return None
+        row.wake_requested = False
+        return self._record_of(row)
+
+    def _read_workflow(self, op: ops.ReadWorkflow, now: float) -> WorkflowRecord | None:
+        del now
+        row = self._rows.get(op.run_id)
+        return None if row is None else self._record_of(row)
+
+    def _record_step(self, op: ops.RecordStep, now: float) -> StepWrite:
+        row = self._owned(op.run_id, op.lease)
+        if row is None:
+            return StepWrite(applied=False)
+        step, child_id = op.step, None
+        if op.child is not None:
+            [enqueued] = self._enqueue(ops.Enqueue((op.child,)), now)
+            child_id = enqueued.id
+            step = attrs.evolve(step, result=json.dumps(child_id))
+        if op.consume_signal is not None:
+            waiting = self._signals.get(op.run_id, [])
+            self._signals[op.run_id] = [s for s in waiting if s.id != op.consume_signal]
+        if op.clear_cancel:
+            row.cancel_requested = False
+        self._steps.setdefault(op.run_id, {})[step.seq] = step
+        return StepWrite(applied=True, child_id=child_id)
+
+    def _send_signal(self, op: ops.SendSignal, now: float) -> int:
+        row = self._row(op.run_id)
+        if row.status in TERMINAL_STATES:
+            raise InvalidStateError(
+                f"run {row.id} has finished ({row.status}); a signal to it would never be read"
+            )
+        json.loads(op.payload)  # refuse anything that is not JSON text
+        signal = SignalRecord(self._next_signal, op.name, op.payload, now)
+        self._next_signal += 1
+        self._signals.setdefault(op.run_id, []).append(signal)
+        self._wake_run(op.run_id, now)
+        return signal.id

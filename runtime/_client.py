@@ -20,9 +20,9 @@ from trioforge._errors import (
     TrioforgeError,
 )
 from trioforge._payloads import encode
-from trioforge._workflow_info import WorkflowInfo, workflow_info
 from trioforge._registry import JobDefinition, Registry
 from trioforge._rules import JobState, PriorityLike, parse_priority
+from trioforge._workflow_info import WorkflowInfo, workflow_info
 from trioforge.actors import Finished, RunningJobs, StopReason, StorageHandle
 from trioforge.storage import (
     CancelResult,

@@ -74,6 +74,7 @@ from trioforge.storage import (
     WorkflowRecord,
     ops,
 )
+from trioforge.storage._records import OutcomeEvent
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -120,7 +121,8 @@ def _suspension(exc: BaseException) -> float | None:
     return None
 
 
-def _holds(exc: BaseException, kind: type[BaseException]) -> bool:
+def _holds(exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
+    """Whether ``exc`` is, or (a group) holds anywhere, an exception of ``kind``."""
     if isinstance(exc, BaseExceptionGroup):
         return exc.split(kind)[0] is not None
     return isinstance(exc, kind)
@@ -246,7 +248,9 @@ class WorkflowContext(JobContext):
         clear_cancel: bool = False,
     ) -> StepWrite:
         """Record ``entry``, retrying while the database is away and the lease holds."""
-        op = ops.RecordStep(self.run_id, self._job.lease, entry, consume_signal, child, clear_cancel)
+        op = ops.RecordStep(
+            self.run_id, self._job.lease, entry, consume_signal, child, clear_cancel
+        )
         wait = _WRITE_RETRY_FIRST
         while True:
             try:
@@ -274,7 +278,7 @@ class WorkflowContext(JobContext):
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         retry: Retry,
-        timeout: float | None,
+        limit: float | None,
         entry: StepRecord | None,
         compensable: bool,
     ) -> str:
@@ -288,12 +292,12 @@ class WorkflowContext(JobContext):
         started = self._clock.now()
         self._step_key = f"{self.run_id}:{seq}:{name}"
         try:
-            with trio.fail_after(math.inf if timeout is None else timeout):
+            with trio.fail_after(math.inf if limit is None else limit):
                 value = fn(*args)
                 if inspect.isawaitable(value):
                     value = await value
         except trio.TooSlowError:
-            error: BaseException = JobTimeoutError(f"step {name!r} ran past {timeout}s")
+            error: BaseException = JobTimeoutError(f"step {name!r} ran past {limit}s")
         except Exception as exc:
             error = exc
         else:
@@ -307,8 +311,19 @@ class WorkflowContext(JobContext):
         now = self._clock.now()
         failed = failure_outcome(retry, attempt, error, now)
         await self._write(
-            StepRecord(seq, kind, name, StepStatus.FAILED, attempt, None, format_error(error),
-                       failed.retry_at, compensable, started, now)  # fmt: skip
+            StepRecord(
+                seq,
+                kind,
+                name,
+                StepStatus.FAILED,
+                attempt,
+                None,
+                format_error(error),
+                failed.retry_at,
+                compensable,
+                started,
+                now,
+            )
         )
         if failed.retry_at is None:
             raise StepFailed(name, attempt, str(error) or type(error).__name__) from error
@@ -322,7 +337,7 @@ class WorkflowContext(JobContext):
         fn: Callable[..., Any],
         *args: Any,
         retry: Retry | None = None,
-        timeout: float | dt.timedelta | None = None,
+        timeout: float | dt.timedelta | None = None,  # noqa: ASYNC109 (per attempt, recorded)
         compensate: Callable[..., Any] | None = None,
     ) -> Any:
         """Run ``fn(*args)`` (sync or async) once per successful completion and record its
@@ -351,7 +366,9 @@ class WorkflowContext(JobContext):
         policy = retry or DEFAULT_STEP_RETRY
         seconds = _seconds(timeout, "a step's timeout")
         seq, entry = self._next(StepKind.STEP, name)
-        undo = None if compensate is None else _Compensation(name, compensate, args, policy, seconds)
+        undo = (
+            None if compensate is None else _Compensation(name, compensate, args, policy, seconds)
+        )
         if entry is None or entry.status is not StepStatus.COMPLETED:
             await self._run_step(
                 seq, StepKind.STEP, name, fn, args, policy, seconds, entry, undo is not None
@@ -405,7 +422,11 @@ class WorkflowContext(JobContext):
         await self._write(attrs.evolve(entry, status=StepStatus.COMPLETED, finished_at=now))
 
     async def wait_for_signal(
-        self, name: str, *, timeout: float | dt.timedelta | None = None, type: Any = Any
+        self,
+        name: str,
+        *,
+        timeout: float | dt.timedelta | None = None,  # noqa: ASYNC109 (durable, recorded)
+        type: Any = Any,
     ) -> Any:
         """Wait durably for signal ``name`` (sent with ``client.signal(run_id, name,
         payload)``) and return its payload, decoded to ``type`` if given; None once
@@ -577,7 +598,9 @@ class WorkflowAttempt:
         payload = self._payload()
         timeout = self._spec.timeout
         ends_at = math.inf if timeout is None else record.created_at + timeout
-        late = WorkflowTimeoutError(f"workflow run {ctx.run_id} went past its timeout of {timeout}s")
+        late = WorkflowTimeoutError(
+            f"workflow run {ctx.run_id} went past its timeout of {timeout}s"
+        )
         if ctx._clock.now() >= ends_at:  # woken at its deadline: undo it, go no further
             await self._collect(ctx, stop_at=None)
             return await self._undo(ctx, "dead", format_error(late), late)
@@ -592,7 +615,7 @@ class WorkflowAttempt:
             reason = discard_reason(exc)
             if reason is not None:
                 return await self._undo(ctx, "discarded", reason, exc)
-            final = _holds(exc, StepFailed | ChildFailed | WorkflowTimeoutError)
+            final = _holds(exc, (StepFailed, ChildFailed, WorkflowTimeoutError))
             retry = self._definition.retry
             if not final and failure_outcome(retry, self._job.attempt, exc, 0.0).retry_at is None:
                 final = True
@@ -631,8 +654,8 @@ class WorkflowAttempt:
         """The run ends ``outcome`` (dead, discarded, cancelled): undo its completed steps
         first, if it has any to undo."""
         if not ctx._compensations:
-            event = {"cancelled": Cancelled(), "discarded": Discarded()}.get(outcome, Failed(None))
-            return Ended(event, error=reason)
+            ends: dict[str, OutcomeEvent] = {"cancelled": Cancelled(), "discarded": Discarded()}
+            return Ended(ends.get(outcome, Failed(None)), error=reason)
         seq = ctx._free_seq()
         why = json.dumps({"outcome": outcome, "reason": reason})
         marker = StepRecord(seq, StepKind.COMPENSATING, "compensating", StepStatus.COMPLETED, 1,

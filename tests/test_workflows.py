@@ -4,6 +4,7 @@ compensation, versioning and non-determinism."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections import Counter
 
 import attrs
@@ -13,6 +14,7 @@ import trio
 import trioforge
 from trioforge import JobState, Retry, StepKind, StepStatus, WorkflowContext
 from trioforge.testing import open_test_runtime
+
 
 @attrs.frozen
 class Req:
@@ -24,7 +26,9 @@ class Token:
     value: str
 
 
-async def test_steps_run_once_across_a_durable_sleep_and_results_decode(autojump_clock: trio.abc.Clock) -> None:
+async def test_steps_run_once_across_a_durable_sleep_and_results_decode(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     registry = trioforge.Registry()
     calls: Counter[str] = Counter()
     seen: list[Token] = []
@@ -107,7 +111,9 @@ async def test_signals_sent_early_are_kept_and_a_wait_times_out_to_none(
             await rt.signal(late, "go")
 
 
-async def test_children_are_gathered_and_a_failed_child_raises(autojump_clock: trio.abc.Clock) -> None:
+async def test_children_are_gathered_and_a_failed_child_raises(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     registry = trioforge.Registry()
 
     @registry.job("square")
@@ -134,7 +140,9 @@ async def test_children_are_gathered_and_a_failed_child_raises(autojump_clock: t
         assert [s.kind for s in view.steps] == [StepKind.CHILD, StepKind.CHILD]
 
 
-async def test_a_step_out_of_attempts_undoes_completed_steps_newest_first(autojump_clock: trio.abc.Clock) -> None:
+async def test_a_step_out_of_attempts_undoes_completed_steps_newest_first(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     registry = trioforge.Registry()
     log: list[str] = []
 
@@ -168,7 +176,9 @@ async def test_a_step_out_of_attempts_undoes_completed_steps_newest_first(autoju
     assert [s.attempts for s in view.steps if s.name == "c"] == [2]
 
 
-async def test_cancelling_a_waiting_run_undoes_it_and_cancels_its_children(autojump_clock: trio.abc.Clock) -> None:
+async def test_cancelling_a_waiting_run_undoes_it_and_cancels_its_children(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     registry = trioforge.Registry()
     undone: list[str] = []
 
@@ -198,7 +208,9 @@ async def test_cancelling_a_waiting_run_undoes_it_and_cancels_its_children(autoj
     assert undone == ["reserve"]
 
 
-async def test_cancelling_a_running_run_undoes_its_completed_steps(autojump_clock: trio.abc.Clock) -> None:
+async def test_cancelling_a_running_run_undoes_its_completed_steps(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     registry = trioforge.Registry()
     undone: list[str] = []
     started = trio.Event()
@@ -222,7 +234,9 @@ async def test_cancelling_a_running_run_undoes_its_completed_steps(autojump_cloc
     assert undone == ["book"]
 
 
-async def test_new_runs_take_the_highest_version_and_old_runs_keep_theirs(autojump_clock: trio.abc.Clock) -> None:
+async def test_new_runs_take_the_highest_version_and_old_runs_keep_theirs(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     registry = trioforge.Registry()
 
     @registry.workflow("flow", version=1)
@@ -242,7 +256,9 @@ async def test_new_runs_take_the_highest_version_and_old_runs_keep_theirs(autoju
         assert (await rt.workflow(old)).version == 1
 
 
-async def test_changed_code_under_a_running_version_fails_the_run_loudly(autojump_clock: trio.abc.Clock) -> None:
+async def test_changed_code_under_a_running_version_fails_the_run_loudly(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     registry = trioforge.Registry()
     order = ["a", "b"]
 
@@ -262,7 +278,9 @@ async def test_changed_code_under_a_running_version_fails_the_run_loudly(autojum
     assert "version=2" in (info.error or "")
 
 
-async def test_a_failing_step_backs_off_durably_and_then_succeeds(autojump_clock: trio.abc.Clock) -> None:
+async def test_a_failing_step_backs_off_durably_and_then_succeeds(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     registry = trioforge.Registry()
     times: list[float] = []
 
@@ -281,8 +299,9 @@ async def test_a_failing_step_backs_off_durably_and_then_succeeds(autojump_clock
         info = await rt.wait(run_id)
         [step] = (await rt.workflow(run_id)).steps
     assert (info.status, info.result, step.attempts) == (JobState.COMPLETED, "ok", 3)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert gaps[0] >= 100 and gaps[1] >= 200
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[0] >= 100
+    assert gaps[1] >= 200
 
 
 async def test_a_run_past_its_timeout_is_undone(autojump_clock: trio.abc.Clock) -> None:

@@ -52,6 +52,8 @@ __all__ = [
     "WorkflowRecord",
     "decode_json",
     "job_info",
+    "step_record",
+    "step_row",
 ]
 
 OutcomeEvent = Succeeded | Failed | Discarded | Cancelled | Released | Suspended | Compensated
@@ -336,3 +338,20 @@ class StepWrite:
     applied: bool
     #: The id of the child job inserted with the step, if any.
     child_id: int | None = None
+
+
+def step_record(row: Sequence[Any]) -> StepRecord:
+    """A :class:`StepRecord` from a row of the SQL backends' step columns, in order."""
+    seq, kind, name, status, attempt, result, error, wake_at, compensable, started, finished = row
+    return StepRecord(
+        seq, StepKind(kind), name, StepStatus(status), attempt, result, error, wake_at,
+        bool(compensable), started, finished,
+    )  # fmt: skip
+
+
+def step_row(step: StepRecord) -> tuple[Any, ...]:
+    """The SQL backends' step columns of ``step``, in :func:`step_record`'s order."""
+    return (
+        step.seq, step.kind.value, step.name, step.status.value, step.attempt, step.result,
+        step.error, step.wake_at, step.compensable, step.started_at, step.finished_at,
+    )  # fmt: skip

@@ -20,6 +20,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import asyncpg
+import attrs
 import trio
 import trio_asyncio
 
@@ -29,12 +30,20 @@ from trioforge._errors import (
     JobNotFoundError,
     SchemaError,
 )
-from trioforge._rules import TERMINAL_STATES, JobState, Released, claim_key, next_state
+from trioforge._rules import (
+    TERMINAL_STATES,
+    JobState,
+    Released,
+    Suspended,
+    claim_key,
+    next_state,
+)
 from trioforge.storage import _ops as ops
 from trioforge.storage._records import (
     JOB_COLUMNS,
     CancelNotice,
     CancelResult,
+    ChildRecord,
     ClaimedJob,
     ClaimResult,
     CronState,
@@ -46,15 +55,22 @@ from trioforge.storage._records import (
     ProcessInfo,
     RenewResult,
     SchemaStatus,
+    SignalRecord,
+    StepWrite,
     WakeNotice,
+    WorkflowRecord,
     job_info,
+    step_record,
+    step_row,
 )
 from trioforge.storage._urls import redact
 
 __all__ = ["PostgresBackend"]
 
 _PENDING = "('scheduled', 'available', 'retrying')"
-_TERMINAL = "('completed', 'dead', 'cancelled')"
+_TERMINAL = "('completed', 'dead', 'cancelled', 'compensated')"
+#: The terminal states before workflows (the first migration's indexes name them).
+_TERMINAL_V1 = "('completed', 'dead', 'cancelled')"
 #: Serialises concurrent migrations across processes (any fixed 64-bit number).
 _MIGRATION_LOCK = 0x7472696F666F7267
 
@@ -88,7 +104,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX trioforge_jobs_upcoming ON trioforge_jobs (queue, run_at)
         WHERE status IN {_PENDING};
     CREATE UNIQUE INDEX trioforge_jobs_idempotency ON trioforge_jobs (idempotency_key)
-        WHERE idempotency_key IS NOT NULL AND status NOT IN {_TERMINAL};
+        WHERE idempotency_key IS NOT NULL AND status NOT IN {_TERMINAL_V1};
     CREATE INDEX trioforge_jobs_leases ON trioforge_jobs (lease_until) WHERE status = 'running';
     """,
     """
@@ -118,18 +134,52 @@ MIGRATIONS: tuple[str, ...] = (
         paused_at DOUBLE PRECISION NOT NULL
     );
     """,
+    f"""
+    ALTER TABLE trioforge_jobs ADD COLUMN parent_id BIGINT,
+        ADD COLUMN workflow BOOLEAN NOT NULL DEFAULT FALSE,
+        ADD COLUMN wake_requested BOOLEAN NOT NULL DEFAULT FALSE;
+    CREATE INDEX trioforge_jobs_parent ON trioforge_jobs (parent_id) WHERE parent_id IS NOT NULL;
+    DROP INDEX trioforge_jobs_idempotency;
+    CREATE UNIQUE INDEX trioforge_jobs_idempotency ON trioforge_jobs (idempotency_key)
+        WHERE idempotency_key IS NOT NULL AND status NOT IN {_TERMINAL};
+    CREATE TABLE trioforge_workflow_steps (
+        run_id BIGINT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        result TEXT,
+        error TEXT,
+        wake_at DOUBLE PRECISION,
+        compensable BOOLEAN NOT NULL,
+        started_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION,
+        PRIMARY KEY (run_id, seq)
+    );
+    CREATE TABLE trioforge_workflow_signals (
+        id BIGSERIAL PRIMARY KEY,
+        run_id BIGINT NOT NULL,
+        name TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        sent_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX trioforge_workflow_signals_run ON trioforge_workflow_signals (run_id, id);
+    """,
 )
 
 
 #: One statement: the insert, and one wake-up notice per queue (sent at commit).
 _INSERT_MANY = """
 WITH inserted AS (
-    INSERT INTO trioforge_jobs
-        (name, queue, payload, priority, run_at, max_attempts, created_at, status)
-    SELECT name, queue, payload, priority, run_at, max_attempts, $7, status
+    INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, max_attempts,
+        created_at, status, parent_id, workflow)
+    SELECT name, queue, payload, priority, run_at, max_attempts, $7, status, parent_id,
+        workflow
     FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::int[],
-                $8::text[])
-        WITH ORDINALITY AS t(name, queue, payload, priority, run_at, max_attempts, status, ord)
+                $8::text[], $10::bigint[], $11::bool[])
+        WITH ORDINALITY AS t(name, queue, payload, priority, run_at, max_attempts, status,
+                             parent_id, workflow, ord)
     ORDER BY ord
     RETURNING id, queue, run_at
 ), notified AS (
@@ -139,9 +189,9 @@ SELECT id FROM inserted WHERE (SELECT count(*) FROM notified) >= 0
 """
 
 _INSERT_KEYED = f"""
-INSERT INTO trioforge_jobs
-    (name, queue, payload, priority, run_at, max_attempts, idempotency_key, created_at, status)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, max_attempts,
+    idempotency_key, created_at, status, parent_id, workflow)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (idempotency_key)
     WHERE idempotency_key IS NOT NULL AND status NOT IN {_TERMINAL} DO NOTHING
 RETURNING id
@@ -218,17 +268,58 @@ WHERE queue = $1 AND status IN {_PENDING} AND run_at > $2 AND name = ANY($3::tex
   AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
 """
 
-_FINISH = """
-UPDATE trioforge_jobs AS j
-SET status = u.status, run_at = coalesce(u.run_at, j.run_at), attempt = j.attempt - u.released,
-    lease_owner = NULL, lease_until = NULL, finished_at = u.finished_at, result = u.result,
-    error = u.error
-FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[], $5::int[], $6::float8[],
-            $7::text[], $8::text[])
-    AS u(id, lease, status, run_at, released, finished_at, result, error)
-WHERE j.id = u.id AND j.status = 'running' AND j.lease = u.lease
-RETURNING j.id, j.lease
+#: One statement (so it needs no transaction of its own): the outcomes, and the workflow
+#: runs whose children just ended woken (due now if waiting, with a NOTIFY to their queue;
+#: flagged if running). A run suspending in this same batch is made due here instead: one
+#: statement must not update its row twice.
+_FINISH = f"""
+WITH u AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[], $5::int[],
+                         $6::float8[], $7::text[], $8::text[])
+        AS u(id, lease, status, run_at, released, finished_at, result, error)
+), done AS (
+    UPDATE trioforge_jobs AS j
+    SET status = u.status, attempt = j.attempt - u.released,
+        run_at = CASE
+            WHEN u.status = 'scheduled' AND (j.wake_requested OR EXISTS (
+                SELECT FROM u AS c JOIN trioforge_jobs AS cj ON cj.id = c.id
+                WHERE cj.parent_id = j.id AND c.status IN {_TERMINAL})) THEN $9::float8
+            ELSE coalesce(u.run_at, j.run_at) END,
+        lease_owner = NULL, lease_until = NULL, finished_at = u.finished_at,
+        result = u.result, error = u.error
+    FROM u WHERE j.id = u.id AND j.status = 'running' AND j.lease = u.lease
+    RETURNING j.id, j.lease, j.parent_id, j.status
+), woken AS (
+    UPDATE trioforge_jobs AS p
+    SET run_at = CASE WHEN p.status IN {_PENDING} AND p.run_at > $9 THEN $9 ELSE p.run_at END,
+        wake_requested = p.wake_requested OR p.status = 'running'
+    WHERE p.id IN (SELECT parent_id FROM done WHERE status IN {_TERMINAL})
+      AND p.id NOT IN (SELECT id FROM u)
+    RETURNING p.queue, p.status
+), notified AS (
+    SELECT pg_notify($10, 'w:' || ($9::float8)::text || ':' || queue) FROM woken
+    WHERE status IN {_PENDING} GROUP BY queue
+)
+SELECT id, lease FROM done WHERE (SELECT count(*) FROM notified) >= 0
 """
+
+#: Wake the workflow runs whose children (ids) just ended, outside a Finish.
+_WAKE_PARENTS = f"""
+WITH woken AS (
+    UPDATE trioforge_jobs AS p
+    SET run_at = CASE WHEN p.status IN {_PENDING} AND p.run_at > $1::float8 THEN $1::float8
+                      ELSE p.run_at END,
+        wake_requested = p.wake_requested OR p.status = 'running'
+    WHERE p.id IN (SELECT parent_id FROM trioforge_jobs WHERE id = ANY($2::bigint[]))
+    RETURNING p.queue, p.status
+)
+SELECT pg_notify($3, 'w:' || ($1::float8)::text || ':' || queue) FROM woken
+WHERE status IN {_PENDING} GROUP BY queue
+"""
+
+_STEP_COLUMNS = (
+    "seq, kind, name, status, attempt, result, error, wake_at, compensable, started_at, finished_at"
+)
 
 _RENEW = """
 UPDATE trioforge_jobs AS j SET lease_until = $3
@@ -238,18 +329,31 @@ RETURNING j.id, j.lease, j.cancel_requested
 """
 
 #: One statement: forget processes that stopped beating, rescue jobs whose lease expired.
-_RESCUE = """
-WITH forgotten AS (DELETE FROM trioforge_processes WHERE heartbeat_at < $2)
-UPDATE trioforge_jobs SET
-    status = CASE WHEN cancel_requested THEN 'cancelled'
-                  WHEN attempt < max_attempts THEN 'retrying' ELSE 'dead' END,
-    finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN $1 END,
-    run_at = CASE WHEN NOT cancel_requested AND attempt < max_attempts THEN $1 ELSE run_at END,
-    error = CASE WHEN cancel_requested THEN error
-                 ELSE 'attempt ' || attempt || ' lost: its worker stopped heartbeating' END,
-    lease_owner = NULL, lease_until = NULL
-WHERE status = 'running' AND lease_until <= $1
-RETURNING id
+#: A workflow run asked to cancel goes on to be undone, as any lost attempt; the parents of
+#: jobs that end here are woken.
+_RESCUE = f"""
+WITH forgotten AS (DELETE FROM trioforge_processes WHERE heartbeat_at < $2),
+rescued AS (
+    UPDATE trioforge_jobs SET
+        status = CASE WHEN cancel_requested AND NOT workflow THEN 'cancelled'
+                      WHEN attempt < max_attempts THEN 'retrying' ELSE 'dead' END,
+        finished_at = CASE WHEN (cancel_requested AND NOT workflow) OR attempt >= max_attempts
+                           THEN $1 END,
+        run_at = CASE WHEN NOT (cancel_requested AND NOT workflow) AND attempt < max_attempts
+                      THEN $1 ELSE run_at END,
+        error = CASE WHEN cancel_requested AND NOT workflow THEN error
+                     ELSE 'attempt ' || attempt || ' lost: its worker stopped heartbeating' END,
+        lease_owner = NULL, lease_until = NULL
+    WHERE status = 'running' AND lease_until <= $1
+    RETURNING id, parent_id, status
+), woken AS (
+    UPDATE trioforge_jobs AS p
+    SET run_at = CASE WHEN p.status IN {_PENDING} AND p.run_at > $1 THEN $1 ELSE p.run_at END,
+        wake_requested = p.wake_requested OR p.status = 'running'
+    WHERE p.id IN (SELECT parent_id FROM rescued WHERE status IN {_TERMINAL})
+      AND p.id NOT IN (SELECT id FROM rescued)
+)
+SELECT id FROM rescued
 """
 
 
@@ -422,7 +526,8 @@ class PostgresBackend:
         async def drop_tables(conn: asyncpg.Connection) -> None:
             await conn.execute(
                 "DROP TABLE IF EXISTS trioforge_jobs, trioforge_processes, trioforge_leases, "
-                "trioforge_cron, trioforge_paused_queues, trioforge_schema"
+                "trioforge_cron, trioforge_paused_queues, trioforge_workflow_steps, "
+                "trioforge_workflow_signals, trioforge_schema"
             )
 
         await self._aio(self._run, drop_tables)
@@ -577,7 +682,7 @@ class PostgresBackend:
                 [j.name for j in op.jobs], [j.queue for j in op.jobs],
                 [j.payload for j in op.jobs], [j.priority for j in op.jobs],
                 [j.run_at for j in op.jobs], [j.max_attempts for j in op.jobs], now, status,
-                CHANNEL,
+                CHANNEL, [j.parent_id for j in op.jobs], [j.workflow for j in op.jobs],
             )  # fmt: skip
             return [Enqueued(job_id, created=True) for job_id in sorted(r["id"] for r in rows)]
         earliest: dict[str, float] = {}
@@ -590,7 +695,7 @@ class PostgresBackend:
         for j, state in zip(op.jobs, status, strict=True):
             job_id = await conn.fetchval(
                 _INSERT_KEYED, j.name, j.queue, j.payload, j.priority, j.run_at,
-                j.max_attempts, j.idempotency_key, now, state,
+                j.max_attempts, j.idempotency_key, now, state, j.parent_id, j.workflow,
             )  # fmt: skip
             if job_id is not None:
                 out.append(Enqueued(job_id, created=True))
@@ -635,19 +740,23 @@ class PostgresBackend:
     async def _finish(conn: asyncpg.Connection, op: ops.Finish, now: float) -> list[bool]:
         columns: list[list[Any]] = [[], [], [], [], [], [], [], []]
         for outcome in op.outcomes:
-            target = next_state(JobState.RUNNING, outcome.event)
+            event = outcome.event
+            target = next_state(JobState.RUNNING, event)
             if target is None:
                 continue
+            run_at = (
+                event.run_at if isinstance(event, Suspended) else getattr(event, "retry_at", None)
+            )
             values = (
-                outcome.job_id, outcome.lease, target.value,
-                getattr(outcome.event, "retry_at", None),
-                1 if target is JobState.AVAILABLE else 0,
+                outcome.job_id, outcome.lease, target.value, run_at,
+                1 if isinstance(event, Released | Suspended) else 0,
                 now if target in TERMINAL_STATES else None,
                 outcome.result, outcome.error,
             )  # fmt: skip
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
-        applied = {(r["id"], r["lease"]) for r in await conn.fetch(_FINISH, *columns)}
+        rows = await conn.fetch(_FINISH, *columns, now, CHANNEL)
+        applied = {(r["id"], r["lease"]) for r in rows}
         return [(o.job_id, o.lease) in applied for o in op.outcomes]
 
     @staticmethod
@@ -695,26 +804,44 @@ class PostgresBackend:
     @staticmethod
     async def _locked(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record:
         row = await conn.fetchrow(
-            "SELECT status, idempotency_key FROM trioforge_jobs WHERE id = $1 FOR UPDATE", job_id
+            "SELECT status, idempotency_key, workflow FROM trioforge_jobs WHERE id = $1 FOR UPDATE",
+            job_id,
         )
         if row is None:
             raise JobNotFoundError(f"no job with id {job_id}")
         return row
 
     async def _cancel(self, conn: asyncpg.Connection, op: ops.Cancel, now: float) -> CancelResult:
-        status = JobState((await self._locked(conn, op.job_id))["status"])
+        row = await self._locked(conn, op.job_id)
+        status = JobState(row["status"])
         if status in TERMINAL_STATES:
             return CancelResult.FINISHED
+        children = await conn.fetch(
+            f"SELECT id FROM trioforge_jobs WHERE parent_id = $1 AND status NOT IN {_TERMINAL} "
+            "ORDER BY id",
+            op.job_id,
+        )
+        for child in children:
+            await self._cancel(conn, ops.Cancel(child["id"]), now)
         if status is JobState.RUNNING:
             await conn.execute(
                 "UPDATE trioforge_jobs SET cancel_requested = TRUE WHERE id = $1", op.job_id
             )
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"c:{op.job_id}")
             return CancelResult.REQUESTED
+        if row["workflow"]:  # a waiting run goes to a worker to be undone first
+            queue = await conn.fetchval(
+                "UPDATE trioforge_jobs SET cancel_requested = TRUE, run_at = least(run_at, $1) "
+                "WHERE id = $2 RETURNING queue",
+                now, op.job_id,
+            )  # fmt: skip
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"w:{now!r}:{queue}")
+            return CancelResult.REQUESTED
         await conn.execute(
             "UPDATE trioforge_jobs SET status = 'cancelled', finished_at = $1 WHERE id = $2",
             now, op.job_id,
         )  # fmt: skip
+        await conn.execute(_WAKE_PARENTS, now, [op.job_id], CHANNEL)
         return CancelResult.CANCELLED
 
     async def _retry_job(self, conn: asyncpg.Connection, op: ops.RetryJob, now: float) -> bool:
@@ -747,6 +874,8 @@ class PostgresBackend:
             f"WHERE id = $3 AND status IN {_PENDING}",
             now, op.reason, op.job_id,
         )  # fmt: skip
+        if status == "UPDATE 1":
+            await conn.execute(_WAKE_PARENTS, now, [op.job_id], CHANNEL)
         return bool(status == "UPDATE 1")
 
     @staticmethod
@@ -865,3 +994,109 @@ class PostgresBackend:
         del op, now
         rows = await conn.fetch("SELECT name, last_tick, last_job_id, skipped FROM trioforge_cron")
         return {r[0]: CronState(r[0], r[1], r[2], r[3]) for r in rows}
+
+    # --- workflows ---------------------------------------------------------------------
+
+    @staticmethod
+    async def _record_of(conn: asyncpg.Connection, run_id: int) -> WorkflowRecord | None:
+        row = await conn.fetchrow(
+            "SELECT created_at, cancel_requested FROM trioforge_jobs WHERE id = $1", run_id
+        )
+        if row is None:
+            return None
+        steps = await conn.fetch(
+            f"SELECT {_STEP_COLUMNS} FROM trioforge_workflow_steps WHERE run_id = $1 ORDER BY seq",
+            run_id,
+        )
+        signals = await conn.fetch(
+            "SELECT id, name, payload, sent_at FROM trioforge_workflow_signals "
+            "WHERE run_id = $1 ORDER BY id",
+            run_id,
+        )
+        children = await conn.fetch(
+            "SELECT id, name, status, result, error FROM trioforge_jobs WHERE parent_id = $1 "
+            "ORDER BY id",
+            run_id,
+        )
+        return WorkflowRecord(
+            run_id=run_id,
+            created_at=row["created_at"],
+            cancel_requested=row["cancel_requested"],
+            steps=tuple(step_record(tuple(s)) for s in steps),
+            signals=tuple(SignalRecord(*s) for s in signals),
+            children=tuple(
+                ChildRecord(c["id"], c["name"], JobState(c["status"]), c["result"], c["error"])
+                for c in children
+            ),
+        )
+
+    async def _load_workflow(
+        self, conn: asyncpg.Connection, op: ops.LoadWorkflow, now: float
+    ) -> WorkflowRecord | None:
+        del now
+        status = await conn.execute(
+            "UPDATE trioforge_jobs SET wake_requested = FALSE "
+            "WHERE id = $1 AND lease = $2 AND status = 'running'",
+            op.run_id, op.lease,
+        )  # fmt: skip
+        return await self._record_of(conn, op.run_id) if status == "UPDATE 1" else None
+
+    async def _read_workflow(
+        self, conn: asyncpg.Connection, op: ops.ReadWorkflow, now: float
+    ) -> WorkflowRecord | None:
+        del now
+        return await self._record_of(conn, op.run_id)
+
+    async def _record_step(
+        self, conn: asyncpg.Connection, op: ops.RecordStep, now: float
+    ) -> StepWrite:
+        status = await conn.execute(
+            "UPDATE trioforge_jobs SET cancel_requested = cancel_requested AND NOT $1 "
+            "WHERE id = $2 AND lease = $3 AND status = 'running'",
+            op.clear_cancel, op.run_id, op.lease,
+        )  # fmt: skip
+        if status != "UPDATE 1":
+            return StepWrite(applied=False)
+        step, child_id = op.step, None
+        if op.child is not None:
+            [enqueued] = await self._enqueue(conn, ops.Enqueue((op.child,)), now)
+            child_id = enqueued.id
+            step = attrs.evolve(step, result=json.dumps(child_id))
+        if op.consume_signal is not None:
+            await conn.execute(
+                "DELETE FROM trioforge_workflow_signals WHERE id = $1 AND run_id = $2",
+                op.consume_signal, op.run_id,
+            )  # fmt: skip
+        await conn.execute(
+            f"INSERT INTO trioforge_workflow_steps (run_id, {_STEP_COLUMNS}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
+            "ON CONFLICT (run_id, seq) DO UPDATE SET kind = excluded.kind, "
+            "name = excluded.name, status = excluded.status, attempt = excluded.attempt, "
+            "result = excluded.result, error = excluded.error, wake_at = excluded.wake_at, "
+            "compensable = excluded.compensable, started_at = excluded.started_at, "
+            "finished_at = excluded.finished_at",
+            op.run_id, *step_row(step),
+        )  # fmt: skip
+        return StepWrite(applied=True, child_id=child_id)
+
+    async def _send_signal(self, conn: asyncpg.Connection, op: ops.SendSignal, now: float) -> int:
+        status = JobState((await self._locked(conn, op.run_id))["status"])
+        if status in TERMINAL_STATES:
+            raise InvalidStateError(
+                f"run {op.run_id} has finished ({status}); a signal to it would never be read"
+            )
+        json.loads(op.payload)  # refuse anything that is not JSON text
+        signal_id: int = await conn.fetchval(
+            "INSERT INTO trioforge_workflow_signals (run_id, name, payload, sent_at) "
+            "VALUES ($1, $2, $3, $4) RETURNING id",
+            op.run_id, op.name, op.payload, now,
+        )  # fmt: skip
+        queue = await conn.fetchval(
+            f"UPDATE trioforge_jobs SET "
+            f"run_at = CASE WHEN status IN {_PENDING} AND run_at > $1 THEN $1 ELSE run_at END, "
+            f"wake_requested = wake_requested OR status = 'running' "
+            f"WHERE id = $2 RETURNING queue",
+            now, op.run_id,
+        )  # fmt: skip
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"w:{now!r}:{queue}")
+        return signal_id

@@ -17,6 +17,7 @@ from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from trioforge._errors import (
@@ -25,11 +26,19 @@ from trioforge._errors import (
     JobNotFoundError,
     SchemaError,
 )
-from trioforge._rules import TERMINAL_STATES, JobState, Released, claim_key, next_state
+from trioforge._rules import (
+    TERMINAL_STATES,
+    JobState,
+    Released,
+    Suspended,
+    claim_key,
+    next_state,
+)
 from trioforge.storage import _ops as ops
 from trioforge.storage._records import (
     JOB_COLUMNS,
     CancelResult,
+    ChildRecord,
     ClaimedJob,
     ClaimResult,
     CronState,
@@ -41,13 +50,20 @@ from trioforge.storage._records import (
     ProcessInfo,
     RenewResult,
     SchemaStatus,
+    SignalRecord,
+    StepWrite,
+    WorkflowRecord,
     job_info,
+    step_record,
+    step_row,
 )
 
 __all__ = ["SQLiteBackend"]
 
 _PENDING_SQL = "('scheduled', 'available', 'retrying')"
-_TERMINAL_SQL = "('completed', 'dead', 'cancelled')"
+_TERMINAL_SQL = "('completed', 'dead', 'cancelled', 'compensated')"
+#: The terminal states before workflows (the first migration's indexes name them).
+_TERMINAL_V1 = "('completed', 'dead', 'cancelled')"
 
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -79,7 +95,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX trioforge_jobs_upcoming ON trioforge_jobs (queue, run_at)
         WHERE status IN {_PENDING_SQL};
     CREATE UNIQUE INDEX trioforge_jobs_idempotency ON trioforge_jobs (idempotency_key)
-        WHERE idempotency_key IS NOT NULL AND status NOT IN {_TERMINAL_SQL};
+        WHERE idempotency_key IS NOT NULL AND status NOT IN {_TERMINAL_V1};
     CREATE INDEX trioforge_jobs_leases ON trioforge_jobs (lease_until) WHERE status = 'running'
     """,
     """
@@ -109,17 +125,51 @@ MIGRATIONS: tuple[str, ...] = (
         paused_at REAL NOT NULL
     )
     """,
+    f"""
+    ALTER TABLE trioforge_jobs ADD COLUMN parent_id INTEGER;
+    ALTER TABLE trioforge_jobs ADD COLUMN workflow INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE trioforge_jobs ADD COLUMN wake_requested INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX trioforge_jobs_parent ON trioforge_jobs (parent_id) WHERE parent_id IS NOT NULL;
+    DROP INDEX trioforge_jobs_idempotency;
+    CREATE UNIQUE INDEX trioforge_jobs_idempotency ON trioforge_jobs (idempotency_key)
+        WHERE idempotency_key IS NOT NULL AND status NOT IN {_TERMINAL_SQL};
+    CREATE TABLE trioforge_workflow_steps (
+        run_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        result TEXT,
+        error TEXT,
+        wake_at REAL,
+        compensable INTEGER NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE trioforge_workflow_signals (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        sent_at REAL NOT NULL
+    );
+    CREATE INDEX trioforge_workflow_signals_run ON trioforge_workflow_signals (run_id, id)
+    """,
 )
 
 _TABLES = (
     "trioforge_jobs", "trioforge_processes", "trioforge_leases", "trioforge_cron",
-    "trioforge_paused_queues", "trioforge_schema",
+    "trioforge_paused_queues", "trioforge_workflow_steps", "trioforge_workflow_signals",
+    "trioforge_schema",
 )  # fmt: skip
 
 
 _INSERT = (
     "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, max_attempts, "
-    "idempotency_key, created_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "idempotency_key, created_at, status, parent_id, workflow) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 #: The unfinished job holding an idempotency key, if any.
@@ -159,15 +209,31 @@ WITH u AS (
         json_extract(value, '$[2]') AS status, json_extract(value, '$[3]') AS run_at,
         json_extract(value, '$[4]') AS released, json_extract(value, '$[5]') AS finished_at,
         json_extract(value, '$[6]') AS result, json_extract(value, '$[7]') AS error
-    FROM json_each(?)
+    FROM json_each(?1)
 )
 UPDATE trioforge_jobs AS j
-SET status = u.status, run_at = coalesce(u.run_at, j.run_at), attempt = j.attempt - u.released,
+SET status = u.status, attempt = j.attempt - u.released,
+    run_at = CASE WHEN u.status = 'scheduled' AND j.wake_requested THEN ?2
+        ELSE coalesce(u.run_at, j.run_at) END,
     lease_owner = NULL, lease_until = NULL, finished_at = u.finished_at, result = u.result,
     error = u.error
 FROM u WHERE j.id = u.id AND j.status = 'running' AND j.lease = u.lease
 RETURNING id, lease
 """
+
+#: The workflow runs whose children (ids as a JSON array) just ended: a waiting run is due
+#: now, a running one will be when it suspends.
+_WAKE_PARENTS = f"""
+UPDATE trioforge_jobs
+SET run_at = CASE WHEN status IN {_PENDING_SQL} AND run_at > ?1 THEN ?1 ELSE run_at END,
+    wake_requested = CASE WHEN status = 'running' THEN 1 ELSE wake_requested END
+WHERE id IN (SELECT parent_id FROM trioforge_jobs
+             WHERE id IN (SELECT value FROM json_each(?2)) AND parent_id IS NOT NULL)
+"""
+
+_STEP_COLUMNS = (
+    "seq, kind, name, status, attempt, result, error, wake_at, compensable, started_at, finished_at"
+)
 
 
 class _Busy(Exception):
@@ -369,7 +435,7 @@ class SQLiteBackend:
         if all(job.idempotency_key is None for job in op.jobs):
             rows = [
                 (j.name, j.queue, j.payload, j.priority, j.run_at, j.max_attempts, None, now,
-                 "scheduled" if j.run_at > now else "available")
+                 "scheduled" if j.run_at > now else "available", j.parent_id, int(j.workflow))
                 for j in op.jobs
             ]  # fmt: skip
             before = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'trioforge_jobs'")
@@ -391,7 +457,7 @@ class SQLiteBackend:
             cursor = db.execute(
                 _INSERT,
                 (j.name, j.queue, j.payload, j.priority, j.run_at, j.max_attempts, key, now,
-                 "scheduled" if j.run_at > now else "available"),
+                 "scheduled" if j.run_at > now else "available", j.parent_id, int(j.workflow)),
             )  # fmt: skip
             assert cursor.lastrowid is not None
             out.append(Enqueued(cursor.lastrowid, created=True))
@@ -427,19 +493,28 @@ class SQLiteBackend:
 
     @staticmethod
     def _finish(db: sqlite3.Connection, op: ops.Finish, now: float) -> list[bool]:
-        rows = []
+        rows, ended = [], []
         for outcome in op.outcomes:
-            target = next_state(JobState.RUNNING, outcome.event)
+            event = outcome.event
+            target = next_state(JobState.RUNNING, event)
             if target is not None:
+                run_at = (
+                    event.run_at
+                    if isinstance(event, Suspended)
+                    else getattr(event, "retry_at", None)
+                )
                 rows.append(
-                    (outcome.job_id, outcome.lease, target.value,
-                     getattr(outcome.event, "retry_at", None),
-                     1 if target is JobState.AVAILABLE else 0,
+                    (outcome.job_id, outcome.lease, target.value, run_at,
+                     1 if isinstance(event, Released | Suspended) else 0,
                      now if target in TERMINAL_STATES else None, outcome.result, outcome.error)
                 )  # fmt: skip
+                if target in TERMINAL_STATES:
+                    ended.append(outcome.job_id)
         if not rows:
             return [False] * len(op.outcomes)
-        applied = set(db.execute(_FINISH, (json.dumps(rows),)).fetchall())
+        applied = set(db.execute(_FINISH, (json.dumps(rows), now)).fetchall())
+        if ended:
+            _wake_parents(db, ended, now)
         return [(o.job_id, o.lease) in applied for o in op.outcomes]
 
     @staticmethod
@@ -500,13 +575,27 @@ class SQLiteBackend:
         status, _ = self._status_of(db, op.job_id)
         if status in TERMINAL_STATES:
             return CancelResult.FINISHED
+        children = db.execute(
+            f"SELECT id FROM trioforge_jobs WHERE parent_id = ? AND status NOT IN {_TERMINAL_SQL}",
+            (op.job_id,),
+        ).fetchall()
+        for (child,) in children:
+            self._cancel(db, ops.Cancel(child), now)
         if status is JobState.RUNNING:
             db.execute("UPDATE trioforge_jobs SET cancel_requested = 1 WHERE id = ?", (op.job_id,))
+            return CancelResult.REQUESTED
+        cursor = db.execute(  # a waiting workflow run goes to a worker to be undone first
+            "UPDATE trioforge_jobs SET cancel_requested = 1, run_at = min(run_at, ?) "
+            "WHERE id = ? AND workflow",
+            (now, op.job_id),
+        )
+        if cursor.rowcount:
             return CancelResult.REQUESTED
         db.execute(
             "UPDATE trioforge_jobs SET status = 'cancelled', finished_at = ? WHERE id = ?",
             (now, op.job_id),
         )
+        _wake_parents(db, [op.job_id], now)
         return CancelResult.CANCELLED
 
     def _retry_job(self, db: sqlite3.Connection, op: ops.RetryJob, now: float) -> bool:
@@ -537,25 +626,31 @@ class SQLiteBackend:
             f"WHERE id = ? AND status IN {_PENDING_SQL}",
             (now, op.reason, op.job_id),
         )
+        if cursor.rowcount == 1:
+            _wake_parents(db, [op.job_id], now)
         return cursor.rowcount == 1
 
     @staticmethod
     def _rescue(db: sqlite3.Connection, op: ops.Rescue, now: float) -> list[int]:
         db.execute("DELETE FROM trioforge_processes WHERE heartbeat_at < ?", (op.stale_before,))
         rows = db.execute(
+            # A workflow run asked to cancel goes on to be undone, as any lost attempt.
             "UPDATE trioforge_jobs SET "
-            "status = CASE WHEN cancel_requested THEN 'cancelled' "
+            "status = CASE WHEN cancel_requested AND NOT workflow THEN 'cancelled' "
             "  WHEN attempt < max_attempts THEN 'retrying' ELSE 'dead' END, "
-            "finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts "
-            "  THEN ?1 END, "
-            "run_at = CASE WHEN NOT cancel_requested AND attempt < max_attempts "
-            "  THEN ?1 ELSE run_at END, "
-            "error = CASE WHEN cancel_requested THEN error ELSE "
+            "finished_at = CASE WHEN (cancel_requested AND NOT workflow) "
+            "  OR attempt >= max_attempts THEN ?1 END, "
+            "run_at = CASE WHEN NOT (cancel_requested AND NOT workflow) "
+            "  AND attempt < max_attempts THEN ?1 ELSE run_at END, "
+            "error = CASE WHEN cancel_requested AND NOT workflow THEN error ELSE "
             "  'attempt ' || attempt || ' lost: its worker stopped heartbeating' END, "
             "lease_owner = NULL, lease_until = NULL "
-            "WHERE status = 'running' AND lease_until <= ?1 RETURNING id",
+            "WHERE status = 'running' AND lease_until <= ?1 RETURNING id, status",
             (now,),
         ).fetchall()
+        ended = [i for i, status in rows if status != "retrying"]
+        if ended:
+            _wake_parents(db, ended, now)
         return sorted(row[0] for row in rows)
 
     @staticmethod
@@ -656,3 +751,103 @@ class SQLiteBackend:
         del op, now
         rows = db.execute("SELECT name, last_tick, last_job_id, skipped FROM trioforge_cron")
         return {r[0]: CronState(*r) for r in rows}
+
+    # --- workflows ---------------------------------------------------------------------
+
+    @staticmethod
+    def _record_of(db: sqlite3.Connection, run_id: int) -> WorkflowRecord | None:
+        row = db.execute(
+            "SELECT created_at, cancel_requested FROM trioforge_jobs WHERE id = ?", (run_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        steps = db.execute(
+            f"SELECT {_STEP_COLUMNS} FROM trioforge_workflow_steps WHERE run_id = ? ORDER BY seq",
+            (run_id,),
+        ).fetchall()
+        signals = db.execute(
+            "SELECT id, name, payload, sent_at FROM trioforge_workflow_signals "
+            "WHERE run_id = ? ORDER BY id",
+            (run_id,),
+        ).fetchall()
+        children = db.execute(
+            "SELECT id, name, status, result, error FROM trioforge_jobs WHERE parent_id = ? "
+            "ORDER BY id",
+            (run_id,),
+        ).fetchall()
+        return WorkflowRecord(
+            run_id=run_id,
+            created_at=row[0],
+            cancel_requested=bool(row[1]),
+            steps=tuple(step_record(s) for s in steps),
+            signals=tuple(SignalRecord(*s) for s in signals),
+            children=tuple(ChildRecord(i, n, JobState(st), r, e) for i, n, st, r, e in children),
+        )
+
+    def _load_workflow(
+        self, db: sqlite3.Connection, op: ops.LoadWorkflow, now: float
+    ) -> WorkflowRecord | None:
+        del now
+        cursor = db.execute(
+            "UPDATE trioforge_jobs SET wake_requested = 0 "
+            "WHERE id = ? AND lease = ? AND status = 'running'",
+            (op.run_id, op.lease),
+        )
+        return self._record_of(db, op.run_id) if cursor.rowcount == 1 else None
+
+    def _read_workflow(
+        self, db: sqlite3.Connection, op: ops.ReadWorkflow, now: float
+    ) -> WorkflowRecord | None:
+        del now
+        return self._record_of(db, op.run_id)
+
+    def _record_step(self, db: sqlite3.Connection, op: ops.RecordStep, now: float) -> StepWrite:
+        cursor = db.execute(
+            "UPDATE trioforge_jobs SET cancel_requested = cancel_requested AND NOT ? "
+            "WHERE id = ? AND lease = ? AND status = 'running'",
+            (op.clear_cancel, op.run_id, op.lease),
+        )
+        if cursor.rowcount != 1:
+            return StepWrite(applied=False)
+        step, child_id = op.step, None
+        if op.child is not None:
+            [enqueued] = self._enqueue(db, ops.Enqueue((op.child,)), now)
+            child_id = enqueued.id
+            step = attrs.evolve(step, result=json.dumps(child_id))
+        if op.consume_signal is not None:
+            db.execute(
+                "DELETE FROM trioforge_workflow_signals WHERE id = ? AND run_id = ?",
+                (op.consume_signal, op.run_id),
+            )
+        db.execute(
+            f"INSERT OR REPLACE INTO trioforge_workflow_steps (run_id, {_STEP_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (op.run_id, *step_row(step)),
+        )
+        return StepWrite(applied=True, child_id=child_id)
+
+    def _send_signal(self, db: sqlite3.Connection, op: ops.SendSignal, now: float) -> int:
+        status, _ = self._status_of(db, op.run_id)
+        if status in TERMINAL_STATES:
+            raise InvalidStateError(
+                f"run {op.run_id} has finished ({status}); a signal to it would never be read"
+            )
+        json.loads(op.payload)  # refuse anything that is not JSON text
+        cursor = db.execute(
+            "INSERT INTO trioforge_workflow_signals (run_id, name, payload, sent_at) "
+            "VALUES (?, ?, ?, ?)",
+            (op.run_id, op.name, op.payload, now),
+        )
+        db.execute(
+            f"UPDATE trioforge_jobs SET "
+            f"run_at = CASE WHEN status IN {_PENDING_SQL} AND run_at > ?1 THEN ?1 ELSE run_at END, "
+            f"wake_requested = CASE WHEN status = 'running' THEN 1 ELSE wake_requested END "
+            f"WHERE id = ?2",
+            (now, op.run_id),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+
+def _wake_parents(db: sqlite3.Connection, ended: list[int], now: float) -> None:
+    db.execute(_WAKE_PARENTS, (now, json.dumps(ended)))

@@ -1,0 +1,209 @@
+"""The storage contract for workflow runs: suspension, wake-ups, the record, signals,
+children and cancel, on every backend, with explicit times."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from tests.contract.test_contract import T0, claim, enqueue, finish, get, one
+from trioforge import InvalidStateError, JobNotFoundError, JobState
+from trioforge._rules import Compensated, Succeeded, Suspended
+from trioforge.storage import (
+    Backend,
+    CancelResult,
+    ClaimedJob,
+    NewJob,
+    Outcome,
+    StepKind,
+    StepRecord,
+    StepStatus,
+    StepWrite,
+    WorkflowRecord,
+    ops,
+)
+
+
+def run(name: str = "a", *, run_at: float = T0, key: str | None = None) -> NewJob:
+    return NewJob(name, "q", "{}", 10, run_at, 3, key, workflow=True)
+
+
+def entry(seq: int, name: str = "s", status: StepStatus = StepStatus.COMPLETED) -> StepRecord:
+    return StepRecord(seq, StepKind.STEP, name, status, 1, '"r"', started_at=T0, finished_at=T0)
+
+
+async def claim_one(backend: Backend, now: float = T0) -> ClaimedJob:
+    [claimed] = (await claim(backend, now, limit=1)).jobs
+    return claimed
+
+
+async def load(backend: Backend, job: ClaimedJob, now: float = T0) -> WorkflowRecord:
+    record: WorkflowRecord | None = await one(backend, ops.LoadWorkflow(job.id, job.lease), now)
+    assert record is not None
+    return record
+
+
+async def record(
+    backend: Backend,
+    job: ClaimedJob,
+    step: StepRecord,
+    now: float = T0,
+    *,
+    consume_signal: int | None = None,
+    child: NewJob | None = None,
+    clear_cancel: bool = False,
+) -> StepWrite:
+    op = ops.RecordStep(job.id, job.lease, step, consume_signal, child, clear_cancel)
+    written: StepWrite = await one(backend, op, now)
+    return written
+
+
+async def test_a_suspended_run_waits_until_its_wake_time_uncounted(backend: Backend) -> None:
+    [run_id] = await enqueue(backend, run())
+    job = await claim_one(backend)
+    assert await finish(backend, job, Outcome(job.id, job.lease, Suspended(T0 + 100)), T0 + 1)
+    info = await get(backend, run_id)
+    assert (info.status, info.run_at, info.attempt) == (JobState.SCHEDULED, T0 + 100, 0)
+    result = await claim(backend, T0 + 99)
+    assert (result.jobs, result.next_run_at) == ((), T0 + 100)
+    again = await claim_one(backend, T0 + 100)
+    assert (again.id, again.attempt) == (run_id, 1)
+
+
+async def test_a_run_woken_while_running_is_due_when_it_suspends(backend: Backend) -> None:
+    [run_id] = await enqueue(backend, run())
+    job = await claim_one(backend)
+    await load(backend, job)
+    await one(backend, ops.SendSignal(run_id, "go", "true"), T0 + 1)
+    await finish(backend, job, Outcome(job.id, job.lease, Suspended(T0 + 1000)), T0 + 2)
+    assert (await get(backend, run_id)).run_at == T0 + 2
+    # The next load takes the signal and clears the wake-up: a later suspension waits.
+    job = await claim_one(backend, T0 + 2)
+    loaded = await load(backend, job, T0 + 2)
+    assert [(s.name, s.payload) for s in loaded.signals] == [("go", "true")]
+    await finish(backend, job, Outcome(job.id, job.lease, Suspended(T0 + 1000)), T0 + 3)
+    assert (await get(backend, run_id)).run_at == T0 + 1000
+
+
+async def test_the_record_is_fenced_by_the_run_lease_and_kept_in_order(backend: Backend) -> None:
+    [run_id] = await enqueue(backend, run())
+    job = await claim_one(backend)
+    failed = attrs.evolve(entry(1, "b", StepStatus.FAILED), error="boom", wake_at=T0 + 5)
+    assert (await record(backend, job, failed)).applied
+    assert (await record(backend, job, entry(0, "a"))).applied
+    assert (await record(backend, job, attrs.evolve(entry(1, "b"), attempt=2))).applied
+    stale = attrs.evolve(job, lease=job.lease + 1)
+    assert not (await record(backend, stale, entry(2, "c"))).applied
+    assert await one(backend, ops.LoadWorkflow(job.id, job.lease + 1)) is None
+    loaded = await load(backend, job)
+    assert [(s.seq, s.name, s.status, s.attempt) for s in loaded.steps] == [
+        (0, "a", StepStatus.COMPLETED, 1),
+        (1, "b", StepStatus.COMPLETED, 2),
+    ]
+    assert loaded.steps[0] == entry(0, "a")
+    assert (loaded.run_id, loaded.created_at, loaded.cancel_requested) == (run_id, T0, False)
+
+
+async def test_a_child_started_with_its_step_wakes_its_parent_when_it_ends(
+    backend: Backend,
+) -> None:
+    [run_id] = await enqueue(backend, run())
+    parent = await claim_one(backend)
+    child = NewJob("b", "q", "{}", 10, T0, 3, parent_id=run_id)
+    step = StepRecord(0, StepKind.CHILD, "b", StepStatus.COMPLETED, 1)
+    written = await record(backend, parent, step, child=child)
+    assert written.applied
+    assert written.child_id is not None
+    await finish(backend, parent, Outcome(run_id, parent.lease, Suspended(1e15)), T0 + 1)
+    [started] = (await claim(backend, T0 + 2)).jobs
+    assert started.id == written.child_id
+    view: WorkflowRecord = await one(backend, ops.ReadWorkflow(run_id))
+    assert view.steps[0].result == str(written.child_id)
+    assert [(c.id, c.status) for c in view.children] == [(written.child_id, JobState.RUNNING)]
+    await finish(backend, started, Outcome(started.id, started.lease, Succeeded(), "4"), T0 + 3)
+    assert (await get(backend, run_id)).run_at == T0 + 3
+    view = await one(backend, ops.ReadWorkflow(run_id))
+    assert [(c.status, c.result) for c in view.children] == [(JobState.COMPLETED, "4")]
+
+
+async def test_signals_are_kept_consumed_once_and_refused_after_the_end(
+    backend: Backend,
+) -> None:
+    [run_id] = await enqueue(backend, run(run_at=T0 + 500))
+    first = await one(backend, ops.SendSignal(run_id, "go", '{"n": 1}'), T0 + 1)
+    await one(backend, ops.SendSignal(run_id, "go", '{"n": 2}'), T0 + 1)
+    assert (await get(backend, run_id)).run_at == T0 + 1  # woken
+    job = await claim_one(backend, T0 + 1)
+    loaded = await load(backend, job, T0 + 1)
+    assert [s.payload for s in loaded.signals] == ['{"n": 1}', '{"n": 2}']
+    step = StepRecord(0, StepKind.SIGNAL, "go", StepStatus.COMPLETED, 1, '{"n": 1}')
+    await record(backend, job, step, T0 + 1, consume_signal=first)
+    assert [s.payload for s in (await load(backend, job, T0 + 1)).signals] == ['{"n": 2}']
+    await finish(backend, job, Outcome(run_id, job.lease, Succeeded()), T0 + 2)
+    with pytest.raises(InvalidStateError, match="finished"):
+        await one(backend, ops.SendSignal(run_id, "go", "true"), T0 + 3)
+    with pytest.raises(JobNotFoundError):
+        await one(backend, ops.SendSignal(run_id + 100, "go", "true"), T0 + 3)
+
+
+async def test_cancelling_a_waiting_run_hands_it_to_a_worker_and_cancels_children(
+    backend: Backend,
+) -> None:
+    [run_id] = await enqueue(backend, run())
+    parent = await claim_one(backend)
+    pending = NewJob("b", "q", "{}", 10, T0 + 900, 3, parent_id=run_id)
+    running = NewJob("b", "q", "{}", 10, T0, 3, parent_id=run_id)
+    a = await record(backend, parent, StepRecord(0, StepKind.CHILD, "b", StepStatus.COMPLETED, 1),
+                     child=pending)  # fmt: skip
+    b = await record(backend, parent, StepRecord(1, StepKind.CHILD, "b", StepStatus.COMPLETED, 1),
+                     child=running)  # fmt: skip
+    await finish(backend, parent, Outcome(run_id, parent.lease, Suspended(1e15)), T0 + 1)
+    child = await claim_one(backend, T0 + 1)
+    assert child.id == b.child_id
+    assert await one(backend, ops.Cancel(run_id), T0 + 2) is CancelResult.REQUESTED
+    info = await get(backend, run_id)
+    assert (info.status, info.run_at, info.cancel_requested) == (
+        JobState.SCHEDULED, T0 + 2, True,
+    )  # fmt: skip
+    assert a.child_id is not None
+    assert (await get(backend, a.child_id)).status is JobState.CANCELLED
+    assert (await get(backend, child.id)).cancel_requested
+    again = await claim_one(backend, T0 + 2)
+    assert (await load(backend, again, T0 + 2)).cancel_requested
+    marker = StepRecord(2, StepKind.COMPENSATING, "compensating", StepStatus.COMPLETED, 1, "{}")
+    await record(backend, again, marker, T0 + 2, clear_cancel=True)
+    assert not (await load(backend, again, T0 + 2)).cancel_requested
+
+
+async def test_a_plain_child_cancelled_while_pending_wakes_its_parent(backend: Backend) -> None:
+    [run_id] = await enqueue(backend, run())
+    parent = await claim_one(backend)
+    child = NewJob("b", "q", "{}", 10, T0 + 900, 3, parent_id=run_id)
+    step = StepRecord(0, StepKind.CHILD, "b", StepStatus.COMPLETED, 1)
+    written = await record(backend, parent, step, child=child)
+    await finish(backend, parent, Outcome(run_id, parent.lease, Suspended(1e15)), T0 + 1)
+    assert written.child_id is not None
+    assert await one(backend, ops.Cancel(written.child_id), T0 + 5) is CancelResult.CANCELLED
+    assert (await get(backend, run_id)).run_at == T0 + 5
+
+
+async def test_compensated_is_terminal_and_frees_the_idempotency_key(backend: Backend) -> None:
+    [run_id] = await enqueue(backend, run(key="k"))
+    job = await claim_one(backend)
+    outcome = Outcome(run_id, job.lease, Compensated(), error="undone")
+    assert await finish(backend, job, outcome, T0 + 1)
+    info = await get(backend, run_id)
+    assert (info.status, info.finished_at, info.error) == (JobState.COMPENSATED, T0 + 1, "undone")
+    [again] = await enqueue(backend, run(key="k"), now=T0 + 2)
+    assert again != run_id
+    assert await one(backend, ops.Cancel(run_id), T0 + 3) is CancelResult.FINISHED
+
+
+async def test_a_lost_run_asked_to_cancel_is_rescued_to_be_undone(backend: Backend) -> None:
+    [run_id] = await enqueue(backend, run())
+    await claim_one(backend)
+    assert await one(backend, ops.Cancel(run_id), T0 + 1) is CancelResult.REQUESTED
+    assert await one(backend, ops.Rescue(), T0 + 31) == [run_id]
+    info = await get(backend, run_id)
+    assert (info.status, info.cancel_requested) == (JobState.RETRYING, True)
+    assert await one(backend, ops.ReadWorkflow(run_id + 100)) is None

@@ -34,17 +34,17 @@ from trioforge.storage._urls import backend_for_url
 from trioforge.storage.memory import MemoryBackend
 
 __all__ = [
-    "NEVER",
     "Backend",
     "CancelNotice",
     "CancelResult",
-    "ClaimResult",
     "ChildRecord",
+    "ClaimResult",
     "ClaimedJob",
     "CronState",
     "Enqueued",
     "JobInfo",
     "MemoryBackend",
+    "NEVER",
     "NewJob",
     "Notice",
     "Outcome",

@@ -44,6 +44,7 @@ from trioforge.actors import (
     storage_actor,
 )
 from trioforge.actors.cron import CronJob, cron_scheduler
+from trioforge.actors.storage_actor import log_failure
 from trioforge.storage import (
     Backend,
     ClaimedJob,
@@ -443,6 +444,15 @@ async def _start_pools(pools: trio.Nursery, parts: _Parts) -> None:
         await pools.start(parts.supervisor(name, size).run)
 
 
+async def _leave(storage: StorageHandle, owner: str) -> None:
+    """Best effort: if storage is away, the process is forgotten once its heartbeat goes
+    stale, and a failure here must not hide why the runtime is stopping."""
+    try:
+        await storage.call_shielded(ops.Leave(owner), limit=5.0)
+    except Exception as exc:
+        log_failure(log, exc, "could not deregister this process (%s)", owner)
+
+
 @asynccontextmanager
 async def open_runtime(
     registry: Registry,
@@ -504,4 +514,4 @@ async def open_runtime(
             finally:
                 services.cancel_scope.cancel()
                 if settings.queues:  # out of the registry, and leadership handed on at once
-                    await storage.call_shielded(ops.Leave(settings.owner), limit=5.0)
+                    await _leave(storage, settings.owner)

@@ -199,6 +199,7 @@ class WorkflowContext(JobContext):
         self._compensations: list[_Compensation] = []
         self._step_names: set[str] = set()
         self._step_key: str | None = None
+        self._step_attempt: int | None = None
         self.log = logging.LoggerAdapter(
             logging.getLogger("trioforge.job"),
             {"job_id": job.id, "job_name": job.name, "run_id": job.id},
@@ -216,6 +217,14 @@ class WorkflowContext(JobContext):
         if self._step_key is None:
             raise InvalidStateError("step_key is only defined while a step's function runs")
         return self._step_key
+
+    @property
+    def step_attempt(self) -> int:
+        """The attempt of the step running now: 1, then 2 for its first retry, ... (an
+        attempt cut short by a crash, and so never recorded, keeps its number)."""
+        if self._step_attempt is None:
+            raise InvalidStateError("step_attempt is only defined while a step's function runs")
+        return self._step_attempt
 
     # --- the record ------------------------------------------------------------------
 
@@ -291,6 +300,7 @@ class WorkflowContext(JobContext):
         attempt = (entry.attempt if entry is not None else 0) + 1
         started = self._clock.now()
         self._step_key = f"{self.run_id}:{seq}:{name}"
+        self._step_attempt = attempt
         try:
             with trio.fail_after(math.inf if limit is None else limit):
                 value = fn(*args)
@@ -307,7 +317,7 @@ class WorkflowContext(JobContext):
             await self._write(done)
             return text
         finally:
-            self._step_key = None
+            self._step_key = self._step_attempt = None
         now = self._clock.now()
         failed = failure_outcome(retry, attempt, error, now)
         await self._write(

@@ -166,7 +166,7 @@ def registry_for(program: Program, undos: list[str], problems: list[str]) -> tri
             if isinstance(call, Step):
                 step = call
 
-                async def body() -> str:
+                async def body(step: Step = step) -> str:
                     await trio.sleep(step.seconds)
                     if ctx.step_attempt <= step.fails:
                         raise ConnectionError(f"{step.name} attempt {ctx.step_attempt}")

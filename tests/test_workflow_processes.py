@@ -55,7 +55,7 @@ async def five(ctx: trioforge.WorkflowContext) -> str:
 """
 
 
-def worker(url: str, cwd: Path, log: Path, *, block: bool) -> Callable[[], object]:
+async def worker(url: str, cwd: Path, log: Path, *, block: bool) -> trio.Process:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if block:
         env["BLOCK_IN_THIRD"] = "1"
@@ -67,16 +67,13 @@ def worker(url: str, cwd: Path, log: Path, *, block: bool) -> Callable[[], objec
         "--poll-interval", "0.1",
     ]  # fmt: skip
 
-    def start() -> object:
-        return trio.lowlevel.open_process(
-            command,
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE if block else log.open("ab"),
-            stderr=log.open("ab"),
-        )
-
-    return start
+    return await trio.lowlevel.open_process(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE if block else log.open("ab"),
+        stderr=log.open("ab"),
+    )
 
 
 def effects(tmp_path: Path) -> list[tuple[str, int, float]]:
@@ -87,7 +84,7 @@ def effects(tmp_path: Path) -> list[tuple[str, int, float]]:
 async def wait_for(predicate: Callable[[], bool]) -> None:
     """Poll what another process writes (a file): there is no event to wait on."""
     with trio.fail_after(30):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110
             await trio.sleep(0.02)
 
 
@@ -112,7 +109,7 @@ async def test_a_killed_worker_s_run_resumes_elsewhere_without_repeating_steps(
         """Stands in for the workers' code: this process only enqueues and looks."""
 
     async with trioforge.open_client(shared_url, registry=placeholder) as client:
-        first: trio.Process = await worker(shared_url, tmp_path, log, block=True)()  # type: ignore[misc]
+        first = await worker(shared_url, tmp_path, log, block=True)
         second: trio.Process | None = None
         third: trio.Process | None = None
         try:
@@ -120,7 +117,7 @@ async def test_a_killed_worker_s_run_resumes_elsewhere_without_repeating_steps(
             assert first.stdout is not None
             with trio.fail_after(30):
                 await read_until(first.stdout, b"STARTED third", 1)
-            second = await worker(shared_url, tmp_path, log, block=False)()  # type: ignore[misc]
+            second = await worker(shared_url, tmp_path, log, block=False)
             await wait_for(lambda: log.read_bytes().count(b" ready: ") >= 2)
             first.send_signal(signal.SIGKILL)
             killed_at = time.time()
@@ -130,7 +127,7 @@ async def test_a_killed_worker_s_run_resumes_elsewhere_without_repeating_steps(
             # Asleep now: stop the second worker and start a third during the sleep.
             await wait_for_status(client, run_id, JobState.SCHEDULED)
             await _stop(second)
-            third = await worker(shared_url, tmp_path, log, block=False)()  # type: ignore[misc]
+            third = await worker(shared_url, tmp_path, log, block=False)
             with trio.fail_after(30):
                 info = await client.wait(run_id)
             view = await client.workflow(run_id)
@@ -157,6 +154,7 @@ async def test_a_killed_worker_s_run_resumes_elsewhere_without_repeating_steps(
 
 
 async def wait_for_status(client: trioforge.Client, run_id: int, status: JobState) -> None:
+    """Poll another process's progress (there is no event to wait on)."""
     with trio.fail_after(30):
-        while (await client.get(run_id)).status is not status:
-            await trio.sleep(0.02)  # polling another process's progress
+        while (await client.get(run_id)).status is not status:  # noqa: ASYNC110
+            await trio.sleep(0.02)

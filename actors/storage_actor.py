@@ -81,7 +81,7 @@ class StorageHandle:
 #: state or another, as they would beside another process.
 _OVERLAPPING = (
     ops.Claim, ops.Enqueue, ops.Get, ops.ListJobs, ops.Stats, ops.PausedQueues,
-    ops.Processes, ops.CronStates,
+    ops.Processes, ops.CronStates, ops.ReadWorkflow,
 )  # fmt: skip
 
 
@@ -93,6 +93,9 @@ def _writes(op: ops.Op) -> frozenset[int] | None:
         return frozenset(job_id for job_id, _ in op.leases)
     if isinstance(op, ops.Progress):
         return frozenset((op.job_id,))
+    if isinstance(op, ops.RecordStep | ops.LoadWorkflow | ops.SendSignal):
+        # A run's row and record (and a child it inserts, a new row like an enqueue's).
+        return frozenset((op.run_id,))
     if isinstance(op, _OVERLAPPING):
         return frozenset()
     return None

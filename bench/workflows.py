@@ -1,0 +1,155 @@
+"""Workflow throughput, one process (`make bench`): steps/s and what a step costs beside a
+plain job, and whether runs that sleep cost worker slots. Figures are printed, never
+asserted.
+
+* 1,000 runs of 10 trivial steps each, all enqueued at once, on a 64-slot queue;
+* the same queue draining 10,000 no-op jobs, for the per-job cost beside it;
+* 10,000 runs asleep for an hour on a 4-slot queue, then 2,000 no-op jobs drained there,
+  against the same drain with nothing asleep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+import trioforge
+from bench.run import drop_schemas, report
+from trioforge import JobContext, Registry, WorkflowContext
+from trioforge.storage import Backend
+from trioforge.storage.postgres import PostgresBackend
+
+STEPS = 10
+
+
+class Counter:
+    def __init__(self, target: int) -> None:
+        self.done, self.target, self.all_done = 0, target, trio.Event()
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.done == self.target:
+            self.all_done.set()
+
+
+COUNTER = Counter(0)
+registry = Registry()
+
+
+def trivial(i: int) -> int:
+    return i
+
+
+@registry.workflow("ten_steps", queue="bench")
+async def ten_steps(ctx: WorkflowContext, n: int) -> None:
+    for i in range(STEPS):
+        await ctx.step(f"s{i}", trivial, i)
+    COUNTER.tick()
+
+
+@registry.workflow("asleep", queue="bench")
+async def asleep(ctx: WorkflowContext) -> None:
+    await ctx.sleep(3600)
+
+
+@registry.job("noop", queue="bench")
+async def noop(ctx: JobContext, n: int) -> None:
+    COUNTER.tick()
+
+
+async def timed_drain(
+    db: str | Backend, job: trioforge.JobDefinition, count: int, slots: int
+) -> float:
+    """Seconds for ``count`` runs (or jobs) of ``job``, enqueued beforehand, to finish."""
+    global COUNTER
+    async with trioforge.open_client(db, registry=registry) as client:
+        for start in range(0, count, 5000):
+            await client.enqueue_many(job, range(start, min(count, start + 5000)))
+    COUNTER = Counter(count)
+    t0 = time.perf_counter()
+    async with trioforge.open_runtime(registry, database=db, queues={"bench": slots}):
+        await COUNTER.all_done.wait()
+        return time.perf_counter() - t0
+
+
+async def asleep_then_drain(db: str | Backend, sleepers: int, jobs: int) -> float:
+    """Jobs/s draining ``jobs`` no-ops on 4 slots while ``sleepers`` runs are asleep."""
+    global COUNTER
+    async with trioforge.open_client(db, registry=registry) as client:
+        for start in range(0, sleepers, 5000):
+            await client.enqueue_many(asleep, [None] * min(5000, sleepers - start))
+    async with trioforge.open_runtime(registry, database=db, queues={"bench": 4}) as rt:
+        with trio.fail_after(600):
+            while (await rt.stats()).count("scheduled") < sleepers:
+                await trio.sleep(0.1)  # every run has reached its sleep
+        COUNTER = Counter(jobs)
+        t0 = time.perf_counter()
+        await rt.enqueue_many(noop, range(jobs))
+        await COUNTER.all_done.wait()
+        return jobs / (time.perf_counter() - t0)
+
+
+async def bench_backend(name: str, database: Callable[[], str | Backend], runs: int) -> None:
+    steps = await timed_drain(database(), ten_steps, runs, 64)
+    plain = await timed_drain(database(), noop, runs * STEPS, 64)
+    idle = await asleep_then_drain(database(), 0, 2000)
+    busy = await asleep_then_drain(database(), 10_000, 2000)
+    total = runs * STEPS
+    report(
+        name,
+        {
+            f"{runs:,} runs x {STEPS} steps, 64 slots": f"{total / steps:,.0f} steps/s",
+            "  per step / per plain job (us)": f"{steps / total * 1e6:,.0f} / "
+            f"{plain / total * 1e6:,.0f}",
+            f"drain {total:,} plain jobs, 64 slots": f"{total / plain:,.0f} jobs/s",
+            "2,000 jobs on 4 slots, nothing asleep": f"{idle:,.0f} jobs/s",
+            "  the same beside 10,000 runs asleep": f"{busy:,.0f} jobs/s",
+        },
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "TRIOFORGE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
+    )
+    args = parser.parse_args()
+
+    async def run() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            counter = iter(range(1_000_000))
+            if args.backend in ("sqlite", "all"):
+                await bench_backend(
+                    "workflows on sqlite (WAL file)",
+                    lambda: f"sqlite:///{Path(tmp) / f'wf{next(counter)}.db'}",
+                    args.runs,
+                )
+            if args.backend in ("postgres", "all"):
+                schemas: list[str] = []
+
+                def postgres() -> Backend:
+                    schemas.append(f"tf_bench_{uuid.uuid4().hex[:10]}")
+                    return PostgresBackend(args.postgres_url, schema=schemas[-1])
+
+                try:
+                    await bench_backend("workflows on postgres", postgres, args.runs)
+                finally:
+                    await drop_schemas(args.postgres_url, schemas)
+
+    trio.run(run)
+
+
+if __name__ == "__main__":
+    main()

@@ -42,6 +42,7 @@ test-deep: relink
 bench: relink
 	$(BIN)/python bench/run.py
 	$(BIN)/python -m bench.replicas
+	$(BIN)/python -m bench.workflows
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

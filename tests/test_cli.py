@@ -349,6 +349,8 @@ def test_workflows_show_signal_and_resume(url: str) -> None:
     ]
     assert steps[0].endswith('result "hi ann"')
     assert steps[1].endswith("no timeout")
+    as_job = cli("jobs", "show", str(run_id), "--database", url)  # no wake time: never
+    assert (as_job.exit_code, "run at: never" in as_job.output) == (0, True), as_job.output
 
     sent = cli(
         "workflows", "signal", str(run_id), "go", "--payload", '{"ok": 1}', "--database", url

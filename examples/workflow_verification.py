@@ -66,13 +66,13 @@ def delete_token(user: str, token: str) -> None:
     say(f"[{user}] compensation: token {token} deleted")
 
 
-async def send_mail(user: str, email: str, token: str, key: str) -> str:
+async def send_mail(user: str, email: str, token: str, key: str, attempt: int) -> str:
     mail_attempts[user] = mail_attempts.get(user, 0) + 1
-    if mail_attempts[user] == 1:
+    if attempt == 1:
         say(f"[{user}] mail server busy (attempt 1); the step will be retried")
         raise ConnectionError("mail server busy")
     # `key` is ctx.step_key: the same on every attempt, so the mail service can drop repeats.
-    say(f"[{user}] mailed {token} to {email} (attempt {mail_attempts[user]}, key {key})")
+    say(f"[{user}] mailed {token} to {email} (attempt {attempt}, key {key})")
     mail_sent[user].set()
     return f"mail-{user}"
 
@@ -89,7 +89,7 @@ async def verify(ctx: WorkflowContext, req: VerifyRequest) -> str:
     await ctx.step("store_token", store_token, req.user, token, compensate=delete_token)
     await ctx.step(
         "send_email",
-        lambda: send_mail(req.user, req.email, token, ctx.step_key),
+        lambda: send_mail(req.user, req.email, token, ctx.step_key, ctx.step_attempt),
         retry=Retry(max_attempts=3, base_delay=0.2),
     )
     clicked = await ctx.wait_for_signal("email_clicked", timeout=dt.timedelta(seconds=1.5))

@@ -22,7 +22,7 @@ relink: $(STAMP)
 	$(BIN)/python -m pip install $(PIP_QUIET) --no-deps -e . --config-settings editable_mode=strict
 
 demo: relink
-	cd examples && ../$(BIN)/python quickstart.py
+	cd examples && ../$(BIN)/python quickstart.py && ../$(BIN)/python workflow_verification.py
 
 lint: relink
 	$(BIN)/ruff check runtime actors storage tests examples bench

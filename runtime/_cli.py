@@ -24,9 +24,10 @@ from trioforge._client import Client
 from trioforge._config import resolve_database
 from trioforge._errors import TrioforgeError, unwrapped
 from trioforge._registry import Registry
-from trioforge._rules import JobState
+from trioforge._rules import PENDING_STATES, JobState
 from trioforge._runtime import open_client, open_runtime
-from trioforge.storage import JobInfo, backend_for_url, opened
+from trioforge._workflow_info import StepInfo, WorkflowInfo
+from trioforge.storage import NEVER, JobInfo, StepKind, StepStatus, backend_for_url, opened
 from trioforge.storage._urls import redact
 
 __all__ = ["main"]
@@ -66,6 +67,8 @@ def with_client(database: str | None, fn: Callable[[Client], Awaitable[T]]) -> T
 def iso(ts: float | None) -> str:
     if ts is None:
         return "-"
+    if ts >= NEVER:  # a workflow run waiting for a signal or its children, no deadline
+        return "never"
     return (
         dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     )
@@ -428,6 +431,177 @@ def reset(database: str | None, yes: bool) -> None:
         click.confirm(f"Delete every trioforge job in {redact(url)} and start empty?", abort=True)
     version = drop_tables(url, then_migrate=True)
     click.echo(f"{redact(url)}: reset, schema at version {version}")
+
+
+# --- workflows -----------------------------------------------------------------------------
+
+
+@main.group()
+def workflows() -> None:
+    """Inspect workflow runs and send them signals."""
+
+
+def run_json(info: JobInfo) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(as_json(info))
+    data["workflow"], data["version"] = split_run_name(info.name)
+    return data
+
+
+def split_run_name(job_name: str) -> tuple[str, int | None]:
+    """A run's workflow name and version from its job name ``name@vN``."""
+    name, _, version = job_name.rpartition("@v")
+    return (name, int(version)) if name and version.isdigit() else (job_name, None)
+
+
+@workflows.command("list")
+@click.option("--status", type=click.Choice([s.value for s in JobState]))
+@click.option("--name", help="Only runs of this workflow (every version).")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--json", "as_json_lines", is_flag=True, help="One JSON object per line.")
+@database_option
+def list_runs(
+    status: str | None, name: str | None, limit: int, as_json_lines: bool, database: str | None
+) -> None:
+    """List workflow runs, newest first."""
+    found = with_client(database, lambda c: c.runs(status=status, name=name, limit=limit))
+    if as_json_lines:
+        for info in found:
+            click.echo(json.dumps(run_json(info), sort_keys=True))
+        return
+    click.echo(
+        f"{'ID':>8}  {'WORKFLOW':24} {'VER':>4}  {'STATUS':11} {'CREATED AT':20} FINISHED AT"
+    )
+    for j in found:
+        workflow, version = split_run_name(j.name)
+        click.echo(
+            f"{j.id:>8}  {workflow[:24]:24} {version or '-':>4}  {j.status.value:11} "
+            f"{iso(j.created_at):20} {iso(j.finished_at)}"
+        )
+    if not found:
+        click.echo("(no workflow runs)")
+
+
+def error_line(text: str | None) -> str:
+    """The line of an error that says what happened: a traceback's last, else the first."""
+    return "" if not text else text.strip().splitlines()[-1 if "Traceback" in text else 0]
+
+
+def step_detail(step: StepInfo) -> str:
+    """What one record entry holds, in a few words: its result, error or wake time."""
+    if step.kind is StepKind.CHILD:
+        return f"child job {step.result}"
+    if step.kind is StepKind.COMPENSATING:
+        why = step.result if isinstance(step.result, dict) else {}
+        return f"undoing ({why.get('outcome', '?')}): {error_line(str(why.get('reason', '')))}"
+    if step.status is StepStatus.FAILED:
+        retry = "for good" if step.wake_at is None else f"next attempt {iso(step.wake_at)}"
+        return f"{retry}; error: {error_line(step.error)}"
+    if step.status is StepStatus.RUNNING:
+        if step.kind is StepKind.SLEEP:
+            return f"wakes {iso(step.wake_at)}"
+        if step.kind is StepKind.SIGNAL:
+            return "no timeout" if step.wake_at is None else f"times out {iso(step.wake_at)}"
+    if step.kind is StepKind.SIGNAL and step.status is StepStatus.COMPLETED:
+        return "timed out" if step.result is None else f"payload {short_json(step.result)}"
+    if step.kind is StepKind.SLEEP:
+        return f"woke {iso(step.finished_at)} (due {iso(step.wake_at)})"
+    return f"result {short_json(step.result)}"
+
+
+def short_json(value: Any, width: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def waiting_for(info: WorkflowInfo, now: float) -> str | None:
+    """Why a pending run has not run yet: its wake time, or the worker it needs."""
+    job = info.job
+    if job.status not in PENDING_STATES:
+        return None
+    needs = (
+        f"a worker whose registry has workflow {info.name!r} version {info.version} "
+        f"(job name {job.name!r}) on queue {job.queue!r}"
+    )
+    if job.run_at >= NEVER:
+        return f"waits for a signal or its children; then for {needs}"
+    if job.run_at > now:
+        return f"waits until {iso(job.run_at)}; then for {needs}"
+    return f"due since {iso(job.run_at)}: waits for {needs}"
+
+
+def workflow_json(info: WorkflowInfo) -> str:
+    steps = [attrs.asdict(s) for s in info.steps]
+    data = run_json(info.job) | {
+        "steps": steps,
+        "pending_signals": [{"name": n, "payload": p} for n, p in info.pending_signals],
+        "children": list(info.children),
+    }
+    return json.dumps(data, sort_keys=True)
+
+
+@workflows.command("show")
+@click.argument("run_id", type=int)
+@click.option("--json", "as_json_object", is_flag=True)
+@database_option
+def show_run(run_id: int, as_json_object: bool, database: str | None) -> None:
+    """Show a workflow run: its status, version, every step, signals and children."""
+    info = with_client(database, lambda c: c.workflow(run_id))
+    if as_json_object:
+        click.echo(workflow_json(info))
+        return
+    job = info.job
+    rows = [
+        ("run", job.id), ("workflow", info.name), ("version", info.version),
+        ("queue", job.queue), ("status", job.status.value),
+        ("attempt", f"{job.attempt} of {job.max_attempts}"),
+        ("created at", iso(job.created_at)), ("run at", iso(job.run_at)),
+        ("finished at", iso(job.finished_at)),
+        ("cancel requested", "yes" if job.cancel_requested else "no"),
+        ("result", json.dumps(job.result)),
+    ]  # fmt: skip
+    for label, value in rows:
+        click.echo(f"{label:>16}: {value}")
+    if job.error:
+        click.echo(f"{'error':>16}: {error_line(job.error)}")
+    why = waiting_for(info, dt.datetime.now(dt.UTC).timestamp())
+    if why is not None:
+        click.echo(f"{'waiting':>16}: {why}")
+    click.echo("steps:")
+    if not info.steps:
+        click.echo("  (none recorded yet)")
+    for step in info.steps:
+        click.echo(
+            f"  {step.seq:>3}  {step.kind.value:12} {step.name[:24]:24} {step.status.value:11} "
+            f"{step.attempts:>2}  {iso(step.started_at):20} {iso(step.finished_at):20} "
+            f"{step_detail(step)}"
+        )
+    if info.pending_signals:
+        click.echo("pending signals:")
+        for name, payload in info.pending_signals:
+            click.echo(f"  {name}: {short_json(payload)}")
+    if info.children:
+        click.echo("children: " + ", ".join(str(c) for c in info.children))
+
+
+@workflows.command("signal")
+@click.argument("run_id", type=int)
+@click.argument("name")
+@click.option("--payload", metavar="JSON", default="true", show_default=True,
+              help="The signal's payload, as JSON text.")  # fmt: skip
+@database_option
+def signal_run(run_id: int, name: str, payload: str, database: str | None) -> None:
+    """Send signal NAME to workflow run RUN_ID (kept until a wait for it takes it)."""
+    try:
+        value = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        fail(f"--payload is not JSON ({exc}); quote strings, e.g. --payload '\"yes\"'")
+
+    async def go(c: Client) -> int:
+        await c.workflow(run_id)  # refuses a job that is not a workflow run
+        return await c.signal(run_id, name, value)
+
+    signal_id = with_client(database, go)
+    click.echo(f"run {run_id}: signal {name!r} sent (signal id {signal_id})")
 
 
 @main.group()

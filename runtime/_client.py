@@ -328,13 +328,25 @@ class Client:
         """Jobs matching every filter given, newest first."""
         if limit < 1:
             raise InvalidArgumentError("limit must be at least 1")
-        try:
-            state = None if status is None else JobState(status)
-        except ValueError:
-            names = ", ".join(s.value for s in JobState)
-            raise InvalidArgumentError(f"unknown status {status!r}; use one of {names}") from None
         result: builtins.list[JobInfo] = await self._storage.call(
-            ops.ListJobs(state, queue, name, limit)
+            ops.ListJobs(_state(status), queue, name, limit)
+        )
+        return result
+
+    async def runs(
+        self,
+        *,
+        status: JobState | str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+    ) -> builtins.list[JobInfo]:
+        """Workflow runs matching every filter given, newest first; ``name`` is a
+        workflow's name and matches its runs of every version (their job names are
+        ``name@vN``). See :meth:`workflow` for a run's record."""
+        if limit < 1:
+            raise InvalidArgumentError("limit must be at least 1")
+        result: builtins.list[JobInfo] = await self._storage.call(
+            ops.ListJobs(_state(status), None, None, limit, runs_only=True, workflow=name)
         )
         return result
 
@@ -418,6 +430,14 @@ def _check_job_id(job_id: object) -> int:
     if not 1 <= job_id <= _MAX_JOB_ID:
         raise JobNotFoundError(f"no job with id {job_id}")
     return job_id
+
+
+def _state(status: JobState | str | None) -> JobState | None:
+    try:
+        return None if status is None else JobState(status)
+    except ValueError:
+        names = ", ".join(s.value for s in JobState)
+        raise InvalidArgumentError(f"unknown status {status!r}; use one of {names}") from None
 
 
 def _check_queue(queue: object) -> None:

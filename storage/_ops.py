@@ -120,6 +120,10 @@ class ListJobs:
     queue: str | None = None
     name: str | None = None
     limit: int = 100
+    #: Only workflow runs (jobs stored as ``workflow``), newest first like any listing.
+    runs_only: bool = False
+    #: Only runs of this workflow, every version (its job names are ``workflow@vN``).
+    workflow: str | None = None
 
 
 @attrs.frozen

@@ -387,6 +387,8 @@ class MemoryBackend:
             if (op.status is None or r.status is op.status)
             and (op.queue is None or r.queue == op.queue)
             and (op.name is None or r.name == op.name)
+            and (r.workflow or not (op.runs_only or op.workflow is not None))
+            and (op.workflow is None or r.name.rpartition("@v")[0] == op.workflow)
         ]
         return [r.info() for r in rows[: op.limit]]
 

@@ -855,8 +855,11 @@ class PostgresBackend:
         rows = await conn.fetch(
             f"SELECT {JOB_COLUMNS} FROM trioforge_jobs "
             "WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR queue = $2) "
-            "AND ($3::text IS NULL OR name = $3) ORDER BY id DESC LIMIT $4",
+            "AND ($3::text IS NULL OR name = $3) AND (workflow OR NOT $5) "
+            "AND ($6::text IS NULL OR left(name, length($6) + 2) = $6 || '@v') "
+            "ORDER BY id DESC LIMIT $4",
             op.status.value if op.status else None, op.queue, op.name, op.limit,
+            op.runs_only or op.workflow is not None, op.workflow,
         )  # fmt: skip
         return [job_info(row) for row in rows]
 

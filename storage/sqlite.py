@@ -557,8 +557,17 @@ class SQLiteBackend:
         rows = db.execute(
             f"SELECT {JOB_COLUMNS} FROM trioforge_jobs "
             "WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR queue = ?2) "
-            "AND (?3 IS NULL OR name = ?3) ORDER BY id DESC LIMIT ?4",
-            (op.status.value if op.status else None, op.queue, op.name, op.limit),
+            "AND (?3 IS NULL OR name = ?3) AND (workflow OR NOT ?5) "
+            "AND (?6 IS NULL OR substr(name, 1, length(?6) + 2) = ?6 || '@v') "
+            "ORDER BY id DESC LIMIT ?4",
+            (
+                op.status.value if op.status else None,
+                op.queue,
+                op.name,
+                op.limit,
+                op.runs_only or op.workflow is not None,
+                op.workflow,
+            ),
         ).fetchall()
         return [job_info(row) for row in rows]
 

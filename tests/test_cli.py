@@ -255,3 +255,165 @@ def test_db_status_reports_a_missing_sqlite_file_without_creating_it(tmp_path: P
     assert "no database at" in result.output
     assert "trioforge db migrate" in result.output
     assert not path.parent.exists()
+
+
+# --- workflows -----------------------------------------------------------------------------
+
+flow_registry = Registry()
+
+
+def fail_charge(user: str) -> None:
+    raise ConnectionError(f"card of {user} declined")
+
+
+@flow_registry.workflow("cli:onboard")
+async def onboard(ctx: trioforge.WorkflowContext, user: str) -> str:
+    greeting = await ctx.step("greet", lambda: f"hi {user}", compensate=lambda: None)
+    answer = await ctx.wait_for_signal("go")
+    await ctx.step("finish", lambda: "done")
+    return f"{greeting}: {answer}"
+
+
+@flow_registry.workflow("cli:charge")
+async def charge(ctx: trioforge.WorkflowContext, user: str) -> None:
+    await ctx.step("reserve", lambda: 7, compensate=lambda: None)
+    await ctx.step("charge", fail_charge, user, retry=trioforge.Retry(max_attempts=1))
+
+
+def run_workflows(url: str, until: dict[int, JobState]) -> None:
+    """A worker for ``flow_registry`` on ``url`` until each run reaches its state."""
+
+    async def go() -> None:
+        async with trioforge.open_runtime(flow_registry, database=url, poll_interval=0.05) as rt:
+            with trio.fail_after(30):
+                for run_id, wanted in until.items():
+                    while (await rt.get(run_id)).status is not wanted:  # noqa: ASYNC110
+                        await trio.sleep(0.02)  # polling: no event says "suspended"
+
+    trio.run(go)
+
+
+def enqueue_runs(url: str, *runs: tuple[object, str]) -> list[int]:
+    async def go() -> list[int]:
+        async with trioforge.open_client(url) as client:
+            return [await client.enqueue(wf, payload) for wf, payload in runs]  # type: ignore[arg-type]
+
+    return trio.run(go)
+
+
+def test_workflows_list_shows_runs_only_and_filters(url: str) -> None:
+    [plain] = seed(url, ["not a run"])
+    first, second = enqueue_runs(url, (onboard, "ann"), (charge, "bob"))
+    listed = cli("workflows", "list", "--database", url)
+    assert listed.exit_code == 0, listed.output
+    header, *rows = listed.output.splitlines()
+    assert header.split() == ["ID", "WORKFLOW", "VER", "STATUS", "CREATED", "AT", "FINISHED", "AT"]
+    assert [r.split()[:4] for r in rows] == [
+        [str(second), "cli:charge", "1", "available"],
+        [str(first), "cli:onboard", "1", "available"],
+    ]
+    named = cli("workflows", "list", "--name", "cli:onboard", "--json", "--database", url)
+    [only] = [json.loads(line) for line in named.output.splitlines()]
+    assert (only["id"], only["workflow"], only["version"]) == (first, "cli:onboard", 1)
+    assert plain not in {only["id"]}
+    none = cli("workflows", "list", "--status", "completed", "--database", url)
+    assert none.output.splitlines()[1:] == ["(no workflow runs)"]
+    limited = cli("workflows", "list", "--limit", "1", "--json", "--database", url)
+    assert [json.loads(line)["id"] for line in limited.output.splitlines()] == [second]
+
+
+def test_workflows_show_says_which_worker_a_pending_run_needs(url: str) -> None:
+    [run_id] = enqueue_runs(url, (onboard, "ann"))
+    shown = cli("workflows", "show", str(run_id), "--database", url)
+    assert shown.exit_code == 0, shown.output
+    assert "workflow: cli:onboard" in shown.output
+    assert "version: 1" in shown.output
+    assert "status: available" in shown.output
+    assert (
+        "waits for a worker whose registry has workflow 'cli:onboard' version 1 "
+        "(job name 'cli:onboard@v1') on queue 'default'"
+    ) in shown.output
+    assert "(none recorded yet)" in shown.output
+
+
+def test_workflows_show_signal_and_resume(url: str) -> None:
+    [run_id] = enqueue_runs(url, (onboard, "ann"))
+    run_workflows(url, {run_id: JobState.SCHEDULED})  # waiting for its signal
+    waiting = cli("workflows", "show", str(run_id), "--database", url)
+    assert waiting.exit_code == 0, waiting.output
+    assert "waits for a signal or its children; then for a worker" in waiting.output
+    steps = waiting.output.split("steps:\n")[1].splitlines()
+    assert [s.split()[:5] for s in steps] == [
+        ["0", "step", "greet", "completed", "1"],
+        ["1", "signal", "go", "running", "1"],
+    ]
+    assert steps[0].endswith('result "hi ann"')
+    assert steps[1].endswith("no timeout")
+    as_job = cli("jobs", "show", str(run_id), "--database", url)  # no wake time: never
+    assert (as_job.exit_code, "run at: never" in as_job.output) == (0, True), as_job.output
+
+    sent = cli(
+        "workflows", "signal", str(run_id), "go", "--payload", '{"ok": 1}', "--database", url
+    )
+    assert sent.exit_code == 0, sent.output
+    assert sent.output.startswith(f"run {run_id}: signal 'go' sent (signal id ")
+    pending = cli("workflows", "show", str(run_id), "--json", "--database", url)
+    view = json.loads(pending.output)
+    assert view["pending_signals"] == [{"name": "go", "payload": {"ok": 1}}]
+    assert [(s["kind"], s["status"]) for s in view["steps"]] == [
+        ("step", "completed"), ("signal", "running"),
+    ]  # fmt: skip
+
+    run_workflows(url, {run_id: JobState.COMPLETED})
+    done = cli("workflows", "show", str(run_id), "--database", url)
+    assert "status: completed" in done.output
+    assert "result: \"hi ann: {'ok': 1}\"" in done.output
+    assert "waiting:" not in done.output
+    assert 'payload {"ok": 1}' in done.output
+    assert "pending signals" not in done.output
+    finished = cli("workflows", "signal", str(run_id), "go", "--database", url)
+    assert finished.exit_code == 1
+    assert finished.output.startswith(f"error: run {run_id} has finished (completed)")
+
+
+def test_workflows_show_a_compensated_run(url: str) -> None:
+    [run_id] = enqueue_runs(url, (charge, "bob"))
+    run_workflows(url, {run_id: JobState.COMPENSATED})
+    shown = cli("workflows", "show", str(run_id), "--database", url)
+    assert shown.exit_code == 0, shown.output
+    assert "status: compensated" in shown.output
+    [error] = [line for line in shown.output.splitlines() if line.lstrip().startswith("error:")]
+    assert error.endswith(
+        "StepFailed: step 'charge' failed after 1 attempt(s): card of bob declined"
+    )
+    steps = [s.split()[:4] for s in shown.output.split("steps:\n")[1].splitlines()]
+    assert steps == [
+        ["0", "step", "reserve", "compensated"],
+        ["1", "step", "charge", "failed"],
+        ["2", "compensating", "compensating", "completed"],
+        ["3", "compensation", "reserve", "completed"],
+    ]
+    assert "for good; error: ConnectionError: card of bob declined" in shown.output
+
+
+def test_workflows_errors_are_one_line(url: str) -> None:
+    [plain] = seed(url, ["not a run"])
+    [run_id] = enqueue_runs(url, (onboard, "ann"))
+    missing = cli("workflows", "show", "4242", "--database", url)
+    assert (missing.exit_code, missing.output) == (1, "error: no job with id 4242\n")
+    not_a_run = cli("workflows", "show", str(plain), "--database", url)
+    assert not_a_run.exit_code == 1
+    assert not_a_run.output == f"error: job {plain} ('cli:echo') is not a workflow run\n"
+    for args in (["4242", "go"], [str(plain), "go"]):
+        refused = cli("workflows", "signal", *args, "--database", url)
+        assert refused.exit_code == 1
+        assert refused.output.startswith("error: ")
+    bad_json = cli("workflows", "signal", str(run_id), "go", "--payload", "{yes", "--database", url)
+    assert bad_json.exit_code == 1
+    assert bad_json.output.startswith("error: --payload is not JSON (")
+    null = cli("workflows", "signal", str(run_id), "go", "--payload", "null", "--database", url)
+    assert null.exit_code == 1
+    assert "payload cannot be None" in null.output
+    assert "Traceback" not in bad_json.output + null.output
+    shown = json.loads(cli("workflows", "show", str(run_id), "--json", "--database", url).output)
+    assert shown["pending_signals"] == []  # nothing refused was stored

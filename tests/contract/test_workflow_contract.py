@@ -7,7 +7,7 @@ import attrs
 import pytest
 
 from tests.contract.test_contract import T0, claim, enqueue, finish, get, one
-from trioforge import InvalidStateError, JobNotFoundError, JobState
+from trioforge import InvalidStateError, JobInfo, JobNotFoundError, JobState
 from trioforge._rules import Compensated, Succeeded, Suspended
 from trioforge.storage import (
     Backend,
@@ -207,3 +207,17 @@ async def test_a_lost_run_asked_to_cancel_is_rescued_to_be_undone(backend: Backe
     info = await get(backend, run_id)
     assert (info.status, info.cancel_requested) == (JobState.RETRYING, True)
     assert await one(backend, ops.ReadWorkflow(run_id + 100)) is None
+
+
+async def test_listing_runs_only_and_by_workflow_name_over_versions(backend: Backend) -> None:
+    plain = NewJob("pay@v1", "q", "{}", 10, T0, 3)  # a plain job whose name looks like a run
+    await enqueue(backend, run("pay@v1"), run("pay@v2"), run("payroll@v1"), plain, run("p@v1"))
+    runs: list[JobInfo] = await one(backend, ops.ListJobs(runs_only=True))
+    assert [j.name for j in runs] == ["p@v1", "payroll@v1", "pay@v2", "pay@v1"]
+    pay: list[JobInfo] = await one(backend, ops.ListJobs(workflow="pay"))
+    assert [j.name for j in pay] == ["pay@v2", "pay@v1"]
+    limited = await one(backend, ops.ListJobs(workflow="pay", limit=1))
+    assert [j.name for j in limited] == ["pay@v2"]
+    assert await one(backend, ops.ListJobs(workflow="pa")) == []
+    named: list[JobInfo] = await one(backend, ops.ListJobs(name="pay@v1"))
+    assert len(named) == 2  # without the filter, plain jobs are listed too

@@ -33,6 +33,7 @@ from trioforge.storage import (
     WorkflowRecord,
     ops,
 )
+from trioforge.storage._records import not_a_run
 
 __all__ = ["DEFAULT_MAX_KEY_BYTES", "DEFAULT_MAX_PAYLOAD_BYTES", "Client", "JobRef", "Stats"]
 
@@ -291,8 +292,8 @@ class Client:
         record: WorkflowRecord | None = await self._storage.call(ops.ReadWorkflow(job.id))
         if record is None:
             raise JobNotFoundError(f"no job with id {run_id}")
-        if "@v" not in job.name:
-            raise InvalidArgumentError(f"job {run_id} ({job.name!r}) is not a workflow run")
+        if not record.workflow:
+            raise InvalidArgumentError(not_a_run(job.id, job.name))
         return workflow_info(job, record)
 
     async def signal(self, run_id: int, name: str, payload: Any = True) -> int:

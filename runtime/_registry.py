@@ -288,7 +288,7 @@ class Registry:
 
         Several versions may be registered side by side; new runs take the highest, and
         each run resumes only on the version it started with. ``timeout`` bounds the whole
-        run from its start (then it is undone); ``retry`` applies to errors the handler
+        run, counted from its enqueue (then it is undone); ``retry`` applies to errors the handler
         raises outside its steps (default: 10 attempts). See docs/workflows.md.
         """
         self._check_open(f"workflow {name!r}")

@@ -45,6 +45,7 @@ from trioforge._errors import (
     InvalidStateError,
     JobTimeoutError,
     NonDeterminismError,
+    PayloadError,
     StepFailed,
     WorkflowTimeoutError,
 )
@@ -299,6 +300,12 @@ class WorkflowContext(JobContext):
                 raise _Suspend(entry.wake_at)
         attempt = (entry.attempt if entry is not None else 0) + 1
         started = self._clock.now()
+
+        def entry_of(status: StepStatus, **outcome: Any) -> StepRecord:
+            now = self._clock.now()
+            return StepRecord(seq, kind, name, status, attempt, compensable=compensable,
+                              started_at=started, finished_at=now, **outcome)  # fmt: skip
+
         self._step_key = f"{self.run_id}:{seq}:{name}"
         self._step_attempt = attempt
         try:
@@ -306,38 +313,24 @@ class WorkflowContext(JobContext):
                 value = fn(*args)
                 if inspect.isawaitable(value):
                     value = await value
+            text = encode_result(f"{self.name} step {name}", value) or "null"
         except trio.TooSlowError:
             error: BaseException = JobTimeoutError(f"step {name!r} ran past {limit}s")
+            retry_at = failure_outcome(retry, attempt, error, self._clock.now()).retry_at
+        except PayloadError as exc:  # a result that is not JSON: no retry would help
+            error, retry_at = exc, None
         except Exception as exc:
             error = exc
+            retry_at = failure_outcome(retry, attempt, error, self._clock.now()).retry_at
         else:
-            text = encode_result(f"{self.name} step {name}", value) or "null"
-            done = StepRecord(seq, kind, name, StepStatus.COMPLETED, attempt, text, None, None,
-                              compensable, started, self._clock.now())  # fmt: skip
-            await self._write(done)
+            await self._write(entry_of(StepStatus.COMPLETED, result=text))
             return text
         finally:
             self._step_key = self._step_attempt = None
-        now = self._clock.now()
-        failed = failure_outcome(retry, attempt, error, now)
-        await self._write(
-            StepRecord(
-                seq,
-                kind,
-                name,
-                StepStatus.FAILED,
-                attempt,
-                None,
-                format_error(error),
-                failed.retry_at,
-                compensable,
-                started,
-                now,
-            )
-        )
-        if failed.retry_at is None:
+        await self._write(entry_of(StepStatus.FAILED, error=format_error(error), wake_at=retry_at))
+        if retry_at is None:
             raise StepFailed(name, attempt, str(error) or type(error).__name__) from error
-        raise _Suspend(failed.retry_at)
+        raise _Suspend(retry_at)
 
     # --- the durable calls -------------------------------------------------------------
 
@@ -397,7 +390,8 @@ class WorkflowContext(JobContext):
         )
 
     def step_result(self, name: str) -> Any:
-        """The recorded JSON result of completed step ``name``; LookupError if none."""
+        """The recorded JSON result of completed step ``name``; InvalidArgumentError (a
+        ValueError) if the run has no such completed step."""
         for e in self._entries.values():
             if e.kind is StepKind.STEP and e.name == name and e.status is StepStatus.COMPLETED:
                 return json.loads(e.result or "null")
@@ -563,7 +557,7 @@ class WorkflowAttempt:
         undo, come back at once to undo it. The cancel request stays on the row until the
         undoing starts, so the next attempt knows."""
         ctx = self._ctx
-        if ctx is None or ctx._compensations or _marker(ctx) is not None:
+        if ctx is None or _marker(ctx) is not None or _undoable(ctx):
             return Ended(Suspended(self._now()))
         return None
 
@@ -619,6 +613,7 @@ class WorkflowAttempt:
                 value = await self._definition.handler(ctx, *payload)
             if scope.cancelled_caught:
                 raise late
+            _check_replayed_all(ctx)
         except Exception as exc:
             if _holds(exc, NonDeterminismError):
                 return Ended(Failed(None), error=format_error(exc))
@@ -632,13 +627,6 @@ class WorkflowAttempt:
             if not final:
                 raise  # retried by the workflow's own policy, like any job
             return await self._undo(ctx, "dead", format_error(exc), exc)
-        leftover = [e for s, e in ctx._entries.items() if s >= ctx._seq]
-        if leftover:
-            raise NonDeterminismError(
-                f"workflow run {ctx.run_id} returned after {ctx._seq} durable calls, but its "
-                f"record holds {len(leftover)} more (first: {leftover[0].kind} "
-                f"{leftover[0].name!r}); register changed code as a new version"
-            )
         return encode_result(self._definition.name, value)
 
     def _payload(self) -> tuple[Any, ...]:
@@ -698,6 +686,25 @@ class WorkflowAttempt:
                     f"attempt(s): {exc.error}\nthe run was being undone because: {reason}",
                 )
         return Ended(Compensated(), error=reason)
+
+
+def _check_replayed_all(ctx: WorkflowContext) -> None:
+    """A handler that returns must have made every call its record holds."""
+    leftover = [e for s, e in ctx._entries.items() if s >= ctx._seq]
+    if leftover:
+        raise NonDeterminismError(
+            f"workflow run {ctx.run_id} returned after {ctx._seq} durable calls, but its "
+            f"record holds {len(leftover)} more (first: {leftover[0].kind} "
+            f"{leftover[0].name!r}); register changed code as a new version"
+        )
+
+
+def _undoable(ctx: WorkflowContext) -> bool:
+    """Whether the run has a completed step with an undo, recorded or just run (the
+    replay may not have reached the recorded ones yet)."""
+    return bool(ctx._compensations) or any(
+        e.compensable and e.status is StepStatus.COMPLETED for e in ctx._entries.values()
+    )
 
 
 def _marker(ctx: WorkflowContext) -> StepRecord | None:

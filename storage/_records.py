@@ -52,6 +52,7 @@ __all__ = [
     "WorkflowRecord",
     "decode_json",
     "job_info",
+    "not_a_run",
     "step_record",
     "step_row",
 ]
@@ -330,6 +331,8 @@ class WorkflowRecord:
     steps: tuple[StepRecord, ...]
     signals: tuple[SignalRecord, ...]
     children: tuple[ChildRecord, ...]
+    #: Whether the job is a workflow run at all (a plain job's record is empty).
+    workflow: bool = True
 
 
 @attrs.frozen
@@ -355,3 +358,11 @@ def step_row(step: StepRecord) -> tuple[Any, ...]:
         step.seq, step.kind.value, step.name, step.status.value, step.attempt, step.result,
         step.error, step.wake_at, step.compensable, step.started_at, step.finished_at,
     )  # fmt: skip
+
+
+def not_a_run(job_id: int, name: str) -> str:
+    """The message for a signal sent to a job that is not a workflow run."""
+    return (
+        f"job {job_id} ({name!r}) is not a workflow run; signals are for runs of workflows "
+        "declared with registry.workflow"
+    )

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import trio
 
-from trioforge._errors import InvalidStateError, JobNotFoundError
+from trioforge._errors import InvalidArgumentError, InvalidStateError, JobNotFoundError
 from trioforge._rules import (
     PENDING_STATES,
     TERMINAL_STATES,
@@ -54,6 +54,7 @@ from trioforge.storage._records import (
     StepWrite,
     WorkflowRecord,
     decode_json,
+    not_a_run,
 )
 
 __all__ = ["MemoryBackend"]
@@ -532,6 +533,7 @@ class MemoryBackend:
             children=tuple(
                 ChildRecord(c.id, c.name, c.status, c.result, c.error) for c in children
             ),
+            workflow=row.workflow,
         )
 
     def _load_workflow(self, op: ops.LoadWorkflow, now: float) -> WorkflowRecord | None:
@@ -566,6 +568,8 @@ class MemoryBackend:
 
     def _send_signal(self, op: ops.SendSignal, now: float) -> int:
         row = self._row(op.run_id)
+        if not row.workflow:
+            raise InvalidArgumentError(not_a_run(row.id, row.name))
         if row.status in TERMINAL_STATES:
             raise InvalidStateError(
                 f"run {row.id} has finished ({row.status}); a signal to it would never be read"

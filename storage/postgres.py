@@ -26,6 +26,7 @@ import trio_asyncio
 
 from trioforge._errors import (
     DatabaseUnavailableError,
+    InvalidArgumentError,
     InvalidStateError,
     JobNotFoundError,
     SchemaError,
@@ -60,6 +61,7 @@ from trioforge.storage._records import (
     WakeNotice,
     WorkflowRecord,
     job_info,
+    not_a_run,
     step_record,
     step_row,
 )
@@ -1062,7 +1064,8 @@ class PostgresBackend:
     @staticmethod
     async def _record_of(conn: asyncpg.Connection, run_id: int) -> WorkflowRecord | None:
         row = await conn.fetchrow(
-            "SELECT created_at, cancel_requested FROM trioforge_jobs WHERE id = $1", run_id
+            "SELECT created_at, cancel_requested, workflow FROM trioforge_jobs WHERE id = $1",
+            run_id,
         )
         if row is None:
             return None
@@ -1090,6 +1093,7 @@ class PostgresBackend:
                 ChildRecord(c["id"], c["name"], JobState(c["status"]), c["result"], c["error"])
                 for c in children
             ),
+            workflow=row["workflow"],
         )
 
     async def _load_workflow(
@@ -1142,7 +1146,11 @@ class PostgresBackend:
         return StepWrite(applied=True, child_id=child_id)
 
     async def _send_signal(self, conn: asyncpg.Connection, op: ops.SendSignal, now: float) -> int:
-        status = JobState((await self._locked(conn, op.run_id))["status"])
+        locked = await self._locked(conn, op.run_id)
+        if not locked["workflow"]:
+            name = await conn.fetchval("SELECT name FROM trioforge_jobs WHERE id = $1", op.run_id)
+            raise InvalidArgumentError(not_a_run(op.run_id, name))
+        status = JobState(locked["status"])
         if status in TERMINAL_STATES:
             raise InvalidStateError(
                 f"run {op.run_id} has finished ({status}); a signal to it would never be read"

@@ -22,6 +22,7 @@ import trio
 
 from trioforge._errors import (
     DatabaseUnavailableError,
+    InvalidArgumentError,
     InvalidStateError,
     JobNotFoundError,
     SchemaError,
@@ -54,6 +55,7 @@ from trioforge.storage._records import (
     StepWrite,
     WorkflowRecord,
     job_info,
+    not_a_run,
     step_record,
     step_row,
 )
@@ -766,7 +768,8 @@ class SQLiteBackend:
     @staticmethod
     def _record_of(db: sqlite3.Connection, run_id: int) -> WorkflowRecord | None:
         row = db.execute(
-            "SELECT created_at, cancel_requested FROM trioforge_jobs WHERE id = ?", (run_id,)
+            "SELECT created_at, cancel_requested, workflow FROM trioforge_jobs WHERE id = ?",
+            (run_id,),
         ).fetchone()
         if row is None:
             return None
@@ -791,6 +794,7 @@ class SQLiteBackend:
             steps=tuple(step_record(s) for s in steps),
             signals=tuple(SignalRecord(*s) for s in signals),
             children=tuple(ChildRecord(i, n, JobState(st), r, e) for i, n, st, r, e in children),
+            workflow=bool(row[2]),
         )
 
     def _load_workflow(
@@ -837,6 +841,11 @@ class SQLiteBackend:
 
     def _send_signal(self, db: sqlite3.Connection, op: ops.SendSignal, now: float) -> int:
         status, _ = self._status_of(db, op.run_id)
+        name, workflow = db.execute(
+            "SELECT name, workflow FROM trioforge_jobs WHERE id = ?", (op.run_id,)
+        ).fetchone()
+        if not workflow:
+            raise InvalidArgumentError(not_a_run(op.run_id, name))
         if status in TERMINAL_STATES:
             raise InvalidStateError(
                 f"run {op.run_id} has finished ({status}); a signal to it would never be read"

@@ -321,3 +321,72 @@ async def test_a_run_past_its_timeout_is_undone(autojump_clock: trio.abc.Clock) 
     assert "WorkflowTimeoutError" in (info.error or "")
     assert 3600 <= trio.current_time() - start < 3600 + 5
     assert undone == ["hold"]
+
+
+async def test_a_cancel_before_the_replay_reaches_an_undoable_step_still_undoes_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    registry = trioforge.Registry()
+    undone: list[str] = []
+    resumed = trio.Event()
+
+    @registry.workflow("late_cancel")
+    async def late_cancel(ctx: WorkflowContext) -> None:
+        if ctx.is_step_completed("book") and not resumed.is_set():
+            resumed.set()  # the resumed attempt is cancelled here, before the step's replay
+            await trio.sleep_forever()
+        await ctx.step("book", lambda: 1, compensate=lambda: undone.append("book"))
+        await ctx.sleep(10)
+
+    async with open_test_runtime(registry) as rt:
+        run_id = await rt.enqueue(late_cancel)
+        await resumed.wait()
+        await rt.cancel(run_id)
+        assert (await rt.wait(run_id)).status is JobState.COMPENSATED
+    assert undone == ["book"]
+
+
+async def test_a_record_longer_than_the_code_fails_the_run_at_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    registry = trioforge.Registry()
+    steps = ["a", "b"]
+
+    @registry.workflow("shrinking")
+    async def shrinking(ctx: WorkflowContext) -> None:
+        for name in steps:
+            await ctx.step(name, lambda: 1)
+        if len(steps) == 2:
+            await ctx.sleep(10)
+
+    async with open_test_runtime(registry) as rt:
+        run_id = await rt.enqueue(shrinking)
+        await rt.advance(1)
+        steps.pop()  # "deployed" while it sleeps: the replay makes a prefix of the calls
+        info = await rt.wait(run_id)
+    assert info.status is JobState.DEAD
+    assert info.attempt == 1  # not retried: replaying again cannot help
+    assert "NonDeterminismError" in (info.error or "")
+
+
+async def test_a_step_result_that_is_not_json_fails_the_step_without_retries(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    registry = trioforge.Registry()
+    calls: list[int] = []
+
+    def not_json() -> object:
+        calls.append(1)
+        return object()
+
+    @registry.workflow("opaque")
+    async def opaque(ctx: WorkflowContext) -> None:
+        await ctx.step("opaque", not_json)
+
+    async with open_test_runtime(registry) as rt:
+        run_id = await rt.enqueue(opaque)
+        info = await rt.wait(run_id)
+        [step] = (await rt.workflow(run_id)).steps
+    assert (info.status, info.attempt, len(calls)) == (JobState.DEAD, 1, 1)
+    assert (step.status, step.attempts) == (StepStatus.FAILED, 1)
+    assert "not JSON-serialisable" in (step.error or "")

@@ -7,7 +7,7 @@ import attrs
 import pytest
 
 from tests.contract.test_contract import T0, claim, enqueue, finish, get, one
-from trioforge import InvalidStateError, JobInfo, JobNotFoundError, JobState
+from trioforge import InvalidArgumentError, InvalidStateError, JobInfo, JobNotFoundError, JobState
 from trioforge._rules import Compensated, Succeeded, Suspended
 from trioforge.storage import (
     Backend,
@@ -221,3 +221,12 @@ async def test_listing_runs_only_and_by_workflow_name_over_versions(backend: Bac
     assert await one(backend, ops.ListJobs(workflow="pa")) == []
     named: list[JobInfo] = await one(backend, ops.ListJobs(name="pay@v1"))
     assert len(named) == 2  # without the filter, plain jobs are listed too
+
+
+async def test_a_signal_to_a_plain_job_is_refused_and_changes_nothing(backend: Backend) -> None:
+    [job_id] = await enqueue(backend, NewJob("a", "q", "{}", 10, T0 + 3600, 3))
+    with pytest.raises(InvalidArgumentError, match="not a workflow run"):
+        await one(backend, ops.SendSignal(job_id, "go", "true"), T0 + 1)
+    assert (await get(backend, job_id)).run_at == T0 + 3600
+    record: WorkflowRecord = await one(backend, ops.ReadWorkflow(job_id))
+    assert (record.workflow, record.signals) == (False, ())

@@ -75,8 +75,9 @@ class JobTable(Protocol):
 
     def names(self) -> frozenset[str]: ...
 
-    def policy(self, name: str) -> tuple[Retry, float | None]:
-        """The job's retry policy and timeout in seconds (None: no timeout)."""
+    def policy(self, job: ClaimedJob) -> tuple[Retry, float | None]:
+        """The job's retry policy and timeout in seconds (None: no timeout), in its queue
+        (the attempt count comes from ``job.max_attempts``, set at enqueue)."""
         ...
 
     def attempt(self, job: ClaimedJob) -> Attempt:
@@ -120,6 +121,8 @@ def decide_outcome(
     reason_text = discard_reason(error)  # a Discard, or a group holding one
     if reason_text is not None:
         return Outcome(job.id, job.lease, DiscardedEvent(), error=reason_text)
+    if retry.max_attempts != job.max_attempts:  # fixed at enqueue, maybe overridden there
+        retry = attrs.evolve(retry, max_attempts=job.max_attempts)
     event = failure_outcome(retry, job.attempt, error, now, u)
     return Outcome(job.id, job.lease, event, error=format_error(error))
 
@@ -393,7 +396,7 @@ class QueueSupervisor:
         self._outcomes_send.send_nowait((job, outcome))
 
     async def _attempt(self, job: ClaimedJob) -> None:
-        retry, timeout = self._table.policy(job.name)
+        retry, timeout = self._table.policy(job)
         attempt = self._table.attempt(job)
         entry = self._running.start(job.id, job.lease)
         if timeout is not None:

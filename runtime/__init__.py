@@ -22,6 +22,7 @@ from trioforge._errors import (
     TrioforgeError,
     UnknownJobError,
 )
+from trioforge._policy import Queue
 from trioforge._registry import AttemptEnd, JobDefinition, Registry
 from trioforge._rules import AttemptOutcome, JobState, Priority, Retry
 from trioforge._runtime import Runtime, RuntimeStatistics, open_client, open_runtime
@@ -48,6 +49,7 @@ __all__ = [
     "JobTimeoutError",
     "PayloadError",
     "Priority",
+    "Queue",
     "QueueInfo",
     "Registry",
     "Retry",

@@ -20,6 +20,7 @@ from trioforge._errors import (
     TrioforgeError,
 )
 from trioforge._payloads import encode
+from trioforge._policy import Queue
 from trioforge._registry import JobDefinition, Registry
 from trioforge._rules import JobState, PriorityLike, parse_priority
 from trioforge.actors import Finished, RunningJobs, StopReason, StorageHandle
@@ -102,6 +103,7 @@ class Client:
         poll_interval: float = 1.0,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+        policies: Mapping[str, Queue] | None = None,
     ) -> None:
         for name, limit in (
             ("max_payload_bytes", max_payload_bytes),
@@ -118,6 +120,7 @@ class Client:
         self._running = running
         self._wake = wake
         self._poll_interval = poll_interval
+        self._policies = dict(policies or {})
 
     # --- enqueue ---------------------------------------------------------------------
 
@@ -143,9 +146,23 @@ class Client:
         priority: PriorityLike | None,
         queue: str | None,
         idempotency_key: str | None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
     ) -> builtins.list[NewJob]:
         if queue is not None:
             _check_queue(queue)
+        if max_attempts is not None and (
+            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+        ):
+            raise InvalidArgumentError(
+                f"max_attempts must be an int >= 1 (1 = no retries), got {max_attempts!r}"
+            )
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < math.inf
+        ):
+            raise InvalidArgumentError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not idempotency_key
         ):
@@ -160,15 +177,19 @@ class Client:
                 )
         when = _run_at(self._clock.now(), delay, run_at)
         level = definition.priority if priority is None else parse_priority(priority)
+        queue = queue or definition.queue
+        if max_attempts is None:
+            max_attempts = definition.retry_in(self._policies.get(queue)).max_attempts
         return [
             NewJob(
                 name=definition.name,
-                queue=queue or definition.queue,
+                queue=queue,
                 payload=self._encode(definition, payload),
                 priority=level,
                 run_at=when,
-                max_attempts=definition.retry.max_attempts,
+                max_attempts=max_attempts,
                 idempotency_key=idempotency_key,
+                timeout=None if timeout is None else float(timeout),
             )
             for payload in payloads
         ]
@@ -206,12 +227,16 @@ class Client:
         priority: PriorityLike | None = None,
         queue: str | None = None,
         idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the job's, not this call's)
     ) -> int:
         """Store one job and return its id.
 
         The payload is checked against the job's declared type first: a mismatch raises
         :class:`~trioforge.PayloadError` and stores nothing. With ``idempotency_key``, while
         an unfinished job holds the same key, its id is returned and nothing new is stored.
+        ``max_attempts`` and ``timeout`` (seconds) override the job's (and its queue's) for
+        this job only.
         """
         definition = self._definition(job)
         jobs = self._new_jobs(
@@ -222,6 +247,8 @@ class Client:
             priority=priority,
             queue=queue,
             idempotency_key=idempotency_key,
+            max_attempts=max_attempts,
+            timeout=timeout,
         )
         return (await self._insert(jobs))[0]
 
@@ -234,6 +261,8 @@ class Client:
         run_at: float | dt.datetime | None = None,
         priority: PriorityLike | None = None,
         queue: str | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the job's, not this call's)
     ) -> builtins.list[int]:
         """Store many jobs of one kind in one transaction; all or none are stored."""
         definition = self._definition(job)
@@ -245,6 +274,8 @@ class Client:
             priority=priority,
             queue=queue,
             idempotency_key=None,
+            max_attempts=max_attempts,
+            timeout=timeout,
         )
         return await self._insert(jobs)
 

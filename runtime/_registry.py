@@ -12,6 +12,7 @@ import attrs
 from trioforge._cron import CronSchedule
 from trioforge._errors import ConfigurationError, InvalidStateError, UnknownJobError
 from trioforge._payloads import NO_PAYLOAD
+from trioforge._policy import Queue
 from trioforge._rules import AttemptOutcome, PriorityLike, Retry, parse_priority
 
 if TYPE_CHECKING:
@@ -113,6 +114,21 @@ class JobDefinition:
     timeout: float | None
     #: Set for jobs declared with ``registry.cron``: they are enqueued by the scheduler.
     cron: CronSpec | None = None
+    #: The settings left unset at declaration ("retry", "timeout"): the queue's policy
+    #: gives them (see :class:`~trioforge.Queue`), else the defaults above.
+    inherits: frozenset[str] = frozenset()
+
+    def retry_in(self, policy: Queue | None) -> Retry:
+        """The retry policy in a queue with ``policy``."""
+        if "retry" in self.inherits and policy is not None and policy.retry is not None:
+            return policy.retry
+        return self.retry
+
+    def timeout_in(self, policy: Queue | None) -> float | None:
+        """The timeout in seconds in a queue with ``policy`` (None: no timeout)."""
+        if "timeout" in self.inherits and policy is not None and policy.timeout is not None:
+            return policy.timeout
+        return self.timeout
 
     def __call__(self, ctx: JobContext, *args: Any) -> Awaitable[Any]:
         return self.handler(ctx, *args)
@@ -194,7 +210,11 @@ class Registry:
                 priority=level,
                 retry=retry if retry is not None else Retry(),
                 timeout=timeout,
-            )
+                inherits=frozenset(
+                    field for field, value in (("retry", retry), ("timeout", timeout))
+                    if value is None
+                ),
+            )  # fmt: skip
             self._jobs[name] = definition
             return definition
 

@@ -139,6 +139,7 @@ class Retry:
     max_delay: float = 300.0
     jitter: float = 0.0
     on: tuple[type[BaseException], ...] = ()
+    discard_on: tuple[type[BaseException], ...] | Callable[[BaseException], bool] = ()
 
     def __attrs_post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -149,6 +150,30 @@ class Retry:
             raise ConfigurationError("Retry delays must be >= 0 seconds")
         if not 0.0 <= self.jitter < 1.0:
             raise ConfigurationError("Retry.jitter must be a fraction in [0, 1)")
+        is_function = callable(self.discard_on) and not isinstance(self.discard_on, type)
+        if not is_function and not (
+            isinstance(self.discard_on, tuple)
+            and all(isinstance(t, type) and issubclass(t, BaseException) for t in self.discard_on)
+        ):
+            raise ConfigurationError(
+                "Retry.discard_on must be a tuple of exception types (one type: "
+                f"(TypeError,)) or a function (exc) -> bool, got {self.discard_on!r}"
+            )
+
+    def discards(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (a group: any exception in it) is one ``discard_on`` names."""
+        condition = self.discard_on
+        if condition == ():
+            return False
+        try:
+            if isinstance(exc, BaseExceptionGroup):
+                found, _ = exc.split(condition)
+                return found is not None
+            if isinstance(condition, tuple):
+                return isinstance(exc, condition)
+            return bool(condition(exc))
+        except Exception:
+            return False
 
     def retries(self, exc: BaseException) -> bool:
         """Whether ``exc`` is of a type this policy retries (a group: all of its leaves)."""
@@ -289,7 +314,7 @@ def failure_outcome(
     policy: Retry, attempt: int, exc: BaseException, now: float, u: float = 0.0
 ) -> Failed:
     """Decide what failed attempt ``attempt`` leads to."""
-    if attempt >= policy.max_attempts or not policy.retries(exc):
+    if attempt >= policy.max_attempts or policy.discards(exc) or not policy.retries(exc):
         return Failed(retry_at=None)
     return Failed(retry_at=now + backoff_delay(policy, attempt, u))
 

@@ -26,6 +26,7 @@ from trioforge._errors import (
     unwrapped,
 )
 from trioforge._payloads import decode, encode_result
+from trioforge._policy import Queue, QueueLike, queue_policies, queue_sizes
 from trioforge._registry import AttemptEnd, CronTick, Registry
 from trioforge._rules import AttemptOutcome, Retry
 from trioforge.actors import (
@@ -72,16 +73,21 @@ class RuntimeStatistics:
 class _RegistryJobs:
     """Adapts a Registry to what workers need (the actors' ``JobTable``)."""
 
-    def __init__(self, registry: Registry, make_context: Any) -> None:
+    def __init__(
+        self, registry: Registry, make_context: Any, policies: Mapping[str, Queue]
+    ) -> None:
         self._registry = registry
         self._make_context = make_context
+        self._policies = policies
 
     def names(self) -> frozenset[str]:
         return self._registry.names()
 
-    def policy(self, name: str) -> tuple[Retry, float | None]:
-        definition = self._registry.get(name)
-        return definition.retry, definition.timeout
+    def policy(self, job: ClaimedJob) -> tuple[Retry, float | None]:
+        definition = self._registry.get(job.name)
+        policy = self._policies.get(job.queue)
+        timeout = job.timeout if job.timeout is not None else definition.timeout_in(policy)
+        return definition.retry_in(policy), timeout
 
     def attempt(self, job: ClaimedJob) -> _Attempt:
         return _Attempt(self._registry, self._make_context, job)
@@ -205,13 +211,17 @@ async def open_client(
     poll_interval: float = 1.0,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+    queues: Mapping[str, QueueLike] | None = None,
 ) -> AsyncIterator[Client]:
     """Enqueue, inspect and cancel jobs without running any (web processes, scripts).
 
     ``database`` is a URL or a backend; None reads the configuration (see the README).
     ``registry`` is needed only to enqueue jobs by name. Enqueues refuse payloads over
     ``max_payload_bytes`` of JSON and idempotency keys over ``max_key_bytes`` of UTF-8.
+    ``queues`` gives the queues' policies (as on ``open_runtime``; no workers run): a
+    queue's ``retry`` sets ``max_attempts`` of the jobs enqueued here that inherit it.
     """
+    policies = queue_policies(queues)
     clock = clock or WallClock()
     async with unwrapped(), _storage(_backend(database), clock, migrate) as storage:
         yield Client(
@@ -222,6 +232,7 @@ async def open_client(
             poll_interval=poll_interval,
             max_payload_bytes=max_payload_bytes,
             max_key_bytes=max_key_bytes,
+            policies=policies,
         )
 
 
@@ -229,7 +240,10 @@ async def open_client(
 class _Settings:
     """``open_runtime``'s arguments, checked, with their defaults filled in."""
 
+    #: Worker count per queue.
     queues: Mapping[str, int]
+    #: Every queue's policy (defaults for its jobs).
+    policies: Mapping[str, Queue]
     clock: Clock
     owner: str
     lease_seconds: float
@@ -245,7 +259,7 @@ class _Settings:
         cls,
         registry: Registry,
         *,
-        queues: Mapping[str, int] | None,
+        queues: Mapping[str, QueueLike] | None,
         clock: Clock | None,
         owner: str | None,
         lease_seconds: float,
@@ -258,17 +272,14 @@ class _Settings:
     ) -> _Settings:
         if queues is None:
             queues = {name: DEFAULT_CONCURRENCY for name in sorted(registry.queues())}
-        for name, size in queues.items():
-            if not isinstance(name, str) or not name or not isinstance(size, int) or size < 0:
-                raise ConfigurationError(
-                    f"queues must map queue names to worker counts >= 0, got {name!r}: {size!r}"
-                )
+        policies = queue_policies(queues)
         if not 0 < heartbeat_interval < lease_seconds:
             raise ConfigurationError(
                 "heartbeat_interval must be > 0 and shorter than lease_seconds"
             )
         return cls(
-            queues=dict(queues),
+            queues=queue_sizes(policies),
+            policies=policies,
             clock=clock or WallClock(),
             owner=owner or _default_owner(),
             lease_seconds=lease_seconds,
@@ -307,10 +318,11 @@ class _Parts:
             poll_interval=settings.poll_interval,
             max_payload_bytes=settings.max_payload_bytes,
             max_key_bytes=settings.max_key_bytes,
+            policies=settings.policies,
             owner=settings.owner,
             supervisors=self.supervisors,
         )
-        self.jobs = _RegistryJobs(registry, self._context)
+        self.jobs = _RegistryJobs(registry, self._context, settings.policies)
         self.cron_jobs = [
             CronJob(
                 name=d.name,
@@ -319,7 +331,7 @@ class _Parts:
                 skip_if_running=d.cron.overlap == "skip",
                 queue=d.queue,
                 priority=d.priority,
-                max_attempts=d.retry.max_attempts,
+                max_attempts=d.retry_in(settings.policies.get(d.queue)).max_attempts,
             )
             for d in registry.schedules()
             if d.cron is not None
@@ -418,7 +430,7 @@ async def open_runtime(
     registry: Registry,
     *,
     database: str | Backend | None = None,
-    queues: Mapping[str, int] | None = None,
+    queues: Mapping[str, QueueLike] | None = None,
     clock: Clock | None = None,
     owner: str | None = None,
     lease_seconds: float = 30.0,
@@ -434,7 +446,8 @@ async def open_runtime(
     """Run workers for ``registry`` inside the caller's trio run.
 
     Returns once storage is open and migrated and every queue's actors are running.
-    ``queues`` maps queue name to worker count (None: every queue of the registry, with
+    ``queues`` maps queue name to worker count or to a :class:`~trioforge.Queue` (a count
+    plus defaults for its jobs: retry, timeout) (None: every queue of the registry, with
     10 workers each; ``{}``: no workers, a client only). A count of 0 is a standby pool:
     the process heartbeats and takes part in rescue, but claims nothing until
     :meth:`Runtime.resize` grows it.

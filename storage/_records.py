@@ -55,6 +55,8 @@ class NewJob:
     run_at: float
     max_attempts: int
     idempotency_key: str | None = None
+    #: Seconds an attempt may run, set per enqueue (None: the job's own timeout).
+    timeout: float | None = None
 
 
 @attrs.frozen
@@ -77,6 +79,8 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     lease: int
+    #: The per-enqueue timeout, if one was given.
+    timeout: float | None = None
 
 
 @attrs.frozen

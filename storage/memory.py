@@ -67,6 +67,7 @@ class _Row:
     idempotency_key: str | None
     created_at: float
     status: JobState
+    timeout: float | None = None
     attempt: int = 0
     lease: int = 0
     lease_owner: str | None = None
@@ -226,6 +227,7 @@ class MemoryBackend:
                 idempotency_key=key,
                 created_at=now,
                 status=JobState.SCHEDULED if job.run_at > now else JobState.AVAILABLE,
+                timeout=job.timeout,
             )
             self._next_id += 1
             self._rows[row.id] = row
@@ -280,6 +282,7 @@ class MemoryBackend:
                     attempt=row.attempt,
                     max_attempts=row.max_attempts,
                     lease=row.lease,
+                    timeout=row.timeout,
                 )
             )
         upcoming = (

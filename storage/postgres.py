@@ -118,6 +118,10 @@ MIGRATIONS: tuple[str, ...] = (
         paused_at DOUBLE PRECISION NOT NULL
     );
     """,
+    # Per-enqueue timeouts.
+    """
+    ALTER TABLE trioforge_jobs ADD COLUMN timeout DOUBLE PRECISION;
+    """,
 )
 
 
@@ -125,11 +129,12 @@ MIGRATIONS: tuple[str, ...] = (
 _INSERT_MANY = """
 WITH inserted AS (
     INSERT INTO trioforge_jobs
-        (name, queue, payload, priority, run_at, max_attempts, created_at, status)
-    SELECT name, queue, payload, priority, run_at, max_attempts, $7, status
+        (name, queue, payload, priority, run_at, max_attempts, created_at, status, timeout)
+    SELECT name, queue, payload, priority, run_at, max_attempts, $7, status, timeout
     FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::int[],
-                $8::text[])
-        WITH ORDINALITY AS t(name, queue, payload, priority, run_at, max_attempts, status, ord)
+                $8::text[], $10::float8[])
+        WITH ORDINALITY
+        AS t(name, queue, payload, priority, run_at, max_attempts, status, timeout, ord)
     ORDER BY ord
     RETURNING id, queue, run_at
 ), notified AS (
@@ -140,8 +145,9 @@ SELECT id FROM inserted WHERE (SELECT count(*) FROM notified) >= 0
 
 _INSERT_KEYED = f"""
 INSERT INTO trioforge_jobs
-    (name, queue, payload, priority, run_at, max_attempts, idempotency_key, created_at, status)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    (name, queue, payload, priority, run_at, max_attempts, idempotency_key, created_at, status,
+     timeout)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (idempotency_key)
     WHERE idempotency_key IS NOT NULL AND status NOT IN {_TERMINAL} DO NOTHING
 RETURNING id
@@ -209,11 +215,12 @@ WITH picked AS (
         progress_message = NULL
     FROM picked WHERE j.id = picked.id
     RETURNING j.id, j.name, j.queue, j.payload, j.priority, j.run_at, j.attempt,
-        j.max_attempts, j.lease
+        j.max_attempts, j.lease, j.timeout
 )
-SELECT id, name, queue, payload, priority, run_at, attempt, max_attempts, lease FROM claimed
+SELECT id, name, queue, payload, priority, run_at, attempt, max_attempts, lease, timeout
+FROM claimed
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, min(run_at), NULL, NULL, NULL FROM trioforge_jobs
+SELECT NULL, NULL, NULL, NULL, NULL, min(run_at), NULL, NULL, NULL, NULL FROM trioforge_jobs
 WHERE queue = $1 AND status IN {_PENDING} AND run_at > $2 AND name = ANY($3::text[])
   AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
 """
@@ -577,7 +584,7 @@ class PostgresBackend:
                 [j.name for j in op.jobs], [j.queue for j in op.jobs],
                 [j.payload for j in op.jobs], [j.priority for j in op.jobs],
                 [j.run_at for j in op.jobs], [j.max_attempts for j in op.jobs], now, status,
-                CHANNEL,
+                CHANNEL, [j.timeout for j in op.jobs],
             )  # fmt: skip
             return [Enqueued(job_id, created=True) for job_id in sorted(r["id"] for r in rows)]
         earliest: dict[str, float] = {}
@@ -590,7 +597,7 @@ class PostgresBackend:
         for j, state in zip(op.jobs, status, strict=True):
             job_id = await conn.fetchval(
                 _INSERT_KEYED, j.name, j.queue, j.payload, j.priority, j.run_at,
-                j.max_attempts, j.idempotency_key, now, state,
+                j.max_attempts, j.idempotency_key, now, state, j.timeout,
             )  # fmt: skip
             if job_id is not None:
                 out.append(Enqueued(job_id, created=True))

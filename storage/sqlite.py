@@ -109,6 +109,10 @@ MIGRATIONS: tuple[str, ...] = (
         paused_at REAL NOT NULL
     )
     """,
+    # Per-enqueue timeouts.
+    """
+    ALTER TABLE trioforge_jobs ADD COLUMN timeout REAL
+    """,
 )
 
 _TABLES = (
@@ -119,7 +123,7 @@ _TABLES = (
 
 _INSERT = (
     "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, max_attempts, "
-    "idempotency_key, created_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "idempotency_key, created_at, status, timeout) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 #: The unfinished job holding an idempotency key, if any.
@@ -138,7 +142,7 @@ WHERE id IN (
     ORDER BY priority DESC, run_at, id
     LIMIT ?
 )
-RETURNING id, name, queue, payload, priority, run_at, attempt, max_attempts, lease
+RETURNING id, name, queue, payload, priority, run_at, attempt, max_attempts, lease, timeout
 """
 
 #: Before a claim, in one statement: whether the queue is paused, and the earliest run_at
@@ -369,7 +373,7 @@ class SQLiteBackend:
         if all(job.idempotency_key is None for job in op.jobs):
             rows = [
                 (j.name, j.queue, j.payload, j.priority, j.run_at, j.max_attempts, None, now,
-                 "scheduled" if j.run_at > now else "available")
+                 "scheduled" if j.run_at > now else "available", j.timeout)
                 for j in op.jobs
             ]  # fmt: skip
             before = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'trioforge_jobs'")
@@ -391,7 +395,7 @@ class SQLiteBackend:
             cursor = db.execute(
                 _INSERT,
                 (j.name, j.queue, j.payload, j.priority, j.run_at, j.max_attempts, key, now,
-                 "scheduled" if j.run_at > now else "available"),
+                 "scheduled" if j.run_at > now else "available", j.timeout),
             )  # fmt: skip
             assert cursor.lastrowid is not None
             out.append(Enqueued(cursor.lastrowid, created=True))

@@ -6,6 +6,7 @@ storage protocol and the runtime's leaf modules (rules, errors, clock), never it
 
 from trioforge.actors.leases import heartbeat, reaper
 from trioforge.actors.listener import listener
+from trioforge.actors.live import LiveFeed, live_feed, open_live_feed
 from trioforge.actors.queue import JobTable, QueueConfig, QueueSupervisor
 from trioforge.actors.running import Finished, RunningJobs, StopReason
 from trioforge.actors.storage_actor import StorageHandle, open_storage_channel, storage_actor
@@ -13,6 +14,7 @@ from trioforge.actors.storage_actor import StorageHandle, open_storage_channel, 
 __all__ = [
     "Finished",
     "JobTable",
+    "LiveFeed",
     "QueueConfig",
     "QueueSupervisor",
     "RunningJobs",
@@ -20,6 +22,8 @@ __all__ = [
     "StorageHandle",
     "heartbeat",
     "listener",
+    "live_feed",
+    "open_live_feed",
     "open_storage_channel",
     "reaper",
     "storage_actor",

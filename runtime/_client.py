@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeAlias
 
 import attrs
-import trio
 
 from trioforge._clock import Clock
 from trioforge._errors import (
@@ -23,7 +22,8 @@ from trioforge._payloads import encode
 from trioforge._policy import Queue
 from trioforge._registry import JobDefinition, Registry
 from trioforge._rules import JobState, PriorityLike, parse_priority
-from trioforge.actors import Finished, RunningJobs, StopReason, StorageHandle
+from trioforge._watch import JobWatch
+from trioforge.actors import Finished, LiveFeed, RunningJobs, StopReason, StorageHandle
 from trioforge.storage import CancelResult, CronState, Enqueued, JobInfo, NewJob, ops
 
 __all__ = ["DEFAULT_MAX_KEY_BYTES", "DEFAULT_MAX_PAYLOAD_BYTES", "Client", "JobRef", "Stats"]
@@ -98,9 +98,9 @@ class Client:
         *,
         registry: Registry | None,
         finished: Finished,
+        feed: LiveFeed,
         running: RunningJobs | None = None,
         wake: Callable[[str, float], None] | None = None,
-        poll_interval: float = 1.0,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
         policies: Mapping[str, Queue] | None = None,
@@ -117,9 +117,9 @@ class Client:
         self._clock = clock
         self._registry = registry
         self._finished = finished
+        self._feed = feed
         self._running = running
         self._wake = wake
-        self._poll_interval = poll_interval
         self._policies = dict(policies or {})
 
     # --- enqueue ---------------------------------------------------------------------
@@ -291,17 +291,25 @@ class Client:
     async def wait(self, job_id: int) -> JobInfo:
         """Block until the job is terminal (completed, dead or cancelled) and return it.
 
-        Wakes at once for outcomes written in this process, else checks every poll
-        interval. No timeout of its own: wrap it in ``trio.fail_after``. Cancellation is
-        safe and changes nothing.
+        Wakes within milliseconds of the outcome being recorded by any process (pushed by
+        storage, see :meth:`watch`). No timeout of its own: wrap it in ``trio.fail_after``.
+        Cancellation is safe and changes nothing.
         """
-        while True:
-            with self._finished.watch(job_id) as finished:
-                info = await self.get(job_id)
+        async with self.watch(job_id) as updates:
+            async for info in updates:
                 if info.is_terminal:
                     return info
-                with trio.move_on_after(self._poll_interval):
-                    await finished.wait()
+        raise AssertionError("a watch ends only after a terminal snapshot")  # pragma: no cover
+
+    def watch(self, job_id: int) -> JobWatch:
+        """``async for info in client.watch(job_id)``: the job's snapshot now, then at each
+        change of status, attempt, progress or progress message, until it is terminal.
+
+        Changes are pushed by storage (PostgreSQL NOTIFY on outcomes, progress and operator
+        actions; SQLite's commit counter, read every few milliseconds; in-process on
+        memory); only watched jobs are read, several watchers of one job share one read.
+        """
+        return JobWatch(self._feed, _check_job_id(job_id))
 
     async def list(
         self,

@@ -31,6 +31,7 @@ from trioforge._registry import AttemptEnd, CronTick, Registry
 from trioforge._rules import AttemptOutcome, Retry
 from trioforge.actors import (
     Finished,
+    LiveFeed,
     QueueConfig,
     QueueSupervisor,
     RunningJobs,
@@ -38,6 +39,8 @@ from trioforge.actors import (
     StorageHandle,
     heartbeat,
     listener,
+    live_feed,
+    open_live_feed,
     open_storage_channel,
     reaper,
     storage_actor,
@@ -202,6 +205,22 @@ async def _storage(backend: Backend, clock: Clock, migrate: bool) -> AsyncIterat
 
 
 @asynccontextmanager
+async def _live(
+    backend: Backend, storage: StorageHandle, poll_interval: float
+) -> AsyncIterator[LiveFeed]:
+    """The process's live feed, running for the block (inside the storage actor's)."""
+    feed, receive = open_live_feed()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            partial(live_feed, backend, storage, feed, receive, poll_interval=poll_interval)
+        )
+        try:
+            yield feed
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
 async def open_client(
     database: str | Backend | None = None,
     *,
@@ -220,16 +239,23 @@ async def open_client(
     ``max_payload_bytes`` of JSON and idempotency keys over ``max_key_bytes`` of UTF-8.
     ``queues`` gives the queues' policies (as on ``open_runtime``; no workers run): a
     queue's ``retry`` sets ``max_attempts`` of the jobs enqueued here that inherit it.
+    ``poll_interval`` is how often watched jobs are re-read while storage's change
+    notices are unavailable.
     """
     policies = queue_policies(queues)
     clock = clock or WallClock()
-    async with unwrapped(), _storage(_backend(database), clock, migrate) as storage:
+    backend = _backend(database)
+    async with (
+        unwrapped(),
+        _storage(backend, clock, migrate) as storage,
+        _live(backend, storage, poll_interval) as feed,
+    ):
         yield Client(
             storage,
             clock,
             registry=registry,
-            finished=Finished(),
-            poll_interval=poll_interval,
+            finished=Finished(feed),
+            feed=feed,
             max_payload_bytes=max_payload_bytes,
             max_key_bytes=max_key_bytes,
             policies=policies,
@@ -303,19 +329,20 @@ class _Parts:
         settings: _Settings,
         backend: Backend,
         storage: StorageHandle,
+        feed: LiveFeed,
         runtime_class: type[Runtime],
     ) -> None:
         self.settings, self.backend, self.storage = settings, backend, storage
-        self.running, self.finished = RunningJobs(), Finished()
+        self.running, self.finished = RunningJobs(), Finished(feed)
         self.supervisors: dict[str, QueueSupervisor] = {}
         self.runtime = runtime_class(
             storage,
             settings.clock,
             registry=registry,
             finished=self.finished,
+            feed=feed,
             running=self.running,
             wake=self.wake,
-            poll_interval=settings.poll_interval,
             max_payload_bytes=settings.max_payload_bytes,
             max_key_bytes=settings.max_key_bytes,
             policies=settings.policies,
@@ -469,8 +496,12 @@ async def open_runtime(
     registry.freeze()  # the fetchers read its job names once
     backend = _backend(database)
     # Storage first and last: every other actor writes through it, until its very end.
-    async with unwrapped(), _storage(backend, settings.clock, migrate) as storage:
-        parts = _Parts(registry, settings, backend, storage, _runtime_class)
+    async with (
+        unwrapped(),
+        _storage(backend, settings.clock, migrate) as storage,
+        _live(backend, storage, settings.poll_interval) as feed,
+    ):
+        parts = _Parts(registry, settings, backend, storage, feed, _runtime_class)
         async with trio.open_nursery() as services:
             try:
                 await _start_services(services, parts)

@@ -5,7 +5,7 @@ two leaf modules every layer shares: the pure rules and the error types.
 """
 
 from trioforge.storage import _ops as ops
-from trioforge.storage._backend import Backend, opened
+from trioforge.storage._backend import Backend, Changed, opened
 from trioforge.storage._records import (
     CancelNotice,
     CancelResult,
@@ -29,6 +29,7 @@ __all__ = [
     "Backend",
     "CancelNotice",
     "CancelResult",
+    "Changed",
     "ClaimResult",
     "ClaimedJob",
     "CronState",

@@ -26,6 +26,7 @@ __all__ = [
     "FireCron",
     "Finish",
     "Get",
+    "GetMany",
     "Lead",
     "Leave",
     "ListJobs",
@@ -106,6 +107,14 @@ class Get:
     """-> JobInfo | None."""
 
     job_id: int
+
+
+@attrs.frozen
+class GetMany:
+    """-> dict[int, JobInfo]: the snapshots of those of ``job_ids`` that exist (the live
+    feed re-reads every watched job that changed in one operation)."""
+
+    job_ids: tuple[int, ...]
 
 
 @attrs.frozen
@@ -239,6 +248,7 @@ Op: TypeAlias = (
     | ReleaseOrphans
     | Progress
     | Get
+    | GetMany
     | ListJobs
     | Cancel
     | RetryJob
@@ -263,6 +273,7 @@ _NAMES: dict[type, str] = {
     ReleaseOrphans: "release_orphans",
     Progress: "progress",
     Get: "get",
+    GetMany: "get_many",
     ListJobs: "list_jobs",
     Cancel: "cancel",
     RetryJob: "retry_job",

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
 
 import attrs
@@ -34,6 +35,8 @@ from trioforge._rules import (
     rescue_outcome,
 )
 from trioforge.storage import _ops as ops
+from trioforge.storage._backend import Changed
+from trioforge.storage._changes import changed_jobs
 from trioforge.storage._records import (
     CancelResult,
     ClaimedJob,
@@ -125,8 +128,20 @@ class MemoryBackend:
         self._cron: dict[str, CronState] = {}
         self._paused: set[str] = set()
         self._handlers: dict[type, Callable[[Any, float], object]] = ops.handlers(self)
+        self._change_feeds: list[trio.MemorySendChannel[Changed]] = []
 
     notifies = False
+
+    @asynccontextmanager
+    async def changes(self) -> AsyncIterator[trio.MemoryReceiveChannel[Changed]]:
+        """Every batch's changed jobs, pushed in-process as the batch runs."""
+        send, receive = trio.open_memory_channel[Changed](math.inf)
+        self._change_feeds.append(send)
+        try:
+            yield receive
+        finally:
+            self._change_feeds.remove(send)
+            send.close()
 
     def listen(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Notice]]:
         raise NotImplementedError("this backend pushes no notices; the runtime polls it")
@@ -163,6 +178,10 @@ class MemoryBackend:
                 results.append(self._handlers[type(op)](op, now))
             except Exception as exc:
                 results.append(exc)
+        changed = changed_jobs(batch, results)
+        if changed:
+            for feed in self._change_feeds:
+                feed.send_nowait(frozenset(changed))
         return results
 
     # --- helpers -------------------------------------------------------------------
@@ -345,6 +364,10 @@ class MemoryBackend:
         del now
         row = self._rows.get(op.job_id)
         return None if row is None else row.info()
+
+    def _get_many(self, op: ops.GetMany, now: float) -> dict[int, JobInfo]:
+        del now
+        return {i: self._rows[i].info() for i in op.job_ids if i in self._rows}
 
     def _list_jobs(self, op: ops.ListJobs, now: float) -> list[JobInfo]:
         del now

@@ -31,6 +31,8 @@ from trioforge._errors import (
 )
 from trioforge._rules import TERMINAL_STATES, JobState, Released, claim_key, next_state
 from trioforge.storage import _ops as ops
+from trioforge.storage._backend import Changed
+from trioforge.storage._changes import changed_jobs, encode_ids, parse_ids
 from trioforge.storage._records import (
     JOB_COLUMNS,
     CancelNotice,
@@ -192,6 +194,10 @@ def _lost(exc: BaseException) -> bool:
 #: ``c:<job id>`` (cancel requested); delivered when the writing transaction commits.
 CHANNEL = "trioforge"
 
+#: The channel of job change notices: payloads are comma-separated job ids (see
+#: ``storage._changes``), sent after every batch that changed a job visibly.
+CHANGES_CHANNEL = "trioforge_changes"
+
 _NOTIFY_WAKES = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
 
 _KEY_HOLDER = (
@@ -275,7 +281,7 @@ def _atomic_alone(op: ops.Op) -> bool:
     if isinstance(op, ops.Enqueue):
         return all(j.idempotency_key is None for j in op.jobs)
     return isinstance(
-        op, ops.Claim | ops.Finish | ops.Renew | ops.Progress | ops.Get | ops.ListJobs
+        op, ops.Claim | ops.Finish | ops.Renew | ops.Progress | ops.Get | ops.GetMany | ops.ListJobs
         | ops.Rescue | ops.Stats | ops.PauseQueue | ops.PausedQueues | ops.Beat | ops.Leave
         | ops.Processes | ops.Lead
     )  # fmt: skip
@@ -317,6 +323,8 @@ class PostgresBackend:
         self._pool_size = pool_size
         #: One batch per pooled connection (the listener has a connection of its own).
         self.max_in_flight = pool_size
+        #: The NOTIFY channel of job changes (per schema: other schemas' ids mean nothing).
+        self.changes_channel = CHANGES_CHANNEL + (f".{schema}" if schema else "")
         self._connect_timeout = connect_timeout
         self._pool: asyncpg.Pool | None = None
         self._handlers: dict[
@@ -367,6 +375,44 @@ class PostgresBackend:
             send.close()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._aio(conn.close)
+
+    @asynccontextmanager
+    async def changes(self) -> AsyncIterator[trio.MemoryReceiveChannel[Changed]]:
+        """LISTEN for job change notices on a connection of its own; the channel ends
+        when that connection drops."""
+        send, receive = trio.open_memory_channel[Changed](math.inf)
+
+        def on_notify(conn: object, pid: int, channel: str, payload: str) -> None:
+            ids = parse_ids(payload)
+            if ids is not None:
+                with contextlib.suppress(trio.ClosedResourceError):
+                    send.send_nowait(ids)
+
+        conn = await self._aio(self._listening, self.changes_channel, on_notify, send.close)
+        try:
+            yield receive
+        finally:
+            send.close()
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._aio(conn.close)
+
+    async def _listening(
+        self, channel: str, on_notify: Callable[..., None], on_lost: Callable[[], None]
+    ) -> asyncpg.Connection:
+        settings = {"application_name": "trioforge live feed"}
+        if self.schema:
+            settings["search_path"] = self.schema
+        try:
+            conn = await asyncpg.connect(
+                self.url, timeout=self._connect_timeout, server_settings=settings
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise DatabaseUnavailableError(
+                f"cannot reach PostgreSQL at {redact(self.url)} to listen: {exc}"
+            ) from None
+        conn.add_termination_listener(lambda _: on_lost())
+        await conn.add_listener(channel, on_notify)
+        return conn
 
     def environment(self) -> AbstractAsyncContextManager[Any]:
         if trio_asyncio.current_loop.get() is None:
@@ -521,19 +567,33 @@ class PostgresBackend:
         if self._pool is None:
             raise DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} is not open")
         async with self._pool.acquire() as conn:
-            if len(batch) <= _AUTOCOMMIT_MAX and all(_atomic_alone(op) for op in batch):
-                # No BEGIN/COMMIT round trips for what single statements do atomically: for
-                # a few ops (a claim and an outcome batch, say) they cost more than the
-                # extra commits.
-                return await self._each(conn, batch, now, self._autocommit)
-            try:
-                async with conn.transaction():
-                    return [await self._handlers[type(op)](conn, op, now) for op in batch]
-            except Exception as exc:
-                if _lost(exc):  # nothing committed; the connection is gone
-                    return [exc] * len(batch)
-            # Something failed: each op on its own, so neighbours are unaffected.
-            return await self._each(conn, batch, now, self._one)
+            results = await self._batch(conn, batch, now)
+            changed = changed_jobs(batch, results)
+            if changed:
+                # After the commit, one statement for the whole batch. If it fails the
+                # connection is gone, and so is the listeners' (they re-read on reconnect).
+                with contextlib.suppress(Exception):
+                    await conn.execute(
+                        _NOTIFY_WAKES, self.changes_channel, list(encode_ids(changed))
+                    )
+            return results
+
+    async def _batch(
+        self, conn: asyncpg.Connection, batch: list[ops.Op], now: float
+    ) -> list[object]:
+        if len(batch) <= _AUTOCOMMIT_MAX and all(_atomic_alone(op) for op in batch):
+            # No BEGIN/COMMIT round trips for what single statements do atomically: for
+            # a few ops (a claim and an outcome batch, say) they cost more than the
+            # extra commits.
+            return await self._each(conn, batch, now, self._autocommit)
+        try:
+            async with conn.transaction():
+                return [await self._handlers[type(op)](conn, op, now) for op in batch]
+        except Exception as exc:
+            if _lost(exc):  # nothing committed; the connection is gone
+                return [exc] * len(batch)
+        # Something failed: each op on its own, so neighbours are unaffected.
+        return await self._each(conn, batch, now, self._one)
 
     @staticmethod
     async def _each(
@@ -687,6 +747,17 @@ class PostgresBackend:
             f"SELECT {JOB_COLUMNS} FROM trioforge_jobs WHERE id = $1", op.job_id
         )
         return None if row is None else job_info(row)
+
+    @staticmethod
+    async def _get_many(
+        conn: asyncpg.Connection, op: ops.GetMany, now: float
+    ) -> dict[int, JobInfo]:
+        del now
+        rows = await conn.fetch(
+            f"SELECT {JOB_COLUMNS} FROM trioforge_jobs WHERE id = ANY($1::bigint[])",
+            list(op.job_ids),
+        )
+        return {info.id: info for info in map(job_info, rows)}
 
     @staticmethod
     async def _list_jobs(conn: asyncpg.Connection, op: ops.ListJobs, now: float) -> list[JobInfo]:

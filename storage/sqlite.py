@@ -9,11 +9,15 @@ leases plus the reaper hand a crashed process's jobs to another. The rules are t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ from trioforge._errors import (
 )
 from trioforge._rules import TERMINAL_STATES, JobState, Released, claim_key, next_state
 from trioforge.storage import _ops as ops
+from trioforge.storage._backend import Changed
 from trioforge.storage._records import (
     JOB_COLUMNS,
     CancelResult,
@@ -189,9 +194,12 @@ class SQLiteBackend:
     #: One batch at a time: one connection, one writer thread.
     max_in_flight = 1
 
-    def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
+    def __init__(
+        self, path: Path, *, busy_timeout: float = 10.0, change_poll_interval: float = 0.005
+    ) -> None:
         self.path = Path(path)
         self._busy_timeout = busy_timeout
+        self._change_poll_interval = change_poll_interval
         self._db: sqlite3.Connection | None = None
         self._handlers: dict[type, Callable[[sqlite3.Connection, Any, float], object]] = (
             ops.handlers(self)
@@ -206,6 +214,57 @@ class SQLiteBackend:
 
     def environment(self) -> AbstractAsyncContextManager[None]:
         return nullcontext()
+
+    @asynccontextmanager
+    async def changes(self) -> AsyncIterator[trio.MemoryReceiveChannel[Changed]]:
+        """Commits by any connection to the file, this process's own included, seen by
+        ``PRAGMA data_version`` on a connection of its own: a thread reads it every
+        ``change_poll_interval`` seconds (a read of the WAL index in shared memory, no
+        disk I/O and no lock) and reports None (which jobs is unknown) when it moved."""
+        send, receive = trio.open_memory_channel[Changed](math.inf)
+        stop = threading.Event()
+        token = trio.lowlevel.current_trio_token()
+        try:
+            db = await trio.to_thread.run_sync(self._watch_connection)
+        except sqlite3.Error as exc:
+            raise DatabaseUnavailableError(
+                f"cannot watch SQLite database {str(self.path)!r} for changes: {exc}"
+            ) from None
+
+        def report() -> None:
+            with contextlib.suppress(trio.ClosedResourceError):
+                send.send_nowait(None)
+
+        def watch() -> None:
+            try:
+                last = db.execute("PRAGMA data_version").fetchone()[0]
+                while not stop.wait(self._change_poll_interval):
+                    version = db.execute("PRAGMA data_version").fetchone()[0]
+                    if version != last:
+                        last = version
+                        trio.from_thread.run_sync(report, trio_token=token)
+            except sqlite3.Error:  # the feed ends; its reader reconnects
+                with contextlib.suppress(trio.RunFinishedError):
+                    trio.from_thread.run_sync(send.close, trio_token=token)
+            except trio.RunFinishedError:
+                pass
+            finally:
+                db.close()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(trio.to_thread.run_sync, watch, abandon_on_cancel=False))
+                try:
+                    yield receive
+                finally:
+                    stop.set()  # the thread ends within one poll interval; the nursery waits
+        finally:
+            send.close()
+
+    def _watch_connection(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=self._busy_timeout, check_same_thread=False)
+        db.execute("PRAGMA query_only = 1")
+        return db
 
     async def open(self, *, migrate: bool = True) -> None:
         await trio.to_thread.run_sync(self._open_sync, migrate)
@@ -479,6 +538,16 @@ class SQLiteBackend:
             f"SELECT {JOB_COLUMNS} FROM trioforge_jobs WHERE id = ?", (op.job_id,)
         ).fetchone()
         return None if row is None else job_info(row)
+
+    @staticmethod
+    def _get_many(db: sqlite3.Connection, op: ops.GetMany, now: float) -> dict[int, JobInfo]:
+        del now
+        rows = db.execute(
+            f"SELECT {JOB_COLUMNS} FROM trioforge_jobs "
+            "WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(op.job_ids)),),
+        ).fetchall()
+        return {info.id: info for info in map(job_info, rows)}
 
     @staticmethod
     def _list_jobs(db: sqlite3.Connection, op: ops.ListJobs, now: float) -> list[JobInfo]:

@@ -24,7 +24,15 @@ from trioforge._registry import JobDefinition, Registry
 from trioforge._rules import JobState, PriorityLike, parse_priority
 from trioforge._watch import JobWatch
 from trioforge.actors import Finished, LiveFeed, RunningJobs, StopReason, StorageHandle
-from trioforge.storage import CancelResult, CronState, Enqueued, JobInfo, NewJob, ops
+from trioforge.storage import (
+    CancelResult,
+    CronState,
+    Enqueued,
+    JobInfo,
+    NewJob,
+    ProcessInfo,
+    ops,
+)
 
 __all__ = ["DEFAULT_MAX_KEY_BYTES", "DEFAULT_MAX_PAYLOAD_BYTES", "Client", "JobRef", "Stats"]
 
@@ -318,17 +326,21 @@ class Client:
         queue: str | None = None,
         name: str | None = None,
         limit: int = 100,
+        before: int | None = None,
     ) -> builtins.list[JobInfo]:
-        """Jobs matching every filter given, newest first."""
+        """Jobs matching every filter given, newest first. ``before=id`` gives the page
+        after the one whose last job is ``id`` (ids below it), so deep pages stay cheap."""
         if limit < 1:
             raise InvalidArgumentError("limit must be at least 1")
+        if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
+            raise InvalidArgumentError(f"before must be a job id (an int), got {before!r}")
         try:
             state = None if status is None else JobState(status)
         except ValueError:
             names = ", ".join(s.value for s in JobState)
             raise InvalidArgumentError(f"unknown status {status!r}; use one of {names}") from None
         result: builtins.list[JobInfo] = await self._storage.call(
-            ops.ListJobs(state, queue, name, limit)
+            ops.ListJobs(state, queue, name, limit, before)
         )
         return result
 
@@ -341,6 +353,17 @@ class Client:
         """Job counts per queue and state, across every process using this database."""
         counts: dict[str, dict[JobState, int]] = await self._storage.call(ops.Stats())
         return Stats(counts)
+
+    async def throughput(self, seconds: float) -> Stats:
+        """Per queue, the jobs that reached each terminal state in the last ``seconds``."""
+        since = self._clock.now() - seconds
+        counts: dict[str, dict[JobState, int]] = await self._storage.call(ops.Throughput(since))
+        return Stats(counts)
+
+    async def processes(self) -> builtins.list[ProcessInfo]:
+        """The runtimes heartbeating on this database, oldest first."""
+        found: builtins.list[ProcessInfo] = await self._storage.call(ops.Processes())
+        return found
 
     # --- operate ----------------------------------------------------------------------
 

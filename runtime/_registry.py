@@ -117,6 +117,9 @@ class JobDefinition:
     #: The settings left unset at declaration ("retry", "timeout"): the queue's policy
     #: gives them (see :class:`~trioforge.Queue`), else the defaults above.
     inherits: frozenset[str] = frozenset()
+    #: Whether the web app's ``POST /api/jobs/{name}`` may enqueue it (anyone who reaches
+    #: the app can: declare only what a browser may start).
+    public: bool = False
 
     def retry_in(self, policy: Queue | None) -> Retry:
         """The retry policy in a queue with ``policy``."""
@@ -180,10 +183,12 @@ class Registry:
         retry: Retry | None = None,
         timeout: float | None = None,
         payload: Any = None,
+        public: bool = False,
     ) -> Callable[[Handler], JobDefinition]:
         """Declare ``async def handler(ctx, payload: T)`` as job ``name``.
 
-        ``payload`` overrides the type read from the handler's annotation.
+        ``payload`` overrides the type read from the handler's annotation. ``public=True``
+        lets the web app's ``POST /api/jobs/{name}`` enqueue it (payload checked the same).
         """
         self._check_open(f"job {name!r}")
         if not isinstance(name, str) or not name:
@@ -214,6 +219,7 @@ class Registry:
                     field for field, value in (("retry", retry), ("timeout", timeout))
                     if value is None
                 ),
+                public=bool(public),
             )  # fmt: skip
             self._jobs[name] = definition
             return definition

@@ -40,6 +40,7 @@ __all__ = [
     "Rescue",
     "RetryJob",
     "Stats",
+    "Throughput",
     "handlers",
 ]
 
@@ -119,12 +120,21 @@ class GetMany:
 
 @attrs.frozen
 class ListJobs:
-    """-> list[JobInfo], newest first."""
+    """-> list[JobInfo], newest first; with ``before``, only ids below it (the next page)."""
 
     status: JobState | None = None
     queue: str | None = None
     name: str | None = None
     limit: int = 100
+    before: int | None = None
+
+
+@attrs.frozen
+class Throughput:
+    """-> dict[str, dict[JobState, int]]: per queue, jobs that reached each terminal state
+    since ``since`` (epoch seconds)."""
+
+    since: float
 
 
 @attrs.frozen
@@ -255,6 +265,7 @@ Op: TypeAlias = (
     | Discard
     | Rescue
     | Stats
+    | Throughput
     | PauseQueue
     | PausedQueues
     | Beat
@@ -280,6 +291,7 @@ _NAMES: dict[type, str] = {
     Discard: "discard",
     Rescue: "rescue",
     Stats: "stats",
+    Throughput: "throughput",
     PauseQueue: "pause_queue",
     PausedQueues: "paused_queues",
     Beat: "beat",

@@ -377,6 +377,7 @@ class MemoryBackend:
             if (op.status is None or r.status is op.status)
             and (op.queue is None or r.queue == op.queue)
             and (op.name is None or r.name == op.name)
+            and (op.before is None or r.id < op.before)
         ]
         return [r.info() for r in rows[: op.limit]]
 
@@ -444,6 +445,15 @@ class MemoryBackend:
         for row in self._rows.values():
             per = out.setdefault(row.queue, {})
             per[row.status] = per.get(row.status, 0) + 1
+        return out
+
+    def _throughput(self, op: ops.Throughput, now: float) -> dict[str, dict[JobState, int]]:
+        del now
+        out: dict[str, dict[JobState, int]] = {}
+        for row in self._rows.values():
+            if row.finished_at is not None and row.finished_at >= op.since:
+                per = out.setdefault(row.queue, {})
+                per[row.status] = per.get(row.status, 0) + 1
         return out
 
     def _pause_queue(self, op: ops.PauseQueue, now: float) -> bool:

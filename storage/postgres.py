@@ -124,6 +124,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE trioforge_jobs ADD COLUMN timeout DOUBLE PRECISION;
     """,
+    # The dashboard: pages by state and by name, counts per queue and state, throughput.
+    """
+    CREATE INDEX trioforge_jobs_status_id ON trioforge_jobs (status, id);
+    CREATE INDEX trioforge_jobs_name_id ON trioforge_jobs (name, id);
+    CREATE INDEX trioforge_jobs_queue_status ON trioforge_jobs (queue, status);
+    CREATE INDEX trioforge_jobs_finished ON trioforge_jobs (finished_at)
+        WHERE finished_at IS NOT NULL;
+    """,
 )
 
 
@@ -281,9 +289,9 @@ def _atomic_alone(op: ops.Op) -> bool:
     if isinstance(op, ops.Enqueue):
         return all(j.idempotency_key is None for j in op.jobs)
     return isinstance(
-        op, ops.Claim | ops.Finish | ops.Renew | ops.Progress | ops.Get | ops.GetMany | ops.ListJobs
-        | ops.Rescue | ops.Stats | ops.PauseQueue | ops.PausedQueues | ops.Beat | ops.Leave
-        | ops.Processes | ops.Lead
+        op, ops.Claim | ops.Finish | ops.Renew | ops.Progress | ops.Get | ops.GetMany
+        | ops.ListJobs | ops.Rescue | ops.Stats | ops.Throughput | ops.PauseQueue
+        | ops.PausedQueues | ops.Beat | ops.Leave | ops.Processes | ops.Lead
     )  # fmt: skip
 
 
@@ -762,13 +770,37 @@ class PostgresBackend:
     @staticmethod
     async def _list_jobs(conn: asyncpg.Connection, op: ops.ListJobs, now: float) -> list[JobInfo]:
         del now
+        # Only the filters given (a generic plan of "$1 IS NULL OR ..." would use no index);
+        # the SQL is made of fixed fragments, every value is a parameter.
+        filters = {
+            "status = ": op.status.value if op.status else None,
+            "queue = ": op.queue,
+            "name = ": op.name,
+            "id < ": op.before,
+        }
+        given = {sql: value for sql, value in filters.items() if value is not None}
+        where = " AND ".join(f"{sql}${i}" for i, sql in enumerate(given, start=1)) or "TRUE"
         rows = await conn.fetch(
-            f"SELECT {JOB_COLUMNS} FROM trioforge_jobs "
-            "WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR queue = $2) "
-            "AND ($3::text IS NULL OR name = $3) ORDER BY id DESC LIMIT $4",
-            op.status.value if op.status else None, op.queue, op.name, op.limit,
+            f"SELECT {JOB_COLUMNS} FROM trioforge_jobs WHERE {where} "
+            f"ORDER BY id DESC LIMIT ${len(given) + 1}",
+            *given.values(), op.limit,
         )  # fmt: skip
         return [job_info(row) for row in rows]
+
+    @staticmethod
+    async def _throughput(
+        conn: asyncpg.Connection, op: ops.Throughput, now: float
+    ) -> dict[str, dict[JobState, int]]:
+        del now
+        out: dict[str, dict[JobState, int]] = {}
+        rows = await conn.fetch(
+            "SELECT queue, status, count(*) AS n FROM trioforge_jobs "
+            "WHERE finished_at >= $1 GROUP BY queue, status",
+            op.since,
+        )
+        for row in rows:
+            out.setdefault(row["queue"], {})[JobState(row["status"])] = row["n"]
+        return out
 
     @staticmethod
     async def _locked(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record:

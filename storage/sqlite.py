@@ -118,6 +118,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE trioforge_jobs ADD COLUMN timeout REAL
     """,
+    # The dashboard: pages by state and by name, counts per queue and state, throughput.
+    """
+    CREATE INDEX trioforge_jobs_status_id ON trioforge_jobs (status, id);
+    CREATE INDEX trioforge_jobs_name_id ON trioforge_jobs (name, id);
+    CREATE INDEX trioforge_jobs_queue_status ON trioforge_jobs (queue, status);
+    CREATE INDEX trioforge_jobs_finished ON trioforge_jobs (finished_at)
+        WHERE finished_at IS NOT NULL
+    """,
 )
 
 _TABLES = (
@@ -224,8 +232,8 @@ class SQLiteBackend:
         send, receive = trio.open_memory_channel[Changed](math.inf)
         stop = threading.Event()
         token = trio.lowlevel.current_trio_token()
-        try:
-            db = await trio.to_thread.run_sync(self._watch_connection)
+        try:  # the first version is read before anything is reported: no gap
+            db, first = await trio.to_thread.run_sync(self._watch_connection)
         except sqlite3.Error as exc:
             raise DatabaseUnavailableError(
                 f"cannot watch SQLite database {str(self.path)!r} for changes: {exc}"
@@ -237,7 +245,7 @@ class SQLiteBackend:
 
         def watch() -> None:
             try:
-                last = db.execute("PRAGMA data_version").fetchone()[0]
+                last = first
                 while not stop.wait(self._change_poll_interval):
                     version = db.execute("PRAGMA data_version").fetchone()[0]
                     if version != last:
@@ -261,10 +269,11 @@ class SQLiteBackend:
         finally:
             send.close()
 
-    def _watch_connection(self) -> sqlite3.Connection:
+    def _watch_connection(self) -> tuple[sqlite3.Connection, int]:
         db = sqlite3.connect(self.path, timeout=self._busy_timeout, check_same_thread=False)
         db.execute("PRAGMA query_only = 1")
-        return db
+        version: int = db.execute("PRAGMA data_version").fetchone()[0]
+        return db, version
 
     async def open(self, *, migrate: bool = True) -> None:
         await trio.to_thread.run_sync(self._open_sync, migrate)
@@ -552,13 +561,35 @@ class SQLiteBackend:
     @staticmethod
     def _list_jobs(db: sqlite3.Connection, op: ops.ListJobs, now: float) -> list[JobInfo]:
         del now
+        # Only the filters given, so an index on (status, id) or (name, id) serves them;
+        # the SQL is made of fixed fragments, every value is a parameter.
+        filters = {
+            "status = ?": op.status.value if op.status else None,
+            "queue = ?": op.queue,
+            "name = ?": op.name,
+            "id < ?": op.before,
+        }
+        given = {sql: value for sql, value in filters.items() if value is not None}
+        where = " AND ".join(given) or "1"
         rows = db.execute(
-            f"SELECT {JOB_COLUMNS} FROM trioforge_jobs "
-            "WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR queue = ?2) "
-            "AND (?3 IS NULL OR name = ?3) ORDER BY id DESC LIMIT ?4",
-            (op.status.value if op.status else None, op.queue, op.name, op.limit),
+            f"SELECT {JOB_COLUMNS} FROM trioforge_jobs WHERE {where} ORDER BY id DESC LIMIT ?",
+            (*given.values(), op.limit),
         ).fetchall()
         return [job_info(row) for row in rows]
+
+    @staticmethod
+    def _throughput(
+        db: sqlite3.Connection, op: ops.Throughput, now: float
+    ) -> dict[str, dict[JobState, int]]:
+        del now
+        out: dict[str, dict[JobState, int]] = {}
+        for queue, status, count in db.execute(
+            "SELECT queue, status, count(*) FROM trioforge_jobs "
+            "WHERE finished_at >= ? GROUP BY queue, status",
+            (op.since,),
+        ):
+            out.setdefault(queue, {})[JobState(status)] = count
+        return out
 
     @staticmethod
     def _status_of(db: sqlite3.Connection, job_id: int) -> tuple[JobState, str | None]:

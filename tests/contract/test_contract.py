@@ -477,3 +477,30 @@ async def test_writes_that_change_nothing_send_no_notice(backend: Backend) -> No
         with trio.fail_after(10):
             first = await changes.receive()
     assert first == frozenset({b})
+
+
+async def test_list_pages_by_id_with_any_filters(backend: Backend) -> None:
+    ids = await enqueue(backend, *(job("a" if i % 3 else "b", queue=f"q{i % 2}") for i in range(9)))
+    first = await one(backend, ops.ListJobs(limit=4))
+    assert [j.id for j in first] == ids[::-1][:4]
+    second = await one(backend, ops.ListJobs(limit=4, before=first[-1].id))
+    assert [j.id for j in second] == ids[::-1][4:8]
+    named = await one(backend, ops.ListJobs(name="b", queue="q0", before=ids[-1]))
+    assert [j.id for j in named] == [i for n, i in enumerate(ids) if n % 6 == 0][::-1]
+    [claimed] = (await claim(backend, limit=1, queue="q1")).jobs
+    running = await one(backend, ops.ListJobs(status=JobState.RUNNING, before=claimed.id + 1))
+    assert [j.id for j in running] == [claimed.id]
+    assert await one(backend, ops.ListJobs(status=JobState.RUNNING, before=claimed.id)) == []
+
+
+async def test_throughput_counts_jobs_finished_since(backend: Backend) -> None:
+    await enqueue(backend, job(), job(), job(), job(queue="other"))
+    done = (await claim(backend, limit=3)).jobs
+    assert await finish(backend, done[0], Outcome(done[0].id, done[0].lease, Succeeded()), T0)
+    assert await finish(backend, done[1], Outcome(done[1].id, done[1].lease, Succeeded()), T0 + 10)
+    fail = Failed(retry_at=None)
+    assert await finish(backend, done[2], Outcome(done[2].id, done[2].lease, fail), T0 + 20)
+    assert await one(backend, ops.Throughput(T0 + 5)) == {
+        "q": {JobState.COMPLETED: 1, JobState.DEAD: 1}
+    }
+    assert await one(backend, ops.Throughput(T0 + 30)) == {}

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -176,6 +177,45 @@ def worker(
         click.echo("trioforge worker: stopped", err=True)
 
     run(serve)
+
+
+# --- web ---------------------------------------------------------------------------------
+
+
+@main.command()
+@database_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--registry", "target", metavar="MODULE:REGISTRY", default=None,
+    help="The application's registry: its public=True jobs get POST /api/jobs/NAME, and "
+    "the cron page shows its schedules' next fires.",
+)  # fmt: skip
+def web(database: str | None, host: str, port: int, target: str | None) -> None:
+    """Serve the dashboard, the job API (JSON, Server-Sent Events, track.js) and /metrics.
+
+    Actions (cancel, retry, discard, pause, retry-all) need the token in
+    $TRIOFORGE_WEB_TOKEN; without it the dashboard is read-only. SIGINT/SIGTERM stop it.
+    """
+    from trioforge.web import app, serve  # the web stack loads only for this command
+
+    registry = load_registry(target) if target else None
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with (
+                open_client(database, registry=registry) as client,
+                trio.open_nursery() as nursery,
+            ):
+                asgi = app(client=client, registry=registry)
+                urls = await nursery.start(partial(serve, asgi, host=host, port=port))
+                click.echo(f"trioforge web serving on {' '.join(urls)}", err=True)
+                async for _ in signals:
+                    break
+                nursery.cancel_scope.cancel()
+        click.echo("trioforge web: stopped", err=True)
+
+    run(main)
 
 
 # --- jobs ----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from trioforge._registry import JobDefinition, Registry
 from trioforge._rules import JobState, PriorityLike, parse_priority
 from trioforge._watch import JobWatch
 from trioforge.actors import Finished, LiveFeed, RunningJobs, StopReason, StorageHandle
+from trioforge.metrics import Metrics
 from trioforge.storage import (
     CancelResult,
     CronState,
@@ -112,6 +113,7 @@ class Client:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
         policies: Mapping[str, Queue] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         for name, limit in (
             ("max_payload_bytes", max_payload_bytes),
@@ -129,6 +131,7 @@ class Client:
         self._running = running
         self._wake = wake
         self._policies = dict(policies or {})
+        self._metrics = metrics
 
     # --- enqueue ---------------------------------------------------------------------
 
@@ -218,6 +221,10 @@ class Client:
         if not jobs:
             return []
         enqueued: builtins.list[Enqueued] = await self._storage.call(ops.Enqueue(tuple(jobs)))
+        if self._metrics is not None:
+            for job, done in zip(jobs, enqueued, strict=True):
+                if done.created:
+                    self._metrics.enqueued(job.queue, job.name)
         if self._wake is not None:
             for queue, when in {
                 j.queue: min(x.run_at for x in jobs if x.queue == j.queue) for j in jobs

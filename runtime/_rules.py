@@ -354,3 +354,18 @@ _ATTEMPT_OUTCOMES: dict[type[Event], AttemptOutcome] = {
     Cancelled: AttemptOutcome.CANCELLED,
     Released: AttemptOutcome.RELEASED,
 }
+
+
+def counted_as(outcome: AttemptOutcome, *, will_retry: bool) -> tuple[str, ...]:
+    """The metrics counters an attempt's end adds one to: a failure (raised or timed out)
+    is ``failed`` and then ``retried`` or ``dead``; a discard is ``dead``; a release or a
+    lost lease counts nothing (the attempt did not end the job's run here)."""
+    if outcome is AttemptOutcome.COMPLETED:
+        return ("completed",)
+    if outcome in (AttemptOutcome.FAILED, AttemptOutcome.TIMED_OUT):
+        return ("failed", "retried" if will_retry else "dead")
+    if outcome is AttemptOutcome.DISCARDED:
+        return ("dead",)
+    if outcome is AttemptOutcome.CANCELLED:
+        return ("cancelled",)
+    return ()

@@ -28,7 +28,7 @@ from trioforge._errors import (
 from trioforge._payloads import decode, encode_result
 from trioforge._policy import Queue, QueueLike, queue_policies, queue_sizes
 from trioforge._registry import AttemptEnd, CronTick, Registry
-from trioforge._rules import AttemptOutcome, Retry
+from trioforge._rules import AttemptOutcome, Retry, failure_outcome
 from trioforge.actors import (
     Finished,
     LiveFeed,
@@ -46,6 +46,7 @@ from trioforge.actors import (
     storage_actor,
 )
 from trioforge.actors.cron import CronJob, cron_scheduler
+from trioforge.metrics import Metrics
 from trioforge.storage import (
     Backend,
     ClaimedJob,
@@ -77,11 +78,18 @@ class _RegistryJobs:
     """Adapts a Registry to what workers need (the actors' ``JobTable``)."""
 
     def __init__(
-        self, registry: Registry, make_context: Any, policies: Mapping[str, Queue]
+        self,
+        registry: Registry,
+        make_context: Any,
+        policies: Mapping[str, Queue],
+        metrics: Metrics | None,
+        clock: Clock,
     ) -> None:
         self._registry = registry
         self._make_context = make_context
         self._policies = policies
+        self._metrics = metrics
+        self._clock = clock
 
     def names(self) -> frozenset[str]:
         return self._registry.names()
@@ -93,7 +101,12 @@ class _RegistryJobs:
         return definition.retry_in(policy), timeout
 
     def attempt(self, job: ClaimedJob) -> _Attempt:
-        return _Attempt(self._registry, self._make_context, job)
+        if self._metrics is None:
+            return _Attempt(self._registry, self._make_context, job)
+        retry, _ = self.policy(job)
+        return _MeasuredAttempt(
+            self._registry, self._make_context, job, self._metrics, self._clock, retry
+        )
 
 
 class _Attempt:
@@ -140,6 +153,45 @@ class _Attempt:
                 await hook(end)
             except Exception:
                 ctx.log.exception("an after_perform hook failed")
+
+
+class _MeasuredAttempt(_Attempt):
+    """An attempt that also tells the process's metrics when it starts and how it ended."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        make_context: Any,
+        job: ClaimedJob,
+        metrics: Metrics,
+        clock: Clock,
+        retry: Retry,
+    ) -> None:
+        super().__init__(registry, make_context, job)
+        self._metrics, self._clock = metrics, clock
+        self._retry = attrs.evolve(retry, max_attempts=job.max_attempts)
+        self._began: float | None = None
+
+    async def run(self) -> str | None:
+        job = self._job
+        self._began = trio.current_time()
+        self._metrics.started(job.queue, job.name, self._clock.now() - job.run_at)
+        return await super().run()
+
+    @property
+    def watched(self) -> bool:
+        return True
+
+    async def end(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
+        if self._began is not None:  # it started (not cancelled between claim and start)
+            job = self._job
+            will_retry = error is not None and (
+                failure_outcome(self._retry, job.attempt, error, 0.0).retry_at is not None
+            )
+            seconds = trio.current_time() - self._began
+            self._metrics.ended(job.queue, job.name, outcome, will_retry=will_retry,
+                                seconds=seconds)  # fmt: skip
+        await super().end(outcome, error)
 
 
 class Runtime(Client):
@@ -231,6 +283,7 @@ async def open_client(
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
     queues: Mapping[str, QueueLike] | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Client]:
     """Enqueue, inspect and cancel jobs without running any (web processes, scripts).
 
@@ -240,7 +293,7 @@ async def open_client(
     ``queues`` gives the queues' policies (as on ``open_runtime``; no workers run): a
     queue's ``retry`` sets ``max_attempts`` of the jobs enqueued here that inherit it.
     ``poll_interval`` is how often watched jobs are re-read while storage's change
-    notices are unavailable.
+    notices are unavailable. ``metrics`` counts this client's enqueues.
     """
     policies = queue_policies(queues)
     clock = clock or WallClock()
@@ -259,6 +312,7 @@ async def open_client(
             max_payload_bytes=max_payload_bytes,
             max_key_bytes=max_key_bytes,
             policies=policies,
+            metrics=metrics,
         )
 
 
@@ -331,6 +385,7 @@ class _Parts:
         storage: StorageHandle,
         feed: LiveFeed,
         runtime_class: type[Runtime],
+        metrics: Metrics | None,
     ) -> None:
         self.settings, self.backend, self.storage = settings, backend, storage
         self.running, self.finished = RunningJobs(), Finished(feed)
@@ -346,10 +401,13 @@ class _Parts:
             max_payload_bytes=settings.max_payload_bytes,
             max_key_bytes=settings.max_key_bytes,
             policies=settings.policies,
+            metrics=metrics,
             owner=settings.owner,
             supervisors=self.supervisors,
         )
-        self.jobs = _RegistryJobs(registry, self._context, settings.policies)
+        self.jobs = _RegistryJobs(
+            registry, self._context, settings.policies, metrics, settings.clock
+        )
         self.cron_jobs = [
             CronJob(
                 name=d.name,
@@ -468,6 +526,7 @@ async def open_runtime(
     migrate: bool = True,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+    metrics: Metrics | None = None,
     _runtime_class: type[Runtime] = Runtime,
 ) -> AsyncIterator[Runtime]:
     """Run workers for ``registry`` inside the caller's trio run.
@@ -486,6 +545,9 @@ async def open_runtime(
 
     Enqueues (``ctx.enqueue`` too) refuse payloads over ``max_payload_bytes`` of JSON and
     idempotency keys over ``max_key_bytes`` of UTF-8, storing nothing.
+
+    ``metrics`` (a :class:`trioforge.metrics.Metrics`) counts this process's enqueues,
+    starts and outcomes and times its attempts.
     """
     settings = _Settings.checked(
         registry, queues=queues, clock=clock, owner=owner, lease_seconds=lease_seconds,
@@ -501,7 +563,7 @@ async def open_runtime(
         _storage(backend, settings.clock, migrate) as storage,
         _live(backend, storage, settings.poll_interval) as feed,
     ):
-        parts = _Parts(registry, settings, backend, storage, feed, _runtime_class)
+        parts = _Parts(registry, settings, backend, storage, feed, _runtime_class, metrics)
         async with trio.open_nursery() as services:
             try:
                 await _start_services(services, parts)

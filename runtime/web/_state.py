@@ -26,6 +26,12 @@ def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _summary(error: str | None) -> str:
+    """An error's last line (a traceback ends with the exception and its message)."""
+    lines = (error or "").strip().splitlines()
+    return lines[-1][:200] if lines else ""
+
+
 def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
@@ -42,6 +48,7 @@ class WebState:
         )
         self.templates.filters["when"] = _when
         self.templates.filters["pretty"] = _pretty
+        self.templates.filters["summary"] = _summary
 
     @property
     def client(self) -> Client:

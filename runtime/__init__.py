@@ -24,7 +24,14 @@ from trioforge._errors import (
 )
 from trioforge._policy import Queue
 from trioforge._registry import AttemptEnd, JobDefinition, Registry
-from trioforge._rules import AttemptOutcome, JobState, Priority, Retry
+from trioforge._rules import (
+    AttemptOutcome,
+    ConcurrencyLimit,
+    JobState,
+    Priority,
+    RateLimit,
+    Retry,
+)
 from trioforge._runtime import Runtime, RuntimeStatistics, open_client, open_runtime
 from trioforge.storage import JobInfo
 
@@ -33,6 +40,7 @@ __all__ = [
     "AttemptOutcome",
     "Client",
     "Clock",
+    "ConcurrencyLimit",
     "ConfigurationError",
     "CronContext",
     "CronSchedule",
@@ -51,6 +59,7 @@ __all__ = [
     "Priority",
     "Queue",
     "QueueInfo",
+    "RateLimit",
     "Registry",
     "Retry",
     "Runtime",

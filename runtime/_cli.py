@@ -127,6 +127,10 @@ def load_registry(target: str) -> Registry:
 @click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), default=1.0)
 @click.option("--shutdown-grace", type=click.FloatRange(min=0), default=10.0)
 @click.option(
+    "--capability", "-c", "capabilities", multiple=True, metavar="NAME",
+    help="A capability this worker offers to jobs that require it; repeatable.",
+)  # fmt: skip
+@click.option(
     "--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
 )
 def worker(
@@ -137,6 +141,7 @@ def worker(
     heartbeat_interval: float,
     poll_interval: float,
     shutdown_grace: float,
+    capabilities: tuple[str, ...],
     log_level: str,
 ) -> None:
     """Run the jobs of MODULE:REGISTRY until SIGINT or SIGTERM.
@@ -169,6 +174,7 @@ def worker(
                         registry, database=database, queues=queues,
                         lease_seconds=lease_seconds, heartbeat_interval=heartbeat_interval,
                         poll_interval=poll_interval, shutdown_grace=shutdown_grace,
+                        capabilities=capabilities,
                     ) as rt:  # fmt: skip
                         pools = ", ".join(f"{q}={n}" for q, n in rt.statistics().queues.items())
                         click.echo(f"trioforge worker {rt.owner} ready: queues {pools}", err=True)

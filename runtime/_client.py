@@ -18,10 +18,10 @@ from trioforge._errors import (
     PayloadError,
     TrioforgeError,
 )
-from trioforge._payloads import encode
+from trioforge._payloads import decode, encode
 from trioforge._policy import Queue
-from trioforge._registry import JobDefinition, Registry
-from trioforge._rules import JobState, PriorityLike, parse_priority
+from trioforge._registry import JobDefinition, Registry, check_capabilities
+from trioforge._rules import ConcurrencyLimit, JobState, PriorityLike, RateLimit, parse_priority
 from trioforge._watch import JobWatch
 from trioforge.actors import Finished, LiveFeed, RunningJobs, StopReason, StorageHandle
 from trioforge.metrics import Metrics
@@ -65,6 +65,25 @@ class QueueInfo:
     name: str
     paused: bool
     counts: Mapping[JobState, int]
+
+
+def _limit_key(
+    definition: JobDefinition, limit: RateLimit | ConcurrencyLimit | None, text: str
+) -> str | None:
+    """The rate bucket or concurrency count a job whose payload is ``text`` belongs to (a
+    key function sees the payload as the handler will)."""
+    if limit is None:
+        return None
+    if limit.key is None:
+        return limit.name
+    payload = decode(definition.name, definition.payload_type, text)
+    try:
+        return limit.key_for(payload)
+    except Exception as exc:
+        raise PayloadError(
+            f"job {definition.name!r}: the key function of limit {limit.name!r} failed on "
+            f"this payload ({type(exc).__name__}: {exc}); fix the payload or the key"
+        ) from exc
 
 
 def _run_at(
@@ -159,6 +178,7 @@ class Client:
         idempotency_key: str | None,
         max_attempts: int | None = None,
         timeout: float | None = None,
+        requires: Iterable[str] | None = None,
     ) -> builtins.list[NewJob]:
         if queue is not None:
             _check_queue(queue)
@@ -186,24 +206,36 @@ class Client:
                     f"{self._max_key_bytes}; use a shorter key (a hash of it, say), or raise "
                     "the limit with max_key_bytes= on open_runtime / open_client"
                 )
+        needs = (
+            definition.requires
+            if requires is None
+            else check_capabilities(requires, "requires", InvalidArgumentError)
+        )
         when = _run_at(self._clock.now(), delay, run_at)
         level = definition.priority if priority is None else parse_priority(priority)
         queue = queue or definition.queue
+        requires_sorted = tuple(sorted(needs))
         if max_attempts is None:
             max_attempts = definition.retry_in(self._policies.get(queue)).max_attempts
-        return [
-            NewJob(
-                name=definition.name,
-                queue=queue,
-                payload=self._encode(definition, payload),
-                priority=level,
-                run_at=when,
-                max_attempts=max_attempts,
-                idempotency_key=idempotency_key,
-                timeout=None if timeout is None else float(timeout),
+        jobs = []
+        for payload in payloads:
+            text = self._encode(definition, payload)
+            jobs.append(
+                NewJob(
+                    name=definition.name,
+                    queue=queue,
+                    payload=text,
+                    priority=level,
+                    run_at=when,
+                    max_attempts=max_attempts,
+                    idempotency_key=idempotency_key,
+                    timeout=None if timeout is None else float(timeout),
+                    requires=requires_sorted,
+                    rate_key=_limit_key(definition, definition.rate_limit, text),
+                    concurrency_key=_limit_key(definition, definition.concurrency, text),
+                )
             )
-            for payload in payloads
-        ]
+        return jobs
 
     def _encode(self, definition: JobDefinition, payload: Any) -> str:
         text = encode(definition.name, definition.payload_type, payload)
@@ -244,6 +276,7 @@ class Client:
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (the job's, not this call's)
+        requires: Iterable[str] | None = None,
     ) -> int:
         """Store one job and return its id.
 
@@ -251,7 +284,8 @@ class Client:
         :class:`~trioforge.PayloadError` and stores nothing. With ``idempotency_key``, while
         an unfinished job holds the same key, its id is returned and nothing new is stored.
         ``max_attempts`` and ``timeout`` (seconds) override the job's (and its queue's) for
-        this job only.
+        this job only, as ``requires`` (capabilities the claiming process must have)
+        overrides the job's.
         """
         definition = self._definition(job)
         jobs = self._new_jobs(
@@ -264,6 +298,7 @@ class Client:
             idempotency_key=idempotency_key,
             max_attempts=max_attempts,
             timeout=timeout,
+            requires=requires,
         )
         return (await self._insert(jobs))[0]
 
@@ -278,6 +313,7 @@ class Client:
         queue: str | None = None,
         max_attempts: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (the job's, not this call's)
+        requires: Iterable[str] | None = None,
     ) -> builtins.list[int]:
         """Store many jobs of one kind in one transaction; all or none are stored."""
         definition = self._definition(job)
@@ -291,6 +327,7 @@ class Client:
             idempotency_key=None,
             max_attempts=max_attempts,
             timeout=timeout,
+            requires=requires,
         )
         return await self._insert(jobs)
 

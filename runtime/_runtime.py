@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -27,8 +27,8 @@ from trioforge._errors import (
 )
 from trioforge._payloads import decode, encode_result
 from trioforge._policy import Queue, QueueLike, queue_policies, queue_sizes
-from trioforge._registry import AttemptEnd, CronTick, Registry
-from trioforge._rules import AttemptOutcome, Retry, failure_outcome
+from trioforge._registry import AttemptEnd, CronTick, Registry, check_capabilities
+from trioforge._rules import AttemptOutcome, JobLimits, Retry, failure_outcome
 from trioforge.actors import (
     Finished,
     LiveFeed,
@@ -46,6 +46,7 @@ from trioforge.actors import (
     storage_actor,
 )
 from trioforge.actors.cron import CronJob, cron_scheduler
+from trioforge.actors.queue import HeldQueues
 from trioforge.metrics import Metrics
 from trioforge.storage import (
     Backend,
@@ -93,6 +94,9 @@ class _RegistryJobs:
 
     def names(self) -> frozenset[str]:
         return self._registry.names()
+
+    def limits(self) -> dict[str, JobLimits]:
+        return {d.name: d.limits for d in self._registry if d.limits is not None}
 
     def policy(self, job: ClaimedJob) -> tuple[Retry, float | None]:
         definition = self._registry.get(job.name)
@@ -333,6 +337,7 @@ class _Settings:
     shutdown_grace: float
     max_payload_bytes: int
     max_key_bytes: int
+    capabilities: frozenset[str]
 
     @classmethod
     def checked(
@@ -349,6 +354,7 @@ class _Settings:
         shutdown_grace: float,
         max_payload_bytes: int,
         max_key_bytes: int,
+        capabilities: Iterable[str],
     ) -> _Settings:
         if queues is None:
             queues = {name: DEFAULT_CONCURRENCY for name in sorted(registry.queues())}
@@ -369,6 +375,7 @@ class _Settings:
             shutdown_grace=shutdown_grace,
             max_payload_bytes=max_payload_bytes,
             max_key_bytes=max_key_bytes,
+            capabilities=check_capabilities(capabilities, "capabilities"),
         )
 
 
@@ -390,6 +397,7 @@ class _Parts:
         self.settings, self.backend, self.storage = settings, backend, storage
         self.running, self.finished = RunningJobs(), Finished(feed)
         self.supervisors: dict[str, QueueSupervisor] = {}
+        self.held = HeldQueues()
         self.runtime = runtime_class(
             storage,
             settings.clock,
@@ -436,10 +444,11 @@ class _Parts:
 
     def supervisor(self, name: str, size: int) -> QueueSupervisor:
         s = self.settings
-        config = QueueConfig(name, size, s.owner, s.lease_seconds, s.poll_interval)
+        config = QueueConfig(name, size, s.owner, s.lease_seconds, s.poll_interval, s.capabilities)
         supervisor = QueueSupervisor(
-            config, self.jobs, self.storage, self.running, self.finished, s.clock
-        )
+            config, self.jobs, self.storage, self.running, self.finished, s.clock,
+            held=self.held,
+        )  # fmt: skip
         self.supervisors[name] = supervisor
         return supervisor
 
@@ -527,6 +536,7 @@ async def open_runtime(
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
     metrics: Metrics | None = None,
+    capabilities: Iterable[str] = (),
     _runtime_class: type[Runtime] = Runtime,
 ) -> AsyncIterator[Runtime]:
     """Run workers for ``registry`` inside the caller's trio run.
@@ -548,12 +558,16 @@ async def open_runtime(
 
     ``metrics`` (a :class:`trioforge.metrics.Metrics`) counts this process's enqueues,
     starts and outcomes and times its attempts.
+
+    ``capabilities`` names what this process offers (``{"gpu", "ffmpeg"}``): its workers
+    claim a job that ``requires`` capabilities only if it has them all.
     """
     settings = _Settings.checked(
         registry, queues=queues, clock=clock, owner=owner, lease_seconds=lease_seconds,
         heartbeat_interval=heartbeat_interval, poll_interval=poll_interval,
         rescue_interval=rescue_interval, shutdown_grace=shutdown_grace,
         max_payload_bytes=max_payload_bytes, max_key_bytes=max_key_bytes,
+        capabilities=capabilities,
     )  # fmt: skip
     registry.freeze()  # the fetchers read its job names once
     backend = _backend(database)

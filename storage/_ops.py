@@ -8,12 +8,12 @@ one bad request never fails its neighbours.
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from typing import Any, TypeAlias
 
 import attrs
 
-from trioforge._rules import JobState
+from trioforge._rules import JobLimits, JobState
 from trioforge.storage._records import NewJob, Outcome
 
 __all__ = [
@@ -54,14 +54,18 @@ class Enqueue:
 
 @attrs.frozen
 class Claim:
-    """-> ClaimResult: up to ``limit`` due jobs of ``queue`` whose name is in ``names``;
-    none (and no next run_at) while the queue is paused."""
+    """-> ClaimResult: up to ``limit`` due jobs of ``queue`` whose name is in ``names`` and
+    whose required capabilities are all in ``capabilities``; none (and no next run_at)
+    while the queue is paused. Jobs whose name has ``limits`` start only as their
+    concurrency and rate limits allow (``FlowGate``, in this claim's transaction)."""
 
     queue: str
     names: Set[str]
     limit: int
     owner: str
     lease_until: float
+    capabilities: Set[str] = frozenset()
+    limits: Mapping[str, JobLimits] = attrs.field(factory=dict)
 
 
 @attrs.frozen

@@ -57,6 +57,11 @@ class NewJob:
     idempotency_key: str | None = None
     #: Seconds an attempt may run, set per enqueue (None: the job's own timeout).
     timeout: float | None = None
+    #: Capabilities a process must have to claim it (sorted; empty: any process).
+    requires: tuple[str, ...] = ()
+    #: Its rate-limit bucket and concurrency count (see ``trioforge._rules.FlowGate``).
+    rate_key: str | None = None
+    concurrency_key: str | None = None
 
 
 @attrs.frozen
@@ -88,6 +93,10 @@ class ClaimResult:
     jobs: tuple[ClaimedJob, ...]
     #: Earliest run_at of a not-yet-due job this claimer could run, if any: when to look again.
     next_run_at: float | None
+    #: Earliest time a due job held back by a rate limit gets its token.
+    next_token_at: float | None = None
+    #: Whether a concurrency limit held back a due job (it frees when a running one ends).
+    held: bool = False
 
 
 @attrs.frozen

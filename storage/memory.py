@@ -19,13 +19,16 @@ import trio
 
 from trioforge._errors import InvalidStateError, JobNotFoundError
 from trioforge._rules import (
+    FLOW_WINDOW,
     PENDING_STATES,
     TERMINAL_STATES,
+    Bucket,
     Cancelled,
     Claimed,
     Discarded,
     Event,
     Failed,
+    FlowGate,
     JobState,
     Released,
     Retried,
@@ -71,6 +74,9 @@ class _Row:
     created_at: float
     status: JobState
     timeout: float | None = None
+    requires: frozenset[str] = frozenset()
+    rate_key: str | None = None
+    concurrency_key: str | None = None
     attempt: int = 0
     lease: int = 0
     lease_owner: str | None = None
@@ -127,6 +133,8 @@ class MemoryBackend:
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, until)
         self._cron: dict[str, CronState] = {}
         self._paused: set[str] = set()
+        self._running_by_key: dict[str, int] = {}  # concurrency key -> running jobs
+        self._buckets: dict[str, Bucket] = {}  # rate key -> token bucket
         self._handlers: dict[type, Callable[[Any, float], object]] = ops.handlers(self)
         self._change_feeds: list[trio.MemorySendChannel[Changed]] = []
 
@@ -161,7 +169,7 @@ class MemoryBackend:
     async def drop(self) -> None:
         for index in (
             self._rows, self._open_keys, self._future, self._due, self._processes, self._leases,
-            self._cron, self._paused,
+            self._cron, self._paused, self._running_by_key, self._buckets,
         ):  # fmt: skip
             index.clear()
 
@@ -204,6 +212,13 @@ class MemoryBackend:
         target = next_state(row.status, event)
         if target is None:
             return False
+        key = row.concurrency_key
+        if key is not None and (row.status is JobState.RUNNING) != (target is JobState.RUNNING):
+            count = self._running_by_key.get(key, 0) + (1 if target is JobState.RUNNING else -1)
+            if count:
+                self._running_by_key[key] = count
+            else:
+                del self._running_by_key[key]
         row.status = target
         if run_at is not None:
             row.run_at = run_at
@@ -247,6 +262,9 @@ class MemoryBackend:
                 created_at=now,
                 status=JobState.SCHEDULED if job.run_at > now else JobState.AVAILABLE,
                 timeout=job.timeout,
+                requires=frozenset(job.requires),
+                rate_key=job.rate_key,
+                concurrency_key=job.concurrency_key,
             )
             self._next_id += 1
             self._rows[row.id] = row
@@ -266,19 +284,31 @@ class MemoryBackend:
             row = self._live(job_id, version)
             if row is not None:
                 heapq.heappush(due, (claim_key(row.priority, row.run_at, row.id), version))
+
+        def runnable(row: _Row) -> bool:
+            return row.name in op.names and row.requires <= op.capabilities
+
+        gate = FlowGate(op.limits, self._running_by_key, self._buckets, now) if op.limits else None
         picked: list[_Row] = []
-        skipped = []  # due, but not a name this claimer runs: back into the index after
-        while due and len(picked) < op.limit:
+        skipped = []  # due, but not for this claimer (or held back): back into the index after
+        seen = 0  # due jobs it could run, looked at: a limited claim looks at FLOW_WINDOW
+        while due and len(picked) < op.limit and (gate is None or seen < FLOW_WINDOW):
             entry = heapq.heappop(due)
             row = self._live(entry[0][2], entry[1])
             if row is None:
                 continue
-            if row.name in op.names:
+            if not runnable(row):
+                skipped.append(row)
+                continue
+            seen += 1
+            if gate is None or gate.admit(row.name, row.rate_key, row.concurrency_key):
                 picked.append(row)
             else:
                 skipped.append(row)
         for row in skipped:
             heapq.heappush(due, (claim_key(row.priority, row.run_at, row.id), row.version))
+        if gate is not None:
+            self._buckets.update(gate.buckets)
         claimed = []
         for row in picked:
             self._apply(row, Claimed(), now)
@@ -307,9 +337,13 @@ class MemoryBackend:
         upcoming = (
             run_at
             for run_at, job_id, version in future
-            if (row := self._live(job_id, version)) is not None and row.name in op.names
+            if (row := self._live(job_id, version)) is not None and runnable(row)
         )
-        return ClaimResult(tuple(claimed), min(upcoming, default=None))
+        if gate is None:
+            return ClaimResult(tuple(claimed), min(upcoming, default=None))
+        return ClaimResult(
+            tuple(claimed), min(upcoming, default=None), gate.next_token_at, gate.held
+        )
 
     def _finish(self, op: ops.Finish, now: float) -> list[bool]:
         return [self._finish_one(o, now) for o in op.outcomes]

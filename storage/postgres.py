@@ -29,7 +29,16 @@ from trioforge._errors import (
     JobNotFoundError,
     SchemaError,
 )
-from trioforge._rules import TERMINAL_STATES, JobState, Released, claim_key, next_state
+from trioforge._rules import (
+    FLOW_WINDOW,
+    TERMINAL_STATES,
+    Bucket,
+    FlowGate,
+    JobState,
+    Released,
+    claim_key,
+    next_state,
+)
 from trioforge.storage import _ops as ops
 from trioforge.storage._backend import Changed
 from trioforge.storage._changes import changed_jobs, encode_ids, parse_ids
@@ -132,6 +141,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX trioforge_jobs_finished ON trioforge_jobs (finished_at)
         WHERE finished_at IS NOT NULL;
     """,
+    # Flow control: required capabilities, rate and concurrency keys; one row per key in
+    # trioforge_limits, locked by claims (a rate key's row is its token bucket).
+    """
+    ALTER TABLE trioforge_jobs ADD COLUMN requires TEXT[];
+    ALTER TABLE trioforge_jobs ADD COLUMN rate_key TEXT;
+    ALTER TABLE trioforge_jobs ADD COLUMN concurrency_key TEXT;
+    CREATE INDEX trioforge_jobs_running_keys ON trioforge_jobs (concurrency_key)
+        WHERE status = 'running' AND concurrency_key IS NOT NULL;
+    CREATE TABLE trioforge_limits (
+        key TEXT PRIMARY KEY,
+        tokens DOUBLE PRECISION,
+        at DOUBLE PRECISION
+    );
+    """,
 )
 
 
@@ -139,12 +162,17 @@ MIGRATIONS: tuple[str, ...] = (
 _INSERT_MANY = """
 WITH inserted AS (
     INSERT INTO trioforge_jobs
-        (name, queue, payload, priority, run_at, max_attempts, created_at, status, timeout)
-    SELECT name, queue, payload, priority, run_at, max_attempts, $7, status, timeout
+        (name, queue, payload, priority, run_at, max_attempts, created_at, status, timeout,
+         requires, rate_key, concurrency_key)
+    SELECT name, queue, payload, priority, run_at, max_attempts, $7, status, timeout,
+        CASE WHEN requires IS NOT NULL
+             THEN ARRAY(SELECT json_array_elements_text(requires::json)) END,
+        rate_key, concurrency_key
     FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::int[],
-                $8::text[], $10::float8[])
+                $8::text[], $10::float8[], $11::text[], $12::text[], $13::text[])
         WITH ORDINALITY
-        AS t(name, queue, payload, priority, run_at, max_attempts, status, timeout, ord)
+        AS t(name, queue, payload, priority, run_at, max_attempts, status, timeout, requires,
+             rate_key, concurrency_key, ord)
     ORDER BY ord
     RETURNING id, queue, run_at
 ), notified AS (
@@ -156,8 +184,8 @@ SELECT id FROM inserted WHERE (SELECT count(*) FROM notified) >= 0
 _INSERT_KEYED = f"""
 INSERT INTO trioforge_jobs
     (name, queue, payload, priority, run_at, max_attempts, idempotency_key, created_at, status,
-     timeout)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+     timeout, requires, rate_key, concurrency_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT (idempotency_key)
     WHERE idempotency_key IS NOT NULL AND status NOT IN {_TERMINAL} DO NOTHING
 RETURNING id
@@ -218,6 +246,7 @@ _CLAIM = f"""
 WITH picked AS (
     SELECT id FROM trioforge_jobs
     WHERE queue = $1 AND status IN {_PENDING} AND run_at <= $2 AND name = ANY($3::text[])
+      AND (requires IS NULL OR requires <@ $7::text[])
       AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
     ORDER BY priority DESC, run_at, id
     LIMIT $4
@@ -236,7 +265,89 @@ FROM claimed
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, min(run_at), NULL, NULL, NULL, NULL FROM trioforge_jobs
 WHERE queue = $1 AND status IN {_PENDING} AND run_at > $2 AND name = ANY($3::text[])
+  AND (requires IS NULL OR requires <@ $7::text[])
   AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
+"""
+
+#: A flow-controlled claim's later chunks: due jobs in claim order not yet looked at
+#: (locked, skipping other claimers').
+_CANDIDATES = f"""
+SELECT id, name, rate_key, concurrency_key FROM trioforge_jobs
+WHERE queue = $1 AND status IN {_PENDING} AND run_at <= $2 AND name = ANY($3::text[])
+  AND (requires IS NULL OR requires <@ $4::text[]) AND id <> ALL($6::bigint[])
+ORDER BY priority DESC, run_at, id
+LIMIT $5
+FOR UPDATE SKIP LOCKED
+"""
+
+#: A flow-controlled claim, steps 1 and 2 in one statement for the first chunk: due jobs in
+#: claim order (locked, skipping other claimers'), then the limit rows of
+#: their keys (created if new, locked in key order, so claimers on several replicas queue
+#: up behind each other instead of deadlocking), then the earliest future run_at.
+_FIRST_CHUNK = f"""
+WITH picked AS (
+    SELECT id, name, rate_key, concurrency_key, priority, run_at FROM trioforge_jobs
+    WHERE queue = $1 AND status IN {_PENDING} AND run_at <= $2 AND name = ANY($3::text[])
+      AND (requires IS NULL OR requires <@ $4::text[])
+      AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
+    ORDER BY priority DESC, run_at, id
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+), keys AS (
+    SELECT 'r:' || rate_key AS k FROM picked WHERE rate_key IS NOT NULL
+    UNION SELECT 'c:' || concurrency_key FROM picked WHERE concurrency_key IS NOT NULL
+), locked AS (
+    INSERT INTO trioforge_limits (key) SELECT k FROM keys ORDER BY k
+    ON CONFLICT (key) DO UPDATE SET tokens = trioforge_limits.tokens
+    RETURNING key, tokens, at
+)
+SELECT id, name, rate_key, concurrency_key, priority, run_at, NULL AS key, NULL::float8 AS
+    tokens, NULL::float8 AS at
+FROM picked
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, key, tokens, at FROM locked
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, min(run_at), NULL, NULL, NULL FROM trioforge_jobs
+WHERE queue = $1 AND status IN {_PENDING} AND run_at > $2 AND name = ANY($3::text[])
+  AND (requires IS NULL OR requires <@ $4::text[])
+  AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
+"""
+
+#: Step 2 for a later chunk, which already holds locks: waiting now could close a cycle
+#: with another claimer, so rows locked elsewhere are skipped (their jobs wait a moment).
+_TRY_LOCK_LIMITS = """
+WITH new AS (
+    INSERT INTO trioforge_limits (key) SELECT k FROM unnest($1::text[]) AS k ORDER BY k
+    ON CONFLICT (key) DO NOTHING
+    RETURNING key, tokens, at
+), known AS (
+    SELECT key, tokens, at FROM trioforge_limits WHERE key = ANY($1::text[])
+    FOR UPDATE SKIP LOCKED
+)
+SELECT key, tokens, at FROM new UNION ALL SELECT key, tokens, at FROM known
+"""
+
+#: Step 3, a statement of its own so that it sees every claim committed before the locks
+#: were granted: the running jobs per concurrency key.
+_RUNNING_PER_KEY = """
+SELECT concurrency_key, count(*) AS n FROM trioforge_jobs
+WHERE status = 'running' AND concurrency_key = ANY($1::text[])
+GROUP BY concurrency_key
+"""
+
+#: Step 4: claim the jobs the gate admitted and store the buckets it changed.
+_CLAIM_IDS = """
+WITH buckets AS (
+    UPDATE trioforge_limits AS l SET tokens = b.tokens, at = b.at
+    FROM unnest($5::text[], $6::float8[], $7::float8[]) AS b(key, tokens, at)
+    WHERE l.key = b.key
+)
+UPDATE trioforge_jobs AS j
+SET status = 'running', attempt = j.attempt + 1, lease = j.lease + 1, lease_owner = $2,
+    lease_until = $3, started_at = $4, error = NULL, progress = NULL, progress_message = NULL
+WHERE j.id = ANY($1::bigint[])
+RETURNING j.id, j.name, j.queue, j.payload, j.priority, j.run_at, j.attempt,
+    j.max_attempts, j.lease, j.timeout
 """
 
 _FINISH = """
@@ -288,6 +399,8 @@ def _atomic_alone(op: ops.Op) -> bool:
     """Whether the op's writes are one statement, so it needs no explicit transaction."""
     if isinstance(op, ops.Enqueue):
         return all(j.idempotency_key is None for j in op.jobs)
+    if isinstance(op, ops.Claim) and op.limits:
+        return False
     return isinstance(
         op, ops.Claim | ops.Finish | ops.Renew | ops.Progress | ops.Get | ops.GetMany
         | ops.ListJobs | ops.Rescue | ops.Stats | ops.Throughput | ops.PauseQueue
@@ -483,7 +596,7 @@ class PostgresBackend:
         async def drop_tables(conn: asyncpg.Connection) -> None:
             await conn.execute(
                 "DROP TABLE IF EXISTS trioforge_jobs, trioforge_processes, trioforge_leases, "
-                "trioforge_cron, trioforge_paused_queues, trioforge_schema"
+                "trioforge_cron, trioforge_paused_queues, trioforge_limits, trioforge_schema"
             )
 
         await self._aio(self._run, drop_tables)
@@ -653,6 +766,8 @@ class PostgresBackend:
                 [j.payload for j in op.jobs], [j.priority for j in op.jobs],
                 [j.run_at for j in op.jobs], [j.max_attempts for j in op.jobs], now, status,
                 CHANNEL, [j.timeout for j in op.jobs],
+                [json.dumps(list(j.requires)) if j.requires else None for j in op.jobs],
+                [j.rate_key for j in op.jobs], [j.concurrency_key for j in op.jobs],
             )  # fmt: skip
             return [Enqueued(job_id, created=True) for job_id in sorted(r["id"] for r in rows)]
         earliest: dict[str, float] = {}
@@ -666,6 +781,7 @@ class PostgresBackend:
             job_id = await conn.fetchval(
                 _INSERT_KEYED, j.name, j.queue, j.payload, j.priority, j.run_at,
                 j.max_attempts, j.idempotency_key, now, state, j.timeout,
+                list(j.requires) if j.requires else None, j.rate_key, j.concurrency_key,
             )  # fmt: skip
             if job_id is not None:
                 out.append(Enqueued(job_id, created=True))
@@ -679,15 +795,77 @@ class PostgresBackend:
 
     @staticmethod
     async def _claim(conn: asyncpg.Connection, op: ops.Claim, now: float) -> ClaimResult:
+        if op.limits:
+            return await PostgresBackend._claim_limited(conn, op, now)
         rows = await conn.fetch(
-            _CLAIM, op.queue, now, sorted(op.names), max(op.limit, 0), op.owner, op.lease_until
-        )
+            _CLAIM, op.queue, now, sorted(op.names), max(op.limit, 0), op.owner, op.lease_until,
+            sorted(op.capabilities),
+        )  # fmt: skip
         jobs = sorted(
             (ClaimedJob(*row) for row in rows if row["id"] is not None),
             key=lambda j: claim_key(j.priority, j.run_at, j.id),
         )
         upcoming = next(row["run_at"] for row in rows if row["id"] is None)
         return ClaimResult(tuple(jobs), upcoming)
+
+    @staticmethod
+    async def _claim_limited(conn: asyncpg.Connection, op: ops.Claim, now: float) -> ClaimResult:
+        """In the batch's transaction: read due jobs a chunk at a time, lock their keys'
+        limit rows, count, let the shared FlowGate decide, claim what it admits."""
+        names, caps = sorted(op.names), sorted(op.capabilities)
+        gate = FlowGate(op.limits, {}, {}, now)
+        picked: list[int] = []
+        seen: list[int] = []
+        upcoming: float | None = None
+        chunk = max(2 * op.limit, 16)
+        while len(picked) < op.limit and len(seen) < FLOW_WINDOW:
+            size = min(chunk, FLOW_WINDOW - len(seen))
+            if not seen:
+                rows = await conn.fetch(_FIRST_CHUNK, op.queue, now, names, caps, size)
+                upcoming = next(r["run_at"] for r in rows if r["id"] is None and r["key"] is None)
+                candidates = [r for r in rows if r["id"] is not None]
+                locked = [r for r in rows if r["key"] is not None]
+            else:
+                candidates = await conn.fetch(_CANDIDATES, op.queue, now, names, caps, size, seen)
+                keys = {f"r:{r['rate_key']}" for r in candidates if r["rate_key"] is not None}
+                keys.update(
+                    f"c:{r['concurrency_key']}"
+                    for r in candidates
+                    if r["concurrency_key"] is not None
+                )
+                locked = await conn.fetch(_TRY_LOCK_LIMITS, sorted(keys)) if keys else []
+            if not candidates:
+                break
+            seen.extend(r["id"] for r in candidates)
+            chunk *= 4
+            keys = {f"r:{r['rate_key']}" for r in candidates if r["rate_key"] is not None}
+            counted = sorted({r["concurrency_key"] for r in candidates} - {None})
+            keys.update(f"c:{k}" for k in counted)
+            running = await conn.fetch(_RUNNING_PER_KEY, counted) if counted else []
+            gate.learn(
+                {r["concurrency_key"]: r["n"] for r in running},
+                {
+                    r["key"][2:]: Bucket(r["tokens"], r["at"])
+                    for r in locked
+                    if r["key"].startswith("r:") and r["tokens"] is not None
+                },
+                busy={k[2:] for k in keys - {r["key"] for r in locked}},
+            )
+            for r in candidates:
+                if len(picked) < op.limit and gate.admit(
+                    r["name"], r["rate_key"], r["concurrency_key"]
+                ):
+                    picked.append(r["id"])
+        buckets = list(gate.buckets.items())
+        rows = await conn.fetch(
+            _CLAIM_IDS, picked, op.owner, op.lease_until, now,
+            [f"r:{k}" for k, _ in buckets], [b.tokens for _, b in buckets],
+            [b.at for _, b in buckets],
+        )  # fmt: skip
+        jobs = sorted(
+            (ClaimedJob(*row) for row in rows), key=lambda j: claim_key(j.priority, j.run_at, j.id)
+        )
+        return ClaimResult(tuple(jobs), upcoming, gate.next_token_at, gate.held)
 
     async def _release_orphans(
         self, conn: asyncpg.Connection, op: ops.ReleaseOrphans, now: float

@@ -29,7 +29,16 @@ from trioforge._errors import (
     JobNotFoundError,
     SchemaError,
 )
-from trioforge._rules import TERMINAL_STATES, JobState, Released, claim_key, next_state
+from trioforge._rules import (
+    FLOW_WINDOW,
+    TERMINAL_STATES,
+    Bucket,
+    FlowGate,
+    JobState,
+    Released,
+    claim_key,
+    next_state,
+)
 from trioforge.storage import _ops as ops
 from trioforge.storage._backend import Changed
 from trioforge.storage._records import (
@@ -41,6 +50,7 @@ from trioforge.storage._records import (
     Enqueued,
     FireResult,
     JobInfo,
+    NewJob,
     Notice,
     Outcome,
     ProcessInfo,
@@ -126,17 +136,47 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX trioforge_jobs_finished ON trioforge_jobs (finished_at)
         WHERE finished_at IS NOT NULL
     """,
+    # Flow control: required capabilities (a JSON array), rate and concurrency keys, and
+    # the token buckets.
+    """
+    ALTER TABLE trioforge_jobs ADD COLUMN requires TEXT;
+    ALTER TABLE trioforge_jobs ADD COLUMN rate_key TEXT;
+    ALTER TABLE trioforge_jobs ADD COLUMN concurrency_key TEXT;
+    CREATE INDEX trioforge_jobs_running_keys ON trioforge_jobs (concurrency_key)
+        WHERE status = 'running' AND concurrency_key IS NOT NULL;
+    CREATE TABLE trioforge_limits (
+        key TEXT PRIMARY KEY,
+        tokens REAL,
+        at REAL
+    )
+    """,
 )
 
 _TABLES = (
     "trioforge_jobs", "trioforge_processes", "trioforge_leases", "trioforge_cron",
-    "trioforge_paused_queues", "trioforge_schema",
+    "trioforge_paused_queues", "trioforge_limits", "trioforge_schema",
 )  # fmt: skip
 
 
 _INSERT = (
     "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, max_attempts, "
-    "idempotency_key, created_at, status, timeout) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "idempotency_key, created_at, status, timeout, requires, rate_key, concurrency_key) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _insert_row(j: NewJob, key: str | None, now: float) -> tuple[object, ...]:
+    return (
+        j.name, j.queue, j.payload, j.priority, j.run_at, j.max_attempts, key, now,
+        "scheduled" if j.run_at > now else "available", j.timeout,
+        json.dumps(list(j.requires)) if j.requires else None, j.rate_key, j.concurrency_key,
+    )  # fmt: skip
+
+
+#: A job this claimer can run: every capability it requires is in the JSON array ?caps.
+_CAPABLE = (
+    "(requires IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(requires) AS r "
+    "WHERE r.value NOT IN (SELECT value FROM json_each({caps}))))"
 )
 
 #: The unfinished job holding an idempotency key, if any.
@@ -151,11 +191,45 @@ SET status = 'running', attempt = attempt + 1, lease = lease + 1, lease_owner = 
 WHERE id IN (
     SELECT id FROM trioforge_jobs INDEXED BY trioforge_jobs_claim
     WHERE queue = ? AND status IN {_PENDING_SQL} AND run_at <= ?
-      AND name IN (SELECT value FROM json_each(?))
+      AND name IN (SELECT value FROM json_each(?)) AND {_CAPABLE.format(caps="?")}
     ORDER BY priority DESC, run_at, id
     LIMIT ?
 )
 RETURNING id, name, queue, payload, priority, run_at, attempt, max_attempts, lease, timeout
+"""
+
+#: A flow-controlled claim reads due jobs in claim order, a chunk at a time, each with the
+#: running count of its concurrency key and its rate key's stored bucket; decides in Python
+#: (FlowGate, the shared rule), then claims the chosen ids. The write lock is held
+#: throughout, so nothing read here changes before the claim commits.
+_CANDIDATES = f"""
+SELECT j.id, j.name, j.rate_key, j.concurrency_key,
+    CASE WHEN j.concurrency_key IS NOT NULL THEN (
+        SELECT count(*) FROM trioforge_jobs AS r INDEXED BY trioforge_jobs_running_keys
+        WHERE r.status = 'running' AND r.concurrency_key IS NOT NULL
+          AND r.concurrency_key = j.concurrency_key) END,
+    l.tokens, l.at
+FROM trioforge_jobs AS j INDEXED BY trioforge_jobs_claim
+LEFT JOIN trioforge_limits AS l ON j.rate_key IS NOT NULL AND l.key = 'r:' || j.rate_key
+WHERE j.queue = ?1 AND j.status IN {_PENDING_SQL} AND j.run_at <= ?2
+  AND j.name IN (SELECT value FROM json_each(?3)) AND {_CAPABLE.format(caps="?4")}
+ORDER BY j.priority DESC, j.run_at, j.id
+LIMIT ?5 OFFSET ?6
+"""
+
+_CLAIM_IDS = """
+UPDATE trioforge_jobs
+SET status = 'running', attempt = attempt + 1, lease = lease + 1, lease_owner = ?,
+    lease_until = ?, started_at = ?, error = NULL, progress = NULL, progress_message = NULL
+WHERE id IN (SELECT value FROM json_each(?))
+RETURNING id, name, queue, payload, priority, run_at, attempt, max_attempts, lease, timeout
+"""
+
+_STORE_BUCKETS = """
+INSERT INTO trioforge_limits (key, tokens, at)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')
+FROM json_each(?) WHERE true
+ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, at = excluded.at
 """
 
 #: Before a claim, in one statement: whether the queue is paused, and the earliest run_at
@@ -164,7 +238,7 @@ _PAUSED_AND_UPCOMING = f"""
 SELECT EXISTS (SELECT 1 FROM trioforge_paused_queues WHERE name = ?1),
     (SELECT min(run_at) FROM trioforge_jobs
      WHERE queue = ?1 AND status IN {_PENDING_SQL} AND run_at > ?2
-       AND name IN (SELECT value FROM json_each(?3)))
+       AND name IN (SELECT value FROM json_each(?3)) AND {_CAPABLE.format(caps="?4")})
 """
 
 #: Every outcome of a batch in one statement (one GIL hand-off in the writer thread, not
@@ -185,6 +259,11 @@ SET status = u.status, run_at = coalesce(u.run_at, j.run_at), attempt = j.attemp
 FROM u WHERE j.id = u.id AND j.status = 'running' AND j.lease = u.lease
 RETURNING id, lease
 """
+
+
+def _in_claim_order(rows: list[Any]) -> tuple[ClaimedJob, ...]:
+    jobs = (ClaimedJob(*row) for row in rows)
+    return tuple(sorted(jobs, key=lambda j: claim_key(j.priority, j.run_at, j.id)))
 
 
 class _Busy(Exception):
@@ -439,11 +518,7 @@ class SQLiteBackend:
         for job in op.jobs:
             json.loads(job.payload)  # refuse anything that is not JSON text
         if all(job.idempotency_key is None for job in op.jobs):
-            rows = [
-                (j.name, j.queue, j.payload, j.priority, j.run_at, j.max_attempts, None, now,
-                 "scheduled" if j.run_at > now else "available", j.timeout)
-                for j in op.jobs
-            ]  # fmt: skip
+            rows = [_insert_row(j, None, now) for j in op.jobs]
             before = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'trioforge_jobs'")
             first = (before.fetchone() or (0,))[0] + 1
             db.executemany(_INSERT, rows)
@@ -460,27 +535,59 @@ class SQLiteBackend:
                 if existing is not None:
                     out.append(Enqueued(existing[0], created=False))
                     continue
-            cursor = db.execute(
-                _INSERT,
-                (j.name, j.queue, j.payload, j.priority, j.run_at, j.max_attempts, key, now,
-                 "scheduled" if j.run_at > now else "available", j.timeout),
-            )  # fmt: skip
+            cursor = db.execute(_INSERT, _insert_row(j, key, now))
             assert cursor.lastrowid is not None
             out.append(Enqueued(cursor.lastrowid, created=True))
         return out
 
     def _claim(self, db: sqlite3.Connection, op: ops.Claim, now: float) -> ClaimResult:
         names = json.dumps(sorted(op.names))
-        paused, upcoming = db.execute(_PAUSED_AND_UPCOMING, (op.queue, now, names)).fetchone()
+        caps = json.dumps(sorted(op.capabilities))
+        paused, upcoming = db.execute(_PAUSED_AND_UPCOMING, (op.queue, now, names, caps)).fetchone()
         if paused:
             return ClaimResult((), None)
+        if op.limits:
+            return self._claim_limited(db, op, now, names, caps, upcoming)
         rows = db.execute(
-            _CLAIM, (op.owner, op.lease_until, now, op.queue, now, names, max(op.limit, 0))
+            _CLAIM, (op.owner, op.lease_until, now, op.queue, now, names, caps, max(op.limit, 0))
         ).fetchall()
-        jobs = sorted(
-            (ClaimedJob(*row) for row in rows), key=lambda j: claim_key(j.priority, j.run_at, j.id)
-        )
-        return ClaimResult(tuple(jobs), upcoming)
+        return ClaimResult(_in_claim_order(rows), upcoming)
+
+    @staticmethod
+    def _claim_limited(
+        db: sqlite3.Connection,
+        op: ops.Claim,
+        now: float,
+        names: str,
+        caps: str,
+        upcoming: float | None,
+    ) -> ClaimResult:
+        """The write lock is held: counts and buckets read here cannot change under us."""
+        gate = FlowGate(op.limits, {}, {}, now)
+        picked: list[int] = []
+        seen, chunk = 0, max(2 * op.limit, 16)
+        while len(picked) < op.limit and seen < FLOW_WINDOW:
+            rows = db.execute(
+                _CANDIDATES, (op.queue, now, names, caps, min(chunk, FLOW_WINDOW - seen), seen)
+            ).fetchall()
+            if not rows:
+                break
+            seen += len(rows)
+            chunk *= 4
+            gate.learn(
+                {r[3]: r[4] for r in rows if r[3] is not None},
+                {r[2]: Bucket(r[5], r[6]) for r in rows if r[5] is not None},
+            )
+            for job_id, name, rate_key, concurrency_key, *_ in rows:
+                if len(picked) < op.limit and gate.admit(name, rate_key, concurrency_key):
+                    picked.append(job_id)
+        claimed = db.execute(
+            _CLAIM_IDS, (op.owner, op.lease_until, now, json.dumps(picked))
+        ).fetchall()
+        if gate.buckets:
+            stored = [[f"r:{k}", b.tokens, b.at] for k, b in gate.buckets.items()]
+            db.execute(_STORE_BUCKETS, (json.dumps(stored),))
+        return ClaimResult(_in_claim_order(claimed), upcoming, gate.next_token_at, gate.held)
 
     def _release_orphans(
         self, db: sqlite3.Connection, op: ops.ReleaseOrphans, now: float

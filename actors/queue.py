@@ -236,10 +236,12 @@ class QueueSupervisor:
         # Whether a concurrency limit held a due job back at the last claim: claim again
         # once outcomes are written here (that may have freed the slot).
         self._held = held if held is not None else HeldQueues()
-        # With concurrency or rate limits, a slot frees only once its job's end is recorded:
-        # until then the job still counts against its limit, and a claim made in between
-        # would pass over the jobs that limit holds back.
-        self._slots_follow_outcomes = bool(table.limits())
+        # With concurrency limits, a slot frees only once its job's end is recorded: until
+        # then the job still counts against its limit, and a claim made in between would
+        # pass over the jobs that limit holds back. (A rate limit's tokens do not come back.)
+        self._slots_follow_outcomes = any(
+            limits.concurrency is not None for limits in table.limits().values()
+        )
         self._size = config.concurrency
         self._workers_started = 0
         self._pool: trio.Nursery | None = None

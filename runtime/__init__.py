@@ -22,7 +22,7 @@ from trioforge._errors import (
     TrioforgeError,
     UnknownJobError,
 )
-from trioforge._policy import Queue
+from trioforge._policy import Queue, Retention
 from trioforge._registry import AttemptEnd, JobDefinition, Registry
 from trioforge._rules import (
     AttemptOutcome,
@@ -61,6 +61,7 @@ __all__ = [
     "QueueInfo",
     "RateLimit",
     "Registry",
+    "Retention",
     "Retry",
     "Runtime",
     "RuntimeStatistics",

@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -341,6 +342,89 @@ def discard(job_id: int, reason: str, database: str | None) -> None:
     if refused is not None:
         fail(f"job {job_id} is {refused.status.value}; only pending jobs can be discarded")
     click.echo(f"job {job_id}: dead ({reason})")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``30s``, ``15m``, ``12h``, ``7d``, ``2w`` or plain seconds, as seconds."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a duration like 30s, 15m, 12h or 7d") from None
+    if not seconds >= 0:
+        raise click.BadParameter("a duration must be >= 0")
+    return seconds
+
+
+def _since(age: float | None) -> float | None:
+    return None if age is None else time.time() - age
+
+
+@jobs.command("retry-all")
+@click.option("--status", type=click.Choice(["dead", "cancelled"]), default="dead")
+@click.option("--queue")
+@click.option("--name")
+@click.option("--since", callback=parse_age, help="Only jobs that ended within this long (7d).")
+@database_option
+def retry_all(
+    status: str, queue: str | None, name: str | None, since: float | None, database: str | None
+) -> None:
+    """Run every matching dead (or cancelled) job again, with fresh attempts."""
+    done = with_client(
+        database,
+        lambda c: c.retry_many(status=status, queue=queue, name=name, since=_since(since)),
+    )
+    click.echo(f"{len(done)} job(s) available again")
+
+
+@jobs.command("discard-all")
+@click.option("--status", type=click.Choice(["scheduled", "available", "retrying"]))
+@click.option("--queue")
+@click.option("--name")
+@click.option("--since", callback=parse_age, help="Only jobs enqueued within this long (1h).")
+@click.option("--reason", default="discarded by operator", show_default=True)
+@database_option
+def discard_all(
+    status: str | None,
+    queue: str | None,
+    name: str | None,
+    since: float | None,
+    reason: str,
+    database: str | None,
+) -> None:
+    """Send every matching pending job to the dead-letter state without running it."""
+    done = with_client(
+        database,
+        lambda c: c.discard_many(
+            status=status, queue=queue, name=name, since=_since(since), reason=reason
+        ),
+    )
+    click.echo(f"{len(done)} job(s) dead ({reason})")
+
+
+@jobs.command()
+@click.option(
+    "--status", required=True, type=click.Choice(["completed", "dead", "cancelled"]),
+    multiple=True, help="Repeatable.",
+)  # fmt: skip
+@click.option("--older-than", required=True, callback=parse_age, help="E.g. 7d, 12h.")
+@click.option("--queue")
+@database_option
+def purge(
+    status: tuple[str, ...], older_than: float, queue: str | None, database: str | None
+) -> None:
+    """Delete finished jobs that ended more than --older-than ago, in small batches."""
+
+    async def go(c: Client) -> int:
+        return sum([await c.purge(status=s, older_than=older_than, queue=queue) for s in status])
+
+    click.echo(f"{with_client(database, go)} job(s) deleted")
 
 
 # --- queues --------------------------------------------------------------------------------

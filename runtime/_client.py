@@ -434,6 +434,98 @@ class Client:
             self._wake(info.queue, info.run_at)
         return done
 
+    async def retry_many(
+        self,
+        *,
+        status: JobState | str = JobState.DEAD,
+        queue: str | None = None,
+        name: str | None = None,
+        since: float | dt.datetime | None = None,
+    ) -> builtins.list[int]:
+        """Retry every dead (or cancelled) job matching all the filters given, with fresh
+        attempts; ``since``: that finished at or after it. Jobs whose idempotency key an
+        unfinished job holds are skipped. Returns the ids retried. Runs in pages of 1,000
+        jobs, each its own transaction: cancelling it keeps the pages already done."""
+        state = _state(status)
+        if state not in (JobState.DEAD, JobState.CANCELLED):
+            raise InvalidArgumentError(f"only dead or cancelled jobs are retried, not {status!r}")
+        done = await self._bulk(
+            lambda where: ops.RetryMany(state, where), queue=queue, name=name, since=since
+        )
+        if self._wake is not None and done:
+            infos: dict[int, JobInfo] = await self._storage.call(ops.GetMany(tuple(done)))
+            for queue_name in {info.queue for info in infos.values()}:
+                self._wake(queue_name, self._clock.now())
+        return done
+
+    async def discard_many(
+        self,
+        *,
+        status: JobState | str | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        since: float | dt.datetime | None = None,
+        reason: str = "discarded by operator",
+    ) -> builtins.list[int]:
+        """Send every pending job (of ``status``: scheduled, available or retrying; None:
+        all three) matching the filters to ``dead`` without running it; ``since``: enqueued
+        at or after it. Returns the ids discarded; pages as :meth:`retry_many`."""
+        state = None if status is None else _state(status)
+        if state is not None and (state.is_terminal or state is JobState.RUNNING):
+            raise InvalidArgumentError(f"only pending jobs are discarded, not {status!r}")
+        done = await self._bulk(
+            lambda where: ops.DiscardMany(state, where, reason), queue=queue, name=name,
+            since=since,
+        )  # fmt: skip
+        for job_id in done:
+            self._finished.notify(job_id)
+        return done
+
+    async def _bulk(
+        self,
+        op: Callable[[ops.JobFilter], ops.RetryMany | ops.DiscardMany],
+        *,
+        queue: str | None,
+        name: str | None,
+        since: float | dt.datetime | None,
+    ) -> builtins.list[int]:
+        when = None if since is None else _run_at(0.0, None, since)
+        after: int | None = 0
+        done: builtins.list[int] = []
+        while after is not None:
+            page: ops.BulkResult = await self._storage.call(
+                op(ops.JobFilter(queue, name, when, after))
+            )
+            done.extend(page.ids)
+            after = page.last_seen
+        return done
+
+    async def purge(
+        self,
+        *,
+        status: JobState | str,
+        older_than: float | dt.timedelta,
+        queue: str | None = None,
+        batch: int = 500,
+    ) -> int:
+        """Delete finished jobs of ``status`` (completed, dead or cancelled) that finished
+        more than ``older_than`` ago, oldest first, ``batch`` per transaction; the number
+        deleted. What the retention sweeper does, on demand."""
+        state = _state(status)
+        if not state.is_terminal:
+            raise InvalidArgumentError(f"only finished jobs are purged, not {status!r}")
+        age = older_than.total_seconds() if isinstance(older_than, dt.timedelta) else older_than
+        if isinstance(age, bool) or not isinstance(age, int | float) or not 0 <= age < math.inf:
+            raise InvalidArgumentError(f"older_than must be >= 0 seconds, got {older_than!r}")
+        before, deleted = self._clock.now() - age, 0
+        while True:
+            ids: builtins.list[int] = await self._storage.call(
+                ops.Purge((state,), before, batch, queue)
+            )
+            deleted += len(ids)
+            if len(ids) < batch:
+                return deleted
+
     async def pause(self, queue: str) -> bool:
         """Stop every process on this database from claiming jobs of ``queue``, until
         :meth:`resume`. Running jobs finish; enqueues are still stored. Durable across
@@ -479,6 +571,14 @@ def _check_job_id(job_id: object) -> int:
     if not 1 <= job_id <= _MAX_JOB_ID:
         raise JobNotFoundError(f"no job with id {job_id}")
     return job_id
+
+
+def _state(status: JobState | str) -> JobState:
+    try:
+        return JobState(status)
+    except ValueError:
+        names = ", ".join(s.value for s in JobState)
+        raise InvalidArgumentError(f"unknown status {status!r}; use one of {names}") from None
 
 
 def _check_queue(queue: object) -> None:

@@ -26,7 +26,7 @@ from trioforge._errors import (
     unwrapped,
 )
 from trioforge._payloads import decode, encode_result
-from trioforge._policy import Queue, QueueLike, queue_policies, queue_sizes
+from trioforge._policy import Queue, QueueLike, Retention, queue_policies, queue_sizes, seconds
 from trioforge._registry import AttemptEnd, CronTick, Registry, check_capabilities
 from trioforge._rules import AttemptOutcome, JobLimits, Retry, failure_outcome
 from trioforge.actors import (
@@ -47,6 +47,7 @@ from trioforge.actors import (
 )
 from trioforge.actors.cron import CronJob, cron_scheduler
 from trioforge.actors.queue import HeldQueues
+from trioforge.actors.sweeper import SweepPlan, sweeper
 from trioforge.metrics import Metrics
 from trioforge.storage import (
     Backend,
@@ -64,6 +65,25 @@ log = logging.getLogger("trioforge.runtime")
 
 #: Concurrency of each registry queue when ``queues`` is not given.
 DEFAULT_CONCURRENCY = 10
+#: How long finished jobs are kept unless a queue's policy says otherwise.
+DEFAULT_RETENTION = Retention()
+
+
+def _interval(value: float) -> float:
+    if not seconds(value, "sweep_interval") > 0:
+        raise ConfigurationError(f"sweep_interval must be > 0 seconds, got {value!r}")
+    return float(value)
+
+
+def _sweep_plans(policies: Mapping[str, Queue], default: Retention) -> tuple[SweepPlan, ...]:
+    """The queues with a retention of their own, then every other queue by the default."""
+    if not isinstance(default, Retention):
+        raise ConfigurationError(f"retention must be a trioforge.Retention, got {default!r}")
+    own = {name: p.retention for name, p in policies.items() if p.retention is not None}
+    plans = [SweepPlan(name, (), r.ages()) for name, r in sorted(own.items()) if r.ages()]
+    if default.ages():
+        plans.append(SweepPlan(None, tuple(sorted(own)), default.ages()))
+    return tuple(plans)
 
 
 @attrs.frozen
@@ -338,6 +358,9 @@ class _Settings:
     max_payload_bytes: int
     max_key_bytes: int
     capabilities: frozenset[str]
+    #: What the sweeper deletes, if this process wins its lease.
+    sweep_plans: tuple[SweepPlan, ...]
+    sweep_interval: float
 
     @classmethod
     def checked(
@@ -355,6 +378,8 @@ class _Settings:
         max_payload_bytes: int,
         max_key_bytes: int,
         capabilities: Iterable[str],
+        retention: Retention,
+        sweep_interval: float,
     ) -> _Settings:
         if queues is None:
             queues = {name: DEFAULT_CONCURRENCY for name in sorted(registry.queues())}
@@ -376,6 +401,8 @@ class _Settings:
             max_payload_bytes=max_payload_bytes,
             max_key_bytes=max_key_bytes,
             capabilities=check_capabilities(capabilities, "capabilities"),
+            sweep_plans=_sweep_plans(policies, retention),
+            sweep_interval=_interval(sweep_interval),
         )
 
 
@@ -497,6 +524,12 @@ async def _start_services(services: trio.Nursery, parts: _Parts) -> None:
             lease_seconds=s.lease_seconds, on_rescued=parts.wake_all,
         )
     )  # fmt: skip
+    if s.sweep_plans:
+        await services.start(
+            partial(
+                sweeper, storage, clock, s.sweep_plans, owner=s.owner, interval=s.sweep_interval
+            )
+        )
     if parts.cron_jobs:
         await services.start(
             partial(
@@ -537,6 +570,8 @@ async def open_runtime(
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
     metrics: Metrics | None = None,
     capabilities: Iterable[str] = (),
+    retention: Retention = DEFAULT_RETENTION,
+    sweep_interval: float = 60.0,
     _runtime_class: type[Runtime] = Runtime,
 ) -> AsyncIterator[Runtime]:
     """Run workers for ``registry`` inside the caller's trio run.
@@ -559,6 +594,11 @@ async def open_runtime(
     ``metrics`` (a :class:`trioforge.metrics.Metrics`) counts this process's enqueues,
     starts and outcomes and times its attempts.
 
+    ``retention`` says how long finished jobs are kept in queues whose ``Queue`` policy
+    gives none (every queue on the database: the process holding the ``sweeper`` lease
+    deletes older ones every ``sweep_interval`` seconds, in small batches; give every
+    process the same policies).
+
     ``capabilities`` names what this process offers (``{"gpu", "ffmpeg"}``): its workers
     claim a job that ``requires`` capabilities only if it has them all.
     """
@@ -567,7 +607,7 @@ async def open_runtime(
         heartbeat_interval=heartbeat_interval, poll_interval=poll_interval,
         rescue_interval=rescue_interval, shutdown_grace=shutdown_grace,
         max_payload_bytes=max_payload_bytes, max_key_bytes=max_key_bytes,
-        capabilities=capabilities,
+        capabilities=capabilities, retention=retention, sweep_interval=sweep_interval,
     )  # fmt: skip
     registry.freeze()  # the fetchers read its job names once
     backend = _backend(database)

@@ -18,15 +18,18 @@ from trioforge.storage._records import NewJob, Outcome
 
 __all__ = [
     "Beat",
+    "BulkResult",
     "Cancel",
     "Claim",
     "CronStates",
     "Discard",
+    "DiscardMany",
     "Enqueue",
     "FireCron",
     "Finish",
     "Get",
     "GetMany",
+    "JobFilter",
     "Lead",
     "Leave",
     "ListJobs",
@@ -35,10 +38,12 @@ __all__ = [
     "PausedQueues",
     "Processes",
     "Progress",
+    "Purge",
     "ReleaseOrphans",
     "Renew",
     "Rescue",
     "RetryJob",
+    "RetryMany",
     "Stats",
     "Throughput",
     "handlers",
@@ -248,6 +253,70 @@ class CronStates:
     """-> dict[str, CronState]: the durable state of every schedule."""
 
 
+@attrs.frozen
+class Purge:
+    """-> list[int]: delete up to ``limit`` finished jobs whose status is in ``statuses``
+    and whose ``finished_at`` is before ``before``, oldest first, of ``queue`` (None: of
+    every queue not in ``exclude``). Retention deletes in such small batches, each its own
+    transaction, so no long lock is ever held."""
+
+    statuses: tuple[JobState, ...]
+    before: float
+    limit: int = 500
+    queue: str | None = None
+    exclude: tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if not self.statuses or any(not JobState(s).is_terminal for s in self.statuses):
+            raise ValueError("only finished jobs (completed, dead, cancelled) are purged")
+
+
+@attrs.frozen
+class JobFilter:
+    """Which jobs a bulk operation touches: every given filter must match. ``since``: jobs
+    that finished (unfinished ones: were enqueued) at or after it. ``after_id``: only ids
+    above it, oldest first, so a caller pages through ``limit`` at a time."""
+
+    queue: str | None = None
+    name: str | None = None
+    since: float | None = None
+    after_id: int = 0
+    limit: int = 1000
+
+
+@attrs.frozen
+class RetryMany:
+    """-> BulkResult: jobs of ``status`` (dead or cancelled) matching ``where`` made
+    available again with fresh attempts, as :class:`RetryJob` does; a job whose
+    idempotency key another unfinished job holds is skipped."""
+
+    status: JobState
+    where: JobFilter
+
+    def __attrs_post_init__(self) -> None:
+        if self.status not in (JobState.DEAD, JobState.CANCELLED):
+            raise ValueError("only dead or cancelled jobs are retried")
+
+
+@attrs.frozen
+class DiscardMany:
+    """-> BulkResult: pending jobs (of ``status``; None: any pending one) matching
+    ``where`` sent to dead with ``reason``, as :class:`Discard` does."""
+
+    status: JobState | None
+    where: JobFilter
+    reason: str
+
+
+@attrs.frozen
+class BulkResult:
+    """What a bulk operation did: the ids it changed, and the last id it looked at (the
+    next page starts after it; None: there is nothing further)."""
+
+    ids: tuple[int, ...]
+    last_seen: int | None
+
+
 def handlers(backend: object) -> dict[type, Any]:
     """Each operation type mapped to the backend's method for it, named ``_<op_name>``
     (e.g. ``_enqueue``, ``_list_jobs``); a missing method fails at construction."""
@@ -278,6 +347,9 @@ Op: TypeAlias = (
     | Lead
     | FireCron
     | CronStates
+    | Purge
+    | RetryMany
+    | DiscardMany
 )
 
 _NAMES: dict[type, str] = {
@@ -304,4 +376,7 @@ _NAMES: dict[type, str] = {
     Lead: "lead",
     FireCron: "fire_cron",
     CronStates: "cron_states",
+    Purge: "purge",
+    RetryMany: "retry_many",
+    DiscardMany: "discard_many",
 }

@@ -205,8 +205,10 @@ class MemoryBackend:
         heapq.heappush(self._future.setdefault(row.queue, []), (row.run_at, row.id, row.version))
 
     def _live(self, job_id: int, version: int) -> _Row | None:
-        row = self._rows[job_id]
-        return row if row.version == version and row.status in PENDING_STATES else None
+        row = self._rows.get(job_id)  # None: purged
+        if row is None or row.version != version or row.status not in PENDING_STATES:
+            return None
+        return row
 
     def _apply(self, row: _Row, event: Event, now: float, run_at: float | None = None) -> bool:
         target = next_state(row.status, event)
@@ -531,7 +533,8 @@ class MemoryBackend:
         if (state.last_tick if state else None) != op.expected_last:
             return FireResult(conflict=True)
         last_job = state.last_job_id if state else None
-        busy = last_job is not None and not self._rows[last_job].status.is_terminal
+        last_row = None if last_job is None else self._rows.get(last_job)
+        busy = last_row is not None and not last_row.status.is_terminal
         if op.jobs and op.skip_if_running and busy:
             skipped = (state.skipped if state else 0) + len(op.jobs)
             self._cron[op.name] = CronState(op.name, op.new_last, last_job, skipped)
@@ -544,3 +547,51 @@ class MemoryBackend:
     def _cron_states(self, op: ops.CronStates, now: float) -> dict[str, CronState]:
         del op, now
         return dict(self._cron)
+
+    def _purge(self, op: ops.Purge, now: float) -> list[int]:
+        del now
+        statuses = set(op.statuses)
+        victims = sorted(
+            (
+                r for r in self._rows.values()
+                if r.status in statuses and r.finished_at is not None
+                and r.finished_at < op.before
+                and (r.queue == op.queue if op.queue is not None else r.queue not in op.exclude)
+            ),
+            key=lambda r: (r.finished_at or 0.0, r.id),
+        )[: max(op.limit, 0)]  # fmt: skip
+        for row in victims:
+            del self._rows[row.id]
+        return sorted(row.id for row in victims)
+
+    def _matching(self, where: ops.JobFilter, statuses: frozenset[JobState]) -> list[_Row]:
+        rows = [
+            r for job_id, r in sorted(self._rows.items())
+            if job_id > where.after_id and r.status in statuses
+            and (where.queue is None or r.queue == where.queue)
+            and (where.name is None or r.name == where.name)
+            and (where.since is None or (r.finished_at or r.created_at) >= where.since)
+        ]  # fmt: skip
+        return rows[: max(where.limit, 0)]
+
+    def _retry_many(self, op: ops.RetryMany, now: float) -> ops.BulkResult:
+        rows = self._matching(op.where, frozenset({op.status}))
+        done = []
+        for row in rows:
+            try:
+                if self._retry_job(ops.RetryJob(row.id), now):
+                    done.append(row.id)
+            except InvalidStateError:
+                continue  # its idempotency key is another unfinished job's
+        return _bulk(done, [r.id for r in rows], op.where)
+
+    def _discard_many(self, op: ops.DiscardMany, now: float) -> ops.BulkResult:
+        statuses = PENDING_STATES if op.status is None else frozenset({op.status})
+        rows = self._matching(op.where, statuses)
+        done = [r.id for r in rows if self._discard(ops.Discard(r.id, op.reason), now)]
+        return _bulk(done, [r.id for r in rows], op.where)
+
+
+def _bulk(done: list[int], seen: list[int], where: ops.JobFilter) -> ops.BulkResult:
+    """A page of a bulk operation: more may follow only if it looked at a full page."""
+    return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= where.limit else None)

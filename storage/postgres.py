@@ -1153,3 +1153,53 @@ class PostgresBackend:
         del op, now
         rows = await conn.fetch("SELECT name, last_tick, last_job_id, skipped FROM trioforge_cron")
         return {r[0]: CronState(r[0], r[1], r[2], r[3]) for r in rows}
+
+    @staticmethod
+    async def _purge(conn: asyncpg.Connection, op: ops.Purge, now: float) -> list[int]:
+        del now
+        rows = await conn.fetch(
+            "DELETE FROM trioforge_jobs WHERE id IN ("
+            " SELECT id FROM trioforge_jobs WHERE status = ANY($1::text[])"
+            " AND finished_at IS NOT NULL AND finished_at < $2"
+            " AND (CASE WHEN $3::text IS NOT NULL THEN queue = $3"
+            "  ELSE queue <> ALL($4::text[]) END)"
+            " ORDER BY finished_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) RETURNING id",
+            [JobState(s).value for s in op.statuses], op.before, op.queue, list(op.exclude),
+            max(op.limit, 0),
+        )  # fmt: skip
+        return sorted(r["id"] for r in rows)
+
+    @staticmethod
+    async def _matching(
+        conn: asyncpg.Connection, where: ops.JobFilter, statuses: list[str]
+    ) -> list[int]:
+        rows = await conn.fetch(
+            "SELECT id FROM trioforge_jobs WHERE id > $1 AND status = ANY($2::text[])"
+            " AND ($3::text IS NULL OR queue = $3) AND ($4::text IS NULL OR name = $4)"
+            " AND ($5::float8 IS NULL OR coalesce(finished_at, created_at) >= $5)"
+            " ORDER BY id LIMIT $6",
+            where.after_id, statuses, where.queue, where.name, where.since,
+            max(where.limit, 0),
+        )  # fmt: skip
+        return [r["id"] for r in rows]
+
+    async def _retry_many(
+        self, conn: asyncpg.Connection, op: ops.RetryMany, now: float
+    ) -> ops.BulkResult:
+        seen = await self._matching(conn, op.where, [op.status.value])
+        done = []
+        for job_id in seen:
+            try:
+                if await self._retry_job(conn, ops.RetryJob(job_id), now):
+                    done.append(job_id)
+            except InvalidStateError:
+                continue  # its idempotency key is another unfinished job's (nothing written)
+        return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= op.where.limit else None)
+
+    async def _discard_many(
+        self, conn: asyncpg.Connection, op: ops.DiscardMany, now: float
+    ) -> ops.BulkResult:
+        statuses = ["scheduled", "available", "retrying"] if op.status is None else [op.status]
+        seen = await self._matching(conn, op.where, [JobState(s).value for s in statuses])
+        done = [j for j in seen if await self._discard(conn, ops.Discard(j, op.reason), now)]
+        return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= op.where.limit else None)

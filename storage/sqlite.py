@@ -867,3 +867,50 @@ class SQLiteBackend:
         del op, now
         rows = db.execute("SELECT name, last_tick, last_job_id, skipped FROM trioforge_cron")
         return {r[0]: CronState(*r) for r in rows}
+
+    @staticmethod
+    def _purge(db: sqlite3.Connection, op: ops.Purge, now: float) -> list[int]:
+        del now
+        rows = db.execute(
+            "DELETE FROM trioforge_jobs WHERE id IN ("
+            " SELECT id FROM trioforge_jobs WHERE status IN (SELECT value FROM json_each(?1))"
+            " AND finished_at IS NOT NULL AND finished_at < ?2"
+            " AND ((?3 IS NOT NULL AND queue = ?3) OR (?3 IS NULL"
+            "  AND queue NOT IN (SELECT value FROM json_each(?4))))"
+            " ORDER BY finished_at, id LIMIT ?5) RETURNING id",
+            (json.dumps([JobState(s).value for s in op.statuses]), op.before, op.queue,
+             json.dumps(list(op.exclude)), max(op.limit, 0)),
+        ).fetchall()  # fmt: skip
+        return sorted(r[0] for r in rows)
+
+    @staticmethod
+    def _matching(db: sqlite3.Connection, where: ops.JobFilter, statuses: list[str]) -> list[int]:
+        rows = db.execute(
+            "SELECT id FROM trioforge_jobs WHERE id > ?1"
+            " AND status IN (SELECT value FROM json_each(?2))"
+            " AND (?3 IS NULL OR queue = ?3) AND (?4 IS NULL OR name = ?4)"
+            " AND (?5 IS NULL OR coalesce(finished_at, created_at) >= ?5)"
+            " ORDER BY id LIMIT ?6",
+            (where.after_id, json.dumps(statuses), where.queue, where.name, where.since,
+             max(where.limit, 0)),
+        ).fetchall()  # fmt: skip
+        return [r[0] for r in rows]
+
+    def _retry_many(self, db: sqlite3.Connection, op: ops.RetryMany, now: float) -> ops.BulkResult:
+        seen = self._matching(db, op.where, [op.status.value])
+        done = []
+        for job_id in seen:
+            try:
+                if self._retry_job(db, ops.RetryJob(job_id), now):
+                    done.append(job_id)
+            except InvalidStateError:
+                continue  # its idempotency key is another unfinished job's (nothing written)
+        return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= op.where.limit else None)
+
+    def _discard_many(
+        self, db: sqlite3.Connection, op: ops.DiscardMany, now: float
+    ) -> ops.BulkResult:
+        statuses = ["scheduled", "available", "retrying"] if op.status is None else [op.status]
+        seen = self._matching(db, op.where, [JobState(s).value for s in statuses])
+        done = [j for j in seen if self._discard(db, ops.Discard(j, op.reason), now)]
+        return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= op.where.limit else None)

@@ -390,10 +390,10 @@ def counted_as(outcome: AttemptOutcome, *, will_retry: bool) -> tuple[str, ...]:
 
 #: Due jobs one flow-controlled claim looks at, at most (those held back included).
 FLOW_WINDOW = 1000
-#: A bucket this close to a whole token has it, and a held-back job is looked at again no
-#: sooner than this many seconds later: epoch times carry ~1e-7 s of float rounding, and a
-#: fetcher sleeping until the computed refill time must find the token there (or at least
-#: a later instant), never spin at one instant.
+#: Seconds: a bucket whose next whole token is this close has it, and a held-back job is
+#: looked at again no sooner than this: epoch times carry ~1e-7 s of float rounding, and
+#: a fetcher sleeping until the computed refill time must find the token there (or at
+#: least a later instant), never spin at one instant.
 _TOKEN_EPSILON = 1e-6
 
 
@@ -564,7 +564,7 @@ class FlowGate:
             bucket = self.buckets.get(rate_key) or refill(
                 self._stored.get(rate_key), rate, self._now
             )
-            if bucket.tokens < 1.0 - _TOKEN_EPSILON:
+            if (1.0 - bucket.tokens) / rate.per_second > _TOKEN_EPSILON:
                 self.buckets[rate_key] = bucket
                 at = max(next_token_at(bucket, rate), self._now + _TOKEN_EPSILON)
                 if self.next_token_at is None or at < self.next_token_at:

@@ -207,7 +207,9 @@ def test_a_rate_limit_starts_jobs_as_its_tokens_come_without_polling(
     assert starts == pytest.approx(expected, abs=1e-5)
     for i, first in enumerate(starts):  # any window: at most rate * W + burst starts
         for j in range(i, jobs):
-            window = starts[j] - first
-            assert j - i + 1 <= per_second * window + burst + 1e-6 * (1 + per_second * window)
+            # Up to 10 us of slack: epoch times round to ~0.2 us, and a token due within
+            # a microsecond is taken (so a fetcher never spins at one instant).
+            window = starts[j] - first + 1e-5
+            assert j - i + 1 <= per_second * window + burst
     # Sleeping until each next token: about one claim per token time, no busy polling.
     assert backend.claims <= 2 * jobs + 2

@@ -427,6 +427,49 @@ def purge(
     click.echo(f"{with_client(database, go)} job(s) deleted")
 
 
+# --- workers -------------------------------------------------------------------------------
+
+
+@main.group()
+def workers() -> None:
+    """Inspect the worker processes registered on the database."""
+
+
+@workers.command("list")
+@click.option("--json", "as_json_lines", is_flag=True, help="One JSON object per line.")
+@database_option
+def list_workers(as_json_lines: bool, database: str | None) -> None:
+    """Every process heartbeating on the database: owner, host, pid, queue pools,
+    capabilities, heartbeat age and running jobs."""
+    found = with_client(database, lambda c: c.processes())
+    now = time.time()
+    if as_json_lines:
+        for p in found:
+            d = p.details
+            click.echo(json.dumps({
+                "owner": p.owner, "queues": list(p.queues), "started_at": p.started_at,
+                "heartbeat_age": now - p.heartbeat_at,
+                "host": d.host if d else None, "pid": d.pid if d else None,
+                "pools": dict(d.pools) if d else None,
+                "capabilities": list(d.capabilities) if d else None,
+                "running": d.running if d else None,
+            }, sort_keys=True))  # fmt: skip
+        return
+    if not found:
+        click.echo("(no workers)")
+        return
+    for p in found:
+        d = p.details
+        pools = ",".join(f"{q}={n}" for q, n in d.pools) if d else ",".join(p.queues)
+        where = f"{d.host} pid {d.pid}" if d else "-"
+        caps = ",".join(d.capabilities) if d and d.capabilities else "-"
+        running = str(d.running) if d else "-"
+        click.echo(
+            f"{p.owner}  {where}  queues {pools}  capabilities {caps}  "
+            f"heartbeat {now - p.heartbeat_at:.1f}s ago  running {running}"
+        )
+
+
 # --- queues --------------------------------------------------------------------------------
 
 

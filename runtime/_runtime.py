@@ -53,6 +53,7 @@ from trioforge.storage import (
     Backend,
     ClaimedJob,
     Notice,
+    ProcessDetails,
     WakeNotice,
     backend_for_url,
     opened,
@@ -484,6 +485,17 @@ class _Parts:
         if supervisor is not None:
             supervisor.wake(run_at)
 
+    def describe(self) -> ProcessDetails:
+        """This process as the heartbeat reports it (``trioforge workers list``)."""
+        s = self.settings
+        return ProcessDetails(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            pools=tuple((name, sup.size) for name, sup in self.supervisors.items()),
+            capabilities=tuple(sorted(s.capabilities)),
+            running=len(self.running),
+        )
+
     def wake_all(self) -> None:
         for queue in self.supervisors:
             self.wake(queue, self.settings.clock.now())
@@ -516,6 +528,7 @@ async def _start_services(services: trio.Nursery, parts: _Parts) -> None:
         partial(
             heartbeat, storage, parts.running, clock, owner=s.owner, queues=tuple(s.queues),
             interval=s.heartbeat_interval, lease_seconds=s.lease_seconds,
+            describe=parts.describe,
         )
     )  # fmt: skip
     await services.start(

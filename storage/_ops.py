@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 import attrs
 
 from trioforge._rules import JobLimits, JobState
-from trioforge.storage._records import NewJob, Outcome
+from trioforge.storage._records import NewJob, Outcome, ProcessDetails
 
 __all__ = [
     "Beat",
@@ -183,6 +183,7 @@ class Beat:
 
     owner: str
     queues: tuple[str, ...]
+    details: ProcessDetails | None = None
 
 
 @attrs.frozen

@@ -28,6 +28,7 @@ __all__ = [
     "NewJob",
     "Notice",
     "Outcome",
+    "ProcessDetails",
     "ProcessInfo",
     "OutcomeEvent",
     "RenewResult",
@@ -161,6 +162,36 @@ class FireResult:
 
 
 @attrs.frozen
+class ProcessDetails:
+    """What a runtime says about itself at each heartbeat (``trioforge workers list``)."""
+
+    host: str
+    pid: int
+    #: Worker pool size per queue, at the last beat.
+    pools: tuple[tuple[str, int], ...]
+    capabilities: tuple[str, ...]
+    #: Jobs running (or with their outcome unwritten) there at the last beat.
+    running: int
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"host": self.host, "pid": self.pid, "pools": dict(self.pools),
+             "capabilities": list(self.capabilities), "running": self.running}
+        )  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str | None) -> ProcessDetails | None:
+        if text is None:
+            return None
+        data = json.loads(text)
+        return cls(
+            str(data["host"]), int(data["pid"]),
+            tuple((str(q), int(n)) for q, n in data["pools"].items()),
+            tuple(str(c) for c in data["capabilities"]), int(data["running"]),
+        )  # fmt: skip
+
+
+@attrs.frozen
 class ProcessInfo:
     """A row of the process registry: a runtime that heartbeats."""
 
@@ -168,6 +199,8 @@ class ProcessInfo:
     queues: tuple[str, ...]
     started_at: float
     heartbeat_at: float
+    #: None for a process that did not say (an older trioforge).
+    details: ProcessDetails | None = None
 
 
 @attrs.frozen

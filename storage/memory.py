@@ -508,7 +508,7 @@ class MemoryBackend:
     def _beat(self, op: ops.Beat, now: float) -> None:
         known = self._processes.get(op.owner)
         started = now if known is None else known.started_at
-        self._processes[op.owner] = ProcessInfo(op.owner, op.queues, started, now)
+        self._processes[op.owner] = ProcessInfo(op.owner, op.queues, started, now, op.details)
 
     def _leave(self, op: ops.Leave, now: float) -> None:
         del now

@@ -54,6 +54,7 @@ from trioforge.storage._records import (
     JobInfo,
     Notice,
     Outcome,
+    ProcessDetails,
     ProcessInfo,
     RenewResult,
     SchemaStatus,
@@ -154,6 +155,10 @@ MIGRATIONS: tuple[str, ...] = (
         tokens DOUBLE PRECISION,
         at DOUBLE PRECISION
     );
+    """,
+    # What each process says about itself (host, pid, pools, capabilities, running jobs).
+    """
+    ALTER TABLE trioforge_processes ADD COLUMN details TEXT;
     """,
 )
 
@@ -1079,10 +1084,12 @@ class PostgresBackend:
     @staticmethod
     async def _beat(conn: asyncpg.Connection, op: ops.Beat, now: float) -> None:
         await conn.execute(
-            "INSERT INTO trioforge_processes (owner, queues, started_at, heartbeat_at) "
-            "VALUES ($1, $2, $3, $3) ON CONFLICT (owner) DO UPDATE SET "
-            "queues = excluded.queues, heartbeat_at = excluded.heartbeat_at",
+            "INSERT INTO trioforge_processes (owner, queues, started_at, heartbeat_at, details) "
+            "VALUES ($1, $2, $3, $3, $4) ON CONFLICT (owner) DO UPDATE SET "
+            "queues = excluded.queues, heartbeat_at = excluded.heartbeat_at, "
+            "details = excluded.details",
             op.owner, list(op.queues), now,
+            None if op.details is None else op.details.to_json(),
         )  # fmt: skip
 
     @staticmethod
@@ -1100,10 +1107,12 @@ class PostgresBackend:
     ) -> list[ProcessInfo]:
         del op, now
         rows = await conn.fetch(
-            "SELECT owner, queues, started_at, heartbeat_at FROM trioforge_processes "
+            "SELECT owner, queues, started_at, heartbeat_at, details FROM trioforge_processes "
             "ORDER BY started_at, owner"
         )
-        return [ProcessInfo(r[0], tuple(r[1]), r[2], r[3]) for r in rows]
+        return [
+            ProcessInfo(r[0], tuple(r[1]), r[2], r[3], ProcessDetails.from_json(r[4])) for r in rows
+        ]
 
     @staticmethod
     async def _lead(conn: asyncpg.Connection, op: ops.Lead, now: float) -> bool:

@@ -53,6 +53,7 @@ from trioforge.storage._records import (
     NewJob,
     Notice,
     Outcome,
+    ProcessDetails,
     ProcessInfo,
     RenewResult,
     SchemaStatus,
@@ -149,6 +150,10 @@ MIGRATIONS: tuple[str, ...] = (
         tokens REAL,
         at REAL
     )
+    """,
+    # What each process says about itself (host, pid, pools, capabilities, running jobs).
+    """
+    ALTER TABLE trioforge_processes ADD COLUMN details TEXT
     """,
 )
 
@@ -799,11 +804,13 @@ class SQLiteBackend:
     @staticmethod
     def _beat(db: sqlite3.Connection, op: ops.Beat, now: float) -> None:
         db.execute(
-            "INSERT INTO trioforge_processes (owner, queues, started_at, heartbeat_at) "
-            "VALUES (?1, ?2, ?3, ?3) ON CONFLICT (owner) DO UPDATE SET "
-            "queues = excluded.queues, heartbeat_at = excluded.heartbeat_at",
-            (op.owner, json.dumps(list(op.queues)), now),
-        )
+            "INSERT INTO trioforge_processes (owner, queues, started_at, heartbeat_at, details) "
+            "VALUES (?1, ?2, ?3, ?3, ?4) ON CONFLICT (owner) DO UPDATE SET "
+            "queues = excluded.queues, heartbeat_at = excluded.heartbeat_at, "
+            "details = excluded.details",
+            (op.owner, json.dumps(list(op.queues)), now,
+             None if op.details is None else op.details.to_json()),
+        )  # fmt: skip
 
     @staticmethod
     def _leave(db: sqlite3.Connection, op: ops.Leave, now: float) -> None:
@@ -815,10 +822,13 @@ class SQLiteBackend:
     def _processes_list(db: sqlite3.Connection, op: ops.Processes, now: float) -> list[ProcessInfo]:
         del op, now
         rows = db.execute(
-            "SELECT owner, queues, started_at, heartbeat_at FROM trioforge_processes "
+            "SELECT owner, queues, started_at, heartbeat_at, details FROM trioforge_processes "
             "ORDER BY started_at, owner"
         )
-        return [ProcessInfo(o, tuple(json.loads(q)), s, h) for o, q, s, h in rows]
+        return [
+            ProcessInfo(o, tuple(json.loads(q)), s, h, ProcessDetails.from_json(d))
+            for o, q, s, h, d in rows
+        ]
 
     @staticmethod
     def _lead(db: sqlite3.Connection, op: ops.Lead, now: float) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,42 @@ def test_the_cli_retries_discards_and_purges_in_bulk(tmp_path: Path) -> None:
     assert bad.exit_code != 0
     assert "duration" in bad.output
     del dead
+
+
+async def test_workers_list_shows_each_process_with_its_pools_and_running_jobs(
+    sqlite_url: str,
+) -> None:
+    registry = Registry()
+    gate = trio.Event()
+    started = trio.Event()
+
+    @registry.job("wait")
+    async def wait(ctx: JobContext) -> None:
+        started.set()
+        await gate.wait()
+
+    async with trioforge.open_runtime(
+        registry, database=sqlite_url, queues={"default": 3}, capabilities={"gpu"},
+        owner="alpha", **FAST,
+    ) as rt:  # fmt: skip
+        job_id = await rt.enqueue(wait)
+        await started.wait()
+        rt.resize("default", 5)
+        with trio.fail_after(10):  # the next beats carry the new pool and the running job
+            while True:  # polling the registry row: there is no event for a beat
+                [me] = await rt.processes()
+                if me.details is not None and me.details.pools == (("default", 5),):
+                    break
+                await trio.sleep(FAST["heartbeat_interval"])
+        args = ["workers", "list", "--database", sqlite_url]
+        result = await trio.to_thread.run_sync(lambda: CliRunner().invoke(main, args))
+        gate.set()
+        await rt.wait(job_id)
+    assert me.details.running == 1
+    assert (me.details.pid, me.details.capabilities) == (os.getpid(), ("gpu",))
+    line = result.output.strip()
+    assert line.startswith(f"alpha  {me.details.host} pid {os.getpid()}  queues default=5")
+    assert "capabilities gpu" in line
+    assert line.endswith("running 1")
+    empty = await trio.to_thread.run_sync(lambda: CliRunner().invoke(main, args))
+    assert empty.output.strip() == "(no workers)"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from tests.contract.test_contract import T0, claim, enqueue, finish, get, job, one
 from trioforge import JobState
 from trioforge._rules import Discarded, Failed, Succeeded
-from trioforge.storage import Backend, Outcome, ops
+from trioforge.storage import Backend, Outcome, ProcessDetails, ops
 from trioforge.storage._records import OutcomeEvent
 
 
@@ -87,3 +88,14 @@ async def test_discard_many_sends_matching_pending_jobs_to_dead(backend: Backend
     assert await one(backend, only_scheduled) == ops.BulkResult((), None)
     assert (await get(backend, b)).status is JobState.AVAILABLE
     assert (await get(backend, other)).status is JobState.AVAILABLE
+
+
+async def test_a_process_row_keeps_what_its_last_beat_said(backend: Backend) -> None:
+    first = ProcessDetails("host-a", 41, (("default", 4), ("mail", 0)), ("gpu",), 3)
+    await one(backend, ops.Beat("p1", ("default", "mail"), first), T0)
+    later = attrs.evolve(first, pools=(("default", 8), ("mail", 2)), running=0)
+    await one(backend, ops.Beat("p1", ("default", "mail"), later), T0 + 1)
+    await one(backend, ops.Beat("old", ("default",)), T0 + 2)  # says nothing about itself
+    rows = {p.owner: p for p in await one(backend, ops.Processes(), T0 + 3)}
+    assert (rows["p1"].details, rows["p1"].started_at) == (later, T0)
+    assert rows["old"].details is None

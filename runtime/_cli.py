@@ -28,7 +28,7 @@ from trioforge._errors import TrioforgeError, unwrapped
 from trioforge._registry import Registry
 from trioforge._rules import JobState
 from trioforge._runtime import open_client, open_runtime
-from trioforge.storage import JobInfo, backend_for_url, opened
+from trioforge.storage import AttemptRecord, JobInfo, backend_for_url, opened
 from trioforge.storage._urls import redact
 
 __all__ = ["main"]
@@ -276,7 +276,11 @@ def list_jobs(
 @database_option
 def show(job_id: int, as_json_object: bool, database: str | None) -> None:
     """Show everything stored about one job."""
-    info = with_client(database, lambda c: c.get(job_id))
+
+    async def go(c: Client) -> tuple[JobInfo, list[AttemptRecord]]:
+        return await c.get(job_id), await c.attempts(job_id)
+
+    info, attempts = with_client(database, go)
     if as_json_object:
         click.echo(as_json(info))
         return
@@ -294,6 +298,10 @@ def show(job_id: int, as_json_object: bool, database: str | None) -> None:
     ]  # fmt: skip
     for label, value in rows:
         click.echo(f"{label:>16}: {value}")
+    earlier = attempts[:-1] if info.error else attempts
+    for record in earlier:
+        click.echo(f"{'attempt ' + str(record.attempt):>16}: started {iso(record.started_at)}")
+        click.echo(record.error.rstrip())
     if info.error:
         click.echo(f"{'error':>16}:\n{info.error}")
 

@@ -26,6 +26,7 @@ from trioforge._watch import JobWatch
 from trioforge.actors import Finished, LiveFeed, RunningJobs, StopReason, StorageHandle
 from trioforge.metrics import Metrics
 from trioforge.storage import (
+    AttemptRecord,
     CancelResult,
     CronState,
     Enqueued,
@@ -339,6 +340,13 @@ class Client:
         if info is None:
             raise JobNotFoundError(f"no job with id {job_id}")
         return info
+
+    async def attempts(self, job_id: int) -> builtins.list[AttemptRecord]:
+        """Every error the job's attempts left, oldest first (the current ``error`` last):
+        each attempt's, not only the last. Raises JobNotFoundError for an unknown id."""
+        await self.get(job_id)
+        found: builtins.list[AttemptRecord] = await self._storage.call(ops.Attempts(job_id))
+        return found
 
     async def wait(self, job_id: int) -> JobInfo:
         """Block until the job is terminal (completed, dead or cancelled) and return it.

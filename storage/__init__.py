@@ -7,6 +7,7 @@ two leaf modules every layer shares: the pure rules and the error types.
 from trioforge.storage import _ops as ops
 from trioforge.storage._backend import Backend, Changed, opened
 from trioforge.storage._records import (
+    AttemptRecord,
     CancelNotice,
     CancelResult,
     ClaimedJob,
@@ -27,6 +28,7 @@ from trioforge.storage._urls import backend_for_url
 from trioforge.storage.memory import MemoryBackend
 
 __all__ = [
+    "AttemptRecord",
     "Backend",
     "CancelNotice",
     "CancelResult",

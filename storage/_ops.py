@@ -17,6 +17,7 @@ from trioforge._rules import JobLimits, JobState
 from trioforge.storage._records import NewJob, Outcome, ProcessDetails
 
 __all__ = [
+    "Attempts",
     "Beat",
     "BulkResult",
     "Cancel",
@@ -273,6 +274,14 @@ class Purge:
 
 
 @attrs.frozen
+class Attempts:
+    """-> list[AttemptRecord]: every error the job's attempts left, oldest first, the
+    current one last (empty for an unknown job)."""
+
+    job_id: int
+
+
+@attrs.frozen
 class JobFilter:
     """Which jobs a bulk operation touches: every given filter must match. ``since``: jobs
     that finished (unfinished ones: were enqueued) at or after it. ``after_id``: only ids
@@ -349,6 +358,7 @@ Op: TypeAlias = (
     | FireCron
     | CronStates
     | Purge
+    | Attempts
     | RetryMany
     | DiscardMany
 )
@@ -378,6 +388,7 @@ _NAMES: dict[type, str] = {
     FireCron: "fire_cron",
     CronStates: "cron_states",
     Purge: "purge",
+    Attempts: "attempts",
     RetryMany: "retry_many",
     DiscardMany: "discard_many",
 }

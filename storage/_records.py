@@ -16,6 +16,7 @@ import attrs
 from trioforge._rules import Cancelled, Discarded, Failed, JobState, Released, Succeeded
 
 __all__ = [
+    "AttemptRecord",
     "CancelResult",
     "ClaimResult",
     "CancelNotice",
@@ -159,6 +160,16 @@ class FireResult:
     conflict: bool = False
     job_ids: tuple[int, ...] = ()
     skipped: int = 0
+
+
+@attrs.frozen
+class AttemptRecord:
+    """One attempt's error, kept when a later write replaced it (a retry's claim, a
+    rescue, an operator's retry), or the job's current one."""
+
+    attempt: int
+    started_at: float | None
+    error: str
 
 
 @attrs.frozen

@@ -41,6 +41,7 @@ from trioforge.storage import _ops as ops
 from trioforge.storage._backend import Changed
 from trioforge.storage._changes import changed_jobs
 from trioforge.storage._records import (
+    AttemptRecord,
     CancelResult,
     ClaimedJob,
     ClaimResult,
@@ -84,12 +85,20 @@ class _Row:
     started_at: float | None = None
     finished_at: float | None = None
     result: str | None = None
-    error: str | None = None
+    error: str | None = attrs.field(default=None, on_setattr=lambda row, _, new: row.keep(new))
     progress: float | None = None
     progress_message: str | None = None
     cancel_requested: bool = False
     #: Bumped whenever the row is (re)indexed as pending; older index entries are stale.
     version: int = 0
+    #: Errors of earlier attempts, as the SQL backends' trioforge_attempts keeps them.
+    history: list[AttemptRecord] = attrs.field(factory=list)
+
+    def keep(self, new: str | None) -> str | None:
+        """Setting ``error``: the one it replaces goes to the history."""
+        if self.error is not None and new != self.error:
+            self.history.append(AttemptRecord(self.attempt, self.started_at, self.error))
+        return new
 
     def info(self) -> JobInfo:
         return JobInfo(
@@ -314,12 +323,12 @@ class MemoryBackend:
         claimed = []
         for row in picked:
             self._apply(row, Claimed(), now)
+            row.error = None  # first: the error it replaces is the previous attempt's
             row.attempt += 1
             row.lease += 1
             row.lease_owner = op.owner
             row.lease_until = op.lease_until
             row.started_at = now
-            row.error = None
             row.progress = None
             row.progress_message = None
             claimed.append(
@@ -439,9 +448,9 @@ class MemoryBackend:
             )
         if not self._apply(row, Retried(), now, run_at=now):
             return False
+        row.error = None  # first: the error it replaces is the last attempt's
         row.attempt = 0
         row.finished_at = None
-        row.error = None
         row.result = None
         row.cancel_requested = False
         if key is not None:
@@ -573,6 +582,16 @@ class MemoryBackend:
             and (where.since is None or (r.finished_at or r.created_at) >= where.since)
         ]  # fmt: skip
         return rows[: max(where.limit, 0)]
+
+    def _attempts(self, op: ops.Attempts, now: float) -> list[AttemptRecord]:
+        del now
+        row = self._rows.get(op.job_id)
+        if row is None:
+            return []
+        current = [] if row.error is None else [
+            AttemptRecord(row.attempt, row.started_at, row.error)
+        ]  # fmt: skip
+        return [*row.history, *current]
 
     def _retry_many(self, op: ops.RetryMany, now: float) -> ops.BulkResult:
         rows = self._matching(op.where, frozenset({op.status}))

@@ -44,6 +44,7 @@ from trioforge.storage._backend import Changed
 from trioforge.storage._changes import changed_jobs, encode_ids, parse_ids
 from trioforge.storage._records import (
     JOB_COLUMNS,
+    AttemptRecord,
     CancelNotice,
     CancelResult,
     ClaimedJob,
@@ -159,6 +160,27 @@ MIGRATIONS: tuple[str, ...] = (
     # What each process says about itself (host, pid, pools, capabilities, running jobs).
     """
     ALTER TABLE trioforge_processes ADD COLUMN details TEXT;
+    """,
+    # Attempt history: an error is kept when a later write replaces it; it goes with its job.
+    """
+    CREATE TABLE trioforge_attempts (
+        seq BIGSERIAL PRIMARY KEY,
+        job_id BIGINT NOT NULL REFERENCES trioforge_jobs (id) ON DELETE CASCADE,
+        attempt INTEGER NOT NULL,
+        started_at DOUBLE PRECISION,
+        error TEXT NOT NULL
+    );
+    CREATE INDEX trioforge_attempts_job ON trioforge_attempts (job_id);
+    CREATE OR REPLACE FUNCTION trioforge_keep_error() RETURNS trigger LANGUAGE plpgsql AS $f$
+    BEGIN
+        INSERT INTO trioforge_attempts (job_id, attempt, started_at, error)
+        VALUES (OLD.id, OLD.attempt, OLD.started_at, OLD.error);
+        RETURN NULL;
+    END
+    $f$;
+    CREATE TRIGGER trioforge_jobs_keep_errors AFTER UPDATE OF error ON trioforge_jobs
+    FOR EACH ROW WHEN (OLD.error IS NOT NULL AND NEW.error IS DISTINCT FROM OLD.error)
+    EXECUTE FUNCTION trioforge_keep_error();
     """,
 )
 
@@ -601,7 +623,8 @@ class PostgresBackend:
         async def drop_tables(conn: asyncpg.Connection) -> None:
             await conn.execute(
                 "DROP TABLE IF EXISTS trioforge_jobs, trioforge_processes, trioforge_leases, "
-                "trioforge_cron, trioforge_paused_queues, trioforge_limits, trioforge_schema"
+                "trioforge_cron, trioforge_paused_queues, trioforge_limits, trioforge_attempts, "
+                "trioforge_schema CASCADE; DROP FUNCTION IF EXISTS trioforge_keep_error()"
             )
 
         await self._aio(self._run, drop_tables)
@@ -1177,6 +1200,19 @@ class PostgresBackend:
             max(op.limit, 0),
         )  # fmt: skip
         return sorted(r["id"] for r in rows)
+
+    @staticmethod
+    async def _attempts(
+        conn: asyncpg.Connection, op: ops.Attempts, now: float
+    ) -> list[AttemptRecord]:
+        del now
+        rows = await conn.fetch(
+            "SELECT attempt, started_at, error, 0 AS current, seq FROM trioforge_attempts "
+            "WHERE job_id = $1 UNION ALL SELECT attempt, started_at, error, 1, 0 "
+            "FROM trioforge_jobs WHERE id = $1 AND error IS NOT NULL ORDER BY 4, 5",
+            op.job_id,
+        )
+        return [AttemptRecord(r["attempt"], r["started_at"], r["error"]) for r in rows]
 
     @staticmethod
     async def _matching(

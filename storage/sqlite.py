@@ -43,6 +43,7 @@ from trioforge.storage import _ops as ops
 from trioforge.storage._backend import Changed
 from trioforge.storage._records import (
     JOB_COLUMNS,
+    AttemptRecord,
     CancelResult,
     ClaimedJob,
     ClaimResult,
@@ -155,11 +156,31 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE trioforge_processes ADD COLUMN details TEXT
     """,
+    # Attempt history: an error is kept when a later write replaces it; it goes with its job.
+    """
+    CREATE TABLE trioforge_attempts (
+        job_id INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        started_at REAL,
+        error TEXT NOT NULL
+    );
+    CREATE INDEX trioforge_attempts_job ON trioforge_attempts (job_id);
+    CREATE TRIGGER trioforge_jobs_keep_errors AFTER UPDATE OF error ON trioforge_jobs
+    WHEN OLD.error IS NOT NULL AND NEW.error IS NOT OLD.error
+    BEGIN
+        INSERT INTO trioforge_attempts (job_id, attempt, started_at, error)
+        VALUES (OLD.id, OLD.attempt, OLD.started_at, OLD.error);
+    END;
+    CREATE TRIGGER trioforge_jobs_forget_errors AFTER DELETE ON trioforge_jobs
+    BEGIN
+        DELETE FROM trioforge_attempts WHERE job_id = OLD.id;
+    END
+    """,
 )
 
 _TABLES = (
     "trioforge_jobs", "trioforge_processes", "trioforge_leases", "trioforge_cron",
-    "trioforge_paused_queues", "trioforge_limits", "trioforge_schema",
+    "trioforge_paused_queues", "trioforge_limits", "trioforge_attempts", "trioforge_schema",
 )  # fmt: skip
 
 
@@ -269,6 +290,20 @@ RETURNING id, lease
 def _in_claim_order(rows: list[Any]) -> tuple[ClaimedJob, ...]:
     jobs = (ClaimedJob(*row) for row in rows)
     return tuple(sorted(jobs, key=lambda j: claim_key(j.priority, j.run_at, j.id)))
+
+
+def _statements(script: str) -> list[str]:
+    """A migration's statements (a trigger's body holds semicolons of its own)."""
+    out, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                out.append(pending)
+            pending = ""
+    if pending.strip(" \n;"):
+        out.append(pending)
+    return out
 
 
 class _Busy(Exception):
@@ -462,9 +497,8 @@ class SQLiteBackend:
             current = db.execute("SELECT max(version) FROM trioforge_schema").fetchone()[0] or 0
             for version, script in enumerate(MIGRATIONS, start=1):
                 if version > current:
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
+                    for statement in _statements(script):
+                        db.execute(statement)
                     db.execute("INSERT INTO trioforge_schema (version) VALUES (?)", (version,))
             db.execute("COMMIT")
         except BaseException:
@@ -892,6 +926,21 @@ class SQLiteBackend:
              json.dumps(list(op.exclude)), max(op.limit, 0)),
         ).fetchall()  # fmt: skip
         return sorted(r[0] for r in rows)
+
+    @staticmethod
+    def _attempts(db: sqlite3.Connection, op: ops.Attempts, now: float) -> list[AttemptRecord]:
+        del now
+        kept = db.execute(
+            "SELECT attempt, started_at, error FROM trioforge_attempts WHERE job_id = ? "
+            "ORDER BY rowid",
+            (op.job_id,),
+        ).fetchall()
+        current = db.execute(
+            "SELECT attempt, started_at, error FROM trioforge_jobs "
+            "WHERE id = ? AND error IS NOT NULL",
+            (op.job_id,),
+        ).fetchall()
+        return [AttemptRecord(*row) for row in kept + current]
 
     @staticmethod
     def _matching(db: sqlite3.Connection, where: ops.JobFilter, statuses: list[str]) -> list[int]:

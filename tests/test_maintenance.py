@@ -179,3 +179,29 @@ async def test_workers_list_shows_each_process_with_its_pools_and_running_jobs(
     assert line.endswith("running 1")
     empty = await trio.to_thread.run_sync(lambda: CliRunner().invoke(main, args))
     assert empty.output.strip() == "(no workers)"
+
+
+def test_jobs_show_prints_every_attempts_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    registry = Registry()
+
+    @registry.job("flaky", retry=Retry(max_attempts=3, base_delay=0))
+    async def flaky(ctx: JobContext) -> None:
+        raise ConnectionError(f"attempt {ctx.attempt} failed")
+
+    async def go() -> tuple[int, list[str]]:
+        async with trioforge.open_runtime(registry, database=url, **FAST) as rt:
+            job_id = await rt.enqueue(flaky)
+            await rt.wait(job_id)
+            return job_id, [a.error for a in await rt.attempts(job_id)]
+
+    job_id, errors = trio.run(go)
+    assert [e.strip().splitlines()[-1] for e in errors] == [
+        f"ConnectionError: attempt {n} failed" for n in (1, 2, 3)
+    ]
+    output = CliRunner().invoke(main, ["jobs", "show", str(job_id), "--database", url]).output
+    assert output.index("attempt 1: started") < output.index("attempt 2: started")
+    assert "attempt 1 failed" in output
+    assert "attempt 2 failed" in output
+    assert output.rindex("error:") > output.index("attempt 2: started")
+    assert output.rstrip().endswith("ConnectionError: attempt 3 failed")

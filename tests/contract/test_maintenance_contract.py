@@ -99,3 +99,27 @@ async def test_a_process_row_keeps_what_its_last_beat_said(backend: Backend) -> 
     rows = {p.owner: p for p in await one(backend, ops.Processes(), T0 + 3)}
     assert (rows["p1"].details, rows["p1"].started_at) == (later, T0)
     assert rows["old"].details is None
+
+
+async def test_every_attempts_error_is_kept(backend: Backend) -> None:
+    [job_id] = await enqueue(backend, job(max_attempts=3))
+    assert await one(backend, ops.Attempts(job_id)) == []
+    [first] = (await claim(backend, T0)).jobs
+    fail = Outcome(job_id, first.lease, Failed(T0 + 5), error="boom 1")
+    assert await finish(backend, first, fail, T0 + 1)
+    [_lost] = (await claim(backend, T0 + 5, owner="w1", lease=10)).jobs
+    assert await one(backend, ops.Rescue(), T0 + 15) == [job_id]  # lost: its own error
+    [third] = (await claim(backend, T0 + 15)).jobs
+    dead = Outcome(job_id, third.lease, Failed(None), error="boom 3")
+    assert await finish(backend, third, dead, T0 + 16)
+    history = await one(backend, ops.Attempts(job_id))
+    assert [(a.attempt, a.started_at) for a in history] == [(1, T0), (2, T0 + 5), (3, T0 + 15)]
+    assert history[0].error == "boom 1"
+    assert "attempt 2 lost" in history[1].error
+    assert history[2].error == "boom 3"
+    assert await one(backend, ops.RetryJob(job_id), T0 + 20)  # the operator's retry keeps it
+    assert [a.error for a in await one(backend, ops.Attempts(job_id))][-1] == "boom 3"
+    assert await one(backend, ops.Purge((JobState.COMPLETED, JobState.DEAD), T0 + 99)) == []
+    assert await one(backend, ops.Discard(job_id, "spam"), T0 + 21)
+    assert await one(backend, ops.Purge((JobState.DEAD,), T0 + 99), T0 + 99) == [job_id]
+    assert await one(backend, ops.Attempts(job_id)) == []  # gone with its job

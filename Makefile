@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # "Strict editable installation performed" banner as a warning; errors still show.
 PIP_QUIET := --quiet --quiet
 
-.PHONY: venv relink demo test test-deep lint pytest bench clean
+.PHONY: venv relink demo test test-deep lint pytest bench screenshots clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,10 @@ test: lint pytest
 test-deep: relink
 	HYPOTHESIS_PROFILE=deep $(BIN)/pytest -q tests/test_model.py tests/test_partitions.py \
 		tests/test_scheduling_properties.py tests/test_cron_schedule.py
+
+# The dashboard's screenshots in docs/screenshots/, taken by the browser tests (Chromium).
+screenshots: relink
+	TRIOFORGE_SCREENSHOTS=docs/screenshots TRIOFORGE_REQUIRE_BROWSER=1 $(BIN)/pytest -q tests/test_browser.py
 
 bench: relink
 	$(BIN)/python bench/run.py

@@ -6,6 +6,7 @@ storage protocol and the runtime's leaf modules (rules, errors, clock), never it
 
 from trioforge.actors.leases import heartbeat, reaper
 from trioforge.actors.listener import listener
+from trioforge.actors.live import LiveFeed, live_feed, open_live_feed
 from trioforge.actors.queue import Ended, JobTable, QueueConfig, QueueSupervisor
 from trioforge.actors.running import Finished, RunningJobs, StopReason
 from trioforge.actors.storage_actor import StorageHandle, open_storage_channel, storage_actor
@@ -14,6 +15,7 @@ __all__ = [
     "Ended",
     "Finished",
     "JobTable",
+    "LiveFeed",
     "QueueConfig",
     "QueueSupervisor",
     "RunningJobs",
@@ -21,6 +23,8 @@ __all__ = [
     "StorageHandle",
     "heartbeat",
     "listener",
+    "live_feed",
+    "open_live_feed",
     "open_storage_channel",
     "reaper",
     "storage_actor",

@@ -22,7 +22,7 @@ import trio
 from trioforge._clock import Clock
 from trioforge.actors.running import RunningJobs
 from trioforge.actors.storage_actor import StorageHandle, log_failure
-from trioforge.storage import RenewResult, ops
+from trioforge.storage import ProcessDetails, RenewResult, ops
 
 __all__ = ["MAINTENANCE", "RETRY_FIRST", "heartbeat", "reaper", "renew_leases"]
 
@@ -45,11 +45,12 @@ async def heartbeat(
     queues: tuple[str, ...],
     interval: float,
     lease_seconds: float,
+    describe: Callable[[], ProcessDetails | None] = lambda: None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     # The first beat comes before ``started``: once the runtime is open, it is registered.
     try:
-        await storage.call(ops.Beat(owner, queues))
+        await storage.call(ops.Beat(owner, queues, describe()))
     except Exception as exc:
         log_failure(log, exc, "first heartbeat failed; retrying in %.1fs", interval)
     task_status.started()
@@ -59,7 +60,7 @@ async def heartbeat(
         try:
             # Leases first: they are what a database blip must not cost.
             await renew_leases(storage, running, clock, owner=owner, lease_seconds=lease_seconds)
-            await storage.call(ops.Beat(owner, queues))
+            await storage.call(ops.Beat(owner, queues, describe()))
         except Exception as exc:
             # Retry soon, backing off to the interval: a renewal that waits a whole
             # interval after a blip brings held leases that much closer to expiring.

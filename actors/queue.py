@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 import attrs
@@ -25,6 +25,7 @@ from trioforge._errors import JobTimeoutError
 from trioforge._rules import (
     AttemptOutcome,
     Failed,
+    JobLimits,
     JobState,
     Retry,
     Succeeded,
@@ -43,7 +44,15 @@ from trioforge.actors.storage_actor import StorageHandle, log_failure
 from trioforge.storage import ClaimedJob, ClaimResult, Outcome, ops
 from trioforge.storage._records import OutcomeEvent
 
-__all__ = ["Attempt", "Ended", "JobTable", "QueueConfig", "QueueSupervisor", "decide_outcome"]
+__all__ = [
+    "Attempt",
+    "Ended",
+    "HeldQueues",
+    "JobTable",
+    "QueueConfig",
+    "QueueSupervisor",
+    "decide_outcome",
+]
 
 log = logging.getLogger("trioforge.queue")
 
@@ -92,8 +101,13 @@ class JobTable(Protocol):
 
     def names(self) -> frozenset[str]: ...
 
-    def policy(self, name: str) -> tuple[Retry, float | None]:
-        """The job's retry policy and timeout in seconds (None: no timeout)."""
+    def limits(self) -> Mapping[str, JobLimits]:
+        """The rate and concurrency limits of the jobs that have any, by job name."""
+        ...
+
+    def policy(self, job: ClaimedJob) -> tuple[Retry, float | None]:
+        """The job's retry policy and timeout in seconds (None: no timeout), in its queue
+        (the attempt count comes from ``job.max_attempts``, set at enqueue)."""
         ...
 
     def attempt(self, job: ClaimedJob) -> Attempt:
@@ -108,6 +122,8 @@ class QueueConfig:
     owner: str
     lease_seconds: float
     poll_interval: float
+    #: What this process offers jobs that ``require`` capabilities.
+    capabilities: frozenset[str] = frozenset()
 
 
 def format_error(exc: BaseException) -> str:
@@ -142,8 +158,17 @@ def decide_outcome(
     reason_text = discard_reason(error)  # a Discard, or a group holding one
     if reason_text is not None:
         return Outcome(job.id, job.lease, DiscardedEvent(), error=reason_text)
+    if retry.max_attempts != job.max_attempts:  # fixed at enqueue, maybe overridden there
+        retry = attrs.evolve(retry, max_attempts=job.max_attempts)
     event = failure_outcome(retry, job.attempt, error, now, u)
     return Outcome(job.id, job.lease, event, error=format_error(error))
+
+
+def _next_look(result: ClaimResult) -> float | None:
+    """When a claim may find more than ``result`` did: the next run_at falling due or the
+    next token of a rate limit that held jobs back."""
+    times = [t for t in (result.next_run_at, result.next_token_at) if t is not None]
+    return min(times, default=None)
 
 
 @attrs.frozen
@@ -169,6 +194,28 @@ class _Retire:
 _Message = _Wake | _SlotFreed | _Resized
 
 
+class HeldQueues:
+    """The queues of this process whose last claim a concurrency limit held back. Any
+    queue recording outcomes wakes them all (a job ending here, in whatever queue, may free
+    a limit's slot); ``writes`` counts those records, so a claim that raced one can tell."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self._held: dict[str, Callable[[], None]] = {}
+
+    def set(self, queue: str, wake: Callable[[], None] | None) -> None:
+        """``queue`` is held (``wake`` wakes it) or, with None, no longer."""
+        if wake is None:
+            self._held.pop(queue, None)
+        else:
+            self._held[queue] = wake
+
+    def written(self) -> None:
+        self.writes += 1
+        for wake in list(self._held.values()):
+            wake()
+
+
 class QueueSupervisor:
     """Owns one queue's nursery: a fetcher and ``concurrency`` workers, restarted one for
     one if they crash (at most ``max_restarts`` per minute, then the queue fails loudly).
@@ -190,6 +237,7 @@ class QueueSupervisor:
         clock: Clock,
         *,
         max_restarts: int = 10,
+        held: HeldQueues | None = None,
     ) -> None:
         self.config = config
         self._table = table
@@ -208,6 +256,15 @@ class QueueSupervisor:
         self._stopping = False  # after stop_now(): release jobs instead of starting them
         self._restarts: list[float] = []
         self._orphans_possible = False  # after a failed claim (see _claim)
+        # Whether a concurrency limit held a due job back at the last claim: claim again
+        # once outcomes are written here (that may have freed the slot).
+        self._held = held if held is not None else HeldQueues()
+        # With concurrency limits, a slot frees only once its job's end is recorded: until
+        # then the job still counts against its limit, and a claim made in between would
+        # pass over the jobs that limit holds back. (A rate limit's tokens do not come back.)
+        self._slots_follow_outcomes = any(
+            limits.concurrency is not None for limits in table.limits().values()
+        )
         self._size = config.concurrency
         self._workers_started = 0
         self._pool: trio.Nursery | None = None
@@ -217,6 +274,9 @@ class QueueSupervisor:
     def wake(self, run_at: float) -> None:
         """Tell the fetcher that a job becomes due at ``run_at``."""
         self._inbox_send.send_nowait(_Wake(run_at))
+
+    def _wake_now(self) -> None:
+        self.wake(self._clock.now())
 
     @property
     def size(self) -> int:
@@ -305,7 +365,7 @@ class QueueSupervisor:
         free = cfg.concurrency
         wanted_at: float | None = clock.now()  # when a claim may find something
         last_claim = -math.inf
-        names = self._table.names()
+        names, limits = self._table.names(), self._table.limits()
         while True:
             # Everything that happened meanwhile (freed slots, resizes, wake-ups) counts
             # before the next claim is decided.
@@ -322,7 +382,8 @@ class QueueSupervisor:
                     target = min(target, wanted_at)
                 now = clock.now()
                 if now >= target:
-                    result = await self._claim(names, free, now)
+                    writes_before = self._held.writes
+                    result = await self._claim(names, limits, free, now)
                     last_claim = now
                     if result is None:  # storage error, logged: try again after the poll interval
                         wanted_at = None
@@ -330,7 +391,10 @@ class QueueSupervisor:
                     for job in result.jobs:
                         self._jobs_send.send_nowait(job)
                     free -= len(result.jobs)
-                    wanted_at = now if result.jobs and free == 0 else result.next_run_at
+                    wanted_at = now if result.jobs and free == 0 else _next_look(result)
+                    if result.held and self._held.writes != writes_before:
+                        wanted_at = now  # an outcome written meanwhile may have freed a slot
+                    self._held.set(cfg.name, self._wake_now if result.held else None)
                     continue
                 deadline = clock.deadline(target)
             with trio.move_on_at(deadline):
@@ -354,7 +418,9 @@ class QueueSupervisor:
             return free, message.run_at
         return free, wanted_at
 
-    async def _claim(self, names: frozenset[str], limit: int, now: float) -> ClaimResult | None:
+    async def _claim(
+        self, names: frozenset[str], limits: Mapping[str, JobLimits], limit: int, now: float
+    ) -> ClaimResult | None:
         cfg = self.config
         if self._orphans_possible and not await self._release_orphans():
             return None
@@ -364,6 +430,8 @@ class QueueSupervisor:
             limit=limit,
             owner=cfg.owner,
             lease_until=now + cfg.lease_seconds,
+            capabilities=cfg.capabilities,
+            limits=limits,
         )
         try:
             # Shielded: once claimed, jobs must reach a worker (or be released), never
@@ -409,13 +477,14 @@ class QueueSupervisor:
             finally:
                 # The slot frees as soon as the handler is done; the outcome is written by
                 # the writer, batched with others, while this worker takes the next job.
-                self._inbox_send.send_nowait(_SlotFreed())
+                if not self._slots_follow_outcomes:
+                    self._inbox_send.send_nowait(_SlotFreed())
 
     def _report(self, job: ClaimedJob, outcome: Outcome) -> None:
         self._outcomes_send.send_nowait((job, outcome))
 
     async def _attempt(self, job: ClaimedJob) -> None:
-        retry, timeout = self._table.policy(job.name)
+        retry, timeout = self._table.policy(job)
         attempt = self._table.attempt(job)
         entry = self._running.start(job.id, job.lease)
         if timeout is not None:
@@ -459,6 +528,8 @@ class QueueSupervisor:
             self._report(job, outcome)
         else:  # the lease is another owner's now
             self._running.release(job.id, job.lease)
+            if self._slots_follow_outcomes:
+                self._inbox_send.send_nowait(_SlotFreed())
 
     async def _end(
         self,
@@ -519,6 +590,8 @@ class QueueSupervisor:
             return self._retryable(batch, error)
         for (job, outcome), ok in zip(batch, applied, strict=True):
             self._running.release(job.id, job.lease)
+            if self._slots_follow_outcomes:
+                self._inbox_send.send_nowait(_SlotFreed())
             if not ok:
                 log.warning(
                     "job %d: outcome of attempt %d not recorded: its lease was lost (or an "
@@ -533,6 +606,7 @@ class QueueSupervisor:
             target = next_state(JobState.RUNNING, event)
             if target is not None and target.is_terminal:
                 self._finished.notify(job.id)
+        self._held.written()  # a running job ended: a held-back one may start now
         return []
 
     def _retryable(
@@ -545,6 +619,8 @@ class QueueSupervisor:
                 keep.append((job, outcome))
                 continue
             self._running.release(job.id, job.lease)
+            if self._slots_follow_outcomes:
+                self._inbox_send.send_nowait(_SlotFreed())
             log.error(
                 "job %d: could not record the outcome of attempt %d before its lease expired"
                 " (%s); it will be rescued and run again", job.id, job.attempt, error,

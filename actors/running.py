@@ -16,12 +16,12 @@ heartbeat keeps renewing. Each held lease knows until when storage last confirme
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 
 import attrs
 import trio
 
+from trioforge.actors.live import LiveFeed
 from trioforge.storage import RenewResult
 
 __all__ = ["Finished", "RunningJobs", "StopReason"]
@@ -129,19 +129,16 @@ class RunningJobs:
 
 
 class Finished:
-    """Wakes ``wait(job_id)`` callers in this process when a job reaches a terminal state.
+    """Tells this process's live feed the moment an outcome is recorded here, so waiters in
+    this process wake without waiting for the storage notice to come back."""
 
-    Other processes' outcomes are not seen here; waiters also poll. An entry lives only while
-    someone watches its job.
-    """
-
-    def __init__(self) -> None:
-        self._watched: dict[int, tuple[trio.Event, int]] = {}
+    def __init__(self, feed: LiveFeed | None = None) -> None:
+        self._feed = feed
         self._callbacks: dict[int, list[Callable[[], None]]] = {}
 
     def on_finish(self, job_id: int, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` once when ``job_id`` is seen terminal here (a workflow run
-        waiting on its children is woken without waiting for a poll)."""
+        """Call ``callback()`` once when ``job_id``'s outcome is recorded here (a workflow
+        run waiting on its children is woken without waiting for a poll)."""
         self._callbacks.setdefault(job_id, []).append(callback)
 
     def forget(self, job_id: int) -> None:
@@ -149,23 +146,8 @@ class Finished:
         not see it)."""
         self._callbacks.pop(job_id, None)
 
-    @contextmanager
-    def watch(self, job_id: int) -> Iterator[trio.Event]:
-        event, watchers = self._watched.get(job_id, (trio.Event(), 0))
-        self._watched[job_id] = (event, watchers + 1)
-        try:
-            yield event
-        finally:
-            current = self._watched.get(job_id)
-            if current is not None and current[0] is event:
-                if current[1] <= 1:
-                    del self._watched[job_id]
-                else:
-                    self._watched[job_id] = (event, current[1] - 1)
-
     def notify(self, job_id: int) -> None:
-        entry = self._watched.pop(job_id, None)
-        if entry is not None:
-            entry[0].set()
+        if self._feed is not None:
+            self._feed.changed((job_id,))
         for callback in self._callbacks.pop(job_id, ()):
             callback()

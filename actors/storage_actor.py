@@ -80,8 +80,8 @@ class StorageHandle:
 #: other request of this process is writing (pending or new ones); reads see one committed
 #: state or another, as they would beside another process.
 _OVERLAPPING = (
-    ops.Claim, ops.Enqueue, ops.Get, ops.ListJobs, ops.Stats, ops.PausedQueues,
-    ops.Processes, ops.CronStates, ops.ReadWorkflow,
+    ops.Claim, ops.Enqueue, ops.Get, ops.GetMany, ops.ListJobs, ops.Stats, ops.Throughput,
+    ops.PausedQueues, ops.Processes, ops.CronStates, ops.ReadWorkflow,
 )  # fmt: skip
 
 

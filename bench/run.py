@@ -2,7 +2,9 @@
 
 Reports, per backend: bulk enqueue rate, drain rate of N jobs with a 64-slot queue,
 enqueue->start latency on an idle runtime, and in-process cancel latency (cancel call ->
-the handler's scope cancelled). Figures are printed, never asserted.
+the handler's scope cancelled); then the drain rate under flow control (a rate limit that
+never binds; a concurrency limit of 1 over 1,000 keys) beside the unlimited drain, each
+measured twice, interleaved. Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -66,6 +68,16 @@ async def hang(ctx: JobContext) -> None:
         PROBE.cancelled.set()
 
 
+#: The same no-op job, with flow control that never holds it back (a separate registry
+#: each: a registry whose jobs have limits claims through the flow-controlled path).
+rated_registry = Registry()
+keyed_registry = Registry()
+NEVER_BINDS = trioforge.RateLimit("bench", rate=1e9, burst=1_000_000)
+KEYS = trioforge.ConcurrencyLimit("key", 1, key=lambda n: n % 1000)
+rated_noop = rated_registry.job("noop", queue="bench", rate_limit=NEVER_BINDS)(noop.handler)
+keyed_noop = keyed_registry.job("noop", queue="bench", concurrency=KEYS)(noop.handler)
+
+
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -79,19 +91,44 @@ async def bulk_enqueue(database: Callable[[], str | Backend], jobs: int) -> floa
         return jobs / (time.perf_counter() - t0)
 
 
-async def drain(database: Callable[[], str | Backend], jobs: int) -> float:
+async def drain(
+    database: Callable[[], str | Backend],
+    jobs: int,
+    job: trioforge.JobDefinition = noop,
+    jobs_registry: Registry = registry,
+) -> float:
     global PROBE
     db = database()
     async with trioforge.open_client(db) as client:
-        await client.enqueue_many(noop, range(jobs))
+        for start in range(0, jobs, 5000):
+            await client.enqueue_many(job, range(start, min(jobs, start + 5000)))
     PROBE = Probe()
     PROBE.target = jobs
     t0 = time.perf_counter()
-    async with trioforge.open_runtime(registry, database=db, queues={"bench": 64}) as rt:
+    async with trioforge.open_runtime(jobs_registry, database=db, queues={"bench": 64}) as rt:
         await PROBE.all_done.wait()
         elapsed = time.perf_counter() - t0
         del rt
     return jobs / elapsed
+
+
+async def flow_drains(name: str, database: Callable[[], str | Backend], jobs: int) -> None:
+    kinds = {
+        "unlimited": (noop, registry),
+        "rate limit, never binding": (rated_noop, rated_registry),
+        "1,000 concurrency keys (1 each)": (keyed_noop, keyed_registry),
+    }
+    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for _ in range(2):
+        for kind, (job, jobs_registry) in kinds.items():
+            rates[kind].append(await drain(database, jobs, job, jobs_registry))
+    base = statistics.mean(rates["unlimited"])
+    rows = {}
+    for kind, measured in rates.items():
+        mean = statistics.mean(measured)
+        runs = " / ".join(f"{r:,.0f}" for r in measured)
+        rows[f"drain {jobs:,}, {kind}"] = f"{mean:,.0f} jobs/s ({runs}; {mean / base:.0%})"
+    report(f"{name}: flow control", rows)
 
 
 async def enqueue_to_start(database: Callable[[], str | Backend], samples: int) -> list[float]:
@@ -165,6 +202,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "memory", "all"], default="all")
+    parser.add_argument("--flow-only", action="store_true", help="only the flow-control drains")
     parser.add_argument(
         "--postgres-url",
         default=os.environ.get(
@@ -178,11 +216,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             counter = iter(range(1_000_000))
             if args.backend in ("sqlite", "all"):
-                await bench_backend(
-                    "sqlite (WAL file)",
-                    lambda: f"sqlite:///{Path(tmp) / f'bench{next(counter)}.db'}",
-                    args.jobs,
-                )
+
+                def sqlite() -> str:
+                    return f"sqlite:///{Path(tmp) / f'bench{next(counter)}.db'}"
+
+                if not args.flow_only:
+                    await bench_backend("sqlite (WAL file)", sqlite, args.jobs)
+                await flow_drains("sqlite", sqlite, args.jobs)
             if args.backend in ("postgres", "all"):
                 schemas: list[str] = []
 
@@ -191,10 +231,12 @@ def main() -> None:
                     return PostgresBackend(args.postgres_url, schema=schemas[-1])
 
                 try:
-                    await bench_backend("postgres (asyncpg, trio-asyncio)", postgres, args.jobs)
+                    if not args.flow_only:
+                        await bench_backend("postgres (asyncpg, trio-asyncio)", postgres, args.jobs)
+                    await flow_drains("postgres", postgres, args.jobs)
                 finally:
                     await drop_schemas(args.postgres_url, schemas)
-            if args.backend in ("memory", "all"):
+            if args.backend in ("memory", "all") and not args.flow_only:
                 await bench_backend("memory (reference)", MemoryBackend, args.jobs)
 
     trio.run(run)

@@ -26,8 +26,16 @@ from trioforge._errors import (
     UnknownJobError,
     WorkflowTimeoutError,
 )
+from trioforge._policy import Queue, Retention
 from trioforge._registry import AttemptEnd, JobDefinition, Registry
-from trioforge._rules import AttemptOutcome, JobState, Priority, Retry
+from trioforge._rules import (
+    AttemptOutcome,
+    ConcurrencyLimit,
+    JobState,
+    Priority,
+    RateLimit,
+    Retry,
+)
 from trioforge._runtime import Runtime, RuntimeStatistics, open_client, open_runtime
 from trioforge._workflow import ChildHandle, WorkflowContext
 from trioforge._workflow_info import StepInfo, WorkflowInfo
@@ -40,6 +48,7 @@ __all__ = [
     "ChildHandle",
     "Client",
     "Clock",
+    "ConcurrencyLimit",
     "ConfigurationError",
     "CronContext",
     "CronSchedule",
@@ -57,8 +66,11 @@ __all__ = [
     "NonDeterminismError",
     "PayloadError",
     "Priority",
+    "Queue",
     "QueueInfo",
+    "RateLimit",
     "Registry",
+    "Retention",
     "Retry",
     "Runtime",
     "RuntimeStatistics",

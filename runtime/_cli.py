@@ -12,7 +12,9 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -27,7 +29,15 @@ from trioforge._registry import Registry
 from trioforge._rules import PENDING_STATES, JobState
 from trioforge._runtime import open_client, open_runtime
 from trioforge._workflow_info import StepInfo, WorkflowInfo
-from trioforge.storage import NEVER, JobInfo, StepKind, StepStatus, backend_for_url, opened
+from trioforge.storage import (
+    NEVER,
+    AttemptRecord,
+    JobInfo,
+    StepKind,
+    StepStatus,
+    backend_for_url,
+    opened,
+)
 from trioforge.storage._urls import redact
 
 __all__ = ["main"]
@@ -129,6 +139,10 @@ def load_registry(target: str) -> Registry:
 @click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), default=1.0)
 @click.option("--shutdown-grace", type=click.FloatRange(min=0), default=10.0)
 @click.option(
+    "--capability", "-c", "capabilities", multiple=True, metavar="NAME",
+    help="A capability this worker offers to jobs that require it; repeatable.",
+)  # fmt: skip
+@click.option(
     "--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
 )
 def worker(
@@ -139,6 +153,7 @@ def worker(
     heartbeat_interval: float,
     poll_interval: float,
     shutdown_grace: float,
+    capabilities: tuple[str, ...],
     log_level: str,
 ) -> None:
     """Run the jobs of MODULE:REGISTRY until SIGINT or SIGTERM.
@@ -171,6 +186,7 @@ def worker(
                         registry, database=database, queues=queues,
                         lease_seconds=lease_seconds, heartbeat_interval=heartbeat_interval,
                         poll_interval=poll_interval, shutdown_grace=shutdown_grace,
+                        capabilities=capabilities,
                     ) as rt:  # fmt: skip
                         pools = ", ".join(f"{q}={n}" for q, n in rt.statistics().queues.items())
                         click.echo(f"trioforge worker {rt.owner} ready: queues {pools}", err=True)
@@ -179,6 +195,45 @@ def worker(
         click.echo("trioforge worker: stopped", err=True)
 
     run(serve)
+
+
+# --- web ---------------------------------------------------------------------------------
+
+
+@main.command()
+@database_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--registry", "target", metavar="MODULE:REGISTRY", default=None,
+    help="The application's registry: its public=True jobs get POST /api/jobs/NAME, and "
+    "the cron page shows its schedules' next fires.",
+)  # fmt: skip
+def web(database: str | None, host: str, port: int, target: str | None) -> None:
+    """Serve the dashboard, the job API (JSON, Server-Sent Events, track.js) and /metrics.
+
+    Actions (cancel, retry, discard, pause, retry-all) need the token in
+    $TRIOFORGE_WEB_TOKEN; without it the dashboard is read-only. SIGINT/SIGTERM stop it.
+    """
+    from trioforge.web import app, serve  # the web stack loads only for this command
+
+    registry = load_registry(target) if target else None
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with (
+                open_client(database, registry=registry) as client,
+                trio.open_nursery() as nursery,
+            ):
+                asgi = app(client=client, registry=registry)
+                urls = await nursery.start(partial(serve, asgi, host=host, port=port))
+                click.echo(f"trioforge web serving on {' '.join(urls)}", err=True)
+                async for _ in signals:
+                    break
+                nursery.cancel_scope.cancel()
+        click.echo("trioforge web: stopped", err=True)
+
+    run(main)
 
 
 # --- jobs ----------------------------------------------------------------------------------
@@ -232,7 +287,11 @@ def list_jobs(
 @database_option
 def show(job_id: int, as_json_object: bool, database: str | None) -> None:
     """Show everything stored about one job."""
-    info = with_client(database, lambda c: c.get(job_id))
+
+    async def go(c: Client) -> tuple[JobInfo, list[AttemptRecord]]:
+        return await c.get(job_id), await c.attempts(job_id)
+
+    info, attempts = with_client(database, go)
     if as_json_object:
         click.echo(as_json(info))
         return
@@ -250,6 +309,10 @@ def show(job_id: int, as_json_object: bool, database: str | None) -> None:
     ]  # fmt: skip
     for label, value in rows:
         click.echo(f"{label:>16}: {value}")
+    earlier = attempts[:-1] if info.error else attempts
+    for record in earlier:
+        click.echo(f"{'attempt ' + str(record.attempt):>16}: started {iso(record.started_at)}")
+        click.echo(record.error.rstrip())
     if info.error:
         click.echo(f"{'error':>16}:\n{info.error}")
 
@@ -298,6 +361,132 @@ def discard(job_id: int, reason: str, database: str | None) -> None:
     if refused is not None:
         fail(f"job {job_id} is {refused.status.value}; only pending jobs can be discarded")
     click.echo(f"job {job_id}: dead ({reason})")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``30s``, ``15m``, ``12h``, ``7d``, ``2w`` or plain seconds, as seconds."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a duration like 30s, 15m, 12h or 7d") from None
+    if not seconds >= 0:
+        raise click.BadParameter("a duration must be >= 0")
+    return seconds
+
+
+def _since(age: float | None) -> float | None:
+    return None if age is None else time.time() - age
+
+
+@jobs.command("retry-all")
+@click.option("--status", type=click.Choice(["dead", "cancelled"]), default="dead")
+@click.option("--queue")
+@click.option("--name")
+@click.option("--since", callback=parse_age, help="Only jobs that ended within this long (7d).")
+@database_option
+def retry_all(
+    status: str, queue: str | None, name: str | None, since: float | None, database: str | None
+) -> None:
+    """Run every matching dead (or cancelled) job again, with fresh attempts."""
+    done = with_client(
+        database,
+        lambda c: c.retry_many(status=status, queue=queue, name=name, since=_since(since)),
+    )
+    click.echo(f"{len(done)} job(s) available again")
+
+
+@jobs.command("discard-all")
+@click.option("--status", type=click.Choice(["scheduled", "available", "retrying"]))
+@click.option("--queue")
+@click.option("--name")
+@click.option("--since", callback=parse_age, help="Only jobs enqueued within this long (1h).")
+@click.option("--reason", default="discarded by operator", show_default=True)
+@database_option
+def discard_all(
+    status: str | None,
+    queue: str | None,
+    name: str | None,
+    since: float | None,
+    reason: str,
+    database: str | None,
+) -> None:
+    """Send every matching pending job to the dead-letter state without running it."""
+    done = with_client(
+        database,
+        lambda c: c.discard_many(
+            status=status, queue=queue, name=name, since=_since(since), reason=reason
+        ),
+    )
+    click.echo(f"{len(done)} job(s) dead ({reason})")
+
+
+@jobs.command()
+@click.option(
+    "--status", required=True, type=click.Choice(["completed", "dead", "cancelled"]),
+    multiple=True, help="Repeatable.",
+)  # fmt: skip
+@click.option("--older-than", required=True, callback=parse_age, help="E.g. 7d, 12h.")
+@click.option("--queue")
+@database_option
+def purge(
+    status: tuple[str, ...], older_than: float, queue: str | None, database: str | None
+) -> None:
+    """Delete finished jobs that ended more than --older-than ago, in small batches."""
+
+    async def go(c: Client) -> int:
+        return sum([await c.purge(status=s, older_than=older_than, queue=queue) for s in status])
+
+    click.echo(f"{with_client(database, go)} job(s) deleted")
+
+
+# --- workers -------------------------------------------------------------------------------
+
+
+@main.group()
+def workers() -> None:
+    """Inspect the worker processes registered on the database."""
+
+
+@workers.command("list")
+@click.option("--json", "as_json_lines", is_flag=True, help="One JSON object per line.")
+@database_option
+def list_workers(as_json_lines: bool, database: str | None) -> None:
+    """Every process heartbeating on the database: owner, host, pid, queue pools,
+    capabilities, heartbeat age and running jobs."""
+    found = with_client(database, lambda c: c.processes())
+    now = time.time()
+    if as_json_lines:
+        for p in found:
+            d = p.details
+            click.echo(json.dumps({
+                "owner": p.owner, "queues": list(p.queues), "started_at": p.started_at,
+                "heartbeat_age": now - p.heartbeat_at,
+                "host": d.host if d else None, "pid": d.pid if d else None,
+                "pools": dict(d.pools) if d else None,
+                "capabilities": list(d.capabilities) if d else None,
+                "running": d.running if d else None,
+            }, sort_keys=True))  # fmt: skip
+        return
+    if not found:
+        click.echo("(no workers)")
+        return
+    for p in found:
+        d = p.details
+        pools = ",".join(f"{q}={n}" for q, n in d.pools) if d else ",".join(p.queues)
+        where = f"{d.host} pid {d.pid}" if d else "-"
+        caps = ",".join(d.capabilities) if d and d.capabilities else "-"
+        running = str(d.running) if d else "-"
+        click.echo(
+            f"{p.owner}  {where}  queues {pools}  capabilities {caps}  "
+            f"heartbeat {now - p.heartbeat_at:.1f}s ago  running {running}"
+        )
 
 
 # --- queues --------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeAlias
 
 import attrs
-import trio
 
 from trioforge._clock import Clock
 from trioforge._errors import (
@@ -19,17 +18,22 @@ from trioforge._errors import (
     PayloadError,
     TrioforgeError,
 )
-from trioforge._payloads import encode
-from trioforge._registry import JobDefinition, Registry
-from trioforge._rules import JobState, PriorityLike, parse_priority
+from trioforge._payloads import decode, encode
+from trioforge._policy import Queue
+from trioforge._registry import JobDefinition, Registry, check_capabilities
+from trioforge._rules import ConcurrencyLimit, JobState, PriorityLike, RateLimit, parse_priority
+from trioforge._watch import JobWatch
 from trioforge._workflow_info import WorkflowInfo, workflow_info
-from trioforge.actors import Finished, RunningJobs, StopReason, StorageHandle
+from trioforge.actors import Finished, LiveFeed, RunningJobs, StopReason, StorageHandle
+from trioforge.metrics import Metrics
 from trioforge.storage import (
+    AttemptRecord,
     CancelResult,
     CronState,
     Enqueued,
     JobInfo,
     NewJob,
+    ProcessInfo,
     WorkflowRecord,
     ops,
 )
@@ -65,6 +69,25 @@ class QueueInfo:
     name: str
     paused: bool
     counts: Mapping[JobState, int]
+
+
+def _limit_key(
+    definition: JobDefinition, limit: RateLimit | ConcurrencyLimit | None, text: str
+) -> str | None:
+    """The rate bucket or concurrency count a job whose payload is ``text`` belongs to (a
+    key function sees the payload as the handler will)."""
+    if limit is None:
+        return None
+    if limit.key is None:
+        return limit.name
+    payload = decode(definition.name, definition.payload_type, text)
+    try:
+        return limit.key_for(payload)
+    except Exception as exc:
+        raise PayloadError(
+            f"job {definition.name!r}: the key function of limit {limit.name!r} failed on "
+            f"this payload ({type(exc).__name__}: {exc}); fix the payload or the key"
+        ) from exc
 
 
 def _run_at(
@@ -107,11 +130,13 @@ class Client:
         *,
         registry: Registry | None,
         finished: Finished,
+        feed: LiveFeed,
         running: RunningJobs | None = None,
         wake: Callable[[str, float], None] | None = None,
-        poll_interval: float = 1.0,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+        policies: Mapping[str, Queue] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         for name, limit in (
             ("max_payload_bytes", max_payload_bytes),
@@ -125,9 +150,11 @@ class Client:
         self._clock = clock
         self._registry = registry
         self._finished = finished
+        self._feed = feed
         self._running = running
         self._wake = wake
-        self._poll_interval = poll_interval
+        self._policies = dict(policies or {})
+        self._metrics = metrics
 
     # --- enqueue ---------------------------------------------------------------------
 
@@ -154,9 +181,24 @@ class Client:
         priority: PriorityLike | None,
         queue: str | None,
         idempotency_key: str | None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        requires: Iterable[str] | None = None,
     ) -> builtins.list[NewJob]:
         if queue is not None:
             _check_queue(queue)
+        if max_attempts is not None and (
+            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+        ):
+            raise InvalidArgumentError(
+                f"max_attempts must be an int >= 1 (1 = no retries), got {max_attempts!r}"
+            )
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < math.inf
+        ):
+            raise InvalidArgumentError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not idempotency_key
         ):
@@ -169,21 +211,37 @@ class Client:
                     f"{self._max_key_bytes}; use a shorter key (a hash of it, say), or raise "
                     "the limit with max_key_bytes= on open_runtime / open_client"
                 )
+        needs = (
+            definition.requires
+            if requires is None
+            else check_capabilities(requires, "requires", InvalidArgumentError)
+        )
         when = _run_at(self._clock.now(), delay, run_at)
         level = definition.priority if priority is None else parse_priority(priority)
-        return [
-            NewJob(
-                name=definition.name,
-                queue=queue or definition.queue,
-                payload=self._encode(definition, payload),
-                priority=level,
-                run_at=when,
-                max_attempts=definition.retry.max_attempts,
-                idempotency_key=idempotency_key,
-                workflow=definition.workflow is not None,
+        queue = queue or definition.queue
+        requires_sorted = tuple(sorted(needs))
+        if max_attempts is None:
+            max_attempts = definition.retry_in(self._policies.get(queue)).max_attempts
+        jobs = []
+        for payload in payloads:
+            text = self._encode(definition, payload)
+            jobs.append(
+                NewJob(
+                    name=definition.name,
+                    queue=queue,
+                    payload=text,
+                    priority=level,
+                    run_at=when,
+                    max_attempts=max_attempts,
+                    idempotency_key=idempotency_key,
+                    timeout=None if timeout is None else float(timeout),
+                    requires=requires_sorted,
+                    rate_key=_limit_key(definition, definition.rate_limit, text),
+                    concurrency_key=_limit_key(definition, definition.concurrency, text),
+                    workflow=definition.workflow is not None,
+                )
             )
-            for payload in payloads
-        ]
+        return jobs
 
     def _encode(self, definition: JobDefinition, payload: Any) -> str:
         text = encode(definition.name, definition.payload_type, payload)
@@ -201,6 +259,10 @@ class Client:
         if not jobs:
             return []
         enqueued: builtins.list[Enqueued] = await self._storage.call(ops.Enqueue(tuple(jobs)))
+        if self._metrics is not None:
+            for job, done in zip(jobs, enqueued, strict=True):
+                if done.created:
+                    self._metrics.enqueued(job.queue, job.name)
         if self._wake is not None:
             for queue, when in {
                 j.queue: min(x.run_at for x in jobs if x.queue == j.queue) for j in jobs
@@ -218,12 +280,18 @@ class Client:
         priority: PriorityLike | None = None,
         queue: str | None = None,
         idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the job's, not this call's)
+        requires: Iterable[str] | None = None,
     ) -> int:
         """Store one job and return its id.
 
         The payload is checked against the job's declared type first: a mismatch raises
         :class:`~trioforge.PayloadError` and stores nothing. With ``idempotency_key``, while
         an unfinished job holds the same key, its id is returned and nothing new is stored.
+        ``max_attempts`` and ``timeout`` (seconds) override the job's (and its queue's) for
+        this job only, as ``requires`` (capabilities the claiming process must have)
+        overrides the job's.
         """
         definition = self._definition(job)
         jobs = self._new_jobs(
@@ -234,6 +302,9 @@ class Client:
             priority=priority,
             queue=queue,
             idempotency_key=idempotency_key,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            requires=requires,
         )
         return (await self._insert(jobs))[0]
 
@@ -246,6 +317,9 @@ class Client:
         run_at: float | dt.datetime | None = None,
         priority: PriorityLike | None = None,
         queue: str | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the job's, not this call's)
+        requires: Iterable[str] | None = None,
     ) -> builtins.list[int]:
         """Store many jobs of one kind in one transaction; all or none are stored."""
         definition = self._definition(job)
@@ -257,6 +331,9 @@ class Client:
             priority=priority,
             queue=queue,
             idempotency_key=None,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            requires=requires,
         )
         return await self._insert(jobs)
 
@@ -269,20 +346,35 @@ class Client:
             raise JobNotFoundError(f"no job with id {job_id}")
         return info
 
+    async def attempts(self, job_id: int) -> builtins.list[AttemptRecord]:
+        """Every error the job's attempts left, oldest first (the current ``error`` last):
+        each attempt's, not only the last. Raises JobNotFoundError for an unknown id."""
+        await self.get(job_id)
+        found: builtins.list[AttemptRecord] = await self._storage.call(ops.Attempts(job_id))
+        return found
+
     async def wait(self, job_id: int) -> JobInfo:
         """Block until the job is terminal (completed, dead or cancelled) and return it.
 
-        Wakes at once for outcomes written in this process, else checks every poll
-        interval. No timeout of its own: wrap it in ``trio.fail_after``. Cancellation is
-        safe and changes nothing.
+        Wakes within milliseconds of the outcome being recorded by any process (pushed by
+        storage, see :meth:`watch`). No timeout of its own: wrap it in ``trio.fail_after``.
+        Cancellation is safe and changes nothing.
         """
-        while True:
-            with self._finished.watch(job_id) as finished:
-                info = await self.get(job_id)
+        async with self.watch(job_id) as updates:
+            async for info in updates:
                 if info.is_terminal:
                     return info
-                with trio.move_on_after(self._poll_interval):
-                    await finished.wait()
+        raise AssertionError("a watch ends only after a terminal snapshot")  # pragma: no cover
+
+    def watch(self, job_id: int) -> JobWatch:
+        """``async for info in client.watch(job_id)``: the job's snapshot now, then at each
+        change of status, attempt, progress or progress message, until it is terminal.
+
+        Changes are pushed by storage (PostgreSQL NOTIFY on outcomes, progress and operator
+        actions; SQLite's commit counter, read every few milliseconds; in-process on
+        memory); only watched jobs are read, several watchers of one job share one read.
+        """
+        return JobWatch(self._feed, _check_job_id(job_id))
 
     async def workflow(self, run_id: int) -> WorkflowInfo:
         """A workflow run's status, version and record (each step's status, attempts,
@@ -325,12 +417,21 @@ class Client:
         queue: str | None = None,
         name: str | None = None,
         limit: int = 100,
+        before: int | None = None,
     ) -> builtins.list[JobInfo]:
-        """Jobs matching every filter given, newest first."""
+        """Jobs matching every filter given, newest first. ``before=id`` gives the page
+        after the one whose last job is ``id`` (ids below it), so deep pages stay cheap."""
         if limit < 1:
             raise InvalidArgumentError("limit must be at least 1")
+        if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
+            raise InvalidArgumentError(f"before must be a job id (an int), got {before!r}")
+        try:
+            state = None if status is None else JobState(status)
+        except ValueError:
+            names = ", ".join(s.value for s in JobState)
+            raise InvalidArgumentError(f"unknown status {status!r}; use one of {names}") from None
         result: builtins.list[JobInfo] = await self._storage.call(
-            ops.ListJobs(_state(status), queue, name, limit)
+            ops.ListJobs(state, queue, name, limit, before)
         )
         return result
 
@@ -346,8 +447,9 @@ class Client:
         ``name@vN``). See :meth:`workflow` for a run's record."""
         if limit < 1:
             raise InvalidArgumentError("limit must be at least 1")
+        state = None if status is None else _state(status)
         result: builtins.list[JobInfo] = await self._storage.call(
-            ops.ListJobs(_state(status), None, None, limit, runs_only=True, workflow=name)
+            ops.ListJobs(state, None, None, limit, runs_only=True, workflow=name)
         )
         return result
 
@@ -360,6 +462,17 @@ class Client:
         """Job counts per queue and state, across every process using this database."""
         counts: dict[str, dict[JobState, int]] = await self._storage.call(ops.Stats())
         return Stats(counts)
+
+    async def throughput(self, seconds: float) -> Stats:
+        """Per queue, the jobs that reached each terminal state in the last ``seconds``."""
+        since = self._clock.now() - seconds
+        counts: dict[str, dict[JobState, int]] = await self._storage.call(ops.Throughput(since))
+        return Stats(counts)
+
+    async def processes(self) -> builtins.list[ProcessInfo]:
+        """The runtimes heartbeating on this database, oldest first."""
+        found: builtins.list[ProcessInfo] = await self._storage.call(ops.Processes())
+        return found
 
     # --- operate ----------------------------------------------------------------------
 
@@ -385,6 +498,98 @@ class Client:
             info = await self.get(job_id)
             self._wake(info.queue, info.run_at)
         return done
+
+    async def retry_many(
+        self,
+        *,
+        status: JobState | str = JobState.DEAD,
+        queue: str | None = None,
+        name: str | None = None,
+        since: float | dt.datetime | None = None,
+    ) -> builtins.list[int]:
+        """Retry every dead (or cancelled) job matching all the filters given, with fresh
+        attempts; ``since``: that finished at or after it. Jobs whose idempotency key an
+        unfinished job holds are skipped. Returns the ids retried. Runs in pages of 1,000
+        jobs, each its own transaction: cancelling it keeps the pages already done."""
+        state = _state(status)
+        if state not in (JobState.DEAD, JobState.CANCELLED):
+            raise InvalidArgumentError(f"only dead or cancelled jobs are retried, not {status!r}")
+        done = await self._bulk(
+            lambda where: ops.RetryMany(state, where), queue=queue, name=name, since=since
+        )
+        if self._wake is not None and done:
+            infos: dict[int, JobInfo] = await self._storage.call(ops.GetMany(tuple(done)))
+            for queue_name in {info.queue for info in infos.values()}:
+                self._wake(queue_name, self._clock.now())
+        return done
+
+    async def discard_many(
+        self,
+        *,
+        status: JobState | str | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        since: float | dt.datetime | None = None,
+        reason: str = "discarded by operator",
+    ) -> builtins.list[int]:
+        """Send every pending job (of ``status``: scheduled, available or retrying; None:
+        all three) matching the filters to ``dead`` without running it; ``since``: enqueued
+        at or after it. Returns the ids discarded; pages as :meth:`retry_many`."""
+        state = None if status is None else _state(status)
+        if state is not None and (state.is_terminal or state is JobState.RUNNING):
+            raise InvalidArgumentError(f"only pending jobs are discarded, not {status!r}")
+        done = await self._bulk(
+            lambda where: ops.DiscardMany(state, where, reason), queue=queue, name=name,
+            since=since,
+        )  # fmt: skip
+        for job_id in done:
+            self._finished.notify(job_id)
+        return done
+
+    async def _bulk(
+        self,
+        op: Callable[[ops.JobFilter], ops.RetryMany | ops.DiscardMany],
+        *,
+        queue: str | None,
+        name: str | None,
+        since: float | dt.datetime | None,
+    ) -> builtins.list[int]:
+        when = None if since is None else _run_at(0.0, None, since)
+        after: int | None = 0
+        done: builtins.list[int] = []
+        while after is not None:
+            page: ops.BulkResult = await self._storage.call(
+                op(ops.JobFilter(queue, name, when, after))
+            )
+            done.extend(page.ids)
+            after = page.last_seen
+        return done
+
+    async def purge(
+        self,
+        *,
+        status: JobState | str,
+        older_than: float | dt.timedelta,
+        queue: str | None = None,
+        batch: int = 500,
+    ) -> int:
+        """Delete finished jobs of ``status`` (completed, dead or cancelled) that finished
+        more than ``older_than`` ago, oldest first, ``batch`` per transaction; the number
+        deleted. What the retention sweeper does, on demand."""
+        state = _state(status)
+        if not state.is_terminal:
+            raise InvalidArgumentError(f"only finished jobs are purged, not {status!r}")
+        age = older_than.total_seconds() if isinstance(older_than, dt.timedelta) else older_than
+        if isinstance(age, bool) or not isinstance(age, int | float) or not 0 <= age < math.inf:
+            raise InvalidArgumentError(f"older_than must be >= 0 seconds, got {older_than!r}")
+        before, deleted = self._clock.now() - age, 0
+        while True:
+            ids: builtins.list[int] = await self._storage.call(
+                ops.Purge((state,), before, batch, queue)
+            )
+            deleted += len(ids)
+            if len(ids) < batch:
+                return deleted
 
     async def pause(self, queue: str) -> bool:
         """Stop every process on this database from claiming jobs of ``queue``, until
@@ -433,9 +638,9 @@ def _check_job_id(job_id: object) -> int:
     return job_id
 
 
-def _state(status: JobState | str | None) -> JobState | None:
+def _state(status: JobState | str) -> JobState:
     try:
-        return None if status is None else JobState(status)
+        return JobState(status)
     except ValueError:
         names = ", ".join(s.value for s in JobState)
         raise InvalidArgumentError(f"unknown status {status!r}; use one of {names}") from None

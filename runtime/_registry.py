@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import typing
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import attrs
@@ -13,7 +13,16 @@ import attrs
 from trioforge._cron import CronSchedule
 from trioforge._errors import ConfigurationError, InvalidStateError, UnknownJobError
 from trioforge._payloads import NO_PAYLOAD
-from trioforge._rules import AttemptOutcome, PriorityLike, Retry, parse_priority
+from trioforge._policy import Queue
+from trioforge._rules import (
+    AttemptOutcome,
+    ConcurrencyLimit,
+    JobLimits,
+    PriorityLike,
+    RateLimit,
+    Retry,
+    parse_priority,
+)
 
 if TYPE_CHECKING:
     from trioforge._context import JobContext
@@ -28,6 +37,7 @@ __all__ = [
     "JobDefinition",
     "Registry",
     "WorkflowSpec",
+    "check_capabilities",
 ]
 
 Handler = Callable[..., Awaitable[Any]]
@@ -138,6 +148,35 @@ class JobDefinition:
     cron: CronSpec | None = None
     #: Set for workflows (``registry.workflow``): runs that replay, suspend and resume.
     workflow: WorkflowSpec | None = None
+    #: The settings left unset at declaration ("retry", "timeout"): the queue's policy
+    #: gives them (see :class:`~trioforge.Queue`), else the defaults above.
+    inherits: frozenset[str] = frozenset()
+    #: Whether the web app's ``POST /api/jobs/{name}`` may enqueue it (anyone who reaches
+    #: the app can: declare only what a browser may start).
+    public: bool = False
+    #: Capabilities a process must have to run it (``open_runtime(capabilities=...)``).
+    requires: frozenset[str] = frozenset()
+    rate_limit: RateLimit | None = None
+    concurrency: ConcurrencyLimit | None = None
+
+    @property
+    def limits(self) -> JobLimits | None:
+        """What a claim must respect for this job (None: nothing)."""
+        if self.rate_limit is None and self.concurrency is None:
+            return None
+        return JobLimits(self.rate_limit, self.concurrency)
+
+    def retry_in(self, policy: Queue | None) -> Retry:
+        """The retry policy in a queue with ``policy``."""
+        if "retry" in self.inherits and policy is not None and policy.retry is not None:
+            return policy.retry
+        return self.retry
+
+    def timeout_in(self, policy: Queue | None) -> float | None:
+        """The timeout in seconds in a queue with ``policy`` (None: no timeout)."""
+        if "timeout" in self.inherits and policy is not None and policy.timeout is not None:
+            return policy.timeout
+        return self.timeout
 
     def __call__(self, ctx: JobContext, *args: Any) -> Awaitable[Any]:
         return self.handler(ctx, *args)
@@ -145,6 +184,22 @@ class JobDefinition:
     @property
     def takes_payload(self) -> bool:
         return self.payload_type is not NO_PAYLOAD
+
+
+def check_capabilities(
+    values: Iterable[str], what: str, error: type[ValueError] = ConfigurationError
+) -> frozenset[str]:
+    """A set of capability names, each a non-empty string."""
+    if isinstance(values, str):
+        raise error(f"{what} must be a set of names, not the string {values!r}")
+    try:
+        names = frozenset(values)
+    except TypeError:
+        raise error(f"{what} must be a set of names, got {values!r}") from None
+    for value in names:
+        if not isinstance(value, str) or not value:
+            raise error(f"{what}: capability names are non-empty strings, got {value!r}")
+    return names
 
 
 def _payload_type(handler: Handler, name: str) -> Any:
@@ -176,6 +231,7 @@ class Registry:
     def __init__(self) -> None:
         self._jobs: dict[str, JobDefinition] = {}
         self._latest: dict[str, JobDefinition] = {}  # workflow name -> its highest version
+        self._limits: dict[tuple[type, str], object] = {}  # limits shared by name
         self._frozen = False
         self.before_hooks: list[BeforeHook] = []
         #: Every after hook, in the one-argument form (see ``after_perform``).
@@ -190,10 +246,18 @@ class Registry:
         retry: Retry | None = None,
         timeout: float | None = None,
         payload: Any = None,
+        public: bool = False,
+        requires: Iterable[str] = (),
+        rate_limit: RateLimit | None = None,
+        concurrency: ConcurrencyLimit | None = None,
     ) -> Callable[[Handler], JobDefinition]:
         """Declare ``async def handler(ctx, payload: T)`` as job ``name``.
 
-        ``payload`` overrides the type read from the handler's annotation.
+        ``payload`` overrides the type read from the handler's annotation. ``public=True``
+        lets the web app's ``POST /api/jobs/{name}`` enqueue it (payload checked the same).
+        ``requires``: only a process opened with all these capabilities claims it.
+        ``rate_limit`` and ``concurrency`` hold its starts back across every process (jobs
+        naming the same limit share it; it must then be declared with the same settings).
         """
         self._check_open(f"job {name!r}")
         if not isinstance(name, str) or not name:
@@ -205,6 +269,21 @@ class Registry:
         if timeout is not None and not timeout > 0:
             raise ConfigurationError(f"job {name!r}: timeout must be > 0 seconds or None")
         level = parse_priority(priority)
+        needs = check_capabilities(requires, f"job {name!r}: requires")
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise ConfigurationError(f"job {name!r}: rate_limit must be a trioforge.RateLimit")
+        if concurrency is not None and not isinstance(concurrency, ConcurrencyLimit):
+            raise ConfigurationError(
+                f"job {name!r}: concurrency must be a trioforge.ConcurrencyLimit"
+            )
+        for limit in (rate_limit, concurrency):
+            if limit is not None:
+                known = self._limits.setdefault((type(limit), limit.name), limit)
+                if known != limit:
+                    raise ConfigurationError(
+                        f"job {name!r}: limit {limit.name!r} is already declared as {known!r}; "
+                        "jobs sharing a limit must give it the same settings"
+                    )
 
         def register(handler: Handler) -> JobDefinition:
             self._check_open(f"job {name!r}")
@@ -220,7 +299,15 @@ class Registry:
                 priority=level,
                 retry=retry if retry is not None else Retry(),
                 timeout=timeout,
-            )
+                inherits=frozenset(
+                    field for field, value in (("retry", retry), ("timeout", timeout))
+                    if value is None
+                ),
+                public=bool(public),
+                requires=needs,
+                rate_limit=rate_limit,
+                concurrency=concurrency,
+            )  # fmt: skip
             self._jobs[name] = definition
             return definition
 

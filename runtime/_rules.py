@@ -34,9 +34,11 @@ still the job's current lease and the job is still running.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
-from collections.abc import Callable
-from typing import Literal, TypeAlias
+import math
+from collections.abc import Callable, Mapping, Set
+from typing import Any, Literal, TypeAlias
 
 import attrs
 
@@ -46,15 +48,21 @@ __all__ = [
     "PENDING_STATES",
     "TERMINAL_STATES",
     "TRANSITIONS",
+    "FLOW_WINDOW",
     "AttemptOutcome",
+    "Bucket",
     "Cancelled",
     "Claimed",
     "Compensated",
+    "ConcurrencyLimit",
     "Discarded",
     "Event",
     "Failed",
+    "FlowGate",
+    "JobLimits",
     "JobState",
     "Priority",
+    "RateLimit",
     "Released",
     "Rescued",
     "Retried",
@@ -69,6 +77,7 @@ __all__ = [
     "is_due",
     "next_state",
     "parse_priority",
+    "refill",
     "rescue_outcome",
 ]
 
@@ -148,6 +157,7 @@ class Retry:
     max_delay: float = 300.0
     jitter: float = 0.0
     on: tuple[type[BaseException], ...] = ()
+    discard_on: tuple[type[BaseException], ...] | Callable[[BaseException], bool] = ()
 
     def __attrs_post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -158,6 +168,30 @@ class Retry:
             raise ConfigurationError("Retry delays must be >= 0 seconds")
         if not 0.0 <= self.jitter < 1.0:
             raise ConfigurationError("Retry.jitter must be a fraction in [0, 1)")
+        is_function = callable(self.discard_on) and not isinstance(self.discard_on, type)
+        if not is_function and not (
+            isinstance(self.discard_on, tuple)
+            and all(isinstance(t, type) and issubclass(t, BaseException) for t in self.discard_on)
+        ):
+            raise ConfigurationError(
+                "Retry.discard_on must be a tuple of exception types (one type: "
+                f"(TypeError,)) or a function (exc) -> bool, got {self.discard_on!r}"
+            )
+
+    def discards(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (a group: any exception in it) is one ``discard_on`` names."""
+        condition = self.discard_on
+        if condition == ():
+            return False
+        try:
+            if isinstance(exc, BaseExceptionGroup):
+                found, _ = exc.split(condition)
+                return found is not None
+            if isinstance(condition, tuple):
+                return isinstance(exc, condition)
+            return bool(condition(exc))
+        except Exception:
+            return False
 
     def retries(self, exc: BaseException) -> bool:
         """Whether ``exc`` is of a type this policy retries (a group: all of its leaves)."""
@@ -325,7 +359,7 @@ def failure_outcome(
     policy: Retry, attempt: int, exc: BaseException, now: float, u: float = 0.0
 ) -> Failed:
     """Decide what failed attempt ``attempt`` leads to."""
-    if attempt >= policy.max_attempts or not policy.retries(exc):
+    if attempt >= policy.max_attempts or policy.discards(exc) or not policy.retries(exc):
         return Failed(retry_at=None)
     return Failed(retry_at=now + backoff_delay(policy, attempt, u))
 
@@ -369,3 +403,214 @@ _ATTEMPT_OUTCOMES: dict[type[Event], AttemptOutcome] = {
     Suspended: AttemptOutcome.SUSPENDED,
     Compensated: AttemptOutcome.COMPENSATED,
 }
+
+
+def counted_as(outcome: AttemptOutcome, *, will_retry: bool) -> tuple[str, ...]:
+    """The metrics counters an attempt's end adds one to: a failure (raised or timed out)
+    is ``failed`` and then ``retried`` or ``dead``; a discard is ``dead``; a release or a
+    lost lease counts nothing (the attempt did not end the job's run here)."""
+    if outcome is AttemptOutcome.COMPLETED:
+        return ("completed",)
+    if outcome in (AttemptOutcome.FAILED, AttemptOutcome.TIMED_OUT):
+        return ("failed", "retried" if will_retry else "dead")
+    if outcome is AttemptOutcome.DISCARDED:
+        return ("dead",)
+    if outcome is AttemptOutcome.CANCELLED:
+        return ("cancelled",)
+    return ()
+
+
+# --- flow control ----------------------------------------------------------------------
+#
+# A claim walks the due jobs of its queue in claim order and asks a FlowGate about each:
+# a job starts only if its concurrency key has a free slot and its rate bucket a token.
+# The SQL backends read the counters and buckets a claim needs (locked, on PostgreSQL) in
+# the claim's own transaction and feed them to the same gate, so every backend decides
+# alike; the memory backend keeps them in dicts.
+
+#: Due jobs one flow-controlled claim looks at, at most (those held back included).
+FLOW_WINDOW = 1000
+#: Seconds: a bucket whose next whole token is this close has it, and a held-back job is
+#: looked at again no sooner than this: epoch times carry ~1e-7 s of float rounding, and
+#: a fetcher sleeping until the computed refill time must find the token there (or at
+#: least a later instant), never spin at one instant.
+_TOKEN_EPSILON = 1e-6
+
+
+def _check_limit_name(kind: str, name: object) -> None:
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ConfigurationError(
+            f"a {kind} name must be a non-empty string without ':', got {name!r}"
+        )
+
+
+def _limit_key(name: str, key: Callable[[Any], object] | None, payload: Any) -> str:
+    if key is None:
+        return name
+    return f"{name}:{key(payload)}"
+
+
+@attrs.frozen
+class RateLimit:
+    """At most ``rate`` starts per ``per`` (seconds or a timedelta), in bursts of up to
+    ``burst``: a token bucket of ``burst`` tokens refilled at ``rate / per`` per second,
+    one token per start. So in any window of W seconds at most ``rate/per * W + burst``
+    jobs start, across every process. Jobs declaring a limit of the same ``name`` share
+    its bucket; with ``key`` (a function of the payload) each key value has its own.
+    """
+
+    name: str
+    rate: float
+    per: float | dt.timedelta = 1.0
+    burst: int = 1
+    key: Callable[[Any], object] | None = attrs.field(default=None, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        _check_limit_name("rate limit", self.name)
+        per = self.per.total_seconds() if isinstance(self.per, dt.timedelta) else self.per
+        if not (isinstance(self.rate, int | float) and 0 < self.rate < math.inf):
+            raise ConfigurationError(f"RateLimit.rate must be a number > 0, got {self.rate!r}")
+        if not (isinstance(per, int | float) and 0 < per < math.inf):
+            raise ConfigurationError(f"RateLimit.per must be > 0 seconds, got {self.per!r}")
+        if isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 1:
+            raise ConfigurationError(f"RateLimit.burst must be an int >= 1, got {self.burst!r}")
+        if self.key is not None and not callable(self.key):
+            raise ConfigurationError("RateLimit.key must be a function of the payload")
+
+    @property
+    def per_second(self) -> float:
+        per = self.per.total_seconds() if isinstance(self.per, dt.timedelta) else self.per
+        return self.rate / per
+
+    def key_for(self, payload: Any) -> str:
+        """The bucket a job with ``payload`` takes its token from."""
+        return _limit_key(self.name, self.key, payload)
+
+
+@attrs.frozen
+class ConcurrencyLimit:
+    """At most ``limit`` jobs running at once across every process, per value of ``key``
+    (a function of the payload; none: one count for the name). Jobs declaring a limit of
+    the same ``name`` share its counts."""
+
+    name: str
+    limit: int
+    key: Callable[[Any], object] | None = attrs.field(default=None, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        _check_limit_name("concurrency limit", self.name)
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+            raise ConfigurationError(
+                f"ConcurrencyLimit.limit must be an int >= 1, got {self.limit!r}"
+            )
+        if self.key is not None and not callable(self.key):
+            raise ConfigurationError("ConcurrencyLimit.key must be a function of the payload")
+
+    def key_for(self, payload: Any) -> str:
+        """The count a job with ``payload`` is part of."""
+        return _limit_key(self.name, self.key, payload)
+
+
+@attrs.frozen
+class JobLimits:
+    """The limits a claimer applies to one job name."""
+
+    rate: RateLimit | None = None
+    concurrency: ConcurrencyLimit | None = None
+
+
+@attrs.frozen
+class Bucket:
+    """A token bucket as stored: ``tokens`` as of ``at``."""
+
+    tokens: float
+    at: float
+
+
+def refill(bucket: Bucket | None, limit: RateLimit, now: float) -> Bucket:
+    """The bucket at ``now``: full when new, refilled for the time since ``at`` (never
+    past ``burst``; a clock behind ``at`` refills nothing and keeps ``at``)."""
+    if bucket is None:
+        return Bucket(float(limit.burst), now)
+    if now <= bucket.at:
+        return bucket
+    tokens = min(float(limit.burst), bucket.tokens + (now - bucket.at) * limit.per_second)
+    return Bucket(tokens, now)
+
+
+def next_token_at(bucket: Bucket, limit: RateLimit) -> float:
+    """When ``bucket`` (refilled) holds a whole token again."""
+    return bucket.at + max(0.0, 1.0 - bucket.tokens) / limit.per_second
+
+
+class FlowGate:
+    """Decides, job by job in claim order, which due jobs one claim may start.
+
+    ``running`` counts running jobs per concurrency key and ``buckets`` holds the stored
+    buckets of the rate keys involved, as read in the claim's transaction. After the walk,
+    :attr:`buckets` holds the buckets to store back, :attr:`next_token_at` the earliest
+    time a job held back by a rate limit gets a token, and :attr:`held` whether a
+    concurrency limit held any job back (it frees when a running one ends).
+    """
+
+    def __init__(
+        self,
+        limits: Mapping[str, JobLimits],
+        running: Mapping[str, int],
+        buckets: Mapping[str, Bucket],
+        now: float,
+    ) -> None:
+        self._limits = limits
+        self._running = dict(running)
+        self._stored = buckets
+        self._now = now
+        self.buckets: dict[str, Bucket] = {}
+        self.next_token_at: float | None = None
+        self.held = False
+        self._busy: set[str] = set()
+
+    def learn(
+        self,
+        running: Mapping[str, int],
+        buckets: Mapping[str, Bucket],
+        busy: Set[str] = frozenset(),
+    ) -> None:
+        """Counts and stored buckets of more keys (a claim reading due jobs in chunks);
+        keys already known keep what this claim made of them. ``busy`` keys (rate or
+        concurrency) could not be read now (another claim holds them): their jobs wait."""
+        for key, count in running.items():
+            self._running.setdefault(key, count)
+        self._stored = {**buckets, **self._stored}
+        self._busy |= busy
+
+    def admit(self, name: str, rate_key: str | None, concurrency_key: str | None) -> bool:
+        """Whether the job may start now; if so, it takes its slot and its token."""
+        limits = self._limits.get(name)
+        if limits is None:
+            return True
+        if self._busy and (concurrency_key in self._busy or rate_key in self._busy):
+            self.held = True  # look again soon: the other claim is about to commit
+            return False
+        concurrency = limits.concurrency if concurrency_key is not None else None
+        if (
+            concurrency is not None
+            and concurrency_key is not None
+            and self._running.get(concurrency_key, 0) >= concurrency.limit
+        ):
+            self.held = True
+            return False
+        rate = limits.rate if rate_key is not None else None
+        if rate is not None and rate_key is not None:
+            bucket = self.buckets.get(rate_key) or refill(
+                self._stored.get(rate_key), rate, self._now
+            )
+            if (1.0 - bucket.tokens) / rate.per_second > _TOKEN_EPSILON:
+                self.buckets[rate_key] = bucket
+                at = max(next_token_at(bucket, rate), self._now + _TOKEN_EPSILON)
+                if self.next_token_at is None or at < self.next_token_at:
+                    self.next_token_at = at
+                return False
+            self.buckets[rate_key] = Bucket(max(0.0, bucket.tokens - 1.0), bucket.at)
+        if concurrency is not None and concurrency_key is not None:
+            self._running[concurrency_key] = self._running.get(concurrency_key, 0) + 1
+        return True

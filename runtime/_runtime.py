@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -26,12 +26,14 @@ from trioforge._errors import (
     unwrapped,
 )
 from trioforge._payloads import decode, encode_result
-from trioforge._registry import AttemptEnd, CronTick, JobDefinition, Registry
-from trioforge._rules import AttemptOutcome, Retry
+from trioforge._policy import Queue, QueueLike, Retention, queue_policies, queue_sizes, seconds
+from trioforge._registry import AttemptEnd, CronTick, JobDefinition, Registry, check_capabilities
+from trioforge._rules import AttemptOutcome, JobLimits, Retry, failure_outcome
 from trioforge._workflow import WorkflowAttempt, WorkflowContext
 from trioforge.actors import (
     Ended,
     Finished,
+    LiveFeed,
     QueueConfig,
     QueueSupervisor,
     RunningJobs,
@@ -39,16 +41,22 @@ from trioforge.actors import (
     StorageHandle,
     heartbeat,
     listener,
+    live_feed,
+    open_live_feed,
     open_storage_channel,
     reaper,
     storage_actor,
 )
 from trioforge.actors.cron import CronJob, cron_scheduler
+from trioforge.actors.queue import HeldQueues
 from trioforge.actors.storage_actor import log_failure
+from trioforge.actors.sweeper import SweepPlan, sweeper
+from trioforge.metrics import Metrics
 from trioforge.storage import (
     Backend,
     ClaimedJob,
     Notice,
+    ProcessDetails,
     WakeNotice,
     WorkflowRecord,
     backend_for_url,
@@ -62,6 +70,25 @@ log = logging.getLogger("trioforge.runtime")
 
 #: Concurrency of each registry queue when ``queues`` is not given.
 DEFAULT_CONCURRENCY = 10
+#: How long finished jobs are kept unless a queue's policy says otherwise.
+DEFAULT_RETENTION = Retention()
+
+
+def _interval(value: float) -> float:
+    if not seconds(value, "sweep_interval") > 0:
+        raise ConfigurationError(f"sweep_interval must be > 0 seconds, got {value!r}")
+    return float(value)
+
+
+def _sweep_plans(policies: Mapping[str, Queue], default: Retention) -> tuple[SweepPlan, ...]:
+    """The queues with a retention of their own, then every other queue by the default."""
+    if not isinstance(default, Retention):
+        raise ConfigurationError(f"retention must be a trioforge.Retention, got {default!r}")
+    own = {name: p.retention for name, p in policies.items() if p.retention is not None}
+    plans = [SweepPlan(name, (), r.ages()) for name, r in sorted(own.items()) if r.ages()]
+    if default.ages():
+        plans.append(SweepPlan(None, tuple(sorted(own)), default.ages()))
+    return tuple(plans)
 
 
 @attrs.frozen
@@ -76,28 +103,54 @@ class RuntimeStatistics:
 class _RegistryJobs:
     """Adapts a Registry to what workers need (the actors' ``JobTable``)."""
 
-    def __init__(self, registry: Registry, make_context: Any, parts: _Parts) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        make_context: Any,
+        policies: Mapping[str, Queue],
+        metrics: Metrics | None,
+        clock: Clock,
+        *,
+        storage: StorageHandle,
+        wake: Callable[[str, float], None],
+    ) -> None:
         self._registry = registry
         self._make_context = make_context
-        self._parts = parts
+        self._policies = policies
+        self._metrics = metrics
+        self._clock = clock
+        self._storage = storage
+        self._wake = wake
 
     def names(self) -> frozenset[str]:
         return self._registry.names()
 
-    def policy(self, name: str) -> tuple[Retry, float | None]:
-        definition = self._registry.get(name)
-        return definition.retry, definition.timeout
+    def limits(self) -> dict[str, JobLimits]:
+        return {d.name: d.limits for d in self._registry if d.limits is not None}
+
+    def policy(self, job: ClaimedJob) -> tuple[Retry, float | None]:
+        definition = self._registry.get(job.name)
+        policy = self._policies.get(job.queue)
+        if definition.workflow is not None:  # a run's deadline is its own (see _workflow)
+            return definition.retry, None
+        timeout = job.timeout if job.timeout is not None else definition.timeout_in(policy)
+        return definition.retry_in(policy), timeout
 
     def attempt(self, job: ClaimedJob) -> _Attempt | WorkflowAttempt:
         definition = self._registry.get(job.name)
-        if definition.workflow is None:
+        if definition.workflow is not None:  # a run: not measured as a job's attempt
+            return WorkflowAttempt(
+                definition,
+                job,
+                partial(self._workflow_context, definition),
+                storage=self._storage,
+                clock=self._clock,
+            )
+        if self._metrics is None:
             return _Attempt(self._registry, self._make_context, job)
-        return WorkflowAttempt(
-            definition,
-            job,
-            partial(self._workflow_context, definition),
-            storage=self._parts.storage,
-            clock=self._parts.settings.clock,
+        retry, _ = self.policy(job)
+        return _MeasuredAttempt(
+            self._registry, self._make_context, job, self._metrics, self._clock, retry
         )
 
     def _workflow_context(
@@ -110,7 +163,7 @@ class _RegistryJobs:
             record=record,
             registry=self._registry,
             version=definition.workflow.version,
-            wake=self._parts.wake,
+            wake=self._wake,
         )
         return context
 
@@ -162,6 +215,45 @@ class _Attempt:
                 await hook(end)
             except Exception:
                 ctx.log.exception("an after_perform hook failed")
+
+
+class _MeasuredAttempt(_Attempt):
+    """An attempt that also tells the process's metrics when it starts and how it ended."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        make_context: Any,
+        job: ClaimedJob,
+        metrics: Metrics,
+        clock: Clock,
+        retry: Retry,
+    ) -> None:
+        super().__init__(registry, make_context, job)
+        self._metrics, self._clock = metrics, clock
+        self._retry = attrs.evolve(retry, max_attempts=job.max_attempts)
+        self._began: float | None = None
+
+    async def run(self) -> str | None:
+        job = self._job
+        self._began = trio.current_time()
+        self._metrics.started(job.queue, job.name, self._clock.now() - job.run_at)
+        return await super().run()
+
+    @property
+    def watched(self) -> bool:
+        return True
+
+    async def end(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
+        if self._began is not None:  # it started (not cancelled between claim and start)
+            job = self._job
+            will_retry = error is not None and (
+                failure_outcome(self._retry, job.attempt, error, 0.0).retry_at is not None
+            )
+            seconds = trio.current_time() - self._began
+            self._metrics.ended(job.queue, job.name, outcome, will_retry=will_retry,
+                                seconds=seconds)  # fmt: skip
+        await super().end(outcome, error)
 
 
 class Runtime(Client):
@@ -227,6 +319,22 @@ async def _storage(backend: Backend, clock: Clock, migrate: bool) -> AsyncIterat
 
 
 @asynccontextmanager
+async def _live(
+    backend: Backend, storage: StorageHandle, poll_interval: float
+) -> AsyncIterator[LiveFeed]:
+    """The process's live feed, running for the block (inside the storage actor's)."""
+    feed, receive = open_live_feed()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            partial(live_feed, backend, storage, feed, receive, poll_interval=poll_interval)
+        )
+        try:
+            yield feed
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
 async def open_client(
     database: str | Backend | None = None,
     *,
@@ -236,23 +344,37 @@ async def open_client(
     poll_interval: float = 1.0,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+    queues: Mapping[str, QueueLike] | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Client]:
     """Enqueue, inspect and cancel jobs without running any (web processes, scripts).
 
     ``database`` is a URL or a backend; None reads the configuration (see the README).
     ``registry`` is needed only to enqueue jobs by name. Enqueues refuse payloads over
     ``max_payload_bytes`` of JSON and idempotency keys over ``max_key_bytes`` of UTF-8.
+    ``queues`` gives the queues' policies (as on ``open_runtime``; no workers run): a
+    queue's ``retry`` sets ``max_attempts`` of the jobs enqueued here that inherit it.
+    ``poll_interval`` is how often watched jobs are re-read while storage's change
+    notices are unavailable. ``metrics`` counts this client's enqueues.
     """
+    policies = queue_policies(queues)
     clock = clock or WallClock()
-    async with unwrapped(), _storage(_backend(database), clock, migrate) as storage:
+    backend = _backend(database)
+    async with (
+        unwrapped(),
+        _storage(backend, clock, migrate) as storage,
+        _live(backend, storage, poll_interval) as feed,
+    ):
         yield Client(
             storage,
             clock,
             registry=registry,
-            finished=Finished(),
-            poll_interval=poll_interval,
+            finished=Finished(feed),
+            feed=feed,
             max_payload_bytes=max_payload_bytes,
             max_key_bytes=max_key_bytes,
+            policies=policies,
+            metrics=metrics,
         )
 
 
@@ -260,7 +382,10 @@ async def open_client(
 class _Settings:
     """``open_runtime``'s arguments, checked, with their defaults filled in."""
 
+    #: Worker count per queue.
     queues: Mapping[str, int]
+    #: Every queue's policy (defaults for its jobs).
+    policies: Mapping[str, Queue]
     clock: Clock
     owner: str
     lease_seconds: float
@@ -270,13 +395,17 @@ class _Settings:
     shutdown_grace: float
     max_payload_bytes: int
     max_key_bytes: int
+    capabilities: frozenset[str]
+    #: What the sweeper deletes, if this process wins its lease.
+    sweep_plans: tuple[SweepPlan, ...]
+    sweep_interval: float
 
     @classmethod
     def checked(
         cls,
         registry: Registry,
         *,
-        queues: Mapping[str, int] | None,
+        queues: Mapping[str, QueueLike] | None,
         clock: Clock | None,
         owner: str | None,
         lease_seconds: float,
@@ -286,20 +415,20 @@ class _Settings:
         shutdown_grace: float,
         max_payload_bytes: int,
         max_key_bytes: int,
+        capabilities: Iterable[str],
+        retention: Retention,
+        sweep_interval: float,
     ) -> _Settings:
         if queues is None:
             queues = {name: DEFAULT_CONCURRENCY for name in sorted(registry.queues())}
-        for name, size in queues.items():
-            if not isinstance(name, str) or not name or not isinstance(size, int) or size < 0:
-                raise ConfigurationError(
-                    f"queues must map queue names to worker counts >= 0, got {name!r}: {size!r}"
-                )
+        policies = queue_policies(queues)
         if not 0 < heartbeat_interval < lease_seconds:
             raise ConfigurationError(
                 "heartbeat_interval must be > 0 and shorter than lease_seconds"
             )
         return cls(
-            queues=dict(queues),
+            queues=queue_sizes(policies),
+            policies=policies,
             clock=clock or WallClock(),
             owner=owner or _default_owner(),
             lease_seconds=lease_seconds,
@@ -309,6 +438,9 @@ class _Settings:
             shutdown_grace=shutdown_grace,
             max_payload_bytes=max_payload_bytes,
             max_key_bytes=max_key_bytes,
+            capabilities=check_capabilities(capabilities, "capabilities"),
+            sweep_plans=_sweep_plans(policies, retention),
+            sweep_interval=_interval(sweep_interval),
         )
 
 
@@ -323,25 +455,33 @@ class _Parts:
         settings: _Settings,
         backend: Backend,
         storage: StorageHandle,
+        feed: LiveFeed,
         runtime_class: type[Runtime],
+        metrics: Metrics | None,
     ) -> None:
         self.settings, self.backend, self.storage = settings, backend, storage
-        self.running, self.finished = RunningJobs(), Finished()
+        self.running, self.finished = RunningJobs(), Finished(feed)
         self.supervisors: dict[str, QueueSupervisor] = {}
+        self.held = HeldQueues()
         self.runtime = runtime_class(
             storage,
             settings.clock,
             registry=registry,
             finished=self.finished,
+            feed=feed,
             running=self.running,
             wake=self.wake,
-            poll_interval=settings.poll_interval,
             max_payload_bytes=settings.max_payload_bytes,
             max_key_bytes=settings.max_key_bytes,
+            policies=settings.policies,
+            metrics=metrics,
             owner=settings.owner,
             supervisors=self.supervisors,
         )
-        self.jobs = _RegistryJobs(registry, self._context, self)
+        self.jobs = _RegistryJobs(
+            registry, self._context, settings.policies, metrics, settings.clock,
+            storage=storage, wake=self.wake,
+        )  # fmt: skip
         self.cron_jobs = [
             CronJob(
                 name=d.name,
@@ -350,7 +490,7 @@ class _Parts:
                 skip_if_running=d.cron.overlap == "skip",
                 queue=d.queue,
                 priority=d.priority,
-                max_attempts=d.retry.max_attempts,
+                max_attempts=d.retry_in(settings.policies.get(d.queue)).max_attempts,
             )
             for d in registry.schedules()
             if d.cron is not None
@@ -370,10 +510,11 @@ class _Parts:
 
     def supervisor(self, name: str, size: int) -> QueueSupervisor:
         s = self.settings
-        config = QueueConfig(name, size, s.owner, s.lease_seconds, s.poll_interval)
+        config = QueueConfig(name, size, s.owner, s.lease_seconds, s.poll_interval, s.capabilities)
         supervisor = QueueSupervisor(
-            config, self.jobs, self.storage, self.running, self.finished, s.clock
-        )
+            config, self.jobs, self.storage, self.running, self.finished, s.clock,
+            held=self.held,
+        )  # fmt: skip
         self.supervisors[name] = supervisor
         return supervisor
 
@@ -381,6 +522,17 @@ class _Parts:
         supervisor = self.supervisors.get(queue)
         if supervisor is not None:
             supervisor.wake(run_at)
+
+    def describe(self) -> ProcessDetails:
+        """This process as the heartbeat reports it (``trioforge workers list``)."""
+        s = self.settings
+        return ProcessDetails(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            pools=tuple((name, sup.size) for name, sup in self.supervisors.items()),
+            capabilities=tuple(sorted(s.capabilities)),
+            running=len(self.running),
+        )
 
     def wake_all(self) -> None:
         for queue in self.supervisors:
@@ -414,6 +566,7 @@ async def _start_services(services: trio.Nursery, parts: _Parts) -> None:
         partial(
             heartbeat, storage, parts.running, clock, owner=s.owner, queues=tuple(s.queues),
             interval=s.heartbeat_interval, lease_seconds=s.lease_seconds,
+            describe=parts.describe,
         )
     )  # fmt: skip
     await services.start(
@@ -422,6 +575,12 @@ async def _start_services(services: trio.Nursery, parts: _Parts) -> None:
             lease_seconds=s.lease_seconds, on_rescued=parts.wake_all,
         )
     )  # fmt: skip
+    if s.sweep_plans:
+        await services.start(
+            partial(
+                sweeper, storage, clock, s.sweep_plans, owner=s.owner, interval=s.sweep_interval
+            )
+        )
     if parts.cron_jobs:
         await services.start(
             partial(
@@ -458,7 +617,7 @@ async def open_runtime(
     registry: Registry,
     *,
     database: str | Backend | None = None,
-    queues: Mapping[str, int] | None = None,
+    queues: Mapping[str, QueueLike] | None = None,
     clock: Clock | None = None,
     owner: str | None = None,
     lease_seconds: float = 30.0,
@@ -469,12 +628,17 @@ async def open_runtime(
     migrate: bool = True,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+    metrics: Metrics | None = None,
+    capabilities: Iterable[str] = (),
+    retention: Retention = DEFAULT_RETENTION,
+    sweep_interval: float = 60.0,
     _runtime_class: type[Runtime] = Runtime,
 ) -> AsyncIterator[Runtime]:
     """Run workers for ``registry`` inside the caller's trio run.
 
     Returns once storage is open and migrated and every queue's actors are running.
-    ``queues`` maps queue name to worker count (None: every queue of the registry, with
+    ``queues`` maps queue name to worker count or to a :class:`~trioforge.Queue` (a count
+    plus defaults for its jobs: retry, timeout) (None: every queue of the registry, with
     10 workers each; ``{}``: no workers, a client only). A count of 0 is a standby pool:
     the process heartbeats and takes part in rescue, but claims nothing until
     :meth:`Runtime.resize` grows it.
@@ -486,18 +650,34 @@ async def open_runtime(
 
     Enqueues (``ctx.enqueue`` too) refuse payloads over ``max_payload_bytes`` of JSON and
     idempotency keys over ``max_key_bytes`` of UTF-8, storing nothing.
+
+    ``metrics`` (a :class:`trioforge.metrics.Metrics`) counts this process's enqueues,
+    starts and outcomes and times its attempts.
+
+    ``retention`` says how long finished jobs are kept in queues whose ``Queue`` policy
+    gives none (every queue on the database: the process holding the ``sweeper`` lease
+    deletes older ones every ``sweep_interval`` seconds, in small batches; give every
+    process the same policies).
+
+    ``capabilities`` names what this process offers (``{"gpu", "ffmpeg"}``): its workers
+    claim a job that ``requires`` capabilities only if it has them all.
     """
     settings = _Settings.checked(
         registry, queues=queues, clock=clock, owner=owner, lease_seconds=lease_seconds,
         heartbeat_interval=heartbeat_interval, poll_interval=poll_interval,
         rescue_interval=rescue_interval, shutdown_grace=shutdown_grace,
         max_payload_bytes=max_payload_bytes, max_key_bytes=max_key_bytes,
+        capabilities=capabilities, retention=retention, sweep_interval=sweep_interval,
     )  # fmt: skip
     registry.freeze()  # the fetchers read its job names once
     backend = _backend(database)
     # Storage first and last: every other actor writes through it, until its very end.
-    async with unwrapped(), _storage(backend, settings.clock, migrate) as storage:
-        parts = _Parts(registry, settings, backend, storage, _runtime_class)
+    async with (
+        unwrapped(),
+        _storage(backend, settings.clock, migrate) as storage,
+        _live(backend, storage, settings.poll_interval) as feed,
+    ):
+        parts = _Parts(registry, settings, backend, storage, feed, _runtime_class, metrics)
         async with trio.open_nursery() as services:
             try:
                 await _start_services(services, parts)

@@ -19,7 +19,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from trioforge._clock import VirtualClock
 from trioforge._context import JobContext
 from trioforge._errors import ConfigurationError
 from trioforge._payloads import decode, encode
+from trioforge._policy import QueueLike
 from trioforge._registry import JobDefinition, Registry
 from trioforge._rules import JobState
 from trioforge._runtime import Runtime, open_client, open_runtime
@@ -105,7 +106,7 @@ class TestRuntime(Runtime):
 async def open_test_runtime(
     registry: Registry,
     *,
-    queues: dict[str, int] | None = None,
+    queues: Mapping[str, QueueLike] | None = None,
     epoch: float = EPOCH,
     **options: Any,
 ) -> AsyncIterator[TestRuntime]:

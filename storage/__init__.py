@@ -5,9 +5,10 @@ two leaf modules every layer shares: the pure rules and the error types.
 """
 
 from trioforge.storage import _ops as ops
-from trioforge.storage._backend import Backend, opened
+from trioforge.storage._backend import Backend, Changed, opened
 from trioforge.storage._records import (
     NEVER,
+    AttemptRecord,
     CancelNotice,
     CancelResult,
     ChildRecord,
@@ -19,6 +20,7 @@ from trioforge.storage._records import (
     NewJob,
     Notice,
     Outcome,
+    ProcessDetails,
     ProcessInfo,
     RenewResult,
     SchemaStatus,
@@ -34,9 +36,11 @@ from trioforge.storage._urls import backend_for_url
 from trioforge.storage.memory import MemoryBackend
 
 __all__ = [
+    "AttemptRecord",
     "Backend",
     "CancelNotice",
     "CancelResult",
+    "Changed",
     "ChildRecord",
     "ClaimResult",
     "ClaimedJob",
@@ -48,6 +52,7 @@ __all__ = [
     "NewJob",
     "Notice",
     "Outcome",
+    "ProcessDetails",
     "ProcessInfo",
     "RenewResult",
     "SchemaStatus",

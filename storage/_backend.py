@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 import trio
 
@@ -12,7 +12,10 @@ from trioforge._errors import unwrapped
 from trioforge.storage._ops import Op
 from trioforge.storage._records import Notice, SchemaStatus
 
-__all__ = ["Backend", "opened"]
+__all__ = ["Backend", "Changed", "opened"]
+
+#: One item of :meth:`Backend.changes`: the job ids that changed, or None (unknown which).
+Changed: TypeAlias = frozenset[int] | None
 
 
 class Backend(Protocol):
@@ -36,6 +39,14 @@ class Backend(Protocol):
         """A dedicated connection receiving notices until it drops (the channel then ends).
 
         Only called when ``notifies`` is true, by the runtime's listener actor.
+        """
+        ...
+
+    def changes(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Changed]]:
+        """A feed of which jobs changed (status or progress), in any process, until it
+        drops (the channel then ends): each item is a set of job ids, or None for "some
+        jobs may have changed" (re-read every watched one). Opened by the live feed only
+        while something is watched; may raise DatabaseUnavailableError.
         """
         ...
 

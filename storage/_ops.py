@@ -8,24 +8,29 @@ one bad request never fails its neighbours.
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from typing import Any, TypeAlias
 
 import attrs
 
-from trioforge._rules import JobState
-from trioforge.storage._records import NewJob, Outcome, StepRecord
+from trioforge._rules import JobLimits, JobState
+from trioforge.storage._records import NewJob, Outcome, ProcessDetails, StepRecord
 
 __all__ = [
+    "Attempts",
     "Beat",
+    "BulkResult",
     "Cancel",
     "Claim",
     "CronStates",
     "Discard",
+    "DiscardMany",
     "Enqueue",
     "FireCron",
     "Finish",
     "Get",
+    "GetMany",
+    "JobFilter",
     "Lead",
     "Leave",
     "ListJobs",
@@ -37,12 +42,15 @@ __all__ = [
     "Progress",
     "ReadWorkflow",
     "RecordStep",
+    "Purge",
     "ReleaseOrphans",
     "Renew",
     "Rescue",
     "RetryJob",
     "SendSignal",
+    "RetryMany",
     "Stats",
+    "Throughput",
     "handlers",
 ]
 
@@ -56,14 +64,18 @@ class Enqueue:
 
 @attrs.frozen
 class Claim:
-    """-> ClaimResult: up to ``limit`` due jobs of ``queue`` whose name is in ``names``;
-    none (and no next run_at) while the queue is paused."""
+    """-> ClaimResult: up to ``limit`` due jobs of ``queue`` whose name is in ``names`` and
+    whose required capabilities are all in ``capabilities``; none (and no next run_at)
+    while the queue is paused. Jobs whose name has ``limits`` start only as their
+    concurrency and rate limits allow (``FlowGate``, in this claim's transaction)."""
 
     queue: str
     names: Set[str]
     limit: int
     owner: str
     lease_until: float
+    capabilities: Set[str] = frozenset()
+    limits: Mapping[str, JobLimits] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -113,17 +125,34 @@ class Get:
 
 
 @attrs.frozen
+class GetMany:
+    """-> dict[int, JobInfo]: the snapshots of those of ``job_ids`` that exist (the live
+    feed re-reads every watched job that changed in one operation)."""
+
+    job_ids: tuple[int, ...]
+
+
+@attrs.frozen
 class ListJobs:
-    """-> list[JobInfo], newest first."""
+    """-> list[JobInfo], newest first; with ``before``, only ids below it (the next page)."""
 
     status: JobState | None = None
     queue: str | None = None
     name: str | None = None
     limit: int = 100
+    before: int | None = None
     #: Only workflow runs (jobs stored as ``workflow``), newest first like any listing.
     runs_only: bool = False
     #: Only runs of this workflow, every version (its job names are ``workflow@vN``).
     workflow: str | None = None
+
+
+@attrs.frozen
+class Throughput:
+    """-> dict[str, dict[JobState, int]]: per queue, jobs that reached each terminal state
+    since ``since`` (epoch seconds)."""
+
+    since: float
 
 
 @attrs.frozen
@@ -163,6 +192,7 @@ class Beat:
 
     owner: str
     queues: tuple[str, ...]
+    details: ProcessDetails | None = None
 
 
 @attrs.frozen
@@ -274,6 +304,78 @@ class SendSignal:
     payload: str
 
 
+@attrs.frozen
+class Purge:
+    """-> list[int]: delete up to ``limit`` finished jobs whose status is in ``statuses``
+    and whose ``finished_at`` is before ``before``, oldest first, of ``queue`` (None: of
+    every queue not in ``exclude``). Retention deletes in such small batches, each its own
+    transaction, so no long lock is ever held."""
+
+    statuses: tuple[JobState, ...]
+    before: float
+    limit: int = 500
+    queue: str | None = None
+    exclude: tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if not self.statuses or any(not JobState(s).is_terminal for s in self.statuses):
+            raise ValueError("only finished jobs (completed, dead, cancelled) are purged")
+
+
+@attrs.frozen
+class Attempts:
+    """-> list[AttemptRecord]: every error the job's attempts left, oldest first, the
+    current one last (empty for an unknown job)."""
+
+    job_id: int
+
+
+@attrs.frozen
+class JobFilter:
+    """Which jobs a bulk operation touches: every given filter must match. ``since``: jobs
+    that finished (unfinished ones: were enqueued) at or after it. ``after_id``: only ids
+    above it, oldest first, so a caller pages through ``limit`` at a time."""
+
+    queue: str | None = None
+    name: str | None = None
+    since: float | None = None
+    after_id: int = 0
+    limit: int = 1000
+
+
+@attrs.frozen
+class RetryMany:
+    """-> BulkResult: jobs of ``status`` (dead or cancelled) matching ``where`` made
+    available again with fresh attempts, as :class:`RetryJob` does; a job whose
+    idempotency key another unfinished job holds is skipped."""
+
+    status: JobState
+    where: JobFilter
+
+    def __attrs_post_init__(self) -> None:
+        if self.status not in (JobState.DEAD, JobState.CANCELLED):
+            raise ValueError("only dead or cancelled jobs are retried")
+
+
+@attrs.frozen
+class DiscardMany:
+    """-> BulkResult: pending jobs (of ``status``; None: any pending one) matching
+    ``where`` sent to dead with ``reason``, as :class:`Discard` does."""
+
+    status: JobState | None
+    where: JobFilter
+    reason: str
+
+
+@attrs.frozen
+class BulkResult:
+    """What a bulk operation did: the ids it changed, and the last id it looked at (the
+    next page starts after it; None: there is nothing further)."""
+
+    ids: tuple[int, ...]
+    last_seen: int | None
+
+
 def handlers(backend: object) -> dict[type, Any]:
     """Each operation type mapped to the backend's method for it, named ``_<op_name>``
     (e.g. ``_enqueue``, ``_list_jobs``); a missing method fails at construction."""
@@ -288,12 +390,14 @@ Op: TypeAlias = (
     | ReleaseOrphans
     | Progress
     | Get
+    | GetMany
     | ListJobs
     | Cancel
     | RetryJob
     | Discard
     | Rescue
     | Stats
+    | Throughput
     | PauseQueue
     | PausedQueues
     | Beat
@@ -306,6 +410,10 @@ Op: TypeAlias = (
     | ReadWorkflow
     | RecordStep
     | SendSignal
+    | Purge
+    | Attempts
+    | RetryMany
+    | DiscardMany
 )
 
 _NAMES: dict[type, str] = {
@@ -316,12 +424,14 @@ _NAMES: dict[type, str] = {
     ReleaseOrphans: "release_orphans",
     Progress: "progress",
     Get: "get",
+    GetMany: "get_many",
     ListJobs: "list_jobs",
     Cancel: "cancel",
     RetryJob: "retry_job",
     Discard: "discard",
     Rescue: "rescue",
     Stats: "stats",
+    Throughput: "throughput",
     PauseQueue: "pause_queue",
     PausedQueues: "paused_queues",
     Beat: "beat",
@@ -334,4 +444,8 @@ _NAMES: dict[type, str] = {
     ReadWorkflow: "read_workflow",
     RecordStep: "record_step",
     SendSignal: "send_signal",
+    Purge: "purge",
+    Attempts: "attempts",
+    RetryMany: "retry_many",
+    DiscardMany: "discard_many",
 }

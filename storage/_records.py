@@ -25,10 +25,11 @@ from trioforge._rules import (
 )
 
 __all__ = [
-    "CancelNotice",
+    "AttemptRecord",
     "CancelResult",
-    "ChildRecord",
     "ClaimResult",
+    "CancelNotice",
+    "ChildRecord",
     "ClaimedJob",
     "CronState",
     "Enqueued",
@@ -39,8 +40,9 @@ __all__ = [
     "NewJob",
     "Notice",
     "Outcome",
-    "OutcomeEvent",
+    "ProcessDetails",
     "ProcessInfo",
+    "OutcomeEvent",
     "RenewResult",
     "SchemaStatus",
     "SignalRecord",
@@ -83,6 +85,13 @@ class NewJob:
     parent_id: int | None = None
     #: A workflow run: cancelling it while it waits hands it to a worker to compensate.
     workflow: bool = False
+    #: Seconds an attempt may run, set per enqueue (None: the job's own timeout).
+    timeout: float | None = None
+    #: Capabilities a process must have to claim it (sorted; empty: any process).
+    requires: tuple[str, ...] = ()
+    #: Its rate-limit bucket and concurrency count (see ``trioforge._rules.FlowGate``).
+    rate_key: str | None = None
+    concurrency_key: str | None = None
 
 
 @attrs.frozen
@@ -105,6 +114,8 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     lease: int
+    #: The per-enqueue timeout, if one was given.
+    timeout: float | None = None
 
 
 @attrs.frozen
@@ -112,6 +123,10 @@ class ClaimResult:
     jobs: tuple[ClaimedJob, ...]
     #: Earliest run_at of a not-yet-due job this claimer could run, if any: when to look again.
     next_run_at: float | None
+    #: Earliest time a due job held back by a rate limit gets its token.
+    next_token_at: float | None = None
+    #: Whether a concurrency limit held back a due job (it frees when a running one ends).
+    held: bool = False
 
 
 @attrs.frozen
@@ -176,6 +191,46 @@ class FireResult:
 
 
 @attrs.frozen
+class AttemptRecord:
+    """One attempt's error, kept when a later write replaced it (a retry's claim, a
+    rescue, an operator's retry), or the job's current one."""
+
+    attempt: int
+    started_at: float | None
+    error: str
+
+
+@attrs.frozen
+class ProcessDetails:
+    """What a runtime says about itself at each heartbeat (``trioforge workers list``)."""
+
+    host: str
+    pid: int
+    #: Worker pool size per queue, at the last beat.
+    pools: tuple[tuple[str, int], ...]
+    capabilities: tuple[str, ...]
+    #: Jobs running (or with their outcome unwritten) there at the last beat.
+    running: int
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"host": self.host, "pid": self.pid, "pools": dict(self.pools),
+             "capabilities": list(self.capabilities), "running": self.running}
+        )  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str | None) -> ProcessDetails | None:
+        if text is None:
+            return None
+        data = json.loads(text)
+        return cls(
+            str(data["host"]), int(data["pid"]),
+            tuple((str(q), int(n)) for q, n in data["pools"].items()),
+            tuple(str(c) for c in data["capabilities"]), int(data["running"]),
+        )  # fmt: skip
+
+
+@attrs.frozen
 class ProcessInfo:
     """A row of the process registry: a runtime that heartbeats."""
 
@@ -183,6 +238,8 @@ class ProcessInfo:
     queues: tuple[str, ...]
     started_at: float
     heartbeat_at: float
+    #: None for a process that did not say (an older trioforge).
+    details: ProcessDetails | None = None
 
 
 @attrs.frozen

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
 
 import attrs
@@ -18,13 +19,16 @@ import trio
 
 from trioforge._errors import InvalidArgumentError, InvalidStateError, JobNotFoundError
 from trioforge._rules import (
+    FLOW_WINDOW,
     PENDING_STATES,
     TERMINAL_STATES,
+    Bucket,
     Cancelled,
     Claimed,
     Discarded,
     Event,
     Failed,
+    FlowGate,
     JobState,
     Released,
     Retried,
@@ -35,7 +39,10 @@ from trioforge._rules import (
     rescue_outcome,
 )
 from trioforge.storage import _ops as ops
+from trioforge.storage._backend import Changed
+from trioforge.storage._changes import changed_jobs
 from trioforge.storage._records import (
+    AttemptRecord,
     CancelResult,
     ChildRecord,
     ClaimedJob,
@@ -74,6 +81,10 @@ class _Row:
     idempotency_key: str | None
     created_at: float
     status: JobState
+    timeout: float | None = None
+    requires: frozenset[str] = frozenset()
+    rate_key: str | None = None
+    concurrency_key: str | None = None
     attempt: int = 0
     lease: int = 0
     lease_owner: str | None = None
@@ -81,7 +92,7 @@ class _Row:
     started_at: float | None = None
     finished_at: float | None = None
     result: str | None = None
-    error: str | None = None
+    error: str | None = attrs.field(default=None, on_setattr=lambda row, _, new: row.keep(new))
     progress: float | None = None
     progress_message: str | None = None
     cancel_requested: bool = False
@@ -91,6 +102,14 @@ class _Row:
     wake_requested: bool = False
     #: Bumped whenever the row is (re)indexed as pending; older index entries are stale.
     version: int = 0
+    #: Errors of earlier attempts, as the SQL backends' trioforge_attempts keeps them.
+    history: list[AttemptRecord] = attrs.field(factory=list)
+
+    def keep(self, new: str | None) -> str | None:
+        """Setting ``error``: the one it replaces goes to the history."""
+        if self.error is not None and new != self.error:
+            self.history.append(AttemptRecord(self.attempt, self.started_at, self.error))
+        return new
 
     def info(self) -> JobInfo:
         return JobInfo(
@@ -138,9 +157,23 @@ class MemoryBackend:
         self._signals: dict[int, list[SignalRecord]] = {}  # run id -> unconsumed, oldest first
         self._next_signal = 1
         self._children: dict[int, list[int]] = {}  # run id -> child job ids, in start order
+        self._running_by_key: dict[str, int] = {}  # concurrency key -> running jobs
+        self._buckets: dict[str, Bucket] = {}  # rate key -> token bucket
         self._handlers: dict[type, Callable[[Any, float], object]] = ops.handlers(self)
+        self._change_feeds: list[trio.MemorySendChannel[Changed]] = []
 
     notifies = False
+
+    @asynccontextmanager
+    async def changes(self) -> AsyncIterator[trio.MemoryReceiveChannel[Changed]]:
+        """Every batch's changed jobs, pushed in-process as the batch runs."""
+        send, receive = trio.open_memory_channel[Changed](math.inf)
+        self._change_feeds.append(send)
+        try:
+            yield receive
+        finally:
+            self._change_feeds.remove(send)
+            send.close()
 
     def listen(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Notice]]:
         raise NotImplementedError("this backend pushes no notices; the runtime polls it")
@@ -161,6 +194,7 @@ class MemoryBackend:
         for index in (
             self._rows, self._open_keys, self._future, self._due, self._processes, self._leases,
             self._cron, self._paused, self._steps, self._signals, self._children,
+            self._running_by_key, self._buckets,
         ):  # fmt: skip
             index.clear()
 
@@ -177,6 +211,10 @@ class MemoryBackend:
                 results.append(self._handlers[type(op)](op, now))
             except Exception as exc:
                 results.append(exc)
+        changed = changed_jobs(batch, results)
+        if changed:
+            for feed in self._change_feeds:
+                feed.send_nowait(frozenset(changed))
         return results
 
     # --- helpers -------------------------------------------------------------------
@@ -192,13 +230,22 @@ class MemoryBackend:
         heapq.heappush(self._future.setdefault(row.queue, []), (row.run_at, row.id, row.version))
 
     def _live(self, job_id: int, version: int) -> _Row | None:
-        row = self._rows[job_id]
-        return row if row.version == version and row.status in PENDING_STATES else None
+        row = self._rows.get(job_id)  # None: purged
+        if row is None or row.version != version or row.status not in PENDING_STATES:
+            return None
+        return row
 
     def _apply(self, row: _Row, event: Event, now: float, run_at: float | None = None) -> bool:
         target = next_state(row.status, event)
         if target is None:
             return False
+        key = row.concurrency_key
+        if key is not None and (row.status is JobState.RUNNING) != (target is JobState.RUNNING):
+            count = self._running_by_key.get(key, 0) + (1 if target is JobState.RUNNING else -1)
+            if count:
+                self._running_by_key[key] = count
+            else:
+                del self._running_by_key[key]
         row.status = target
         if run_at is not None:
             row.run_at = run_at
@@ -259,6 +306,10 @@ class MemoryBackend:
                 status=JobState.SCHEDULED if job.run_at > now else JobState.AVAILABLE,
                 parent_id=job.parent_id,
                 workflow=job.workflow,
+                timeout=job.timeout,
+                requires=frozenset(job.requires),
+                rate_key=job.rate_key,
+                concurrency_key=job.concurrency_key,
             )
             self._next_id += 1
             if job.parent_id is not None:
@@ -280,28 +331,40 @@ class MemoryBackend:
             row = self._live(job_id, version)
             if row is not None:
                 heapq.heappush(due, (claim_key(row.priority, row.run_at, row.id), version))
+
+        def runnable(row: _Row) -> bool:
+            return row.name in op.names and row.requires <= op.capabilities
+
+        gate = FlowGate(op.limits, self._running_by_key, self._buckets, now) if op.limits else None
         picked: list[_Row] = []
-        skipped = []  # due, but not a name this claimer runs: back into the index after
-        while due and len(picked) < op.limit:
+        skipped = []  # due, but not for this claimer (or held back): back into the index after
+        seen = 0  # due jobs it could run, looked at: a limited claim looks at FLOW_WINDOW
+        while due and len(picked) < op.limit and (gate is None or seen < FLOW_WINDOW):
             entry = heapq.heappop(due)
             row = self._live(entry[0][2], entry[1])
             if row is None:
                 continue
-            if row.name in op.names:
+            if not runnable(row):
+                skipped.append(row)
+                continue
+            seen += 1
+            if gate is None or gate.admit(row.name, row.rate_key, row.concurrency_key):
                 picked.append(row)
             else:
                 skipped.append(row)
         for row in skipped:
             heapq.heappush(due, (claim_key(row.priority, row.run_at, row.id), row.version))
+        if gate is not None:
+            self._buckets.update(gate.buckets)
         claimed = []
         for row in picked:
             self._apply(row, Claimed(), now)
+            row.error = None  # first: the error it replaces is the previous attempt's
             row.attempt += 1
             row.lease += 1
             row.lease_owner = op.owner
             row.lease_until = op.lease_until
             row.started_at = now
-            row.error = None
             row.progress = None
             row.progress_message = None
             claimed.append(
@@ -315,14 +378,19 @@ class MemoryBackend:
                     attempt=row.attempt,
                     max_attempts=row.max_attempts,
                     lease=row.lease,
+                    timeout=row.timeout,
                 )
             )
         upcoming = (
             run_at
             for run_at, job_id, version in future
-            if (row := self._live(job_id, version)) is not None and row.name in op.names
+            if (row := self._live(job_id, version)) is not None and runnable(row)
         )
-        return ClaimResult(tuple(claimed), min(upcoming, default=None))
+        if gate is None:
+            return ClaimResult(tuple(claimed), min(upcoming, default=None))
+        return ClaimResult(
+            tuple(claimed), min(upcoming, default=None), gate.next_token_at, gate.held
+        )
 
     def _finish(self, op: ops.Finish, now: float) -> list[bool]:
         return [self._finish_one(o, now) for o in op.outcomes]
@@ -380,6 +448,10 @@ class MemoryBackend:
         row = self._rows.get(op.job_id)
         return None if row is None else row.info()
 
+    def _get_many(self, op: ops.GetMany, now: float) -> dict[int, JobInfo]:
+        del now
+        return {i: self._rows[i].info() for i in op.job_ids if i in self._rows}
+
     def _list_jobs(self, op: ops.ListJobs, now: float) -> list[JobInfo]:
         del now
         rows = [
@@ -390,6 +462,7 @@ class MemoryBackend:
             and (op.name is None or r.name == op.name)
             and (r.workflow or not (op.runs_only or op.workflow is not None))
             and (op.workflow is None or r.name.rpartition("@v")[0] == op.workflow)
+            and (op.before is None or r.id < op.before)
         ]
         return [r.info() for r in rows[: op.limit]]
 
@@ -421,9 +494,9 @@ class MemoryBackend:
             )
         if not self._apply(row, Retried(), now, run_at=now):
             return False
+        row.error = None  # first: the error it replaces is the last attempt's
         row.attempt = 0
         row.finished_at = None
-        row.error = None
         row.result = None
         row.cancel_requested = False
         if key is not None:
@@ -465,6 +538,15 @@ class MemoryBackend:
             per[row.status] = per.get(row.status, 0) + 1
         return out
 
+    def _throughput(self, op: ops.Throughput, now: float) -> dict[str, dict[JobState, int]]:
+        del now
+        out: dict[str, dict[JobState, int]] = {}
+        for row in self._rows.values():
+            if row.finished_at is not None and row.finished_at >= op.since:
+                per = out.setdefault(row.queue, {})
+                per[row.status] = per.get(row.status, 0) + 1
+        return out
+
     def _pause_queue(self, op: ops.PauseQueue, now: float) -> bool:
         del now
         changed = (op.queue in self._paused) != op.paused
@@ -481,7 +563,7 @@ class MemoryBackend:
     def _beat(self, op: ops.Beat, now: float) -> None:
         known = self._processes.get(op.owner)
         started = now if known is None else known.started_at
-        self._processes[op.owner] = ProcessInfo(op.owner, op.queues, started, now)
+        self._processes[op.owner] = ProcessInfo(op.owner, op.queues, started, now, op.details)
 
     def _leave(self, op: ops.Leave, now: float) -> None:
         del now
@@ -506,7 +588,8 @@ class MemoryBackend:
         if (state.last_tick if state else None) != op.expected_last:
             return FireResult(conflict=True)
         last_job = state.last_job_id if state else None
-        busy = last_job is not None and not self._rows[last_job].status.is_terminal
+        last_row = None if last_job is None else self._rows.get(last_job)
+        busy = last_row is not None and not last_row.status.is_terminal
         if op.jobs and op.skip_if_running and busy:
             skipped = (state.skipped if state else 0) + len(op.jobs)
             self._cron[op.name] = CronState(op.name, op.new_last, last_job, skipped)
@@ -520,10 +603,65 @@ class MemoryBackend:
         del op, now
         return dict(self._cron)
 
+    def _purge(self, op: ops.Purge, now: float) -> list[int]:
+        del now
+        statuses = set(op.statuses)
+        victims = sorted(
+            (
+                r for r in self._rows.values()
+                if r.status in statuses and r.finished_at is not None
+                and r.finished_at < op.before
+                and (r.queue == op.queue if op.queue is not None else r.queue not in op.exclude)
+            ),
+            key=lambda r: (r.finished_at or 0.0, r.id),
+        )[: max(op.limit, 0)]  # fmt: skip
+        for row in victims:
+            del self._rows[row.id]
+            for records in (self._steps, self._signals, self._children):
+                records.pop(row.id, None)  # a purged run's record goes with it
+        return sorted(row.id for row in victims)
+
+    def _matching(self, where: ops.JobFilter, statuses: frozenset[JobState]) -> list[_Row]:
+        rows = [
+            r for job_id, r in sorted(self._rows.items())
+            if job_id > where.after_id and r.status in statuses
+            and (where.queue is None or r.queue == where.queue)
+            and (where.name is None or r.name == where.name)
+            and (where.since is None or (r.finished_at or r.created_at) >= where.since)
+        ]  # fmt: skip
+        return rows[: max(where.limit, 0)]
+
+    def _attempts(self, op: ops.Attempts, now: float) -> list[AttemptRecord]:
+        del now
+        row = self._rows.get(op.job_id)
+        if row is None:
+            return []
+        current = [] if row.error is None else [
+            AttemptRecord(row.attempt, row.started_at, row.error)
+        ]  # fmt: skip
+        return [*row.history, *current]
+
+    def _retry_many(self, op: ops.RetryMany, now: float) -> ops.BulkResult:
+        rows = self._matching(op.where, frozenset({op.status}))
+        done = []
+        for row in rows:
+            try:
+                if self._retry_job(ops.RetryJob(row.id), now):
+                    done.append(row.id)
+            except InvalidStateError:
+                continue  # its idempotency key is another unfinished job's
+        return _bulk(done, [r.id for r in rows], op.where)
+
+    def _discard_many(self, op: ops.DiscardMany, now: float) -> ops.BulkResult:
+        statuses = PENDING_STATES if op.status is None else frozenset({op.status})
+        rows = self._matching(op.where, statuses)
+        done = [r.id for r in rows if self._discard(ops.Discard(r.id, op.reason), now)]
+        return _bulk(done, [r.id for r in rows], op.where)
+
     # --- workflows ---------------------------------------------------------------------
 
     def _record_of(self, row: _Row) -> WorkflowRecord:
-        children = (self._rows[i] for i in self._children.get(row.id, ()))
+        children = (self._rows[i] for i in self._children.get(row.id, ()) if i in self._rows)
         return WorkflowRecord(
             run_id=row.id,
             created_at=row.created_at,
@@ -580,3 +718,8 @@ class MemoryBackend:
         self._signals.setdefault(op.run_id, []).append(signal)
         self._wake_run(op.run_id, now)
         return signal.id
+
+
+def _bulk(done: list[int], seen: list[int], where: ops.JobFilter) -> ops.BulkResult:
+    """A page of a bulk operation: more may follow only if it looked at a full page."""
+    return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= where.limit else None)

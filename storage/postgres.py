@@ -32,7 +32,10 @@ from trioforge._errors import (
     SchemaError,
 )
 from trioforge._rules import (
+    FLOW_WINDOW,
     TERMINAL_STATES,
+    Bucket,
+    FlowGate,
     JobState,
     Released,
     Suspended,
@@ -40,8 +43,11 @@ from trioforge._rules import (
     next_state,
 )
 from trioforge.storage import _ops as ops
+from trioforge.storage._backend import Changed
+from trioforge.storage._changes import changed_jobs, encode_ids, parse_ids
 from trioforge.storage._records import (
     JOB_COLUMNS,
+    AttemptRecord,
     CancelNotice,
     CancelResult,
     ChildRecord,
@@ -53,6 +59,7 @@ from trioforge.storage._records import (
     JobInfo,
     Notice,
     Outcome,
+    ProcessDetails,
     ProcessInfo,
     RenewResult,
     SchemaStatus,
@@ -136,6 +143,59 @@ MIGRATIONS: tuple[str, ...] = (
         paused_at DOUBLE PRECISION NOT NULL
     );
     """,
+    # Per-enqueue timeouts.
+    """
+    ALTER TABLE trioforge_jobs ADD COLUMN timeout DOUBLE PRECISION;
+    """,
+    # The dashboard: pages by state and by name, counts per queue and state, throughput.
+    """
+    CREATE INDEX trioforge_jobs_status_id ON trioforge_jobs (status, id);
+    CREATE INDEX trioforge_jobs_name_id ON trioforge_jobs (name, id);
+    CREATE INDEX trioforge_jobs_queue_status ON trioforge_jobs (queue, status);
+    CREATE INDEX trioforge_jobs_finished ON trioforge_jobs (finished_at)
+        WHERE finished_at IS NOT NULL;
+    """,
+    # Flow control: required capabilities, rate and concurrency keys; one row per key in
+    # trioforge_limits, locked by claims (a rate key's row is its token bucket).
+    """
+    ALTER TABLE trioforge_jobs ADD COLUMN requires TEXT[];
+    ALTER TABLE trioforge_jobs ADD COLUMN rate_key TEXT;
+    ALTER TABLE trioforge_jobs ADD COLUMN concurrency_key TEXT;
+    CREATE INDEX trioforge_jobs_running_keys ON trioforge_jobs (concurrency_key)
+        WHERE status = 'running' AND concurrency_key IS NOT NULL;
+    CREATE TABLE trioforge_limits (
+        key TEXT PRIMARY KEY,
+        tokens DOUBLE PRECISION,
+        at DOUBLE PRECISION
+    );
+    """,
+    # What each process says about itself (host, pid, pools, capabilities, running jobs).
+    """
+    ALTER TABLE trioforge_processes ADD COLUMN details TEXT;
+    """,
+    # Attempt history: an error is kept when a later write replaces it; it goes with its job.
+    """
+    CREATE TABLE trioforge_attempts (
+        seq BIGSERIAL PRIMARY KEY,
+        job_id BIGINT NOT NULL REFERENCES trioforge_jobs (id) ON DELETE CASCADE,
+        attempt INTEGER NOT NULL,
+        started_at DOUBLE PRECISION,
+        error TEXT NOT NULL
+    );
+    CREATE INDEX trioforge_attempts_job ON trioforge_attempts (job_id);
+    CREATE OR REPLACE FUNCTION trioforge_keep_error() RETURNS trigger LANGUAGE plpgsql AS $f$
+    BEGIN
+        INSERT INTO trioforge_attempts (job_id, attempt, started_at, error)
+        VALUES (OLD.id, OLD.attempt, OLD.started_at, OLD.error);
+        RETURN NULL;
+    END
+    $f$;
+    CREATE TRIGGER trioforge_jobs_keep_errors AFTER UPDATE OF error ON trioforge_jobs
+    FOR EACH ROW WHEN (OLD.error IS NOT NULL AND NEW.error IS DISTINCT FROM OLD.error)
+    EXECUTE FUNCTION trioforge_keep_error();
+    """,
+    # Workflows: runs, their records and signals, child jobs and wake-ups; "compensated"
+    # joins the terminal states the idempotency index leaves out.
     f"""
     ALTER TABLE trioforge_jobs ADD COLUMN parent_id BIGINT,
         ADD COLUMN workflow BOOLEAN NOT NULL DEFAULT FALSE,
@@ -174,14 +234,19 @@ MIGRATIONS: tuple[str, ...] = (
 #: One statement: the insert, and one wake-up notice per queue (sent at commit).
 _INSERT_MANY = """
 WITH inserted AS (
-    INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, max_attempts,
-        created_at, status, parent_id, workflow)
-    SELECT name, queue, payload, priority, run_at, max_attempts, $7, status, parent_id,
-        workflow
+    INSERT INTO trioforge_jobs
+        (name, queue, payload, priority, run_at, max_attempts, created_at, status, timeout,
+         requires, rate_key, concurrency_key, parent_id, workflow)
+    SELECT name, queue, payload, priority, run_at, max_attempts, $7, status, timeout,
+        CASE WHEN requires IS NOT NULL
+             THEN ARRAY(SELECT json_array_elements_text(requires::json)) END,
+        rate_key, concurrency_key, parent_id, workflow
     FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::int[],
-                $8::text[], $10::bigint[], $11::bool[])
-        WITH ORDINALITY AS t(name, queue, payload, priority, run_at, max_attempts, status,
-                             parent_id, workflow, ord)
+                $8::text[], $10::float8[], $11::text[], $12::text[], $13::text[],
+                $14::bigint[], $15::bool[])
+        WITH ORDINALITY
+        AS t(name, queue, payload, priority, run_at, max_attempts, status, timeout, requires,
+             rate_key, concurrency_key, parent_id, workflow, ord)
     ORDER BY ord
     RETURNING id, queue, run_at
 ), notified AS (
@@ -191,9 +256,10 @@ SELECT id FROM inserted WHERE (SELECT count(*) FROM notified) >= 0
 """
 
 _INSERT_KEYED = f"""
-INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, max_attempts,
-    idempotency_key, created_at, status, parent_id, workflow)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+INSERT INTO trioforge_jobs
+    (name, queue, payload, priority, run_at, max_attempts, idempotency_key, created_at, status,
+     timeout, requires, rate_key, concurrency_key, parent_id, workflow)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 ON CONFLICT (idempotency_key)
     WHERE idempotency_key IS NOT NULL AND status NOT IN {_TERMINAL} DO NOTHING
 RETURNING id
@@ -238,6 +304,10 @@ def _lost(exc: BaseException) -> bool:
 #: ``c:<job id>`` (cancel requested); delivered when the writing transaction commits.
 CHANNEL = "trioforge"
 
+#: The channel of job change notices: payloads are comma-separated job ids (see
+#: ``storage._changes``), sent after every batch that changed a job visibly.
+CHANGES_CHANNEL = "trioforge_changes"
+
 _NOTIFY_WAKES = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
 
 _KEY_HOLDER = (
@@ -250,6 +320,7 @@ _CLAIM = f"""
 WITH picked AS (
     SELECT id FROM trioforge_jobs
     WHERE queue = $1 AND status IN {_PENDING} AND run_at <= $2 AND name = ANY($3::text[])
+      AND (requires IS NULL OR requires <@ $7::text[])
       AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
     ORDER BY priority DESC, run_at, id
     LIMIT $4
@@ -261,13 +332,96 @@ WITH picked AS (
         progress_message = NULL
     FROM picked WHERE j.id = picked.id
     RETURNING j.id, j.name, j.queue, j.payload, j.priority, j.run_at, j.attempt,
-        j.max_attempts, j.lease
+        j.max_attempts, j.lease, j.timeout
 )
-SELECT id, name, queue, payload, priority, run_at, attempt, max_attempts, lease FROM claimed
+SELECT id, name, queue, payload, priority, run_at, attempt, max_attempts, lease, timeout
+FROM claimed
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, min(run_at), NULL, NULL, NULL, NULL FROM trioforge_jobs
+WHERE queue = $1 AND status IN {_PENDING} AND run_at > $2 AND name = ANY($3::text[])
+  AND (requires IS NULL OR requires <@ $7::text[])
+  AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
+"""
+
+#: A flow-controlled claim's later chunks: due jobs in claim order not yet looked at
+#: (locked, skipping other claimers').
+_CANDIDATES = f"""
+SELECT id, name, rate_key, concurrency_key FROM trioforge_jobs
+WHERE queue = $1 AND status IN {_PENDING} AND run_at <= $2 AND name = ANY($3::text[])
+  AND (requires IS NULL OR requires <@ $4::text[]) AND id <> ALL($6::bigint[])
+ORDER BY priority DESC, run_at, id
+LIMIT $5
+FOR UPDATE SKIP LOCKED
+"""
+
+#: A flow-controlled claim, steps 1 and 2 in one statement for the first chunk: due jobs in
+#: claim order (locked, skipping other claimers'), then the limit rows of
+#: their keys (created if new, locked in key order, so claimers on several replicas queue
+#: up behind each other instead of deadlocking), then the earliest future run_at.
+_FIRST_CHUNK = f"""
+WITH picked AS (
+    SELECT id, name, rate_key, concurrency_key, priority, run_at FROM trioforge_jobs
+    WHERE queue = $1 AND status IN {_PENDING} AND run_at <= $2 AND name = ANY($3::text[])
+      AND (requires IS NULL OR requires <@ $4::text[])
+      AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
+    ORDER BY priority DESC, run_at, id
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+), keys AS (
+    SELECT 'r:' || rate_key AS k FROM picked WHERE rate_key IS NOT NULL
+    UNION SELECT 'c:' || concurrency_key FROM picked WHERE concurrency_key IS NOT NULL
+), locked AS (
+    INSERT INTO trioforge_limits (key) SELECT k FROM keys ORDER BY k
+    ON CONFLICT (key) DO UPDATE SET tokens = trioforge_limits.tokens
+    RETURNING key, tokens, at
+)
+SELECT id, name, rate_key, concurrency_key, priority, run_at, NULL AS key, NULL::float8 AS
+    tokens, NULL::float8 AS at
+FROM picked
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, key, tokens, at FROM locked
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, min(run_at), NULL, NULL, NULL FROM trioforge_jobs
 WHERE queue = $1 AND status IN {_PENDING} AND run_at > $2 AND name = ANY($3::text[])
+  AND (requires IS NULL OR requires <@ $4::text[])
   AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
+"""
+
+#: Step 2 for a later chunk, which already holds locks: waiting now could close a cycle
+#: with another claimer, so rows locked elsewhere are skipped (their jobs wait a moment).
+_TRY_LOCK_LIMITS = """
+WITH new AS (
+    INSERT INTO trioforge_limits (key) SELECT k FROM unnest($1::text[]) AS k ORDER BY k
+    ON CONFLICT (key) DO NOTHING
+    RETURNING key, tokens, at
+), known AS (
+    SELECT key, tokens, at FROM trioforge_limits WHERE key = ANY($1::text[])
+    FOR UPDATE SKIP LOCKED
+)
+SELECT key, tokens, at FROM new UNION ALL SELECT key, tokens, at FROM known
+"""
+
+#: Step 3, a statement of its own so that it sees every claim committed before the locks
+#: were granted: the running jobs per concurrency key.
+_RUNNING_PER_KEY = """
+SELECT concurrency_key, count(*) AS n FROM trioforge_jobs
+WHERE status = 'running' AND concurrency_key = ANY($1::text[])
+GROUP BY concurrency_key
+"""
+
+#: Step 4: claim the jobs the gate admitted and store the buckets it changed.
+_CLAIM_IDS = """
+WITH buckets AS (
+    UPDATE trioforge_limits AS l SET tokens = b.tokens, at = b.at
+    FROM unnest($5::text[], $6::float8[], $7::float8[]) AS b(key, tokens, at)
+    WHERE l.key = b.key
+)
+UPDATE trioforge_jobs AS j
+SET status = 'running', attempt = j.attempt + 1, lease = j.lease + 1, lease_owner = $2,
+    lease_until = $3, started_at = $4, error = NULL, progress = NULL, progress_message = NULL
+WHERE j.id = ANY($1::bigint[])
+RETURNING j.id, j.name, j.queue, j.payload, j.priority, j.run_at, j.attempt,
+    j.max_attempts, j.lease, j.timeout
 """
 
 #: One statement (so it needs no transaction of its own): the outcomes, and the workflow
@@ -373,10 +527,12 @@ def _atomic_alone(op: ops.Op) -> bool:
     """Whether the op's writes are one statement, so it needs no explicit transaction."""
     if isinstance(op, ops.Enqueue):
         return all(j.idempotency_key is None for j in op.jobs)
+    if isinstance(op, ops.Claim) and op.limits:
+        return False
     return isinstance(
-        op, ops.Claim | ops.Finish | ops.Renew | ops.Progress | ops.Get | ops.ListJobs
-        | ops.Rescue | ops.Stats | ops.PauseQueue | ops.PausedQueues | ops.Beat | ops.Leave
-        | ops.Processes | ops.Lead
+        op, ops.Claim | ops.Finish | ops.Renew | ops.Progress | ops.Get | ops.GetMany
+        | ops.ListJobs | ops.Rescue | ops.Stats | ops.Throughput | ops.PauseQueue
+        | ops.PausedQueues | ops.Beat | ops.Leave | ops.Processes | ops.Lead
     )  # fmt: skip
 
 
@@ -456,6 +612,8 @@ class PostgresBackend:
         self._pool_size = pool_size
         #: One batch per pooled connection (the listener has a connection of its own).
         self.max_in_flight = pool_size
+        #: The NOTIFY channel of job changes (per schema: other schemas' ids mean nothing).
+        self.changes_channel = CHANGES_CHANNEL + (f".{schema}" if schema else "")
         self._connect_timeout = connect_timeout
         self._pool: asyncpg.Pool | None = None
         self._handlers: dict[
@@ -506,6 +664,44 @@ class PostgresBackend:
             send.close()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._aio(conn.close)
+
+    @asynccontextmanager
+    async def changes(self) -> AsyncIterator[trio.MemoryReceiveChannel[Changed]]:
+        """LISTEN for job change notices on a connection of its own; the channel ends
+        when that connection drops."""
+        send, receive = trio.open_memory_channel[Changed](math.inf)
+
+        def on_notify(conn: object, pid: int, channel: str, payload: str) -> None:
+            ids = parse_ids(payload)
+            if ids is not None:
+                with contextlib.suppress(trio.ClosedResourceError):
+                    send.send_nowait(ids)
+
+        conn = await self._aio(self._listening, self.changes_channel, on_notify, send.close)
+        try:
+            yield receive
+        finally:
+            send.close()
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._aio(conn.close)
+
+    async def _listening(
+        self, channel: str, on_notify: Callable[..., None], on_lost: Callable[[], None]
+    ) -> asyncpg.Connection:
+        settings = {"application_name": "trioforge live feed"}
+        if self.schema:
+            settings["search_path"] = self.schema
+        try:
+            conn = await asyncpg.connect(
+                self.url, timeout=self._connect_timeout, server_settings=settings
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise DatabaseUnavailableError(
+                f"cannot reach PostgreSQL at {redact(self.url)} to listen: {exc}"
+            ) from None
+        conn.add_termination_listener(lambda _: on_lost())
+        await conn.add_listener(channel, on_notify)
+        return conn
 
     def environment(self) -> AbstractAsyncContextManager[Any]:
         if trio_asyncio.current_loop.get() is None:
@@ -568,8 +764,9 @@ class PostgresBackend:
         async def drop_tables(conn: asyncpg.Connection) -> None:
             await conn.execute(
                 "DROP TABLE IF EXISTS trioforge_jobs, trioforge_processes, trioforge_leases, "
-                "trioforge_cron, trioforge_paused_queues, trioforge_workflow_steps, "
-                "trioforge_workflow_signals, trioforge_schema"
+                "trioforge_cron, trioforge_paused_queues, trioforge_limits, trioforge_attempts, "
+                "trioforge_workflow_steps, trioforge_workflow_signals, "
+                "trioforge_schema CASCADE; DROP FUNCTION IF EXISTS trioforge_keep_error()"
             )
 
         await self._aio(self._run, drop_tables)
@@ -661,19 +858,33 @@ class PostgresBackend:
         if self._pool is None:
             raise DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} is not open")
         async with self._pool.acquire() as conn:
-            if len(batch) <= _AUTOCOMMIT_MAX and all(_atomic_alone(op) for op in batch):
-                # No BEGIN/COMMIT round trips for what single statements do atomically: for
-                # a few ops (a claim and an outcome batch, say) they cost more than the
-                # extra commits.
-                return await self._each(conn, batch, now, self._autocommit)
-            try:
-                async with conn.transaction():
-                    return await self._in_transaction(conn, batch, now)
-            except Exception as exc:
-                if _lost(exc):  # nothing committed; the connection is gone
-                    return [exc] * len(batch)
-            # Something failed: each op on its own, so neighbours are unaffected.
-            return await self._each(conn, batch, now, self._one)
+            results = await self._batch(conn, batch, now)
+            changed = changed_jobs(batch, results)
+            if changed:
+                # After the commit, one statement for the whole batch. If it fails the
+                # connection is gone, and so is the listeners' (they re-read on reconnect).
+                with contextlib.suppress(Exception):
+                    await conn.execute(
+                        _NOTIFY_WAKES, self.changes_channel, list(encode_ids(changed))
+                    )
+            return results
+
+    async def _batch(
+        self, conn: asyncpg.Connection, batch: list[ops.Op], now: float
+    ) -> list[object]:
+        if len(batch) <= _AUTOCOMMIT_MAX and all(_atomic_alone(op) for op in batch):
+            # No BEGIN/COMMIT round trips for what single statements do atomically: for
+            # a few ops (a claim and an outcome batch, say) they cost more than the
+            # extra commits.
+            return await self._each(conn, batch, now, self._autocommit)
+        try:
+            async with conn.transaction():
+                return await self._in_transaction(conn, batch, now)
+        except Exception as exc:
+            if _lost(exc):  # nothing committed; the connection is gone
+                return [exc] * len(batch)
+        # Something failed: each op on its own, so neighbours are unaffected.
+        return await self._each(conn, batch, now, self._one)
 
     async def _in_transaction(
         self, conn: asyncpg.Connection, batch: list[ops.Op], now: float
@@ -743,7 +954,10 @@ class PostgresBackend:
                 [j.name for j in op.jobs], [j.queue for j in op.jobs],
                 [j.payload for j in op.jobs], [j.priority for j in op.jobs],
                 [j.run_at for j in op.jobs], [j.max_attempts for j in op.jobs], now, status,
-                CHANNEL, [j.parent_id for j in op.jobs], [j.workflow for j in op.jobs],
+                CHANNEL, [j.timeout for j in op.jobs],
+                [json.dumps(list(j.requires)) if j.requires else None for j in op.jobs],
+                [j.rate_key for j in op.jobs], [j.concurrency_key for j in op.jobs],
+                [j.parent_id for j in op.jobs], [j.workflow for j in op.jobs],
             )  # fmt: skip
             return [Enqueued(job_id, created=True) for job_id in sorted(r["id"] for r in rows)]
         earliest: dict[str, float] = {}
@@ -756,7 +970,9 @@ class PostgresBackend:
         for j, state in zip(op.jobs, status, strict=True):
             job_id = await conn.fetchval(
                 _INSERT_KEYED, j.name, j.queue, j.payload, j.priority, j.run_at,
-                j.max_attempts, j.idempotency_key, now, state, j.parent_id, j.workflow,
+                j.max_attempts, j.idempotency_key, now, state, j.timeout,
+                list(j.requires) if j.requires else None, j.rate_key, j.concurrency_key,
+                j.parent_id, j.workflow,
             )  # fmt: skip
             if job_id is not None:
                 out.append(Enqueued(job_id, created=True))
@@ -770,15 +986,77 @@ class PostgresBackend:
 
     @staticmethod
     async def _claim(conn: asyncpg.Connection, op: ops.Claim, now: float) -> ClaimResult:
+        if op.limits:
+            return await PostgresBackend._claim_limited(conn, op, now)
         rows = await conn.fetch(
-            _CLAIM, op.queue, now, sorted(op.names), max(op.limit, 0), op.owner, op.lease_until
-        )
+            _CLAIM, op.queue, now, sorted(op.names), max(op.limit, 0), op.owner, op.lease_until,
+            sorted(op.capabilities),
+        )  # fmt: skip
         jobs = sorted(
             (ClaimedJob(*row) for row in rows if row["id"] is not None),
             key=lambda j: claim_key(j.priority, j.run_at, j.id),
         )
         upcoming = next(row["run_at"] for row in rows if row["id"] is None)
         return ClaimResult(tuple(jobs), upcoming)
+
+    @staticmethod
+    async def _claim_limited(conn: asyncpg.Connection, op: ops.Claim, now: float) -> ClaimResult:
+        """In the batch's transaction: read due jobs a chunk at a time, lock their keys'
+        limit rows, count, let the shared FlowGate decide, claim what it admits."""
+        names, caps = sorted(op.names), sorted(op.capabilities)
+        gate = FlowGate(op.limits, {}, {}, now)
+        picked: list[int] = []
+        seen: list[int] = []
+        upcoming: float | None = None
+        chunk = max(2 * op.limit, 16)
+        while len(picked) < op.limit and len(seen) < FLOW_WINDOW:
+            size = min(chunk, FLOW_WINDOW - len(seen))
+            if not seen:
+                rows = await conn.fetch(_FIRST_CHUNK, op.queue, now, names, caps, size)
+                upcoming = next(r["run_at"] for r in rows if r["id"] is None and r["key"] is None)
+                candidates = [r for r in rows if r["id"] is not None]
+                locked = [r for r in rows if r["key"] is not None]
+            else:
+                candidates = await conn.fetch(_CANDIDATES, op.queue, now, names, caps, size, seen)
+                keys = {f"r:{r['rate_key']}" for r in candidates if r["rate_key"] is not None}
+                keys.update(
+                    f"c:{r['concurrency_key']}"
+                    for r in candidates
+                    if r["concurrency_key"] is not None
+                )
+                locked = await conn.fetch(_TRY_LOCK_LIMITS, sorted(keys)) if keys else []
+            if not candidates:
+                break
+            seen.extend(r["id"] for r in candidates)
+            chunk *= 4
+            keys = {f"r:{r['rate_key']}" for r in candidates if r["rate_key"] is not None}
+            counted = sorted({r["concurrency_key"] for r in candidates} - {None})
+            keys.update(f"c:{k}" for k in counted)
+            running = await conn.fetch(_RUNNING_PER_KEY, counted) if counted else []
+            gate.learn(
+                {r["concurrency_key"]: r["n"] for r in running},
+                {
+                    r["key"][2:]: Bucket(r["tokens"], r["at"])
+                    for r in locked
+                    if r["key"].startswith("r:") and r["tokens"] is not None
+                },
+                busy={k[2:] for k in keys - {r["key"] for r in locked}},
+            )
+            for r in candidates:
+                if len(picked) < op.limit and gate.admit(
+                    r["name"], r["rate_key"], r["concurrency_key"]
+                ):
+                    picked.append(r["id"])
+        buckets = list(gate.buckets.items())
+        rows = await conn.fetch(
+            _CLAIM_IDS, picked, op.owner, op.lease_until, now,
+            [f"r:{k}" for k, _ in buckets], [b.tokens for _, b in buckets],
+            [b.at for _, b in buckets],
+        )  # fmt: skip
+        jobs = sorted(
+            (ClaimedJob(*row) for row in rows), key=lambda j: claim_key(j.priority, j.run_at, j.id)
+        )
+        return ClaimResult(tuple(jobs), upcoming, gate.next_token_at, gate.held)
 
     async def _release_orphans(
         self, conn: asyncpg.Connection, op: ops.ReleaseOrphans, now: float
@@ -852,18 +1130,58 @@ class PostgresBackend:
         return None if row is None else job_info(row)
 
     @staticmethod
-    async def _list_jobs(conn: asyncpg.Connection, op: ops.ListJobs, now: float) -> list[JobInfo]:
+    async def _get_many(
+        conn: asyncpg.Connection, op: ops.GetMany, now: float
+    ) -> dict[int, JobInfo]:
         del now
         rows = await conn.fetch(
-            f"SELECT {JOB_COLUMNS} FROM trioforge_jobs "
-            "WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR queue = $2) "
-            "AND ($3::text IS NULL OR name = $3) AND (workflow OR NOT $5) "
-            "AND ($6::text IS NULL OR left(name, length($6) + 2) = $6 || '@v') "
-            "ORDER BY id DESC LIMIT $4",
-            op.status.value if op.status else None, op.queue, op.name, op.limit,
-            op.runs_only or op.workflow is not None, op.workflow,
+            f"SELECT {JOB_COLUMNS} FROM trioforge_jobs WHERE id = ANY($1::bigint[])",
+            list(op.job_ids),
+        )
+        return {info.id: info for info in map(job_info, rows)}
+
+    @staticmethod
+    async def _list_jobs(conn: asyncpg.Connection, op: ops.ListJobs, now: float) -> list[JobInfo]:
+        del now
+        # Only the filters given (a generic plan of "$1 IS NULL OR ..." would use no index);
+        # the SQL is made of fixed fragments, every value is a parameter.
+        filters = {
+            "status = ": op.status.value if op.status else None,
+            "queue = ": op.queue,
+            "name = ": op.name,
+            "id < ": op.before,
+        }
+        given = {sql: value for sql, value in filters.items() if value is not None}
+        clauses = [f"{sql}${i}" for i, sql in enumerate(given, start=1)]
+        values: list[object] = list(given.values())
+        if op.runs_only or op.workflow is not None:
+            clauses.append("workflow")
+        if op.workflow is not None:  # every version: job names "<workflow>@v<N>"
+            values.append(op.workflow)
+            n = len(values)
+            clauses.append(f"left(name, length(${n}) + 2) = ${n} || '@v'")
+        where = " AND ".join(clauses) or "TRUE"
+        rows = await conn.fetch(
+            f"SELECT {JOB_COLUMNS} FROM trioforge_jobs WHERE {where} "
+            f"ORDER BY id DESC LIMIT ${len(values) + 1}",
+            *values, op.limit,
         )  # fmt: skip
         return [job_info(row) for row in rows]
+
+    @staticmethod
+    async def _throughput(
+        conn: asyncpg.Connection, op: ops.Throughput, now: float
+    ) -> dict[str, dict[JobState, int]]:
+        del now
+        out: dict[str, dict[JobState, int]] = {}
+        rows = await conn.fetch(
+            "SELECT queue, status, count(*) AS n FROM trioforge_jobs "
+            "WHERE finished_at >= $1 GROUP BY queue, status",
+            op.since,
+        )
+        for row in rows:
+            out.setdefault(row["queue"], {})[JobState(row["status"])] = row["n"]
+        return out
 
     @staticmethod
     async def _locked(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record:
@@ -984,10 +1302,12 @@ class PostgresBackend:
     @staticmethod
     async def _beat(conn: asyncpg.Connection, op: ops.Beat, now: float) -> None:
         await conn.execute(
-            "INSERT INTO trioforge_processes (owner, queues, started_at, heartbeat_at) "
-            "VALUES ($1, $2, $3, $3) ON CONFLICT (owner) DO UPDATE SET "
-            "queues = excluded.queues, heartbeat_at = excluded.heartbeat_at",
+            "INSERT INTO trioforge_processes (owner, queues, started_at, heartbeat_at, details) "
+            "VALUES ($1, $2, $3, $3, $4) ON CONFLICT (owner) DO UPDATE SET "
+            "queues = excluded.queues, heartbeat_at = excluded.heartbeat_at, "
+            "details = excluded.details",
             op.owner, list(op.queues), now,
+            None if op.details is None else op.details.to_json(),
         )  # fmt: skip
 
     @staticmethod
@@ -1005,10 +1325,12 @@ class PostgresBackend:
     ) -> list[ProcessInfo]:
         del op, now
         rows = await conn.fetch(
-            "SELECT owner, queues, started_at, heartbeat_at FROM trioforge_processes "
+            "SELECT owner, queues, started_at, heartbeat_at, details FROM trioforge_processes "
             "ORDER BY started_at, owner"
         )
-        return [ProcessInfo(r[0], tuple(r[1]), r[2], r[3]) for r in rows]
+        return [
+            ProcessInfo(r[0], tuple(r[1]), r[2], r[3], ProcessDetails.from_json(r[4])) for r in rows
+        ]
 
     @staticmethod
     async def _lead(conn: asyncpg.Connection, op: ops.Lead, now: float) -> bool:
@@ -1058,6 +1380,73 @@ class PostgresBackend:
         del op, now
         rows = await conn.fetch("SELECT name, last_tick, last_job_id, skipped FROM trioforge_cron")
         return {r[0]: CronState(r[0], r[1], r[2], r[3]) for r in rows}
+
+    @staticmethod
+    async def _purge(conn: asyncpg.Connection, op: ops.Purge, now: float) -> list[int]:
+        del now
+        rows = await conn.fetch(
+            "DELETE FROM trioforge_jobs WHERE id IN ("
+            " SELECT id FROM trioforge_jobs WHERE status = ANY($1::text[])"
+            " AND finished_at IS NOT NULL AND finished_at < $2"
+            " AND (CASE WHEN $3::text IS NOT NULL THEN queue = $3"
+            "  ELSE queue <> ALL($4::text[]) END)"
+            " ORDER BY finished_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) RETURNING id",
+            [JobState(s).value for s in op.statuses], op.before, op.queue, list(op.exclude),
+            max(op.limit, 0),
+        )  # fmt: skip
+        gone = [r["id"] for r in rows]  # a purged run's record goes with it
+        if gone:
+            for table in ("trioforge_workflow_steps", "trioforge_workflow_signals"):
+                await conn.execute(f"DELETE FROM {table} WHERE run_id = ANY($1::bigint[])", gone)
+        return sorted(gone)
+
+    @staticmethod
+    async def _attempts(
+        conn: asyncpg.Connection, op: ops.Attempts, now: float
+    ) -> list[AttemptRecord]:
+        del now
+        rows = await conn.fetch(
+            "SELECT attempt, started_at, error, 0 AS current, seq FROM trioforge_attempts "
+            "WHERE job_id = $1 UNION ALL SELECT attempt, started_at, error, 1, 0 "
+            "FROM trioforge_jobs WHERE id = $1 AND error IS NOT NULL ORDER BY 4, 5",
+            op.job_id,
+        )
+        return [AttemptRecord(r["attempt"], r["started_at"], r["error"]) for r in rows]
+
+    @staticmethod
+    async def _matching(
+        conn: asyncpg.Connection, where: ops.JobFilter, statuses: list[str]
+    ) -> list[int]:
+        rows = await conn.fetch(
+            "SELECT id FROM trioforge_jobs WHERE id > $1 AND status = ANY($2::text[])"
+            " AND ($3::text IS NULL OR queue = $3) AND ($4::text IS NULL OR name = $4)"
+            " AND ($5::float8 IS NULL OR coalesce(finished_at, created_at) >= $5)"
+            " ORDER BY id LIMIT $6",
+            where.after_id, statuses, where.queue, where.name, where.since,
+            max(where.limit, 0),
+        )  # fmt: skip
+        return [r["id"] for r in rows]
+
+    async def _retry_many(
+        self, conn: asyncpg.Connection, op: ops.RetryMany, now: float
+    ) -> ops.BulkResult:
+        seen = await self._matching(conn, op.where, [op.status.value])
+        done = []
+        for job_id in seen:
+            try:
+                if await self._retry_job(conn, ops.RetryJob(job_id), now):
+                    done.append(job_id)
+            except InvalidStateError:
+                continue  # its idempotency key is another unfinished job's (nothing written)
+        return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= op.where.limit else None)
+
+    async def _discard_many(
+        self, conn: asyncpg.Connection, op: ops.DiscardMany, now: float
+    ) -> ops.BulkResult:
+        statuses = ["scheduled", "available", "retrying"] if op.status is None else [op.status]
+        seen = await self._matching(conn, op.where, [JobState(s).value for s in statuses])
+        done = [j for j in seen if await self._discard(conn, ops.Discard(j, op.reason), now)]
+        return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= op.where.limit else None)
 
     # --- workflows ---------------------------------------------------------------------
 

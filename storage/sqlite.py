@@ -9,11 +9,15 @@ leases plus the reaper hand a crashed process's jobs to another. The rules are t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,10 @@ from trioforge._errors import (
     SchemaError,
 )
 from trioforge._rules import (
+    FLOW_WINDOW,
     TERMINAL_STATES,
+    Bucket,
+    FlowGate,
     JobState,
     Released,
     Suspended,
@@ -36,8 +43,10 @@ from trioforge._rules import (
     next_state,
 )
 from trioforge.storage import _ops as ops
+from trioforge.storage._backend import Changed
 from trioforge.storage._records import (
     JOB_COLUMNS,
+    AttemptRecord,
     CancelResult,
     ChildRecord,
     ClaimedJob,
@@ -46,8 +55,10 @@ from trioforge.storage._records import (
     Enqueued,
     FireResult,
     JobInfo,
+    NewJob,
     Notice,
     Outcome,
+    ProcessDetails,
     ProcessInfo,
     RenewResult,
     SchemaStatus,
@@ -127,6 +138,58 @@ MIGRATIONS: tuple[str, ...] = (
         paused_at REAL NOT NULL
     )
     """,
+    # Per-enqueue timeouts.
+    """
+    ALTER TABLE trioforge_jobs ADD COLUMN timeout REAL
+    """,
+    # The dashboard: pages by state and by name, counts per queue and state, throughput.
+    """
+    CREATE INDEX trioforge_jobs_status_id ON trioforge_jobs (status, id);
+    CREATE INDEX trioforge_jobs_name_id ON trioforge_jobs (name, id);
+    CREATE INDEX trioforge_jobs_queue_status ON trioforge_jobs (queue, status);
+    CREATE INDEX trioforge_jobs_finished ON trioforge_jobs (finished_at)
+        WHERE finished_at IS NOT NULL
+    """,
+    # Flow control: required capabilities (a JSON array), rate and concurrency keys, and
+    # the token buckets.
+    """
+    ALTER TABLE trioforge_jobs ADD COLUMN requires TEXT;
+    ALTER TABLE trioforge_jobs ADD COLUMN rate_key TEXT;
+    ALTER TABLE trioforge_jobs ADD COLUMN concurrency_key TEXT;
+    CREATE INDEX trioforge_jobs_running_keys ON trioforge_jobs (concurrency_key)
+        WHERE status = 'running' AND concurrency_key IS NOT NULL;
+    CREATE TABLE trioforge_limits (
+        key TEXT PRIMARY KEY,
+        tokens REAL,
+        at REAL
+    )
+    """,
+    # What each process says about itself (host, pid, pools, capabilities, running jobs).
+    """
+    ALTER TABLE trioforge_processes ADD COLUMN details TEXT
+    """,
+    # Attempt history: an error is kept when a later write replaces it; it goes with its job.
+    """
+    CREATE TABLE trioforge_attempts (
+        job_id INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        started_at REAL,
+        error TEXT NOT NULL
+    );
+    CREATE INDEX trioforge_attempts_job ON trioforge_attempts (job_id);
+    CREATE TRIGGER trioforge_jobs_keep_errors AFTER UPDATE OF error ON trioforge_jobs
+    WHEN OLD.error IS NOT NULL AND NEW.error IS NOT OLD.error
+    BEGIN
+        INSERT INTO trioforge_attempts (job_id, attempt, started_at, error)
+        VALUES (OLD.id, OLD.attempt, OLD.started_at, OLD.error);
+    END;
+    CREATE TRIGGER trioforge_jobs_forget_errors AFTER DELETE ON trioforge_jobs
+    BEGIN
+        DELETE FROM trioforge_attempts WHERE job_id = OLD.id;
+    END
+    """,
+    # Workflows: runs, their records and signals, child jobs and wake-ups; "compensated"
+    # joins the terminal states the idempotency index leaves out.
     f"""
     ALTER TABLE trioforge_jobs ADD COLUMN parent_id INTEGER;
     ALTER TABLE trioforge_jobs ADD COLUMN workflow INTEGER NOT NULL DEFAULT 0;
@@ -163,15 +226,31 @@ MIGRATIONS: tuple[str, ...] = (
 
 _TABLES = (
     "trioforge_jobs", "trioforge_processes", "trioforge_leases", "trioforge_cron",
-    "trioforge_paused_queues", "trioforge_workflow_steps", "trioforge_workflow_signals",
-    "trioforge_schema",
+    "trioforge_paused_queues", "trioforge_limits", "trioforge_attempts",
+    "trioforge_workflow_steps", "trioforge_workflow_signals", "trioforge_schema",
 )  # fmt: skip
 
 
 _INSERT = (
     "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, max_attempts, "
-    "idempotency_key, created_at, status, parent_id, workflow) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "idempotency_key, created_at, status, timeout, requires, rate_key, concurrency_key, "
+    "parent_id, workflow) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _insert_row(j: NewJob, key: str | None, now: float) -> tuple[object, ...]:
+    return (
+        j.name, j.queue, j.payload, j.priority, j.run_at, j.max_attempts, key, now,
+        "scheduled" if j.run_at > now else "available", j.timeout,
+        json.dumps(list(j.requires)) if j.requires else None, j.rate_key, j.concurrency_key,
+        j.parent_id, int(j.workflow),
+    )  # fmt: skip
+
+
+#: A job this claimer can run: every capability it requires is in the JSON array ?caps.
+_CAPABLE = (
+    "(requires IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(requires) AS r "
+    "WHERE r.value NOT IN (SELECT value FROM json_each({caps}))))"
 )
 
 #: The unfinished job holding an idempotency key, if any.
@@ -186,11 +265,45 @@ SET status = 'running', attempt = attempt + 1, lease = lease + 1, lease_owner = 
 WHERE id IN (
     SELECT id FROM trioforge_jobs INDEXED BY trioforge_jobs_claim
     WHERE queue = ? AND status IN {_PENDING_SQL} AND run_at <= ?
-      AND name IN (SELECT value FROM json_each(?))
+      AND name IN (SELECT value FROM json_each(?)) AND {_CAPABLE.format(caps="?")}
     ORDER BY priority DESC, run_at, id
     LIMIT ?
 )
-RETURNING id, name, queue, payload, priority, run_at, attempt, max_attempts, lease
+RETURNING id, name, queue, payload, priority, run_at, attempt, max_attempts, lease, timeout
+"""
+
+#: A flow-controlled claim reads due jobs in claim order, a chunk at a time, each with the
+#: running count of its concurrency key and its rate key's stored bucket; decides in Python
+#: (FlowGate, the shared rule), then claims the chosen ids. The write lock is held
+#: throughout, so nothing read here changes before the claim commits.
+_CANDIDATES = f"""
+SELECT j.id, j.name, j.rate_key, j.concurrency_key,
+    CASE WHEN j.concurrency_key IS NOT NULL THEN (
+        SELECT count(*) FROM trioforge_jobs AS r INDEXED BY trioforge_jobs_running_keys
+        WHERE r.status = 'running' AND r.concurrency_key IS NOT NULL
+          AND r.concurrency_key = j.concurrency_key) END,
+    l.tokens, l.at
+FROM trioforge_jobs AS j INDEXED BY trioforge_jobs_claim
+LEFT JOIN trioforge_limits AS l ON j.rate_key IS NOT NULL AND l.key = 'r:' || j.rate_key
+WHERE j.queue = ?1 AND j.status IN {_PENDING_SQL} AND j.run_at <= ?2
+  AND j.name IN (SELECT value FROM json_each(?3)) AND {_CAPABLE.format(caps="?4")}
+ORDER BY j.priority DESC, j.run_at, j.id
+LIMIT ?5 OFFSET ?6
+"""
+
+_CLAIM_IDS = """
+UPDATE trioforge_jobs
+SET status = 'running', attempt = attempt + 1, lease = lease + 1, lease_owner = ?,
+    lease_until = ?, started_at = ?, error = NULL, progress = NULL, progress_message = NULL
+WHERE id IN (SELECT value FROM json_each(?))
+RETURNING id, name, queue, payload, priority, run_at, attempt, max_attempts, lease, timeout
+"""
+
+_STORE_BUCKETS = """
+INSERT INTO trioforge_limits (key, tokens, at)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')
+FROM json_each(?) WHERE true
+ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, at = excluded.at
 """
 
 #: Before a claim, in one statement: whether the queue is paused, and the earliest run_at
@@ -199,7 +312,7 @@ _PAUSED_AND_UPCOMING = f"""
 SELECT EXISTS (SELECT 1 FROM trioforge_paused_queues WHERE name = ?1),
     (SELECT min(run_at) FROM trioforge_jobs
      WHERE queue = ?1 AND status IN {_PENDING_SQL} AND run_at > ?2
-       AND name IN (SELECT value FROM json_each(?3)))
+       AND name IN (SELECT value FROM json_each(?3)) AND {_CAPABLE.format(caps="?4")})
 """
 
 #: Every outcome of a batch in one statement (one GIL hand-off in the writer thread, not
@@ -238,6 +351,25 @@ _STEP_COLUMNS = (
 )
 
 
+def _in_claim_order(rows: list[Any]) -> tuple[ClaimedJob, ...]:
+    jobs = (ClaimedJob(*row) for row in rows)
+    return tuple(sorted(jobs, key=lambda j: claim_key(j.priority, j.run_at, j.id)))
+
+
+def _statements(script: str) -> list[str]:
+    """A migration's statements (a trigger's body holds semicolons of its own)."""
+    out, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                out.append(pending)
+            pending = ""
+    if pending.strip(" \n;"):
+        out.append(pending)
+    return out
+
+
 class _Busy(Exception):
     """The write lock could not be taken within the busy timeout (carries the error)."""
 
@@ -253,9 +385,12 @@ class SQLiteBackend:
     #: One batch at a time: one connection, one writer thread.
     max_in_flight = 1
 
-    def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
+    def __init__(
+        self, path: Path, *, busy_timeout: float = 10.0, change_poll_interval: float = 0.005
+    ) -> None:
         self.path = Path(path)
         self._busy_timeout = busy_timeout
+        self._change_poll_interval = change_poll_interval
         self._db: sqlite3.Connection | None = None
         self._handlers: dict[type, Callable[[sqlite3.Connection, Any, float], object]] = (
             ops.handlers(self)
@@ -270,6 +405,58 @@ class SQLiteBackend:
 
     def environment(self) -> AbstractAsyncContextManager[None]:
         return nullcontext()
+
+    @asynccontextmanager
+    async def changes(self) -> AsyncIterator[trio.MemoryReceiveChannel[Changed]]:
+        """Commits by any connection to the file, this process's own included, seen by
+        ``PRAGMA data_version`` on a connection of its own: a thread reads it every
+        ``change_poll_interval`` seconds (a read of the WAL index in shared memory, no
+        disk I/O and no lock) and reports None (which jobs is unknown) when it moved."""
+        send, receive = trio.open_memory_channel[Changed](math.inf)
+        stop = threading.Event()
+        token = trio.lowlevel.current_trio_token()
+        try:  # the first version is read before anything is reported: no gap
+            db, first = await trio.to_thread.run_sync(self._watch_connection)
+        except sqlite3.Error as exc:
+            raise DatabaseUnavailableError(
+                f"cannot watch SQLite database {str(self.path)!r} for changes: {exc}"
+            ) from None
+
+        def report() -> None:
+            with contextlib.suppress(trio.ClosedResourceError):
+                send.send_nowait(None)
+
+        def watch() -> None:
+            try:
+                last = first
+                while not stop.wait(self._change_poll_interval):
+                    version = db.execute("PRAGMA data_version").fetchone()[0]
+                    if version != last:
+                        last = version
+                        trio.from_thread.run_sync(report, trio_token=token)
+            except sqlite3.Error:  # the feed ends; its reader reconnects
+                with contextlib.suppress(trio.RunFinishedError):
+                    trio.from_thread.run_sync(send.close, trio_token=token)
+            except trio.RunFinishedError:
+                pass
+            finally:
+                db.close()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(trio.to_thread.run_sync, watch, abandon_on_cancel=False))
+                try:
+                    yield receive
+                finally:
+                    stop.set()  # the thread ends within one poll interval; the nursery waits
+        finally:
+            send.close()
+
+    def _watch_connection(self) -> tuple[sqlite3.Connection, int]:
+        db = sqlite3.connect(self.path, timeout=self._busy_timeout, check_same_thread=False)
+        db.execute("PRAGMA query_only = 1")
+        version: int = db.execute("PRAGMA data_version").fetchone()[0]
+        return db, version
 
     async def open(self, *, migrate: bool = True) -> None:
         await trio.to_thread.run_sync(self._open_sync, migrate)
@@ -374,9 +561,8 @@ class SQLiteBackend:
             current = db.execute("SELECT max(version) FROM trioforge_schema").fetchone()[0] or 0
             for version, script in enumerate(MIGRATIONS, start=1):
                 if version > current:
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
+                    for statement in _statements(script):
+                        db.execute(statement)
                     db.execute("INSERT INTO trioforge_schema (version) VALUES (?)", (version,))
             db.execute("COMMIT")
         except BaseException:
@@ -435,11 +621,7 @@ class SQLiteBackend:
         for job in op.jobs:
             json.loads(job.payload)  # refuse anything that is not JSON text
         if all(job.idempotency_key is None for job in op.jobs):
-            rows = [
-                (j.name, j.queue, j.payload, j.priority, j.run_at, j.max_attempts, None, now,
-                 "scheduled" if j.run_at > now else "available", j.parent_id, int(j.workflow))
-                for j in op.jobs
-            ]  # fmt: skip
+            rows = [_insert_row(j, None, now) for j in op.jobs]
             before = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'trioforge_jobs'")
             first = (before.fetchone() or (0,))[0] + 1
             db.executemany(_INSERT, rows)
@@ -456,27 +638,59 @@ class SQLiteBackend:
                 if existing is not None:
                     out.append(Enqueued(existing[0], created=False))
                     continue
-            cursor = db.execute(
-                _INSERT,
-                (j.name, j.queue, j.payload, j.priority, j.run_at, j.max_attempts, key, now,
-                 "scheduled" if j.run_at > now else "available", j.parent_id, int(j.workflow)),
-            )  # fmt: skip
+            cursor = db.execute(_INSERT, _insert_row(j, key, now))
             assert cursor.lastrowid is not None
             out.append(Enqueued(cursor.lastrowid, created=True))
         return out
 
     def _claim(self, db: sqlite3.Connection, op: ops.Claim, now: float) -> ClaimResult:
         names = json.dumps(sorted(op.names))
-        paused, upcoming = db.execute(_PAUSED_AND_UPCOMING, (op.queue, now, names)).fetchone()
+        caps = json.dumps(sorted(op.capabilities))
+        paused, upcoming = db.execute(_PAUSED_AND_UPCOMING, (op.queue, now, names, caps)).fetchone()
         if paused:
             return ClaimResult((), None)
+        if op.limits:
+            return self._claim_limited(db, op, now, names, caps, upcoming)
         rows = db.execute(
-            _CLAIM, (op.owner, op.lease_until, now, op.queue, now, names, max(op.limit, 0))
+            _CLAIM, (op.owner, op.lease_until, now, op.queue, now, names, caps, max(op.limit, 0))
         ).fetchall()
-        jobs = sorted(
-            (ClaimedJob(*row) for row in rows), key=lambda j: claim_key(j.priority, j.run_at, j.id)
-        )
-        return ClaimResult(tuple(jobs), upcoming)
+        return ClaimResult(_in_claim_order(rows), upcoming)
+
+    @staticmethod
+    def _claim_limited(
+        db: sqlite3.Connection,
+        op: ops.Claim,
+        now: float,
+        names: str,
+        caps: str,
+        upcoming: float | None,
+    ) -> ClaimResult:
+        """The write lock is held: counts and buckets read here cannot change under us."""
+        gate = FlowGate(op.limits, {}, {}, now)
+        picked: list[int] = []
+        seen, chunk = 0, max(2 * op.limit, 16)
+        while len(picked) < op.limit and seen < FLOW_WINDOW:
+            rows = db.execute(
+                _CANDIDATES, (op.queue, now, names, caps, min(chunk, FLOW_WINDOW - seen), seen)
+            ).fetchall()
+            if not rows:
+                break
+            seen += len(rows)
+            chunk *= 4
+            gate.learn(
+                {r[3]: r[4] for r in rows if r[3] is not None},
+                {r[2]: Bucket(r[5], r[6]) for r in rows if r[5] is not None},
+            )
+            for job_id, name, rate_key, concurrency_key, *_ in rows:
+                if len(picked) < op.limit and gate.admit(name, rate_key, concurrency_key):
+                    picked.append(job_id)
+        claimed = db.execute(
+            _CLAIM_IDS, (op.owner, op.lease_until, now, json.dumps(picked))
+        ).fetchall()
+        if gate.buckets:
+            stored = [[f"r:{k}", b.tokens, b.at] for k, b in gate.buckets.items()]
+            db.execute(_STORE_BUCKETS, (json.dumps(stored),))
+        return ClaimResult(_in_claim_order(claimed), upcoming, gate.next_token_at, gate.held)
 
     def _release_orphans(
         self, db: sqlite3.Connection, op: ops.ReleaseOrphans, now: float
@@ -554,24 +768,53 @@ class SQLiteBackend:
         return None if row is None else job_info(row)
 
     @staticmethod
-    def _list_jobs(db: sqlite3.Connection, op: ops.ListJobs, now: float) -> list[JobInfo]:
+    def _get_many(db: sqlite3.Connection, op: ops.GetMany, now: float) -> dict[int, JobInfo]:
         del now
         rows = db.execute(
             f"SELECT {JOB_COLUMNS} FROM trioforge_jobs "
-            "WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR queue = ?2) "
-            "AND (?3 IS NULL OR name = ?3) AND (workflow OR NOT ?5) "
-            "AND (?6 IS NULL OR substr(name, 1, length(?6) + 2) = ?6 || '@v') "
-            "ORDER BY id DESC LIMIT ?4",
-            (
-                op.status.value if op.status else None,
-                op.queue,
-                op.name,
-                op.limit,
-                op.runs_only or op.workflow is not None,
-                op.workflow,
-            ),
+            "WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(op.job_ids)),),
+        ).fetchall()
+        return {info.id: info for info in map(job_info, rows)}
+
+    @staticmethod
+    def _list_jobs(db: sqlite3.Connection, op: ops.ListJobs, now: float) -> list[JobInfo]:
+        del now
+        # Only the filters given, so an index on (status, id) or (name, id) serves them;
+        # the SQL is made of fixed fragments, every value is a parameter.
+        filters = {
+            "status = ?": op.status.value if op.status else None,
+            "queue = ?": op.queue,
+            "name = ?": op.name,
+            "id < ?": op.before,
+        }
+        given = {sql: value for sql, value in filters.items() if value is not None}
+        clauses, values = list(given), list[object](given.values())
+        if op.runs_only or op.workflow is not None:
+            clauses.append("workflow = 1")
+        if op.workflow is not None:  # every version: job names "<workflow>@v<N>"
+            clauses.append("substr(name, 1, length(?) + 2) = ? || '@v'")
+            values += [op.workflow, op.workflow]
+        where = " AND ".join(clauses) or "1"
+        rows = db.execute(
+            f"SELECT {JOB_COLUMNS} FROM trioforge_jobs WHERE {where} ORDER BY id DESC LIMIT ?",
+            (*values, op.limit),
         ).fetchall()
         return [job_info(row) for row in rows]
+
+    @staticmethod
+    def _throughput(
+        db: sqlite3.Connection, op: ops.Throughput, now: float
+    ) -> dict[str, dict[JobState, int]]:
+        del now
+        out: dict[str, dict[JobState, int]] = {}
+        for queue, status, count in db.execute(
+            "SELECT queue, status, count(*) FROM trioforge_jobs "
+            "WHERE finished_at >= ? GROUP BY queue, status",
+            (op.since,),
+        ):
+            out.setdefault(queue, {})[JobState(status)] = count
+        return out
 
     @staticmethod
     def _status_of(db: sqlite3.Connection, job_id: int) -> tuple[JobState, str | None]:
@@ -694,11 +937,13 @@ class SQLiteBackend:
     @staticmethod
     def _beat(db: sqlite3.Connection, op: ops.Beat, now: float) -> None:
         db.execute(
-            "INSERT INTO trioforge_processes (owner, queues, started_at, heartbeat_at) "
-            "VALUES (?1, ?2, ?3, ?3) ON CONFLICT (owner) DO UPDATE SET "
-            "queues = excluded.queues, heartbeat_at = excluded.heartbeat_at",
-            (op.owner, json.dumps(list(op.queues)), now),
-        )
+            "INSERT INTO trioforge_processes (owner, queues, started_at, heartbeat_at, details) "
+            "VALUES (?1, ?2, ?3, ?3, ?4) ON CONFLICT (owner) DO UPDATE SET "
+            "queues = excluded.queues, heartbeat_at = excluded.heartbeat_at, "
+            "details = excluded.details",
+            (op.owner, json.dumps(list(op.queues)), now,
+             None if op.details is None else op.details.to_json()),
+        )  # fmt: skip
 
     @staticmethod
     def _leave(db: sqlite3.Connection, op: ops.Leave, now: float) -> None:
@@ -710,10 +955,13 @@ class SQLiteBackend:
     def _processes_list(db: sqlite3.Connection, op: ops.Processes, now: float) -> list[ProcessInfo]:
         del op, now
         rows = db.execute(
-            "SELECT owner, queues, started_at, heartbeat_at FROM trioforge_processes "
+            "SELECT owner, queues, started_at, heartbeat_at, details FROM trioforge_processes "
             "ORDER BY started_at, owner"
         )
-        return [ProcessInfo(o, tuple(json.loads(q)), s, h) for o, q, s, h in rows]
+        return [
+            ProcessInfo(o, tuple(json.loads(q)), s, h, ProcessDetails.from_json(d))
+            for o, q, s, h, d in rows
+        ]
 
     @staticmethod
     def _lead(db: sqlite3.Connection, op: ops.Lead, now: float) -> bool:
@@ -762,6 +1010,73 @@ class SQLiteBackend:
         del op, now
         rows = db.execute("SELECT name, last_tick, last_job_id, skipped FROM trioforge_cron")
         return {r[0]: CronState(*r) for r in rows}
+
+    @staticmethod
+    def _purge(db: sqlite3.Connection, op: ops.Purge, now: float) -> list[int]:
+        del now
+        rows = db.execute(
+            "DELETE FROM trioforge_jobs WHERE id IN ("
+            " SELECT id FROM trioforge_jobs WHERE status IN (SELECT value FROM json_each(?1))"
+            " AND finished_at IS NOT NULL AND finished_at < ?2"
+            " AND ((?3 IS NOT NULL AND queue = ?3) OR (?3 IS NULL"
+            "  AND queue NOT IN (SELECT value FROM json_each(?4))))"
+            " ORDER BY finished_at, id LIMIT ?5) RETURNING id",
+            (json.dumps([JobState(s).value for s in op.statuses]), op.before, op.queue,
+             json.dumps(list(op.exclude)), max(op.limit, 0)),
+        ).fetchall()  # fmt: skip
+        gone = json.dumps([r[0] for r in rows])  # a purged run's record goes with it
+        for table in ("trioforge_workflow_steps", "trioforge_workflow_signals"):
+            db.execute(
+                f"DELETE FROM {table} WHERE run_id IN (SELECT value FROM json_each(?))", (gone,)
+            )
+        return sorted(r[0] for r in rows)
+
+    @staticmethod
+    def _attempts(db: sqlite3.Connection, op: ops.Attempts, now: float) -> list[AttemptRecord]:
+        del now
+        kept = db.execute(
+            "SELECT attempt, started_at, error FROM trioforge_attempts WHERE job_id = ? "
+            "ORDER BY rowid",
+            (op.job_id,),
+        ).fetchall()
+        current = db.execute(
+            "SELECT attempt, started_at, error FROM trioforge_jobs "
+            "WHERE id = ? AND error IS NOT NULL",
+            (op.job_id,),
+        ).fetchall()
+        return [AttemptRecord(*row) for row in kept + current]
+
+    @staticmethod
+    def _matching(db: sqlite3.Connection, where: ops.JobFilter, statuses: list[str]) -> list[int]:
+        rows = db.execute(
+            "SELECT id FROM trioforge_jobs WHERE id > ?1"
+            " AND status IN (SELECT value FROM json_each(?2))"
+            " AND (?3 IS NULL OR queue = ?3) AND (?4 IS NULL OR name = ?4)"
+            " AND (?5 IS NULL OR coalesce(finished_at, created_at) >= ?5)"
+            " ORDER BY id LIMIT ?6",
+            (where.after_id, json.dumps(statuses), where.queue, where.name, where.since,
+             max(where.limit, 0)),
+        ).fetchall()  # fmt: skip
+        return [r[0] for r in rows]
+
+    def _retry_many(self, db: sqlite3.Connection, op: ops.RetryMany, now: float) -> ops.BulkResult:
+        seen = self._matching(db, op.where, [op.status.value])
+        done = []
+        for job_id in seen:
+            try:
+                if self._retry_job(db, ops.RetryJob(job_id), now):
+                    done.append(job_id)
+            except InvalidStateError:
+                continue  # its idempotency key is another unfinished job's (nothing written)
+        return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= op.where.limit else None)
+
+    def _discard_many(
+        self, db: sqlite3.Connection, op: ops.DiscardMany, now: float
+    ) -> ops.BulkResult:
+        statuses = ["scheduled", "available", "retrying"] if op.status is None else [op.status]
+        seen = self._matching(db, op.where, [JobState(s).value for s in statuses])
+        done = [j for j in seen if self._discard(db, ops.Discard(j, op.reason), now)]
+        return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= op.where.limit else None)
 
     # --- workflows ---------------------------------------------------------------------
 

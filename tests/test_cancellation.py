@@ -13,7 +13,6 @@ import trioforge
 from tests.conftest import FAST
 from tests.virtual import run_virtual
 from trioforge import JobContext, JobState, Registry, Retry, VirtualClock
-from trioforge.actors import Finished
 from trioforge.storage import Backend, MemoryBackend, ops
 
 
@@ -162,17 +161,6 @@ async def test_ctx_heartbeat_picks_up_a_cancel_from_another_process(shared_url: 
             await stopped.wait()
             info = await rt.wait(job_id)
     assert info.status is JobState.CANCELLED
-
-
-def test_finished_keeps_nothing_for_jobs_nobody_watches() -> None:
-    finished = Finished()
-    with finished.watch(1) as first, finished.watch(1) as second:
-        assert first is second
-    with finished.watch(2) as event:
-        finished.notify(2)
-        assert event.is_set()
-    finished.notify(3)  # nobody watched: nothing to do
-    assert finished._watched == {}
 
 
 class HeldClaims(MemoryBackend):

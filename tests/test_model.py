@@ -38,7 +38,16 @@ from hypothesis import strategies as st
 
 import trioforge
 from tests.strategies import priorities
-from trioforge import Clock, JobContext, JobState, Priority, Retry, VirtualClock, WallClock
+from trioforge import (
+    Clock,
+    ConcurrencyLimit,
+    JobContext,
+    JobState,
+    Priority,
+    Retry,
+    VirtualClock,
+    WallClock,
+)
 from trioforge._rules import claim_key, failure_outcome
 from trioforge.storage import MemoryBackend
 from trioforge.testing import EPOCH, run
@@ -56,6 +65,9 @@ class JobSpec:
     seconds: int  # how long each attempt runs before it returns or raises ("hang": timeout)
     fails: int  # for "fail": attempts that fail before one succeeds
     cancel_at: float | None  # seconds after the start of the scenario
+    #: Its concurrency key: at most ``Scenario.limit`` jobs of one key run at once, across
+    #: both queues (None: no limit).
+    key: str | None = None
 
 
 @attrs.frozen
@@ -72,6 +84,7 @@ class Scenario:
     resizes: tuple[Resize, ...]
     retry: Retry
     timeout: int = 7  # seconds a hanging attempt lasts before it times out
+    limit: int = 1  # running jobs per concurrency key
 
 
 @attrs.frozen
@@ -129,13 +142,16 @@ def simulate(scenario: Scenario, *, lagged: bool = False) -> list[Outcome]:
     while True:
         # What happens now, per queue: attempts ending, cancels, resizes, jobs falling due.
         events: dict[str, int] = {}
+        freed: dict[str, set[str]] = {}  # concurrency key -> queues where a job of it ended
         for i in [i for i, end in ends.items() if end == now]:
             events[jobs[i].queue] = events.get(jobs[i].queue, 0) + 1
+            freed.setdefault(jobs[i].key or "", set()).add(jobs[i].queue)
             end_attempt(i, now)
         for i, job in enumerate(jobs):
             if job.cancel_at == now and i not in final:
                 events[job.queue] = events.get(job.queue, 0) + 1
                 if i in ends:
+                    freed.setdefault(job.key or "", set()).add(job.queue)
                     start, _ = attempts[i][-1]
                     attempts[i][-1] = (start, now)
                     del ends[i]
@@ -154,7 +170,14 @@ def simulate(scenario: Scenario, *, lagged: bool = False) -> list[Outcome]:
         for queue, count in events.items():
             if count > 1 and (fractional or (lagged and queue in lagging)):
                 raise Ambiguous(now)
-        # Free slots take due jobs in claim order; an attempt of 0 s frees its slot at once.
+        # Free slots take due jobs in claim order, skipping those whose concurrency key is
+        # full; an attempt of 0 s frees its slot at once.
+        started: dict[str, str] = {}  # key -> the queue that started a job of it just now
+
+        def key_free(i: int) -> bool:
+            key = jobs[i].key
+            return key is None or sum(1 for j in ends if jobs[j].key == key) < scenario.limit
+
         for queue in size:
             while True:
                 running = sum(1 for i in ends if jobs[i].queue == queue)
@@ -163,9 +186,22 @@ def simulate(scenario: Scenario, *, lagged: bool = False) -> list[Outcome]:
                     for i, job in enumerate(jobs)
                     if job.queue == queue and i not in final and i not in ends and run_at[i] <= now
                 ]
+                # A key another queue started or ended a job of just now: whether this
+                # queue's claim sees that job running is up to the two queues' actors.
+                contended = any(
+                    started.get(jobs[i].key or "", queue) != queue
+                    or freed.get(jobs[i].key or "", set()) - {queue}
+                    for i in due
+                    if jobs[i].key is not None
+                )
+                if running < size[queue] and contended:
+                    raise Ambiguous(now)
+                due = [i for i in due if key_free(i)]
                 if running >= size[queue] or not due:
                     break
                 i = min(due, key=lambda i: claim_key(jobs[i].priority, run_at[i], i))
+                if jobs[i].key is not None:
+                    started[jobs[i].key or ""] = queue
                 attempts[i].append((now, math.nan))
                 ends[i] = now + attempt_seconds(i)
                 if ends[i] == now:
@@ -186,6 +222,9 @@ def offsets(max_seconds: int) -> st.SearchStrategy[float]:
     return st.builds(lambda s, k: s + k / 64, st.integers(0, max_seconds), st.integers(1, 63))
 
 
+NO_KEYS: st.SearchStrategy[str | None] = st.none()
+
+
 def scenarios_of(
     queues: tuple[str, ...],
     *,
@@ -198,6 +237,7 @@ def scenarios_of(
     max_delay: st.SearchStrategy[int],
     instants: st.SearchStrategy[float],
     timeout: int,
+    keys: st.SearchStrategy[str | None] = NO_KEYS,
 ) -> st.SearchStrategy[Scenario]:
     """Scenarios within the given bounds; cancels and resizes land on ``instants``."""
     job_specs = st.builds(
@@ -209,6 +249,7 @@ def scenarios_of(
         seconds=st.integers(0, seconds),
         fails=st.integers(0, attempts),
         cancel_at=st.none() | instants,
+        key=keys,
     )
     resizes = st.builds(
         Resize, at=instants, queue=st.sampled_from(queues), size=st.integers(1, workers)
@@ -227,12 +268,14 @@ def scenarios_of(
             max_delay=max_delay,
         ),
         timeout=st.just(timeout),
+        limit=st.integers(1, 2),
     )
 
 
 scenarios = scenarios_of(
     QUEUES, jobs=10, workers=3, delays=20, seconds=4, attempts=4, base_delays=10,
     max_delay=st.integers(1, 20), instants=offsets(60), timeout=7,
+    keys=st.none() | st.sampled_from(["x", "y"]),
 )  # fmt: skip
 
 
@@ -264,7 +307,6 @@ def play(scenario: Scenario, database: str | None = None, *, scale: float = 1.0)
         clock, zero = origin[0]
         return (clock.now() - zero) / scale
 
-    @registry.job("work", retry=retry, timeout=scenario.timeout * scale)
     async def work(ctx: JobContext, index: int) -> None:
         job = scenario.jobs[index]
         start = elapsed()
@@ -279,6 +321,11 @@ def play(scenario: Scenario, database: str | None = None, *, scale: float = 1.0)
                 raise ConnectionError("the scenario says so")
         finally:
             attempts[index].append((start, elapsed()))
+
+    timeout = scenario.timeout * scale
+    plain = registry.job("work", retry=retry, timeout=timeout)(work)
+    limit = ConcurrencyLimit("key", scenario.limit, key=lambda i: scenario.jobs[i].key)
+    keyed = registry.job("keyed", retry=retry, timeout=timeout, concurrency=limit)(work)
 
     async def main() -> list[trioforge.JobInfo]:
         if database is None:
@@ -295,7 +342,11 @@ def play(scenario: Scenario, database: str | None = None, *, scale: float = 1.0)
             origin.append((clock, zero))
             ids = [
                 await rt.enqueue(
-                    work, i, run_at=zero + job.delay * scale, priority=job.priority, queue=job.queue
+                    plain if job.key is None else keyed,
+                    i,
+                    run_at=zero + job.delay * scale,
+                    priority=job.priority,
+                    queue=job.queue,
                 )
                 for i, job in enumerate(scenario.jobs)
             ]

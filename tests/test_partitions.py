@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import trioforge
 from tests.strategies import priorities
 from trioforge import JobContext, JobState, Priority, VirtualClock
-from trioforge.storage import MemoryBackend, Notice, SchemaStatus, ops
+from trioforge.storage import Changed, MemoryBackend, Notice, SchemaStatus, ops
 from trioforge.testing import EPOCH, run
 
 HEARTBEAT = 1.0
@@ -57,6 +57,9 @@ class Partition:
 
     def listen(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Notice]]:
         raise NotImplementedError
+
+    def changes(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Changed]]:
+        return self._backend.changes()
 
     @asynccontextmanager
     async def environment(self) -> AsyncIterator[None]:

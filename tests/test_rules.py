@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -102,3 +103,54 @@ def test_priorities_by_name_and_number() -> None:
     assert parse_priority(7) == 7
     with pytest.raises(ConfigurationError, match="urgent"):
         parse_priority("urgent")  # type: ignore[arg-type]
+
+
+_ERRORS = [TypeError, ValueError, KeyError, ConnectionError, TimeoutError]
+
+
+@given(
+    retry_policies,
+    st.integers(min_value=1, max_value=10),
+    st.sampled_from(_ERRORS),
+    st.lists(st.sampled_from(_ERRORS), max_size=3).map(tuple),
+)
+def test_discard_on_errors_go_straight_to_dead(
+    policy: Retry, attempt: int, error: type[Exception], discard_on: tuple[type[Exception], ...]
+) -> None:
+    discarding = attrs.evolve(policy, discard_on=discard_on)
+    outcome = failure_outcome(discarding, attempt, error("x"), now=100.0)
+    if issubclass(error, discard_on):
+        assert outcome.retry_at is None
+    else:  # the ordinary rule, unchanged
+        assert outcome == failure_outcome(policy, attempt, error("x"), now=100.0)
+
+
+@given(retry_policies, st.integers(min_value=1, max_value=10), st.booleans())
+def test_a_discard_predicate_decides_per_error(policy: Retry, attempt: int, fatal: bool) -> None:
+    discarding = attrs.evolve(policy, discard_on=lambda exc: "fatal" in str(exc))
+    error = RuntimeError("fatal" if fatal else "flaky")
+    outcome = failure_outcome(discarding, attempt, error, now=0.0)
+    if fatal:
+        assert outcome.retry_at is None
+    else:
+        assert outcome == failure_outcome(policy, attempt, error, now=0.0)
+
+
+def test_one_discard_on_error_in_a_group_sends_the_job_to_dead() -> None:
+    policy = Retry(max_attempts=5, discard_on=(TypeError,))
+    group = ExceptionGroup("g", [ValueError("a"), ExceptionGroup("h", [TypeError("b")])])
+    assert failure_outcome(policy, 1, group, 0.0).retry_at is None
+    assert failure_outcome(policy, 1, ExceptionGroup("g", [ValueError()]), 0.0).retry_at == 1.0
+
+
+def test_a_raising_discard_predicate_falls_back_to_the_retry_rules() -> None:
+    def broken(exc: BaseException) -> bool:
+        raise RuntimeError("bug in the predicate")
+
+    assert failure_outcome(Retry(discard_on=broken), 1, ValueError(), 0.0).retry_at == 1.0
+
+
+@pytest.mark.parametrize("bad", [(TypeError, "x"), [TypeError], int, "TypeError"])
+def test_discard_on_must_be_exception_types_or_a_function(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="discard_on"):
+        Retry(discard_on=bad)  # type: ignore[arg-type]

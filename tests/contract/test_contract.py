@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import trio
 
 from trioforge import InvalidStateError, JobNotFoundError, JobState
 from trioforge._rules import Cancelled, Discarded, Failed, Released, Succeeded
 from trioforge.storage import (
     Backend,
     CancelResult,
+    Changed,
     ClaimedJob,
     ClaimResult,
     Enqueued,
@@ -20,6 +22,7 @@ from trioforge.storage import (
     RenewResult,
     ops,
 )
+from trioforge.storage.sqlite import SQLiteBackend
 
 T0 = 1_000.0
 
@@ -424,3 +427,80 @@ async def test_a_queue_may_be_paused_before_it_has_jobs(backend: Backend) -> Non
     assert (await claim(backend, queue="later")).jobs == ()
     assert await one(backend, ops.PauseQueue("later", paused=False))
     assert [j.id for j in (await claim(backend, queue="later")).jobs] == [job_id]
+
+
+async def test_get_many_returns_the_jobs_that_exist(backend: Backend) -> None:
+    a, b = await enqueue(backend, job(payload='"x"'), job("b"))
+    found = await one(backend, ops.GetMany((b, a, a + b + 100)))
+    assert sorted(found) == [a, b]
+    assert (found[a].payload, found[b].name) == ("x", "b")
+    assert found[a] == await get(backend, a)
+    assert await one(backend, ops.GetMany(())) == {}
+
+
+async def changed_ids(changes: trio.MemoryReceiveChannel[Changed], job_id: int) -> None:
+    """Wait until a change notice names ``job_id`` (None names every job)."""
+    with trio.fail_after(10):
+        async for ids in changes:
+            if ids is None or job_id in ids:
+                return
+    raise AssertionError("the change stream ended")
+
+
+async def test_outcomes_progress_and_operator_actions_are_pushed_as_changes(
+    backend: Backend,
+) -> None:
+    [a, b, c] = await enqueue(backend, job(), job(), job(run_at=T0 + 60))
+    async with backend.changes() as changes:
+        [ca, cb] = (await claim(backend, limit=2)).jobs
+        assert await one(backend, ops.Progress(ca.id, ca.lease, 50.0, "half"))
+        await changed_ids(changes, a)
+        assert await finish(backend, cb, Outcome(cb.id, cb.lease, Succeeded()), T0 + 1)
+        await changed_ids(changes, b)
+        assert await one(backend, ops.Cancel(c)) is CancelResult.CANCELLED
+        await changed_ids(changes, c)
+        assert await one(backend, ops.RetryJob(c))
+        await changed_ids(changes, c)
+
+
+async def test_writes_that_change_nothing_send_no_notice(backend: Backend) -> None:
+    if isinstance(backend, SQLiteBackend):
+        pytest.skip("SQLite's change feed reports every commit, without job ids")
+    [a, b] = await enqueue(backend, job(), job())
+    [claimed] = (await claim(backend, limit=1)).jobs
+    async with backend.changes() as changes:
+        # Fenced out (a stale lease) and an unknown job: nothing changed.
+        assert not await one(backend, ops.Progress(claimed.id, claimed.lease + 1, 1.0, None))
+        assert await one(backend, ops.GetMany((a,)))
+        [other] = (await claim(backend, limit=1)).jobs  # a claim is not pushed
+        assert await finish(backend, other, Outcome(other.id, other.lease, Succeeded()), T0)
+        with trio.fail_after(10):
+            first = await changes.receive()
+    assert first == frozenset({b})
+
+
+async def test_list_pages_by_id_with_any_filters(backend: Backend) -> None:
+    ids = await enqueue(backend, *(job("a" if i % 3 else "b", queue=f"q{i % 2}") for i in range(9)))
+    first = await one(backend, ops.ListJobs(limit=4))
+    assert [j.id for j in first] == ids[::-1][:4]
+    second = await one(backend, ops.ListJobs(limit=4, before=first[-1].id))
+    assert [j.id for j in second] == ids[::-1][4:8]
+    named = await one(backend, ops.ListJobs(name="b", queue="q0", before=ids[-1]))
+    assert [j.id for j in named] == [i for n, i in enumerate(ids) if n % 6 == 0][::-1]
+    [claimed] = (await claim(backend, limit=1, queue="q1")).jobs
+    running = await one(backend, ops.ListJobs(status=JobState.RUNNING, before=claimed.id + 1))
+    assert [j.id for j in running] == [claimed.id]
+    assert await one(backend, ops.ListJobs(status=JobState.RUNNING, before=claimed.id)) == []
+
+
+async def test_throughput_counts_jobs_finished_since(backend: Backend) -> None:
+    await enqueue(backend, job(), job(), job(), job(queue="other"))
+    done = (await claim(backend, limit=3)).jobs
+    assert await finish(backend, done[0], Outcome(done[0].id, done[0].lease, Succeeded()), T0)
+    assert await finish(backend, done[1], Outcome(done[1].id, done[1].lease, Succeeded()), T0 + 10)
+    fail = Failed(retry_at=None)
+    assert await finish(backend, done[2], Outcome(done[2].id, done[2].lease, fail), T0 + 20)
+    assert await one(backend, ops.Throughput(T0 + 5)) == {
+        "q": {JobState.COMPLETED: 1, JobState.DEAD: 1}
+    }
+    assert await one(backend, ops.Throughput(T0 + 30)) == {}

@@ -1,0 +1,103 @@
+"""Per-queue policy: the defaults a queue gives the jobs that leave them unset."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+
+import attrs
+
+from trioforge._errors import ConfigurationError
+from trioforge._rules import JobState, Retry
+
+__all__ = ["Queue", "QueueLike", "Retention", "queue_policies", "queue_sizes", "seconds"]
+
+Age = float | dt.timedelta | None
+
+
+def seconds(value: float | dt.timedelta, what: str) -> float:
+    """``value`` in seconds (a timedelta or a number), checked to be finite and >= 0."""
+    number = value.total_seconds() if isinstance(value, dt.timedelta) else value
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, int | float)
+        or not (0 <= number < math.inf)
+    ):
+        raise ConfigurationError(f"{what} must be a timedelta or seconds >= 0, got {value!r}")
+    return float(number)
+
+
+@attrs.frozen
+class Retention:
+    """How long finished jobs are kept, per final state (None: forever). The lease-elected
+    sweeper deletes older ones in small batches."""
+
+    completed: Age = dt.timedelta(days=1)
+    cancelled: Age = dt.timedelta(days=7)
+    dead: Age = dt.timedelta(days=30)
+
+    def __attrs_post_init__(self) -> None:
+        for state, age in self._given():
+            seconds(age, f"Retention.{state.value}")
+
+    def _given(self) -> list[tuple[JobState, float | dt.timedelta]]:
+        ages = [(JobState.COMPLETED, self.completed), (JobState.CANCELLED, self.cancelled),
+                (JobState.DEAD, self.dead)]  # fmt: skip
+        return [(state, age) for state, age in ages if age is not None]
+
+    def ages(self) -> tuple[tuple[JobState, float], ...]:
+        """Each state with a retention, and its age in seconds."""
+        return tuple((state, seconds(age, state.value)) for state, age in self._given())
+
+
+@attrs.frozen
+class Queue:
+    """A queue served by ``workers`` workers in this process, with defaults for its jobs.
+
+    ``retry`` and ``timeout`` apply to every job in the queue whose ``@registry.job``
+    gives none (a per-enqueue ``max_attempts=`` or ``timeout=`` still wins); ``retention``
+    says how long its finished jobs are kept. A plain int in ``queues=`` is
+    ``Queue(that int)``.
+    """
+
+    workers: int
+    retry: Retry | None = None
+    timeout: float | None = None
+    #: How long its finished jobs are kept (None: ``open_runtime``'s ``retention``).
+    retention: Retention | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise ConfigurationError(f"Queue workers must be an int >= 0, got {self.workers!r}")
+        if self.retry is not None and not isinstance(self.retry, Retry):
+            raise ConfigurationError(f"Queue retry must be a trioforge.Retry, got {self.retry!r}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigurationError("Queue timeout must be > 0 seconds or None")
+        if self.retention is not None and not isinstance(self.retention, Retention):
+            raise ConfigurationError("Queue retention must be a trioforge.Retention")
+
+
+QueueLike = Queue | int
+
+
+def _policy(name: object, value: object) -> Queue:
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"queue names must be non-empty strings, got {name!r}")
+    if isinstance(value, Queue):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(
+            f"queues must map queue names to worker counts >= 0 or trioforge.Queue(...), "
+            f"got {name!r}: {value!r}"
+        )
+    return Queue(value)
+
+
+def queue_policies(queues: Mapping[str, QueueLike] | None) -> dict[str, Queue]:
+    """``queues=`` as checked :class:`Queue` policies (ints become ``Queue(n)``)."""
+    return {name: _policy(name, value) for name, value in (queues or {}).items()}
+
+
+def queue_sizes(policies: Mapping[str, Queue]) -> dict[str, int]:
+    return {name: policy.workers for name, policy in policies.items()}

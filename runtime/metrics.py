@@ -1,0 +1,106 @@
+"""Prometheus metrics: the same collectors for ``GET /metrics`` and an embedding app.
+
+``Metrics()`` owns its collectors on a ``prometheus_client.CollectorRegistry`` (a new one,
+or the one given, e.g. ``prometheus_client.REGISTRY`` to expose them beside the app's
+own). Pass it to ``open_runtime(..., metrics=m)`` / ``open_client(..., metrics=m)`` to
+count this process's events, and to ``trioforge.web.app(..., metrics=m)`` to serve it.
+
+Counters and histograms are this process's (each worker process exposes its own); the
+gauges of queue depth and live processes are read from storage at each scrape
+(:meth:`Metrics.refresh`), so any process reports them for the whole database.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from trioforge._rules import AttemptOutcome, JobState, counted_as
+
+if TYPE_CHECKING:
+    from trioforge._client import Client
+
+__all__ = ["Metrics"]
+
+#: Run durations and start latencies, in seconds: from a millisecond to an hour.
+_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+_EVENTS = ("enqueued", "started", "completed", "failed", "retried", "dead", "cancelled")
+
+
+class Metrics:
+    """trioforge's collectors (names start with ``trioforge_``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        labels = ("queue", "job")
+        self._events = {
+            event: Counter(
+                f"trioforge_jobs_{event}", f"Jobs {event} by this process", labels,
+                registry=self.registry,
+            )
+            for event in _EVENTS
+        }  # fmt: skip
+        self._duration = Histogram(
+            "trioforge_job_run_seconds", "How long attempts ran (handler and hooks)", labels,
+            buckets=_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self._latency = Histogram(
+            "trioforge_job_start_latency_seconds",
+            "From a job's run_at (its enqueue, unless delayed) to its attempt starting",
+            labels, buckets=_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self._depth = Gauge(
+            "trioforge_queue_jobs", "Jobs stored per queue and state", ("queue", "state"),
+            registry=self.registry,
+        )  # fmt: skip
+        self._busy = Gauge(
+            "trioforge_pool_busy_slots", "Worker slots running a job in this process",
+            ("queue",), registry=self.registry,
+        )  # fmt: skip
+        self._slots = Gauge(
+            "trioforge_pool_slots", "Worker slots in this process", ("queue",),
+            registry=self.registry,
+        )  # fmt: skip
+        self._processes = Gauge(
+            "trioforge_processes", "Runtime processes heartbeating on the database",
+            registry=self.registry,
+        )  # fmt: skip
+
+    # --- this process's events (called by the runtime and client) ------------------------
+
+    def enqueued(self, queue: str, job: str, count: int = 1) -> None:
+        self._events["enqueued"].labels(queue, job).inc(count)
+
+    def started(self, queue: str, job: str, latency: float) -> None:
+        self._events["started"].labels(queue, job).inc()
+        self._latency.labels(queue, job).observe(max(latency, 0.0))
+        self._busy.labels(queue).inc()
+
+    def ended(
+        self, queue: str, job: str, outcome: AttemptOutcome, *, will_retry: bool, seconds: float
+    ) -> None:
+        self._busy.labels(queue).dec()
+        self._duration.labels(queue, job).observe(max(seconds, 0.0))
+        for event in counted_as(outcome, will_retry=will_retry):
+            self._events[event].labels(queue, job).inc()
+
+    # --- read at scrape time ----------------------------------------------------------------
+
+    async def refresh(self, client: Client) -> None:
+        """Set the gauges read from storage (and the pool sizes of a runtime)."""
+        stats = await client.stats()
+        for queue, counts in stats.by_queue.items():
+            for state in JobState:
+                self._depth.labels(queue, state.value).set(counts.get(state, 0))
+        self._processes.set(len(await client.processes()))
+        statistics = getattr(client, "statistics", None)
+        if statistics is not None:
+            for queue, size in statistics().queues.items():
+                self._slots.labels(queue).set(size)
+                self._busy.labels(queue)  # present (at 0) before the first job
+
+    def exposition(self) -> bytes:
+        """The text format Prometheus scrapes."""
+        return generate_latest(self.registry)

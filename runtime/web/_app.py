@@ -1,0 +1,91 @@
+"""``app()``: the API, the dashboard and /metrics as one Starlette app; ``serve()``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from trioforge._client import Client
+from trioforge._registry import Registry
+from trioforge._runtime import open_client
+from trioforge.metrics import Metrics
+from trioforge.storage import Backend
+from trioforge.web._api import api_routes
+from trioforge.web._dashboard import dashboard_routes
+from trioforge.web._state import WebState
+
+__all__ = ["app", "serve"]
+
+
+def app(
+    database: str | Backend | None = None,
+    *,
+    client: Client | None = None,
+    registry: Registry | None = None,
+    token: str | None = None,
+    metrics: Metrics | None = None,
+) -> Starlette:
+    """The ASGI app. With ``client`` (a runtime or client of the embedding program) it uses
+    that; else its lifespan opens a client on ``database`` (None: the configuration).
+
+    ``registry`` names the jobs ``POST /api/jobs/{name}`` may enqueue (those declared
+    ``public=True``) and the cron schedules the dashboard shows. Dashboard actions (cancel,
+    retry, discard, pause, retry-all) need ``token`` (default ``$TRIOFORGE_WEB_TOKEN``);
+    without one the dashboard is read-only. ``GET /metrics`` serves ``metrics`` (give the
+    one the runtime counts with; default: a new one, with the storage gauges only).
+    """
+    if token is None:
+        token = os.environ.get("TRIOFORGE_WEB_TOKEN") or None
+    web = WebState(client, registry, token)
+    measured = metrics if metrics is not None else Metrics()
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[Mapping[str, Any]]:
+        if client is not None:
+            yield {}
+            return
+        async with open_client(database, registry=registry, metrics=measured) as opened:
+            web.serve_with(opened)
+            try:
+                yield {}
+            finally:
+                web.serve_with(None)
+
+    async def scrape(request: Request) -> Response:
+        await measured.refresh(web.client)
+        return Response(measured.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        *api_routes(web),
+        *dashboard_routes(web),
+        Route("/metrics", scrape, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def serve(
+    asgi: ASGIApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``asgi`` with hypercorn's trio worker until cancelled; ``nursery.start(serve,
+    ...)`` returns the bound URLs (port 0 picks a free port)."""
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.graceful_timeout = 1.0
+    await hypercorn_serve(asgi, config, task_status=task_status)  # type: ignore[arg-type]

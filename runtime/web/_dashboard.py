@@ -1,0 +1,256 @@
+"""The dashboard: server-rendered pages (Jinja2, autoescaped) and token-gated actions.
+
+Every page reads a bounded amount: job lists are keyset pages (``before=<id>``) of at
+most ``PAGE`` rows served by indexes, counts are per queue and state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import urllib.parse
+from collections import Counter
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from trioforge._errors import InvalidArgumentError, InvalidStateError, JobNotFoundError
+from trioforge._rules import JobState
+from trioforge.web._state import TOKEN_COOKIE, WebState
+
+__all__ = ["PAGE", "dashboard_routes"]
+
+#: Jobs per page.
+PAGE = 50
+#: Throughput is counted over this many recent minutes.
+WINDOW_MINUTES = 5
+#: Most dead jobs one retry-all touches (press again for more).
+RETRY_ALL_LIMIT = 10_000
+
+_STATES = [s.value for s in JobState]
+
+
+def _filters(request: Request) -> dict[str, Any]:
+    q = request.query_params
+    before = q.get("before", "")
+    return {
+        "state": q.get("state") or None,
+        "queue": q.get("queue") or None,
+        "name": q.get("name") or None,
+        "before": int(before) if before.isdigit() else None,
+    }
+
+
+def _query(filters: dict[str, Any]) -> str:
+    return urllib.parse.urlencode(
+        {k: v for k, v in filters.items() if v is not None and k != "before"}
+    )
+
+
+def dashboard_routes(web: WebState) -> list[Route]:
+    def render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
+        page = web.templates.get_template(template).render(
+            root=request.scope.get("root_path", ""),
+            can_act=web.may_act(request),
+            actions_configured=web.token is not None,
+            **context,
+        )
+        return HTMLResponse(page, status_code=status)
+
+    async def queues(request: Request) -> Response:
+        client = web.client
+        stored = await client.queues()
+        recent = await client.throughput(WINDOW_MINUTES * 60)
+        serving = Counter(q for p in await client.processes() for q in p.queues)
+        sizes = getattr(client, "statistics", None)
+        pools = sizes().queues if sizes is not None else {}
+        rows = [
+            {
+                "name": q.name,
+                "paused": q.paused,
+                "counts": {s.value: n for s, n in q.counts.items()},
+                "recent": sum(recent.by_queue.get(q.name, {}).values()),
+                "processes": serving.get(q.name, 0),
+                "pool": pools.get(q.name),
+            }
+            for q in stored
+        ]
+        return render(
+            request, "queues.html", queues=rows, states=_STATES, window_minutes=WINDOW_MINUTES
+        )
+
+    async def job_list(request: Request, *, dead: bool) -> Response:
+        filters = _filters(request)
+        if dead:
+            filters["state"] = JobState.DEAD.value
+        jump = request.query_params.get("id", "")
+        if jump.strip().isdigit():
+            return RedirectResponse(
+                f"{request.scope.get('root_path', '')}/jobs/{jump.strip()}", 303
+            )
+        if filters["state"] is not None and filters["state"] not in _STATES:
+            filters["state"] = None
+        jobs = await web.client.list(
+            status=filters["state"], queue=filters["queue"], name=filters["name"],
+            limit=PAGE, before=filters["before"],
+        )  # fmt: skip
+        shown = dict(filters)
+        if dead:
+            shown["state"] = None
+        return render(
+            request,
+            "jobs.html",
+            heading="Dead jobs" if dead else "Jobs",
+            path="/dead" if dead else "/jobs",
+            jobs=jobs,
+            states=_STATES,
+            filters=filters,
+            query=_query(shown),
+            next_before=jobs[-1].id if len(jobs) == PAGE else None,
+        )
+
+    async def jobs(request: Request) -> Response:
+        return await job_list(request, dead=False)
+
+    async def dead(request: Request) -> Response:
+        return await job_list(request, dead=True)
+
+    async def job(request: Request) -> Response:
+        try:
+            info = await web.client.get(request.path_params["job_id"])
+        except (JobNotFoundError, InvalidArgumentError):
+            return render(
+                request, "jobs.html", status=404, heading="No such job", path="/jobs",
+                jobs=[], states=_STATES, filters=_filters(request), query="", next_before=None,
+            )  # fmt: skip
+        return render(request, "job.html", job=info)
+
+    async def cron(request: Request) -> Response:
+        states = await web.client.cron_states()
+        declared = {d.name: d for d in web.registry.schedules()} if web.registry else {}
+        now = dt.datetime.now(dt.UTC)
+        rows = []
+        for name in sorted(set(states) | set(declared)):
+            state, definition = states.get(name), declared.get(name)
+            schedule = definition.cron.schedule if definition and definition.cron else None
+            rows.append(
+                {
+                    "name": name,
+                    "expr": schedule.expr if schedule else None,
+                    "zone": str(schedule.zone) if schedule else None,
+                    "next": [f.isoformat() for f in schedule.next_fires(now, 3)]
+                    if schedule
+                    else [],
+                    "last_tick": state.last_tick if state else None,
+                    "skipped": state.skipped if state else 0,
+                    "last_job_id": state.last_job_id if state else None,
+                }
+            )
+        return render(request, "cron.html", schedules=rows)
+
+    async def processes(request: Request) -> Response:
+        stats = await web.client.stats()
+        return render(
+            request,
+            "processes.html",
+            processes=await web.client.processes(),
+            now=dt.datetime.now(dt.UTC).timestamp(),
+            running=stats.count(JobState.RUNNING),
+        )
+
+    # --- actions (POST, token required) ---------------------------------------------------
+
+    def back(request: Request, path: str) -> Response:
+        return RedirectResponse(f"{request.scope.get('root_path', '')}{path}", status_code=303)
+
+    def refused(request: Request) -> Response | None:
+        if web.may_act(request):
+            return None
+        why = "disabled: no TRIOFORGE_WEB_TOKEN" if web.token is None else "log in first"
+        return Response(f"actions are {why}", status_code=403, media_type="text/plain")
+
+    async def job_action(request: Request) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        job_id, action = request.path_params["job_id"], request.path_params["action"]
+        client = web.client
+        try:
+            if action == "cancel":
+                await client.cancel(job_id)
+            elif action == "retry":
+                await client.retry(job_id)
+            elif action == "discard":
+                await client.discard(job_id, "discarded from the dashboard")
+            else:
+                return Response("unknown action", status_code=404, media_type="text/plain")
+        except (JobNotFoundError, InvalidArgumentError):
+            return Response(f"no job with id {job_id}", status_code=404, media_type="text/plain")
+        except InvalidStateError as exc:
+            return Response(str(exc), status_code=409, media_type="text/plain")
+        return back(request, f"/jobs/{job_id}")
+
+    async def queue_action(request: Request) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        name, action = request.path_params["name"], request.path_params["action"]
+        if action == "pause":
+            await web.client.pause(name)
+        elif action == "resume":
+            await web.client.resume(name)
+        else:
+            return Response("unknown action", status_code=404, media_type="text/plain")
+        return back(request, "/")
+
+    async def retry_all(request: Request) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        filters = _filters(request)
+        before, done = None, 0
+        while done < RETRY_ALL_LIMIT:  # page by page: never all rows at once
+            page = await web.client.list(
+                status=JobState.DEAD, queue=filters["queue"], name=filters["name"],
+                limit=PAGE * 4, before=before,
+            )  # fmt: skip
+            if not page:
+                break
+            for info in page:
+                try:
+                    done += await web.client.retry(info.id)
+                except InvalidStateError:
+                    continue  # its idempotency key is taken again: leave it dead
+            before = page[-1].id
+        return back(request, "/dead")
+
+    async def login(request: Request) -> Response:
+        if request.method == "GET":
+            return render(request, "login.html", failed=False)
+        form = urllib.parse.parse_qs((await request.body()).decode(errors="replace"))
+        offered = (form.get("token") or [""])[0]
+        if not web.accepts(offered):
+            return render(request, "login.html", status=403, failed=True)
+        response = back(request, "/")
+        response.set_cookie(
+            TOKEN_COOKIE, offered, httponly=True, samesite="strict",
+            secure=request.url.scheme == "https", path="/",
+        )  # fmt: skip
+        return response
+
+    async def logout(request: Request) -> Response:
+        response = back(request, "/")
+        response.delete_cookie(TOKEN_COOKIE, path="/")
+        return response
+
+    return [
+        Route("/", queues, methods=["GET"]),
+        Route("/jobs", jobs, methods=["GET"]),
+        Route("/dead", dead, methods=["GET"]),
+        Route("/jobs/{job_id:int}", job, methods=["GET"]),
+        Route("/cron", cron, methods=["GET"]),
+        Route("/processes", processes, methods=["GET"]),
+        Route("/jobs/{job_id:int}/{action}", job_action, methods=["POST"]),
+        Route("/queues/{name}/{action}", queue_action, methods=["POST"]),
+        Route("/dead/retry-all", retry_all, methods=["POST"]),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
+    ]

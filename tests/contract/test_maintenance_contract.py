@@ -1,0 +1,125 @@
+"""The storage contract for retention and bulk operations, on every backend."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from tests.contract.test_contract import T0, claim, enqueue, finish, get, job, one
+from trioforge import JobState
+from trioforge._rules import Discarded, Failed, Succeeded
+from trioforge.storage import Backend, Outcome, ProcessDetails, ops
+from trioforge.storage._records import OutcomeEvent
+
+
+async def finished(backend: Backend, *specs: tuple[str, str, float]) -> list[int]:
+    """Jobs of (queue, outcome, finished at), run to that end."""
+    ids = []
+    for queue, kind, at in specs:
+        [job_id] = await enqueue(backend, job(queue=queue, max_attempts=1), now=at)
+        [claimed] = (await claim(backend, at, queue=queue)).jobs
+        events: dict[str, OutcomeEvent] = {
+            "ok": Succeeded(), "fail": Failed(None), "discard": Discarded()
+        }  # fmt: skip
+        event = events[kind]
+        assert await finish(backend, claimed, Outcome(job_id, claimed.lease, event), at)
+        ids.append(job_id)
+    return ids
+
+
+async def test_purge_deletes_old_finished_jobs_oldest_first_in_batches(backend: Backend) -> None:
+    old_ok, old_dead, new_ok, other_q = await finished(
+        backend, ("q", "ok", T0), ("q", "fail", T0 + 1), ("q", "ok", T0 + 50), ("r", "ok", T0)
+    )
+    [pending] = await enqueue(backend, job(run_at=T0 - 100), now=T0 - 100)
+    completed = (JobState.COMPLETED,)
+    assert await one(backend, ops.Purge(completed, T0 + 10, queue="q"), T0 + 60) == [old_ok]
+    assert await one(backend, ops.Purge(completed, T0 + 10, queue="q")) == []
+    both = (JobState.COMPLETED, JobState.DEAD)
+    assert await one(backend, ops.Purge(both, T0 + 60, limit=1, exclude=("r",))) == [old_dead]
+    assert await one(backend, ops.Purge(both, T0 + 60, exclude=("r",))) == [new_ok]
+    assert await one(backend, ops.Purge(completed, T0 + 60)) == [other_q]
+    assert (await get(backend, pending)).status is JobState.AVAILABLE  # never unfinished ones
+    assert await one(backend, ops.Get(old_ok)) is None
+    with pytest.raises(ValueError, match="finished"):
+        ops.Purge((JobState.AVAILABLE,), T0)
+
+
+async def test_retry_many_pages_through_dead_jobs_matching_the_filters(backend: Backend) -> None:
+    dead = await finished(
+        backend, ("q", "fail", T0), ("q", "discard", T0 + 5), ("r", "fail", T0 + 9),
+        ("q", "ok", T0 + 9),
+    )  # fmt: skip
+    page = ops.RetryMany(JobState.DEAD, ops.JobFilter(queue="q", limit=1))
+    first: ops.BulkResult = await one(backend, page, T0 + 10)
+    assert first == ops.BulkResult((dead[0],), dead[0])
+    rest = ops.RetryMany(JobState.DEAD, ops.JobFilter(queue="q", after_id=dead[0], limit=1))
+    assert await one(backend, rest, T0 + 10) == ops.BulkResult((dead[1],), dead[1])
+    info = await get(backend, dead[1])
+    assert (info.status, info.attempt, info.run_at) == (JobState.AVAILABLE, 0, T0 + 10)
+    since = ops.RetryMany(JobState.DEAD, ops.JobFilter(since=T0 + 9))
+    assert await one(backend, since, T0 + 11) == ops.BulkResult((dead[2],), None)
+    assert (await get(backend, dead[3])).status is JobState.COMPLETED
+
+
+async def test_retry_many_skips_a_job_whose_key_is_held(backend: Backend) -> None:
+    [keyed] = await enqueue(backend, job(key="k", max_attempts=1))
+    [claimed] = (await claim(backend)).jobs
+    assert await finish(backend, claimed, Outcome(keyed, claimed.lease, Failed(None)), T0)
+    [holder] = await enqueue(backend, job(key="k"))
+    [plain] = await finished(backend, ("r", "fail", T0))
+    result = await one(backend, ops.RetryMany(JobState.DEAD, ops.JobFilter()), T0 + 1)
+    assert result == ops.BulkResult((plain,), None)
+    assert (await get(backend, keyed)).status is JobState.DEAD
+    del holder
+
+
+async def test_discard_many_sends_matching_pending_jobs_to_dead(backend: Backend) -> None:
+    a, b, later, other = await enqueue(
+        backend, job("a"), job("b"), job("a", run_at=T0 + 60), job("a", queue="r")
+    )
+    result = await one(
+        backend, ops.DiscardMany(None, ops.JobFilter(queue="q", name="a"), "spam"), T0 + 1
+    )
+    assert result == ops.BulkResult((a, later), None)
+    info = await get(backend, later)
+    assert (info.status, info.error, info.finished_at) == (JobState.DEAD, "spam", T0 + 1)
+    only_scheduled = ops.DiscardMany(JobState.SCHEDULED, ops.JobFilter(), "x")
+    assert await one(backend, only_scheduled) == ops.BulkResult((), None)
+    assert (await get(backend, b)).status is JobState.AVAILABLE
+    assert (await get(backend, other)).status is JobState.AVAILABLE
+
+
+async def test_a_process_row_keeps_what_its_last_beat_said(backend: Backend) -> None:
+    first = ProcessDetails("host-a", 41, (("default", 4), ("mail", 0)), ("gpu",), 3)
+    await one(backend, ops.Beat("p1", ("default", "mail"), first), T0)
+    later = attrs.evolve(first, pools=(("default", 8), ("mail", 2)), running=0)
+    await one(backend, ops.Beat("p1", ("default", "mail"), later), T0 + 1)
+    await one(backend, ops.Beat("old", ("default",)), T0 + 2)  # says nothing about itself
+    rows = {p.owner: p for p in await one(backend, ops.Processes(), T0 + 3)}
+    assert (rows["p1"].details, rows["p1"].started_at) == (later, T0)
+    assert rows["old"].details is None
+
+
+async def test_every_attempts_error_is_kept(backend: Backend) -> None:
+    [job_id] = await enqueue(backend, job(max_attempts=3))
+    assert await one(backend, ops.Attempts(job_id)) == []
+    [first] = (await claim(backend, T0)).jobs
+    fail = Outcome(job_id, first.lease, Failed(T0 + 5), error="boom 1")
+    assert await finish(backend, first, fail, T0 + 1)
+    [_lost] = (await claim(backend, T0 + 5, owner="w1", lease=10)).jobs
+    assert await one(backend, ops.Rescue(), T0 + 15) == [job_id]  # lost: its own error
+    [third] = (await claim(backend, T0 + 15)).jobs
+    dead = Outcome(job_id, third.lease, Failed(None), error="boom 3")
+    assert await finish(backend, third, dead, T0 + 16)
+    history = await one(backend, ops.Attempts(job_id))
+    assert [(a.attempt, a.started_at) for a in history] == [(1, T0), (2, T0 + 5), (3, T0 + 15)]
+    assert history[0].error == "boom 1"
+    assert "attempt 2 lost" in history[1].error
+    assert history[2].error == "boom 3"
+    assert await one(backend, ops.RetryJob(job_id), T0 + 20)  # the operator's retry keeps it
+    assert [a.error for a in await one(backend, ops.Attempts(job_id))][-1] == "boom 3"
+    assert await one(backend, ops.Purge((JobState.COMPLETED, JobState.DEAD), T0 + 99)) == []
+    assert await one(backend, ops.Discard(job_id, "spam"), T0 + 21)
+    assert await one(backend, ops.Purge((JobState.DEAD,), T0 + 99), T0 + 99) == [job_id]
+    assert await one(backend, ops.Attempts(job_id)) == []  # gone with its job

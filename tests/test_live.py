@@ -1,0 +1,196 @@
+"""Live tracking: ``watch`` and ``wait`` pushed by storage, in this process and across
+clients that share only the database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import trioforge
+from tests.conftest import FAST
+from tests.postgres import schema_url
+from tests.virtual import run_virtual
+from trioforge import JobContext, JobState, Registry, VirtualClock
+from trioforge.storage import MemoryBackend
+
+#: A client that would notice nothing for a minute if it had to poll.
+NO_POLLING = 60.0
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """A database that a runtime and a client open at the same time, each with a storage
+    of its own (memory: one backend object, in-process)."""
+    if request.param == "memory":
+        yield MemoryBackend()
+    elif request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'jobs.db'}"
+    else:
+        async with schema_url() as url:
+            yield url
+
+
+def make_registry() -> tuple[Registry, dict[str, trio.Event]]:
+    registry = Registry()
+    gates = {name: trio.Event() for name in ("half", "finish", "started")}
+
+    @registry.job("steps")
+    async def steps(ctx: JobContext) -> str:
+        gates["started"].set()
+        await ctx.progress(10, "first")
+        await gates["half"].wait()
+        await ctx.progress(50, "half way")
+        await gates["finish"].wait()
+        return "done"
+
+    @registry.job("quick")
+    async def quick(ctx: JobContext, n: int) -> int:
+        return n * 2
+
+    @registry.job("hang")
+    async def hang(ctx: JobContext) -> None:
+        gates["started"].set()
+        await trio.sleep_forever()
+
+    return registry, gates
+
+
+async def test_watch_follows_progress_to_the_outcome(shared: Any) -> None:
+    registry, gates = make_registry()
+    async with (
+        trioforge.open_runtime(registry, database=shared, queues={"default": 1}, **FAST) as rt,
+        trioforge.open_client(shared, poll_interval=NO_POLLING) as client,
+    ):
+        job_id = await rt.enqueue("steps")
+        seen: list[tuple[JobState, float | None, str | None]] = []
+        with trio.fail_after(10):
+            async with client.watch(job_id) as updates:
+                async for info in updates:
+                    seen.append((info.status, info.progress, info.progress_message))
+                    if info.progress == 10:
+                        gates["half"].set()
+                    elif info.progress == 50:
+                        gates["finish"].set()
+                    if info.is_terminal:
+                        result = info.result
+    assert (JobState.RUNNING, 10.0, "first") in seen
+    assert (JobState.RUNNING, 50.0, "half way") in seen
+    assert seen[-1][0] is JobState.COMPLETED
+    assert result == "done"
+    assert len(seen) == len(set(seen))  # only changes are reported
+
+
+async def test_wait_from_another_client_is_woken_by_the_outcome(shared: Any) -> None:
+    registry, _ = make_registry()
+    async with (
+        trioforge.open_client(shared, poll_interval=NO_POLLING) as watcher,
+        trioforge.open_runtime(registry, database=shared, queues={"default": 2}, **FAST) as rt,
+    ):
+        ids = await rt.enqueue_many("quick", [1, 2, 3])
+        with trio.fail_after(10):
+            infos = [await watcher.wait(job_id) for job_id in ids]
+    assert [(i.status, i.result) for i in infos] == [(JobState.COMPLETED, n * 2) for n in (1, 2, 3)]
+
+
+async def test_a_cancel_from_elsewhere_ends_the_watch(shared: Any) -> None:
+    registry, gates = make_registry()
+    async with (
+        trioforge.open_runtime(registry, database=shared, queues={"default": 1}, **FAST) as rt,
+        trioforge.open_client(shared, poll_interval=NO_POLLING) as client,
+    ):
+        job_id = await rt.enqueue("hang")
+        await gates["started"].wait()
+        statuses = []
+        with trio.fail_after(10):
+            async for info in client.watch(job_id):
+                statuses.append(info.status)
+                if info.status is JobState.RUNNING and not info.cancel_requested:
+                    await client.cancel(job_id)
+    assert statuses[0] is JobState.RUNNING
+    assert statuses[-1] is JobState.CANCELLED
+
+
+async def test_watching_an_unknown_job_raises(shared: Any) -> None:
+    async with trioforge.open_client(shared) as client:
+        with trio.fail_after(10), pytest.raises(trioforge.JobNotFoundError):
+            async for _ in client.watch(12345):
+                pass
+        with pytest.raises(trioforge.JobNotFoundError):
+            await client.wait(12345)
+        with pytest.raises(trioforge.InvalidArgumentError):
+            client.watch("12")  # type: ignore[arg-type]
+
+
+async def test_a_watch_left_early_stops_and_others_go_on(shared: Any) -> None:
+    registry, gates = make_registry()
+    async with trioforge.open_runtime(
+        registry, database=shared, queues={"default": 1}, **FAST
+    ) as rt:
+        job_id = await rt.enqueue("steps")
+        with trio.fail_after(10):
+            async with rt.watch(job_id) as early:
+                async for info in early:
+                    if info.progress == 10:
+                        break
+            with pytest.raises(StopAsyncIteration):
+                await early.__anext__()
+            gates["half"].set()
+            gates["finish"].set()
+            assert (await rt.wait(job_id)).status is JobState.COMPLETED
+
+
+async def test_a_watch_ends_with_its_client() -> None:
+    registry, gates = make_registry()
+    backend = MemoryBackend()
+    errors: list[BaseException] = []
+
+    async def watch_forever(client: trioforge.Client, job_id: int) -> None:
+        try:
+            async for _ in client.watch(job_id):
+                pass
+        except trioforge.TrioforgeError as exc:
+            errors.append(exc)
+
+    async with trioforge.open_runtime(registry, database=backend, queues={"default": 1}) as rt:
+        job_id = await rt.enqueue("hang")
+        await gates["started"].wait()
+        async with trio.open_nursery() as nursery, trioforge.open_client(backend) as client:
+            nursery.start_soon(watch_forever, client, job_id)
+            await trio.testing.wait_all_tasks_blocked()
+        await rt.cancel(job_id)
+    [error] = errors
+    assert "client closed" in str(error)
+
+
+def test_watch_in_virtual_time_sees_each_progress_step() -> None:
+    registry = Registry()
+
+    @registry.job("countdown")
+    async def countdown(ctx: JobContext, steps: int) -> None:
+        for i in range(steps):
+            await trio.sleep(10)  # virtual seconds
+            await ctx.progress(100 * (i + 1) / steps, f"step {i + 1}")
+
+    async def scenario(backend: MemoryBackend, clock: VirtualClock) -> None:
+        seen: list[Any] = []
+        async with trioforge.open_runtime(registry, database=backend, clock=clock) as rt:
+            job_id = await rt.enqueue("countdown", 4)
+            async for info in rt.watch(job_id):
+                seen.append((info.status, info.progress, round(clock.now() - start)))
+        assert seen[-1][:2] == (JobState.COMPLETED, 100.0)
+        assert [s[1:] for s in seen if s[1] is not None][:4] == [
+            (25.0, 10), (50.0, 20), (75.0, 30), (100.0, 40)
+        ]  # fmt: skip
+
+    start = 0.0
+
+    async def timed(backend: MemoryBackend, clock: VirtualClock) -> None:
+        nonlocal start
+        start = clock.now()
+        await scenario(backend, clock)
+
+    run_virtual(timed)

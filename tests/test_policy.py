@@ -1,0 +1,132 @@
+"""Per-job policy: discard_on, per-enqueue max_attempts and timeout, queue defaults."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+import trioforge
+from tests.conftest import FAST
+from trioforge import JobContext, JobState, Queue, Registry, Retry
+from trioforge.storage import Backend
+
+FLAKY = Retry(max_attempts=4, base_delay=0, discard_on=(TypeError,))
+
+
+def make_registry() -> Registry:
+    registry = Registry()
+
+    @registry.job("fail", retry=FLAKY)
+    async def fail(ctx: JobContext, kind: str) -> None:
+        raise TypeError("bad payload") if kind == "type" else ConnectionError("flaky")
+
+    @registry.job("hang", retry=Retry(max_attempts=1), timeout=60.0)
+    async def hang(ctx: JobContext) -> None:
+        await trio.sleep_forever()
+
+    @registry.job("plain", queue="strict")
+    async def plain(ctx: JobContext) -> None:
+        raise ConnectionError("down")
+
+    @registry.job("slow", queue="strict")
+    async def slow(ctx: JobContext) -> None:
+        await trio.sleep_forever()
+
+    @registry.job("own", queue="strict", retry=Retry(max_attempts=3, base_delay=0))
+    async def own(ctx: JobContext) -> None:
+        raise ConnectionError("down")
+
+    return registry
+
+
+async def test_discard_on_errors_skip_the_remaining_attempts(database: str | Backend) -> None:
+    async with trioforge.open_runtime(make_registry(), database=database, **FAST) as rt:
+        fatal = await rt.wait(await rt.enqueue("fail", "type"))
+        flaky = await rt.wait(await rt.enqueue("fail", "io"))
+    assert (fatal.status, fatal.attempt) == (JobState.DEAD, 1)
+    assert "TypeError" in (fatal.error or "")
+    assert (flaky.status, flaky.attempt) == (JobState.DEAD, 4)
+
+
+async def test_per_enqueue_max_attempts_and_timeout_override_the_job(
+    database: str | Backend,
+) -> None:
+    async with trioforge.open_runtime(make_registry(), database=database, **FAST) as rt:
+        once = await rt.wait(await rt.enqueue("fail", "io", max_attempts=2))
+        with trio.fail_after(30):  # the job's own timeout is 60 s
+            timed = await rt.wait(await rt.enqueue("hang", timeout=0.05))
+    assert (once.status, once.attempt, once.max_attempts) == (JobState.DEAD, 2, 2)
+    assert timed.status is JobState.DEAD
+    assert "JobTimeoutError" in (timed.error or "")
+
+
+async def test_a_queue_policy_gives_defaults_to_jobs_that_set_none(
+    database: str | Backend,
+) -> None:
+    strict = Queue(2, retry=Retry(max_attempts=2, base_delay=0), timeout=0.05)
+    async with trioforge.open_runtime(
+        make_registry(), database=database, queues={"strict": strict, "default": 1}, **FAST
+    ) as rt:
+        inherited = await rt.wait(await rt.enqueue("plain"))
+        own = await rt.wait(await rt.enqueue("own"))
+        with trio.fail_after(30):
+            timed = await rt.wait(await rt.enqueue("slow"))
+        overridden = await rt.wait(await rt.enqueue("plain", max_attempts=1))
+        assert rt.statistics().queues == {"strict": 2, "default": 1}
+    assert (inherited.attempt, inherited.max_attempts) == (2, 2)
+    assert (own.attempt, own.max_attempts) == (3, 3)  # its own Retry wins
+    assert timed.status is JobState.DEAD
+    assert "JobTimeoutError" in (timed.error or "")
+    assert overridden.attempt == 1
+
+
+async def test_a_client_with_queue_policies_stores_their_attempts(sqlite_url: str) -> None:
+    policies = {"strict": Queue(0, retry=Retry(max_attempts=7))}
+    async with trioforge.open_client(sqlite_url, registry=make_registry(), queues=policies) as c:
+        assert (await c.get(await c.enqueue("plain"))).max_attempts == 7
+        assert (await c.get(await c.enqueue("own"))).max_attempts == 3
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"max_attempts": True}, "max_attempts"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": float("inf")}, "timeout"),
+        ({"timeout": "5"}, "timeout"),
+    ],
+)
+async def test_bad_overrides_are_refused_and_store_nothing(
+    sqlite_url: str, options: dict[str, object], match: str
+) -> None:
+    async with trioforge.open_client(sqlite_url, registry=make_registry()) as client:
+        with pytest.raises(trioforge.InvalidArgumentError, match=match):
+            await client.enqueue("plain", **options)  # type: ignore[arg-type]
+        assert await client.list() == []
+
+
+@pytest.mark.parametrize(
+    "queues",
+    [{"q": -1}, {"q": "8"}, {"": 1}, {"q": True}],
+)
+def test_bad_queue_settings_are_refused(queues: dict[str, object]) -> None:
+    async def main() -> None:
+        async with trioforge.open_runtime(
+            make_registry(),
+            database="memory://",
+            queues=queues,  # type: ignore[arg-type]
+        ):
+            pass
+
+    with pytest.raises(trioforge.ConfigurationError, match="queue"):
+        trio.run(main)
+
+
+def test_a_queue_policy_checks_its_fields() -> None:
+    with pytest.raises(trioforge.ConfigurationError, match="workers"):
+        Queue(-1)
+    with pytest.raises(trioforge.ConfigurationError, match="timeout"):
+        Queue(1, timeout=0)
+    with pytest.raises(trioforge.ConfigurationError, match="Retry"):
+        Queue(1, retry=3)  # type: ignore[arg-type]

@@ -1,0 +1,141 @@
+"""The dashboard over real HTTP: pages, escaping, keyset pages, token-gated actions."""
+
+from __future__ import annotations
+
+import re
+
+import trio
+
+import trioforge
+import trioforge.web
+from tests.conftest import FAST
+from tests.test_web_api import served
+from trioforge import JobContext, JobState, Registry
+
+TOKEN = "s3cret-token"
+
+
+def make_registry() -> Registry:
+    registry = Registry()
+
+    @registry.job("render", queue="pages")
+    async def render(ctx: JobContext, text: str) -> str:
+        await ctx.progress(12, text)
+        await trio.sleep_forever()
+        return text
+
+    @registry.job("explode", queue="pages")
+    async def explode(ctx: JobContext, text: str) -> None:
+        raise trioforge.Discard(text)
+
+    @registry.cron("*/5 * * * *")
+    async def tick(ctx: trioforge.CronContext) -> None:
+        pass
+
+    return registry
+
+
+async def test_pages_escape_job_text_and_show_counts(sqlite_url: str) -> None:
+    registry = make_registry()
+    evil = "<script>alert(1)</script>"
+    async with (
+        trioforge.open_runtime(registry, database=sqlite_url, queues={"pages": 2}, **FAST) as rt,
+        served(trioforge.web.app(client=rt, registry=registry, token=TOKEN)) as http,
+    ):
+        dead_id = await rt.enqueue("explode", evil)
+        await rt.wait(dead_id)
+        pages = {p: await http.get(p) for p in ("/", "/jobs", "/dead", f"/jobs/{dead_id}",
+                                                   "/cron", "/processes")}  # fmt: skip
+        missing = await http.get("/jobs/424242")
+        jump = await http.get("/jobs", params={"id": str(dead_id)}, follow_redirects=False)
+    for path, page in pages.items():
+        assert page.status_code == 200, path
+        assert evil not in page.text, path
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in pages[f"/jobs/{dead_id}"].text
+    assert re.search(r">pages</a></td>\s*<td></td>", pages["/"].text)  # not paused
+    assert "*/5 * * * *" in pages["/cron"].text
+    assert "cron:tick" in pages["/cron"].text
+    assert rt.owner in pages["/processes"].text
+    assert f'href="/jobs/{dead_id}"' in pages["/dead"].text
+    assert missing.status_code == 404
+    assert (jump.status_code, jump.headers["location"]) == (303, f"/jobs/{dead_id}")
+
+
+async def test_jobs_are_paged_by_id_and_filtered(sqlite_url: str) -> None:
+    registry = make_registry()
+    async with (
+        trioforge.open_client(sqlite_url, registry=registry) as client,
+        served(trioforge.web.app(client=client, registry=registry)) as http,
+    ):
+        ids = await client.enqueue_many("render", [str(i) for i in range(120)])
+        other = await client.enqueue("explode", "x")
+        first = await http.get("/jobs", params={"name": "render"})
+        found = [int(i) for i in re.findall(r'<a href="/jobs/(\d+)">', first.text)]
+        older = re.search(r'href="/jobs\?([^"]+)">older', first.text)
+        assert older is not None
+        second = await http.get("/jobs?" + older.group(1).replace("&amp;", "&"))
+        found2 = [int(i) for i in re.findall(r'<a href="/jobs/(\d+)">', second.text)]
+    assert found == ids[::-1][:50]
+    assert found2 == ids[::-1][50:100]
+    assert other not in found
+
+
+async def test_actions_need_the_token(sqlite_url: str) -> None:
+    registry = make_registry()
+    async with (
+        trioforge.open_runtime(registry, database=sqlite_url, queues={"pages": 1}, **FAST) as rt,
+        served(trioforge.web.app(client=rt, registry=registry, token=TOKEN)) as http,
+    ):
+        job_id = await rt.enqueue("render", "hello")
+        with trio.fail_after(10):
+            async for info in rt.watch(job_id):
+                if info.progress == 12:
+                    break
+        anonymous = await http.post(f"/jobs/{job_id}/cancel")
+        page = await http.get(f"/jobs/{job_id}")
+        wrong = await http.post("/login", data={"token": "nope"})
+        logged_in = await http.post("/login", data={"token": TOKEN}, follow_redirects=False)
+        cookie = logged_in.cookies.get("trioforge_token")
+        authed_page = await http.get(f"/jobs/{job_id}")
+        cancelled = await http.post(f"/jobs/{job_id}/cancel", follow_redirects=False)
+        with trio.fail_after(10):
+            info = await rt.wait(job_id)
+        http.cookies.clear()  # the bearer header alone
+        bearer = await http.post(
+            f"/jobs/{job_id}/retry", headers={"Authorization": f"Bearer {TOKEN}"},
+            follow_redirects=False,
+        )  # fmt: skip
+        await rt.cancel(job_id)
+    assert anonymous.status_code == 403
+    assert 'id="cancel"' not in page.text
+    assert "log in to act" in page.text
+    assert wrong.status_code == 403
+    assert logged_in.status_code == 303
+    assert cookie == TOKEN
+    assert "samesite=strict" in logged_in.headers["set-cookie"].lower()
+    assert "httponly" in logged_in.headers["set-cookie"].lower()
+    assert 'id="cancel"' in authed_page.text
+    assert cancelled.status_code == 303
+    assert info.status is JobState.CANCELLED
+    assert bearer.status_code == 303
+
+
+async def test_without_a_token_the_dashboard_is_read_only(sqlite_url: str) -> None:
+    async with (
+        trioforge.open_client(sqlite_url) as client,
+        served(trioforge.web.app(client=client, token="")) as http,
+    ):
+        job_id = await client.enqueue(trioforge.Registry().job("x")(_noop), None)
+        page = await http.get(f"/jobs/{job_id}")
+        refused = await http.post(f"/jobs/{job_id}/discard")
+        paused = await http.post("/queues/default/pause")
+        login = await http.post("/login", data={"token": ""})
+        info = await client.get(job_id)
+    assert "read-only" in page.text
+    assert 'id="discard"' not in page.text
+    assert (refused.status_code, paused.status_code, login.status_code) == (403, 403, 403)
+    assert info.status is JobState.AVAILABLE
+
+
+async def _noop(ctx: JobContext) -> None:
+    pass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import attrs
@@ -19,7 +19,7 @@ from trioforge._errors import (
     TrioforgeError,
 )
 from trioforge._payloads import decode, encode
-from trioforge._policy import Queue
+from trioforge._policy import Queue, seconds
 from trioforge._registry import JobDefinition, Registry, check_capabilities
 from trioforge._rules import ConcurrencyLimit, JobState, PriorityLike, RateLimit, parse_priority
 from trioforge._watch import JobWatch
@@ -69,6 +69,20 @@ class QueueInfo:
     name: str
     paused: bool
     counts: Mapping[JobState, int]
+
+
+def _derived_key(definition: JobDefinition, text: str) -> str | None:
+    """The idempotency key the job's key function gives a payload (None: it gave none)."""
+    assert definition.idempotency_key is not None
+    payload = decode(definition.name, definition.payload_type, text)
+    try:
+        key = definition.idempotency_key(payload)
+    except Exception as exc:
+        raise PayloadError(
+            f"job {definition.name!r}: its idempotency_key function failed on this payload "
+            f"({type(exc).__name__}: {exc}); fix the payload or the function"
+        ) from exc
+    return None if key is None else str(key)
 
 
 def _limit_key(
@@ -180,10 +194,11 @@ class Client:
         run_at: float | dt.datetime | None,
         priority: PriorityLike | None,
         queue: str | None,
-        idempotency_key: str | None,
+        idempotency_keys: Sequence[str | None] | None,
         max_attempts: int | None = None,
         timeout: float | None = None,
         requires: Iterable[str] | None = None,
+        unique_for: float | dt.timedelta | None = None,
     ) -> builtins.list[NewJob]:
         if queue is not None:
             _check_queue(queue)
@@ -199,18 +214,19 @@ class Client:
             or not 0 < timeout < math.inf
         ):
             raise InvalidArgumentError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not idempotency_key
-        ):
-            raise InvalidArgumentError("idempotency_key must be a non-empty string")
-        if idempotency_key is not None:
-            size = len(idempotency_key.encode())
-            if size > self._max_key_bytes:
-                raise InvalidArgumentError(
-                    f"idempotency_key is {size} bytes of UTF-8, over the limit of "
-                    f"{self._max_key_bytes}; use a shorter key (a hash of it, say), or raise "
-                    "the limit with max_key_bytes= on open_runtime / open_client"
-                )
+        payloads = builtins.list(payloads)
+        if idempotency_keys is not None and len(idempotency_keys) != len(payloads):
+            raise InvalidArgumentError(
+                f"got {len(idempotency_keys)} idempotency keys for {len(payloads)} payloads; "
+                "give one per payload (None where a payload has none)"
+            )
+        if unique_for is None:
+            unique = definition.unique_for
+        else:
+            try:
+                unique = seconds(unique_for, "unique_for")
+            except ConfigurationError as exc:
+                raise InvalidArgumentError(str(exc)) from None
         needs = (
             definition.requires
             if requires is None
@@ -223,8 +239,12 @@ class Client:
         if max_attempts is None:
             max_attempts = definition.retry_in(self._policies.get(queue)).max_attempts
         jobs = []
-        for payload in payloads:
+        for i, payload in enumerate(payloads):
             text = self._encode(definition, payload)
+            key = None if idempotency_keys is None else idempotency_keys[i]
+            if key is None and definition.idempotency_key is not None:
+                key = _derived_key(definition, text)
+            self._check_key(key)
             jobs.append(
                 NewJob(
                     name=definition.name,
@@ -233,15 +253,29 @@ class Client:
                     priority=level,
                     run_at=when,
                     max_attempts=max_attempts,
-                    idempotency_key=idempotency_key,
+                    idempotency_key=key,
                     timeout=None if timeout is None else float(timeout),
                     requires=requires_sorted,
                     rate_key=_limit_key(definition, definition.rate_limit, text),
                     concurrency_key=_limit_key(definition, definition.concurrency, text),
                     workflow=definition.workflow is not None,
+                    unique_for=unique,
                 )
             )
         return jobs
+
+    def _check_key(self, key: object) -> None:
+        if key is None:
+            return
+        if not isinstance(key, str) or not key:
+            raise InvalidArgumentError(f"idempotency_key must be a non-empty string, got {key!r}")
+        size = len(key.encode())
+        if size > self._max_key_bytes:
+            raise InvalidArgumentError(
+                f"idempotency_key is {size} bytes of UTF-8, over the limit of "
+                f"{self._max_key_bytes}; use a shorter key (a hash of it, say), or raise "
+                "the limit with max_key_bytes= on open_runtime / open_client"
+            )
 
     def _encode(self, definition: JobDefinition, payload: Any) -> str:
         text = encode(definition.name, definition.payload_type, payload)
@@ -283,12 +317,15 @@ class Client:
         max_attempts: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (the job's, not this call's)
         requires: Iterable[str] | None = None,
+        unique_for: float | dt.timedelta | None = None,
     ) -> int:
         """Store one job and return its id.
 
         The payload is checked against the job's declared type first: a mismatch raises
         :class:`~trioforge.PayloadError` and stores nothing. With ``idempotency_key``, while
-        an unfinished job holds the same key, its id is returned and nothing new is stored.
+        an unfinished job holds the same key (or, with ``unique_for``, one finished that
+        recently), its id is returned and nothing new is stored; a job declared with an
+        ``idempotency_key`` function derives the key from the payload when none is given.
         ``max_attempts`` and ``timeout`` (seconds) override the job's (and its queue's) for
         this job only, as ``requires`` (capabilities the claiming process must have)
         overrides the job's.
@@ -301,10 +338,11 @@ class Client:
             run_at=run_at,
             priority=priority,
             queue=queue,
-            idempotency_key=idempotency_key,
+            idempotency_keys=[idempotency_key],
             max_attempts=max_attempts,
             timeout=timeout,
             requires=requires,
+            unique_for=unique_for,
         )
         return (await self._insert(jobs))[0]
 
@@ -320,8 +358,14 @@ class Client:
         max_attempts: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (the job's, not this call's)
         requires: Iterable[str] | None = None,
+        idempotency_keys: Sequence[str | None] | None = None,
+        unique_for: float | dt.timedelta | None = None,
     ) -> builtins.list[int]:
-        """Store many jobs of one kind in one transaction; all or none are stored."""
+        """Store many jobs of one kind in one transaction; all or none are stored.
+
+        ``idempotency_keys``: one per payload (None: that payload has none, or the job's
+        key function gives it one); a payload whose key is held gets the holder's id, so
+        the ids returned may repeat."""
         definition = self._definition(job)
         jobs = self._new_jobs(
             definition,
@@ -330,10 +374,11 @@ class Client:
             run_at=run_at,
             priority=priority,
             queue=queue,
-            idempotency_key=None,
+            idempotency_keys=idempotency_keys,
             max_attempts=max_attempts,
             timeout=timeout,
             requires=requires,
+            unique_for=unique_for,
         )
         return await self._insert(jobs)
 

@@ -13,7 +13,7 @@ import attrs
 from trioforge._cron import CronSchedule
 from trioforge._errors import ConfigurationError, InvalidStateError, UnknownJobError
 from trioforge._payloads import NO_PAYLOAD
-from trioforge._policy import Queue
+from trioforge._policy import Queue, seconds
 from trioforge._rules import (
     AttemptOutcome,
     ConcurrencyLimit,
@@ -158,6 +158,10 @@ class JobDefinition:
     requires: frozenset[str] = frozenset()
     rate_limit: RateLimit | None = None
     concurrency: ConcurrencyLimit | None = None
+    #: Derives the idempotency key from the payload when an enqueue gives none.
+    idempotency_key: Callable[[Any], object] | None = None
+    #: Seconds a key keeps blocking after the job holding it finished.
+    unique_for: float | None = None
 
     @property
     def limits(self) -> JobLimits | None:
@@ -250,6 +254,8 @@ class Registry:
         requires: Iterable[str] = (),
         rate_limit: RateLimit | None = None,
         concurrency: ConcurrencyLimit | None = None,
+        idempotency_key: Callable[[Any], object] | None = None,
+        unique_for: float | dt.timedelta | None = None,
     ) -> Callable[[Handler], JobDefinition]:
         """Declare ``async def handler(ctx, payload: T)`` as job ``name``.
 
@@ -258,6 +264,9 @@ class Registry:
         ``requires``: only a process opened with all these capabilities claims it.
         ``rate_limit`` and ``concurrency`` hold its starts back across every process (jobs
         naming the same limit share it; it must then be declared with the same settings).
+        ``idempotency_key`` (a function of the payload, as the handler sees it) gives each
+        enqueue that names no key one; ``unique_for`` keeps a key blocking for that long
+        after the job holding it finished (in any final state).
         """
         self._check_open(f"job {name!r}")
         if not isinstance(name, str) or not name:
@@ -270,6 +279,11 @@ class Registry:
             raise ConfigurationError(f"job {name!r}: timeout must be > 0 seconds or None")
         level = parse_priority(priority)
         needs = check_capabilities(requires, f"job {name!r}: requires")
+        if idempotency_key is not None and not callable(idempotency_key):
+            raise ConfigurationError(
+                f"job {name!r}: idempotency_key must be a function of the payload"
+            )
+        unique = None if unique_for is None else seconds(unique_for, f"job {name!r}: unique_for")
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
             raise ConfigurationError(f"job {name!r}: rate_limit must be a trioforge.RateLimit")
         if concurrency is not None and not isinstance(concurrency, ConcurrencyLimit):
@@ -307,6 +321,8 @@ class Registry:
                 requires=needs,
                 rate_limit=rate_limit,
                 concurrency=concurrency,
+                idempotency_key=idempotency_key,
+                unique_for=unique,
             )  # fmt: skip
             self._jobs[name] = definition
             return definition

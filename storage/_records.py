@@ -92,6 +92,8 @@ class NewJob:
     #: Its rate-limit bucket and concurrency count (see ``trioforge._rules.FlowGate``).
     rate_key: str | None = None
     concurrency_key: str | None = None
+    #: Seconds its idempotency key keeps blocking after a job holding it finished.
+    unique_for: float | None = None
 
 
 @attrs.frozen

@@ -145,6 +145,7 @@ class MemoryBackend:
         self._rows: dict[int, _Row] = {}
         self._next_id = 1
         self._open_keys: dict[str, int] = {}  # idempotency key -> unfinished job id
+        self._done_keys: dict[str, tuple[int, float]] = {}  # key -> last to finish, when
         # Pending jobs per queue, indexed lazily (stale entries are skipped on the way out):
         # not yet due by run_at, and due by claim order.
         self._future: dict[str, list[tuple[float, int, int]]] = {}
@@ -192,9 +193,9 @@ class MemoryBackend:
 
     async def drop(self) -> None:
         for index in (
-            self._rows, self._open_keys, self._future, self._due, self._processes, self._leases,
-            self._cron, self._paused, self._steps, self._signals, self._children,
-            self._running_by_key, self._buckets,
+            self._rows, self._open_keys, self._done_keys, self._future, self._due,
+            self._processes, self._leases, self._cron, self._paused, self._running_by_key,
+            self._buckets, self._steps, self._signals, self._children,
         ):  # fmt: skip
             index.clear()
 
@@ -259,6 +260,7 @@ class MemoryBackend:
             row.finished_at = now
             if row.idempotency_key is not None:
                 self._open_keys.pop(row.idempotency_key, None)
+                self._done_keys[row.idempotency_key] = (row.id, now)
             if row.parent_id is not None:
                 self._wake_run(row.parent_id, now)
         return True
@@ -289,6 +291,10 @@ class MemoryBackend:
             key = job.idempotency_key
             if key is not None and key in self._open_keys:
                 out.append(Enqueued(self._open_keys[key], created=False))
+                continue
+            done = None if key is None else self._done_keys.get(key)
+            if done is not None and job.unique_for is not None and done[1] >= now - job.unique_for:
+                out.append(Enqueued(done[0], created=False))
                 continue
             json.loads(job.payload)  # refuse anything that is not JSON text
             if job.parent_id is not None:
@@ -617,6 +623,9 @@ class MemoryBackend:
         )[: max(op.limit, 0)]  # fmt: skip
         for row in victims:
             del self._rows[row.id]
+            key = row.idempotency_key
+            if key is not None and self._done_keys.get(key, (None,))[0] == row.id:
+                del self._done_keys[key]
             for records in (self._steps, self._signals, self._children):
                 records.pop(row.id, None)  # a purged run's record goes with it
         return sorted(row.id for row in victims)

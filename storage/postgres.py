@@ -194,6 +194,11 @@ MIGRATIONS: tuple[str, ...] = (
     FOR EACH ROW WHEN (OLD.error IS NOT NULL AND NEW.error IS DISTINCT FROM OLD.error)
     EXECUTE FUNCTION trioforge_keep_error();
     """,
+    # unique_for: a key's finished jobs, by when they finished.
+    """
+    CREATE INDEX trioforge_jobs_keys_finished ON trioforge_jobs (idempotency_key, finished_at)
+        WHERE idempotency_key IS NOT NULL AND finished_at IS NOT NULL;
+    """,
     # Workflows: runs, their records and signals, child jobs and wake-ups; "compensated"
     # joins the terminal states the idempotency index leaves out.
     f"""
@@ -968,6 +973,18 @@ class PostgresBackend:
         )
         out = []
         for j, state in zip(op.jobs, status, strict=True):
+            if j.unique_for is not None and j.idempotency_key is not None:
+                # An unfinished holder first, else one that finished within unique_for.
+                blocking = await conn.fetchval(
+                    _KEY_HOLDER, j.idempotency_key
+                ) or await conn.fetchval(
+                    "SELECT id FROM trioforge_jobs WHERE idempotency_key = $1 "
+                    "AND finished_at >= $2 ORDER BY finished_at DESC LIMIT 1",
+                    j.idempotency_key, now - j.unique_for,
+                )  # fmt: skip
+                if blocking is not None:
+                    out.append(Enqueued(blocking, created=False))
+                    continue
             job_id = await conn.fetchval(
                 _INSERT_KEYED, j.name, j.queue, j.payload, j.priority, j.run_at,
                 j.max_attempts, j.idempotency_key, now, state, j.timeout,

@@ -188,6 +188,11 @@ MIGRATIONS: tuple[str, ...] = (
         DELETE FROM trioforge_attempts WHERE job_id = OLD.id;
     END
     """,
+    # unique_for: a key's finished jobs, by when they finished.
+    """
+    CREATE INDEX trioforge_jobs_keys_finished ON trioforge_jobs (idempotency_key, finished_at)
+        WHERE idempotency_key IS NOT NULL AND finished_at IS NOT NULL
+    """,
     # Workflows: runs, their records and signals, child jobs and wake-ups; "compensated"
     # joins the terminal states the idempotency index leaves out.
     f"""
@@ -254,6 +259,12 @@ _CAPABLE = (
 )
 
 #: The unfinished job holding an idempotency key, if any.
+#: The last job holding an idempotency key that finished at or after a time, if any.
+_KEY_FINISHED = (
+    "SELECT id FROM trioforge_jobs WHERE idempotency_key = ? AND finished_at >= ? "
+    "ORDER BY finished_at DESC LIMIT 1"
+)
+
 _KEY_HOLDER = (
     f"SELECT id FROM trioforge_jobs WHERE idempotency_key = ? AND status NOT IN {_TERMINAL_SQL}"
 )
@@ -635,6 +646,8 @@ class SQLiteBackend:
                     _KEY_HOLDER,
                     (key,),
                 ).fetchone()
+                if existing is None and j.unique_for is not None:
+                    existing = db.execute(_KEY_FINISHED, (key, now - j.unique_for)).fetchone()
                 if existing is not None:
                     out.append(Enqueued(existing[0], created=False))
                     continue

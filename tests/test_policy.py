@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
+import attrs
 import pytest
 import trio
 
@@ -130,3 +133,53 @@ def test_a_queue_policy_checks_its_fields() -> None:
         Queue(1, timeout=0)
     with pytest.raises(trioforge.ConfigurationError, match="Retry"):
         Queue(1, retry=3)  # type: ignore[arg-type]
+
+
+@attrs.frozen
+class Order:
+    order_id: str
+    amount: int
+
+
+def keyed_registry() -> Registry:
+    registry = Registry()
+
+    @registry.job("charge", idempotency_key=lambda order: f"charge:{order.order_id}",
+                  unique_for=dt.timedelta(hours=1))  # fmt: skip
+    async def charge(ctx: JobContext, order: Order) -> int:
+        return order.amount
+
+    @registry.job("bad-key", idempotency_key=lambda order: order["missing"])
+    async def bad_key(ctx: JobContext, order: dict[str, int]) -> None:
+        pass
+
+    return registry
+
+
+async def test_keys_derived_from_the_payload_block_even_after_the_job_finished(
+    database: str | Backend,
+) -> None:
+    async with trioforge.open_runtime(keyed_registry(), database=database, **FAST) as rt:
+        first = await rt.enqueue(
+            "charge", {"order_id": "o1", "amount": 5}
+        )  # as the handler sees it
+        assert (await rt.wait(first)).result == 5
+        assert await rt.enqueue("charge", Order("o1", 7)) == first  # finished, still blocking
+        other = await rt.enqueue("charge", Order("o1", 7), idempotency_key="manual")
+        assert other != first
+        assert (await rt.get(first)).idempotency_key == "charge:o1"
+        ids = await rt.enqueue_many(
+            "charge",
+            [Order("o2", 1), Order("o2", 2), Order("o3", 3), Order("o1", 4)],
+        )
+        assert ids[0] == ids[1] != ids[2]
+        assert ids[3] == first
+        explicit = await rt.enqueue_many(
+            "charge", [Order("o9", 1), Order("o9", 1)], idempotency_keys=["x", None],
+            unique_for=0,
+        )  # fmt: skip
+        assert explicit[0] != explicit[1]
+        with pytest.raises(trioforge.InvalidArgumentError, match="one per payload"):
+            await rt.enqueue_many("charge", [Order("z", 1)], idempotency_keys=[])
+        with pytest.raises(trioforge.PayloadError, match="idempotency_key function"):
+            await rt.enqueue("bad-key", {"x": 1})

@@ -8,7 +8,7 @@ import pytest
 from tests.contract.test_contract import T0, claim, enqueue, finish, get, job, one
 from trioforge import JobState
 from trioforge._rules import Discarded, Failed, Succeeded
-from trioforge.storage import Backend, Outcome, ProcessDetails, ops
+from trioforge.storage import Backend, Enqueued, Outcome, ProcessDetails, ops
 from trioforge.storage._records import OutcomeEvent
 
 
@@ -123,3 +123,31 @@ async def test_every_attempts_error_is_kept(backend: Backend) -> None:
     assert await one(backend, ops.Discard(job_id, "spam"), T0 + 21)
     assert await one(backend, ops.Purge((JobState.DEAD,), T0 + 99), T0 + 99) == [job_id]
     assert await one(backend, ops.Attempts(job_id)) == []  # gone with its job
+
+
+async def test_unique_for_keeps_a_key_blocking_after_its_job_finished(backend: Backend) -> None:
+    keyed = attrs.evolve(job(key="k"), unique_for=60.0)
+    [first] = await enqueue(backend, keyed)
+    [claimed] = (await claim(backend)).jobs
+    assert await finish(backend, claimed, Outcome(first, claimed.lease, Succeeded()), T0 + 10)
+    assert await one(backend, ops.Enqueue((keyed,)), T0 + 70) == [Enqueued(first, False)]
+    assert await one(backend, ops.Enqueue((job(key="k"),)), T0 + 20) != [Enqueued(first, False)]
+    [_second] = await enqueue(backend, job(key="other"))
+
+
+async def test_unique_for_runs_out(backend: Backend) -> None:
+    keyed = attrs.evolve(job(key="k"), unique_for=60.0)
+    [first] = await enqueue(backend, keyed)
+    [claimed] = (await claim(backend)).jobs
+    assert await finish(backend, claimed, Outcome(first, claimed.lease, Failed(None)), T0 + 10)
+    [after] = await one(backend, ops.Enqueue((keyed,)), T0 + 70.001)
+    assert after.created
+    assert await one(backend, ops.Enqueue((keyed,)), T0 + 71) == [Enqueued(after.id, False)]
+
+
+async def test_keys_in_one_batch_and_its_duplicates(backend: Backend) -> None:
+    enqueued = await one(
+        backend, ops.Enqueue((job(key="a"), job(key="b"), job(key="a"), job())), T0
+    )
+    a, b, again, plain = enqueued
+    assert (a.created, b.created, again, plain.created) == (True, True, Enqueued(a.id, False), True)

@@ -513,14 +513,23 @@ class WorkflowContext(JobContext):
         self._wake(self.queue, self._clock.now())
 
 
+#: What ``start_child`` passes on to the enqueue (``enqueue``'s options, one key).
+_CHILD_OPTIONS = frozenset(
+    {"delay", "run_at", "priority", "queue", "idempotency_key", "max_attempts", "timeout",
+     "requires", "unique_for"}
+)  # fmt: skip
+
+
 def _enqueue_options(options: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"delay", "run_at", "priority", "queue", "idempotency_key"}
-    unknown = set(options) - allowed
+    unknown = set(options) - _CHILD_OPTIONS
     if unknown:
         raise InvalidArgumentError(
-            f"start_child got unknown options {sorted(unknown)}; use {sorted(allowed)}"
+            f"start_child got unknown options {sorted(unknown)}; use {sorted(_CHILD_OPTIONS)}"
         )
-    return {key: options.get(key) for key in allowed}
+    out = {key: options.get(key) for key in ("delay", "run_at", "priority", "queue")}
+    out["idempotency_keys"] = [options.get("idempotency_key")]
+    out.update((k, v) for k, v in options.items() if k not in out and k != "idempotency_key")
+    return out
 
 
 class WorkflowAttempt:

@@ -390,3 +390,29 @@ async def test_a_step_result_that_is_not_json_fails_the_step_without_retries(
     assert (info.status, info.attempt, len(calls)) == (JobState.DEAD, 1, 1)
     assert (step.status, step.attempts) == (StepStatus.FAILED, 1)
     assert "not JSON-serialisable" in (step.error or "")
+
+
+async def test_a_child_takes_enqueue_options_and_refuses_unknown_ones(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    registry = trioforge.Registry()
+
+    @registry.job("later")
+    async def later(ctx: trioforge.JobContext) -> float:
+        return trio.current_time()
+
+    @registry.workflow("delayed_child")
+    async def delayed_child(ctx: WorkflowContext, bad: bool) -> list[float]:
+        if bad:
+            await ctx.start_child(later, colour="blue")
+        child = await ctx.start_child(later, delay=60, max_attempts=1, idempotency_key="k")
+        return list(await ctx.gather(child))
+
+    async with open_test_runtime(registry) as rt:
+        start = trio.current_time()
+        ok = await rt.wait(await rt.enqueue(delayed_child, False))
+        bad = await rt.wait(await rt.enqueue(delayed_child, True))
+    assert ok.status is JobState.COMPLETED
+    assert ok.result[0] >= start + 60
+    assert bad.status is JobState.DEAD
+    assert "unknown options ['colour']" in (bad.error or "")

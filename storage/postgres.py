@@ -1265,3 +1265,51 @@ class PostgresBackend:
         seen = await self._matching(conn, op.where, [JobState(s).value for s in statuses])
         done = [j for j in seen if await self._discard(conn, ops.Discard(j, op.reason), now)]
         return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= op.where.limit else None)
+
+    # --- from plain asyncio (trioforge.aio), and inside a caller's transaction ----------
+
+    async def open_asyncio(self, *, migrate: bool = True) -> None:
+        """:meth:`open` for a caller on asyncio itself (no trio, no crossing)."""
+        self._pool = await self._connect()
+        try:
+            current: int = await self._run(self._read_version)
+            latest = len(MIGRATIONS)
+            if current > latest:
+                raise SchemaError(
+                    f"schema version {current} in {redact(self.url)} is newer than this "
+                    f"trioforge knows ({latest}); upgrade trioforge"
+                )
+            if current < latest:
+                if not migrate:
+                    raise SchemaError(
+                        f"schema version {current} in {redact(self.url)}, this trioforge "
+                        f"needs {latest}; run `trioforge db migrate`"
+                    )
+                await self._run(self._migrate)
+        except BaseException:
+            await self.aclose_asyncio()
+            raise
+
+    async def aclose_asyncio(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def execute_asyncio(self, batch: Sequence[ops.Op], now: float) -> list[object]:
+        """:meth:`execute` for a caller on asyncio: the same SQL, no crossing."""
+        try:
+            results = await self._execute(list(batch), now)
+        except Exception as exc:
+            mapped = self._unavailable(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        return [self._unavailable(r) if isinstance(r, Exception) else r for r in results]
+
+    @classmethod
+    async def enqueue_in(
+        cls, conn: asyncpg.Connection, op: ops.Enqueue, now: float
+    ) -> list[Enqueued]:
+        """Store ``op``'s jobs with the caller's connection, in whatever transaction it is
+        in: a rollback leaves no job, and the wake-up notice is sent at commit."""
+        return await cls._enqueue(conn, op, now)

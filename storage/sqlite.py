@@ -564,10 +564,13 @@ class SQLiteBackend:
 
     # --- operations --------------------------------------------------------------------
 
-    def _enqueue(self, db: sqlite3.Connection, op: ops.Enqueue, now: float) -> list[Enqueued]:
+    @staticmethod
+    def _enqueue(
+        db: sqlite3.Connection, op: ops.Enqueue, now: float, *, consecutive: bool = True
+    ) -> list[Enqueued]:
         for job in op.jobs:
             json.loads(job.payload)  # refuse anything that is not JSON text
-        if all(job.idempotency_key is None for job in op.jobs):
+        if consecutive and all(job.idempotency_key is None for job in op.jobs):
             rows = [_insert_row(j, None, now) for j in op.jobs]
             before = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'trioforge_jobs'")
             first = (before.fetchone() or (0,))[0] + 1
@@ -986,3 +989,25 @@ class SQLiteBackend:
         seen = self._matching(db, op.where, [JobState(s).value for s in statuses])
         done = [j for j in seen if self._discard(db, ops.Discard(j, op.reason), now)]
         return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= op.where.limit else None)
+
+    # --- from plain asyncio (trioforge.aio), and inside a caller's transaction ----------
+
+    def open_sync(self, *, migrate: bool = True) -> None:
+        """:meth:`open` for a caller without trio (run it in a worker thread)."""
+        self._open_sync(migrate)
+
+    def close_sync(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    def execute_sync(self, batch: Sequence[ops.Op], now: float) -> list[object]:
+        """:meth:`execute` for a caller without trio (one at a time, in a worker thread)."""
+        return self._execute_sync(self._conn(), list(batch), now)
+
+    @classmethod
+    def enqueue_in(cls, db: sqlite3.Connection, op: ops.Enqueue, now: float) -> list[Enqueued]:
+        """Store ``op``'s jobs with the caller's connection to this file, in its current
+        transaction (begun here if none is open): a rollback leaves no job. Ids come from
+        each insert, not from the sequence, since the write lock may not be held yet."""
+        return cls._enqueue(db, op, now, consecutive=False)

@@ -46,6 +46,7 @@ screenshots: relink
 bench: relink
 	$(BIN)/python bench/run.py
 	$(BIN)/python -m bench.replicas
+	$(BIN)/python -m bench.live
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

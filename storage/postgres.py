@@ -187,6 +187,19 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX trioforge_jobs_keys_finished ON trioforge_jobs (idempotency_key, finished_at)
         WHERE idempotency_key IS NOT NULL AND finished_at IS NOT NULL;
     """,
+    # The dashboard's indexes, cheaper: an index on (status, id), (queue, status) or
+    # finished_at is rewritten by every claim and outcome (half the drain rate on SQLite).
+    # Lists of the rare states use partial indexes that a normal run never touches; the
+    # common states are found by walking ids; counts scan.
+    """
+    DROP INDEX trioforge_jobs_status_id;
+    DROP INDEX trioforge_jobs_queue_status;
+    DROP INDEX trioforge_jobs_finished;
+    CREATE INDEX trioforge_jobs_dead ON trioforge_jobs (id) WHERE status = 'dead';
+    CREATE INDEX trioforge_jobs_cancelled ON trioforge_jobs (id) WHERE status = 'cancelled';
+    CREATE INDEX trioforge_jobs_retrying ON trioforge_jobs (id) WHERE status = 'retrying';
+    CREATE INDEX trioforge_jobs_scheduled ON trioforge_jobs (id) WHERE status = 'scheduled';
+    """,
 )
 
 
@@ -1014,15 +1027,19 @@ class PostgresBackend:
     async def _list_jobs(conn: asyncpg.Connection, op: ops.ListJobs, now: float) -> list[JobInfo]:
         del now
         # Only the filters given (a generic plan of "$1 IS NULL OR ..." would use no index);
-        # the SQL is made of fixed fragments, every value is a parameter.
+        # fixed fragments, every value a parameter but the state's.
         filters = {
-            "status = ": op.status.value if op.status else None,
             "queue = ": op.queue,
             "name = ": op.name,
             "id < ": op.before,
         }
         given = {sql: value for sql, value in filters.items() if value is not None}
-        where = " AND ".join(f"{sql}${i}" for i, sql in enumerate(given, start=1)) or "TRUE"
+        conditions = [f"{sql}${i}" for i, sql in enumerate(given, start=1)]
+        # The state as a literal of the enum: a partial index (WHERE status = 'dead')
+        # serves only a condition known at plan time. Never caller text.
+        if op.status is not None:
+            conditions.append(f"status = '{JobState(op.status).value}'")
+        where = " AND ".join(conditions) or "TRUE"
         rows = await conn.fetch(
             f"SELECT {JOB_COLUMNS} FROM trioforge_jobs WHERE {where} "
             f"ORDER BY id DESC LIMIT ${len(given) + 1}",

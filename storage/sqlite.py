@@ -181,6 +181,19 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX trioforge_jobs_keys_finished ON trioforge_jobs (idempotency_key, finished_at)
         WHERE idempotency_key IS NOT NULL AND finished_at IS NOT NULL
     """,
+    # The dashboard's indexes, cheaper: an index on (status, id), (queue, status) or
+    # finished_at is rewritten by every claim and outcome (half the drain rate on SQLite).
+    # Lists of the rare states use partial indexes that a normal run never touches; the
+    # common states are found by walking ids; counts scan.
+    """
+    DROP INDEX trioforge_jobs_status_id;
+    DROP INDEX trioforge_jobs_queue_status;
+    DROP INDEX trioforge_jobs_finished;
+    CREATE INDEX trioforge_jobs_dead ON trioforge_jobs (id) WHERE status = 'dead';
+    CREATE INDEX trioforge_jobs_cancelled ON trioforge_jobs (id) WHERE status = 'cancelled';
+    CREATE INDEX trioforge_jobs_retrying ON trioforge_jobs (id) WHERE status = 'retrying';
+    CREATE INDEX trioforge_jobs_scheduled ON trioforge_jobs (id) WHERE status = 'scheduled'
+    """,
 )
 
 _TABLES = (
@@ -315,6 +328,13 @@ def _statements(script: str) -> list[str]:
     if pending.strip(" \n;"):
         out.append(pending)
     return out
+
+
+def _status_literal(status: JobState | None) -> list[str]:
+    """``status = '<state>'`` as a literal: a partial index (``WHERE status = 'dead'``)
+    serves only a condition known when the statement is prepared. The text is the
+    enum's own value, never caller input."""
+    return [] if status is None else [f"status = '{JobState(status).value}'"]
 
 
 class _Busy(Exception):
@@ -723,16 +743,15 @@ class SQLiteBackend:
     @staticmethod
     def _list_jobs(db: sqlite3.Connection, op: ops.ListJobs, now: float) -> list[JobInfo]:
         del now
-        # Only the filters given, so an index on (status, id) or (name, id) serves them;
-        # the SQL is made of fixed fragments, every value is a parameter.
+        # Only the filters given, so the (name, id) index and the partial indexes by state
+        # serve them; fixed fragments, and every value a parameter but the state's.
         filters = {
-            "status = ?": op.status.value if op.status else None,
             "queue = ?": op.queue,
             "name = ?": op.name,
             "id < ?": op.before,
         }
         given = {sql: value for sql, value in filters.items() if value is not None}
-        where = " AND ".join(given) or "1"
+        where = " AND ".join([*_status_literal(op.status), *given]) or "1"
         rows = db.execute(
             f"SELECT {JOB_COLUMNS} FROM trioforge_jobs WHERE {where} ORDER BY id DESC LIMIT ?",
             (*given.values(), op.limit),

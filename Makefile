@@ -46,6 +46,7 @@ screenshots: relink
 bench: relink
 	$(BIN)/python bench/run.py
 	$(BIN)/python -m bench.replicas
+	$(BIN)/python -m bench.live
 	$(BIN)/python -m bench.workflows
 
 clean:

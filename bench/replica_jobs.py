@@ -33,3 +33,10 @@ async def hang(ctx: trioforge.JobContext) -> None:
         stopped = time.time()
         (MARKS / f"stopped-{ctx.job_id}.tmp").write_text(repr(stopped))
         (MARKS / f"stopped-{ctx.job_id}.tmp").rename(MARKS / f"stopped-{ctx.job_id}")
+
+
+@registry.job("bench:late_stamp", queue="latency")
+async def late_stamp(ctx: trioforge.JobContext, delay: float) -> float:
+    """Returns when it finishes (wall clock): a watcher elsewhere measures from there."""
+    await trio.sleep(delay)
+    return time.time()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import attrs
@@ -14,6 +15,7 @@ from trioforge._clock import Clock
 from trioforge._errors import (
     ConfigurationError,
     InvalidArgumentError,
+    InvalidStateError,
     JobNotFoundError,
     PayloadError,
     TrioforgeError,
@@ -277,6 +279,41 @@ class Client:
                 "the limit with max_key_bytes= on open_runtime / open_client"
             )
 
+    async def _enqueue_in(self, connection: object, op: ops.Enqueue) -> builtins.list[Enqueued]:
+        """Run the storage layer's own enqueue on the caller's connection."""
+        if isinstance(connection, sqlite3.Connection):
+            from trioforge.storage.sqlite import SQLiteBackend
+
+            return SQLiteBackend.enqueue_in(connection, op, self._clock.now())
+        import asyncpg
+        import asyncpg.pool
+
+        if isinstance(connection, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy):
+            from trioforge.storage.postgres import PostgresBackend
+
+            return await self._on_asyncio(
+                PostgresBackend.enqueue_in, connection, op, self._clock.now()
+            )
+        raise InvalidArgumentError(
+            f"connection must be an asyncpg connection or a sqlite3 connection, got "
+            f"{type(connection).__name__}"
+        )
+
+    async def _on_asyncio(
+        self, fn: Callable[..., Awaitable[builtins.list[Enqueued]]], *args: Any
+    ) -> builtins.list[Enqueued]:
+        """Await an asyncio coroutine function (trio-asyncio's loop must be running)."""
+        import trio_asyncio
+
+        if trio_asyncio.current_loop.get() is None:
+            raise InvalidStateError(
+                "enqueue(connection=<asyncpg connection>) from trio needs the trio-asyncio "
+                "loop that connection lives in; call it inside trio_asyncio.open_loop(), or "
+                "use trioforge.aio.open_client from asyncio"
+            )
+        result: builtins.list[Enqueued] = await trio_asyncio.aio_as_trio(fn)(*args)
+        return result
+
     def _encode(self, definition: JobDefinition, payload: Any) -> str:
         text = encode(definition.name, definition.payload_type, payload)
         size = len(text.encode())
@@ -289,9 +326,16 @@ class Client:
             )
         return text
 
-    async def _insert(self, jobs: builtins.list[NewJob]) -> builtins.list[int]:
+    async def _insert(
+        self, jobs: builtins.list[NewJob], connection: object = None
+    ) -> builtins.list[int]:
         if not jobs:
             return []
+        if connection is not None:
+            # The caller's transaction: the jobs exist once it commits (PostgreSQL sends
+            # the wake-up notice then); nothing here to wake before that.
+            stored = await self._enqueue_in(connection, ops.Enqueue(tuple(jobs)))
+            return [e.id for e in stored]
         enqueued: builtins.list[Enqueued] = await self._storage.call(ops.Enqueue(tuple(jobs)))
         if self._metrics is not None:
             for job, done in zip(jobs, enqueued, strict=True):
@@ -318,6 +362,7 @@ class Client:
         timeout: float | None = None,  # noqa: ASYNC109 (the job's, not this call's)
         requires: Iterable[str] | None = None,
         unique_for: float | dt.timedelta | None = None,
+        connection: object = None,
     ) -> int:
         """Store one job and return its id.
 
@@ -326,6 +371,11 @@ class Client:
         an unfinished job holds the same key (or, with ``unique_for``, one finished that
         recently), its id is returned and nothing new is stored; a job declared with an
         ``idempotency_key`` function derives the key from the payload when none is given.
+
+        ``connection``: the caller's asyncpg connection (or a sqlite3 connection to the
+        same file), used in whatever transaction it is in: the job exists only if that
+        transaction commits (PostgreSQL's wake-up notice goes out at commit; SQLite's
+        workers find it at their next poll).
         ``max_attempts`` and ``timeout`` (seconds) override the job's (and its queue's) for
         this job only, as ``requires`` (capabilities the claiming process must have)
         overrides the job's.
@@ -344,7 +394,7 @@ class Client:
             requires=requires,
             unique_for=unique_for,
         )
-        return (await self._insert(jobs))[0]
+        return (await self._insert(jobs, connection))[0]
 
     async def enqueue_many(
         self,
@@ -360,6 +410,7 @@ class Client:
         requires: Iterable[str] | None = None,
         idempotency_keys: Sequence[str | None] | None = None,
         unique_for: float | dt.timedelta | None = None,
+        connection: object = None,
     ) -> builtins.list[int]:
         """Store many jobs of one kind in one transaction; all or none are stored.
 
@@ -380,7 +431,7 @@ class Client:
             requires=requires,
             unique_for=unique_for,
         )
-        return await self._insert(jobs)
+        return await self._insert(jobs, connection)
 
     # --- inspect ----------------------------------------------------------------------
 

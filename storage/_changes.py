@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from trioforge.storage import _ops as ops
 from trioforge.storage._records import CancelResult
 
-__all__ = ["changed_jobs", "encode_ids", "parse_ids"]
+__all__ = ["IDS_PER_NOTICE", "changed_jobs", "encode_ids", "parse_ids"]
 
 
 def changed_jobs(batch: Sequence[ops.Op], results: Sequence[object]) -> list[int]:
@@ -42,13 +42,13 @@ def _changed(op: ops.Op, result: object) -> Iterable[int]:
 
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; 300 ids of up to 19 digits
 #: and a comma each stay under it.
-_IDS_PER_NOTICE = 300
+IDS_PER_NOTICE = 300
 
 
 def encode_ids(job_ids: Sequence[int]) -> Iterator[str]:
     """Notice payloads for ``job_ids``: comma-separated decimal ids, each under 8000 bytes."""
-    for start in range(0, len(job_ids), _IDS_PER_NOTICE):
-        yield ",".join(str(i) for i in job_ids[start : start + _IDS_PER_NOTICE])
+    for start in range(0, len(job_ids), IDS_PER_NOTICE):
+        yield ",".join(str(i) for i in job_ids[start : start + IDS_PER_NOTICE])
 
 
 def parse_ids(payload: str) -> frozenset[int] | None:

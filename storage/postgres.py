@@ -44,7 +44,7 @@ from trioforge._rules import (
 )
 from trioforge.storage import _ops as ops
 from trioforge.storage._backend import Changed
-from trioforge.storage._changes import changed_jobs, encode_ids, parse_ids
+from trioforge.storage._changes import IDS_PER_NOTICE, changed_jobs, encode_ids, parse_ids
 from trioforge.storage._records import (
     JOB_COLUMNS,
     AttemptRecord,
@@ -198,6 +198,19 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX trioforge_jobs_keys_finished ON trioforge_jobs (idempotency_key, finished_at)
         WHERE idempotency_key IS NOT NULL AND finished_at IS NOT NULL;
+    """,
+    # The dashboard's indexes, cheaper: an index on (status, id), (queue, status) or
+    # finished_at is rewritten by every claim and outcome (half the drain rate on SQLite).
+    # Lists of the rare states use partial indexes that a normal run never touches; the
+    # common states are found by walking ids; counts scan.
+    """
+    DROP INDEX trioforge_jobs_status_id;
+    DROP INDEX trioforge_jobs_queue_status;
+    DROP INDEX trioforge_jobs_finished;
+    CREATE INDEX trioforge_jobs_dead ON trioforge_jobs (id) WHERE status = 'dead';
+    CREATE INDEX trioforge_jobs_cancelled ON trioforge_jobs (id) WHERE status = 'cancelled';
+    CREATE INDEX trioforge_jobs_retrying ON trioforge_jobs (id) WHERE status = 'retrying';
+    CREATE INDEX trioforge_jobs_scheduled ON trioforge_jobs (id) WHERE status = 'scheduled';
     """,
     # Workflows: runs, their records and signals, child jobs and wake-ups; "compensated"
     # joins the terminal states the idempotency index leaves out.
@@ -429,10 +442,11 @@ RETURNING j.id, j.name, j.queue, j.payload, j.priority, j.run_at, j.attempt,
     j.max_attempts, j.lease, j.timeout
 """
 
-#: One statement (so it needs no transaction of its own): the outcomes, and the workflow
-#: runs whose children just ended woken (due now if waiting, with a NOTIFY to their queue;
-#: flagged if running). A run suspending in this same batch is made due here instead: one
-#: statement must not update its row twice.
+#: One statement (so it needs no transaction of its own): the outcomes with their change
+#: notices (sent at commit, one round trip less between an outcome and its watchers), and
+#: the workflow runs whose children just ended woken (due now if waiting, with a NOTIFY to
+#: their queue; flagged if running). A run suspending in this same batch is made due here
+#: instead: one statement must not update its row twice.
 _FINISH = f"""
 WITH u AS (
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[], $5::int[],
@@ -460,8 +474,13 @@ WITH u AS (
 ), notified AS (
     SELECT pg_notify($10, 'w:' || ($9::float8)::text || ':' || queue) FROM woken
     WHERE status IN {_PENDING} GROUP BY queue
+), changes AS (
+    SELECT pg_notify($11, string_agg(id::text, ',')) FROM (
+        SELECT id, (row_number() OVER ()) / {IDS_PER_NOTICE} AS chunk FROM done
+    ) AS chunks GROUP BY chunk
 )
-SELECT id, lease FROM done WHERE (SELECT count(*) FROM notified) >= 0
+SELECT id, lease FROM done
+WHERE (SELECT count(*) FROM notified) + (SELECT count(*) FROM changes) >= 0
 """
 
 #: Wake the workflow runs whose children (ids) just ended, outside a Finish.
@@ -579,6 +598,14 @@ async def _record_steps(conn: asyncpg.Connection, steps: list[ops.RecordStep]) -
     columns = [list(column) for column in zip(*rows, strict=True)]
     written = {r["run_id"] for r in await conn.fetch(_RECORD_STEPS, *columns)}
     return [StepWrite(applied=op.run_id in written) for op in steps]
+
+
+def _without(
+    batch: Sequence[ops.Op], results: Sequence[object], kinds: Any
+) -> tuple[list[ops.Op], list[object]]:
+    """``batch`` and ``results`` less the operations of types ``kinds``."""
+    kept = [(op, r) for op, r in zip(batch, results, strict=True) if not isinstance(op, kinds)]
+    return [op for op, _ in kept], [r for _, r in kept]
 
 
 def parse_notice(payload: str) -> Notice | None:
@@ -864,7 +891,8 @@ class PostgresBackend:
             raise DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} is not open")
         async with self._pool.acquire() as conn:
             results = await self._batch(conn, batch, now)
-            changed = changed_jobs(batch, results)
+            # Outcomes (also those of orphan releases) were notified by their statement.
+            changed = changed_jobs(*_without(batch, results, ops.Finish | ops.ReleaseOrphans))
             if changed:
                 # After the commit, one statement for the whole batch. If it fails the
                 # connection is gone, and so is the listeners' (they re-read on reconnect).
@@ -1092,8 +1120,7 @@ class PostgresBackend:
         applied = await self._finish(conn, ops.Finish(orphans), now) if orphans else []
         return sorted(o.job_id for o, ok in zip(orphans, applied, strict=True) if ok)
 
-    @staticmethod
-    async def _finish(conn: asyncpg.Connection, op: ops.Finish, now: float) -> list[bool]:
+    async def _finish(self, conn: asyncpg.Connection, op: ops.Finish, now: float) -> list[bool]:
         columns: list[list[Any]] = [[], [], [], [], [], [], [], []]
         for outcome in op.outcomes:
             event = outcome.event
@@ -1111,7 +1138,7 @@ class PostgresBackend:
             )  # fmt: skip
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
-        rows = await conn.fetch(_FINISH, *columns, now, CHANNEL)
+        rows = await conn.fetch(_FINISH, *columns, now, CHANNEL, self.changes_channel)
         applied = {(r["id"], r["lease"]) for r in rows}
         return [(o.job_id, o.lease) in applied for o in op.outcomes]
 
@@ -1161,23 +1188,26 @@ class PostgresBackend:
     async def _list_jobs(conn: asyncpg.Connection, op: ops.ListJobs, now: float) -> list[JobInfo]:
         del now
         # Only the filters given (a generic plan of "$1 IS NULL OR ..." would use no index);
-        # the SQL is made of fixed fragments, every value is a parameter.
+        # fixed fragments, every value a parameter but the state's.
         filters = {
-            "status = ": op.status.value if op.status else None,
             "queue = ": op.queue,
             "name = ": op.name,
             "id < ": op.before,
         }
         given = {sql: value for sql, value in filters.items() if value is not None}
-        clauses = [f"{sql}${i}" for i, sql in enumerate(given, start=1)]
+        conditions = [f"{sql}${i}" for i, sql in enumerate(given, start=1)]
         values: list[object] = list(given.values())
+        # The state as a literal of the enum: a partial index (WHERE status = 'dead')
+        # serves only a condition known at plan time. Never caller text.
+        if op.status is not None:
+            conditions.append(f"status = '{JobState(op.status).value}'")
         if op.runs_only or op.workflow is not None:
-            clauses.append("workflow")
+            conditions.append("workflow")
         if op.workflow is not None:  # every version: job names "<workflow>@v<N>"
             values.append(op.workflow)
             n = len(values)
-            clauses.append(f"left(name, length(${n}) + 2) = ${n} || '@v'")
-        where = " AND ".join(clauses) or "TRUE"
+            conditions.append(f"left(name, length(${n}) + 2) = ${n} || '@v'")
+        where = " AND ".join(conditions) or "TRUE"
         rows = await conn.fetch(
             f"SELECT {JOB_COLUMNS} FROM trioforge_jobs WHERE {where} "
             f"ORDER BY id DESC LIMIT ${len(values) + 1}",
@@ -1576,3 +1606,51 @@ class PostgresBackend:
         )  # fmt: skip
         await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"w:{now!r}:{queue}")
         return signal_id
+
+    # --- from plain asyncio (trioforge.aio), and inside a caller's transaction ----------
+
+    async def open_asyncio(self, *, migrate: bool = True) -> None:
+        """:meth:`open` for a caller on asyncio itself (no trio, no crossing)."""
+        self._pool = await self._connect()
+        try:
+            current: int = await self._run(self._read_version)
+            latest = len(MIGRATIONS)
+            if current > latest:
+                raise SchemaError(
+                    f"schema version {current} in {redact(self.url)} is newer than this "
+                    f"trioforge knows ({latest}); upgrade trioforge"
+                )
+            if current < latest:
+                if not migrate:
+                    raise SchemaError(
+                        f"schema version {current} in {redact(self.url)}, this trioforge "
+                        f"needs {latest}; run `trioforge db migrate`"
+                    )
+                await self._run(self._migrate)
+        except BaseException:
+            await self.aclose_asyncio()
+            raise
+
+    async def aclose_asyncio(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def execute_asyncio(self, batch: Sequence[ops.Op], now: float) -> list[object]:
+        """:meth:`execute` for a caller on asyncio: the same SQL, no crossing."""
+        try:
+            results = await self._execute(list(batch), now)
+        except Exception as exc:
+            mapped = self._unavailable(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        return [self._unavailable(r) if isinstance(r, Exception) else r for r in results]
+
+    @classmethod
+    async def enqueue_in(
+        cls, conn: asyncpg.Connection, op: ops.Enqueue, now: float
+    ) -> list[Enqueued]:
+        """Store ``op``'s jobs with the caller's connection, in whatever transaction it is
+        in: a rollback leaves no job, and the wake-up notice is sent at commit."""
+        return await cls._enqueue(conn, op, now)

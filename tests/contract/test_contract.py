@@ -504,3 +504,18 @@ async def test_throughput_counts_jobs_finished_since(backend: Backend) -> None:
         "q": {JobState.COMPLETED: 1, JobState.DEAD: 1}
     }
     assert await one(backend, ops.Throughput(T0 + 30)) == {}
+
+
+async def test_a_large_outcome_batch_notifies_every_job(backend: Backend) -> None:
+    ids = await enqueue(backend, *(job() for _ in range(700)))
+    claimed = (await claim(backend, limit=700)).jobs
+    async with backend.changes() as changes:
+        outcomes = tuple(Outcome(j.id, j.lease, Succeeded()) for j in claimed)
+        assert all(await one(backend, ops.Finish(outcomes), T0))
+        seen: set[int] = set()
+        with trio.fail_after(10):
+            while not seen >= set(ids):
+                notice = await changes.receive()
+                if notice is None:  # SQLite: which jobs is not said
+                    break
+                seen |= notice

@@ -1,0 +1,156 @@
+"""``trioforge.aio.open_client``: enqueue, inspect and cancel jobs from plain asyncio code
+(FastAPI, Starlette, Django's async views), without trio.
+
+It is the same :class:`~trioforge.Client` (the same payload checks, limits and keys) over
+the same storage backends and their SQL, reached from asyncio directly: PostgreSQL through
+asyncpg on the running loop, SQLite through a worker thread (one statement batch at a
+time, as the trio side does). Only ``wait`` differs: it polls every ``poll_interval``
+seconds, as no live feed runs here. Workers still run on trio (``open_runtime`` or
+``trioforge worker``).
+
+``enqueue(..., connection=conn)`` stores jobs with the caller's own asyncpg connection
+(or sqlite3 connection to the same file) inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from trioforge._client import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, Client
+from trioforge._clock import WallClock
+from trioforge._config import resolve_database
+from trioforge._errors import ConfigurationError, TrioforgeError
+from trioforge._policy import QueueLike, queue_policies
+from trioforge._registry import Registry
+from trioforge.actors import Finished, LiveFeed, StorageHandle
+from trioforge.storage import Backend, Enqueued, JobInfo, MemoryBackend, backend_for_url, ops
+from trioforge.storage.postgres import PostgresBackend
+from trioforge.storage.sqlite import SQLiteBackend
+
+__all__ = ["AsyncioClient", "open_client"]
+
+Execute = Callable[[Sequence[ops.Op], float], Awaitable[list[object]]]
+
+
+class _AsyncioStorage(StorageHandle):
+    """What a :class:`Client` calls storage through, answered on asyncio: each call is
+    one batch of one operation, run by the backend's asyncio-side entry point."""
+
+    def __init__(self, execute: Execute, clock: WallClock) -> None:
+        # No storage actor (it is a trio task): calls go straight to the backend.
+        self._execute = execute
+        self._clock = clock
+        self._closed = False
+
+    async def call(self, op: ops.Op) -> Any:
+        if self._closed:
+            raise TrioforgeError("the client is closed; use it inside its block")
+        [result] = await self._execute([op], self._clock.now())
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def call_shielded(self, op: ops.Op, *, limit: float = 30.0) -> Any:
+        return await asyncio.shield(asyncio.wait_for(self.call(op), limit))
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class AsyncioClient(Client):
+    """A :class:`~trioforge.Client` for asyncio code; from :func:`open_client`."""
+
+    def __init__(self, *args: Any, poll_interval: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._poll_interval = poll_interval
+
+    async def wait(self, job_id: int) -> JobInfo:
+        """Block until the job is terminal and return it, checking every poll interval.
+        No timeout of its own: wrap it in ``asyncio.timeout``. Cancellation is safe."""
+        while True:
+            info = await self.get(job_id)
+            if info.is_terminal:
+                return info
+            await asyncio.sleep(self._poll_interval)
+
+    def watch(self, job_id: int) -> Any:
+        raise TrioforgeError(
+            "watch() needs the trio live feed; from asyncio, poll get() or use wait()"
+        )
+
+    async def _on_asyncio(
+        self, fn: Callable[..., Awaitable[builtins.list[Enqueued]]], *args: Any
+    ) -> builtins.list[Enqueued]:
+        return await fn(*args)  # already on asyncio: the caller's connection lives here
+
+
+@asynccontextmanager
+async def _asyncio_backend(backend: Backend, migrate: bool) -> AsyncIterator[Execute]:
+    """The backend opened from asyncio, and how to run a batch on it."""
+    if isinstance(backend, PostgresBackend):
+        await backend.open_asyncio(migrate=migrate)
+        try:
+            yield backend.execute_asyncio
+        finally:
+            await asyncio.shield(backend.aclose_asyncio())
+    elif isinstance(backend, SQLiteBackend):
+        lock = asyncio.Lock()  # one connection: one batch at a time, like its writer thread
+
+        async def execute(batch: Sequence[ops.Op], now: float) -> list[object]:
+            async with lock:
+                return await asyncio.to_thread(backend.execute_sync, batch, now)
+
+        await asyncio.to_thread(backend.open_sync, migrate=migrate)
+        try:
+            yield execute
+        finally:
+            await asyncio.to_thread(backend.close_sync)
+    elif isinstance(backend, MemoryBackend):
+        yield backend.execute  # pure Python: nothing of trio in it
+    else:
+        raise ConfigurationError(f"trioforge.aio cannot open {type(backend).__name__}")
+
+
+@asynccontextmanager
+async def open_client(
+    database: str | Backend | None = None,
+    *,
+    registry: Registry | None = None,
+    migrate: bool = True,
+    poll_interval: float = 0.2,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+    queues: Mapping[str, QueueLike] | None = None,
+) -> AsyncIterator[AsyncioClient]:
+    """``async with trioforge.aio.open_client(database) as client:`` from asyncio: enqueue,
+    get, list, wait, cancel, retry, discard and the bulk tools, with the same arguments
+    and checks as :func:`trioforge.open_client`. ``poll_interval``: how often ``wait``
+    looks."""
+    if not 0 < poll_interval < math.inf:
+        raise ConfigurationError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
+    policies = queue_policies(queues)
+    if database is None or isinstance(database, str):
+        backend = backend_for_url(resolve_database(database))
+    else:
+        backend = database
+    clock = WallClock()
+    async with _asyncio_backend(backend, migrate) as execute:
+        storage = _AsyncioStorage(execute, clock)
+        # A feed nobody reads: this client's writes have no trio watchers to tell.
+        send, _ = trio.open_memory_channel[Any](0)
+        send.close()
+        try:
+            yield AsyncioClient(
+                storage, clock, registry=registry, finished=Finished(), feed=LiveFeed(send),
+                max_payload_bytes=max_payload_bytes, max_key_bytes=max_key_bytes,
+                policies=policies, poll_interval=poll_interval,
+            )  # fmt: skip
+        finally:
+            storage.close()

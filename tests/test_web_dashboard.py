@@ -139,3 +139,44 @@ async def test_without_a_token_the_dashboard_is_read_only(sqlite_url: str) -> No
 
 async def _noop(ctx: JobContext) -> None:
     pass
+
+
+async def test_attempts_dead_letter_actions_and_process_details(sqlite_url: str) -> None:
+    registry = Registry()
+    tries: list[int] = []
+
+    @registry.job("flaky", queue="pages", retry=trioforge.Retry(max_attempts=3, base_delay=0))
+    async def flaky(ctx: JobContext) -> str:
+        tries.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise ValueError(f"try <{ctx.attempt}> failed")
+        return "third time"
+
+    @registry.job("doomed", queue="pages")
+    async def doomed(ctx: JobContext, n: int) -> None:
+        raise trioforge.Discard(f"doomed {n}")
+
+    async with (
+        trioforge.open_runtime(registry, database=sqlite_url, queues={"pages": 2}, **FAST) as rt,
+        served(trioforge.web.app(client=rt, registry=registry, token=TOKEN)) as http,
+    ):
+        http.headers["Authorization"] = f"Bearer {TOKEN}"
+        flaky_id = await rt.enqueue("flaky")
+        dead_ids = await rt.enqueue_many("doomed", [1, 2, 3])
+        with trio.fail_after(10):
+            for job_id in [flaky_id, *dead_ids]:
+                await rt.wait(job_id)
+        job_page = await http.get(f"/jobs/{flaky_id}")
+        processes = await http.get("/processes")
+        retried = await http.post("/dead/retry-all", follow_redirects=False)
+        with trio.fail_after(10):
+            after_retry = [await rt.wait(job_id) for job_id in dead_ids]
+        deleted = await http.post("/dead/delete-all", follow_redirects=False)
+        left = await rt.list(status="dead")
+    assert "Every attempt's error" in job_page.text
+    assert "try &lt;1&gt; failed" in job_page.text
+    assert "try &lt;2&gt; failed" in job_page.text
+    assert "pages=2" in processes.text
+    assert (retried.status_code, deleted.status_code) == (303, 303)
+    assert [i.attempt for i in after_retry] == [1, 1, 1]  # run again, fresh attempts
+    assert left == []

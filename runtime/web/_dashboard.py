@@ -27,8 +27,6 @@ PAGE = 50
 WINDOW_MINUTES = 5
 #: Running jobs counted on the processes page, at most.
 RUNNING_SHOWN = 1000
-#: Most dead jobs one retry-all touches (press again for more).
-RETRY_ALL_LIMIT = 10_000
 
 _STATES = [s.value for s in JobState]
 
@@ -126,7 +124,7 @@ def dashboard_routes(web: WebState) -> list[Route]:
                 request, "jobs.html", status=404, heading="No such job", path="/jobs",
                 jobs=[], states=_STATES, filters=_filters(request), query="", next_before=None,
             )  # fmt: skip
-        return render(request, "job.html", job=info)
+        return render(request, "job.html", job=info, attempts=await web.client.attempts(info.id))
 
     async def cron(request: Request) -> Response:
         states = await web.client.cron_states()
@@ -210,20 +208,13 @@ def dashboard_routes(web: WebState) -> list[Route]:
         if (refusal := refused(request)) is not None:
             return refusal
         filters = _filters(request)
-        before, done = None, 0
-        while done < RETRY_ALL_LIMIT:  # page by page: never all rows at once
-            page = await web.client.list(
-                status=JobState.DEAD, queue=filters["queue"], name=filters["name"],
-                limit=PAGE * 4, before=before,
-            )  # fmt: skip
-            if not page:
-                break
-            for info in page:
-                try:
-                    done += await web.client.retry(info.id)
-                except InvalidStateError:
-                    continue  # its idempotency key is taken again: leave it dead
-            before = page[-1].id
+        await web.client.retry_many(queue=filters["queue"], name=filters["name"])
+        return back(request, "/dead")
+
+    async def delete_all(request: Request) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        await web.client.purge(status=JobState.DEAD, older_than=0, queue=_filters(request)["queue"])
         return back(request, "/dead")
 
     async def login(request: Request) -> Response:
@@ -255,6 +246,7 @@ def dashboard_routes(web: WebState) -> list[Route]:
         Route("/jobs/{job_id:int}/{action}", job_action, methods=["POST"]),
         Route("/queues/{name}/{action}", queue_action, methods=["POST"]),
         Route("/dead/retry-all", retry_all, methods=["POST"]),
+        Route("/dead/delete-all", delete_all, methods=["POST"]),
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
     ]

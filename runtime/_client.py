@@ -584,6 +584,9 @@ class Client:
             self._finished.notify(job_id)
         elif result is CancelResult.REQUESTED and self._running is not None:
             self._running.cancel_running(job_id)
+            if self._wake is not None and not stopped_here:  # maybe a waiting workflow run,
+                info = await self.get(job_id)  # due now to be undone
+                self._wake(info.queue, info.run_at)
         # FINISHED after stopping it here: its worker recorded the cancel first.
         return stopped_here or result is not CancelResult.FINISHED
 

@@ -115,6 +115,13 @@ async def open_test_runtime(
     ``epoch`` is the wall-clock time the test starts at; ``options`` go to ``open_runtime``.
     """
     _virtual_clock()
+    # Nothing but this runtime uses its memory backend, and every change it makes wakes the
+    # parts concerned: polling and beating every second would only slow a test that lets
+    # days of virtual time pass (a 24-hour durable sleep) without changing what it sees.
+    options.setdefault("poll_interval", 60.0)
+    options.setdefault("heartbeat_interval", 10.0)
+    options.setdefault("rescue_interval", 60.0)
+    options.setdefault("sweep_interval", 600.0)
     async with open_runtime(
         registry,
         database=MemoryBackend(),

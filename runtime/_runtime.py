@@ -529,7 +529,11 @@ class _Parts:
         return ProcessDetails(
             host=socket.gethostname(),
             pid=os.getpid(),
-            pools=tuple((name, sup.size) for name, sup in self.supervisors.items()),
+            # The configured size until a pool runs (the first beat comes before the pools).
+            pools=tuple(
+                (name, self.supervisors[name].size if name in self.supervisors else size)
+                for name, size in s.queues.items()
+            ),
             capabilities=tuple(sorted(s.capabilities)),
             running=len(self.running),
         )

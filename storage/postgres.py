@@ -388,10 +388,15 @@ WITH picked AS (
 ), keys AS (
     SELECT 'r:' || rate_key AS k FROM picked WHERE rate_key IS NOT NULL
     UNION SELECT 'c:' || concurrency_key FROM picked WHERE concurrency_key IS NOT NULL
-), locked AS (
+), created AS (
     INSERT INTO trioforge_limits (key) SELECT k FROM keys ORDER BY k
-    ON CONFLICT (key) DO UPDATE SET tokens = trioforge_limits.tokens
+    ON CONFLICT (key) DO NOTHING
     RETURNING key, tokens, at
+), existing AS (
+    SELECT key, tokens, at FROM trioforge_limits WHERE key IN (SELECT k FROM keys)
+    ORDER BY key FOR UPDATE
+), locked AS (
+    SELECT key, tokens, at FROM created UNION ALL SELECT key, tokens, at FROM existing
 )
 SELECT id, name, rate_key, concurrency_key, priority, run_at, NULL AS key, NULL::float8 AS
     tokens, NULL::float8 AS at

@@ -37,7 +37,7 @@ test: lint pytest
 # Nightly depth: thousands of hypothesis examples per property.
 test-deep: relink
 	HYPOTHESIS_PROFILE=deep $(BIN)/pytest -q tests/test_model.py tests/test_partitions.py \
-		tests/test_scheduling_properties.py tests/test_cron_schedule.py
+		tests/test_scheduling_properties.py tests/test_cron_schedule.py tests/test_flow.py
 
 # The dashboard's screenshots in docs/screenshots/, taken by the browser tests (Chromium).
 screenshots: relink

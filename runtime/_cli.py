@@ -429,7 +429,8 @@ def discard_all(
 
 @jobs.command()
 @click.option(
-    "--status", required=True, type=click.Choice(["completed", "dead", "cancelled"]),
+    "--status", required=True,
+    type=click.Choice(["completed", "dead", "cancelled", "compensated"]),
     multiple=True, help="Repeatable.",
 )  # fmt: skip
 @click.option("--older-than", required=True, callback=parse_age, help="E.g. 7d, 12h.")

@@ -36,6 +36,8 @@ class Retention:
     completed: Age = dt.timedelta(days=1)
     cancelled: Age = dt.timedelta(days=7)
     dead: Age = dt.timedelta(days=30)
+    #: Workflow runs undone (compensated): kept as long as dead jobs by default.
+    compensated: Age = dt.timedelta(days=30)
 
     def __attrs_post_init__(self) -> None:
         for state, age in self._given():
@@ -43,7 +45,7 @@ class Retention:
 
     def _given(self) -> list[tuple[JobState, float | dt.timedelta]]:
         ages = [(JobState.COMPLETED, self.completed), (JobState.CANCELLED, self.cancelled),
-                (JobState.DEAD, self.dead)]  # fmt: skip
+                (JobState.DEAD, self.dead), (JobState.COMPENSATED, self.compensated)]  # fmt: skip
         return [(state, age) for state, age in ages if age is not None]
 
     def ages(self) -> tuple[tuple[JobState, float], ...]:

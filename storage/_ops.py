@@ -319,7 +319,9 @@ class Purge:
 
     def __attrs_post_init__(self) -> None:
         if not self.statuses or any(not JobState(s).is_terminal for s in self.statuses):
-            raise ValueError("only finished jobs (completed, dead, cancelled) are purged")
+            raise ValueError(
+                "only finished jobs (completed, dead, cancelled, compensated) are purged"
+            )
 
 
 @attrs.frozen

@@ -416,3 +416,8 @@ async def test_a_child_takes_enqueue_options_and_refuses_unknown_ones(
     assert ok.result[0] >= start + 60
     assert bad.status is JobState.DEAD
     assert "unknown options ['colour']" in (bad.error or "")
+
+
+def test_retention_keeps_undone_runs_as_long_as_dead_jobs_by_default() -> None:
+    kept = dict(trioforge.Retention().ages())
+    assert kept[JobState.COMPENSATED] == kept[JobState.DEAD]

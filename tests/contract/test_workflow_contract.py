@@ -230,3 +230,15 @@ async def test_a_signal_to_a_plain_job_is_refused_and_changes_nothing(backend: B
     assert (await get(backend, job_id)).run_at == T0 + 3600
     record: WorkflowRecord = await one(backend, ops.ReadWorkflow(job_id))
     assert (record.workflow, record.signals) == (False, ())
+
+
+async def test_an_undone_run_is_purged_with_its_record(backend: Backend) -> None:
+    [run_id] = await enqueue(backend, run())
+    job = await claim_one(backend)
+    await record(backend, job, entry(0, "a"))
+    await one(backend, ops.SendSignal(run_id, "left", "true"))
+    await finish(backend, job, Outcome(run_id, job.lease, Compensated(), error="undone"), T0 + 1)
+    purge = ops.Purge((JobState.COMPENSATED,), before=T0 + 10)
+    assert await one(backend, purge, T0 + 20) == [run_id]
+    assert await one(backend, ops.ReadWorkflow(run_id)) is None
+    assert await one(backend, purge, T0 + 20) == []

@@ -209,7 +209,13 @@ def worker(
     help="The application's registry: its public=True jobs get POST /api/jobs/NAME, and "
     "the cron page shows its schedules' next fires.",
 )  # fmt: skip
-def web(database: str | None, host: str, port: int, target: str | None) -> None:
+@click.option(
+    "--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+    help="A frontend origin allowed to call the job API from browsers; repeatable.",
+)  # fmt: skip
+def web(
+    database: str | None, host: str, port: int, target: str | None, cors_origins: tuple[str, ...]
+) -> None:
     """Serve the dashboard, the job API (JSON, Server-Sent Events, track.js) and /metrics.
 
     Actions (cancel, retry, discard, pause, retry-all) need the token in
@@ -225,7 +231,7 @@ def web(database: str | None, host: str, port: int, target: str | None) -> None:
                 open_client(database, registry=registry) as client,
                 trio.open_nursery() as nursery,
             ):
-                asgi = app(client=client, registry=registry)
+                asgi = app(client=client, registry=registry, cors_origins=cors_origins)
                 urls = await nursery.start(partial(serve, asgi, host=host, port=port))
                 click.echo(f"trioforge web serving on {' '.join(urls)}", err=True)
                 async for _ in signals:

@@ -145,3 +145,26 @@ async def test_track_js_and_its_types_are_served(sqlite_url: str) -> None:
     assert js.headers["content-type"].startswith("text/javascript")
     assert "export function track(baseUrl, jobId" in js.text
     assert "export function track(baseUrl: string, jobId: number" in types.text
+
+
+async def test_cross_origin_frontends_are_allowed_only_when_named(sqlite_url: str) -> None:
+    registry, _ = make_registry()
+    front = "https://app.example"
+    async with trioforge.open_client(sqlite_url, registry=registry) as client:
+        job_id = await client.enqueue("internal")
+        async with served(trioforge.web.app(client=client, cors_origins=[front])) as http:
+            allowed = await http.get(f"/api/jobs/{job_id}", headers={"Origin": front})
+            other = await http.get(
+                f"/api/jobs/{job_id}", headers={"Origin": "https://evil.example"}
+            )
+            preflight = await http.options(
+                "/api/jobs/images:resize",
+                headers={"Origin": front, "Access-Control-Request-Method": "POST",
+                         "Access-Control-Request-Headers": "content-type"},
+            )  # fmt: skip
+        async with served(trioforge.web.app(client=client)) as http:
+            closed = await http.get(f"/api/jobs/{job_id}", headers={"Origin": front})
+    assert allowed.headers["access-control-allow-origin"] == front
+    assert "access-control-allow-origin" not in other.headers
+    assert preflight.status_code == 200
+    assert "access-control-allow-origin" not in closed.headers

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,6 +12,8 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -36,6 +38,7 @@ def app(
     registry: Registry | None = None,
     token: str | None = None,
     metrics: Metrics | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> Starlette:
     """The ASGI app. With ``client`` (a runtime or client of the embedding program) it uses
     that; else its lifespan opens a client on ``database`` (None: the configuration).
@@ -45,6 +48,9 @@ def app(
     retry, discard, pause, retry-all) need ``token`` (default ``$TRIOFORGE_WEB_TOKEN``);
     without one the dashboard is read-only. ``GET /metrics`` serves ``metrics`` (give the
     one the runtime counts with; default: a new one, with the storage gauges only).
+    ``cors_origins`` lists the frontend origins (``https://app.example``) allowed to call
+    the job API from a browser (``track.js`` with a base URL on another origin); the
+    dashboard's actions never accept cross-origin requests (their cookie is SameSite).
     """
     if token is None:
         token = os.environ.get("TRIOFORGE_WEB_TOKEN") or None
@@ -72,7 +78,19 @@ def app(
         *dashboard_routes(web),
         Route("/metrics", scrape, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    middleware = (
+        [
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["content-type"],
+            )  # fmt: skip
+        ]
+        if cors_origins
+        else []
+    )
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 
 async def serve(

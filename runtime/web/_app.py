@@ -78,18 +78,13 @@ def app(
         *dashboard_routes(web),
         Route("/metrics", scrape, methods=["GET"]),
     ]
-    middleware = (
-        [
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(cors_origins),
-                allow_methods=["GET", "POST"],
-                allow_headers=["content-type"],
-            )  # fmt: skip
-        ]
-        if cors_origins
-        else []
+    cors = Middleware(
+        CORSMiddleware,
+        allow_origins=list(cors_origins),
+        allow_methods=["GET", "POST"],
+        allow_headers=["content-type"],
     )
+    middleware = [cors] if cors_origins else []
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 

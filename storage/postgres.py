@@ -319,7 +319,7 @@ def _lost(exc: BaseException) -> bool:
 
 
 #: The LISTEN/NOTIFY channel. Payloads: ``w:<run_at>:<queue>`` (work enqueued) and
-#: ``c:<job id>`` (cancel requested); delivered when the writing transaction commits.
+#: ``c:<job id>:<schema>`` (cancel requested; see parse_notice); delivered at commit.
 CHANNEL = "trioforge"
 
 #: The channel of job change notices: payloads are comma-separated job ids (see
@@ -613,14 +613,21 @@ def _without(
     return [op for op, _ in kept], [r for _, r in kept]
 
 
-def parse_notice(payload: str) -> Notice | None:
+def parse_notice(payload: str, schema: str | None = None) -> Notice | None:
+    """The notice in ``payload``, for a listener on ``schema`` (None: the default tables).
+
+    The channel is shared by every schema of the database. A cancel names its schema
+    (``c:<job id>:<schema>``), since job ids repeat across schemas; a wake-up does not, as
+    one meant for another schema only costs a claim that finds nothing.
+    """
     kind, _, rest = payload.partition(":")
     try:
         if kind == "w":
             run_at, _, queue = rest.partition(":")
             return WakeNotice(queue, float(run_at))
         if kind == "c":
-            return CancelNotice(int(rest))
+            job_id, _, scope = rest.partition(":")
+            return CancelNotice(int(job_id)) if scope == (schema or "") else None
     except ValueError:
         pass
     return None  # not ours: ignore
@@ -670,7 +677,7 @@ class PostgresBackend:
         send, receive = trio.open_memory_channel[Notice](math.inf)
 
         def on_notify(conn: object, pid: int, channel: str, payload: str) -> None:
-            notice = parse_notice(payload)
+            notice = parse_notice(payload, self.schema)
             if notice is not None:
                 with contextlib.suppress(trio.ClosedResourceError):
                     send.send_nowait(notice)
@@ -1261,7 +1268,9 @@ class PostgresBackend:
             await conn.execute(
                 "UPDATE trioforge_jobs SET cancel_requested = TRUE WHERE id = $1", op.job_id
             )
-            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"c:{op.job_id}")
+            await conn.execute(
+                "SELECT pg_notify($1, $2)", CHANNEL, f"c:{op.job_id}:{self.schema or ''}"
+            )
             return CancelResult.REQUESTED
         if row["workflow"]:  # a waiting run goes to a worker to be undone first
             queue = await conn.fetchval(

@@ -18,8 +18,8 @@ import trio_asyncio
 import trioforge
 from tests.postgres import URL, require_postgres, schema_url, temporary_schema
 from trioforge import DatabaseUnavailableError, JobState, SchemaError
-from trioforge.storage import NewJob, opened, ops
-from trioforge.storage.postgres import MIGRATIONS, PostgresBackend
+from trioforge.storage import CancelNotice, JobInfo, NewJob, WakeNotice, opened, ops
+from trioforge.storage.postgres import MIGRATIONS, PostgresBackend, parse_notice
 
 
 async def test_cancelled_crossings_never_leak_a_pooled_connection() -> None:
@@ -297,3 +297,31 @@ async def test_a_dropped_listener_reconnects_and_catches_up() -> None:
                     assert pid not in pids
                     after = await client.enqueue("quick")  # pushed again through NOTIFY
                     assert (await rt.wait(after)).result == "ran"
+
+
+def test_a_cancel_notice_is_for_the_listeners_own_schema_only() -> None:
+    assert parse_notice("c:7:", None) == CancelNotice(7)
+    assert parse_notice("c:7:tenant_a", "tenant_a") == CancelNotice(7)
+    assert parse_notice("c:7:tenant_a", "tenant_b") is None
+    assert parse_notice("c:7:tenant_a", None) is None
+    assert parse_notice("c:7", "tenant_b") is None  # an older process on the default tables
+    assert parse_notice("w:5.0:q", "tenant_b") == WakeNotice("q", 5.0)
+
+
+async def test_cancelling_job_n_in_one_schema_cancels_nothing_in_another() -> None:
+    job = NewJob("x", "q", "{}", 10, 0.0, 3)
+    async with temporary_schema() as a, temporary_schema() as b, opened(a), opened(b):
+        for backend in (a, b):  # job 1, running, in each schema
+            await backend.execute([ops.Enqueue((job,))], 1.0)
+            await backend.execute([ops.Claim("q", {"x"}, 1, "w", 100.0)], 1.0)
+        async with a.listen() as a_notices, b.listen() as b_notices:
+            await a.execute([ops.Cancel(1)], 2.0)
+            await b.execute([ops.Enqueue((job,))], 2.0)  # a notice b does hear
+            with trio.fail_after(10):
+                assert await a_notices.receive() == CancelNotice(1)
+                # Notices arrive in commit order: a cancel b took for its own would
+                # come before the wake-up.
+                assert isinstance(await b_notices.receive(), WakeNotice)
+        [info] = await b.execute([ops.Get(1)], 3.0)
+        assert isinstance(info, JobInfo)
+        assert not info.cancel_requested

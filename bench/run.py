@@ -15,7 +15,8 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -198,6 +199,21 @@ async def drop_schemas(url: str, schemas: list[str]) -> None:
         await trio_asyncio.aio_as_trio(drop)()
 
 
+@asynccontextmanager
+async def postgres_schemas(url: str) -> AsyncIterator[Callable[[], Backend]]:
+    """A factory of backends on ``url``, each on a fresh schema, all dropped at the end."""
+    schemas: list[str] = []
+
+    def postgres() -> Backend:
+        schemas.append(f"tf_bench_{uuid.uuid4().hex[:10]}")
+        return PostgresBackend(url, schema=schemas[-1])
+
+    try:
+        yield postgres
+    finally:
+        await drop_schemas(url, schemas)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=20_000)
@@ -224,18 +240,10 @@ def main() -> None:
                     await bench_backend("sqlite (WAL file)", sqlite, args.jobs)
                 await flow_drains("sqlite", sqlite, args.jobs)
             if args.backend in ("postgres", "all"):
-                schemas: list[str] = []
-
-                def postgres() -> Backend:
-                    schemas.append(f"tf_bench_{uuid.uuid4().hex[:10]}")
-                    return PostgresBackend(args.postgres_url, schema=schemas[-1])
-
-                try:
+                async with postgres_schemas(args.postgres_url) as postgres:
                     if not args.flow_only:
                         await bench_backend("postgres (asyncpg, trio-asyncio)", postgres, args.jobs)
                     await flow_drains("postgres", postgres, args.jobs)
-                finally:
-                    await drop_schemas(args.postgres_url, schemas)
             if args.backend in ("memory", "all") and not args.flow_only:
                 await bench_backend("memory (reference)", MemoryBackend, args.jobs)
 

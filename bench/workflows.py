@@ -14,17 +14,15 @@ import argparse
 import os
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 import trioforge
-from bench.run import drop_schemas, report
+from bench.run import postgres_schemas, report
 from trioforge import JobContext, Registry, WorkflowContext
 from trioforge.storage import Backend
-from trioforge.storage.postgres import PostgresBackend
 
 STEPS = 10
 
@@ -137,16 +135,8 @@ def main() -> None:
                     args.runs,
                 )
             if args.backend in ("postgres", "all"):
-                schemas: list[str] = []
-
-                def postgres() -> Backend:
-                    schemas.append(f"tf_bench_{uuid.uuid4().hex[:10]}")
-                    return PostgresBackend(args.postgres_url, schema=schemas[-1])
-
-                try:
+                async with postgres_schemas(args.postgres_url) as postgres:
                     await bench_backend("workflows on postgres", postgres, args.runs)
-                finally:
-                    await drop_schemas(args.postgres_url, schemas)
 
     trio.run(run)
 

@@ -765,10 +765,15 @@ def show_run(run_id: int, as_json_object: bool, database: str | None) -> None:
     click.echo("steps:")
     if not info.steps:
         click.echo("  (none recorded yet)")
+    else:
+        click.echo(
+            f"  {'SEQ':>3}  {'KIND':12} {'NAME':24} {'STATUS':11} {'TRIES':>5}  "
+            f"{'STARTED AT':20} {'FINISHED AT':20} DETAIL"
+        )
     for step in info.steps:
         click.echo(
             f"  {step.seq:>3}  {step.kind.value:12} {step.name[:24]:24} {step.status.value:11} "
-            f"{step.attempts:>2}  {iso(step.started_at):20} {iso(step.finished_at):20} "
+            f"{step.attempts:>5}  {iso(step.started_at):20} {iso(step.finished_at):20} "
             f"{step_detail(step)}"
         )
     if info.pending_signals:

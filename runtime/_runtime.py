@@ -161,7 +161,6 @@ class _RegistryJobs:
             job,
             WorkflowContext,
             record=record,
-            registry=self._registry,
             version=definition.workflow.version,
             wake=self._wake,
         )

@@ -82,7 +82,7 @@ if TYPE_CHECKING:
 
     from trioforge._client import JobRef
     from trioforge._clock import Clock
-    from trioforge._registry import JobDefinition, Registry
+    from trioforge._registry import JobDefinition
 
 __all__ = ["ChildHandle", "WorkflowAttempt", "WorkflowContext", "DEFAULT_STEP_RETRY"]
 
@@ -181,13 +181,11 @@ class WorkflowContext(JobContext):
         job: ClaimedJob,
         *,
         record: WorkflowRecord,
-        registry: Registry,
         version: int,
         wake: Callable[[str, float], None],
         **services: Any,
     ) -> None:
         super().__init__(job, **services)
-        self._registry = registry
         self._wake = wake
         #: The version of the workflow this run started on (and resumes on).
         self.version = version
@@ -590,14 +588,15 @@ class WorkflowAttempt:
             run_at = _suspension(exc)
             if run_at is None:
                 raise
-            return Ended(Suspended(self._capped(record, run_at)))
+            return Ended(Suspended(self._capped(ctx, record.created_at, run_at)))
 
-    def _capped(self, record: WorkflowRecord, run_at: float) -> float:
-        """A suspended run wakes by its deadline at the latest (to be undone then)."""
+    def _capped(self, ctx: WorkflowContext, created_at: float, run_at: float) -> float:
+        """A suspended run wakes by its deadline at the latest (to be undone then), unless
+        it is being undone already."""
         timeout = self._spec.timeout
-        if timeout is None or _marker_of(record) is not None:
+        if timeout is None or _marker(ctx) is not None:
             return run_at
-        return min(run_at, record.created_at + timeout)
+        return min(run_at, created_at + timeout)
 
     async def _go(self, ctx: WorkflowContext, record: WorkflowRecord) -> str | Ended | None:
         marker = _marker(ctx)
@@ -718,7 +717,3 @@ def _undoable(ctx: WorkflowContext) -> bool:
 
 def _marker(ctx: WorkflowContext) -> StepRecord | None:
     return next((e for e in ctx._entries.values() if e.kind is StepKind.COMPENSATING), None)
-
-
-def _marker_of(record: WorkflowRecord) -> StepRecord | None:
-    return next((e for e in record.steps if e.kind is StepKind.COMPENSATING), None)

@@ -682,26 +682,7 @@ class PostgresBackend:
                 with contextlib.suppress(trio.ClosedResourceError):
                     send.send_nowait(notice)
 
-        def on_lost(conn: object) -> None:
-            send.close()
-
-        async def connect() -> asyncpg.Connection:
-            settings = {"application_name": f"trioforge listener {self.schema or ''}".strip()}
-            if self.schema:
-                settings["search_path"] = self.schema
-            try:
-                conn = await asyncpg.connect(
-                    self.url, timeout=self._connect_timeout, server_settings=settings
-                )
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                raise DatabaseUnavailableError(
-                    f"cannot reach PostgreSQL at {redact(self.url)} to listen: {exc}"
-                ) from None
-            conn.add_termination_listener(on_lost)
-            await conn.add_listener(CHANNEL, on_notify)
-            return conn
-
-        conn = await self._aio(connect)
+        conn = await self._aio(self._listening, CHANNEL, on_notify, send.close, "listener")
         try:
             yield receive
         finally:
@@ -721,7 +702,9 @@ class PostgresBackend:
                 with contextlib.suppress(trio.ClosedResourceError):
                     send.send_nowait(ids)
 
-        conn = await self._aio(self._listening, self.changes_channel, on_notify, send.close)
+        conn = await self._aio(
+            self._listening, self.changes_channel, on_notify, send.close, "live feed"
+        )
         try:
             yield receive
         finally:
@@ -730,9 +713,15 @@ class PostgresBackend:
                 await self._aio(conn.close)
 
     async def _listening(
-        self, channel: str, on_notify: Callable[..., None], on_lost: Callable[[], None]
+        self,
+        channel: str,
+        on_notify: Callable[..., None],
+        on_lost: Callable[[], None],
+        role: str,
     ) -> asyncpg.Connection:
-        settings = {"application_name": "trioforge live feed"}
+        """A connection of its own LISTENing on ``channel`` (a pooled one would be
+        UNLISTENed on release); ``on_lost()`` when it drops."""
+        settings = {"application_name": f"trioforge {role} {self.schema or ''}".strip()}
         if self.schema:
             settings["search_path"] = self.schema
         try:

@@ -342,7 +342,8 @@ def test_workflows_show_signal_and_resume(url: str) -> None:
     waiting = cli("workflows", "show", str(run_id), "--database", url)
     assert waiting.exit_code == 0, waiting.output
     assert "waits for a signal or its children; then for a worker" in waiting.output
-    steps = waiting.output.split("steps:\n")[1].splitlines()
+    header, *steps = waiting.output.split("steps:\n")[1].splitlines()
+    assert header.split()[:5] == ["SEQ", "KIND", "NAME", "STATUS", "TRIES"]
     assert [s.split()[:5] for s in steps] == [
         ["0", "step", "greet", "completed", "1"],
         ["1", "signal", "go", "running", "1"],
@@ -386,7 +387,7 @@ def test_workflows_show_a_compensated_run(url: str) -> None:
     assert error.endswith(
         "StepFailed: step 'charge' failed after 1 attempt(s): card of bob declined"
     )
-    steps = [s.split()[:4] for s in shown.output.split("steps:\n")[1].splitlines()]
+    steps = [s.split()[:4] for s in shown.output.split("steps:\n")[1].splitlines()[1:]]
     assert steps == [
         ["0", "step", "reserve", "compensated"],
         ["1", "step", "charge", "failed"],

@@ -94,6 +94,9 @@ class NewJob:
     concurrency_key: str | None = None
     #: Seconds its idempotency key keeps blocking after a job holding it finished.
     unique_for: float | None = None
+    #: The enqueuer's trace context, W3C ``traceparent``/``tracestate`` as a JSON object
+    #: (see ``trioforge.otel``); None outside a trace or with tracing off.
+    trace_context: str | None = None
 
 
 @attrs.frozen
@@ -118,6 +121,8 @@ class ClaimedJob:
     lease: int
     #: The per-enqueue timeout, if one was given.
     timeout: float | None = None
+    #: The trace context stored at enqueue (``NewJob.trace_context``), every attempt alike.
+    trace_context: str | None = None
 
 
 @attrs.frozen

@@ -98,6 +98,7 @@ class _Row:
     cancel_requested: bool = False
     parent_id: int | None = None
     workflow: bool = False
+    trace_context: str | None = None
     #: A signal or a child's end arrived while the run was running (see Suspended).
     wake_requested: bool = False
     #: Bumped whenever the row is (re)indexed as pending; older index entries are stale.
@@ -316,6 +317,7 @@ class MemoryBackend:
                 requires=frozenset(job.requires),
                 rate_key=job.rate_key,
                 concurrency_key=job.concurrency_key,
+                trace_context=job.trace_context,
             )
             self._next_id += 1
             if job.parent_id is not None:
@@ -385,6 +387,7 @@ class MemoryBackend:
                     max_attempts=row.max_attempts,
                     lease=row.lease,
                     timeout=row.timeout,
+                    trace_context=row.trace_context,
                 )
             )
         upcoming = (

@@ -246,6 +246,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX trioforge_workflow_signals_run ON trioforge_workflow_signals (run_id, id);
     """,
+    # Tracing: the enqueuer's trace context (JSON text), read back by every claim.
+    """
+    ALTER TABLE trioforge_jobs ADD COLUMN trace_context TEXT;
+    """,
 )
 
 
@@ -254,17 +258,17 @@ _INSERT_MANY = """
 WITH inserted AS (
     INSERT INTO trioforge_jobs
         (name, queue, payload, priority, run_at, max_attempts, created_at, status, timeout,
-         requires, rate_key, concurrency_key, parent_id, workflow)
+         requires, rate_key, concurrency_key, parent_id, workflow, trace_context)
     SELECT name, queue, payload, priority, run_at, max_attempts, $7, status, timeout,
         CASE WHEN requires IS NOT NULL
              THEN ARRAY(SELECT json_array_elements_text(requires::json)) END,
-        rate_key, concurrency_key, parent_id, workflow
+        rate_key, concurrency_key, parent_id, workflow, trace_context
     FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::int[],
                 $8::text[], $10::float8[], $11::text[], $12::text[], $13::text[],
-                $14::bigint[], $15::bool[])
+                $14::bigint[], $15::bool[], $16::text[])
         WITH ORDINALITY
         AS t(name, queue, payload, priority, run_at, max_attempts, status, timeout, requires,
-             rate_key, concurrency_key, parent_id, workflow, ord)
+             rate_key, concurrency_key, parent_id, workflow, trace_context, ord)
     ORDER BY ord
     RETURNING id, queue, run_at
 ), notified AS (
@@ -276,8 +280,8 @@ SELECT id FROM inserted WHERE (SELECT count(*) FROM notified) >= 0
 _INSERT_KEYED = f"""
 INSERT INTO trioforge_jobs
     (name, queue, payload, priority, run_at, max_attempts, idempotency_key, created_at, status,
-     timeout, requires, rate_key, concurrency_key, parent_id, workflow)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+     timeout, requires, rate_key, concurrency_key, parent_id, workflow, trace_context)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 ON CONFLICT (idempotency_key)
     WHERE idempotency_key IS NOT NULL AND status NOT IN {_TERMINAL} DO NOTHING
 RETURNING id
@@ -350,12 +354,14 @@ WITH picked AS (
         progress_message = NULL
     FROM picked WHERE j.id = picked.id
     RETURNING j.id, j.name, j.queue, j.payload, j.priority, j.run_at, j.attempt,
-        j.max_attempts, j.lease, j.timeout
+        j.max_attempts, j.lease, j.timeout, j.trace_context
 )
-SELECT id, name, queue, payload, priority, run_at, attempt, max_attempts, lease, timeout
+SELECT id, name, queue, payload, priority, run_at, attempt, max_attempts, lease, timeout,
+    trace_context
 FROM claimed
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, min(run_at), NULL, NULL, NULL, NULL FROM trioforge_jobs
+SELECT NULL, NULL, NULL, NULL, NULL, min(run_at), NULL, NULL, NULL, NULL, NULL
+FROM trioforge_jobs
 WHERE queue = $1 AND status IN {_PENDING} AND run_at > $2 AND name = ANY($3::text[])
   AND (requires IS NULL OR requires <@ $7::text[])
   AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
@@ -444,7 +450,7 @@ SET status = 'running', attempt = j.attempt + 1, lease = j.lease + 1, lease_owne
     lease_until = $3, started_at = $4, error = NULL, progress = NULL, progress_message = NULL
 WHERE j.id = ANY($1::bigint[])
 RETURNING j.id, j.name, j.queue, j.payload, j.priority, j.run_at, j.attempt,
-    j.max_attempts, j.lease, j.timeout
+    j.max_attempts, j.lease, j.timeout, j.trace_context
 """
 
 #: One statement (so it needs no transaction of its own): the outcomes with their change
@@ -992,6 +998,7 @@ class PostgresBackend:
                 [json.dumps(list(j.requires)) if j.requires else None for j in op.jobs],
                 [j.rate_key for j in op.jobs], [j.concurrency_key for j in op.jobs],
                 [j.parent_id for j in op.jobs], [j.workflow for j in op.jobs],
+                [j.trace_context for j in op.jobs],
             )  # fmt: skip
             return [Enqueued(job_id, created=True) for job_id in sorted(r["id"] for r in rows)]
         earliest: dict[str, float] = {}
@@ -1018,7 +1025,7 @@ class PostgresBackend:
                 _INSERT_KEYED, j.name, j.queue, j.payload, j.priority, j.run_at,
                 j.max_attempts, j.idempotency_key, now, state, j.timeout,
                 list(j.requires) if j.requires else None, j.rate_key, j.concurrency_key,
-                j.parent_id, j.workflow,
+                j.parent_id, j.workflow, j.trace_context,
             )  # fmt: skip
             if job_id is not None:
                 out.append(Enqueued(job_id, created=True))

@@ -240,6 +240,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX trioforge_workflow_signals_run ON trioforge_workflow_signals (run_id, id)
     """,
+    # Tracing: the enqueuer's trace context (JSON text), read back by every claim.
+    """
+    ALTER TABLE trioforge_jobs ADD COLUMN trace_context TEXT
+    """,
 )
 
 _TABLES = (
@@ -252,7 +256,7 @@ _TABLES = (
 _INSERT = (
     "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, max_attempts, "
     "idempotency_key, created_at, status, timeout, requires, rate_key, concurrency_key, "
-    "parent_id, workflow) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "parent_id, workflow, trace_context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -261,7 +265,7 @@ def _insert_row(j: NewJob, key: str | None, now: float) -> tuple[object, ...]:
         j.name, j.queue, j.payload, j.priority, j.run_at, j.max_attempts, key, now,
         "scheduled" if j.run_at > now else "available", j.timeout,
         json.dumps(list(j.requires)) if j.requires else None, j.rate_key, j.concurrency_key,
-        j.parent_id, int(j.workflow),
+        j.parent_id, int(j.workflow), j.trace_context,
     )  # fmt: skip
 
 
@@ -293,7 +297,8 @@ WHERE id IN (
     ORDER BY priority DESC, run_at, id
     LIMIT ?
 )
-RETURNING id, name, queue, payload, priority, run_at, attempt, max_attempts, lease, timeout
+RETURNING id, name, queue, payload, priority, run_at, attempt, max_attempts, lease, timeout,
+    trace_context
 """
 
 #: A flow-controlled claim reads due jobs in claim order, a chunk at a time, each with the
@@ -320,7 +325,8 @@ UPDATE trioforge_jobs
 SET status = 'running', attempt = attempt + 1, lease = lease + 1, lease_owner = ?,
     lease_until = ?, started_at = ?, error = NULL, progress = NULL, progress_message = NULL
 WHERE id IN (SELECT value FROM json_each(?))
-RETURNING id, name, queue, payload, priority, run_at, attempt, max_attempts, lease, timeout
+RETURNING id, name, queue, payload, priority, run_at, attempt, max_attempts, lease, timeout,
+    trace_context
 """
 
 _STORE_BUCKETS = """

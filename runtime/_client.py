@@ -7,7 +7,8 @@ import datetime as dt
 import math
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeAlias
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import attrs
 
@@ -40,6 +41,9 @@ from trioforge.storage import (
     ops,
 )
 from trioforge.storage._records import not_a_run
+
+if TYPE_CHECKING:
+    from trioforge.otel import Tracing
 
 __all__ = ["DEFAULT_MAX_KEY_BYTES", "DEFAULT_MAX_PAYLOAD_BYTES", "Client", "JobRef", "Stats"]
 
@@ -153,6 +157,7 @@ class Client:
         max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
         policies: Mapping[str, Queue] | None = None,
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         for name, limit in (
             ("max_payload_bytes", max_payload_bytes),
@@ -171,6 +176,7 @@ class Client:
         self._wake = wake
         self._policies = dict(policies or {})
         self._metrics = metrics
+        self._tracing = tracing
 
     # --- enqueue ---------------------------------------------------------------------
 
@@ -238,6 +244,8 @@ class Client:
         level = definition.priority if priority is None else parse_priority(priority)
         queue = queue or definition.queue
         requires_sorted = tuple(sorted(needs))
+        # The enqueue span's (or, from a workflow run, its attempt's): one per call.
+        trace_context = None if self._tracing is None else self._tracing.trace_context()
         if max_attempts is None:
             max_attempts = definition.retry_in(self._policies.get(queue)).max_attempts
         jobs = []
@@ -262,6 +270,7 @@ class Client:
                     concurrency_key=_limit_key(definition, definition.concurrency, text),
                     workflow=definition.workflow is not None,
                     unique_for=unique,
+                    trace_context=trace_context,
                 )
             )
         return jobs
@@ -348,6 +357,22 @@ class Client:
                 self._wake(queue, when)
         return [e.id for e in enqueued]
 
+    async def _store(
+        self,
+        definition: JobDefinition,
+        new_jobs: Callable[[], builtins.list[NewJob]],
+        connection: object,
+    ) -> builtins.list[int]:
+        """Check and store the jobs, inside an enqueue span when tracing (built in it, so
+        they carry its context)."""
+        if self._tracing is None:
+            return await self._insert(new_jobs(), connection)
+        with self._tracing.enqueue_span(definition.name) as span:
+            jobs = new_jobs()
+            ids = await self._insert(jobs, connection)
+            self._tracing.enqueued(span, jobs, ids)
+            return ids
+
     async def enqueue(
         self,
         job: JobRef,
@@ -381,20 +406,13 @@ class Client:
         overrides the job's.
         """
         definition = self._definition(job)
-        jobs = self._new_jobs(
-            definition,
-            [payload],
-            delay=delay,
-            run_at=run_at,
-            priority=priority,
-            queue=queue,
-            idempotency_keys=[idempotency_key],
-            max_attempts=max_attempts,
-            timeout=timeout,
-            requires=requires,
+        jobs = partial(
+            self._new_jobs, definition, [payload], delay=delay, run_at=run_at,
+            priority=priority, queue=queue, idempotency_keys=[idempotency_key],
+            max_attempts=max_attempts, timeout=timeout, requires=requires,
             unique_for=unique_for,
-        )
-        return (await self._insert(jobs, connection))[0]
+        )  # fmt: skip
+        return (await self._store(definition, jobs, connection))[0]
 
     async def enqueue_many(
         self,
@@ -418,20 +436,13 @@ class Client:
         key function gives it one); a payload whose key is held gets the holder's id, so
         the ids returned may repeat."""
         definition = self._definition(job)
-        jobs = self._new_jobs(
-            definition,
-            payloads,
-            delay=delay,
-            run_at=run_at,
-            priority=priority,
-            queue=queue,
-            idempotency_keys=idempotency_keys,
-            max_attempts=max_attempts,
-            timeout=timeout,
-            requires=requires,
+        jobs = partial(
+            self._new_jobs, definition, payloads, delay=delay, run_at=run_at,
+            priority=priority, queue=queue, idempotency_keys=idempotency_keys,
+            max_attempts=max_attempts, timeout=timeout, requires=requires,
             unique_for=unique_for,
-        )
-        return await self._insert(jobs, connection)
+        )  # fmt: skip
+        return await self._store(definition, jobs, connection)
 
     # --- inspect ----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -64,6 +64,10 @@ from trioforge.storage import (
     ops,
 )
 
+if TYPE_CHECKING:
+    from trioforge.actors.queue import Attempt
+    from trioforge.otel import Tracing
+
 __all__ = ["Runtime", "RuntimeStatistics", "open_client", "open_runtime"]
 
 log = logging.getLogger("trioforge.runtime")
@@ -113,8 +117,10 @@ class _RegistryJobs:
         *,
         storage: StorageHandle,
         wake: Callable[[str, float], None],
+        tracing: Tracing | None = None,
     ) -> None:
         self._registry = registry
+        self._tracing = tracing
         self._make_context = make_context
         self._policies = policies
         self._metrics = metrics
@@ -136,7 +142,13 @@ class _RegistryJobs:
         timeout = job.timeout if job.timeout is not None else definition.timeout_in(policy)
         return definition.retry_in(policy), timeout
 
-    def attempt(self, job: ClaimedJob) -> _Attempt | WorkflowAttempt:
+    def attempt(self, job: ClaimedJob) -> Attempt:
+        attempt = self._untraced(job)
+        if self._tracing is None:
+            return attempt
+        return self._tracing.attempt(job, attempt)
+
+    def _untraced(self, job: ClaimedJob) -> _Attempt | WorkflowAttempt:
         definition = self._registry.get(job.name)
         if definition.workflow is not None:  # a run: not measured as a job's attempt
             return WorkflowAttempt(
@@ -345,6 +357,7 @@ async def open_client(
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
     queues: Mapping[str, QueueLike] | None = None,
     metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
 ) -> AsyncIterator[Client]:
     """Enqueue, inspect and cancel jobs without running any (web processes, scripts).
 
@@ -355,6 +368,8 @@ async def open_client(
     queue's ``retry`` sets ``max_attempts`` of the jobs enqueued here that inherit it.
     ``poll_interval`` is how often watched jobs are re-read while storage's change
     notices are unavailable. ``metrics`` counts this client's enqueues.
+    ``tracing`` (a :class:`trioforge.otel.Tracing`) traces them and stores each job's
+    trace context (see docs/observability.md).
     """
     policies = queue_policies(queues)
     clock = clock or WallClock()
@@ -374,6 +389,7 @@ async def open_client(
             max_key_bytes=max_key_bytes,
             policies=policies,
             metrics=metrics,
+            tracing=tracing,
         )
 
 
@@ -457,6 +473,7 @@ class _Parts:
         feed: LiveFeed,
         runtime_class: type[Runtime],
         metrics: Metrics | None,
+        tracing: Tracing | None,
     ) -> None:
         self.settings, self.backend, self.storage = settings, backend, storage
         self.running, self.finished = RunningJobs(), Finished(feed)
@@ -474,12 +491,13 @@ class _Parts:
             max_key_bytes=settings.max_key_bytes,
             policies=settings.policies,
             metrics=metrics,
+            tracing=tracing,
             owner=settings.owner,
             supervisors=self.supervisors,
         )
         self.jobs = _RegistryJobs(
             registry, self._context, settings.policies, metrics, settings.clock,
-            storage=storage, wake=self.wake,
+            storage=storage, wake=self.wake, tracing=tracing,
         )  # fmt: skip
         self.cron_jobs = [
             CronJob(
@@ -632,6 +650,7 @@ async def open_runtime(
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
     metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
     capabilities: Iterable[str] = (),
     retention: Retention = DEFAULT_RETENTION,
     sweep_interval: float = 60.0,
@@ -657,6 +676,10 @@ async def open_runtime(
     ``metrics`` (a :class:`trioforge.metrics.Metrics`) counts this process's enqueues,
     starts and outcomes and times its attempts.
 
+    ``tracing`` (a :class:`trioforge.otel.Tracing`, the ``otel`` extra) makes a span of
+    each enqueue and each attempt, linked through the trace context stored with the job
+    (see docs/observability.md). None (the default) costs nothing per job.
+
     ``retention`` says how long finished jobs are kept in queues whose ``Queue`` policy
     gives none (every queue on the database: the process holding the ``sweeper`` lease
     deletes older ones every ``sweep_interval`` seconds, in small batches; give every
@@ -680,7 +703,7 @@ async def open_runtime(
         _storage(backend, settings.clock, migrate) as storage,
         _live(backend, storage, settings.poll_interval) as feed,
     ):
-        parts = _Parts(registry, settings, backend, storage, feed, _runtime_class, metrics)
+        parts = _Parts(registry, settings, backend, storage, feed, _runtime_class, metrics, tracing)
         async with trio.open_nursery() as services:
             try:
                 await _start_services(services, parts)

@@ -32,6 +32,7 @@ import logging
 import math
 import typing
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -306,8 +307,10 @@ class WorkflowContext(JobContext):
 
         self._step_key = f"{self.run_id}:{seq}:{name}"
         self._step_attempt = attempt
+        tracing = self._client._tracing
+        span = nullcontext() if tracing is None else tracing.step_span(self.name, name, attempt)
         try:
-            with trio.fail_after(math.inf if limit is None else limit):
+            with span, trio.fail_after(math.inf if limit is None else limit):
                 value = fn(*args)
                 if inspect.isawaitable(value):
                     value = await value

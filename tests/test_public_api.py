@@ -7,12 +7,19 @@ import types
 
 import trioforge
 import trioforge.actors
+import trioforge.otel
 import trioforge.storage
 import trioforge.testing
 
 
 def test_all_lists_exactly_the_public_names() -> None:
-    for module in (trioforge, trioforge.actors, trioforge.storage, trioforge.testing):
+    for module in (
+        trioforge,
+        trioforge.actors,
+        trioforge.otel,
+        trioforge.storage,
+        trioforge.testing,
+    ):
         is_package = hasattr(module, "__path__")  # a package re-exports; a module defines
         public = {
             name

@@ -82,4 +82,3 @@ async def test_a_child_started_by_a_run_keeps_its_context(backend: Backend) -> N
     await finish(backend, parent, Outcome(run_id, parent.lease, Suspended(1e15)), T0 + 1)
     [started] = (await claim(backend, T0 + 2)).jobs
     assert (started.id, started.trace_context) == (written.child_id, OTHER)
-

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import attrs
 import click
@@ -39,6 +39,9 @@ from trioforge.storage import (
     opened,
 )
 from trioforge.storage._urls import redact
+
+if TYPE_CHECKING:
+    from trioforge.otel import Tracing
 
 __all__ = ["main"]
 
@@ -127,6 +130,15 @@ def load_registry(target: str) -> Registry:
     return registry
 
 
+def global_tracing() -> Tracing:
+    """Tracing to the global tracer provider (``--otel``)."""
+    try:
+        from trioforge.otel import Tracing
+    except ImportError as exc:
+        fail(f"--otel needs OpenTelemetry: pip install 'trioforge[otel]' ({exc})")
+    return Tracing()
+
+
 @main.command()
 @click.argument("target", metavar="MODULE:REGISTRY")
 @click.option(
@@ -143,6 +155,12 @@ def load_registry(target: str) -> Registry:
     help="A capability this worker offers to jobs that require it; repeatable.",
 )  # fmt: skip
 @click.option(
+    "--otel", is_flag=True,
+    help="Trace enqueues and attempts with OpenTelemetry (needs trioforge[otel]), to the "
+    "global tracer provider: configured by the registry's module, or by running the worker "
+    "under opentelemetry-instrument.",
+)  # fmt: skip
+@click.option(
     "--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
 )
 def worker(
@@ -154,6 +172,7 @@ def worker(
     poll_interval: float,
     shutdown_grace: float,
     capabilities: tuple[str, ...],
+    otel: bool,
     log_level: str,
 ) -> None:
     """Run the jobs of MODULE:REGISTRY until SIGINT or SIGTERM.
@@ -163,6 +182,7 @@ def worker(
     """
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = load_registry(target)
+    tracing = global_tracing() if otel else None
 
     async def serve() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -186,7 +206,7 @@ def worker(
                         registry, database=database, queues=queues,
                         lease_seconds=lease_seconds, heartbeat_interval=heartbeat_interval,
                         poll_interval=poll_interval, shutdown_grace=shutdown_grace,
-                        capabilities=capabilities,
+                        capabilities=capabilities, tracing=tracing,
                     ) as rt:  # fmt: skip
                         pools = ", ".join(f"{q}={n}" for q, n in rt.statistics().queues.items())
                         click.echo(f"trioforge worker {rt.owner} ready: queues {pools}", err=True)

@@ -4,11 +4,14 @@ trace context stored with each job, on real SQLite files (virtual time for cron)
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -405,7 +408,7 @@ def test_a_bad_propagation_is_a_configuration_error() -> None:
         Tracing(propagation="parent")  # type: ignore[arg-type]
 
 
-def _console_spans(path: Path) -> list[dict[str, object]]:
+def _console_spans(path: Path) -> list[Any]:
     """Spans as the SDK's ConsoleSpanExporter writes them (one JSON object each)."""
     decoder, text, found = json.JSONDecoder(), path.read_text(), []
     index = 0
@@ -413,3 +416,57 @@ def _console_spans(path: Path) -> list[dict[str, object]]:
         span, index = decoder.raw_decode(text, index)
         found.append(span)
     return found
+
+
+#: A worker's application module that configures the SDK itself (spans to a file).
+WORKER_MODULE = """
+import os
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+import trioforge
+
+provider = TracerProvider()
+spans = open(os.environ["SPANS_FILE"], "w")
+provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=spans)))
+trace.set_tracer_provider(provider)
+
+registry = trioforge.Registry()
+
+@registry.job("greet")
+async def greet(ctx: trioforge.JobContext, user: str) -> str:
+    return f"hello {user}"
+"""
+
+
+@pytest.mark.slow
+async def test_a_worker_process_with_otel_links_its_attempts_to_the_enqueuer(
+    tmp_path: Path, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    (tmp_path / "traced_app.py").write_text(WORKER_MODULE)
+    url, spans_file = f"sqlite:///{tmp_path / 'jobs.db'}", tmp_path / "spans.json"
+    registry = registry_of_jobs({})
+    command = [sys.executable, "-m", "trioforge", "worker", "traced_app:registry", "--otel",
+               "--database", url, "--poll-interval", "0.05"]  # fmt: skip
+    async with open_client(url, registry=registry, tracing=Tracing(provider)) as client:
+        with provider.get_tracer("web").start_as_current_span("POST /signup"):
+            job_id = await client.enqueue("greet", "ada")
+        proc = await trio.lowlevel.open_process(
+            command, cwd=tmp_path, stderr=subprocess.PIPE,
+            env={**os.environ, "SPANS_FILE": str(spans_file)},
+        )  # fmt: skip
+        try:
+            with trio.fail_after(30):
+                assert (await client.wait(job_id)).result == "hello ada"
+        finally:
+            proc.send_signal(signal.SIGINT)
+            with trio.fail_after(30):
+                await proc.wait()
+    enqueue = only(spans(exporter, "trioforge enqueue greet"))
+    [run] = [s for s in _console_spans(spans_file) if s["name"] == "trioforge run greet"]
+    assert run["kind"] == "SpanKind.CONSUMER"
+    assert [link["context"] for link in run["links"]] == [
+        {"trace_id": f"0x{ids(enqueue.context)[0]:032x}",
+         "span_id": f"0x{ids(enqueue.context)[1]:016x}", "trace_state": "[]"}
+    ]  # fmt: skip
+    assert run["attributes"]["trioforge.job.id"] == job_id

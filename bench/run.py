@@ -4,7 +4,9 @@ Reports, per backend: bulk enqueue rate, drain rate of N jobs with a 64-slot que
 enqueue->start latency on an idle runtime, and in-process cancel latency (cancel call ->
 the handler's scope cancelled); then the drain rate under flow control (a rate limit that
 never binds; a concurrency limit of 1 over 1,000 keys) beside the unlimited drain, each
-measured twice, interleaved. Figures are printed, never asserted.
+measured twice, interleaved; with ``--tracing``, the drain with OpenTelemetry tracing off
+and on (the SDK, spans batched to an exporter that drops them), interleaved likewise.
+Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import trio
@@ -27,6 +30,9 @@ import trioforge
 from trioforge import JobContext, Registry
 from trioforge.storage import Backend, MemoryBackend
 from trioforge.storage.postgres import PostgresBackend
+
+if TYPE_CHECKING:
+    from trioforge.otel import Tracing
 
 
 class Probe:
@@ -97,16 +103,19 @@ async def drain(
     jobs: int,
     job: trioforge.JobDefinition = noop,
     jobs_registry: Registry = registry,
+    tracing: Tracing | None = None,
 ) -> float:
     global PROBE
     db = database()
-    async with trioforge.open_client(db) as client:
+    async with trioforge.open_client(db, tracing=tracing) as client:
         for start in range(0, jobs, 5000):
             await client.enqueue_many(job, range(start, min(jobs, start + 5000)))
     PROBE = Probe()
     PROBE.target = jobs
     t0 = time.perf_counter()
-    async with trioforge.open_runtime(jobs_registry, database=db, queues={"bench": 64}) as rt:
+    async with trioforge.open_runtime(
+        jobs_registry, database=db, queues={"bench": 64}, tracing=tracing
+    ) as rt:
         await PROBE.all_done.wait()
         elapsed = time.perf_counter() - t0
         del rt
@@ -130,6 +139,44 @@ async def flow_drains(name: str, database: Callable[[], str | Backend], jobs: in
         runs = " / ".join(f"{r:,.0f}" for r in measured)
         rows[f"drain {jobs:,}, {kind}"] = f"{mean:,.0f} jobs/s ({runs}; {mean / base:.0%})"
     report(f"{name}: flow control", rows)
+
+
+async def tracing_drains(name: str, database: Callable[[], str | Backend], jobs: int) -> None:
+    """The drain with tracing off and on: every job's context stored, a span per attempt."""
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    from trioforge.otel import Tracing
+
+    class Dropped(SpanExporter):
+        def __init__(self) -> None:
+            self.spans = 0
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            self.spans += len(spans)
+            return SpanExportResult.SUCCESS
+
+    exporter = Dropped()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=1 << 16))
+    kinds: dict[str, Tracing | None] = {"tracing off": None, "tracing on (SDK)": Tracing(provider)}
+    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for _ in range(2):
+        for kind, tracing in kinds.items():
+            rates[kind].append(await drain(database, jobs, tracing=tracing))
+    provider.shutdown()
+    base = statistics.mean(rates["tracing off"])
+    rows = {}
+    for kind, measured in rates.items():
+        mean = statistics.mean(measured)
+        runs = " / ".join(f"{r:,.0f}" for r in measured)
+        rows[f"drain {jobs:,}, {kind}"] = f"{mean:,.0f} jobs/s ({runs}; {mean / base:.0%})"
+    rows["spans exported"] = f"{exporter.spans:,}"
+    report(f"{name}: tracing", rows)
 
 
 async def enqueue_to_start(database: Callable[[], str | Backend], samples: int) -> list[float]:
@@ -220,6 +267,9 @@ def main() -> None:
     parser.add_argument("--backend", choices=["sqlite", "postgres", "memory", "all"], default="all")
     parser.add_argument("--flow-only", action="store_true", help="only the flow-control drains")
     parser.add_argument(
+        "--tracing", action="store_true", help="only the drains with tracing off and on"
+    )
+    parser.add_argument(
         "--postgres-url",
         default=os.environ.get(
             "TRIOFORGE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -236,15 +286,22 @@ def main() -> None:
                 def sqlite() -> str:
                     return f"sqlite:///{Path(tmp) / f'bench{next(counter)}.db'}"
 
-                if not args.flow_only:
-                    await bench_backend("sqlite (WAL file)", sqlite, args.jobs)
-                await flow_drains("sqlite", sqlite, args.jobs)
+                if args.tracing:
+                    await tracing_drains("sqlite", sqlite, args.jobs)
+                else:
+                    if not args.flow_only:
+                        await bench_backend("sqlite (WAL file)", sqlite, args.jobs)
+                    await flow_drains("sqlite", sqlite, args.jobs)
             if args.backend in ("postgres", "all"):
                 async with postgres_schemas(args.postgres_url) as postgres:
-                    if not args.flow_only:
-                        await bench_backend("postgres (asyncpg, trio-asyncio)", postgres, args.jobs)
-                    await flow_drains("postgres", postgres, args.jobs)
-            if args.backend in ("memory", "all") and not args.flow_only:
+                    if args.tracing:
+                        await tracing_drains("postgres", postgres, args.jobs)
+                    else:
+                        if not args.flow_only:
+                            name = "postgres (asyncpg, trio-asyncio)"
+                            await bench_backend(name, postgres, args.jobs)
+                        await flow_drains("postgres", postgres, args.jobs)
+            if args.backend in ("memory", "all") and not (args.flow_only or args.tracing):
                 await bench_backend("memory (reference)", MemoryBackend, args.jobs)
 
     trio.run(run)

@@ -20,6 +20,7 @@ set_tracer_provider``, or the ``opentelemetry-instrument`` launcher) when it is 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -77,7 +78,6 @@ class Tracing:
         attributes = {
             "messaging.system": "trioforge",
             "messaging.operation.type": "send",
-            "messaging.operation.name": "enqueue",
             "trioforge.job.name": name,
         }
         with self._tracer.start_as_current_span(
@@ -92,7 +92,6 @@ class Tracing:
             return
         span.set_attribute("messaging.destination.name", jobs[0].queue)
         if len(ids) == 1:
-            span.set_attribute("messaging.message.id", str(ids[0]))
             span.set_attribute("trioforge.job.id", ids[0])
         else:
             span.set_attribute("messaging.batch.message_count", len(ids))
@@ -117,9 +116,7 @@ class Tracing:
             attributes={
                 "messaging.system": "trioforge",
                 "messaging.operation.type": "process",
-                "messaging.operation.name": "run",
                 "messaging.destination.name": job.queue,
-                "messaging.message.id": str(job.id),
                 "trioforge.job.id": job.id,
                 "trioforge.job.name": job.name,
                 "trioforge.job.attempt": job.attempt,
@@ -143,12 +140,19 @@ def _stored_span(job: ClaimedJob) -> trace.SpanContext | None:
     malformed one is ignored: tracing never fails a job)."""
     if job.trace_context is None:
         return None
+    stored = _parsed(job.trace_context)
+    if stored is None:
+        log.warning("job %d: stored trace context is not valid; ignored", job.id)
+    return stored
+
+
+@functools.lru_cache(maxsize=256)  # the jobs of one enqueue_many, a job's retries: one text
+def _parsed(text: str) -> trace.SpanContext | None:
     try:
-        carrier = json.loads(job.trace_context)
+        carrier = json.loads(text)
     except ValueError:
-        carrier = None
+        return None
     if not isinstance(carrier, dict):
-        log.warning("job %d: stored trace context is not a JSON object; ignored", job.id)
         return None
     context = _PROPAGATOR.extract({str(k): str(v) for k, v in carrier.items()})
     stored = trace.get_current_span(context).get_span_context()

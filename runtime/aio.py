@@ -19,7 +19,7 @@ import builtins
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -33,6 +33,9 @@ from trioforge.actors import Finished, LiveFeed, StorageHandle
 from trioforge.storage import Backend, Enqueued, JobInfo, MemoryBackend, backend_for_url, ops
 from trioforge.storage.postgres import PostgresBackend
 from trioforge.storage.sqlite import SQLiteBackend
+
+if TYPE_CHECKING:
+    from trioforge.otel import Tracing
 
 __all__ = ["AsyncioClient", "open_client"]
 
@@ -128,10 +131,12 @@ async def open_client(
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
     queues: Mapping[str, QueueLike] | None = None,
+    tracing: Tracing | None = None,
 ) -> AsyncIterator[AsyncioClient]:
     """``async with trioforge.aio.open_client(database) as client:`` from asyncio: enqueue,
     get, list, wait, cancel, retry, discard and the bulk tools, with the same arguments
-    and checks as :func:`trioforge.open_client`. ``poll_interval``: how often ``wait``
+    and checks as :func:`trioforge.open_client` (``tracing`` too: enqueues inside the
+    asyncio app's spans store their context). ``poll_interval``: how often ``wait``
     looks."""
     if not 0 < poll_interval < math.inf:
         raise ConfigurationError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
@@ -150,7 +155,7 @@ async def open_client(
             yield AsyncioClient(
                 storage, clock, registry=registry, finished=Finished(), feed=LiveFeed(send),
                 max_payload_bytes=max_payload_bytes, max_key_bytes=max_key_bytes,
-                policies=policies, poll_interval=poll_interval,
+                policies=policies, poll_interval=poll_interval, tracing=tracing,
             )  # fmt: skip
         finally:
             storage.close()

@@ -3,6 +3,7 @@ trace context stored with each job, on real SQLite files (virtual time for cron)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 
 import trioforge
+import trioforge.aio
 from tests.conftest import FAST
 from trioforge import JobContext, JobState, Registry, Retry, WorkflowContext, open_client
 from trioforge.otel import Tracing
@@ -470,3 +472,28 @@ async def test_a_worker_process_with_otel_links_its_attempts_to_the_enqueuer(
          "span_id": f"0x{ids(enqueue.context)[1]:016x}", "trace_state": "[]"}
     ]  # fmt: skip
     assert run["attributes"]["trioforge.job.id"] == job_id
+
+
+def test_an_asyncio_apps_enqueue_inside_its_span_stores_the_context(
+    tmp_path: Path, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    path = tmp_path / "jobs.db"
+    registry = registry_of_jobs({})
+
+    async def main() -> int:
+        tracing = Tracing(provider)
+        async with trioforge.aio.open_client(f"sqlite:///{path}", registry=registry,
+                                             tracing=tracing) as client:  # fmt: skip
+            with provider.get_tracer("web").start_as_current_span("GET /"):
+                return await client.enqueue("greet", "ada")
+
+    job_id = asyncio.run(main())
+    enqueue = only(spans(exporter, "trioforge enqueue greet"))
+    assert ids(enqueue.parent) == ids(only(spans(exporter, "GET /")).context)
+    [(stored,)] = sqlite3.connect(path).execute(
+        "SELECT trace_context FROM trioforge_jobs WHERE id = ?", (job_id,)
+    )
+    trace_id, span_id = ids(enqueue.context)
+    [(header, value)] = json.loads(stored).items()  # no tracestate was set
+    assert header == "traceparent"
+    assert value.startswith(f"00-{trace_id:032x}-{span_id:016x}-")

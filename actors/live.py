@@ -58,6 +58,7 @@ Update = JobInfo | None
 class _Subscribe:
     job_id: int
     send: trio.MemorySendChannel[Update]
+    every_read: bool = False
 
 
 @attrs.frozen
@@ -79,13 +80,17 @@ class LiveFeed:
     def __init__(self, send: trio.MemorySendChannel[_Message]) -> None:
         self._send = send
 
-    def subscribe(self, job_id: int) -> trio.MemoryReceiveChannel[Update]:
+    def subscribe(
+        self, job_id: int, *, every_read: bool = False
+    ) -> trio.MemoryReceiveChannel[Update]:
         """A channel of ``job_id``'s snapshots: the current one first, then one per visible
         change, ending after a terminal one (or after a single None: no such job). Close
-        it to unsubscribe early. Not blocking."""
+        it to unsubscribe early. Not blocking. ``every_read``: a snapshot at every re-read
+        of the job, news or not (a change notice may be about a workflow run's record,
+        which a snapshot does not show)."""
         send, receive = trio.open_memory_channel[Update](math.inf)
         try:
-            self._send.send_nowait(_Subscribe(job_id, send))
+            self._send.send_nowait(_Subscribe(job_id, send, every_read))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise TrioforgeError("the client is closed; watch jobs inside its block") from None
         return receive
@@ -114,6 +119,7 @@ class LiveFeed:
 @attrs.define(eq=False)
 class _Subscriber:
     send: trio.MemorySendChannel[Update]
+    every_read: bool = False
     last: JobInfo | None = None
 
 
@@ -129,8 +135,8 @@ class _Watched:
     def ids(self) -> frozenset[int]:
         return frozenset(self._by_job)
 
-    def add(self, job_id: int, send: trio.MemorySendChannel[Update]) -> None:
-        self._by_job.setdefault(job_id, []).append(_Subscriber(send))
+    def add(self, job_id: int, send: trio.MemorySendChannel[Update], every_read: bool) -> None:
+        self._by_job.setdefault(job_id, []).append(_Subscriber(send, every_read))
 
     def deliver(self, job_id: int, info: JobInfo | None) -> None:
         """Tell each subscriber of ``job_id`` what is new to it; end the finished ones."""
@@ -139,7 +145,7 @@ class _Watched:
             try:
                 if info is None:
                     sub.send.send_nowait(None)
-                elif is_news(sub.last, info):
+                elif sub.every_read or is_news(sub.last, info):
                     sub.send.send_nowait(info)
                     sub.last = info
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -190,7 +196,7 @@ async def live_feed(
                     dirty |= watched.ids()
                 for message in messages:
                     if isinstance(message, _Subscribe):
-                        watched.add(message.job_id, message.send)
+                        watched.add(message.job_id, message.send, message.every_read)
                         dirty.add(message.job_id)
                         if not streaming:  # nothing is listened to until needed
                             streaming = True

@@ -81,7 +81,7 @@ class StorageHandle:
 #: state or another, as they would beside another process.
 _OVERLAPPING = (
     ops.Claim, ops.Enqueue, ops.Get, ops.GetMany, ops.ListJobs, ops.Stats, ops.Throughput,
-    ops.PausedQueues, ops.Processes, ops.CronStates, ops.ReadWorkflow,
+    ops.PausedQueues, ops.Processes, ops.CronStates, ops.ReadWorkflow, ops.LatestSteps,
 )  # fmt: skip
 
 

@@ -28,13 +28,11 @@ from trioforge._errors import TrioforgeError, unwrapped
 from trioforge._registry import Registry
 from trioforge._rules import PENDING_STATES, JobState
 from trioforge._runtime import open_client, open_runtime
-from trioforge._workflow_info import StepInfo, WorkflowInfo
+from trioforge._workflow_info import WorkflowInfo, error_line, short_json, step_detail
 from trioforge.storage import (
     NEVER,
     AttemptRecord,
     JobInfo,
-    StepKind,
-    StepStatus,
     backend_for_url,
     opened,
 )
@@ -697,38 +695,6 @@ def list_runs(
         click.echo("(no workflow runs)")
 
 
-def error_line(text: str | None) -> str:
-    """The line of an error that says what happened: a traceback's last, else the first."""
-    return "" if not text else text.strip().splitlines()[-1 if "Traceback" in text else 0]
-
-
-def step_detail(step: StepInfo) -> str:
-    """What one record entry holds, in a few words: its result, error or wake time."""
-    if step.kind is StepKind.CHILD:
-        return f"child job {step.result}"
-    if step.kind is StepKind.COMPENSATING:
-        why = step.result if isinstance(step.result, dict) else {}
-        return f"undoing ({why.get('outcome', '?')}): {error_line(str(why.get('reason', '')))}"
-    if step.status is StepStatus.FAILED:
-        retry = "for good" if step.wake_at is None else f"next attempt {iso(step.wake_at)}"
-        return f"{retry}; error: {error_line(step.error)}"
-    if step.status is StepStatus.RUNNING:
-        if step.kind is StepKind.SLEEP:
-            return f"wakes {iso(step.wake_at)}"
-        if step.kind is StepKind.SIGNAL:
-            return "no timeout" if step.wake_at is None else f"times out {iso(step.wake_at)}"
-    if step.kind is StepKind.SIGNAL and step.status is StepStatus.COMPLETED:
-        return "timed out" if step.result is None else f"payload {short_json(step.result)}"
-    if step.kind is StepKind.SLEEP:
-        return f"woke {iso(step.finished_at)} (due {iso(step.wake_at)})"
-    return f"result {short_json(step.result)}"
-
-
-def short_json(value: Any, width: int = 60) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
 def waiting_for(info: WorkflowInfo, now: float) -> str | None:
     """Why a pending run has not run yet: its wake time, or the worker it needs."""
     job = info.job
@@ -794,7 +760,7 @@ def show_run(run_id: int, as_json_object: bool, database: str | None) -> None:
         click.echo(
             f"  {step.seq:>3}  {step.kind.value:12} {step.name[:24]:24} {step.status.value:11} "
             f"{step.attempts:>5}  {iso(step.started_at):20} {iso(step.finished_at):20} "
-            f"{step_detail(step)}"
+            f"{step_detail(step, iso)}"
         )
     if info.pending_signals:
         click.echo("pending signals:")

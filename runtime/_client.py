@@ -25,8 +25,8 @@ from trioforge._payloads import decode, encode
 from trioforge._policy import Queue, seconds
 from trioforge._registry import JobDefinition, Registry, check_capabilities
 from trioforge._rules import ConcurrencyLimit, JobState, PriorityLike, RateLimit, parse_priority
-from trioforge._watch import JobWatch
-from trioforge._workflow_info import WorkflowInfo, workflow_info
+from trioforge._watch import JobWatch, RunWatch
+from trioforge._workflow_info import StepInfo, WorkflowInfo, step_info, workflow_info
 from trioforge.actors import Finished, LiveFeed, RunningJobs, StopReason, StorageHandle
 from trioforge.metrics import Metrics
 from trioforge.storage import (
@@ -37,6 +37,7 @@ from trioforge.storage import (
     JobInfo,
     NewJob,
     ProcessInfo,
+    StepRecord,
     WorkflowRecord,
     ops,
 )
@@ -483,6 +484,14 @@ class Client:
         """
         return JobWatch(self._feed, _check_job_id(job_id))
 
+    def watch_workflow(self, run_id: int) -> RunWatch:
+        """``async for view in client.watch_workflow(run_id)``: the run's
+        :class:`WorkflowInfo` now, then whenever the run or its record changes (a step
+        recorded, a sleep begun, a signal sent, an undo), until it is terminal. Pushed by
+        storage like :meth:`watch`, and read at most every 0.1 s. Cancellation: waiting
+        for the next view can be cancelled at any time; nothing is lost."""
+        return RunWatch(self._feed, _check_job_id(run_id), self.workflow)
+
     async def workflow(self, run_id: int) -> WorkflowInfo:
         """A workflow run's status, version and record (each step's status, attempts,
         times, result or error); raises JobNotFoundError, or InvalidArgumentError for a
@@ -548,17 +557,33 @@ class Client:
         status: JobState | str | None = None,
         name: str | None = None,
         limit: int = 100,
+        before: int | None = None,
     ) -> builtins.list[JobInfo]:
         """Workflow runs matching every filter given, newest first; ``name`` is a
         workflow's name and matches its runs of every version (their job names are
-        ``name@vN``). See :meth:`workflow` for a run's record."""
+        ``name@vN``), or one version's job name (``name@v2``), found by index.
+        ``before=id`` gives the page after the one whose last run is ``id``. See
+        :meth:`workflow` for a run's record."""
         if limit < 1:
             raise InvalidArgumentError("limit must be at least 1")
+        if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
+            raise InvalidArgumentError(f"before must be a run id (an int), got {before!r}")
         state = None if status is None else _state(status)
+        version = name if name is not None and "@" in name else None
+        workflow = None if version is not None else name
         result: builtins.list[JobInfo] = await self._storage.call(
-            ops.ListJobs(state, None, None, limit, runs_only=True, workflow=name)
+            ops.ListJobs(state, None, version, limit, before, runs_only=True, workflow=workflow)
         )
         return result
+
+    async def current_steps(self, run_ids: Iterable[int]) -> dict[int, StepInfo]:
+        """Each run's newest record entry (its current or last step), for the runs of
+        ``run_ids`` that have one: one read for a whole page of runs."""
+        ids = tuple(_check_job_id(i) for i in run_ids)
+        if not ids:
+            return {}
+        found: dict[int, StepRecord] = await self._storage.call(ops.LatestSteps(ids))
+        return {run_id: step_info(entry) for run_id, entry in found.items()}
 
     async def cron_states(self) -> dict[str, CronState]:
         """The durable state of every cron schedule (last tick handled, runs skipped)."""

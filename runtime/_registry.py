@@ -385,6 +385,7 @@ class Registry:
         retry: Retry | None = None,
         timeout: float | dt.timedelta | None = None,
         payload: Any = None,
+        public: bool = False,
     ) -> Callable[[Handler], JobDefinition]:
         """Declare ``async def handler(ctx: WorkflowContext, payload: T)`` as version
         ``version`` of workflow ``name``: a durable run of steps that survives restarts.
@@ -392,7 +393,9 @@ class Registry:
         Several versions may be registered side by side; new runs take the highest, and
         each run resumes only on the version it started with. ``timeout`` bounds the whole
         run, counted from its enqueue (then it is undone); ``retry`` applies to errors the handler
-        raises outside its steps (default: 10 attempts). See docs/workflows.md.
+        raises outside its steps (default: 10 attempts). ``public=True`` lets the web app's
+        ``POST /api/workflows/{name}`` start runs (checked like ``enqueue``). See
+        docs/workflows.md.
         """
         self._check_open(f"workflow {name!r}")
         if not isinstance(name, str) or not name or "@" in name:
@@ -414,6 +417,7 @@ class Registry:
                 priority=priority,
                 retry=retry if retry is not None else WORKFLOW_RETRY,
                 payload=payload if payload is not None else _payload_type(handler, name),
+                public=public,
             )(handler)
             definition = attrs.evolve(definition, workflow=spec)
             self._jobs[job_name] = definition

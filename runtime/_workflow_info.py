@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
 from trioforge.storage import JobInfo, StepKind, StepRecord, StepStatus, WorkflowRecord
 
-__all__ = ["StepInfo", "WorkflowInfo", "workflow_info"]
+__all__ = [
+    "StepInfo",
+    "WorkflowInfo",
+    "error_line",
+    "short_json",
+    "step_detail",
+    "step_info",
+    "workflow_info",
+]
 
 
 @attrs.frozen
@@ -50,7 +59,8 @@ class WorkflowInfo:
         return self.job.status.value
 
 
-def _step(entry: StepRecord, undone: set[str]) -> StepInfo:
+def step_info(entry: StepRecord, undone: frozenset[str] = frozenset()) -> StepInfo:
+    """One entry as shown; a completed step named in ``undone`` shows ``compensated``."""
     status = entry.status
     if entry.kind is StepKind.STEP and entry.name in undone:
         status = StepStatus.COMPENSATED
@@ -71,16 +81,49 @@ def _step(entry: StepRecord, undone: set[str]) -> StepInfo:
 def workflow_info(job: JobInfo, record: WorkflowRecord) -> WorkflowInfo:
     """The view of a run from its job and its record (a job name ``name@vN``)."""
     name, _, version = job.name.rpartition("@v")
-    undone = {
+    undone = frozenset(
         e.name
         for e in record.steps
         if e.kind is StepKind.COMPENSATION and e.status is StepStatus.COMPLETED
-    }
+    )
     return WorkflowInfo(
         job=job,
         name=name,
         version=int(version),
-        steps=tuple(_step(e, undone) for e in record.steps),
+        steps=tuple(step_info(e, undone) for e in record.steps),
         pending_signals=tuple((s.name, json.loads(s.payload)) for s in record.signals),
         children=tuple(c.id for c in record.children),
     )
+
+
+def error_line(text: str | None) -> str:
+    """The line of an error that says what happened: a traceback's last, else the first."""
+    return "" if not text else text.strip().splitlines()[-1 if "Traceback" in text else 0]
+
+
+def short_json(value: Any, width: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def step_detail(step: StepInfo, when: Callable[[float | None], str]) -> str:
+    """What one record entry holds, in a few words: its result, error or wake time
+    (``when`` writes a time)."""
+    if step.kind is StepKind.CHILD:
+        return f"child job {step.result}"
+    if step.kind is StepKind.COMPENSATING:
+        why = step.result if isinstance(step.result, dict) else {}
+        return f"undoing ({why.get('outcome', '?')}): {error_line(str(why.get('reason', '')))}"
+    if step.status is StepStatus.FAILED:
+        retry = "for good" if step.wake_at is None else f"next attempt {when(step.wake_at)}"
+        return f"{retry}; error: {error_line(step.error)}"
+    if step.status is StepStatus.RUNNING:
+        if step.kind is StepKind.SLEEP:
+            return f"wakes {when(step.wake_at)}"
+        if step.kind is StepKind.SIGNAL:
+            return "no timeout" if step.wake_at is None else f"times out {when(step.wake_at)}"
+    if step.kind is StepKind.SIGNAL and step.status is StepStatus.COMPLETED:
+        return "timed out" if step.result is None else f"payload {short_json(step.result)}"
+    if step.kind is StepKind.SLEEP:
+        return f"woke {when(step.finished_at)} (due {when(step.wake_at)})"
+    return f"result {short_json(step.result)}"

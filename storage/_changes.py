@@ -1,4 +1,5 @@
-"""Which jobs a storage operation changed in a way a watcher can see (status, progress).
+"""Which jobs a storage operation changed in a way a watcher can see (status, progress, a
+workflow run's record).
 
 Backends push these ids to the live feed (PostgreSQL: NOTIFY; memory: in-process), which
 re-reads only the ids someone watches. Pure: decided from an operation and its result.
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 from trioforge.storage import _ops as ops
-from trioforge.storage._records import CancelResult
+from trioforge.storage._records import CancelResult, StepWrite
 
 __all__ = ["IDS_PER_NOTICE", "changed_jobs", "encode_ids", "parse_ids"]
 
@@ -35,6 +36,10 @@ def _changed(op: ops.Op, result: object) -> Iterable[int]:
         return (op.job_id,) if result is True else ()
     if isinstance(op, ops.Cancel):
         return (op.job_id,) if result is not CancelResult.FINISHED else ()
+    if isinstance(op, ops.RecordStep) and isinstance(result, StepWrite):
+        return (op.run_id,) if result.applied else ()  # a run's page shows its steps
+    if isinstance(op, ops.SendSignal):
+        return (op.run_id,)  # and its pending signals
     if isinstance(op, ops.Rescue | ops.ReleaseOrphans) and isinstance(result, list):
         return [job_id for job_id in result if isinstance(job_id, int)]
     return ()

@@ -40,6 +40,7 @@ __all__ = [
     "PausedQueues",
     "Processes",
     "Progress",
+    "LatestSteps",
     "ReadWorkflow",
     "RecordStep",
     "Purge",
@@ -280,6 +281,14 @@ class ReadWorkflow:
 
 
 @attrs.frozen
+class LatestSteps:
+    """-> dict[int, StepRecord]: each run's newest record entry (highest seq), for the runs
+    of ``run_ids`` that have one (a list page's "current step", one read for the page)."""
+
+    run_ids: tuple[int, ...]
+
+
+@attrs.frozen
 class RecordStep:
     """-> StepWrite: write (insert or replace) entry ``step.seq`` of the run's record,
     fenced by the run's lease, together with what belongs to it in the same transaction:
@@ -410,6 +419,7 @@ Op: TypeAlias = (
     | CronStates
     | LoadWorkflow
     | ReadWorkflow
+    | LatestSteps
     | RecordStep
     | SendSignal
     | Purge
@@ -444,6 +454,7 @@ _NAMES: dict[type, str] = {
     CronStates: "cron_states",
     LoadWorkflow: "load_workflow",
     ReadWorkflow: "read_workflow",
+    LatestSteps: "latest_steps",
     RecordStep: "record_step",
     SendSignal: "send_signal",
     Purge: "purge",

@@ -699,6 +699,11 @@ class MemoryBackend:
         row = self._rows.get(op.run_id)
         return None if row is None else self._record_of(row)
 
+    def _latest_steps(self, op: ops.LatestSteps, now: float) -> dict[int, StepRecord]:
+        del now
+        entries = {run_id: self._steps.get(run_id) for run_id in op.run_ids}
+        return {run_id: steps[max(steps)] for run_id, steps in entries.items() if steps}
+
     def _record_step(self, op: ops.RecordStep, now: float) -> StepWrite:
         row = self._owned(op.run_id, op.lease)
         if row is None:

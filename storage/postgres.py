@@ -64,6 +64,7 @@ from trioforge.storage._records import (
     RenewResult,
     SchemaStatus,
     SignalRecord,
+    StepRecord,
     StepWrite,
     WakeNotice,
     WorkflowRecord,
@@ -249,6 +250,11 @@ MIGRATIONS: tuple[str, ...] = (
     # Tracing: the enqueuer's trace context (JSON text), read back by every claim.
     """
     ALTER TABLE trioforge_jobs ADD COLUMN trace_context TEXT;
+    """,
+    # The dashboard's list of workflow runs, newest first: only runs are in it, and none of
+    # its columns (id, workflow) ever changes, so updates stay HOT and claims never touch it.
+    """
+    CREATE INDEX trioforge_jobs_runs ON trioforge_jobs (id) WHERE workflow;
     """,
 )
 
@@ -566,7 +572,7 @@ def _atomic_alone(op: ops.Op) -> bool:
         return False
     return isinstance(
         op, ops.Claim | ops.Finish | ops.Renew | ops.Progress | ops.Get | ops.GetMany
-        | ops.ListJobs | ops.Rescue | ops.Stats | ops.Throughput | ops.PauseQueue
+        | ops.LatestSteps | ops.ListJobs | ops.Rescue | ops.Stats | ops.Throughput | ops.PauseQueue
         | ops.PausedQueues | ops.Beat | ops.Leave | ops.Processes | ops.Lead
     )  # fmt: skip
 
@@ -1558,6 +1564,18 @@ class PostgresBackend:
     ) -> WorkflowRecord | None:
         del now
         return await self._record_of(conn, op.run_id)
+
+    @staticmethod
+    async def _latest_steps(
+        conn: asyncpg.Connection, op: ops.LatestSteps, now: float
+    ) -> dict[int, StepRecord]:
+        del now
+        rows = await conn.fetch(
+            f"SELECT DISTINCT ON (run_id) run_id, {_STEP_COLUMNS} FROM trioforge_workflow_steps "
+            "WHERE run_id = ANY($1::bigint[]) ORDER BY run_id, seq DESC",
+            list(op.run_ids),
+        )
+        return {row["run_id"]: step_record(tuple(row)[1:]) for row in rows}
 
     async def _record_step(
         self, conn: asyncpg.Connection, op: ops.RecordStep, now: float

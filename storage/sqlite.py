@@ -63,6 +63,7 @@ from trioforge.storage._records import (
     RenewResult,
     SchemaStatus,
     SignalRecord,
+    StepRecord,
     StepWrite,
     WorkflowRecord,
     job_info,
@@ -243,6 +244,11 @@ MIGRATIONS: tuple[str, ...] = (
     # Tracing: the enqueuer's trace context (JSON text), read back by every claim.
     """
     ALTER TABLE trioforge_jobs ADD COLUMN trace_context TEXT
+    """,
+    # The dashboard's list of workflow runs, newest first: only runs are in it, and none of
+    # its columns (id, workflow) ever changes, so claims and outcomes never rewrite it.
+    """
+    CREATE INDEX trioforge_jobs_runs ON trioforge_jobs (id) WHERE workflow = 1
     """,
 )
 
@@ -1177,6 +1183,19 @@ class SQLiteBackend:
     ) -> WorkflowRecord | None:
         del now
         return self._record_of(db, op.run_id)
+
+    @staticmethod
+    def _latest_steps(
+        db: sqlite3.Connection, op: ops.LatestSteps, now: float
+    ) -> dict[int, StepRecord]:
+        del now
+        rows = db.execute(
+            f"SELECT run_id, {_STEP_COLUMNS} FROM trioforge_workflow_steps AS s "
+            "WHERE run_id IN (SELECT value FROM json_each(?)) AND seq = "
+            "(SELECT max(seq) FROM trioforge_workflow_steps WHERE run_id = s.run_id)",
+            (json.dumps(list(op.run_ids)),),
+        ).fetchall()
+        return {row[0]: step_record(row[1:]) for row in rows}
 
     def _record_step(self, db: sqlite3.Connection, op: ops.RecordStep, now: float) -> StepWrite:
         cursor = db.execute(

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from trioforge._errors import InvalidArgumentError, InvalidStateError, JobNotFoundError
 from trioforge._rules import JobState
 from trioforge.web._state import TOKEN_COOKIE, WebState
+from trioforge.web._views import run_updated_at, run_view, step_view
 
 __all__ = ["PAGE", "dashboard_routes"]
 
@@ -124,7 +125,56 @@ def dashboard_routes(web: WebState) -> list[Route]:
                 request, "jobs.html", status=404, heading="No such job", path="/jobs",
                 jobs=[], states=_STATES, filters=_filters(request), query="", next_before=None,
             )  # fmt: skip
-        return render(request, "job.html", job=info, attempts=await web.client.attempts(info.id))
+        try:
+            run_id = (await web.client.workflow(info.id)).job.id
+        except InvalidArgumentError:  # a plain job
+            run_id = None
+        return render(
+            request, "job.html", job=info, attempts=await web.client.attempts(info.id),
+            run_id=run_id,
+        )  # fmt: skip
+
+    async def workflows(request: Request) -> Response:
+        filters = _filters(request)
+        if filters["state"] is not None and filters["state"] not in _STATES:
+            filters["state"] = None
+        runs = await web.client.runs(
+            status=filters["state"], name=filters["name"], limit=PAGE, before=filters["before"]
+        )
+        current = await web.client.current_steps(r.id for r in runs)
+        rows = []
+        for job in runs:
+            name, _, version = job.name.rpartition("@v")
+            step = current.get(job.id)
+            rows.append(
+                {
+                    "job": job,
+                    "workflow": name,
+                    "version": version,
+                    "step": None if step is None else step_view(step),
+                    "updated_at": run_updated_at(job, step),
+                }
+            )
+        return render(
+            request,
+            "workflows.html",
+            runs=rows,
+            states=_STATES,
+            filters=filters,
+            query=_query({**filters, "queue": None}),
+            next_before=runs[-1].id if len(runs) == PAGE else None,
+        )
+
+    async def run(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        try:
+            info = await web.client.workflow(run_id)
+        except (JobNotFoundError, InvalidArgumentError):
+            return render(
+                request, "workflows.html", status=404, runs=[], states=_STATES,
+                filters=_filters(request), query="", next_before=None,
+            )  # fmt: skip
+        return render(request, "run.html", run=run_view(info), job=info.job)
 
     async def cron(request: Request) -> Response:
         states = await web.client.cron_states()
@@ -192,6 +242,21 @@ def dashboard_routes(web: WebState) -> list[Route]:
             return Response(str(exc), status_code=409, media_type="text/plain")
         return back(request, f"/jobs/{job_id}")
 
+    async def run_action(request: Request) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        run_id = request.path_params["run_id"]
+        try:
+            await web.client.workflow(run_id)
+            await web.client.cancel(run_id)
+        except (JobNotFoundError, InvalidArgumentError):
+            return Response(
+                f"no workflow run with id {run_id}", status_code=404, media_type="text/plain"
+            )
+        except InvalidStateError as exc:
+            return Response(str(exc), status_code=409, media_type="text/plain")
+        return back(request, f"/workflows/{run_id}")
+
     async def queue_action(request: Request) -> Response:
         if (refusal := refused(request)) is not None:
             return refusal
@@ -241,6 +306,9 @@ def dashboard_routes(web: WebState) -> list[Route]:
         Route("/jobs", jobs, methods=["GET"]),
         Route("/dead", dead, methods=["GET"]),
         Route("/jobs/{job_id:int}", job, methods=["GET"]),
+        Route("/workflows", workflows, methods=["GET"]),
+        Route("/workflows/{run_id:int}", run, methods=["GET"]),
+        Route("/workflows/{run_id:int}/cancel", run_action, methods=["POST"]),
         Route("/cron", cron, methods=["GET"]),
         Route("/processes", processes, methods=["GET"]),
         Route("/jobs/{job_id:int}/{action}", job_action, methods=["POST"]),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hmac
 import json
 from typing import Any
@@ -12,18 +11,13 @@ from starlette.requests import Request
 
 from trioforge._client import Client
 from trioforge._errors import TrioforgeError
-from trioforge._registry import Registry
+from trioforge._registry import JobDefinition, Registry
+from trioforge.web._views import when
 
 __all__ = ["TOKEN_COOKIE", "WebState"]
 
 #: The cookie that carries the action token after logging in (HttpOnly, SameSite=Strict).
 TOKEN_COOKIE = "trioforge_token"
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "—"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _summary(error: str | None) -> str:
@@ -46,7 +40,7 @@ class WebState:
             autoescape=True,  # every job text (names, payloads, errors, messages) is escaped
             undefined=jinja2.StrictUndefined,
         )
-        self.templates.filters["when"] = _when
+        self.templates.filters["when"] = when
         self.templates.filters["pretty"] = _pretty
         self.templates.filters["summary"] = _summary
 
@@ -58,6 +52,18 @@ class WebState:
 
     def serve_with(self, client: Client | None) -> None:
         self._client = client
+
+    def public_workflow(self, name: str) -> JobDefinition | None:
+        """The workflow ``name`` (its highest version, or ``name@vN``) if it is declared
+        ``public=True`` in the registry, else None."""
+        registry = self.registry
+        if registry is None:
+            return None
+        try:
+            definition = registry.get(name)
+        except LookupError:
+            return None
+        return definition if definition.workflow is not None and definition.public else None
 
     def may_act(self, request: Request) -> bool:
         """Whether this request carries the action token (cookie or bearer header)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import attrs
 import pytest
 
-from tests.contract.test_contract import T0, claim, enqueue, finish, get, one
+from tests.contract.test_contract import T0, changed_ids, claim, enqueue, finish, get, one
 from trioforge import InvalidArgumentError, InvalidStateError, JobInfo, JobNotFoundError, JobState
 from trioforge._rules import Compensated, Succeeded, Suspended
 from trioforge.storage import (
@@ -242,3 +242,34 @@ async def test_an_undone_run_is_purged_with_its_record(backend: Backend) -> None
     assert await one(backend, purge, T0 + 20) == [run_id]
     assert await one(backend, ops.ReadWorkflow(run_id)) is None
     assert await one(backend, purge, T0 + 20) == []
+
+
+async def test_latest_steps_gives_each_runs_newest_entry(backend: Backend) -> None:
+    a, b, c = await enqueue(backend, run(), run(), run())
+    first = await claim_one(backend)
+    second = await claim_one(backend)
+    await record(backend, first, entry(0, "x"))
+    await record(backend, first, entry(1, "y", StepStatus.FAILED))
+    await record(backend, second, entry(0, "z"))
+    latest = await one(backend, ops.LatestSteps((a, b, c, c + 100)))
+    assert latest == {a: entry(1, "y", StepStatus.FAILED), b: entry(0, "z")}
+    assert await one(backend, ops.LatestSteps(())) == {}
+
+
+async def test_runs_are_paged_by_id_and_named_by_version(backend: Backend) -> None:
+    ids = await enqueue(backend, *(run(f"w@v{1 + i % 2}") for i in range(5)))
+    await enqueue(backend, NewJob("w@v1", "q", "{}", 10, T0, 3))  # a plain job, not listed
+    page = await one(backend, ops.ListJobs(runs_only=True, limit=2, before=ids[-1]))
+    assert [j.id for j in page] == ids[::-1][1:3]
+    v1 = await one(backend, ops.ListJobs(runs_only=True, name="w@v1"))
+    assert [j.id for j in v1] == ids[::2][::-1]
+
+
+async def test_recorded_steps_and_signals_are_pushed_as_changes(backend: Backend) -> None:
+    [run_id] = await enqueue(backend, run())
+    job = await claim_one(backend)
+    async with backend.changes() as changes:
+        assert (await record(backend, job, entry(0, "a"))).applied
+        await changed_ids(changes, run_id)
+        await one(backend, ops.SendSignal(run_id, "go", "true"), T0 + 1)
+        await changed_ids(changes, run_id)

@@ -29,6 +29,7 @@ from trioforge._registry import Registry
 from trioforge._rules import PENDING_STATES, JobState
 from trioforge._runtime import open_client, open_runtime
 from trioforge._workflow_info import WorkflowInfo, error_line, short_json, step_detail
+from trioforge.metrics import Metrics
 from trioforge.storage import (
     NEVER,
     AttemptRecord,
@@ -161,6 +162,15 @@ def global_tracing() -> Tracing:
 @click.option(
     "--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
 )
+@click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), default=None,
+    help="Serve this process's Prometheus metrics on GET /metrics at this port (0: any free "
+    "port; the URL is printed). Default: no metrics served.",
+)  # fmt: skip
+@click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True,
+    help="Address --metrics-port binds.",
+)  # fmt: skip
 def worker(
     target: str,
     queues: dict[str, int] | None,
@@ -172,15 +182,20 @@ def worker(
     capabilities: tuple[str, ...],
     otel: bool,
     log_level: str,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run the jobs of MODULE:REGISTRY until SIGINT or SIGTERM.
 
     The first signal drains: no new claims, running jobs get --shutdown-grace seconds, then
     are released for another worker. A second signal stops at once (jobs are released too).
+    With --metrics-port, GET /metrics serves this process's counters and the storage gauges
+    until the worker stops.
     """
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = load_registry(target)
     tracing = global_tracing() if otel else None
+    metrics = Metrics()
 
     async def serve() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -204,15 +219,28 @@ def worker(
                         registry, database=database, queues=queues,
                         lease_seconds=lease_seconds, heartbeat_interval=heartbeat_interval,
                         poll_interval=poll_interval, shutdown_grace=shutdown_grace,
-                        capabilities=capabilities, tracing=tracing,
-                    ) as rt:  # fmt: skip
+                        capabilities=capabilities, tracing=tracing, metrics=metrics,
+                    ) as rt, trio.open_nursery() as scraped:  # fmt: skip
+                        if metrics_port is not None:
+                            await serve_metrics(scraped, rt, metrics, metrics_host, metrics_port)
                         pools = ", ".join(f"{q}={n}" for q, n in rt.statistics().queues.items())
                         click.echo(f"trioforge worker {rt.owner} ready: queues {pools}", err=True)
                         await asked_to_stop.wait()
+                        scraped.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
         click.echo("trioforge worker: stopped", err=True)
 
     run(serve)
+
+
+async def serve_metrics(
+    nursery: trio.Nursery, client: Client, metrics: Metrics, host: str, port: int
+) -> None:
+    """Serve ``GET /metrics`` in ``nursery`` and print where."""
+    from trioforge.web import metrics_app, serve  # the web stack loads only when asked for
+
+    urls = await nursery.start(partial(serve, metrics_app(client, metrics), host=host, port=port))
+    click.echo(f"trioforge worker metrics on {' '.join(u + '/metrics' for u in urls)}", err=True)
 
 
 # --- web ---------------------------------------------------------------------------------

@@ -4,9 +4,10 @@ frontend, ``track.js`` for browsers, a dashboard, and Prometheus metrics, as one
 
 ``app(database)`` opens its own client when served; ``app(client=rt)`` uses a runtime or
 client of the embedding program, and ``serve(app, ...)`` runs it in that program's nursery.
+``metrics_app(rt, metrics)`` is ``/metrics`` alone (``trioforge worker --metrics-port``).
 """
 
-from trioforge.web._app import app, serve
+from trioforge.web._app import app, metrics_app, serve
 from trioforge.web._views import job_view
 
-__all__ = ["app", "job_view", "serve"]
+__all__ = ["app", "job_view", "metrics_app", "serve"]

@@ -28,7 +28,7 @@ from trioforge.web._api import api_routes
 from trioforge.web._dashboard import dashboard_routes
 from trioforge.web._state import WebState
 
-__all__ = ["app", "serve"]
+__all__ = ["app", "metrics_app", "serve"]
 
 
 def app(
@@ -69,14 +69,10 @@ def app(
             finally:
                 web.serve_with(None)
 
-    async def scrape(request: Request) -> Response:
-        await measured.refresh(web.client)
-        return Response(measured.exposition(), media_type=CONTENT_TYPE_LATEST)
-
     routes = [
         *api_routes(web),
         *dashboard_routes(web),
-        Route("/metrics", scrape, methods=["GET"]),
+        _metrics_route(web, measured),
     ]
     cors = Middleware(
         CORSMiddleware,
@@ -86,6 +82,20 @@ def app(
     )
     middleware = [cors] if cors_origins else []
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+
+
+def metrics_app(client: Client, metrics: Metrics) -> Starlette:
+    """An ASGI app serving only ``GET /metrics`` for ``client`` (a worker's runtime): the
+    collectors ``metrics`` counts with, and the storage gauges read at each scrape."""
+    return Starlette(routes=[_metrics_route(WebState(client, None, None), metrics)])
+
+
+def _metrics_route(web: WebState, metrics: Metrics) -> Route:
+    async def scrape(request: Request) -> Response:
+        await metrics.refresh(web.client)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return Route("/metrics", scrape, methods=["GET"])
 
 
 async def serve(

@@ -17,7 +17,7 @@ import trio
 
 import trioforge
 from tests.browser import CHROMIUM, Served, require_browser
-from trioforge import JobContext, JobState, Registry, Retry
+from trioforge import JobContext, JobState, Registry, Retry, WorkflowContext
 
 TOKEN = "browser-test-token"
 
@@ -38,6 +38,18 @@ def make_registry() -> Registry:
             await ctx.progress(pct, f"{pct}% <resized>")
             await trio.sleep(0.15)
         return {"pixels": size * size}
+
+    def release(order: str) -> None:
+        pass
+
+    @registry.workflow("orders:fulfil", queue="default")
+    async def fulfil(ctx: WorkflowContext, order: str) -> str:
+        await ctx.step("reserve <stock>", lambda o: f"reserved {o}", order, compensate=release)
+        await ctx.step("charge", lambda: {"amount": 42})
+        await ctx.start_child("images:resize", 8)
+        approved = await ctx.wait_for_signal("approved")
+        await ctx.step("ship", lambda: f"shipped by {approved}")
+        return f"fulfilled {order}"
 
     @registry.job("mail:send", queue="mail", retry=Retry(max_attempts=1))
     async def send(ctx: JobContext, to: str) -> None:
@@ -155,3 +167,55 @@ def test_track_js_follows_a_job_to_completed(served: Served, browser: Any) -> No
     missing = page.evaluate(TRACK, 987654)
     assert missing["final"]["status"] == "not_found"
     assert trioforge.JobState(final["status"]) is JobState.COMPLETED
+
+
+async def waiting_for_a_signal(client: trioforge.Client, run_id: int) -> None:
+    async with client.watch_workflow(run_id) as views:
+        async for view in views:
+            if (
+                view.job.status is JobState.SCHEDULED
+                and view.steps[-1:]
+                and (view.steps[-1].kind.value == "signal")
+            ):
+                return
+
+
+def test_a_run_page_follows_its_timeline_to_completed(served: Served, browser: Any) -> None:
+    rt = served.runtime
+    assert rt is not None
+    done = served.call(rt.enqueue, "orders:fulfil", "o-1")
+    served.call(rt.signal, done, "approved", "ops")
+    served.call(rt.wait, done)
+    undone = served.call(rt.enqueue, "orders:fulfil", "o-0")
+    run_id = served.call(rt.enqueue, "orders:fulfil", "o-2")
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.goto(f"{served.url}/workflows/{run_id}")
+    page.wait_for_function(
+        """() => document.querySelector('#state').textContent === 'scheduled'
+            && [...document.querySelectorAll('#steps tbody tr')].some(
+                (row) => row.cells[1].textContent === 'signal'
+                    && row.cells[3].textContent === 'running')"""
+    )
+    steps = page.locator("#steps").text_content() or ""
+    assert "reserve <stock>" in steps  # shown as text, not markup
+    child = page.locator("#steps a").first
+    child_id = (child.text_content() or "").removeprefix("child job ")
+    assert child.get_attribute("href") == f"/jobs/{int(child_id)}"
+    shoot(page, "run")
+    served.call(waiting_for_a_signal, rt, undone)
+    served.call(rt.cancel, undone)
+    assert served.call(rt.wait, undone).status is JobState.COMPENSATED
+    page.goto(f"{served.url}/workflows/{undone}")
+    undo = page.locator("#steps tr.undo td.kind")
+    assert undo.all_text_contents() == ["compensating", "compensation"]  # shown apart
+    page.goto(f"{served.url}/workflows")
+    page.wait_for_selector(f'a[href="/workflows/{run_id}"]')
+    shoot(page, "workflows")
+    page.goto(f"{served.url}/workflows/{run_id}")
+    page.wait_for_function("() => document.querySelector('#state').textContent === 'scheduled'")
+    served.call(rt.signal, run_id, "approved", "ops")
+    page.wait_for_function("() => document.querySelector('#state').textContent === 'completed'")
+    ship = page.locator("#steps tbody tr", has_text="ship")
+    assert ship.locator("td").nth(3).text_content() == "completed"
+    assert page.locator("#result").text_content() == '"fulfilled o-2"'
+    assert served.call(rt.get, run_id).status is JobState.COMPLETED

@@ -48,6 +48,7 @@ bench: relink
 	$(BIN)/python -m bench.replicas
 	$(BIN)/python -m bench.live
 	$(BIN)/python -m bench.workflows
+	$(BIN)/python -m bench.dashboard
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

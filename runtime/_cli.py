@@ -195,7 +195,7 @@ def worker(
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = load_registry(target)
     tracing = global_tracing() if otel else None
-    metrics = Metrics()
+    metrics = Metrics() if metrics_port is not None else None
 
     async def serve() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -221,7 +221,7 @@ def worker(
                         poll_interval=poll_interval, shutdown_grace=shutdown_grace,
                         capabilities=capabilities, tracing=tracing, metrics=metrics,
                     ) as rt, trio.open_nursery() as scraped:  # fmt: skip
-                        if metrics_port is not None:
+                        if metrics is not None and metrics_port is not None:
                             await serve_metrics(scraped, rt, metrics, metrics_host, metrics_port)
                         pools = ", ".join(f"{q}={n}" for q, n in rt.statistics().queues.items())
                         click.echo(f"trioforge worker {rt.owner} ready: queues {pools}", err=True)

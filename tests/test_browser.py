@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from trioforge import JobContext, JobState, Registry, Retry, WorkflowContext
 TOKEN = "browser-test-token"
 
 
-def make_registry() -> Registry:
+def make_registry(gate: threading.Event) -> Registry:
+    """The test jobs; ``images:track`` holds at 50% until ``gate`` is set."""
     registry = Registry()
 
     @registry.job("reports:crawl", queue="reports")
@@ -37,6 +39,12 @@ def make_registry() -> Registry:
         for pct in (25, 50, 75):
             await ctx.progress(pct, f"{pct}% <resized>")
             await trio.sleep(0.15)
+        return {"pixels": size * size}
+
+    @registry.job("images:track", public=True)
+    async def tracked(ctx: JobContext, size: int) -> dict[str, int]:
+        await ctx.progress(50, "50% <resized>")
+        await trio.to_thread.run_sync(gate.wait, abandon_on_cancel=True)
         return {"pixels": size * size}
 
     def release(order: str) -> None:
@@ -59,11 +67,18 @@ def make_registry() -> Registry:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
+def gate() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()  # no job thread outlives the test
+
+
+@pytest.fixture
+def served(tmp_path: Path, gate: threading.Event) -> Iterator[Served]:
     require_browser()
     options: dict[str, Any] = {"queues": {"reports": 2, "default": 2, "mail": 1},
                                "heartbeat_interval": 0.2, "poll_interval": 0.2}  # fmt: skip
-    server = Served(make_registry(), f"sqlite:///{tmp_path / 'jobs.db'}", TOKEN, **options)
+    server = Served(make_registry(gate), f"sqlite:///{tmp_path / 'jobs.db'}", TOKEN, **options)
     with server.running():
         yield server
 
@@ -131,10 +146,9 @@ def test_progress_moves_on_the_job_page_and_cancel_ends_it(served: Served, brows
 
 
 TRACK = """
-async (jobId) => {
-  const { track } = await import("/track.js");
-  return await new Promise((resolve) => {
-    const seen = [];
+(jobId) => {
+  window.tracked = import("/track.js").then(({ track }) => new Promise((resolve) => {
+    const seen = (window.seen = []);
     const store = track("", jobId);
     const unsubscribe = store.subscribe((job) => {
       seen.push([job.status, job.progress, job.message]);
@@ -143,28 +157,37 @@ async (jobId) => {
         resolve({ seen, final: job, snapshot: store.getSnapshot() });
       }
     });
-  });
+  }));
 }
 """
 
 
-def test_track_js_follows_a_job_to_completed(served: Served, browser: Any) -> None:
+def test_track_js_follows_a_job_to_completed(
+    served: Served, browser: Any, gate: threading.Event
+) -> None:
     page = browser.new_page()
     page.goto(f"{served.url}/processes")  # any page of the app's origin
     created = page.evaluate(
-        """async () => (await fetch("/api/jobs/images:resize", {
+        """async () => (await fetch("/api/jobs/images:track", {
             method: "POST", headers: {"content-type": "application/json"}, body: "96"
         })).json()"""
     )
-    outcome = page.evaluate(TRACK, created["id"])
+    page.evaluate(TRACK, created["id"])
+    # The job holds at 50% until the page has seen it there: no race with the browser.
+    page.wait_for_function(
+        "() => (window.seen || []).some(([s, p, m]) => s === 'running' && p === 50"
+        " && m === '50% <resized>')"
+    )
+    gate.set()
+    outcome = page.evaluate("() => window.tracked")
     seen, final = outcome["seen"], outcome["final"]
     assert seen[0] == ["unknown", None, None]  # the Svelte contract: called at once
-    assert ["running", 50, "50% <resized>"] in seen
     assert (final["status"], final["result"], final["terminal"]) == (
         "completed", {"pixels": 9216}, True,
     )  # fmt: skip
     assert outcome["snapshot"] == final
-    missing = page.evaluate(TRACK, 987654)
+    page.evaluate(TRACK, 987654)
+    missing = page.evaluate("() => window.tracked")
     assert missing["final"]["status"] == "not_found"
     assert trioforge.JobState(final["status"]) is JobState.COMPLETED
 

@@ -22,7 +22,58 @@ __all__ = ["RUN_READ_INTERVAL", "JobWatch", "RunWatch", "record_may_have_changed
 RUN_READ_INTERVAL = 0.1
 
 
-class JobWatch:
+class _Watch:
+    """What both watches share: a subscription to one job's snapshots in the live feed,
+    closed by :meth:`aclose` or the ``async with`` block."""
+
+    _what = "job"
+
+    def __init__(self, feed: LiveFeed, job_id: int) -> None:
+        self._feed = feed
+        self._job_id = job_id
+        self._receive: trio.MemoryReceiveChannel[JobInfo | None] | None = None
+        self._done = False
+
+    async def _next_snapshot(self, *, every_read: bool = False) -> JobInfo | None:
+        """The next snapshot (None: no such job), subscribing at the first call."""
+        if self._receive is None:
+            self._receive = self._feed.subscribe(self._job_id, every_read=every_read)
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            self._done = True
+            raise TrioforgeError(
+                f"stopped watching {self._what} {self._job_id}: the client closed; "
+                "watch inside its block"
+            ) from None
+        except trio.ClosedResourceError:
+            raise StopAsyncIteration from None
+
+    def _missing(self) -> JobNotFoundError:
+        self._done = True
+        return JobNotFoundError(f"no job with id {self._job_id}")
+
+    def _finish(self) -> None:
+        self._done = True
+        assert self._receive is not None
+        self._receive.close()
+
+    async def aclose(self) -> None:
+        """Stop watching (the feed forgets this subscriber at the job's next change)."""
+        self._done = True
+        if self._receive is not None:
+            self._receive.close()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class JobWatch(_Watch):
     """An async iterator of a job's snapshots (:class:`~trioforge.JobInfo`): the current
     one first, then one per change of status, attempt, progress, progress message or
     cancel request, ending after the terminal one. Several changes that land between two
@@ -36,53 +87,21 @@ class JobWatch:
     lost (the next step returns the latest snapshot).
     """
 
-    def __init__(self, feed: LiveFeed, job_id: int) -> None:
-        self._feed = feed
-        self._job_id = job_id
-        self._receive: trio.MemoryReceiveChannel[JobInfo | None] | None = None
-        self._done = False
-
     def __aiter__(self) -> JobWatch:
         return self
 
     async def __anext__(self) -> JobInfo:
         if self._done:
             raise StopAsyncIteration
-        if self._receive is None:
-            self._receive = self._feed.subscribe(self._job_id)
-        try:
-            info = await self._receive.receive()
-        except trio.EndOfChannel:
-            self._done = True
-            raise TrioforgeError(
-                f"stopped watching job {self._job_id}: the client closed; watch inside its block"
-            ) from None
-        except trio.ClosedResourceError:
-            raise StopAsyncIteration from None
+        info = await self._next_snapshot()
         if info is None:
-            self._done = True
-            raise JobNotFoundError(f"no job with id {self._job_id}")
+            raise self._missing()
         if info.is_terminal:
-            self._done = True
-            self._receive.close()
+            self._finish()
         return info
-
-    async def aclose(self) -> None:
-        """Stop watching (the feed forgets this subscriber at the job's next change)."""
-        self._done = True
-        if self._receive is not None:
-            self._receive.close()
 
     async def __aenter__(self) -> JobWatch:
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def record_may_have_changed(previous: JobInfo | None, current: JobInfo) -> bool:
@@ -98,7 +117,7 @@ def record_may_have_changed(previous: JobInfo | None, current: JobInfo) -> bool:
     )
 
 
-class RunWatch:
+class RunWatch(_Watch):
     """An async iterator of a workflow run's views (:class:`~trioforge.WorkflowInfo`):
     the current one first, then one whenever the run or its record (a step, a sleep, a
     signal, a child, an undo) changed, ending after the terminal one. Changes that land
@@ -111,50 +130,38 @@ class RunWatch:
     waiting can be cancelled at any time; nothing is lost.
     """
 
+    _what = "run"
+
     def __init__(
         self,
         feed: LiveFeed,
         run_id: int,
         read: Callable[[int], Awaitable[WorkflowInfo]],
     ) -> None:
-        self._feed = feed
-        self._run_id = run_id
+        super().__init__(feed, run_id)
         self._read = read
-        self._receive: trio.MemoryReceiveChannel[JobInfo | None] | None = None
         self._last: WorkflowInfo | None = None
         self._read_at = -float("inf")
-        self._done = False
 
     def __aiter__(self) -> RunWatch:
         return self
 
     async def _snapshot(self) -> JobInfo:
         """The latest snapshot of the run's row, waiting for one if none is queued."""
+        info = await self._next_snapshot(every_read=True)
         assert self._receive is not None
-        try:
-            info = await self._receive.receive()
-        except trio.EndOfChannel:
-            self._done = True
-            raise TrioforgeError(
-                f"stopped watching run {self._run_id}: the client closed; watch inside its block"
-            ) from None
-        except trio.ClosedResourceError:
-            raise StopAsyncIteration from None
         while info is not None and not info.is_terminal:
             try:
                 info = self._receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
         if info is None:
-            self._done = True
-            raise JobNotFoundError(f"no job with id {self._run_id}")
+            raise self._missing()
         return info
 
     async def __anext__(self) -> WorkflowInfo:
         if self._done:
             raise StopAsyncIteration
-        if self._receive is None:
-            self._receive = self._feed.subscribe(self._run_id, every_read=True)
         while True:
             info = await self._snapshot()
             previous = None if self._last is None else self._last.job
@@ -162,28 +169,13 @@ class RunWatch:
                 continue
             await trio.sleep_until(self._read_at + RUN_READ_INTERVAL)
             self._read_at = trio.current_time()
-            view = await self._read(self._run_id)  # the row again too: it may have moved on
+            view = await self._read(self._job_id)  # the row again too: it may have moved on
             if view == self._last:
                 continue
             self._last = view
             if view.job.is_terminal:
-                self._done = True
-                self._receive.close()
+                self._finish()
             return view
-
-    async def aclose(self) -> None:
-        """Stop watching (the feed forgets this subscriber at the run's next change)."""
-        self._done = True
-        if self._receive is not None:
-            self._receive.close()
 
     async def __aenter__(self) -> RunWatch:
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -49,6 +49,8 @@ bench: relink
 	$(BIN)/python -m bench.live
 	$(BIN)/python -m bench.workflows
 	$(BIN)/python -m bench.dashboard
+	$(BIN)/python -m bench.counts --repeats 2
+	$(BIN)/python -m bench.notices --repeats 2
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

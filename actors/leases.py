@@ -9,7 +9,8 @@ reply says which jobs were cancelled by another process (their scopes fire, endi
 Reaper: every ``interval``, if this process holds (or takes) the ``maintenance`` lease, so
 that one replica does it rather than all: running jobs whose lease expired (their owner
 stopped heartbeating: crashed or hung) become ``retrying`` as a new attempt, or ``dead`` when
-attempts are spent; registry rows of processes silent for a job lease are forgotten.
+attempts are spent; registry rows of processes silent for a job lease are forgotten; the
+stored job counts are compacted (``FoldCounts``: PostgreSQL's delta rows summed).
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ async def reaper(
             if not await storage.call(ops.Lead(MAINTENANCE, owner, now + 3 * interval)):
                 continue
             rescued: list[int] = await storage.call(ops.Rescue(now - lease_seconds))
+            await storage.call(ops.FoldCounts())
         except Exception as exc:
             log_failure(log, exc, "rescue pass failed; retrying in %.1fs", interval)
             continue

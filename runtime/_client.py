@@ -591,12 +591,15 @@ class Client:
         return states
 
     async def stats(self) -> Stats:
-        """Job counts per queue and state, across every process using this database."""
+        """Job counts per queue and state, across every process using this database (kept
+        as jobs change, so reading them costs the same at any number of jobs)."""
         counts: dict[str, dict[JobState, int]] = await self._storage.call(ops.Stats())
         return Stats(counts)
 
     async def throughput(self, seconds: float) -> Stats:
-        """Per queue, the jobs that reached each terminal state in the last ``seconds``."""
+        """Per queue, the stored jobs that reached each terminal state in the last
+        ``seconds``, counted in whole seconds (from the start of the second the window
+        begins in) from counts kept per second, however many jobs the window holds."""
         since = self._clock.now() - seconds
         counts: dict[str, dict[JobState, int]] = await self._storage.call(ops.Throughput(since))
         return Stats(counts)

@@ -28,6 +28,7 @@ __all__ = [
     "Enqueue",
     "FireCron",
     "Finish",
+    "FoldCounts",
     "Get",
     "GetMany",
     "JobFilter",
@@ -150,10 +151,17 @@ class ListJobs:
 
 @attrs.frozen
 class Throughput:
-    """-> dict[str, dict[JobState, int]]: per queue, jobs that reached each terminal state
-    since ``since`` (epoch seconds)."""
+    """-> dict[str, dict[JobState, int]]: per queue and state, the stored jobs that finished
+    in or after the whole second ``since`` (epoch seconds) falls in: kept per second, so a
+    window is counted from a few rows however many jobs it holds."""
 
     since: float
+
+
+@attrs.frozen
+class FoldCounts:
+    """-> None: compact the stored counts (PostgreSQL sums its delta rows into one per
+    key); the maintenance leader runs it. Counts read the same before and after."""
 
 
 @attrs.frozen
@@ -409,6 +417,7 @@ Op: TypeAlias = (
     | Rescue
     | Stats
     | Throughput
+    | FoldCounts
     | PauseQueue
     | PausedQueues
     | Beat
@@ -444,6 +453,7 @@ _NAMES: dict[type, str] = {
     Rescue: "rescue",
     Stats: "stats",
     Throughput: "throughput",
+    FoldCounts: "fold_counts",
     PauseQueue: "pause_queue",
     PausedQueues: "paused_queues",
     Beat: "beat",

@@ -551,10 +551,14 @@ class MemoryBackend:
         del now
         out: dict[str, dict[JobState, int]] = {}
         for row in self._rows.values():
-            if row.finished_at is not None and row.finished_at >= op.since:
+            if row.finished_at is not None and row.finished_at >= math.floor(op.since):
                 per = out.setdefault(row.queue, {})
                 per[row.status] = per.get(row.status, 0) + 1
         return out
+
+    def _fold_counts(self, op: ops.FoldCounts, now: float) -> None:
+        """Counts are read off the rows: nothing is kept to fold."""
+        del op, now
 
     def _pause_queue(self, op: ops.PauseQueue, now: float) -> bool:
         del now

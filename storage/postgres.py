@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import urllib.parse
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -45,6 +46,7 @@ from trioforge._rules import (
 from trioforge.storage import _ops as ops
 from trioforge.storage._backend import Changed
 from trioforge.storage._changes import IDS_PER_NOTICE, changed_jobs, encode_ids, parse_ids
+from trioforge.storage._counts import Tally
 from trioforge.storage._records import (
     JOB_COLUMNS,
     AttemptRecord,
@@ -256,11 +258,96 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX trioforge_jobs_runs ON trioforge_jobs (id) WHERE workflow;
     """,
+    # Counts kept as jobs change, so the dashboard and /metrics read a few rows instead of
+    # scanning every job: per (queue, state), and per (second finished, queue, state) for
+    # throughput. Concurrent claims and outcomes must not queue up behind one counter row,
+    # so each write appends its net changes as delta rows (in the same statement where it
+    # moves many jobs) and a reader sums them; the maintenance leader folds them into one
+    # row per key (FoldCounts). Statement-level triggers reading transition tables did
+    # the same for a quarter of the drain rate. Taken with the jobs table locked against
+    # writes, then filled from the jobs already there.
+    """
+    LOCK TABLE trioforge_jobs IN SHARE ROW EXCLUSIVE MODE;
+    CREATE TABLE trioforge_counts (
+        queue TEXT NOT NULL,
+        state TEXT NOT NULL,
+        n BIGINT NOT NULL
+    );
+    CREATE TABLE trioforge_finished (
+        second BIGINT NOT NULL,
+        queue TEXT NOT NULL,
+        state TEXT NOT NULL,
+        n BIGINT NOT NULL
+    );
+    CREATE INDEX trioforge_finished_second ON trioforge_finished (second);
+    INSERT INTO trioforge_counts (queue, state, n)
+        SELECT queue, status, count(*) FROM trioforge_jobs GROUP BY queue, status;
+    INSERT INTO trioforge_finished (second, queue, state, n)
+        SELECT floor(finished_at)::bigint, queue, status, count(*) FROM trioforge_jobs
+        WHERE finished_at IS NOT NULL GROUP BY 1, 2, 3;
+    """,
 )
+
+#: FoldCounts: each table's delta rows summed into one row per key, in one statement (a
+#: reader sees the deltas or their sum, never both); a key summing to zero goes.
+_FOLD_COUNTS = """
+WITH gone AS (DELETE FROM trioforge_counts RETURNING queue, state, n),
+kept AS (
+    INSERT INTO trioforge_counts (queue, state, n)
+    SELECT queue, state, sum(n) FROM gone GROUP BY queue, state HAVING sum(n) <> 0
+), finished AS (DELETE FROM trioforge_finished RETURNING second, queue, state, n)
+INSERT INTO trioforge_finished (second, queue, state, n)
+SELECT second, queue, state, sum(n) FROM finished
+GROUP BY second, queue, state HAVING sum(n) <> 0
+"""
+
+
+def _count_moved(moved: str, *, finishing: bool = True) -> str:
+    """CTEs adding to the counts what CTE ``moved`` did: rows of (queue, status,
+    finished_at, old_status, old_at), the job's state and finish time after and before.
+    Without ``finishing`` (a claim: pending jobs become running), no finish time moves."""
+    counted = f"""counted AS (
+    INSERT INTO trioforge_counts (queue, state, n)
+    SELECT queue, state, sum(d) FROM (
+        SELECT queue, status, 1 FROM {moved}
+        UNION ALL SELECT queue, old_status, -1 FROM {moved} WHERE old_status IS NOT NULL
+    ) AS c(queue, state, d) GROUP BY queue, state HAVING sum(d) <> 0
+)"""
+    if not finishing:
+        return counted
+    return f"""{counted}, counted_finished AS (
+    INSERT INTO trioforge_finished (second, queue, state, n)
+    SELECT second, queue, state, sum(d) FROM (
+        SELECT floor(finished_at)::bigint, queue, status, 1 FROM {moved}
+        WHERE finished_at IS NOT NULL
+        UNION ALL SELECT floor(old_at)::bigint, queue, old_status, -1 FROM {moved}
+        WHERE old_at IS NOT NULL
+    ) AS c(second, queue, state, d) GROUP BY second, queue, state HAVING sum(d) <> 0
+)"""
+
+
+#: A write's net count changes, worked out in Python (``storage._counts.Tally``).
+_ADD_COUNTS = """
+WITH finished AS (
+    INSERT INTO trioforge_finished (second, queue, state, n)
+    SELECT * FROM unnest($4::bigint[], $5::text[], $6::text[], $7::bigint[])
+)
+INSERT INTO trioforge_counts (queue, state, n)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+"""
+
+
+async def _store(conn: asyncpg.Connection, tally: Tally) -> None:
+    counts, finished = tally.counts(), tally.finished()
+    if counts or finished:
+        await conn.execute(
+            _ADD_COUNTS, *(list(c) for c in zip(*counts, strict=True)) if counts else ([],) * 3,
+            *(list(c) for c in zip(*finished, strict=True)) if finished else ([],) * 4,
+        )  # fmt: skip
 
 
 #: One statement: the insert, and one wake-up notice per queue (sent at commit).
-_INSERT_MANY = """
+_INSERT_MANY = f"""
 WITH inserted AS (
     INSERT INTO trioforge_jobs
         (name, queue, payload, priority, run_at, max_attempts, created_at, status, timeout,
@@ -276,8 +363,8 @@ WITH inserted AS (
         AS t(name, queue, payload, priority, run_at, max_attempts, status, timeout, requires,
              rate_key, concurrency_key, parent_id, workflow, trace_context, ord)
     ORDER BY ord
-    RETURNING id, queue, run_at
-), notified AS (
+    RETURNING id, queue, run_at, status, finished_at, NULL AS old_status, NULL::float8 AS old_at
+), {_count_moved("inserted")}, notified AS (
     SELECT pg_notify($9, 'w:' || min(run_at)::text || ':' || queue) FROM inserted GROUP BY queue
 )
 SELECT id FROM inserted WHERE (SELECT count(*) FROM notified) >= 0
@@ -346,7 +433,7 @@ _KEY_HOLDER = (
 #: still in the future (the rows being claimed are due, so the snapshot cannot mislead it).
 _CLAIM = f"""
 WITH picked AS (
-    SELECT id FROM trioforge_jobs
+    SELECT id, status FROM trioforge_jobs
     WHERE queue = $1 AND status IN {_PENDING} AND run_at <= $2 AND name = ANY($3::text[])
       AND (requires IS NULL OR requires <@ $7::text[])
       AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
@@ -360,8 +447,9 @@ WITH picked AS (
         progress_message = NULL
     FROM picked WHERE j.id = picked.id
     RETURNING j.id, j.name, j.queue, j.payload, j.priority, j.run_at, j.attempt,
-        j.max_attempts, j.lease, j.timeout, j.trace_context
-)
+        j.max_attempts, j.lease, j.timeout, j.trace_context, j.status,
+        picked.status AS old_status
+), {_count_moved("claimed", finishing=False)}
 SELECT id, name, queue, payload, priority, run_at, attempt, max_attempts, lease, timeout,
     trace_context
 FROM claimed
@@ -444,6 +532,12 @@ WHERE status = 'running' AND concurrency_key = ANY($1::text[])
 GROUP BY concurrency_key
 """
 
+#: How many of the given jobs are in each queue and state.
+_STATES_OF = """
+SELECT queue, status, count(*) AS n FROM trioforge_jobs WHERE id = ANY($1::bigint[])
+GROUP BY queue, status
+"""
+
 #: Step 4: claim the jobs the gate admitted and store the buckets it changed.
 _CLAIM_IDS = """
 WITH buckets AS (
@@ -480,8 +574,9 @@ WITH u AS (
         lease_owner = NULL, lease_until = NULL, finished_at = u.finished_at,
         result = u.result, error = u.error
     FROM u WHERE j.id = u.id AND j.status = 'running' AND j.lease = u.lease
-    RETURNING j.id, j.lease, j.parent_id, j.status
-), woken AS (
+    RETURNING j.id, j.lease, j.parent_id, j.status, j.queue, j.finished_at,
+        'running' AS old_status, NULL::float8 AS old_at
+), {_count_moved("done")}, woken AS (
     UPDATE trioforge_jobs AS p
     SET run_at = CASE WHEN p.status IN {_PENDING} AND p.run_at > $9 THEN $9 ELSE p.run_at END,
         wake_requested = p.wake_requested OR p.status = 'running'
@@ -542,8 +637,9 @@ rescued AS (
                      ELSE 'attempt ' || attempt || ' lost: its worker stopped heartbeating' END,
         lease_owner = NULL, lease_until = NULL
     WHERE status = 'running' AND lease_until <= $1
-    RETURNING id, parent_id, status
-), woken AS (
+    RETURNING id, parent_id, status, queue, finished_at, 'running' AS old_status,
+        NULL::float8 AS old_at
+), {_count_moved("rescued")}, woken AS (
     UPDATE trioforge_jobs AS p
     SET run_at = CASE WHEN p.status IN {_PENDING} AND p.run_at > $1 THEN $1 ELSE p.run_at END,
         wake_requested = p.wake_requested OR p.status = 'running'
@@ -572,7 +668,8 @@ def _atomic_alone(op: ops.Op) -> bool:
         return False
     return isinstance(
         op, ops.Claim | ops.Finish | ops.Renew | ops.Progress | ops.Get | ops.GetMany
-        | ops.LatestSteps | ops.ListJobs | ops.Rescue | ops.Stats | ops.Throughput | ops.PauseQueue
+        | ops.LatestSteps | ops.ListJobs | ops.Rescue | ops.Stats | ops.Throughput
+        | ops.FoldCounts | ops.PauseQueue
         | ops.PausedQueues | ops.Beat | ops.Leave | ops.Processes | ops.Lead
     )  # fmt: skip
 
@@ -810,8 +907,9 @@ class PostgresBackend:
             await conn.execute(
                 "DROP TABLE IF EXISTS trioforge_jobs, trioforge_processes, trioforge_leases, "
                 "trioforge_cron, trioforge_paused_queues, trioforge_limits, trioforge_attempts, "
-                "trioforge_workflow_steps, trioforge_workflow_signals, "
-                "trioforge_schema CASCADE; DROP FUNCTION IF EXISTS trioforge_keep_error()"
+                "trioforge_workflow_steps, trioforge_workflow_signals, trioforge_counts, "
+                "trioforge_finished, trioforge_schema CASCADE; "
+                "DROP FUNCTION IF EXISTS trioforge_keep_error()"
             )
 
         await self._aio(self._run, drop_tables)
@@ -1013,7 +1111,7 @@ class PostgresBackend:
         await conn.execute(
             _NOTIFY_WAKES, CHANNEL, [f"w:{at!r}:{queue}" for queue, at in earliest.items()]
         )
-        out = []
+        out, inserted = [], Tally()
         for j, state in zip(op.jobs, status, strict=True):
             if j.unique_for is not None and j.idempotency_key is not None:
                 # An unfinished holder first, else one that finished within unique_for.
@@ -1035,12 +1133,14 @@ class PostgresBackend:
             )  # fmt: skip
             if job_id is not None:
                 out.append(Enqueued(job_id, created=True))
+                inserted.add(j.queue, state, None)
                 continue
             existing = await conn.fetchval(
                 _KEY_HOLDER,
                 j.idempotency_key,
             )
             out.append(Enqueued(existing, created=False))
+        await _store(conn, inserted)
         return out
 
     @staticmethod
@@ -1107,6 +1207,12 @@ class PostgresBackend:
                 ):
                     picked.append(r["id"])
         buckets = list(gate.buckets.items())
+        # Their states, before the claim moves them all (locked here, so they hold).
+        states = await conn.fetch(_STATES_OF, picked)
+        tally = Tally({(r["queue"], r["status"], None): -r["n"] for r in states})
+        for r in states:
+            tally.add(r["queue"], "running", None, r["n"])
+        await _store(conn, tally)
         rows = await conn.fetch(
             _CLAIM_IDS, picked, op.owner, op.lease_until, now,
             [f"r:{k}" for k, _ in buckets], [b.tokens for _, b in buckets],
@@ -1236,18 +1342,19 @@ class PostgresBackend:
         del now
         out: dict[str, dict[JobState, int]] = {}
         rows = await conn.fetch(
-            "SELECT queue, status, count(*) AS n FROM trioforge_jobs "
-            "WHERE finished_at >= $1 GROUP BY queue, status",
-            op.since,
+            "SELECT queue, state, sum(n)::bigint AS n FROM trioforge_finished "
+            "WHERE second >= $1 GROUP BY queue, state HAVING sum(n) <> 0",
+            math.floor(op.since),
         )
         for row in rows:
-            out.setdefault(row["queue"], {})[JobState(row["status"])] = row["n"]
+            out.setdefault(row["queue"], {})[JobState(row["state"])] = row["n"]
         return out
 
     @staticmethod
     async def _locked(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record:
         row = await conn.fetchrow(
-            "SELECT status, idempotency_key, workflow FROM trioforge_jobs WHERE id = $1 FOR UPDATE",
+            "SELECT status, idempotency_key, workflow, queue, finished_at FROM trioforge_jobs "
+            "WHERE id = $1 FOR UPDATE",
             job_id,
         )
         if row is None:
@@ -1286,6 +1393,7 @@ class PostgresBackend:
             "UPDATE trioforge_jobs SET status = 'cancelled', finished_at = $1 WHERE id = $2",
             now, op.job_id,
         )  # fmt: skip
+        await _store(conn, Tally().move(row["queue"], (status.value, None), ("cancelled", now)))
         await conn.execute(_WAKE_PARENTS, now, [op.job_id], CHANNEL)
         return CancelResult.CANCELLED
 
@@ -1310,16 +1418,19 @@ class PostgresBackend:
             "WHERE id = $2",
             now, op.job_id,
         )  # fmt: skip
+        old = (row["status"], row["finished_at"])
+        await _store(conn, Tally().move(row["queue"], old, ("available", None)))
         return True
 
     async def _discard(self, conn: asyncpg.Connection, op: ops.Discard, now: float) -> bool:
-        await self._locked(conn, op.job_id)
+        row = await self._locked(conn, op.job_id)
         status = await conn.execute(
             f"UPDATE trioforge_jobs SET status = 'dead', finished_at = $1, error = $2 "
             f"WHERE id = $3 AND status IN {_PENDING}",
             now, op.reason, op.job_id,
         )  # fmt: skip
         if status == "UPDATE 1":
+            await _store(conn, Tally().move(row["queue"], (row["status"], None), ("dead", now)))
             await conn.execute(_WAKE_PARENTS, now, [op.job_id], CHANNEL)
         return bool(status == "UPDATE 1")
 
@@ -1335,11 +1446,17 @@ class PostgresBackend:
         del op, now
         out: dict[str, dict[JobState, int]] = {}
         rows = await conn.fetch(
-            "SELECT queue, status, count(*) AS n FROM trioforge_jobs GROUP BY queue, status"
+            "SELECT queue, state, sum(n)::bigint AS n FROM trioforge_counts "
+            "GROUP BY queue, state HAVING sum(n) <> 0"
         )
         for row in rows:
-            out.setdefault(row["queue"], {})[JobState(row["status"])] = row["n"]
+            out.setdefault(row["queue"], {})[JobState(row["state"])] = row["n"]
         return out
+
+    @staticmethod
+    async def _fold_counts(conn: asyncpg.Connection, op: ops.FoldCounts, now: float) -> None:
+        del op, now
+        await conn.execute(_FOLD_COUNTS)
 
     @staticmethod
     async def _pause_queue(conn: asyncpg.Connection, op: ops.PauseQueue, now: float) -> bool:
@@ -1453,10 +1570,13 @@ class PostgresBackend:
             " AND finished_at IS NOT NULL AND finished_at < $2"
             " AND (CASE WHEN $3::text IS NOT NULL THEN queue = $3"
             "  ELSE queue <> ALL($4::text[]) END)"
-            " ORDER BY finished_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) RETURNING id",
+            " ORDER BY finished_at, id LIMIT $5 FOR UPDATE SKIP LOCKED)"
+            " RETURNING id, queue, status, finished_at",
             [JobState(s).value for s in op.statuses], op.before, op.queue, list(op.exclude),
             max(op.limit, 0),
         )  # fmt: skip
+        places = Counter((r["queue"], r["status"], r["finished_at"]) for r in rows)
+        await _store(conn, Tally({place: -n for place, n in places.items()}))
         gone = [r["id"] for r in rows]  # a purged run's record goes with it
         if gone:
             for table in ("trioforge_workflow_steps", "trioforge_workflow_signals"):

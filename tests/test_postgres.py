@@ -325,3 +325,26 @@ async def test_cancelling_job_n_in_one_schema_cancels_nothing_in_another() -> No
         [info] = await b.execute([ops.Get(1)], 3.0)
         assert isinstance(info, JobInfo)
         assert not info.cancel_requested
+
+
+async def test_folding_leaves_one_count_row_per_key_and_the_same_counts() -> None:
+    async with temporary_schema() as template:
+        backend = PostgresBackend(template.url, schema=template.schema)
+        async with opened(backend):
+            for _ in range(5):  # five statements: five sets of delta rows
+                await backend.execute([ops.Enqueue((NewJob("a", "q", "1", 0, 0.0, 3),))], 1.0)
+            [claimed] = await backend.execute([ops.Claim("q", frozenset("a"), 2, "w", 9.0)], 1.0)
+            assert len(claimed.jobs) == 2  # type: ignore[attr-defined]
+
+            async def rows(conn: asyncpg.Connection) -> int:
+                n: int = await conn.fetchval("SELECT count(*) FROM trioforge_counts")
+                return n
+
+            before, unfolded = (
+                await backend.execute([ops.Stats()], 1.0),
+                await backend._aio(backend._run, rows),
+            )
+            await backend.execute([ops.FoldCounts()], 1.0)
+            assert await backend.execute([ops.Stats()], 1.0) == before
+            assert before == [{"q": {JobState.AVAILABLE: 3, JobState.RUNNING: 2}}]
+            assert (unfolded, await backend._aio(backend._run, rows)) == (7, 2)

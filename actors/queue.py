@@ -259,12 +259,6 @@ class QueueSupervisor:
         # Whether a concurrency limit held a due job back at the last claim: claim again
         # once outcomes are written here (that may have freed the slot).
         self._held = held if held is not None else HeldQueues()
-        # With concurrency limits, a slot frees only once its job's end is recorded: until
-        # then the job still counts against its limit, and a claim made in between would
-        # pass over the jobs that limit holds back. (A rate limit's tokens do not come back.)
-        self._slots_follow_outcomes = any(
-            limits.concurrency is not None for limits in table.limits().values()
-        )
         self._size = config.concurrency
         self._workers_started = 0
         self._pool: trio.Nursery | None = None
@@ -432,6 +426,7 @@ class QueueSupervisor:
             lease_until=now + cfg.lease_seconds,
             capabilities=cfg.capabilities,
             limits=limits,
+            ending=self._running.ending() if limits else frozenset(),
         )
         try:
             # Shielded: once claimed, jobs must reach a worker (or be released), never
@@ -476,9 +471,9 @@ class QueueSupervisor:
                     await self._attempt(job)
             finally:
                 # The slot frees as soon as the handler is done; the outcome is written by
-                # the writer, batched with others, while this worker takes the next job.
-                if not self._slots_follow_outcomes:
-                    self._inbox_send.send_nowait(_SlotFreed())
+                # the writer, batched with others, while this worker takes the next job (a
+                # claim made meanwhile counts the attempt out of its concurrency limit).
+                self._inbox_send.send_nowait(_SlotFreed())
 
     def _report(self, job: ClaimedJob, outcome: Outcome) -> None:
         self._outcomes_send.send_nowait((job, outcome))
@@ -528,8 +523,6 @@ class QueueSupervisor:
             self._report(job, outcome)
         else:  # the lease is another owner's now
             self._running.release(job.id, job.lease)
-            if self._slots_follow_outcomes:
-                self._inbox_send.send_nowait(_SlotFreed())
 
     async def _end(
         self,
@@ -590,8 +583,6 @@ class QueueSupervisor:
             return self._retryable(batch, error)
         for (job, outcome), ok in zip(batch, applied, strict=True):
             self._running.release(job.id, job.lease)
-            if self._slots_follow_outcomes:
-                self._inbox_send.send_nowait(_SlotFreed())
             if not ok:
                 log.warning(
                     "job %d: outcome of attempt %d not recorded: its lease was lost (or an "
@@ -619,8 +610,6 @@ class QueueSupervisor:
                 keep.append((job, outcome))
                 continue
             self._running.release(job.id, job.lease)
-            if self._slots_follow_outcomes:
-                self._inbox_send.send_nowait(_SlotFreed())
             log.error(
                 "job %d: could not record the outcome of attempt %d before its lease expired"
                 " (%s); it will be rescued and run again", job.id, job.attempt, error,

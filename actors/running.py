@@ -52,6 +52,8 @@ class RunningJobs:
         # valued by trio time, pruned by age.
         self._early_cancels: dict[int, float] = {}
         self._held: dict[tuple[int, int], float] = {}  # (job id, lease) -> lease expiry
+        # Attempts whose handler returned, their outcome not yet recorded (still held).
+        self._ended: set[tuple[int, int]] = set()
 
     def __len__(self) -> int:
         return sum(len(attempts) for attempts in self._jobs.values())
@@ -75,6 +77,8 @@ class RunningJobs:
         self._early_cancels[job_id] = now
 
     def finish(self, job_id: int, lease: int) -> None:
+        if (job_id, lease) in self._held:
+            self._ended.add((job_id, lease))
         attempts = self._jobs.get(job_id, {})
         attempts.pop(lease, None)
         if not attempts:
@@ -102,6 +106,12 @@ class RunningJobs:
     def release(self, job_id: int, lease: int) -> None:
         """The attempt's outcome is recorded (or its lease is gone): stop renewing it."""
         self._held.pop((job_id, lease), None)
+        self._ended.discard((job_id, lease))
+
+    def ending(self) -> frozenset[tuple[int, int]]:
+        """(job id, lease) of the attempts that ended here, their outcome not yet recorded:
+        a claim counts them out of their concurrency limits."""
+        return frozenset(self._ended)
 
     def expiry(self, job_id: int, lease: int) -> float | None:
         """Until when storage last confirmed the lease (None: not held here any more)."""

@@ -49,6 +49,7 @@ __all__ = [
     "TERMINAL_STATES",
     "TRANSITIONS",
     "FLOW_WINDOW",
+    "TOKEN_EPSILON",
     "AttemptOutcome",
     "Bucket",
     "Cancelled",
@@ -434,7 +435,7 @@ FLOW_WINDOW = 1000
 #: looked at again no sooner than this: epoch times carry ~1e-7 s of float rounding, and
 #: a fetcher sleeping until the computed refill time must find the token there (or at
 #: least a later instant), never spin at one instant.
-_TOKEN_EPSILON = 1e-6
+TOKEN_EPSILON = 1e-6
 
 
 def _check_limit_name(kind: str, name: object) -> None:
@@ -604,9 +605,9 @@ class FlowGate:
             bucket = self.buckets.get(rate_key) or refill(
                 self._stored.get(rate_key), rate, self._now
             )
-            if (1.0 - bucket.tokens) / rate.per_second > _TOKEN_EPSILON:
+            if (1.0 - bucket.tokens) / rate.per_second > TOKEN_EPSILON:
                 self.buckets[rate_key] = bucket
-                at = max(next_token_at(bucket, rate), self._now + _TOKEN_EPSILON)
+                at = max(next_token_at(bucket, rate), self._now + TOKEN_EPSILON)
                 if self.next_token_at is None or at < self.next_token_at:
                     self.next_token_at = at
                 return False

@@ -57,6 +57,7 @@ from trioforge.storage import (
     ClaimedJob,
     Notice,
     ProcessDetails,
+    SlotsFreedNotice,
     WakeNotice,
     WorkflowRecord,
     backend_for_url,
@@ -562,6 +563,8 @@ class _Parts:
     def on_notice(self, notice: Notice) -> None:
         if isinstance(notice, WakeNotice):
             self.wake(notice.queue, notice.run_at)
+        elif isinstance(notice, SlotsFreedNotice):
+            self.held.written()  # queues a concurrency limit held back claim again
         else:
             self.running.cancel_running(notice.job_id)
 

@@ -69,7 +69,10 @@ class Claim:
     """-> ClaimResult: up to ``limit`` due jobs of ``queue`` whose name is in ``names`` and
     whose required capabilities are all in ``capabilities``; none (and no next run_at)
     while the queue is paused. Jobs whose name has ``limits`` start only as their
-    concurrency and rate limits allow (``FlowGate``, in this claim's transaction)."""
+    concurrency and rate limits allow (``FlowGate``, in this claim's transaction).
+    ``ending`` names attempts ``(job id, lease)`` of this claimer whose handler has
+    returned but whose outcome is not recorded yet: they no longer take a concurrency slot,
+    so a claim made meanwhile sees the slots they free."""
 
     queue: str
     names: Set[str]
@@ -78,6 +81,7 @@ class Claim:
     lease_until: float
     capabilities: Set[str] = frozenset()
     limits: Mapping[str, JobLimits] = attrs.field(factory=dict)
+    ending: Set[tuple[int, int]] = frozenset()
 
 
 @attrs.frozen

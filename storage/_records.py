@@ -50,6 +50,7 @@ __all__ = [
     "StepRecord",
     "StepStatus",
     "StepWrite",
+    "SlotsFreedNotice",
     "WakeNotice",
     "WorkflowRecord",
     "decode_json",
@@ -177,7 +178,13 @@ class CancelNotice:
     job_id: int
 
 
-Notice = WakeNotice | CancelNotice
+@attrs.frozen
+class SlotsFreedNotice:
+    """Jobs with a concurrency limit ended in another process: claims a limit held back
+    may start now."""
+
+
+Notice = WakeNotice | CancelNotice | SlotsFreedNotice
 
 
 @attrs.frozen

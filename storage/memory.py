@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence, Set
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
 
@@ -231,6 +231,20 @@ class MemoryBackend:
         row.version += 1
         heapq.heappush(self._future.setdefault(row.queue, []), (row.run_at, row.id, row.version))
 
+    def _running_excluding(self, ending: Set[tuple[int, int]]) -> dict[str, int]:
+        """Running jobs per concurrency key, less the attempts in ``ending``."""
+        running = dict(self._running_by_key)
+        for job_id, lease in ending:
+            row = self._rows.get(job_id)
+            if (
+                row is not None
+                and row.status is JobState.RUNNING
+                and row.lease == lease
+                and row.concurrency_key is not None
+            ):
+                running[row.concurrency_key] -= 1
+        return running
+
     def _live(self, job_id: int, version: int) -> _Row | None:
         row = self._rows.get(job_id)  # None: purged
         if row is None or row.version != version or row.status not in PENDING_STATES:
@@ -343,7 +357,11 @@ class MemoryBackend:
         def runnable(row: _Row) -> bool:
             return row.name in op.names and row.requires <= op.capabilities
 
-        gate = FlowGate(op.limits, self._running_by_key, self._buckets, now) if op.limits else None
+        gate = (
+            FlowGate(op.limits, self._running_excluding(op.ending), self._buckets, now)
+            if op.limits
+            else None
+        )
         picked: list[_Row] = []
         skipped = []  # due, but not for this claimer (or held back): back into the index after
         seen = 0  # due jobs it could run, looked at: a limited claim looks at FLOW_WINDOW

@@ -35,8 +35,7 @@ from trioforge._errors import (
 from trioforge._rules import (
     FLOW_WINDOW,
     TERMINAL_STATES,
-    Bucket,
-    FlowGate,
+    TOKEN_EPSILON,
     JobState,
     Released,
     Suspended,
@@ -66,6 +65,7 @@ from trioforge.storage._records import (
     RenewResult,
     SchemaStatus,
     SignalRecord,
+    SlotsFreedNotice,
     StepRecord,
     StepWrite,
     WakeNotice,
@@ -85,6 +85,223 @@ _TERMINAL = "('completed', 'dead', 'cancelled', 'compensated')"
 _TERMINAL_V1 = "('completed', 'dead', 'cancelled')"
 #: Serialises concurrent migrations across processes (any fixed 64-bit number).
 _MIGRATION_LOCK = 0x7472696F666F7267
+
+#: A flow-controlled claim, whole, in the server: one round trip and no explicit
+#: transaction (reading limit rows into the client and writing them back took five). It
+#: walks due jobs in claim order a chunk at a time (locked, skipping other claimers'), and
+#: decides as FlowGate does (runtime/_rules.py; tests/test_flow_gate_sql.py holds the two
+#: to the same decisions): a job whose name has limits starts only if its concurrency key
+#: has a free slot and its rate bucket a token. Each key is a transaction-scoped advisory
+#: lock (nothing written; hashed with the schema): the first chunk waits for its keys in
+#: lock order, so claimers on several replicas queue up behind each other; later chunks,
+#: which already hold locks, only try theirs (a key another claim holds is "busy": its
+#: jobs wait). Running jobs and buckets are read after the locks are granted, by a
+#: statement of its own that sees every claim committed before. Returns the claimed rows,
+#: then one row with a NULL id carrying the earliest future run_at, the next token time
+#: and whether a job was held back.
+_CLAIM_LIMITED_FUNCTION = f"""
+CREATE FUNCTION trioforge_claim_limited(
+    p_queue TEXT, p_now DOUBLE PRECISION, p_names TEXT[], p_caps TEXT[], p_limit INTEGER,
+    p_owner TEXT, p_lease_until DOUBLE PRECISION, p_window INTEGER, p_epsilon DOUBLE PRECISION,
+    l_names TEXT[], l_per_second DOUBLE PRECISION[], l_burst DOUBLE PRECISION[],
+    l_concurrency INTEGER[], p_ending_ids BIGINT[], p_ending_leases BIGINT[]
+) RETURNS TABLE (o_id BIGINT, o_name TEXT, o_queue TEXT, o_payload TEXT, o_priority INTEGER,
+    o_run_at DOUBLE PRECISION, o_attempt INTEGER, o_max_attempts INTEGER, o_lease BIGINT,
+    o_timeout DOUBLE PRECISION, o_trace_context TEXT, o_next_token_at DOUBLE PRECISION,
+    o_held BOOLEAN)
+LANGUAGE plpgsql
+-- Every statement here looks rows up by key or id; a young table's statistics (the bench,
+-- a fresh deployment) would otherwise have the claim scan every row of trioforge_jobs.
+SET enable_seqscan = off
+AS $f$
+DECLARE
+    v_paused BOOLEAN;
+    v_upcoming DOUBLE PRECISION;
+    v_next_token DOUBLE PRECISION;
+    v_held BOOLEAN := FALSE;
+    v_picked BIGINT[] := '{{}}';
+    v_seen BIGINT[] := '{{}}';
+    v_chunk INTEGER := p_limit;  -- then four times more per chunk, if jobs were held back
+    v_first BOOLEAN := TRUE;
+    c_id BIGINT[]; c_name TEXT[]; c_rate TEXT[]; c_conc TEXT[];
+    v_busy TEXT[] := '{{}}';
+    -- running jobs per concurrency key and buckets, as this walk left them: parallel arrays
+    r_key TEXT[] := '{{}}'; r_n INTEGER[] := '{{}}';
+    w_key TEXT[] := '{{}}'; w_tokens FLOAT8[] := '{{}}'; w_at FLOAT8[] := '{{}}';
+    v_c RECORD;
+    j INTEGER; jc INTEGER;
+    v_ck TEXT; v_rk TEXT; v_tokens DOUBLE PRECISION; v_at DOUBLE PRECISION;
+    v_when DOUBLE PRECISION;
+BEGIN
+    SELECT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = p_queue), (
+        SELECT min(t.run_at) FROM trioforge_jobs AS t
+        WHERE t.queue = p_queue AND t.status IN {_PENDING} AND t.run_at > p_now
+          AND t.name = ANY(p_names) AND (t.requires IS NULL OR t.requires <@ p_caps))
+    INTO v_paused, v_upcoming;
+    IF v_paused OR p_limit <= 0 THEN
+        RETURN QUERY SELECT NULL::BIGINT, NULL::TEXT, NULL::TEXT, NULL::TEXT, NULL::INTEGER,
+            NULL::DOUBLE PRECISION, NULL::INTEGER, NULL::INTEGER, NULL::BIGINT,
+            NULL::DOUBLE PRECISION, NULL::TEXT, NULL::DOUBLE PRECISION, FALSE;
+        RETURN;
+    END IF;
+    WHILE cardinality(v_picked) < p_limit AND cardinality(v_seen) < p_window LOOP
+        WITH c AS (
+            SELECT t.id, t.name, t.rate_key, t.concurrency_key, t.priority, t.run_at
+            FROM trioforge_jobs AS t
+            WHERE t.queue = p_queue AND t.status IN {_PENDING} AND t.run_at <= p_now
+              AND t.name = ANY(p_names) AND (t.requires IS NULL OR t.requires <@ p_caps)
+              AND t.id <> ALL(v_seen)
+            ORDER BY t.priority DESC, t.run_at, t.id
+            LIMIT least(v_chunk, p_window - cardinality(v_seen))
+            FOR UPDATE SKIP LOCKED
+        )
+        SELECT array_agg(c.id ORDER BY c.priority DESC, c.run_at, c.id),
+               array_agg(c.name ORDER BY c.priority DESC, c.run_at, c.id),
+               array_agg(c.rate_key ORDER BY c.priority DESC, c.run_at, c.id),
+               array_agg(c.concurrency_key ORDER BY c.priority DESC, c.run_at, c.id)
+        INTO c_id, c_name, c_rate, c_conc FROM c;
+        EXIT WHEN c_id IS NULL;
+        v_seen := v_seen || c_id;
+        v_chunk := v_chunk * 4;
+        -- The locks of the keys of the limits this chunk's jobs have.
+        IF v_first THEN
+            PERFORM pg_advisory_xact_lock(k.h) FROM (
+                SELECT DISTINCT hashtextextended(current_schema() || ':' || v.k, 0) AS h
+                FROM unnest(c_name, c_rate, c_conc) AS c(n, r, c)
+                JOIN unnest(l_names, l_per_second, l_concurrency) AS l(n, ps, lim)
+                    ON l.n = c.n,
+                LATERAL (VALUES (CASE WHEN l.ps IS NOT NULL THEN 'r:' || c.r END),
+                                (CASE WHEN l.lim IS NOT NULL THEN 'c:' || c.c END)) AS v(k)
+                WHERE v.k IS NOT NULL ORDER BY 1
+            ) AS k;
+        ELSE
+            v_busy := v_busy || ARRAY(
+                SELECT DISTINCT v.k
+                FROM unnest(c_name, c_rate, c_conc) AS c(n, r, c)
+                JOIN unnest(l_names, l_per_second, l_concurrency) AS l(n, ps, lim)
+                    ON l.n = c.n,
+                LATERAL (VALUES (CASE WHEN l.ps IS NOT NULL THEN 'r:' || c.r END),
+                                (CASE WHEN l.lim IS NOT NULL THEN 'c:' || c.c END)) AS v(k)
+                WHERE v.k IS NOT NULL AND NOT pg_try_advisory_xact_lock(
+                    hashtextextended(current_schema() || ':' || v.k, 0))
+            );
+        END IF;
+        v_first := FALSE;
+        -- The gate, job by job in claim order (FlowGate.admit), reading (after the locks)
+        -- the running count of a concurrency key and the stored bucket of a rate key the
+        -- first time the walk meets it; what the walk made of them counts from then on.
+        FOR v_c IN
+            SELECT c.id, l.n AS limited, l.ps, l.burst, l.lim,
+                CASE WHEN l.lim IS NOT NULL THEN c.ck END AS ck,
+                CASE WHEN l.ps IS NOT NULL THEN c.rk END AS rk,
+                CASE WHEN l.lim IS NOT NULL AND c.ck IS NOT NULL AND c.ck <> ALL(r_key) THEN (
+                    SELECT count(*) FROM trioforge_jobs AS t
+                    WHERE t.status = 'running' AND t.concurrency_key = c.ck
+                      AND NOT EXISTS (
+                          SELECT FROM unnest(p_ending_ids, p_ending_leases) AS e(id, lease)
+                          WHERE e.id = t.id AND e.lease = t.lease))
+                END AS running,
+                b.tokens, b.at
+            FROM unnest(c_id, c_name, c_rate, c_conc) WITH ORDINALITY AS c(id, n, rk, ck, ord)
+            LEFT JOIN unnest(l_names, l_per_second, l_burst, l_concurrency)
+                AS l(n, ps, burst, lim) ON l.n = c.n
+            LEFT JOIN trioforge_limits AS b ON l.ps IS NOT NULL AND b.key = 'r:' || c.rk
+            ORDER BY c.ord
+        LOOP
+            EXIT WHEN cardinality(v_picked) >= p_limit;
+            IF v_c.limited IS NULL THEN
+                v_picked := v_picked || v_c.id;
+                CONTINUE;
+            END IF;
+            v_ck := v_c.ck;
+            v_rk := v_c.rk;
+            IF cardinality(v_busy) > 0
+               AND (('c:' || v_ck) = ANY(v_busy) OR ('r:' || v_rk) = ANY(v_busy)) THEN
+                v_held := TRUE;  -- look again soon: the other claim is about to commit
+                CONTINUE;
+            END IF;
+            IF v_ck IS NOT NULL THEN
+                jc := array_position(r_key, v_ck);
+                IF jc IS NULL THEN
+                    r_key := r_key || v_ck;
+                    r_n := r_n || v_c.running::INTEGER;
+                    jc := cardinality(r_key);
+                END IF;
+                IF r_n[jc] >= v_c.lim THEN
+                    v_held := TRUE;
+                    CONTINUE;
+                END IF;
+            END IF;
+            IF v_rk IS NOT NULL THEN
+                j := array_position(w_key, v_rk);
+                IF j IS NOT NULL THEN
+                    v_tokens := w_tokens[j];
+                    v_at := w_at[j];
+                ELSIF v_c.tokens IS NULL THEN  -- a new bucket is full
+                    v_tokens := v_c.burst;
+                    v_at := p_now;
+                ELSE  -- refilled for the time since it was stored
+                    v_tokens := v_c.tokens;
+                    v_at := v_c.at;
+                    IF p_now > v_at THEN
+                        v_tokens := least(v_c.burst, v_tokens + (p_now - v_at) * v_c.ps);
+                        v_at := p_now;
+                    END IF;
+                END IF;
+                IF j IS NULL THEN
+                    w_key := w_key || v_rk;
+                    w_tokens := w_tokens || v_tokens;
+                    w_at := w_at || v_at;
+                    j := cardinality(w_key);
+                END IF;
+                IF (1.0 - v_tokens) / v_c.ps > p_epsilon THEN
+                    v_when := greatest(v_at + greatest(0.0, 1.0 - v_tokens) / v_c.ps,
+                                       p_now + p_epsilon);
+                    v_next_token := least(coalesce(v_next_token, v_when), v_when);
+                    CONTINUE;
+                END IF;
+                w_tokens[j] := greatest(0.0, v_tokens - 1.0);
+            END IF;
+            IF v_ck IS NOT NULL THEN
+                r_n[jc] := r_n[jc] + 1;
+            END IF;
+            v_picked := v_picked || v_c.id;
+        END LOOP;
+    END LOOP;
+    IF cardinality(w_key) > 0 THEN
+        INSERT INTO trioforge_limits (key, tokens, at)
+        SELECT 'r:' || b.key, b.tokens, b.at
+        FROM unnest(w_key, w_tokens, w_at) AS b(key, tokens, at)
+        ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, at = excluded.at;
+    END IF;
+    -- The claim, and its net change to the stored counts (delta rows, see trioforge_counts).
+    RETURN QUERY
+    WITH claimed AS (
+        UPDATE trioforge_jobs AS t
+        SET status = 'running', attempt = t.attempt + 1, lease = t.lease + 1,
+            lease_owner = p_owner, lease_until = p_lease_until, started_at = p_now,
+            error = NULL, progress = NULL, progress_message = NULL
+        FROM (SELECT o.id, o.status FROM trioforge_jobs AS o WHERE o.id = ANY(v_picked)) AS p
+        WHERE t.id = p.id
+        RETURNING t.id, t.name, t.queue, t.payload, t.priority, t.run_at, t.attempt,
+            t.max_attempts, t.lease, t.timeout, t.trace_context, p.status AS old_status
+    ), counted AS (
+        INSERT INTO trioforge_counts (queue, state, n)
+        SELECT d.queue, d.state, sum(d.n) FROM (
+            SELECT c.queue, 'running', 1 FROM claimed AS c
+            UNION ALL SELECT c.queue, c.old_status, -1 FROM claimed AS c
+        ) AS d(queue, state, n) GROUP BY d.queue, d.state HAVING sum(d.n) <> 0
+    )
+    SELECT c.id, c.name, c.queue, c.payload, c.priority, c.run_at, c.attempt,
+        c.max_attempts, c.lease, c.timeout, c.trace_context, NULL::DOUBLE PRECISION,
+        NULL::BOOLEAN
+    FROM claimed AS c;
+    RETURN QUERY SELECT NULL::BIGINT, NULL::TEXT, NULL::TEXT, NULL::TEXT, NULL::INTEGER,
+        v_upcoming, NULL::INTEGER, NULL::INTEGER, NULL::BIGINT, NULL::DOUBLE PRECISION,
+        NULL::TEXT, v_next_token, v_held;
+END
+$f$;
+"""
 
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -286,6 +503,9 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT floor(finished_at)::bigint, queue, status, count(*) FROM trioforge_jobs
         WHERE finished_at IS NOT NULL GROUP BY 1, 2, 3;
     """,
+    # A flow-controlled claim in one round trip: a server-side function (see _CLAIM_LIMITED);
+    # it keeps the counts above.
+    _CLAIM_LIMITED_FUNCTION,
 )
 
 #: FoldCounts: each table's delta rows summed into one row per key, in one statement (a
@@ -415,8 +635,9 @@ def _lost(exc: BaseException) -> bool:
     return isinstance(exc, _CONNECTION_LOST)
 
 
-#: The LISTEN/NOTIFY channel. Payloads: ``w:<run_at>:<queue>`` (work enqueued) and
-#: ``c:<job id>:<schema>`` (cancel requested; see parse_notice); delivered at commit.
+#: The LISTEN/NOTIFY channel. Payloads: ``w:<run_at>:<queue>`` (work enqueued),
+#: ``c:<job id>:<schema>`` (cancel requested; see parse_notice) and ``f:<schema>`` (jobs
+#: with a concurrency key stopped running: slots freed); delivered at commit.
 CHANNEL = "trioforge"
 
 #: The channel of job change notices: payloads are comma-separated job ids (see
@@ -461,96 +682,14 @@ WHERE queue = $1 AND status IN {_PENDING} AND run_at > $2 AND name = ANY($3::tex
   AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
 """
 
-#: A flow-controlled claim's later chunks: due jobs in claim order not yet looked at
-#: (locked, skipping other claimers').
-_CANDIDATES = f"""
-SELECT id, name, rate_key, concurrency_key FROM trioforge_jobs
-WHERE queue = $1 AND status IN {_PENDING} AND run_at <= $2 AND name = ANY($3::text[])
-  AND (requires IS NULL OR requires <@ $4::text[]) AND id <> ALL($6::bigint[])
-ORDER BY priority DESC, run_at, id
-LIMIT $5
-FOR UPDATE SKIP LOCKED
-"""
-
-#: A flow-controlled claim, steps 1 and 2 in one statement for the first chunk: due jobs in
-#: claim order (locked, skipping other claimers'), then the limit rows of
-#: their keys (created if new, locked in key order, so claimers on several replicas queue
-#: up behind each other instead of deadlocking), then the earliest future run_at.
-_FIRST_CHUNK = f"""
-WITH picked AS (
-    SELECT id, name, rate_key, concurrency_key, priority, run_at FROM trioforge_jobs
-    WHERE queue = $1 AND status IN {_PENDING} AND run_at <= $2 AND name = ANY($3::text[])
-      AND (requires IS NULL OR requires <@ $4::text[])
-      AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
-    ORDER BY priority DESC, run_at, id
-    LIMIT $5
-    FOR UPDATE SKIP LOCKED
-), keys AS (
-    SELECT 'r:' || rate_key AS k FROM picked WHERE rate_key IS NOT NULL
-    UNION SELECT 'c:' || concurrency_key FROM picked WHERE concurrency_key IS NOT NULL
-), created AS (
-    INSERT INTO trioforge_limits (key) SELECT k FROM keys ORDER BY k
-    ON CONFLICT (key) DO NOTHING
-    RETURNING key, tokens, at
-), existing AS (
-    SELECT key, tokens, at FROM trioforge_limits WHERE key IN (SELECT k FROM keys)
-    ORDER BY key FOR UPDATE
-), locked AS (
-    SELECT key, tokens, at FROM created UNION ALL SELECT key, tokens, at FROM existing
-)
-SELECT id, name, rate_key, concurrency_key, priority, run_at, NULL AS key, NULL::float8 AS
-    tokens, NULL::float8 AS at
-FROM picked
-UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, key, tokens, at FROM locked
-UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, min(run_at), NULL, NULL, NULL FROM trioforge_jobs
-WHERE queue = $1 AND status IN {_PENDING} AND run_at > $2 AND name = ANY($3::text[])
-  AND (requires IS NULL OR requires <@ $4::text[])
-  AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
-"""
-
-#: Step 2 for a later chunk, which already holds locks: waiting now could close a cycle
-#: with another claimer, so rows locked elsewhere are skipped (their jobs wait a moment).
-_TRY_LOCK_LIMITS = """
-WITH new AS (
-    INSERT INTO trioforge_limits (key) SELECT k FROM unnest($1::text[]) AS k ORDER BY k
-    ON CONFLICT (key) DO NOTHING
-    RETURNING key, tokens, at
-), known AS (
-    SELECT key, tokens, at FROM trioforge_limits WHERE key = ANY($1::text[])
-    FOR UPDATE SKIP LOCKED
-)
-SELECT key, tokens, at FROM new UNION ALL SELECT key, tokens, at FROM known
-"""
-
-#: Step 3, a statement of its own so that it sees every claim committed before the locks
-#: were granted: the running jobs per concurrency key.
-_RUNNING_PER_KEY = """
-SELECT concurrency_key, count(*) AS n FROM trioforge_jobs
-WHERE status = 'running' AND concurrency_key = ANY($1::text[])
-GROUP BY concurrency_key
-"""
-
-#: How many of the given jobs are in each queue and state.
-_STATES_OF = """
-SELECT queue, status, count(*) AS n FROM trioforge_jobs WHERE id = ANY($1::bigint[])
-GROUP BY queue, status
-"""
-
-#: Step 4: claim the jobs the gate admitted and store the buckets it changed.
-_CLAIM_IDS = """
-WITH buckets AS (
-    UPDATE trioforge_limits AS l SET tokens = b.tokens, at = b.at
-    FROM unnest($5::text[], $6::float8[], $7::float8[]) AS b(key, tokens, at)
-    WHERE l.key = b.key
-)
-UPDATE trioforge_jobs AS j
-SET status = 'running', attempt = j.attempt + 1, lease = j.lease + 1, lease_owner = $2,
-    lease_until = $3, started_at = $4, error = NULL, progress = NULL, progress_message = NULL
-WHERE j.id = ANY($1::bigint[])
-RETURNING j.id, j.name, j.queue, j.payload, j.priority, j.run_at, j.attempt,
-    j.max_attempts, j.lease, j.timeout, j.trace_context
+#: A flow-controlled claim (see _CLAIM_LIMITED_FUNCTION), with the claimed rows named as
+#: _CLAIM's.
+_CLAIM_LIMITED = """
+SELECT o_id AS id, o_name AS name, o_queue AS queue, o_payload AS payload,
+    o_priority AS priority, o_run_at AS run_at, o_attempt AS attempt,
+    o_max_attempts AS max_attempts, o_lease AS lease, o_timeout AS timeout,
+    o_trace_context AS trace_context, o_next_token_at AS next_token_at, o_held AS held
+FROM trioforge_claim_limited($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 """
 
 #: One statement (so it needs no transaction of its own): the outcomes with their change
@@ -575,8 +714,10 @@ WITH u AS (
         result = u.result, error = u.error
     FROM u WHERE j.id = u.id AND j.status = 'running' AND j.lease = u.lease
     RETURNING j.id, j.lease, j.parent_id, j.status, j.queue, j.finished_at,
-        'running' AS old_status, NULL::float8 AS old_at
-), {_count_moved("done")}, woken AS (
+        'running' AS old_status, NULL::float8 AS old_at, j.concurrency_key
+), {_count_moved("done")}, freed AS (
+    SELECT pg_notify($10, $12) FROM done WHERE concurrency_key IS NOT NULL LIMIT 1
+), woken AS (
     UPDATE trioforge_jobs AS p
     SET run_at = CASE WHEN p.status IN {_PENDING} AND p.run_at > $9 THEN $9 ELSE p.run_at END,
         wake_requested = p.wake_requested OR p.status = 'running'
@@ -592,7 +733,8 @@ WITH u AS (
     ) AS chunks GROUP BY chunk
 )
 SELECT id, lease FROM done
-WHERE (SELECT count(*) FROM notified) + (SELECT count(*) FROM changes) >= 0
+WHERE (SELECT count(*) FROM notified) + (SELECT count(*) FROM changes)
+    + (SELECT count(*) FROM freed) >= 0
 """
 
 #: Wake the workflow runs whose children (ids) just ended, outside a Finish.
@@ -638,15 +780,17 @@ rescued AS (
         lease_owner = NULL, lease_until = NULL
     WHERE status = 'running' AND lease_until <= $1
     RETURNING id, parent_id, status, queue, finished_at, 'running' AS old_status,
-        NULL::float8 AS old_at
+        NULL::float8 AS old_at, concurrency_key
 ), {_count_moved("rescued")}, woken AS (
     UPDATE trioforge_jobs AS p
     SET run_at = CASE WHEN p.status IN {_PENDING} AND p.run_at > $1 THEN $1 ELSE p.run_at END,
         wake_requested = p.wake_requested OR p.status = 'running'
     WHERE p.id IN (SELECT parent_id FROM rescued WHERE status IN {_TERMINAL})
       AND p.id NOT IN (SELECT id FROM rescued)
+), freed AS (
+    SELECT pg_notify($3, $4) FROM rescued WHERE concurrency_key IS NOT NULL LIMIT 1
 )
-SELECT id FROM rescued
+SELECT id FROM rescued WHERE (SELECT count(*) FROM freed) >= 0
 """
 
 
@@ -664,8 +808,6 @@ def _atomic_alone(op: ops.Op) -> bool:
     """Whether the op's writes are one statement, so it needs no explicit transaction."""
     if isinstance(op, ops.Enqueue):
         return all(j.idempotency_key is None for j in op.jobs)
-    if isinstance(op, ops.Claim) and op.limits:
-        return False
     return isinstance(
         op, ops.Claim | ops.Finish | ops.Renew | ops.Progress | ops.Get | ops.GetMany
         | ops.LatestSteps | ops.ListJobs | ops.Rescue | ops.Stats | ops.Throughput
@@ -737,6 +879,8 @@ def parse_notice(payload: str, schema: str | None = None) -> Notice | None:
         if kind == "c":
             job_id, _, scope = rest.partition(":")
             return CancelNotice(int(job_id)) if scope == (schema or "") else None
+        if kind == "f":
+            return SlotsFreedNotice() if rest == (schema or "") else None
     except ValueError:
         pass
     return None  # not ours: ignore
@@ -767,6 +911,7 @@ class PostgresBackend:
         self.max_in_flight = pool_size
         #: The NOTIFY channel of job changes (per schema: other schemas' ids mean nothing).
         self.changes_channel = CHANGES_CHANNEL + (f".{schema}" if schema else "")
+        self._slots_freed = f"f:{schema or ''}"
         self._connect_timeout = connect_timeout
         self._pool: asyncpg.Pool | None = None
         self._handlers: dict[
@@ -909,7 +1054,8 @@ class PostgresBackend:
                 "trioforge_cron, trioforge_paused_queues, trioforge_limits, trioforge_attempts, "
                 "trioforge_workflow_steps, trioforge_workflow_signals, trioforge_counts, "
                 "trioforge_finished, trioforge_schema CASCADE; "
-                "DROP FUNCTION IF EXISTS trioforge_keep_error()"
+                "DROP FUNCTION IF EXISTS trioforge_keep_error(); "
+                "DROP FUNCTION IF EXISTS trioforge_claim_limited"
             )
 
         await self._aio(self._run, drop_tables)
@@ -1160,68 +1306,26 @@ class PostgresBackend:
 
     @staticmethod
     async def _claim_limited(conn: asyncpg.Connection, op: ops.Claim, now: float) -> ClaimResult:
-        """In the batch's transaction: read due jobs a chunk at a time, lock their keys'
-        limit rows, count, let the shared FlowGate decide, claim what it admits."""
-        names, caps = sorted(op.names), sorted(op.capabilities)
-        gate = FlowGate(op.limits, {}, {}, now)
-        picked: list[int] = []
-        seen: list[int] = []
-        upcoming: float | None = None
-        chunk = max(2 * op.limit, 16)
-        while len(picked) < op.limit and len(seen) < FLOW_WINDOW:
-            size = min(chunk, FLOW_WINDOW - len(seen))
-            if not seen:
-                rows = await conn.fetch(_FIRST_CHUNK, op.queue, now, names, caps, size)
-                upcoming = next(r["run_at"] for r in rows if r["id"] is None and r["key"] is None)
-                candidates = [r for r in rows if r["id"] is not None]
-                locked = [r for r in rows if r["key"] is not None]
-            else:
-                candidates = await conn.fetch(_CANDIDATES, op.queue, now, names, caps, size, seen)
-                keys = {f"r:{r['rate_key']}" for r in candidates if r["rate_key"] is not None}
-                keys.update(
-                    f"c:{r['concurrency_key']}"
-                    for r in candidates
-                    if r["concurrency_key"] is not None
-                )
-                locked = await conn.fetch(_TRY_LOCK_LIMITS, sorted(keys)) if keys else []
-            if not candidates:
-                break
-            seen.extend(r["id"] for r in candidates)
-            chunk *= 4
-            keys = {f"r:{r['rate_key']}" for r in candidates if r["rate_key"] is not None}
-            counted = sorted({r["concurrency_key"] for r in candidates} - {None})
-            keys.update(f"c:{k}" for k in counted)
-            running = await conn.fetch(_RUNNING_PER_KEY, counted) if counted else []
-            gate.learn(
-                {r["concurrency_key"]: r["n"] for r in running},
-                {
-                    r["key"][2:]: Bucket(r["tokens"], r["at"])
-                    for r in locked
-                    if r["key"].startswith("r:") and r["tokens"] is not None
-                },
-                busy={k[2:] for k in keys - {r["key"] for r in locked}},
-            )
-            for r in candidates:
-                if len(picked) < op.limit and gate.admit(
-                    r["name"], r["rate_key"], r["concurrency_key"]
-                ):
-                    picked.append(r["id"])
-        buckets = list(gate.buckets.items())
-        # Their states, before the claim moves them all (locked here, so they hold).
-        states = await conn.fetch(_STATES_OF, picked)
-        tally = Tally({(r["queue"], r["status"], None): -r["n"] for r in states})
-        for r in states:
-            tally.add(r["queue"], "running", None, r["n"])
-        await _store(conn, tally)
+        """One statement: the server walks due jobs as FlowGate would and claims what it
+        admits."""
+        names = sorted(op.limits)
+        rates = [op.limits[n].rate for n in names]
+        concurrency = [op.limits[n].concurrency for n in names]
+        ending = sorted(op.ending)
         rows = await conn.fetch(
-            _CLAIM_IDS, picked, op.owner, op.lease_until, now,
-            [f"r:{k}" for k, _ in buckets], [b.tokens for _, b in buckets],
-            [b.at for _, b in buckets],
+            _CLAIM_LIMITED, op.queue, now, sorted(op.names), sorted(op.capabilities),
+            max(op.limit, 0), op.owner, op.lease_until, FLOW_WINDOW, TOKEN_EPSILON, names,
+            [None if r is None else r.per_second for r in rates],
+            [None if r is None else float(r.burst) for r in rates],
+            [None if c is None else c.limit for c in concurrency],
+            [job_id for job_id, _ in ending], [lease for _, lease in ending],
         )  # fmt: skip
         jobs = sorted(
-            (ClaimedJob(*row) for row in rows), key=lambda j: claim_key(j.priority, j.run_at, j.id)
+            (ClaimedJob(*row[:11]) for row in rows if row["id"] is not None),
+            key=lambda j: claim_key(j.priority, j.run_at, j.id),
         )
-        return ClaimResult(tuple(jobs), upcoming, gate.next_token_at, gate.held)
+        last = rows[-1]
+        return ClaimResult(tuple(jobs), last["run_at"], last["next_token_at"], last["held"])
 
     async def _release_orphans(
         self, conn: asyncpg.Connection, op: ops.ReleaseOrphans, now: float
@@ -1258,7 +1362,9 @@ class PostgresBackend:
             )  # fmt: skip
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
-        rows = await conn.fetch(_FINISH, *columns, now, CHANNEL, self.changes_channel)
+        rows = await conn.fetch(
+            _FINISH, *columns, now, CHANNEL, self.changes_channel, self._slots_freed
+        )
         applied = {(r["id"], r["lease"]) for r in rows}
         return [(o.job_id, o.lease) in applied for o in op.outcomes]
 
@@ -1434,9 +1540,8 @@ class PostgresBackend:
             await conn.execute(_WAKE_PARENTS, now, [op.job_id], CHANNEL)
         return bool(status == "UPDATE 1")
 
-    @staticmethod
-    async def _rescue(conn: asyncpg.Connection, op: ops.Rescue, now: float) -> list[int]:
-        rows = await conn.fetch(_RESCUE, now, op.stale_before)
+    async def _rescue(self, conn: asyncpg.Connection, op: ops.Rescue, now: float) -> list[int]:
+        rows = await conn.fetch(_RESCUE, now, op.stale_before, CHANNEL, self._slots_freed)
         return sorted(r["id"] for r in rows)
 
     @staticmethod

@@ -373,6 +373,13 @@ ORDER BY j.priority DESC, j.run_at, j.id
 LIMIT ?5 OFFSET ?6
 """
 
+#: The running attempts among ids, with their concurrency key (those without one: no slot).
+_ENDING = """
+SELECT concurrency_key, id, lease FROM trioforge_jobs
+WHERE id IN (SELECT value FROM json_each(?)) AND status = 'running'
+  AND concurrency_key IS NOT NULL
+"""
+
 _CLAIM_IDS = """
 UPDATE trioforge_jobs
 SET status = 'running', attempt = attempt + 1, lease = lease + 1, lease_owner = ?,
@@ -768,6 +775,12 @@ class SQLiteBackend:
     ) -> ClaimResult:
         """The write lock is held: counts and buckets read here cannot change under us."""
         gate = FlowGate(op.limits, {}, {}, now)
+        ending: dict[str, int] = {}  # per concurrency key: the claimer's ended attempts
+        if op.ending:
+            ids = json.dumps([job_id for job_id, _ in op.ending])
+            for key, job_id, lease in db.execute(_ENDING, (ids,)).fetchall():
+                if (job_id, lease) in op.ending:
+                    ending[key] = ending.get(key, 0) + 1
         picked: dict[int, str] = {}
         seen, chunk = 0, max(2 * op.limit, 16)
         while len(picked) < op.limit and seen < FLOW_WINDOW:
@@ -779,7 +792,7 @@ class SQLiteBackend:
             seen += len(rows)
             chunk *= 4
             gate.learn(
-                {r[3]: r[4] for r in rows if r[3] is not None},
+                {r[3]: r[4] - ending.get(r[3], 0) for r in rows if r[3] is not None},
                 {r[2]: Bucket(r[5], r[6]) for r in rows if r[5] is not None},
             )
             for job_id, name, rate_key, concurrency_key, *_, status in rows:

@@ -14,8 +14,9 @@ import trio_asyncio
 
 import trioforge
 from tests.flow_jobs import RATE, TENANTS, Work, per_tenant, rated
-from tests.postgres import schema_url
+from tests.postgres import schema_url, temporary_schema
 from trioforge import JobState
+from trioforge.storage.postgres import PostgresBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 RATED, PER_TENANT = 60, 30
@@ -93,3 +94,50 @@ async def test_limits_hold_across_three_processes_on_postgres(tmp_path: Path) ->
     for tenant, start, _ in spans:
         overlapping = sum(1 for t, s, e in spans if t == tenant and s <= start < e)
         assert overlapping <= TENANTS.limit, (tenant, start, overlapping)
+
+
+held_registry = trioforge.Registry()
+ONE = trioforge.ConcurrencyLimit("one", 1)
+first_started, first_may_end, second_started, filler_may_end = (trio.Event() for _ in range(4))
+filler_started = trio.Event()
+
+
+@held_registry.job("slot:first", queue="first", concurrency=ONE)
+async def first(ctx: trioforge.JobContext) -> None:
+    first_started.set()
+    await first_may_end.wait()
+
+
+@held_registry.job("slot:second", queue="second", concurrency=ONE)
+async def second(ctx: trioforge.JobContext) -> None:
+    second_started.set()
+
+
+@held_registry.job("slot:filler", queue="second")
+async def filler(ctx: trioforge.JobContext) -> None:
+    filler_started.set()
+    await filler_may_end.wait()
+
+
+async def test_a_job_held_back_in_one_runtime_starts_when_another_frees_the_slot() -> None:
+    """Two runtimes on one PostgreSQL schema, polling once a minute: the slot freed by the
+    first runtime's job reaches the second through a notice, not the next poll."""
+    async with temporary_schema() as backend:
+        other = PostgresBackend(backend.url, schema=backend.schema)
+        async with trioforge.open_runtime(
+            held_registry, database=backend, queues={"first": 1}, poll_interval=60.0
+        ) as one:
+            await one.enqueue(first)
+            await first_started.wait()
+            async with trioforge.open_runtime(
+                held_registry, database=other, queues={"second": 2}, poll_interval=60.0
+            ) as two:
+                waiting = await two.enqueue(second)
+                await two.enqueue(filler, priority=-1)  # behind it in claim order
+                # The filler started, so the claim that took it held the limited job back.
+                await filler_started.wait()
+                assert (await two.get(waiting)).status is JobState.AVAILABLE
+                first_may_end.set()
+                with trio.fail_after(10):  # the poll would take 60 s
+                    await second_started.wait()
+                filler_may_end.set()

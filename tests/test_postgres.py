@@ -18,7 +18,15 @@ import trio_asyncio
 import trioforge
 from tests.postgres import URL, require_postgres, schema_url, temporary_schema
 from trioforge import DatabaseUnavailableError, JobState, SchemaError
-from trioforge.storage import CancelNotice, JobInfo, NewJob, WakeNotice, opened, ops
+from trioforge.storage import (
+    CancelNotice,
+    JobInfo,
+    NewJob,
+    SlotsFreedNotice,
+    WakeNotice,
+    opened,
+    ops,
+)
 from trioforge.storage.postgres import MIGRATIONS, PostgresBackend, parse_notice
 
 
@@ -306,6 +314,13 @@ def test_a_cancel_notice_is_for_the_listeners_own_schema_only() -> None:
     assert parse_notice("c:7:tenant_a", None) is None
     assert parse_notice("c:7", "tenant_b") is None  # an older process on the default tables
     assert parse_notice("w:5.0:q", "tenant_b") == WakeNotice("q", 5.0)
+
+
+def test_a_slots_freed_notice_is_for_the_listeners_own_schema_only() -> None:
+    assert parse_notice("f:", None) == SlotsFreedNotice()
+    assert parse_notice("f:tenant_a", "tenant_a") == SlotsFreedNotice()
+    assert parse_notice("f:tenant_a", "tenant_b") is None
+    assert parse_notice("f:tenant_a", None) is None
 
 
 async def test_cancelling_job_n_in_one_schema_cancels_nothing_in_another() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 
 from tests.contract.test_contract import T0, claim, enqueue, finish, get, job, one
+from tests.contract.test_counts_contract import _check as check_counts
 from trioforge import ConcurrencyLimit, JobState, RateLimit
 from trioforge._rules import Cancelled, JobLimits, Released, Succeeded
 from trioforge.storage import Backend, ClaimResult, NewJob, Outcome, ops
@@ -41,8 +42,11 @@ async def flow_claim(
     limit: int = 10,
     owner: str = "w1",
     capabilities: frozenset[str] = frozenset(),
+    ending: frozenset[tuple[int, int]] = frozenset(),
 ) -> ClaimResult:
-    op = ops.Claim("q", frozenset({"a", "b"}), limit, owner, now + 30, capabilities, limits or {})
+    op = ops.Claim(
+        "q", frozenset({"a", "b"}), limit, owner, now + 30, capabilities, limits or {}, ending
+    )
     result: ClaimResult = await one(backend, op, now)
     return result
 
@@ -167,3 +171,34 @@ async def test_a_claim_reads_past_a_long_run_of_held_back_jobs(backend: Backend)
     [other] = await enqueue(backend, keyed(c="c:y"))
     result = await flow_claim(backend, limits=limits, limit=2)
     assert (ids(result), result.held) == ([held[0], other], True)
+
+
+async def test_a_claimers_ended_attempts_free_their_slots_before_their_outcome_is_written(
+    backend: Backend,
+) -> None:
+    limits = limited(concurrency=ConcurrencyLimit("one", 1))
+    first, second = await enqueue(backend, keyed(c="one"), keyed(c="one"))
+    [attempt] = (await flow_claim(backend, limits=limits)).jobs
+    ended = frozenset({(first, attempt.lease)})
+    other = await flow_claim(backend, limits=limits, owner="w2", ending=frozenset({(second, 1)}))
+    assert (other.jobs, other.held) == ((), True)  # not ended: the attempt still counts
+    assert ids(await flow_claim(backend, limits=limits, ending=ended)) == [second]
+    # Both leases run out; the first job is rescued and claimed again under a new lease:
+    # the old attempt's end frees nothing, the new attempt's would.
+    assert sorted(await one(backend, ops.Rescue(), T0 + 30)) == [first, second]
+    [again] = (await flow_claim(backend, T0 + 30, limits=limits, owner="w2", limit=1)).jobs
+    assert again.id == first
+    stale = await flow_claim(backend, T0 + 30, limits=limits, ending=ended)
+    assert (stale.jobs, stale.held) == ((), True)
+    current = frozenset({(first, again.lease)})
+    assert ids(await flow_claim(backend, T0 + 30, limits=limits, ending=current)) == [second]
+
+
+async def test_a_limited_claim_keeps_the_stored_counts(backend: Backend) -> None:
+    limits = limited(concurrency=ConcurrencyLimit("one", 1), rate=RateLimit("r", 1, burst=2))
+    jobs = await enqueue(
+        backend, keyed(c="one", r="r"), keyed(c="one"), keyed(r="r"), keyed(r="r"), job()
+    )
+    result = await flow_claim(backend, limits=limits)
+    assert ids(result) == [jobs[0], jobs[2], jobs[4]]
+    await check_counts(backend, jobs, T0)

@@ -27,6 +27,7 @@ from trioforge._rules import (
     Failed,
     JobLimits,
     JobState,
+    RateLimit,
     Retry,
     Succeeded,
     attempt_outcome,
@@ -124,6 +125,8 @@ class QueueConfig:
     poll_interval: float
     #: What this process offers jobs that ``require`` capabilities.
     capabilities: frozenset[str] = frozenset()
+    #: The queue's own rate limit, which every job of it starts through.
+    rate_limit: RateLimit | None = None
 
 
 def format_error(exc: BaseException) -> str:
@@ -427,6 +430,7 @@ class QueueSupervisor:
             capabilities=cfg.capabilities,
             limits=limits,
             ending=self._running.ending() if limits else frozenset(),
+            queue_rate=cfg.rate_limit,
         )
         try:
             # Shielded: once claimed, jobs must reach a worker (or be released), never

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import attrs
 
 from trioforge._errors import ConfigurationError
-from trioforge._rules import JobState, Retry
+from trioforge._rules import JobState, RateLimit, Retry
 
-__all__ = ["Queue", "QueueLike", "Retention", "queue_policies", "queue_sizes", "seconds"]
+__all__ = [
+    "Queue",
+    "QueueLike",
+    "Retention",
+    "check_rate_limits",
+    "queue_policies",
+    "queue_sizes",
+    "seconds",
+]
 
 Age = float | dt.timedelta | None
 
@@ -61,6 +69,15 @@ class Queue:
     gives none (a per-enqueue ``max_attempts=`` or ``timeout=`` still wins); ``retention``
     says how long its finished jobs are kept. A plain int in ``queues=`` is
     ``Queue(that int)``.
+
+    ``rate_limit`` is not a default but a cap on the whole queue: every start of any job
+    in it (retries and workflow resumptions included, whoever enqueued it) takes a token
+    from the limit's bucket, so at most ``rate/per * W + burst`` jobs of the queue start
+    in any W seconds, across every process. A job's own ``rate_limit`` applies as well
+    (it starts once both buckets have a token; one token if both are the same bucket).
+    The limit is enforced by the claims of the processes serving the queue: give every
+    one of them the same ``Queue(rate_limit=...)``. It has no ``key`` (the queue's jobs
+    share one bucket); it shares the bucket of any job or queue limit of the same name.
     """
 
     workers: int
@@ -68,6 +85,8 @@ class Queue:
     timeout: float | None = None
     #: How long its finished jobs are kept (None: ``open_runtime``'s ``retention``).
     retention: Retention | None = None
+    #: A token bucket every job of the queue starts through (see above).
+    rate_limit: RateLimit | None = None
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
@@ -78,6 +97,15 @@ class Queue:
             raise ConfigurationError("Queue timeout must be > 0 seconds or None")
         if self.retention is not None and not isinstance(self.retention, Retention):
             raise ConfigurationError("Queue retention must be a trioforge.Retention")
+        if self.rate_limit is not None and not isinstance(self.rate_limit, RateLimit):
+            raise ConfigurationError(
+                f"Queue rate_limit must be a trioforge.RateLimit, got {self.rate_limit!r}"
+            )
+        if self.rate_limit is not None and self.rate_limit.key is not None:
+            raise ConfigurationError(
+                f"Queue rate_limit {self.rate_limit.name!r} cannot have a key: a queue's "
+                "jobs share one bucket; give the jobs a RateLimit(key=...) of their own"
+            )
 
 
 QueueLike = Queue | int
@@ -99,6 +127,24 @@ def _policy(name: object, value: object) -> Queue:
 def queue_policies(queues: Mapping[str, QueueLike] | None) -> dict[str, Queue]:
     """``queues=`` as checked :class:`Queue` policies (ints become ``Queue(n)``)."""
     return {name: _policy(name, value) for name, value in (queues or {}).items()}
+
+
+def check_rate_limits(policies: Mapping[str, Queue], declared: Iterable[RateLimit]) -> None:
+    """Rate limits of one name, on queues or jobs, share one bucket: they must agree."""
+    known: dict[str, RateLimit] = {}
+    for limit in declared:
+        known.setdefault(limit.name, limit)
+    for queue, policy in policies.items():
+        if policy.rate_limit is None:
+            continue
+        limit = policy.rate_limit
+        other = known.setdefault(limit.name, limit)
+        if other != limit:
+            raise ConfigurationError(
+                f"queue {queue!r}: rate limit {limit.name!r} is already declared as "
+                f"{other!r}; limits of one name share a bucket and must give it the "
+                "same settings (or use another name)"
+            )
 
 
 def queue_sizes(policies: Mapping[str, Queue]) -> dict[str, int]:

@@ -548,10 +548,13 @@ class FlowGate:
     """Decides, job by job in claim order, which due jobs one claim may start.
 
     ``running`` counts running jobs per concurrency key and ``buckets`` holds the stored
-    buckets of the rate keys involved, as read in the claim's transaction. After the walk,
-    :attr:`buckets` holds the buckets to store back, :attr:`next_token_at` the earliest
-    time a job held back by a rate limit gets a token, and :attr:`held` whether a
-    concurrency limit held any job back (it frees when a running one ends).
+    buckets of the rate keys involved, as read in the claim's transaction. ``queue_rate``
+    is the claimed queue's own limit (``Queue(rate_limit=)``): every job of the queue
+    takes a token from its bucket as well as from its own (one token when both are the
+    same bucket). After the walk, :attr:`buckets` holds the buckets to store back,
+    :attr:`next_token_at` the earliest time a job held back by a rate limit gets a token,
+    and :attr:`held` whether a concurrency limit held any job back (it frees when a
+    running one ends).
     """
 
     def __init__(
@@ -560,8 +563,10 @@ class FlowGate:
         running: Mapping[str, int],
         buckets: Mapping[str, Bucket],
         now: float,
+        queue_rate: RateLimit | None = None,
     ) -> None:
         self._limits = limits
+        self._queue_rate = queue_rate
         self._running = dict(running)
         self._stored = buckets
         self._now = now
@@ -584,15 +589,33 @@ class FlowGate:
         self._stored = {**buckets, **self._stored}
         self._busy |= busy
 
+    def _rates(self, limits: JobLimits | None, rate_key: str | None) -> list[tuple[str, RateLimit]]:
+        """The buckets a job takes a token from: its own, and its queue's."""
+        rates = []
+        if limits is not None and limits.rate is not None and rate_key is not None:
+            rates.append((rate_key, limits.rate))
+        queue = self._queue_rate
+        if queue is not None and queue.name != rate_key:
+            rates.append((queue.name, queue))
+        return rates
+
+    def _bucket(self, key: str, limit: RateLimit) -> Bucket:
+        return self.buckets.get(key) or refill(self._stored.get(key), limit, self._now)
+
     def admit(self, name: str, rate_key: str | None, concurrency_key: str | None) -> bool:
-        """Whether the job may start now; if so, it takes its slot and its token."""
+        """Whether the job may start now; if so, it takes its slot and its tokens."""
         limits = self._limits.get(name)
-        if limits is None:
+        rates = self._rates(limits, rate_key)
+        concurrency = limits.concurrency if limits is not None else None
+        if concurrency_key is None:
+            concurrency = None
+        if concurrency is None and not rates:
             return True
-        if self._busy and (concurrency_key in self._busy or rate_key in self._busy):
+        if self._busy and (
+            concurrency_key in self._busy or any(key in self._busy for key, _ in rates)
+        ):
             self.held = True  # look again soon: the other claim is about to commit
             return False
-        concurrency = limits.concurrency if concurrency_key is not None else None
         if (
             concurrency is not None
             and concurrency_key is not None
@@ -600,18 +623,21 @@ class FlowGate:
         ):
             self.held = True
             return False
-        rate = limits.rate if rate_key is not None else None
-        if rate is not None and rate_key is not None:
-            bucket = self.buckets.get(rate_key) or refill(
-                self._stored.get(rate_key), rate, self._now
-            )
-            if (1.0 - bucket.tokens) / rate.per_second > TOKEN_EPSILON:
-                self.buckets[rate_key] = bucket
-                at = max(next_token_at(bucket, rate), self._now + TOKEN_EPSILON)
-                if self.next_token_at is None or at < self.next_token_at:
-                    self.next_token_at = at
-                return False
-            self.buckets[rate_key] = Bucket(max(0.0, bucket.tokens - 1.0), bucket.at)
+        buckets = [(key, rate, self._bucket(key, rate)) for key, rate in rates]
+        short = [
+            (rate, bucket)
+            for _, rate, bucket in buckets
+            if (1.0 - bucket.tokens) / rate.per_second > TOKEN_EPSILON
+        ]
+        if short:  # it starts once every one of its buckets has a token
+            for key, _, bucket in buckets:
+                self.buckets[key] = bucket
+            at = max(self._now + TOKEN_EPSILON, *(next_token_at(b, r) for r, b in short))
+            if self.next_token_at is None or at < self.next_token_at:
+                self.next_token_at = at
+            return False
+        for key, _, bucket in buckets:
+            self.buckets[key] = Bucket(max(0.0, bucket.tokens - 1.0), bucket.at)
         if concurrency is not None and concurrency_key is not None:
             self._running[concurrency_key] = self._running.get(concurrency_key, 0) + 1
         return True

@@ -26,7 +26,15 @@ from trioforge._errors import (
     unwrapped,
 )
 from trioforge._payloads import decode, encode_result
-from trioforge._policy import Queue, QueueLike, Retention, queue_policies, queue_sizes, seconds
+from trioforge._policy import (
+    Queue,
+    QueueLike,
+    Retention,
+    check_rate_limits,
+    queue_policies,
+    queue_sizes,
+    seconds,
+)
 from trioforge._registry import AttemptEnd, CronTick, JobDefinition, Registry, check_capabilities
 from trioforge._rules import AttemptOutcome, JobLimits, Retry, failure_outcome
 from trioforge._workflow import WorkflowAttempt, WorkflowContext
@@ -438,6 +446,7 @@ class _Settings:
         if queues is None:
             queues = {name: DEFAULT_CONCURRENCY for name in sorted(registry.queues())}
         policies = queue_policies(queues)
+        check_rate_limits(policies, (d.rate_limit for d in registry if d.rate_limit is not None))
         if not 0 < heartbeat_interval < lease_seconds:
             raise ConfigurationError(
                 "heartbeat_interval must be > 0 and shorter than lease_seconds"
@@ -528,7 +537,11 @@ class _Parts:
 
     def supervisor(self, name: str, size: int) -> QueueSupervisor:
         s = self.settings
-        config = QueueConfig(name, size, s.owner, s.lease_seconds, s.poll_interval, s.capabilities)
+        policy = s.policies.get(name)
+        config = QueueConfig(
+            name, size, s.owner, s.lease_seconds, s.poll_interval, s.capabilities,
+            rate_limit=None if policy is None else policy.rate_limit,
+        )  # fmt: skip
         supervisor = QueueSupervisor(
             config, self.jobs, self.storage, self.running, self.finished, s.clock,
             held=self.held,

@@ -13,7 +13,7 @@ from typing import Any, TypeAlias
 
 import attrs
 
-from trioforge._rules import JobLimits, JobState
+from trioforge._rules import JobLimits, JobState, RateLimit
 from trioforge.storage._records import NewJob, Outcome, ProcessDetails, StepRecord
 
 __all__ = [
@@ -69,7 +69,8 @@ class Claim:
     """-> ClaimResult: up to ``limit`` due jobs of ``queue`` whose name is in ``names`` and
     whose required capabilities are all in ``capabilities``; none (and no next run_at)
     while the queue is paused. Jobs whose name has ``limits`` start only as their
-    concurrency and rate limits allow (``FlowGate``, in this claim's transaction).
+    concurrency and rate limits allow (``FlowGate``, in this claim's transaction), and
+    every job only as ``queue_rate`` (the queue's own rate limit) allows.
     ``ending`` names attempts ``(job id, lease)`` of this claimer whose handler has
     returned but whose outcome is not recorded yet: they no longer take a concurrency slot,
     so a claim made meanwhile sees the slots they free."""
@@ -82,6 +83,12 @@ class Claim:
     capabilities: Set[str] = frozenset()
     limits: Mapping[str, JobLimits] = attrs.field(factory=dict)
     ending: Set[tuple[int, int]] = frozenset()
+    queue_rate: RateLimit | None = None
+
+    @property
+    def flow_controlled(self) -> bool:
+        """Whether some limit applies (the claim then goes through a ``FlowGate``)."""
+        return bool(self.limits) or self.queue_rate is not None
 
 
 @attrs.frozen

@@ -358,8 +358,10 @@ class MemoryBackend:
             return row.name in op.names and row.requires <= op.capabilities
 
         gate = (
-            FlowGate(op.limits, self._running_excluding(op.ending), self._buckets, now)
-            if op.limits
+            FlowGate(
+                op.limits, self._running_excluding(op.ending), self._buckets, now, op.queue_rate
+            )
+            if op.flow_controlled
             else None
         )
         picked: list[_Row] = []

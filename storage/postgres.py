@@ -36,11 +36,15 @@ from trioforge._rules import (
     FLOW_WINDOW,
     TERMINAL_STATES,
     TOKEN_EPSILON,
+    Bucket,
     JobState,
+    RateLimit,
     Released,
     Suspended,
     claim_key,
     next_state,
+    next_token_at,
+    refill,
 )
 from trioforge.storage import _ops as ops
 from trioforge.storage._backend import Changed
@@ -682,6 +686,26 @@ WHERE queue = $1 AND status IN {_PENDING} AND run_at > $2 AND name = ANY($3::tex
   AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
 """
 
+#: A queue's own rate limit (``Queue(rate_limit=)``) around a claim: its bucket's lock (the
+#: advisory lock the claim function takes for a rate key), read, and stored back.
+_LOCK_LIMIT_KEY = "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ':' || $1, 0))"
+_READ_BUCKET = "SELECT tokens, at FROM trioforge_limits WHERE key = $1"
+_STORE_BUCKET = """
+INSERT INTO trioforge_limits (key, tokens, at) VALUES ($1, $2, $3)
+ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, at = excluded.at
+"""
+#: Claimed jobs whose own bucket is the queue's (the claim function took their token).
+_SHARING_BUCKET = (
+    "SELECT count(*) FROM trioforge_jobs WHERE id = ANY($1::bigint[]) AND rate_key = $2"
+)
+
+
+def _bucket(row: asyncpg.Record | None, rate: RateLimit, now: float) -> Bucket:
+    """A stored bucket (None: none yet), refilled to ``now``."""
+    stored = None if row is None or row["tokens"] is None else Bucket(row["tokens"], row["at"])
+    return refill(stored, rate, now)
+
+
 #: A flow-controlled claim (see _CLAIM_LIMITED_FUNCTION), with the claimed rows named as
 #: _CLAIM's.
 _CLAIM_LIMITED = """
@@ -808,6 +832,8 @@ def _atomic_alone(op: ops.Op) -> bool:
     """Whether the op's writes are one statement, so it needs no explicit transaction."""
     if isinstance(op, ops.Enqueue):
         return all(j.idempotency_key is None for j in op.jobs)
+    if isinstance(op, ops.Claim) and op.queue_rate is not None:
+        return False
     return isinstance(
         op, ops.Claim | ops.Finish | ops.Renew | ops.Progress | ops.Get | ops.GetMany
         | ops.LatestSteps | ops.ListJobs | ops.Rescue | ops.Stats | ops.Throughput
@@ -1291,6 +1317,8 @@ class PostgresBackend:
 
     @staticmethod
     async def _claim(conn: asyncpg.Connection, op: ops.Claim, now: float) -> ClaimResult:
+        if op.queue_rate is not None:
+            return await PostgresBackend._claim_queue_limited(conn, op, op.queue_rate, now)
         if op.limits:
             return await PostgresBackend._claim_limited(conn, op, now)
         rows = await conn.fetch(
@@ -1326,6 +1354,34 @@ class PostgresBackend:
         )
         last = rows[-1]
         return ClaimResult(tuple(jobs), last["run_at"], last["next_token_at"], last["held"])
+
+    @staticmethod
+    async def _claim_queue_limited(
+        conn: asyncpg.Connection, op: ops.Claim, rate: RateLimit, now: float
+    ) -> ClaimResult:
+        """In the batch's transaction, under the queue bucket's lock (the one the claim
+        function takes for a rate key): the claim capped at the bucket's whole tokens, then
+        a token taken for each job claimed (the function has taken those of jobs whose own
+        bucket it is)."""
+        key = f"r:{rate.name}"
+        await conn.execute(_LOCK_LIMIT_KEY, key)
+        before = _bucket(await conn.fetchrow(_READ_BUCKET, key), rate, now)
+        whole = int(before.tokens + TOKEN_EPSILON * rate.per_second)
+        capped = attrs.evolve(op, limit=min(op.limit, whole), queue_rate=None)
+        result = await PostgresBackend._claim(conn, capped, now)
+        ids = [j.id for j in result.jobs]
+        shared = any(
+            lim.rate is not None and lim.rate.name == rate.name for lim in op.limits.values()
+        )
+        own = await conn.fetchval(_SHARING_BUCKET, ids, rate.name) if ids and shared else 0
+        after = _bucket(await conn.fetchrow(_READ_BUCKET, key), rate, now)
+        left = Bucket(max(0.0, after.tokens - (len(ids) - own)), after.at)
+        await conn.execute(_STORE_BUCKET, key, left.tokens, left.at)
+        next_at = result.next_token_at
+        if capped.limit < op.limit and len(ids) == capped.limit:  # the queue held jobs back
+            at = max(next_token_at(left, rate), now + TOKEN_EPSILON)
+            next_at = at if next_at is None else min(next_at, at)
+        return attrs.evolve(result, next_token_at=next_at)
 
     async def _release_orphans(
         self, conn: asyncpg.Connection, op: ops.ReleaseOrphans, now: float

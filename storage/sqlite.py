@@ -754,7 +754,7 @@ class SQLiteBackend:
         paused, upcoming = db.execute(_PAUSED_AND_UPCOMING, (op.queue, now, names, caps)).fetchone()
         if paused:
             return ClaimResult((), None)
-        if op.limits:
+        if op.flow_controlled:
             return self._claim_limited(db, op, now, names, caps, upcoming)
         due = (op.queue, now, names, caps, max(op.limit, 0))
         states = db.execute(_DUE_STATES, due).fetchall()
@@ -774,7 +774,14 @@ class SQLiteBackend:
         upcoming: float | None,
     ) -> ClaimResult:
         """The write lock is held: counts and buckets read here cannot change under us."""
-        gate = FlowGate(op.limits, {}, {}, now)
+        gate = FlowGate(op.limits, {}, {}, now, op.queue_rate)
+        if op.queue_rate is not None:
+            stored = db.execute(
+                "SELECT tokens, at FROM trioforge_limits WHERE key = ?",
+                (f"r:{op.queue_rate.name}",),
+            ).fetchone()
+            if stored is not None:
+                gate.learn({}, {op.queue_rate.name: Bucket(*stored)})
         ending: dict[str, int] = {}  # per concurrency key: the claimer's ended attempts
         if op.ending:
             ids = json.dumps([job_id for job_id, _ in op.ending])

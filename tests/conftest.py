@@ -48,3 +48,16 @@ async def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     else:
         async with schema_url() as url:
             yield url
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """A database that a runtime and a client open at the same time, each with a storage
+    of its own (memory: one backend object, in-process)."""
+    if request.param == "memory":
+        yield MemoryBackend()
+    elif request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'jobs.db'}"
+    else:
+        async with schema_url() as url:
+            yield url

@@ -1,10 +1,12 @@
-"""Flow control through the whole runtime: capabilities on every backend, and concurrency
-and rate limits as hypothesis properties in virtual time (memory backend, MockClock)."""
+"""Flow control through the whole runtime: capabilities and queue rate limits on every
+backend, and concurrency and rate limits as hypothesis properties in virtual time (memory
+backend, MockClock)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import pytest
@@ -15,7 +17,15 @@ from hypothesis import strategies as st
 import trioforge
 from tests.conftest import FAST
 from tests.virtual import run_virtual
-from trioforge import ConcurrencyLimit, JobContext, JobState, RateLimit, Registry, VirtualClock
+from trioforge import (
+    ConcurrencyLimit,
+    JobContext,
+    JobState,
+    Queue,
+    RateLimit,
+    Registry,
+    VirtualClock,
+)
 from trioforge.storage import Backend, MemoryBackend, ops
 
 #: Long enough that nothing in these tests may wait for a poll: wake-ups must do it.
@@ -213,3 +223,119 @@ def test_a_rate_limit_starts_jobs_as_its_tokens_come_without_polling(
             assert j - i + 1 <= per_second * window + burst
     # Sleeping until each next token: about one claim per token time, no busy polling.
     assert backend.claims <= 2 * jobs + 2
+
+
+def assert_within(starts: Sequence[float], limit: RateLimit) -> None:
+    """In any window between two starts, at most ``rate/per * W + burst`` starts (with
+    10 us of slack: epoch times round to ~0.2 us, and a token due within a microsecond
+    is taken)."""
+    starts = sorted(starts)
+    for i, first in enumerate(starts):
+        for j in range(i, len(starts)):
+            assert j - i + 1 <= limit.per_second * (starts[j] - first + 1e-5) + limit.burst
+
+
+EMAILS = RateLimit("emails", rate=10, per=1, burst=3)
+#: A job's own limit, within the queue's: its jobs start through both buckets.
+DIGESTS = RateLimit("digests", rate=1, per=1, burst=2)
+
+
+def mail_registry(starts: list[tuple[str, float]] | None = None, clock: Any = None) -> Registry:
+    registry = Registry()
+
+    @registry.job("mail", queue="emails")
+    async def mail(ctx: JobContext, n: int) -> None:
+        if starts is not None:
+            starts.append(("mail", clock[0].now()))
+
+    @registry.job("digest", queue="emails", rate_limit=DIGESTS)
+    async def digest(ctx: JobContext, n: int) -> None:
+        if starts is not None:
+            starts.append(("digest", clock[0].now()))
+
+    return registry
+
+
+async def test_a_queue_rate_limit_holds_across_processes_for_jobs_enqueued_anywhere(
+    shared: Any,
+) -> None:
+    registry = mail_registry()
+    async with trioforge.open_client(shared, registry=registry) as client:  # no queue policy
+        ids = await client.enqueue_many("mail", range(14))
+        ids += await client.enqueue_many("digest", range(3))
+    queues = {"emails": Queue(4, rate_limit=EMAILS)}
+    async with (
+        trioforge.open_runtime(registry, database=shared, queues=queues, owner="a", **FAST) as rt,
+        trioforge.open_runtime(registry, database=shared, queues=queues, owner="b", **FAST),
+    ):
+        with trio.fail_after(30):
+            infos = [await rt.wait(job_id) for job_id in ids]
+    assert {info.status for info in infos} == {JobState.COMPLETED}
+    # The claim's own instants, as stored: what the buckets were refilled by.
+    starts = [info.started_at for info in infos if info.started_at is not None]
+    assert len(starts) == len(ids)
+    assert_within(starts, EMAILS)
+    assert_within([i.started_at for i in infos if i.name == "digest" and i.started_at], DIGESTS)
+    assert max(starts) - min(starts) >= (len(ids) - EMAILS.burst) / EMAILS.per_second - 1e-3
+
+
+@given(
+    rate=st.integers(min_value=1, max_value=10),
+    per=st.sampled_from([0.5, 1.0, 2.0]),
+    burst=st.integers(min_value=1, max_value=4),
+    kinds=st.lists(st.sampled_from(["mail", "digest"]), min_size=1, max_size=24),
+    workers=st.integers(min_value=1, max_value=6),
+    replicas=st.integers(min_value=1, max_value=2),
+)
+@settings(deadline=None)
+def test_a_queue_rate_limit_caps_all_its_jobs_in_virtual_time(
+    rate: int, per: float, burst: int, kinds: list[str], workers: int, replicas: int
+) -> None:
+    limit = RateLimit("emails", rate=rate, per=per, burst=burst)
+    starts: list[tuple[str, float]] = []
+    clock_box: list[VirtualClock] = []
+    registry = mail_registry(starts, clock_box)
+    backend = CountingBackend()
+
+    async def scenario(backend: MemoryBackend, clock: VirtualClock) -> None:
+        clock_box.append(clock)
+        async with trioforge.open_client(backend, clock=clock, registry=registry) as client:
+            ids = [await client.enqueue(kind, n) for n, kind in enumerate(kinds)]
+        t0 = clock.now()
+        queues = {"emails": Queue(workers, rate_limit=limit)}
+        async with trio.open_nursery() as nursery:
+            runtimes = []
+            for i in range(replicas):
+                runtimes.append(
+                    await nursery.start(replica, backend, clock, queues, f"r{i}")
+                )  # fmt: skip
+            bound = len(kinds) / limit.per_second + kinds.count("digest") + 1
+            with trio.fail_after(bound):
+                for job_id in ids:
+                    assert (await runtimes[0].wait(job_id)).status is JobState.COMPLETED
+            nursery.cancel_scope.cancel()
+        starts[:] = [(kind, at - t0) for kind, at in starts]
+
+    async def replica(
+        backend: MemoryBackend,
+        clock: VirtualClock,
+        queues: dict[str, Queue],
+        owner: str,
+        *,
+        task_status: trio.TaskStatus[trioforge.Runtime],
+    ) -> None:
+        async with trioforge.open_runtime(
+            registry, database=backend, clock=clock, queues=queues, owner=owner,
+            poll_interval=NEVER,
+        ) as rt:  # fmt: skip
+            task_status.started(rt)
+            await trio.sleep_forever()
+
+    run_virtual(scenario, backend)
+    assert len(starts) == len(kinds)
+    assert_within([at for _, at in starts], limit)
+    assert_within([at for kind, at in starts if kind == "digest"], DIGESTS)
+    if "digest" not in kinds:  # the k-th start is when the queue's k-th token exists
+        expected = [max(0.0, (k - burst + 1) / limit.per_second) for k in range(len(kinds))]
+        assert [at for _, at in starts] == pytest.approx(expected, abs=1e-5)
+    assert backend.claims <= replicas * (2 * len(kinds) + 2)  # it sleeps until tokens come

@@ -3,8 +3,6 @@ clients that share only the database."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,26 +10,12 @@ import trio
 
 import trioforge
 from tests.conftest import FAST
-from tests.postgres import schema_url
 from tests.virtual import run_virtual
 from trioforge import JobContext, JobState, Registry, VirtualClock
 from trioforge.storage import MemoryBackend
 
 #: A client that would notice nothing for a minute if it had to poll.
 NO_POLLING = 60.0
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    """A database that a runtime and a client open at the same time, each with a storage
-    of its own (memory: one backend object, in-process)."""
-    if request.param == "memory":
-        yield MemoryBackend()
-    elif request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'jobs.db'}"
-    else:
-        async with schema_url() as url:
-            yield url
 
 
 def make_registry() -> tuple[Registry, dict[str, trio.Event]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 
 import attrs
 import pytest
@@ -10,7 +11,7 @@ import trio
 
 import trioforge
 from tests.conftest import FAST
-from trioforge import JobContext, JobState, Queue, Registry, Retry
+from trioforge import JobContext, JobState, Queue, RateLimit, Registry, Retry
 from trioforge.storage import Backend
 
 FLAKY = Retry(max_attempts=4, base_delay=0, discard_on=(TypeError,))
@@ -133,6 +134,40 @@ def test_a_queue_policy_checks_its_fields() -> None:
         Queue(1, timeout=0)
     with pytest.raises(trioforge.ConfigurationError, match="Retry"):
         Queue(1, retry=3)  # type: ignore[arg-type]
+    with pytest.raises(trioforge.ConfigurationError, match=r"trioforge\.RateLimit"):
+        Queue(1, rate_limit=5)  # type: ignore[arg-type]
+    with pytest.raises(trioforge.ConfigurationError, match=r"cannot have a key.*of their own"):
+        Queue(1, rate_limit=RateLimit("emails", 5, key=lambda p: p))
+
+
+def test_a_queue_rate_limit_must_agree_with_limits_of_its_name() -> None:
+    registry = Registry()
+    registry.job("send", queue="emails", rate_limit=RateLimit("smtp", 10))(slow_handler)
+    same = {"emails": Queue(2, rate_limit=RateLimit("smtp", 10))}
+    other: dict[str, Queue | int] = {
+        "emails": Queue(2, rate_limit=RateLimit("emails", 3)),
+        "bulk": 1,
+    }
+
+    async def main(queues: Mapping[str, Queue | int]) -> None:
+        async with trioforge.open_runtime(registry, database="memory://", queues=queues):
+            pass
+
+    trio.run(main, same)  # one bucket, one set of settings
+    trio.run(main, other)  # another name: a bucket of its own
+    clash = {"emails": Queue(2, rate_limit=RateLimit("smtp", 20))}
+    with pytest.raises(trioforge.ConfigurationError, match=r"queue 'emails'.*same settings"):
+        trio.run(main, clash)
+    queues = {
+        "a": Queue(1, rate_limit=RateLimit("x", 1)),
+        "b": Queue(1, rate_limit=RateLimit("x", 2)),
+    }
+    with pytest.raises(trioforge.ConfigurationError, match=r"queue 'b': rate limit 'x'"):
+        trio.run(main, queues)
+
+
+async def slow_handler(ctx: JobContext) -> None:
+    await trio.sleep_forever()
 
 
 @attrs.frozen

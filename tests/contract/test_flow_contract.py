@@ -43,9 +43,18 @@ async def flow_claim(
     owner: str = "w1",
     capabilities: frozenset[str] = frozenset(),
     ending: frozenset[tuple[int, int]] = frozenset(),
+    queue_rate: RateLimit | None = None,
 ) -> ClaimResult:
     op = ops.Claim(
-        "q", frozenset({"a", "b"}), limit, owner, now + 30, capabilities, limits or {}, ending
+        "q",
+        frozenset({"a", "b"}),
+        limit,
+        owner,
+        now + 30,
+        capabilities,
+        limits or {},
+        ending,
+        queue_rate,
     )
     result: ClaimResult = await one(backend, op, now)
     return result
@@ -202,3 +211,28 @@ async def test_a_limited_claim_keeps_the_stored_counts(backend: Backend) -> None
     result = await flow_claim(backend, limits=limits)
     assert ids(result) == [jobs[0], jobs[2], jobs[4]]
     await check_counts(backend, jobs, T0)
+
+
+async def test_a_queue_rate_limit_holds_for_every_job_of_the_queue(backend: Backend) -> None:
+    queue = RateLimit("q-rate", rate=2, per=1, burst=2)
+    limits = {"a": JobLimits(RateLimit("api", rate=1, per=60))}
+    p1, a1, a2, p2, p3 = await enqueue(
+        backend, keyed("b"), keyed(r="api"), keyed(r="api"), keyed("b"), keyed("b")
+    )
+    first = await flow_claim(backend, limits=limits, queue_rate=queue)
+    assert (ids(first), first.next_token_at) == ([p1, a1], T0 + 0.5)  # the queue's burst
+    # Another owner, the same bucket; a2 waits for its own token and takes none of the queue's.
+    second = await flow_claim(backend, T0 + 0.5, limits=limits, queue_rate=queue, owner="w2")
+    assert (ids(second), second.next_token_at) == ([p2], T0 + 1.0)
+    assert (await flow_claim(backend, T0 + 0.75, limits=limits, queue_rate=queue)).jobs == ()
+    third = await flow_claim(backend, T0 + 10, limits=limits, queue_rate=queue)
+    assert (ids(third), third.next_token_at) == ([p3], T0 + 60)
+    assert ids(await flow_claim(backend, T0 + 60, limits=limits, queue_rate=queue)) == [a2]
+
+
+async def test_the_queue_limit_a_starting_job_shares_costs_it_one_token(backend: Backend) -> None:
+    shared = RateLimit("shared", rate=1, per=60, burst=2)
+    limits = {"a": JobLimits(shared)}
+    both = await enqueue(backend, keyed(r="shared"), keyed(r="shared"), keyed("b"))
+    result = await flow_claim(backend, limits=limits, queue_rate=shared)
+    assert (ids(result), result.next_token_at) == (both[:2], T0 + 60)

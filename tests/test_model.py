@@ -10,6 +10,10 @@ count must equal the simulation's exactly. That covers: no job starts before its
 per queue, each free slot takes the due job first in claim order; attempts and backoff gaps
 follow the rules; a cancelled running job stops at the instant of the cancel and is never
 retried; a shrunk pool lets running jobs finish; every job ends in one terminal state.
+Flow control: concurrency keys (a slot per key across both queues) and rate limits (token
+buckets: one shared by name, one per key of a keyed limit, and each queue's own
+``Queue(rate_limit=)`` that every job of the queue starts through, possibly the shared
+one): the simulation predicts which due jobs are claimable at each instant.
 
 Instants: delays, durations and backoff are whole seconds; cancels and resizes land on
 sixty-fourths in between. Events of one queue that coincide at such an instant are
@@ -17,6 +21,11 @@ ordered by nothing the rules say, so ``simulate`` reports them and the example i
 In real time a retry's run_at is its failure's instant plus the real lag of that failure,
 so a retry falling due at the same whole second as another event of its queue is ordered
 by that lag, not by the rules: ``simulate(..., lagged=True)`` drops those examples too.
+A token arriving is an event of the queues waiting for it. When a bucket runs dry at an
+instant, who gets its last tokens depends on the order the runtime's claims happen in at
+that instant (two queues' fetchers; a claim before or after a concurrency slot frees), so
+such an instant, if any claim at it could have been made in another order, is dropped too.
+Rates are binary fractions (tokens per second), so every token time is exact.
 
 Profiles: ``make test`` runs a fast one; ``make test-deep`` (HYPOTHESIS_PROFILE=deep) runs
 thousands of examples.
@@ -28,7 +37,7 @@ import math
 import os
 import tempfile
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import pytest
@@ -42,8 +51,10 @@ from trioforge import (
     Clock,
     ConcurrencyLimit,
     JobContext,
+    JobDefinition,
     JobState,
     Priority,
+    RateLimit,
     Retry,
     VirtualClock,
     WallClock,
@@ -68,6 +79,29 @@ class JobSpec:
     #: Its concurrency key: at most ``Scenario.limit`` jobs of one key run at once, across
     #: both queues (None: no limit).
     key: str | None = None
+    #: Its own rate limit: ``"shared"`` (one bucket for every such job, in both queues),
+    #: or a key of the keyed limit ``"tenant"`` (a bucket per key); None: none.
+    rate: str | None = None
+
+
+@attrs.frozen
+class Rate:
+    """A token bucket's settings: ``per_second`` tokens a second, up to ``burst``."""
+
+    per_second: float
+    burst: int
+
+    def limit(self, name: str, key: Any = None) -> RateLimit:
+        return RateLimit(name, rate=self.per_second, per=1.0, burst=self.burst, key=key)
+
+
+@attrs.frozen
+class QueueRate:
+    """A queue's own rate limit: ``name`` is its bucket (``"shared"``: the jobs' shared
+    bucket, with its settings)."""
+
+    name: str
+    rate: Rate
 
 
 @attrs.frozen
@@ -85,6 +119,20 @@ class Scenario:
     retry: Retry
     timeout: int = 7  # seconds a hanging attempt lasts before it times out
     limit: int = 1  # running jobs per concurrency key
+    #: The settings of the jobs' own rate limits (``"shared"`` and ``"tenant"``).
+    rate: Rate = Rate(1.0, 1)
+    #: Each queue's own rate limit, if it has one.
+    queue_rates: Mapping[str, QueueRate] = attrs.field(factory=dict)
+
+    def buckets(self, job: JobSpec) -> tuple[tuple[str, Rate], ...]:
+        """The buckets ``job`` takes a token from when it starts, by name."""
+        own = []
+        if job.rate is not None:
+            own.append(("shared" if job.rate == "shared" else f"tenant:{job.rate}", self.rate))
+        queue = self.queue_rates.get(job.queue)
+        if queue is not None and all(name != queue.name for name, _ in own):
+            own.append((queue.name, queue.rate))
+        return tuple(own)
 
 
 @attrs.frozen
@@ -117,6 +165,32 @@ def simulate(scenario: Scenario, *, lagged: bool = False) -> list[Outcome]:
     size = dict(scenario.sizes)
     resizes = sorted(scenario.resizes, key=lambda r: r.at)
     now = 0.0
+    stored: dict[str, tuple[float, float]] = {}  # bucket -> (tokens, as of when)
+
+    def tokens(name: str, rate: Rate) -> float:
+        if name not in stored:
+            return float(rate.burst)
+        held, at = stored[name]
+        return min(float(rate.burst), held + (now - at) * rate.per_second)
+
+    def token_at(i: int) -> float:
+        """When every bucket of job ``i`` holds a token (now, if they do)."""
+        return max(
+            [now]
+            + [
+                now + (1.0 - tokens(name, rate)) / rate.per_second
+                for name, rate in scenario.buckets(jobs[i])
+            ]
+        )
+
+    def arrived(i: int) -> bool:
+        """Whether a bucket of job ``i`` gets the token it lacked exactly now."""
+        return any(
+            name in stored
+            and stored[name][0] < 1.0
+            and stored[name][1] + (1.0 - stored[name][0]) / rate.per_second == now
+            for name, rate in scenario.buckets(jobs[i])
+        )
 
     def attempt_seconds(i: int) -> float:
         return float(scenario.timeout if jobs[i].behaviour == "hang" else jobs[i].seconds)
@@ -166,13 +240,24 @@ def simulate(scenario: Scenario, *, lagged: bool = False) -> list[Outcome]:
                 events[jobs[i].queue] = events.get(jobs[i].queue, 0) + 1
                 if i in retried:
                     lagging.add(jobs[i].queue)
+        for queue in size:  # a token arriving for jobs waiting in the queue
+            if any(
+                jobs[i].queue == queue and i not in final and i not in ends
+                and run_at[i] < now and arrived(i)
+                for i in range(len(jobs))
+            ):  # fmt: skip
+                events[queue] = events.get(queue, 0) + 1
         fractional = now != int(now)
         for queue, count in events.items():
             if count > 1 and (fractional or (lagged and queue in lagging)):
                 raise Ambiguous(now)
         # Free slots take due jobs in claim order, skipping those whose concurrency key is
-        # full; an attempt of 0 s frees its slot at once.
+        # full or that lack a token; an attempt of 0 s frees its slot at once.
         started: dict[str, str] = {}  # key -> the queue that started a job of it just now
+        wanted: dict[str, set[str]] = {}  # bucket -> queues that asked it for a token now
+        dry: set[str] = set()  # buckets that turned a job away now
+        refused: set[str] = set()  # queues that turned a job away for want of a token
+        due_keys: set[tuple[str, str]] = set()  # (queue, concurrency key) of jobs due now
 
         def key_free(i: int) -> bool:
             key = jobs[i].key
@@ -199,16 +284,42 @@ def simulate(scenario: Scenario, *, lagged: bool = False) -> list[Outcome]:
                 due = [i for i in due if key_free(i)]
                 if running >= size[queue] or not due:
                     break
-                i = min(due, key=lambda i: claim_key(jobs[i].priority, run_at[i], i))
+                due_keys.update((queue, jobs[i].key or "") for i in due)
+                due.sort(key=lambda i: claim_key(jobs[i].priority, run_at[i], i))
+                picked = None
+                for i in due:
+                    buckets = scenario.buckets(jobs[i])
+                    for name, _ in buckets:
+                        wanted.setdefault(name, set()).add(queue)
+                    if token_at(i) <= now:
+                        picked = i
+                        break
+                    refused.add(queue)
+                    dry.update(name for name, rate in buckets if tokens(name, rate) < 1.0)
+                if picked is None:
+                    break
+                i = picked
+                for name, rate in scenario.buckets(jobs[i]):
+                    stored[name] = (tokens(name, rate) - 1.0, now)
                 if jobs[i].key is not None:
                     started[jobs[i].key or ""] = queue
                 attempts[i].append((now, math.nan))
                 ends[i] = now + attempt_seconds(i)
                 if ends[i] == now:
+                    freed.setdefault(jobs[i].key or "", set()).add(queue)
                     end_attempt(i, now)
+        # Who got a bucket's last tokens, when two queues asked for them, or when a claim
+        # turned a job away for want of a token while a job due in its queue got its
+        # concurrency slot back just now: that depends on the order of claims at the instant.
+        if any(len(wanted[name]) > 1 for name in dry) or any(
+            (queue, key) in due_keys for key, queues in freed.items() if key for queue in queues
+            if queue in refused
+        ):  # fmt: skip
+            raise Ambiguous(now)
         waiting = [i for i in range(len(jobs)) if i not in final and i not in ends]
         instants = [*ends.values(), *(r.at for r in resizes)]
         instants += [run_at[i] for i in waiting if run_at[i] > now]
+        instants += [at for i in waiting if run_at[i] <= now and (at := token_at(i)) > now]
         instants += [
             c for i, job in enumerate(jobs) if i not in final and (c := job.cancel_at) is not None
         ]
@@ -223,6 +334,25 @@ def offsets(max_seconds: int) -> st.SearchStrategy[float]:
 
 
 NO_KEYS: st.SearchStrategy[str | None] = st.none()
+#: Tokens a second: binary fractions, so token times are exact.
+RATES = st.builds(Rate, st.sampled_from([0.125, 0.25, 0.5, 1.0]), st.integers(1, 2))
+
+
+def with_queue_rates(scenario: Scenario, queues: tuple[str, ...]) -> st.SearchStrategy[Scenario]:
+    """``scenario`` with a rate limit of its own on some queues (or the jobs' shared one)."""
+    own = st.builds(QueueRate, st.sampled_from(["own"]), RATES)
+    shared = st.just(QueueRate("shared", scenario.rate))
+    per_queue = {queue: st.none() | own | shared for queue in queues}
+    return st.fixed_dictionaries(per_queue).map(
+        lambda chosen: attrs.evolve(
+            scenario,
+            queue_rates={
+                queue: rate if rate.name == "shared" else attrs.evolve(rate, name=f"q-{queue}")
+                for queue, rate in chosen.items()
+                if rate is not None
+            },
+        )
+    )
 
 
 def scenarios_of(
@@ -238,8 +368,11 @@ def scenarios_of(
     instants: st.SearchStrategy[float],
     timeout: int,
     keys: st.SearchStrategy[str | None] = NO_KEYS,
+    rates: bool = False,
+    min_jobs: int = 1,
 ) -> st.SearchStrategy[Scenario]:
-    """Scenarios within the given bounds; cancels and resizes land on ``instants``."""
+    """Scenarios within the given bounds; cancels and resizes land on ``instants``;
+    ``rates``: with rate limits (the jobs' own and the queues')."""
     job_specs = st.builds(
         JobSpec,
         queue=st.sampled_from(queues),
@@ -250,14 +383,15 @@ def scenarios_of(
         fails=st.integers(0, attempts),
         cancel_at=st.none() | instants,
         key=keys,
+        rate=st.none() | st.sampled_from(["shared", "x", "y"]) if rates else st.none(),
     )
     resizes = st.builds(
         Resize, at=instants, queue=st.sampled_from(queues), size=st.integers(1, workers)
     )
-    return st.builds(
+    built = st.builds(
         Scenario,
         sizes=st.fixed_dictionaries({queue: st.integers(1, workers) for queue in queues}),
-        jobs=st.lists(job_specs, min_size=1, max_size=jobs).map(tuple),
+        jobs=st.lists(job_specs, min_size=min_jobs, max_size=jobs).map(tuple),
         resizes=st.lists(resizes, max_size=3).map(tuple),
         # Backoff of at least a second: a retry never ties with the failure that caused it.
         retry=st.builds(
@@ -269,13 +403,23 @@ def scenarios_of(
         ),
         timeout=st.just(timeout),
         limit=st.integers(1, 2),
+        rate=RATES,
     )
+    return built.flatmap(lambda s: with_queue_rates(s, queues)) if rates else built
 
 
 scenarios = scenarios_of(
     QUEUES, jobs=10, workers=3, delays=20, seconds=4, attempts=4, base_delays=10,
     max_delay=st.integers(1, 20), instants=offsets(60), timeout=7,
-    keys=st.none() | st.sampled_from(["x", "y"]),
+    keys=st.none() | st.sampled_from(["x", "y"]), rates=True,
+)  # fmt: skip
+
+
+#: Jobs bunched up in time, so that their buckets run dry.
+rated_scenarios = scenarios_of(
+    ("a",), jobs=8, workers=3, delays=3, seconds=3, attempts=3, base_delays=4,
+    max_delay=st.integers(1, 8), instants=offsets(30), timeout=5,
+    rates=True, min_jobs=4,
 )  # fmt: skip
 
 
@@ -323,9 +467,24 @@ def play(scenario: Scenario, database: str | None = None, *, scale: float = 1.0)
             attempts[index].append((start, elapsed()))
 
     timeout = scenario.timeout * scale
-    plain = registry.job("work", retry=retry, timeout=timeout)(work)
     limit = ConcurrencyLimit("key", scenario.limit, key=lambda i: scenario.jobs[i].key)
-    keyed = registry.job("keyed", retry=retry, timeout=timeout, concurrency=limit)(work)
+    rates = {
+        None: None,
+        "shared": scenario.rate.limit("shared"),
+        "tenant": scenario.rate.limit("tenant", key=lambda i: scenario.jobs[i].rate),
+    }
+    kinds = {
+        (keyed, rate): registry.job(
+            f"work-{keyed}-{rate}", retry=retry, timeout=timeout,
+            concurrency=limit if keyed else None, rate_limit=rates[rate],
+        )(work)
+        for keyed in (False, True)
+        for rate in rates
+    }  # fmt: skip
+
+    def kind(job: JobSpec) -> JobDefinition:
+        rate = None if job.rate is None else "shared" if job.rate == "shared" else "tenant"
+        return kinds[job.key is not None, rate]
 
     async def main() -> list[trioforge.JobInfo]:
         if database is None:
@@ -334,7 +493,17 @@ def play(scenario: Scenario, database: str | None = None, *, scale: float = 1.0)
         else:
             backend, clock = database, WallClock()
         # Standby pools while everything is stored, so the first claims see it all.
-        standby = dict.fromkeys(scenario.sizes, 0)
+        standby = {
+            queue: trioforge.Queue(
+                0,
+                rate_limit=(
+                    None
+                    if (own := scenario.queue_rates.get(queue)) is None
+                    else own.rate.limit(own.name)
+                ),
+            )
+            for queue in scenario.sizes
+        }
         async with trioforge.open_runtime(
             registry, database=backend, clock=clock, queues=standby
         ) as rt:
@@ -342,7 +511,7 @@ def play(scenario: Scenario, database: str | None = None, *, scale: float = 1.0)
             origin.append((clock, zero))
             ids = [
                 await rt.enqueue(
-                    plain if job.key is None else keyed,
+                    kind(job),
                     i,
                     run_at=zero + job.delay * scale,
                     priority=job.priority,
@@ -376,6 +545,12 @@ def play(scenario: Scenario, database: str | None = None, *, scale: float = 1.0)
 
 @given(scenarios)
 def test_scenarios_follow_the_reference_simulation(scenario: Scenario) -> None:
+    expected = expected_of(scenario)
+    assert play(scenario) == expected
+
+
+@given(rated_scenarios)
+def test_rate_limited_scenarios_follow_the_reference_simulation(scenario: Scenario) -> None:
     expected = expected_of(scenario)
     assert play(scenario) == expected
 

@@ -217,12 +217,15 @@ def simulate(scenario: Scenario, *, lagged: bool = False) -> list[Outcome]:
         # What happens now, per queue: attempts ending, cancels, resizes, jobs falling due.
         events: dict[str, int] = {}
         freed: dict[str, set[str]] = {}  # concurrency key -> queues where a job of it ended
-        for i in [i for i, end in ends.items() if end == now]:
+        ending = [i for i, end in ends.items() if end == now]
+        for i in ending:
             events[jobs[i].queue] = events.get(jobs[i].queue, 0) + 1
             freed.setdefault(jobs[i].key or "", set()).add(jobs[i].queue)
             end_attempt(i, now)
         for i, job in enumerate(jobs):
-            if job.cancel_at == now and i not in final:
+            if job.cancel_at == now and i in ending:  # its cancel and its end coincide
+                events[job.queue] = events.get(job.queue, 0) + 1
+            elif job.cancel_at == now and i not in final:
                 events[job.queue] = events.get(job.queue, 0) + 1
                 if i in ends:
                     freed.setdefault(job.key or "", set()).add(job.queue)
@@ -608,3 +611,19 @@ def test_a_retry_tied_with_a_delayed_job_is_ambiguous_only_in_real_time() -> Non
     assert [o.attempts for o in simulate(scenario)] == [((0, 2), (3, 5)), ((5, 6),)]
     with pytest.raises(Ambiguous):
         simulate(scenario, lagged=True)
+
+
+def test_a_cancel_landing_as_its_job_ends_is_ambiguous() -> None:
+    # A cancel at 0.5 s frees the slot, so B runs from 0.5 s to 1.5 s, when its cancel
+    # lands: whether B ends completed or cancelled is up to which task runs first.
+    scenario = Scenario(
+        sizes={"a": 1},
+        jobs=(
+            JobSpec("a", Priority.NORMAL, 0, "ok", 3, 0, 0.5),
+            JobSpec("a", Priority.NORMAL, 0, "ok", 1, 0, 1.5),
+        ),
+        resizes=(),
+        retry=Retry(max_attempts=1),
+    )
+    with pytest.raises(Ambiguous):
+        simulate(scenario)

@@ -3,6 +3,7 @@ clear error for an unreachable server, several replicas sharing one database."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -11,15 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import attrs
 import pytest
 import trio
 import trio_asyncio
 
 import trioforge
 from tests.postgres import URL, require_postgres, schema_url, temporary_schema
-from trioforge import DatabaseUnavailableError, JobState, SchemaError
+from trioforge import DatabaseUnavailableError, JobState, RateLimit, SchemaError
 from trioforge.storage import (
     CancelNotice,
+    ClaimResult,
     JobInfo,
     NewJob,
     SlotsFreedNotice,
@@ -363,3 +366,42 @@ async def test_folding_leaves_one_count_row_per_key_and_the_same_counts() -> Non
             assert await backend.execute([ops.Stats()], 1.0) == before
             assert before == [{"q": {JobState.AVAILABLE: 3, JobState.RUNNING: 2}}]
             assert (unfolded, await backend._aio(backend._run, rows)) == (7, 2)
+
+
+async def test_a_queue_bucket_created_by_a_concurrent_claim_holds_the_other_claim_back() -> None:
+    # Two first claims of a rate-limited queue at once: the second waits for the first to
+    # commit the bucket it creates, and must not take it for a full new bucket.
+    rate = RateLimit("q-rate", rate=1, per=60, burst=2)
+    claim = ops.Claim("q", frozenset("a"), 4, "w", 99.0, queue_rate=rate)
+    async with temporary_schema() as template:
+        backend = PostgresBackend(template.url, schema=template.schema)
+        async with opened(backend):
+            # Claimers of different jobs of the queue (a claim locks every job it reads).
+            jobs = tuple(NewJob(name, "q", "1", 0, 0.0, 3) for name in "aabbbb")
+            await backend.execute([ops.Enqueue(jobs)], 1.0)
+
+            async def race(pool: asyncpg.Pool) -> tuple[ClaimResult, ClaimResult]:
+                async with pool.acquire() as first, pool.acquire() as second:
+                    creating = first.transaction()
+                    await creating.start()
+                    won = await PostgresBackend._claim(first, claim, 1.0)
+                    async with second.transaction():
+                        other = attrs.evolve(claim, names=frozenset("b"))
+                        waiting = asyncio.ensure_future(PostgresBackend._claim(second, other, 1.0))
+                        # Only the server knows when the second claim waits for the row the
+                        # first one created: ask it until it says so.
+                        while await first.fetchval(  # noqa: ASYNC110
+                            "SELECT wait_event_type IS DISTINCT FROM 'Lock' "
+                            "FROM pg_stat_activity WHERE pid = $1",
+                            second.get_server_pid(),
+                        ):
+                            await asyncio.sleep(0.01)
+                        await creating.commit()
+                        lost = await waiting
+                return won, lost
+
+            won, lost = await backend._aio(race, backend._pool)
+            assert (len(won.jobs), lost.jobs, lost.next_token_at) == (2, (), 61.0)
+            [after] = await backend.execute([attrs.evolve(claim, names=frozenset("b"))], 2.0)
+            assert isinstance(after, ClaimResult)
+            assert (after.jobs, after.next_token_at) == ((), 61.0)  # the burst went to "a"

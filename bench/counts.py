@@ -12,7 +12,6 @@ Figures are printed, never asserted.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +26,7 @@ import trio_asyncio
 
 import trioforge
 import trioforge.web
-from bench.run import pct, postgres_schemas, report
+from bench.run import add_postgres_url, pct, postgres_schemas, report
 from trioforge.metrics import Metrics
 from trioforge.storage import Backend
 from trioforge.storage.postgres import PostgresBackend
@@ -210,12 +209,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get(
-            "TRIOFORGE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-    )
+    add_postgres_url(parser)
     args = parser.parse_args()
 
     async def run() -> None:

@@ -9,7 +9,6 @@ query plans too.
 from __future__ import annotations
 
 import argparse
-import os
 import sqlite3
 import statistics
 import tempfile
@@ -22,7 +21,7 @@ import trio
 import trio_asyncio
 
 import trioforge
-from bench.run import postgres_schemas, report
+from bench.run import add_postgres_url, postgres_schemas, report
 from trioforge.storage import Backend, opened
 from trioforge.storage.postgres import PostgresBackend
 from trioforge.storage.sqlite import SQLiteBackend
@@ -151,12 +150,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     parser.add_argument("--plans", action="store_true", help="print the query plans")
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get(
-            "TRIOFORGE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-    )
+    add_postgres_url(parser)
     args = parser.parse_args()
 
     async def run() -> None:

@@ -30,7 +30,7 @@ import trio
 import trioforge
 from bench.replica_jobs import late_stamp
 from bench.replicas import ROOT, start_workers, stop
-from bench.run import drop_schemas, pct
+from bench.run import add_postgres_url, drop_schemas, pct
 from tests.postgres import create_schema
 
 #: How long each job runs: long enough for the watcher to be subscribed before it ends.
@@ -120,11 +120,6 @@ async def main(url: str, samples: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get(
-            "TRIOFORGE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-    )
+    add_postgres_url(parser)
     args = parser.parse_args()
     trio.run(main, args.postgres_url, args.samples)

@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 import trioforge
-from bench.run import drain, noop, postgres_schemas, report
+from bench.run import add_postgres_url, drain, noop, postgres_schemas, report
 from trioforge.storage import postgres as pg
 from trioforge.storage.postgres import PostgresBackend
 
@@ -45,12 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=4)
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get(
-            "TRIOFORGE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-    )
+    add_postgres_url(parser)
     args = parser.parse_args()
 
     async def run() -> None:

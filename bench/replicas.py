@@ -23,7 +23,7 @@ import trio
 
 import trioforge
 from bench.replica_jobs import hang, noop, stamp
-from bench.run import drop_schemas, pct
+from bench.run import add_postgres_url, drop_schemas, pct
 from tests.postgres import create_schema
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,11 +136,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get(
-            "TRIOFORGE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-    )
+    add_postgres_url(parser)
     args = parser.parse_args()
     trio.run(main, args.postgres_url, args.jobs, args.samples)

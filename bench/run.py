@@ -257,6 +257,17 @@ async def drop_schemas(url: str, schemas: list[str]) -> None:
         await trio_asyncio.aio_as_trio(drop)()
 
 
+def add_postgres_url(parser: argparse.ArgumentParser) -> None:
+    """Every bench's ``--postgres-url`` (default ``$TRIOFORGE_BENCH_POSTGRES_URL``)."""
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "TRIOFORGE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
+        help="the PostgreSQL server; each run uses (and drops) schemas of its own",
+    )
+
+
 @asynccontextmanager
 async def postgres_schemas(url: str) -> AsyncIterator[Callable[[], Backend]]:
     """A factory of backends on ``url``, each on a fresh schema, all dropped at the end."""
@@ -283,13 +294,7 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=2, help="interleaved rounds of the flow-control drains"
     )
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get(
-            "TRIOFORGE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-        help="server for the PostgreSQL column; each run uses (and drops) schemas of its own",
-    )
+    add_postgres_url(parser)
     args = parser.parse_args()
 
     async def run() -> None:

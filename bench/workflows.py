@@ -11,7 +11,6 @@ asserted.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from pathlib import Path
 import trio
 
 import trioforge
-from bench.run import postgres_schemas, report
+from bench.run import add_postgres_url, postgres_schemas, report
 from trioforge import JobContext, Registry, WorkflowContext
 from trioforge.storage import Backend
 
@@ -117,12 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get(
-            "TRIOFORGE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-    )
+    add_postgres_url(parser)
     args = parser.parse_args()
 
     async def run() -> None:

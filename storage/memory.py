@@ -301,6 +301,8 @@ class MemoryBackend:
     # --- operations ------------------------------------------------------------------
 
     def _enqueue(self, op: ops.Enqueue, now: float) -> list[Enqueued]:
+        for job in op.jobs:  # all refused or none: nothing of a bad batch is stored
+            json.loads(job.payload)  # refuse anything that is not JSON text
         out = []
         for job in op.jobs:
             key = job.idempotency_key
@@ -311,9 +313,6 @@ class MemoryBackend:
             if done is not None and job.unique_for is not None and done[1] >= now - job.unique_for:
                 out.append(Enqueued(done[0], created=False))
                 continue
-            json.loads(job.payload)  # refuse anything that is not JSON text
-            if job.parent_id is not None:
-                self._row(job.parent_id)  # a child of no run would never wake one
             row = _Row(
                 id=self._next_id,
                 name=job.name,

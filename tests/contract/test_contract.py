@@ -322,6 +322,15 @@ async def test_one_bad_operation_does_not_fail_its_batch(backend: Backend) -> No
     assert [j.name for j in listed] == ["b", "a"]
 
 
+async def test_an_enqueue_with_one_bad_job_stores_none_of_its_jobs(backend: Backend) -> None:
+    [result] = await backend.execute(
+        [ops.Enqueue((job("a"), job("b", payload="not json"), job("c")))], T0
+    )
+    assert isinstance(result, ValueError)
+    assert await one(backend, ops.ListJobs()) == []
+    assert await one(backend, ops.Stats()) == {}
+
+
 async def test_list_filters_and_stats(backend: Backend) -> None:
     await enqueue(backend, job("a"), job("b"), job("a", queue="other"), job("b", run_at=T0 + 9))
     listed: list[JobInfo] = await one(backend, ops.ListJobs(name="a"))

@@ -259,8 +259,19 @@ async def serve_metrics(
     "--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
     help="A frontend origin allowed to call the job API from browsers; repeatable.",
 )  # fmt: skip
+@click.option(
+    "--otel", is_flag=True,
+    help="Trace the jobs POST /api/jobs/NAME enqueues with OpenTelemetry (needs "
+    "trioforge[otel]), in the request's trace (its traceparent header), to the global "
+    "tracer provider.",
+)  # fmt: skip
 def web(
-    database: str | None, host: str, port: int, target: str | None, cors_origins: tuple[str, ...]
+    database: str | None,
+    host: str,
+    port: int,
+    target: str | None,
+    cors_origins: tuple[str, ...],
+    otel: bool,
 ) -> None:
     """Serve the dashboard, the job API (JSON, Server-Sent Events, track.js) and /metrics.
 
@@ -270,11 +281,12 @@ def web(
     from trioforge.web import app, serve  # the web stack loads only for this command
 
     registry = load_registry(target) if target else None
+    tracing = global_tracing() if otel else None
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with (
-                open_client(database, registry=registry) as client,
+                open_client(database, registry=registry, tracing=tracing) as client,
                 trio.open_nursery() as nursery,
             ):
                 asgi = app(client=client, registry=registry, cors_origins=cors_origins)

@@ -179,6 +179,12 @@ class Client:
         self._metrics = metrics
         self._tracing = tracing
 
+    @property
+    def tracing(self) -> Tracing | None:
+        """The :class:`trioforge.otel.Tracing` given to ``open_client`` / ``open_runtime``
+        (None: not tracing)."""
+        return self._tracing
+
     # --- enqueue ---------------------------------------------------------------------
 
     def _definition(self, job: JobRef) -> JobDefinition:

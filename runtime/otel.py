@@ -12,7 +12,9 @@ on; nothing imports this module (or opentelemetry) otherwise. Then:
   attempt may run long after, and more than once for, the request that enqueued it; with
   ``propagation="child"`` it is also a child of the stored context, in the enqueuer's trace;
 - a workflow step that runs (not one replayed from the record) is a span inside its
-  run's attempt span.
+  run's attempt span;
+- the web app's ``POST /api/jobs/{name}`` (and ``/api/workflows/{name}``) enqueues inside
+  the request's own trace context (``traceparent`` header), when its client traces.
 
 Spans go to ``tracer_provider``, or to the global one (``opentelemetry.trace.
 set_tracer_provider``, or the ``opentelemetry-instrument`` launcher) when it is None.
@@ -23,12 +25,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Literal
 
 from opentelemetry import trace
-from opentelemetry.context import Context
+from opentelemetry.context import Context, attach, detach
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -71,6 +73,17 @@ class Tracing:
         carrier: dict[str, str] = {}
         _PROPAGATOR.inject(carrier)
         return json.dumps(carrier, sort_keys=True) if carrier else None
+
+    @contextmanager
+    def incoming(self, headers: Mapping[str, str]) -> Iterator[None]:
+        """The trace context of an incoming request (its W3C ``traceparent`` and
+        ``tracestate`` headers, lower-case keys) current inside the block, so an enqueue
+        there joins the caller's trace; headers without one change nothing."""
+        token = attach(_PROPAGATOR.extract(headers))
+        try:
+            yield
+        finally:
+            detach(token)
 
     @contextmanager
     def enqueue_span(self, name: str) -> Iterator[Span]:

@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 import trioforge
 import trioforge.aio
@@ -497,3 +498,39 @@ def test_an_asyncio_apps_enqueue_inside_its_span_stores_the_context(
     [(header, value)] = json.loads(stored).items()  # no tracestate was set
     assert header == "traceparent"
     assert value.startswith(f"00-{trace_id:032x}-{span_id:016x}-")
+
+
+async def test_a_job_posted_to_the_web_api_joins_the_requests_trace(
+    sqlite_url: str, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    import trioforge.web
+    from tests.test_web_api import served
+
+    registry = Registry()
+
+    @registry.job("greet", public=True)
+    async def greet(ctx: JobContext, user: str) -> str:
+        return f"hello {user}"
+
+    with provider.get_tracer("frontend").start_as_current_span("click") as click:
+        headers: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(headers)  # what a traced frontend sends
+    async with (
+        trioforge.open_runtime(
+            registry, database=sqlite_url, tracing=Tracing(provider), **FAST
+        ) as rt,
+        served(trioforge.web.app(client=rt, registry=registry)) as http,
+    ):
+        with trio.fail_after(20):
+            traced = await http.post("/api/jobs/greet", json="ada", headers=headers)
+            plain = await http.post("/api/jobs/greet", json="bob")
+            for created in (traced, plain):
+                assert created.status_code == 201, created.text
+                assert (await rt.wait(created.json()["id"])).status is JobState.COMPLETED
+    by_job = {attr(s, "trioforge.job.id"): s for s in spans(exporter, "trioforge enqueue greet")}
+    first, second = by_job[traced.json()["id"]], by_job[plain.json()["id"]]
+    assert first.parent is not None
+    assert ids(first.parent) == ids(click.get_span_context())  # in the frontend's trace
+    assert second.parent is None  # no traceparent: a trace of its own
+    runs = spans(exporter, "trioforge run greet")
+    assert sorted(linked(r)[0] for r in runs) == sorted(ids(s.context) for s in (first, second))

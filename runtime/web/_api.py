@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import nullcontext
 from importlib import resources
 
 import trio
@@ -72,8 +73,10 @@ def api_routes(web: WebState) -> list[Route]:
             payload = json.loads(body) if body.strip() else None
         except ValueError as exc:
             return JSONResponse({"error": f"the body is not JSON: {exc}"}, status_code=400)
+        tracing = web.client.tracing
         try:
-            job_id = await web.client.enqueue(definition, payload)
+            with nullcontext() if tracing is None else tracing.incoming(request.headers):
+                job_id = await web.client.enqueue(definition, payload)
         except (PayloadError, InvalidArgumentError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
         root = request.scope.get("root_path", "")

@@ -78,7 +78,7 @@ def app(
         CORSMiddleware,
         allow_origins=list(cors_origins),
         allow_methods=["GET", "POST"],
-        allow_headers=["content-type"],
+        allow_headers=["content-type", "traceparent", "tracestate"],
     )
     middleware = [cors] if cors_origins else []
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)

@@ -129,13 +129,24 @@ def load_registry(target: str) -> Registry:
     return registry
 
 
-def global_tracing() -> Tracing:
-    """Tracing to the global tracer provider (``--otel``)."""
+def _global_tracing(ctx: click.Context, param: click.Parameter, on: bool) -> Tracing | None:
+    """``--otel``: tracing to the global tracer provider (None without the flag)."""
+    if not on:
+        return None
     try:
         from trioforge.otel import Tracing
     except ImportError as exc:
         fail(f"--otel needs OpenTelemetry: pip install 'trioforge[otel]' ({exc})")
     return Tracing()
+
+
+def otel_option(what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The ``--otel`` flag of a command, given to it as ``tracing``."""
+    return click.option(
+        "--otel", "tracing", is_flag=True, callback=_global_tracing,
+        help=f"Trace {what} with OpenTelemetry (needs trioforge[otel]), to the global tracer "
+        "provider.",
+    )  # fmt: skip
 
 
 @main.command()
@@ -153,12 +164,10 @@ def global_tracing() -> Tracing:
     "--capability", "-c", "capabilities", multiple=True, metavar="NAME",
     help="A capability this worker offers to jobs that require it; repeatable.",
 )  # fmt: skip
-@click.option(
-    "--otel", is_flag=True,
-    help="Trace enqueues and attempts with OpenTelemetry (needs trioforge[otel]), to the "
-    "global tracer provider: configured by the registry's module, or by running the worker "
-    "under opentelemetry-instrument.",
-)  # fmt: skip
+@otel_option(
+    "enqueues and attempts: the provider is configured by the registry's module, or by "
+    "running the worker under opentelemetry-instrument"
+)
 @click.option(
     "--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
 )
@@ -180,7 +189,7 @@ def worker(
     poll_interval: float,
     shutdown_grace: float,
     capabilities: tuple[str, ...],
-    otel: bool,
+    tracing: Tracing | None,
     log_level: str,
     metrics_port: int | None,
     metrics_host: str,
@@ -194,7 +203,6 @@ def worker(
     """
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = load_registry(target)
-    tracing = global_tracing() if otel else None
     metrics = Metrics() if metrics_port is not None else None
 
     async def serve() -> None:
@@ -259,19 +267,14 @@ async def serve_metrics(
     "--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
     help="A frontend origin allowed to call the job API from browsers; repeatable.",
 )  # fmt: skip
-@click.option(
-    "--otel", is_flag=True,
-    help="Trace the jobs POST /api/jobs/NAME enqueues with OpenTelemetry (needs "
-    "trioforge[otel]), in the request's trace (its traceparent header), to the global "
-    "tracer provider.",
-)  # fmt: skip
+@otel_option("the jobs POST /api/jobs/NAME enqueues, in the request's trace (traceparent)")
 def web(
     database: str | None,
     host: str,
     port: int,
     target: str | None,
     cors_origins: tuple[str, ...],
-    otel: bool,
+    tracing: Tracing | None,
 ) -> None:
     """Serve the dashboard, the job API (JSON, Server-Sent Events, track.js) and /metrics.
 
@@ -281,7 +284,6 @@ def web(
     from trioforge.web import app, serve  # the web stack loads only for this command
 
     registry = load_registry(target) if target else None
-    tracing = global_tracing() if otel else None
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

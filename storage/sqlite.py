@@ -1057,7 +1057,8 @@ class SQLiteBackend:
 
     @staticmethod
     def _fold_counts(db: sqlite3.Connection, op: ops.FoldCounts, now: float) -> None:
-        """The triggers keep one row per key already (one writer: no contention)."""
+        """Nothing to fold: each write adds into the one row per key (``ON CONFLICT``), since
+        the single writer has no contention to avoid."""
         del db, op, now
 
     @staticmethod

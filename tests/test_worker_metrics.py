@@ -13,6 +13,7 @@ import httpx
 import trio
 
 import trioforge
+from tests.test_crash_rescue import read_until
 from tests.test_metrics import samples, total
 from trioforge import JobState
 
@@ -40,12 +41,8 @@ async def test_a_worker_serves_its_metrics_when_asked(tmp_path: Path) -> None:
             command, cwd=tmp_path, stderr=subprocess.PIPE, env=env
         )
         assert proc.stderr is not None
-        seen = b""
         with trio.fail_after(30):
-            while b"ready" not in seen:
-                chunk = await proc.stderr.receive_some()
-                assert chunk, seen
-                seen += chunk
+            seen = await read_until(proc.stderr, b"ready", 1)
         found = re.search(rb"metrics on (http://\S+/metrics)", seen)
         assert found is not None, seen
         square = trioforge.Registry().job("square", queue="maths")(_never_run)

@@ -140,12 +140,12 @@ def _global_tracing(ctx: click.Context, param: click.Parameter, on: bool) -> Tra
     return Tracing()
 
 
-def otel_option(what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def otel_option(what: str, where: str = "") -> Callable[[Callable[..., None]], Callable[..., None]]:
     """The ``--otel`` flag of a command, given to it as ``tracing``."""
     return click.option(
         "--otel", "tracing", is_flag=True, callback=_global_tracing,
         help=f"Trace {what} with OpenTelemetry (needs trioforge[otel]), to the global tracer "
-        "provider.",
+        f"provider{where}.",
     )  # fmt: skip
 
 
@@ -165,8 +165,8 @@ def otel_option(what: str) -> Callable[[Callable[..., None]], Callable[..., None
     help="A capability this worker offers to jobs that require it; repeatable.",
 )  # fmt: skip
 @otel_option(
-    "enqueues and attempts: the provider is configured by the registry's module, or by "
-    "running the worker under opentelemetry-instrument"
+    "enqueues and attempts",
+    ": configure it in the registry's module, or run the worker under opentelemetry-instrument",
 )
 @click.option(
     "--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -14,14 +14,14 @@ import logging
 import math
 import random
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol, TypeAlias
 
 import attrs
 import trio
 
 from trioforge._clock import Clock
-from trioforge._errors import JobTimeoutError
+from trioforge._errors import InvalidArgumentError, JobTimeoutError
 from trioforge._rules import (
     AttemptOutcome,
     Failed,
@@ -53,6 +53,8 @@ __all__ = [
     "QueueConfig",
     "QueueSupervisor",
     "decide_outcome",
+    "record_outcomes",
+    "refused_outcome",
 ]
 
 log = logging.getLogger("trioforge.queue")
@@ -165,6 +167,71 @@ def decide_outcome(
         retry = attrs.evolve(retry, max_attempts=job.max_attempts)
     event = failure_outcome(retry, job.attempt, error, now, u)
     return Outcome(job.id, job.lease, event, error=format_error(error))
+
+
+#: Per outcome: what was written in its place (itself, or the dead outcome standing in for
+#: one the database refused) and whether it was applied (a bool), or why it was not
+#: written (the error, None for a timeout): try again.
+Recorded: TypeAlias = tuple[Outcome, bool | Exception | None]
+
+
+async def record_outcomes(storage: StorageHandle, outcomes: Sequence[Outcome]) -> list[Recorded]:
+    """Write ``outcomes`` as one fenced ``Finish``. An outcome that fails on its own data
+    (the backend refuses a value: InvalidArgumentError) fails alone: the batch is written
+    again one request per outcome, so the others land at once, and the refused one is
+    recorded as :func:`refused_outcome` instead of being tried forever. A database that is
+    away fails them all, to be tried again."""
+    recorded: list[Recorded] = list(zip(outcomes, await _finish(storage, outcomes), strict=True))
+    refused = [
+        (i, refused_outcome(outcome, error))
+        for i, (outcome, error) in enumerate(recorded)
+        if isinstance(error, InvalidArgumentError)
+    ]
+    written = await _finish(storage, [stand_in for _, stand_in in refused])
+    for (i, stand_in), result in zip(refused, written, strict=True):
+        log.error(
+            "job %d: its outcome could not be stored (%s); recorded it as dead instead",
+            stand_in.job_id, recorded[i][1],
+        )  # fmt: skip
+        recorded[i] = (stand_in, result)
+    return recorded
+
+
+async def _finish(
+    storage: StorageHandle, outcomes: Sequence[Outcome]
+) -> list[bool | Exception | None]:
+    """One ``Finish`` of ``outcomes``; if it fails on data, one per outcome, all at once."""
+    if not outcomes:
+        return []
+    try:
+        applied = await storage.call_shielded(ops.Finish(tuple(outcomes)))
+    except Exception as exc:
+        if len(outcomes) == 1 or not isinstance(exc, InvalidArgumentError):
+            return [exc] * len(outcomes)
+        alone = await storage.call_each_shielded([ops.Finish((o,)) for o in outcomes])
+        return [_applied(result) for result in alone]
+    return [None] * len(outcomes) if applied is None else list(applied)
+
+
+def _applied(result: object) -> bool | Exception | None:
+    """A one-outcome ``Finish``'s reply as one outcome's."""
+    if isinstance(result, list):
+        return bool(result[0])
+    return result if isinstance(result, Exception) else None
+
+
+def refused_outcome(outcome: Outcome, error: Exception) -> Outcome:
+    """What stands in for an outcome the database refused (``error``): the job ends dead
+    (retrying would fail the same way), its error saying why and holding the refused text
+    as ASCII, which every backend stores."""
+    kept = outcome.error if outcome.error is not None else outcome.result
+    text = (
+        f"trioforge could not store how this attempt ended ({type(outcome.event).__name__}), "
+        f"so the job ended dead instead: {error}"
+    )
+    if kept is not None:
+        text += f"\nThe refused text, escaped: {ascii(kept)[:MAX_ERROR_CHARS]}"
+    return Outcome(outcome.job_id, outcome.lease, DiscardedEvent(), error=text)
 
 
 def _next_look(result: ClaimResult) -> float | None:
@@ -551,6 +618,8 @@ class QueueSupervisor:
         whatever arrived meanwhile, for as long as each job's lease holds: the heartbeat
         keeps renewing those leases, and a fenced outcome is safe to write twice. Only an
         outcome whose lease expired is given up (its job will be rescued and run again).
+        An outcome the database refuses for its own data is not retried: it fails alone and
+        is recorded dead instead (:func:`record_outcomes`).
 
         Shielded: it ends when the channel closes (every worker is gone), so an outcome
         reported before a cancellation is still written.
@@ -578,16 +647,17 @@ class QueueSupervisor:
         self, batch: list[tuple[ClaimedJob, Outcome]]
     ) -> list[tuple[ClaimedJob, Outcome]]:
         """Write ``batch``; return the outcomes to try again (their leases still hold)."""
-        try:
-            applied = await self._storage.call_shielded(ops.Finish(tuple(o for _, o in batch)))
-            error = None if applied is not None else "timed out"
-        except Exception as exc:
-            applied, error = None, str(exc) or type(exc).__name__
-        if applied is None:
-            return self._retryable(batch, error)
-        for (job, outcome), ok in zip(batch, applied, strict=True):
+        recorded = await record_outcomes(self._storage, [o for _, o in batch])
+        retry, error, landed = [], None, False
+        for (job, _), (outcome, result) in zip(batch, recorded, strict=True):
+            if not isinstance(result, bool):  # the database is away (or timed out)
+                retry.append((job, outcome))
+                if error is None:
+                    error = "timed out" if result is None else str(result) or repr(result)
+                continue
+            landed = True
             self._running.release(job.id, job.lease)
-            if not ok:
+            if not result:
                 log.warning(
                     "job %d: outcome of attempt %d not recorded: its lease was lost (or an "
                     "earlier try recorded it)", job.id, job.attempt
@@ -601,8 +671,9 @@ class QueueSupervisor:
             target = next_state(JobState.RUNNING, event)
             if target is not None and target.is_terminal:
                 self._finished.notify(job.id)
-        self._held.written()  # a running job ended: a held-back one may start now
-        return []
+        if landed:
+            self._held.written()  # a running job ended: a held-back one may start now
+        return self._retryable(retry, error) if retry else []
 
     def _retryable(
         self, batch: list[tuple[ClaimedJob, Outcome]], error: str | None

@@ -53,12 +53,7 @@ class StorageHandle:
         run; callers whose outcome must not be lost use :meth:`call_shielded`.
         """
         request = _Request(op)
-        try:
-            await self._send.send(request)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise TrioforgeError(
-                "the runtime's storage is closed; use it inside its block"
-            ) from None
+        await self._submit(request)
         await request.done.wait()
         if isinstance(request.result, BaseException):
             raise request.result
@@ -70,6 +65,27 @@ class StorageHandle:
         with trio.CancelScope(shield=True, deadline=trio.current_time() + limit):
             return await self.call(op)
         return None
+
+    async def call_each_shielded(self, batch: list[ops.Op], *, limit: float = 30.0) -> list[object]:
+        """Each op of ``batch`` as a request of its own, all sent before any reply is
+        awaited (so they share a backend batch, where each succeeds or fails alone), shielded
+        like :meth:`call_shielded`: per op, its result, the exception it raised, or None
+        if the limit expired first."""
+        requests = [_Request(op) for op in batch]
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + limit):
+            for request in requests:
+                await self._submit(request)
+            for request in requests:
+                await request.done.wait()
+        return [r.result if r.done.is_set() else None for r in requests]
+
+    async def _submit(self, request: _Request) -> None:
+        try:
+            await self._send.send(request)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise TrioforgeError(
+                "the runtime's storage is closed; use it inside its block"
+            ) from None
 
     def close(self) -> None:
         """No more requests; the actor finishes those queued, then returns."""

@@ -1,7 +1,7 @@
 """Persistence behind one small protocol: memory, SQLite (and PostgreSQL later).
 
 Only the storage actor talks to a backend. Backends import nothing from the runtime but the
-two leaf modules every layer shares: the pure rules and the error types.
+leaf modules every layer shares: the pure rules, the error types and the storable-text rule.
 """
 
 from trioforge.storage import _ops as ops

@@ -8,11 +8,11 @@ from typing import Protocol, TypeAlias
 
 import trio
 
-from trioforge._errors import unwrapped
+from trioforge._errors import InvalidArgumentError, unwrapped
 from trioforge.storage._ops import Op
 from trioforge.storage._records import Notice, SchemaStatus
 
-__all__ = ["Backend", "Changed", "opened"]
+__all__ = ["Backend", "Changed", "opened", "refused_value"]
 
 #: One item of :meth:`Backend.changes`: the job ids that changed, or None (unknown which).
 Changed: TypeAlias = frozenset[int] | None
@@ -82,6 +82,20 @@ class Backend(Protocol):
         backend that crosses into another event loop must still give back its connection.
         """
         ...
+
+
+def refused_value(exc: BaseException) -> InvalidArgumentError:
+    """The error an operation gives when the database or its driver refused one of its
+    values (``exc``): the same on every backend, so the runtime can tell an operation that
+    fails on its own data (it fails alone, and trying again would fail the same way) from
+    a database that is away."""
+    error = InvalidArgumentError(
+        f"the database cannot store a value of this operation ({type(exc).__name__}: "
+        f"{exc}); nothing of it was stored. Text must hold no NUL character or lone "
+        "surrogate, and numbers must fit their column"
+    )
+    error.__cause__ = exc
+    return error
 
 
 @asynccontextmanager

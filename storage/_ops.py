@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 import attrs
 
 from trioforge._rules import JobLimits, JobState, RateLimit
+from trioforge._text import storable, storable_or_none
 from trioforge.storage._records import NewJob, Outcome, ProcessDetails, StepRecord
 
 __all__ = [
@@ -127,7 +128,7 @@ class Progress:
     job_id: int
     lease: int
     pct: float
-    message: str | None
+    message: str | None = attrs.field(converter=storable_or_none)
 
 
 @attrs.frozen
@@ -195,7 +196,7 @@ class Discard:
     """-> bool: a pending job goes to dead; raises JobNotFoundError."""
 
     job_id: int
-    reason: str
+    reason: str = attrs.field(converter=storable)
 
 
 @attrs.frozen
@@ -329,7 +330,7 @@ class SendSignal:
 
     run_id: int
     name: str
-    payload: str
+    payload: str = attrs.field(converter=storable)
 
 
 @attrs.frozen
@@ -394,7 +395,7 @@ class DiscardMany:
 
     status: JobState | None
     where: JobFilter
-    reason: str
+    reason: str = attrs.field(converter=storable)
 
 
 @attrs.frozen

@@ -23,6 +23,7 @@ from trioforge._rules import (
     Succeeded,
     Suspended,
 )
+from trioforge._text import storable_or_none
 
 __all__ = [
     "AttemptRecord",
@@ -144,8 +145,9 @@ class Outcome:
     job_id: int
     lease: int
     event: OutcomeEvent
-    result: str | None = None
-    error: str | None = None
+    #: Text the runtime wrote is made storable here, the same for every backend.
+    result: str | None = attrs.field(default=None, converter=storable_or_none)
+    error: str | None = attrs.field(default=None, converter=storable_or_none)
 
 
 @attrs.frozen
@@ -361,8 +363,8 @@ class StepRecord:
     name: str
     status: StepStatus
     attempt: int = 0
-    result: str | None = None
-    error: str | None = None
+    result: str | None = attrs.field(default=None, converter=storable_or_none)
+    error: str | None = attrs.field(default=None, converter=storable_or_none)
     #: A sleep's wake time, a signal wait's deadline, a failed step's next attempt.
     wake_at: float | None = None
     #: Whether the step has a compensation to run if the run fails.

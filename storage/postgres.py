@@ -47,7 +47,7 @@ from trioforge._rules import (
     refill,
 )
 from trioforge.storage import _ops as ops
-from trioforge.storage._backend import Changed
+from trioforge.storage._backend import Changed, refused_value
 from trioforge.storage._changes import IDS_PER_NOTICE, changed_jobs, encode_ids, parse_ids
 from trioforge.storage._counts import Tally
 from trioforge.storage._records import (
@@ -639,6 +639,16 @@ def _lost(exc: BaseException) -> bool:
     return isinstance(exc, _CONNECTION_LOST)
 
 
+def _bad_value(exc: BaseException) -> bool:
+    """Whether ``exc`` refused one of the operation's values (text the server cannot
+    encode, a number out of its column's range): trying again fails the same way."""
+    if isinstance(exc, asyncpg.DataError | UnicodeError | OverflowError):
+        return True
+    # The driver's own DataError (an argument it cannot encode) is an InterfaceError that
+    # is also a ValueError, as _lost describes.
+    return isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError)
+
+
 #: The LISTEN/NOTIFY channel. Payloads: ``w:<run_at>:<queue>`` (work enqueued),
 #: ``c:<job id>:<schema>`` (cancel requested; see parse_notice) and ``f:<schema>`` (jobs
 #: with a concurrency key stopped running: slots freed); delivered at commit.
@@ -1105,9 +1115,12 @@ class PostgresBackend:
         return [self._unavailable(r) if isinstance(r, Exception) else r for r in results]
 
     def _unavailable(self, exc: Exception) -> Exception:
-        """A lost or refused connection as the error callers know (other errors as they
-        are): the runtime retries what must not be lost (outcomes, renewals), and a
-        handler's progress rides it out."""
+        """A lost or refused connection as the error callers know, and a value the server
+        or driver refused as :func:`refused_value` (other errors as they are): the runtime
+        retries what must not be lost (outcomes, renewals) through an outage, a handler's
+        progress rides it out, and an outcome that fails on its own data fails alone."""
+        if _bad_value(exc):
+            return refused_value(exc)
         if isinstance(exc, DatabaseUnavailableError) or not _lost(exc):
             return exc
         return DatabaseUnavailableError(

@@ -45,7 +45,7 @@ from trioforge._rules import (
     next_state,
 )
 from trioforge.storage import _ops as ops
-from trioforge.storage._backend import Changed
+from trioforge.storage._backend import Changed, refused_value
 from trioforge.storage._counts import Tally
 from trioforge.storage._records import (
     JOB_COLUMNS,
@@ -691,6 +691,8 @@ class SQLiteBackend:
             return self._transaction(db, [op], now)[0]
         except _Busy as exc:
             return exc.error
+        except (UnicodeError, OverflowError, sqlite3.DataError) as exc:
+            return refused_value(exc)  # one of its values; trying again fails the same way
         except Exception as exc:
             return exc
 

@@ -24,7 +24,15 @@ from trioforge._errors import (
 from trioforge._payloads import decode, encode
 from trioforge._policy import Queue, seconds
 from trioforge._registry import JobDefinition, Registry, check_capabilities
-from trioforge._rules import ConcurrencyLimit, JobState, PriorityLike, RateLimit, parse_priority
+from trioforge._rules import (
+    MAX_STORED_INT,
+    ConcurrencyLimit,
+    JobState,
+    PriorityLike,
+    RateLimit,
+    parse_priority,
+)
+from trioforge._text import check_storable
 from trioforge._watch import JobWatch, RunWatch
 from trioforge._workflow_info import StepInfo, WorkflowInfo, step_info, workflow_info
 from trioforge.actors import Finished, LiveFeed, RunningJobs, StopReason, StorageHandle
@@ -52,6 +60,13 @@ __all__ = ["DEFAULT_MAX_KEY_BYTES", "DEFAULT_MAX_PAYLOAD_BYTES", "Client", "JobR
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 #: Longest idempotency key accepted by default, in UTF-8 bytes (it is indexed).
 DEFAULT_MAX_KEY_BYTES = 256
+
+#: The span of times a job may be scheduled at, in epoch seconds: what a datetime can show
+#: (years 1 to 9999), so every page and command can print it.
+_RUN_AT_RANGE = (
+    dt.datetime(1, 1, 1, tzinfo=dt.UTC).timestamp(),
+    dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp(),
+)
 
 #: A job given by its definition (from ``@registry.job``) or by name (needs a registry).
 JobRef: TypeAlias = JobDefinition | str
@@ -103,12 +118,13 @@ def _limit_key(
         return limit.name
     payload = decode(definition.name, definition.payload_type, text)
     try:
-        return limit.key_for(payload)
+        key = limit.key_for(payload)
     except Exception as exc:
         raise PayloadError(
             f"job {definition.name!r}: the key function of limit {limit.name!r} failed on "
             f"this payload ({type(exc).__name__}: {exc}); fix the payload or the key"
         ) from exc
+    return check_storable(key, f"job {definition.name!r}: limit key", PayloadError)
 
 
 def _run_at(
@@ -218,10 +234,13 @@ class Client:
         if queue is not None:
             _check_queue(queue)
         if max_attempts is not None and (
-            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+            isinstance(max_attempts, bool)
+            or not isinstance(max_attempts, int)
+            or not 1 <= max_attempts <= MAX_STORED_INT
         ):
             raise InvalidArgumentError(
-                f"max_attempts must be an int >= 1 (1 = no retries), got {max_attempts!r}"
+                f"max_attempts must be an int from 1 (no retries) to {MAX_STORED_INT}, got "
+                f"{max_attempts!r}"
             )
         if timeout is not None and (
             isinstance(timeout, bool)
@@ -248,7 +267,15 @@ class Client:
             else check_capabilities(requires, "requires", InvalidArgumentError)
         )
         when = _run_at(self._clock.now(), delay, run_at)
-        level = definition.priority if priority is None else parse_priority(priority)
+        if not _RUN_AT_RANGE[0] <= when <= _RUN_AT_RANGE[1]:
+            raise InvalidArgumentError(
+                f"the job would run at {when!r} (epoch seconds), outside the years 1 to 9999; "
+                "give a delay or run_at within them"
+            )
+        try:
+            level = definition.priority if priority is None else parse_priority(priority)
+        except ConfigurationError as exc:
+            raise InvalidArgumentError(str(exc)) from None
         queue = queue or definition.queue
         requires_sorted = tuple(sorted(needs))
         # The enqueue span's (or, from a workflow run, its attempt's): one per call.
@@ -287,6 +314,7 @@ class Client:
             return
         if not isinstance(key, str) or not key:
             raise InvalidArgumentError(f"idempotency_key must be a non-empty string, got {key!r}")
+        check_storable(key, "idempotency_key", InvalidArgumentError)
         size = len(key.encode())
         if size > self._max_key_bytes:
             raise InvalidArgumentError(
@@ -519,6 +547,7 @@ class Client:
         _check_job_id(run_id)
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError("a signal name must be a non-empty string")
+        check_storable(name, "signal name", InvalidArgumentError)
         if payload is None:
             raise InvalidArgumentError(
                 "a signal's payload cannot be None (a timed-out wait returns None); send "
@@ -793,3 +822,4 @@ def _state(status: JobState | str) -> JobState:
 def _check_queue(queue: object) -> None:
     if not isinstance(queue, str) or not queue:
         raise InvalidArgumentError(f"queue must be a non-empty string, got {queue!r}")
+    check_storable(queue, "queue", InvalidArgumentError)

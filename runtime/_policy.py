@@ -10,6 +10,7 @@ import attrs
 
 from trioforge._errors import ConfigurationError
 from trioforge._rules import JobState, RateLimit, Retry
+from trioforge._text import check_storable
 
 __all__ = [
     "Queue",
@@ -114,6 +115,7 @@ QueueLike = Queue | int
 def _policy(name: object, value: object) -> Queue:
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"queue names must be non-empty strings, got {name!r}")
+    check_storable(name, "queue name", ConfigurationError)
     if isinstance(value, Queue):
         return value
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:

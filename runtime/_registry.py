@@ -23,6 +23,7 @@ from trioforge._rules import (
     Retry,
     parse_priority,
 )
+from trioforge._text import check_storable
 
 if TYPE_CHECKING:
     from trioforge._context import JobContext
@@ -203,6 +204,7 @@ def check_capabilities(
     for value in names:
         if not isinstance(value, str) or not value:
             raise error(f"{what}: capability names are non-empty strings, got {value!r}")
+        check_storable(value, f"{what}: capability name", error)
     return names
 
 
@@ -271,10 +273,12 @@ class Registry:
         self._check_open(f"job {name!r}")
         if not isinstance(name, str) or not name:
             raise ConfigurationError("a job name must be a non-empty string")
+        check_storable(name, "job name", ConfigurationError)
         if name in self._jobs:
             raise ConfigurationError(f"job {name!r} is already defined in this registry")
         if not isinstance(queue, str) or not queue:
             raise ConfigurationError(f"job {name!r}: queue must be a non-empty string")
+        check_storable(queue, f"job {name!r}: queue name", ConfigurationError)
         if timeout is not None and not timeout > 0:
             raise ConfigurationError(f"job {name!r}: timeout must be > 0 seconds or None")
         level = parse_priority(priority)
@@ -402,6 +406,7 @@ class Registry:
             raise ConfigurationError(
                 f"a workflow name must be a non-empty string without '@', got {name!r}"
             )
+        check_storable(name, "workflow name", ConfigurationError)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ConfigurationError(f"workflow {name!r}: version must be an int >= 1")
         seconds = timeout.total_seconds() if isinstance(timeout, dt.timedelta) else timeout

@@ -43,6 +43,7 @@ from typing import Any, Literal, TypeAlias
 import attrs
 
 from trioforge._errors import ConfigurationError, Discard
+from trioforge._text import check_storable
 
 __all__ = [
     "PENDING_STATES",
@@ -121,11 +122,20 @@ class Priority(enum.IntEnum):
 PriorityLike: TypeAlias = Priority | Literal["low", "normal", "high", "critical"] | int
 
 
+#: Largest count or priority stored (the columns are 32-bit signed integers).
+MAX_STORED_INT = 2**31 - 1
+
+
 def parse_priority(value: PriorityLike) -> int:
     """Normalise a priority name, :class:`Priority` or int to the stored integer."""
     if isinstance(value, bool):
         raise ConfigurationError(f"priority must be a name or an int, not {value!r}")
     if isinstance(value, int):
+        if not -MAX_STORED_INT <= value <= MAX_STORED_INT:
+            raise ConfigurationError(
+                f"priority must be an int between {-MAX_STORED_INT} and {MAX_STORED_INT}, "
+                f"got {value!r}"
+            )
         return int(value)
     try:
         return int(Priority[value.upper()])
@@ -161,8 +171,11 @@ class Retry:
     discard_on: tuple[type[BaseException], ...] | Callable[[BaseException], bool] = ()
 
     def __attrs_post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ConfigurationError("Retry.max_attempts must be at least 1 (1 = no retries)")
+        if not 1 <= self.max_attempts <= MAX_STORED_INT:
+            raise ConfigurationError(
+                f"Retry.max_attempts must be between 1 (no retries) and {MAX_STORED_INT}, "
+                f"got {self.max_attempts!r}"
+            )
         if self.backoff not in ("exponential", "constant"):
             raise ConfigurationError("Retry.backoff must be 'exponential' or 'constant'")
         if self.base_delay < 0 or self.max_delay < 0:
@@ -443,6 +456,7 @@ def _check_limit_name(kind: str, name: object) -> None:
         raise ConfigurationError(
             f"a {kind} name must be a non-empty string without ':', got {name!r}"
         )
+    check_storable(name, f"{kind} name", ConfigurationError)
 
 
 def _limit_key(name: str, key: Callable[[Any], object] | None, payload: Any) -> str:

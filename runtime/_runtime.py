@@ -37,6 +37,7 @@ from trioforge._policy import (
 )
 from trioforge._registry import AttemptEnd, CronTick, JobDefinition, Registry, check_capabilities
 from trioforge._rules import AttemptOutcome, JobLimits, Retry, failure_outcome
+from trioforge._text import check_storable
 from trioforge._workflow import WorkflowAttempt, WorkflowContext
 from trioforge.actors import (
     Ended,
@@ -447,6 +448,8 @@ class _Settings:
             queues = {name: DEFAULT_CONCURRENCY for name in sorted(registry.queues())}
         policies = queue_policies(queues)
         check_rate_limits(policies, (d.rate_limit for d in registry if d.rate_limit is not None))
+        if owner is not None:
+            check_storable(owner, "owner", ConfigurationError)
         if not 0 < heartbeat_interval < lease_seconds:
             raise ConfigurationError(
                 "heartbeat_interval must be > 0 and shorter than lease_seconds"

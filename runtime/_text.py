@@ -3,7 +3,7 @@
 PostgreSQL refuses NUL in text and neither database can encode a lone surrogate (a Python
 string may hold both). Text the runtime writes (tracebacks, discard reasons, progress
 messages, results, step errors) is escaped so it is stored the same on every backend;
-names and keys a caller gives are refused instead (:func:`unstorable`), as escaping them
+names and keys a caller gives are refused instead (:func:`check_storable`), as escaping them
 would make two different names one. Pure functions, no I/O.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["storable", "storable_or_none", "unstorable"]
+__all__ = ["check_storable", "storable", "storable_or_none"]
 
 #: NUL and every surrogate code point (in a str, a surrogate is always unpaired: a pair
 #: written as two code points cannot be encoded as UTF-8 either).
@@ -36,10 +36,14 @@ def storable_or_none(text: str | None) -> str | None:
     return None if text is None else storable(text)
 
 
-def unstorable(text: str) -> str | None:
-    """Why ``text`` cannot be stored as given (None: it can), for refusal messages."""
+def check_storable(text: str, what: str, error: type[Exception]) -> str:
+    """``text`` if every backend can store it as given; else ``error`` naming ``what``
+    and the character that cannot be stored (a name or key is refused, not escaped)."""
     found = _UNSTORABLE.search(text)
     if found is None:
-        return None
-    what = "a NUL character" if found.group() == "\x00" else "a lone surrogate"
-    return f"it holds {what} (at index {found.start()}), which no database stores"
+        return text
+    char = "a NUL character" if found.group() == "\x00" else "a lone surrogate"
+    raise error(
+        f"{what} {text!a} holds {char} (at index {found.start()}), which no database "
+        "stores; remove it"
+    )

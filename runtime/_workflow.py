@@ -63,6 +63,7 @@ from trioforge._rules import (
     discard_reason,
     failure_outcome,
 )
+from trioforge._text import check_storable
 from trioforge.actors import Ended, StorageHandle
 from trioforge.actors.queue import format_error
 from trioforge.storage import (
@@ -361,6 +362,7 @@ class WorkflowContext(JobContext):
         """
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError("a step name must be a non-empty string")
+        check_storable(name, "step name", InvalidArgumentError)
         if name in self._step_names:
             raise InvalidArgumentError(
                 f"step name {name!r} is used twice in this run; give each step its own "
@@ -438,6 +440,7 @@ class WorkflowContext(JobContext):
         ``timeout`` (counted from the first time the run got here) is over. A signal sent
         before the wait is kept for it; each signal is delivered to one wait. The run holds
         no worker slot while it waits."""
+        check_storable(name, "signal name", InvalidArgumentError)
         seconds = _seconds(timeout, "a signal wait's timeout")
         seq, entry = self._next(StepKind.SIGNAL, name)
         what = f"signal {name!r} of {self.name}"

@@ -467,6 +467,14 @@ def _status_literal(status: JobState | None) -> list[str]:
     return [] if status is None else [f"status = '{JobState(status).value}'"]
 
 
+#: What sqlite3 says when a text column holds bytes that are not UTF-8.
+_UNDECODABLE = "Could not decode to UTF-8"
+
+
+def _lenient_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
 class _Busy(Exception):
     """The write lock could not be taken within the busy timeout (carries the error)."""
 
@@ -693,8 +701,22 @@ class SQLiteBackend:
             return exc.error
         except (UnicodeError, OverflowError, sqlite3.DataError) as exc:
             return refused_value(exc)  # one of its values; trying again fails the same way
+        except sqlite3.OperationalError as exc:
+            if _UNDECODABLE not in str(exc):
+                return exc
         except Exception as exc:
             return exc
+        # A row holds text that is not UTF-8 (written by an older version): read it with
+        # each bad byte replaced, so one such row never hides the others.
+        db.text_factory = _lenient_text
+        try:
+            return self._transaction(db, [op], now)[0]
+        except _Busy as exc:
+            return exc.error
+        except Exception as exc:
+            return exc
+        finally:
+            db.text_factory = str
 
     def _transaction(self, db: sqlite3.Connection, batch: list[ops.Op], now: float) -> list[object]:
         try:

@@ -178,8 +178,8 @@ class Retry:
             )
         if self.backoff not in ("exponential", "constant"):
             raise ConfigurationError("Retry.backoff must be 'exponential' or 'constant'")
-        if self.base_delay < 0 or self.max_delay < 0:
-            raise ConfigurationError("Retry delays must be >= 0 seconds")
+        if not (0 <= self.base_delay < math.inf and 0 <= self.max_delay < math.inf):
+            raise ConfigurationError("Retry delays must be finite numbers of seconds >= 0")
         if not 0.0 <= self.jitter < 1.0:
             raise ConfigurationError("Retry.jitter must be a fraction in [0, 1)")
         is_function = callable(self.discard_on) and not isinstance(self.discard_on, type)

@@ -32,6 +32,7 @@ from trioforge._errors import (
     InvalidStateError,
     JobNotFoundError,
     SchemaError,
+    TrioforgeError,
 )
 from trioforge._rules import (
     FLOW_WINDOW,
@@ -699,8 +700,10 @@ class SQLiteBackend:
             return self._transaction(db, [op], now)[0]
         except _Busy as exc:
             return exc.error
-        except (UnicodeError, OverflowError, sqlite3.DataError) as exc:
-            return refused_value(exc)  # one of its values; trying again fails the same way
+        except (ValueError, OverflowError, sqlite3.DataError) as exc:
+            # One of its values (text it cannot encode, a number out of range, a float no
+            # JSON holds): trying again fails the same way. Our own errors are its answer.
+            return exc if isinstance(exc, TrioforgeError) else refused_value(exc)
         except sqlite3.OperationalError as exc:
             if _UNDECODABLE not in str(exc):
                 return exc
@@ -871,7 +874,8 @@ class SQLiteBackend:
                     ended.append(outcome.job_id)
         if not rows:
             return [False] * len(op.outcomes)
-        done = db.execute(_FINISH, (json.dumps(rows), now)).fetchall()
+        # No NaN or infinite time may pass as JSON SQLite cannot read: refused, not retried.
+        done = db.execute(_FINISH, (json.dumps(rows, allow_nan=False), now)).fetchall()
         _store(db, Tally.from_running(Counter(map(itemgetter(2, 3, 4), done))))
         if ended:
             _wake_parents(db, ended, now)

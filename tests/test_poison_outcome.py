@@ -110,7 +110,7 @@ async def test_a_poison_outcome_beside_twenty_ordinary_ones_blocks_nothing(
 
 async def _drain(stream: trio.abc.ReceiveStream, into: list[bytes]) -> None:
     while chunk := await stream.receive_some():
-        into.append(chunk)
+        into.append(bytes(chunk))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

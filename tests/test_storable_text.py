@@ -4,6 +4,7 @@ writes it, refused where a caller gives it, never blocking or hiding anything el
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
@@ -15,10 +16,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 
 import trioforge
+import trioforge.web
 from tests.conftest import FAST
 from tests.postgres import URL as PG_URL
 from tests.postgres import create_schema, drop_schema, require_postgres
 from tests.strategies import awkward_text
+from tests.test_web_api import served
 from trioforge import JobContext, JobState, Registry, Retry, WorkflowContext
 from trioforge._cli import main
 from trioforge._text import storable
@@ -188,3 +191,49 @@ def test_any_text_is_stored_escaped_or_refused_and_blocks_nothing(place: str, te
     )
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.output)["error"] == storable(text)
+
+
+async def test_sqlite_rows_holding_invalid_utf8_read_with_replacement(tmp_path: Path) -> None:
+    # Rows written before text was made storable hold a lone surrogate as raw bytes (ED A0
+    # 80, invalid UTF-8): listings, pages and commands still show them, and their neighbours.
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    registry = Registry()
+
+    @registry.job("plain")
+    async def plain(ctx: JobContext) -> None:
+        pass
+
+    async with trioforge.open_client(url, registry=registry) as client:
+        bad, good = await client.enqueue(plain), await client.enqueue(plain)
+        await client.discard(bad, "to be overwritten")
+    with sqlite3.connect(tmp_path / "jobs.db") as db:
+        db.execute(
+            "UPDATE trioforge_jobs SET error = CAST(X'6261642000EDA080' AS TEXT), "
+            "progress_message = CAST(X'FF' AS TEXT) WHERE id = ?",
+            (bad,),
+        )
+    replaced = "bad \x00\ufffd\ufffd\ufffd"  # each invalid byte one replacement character
+
+    async with trioforge.open_client(url) as client:
+        listed = await client.list()
+        dead = await client.list(status="dead")
+        one = await client.get(bad)
+        async with served(trioforge.web.app(client=client, token="")) as http:
+            pages = {
+                path: await http.get(path)
+                for path in ("/jobs", "/dead", f"/jobs/{bad}", f"/api/jobs/{bad}", f"/jobs/{good}")
+            }
+    assert [j.id for j in listed] == [good, bad]
+    assert [j.id for j in dead] == [bad]
+    assert (one.error, one.progress_message) == (replaced, "\ufffd")
+    assert {path: r.status_code for path, r in pages.items()} == dict.fromkeys(pages, 200)
+    assert pages[f"/api/jobs/{bad}"].json()["error"] == replaced
+    for args in (
+        ["jobs", "list"],
+        ["jobs", "list", "--status", "dead"],
+        ["jobs", "show", str(bad)],
+    ):
+        # In a thread: the command runs trio itself.
+        result = await trio.to_thread.run_sync(CliRunner().invoke, main, [*args, "--database", url])
+        assert result.exit_code == 0, result.output
+        assert str(bad) in result.output

@@ -576,6 +576,7 @@ class Client:
             raise InvalidArgumentError("limit must be at least 1")
         if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
             raise InvalidArgumentError(f"before must be a job id (an int), got {before!r}")
+        _check_filters(queue=queue, name=name)
         try:
             state = None if status is None else JobState(status)
         except ValueError:
@@ -603,6 +604,7 @@ class Client:
             raise InvalidArgumentError("limit must be at least 1")
         if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
             raise InvalidArgumentError(f"before must be a run id (an int), got {before!r}")
+        _check_filters(name=name)
         state = None if status is None else _state(status)
         version = name if name is not None and "@" in name else None
         workflow = None if version is not None else name
@@ -727,6 +729,7 @@ class Client:
         name: str | None,
         since: float | dt.datetime | None,
     ) -> builtins.list[int]:
+        _check_filters(queue=queue, name=name)
         when = None if since is None else _run_at(0.0, None, since)
         after: int | None = 0
         done: builtins.list[int] = []
@@ -752,6 +755,7 @@ class Client:
         state = _state(status)
         if not state.is_terminal:
             raise InvalidArgumentError(f"only finished jobs are purged, not {status!r}")
+        _check_filters(queue=queue)
         age = older_than.total_seconds() if isinstance(older_than, dt.timedelta) else older_than
         if isinstance(age, bool) or not isinstance(age, int | float) or not 0 <= age < math.inf:
             raise InvalidArgumentError(f"older_than must be >= 0 seconds, got {older_than!r}")
@@ -817,6 +821,13 @@ def _state(status: JobState | str) -> JobState:
     except ValueError:
         names = ", ".join(s.value for s in JobState)
         raise InvalidArgumentError(f"unknown status {status!r}; use one of {names}") from None
+
+
+def _check_filters(**filters: str | None) -> None:
+    """Filters given as text match only what could be stored: refused like a name."""
+    for what, text in filters.items():
+        if isinstance(text, str):
+            check_storable(text, f"{what} filter", InvalidArgumentError)
 
 
 def _check_queue(queue: object) -> None:

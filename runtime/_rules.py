@@ -514,9 +514,14 @@ class ConcurrencyLimit:
 
     def __attrs_post_init__(self) -> None:
         _check_limit_name("concurrency limit", self.name)
-        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+        if (
+            isinstance(self.limit, bool)
+            or not isinstance(self.limit, int)
+            or not 1 <= self.limit <= MAX_STORED_INT
+        ):
             raise ConfigurationError(
-                f"ConcurrencyLimit.limit must be an int >= 1, got {self.limit!r}"
+                f"ConcurrencyLimit.limit must be an int from 1 to {MAX_STORED_INT}, "
+                f"got {self.limit!r}"
             )
         if self.key is not None and not callable(self.key):
             raise ConfigurationError("ConcurrencyLimit.key must be a function of the payload")

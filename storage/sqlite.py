@@ -472,6 +472,15 @@ def _status_literal(status: JobState | None) -> list[str]:
 _UNDECODABLE = "Could not decode to UTF-8"
 
 
+def _bad_value(exc: Exception) -> bool:
+    """Whether ``exc`` refused one of the operation's values (text the driver cannot
+    encode, an integer over 64 bits, a float no JSON holds): trying again fails the same
+    way. Our own errors (some are ValueErrors too) and unreadable stored JSON are not."""
+    if isinstance(exc, TrioforgeError | json.JSONDecodeError):
+        return False
+    return isinstance(exc, ValueError | OverflowError | sqlite3.DataError)
+
+
 def _lenient_text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
@@ -700,15 +709,11 @@ class SQLiteBackend:
             return self._transaction(db, [op], now)[0]
         except _Busy as exc:
             return exc.error
-        except (ValueError, OverflowError, sqlite3.DataError) as exc:
-            # One of its values (text it cannot encode, a number out of range, a float no
-            # JSON holds): trying again fails the same way. Our own errors are its answer.
-            return exc if isinstance(exc, TrioforgeError) else refused_value(exc)
         except sqlite3.OperationalError as exc:
             if _UNDECODABLE not in str(exc):
                 return exc
         except Exception as exc:
-            return exc
+            return refused_value(exc) if _bad_value(exc) else exc
         # A row holds text that is not UTF-8 (written by an older version): read it with
         # each bad byte replaced, so one such row never hides the others.
         db.text_factory = _lenient_text

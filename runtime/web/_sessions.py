@@ -61,7 +61,7 @@ class Throttle:
     def take(self, address: str, now: float) -> float:
         """0.0 when an attempt may go ahead (it uses one), else the seconds to wait."""
         tokens = self._level(address, now)
-        if tokens < 1.0:
+        if tokens < 1.0 - 1e-9:  # after exactly the wait it named, rounding aside
             return (1.0 - tokens) * self.every
         self._buckets[address] = (tokens - 1.0, now)
         if len(self._buckets) > self.most:

@@ -108,11 +108,13 @@ class WebState:
         verdict = self.from_here(request)
         if verdict is True:
             return None
-        why = "it comes from another origin" if verdict is False else (
-            "it says nowhere where it comes from (Origin, Sec-Fetch-Site); scripts send"
-            " 'Authorization: Bearer <TRIOFORGE_WEB_TOKEN>'"
-        )  # fmt: skip
-        return text(f"refused: {why}", 403)
+        if verdict is False:
+            return text("refused: the request comes from another origin", 403)
+        return text(
+            "refused: the request names no origin (Origin, Sec-Fetch-Site); scripts send"
+            " 'Authorization: Bearer <TRIOFORGE_WEB_TOKEN>'",
+            403,
+        )
 
     def accepts(self, offered: str | None) -> bool:
         """Whether ``offered`` is the action token (compared in constant time)."""

@@ -17,7 +17,7 @@ from tests.conftest import FAST
 from tests.test_web_api import served
 from tests.test_web_workflows import make_registry as workflow_registry
 from tests.test_web_workflows import waiting_for_its_signal
-from trioforge import JobContext, Registry
+from trioforge import InvalidArgumentError, JobContext, Registry
 from trioforge.web._api import MAX_BODY_BYTES
 from trioforge.web._views import when
 
@@ -51,8 +51,16 @@ async def test_a_run_waiting_forever_renders_its_job_page(sqlite_url: str) -> No
         job_page = await http.get(f"/jobs/{run_id}")
         run_page = await http.get(f"/workflows/{run_id}")
         await rt.cancel(run_id)
+        try:  # refused at enqueue, or stored and shown
+            far_id: int | None = await rt.enqueue("echo", 1, delay=1e300, queue="idle")
+        except InvalidArgumentError:
+            far_id = None
+        far_page = await http.get(f"/jobs/{far_id}") if far_id is not None else None
     assert (job_page.status_code, run_page.status_code) == (200, 200)
     assert re.search(r"<dt>run at</dt><dd>never</dd>", job_page.text)
+    if far_page is not None:
+        assert far_page.status_code == 200
+        assert re.search(r"<dt>run at</dt><dd>never</dd>", far_page.text)
 
 
 def test_times_out_of_range_read_never() -> None:

@@ -81,10 +81,6 @@ class WebState:
             return None
         return definition if definition.workflow is not None and definition.public else None
 
-    def may_act(self, request: Request) -> bool:
-        """Whether this request carries the action token (bearer header) or a session."""
-        return self.bearer(request) or self.session(request) is not None
-
     def bearer(self, request: Request) -> bool:
         """Whether an ``Authorization: Bearer`` header carries the action token (a script;
         a browser sends no such header to another origin without a CORS preflight)."""

@@ -7,9 +7,16 @@ screenshots`` writes them to docs/screenshots/).
 from __future__ import annotations
 
 import asyncio
+import http.server
 import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +249,177 @@ def test_a_run_page_follows_its_timeline_to_completed(served: Served, browser: A
     assert ship.locator("td").nth(3).text_content() == "completed"
     assert page.locator("#result").text_content() == '"fulfilled o-2"'
     assert served.call(rt.get, run_id).status is JobState.COMPLETED
+
+
+# --- security: another origin, a replayed cookie, a body too large -----------------------
+
+ATTACK = """<!doctype html><title>another port</title><body>
+<form id="cancel" method="post" action="{target}/jobs/{job_id}/cancel">
+  <input name="csrf" value="guessed"></form>
+<script>
+window.attack = (async () => {{
+  const send = (path, body, type) => fetch("{target}" + path, {{
+    method: "POST", mode: "no-cors", credentials: "include",
+    headers: {{"content-type": type}}, body,
+  }}).then(() => "answered", (e) => String(e));
+  return [
+    await send("/jobs/{job_id}/cancel", "csrf=guessed", "application/x-www-form-urlencoded"),
+    await send("/queues/idle/pause", "csrf=guessed", "application/x-www-form-urlencoded"),
+    await send("/api/jobs/images:resize", "96", "text/plain"),
+  ];
+}})();
+</script></body>"""
+
+
+@contextmanager
+def attack_site(html: str) -> Iterator[str]:
+    """``html`` served at / from another port of 127.0.0.1: the same site, another origin."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = html.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def log_in(page: Any, url: str) -> None:
+    page.goto(f"{url}/login")
+    page.fill("input[name=token]", TOKEN)
+    page.click("form button")
+    page.wait_for_url(f"{url}/")
+
+
+def test_a_page_on_another_port_cannot_act_through_the_logged_in_browser(
+    served: Served, browser: Any
+) -> None:
+    rt = served.runtime
+    assert rt is not None
+    job_id = served.call(partial(rt.enqueue, "reports:crawl", 1, queue="idle"))
+    context = browser.new_context()
+    page = context.new_page()
+    log_in(page, served.url)
+    with attack_site(ATTACK.format(target=served.url, job_id=job_id)) as evil:
+        assert evil.rsplit(":", 1)[0] == served.url.rsplit(":", 1)[0]  # same host
+        page.goto(evil)
+        fetched = page.evaluate("() => window.attack")
+        with page.expect_navigation():
+            page.evaluate("() => document.getElementById('cancel').submit()")
+        form_status = page.evaluate("() => document.body.innerText")
+    assert fetched == ["answered"] * 3  # every request reached the server
+    assert "refused" in form_status
+    assert served.call(rt.get, job_id).status is JobState.AVAILABLE
+    assert [q.paused for q in served.call(rt.queues) if q.name == "idle"] == [False]
+    assert [j.name for j in served.call(rt.list)] == ["reports:crawl"]  # nothing enqueued
+    # The same browser, from the dashboard's own page, still acts: its session was live.
+    page.goto(f"{served.url}/jobs/{job_id}")
+    page.click("#cancel")
+    page.wait_for_function("() => document.querySelector('#state').textContent === 'cancelled'")
+    assert served.call(rt.get, job_id).status is JobState.CANCELLED
+    context.close()
+
+
+def test_the_session_cookie_cannot_be_replayed_after_logging_out(
+    served: Served, browser: Any
+) -> None:
+    rt = served.runtime
+    assert rt is not None
+    job_id = served.call(partial(rt.enqueue, "reports:crawl", 1, queue="idle"))
+    context = browser.new_context()
+    page = context.new_page()
+    log_in(page, served.url)
+    captured = context.cookies()
+    page.goto(f"{served.url}/jobs/{job_id}")
+    csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+    page.click("header form button")  # log out
+    page.wait_for_url(f"{served.url}/")
+    context.add_cookies(captured)  # the copy taken before logging out
+    replayed = page.evaluate(
+        """async ([jobId, csrf]) => (await fetch(`/jobs/${jobId}/cancel`, {
+            method: "POST", body: new URLSearchParams({csrf}), redirect: "manual",
+        })).status""",
+        [job_id, csrf],
+    )
+    page.reload()
+    assert replayed == 403
+    assert "log in to act" in page.content()
+    assert served.call(rt.get, job_id).status is JobState.AVAILABLE
+    assert captured
+    assert all(TOKEN not in c["value"] for c in captured)  # a session id, not the token
+    context.close()
+
+
+WEB_APP = """
+import trioforge
+registry = trioforge.Registry()
+
+@registry.job("echo", public=True, queue="idle")
+async def echo(ctx: trioforge.JobContext, n: int) -> int:
+    return n
+"""
+
+
+def rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    assert found is not None, status
+    return int(found.group(1))
+
+
+@contextmanager
+def web_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``trioforge web`` in a process of its own (its RSS is the web app's), and its URL."""
+    (tmp_path / "webapp.py").write_text(WEB_APP)
+    database = f"sqlite:///{tmp_path / 'jobs.db'}"
+    command = [sys.executable, "-m", "trioforge", "web", "--port", "0",
+               "--database", database, "--registry", "webapp:registry"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "TRIOFORGE_WEB_TOKEN": TOKEN}
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        seen = b""
+        while (found := re.search(rb"serving on (http://\S+)", seen)) is None:
+            line = proc.stderr.readline()
+            assert line, seen
+            seen += line
+        yield proc, found.group(1).decode()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+POST = """async (size) => {
+  const body = new Uint8Array(size).fill(49);  // "1111…": a JSON number, were it read
+  const init = {method: "POST", headers: {"content-type": "application/json"}, body};
+  try { return (await fetch("/api/jobs/echo", init)).status; }
+  catch (e) { return String(e); }
+}"""
+
+
+def test_a_50_mb_body_is_refused_without_being_read(tmp_path: Path, browser: Any) -> None:
+    with web_process(tmp_path) as (proc, url):
+        page = browser.new_page()
+        page.goto(f"{url}/processes")
+        assert page.evaluate(POST, 2) == 201  # "11": served, warmed up
+        assert page.evaluate(POST, 3 * 2**20) == 413
+        before = rss_kib(proc.pid)
+        refused = page.evaluate(POST, 50 * 2**20)
+        grown = rss_kib(proc.pid) - before
+    print(f"RSS of the web process: {before} KiB, then grown by {grown} KiB")
+    assert refused == 413
+    assert grown < 5 * 1024, f"the web process grew by {grown} KiB"

@@ -108,13 +108,21 @@ async def test_public_enqueue_refuses_what_enqueue_refuses(sqlite_url: str) -> N
     ):
         wrong = await http.post("/api/jobs/images:resize", json={"width": "three", "height": 4})
         extra = await http.post("/api/jobs/images:resize", json={"width": 3, "height": 4, "x": 1})
-        not_json = await http.post("/api/jobs/images:resize", content=b"{nope")
+        not_json = await http.post(
+            "/api/jobs/images:resize",
+            content=b"{nope",
+            headers={"content-type": "application/json"},
+        )
+        as_text = await http.post(
+            "/api/jobs/images:resize", content=b"{}", headers={"content-type": "text/plain"}
+        )
         private = await http.post("/api/jobs/internal", json=None)
         unknown = await http.post("/api/jobs/nothing", json={})
         assert await client.list() == []  # nothing was stored
     assert (wrong.status_code, extra.status_code) == (422, 422)
     assert "images:resize" in wrong.json()["error"]
     assert not_json.status_code == 400
+    assert as_text.status_code == 415  # what a cross-site form could send
     assert (private.status_code, unknown.status_code) == (404, 404)
     assert private.json() == {"error": "no public job named 'internal'"}
 

@@ -91,13 +91,19 @@ async def test_actions_need_the_token(sqlite_url: str) -> None:
             async for info in rt.watch(job_id):
                 if info.progress == 12:
                     break
+        here = {"Origin": str(http.base_url).rstrip("/")}
         anonymous = await http.post(f"/jobs/{job_id}/cancel")
         page = await http.get(f"/jobs/{job_id}")
-        wrong = await http.post("/login", data={"token": "nope"})
-        logged_in = await http.post("/login", data={"token": TOKEN}, follow_redirects=False)
-        cookie = logged_in.cookies.get("trioforge_token")
+        wrong = await http.post("/login", data={"token": "nope"}, headers=here)
+        logged_in = await http.post(
+            "/login", data={"token": TOKEN}, headers=here, follow_redirects=False
+        )
+        cookie = logged_in.cookies.get("trioforge_session")
         authed_page = await http.get(f"/jobs/{job_id}")
-        cancelled = await http.post(f"/jobs/{job_id}/cancel", follow_redirects=False)
+        cancelled = await http.post(
+            f"/jobs/{job_id}/cancel", data={"csrf": csrf_of(authed_page.text)}, headers=here,
+            follow_redirects=False,
+        )  # fmt: skip
         with trio.fail_after(10):
             info = await rt.wait(job_id)
         http.cookies.clear()  # the bearer header alone
@@ -111,13 +117,137 @@ async def test_actions_need_the_token(sqlite_url: str) -> None:
     assert "log in to act" in page.text
     assert wrong.status_code == 403
     assert logged_in.status_code == 303
-    assert cookie == TOKEN
+    assert cookie
+    assert TOKEN not in cookie  # a session id, not the token
     assert "samesite=strict" in logged_in.headers["set-cookie"].lower()
     assert "httponly" in logged_in.headers["set-cookie"].lower()
     assert 'id="cancel"' in authed_page.text
     assert cancelled.status_code == 303
     assert info.status is JobState.CANCELLED
     assert bearer.status_code == 303
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found is not None, "no form with a CSRF token on the page"
+    return found.group(1)
+
+
+async def test_actions_need_proof_of_origin_and_the_csrf_token(sqlite_url: str) -> None:
+    """A logged-in browser's cookie alone acts on nothing: another origin (another port
+    of the same host), no origin at all, or a form without the session's token is
+    refused; a script acts with the bearer header alone."""
+    registry = make_registry()
+    async with (
+        trioforge.open_client(sqlite_url, registry=registry) as client,
+        served(trioforge.web.app(client=client, registry=registry, token=TOKEN)) as http,
+    ):
+        job_id = await client.enqueue("render", "x")
+        here = str(http.base_url).rstrip("/")
+        other_port = here.rsplit(":", 1)[0] + ":1"
+        no_origin_login = await http.post("/login", data={"token": TOKEN})
+        foreign_login = await http.post(
+            "/login", data={"token": TOKEN}, headers={"Origin": other_port}
+        )
+        await http.post("/login", data={"token": TOKEN}, headers={"Origin": here})
+        csrf = csrf_of((await http.get("/")).text)
+        tries = {
+            "other port": ({"Origin": other_port}, csrf),
+            "same site": ({"Sec-Fetch-Site": "same-site"}, csrf),
+            "no origin": ({}, csrf),
+            "null origin": ({"Origin": "null"}, csrf),
+            "no token": ({"Origin": here}, ""),
+            "wrong token": ({"Origin": here, "Sec-Fetch-Site": "same-origin"}, csrf + "x"),
+        }
+        refused = {}
+        for why, (headers, token) in tries.items():
+            refused[why] = (await http.post(
+                f"/jobs/{job_id}/cancel", data={"csrf": token}, headers=headers
+            )).status_code  # fmt: skip
+            refused[why + " (pause)"] = (await http.post(
+                "/queues/pages/pause", data={"csrf": token}, headers=headers
+            )).status_code  # fmt: skip
+        untouched = (await client.get(job_id)).status, [q.paused for q in await client.queues()]
+        fetched = await http.post(
+            "/queues/pages/pause", data={"csrf": csrf},
+            headers={"Origin": here, "Sec-Fetch-Site": "same-origin"}, follow_redirects=False,
+        )  # fmt: skip
+        http.cookies.clear()
+        script = await http.post(
+            "/queues/pages/resume", headers={"Authorization": f"Bearer {TOKEN}"},
+            follow_redirects=False,
+        )  # fmt: skip
+        wrong_bearer = await http.post(
+            "/queues/pages/pause", headers={"Authorization": "Bearer nope"}
+        )
+        paused = [q.paused for q in await client.queues()]
+    assert (no_origin_login.status_code, foreign_login.status_code) == (403, 403)
+    assert refused == dict.fromkeys(refused, 403)
+    assert untouched == (JobState.AVAILABLE, [False])
+    assert (fetched.status_code, script.status_code) == (303, 303)
+    assert wrong_bearer.status_code == 403
+    assert paused == [False]
+
+
+async def test_logging_out_revokes_the_session(sqlite_url: str) -> None:
+    async with (
+        trioforge.open_client(sqlite_url) as client,
+        served(trioforge.web.app(client=client, token=TOKEN)) as http,
+    ):
+        here = {"Origin": str(http.base_url).rstrip("/")}
+        await http.post("/login", data={"token": TOKEN}, headers=here)
+        cookie = http.cookies["trioforge_session"]
+        csrf = csrf_of((await http.get("/")).text)
+        out = await http.post("/logout", data={"csrf": csrf}, headers=here)
+        http.cookies.clear()
+        http.cookies.set("trioforge_session", cookie)  # replayed
+        replayed = await http.post("/queues/x/pause", data={"csrf": csrf}, headers=here)
+        page = await http.get("/")
+        paused = await client.queues()
+    assert out.status_code == 303
+    assert replayed.status_code == 403
+    assert "log in to act" in page.text
+    assert paused == []
+
+
+async def test_login_attempts_are_throttled_per_address(sqlite_url: str) -> None:
+    async with (
+        trioforge.open_client(sqlite_url) as client,
+        served(trioforge.web.app(client=client, token=TOKEN)) as http,
+    ):
+        here = {"Origin": str(http.base_url).rstrip("/")}
+        codes = [
+            (await http.post("/login", data={"token": "guess"}, headers=here)).status_code
+            for _ in range(10)
+        ]
+        throttled = await http.post("/login", data={"token": TOKEN}, headers=here)
+    assert codes == [403] * 10
+    assert throttled.status_code == 429
+    assert int(throttled.headers["retry-after"]) >= 1
+    assert "trioforge_session" not in throttled.cookies
+
+
+async def test_every_response_carries_the_security_headers(sqlite_url: str) -> None:
+    registry = make_registry()
+    async with (
+        trioforge.open_client(sqlite_url, registry=registry) as client,
+        served(trioforge.web.app(client=client, registry=registry, token=TOKEN)) as http,
+    ):
+        job_id = await client.enqueue("render", "x")
+        responses = {p: await http.get(p) for p in (
+            "/", f"/jobs/{job_id}", f"/api/jobs/{job_id}", "/no/such/page", "/track.js",
+            "/static/dashboard.css", "/static/job.js", "/static/run.js", "/metrics")}  # fmt: skip
+        responses["POST /login"] = await http.post("/login", data={"token": "x"})
+    for path, response in responses.items():
+        h = response.headers
+        assert "script-src 'self'" in h["content-security-policy"], path
+        assert "frame-ancestors 'none'" in h["content-security-policy"], path
+        assert (h["x-frame-options"], h["x-content-type-options"]) == ("DENY", "nosniff"), path
+        assert h["referrer-policy"] == "same-origin", path
+    assert "<script>" not in responses[f"/jobs/{job_id}"].text  # no inline script
+    assert "<style>" not in responses["/"].text
+    assert " style=" not in responses[f"/jobs/{job_id}"].text
+    assert responses["/static/dashboard.css"].headers["content-type"].startswith("text/css")
 
 
 async def test_without_a_token_the_dashboard_is_read_only(sqlite_url: str) -> None:

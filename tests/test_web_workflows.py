@@ -105,7 +105,14 @@ async def test_public_starts_refuse_what_enqueue_refuses(database: Any) -> None:
     ):
         wrong = await http.post("/api/workflows/accounts:verify", json={"mail": "a"})
         extra = await http.post("/api/workflows/accounts:verify", json={"email": "a", "x": 1})
-        not_json = await http.post("/api/workflows/accounts:verify", content=b"{nope")
+        not_json = await http.post(
+            "/api/workflows/accounts:verify",
+            content=b"{nope",
+            headers={"content-type": "application/json"},
+        )
+        as_text = await http.post(
+            "/api/workflows/accounts:verify", content=b"{}", headers={"content-type": "text/plain"}
+        )
         private = await http.post("/api/workflows/internal:sweep", json=None)
         a_job = await http.post("/api/workflows/plain", json=None)
         unknown = await http.post("/api/workflows/nothing", json={})
@@ -118,6 +125,7 @@ async def test_public_starts_refuse_what_enqueue_refuses(database: Any) -> None:
     assert (wrong.status_code, extra.status_code) == (422, 422)
     assert "accounts:verify" in wrong.json()["error"]
     assert not_json.status_code == 400
+    assert as_text.status_code == 415  # what a cross-site form could send
     assert [r.status_code for r in (private, a_job, unknown)] == [404, 404, 404]
     assert private.json() == {"error": "no public workflow named 'internal:sweep'"}
     assert versioned.status_code == 201

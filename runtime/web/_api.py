@@ -6,16 +6,17 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import nullcontext
-from importlib import resources
 
 import trio
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from trioforge._errors import InvalidArgumentError, JobNotFoundError, PayloadError
 from trioforge._registry import JobDefinition
 from trioforge.storage import JobInfo
+from trioforge.web._bodies import JSONOut, read_body, too_large
+from trioforge.web._origin import is_json
 from trioforge.web._state import WebState
 from trioforge.web._views import job_view, run_view
 
@@ -24,16 +25,20 @@ __all__ = ["api_routes"]
 #: An SSE comment this often keeps proxies from closing an idle stream.
 KEEPALIVE_SECONDS = 15.0
 #: Largest request body accepted by ``POST /api/jobs/{name}`` (payloads are checked again
-#: against the client's own limit).
+#: against the client's own limit); a longer one is not read past this.
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
 
-def _not_found(job_id: object) -> JSONResponse:
-    return JSONResponse({"error": f"no job with id {job_id}"}, status_code=404)
+def _not_found(job_id: object) -> JSONOut:
+    return JSONOut({"error": f"no job with id {job_id}"}, status_code=404)
 
 
-def _no_run(run_id: object) -> JSONResponse:
-    return JSONResponse({"error": f"no workflow run with id {run_id}"}, status_code=404)
+def _no_run(run_id: object) -> JSONOut:
+    return JSONOut({"error": f"no workflow run with id {run_id}"}, status_code=404)
+
+
+def _error(status: int, message: str) -> JSONOut:
+    return JSONOut({"error": message}, status_code=status)
 
 
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -51,7 +56,7 @@ def api_routes(web: WebState) -> list[Route]:
             info = await web.client.get(job_id)
         except (JobNotFoundError, InvalidArgumentError):
             return _not_found(job_id)
-        return JSONResponse(job_view(info))
+        return JSONOut(job_view(info))
 
     async def events(request: Request) -> Response:
         job_id = request.path_params["job_id"]
@@ -65,22 +70,35 @@ def api_routes(web: WebState) -> list[Route]:
 
     async def start(request: Request, definition: JobDefinition, path: str) -> Response:
         """Enqueue ``definition`` with the request's JSON body, checked as ``enqueue``
-        checks it; 201 with where to follow it (``path``: ``jobs`` or ``workflows``)."""
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return JSONResponse({"error": "request body too large"}, status_code=413)
+        checks it; 201 with where to follow it (``path``: ``jobs`` or ``workflows``).
+
+        Only ``application/json`` (a cross-origin page cannot send it without a CORS
+        preflight, which only ``cors_origins`` pass), from this origin, a CORS origin or
+        a script; the body is not read past ``MAX_BODY_BYTES``."""
+        if not is_json(request.headers.get("content-type")):
+            return _error(415, "send the payload as JSON, with Content-Type: application/json")
+        foreign = web.from_here(request) is False
+        if foreign and request.headers.get("origin") not in web.cors_origins:
+            return _error(403, "refused: the page's origin is not one of the CORS origins")
+        body = await read_body(request, MAX_BODY_BYTES)
+        if body is None:
+            return too_large(MAX_BODY_BYTES, as_json=True)
         try:
             payload = json.loads(body) if body.strip() else None
         except ValueError as exc:
-            return JSONResponse({"error": f"the body is not JSON: {exc}"}, status_code=400)
+            return _error(400, f"the body is not JSON: {exc}")
+        except RecursionError:
+            return _error(400, "the body is nested too deeply to read")
         tracing = web.client.tracing
         try:
             with nullcontext() if tracing is None else tracing.incoming(request.headers):
                 job_id = await web.client.enqueue(definition, payload)
         except (PayloadError, InvalidArgumentError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=422)
+            return _error(422, str(exc))
+        except RecursionError:
+            return _error(400, "the payload is nested too deeply to store")
         root = request.scope.get("root_path", "")
-        return JSONResponse(
+        return JSONOut(
             {"id": job_id, "url": f"{root}/api/{path}/{job_id}",
              "events": f"{root}/api/{path}/{job_id}/events"},
             status_code=201,
@@ -90,14 +108,14 @@ def api_routes(web: WebState) -> list[Route]:
         name = request.path_params["name"]
         registry = web.registry
         if registry is None or name not in registry.names() or not registry.get(name).public:
-            return JSONResponse({"error": f"no public job named {name!r}"}, status_code=404)
+            return _error(404, f"no public job named {name!r}")
         return await start(request, registry.get(name), "jobs")
 
     async def start_run(request: Request) -> Response:
         name = request.path_params["name"]
         definition = web.public_workflow(name)
         if definition is None:
-            return JSONResponse({"error": f"no public workflow named {name!r}"}, status_code=404)
+            return _error(404, f"no public workflow named {name!r}")
         return await start(request, definition, "workflows")
 
     async def run(request: Request) -> Response:
@@ -106,7 +124,7 @@ def api_routes(web: WebState) -> list[Route]:
             info = await web.client.workflow(run_id)
         except (JobNotFoundError, InvalidArgumentError):
             return _no_run(run_id)
-        return JSONResponse(run_view(info))
+        return JSONOut(run_view(info))
 
     async def run_events(request: Request) -> Response:
         run_id = request.path_params["run_id"]
@@ -118,10 +136,8 @@ def api_routes(web: WebState) -> list[Route]:
             _run_stream(web, run_id), media_type="text/event-stream", headers=_STREAM_HEADERS
         )
 
-    async def static(request: Request) -> Response:
-        name, media = _STATIC[request.url.path.rsplit("/", 1)[-1]]
-        text = resources.files("trioforge.web").joinpath("static", name).read_text()
-        return Response(text, media_type=media, headers={"Cache-Control": "max-age=300"})
+    async def no_such_id(request: Request) -> Response:
+        return _error(404, f"no job or run at {request.url.path} (ids are whole numbers)")
 
     return [
         Route("/api/jobs/{job_id:int}", job, methods=["GET"]),
@@ -130,15 +146,10 @@ def api_routes(web: WebState) -> list[Route]:
         Route("/api/workflows/{run_id:int}", run, methods=["GET"]),
         Route("/api/workflows/{run_id:int}/events", run_events, methods=["GET"]),
         Route("/api/workflows/{name:path}", start_run, methods=["POST"]),
-        Route("/track.js", static, methods=["GET"]),
-        Route("/track.d.ts", static, methods=["GET"]),
+        # A GET of a path the POST routes above take (/api/jobs/abc) is a 404, not a 405.
+        Route("/api/jobs/{rest:path}", no_such_id, methods=["GET"]),
+        Route("/api/workflows/{rest:path}", no_such_id, methods=["GET"]),
     ]
-
-
-_STATIC = {
-    "track.js": ("track.js", "text/javascript"),
-    "track.d.ts": ("track.d.ts", "application/typescript"),
-}
 
 
 async def _stream(web: WebState, job_id: int) -> AsyncIterator[str]:

@@ -26,7 +26,9 @@ from trioforge.metrics import Metrics
 from trioforge.storage import Backend
 from trioforge.web._api import api_routes
 from trioforge.web._dashboard import dashboard_routes
+from trioforge.web._headers import SecurityHeaders
 from trioforge.web._state import WebState
+from trioforge.web._static import static_routes
 
 __all__ = ["app", "metrics_app", "serve"]
 
@@ -50,11 +52,11 @@ def app(
     one the runtime counts with; default: a new one, with the storage gauges only).
     ``cors_origins`` lists the frontend origins (``https://app.example``) allowed to call
     the job API from a browser (``track.js`` with a base URL on another origin); the
-    dashboard's actions never accept cross-origin requests (their cookie is SameSite).
+    dashboard's actions never accept cross-origin requests (docs/web.md, Security).
     """
     if token is None:
         token = os.environ.get("TRIOFORGE_WEB_TOKEN") or None
-    web = WebState(client, registry, token)
+    web = WebState(client, registry, token, cors_origins)
     measured = metrics if metrics is not None else Metrics()
 
     @asynccontextmanager
@@ -72,6 +74,7 @@ def app(
     routes = [
         *api_routes(web),
         *dashboard_routes(web),
+        *static_routes(),
         _metrics_route(web, measured),
     ]
     cors = Middleware(
@@ -81,13 +84,21 @@ def app(
         allow_headers=["content-type", "traceparent", "tracestate"],
     )
     middleware = [cors] if cors_origins else []
-    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    return _Secured(routes=routes, lifespan=lifespan, middleware=middleware)
 
 
 def metrics_app(client: Client, metrics: Metrics) -> Starlette:
     """An ASGI app serving only ``GET /metrics`` for ``client`` (a worker's runtime): the
     collectors ``metrics`` counts with, and the storage gauges read at each scrape."""
-    return Starlette(routes=[_metrics_route(WebState(client, None, None), metrics)])
+    return _Secured(routes=[_metrics_route(WebState(client, None, None), metrics)])
+
+
+class _Secured(Starlette):
+    """Starlette with the security headers outermost, so even its own error pages carry
+    them."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 def _metrics_route(web: WebState, metrics: Metrics) -> Route:

@@ -2,11 +2,18 @@
 
 Every page reads a bounded amount: job lists are keyset pages (``before=<id>``) of at
 most ``PAGE`` rows served by indexes, counts are per queue and state.
+
+An action (POST) is taken for a script with the token in an ``Authorization: Bearer``
+header, or for a logged-in browser when it proves it comes from the dashboard's own pages:
+``Origin``/``Sec-Fetch-Site`` say this origin and the form carries the session's CSRF token.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hmac
+import math
+import time
 import urllib.parse
 from collections import Counter
 from typing import Any
@@ -17,7 +24,8 @@ from starlette.routing import Route
 
 from trioforge._errors import InvalidArgumentError, InvalidStateError, JobNotFoundError
 from trioforge._rules import JobState
-from trioforge.web._state import TOKEN_COOKIE, WebState
+from trioforge.web._bodies import read_body, text, too_large
+from trioforge.web._state import SESSION_COOKIE, WebState
 from trioforge.web._views import run_updated_at, run_view, step_view
 
 __all__ = ["PAGE", "dashboard_routes"]
@@ -28,19 +36,36 @@ PAGE = 50
 WINDOW_MINUTES = 5
 #: Running jobs counted on the processes page, at most.
 RUNNING_SHOWN = 1000
+#: Largest form body an action or a login reads.
+FORM_BYTES = 16 * 1024
+#: Largest id (SQLite's and PostgreSQL's bigint); a larger ``before`` pages from the newest.
+MAX_ID = 2**63 - 1
 
 _STATES = [s.value for s in JobState]
 
 
 def _filters(request: Request) -> dict[str, Any]:
     q = request.query_params
-    before = q.get("before", "")
     return {
         "state": q.get("state") or None,
         "queue": q.get("queue") or None,
         "name": q.get("name") or None,
-        "before": int(before) if before.isdigit() else None,
+        "before": page_key(q.get("before", "")),
     }
+
+
+def page_key(before: str) -> int | None:
+    """A keyset page's ``before=<id>``: ASCII digits (``²`` is a digit to Python, not an
+    id), at most ``MAX_ID``; anything else pages from the newest."""
+    if not (before.isascii() and before.isdigit()):
+        return None
+    return min(int(before), MAX_ID)
+
+
+def _field(body: bytes, name: str) -> str:
+    """One field of an urlencoded form ("" when absent)."""
+    form = urllib.parse.parse_qs(body.decode(errors="replace"))
+    return (form.get(name) or [""])[0]
 
 
 def _query(filters: dict[str, Any]) -> str:
@@ -51,13 +76,16 @@ def _query(filters: dict[str, Any]) -> str:
 
 def dashboard_routes(web: WebState) -> list[Route]:
     def render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
+        session = web.session(request)
         page = web.templates.get_template(template).render(
             root=request.scope.get("root_path", ""),
-            can_act=web.may_act(request),
+            can_act=session is not None or web.bearer(request),
+            csrf=session.csrf if session is not None else "",
             actions_configured=web.token is not None,
             **context,
         )
-        return HTMLResponse(page, status_code=status)
+        # A lone surrogate (an old row's text) is written as its escape, not a 500.
+        return HTMLResponse(page.encode("utf-8", "backslashreplace"), status_code=status)
 
     async def queues(request: Request) -> Response:
         client = web.client
@@ -86,7 +114,7 @@ def dashboard_routes(web: WebState) -> list[Route]:
         if dead:
             filters["state"] = JobState.DEAD.value
         jump = request.query_params.get("id", "")
-        if jump.strip().isdigit():
+        if jump.strip().isascii() and jump.strip().isdigit():
             return RedirectResponse(
                 f"{request.scope.get('root_path', '')}/jobs/{jump.strip()}", 303
             )
@@ -216,14 +244,27 @@ def dashboard_routes(web: WebState) -> list[Route]:
     def back(request: Request, path: str) -> Response:
         return RedirectResponse(f"{request.scope.get('root_path', '')}{path}", status_code=303)
 
-    def refused(request: Request) -> Response | None:
-        if web.may_act(request):
+    async def refused(request: Request) -> Response | None:
+        """None when the request may act: the bearer token, or a session whose own page
+        sent it (this origin, and the form's CSRF token); else the refusal."""
+        if web.bearer(request):
             return None
-        why = "disabled: no TRIOFORGE_WEB_TOKEN" if web.token is None else "log in first"
-        return Response(f"actions are {why}", status_code=403, media_type="text/plain")
+        session = web.session(request)
+        if session is None:
+            why = "disabled: no TRIOFORGE_WEB_TOKEN" if web.token is None else "log in first"
+            return text(f"actions are {why}", 403)
+        if (foreign := web.refuse_foreign(request)) is not None:
+            return foreign
+        body = await read_body(request, FORM_BYTES)
+        if body is None:
+            return too_large(FORM_BYTES, as_json=False)
+        offered = _field(body, "csrf")
+        if not hmac.compare_digest(offered.encode(), session.csrf.encode()):
+            return text("refused: the form's CSRF token is missing or stale; reload the page", 403)
+        return None
 
     async def job_action(request: Request) -> Response:
-        if (refusal := refused(request)) is not None:
+        if (refusal := await refused(request)) is not None:
             return refusal
         job_id, action = request.path_params["job_id"], request.path_params["action"]
         client = web.client
@@ -235,70 +276,88 @@ def dashboard_routes(web: WebState) -> list[Route]:
             elif action == "discard":
                 await client.discard(job_id, "discarded from the dashboard")
             else:
-                return Response("unknown action", status_code=404, media_type="text/plain")
+                return text("unknown action", 404)
         except (JobNotFoundError, InvalidArgumentError):
-            return Response(f"no job with id {job_id}", status_code=404, media_type="text/plain")
+            return text(f"no job with id {job_id}", 404)
         except InvalidStateError as exc:
-            return Response(str(exc), status_code=409, media_type="text/plain")
+            return text(str(exc), 409)
         return back(request, f"/jobs/{job_id}")
 
     async def run_action(request: Request) -> Response:
-        if (refusal := refused(request)) is not None:
+        if (refusal := await refused(request)) is not None:
             return refusal
         run_id = request.path_params["run_id"]
         try:
             await web.client.workflow(run_id)
             await web.client.cancel(run_id)
         except (JobNotFoundError, InvalidArgumentError):
-            return Response(
-                f"no workflow run with id {run_id}", status_code=404, media_type="text/plain"
-            )
+            return text(f"no workflow run with id {run_id}", 404)
         except InvalidStateError as exc:
-            return Response(str(exc), status_code=409, media_type="text/plain")
+            return text(str(exc), 409)
         return back(request, f"/workflows/{run_id}")
 
     async def queue_action(request: Request) -> Response:
-        if (refusal := refused(request)) is not None:
+        if (refusal := await refused(request)) is not None:
             return refusal
         name, action = request.path_params["name"], request.path_params["action"]
-        if action == "pause":
-            await web.client.pause(name)
-        elif action == "resume":
-            await web.client.resume(name)
-        else:
-            return Response("unknown action", status_code=404, media_type="text/plain")
+        try:
+            if action == "pause":
+                await web.client.pause(name)
+            elif action == "resume":
+                await web.client.resume(name)
+            else:
+                return text("unknown action", 404)
+        except InvalidArgumentError as exc:
+            return text(str(exc), 400)
         return back(request, "/")
 
     async def retry_all(request: Request) -> Response:
-        if (refusal := refused(request)) is not None:
+        if (refusal := await refused(request)) is not None:
             return refusal
         filters = _filters(request)
         await web.client.retry_many(queue=filters["queue"], name=filters["name"])
         return back(request, "/dead")
 
     async def delete_all(request: Request) -> Response:
-        if (refusal := refused(request)) is not None:
+        if (refusal := await refused(request)) is not None:
             return refusal
         await web.client.purge(status=JobState.DEAD, older_than=0, queue=_filters(request)["queue"])
         return back(request, "/dead")
 
     async def login(request: Request) -> Response:
+        """A session for the browser that offers the token from the login page itself;
+        attempts per client address are throttled (429 with Retry-After)."""
         if request.method == "GET":
             return render(request, "login.html", failed=False)
-        form = urllib.parse.parse_qs((await request.body()).decode(errors="replace"))
-        offered = (form.get("token") or [""])[0]
-        if not web.accepts(offered):
+        address = request.client.host if request.client is not None else ""
+        wait = web.logins.take(address, time.monotonic())
+        if wait > 0:
+            return text(
+                "too many login attempts from this address; try again later", 429,
+                headers={"Retry-After": str(math.ceil(wait))},
+            )  # fmt: skip
+        if (foreign := web.refuse_foreign(request)) is not None:
+            return foreign
+        body = await read_body(request, FORM_BYTES)
+        if body is None:
+            return too_large(FORM_BYTES, as_json=False)
+        if not web.accepts(_field(body, "token")):
             return render(request, "login.html", status=403, failed=True)
+        session_id, _ = web.sessions.open(time.monotonic())
         response = back(request, "/")
         response.set_cookie(
-            TOKEN_COOKIE, offered, httponly=True, samesite="strict",
+            SESSION_COOKIE, session_id, httponly=True, samesite="strict",
             secure=request.url.scheme == "https", path="/",
         )  # fmt: skip
         return response
 
     async def logout(request: Request) -> Response:
+        """Ends the session here, so the cookie is worth nothing even if it was copied."""
+        if (refusal := await refused(request)) is not None:
+            return refusal
+        web.sessions.close(request.cookies.get(SESSION_COOKIE))
         response = back(request, "/")
-        response.delete_cookie(TOKEN_COOKIE, path="/")
+        response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
     return [
@@ -312,7 +371,7 @@ def dashboard_routes(web: WebState) -> list[Route]:
         Route("/cron", cron, methods=["GET"]),
         Route("/processes", processes, methods=["GET"]),
         Route("/jobs/{job_id:int}/{action}", job_action, methods=["POST"]),
-        Route("/queues/{name}/{action}", queue_action, methods=["POST"]),
+        Route("/queues/{name:path}/{action}", queue_action, methods=["POST"]),  # name: a/b
         Route("/dead/retry-all", retry_all, methods=["POST"]),
         Route("/dead/delete-all", delete_all, methods=["POST"]),
         Route("/login", login, methods=["GET", "POST"]),

@@ -1,23 +1,30 @@
-"""What every route of one web app shares: its client, registry, token and templates."""
+"""What every route of one web app shares: its client, registry, token, sessions and
+templates."""
 
 from __future__ import annotations
 
 import hmac
 import json
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import jinja2
 from starlette.requests import Request
+from starlette.responses import Response
 
 from trioforge._client import Client
 from trioforge._errors import TrioforgeError
 from trioforge._registry import JobDefinition, Registry
+from trioforge.web._bodies import text
+from trioforge.web._origin import same_origin
+from trioforge.web._sessions import Session, Sessions, Throttle
 from trioforge.web._views import when
 
-__all__ = ["TOKEN_COOKIE", "WebState"]
+__all__ = ["SESSION_COOKIE", "WebState"]
 
-#: The cookie that carries the action token after logging in (HttpOnly, SameSite=Strict).
-TOKEN_COOKIE = "trioforge_token"
+#: The cookie that carries the session id after logging in (HttpOnly, SameSite=Strict).
+SESSION_COOKIE = "trioforge_session"
 
 
 def _summary(error: str | None) -> str:
@@ -31,10 +38,19 @@ def _pretty(value: Any) -> str:
 
 
 class WebState:
-    def __init__(self, client: Client | None, registry: Registry | None, token: str | None):
+    def __init__(
+        self,
+        client: Client | None,
+        registry: Registry | None,
+        token: str | None,
+        cors_origins: Sequence[str] = (),
+    ):
         self._client = client
         self.registry = registry
         self.token = token or None
+        self.cors_origins = frozenset(cors_origins)
+        self.sessions = Sessions()
+        self.logins = Throttle()
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("trioforge.web", "templates"),
             autoescape=True,  # every job text (names, payloads, errors, messages) is escaped
@@ -65,11 +81,36 @@ class WebState:
             return None
         return definition if definition.workflow is not None and definition.public else None
 
-    def may_act(self, request: Request) -> bool:
-        """Whether this request carries the action token (cookie or bearer header)."""
+    def bearer(self, request: Request) -> bool:
+        """Whether an ``Authorization: Bearer`` header carries the action token (a script;
+        a browser sends no such header to another origin without a CORS preflight)."""
         header = request.headers.get("authorization", "")
-        offered = header[7:] if header.lower().startswith("bearer ") else None
-        return self.accepts(offered or request.cookies.get(TOKEN_COOKIE))
+        return header[:7].lower() == "bearer " and self.accepts(header[7:])
+
+    def session(self, request: Request) -> Session | None:
+        """The logged-in session the request's cookie names, if it is still open."""
+        if self.token is None:
+            return None
+        return self.sessions.get(request.cookies.get(SESSION_COOKIE), time.monotonic())
+
+    def from_here(self, request: Request) -> bool | None:
+        """Whether the browser says the request comes from this app's own origin (None:
+        it says nothing, a script)."""
+        h = request.headers
+        return same_origin(h.get("origin"), h.get("sec-fetch-site"), h.get("host"))
+
+    def refuse_foreign(self, request: Request) -> Response | None:
+        """A 403 unless the request proves it comes from this app's pages."""
+        verdict = self.from_here(request)
+        if verdict is True:
+            return None
+        if verdict is False:
+            return text("refused: the request comes from another origin", 403)
+        return text(
+            "refused: the request names no origin (Origin, Sec-Fetch-Site); scripts send"
+            " 'Authorization: Bearer <TRIOFORGE_WEB_TOKEN>'",
+            403,
+        )
 
     def accepts(self, offered: str | None) -> bool:
         """Whether ``offered`` is the action token (compared in constant time)."""

@@ -14,10 +14,16 @@ __all__ = ["job_view", "run_updated_at", "run_view", "step_view", "when"]
 
 
 def when(ts: float | None) -> str:
-    """A time as the dashboard writes it (UTC), or a dash."""
-    if ts is None:
+    """A time as the dashboard writes it (UTC), or a dash; "never" for a time no calendar
+    reaches (a run waiting for a signal with no timeout is due at ``NEVER``)."""
+    if ts is None or ts != ts:  # None or NaN
         return "—"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if ts >= NEVER:
+        return "never"
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, ValueError, OSError):  # beyond the years datetime knows
+        return "never" if ts > 0 else "—"
 
 
 def job_view(info: JobInfo) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import trio
 
 from trioforge._client import Client
 from trioforge._config import resolve_database
+from trioforge._cron import upcoming
 from trioforge._errors import TrioforgeError, unwrapped
 from trioforge._registry import Registry
 from trioforge._rules import PENDING_STATES, JobState
@@ -860,5 +861,9 @@ def cron_list(target: str, count: int, database: str | None) -> None:
         click.echo(f"{definition.name}: {schedule.expr!r} in {schedule.timezone}, last tick {last}")
         if state is not None and state.skipped:
             click.echo(f"  skipped while the previous run was unfinished: {state.skipped}")
-        for fire in schedule.next_fires(now, count):
-            click.echo(f"  next {fire.isoformat()}")
+        fires = upcoming(schedule, now, count)
+        if isinstance(fires, str):
+            click.echo(f"  next: unknown, its ticks cannot be computed ({fires})")
+        else:
+            for fire in fires:
+                click.echo(f"  next {fire.isoformat()}")

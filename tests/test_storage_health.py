@@ -218,11 +218,23 @@ def test_the_worker_exits_on_a_read_only_file_with_one_line(
 
 async def test_a_worker_stops_on_corruption_found_after_it_started(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
+    holding = trio.Event()
+    jobs = Registry()
+    jobs.job("health:echo")(echo.handler)
+
+    @jobs.job("health:hold")
+    async def hold(ctx: JobContext) -> None:
+        holding.set()
+        await trio.sleep_forever()
+
+    # Long leases: an outcome writer retrying while they hold would keep it for a minute.
+    settings = {**FAST, "lease_seconds": 60.0}
     with pytest.raises(DatabaseUnavailableError) as stopped:  # noqa: PT012
-        with trio.fail_after(20):  # not retrying forever
-            async with trioforge.open_runtime(registry, database=f"sqlite:///{path}", **FAST) as rt:
-                job_id = await rt.enqueue(echo, "before")
-                await rt.wait(job_id)
+        with trio.fail_after(20):  # neither retrying forever nor waiting out the leases
+            async with trioforge.open_runtime(jobs, database=f"sqlite:///{path}", **settings) as rt:
+                await rt.wait(await rt.enqueue(echo, "before"))
+                await rt.enqueue(hold)
+                await holding.wait()
                 corrupt(path, jobs_pages(path))
                 with sqlite3.connect(path) as other:  # a commit: the worker re-reads pages
                     other.execute("PRAGMA user_version = 7")

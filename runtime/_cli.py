@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -126,6 +127,16 @@ def parse_queues(
     return queues or None
 
 
+def declared_at(exc: BaseException) -> str:
+    """Where the application's code made the call that raised ``exc`` (" (file, line N)")."""
+    package = str(Path(__file__).parent)
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith(package) and not f.filename.startswith("<frozen")
+    ]  # fmt: skip
+    return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+
+
 def load_registry(target: str) -> Registry:
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
@@ -135,6 +146,8 @@ def load_registry(target: str) -> Registry:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         fail(f"cannot import {module_name!r}: {exc}")
+    except TrioforgeError as exc:  # a declaration refused (a cron expression, a name...)
+        fail(f"cannot import {module_name!r}: {exc}{declared_at(exc)}")
     registry = getattr(module, attr, None)
     if not isinstance(registry, Registry):
         fail(f"{target!r} is not a trioforge.Registry (got {type(registry).__name__})")

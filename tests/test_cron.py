@@ -6,10 +6,12 @@ import datetime as dt
 import logging
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
 import attrs
 import pytest
 import trio
+from click.testing import CliRunner
 
 import trioforge
 import trioforge.web
@@ -17,6 +19,7 @@ from tests.conftest import FAST
 from tests.test_web_api import served
 from tests.virtual import EPOCH, run_virtual
 from trioforge import CronContext, CronSchedule, JobState, Registry, VirtualClock
+from trioforge._cli import main
 from trioforge.actors import open_storage_channel, storage_actor
 from trioforge.actors.cron import ON_TIME, CronJob, cron_scheduler
 from trioforge.storage import MemoryBackend, opened
@@ -234,3 +237,27 @@ async def test_the_cron_page_marks_a_schedule_it_cannot_plan_and_shows_the_other
     assert page.status_code == 200
     assert "unknown: its ticks cannot be computed (RuntimeError: no ticks for you)" in page.text
     assert page.text.count("T09:00:00+00:00") == 3  # cron:b_fine's next three
+
+
+def test_the_cli_refuses_a_never_firing_expression_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = tmp_path / "never_fires_app.py"
+    app.write_text(
+        "import trioforge\n"
+        "registry = trioforge.Registry()\n"
+        "@registry.cron('0 0 30 2 *')\n"
+        "async def never(ctx: trioforge.CronContext) -> None: ...\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    for command in (["cron", "list"], ["worker"]):
+        database = f"sqlite:///{tmp_path / 'jobs.db'}"
+        result = CliRunner().invoke(
+            main, [*command, "never_fires_app:registry", "--database", database]
+        )
+        assert result.exit_code == 1, command
+        assert result.output.splitlines() == [
+            "error: cannot import 'never_fires_app': cron expression '0 0 30 2 *' does not fire "
+            "in the next 9 years (UTC); check that its day exists in its months (no 30 "
+            f"February, no 31 April) ({app}, line 3)"
+        ], command

@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import attrs
 import trio
@@ -29,6 +30,7 @@ from trioforge.storage._records import CronState, FireResult
 __all__ = ["CRON", "ON_TIME", "CronJob", "cron_scheduler", "plan"]
 
 log = logging.getLogger("trioforge.cron")
+_T = TypeVar("_T")
 
 #: The lease whose holder fires cron ticks.
 CRON = "cron"
@@ -93,6 +95,7 @@ async def cron_scheduler(
     # Per schedule: the stored last tick this was computed from, and the next tick after it.
     # Re-planned only when that tick is due or another process moved the state.
     known: dict[str, tuple[float | None, float]] = {}
+    failing = _Failing()
     while True:
         now = clock.now()
         wake_at = now + interval  # leadership is re-checked at least this often
@@ -104,13 +107,53 @@ async def cron_scheduler(
                     last = state.last_tick if state else None
                     seen = known.get(job.name)
                     if seen is None or seen[0] != last or now >= seen[1]:
-                        seen = await _bring_up_to_date(storage, job, state, now, wake)
+                        try:
+                            seen = await _bring_up_to_date(storage, job, state, now, wake)
+                        except _PlanningError as exc:  # this schedule only: retried next pass
+                            failing.failed(job.name, exc.__cause__ or exc)
+                            known.pop(job.name, None)
+                            continue
+                        failing.planned(job.name)
                         known[job.name] = seen
                     wake_at = min(wake_at, seen[1])
         except Exception as exc:
             known.clear()
             log_failure(log, exc, "cron pass failed; retrying in %.1fs", interval)
         await trio.sleep_until(clock.deadline(wake_at))
+
+
+class _PlanningError(Exception):
+    """Computing one schedule's ticks failed (its ``__cause__`` says why)."""
+
+
+@attrs.define
+class _Failing:
+    """The schedules whose planning fails, each logged once until it succeeds again (a
+    pass runs every few seconds; a traceback each time would bury everything else)."""
+
+    errors: dict[str, str] = attrs.field(factory=dict)
+
+    def failed(self, name: str, exc: BaseException) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        if self.errors.get(name) != text:
+            self.errors[name] = text
+            log.error(
+                "%s: cannot compute its cron ticks (other schedules go on); retrying each pass",
+                name,
+                exc_info=exc,
+            )
+
+    def planned(self, name: str) -> None:
+        if self.errors.pop(name, None) is not None:
+            log.info("%s: cron ticks computed again", name)
+
+
+def _planned(job: CronJob, compute: Callable[[], _T]) -> _T:
+    """``compute()``, its failure marked as this schedule's own."""
+    try:
+        return compute()
+    except Exception as exc:
+        raise _PlanningError(job.name) from exc
 
 
 async def _bring_up_to_date(
@@ -121,7 +164,7 @@ async def _bring_up_to_date(
     wake: Callable[[str, float], None],
 ) -> tuple[float | None, float]:
     """Fire what is due; return the state's last tick now and the next tick after it."""
-    op = plan(job, state, now)
+    op = _planned(job, lambda: plan(job, state, now))
     last = state.last_tick if state else None
     if op is not None:
         result: FireResult = await storage.call(op)
@@ -132,5 +175,6 @@ async def _bring_up_to_date(
             wake(job.queue, now)
         if result.skipped:
             log.info("%s: %d tick(s) skipped, previous run unfinished", job.name, result.skipped)
-    upcoming = job.schedule.next_fires(_at(max(last or now, now)), 1)
+    after = _at(max(last or now, now))
+    upcoming = _planned(job, lambda: job.schedule.next_fires(after, 1))
     return (last, upcoming[0].timestamp() if upcoming else float("inf"))

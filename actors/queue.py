@@ -630,10 +630,23 @@ class QueueSupervisor:
                 while True:
                     pending.extend(self._reported_meanwhile())
                     pending = await self._write(pending)
+                    if pending and self._storage.broken.is_set():
+                        self._abandon(pending)  # the runtime is stopping with the error
+                        pending = []
                     if not pending:
                         break
                     await trio.sleep(wait)
                     wait = min(wait * 2, RETRY_MAX)
+
+    def _abandon(self, batch: list[tuple[ClaimedJob, Outcome]]) -> None:
+        """Give up outcomes that storage cannot take (it is corrupt, read-only...): waiting
+        out their leases would only hold up the worker's stop."""
+        for job, _ in batch:
+            self._running.release(job.id, job.lease)
+        log.error(
+            "%d outcome(s) not recorded, storage cannot be used: %s; their jobs will be "
+            "rescued and run again once it is repaired", len(batch), self._storage.broken_by,
+        )  # fmt: skip
 
     def _reported_meanwhile(self) -> list[tuple[ClaimedJob, Outcome]]:
         batch = []

@@ -20,14 +20,16 @@ import trio
 
 from trioforge._errors import DatabaseUnavailableError, TrioforgeError
 from trioforge.storage import Backend, ops
+from trioforge.storage._health import permanent_failure
 
 __all__ = ["StorageHandle", "log_failure", "open_storage_channel", "storage_actor"]
 
 
 def log_failure(logger: logging.Logger, exc: Exception, message: str, *args: object) -> None:
     """Log a failed storage call: one line while the database is unavailable (expected
-    during a restart, and retried), the whole traceback for anything else."""
-    if isinstance(exc, DatabaseUnavailableError):
+    during a restart, and retried) or unusable (the runtime stops with it), the whole
+    traceback for anything else."""
+    if isinstance(exc, DatabaseUnavailableError) or permanent_failure(exc):
         logger.warning(message + " (%s)", *args, exc)
     else:
         logger.error(message, *args, exc_info=exc)
@@ -41,10 +43,27 @@ class _Request:
 
 
 class StorageHandle:
-    """The sending side of the storage actor, shared by every other actor and the API."""
+    """The sending side of the storage actor, shared by every other actor and the API.
+
+    It also notices when the database cannot be used any more (a corrupt or read-only
+    file, tables gone: see :func:`~trioforge.storage._health.permanent_failure`): ``broken``
+    is set and ``broken_by`` says why, so a worker can stop instead of retrying forever.
+    """
 
     def __init__(self, send: trio.MemorySendChannel[_Request]) -> None:
         self._send = send
+        self.broken = trio.Event()
+        self.broken_by: DatabaseUnavailableError | None = None
+
+    def _check(self, exc: BaseException) -> None:
+        reason = permanent_failure(exc)
+        if reason is not None and self.broken_by is None:
+            self.broken_by = DatabaseUnavailableError(
+                f"the database {reason}; retrying cannot fix that: repair or restore it "
+                "(`trioforge db status --check` reports what is wrong)"
+            )
+            self.broken_by.__cause__ = exc
+            self.broken.set()
 
     async def call(self, op: ops.Op) -> Any:
         """Run ``op`` in the next batch and return its result (or raise its error).
@@ -56,6 +75,7 @@ class StorageHandle:
         await self._submit(request)
         await request.done.wait()
         if isinstance(request.result, BaseException):
+            self._check(request.result)
             raise request.result
         return request.result
 

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -24,20 +25,26 @@ import trio
 
 from trioforge._client import Client
 from trioforge._config import resolve_database
+from trioforge._cron import upcoming
 from trioforge._errors import TrioforgeError, unwrapped
 from trioforge._registry import Registry
 from trioforge._rules import PENDING_STATES, JobState
 from trioforge._runtime import open_client, open_runtime
+from trioforge._terminal import terminal_text as t
 from trioforge._workflow_info import WorkflowInfo, error_line, short_json, step_detail
 from trioforge.metrics import Metrics
 from trioforge.storage import (
     NEVER,
     AttemptRecord,
+    Backend,
     JobInfo,
+    MemoryBackend,
     backend_for_url,
     opened,
 )
+from trioforge.storage._sqlite_health import integrity_problems
 from trioforge.storage._urls import redact
+from trioforge.storage.sqlite import SQLiteBackend
 
 if TYPE_CHECKING:
     from trioforge.otel import Tracing
@@ -56,14 +63,20 @@ database_option = click.option(
 
 
 def fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {t(message)}", err=True)
     sys.exit(1)
 
 
 def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """``trio.run`` with trioforge's own errors turned into one line and exit status 1."""
+    """``trio.run`` with trioforge's own errors (also one alone in exception groups) turned
+    into one line and exit status 1."""
+
+    async def main() -> T:
+        async with unwrapped():
+            return await fn(*args)
+
     try:
-        return trio.run(fn, *args)
+        return trio.run(main)
     except TrioforgeError as exc:
         fail(str(exc))
 
@@ -114,6 +127,16 @@ def parse_queues(
     return queues or None
 
 
+def declared_at(exc: BaseException) -> str:
+    """Where the application's code made the call that raised ``exc`` (" (file, line N)")."""
+    package = str(Path(__file__).parent)
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith(package) and not f.filename.startswith("<frozen")
+    ]  # fmt: skip
+    return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+
+
 def load_registry(target: str) -> Registry:
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
@@ -123,6 +146,8 @@ def load_registry(target: str) -> Registry:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         fail(f"cannot import {module_name!r}: {exc}")
+    except TrioforgeError as exc:  # a declaration refused (a cron expression, a name...)
+        fail(f"cannot import {module_name!r}: {exc}{declared_at(exc)}")
     registry = getattr(module, attr, None)
     if not isinstance(registry, Registry):
         fail(f"{target!r} is not a trioforge.Registry (got {type(registry).__name__})")
@@ -340,7 +365,7 @@ def list_jobs(
     for j in found:
         progress = "-" if j.progress is None else f"{j.progress:.0f}%"
         click.echo(
-            f"{j.id:>8}  {j.name[:24]:24} {j.queue[:12]:12} {j.status.value:10} "
+            f"{j.id:>8}  {t(j.name)[:24]:24} {t(j.queue)[:12]:12} {j.status.value:10} "
             f"{j.attempt:>2}/{j.max_attempts:<2}  {iso(j.run_at):20} {progress}"
         )
     if not found:
@@ -362,14 +387,14 @@ def show(job_id: int, as_json_object: bool, database: str | None) -> None:
         click.echo(as_json(info))
         return
     rows = [
-        ("id", info.id), ("name", info.name), ("queue", info.queue),
+        ("id", info.id), ("name", t(info.name)), ("queue", t(info.queue)),
         ("status", info.status.value), ("priority", info.priority),
         ("attempt", f"{info.attempt} of {info.max_attempts}"),
         ("run at", iso(info.run_at)), ("created at", iso(info.created_at)),
         ("started at", iso(info.started_at)), ("finished at", iso(info.finished_at)),
         ("progress", "-" if info.progress is None else f"{info.progress:.0f}% "
-                     f"{info.progress_message or ''}".rstrip()),
-        ("idempotency key", info.idempotency_key or "-"),
+                     f"{t(info.progress_message or '')}".rstrip()),
+        ("idempotency key", t(info.idempotency_key or "-")),
         ("cancel requested", "yes" if info.cancel_requested else "no"),
         ("payload", json.dumps(info.payload)), ("result", json.dumps(info.result)),
     ]  # fmt: skip
@@ -378,9 +403,9 @@ def show(job_id: int, as_json_object: bool, database: str | None) -> None:
     earlier = attempts[:-1] if info.error else attempts
     for record in earlier:
         click.echo(f"{'attempt ' + str(record.attempt):>16}: started {iso(record.started_at)}")
-        click.echo(record.error.rstrip())
+        click.echo(t(record.error.rstrip(), lines=True))
     if info.error:
-        click.echo(f"{'error':>16}:\n{info.error}")
+        click.echo(f"{'error':>16}:\n{t(info.error, lines=True)}")
 
 
 @jobs.command()
@@ -546,12 +571,12 @@ def list_workers(as_json_lines: bool, database: str | None) -> None:
         return
     for p in found:
         d = p.details
-        pools = ",".join(f"{q}={n}" for q, n in d.pools) if d else ",".join(p.queues)
-        where = f"{d.host} pid {d.pid}" if d else "-"
-        caps = ",".join(d.capabilities) if d and d.capabilities else "-"
+        pools = ",".join(f"{t(q)}={n}" for q, n in d.pools) if d else t(",".join(p.queues))
+        where = f"{t(d.host)} pid {d.pid}" if d else "-"
+        caps = t(",".join(d.capabilities)) if d and d.capabilities else "-"
         running = str(d.running) if d else "-"
         click.echo(
-            f"{p.owner}  {where}  queues {pools}  capabilities {caps}  "
+            f"{t(p.owner)}  {where}  queues {pools}  capabilities {caps}  "
             f"heartbeat {now - p.heartbeat_at:.1f}s ago  running {running}"
         )
 
@@ -574,7 +599,7 @@ def list_queues(database: str | None) -> None:
     click.echo(f"{'QUEUE':16} {'STATE':7} " + " ".join(f"{s.value.upper():>9}" for s in states))
     for q in found:
         counts = " ".join(f"{q.counts.get(s, 0):>9}" for s in states)
-        click.echo(f"{q.name[:16]:16} {'paused' if q.paused else 'active':7} {counts}")
+        click.echo(f"{t(q.name)[:16]:16} {'paused' if q.paused else 'active':7} {counts}")
     if not found:
         click.echo("(no queues)")
 
@@ -625,10 +650,39 @@ def migrate(database: str | None) -> None:
 
 @db.command()
 @database_option
-def status(database: str | None) -> None:
-    """Report the schema version; exit 1 if migrations are pending."""
+@click.option(
+    "--check", is_flag=True,
+    help="Also check the stored data. SQLite: a full PRAGMA integrity_check (it reads every "
+    "page). PostgreSQL: the connection and the schema version only (the server checks its "
+    "own pages; use its amcheck extension for more).",
+)  # fmt: skip
+def status(database: str | None, check: bool) -> None:
+    """Report the schema version; exit 1 if migrations are pending or the database cannot
+    be used (a corrupt or read-only file)."""
     url = resolve_database(database)
+    if check:
+        check_data(backend_for_url(url))
     click.echo(f"{redact(url)}: schema at version {schema_version(url, migrate=False)}, up to date")
+
+
+def check_data(backend: Backend) -> None:
+    """``db status --check``: report what the backend's own check finds; exit 1 on problems."""
+    if isinstance(backend, SQLiteBackend):
+        if not backend.path.exists():
+            return  # status says how to create it
+        problems = integrity_problems(backend.path)
+        for problem in problems:
+            click.echo(f"integrity_check: {t(problem)}")
+        if problems:
+            fail(
+                f"SQLite database {str(backend.path)!r} is corrupt; restore it from a backup, or "
+                f"salvage its rows with `sqlite3 {backend.path} .recover`"
+            )
+        click.echo("integrity_check: ok")
+    elif isinstance(backend, MemoryBackend):
+        click.echo("check: nothing to check in memory")
+    else:
+        click.echo("check: connection and schema version (PostgreSQL checks its own pages)")
 
 
 @db.command()
@@ -730,7 +784,7 @@ def list_runs(
     for j in found:
         workflow, version = split_run_name(j.name)
         click.echo(
-            f"{j.id:>8}  {workflow[:24]:24} {version or '-':>4}  {j.status.value:11} "
+            f"{j.id:>8}  {t(workflow)[:24]:24} {version or '-':>4}  {j.status.value:11} "
             f"{iso(j.created_at):20} {iso(j.finished_at)}"
         )
     if not found:
@@ -775,8 +829,8 @@ def show_run(run_id: int, as_json_object: bool, database: str | None) -> None:
         return
     job = info.job
     rows = [
-        ("run", job.id), ("workflow", info.name), ("version", info.version),
-        ("queue", job.queue), ("status", job.status.value),
+        ("run", job.id), ("workflow", t(info.name)), ("version", info.version),
+        ("queue", t(job.queue)), ("status", job.status.value),
         ("attempt", f"{job.attempt} of {job.max_attempts}"),
         ("created at", iso(job.created_at)), ("run at", iso(job.run_at)),
         ("finished at", iso(job.finished_at)),
@@ -786,10 +840,10 @@ def show_run(run_id: int, as_json_object: bool, database: str | None) -> None:
     for label, value in rows:
         click.echo(f"{label:>16}: {value}")
     if job.error:
-        click.echo(f"{'error':>16}: {error_line(job.error)}")
+        click.echo(f"{'error':>16}: {t(error_line(job.error))}")
     why = waiting_for(info, dt.datetime.now(dt.UTC).timestamp())
     if why is not None:
-        click.echo(f"{'waiting':>16}: {why}")
+        click.echo(f"{'waiting':>16}: {t(why)}")
     click.echo("steps:")
     if not info.steps:
         click.echo("  (none recorded yet)")
@@ -800,14 +854,14 @@ def show_run(run_id: int, as_json_object: bool, database: str | None) -> None:
         )
     for step in info.steps:
         click.echo(
-            f"  {step.seq:>3}  {step.kind.value:12} {step.name[:24]:24} {step.status.value:11} "
-            f"{step.attempts:>5}  {iso(step.started_at):20} {iso(step.finished_at):20} "
-            f"{step_detail(step, iso)}"
+            f"  {step.seq:>3}  {step.kind.value:12} {t(step.name)[:24]:24} "
+            f"{step.status.value:11} {step.attempts:>5}  {iso(step.started_at):20} "
+            f"{iso(step.finished_at):20} {t(step_detail(step, iso))}"
         )
     if info.pending_signals:
         click.echo("pending signals:")
         for name, payload in info.pending_signals:
-            click.echo(f"  {name}: {short_json(payload)}")
+            click.echo(f"  {t(name)}: {short_json(payload)}")
     if info.children:
         click.echo("children: " + ", ".join(str(c) for c in info.children))
 
@@ -857,8 +911,14 @@ def cron_list(target: str, count: int, database: str | None) -> None:
         schedule = definition.cron.schedule
         state = known.get(definition.name)
         last = "never" if state is None else iso(state.last_tick)
-        click.echo(f"{definition.name}: {schedule.expr!r} in {schedule.timezone}, last tick {last}")
+        click.echo(
+            f"{t(definition.name)}: {schedule.expr!r} in {schedule.timezone}, last tick {last}"
+        )
         if state is not None and state.skipped:
             click.echo(f"  skipped while the previous run was unfinished: {state.skipped}")
-        for fire in schedule.next_fires(now, count):
-            click.echo(f"  next {fire.isoformat()}")
+        fires = upcoming(schedule, now, count)
+        if isinstance(fires, str):
+            click.echo(f"  next: unknown, its ticks cannot be computed ({t(fires)})")
+        else:
+            for fire in fires:
+                click.echo(f"  next {fire.isoformat()}")

@@ -16,8 +16,13 @@ cron policy:
   its first occurrence; a wildcard tick fires at each real occurrence, so ``*/15`` keeps
   firing every 15 real minutes.
 
-Everything here is pure: no clock, no I/O. Instants come back as aware datetimes in the
-schedule's zone.
+An expression that never fires (``0 0 30 2 *``, 30 February) is refused when declared: it
+has no fire in the :data:`HORIZON` after the declaration. Past a declaration, a walk that
+finds no fire for :data:`SILENCE` ends instead of searching on, so no expression (nor one
+whose ticks all fall into daylight-saving gaps) makes a caller loop or raise.
+
+Everything here is pure, no I/O, and no clock but the declaration check's "now". Instants
+come back as aware datetimes in the schedule's zone.
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ import heapq
 import zoneinfo
 from collections.abc import Iterator
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from trioforge._errors import ConfigurationError
 
-__all__ = ["CronSchedule"]
+__all__ = ["HORIZON", "SILENCE", "CronSchedule", "upcoming"]
 
 _MACROS = {
     "@yearly": "0 0 1 1 *",
@@ -45,6 +50,11 @@ _MACROS = {
 _MINUTE = dt.timedelta(minutes=1)
 #: More than any daylight-saving shift: instants this far behind the walk are final.
 _SETTLE = dt.timedelta(hours=3)
+#: A declared expression must fire within this long: a little more than the longest gap
+#: between two 29 Februaries (2096 to 2104), so every leap-day expression is accepted.
+HORIZON = dt.timedelta(days=9 * 366)
+#: A walk with no fire for this long ends: croniter's own search limit (50 years).
+SILENCE = dt.timedelta(days=50 * 366)
 
 
 def _zone(name: str) -> zoneinfo.ZoneInfo:
@@ -82,6 +92,13 @@ class CronSchedule:
         self._expanded = expanded
         #: Fixed-time or wildcard, for the daylight-saving policy (see the module docstring).
         self.fixed_time = not (fields[0].startswith("*") or fields[1].startswith("*"))
+        now = dt.datetime.now(dt.UTC)
+        if next(self._walk(now, HORIZON), None) is None:
+            raise ConfigurationError(
+                f"cron expression {expr!r} does not fire in the next {HORIZON.days // 366} "
+                f"years ({timezone}); check that its day exists in its months (no 30 "
+                "February, no 31 April)"
+            )
 
     def __repr__(self) -> str:
         return f"CronSchedule({self.expr!r}, timezone={self.timezone!r})"
@@ -110,25 +127,39 @@ class CronSchedule:
         return [first.astimezone(dt.UTC)]
 
     def fires(self, after: dt.datetime) -> Iterator[dt.datetime]:
-        """Every instant strictly after ``after`` (aware), in order, without end."""
+        """Every instant strictly after ``after`` (aware), in order; it ends only after
+        :data:`SILENCE` without one."""
         if after.tzinfo is None:
             raise ConfigurationError("`after` must be timezone-aware")
+        return self._walk(after, SILENCE)
+
+    def _walk(self, after: dt.datetime, silence: dt.timedelta) -> Iterator[dt.datetime]:
+        """The instants after ``after``, ending once ``silence`` passes without one."""
         local = after.astimezone(self.zone).replace(tzinfo=None) - _SETTLE
         after = after.astimezone(dt.UTC)
+        quiet_until = after + silence
         ticks = croniter(self._expanded, local)
         pending: list[dt.datetime] = []
         seen: set[dt.datetime] = set()
         while True:
-            tick: dt.datetime = ticks.get_next(dt.datetime)
-            for instant in self._instants(tick):
-                if instant > after and instant not in seen:
-                    seen.add(instant)
-                    heapq.heappush(pending, instant)
-            horizon = tick.replace(tzinfo=self.zone).astimezone(dt.UTC) - _SETTLE
-            while pending and pending[0] <= horizon:
+            horizon: dt.datetime | None
+            try:
+                tick: dt.datetime = ticks.get_next(dt.datetime)
+            except CroniterBadDateError:  # no tick for decades: none to come
+                horizon = None
+            else:
+                for instant in self._instants(tick):
+                    if instant > after and instant not in seen:
+                        seen.add(instant)
+                        heapq.heappush(pending, instant)
+                horizon = tick.replace(tzinfo=self.zone).astimezone(dt.UTC) - _SETTLE
+            while pending and (horizon is None or pending[0] <= horizon):
                 instant = heapq.heappop(pending)
                 seen.discard(instant)
+                quiet_until = instant + silence
                 yield instant.astimezone(self.zone)
+            if horizon is None or horizon > quiet_until:
+                return
 
     def next_fires(self, after: dt.datetime, count: int) -> list[dt.datetime]:
         """The next ``count`` instants strictly after ``after``."""
@@ -148,3 +179,12 @@ class CronSchedule:
                 break
             out.append(instant)
         return out
+
+
+def upcoming(schedule: CronSchedule, after: dt.datetime, count: int) -> list[dt.datetime] | str:
+    """The next ``count`` fires for a listing, or the error computing them as text: one
+    schedule that cannot be planned shows as such and never hides the others."""
+    try:
+        return schedule.next_fires(after, count)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"

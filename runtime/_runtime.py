@@ -596,12 +596,22 @@ class _Parts:
         self.stop_now()
 
 
+async def _stop_when_broken(storage: StorageHandle) -> None:
+    """Stop the worker with the error once storage fails in a way retrying cannot fix (a
+    corrupt or read-only database): every loop would otherwise retry it forever."""
+    await storage.broken.wait()
+    assert storage.broken_by is not None
+    raise storage.broken_by
+
+
 async def _start_services(services: trio.Nursery, parts: _Parts) -> None:
-    """The process-wide actors, in order: heartbeat (registered before anything claims),
-    reaper, cron scheduler, listener. A client-only runtime (no queues) runs none."""
+    """The process-wide actors, in order: a watch on storage's health, heartbeat (registered
+    before anything claims), reaper, cron scheduler, listener. A client-only runtime (no
+    queues) runs none."""
     s, storage, clock = parts.settings, parts.storage, parts.settings.clock
     if not s.queues:
         return
+    services.start_soon(_stop_when_broken, storage)
     await services.start(
         partial(
             heartbeat, storage, parts.running, clock, owner=s.owner, queues=tuple(s.queues),

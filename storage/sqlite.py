@@ -75,6 +75,7 @@ from trioforge.storage._records import (
     step_record,
     step_row,
 )
+from trioforge.storage._sqlite_health import check_usable
 
 __all__ = ["SQLiteBackend"]
 
@@ -597,6 +598,7 @@ class SQLiteBackend:
                 "and its permissions"
             ) from None
         try:
+            check_usable(db, self.path)
             status = self._status_sync(db)
             if status.current > status.latest:
                 raise SchemaError(

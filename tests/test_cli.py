@@ -242,6 +242,18 @@ def test_cron_list_previews_ticks(url: str) -> None:
     assert all(f.utcoffset() in (dt.timedelta(hours=-5), dt.timedelta(hours=-4)) for f in fires)
 
 
+def test_cron_list_marks_a_schedule_it_cannot_plan_and_lists_the_others(url: str) -> None:
+    assert cli("db", "migrate", "--database", url).exit_code == 0
+    result = cli("cron", "list", "tests.test_cron:broken_cron_registry", "--database", url)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[:2] == [
+        "cron:a_broken: '*/5 * * * *' in UTC, last tick never",
+        "  next: unknown, its ticks cannot be computed (RuntimeError: no ticks for you)",
+    ]
+    assert result.output.splitlines()[2] == "cron:b_fine: '0 9 * * *' in UTC, last tick never"
+    assert len([line for line in result.output.splitlines() if line.startswith("  next 2")]) == 3
+
+
 def test_an_id_out_of_range_is_a_one_line_error(url: str) -> None:
     result = cli("jobs", "cancel", str(10**30), "--database", url)
     assert result.exit_code == 1

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
+import attrs
+import pytest
 import trio
+from click.testing import CliRunner
 
 import trioforge
+import trioforge.web
 from tests.conftest import FAST
+from tests.test_web_api import served
 from tests.virtual import EPOCH, run_virtual
-from trioforge import CronContext, JobState, Registry, VirtualClock
-from trioforge.actors.cron import ON_TIME
-from trioforge.storage import MemoryBackend
+from trioforge import CronContext, CronSchedule, JobState, Registry, VirtualClock
+from trioforge._cli import main
+from trioforge.actors import open_storage_channel, storage_actor
+from trioforge.actors.cron import ON_TIME, CronJob, cron_scheduler
+from trioforge.storage import MemoryBackend, opened
 
 #: The virtual clock's epoch, 2023-11-14 22:13:20 UTC; ticks every 5 minutes fall on :15 ...
 FIRST_FIVE = dt.datetime(2023, 11, 14, 22, 15, tzinfo=dt.UTC).timestamp()
@@ -142,3 +152,112 @@ async def test_two_runtimes_fire_a_real_tick_once(shared_url: str) -> None:
     assert (info.status, info.result) == (JobState.COMPLETED, boundary)
     async with trioforge.open_client(shared_url) as client:
         assert len(await client.list(name="cron:minutely")) == 1
+
+
+class Unplannable(CronSchedule):
+    """An accepted schedule whose ticks cannot be computed, as a fault in croniter or in
+    the zone data would make it."""
+
+    def fires(self, after: dt.datetime) -> Iterator[dt.datetime]:
+        raise RuntimeError("no ticks for you")
+
+
+def unplannable(registry: Registry, name: str) -> None:
+    """Give ``name``'s schedule one whose ticks cannot be computed (no expression declared
+    through ``registry.cron`` does that any more)."""
+    definition = registry._jobs[name]
+    assert definition.cron is not None
+    schedule = Unplannable(definition.cron.schedule.expr)
+    registry._jobs[name] = attrs.evolve(
+        definition, cron=attrs.evolve(definition.cron, schedule=schedule)
+    )
+
+
+broken_cron_registry = Registry()
+
+
+@broken_cron_registry.cron("*/5 * * * *")
+async def a_broken(ctx: trioforge.CronContext) -> None:
+    pass
+
+
+@broken_cron_registry.cron("0 9 * * *")
+async def b_fine(ctx: trioforge.CronContext) -> None:
+    pass
+
+
+unplannable(broken_cron_registry, "cron:a_broken")
+
+
+def test_a_schedule_that_cannot_be_planned_delays_no_other(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def job(name: str, schedule: CronSchedule) -> CronJob:
+        return CronJob(name, schedule, catch_up=0, skip_if_running=False, queue=name,
+                       priority=0, max_attempts=1)  # fmt: skip
+
+    # The broken schedule sorts first, so a pass that stopped at it would never reach
+    # the other one.
+    jobs = [job("a-broken", Unplannable("*/5 * * * *")), job("b-fine", CronSchedule("*/5 * * * *"))]
+    woken: list[tuple[str, float]] = []
+
+    async def scenario(backend: MemoryBackend, clock: VirtualClock) -> None:
+        async with opened(backend), trio.open_nursery() as nursery:
+            handle, receive = open_storage_channel()
+            await nursery.start(storage_actor, backend, clock.now, receive)
+            async with trio.open_nursery() as scheduler:
+                await scheduler.start(
+                    partial(cron_scheduler, handle, clock, jobs, owner="me", interval=2.0,
+                            wake=lambda queue, at: woken.append((queue, at)))
+                )  # fmt: skip
+                await trio.sleep(11 * 60)  # until 22:24:20: ticks at 22:15 and 22:20
+                scheduler.cancel_scope.cancel()
+            handle.close()  # the storage actor ends once its callers are gone
+
+    backend = MemoryBackend()
+    with caplog.at_level(logging.INFO, logger="trioforge.cron"):
+        run_virtual(scenario, backend)
+    ticks = [FIRST_FIVE, FIRST_FIVE + 300]
+    assert woken == [("b-fine", tick) for tick in ticks]  # each fired at its tick
+    assert [row.run_at for row in backend._rows.values()] == ticks
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == [  # once, though retried every pass
+        "a-broken: cannot compute its cron ticks (other schedules go on); retrying each pass"
+    ]
+
+
+async def test_the_cron_page_marks_a_schedule_it_cannot_plan_and_shows_the_others(
+    sqlite_url: str,
+) -> None:
+    async with (
+        trioforge.open_client(sqlite_url) as client,
+        served(trioforge.web.app(client=client, registry=broken_cron_registry)) as http,
+    ):
+        page = await http.get("/cron")
+    assert page.status_code == 200
+    assert "unknown: its ticks cannot be computed (RuntimeError: no ticks for you)" in page.text
+    assert page.text.count("T09:00:00+00:00") == 3  # cron:b_fine's next three
+
+
+def test_the_cli_refuses_a_never_firing_expression_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = tmp_path / "never_fires_app.py"
+    app.write_text(
+        "import trioforge\n"
+        "registry = trioforge.Registry()\n"
+        "@registry.cron('0 0 30 2 *')\n"
+        "async def never(ctx: trioforge.CronContext) -> None: ...\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    for command in (["cron", "list"], ["worker"]):
+        database = f"sqlite:///{tmp_path / 'jobs.db'}"
+        result = CliRunner().invoke(
+            main, [*command, "never_fires_app:registry", "--database", database]
+        )
+        assert result.exit_code == 1, command
+        assert result.output.splitlines() == [
+            "error: cannot import 'never_fires_app': cron expression '0 0 30 2 *' does not fire "
+            "in the next 9 years (UTC); check that its day exists in its months (no 30 "
+            f"February, no 31 April) ({app}, line 3)"
+        ], command

@@ -136,11 +136,23 @@ def test_classic_cron_daylight_saving_policy_examples() -> None:
         ("* * * *", "UTC", "has 4 fields"),
         ("0 0 * * * *", "UTC", "has 6 fields"),
         ("0 9 * * MON-FRI", "Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
+        ("0 0 30 2 *", "UTC", r"'0 0 30 2 \*' does not fire in the next 9 years"),
+        ("0 12 31 4,6,9,11 *", "Europe/Berlin", "does not fire"),
+        # every 02:xx on the fifth Sunday of March falls in Berlin's spring-forward gap
+        ("* 2 * 3 0#5", "Europe/Berlin", "does not fire"),
     ],
 )
 def test_bad_schedules_are_refused_with_the_reason(expr: str, zone: str, needle: str) -> None:
     with pytest.raises(ConfigurationError, match=needle):
         CronSchedule(expr, zone)
+
+
+def test_leap_day_schedules_are_accepted_and_keep_firing_across_a_century() -> None:
+    for expr in ("0 0 29 2 *", "30 6 29 FEB *"):
+        schedule = CronSchedule(expr, "Europe/Berlin")  # accepted: fires within 4 years
+        # 2100 is no leap year: the walk goes on over the 8-year gap instead of ending.
+        after = dt.datetime(2096, 3, 1, tzinfo=dt.UTC)
+        assert [t.year for t in schedule.next_fires(after, 2)] == [2104, 2108]
 
 
 def test_names_and_macros() -> None:

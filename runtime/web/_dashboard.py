@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from trioforge._cron import upcoming
 from trioforge._errors import InvalidArgumentError, InvalidStateError, JobNotFoundError
 from trioforge._rules import JobState
 from trioforge.web._bodies import read_body, text, too_large
@@ -212,14 +213,14 @@ def dashboard_routes(web: WebState) -> list[Route]:
         for name in sorted(set(states) | set(declared)):
             state, definition = states.get(name), declared.get(name)
             schedule = definition.cron.schedule if definition and definition.cron else None
+            fires = upcoming(schedule, now, 3) if schedule else []
             rows.append(
                 {
                     "name": name,
                     "expr": schedule.expr if schedule else None,
                     "zone": str(schedule.zone) if schedule else None,
-                    "next": [f.isoformat() for f in schedule.next_fires(now, 3)]
-                    if schedule
-                    else [],
+                    "next": [f.isoformat() for f in fires] if isinstance(fires, list) else [],
+                    "error": fires if isinstance(fires, str) else None,
                     "last_tick": state.last_tick if state else None,
                     "skipped": state.skipped if state else 0,
                     "last_job_id": state.last_job_id if state else None,

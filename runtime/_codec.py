@@ -324,7 +324,7 @@ def _structure_literal(tp: Any) -> Callable[[Any, Any], Any]:
 
 
 def _is_any(tp: Any) -> bool:
-    return tp is Any
+    return tp is Any or tp is object
 
 
 def _is_literal(tp: Any) -> bool:
@@ -604,7 +604,7 @@ def as_codec(converter: cattrs.Converter | Codec | None) -> Codec:
 def by_value(tp: Any, value: Any) -> Any:
     """The type to encode ``value`` by when ``tp`` says nothing (Any): an attrs or
     dataclass instance by its class; anything else must be a JSON value."""
-    if tp is Any and _is_record(type(value)):
+    if (tp is Any or tp is object) and _is_record(type(value)):
         return type(value)
     return tp
 
@@ -634,7 +634,7 @@ def encode_result(codec: Codec, what: str, tp: Any, value: Any) -> str | None:
     """JSON text of a handler's return value ``value`` (None stays None), by its declared
     type ``tp`` (Any: by the value). One that cannot be encoded is final: the handler's
     side effects already happened, so no retry would help."""
-    if value is None and (tp is Any or tp is type(None) or tp is None):
+    if value is None and (tp is Any or tp is object or tp is type(None) or tp is None):
         return None
     try:
         return codec.encode(by_value(tp, value), value, f"return value of {what}")

@@ -246,7 +246,7 @@ def _structure_timedelta(value: Any, _: Any) -> dt.timedelta:
         elif isinstance(value, int | float) and not isinstance(value, bool | str):
             return dt.timedelta(seconds=value)
     except (OverflowError, ValueError):  # too large, or not finite
-        raise _Mismatch("timedelta", value, detail=f"{_got(value)} is out of range") from None
+        raise _Mismatch("a timedelta within 999999999 days", value) from None
     raise _Mismatch("timedelta (an ISO 8601 duration or a number of seconds)", value)
 
 

@@ -317,7 +317,8 @@ class WorkflowContext(JobContext):
                 value = fn(*args)
                 if inspect.isawaitable(value):
                     value = await value
-            text = encode_result(self._codec, f"{self.name} step {name!r}", Any, value) or "null"
+            what = f"{self.name} step {name!r}"
+            text = encode_result(self._codec, what, _return_type(fn), value) or "null"
         except trio.TooSlowError:
             error: BaseException = JobTimeoutError(f"step {name!r} ran past {limit}s")
             retry_at = failure_outcome(retry, attempt, error, self._clock.now()).retry_at

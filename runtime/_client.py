@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import attrs
 
 from trioforge._clock import Clock
+from trioforge._codec import DEFAULT_CODEC, by_value, encode_payload
 from trioforge._errors import (
     ConfigurationError,
     InvalidArgumentError,
@@ -21,7 +22,6 @@ from trioforge._errors import (
     PayloadError,
     TrioforgeError,
 )
-from trioforge._payloads import decode, encode
 from trioforge._policy import Queue, seconds
 from trioforge._registry import JobDefinition, Registry, check_capabilities
 from trioforge._rules import (
@@ -93,10 +93,18 @@ class QueueInfo:
     counts: Mapping[JobState, int]
 
 
+def _as_handler_sees(definition: JobDefinition, text: str) -> Any:
+    """The payload as the handler will see it (``text`` was just encoded from it)."""
+    if not definition.takes_payload:
+        return None
+    what = f"payload of job {definition.name!r}"
+    return definition.codec.decode(definition.payload_type, text, what)
+
+
 def _derived_key(definition: JobDefinition, text: str) -> str | None:
     """The idempotency key the job's key function gives a payload (None: it gave none)."""
     assert definition.idempotency_key is not None
-    payload = decode(definition.name, definition.payload_type, text)
+    payload = _as_handler_sees(definition, text)
     try:
         key = definition.idempotency_key(payload)
     except Exception as exc:
@@ -116,7 +124,7 @@ def _limit_key(
         return None
     if limit.key is None:
         return limit.name
-    payload = decode(definition.name, definition.payload_type, text)
+    payload = _as_handler_sees(definition, text)
     try:
         key = limit.key_for(payload)
     except Exception as exc:
@@ -359,7 +367,7 @@ class Client:
         return result
 
     def _encode(self, definition: JobDefinition, payload: Any) -> str:
-        text = encode(definition.name, definition.payload_type, payload)
+        text = encode_payload(definition.codec, definition.name, definition.payload_type, payload)
         size = len(text.encode())
         if size > self._max_payload_bytes:
             raise PayloadError(
@@ -553,8 +561,8 @@ class Client:
                 "a signal's payload cannot be None (a timed-out wait returns None); send "
                 "True or a value"
             )
-        kind = type(payload) if attrs.has(type(payload)) else Any
-        text = encode(f"signal {name!r}", kind, payload)
+        codec = DEFAULT_CODEC if self._registry is None else self._registry.codec
+        text = codec.encode(by_value(Any, payload), payload, f"payload of signal {name!r}")
         signal_id: int = await self._storage.call(ops.SendSignal(run_id, name, text))
         if self._wake is not None:  # a run waiting in this process is due now
             info = await self.get(run_id)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from trioforge._codec import DEFAULT_CODEC, NO_PAYLOAD, Codec, decode_payload, encode_result
 from trioforge._context import JobContext
 from trioforge._errors import (
     ChildFailed,
@@ -50,7 +51,6 @@ from trioforge._errors import (
     StepFailed,
     WorkflowTimeoutError,
 )
-from trioforge._payloads import NO_PAYLOAD, decode, encode_result
 from trioforge._rules import (
     Cancelled,
     Compensated,
@@ -185,10 +185,13 @@ class WorkflowContext(JobContext):
         record: WorkflowRecord,
         version: int,
         wake: Callable[[str, float], None],
+        codec: Codec = DEFAULT_CODEC,
         **services: Any,
     ) -> None:
         super().__init__(job, **services)
         self._wake = wake
+        #: The registry's codec: step results, signal payloads and child results.
+        self._codec = codec
         #: The version of the workflow this run started on (and resumes on).
         self.version = version
         self._entries = {e.seq: e for e in record.steps}
@@ -315,7 +318,8 @@ class WorkflowContext(JobContext):
                 value = fn(*args)
                 if inspect.isawaitable(value):
                     value = await value
-            text = encode_result(f"{self.name} step {name}", value) or "null"
+            what = f"{self.name} step {name!r}"
+            text = encode_result(self._codec, what, _return_type(fn), value) or "null"
         except trio.TooSlowError:
             error: BaseException = JobTimeoutError(f"step {name!r} ran past {limit}s")
             retry_at = failure_outcome(retry, attempt, error, self._clock.now()).retry_at
@@ -382,7 +386,8 @@ class WorkflowContext(JobContext):
             entry = self._entries[seq]
         if undo is not None:
             self._compensations.append(undo)
-        return decode(f"{self.name} step {name}", _return_type(fn), entry.result or "null")
+        what = f"result of {self.name} step {name!r}"
+        return self._codec.decode(_return_type(fn), entry.result or "null", what)
 
     def is_step_completed(self, name: str) -> bool:
         """Whether the run's record holds a completed step ``name`` (for code written the
@@ -445,7 +450,7 @@ class WorkflowContext(JobContext):
         seq, entry = self._next(StepKind.SIGNAL, name)
         what = f"signal {name!r} of {self.name}"
         if entry is not None and entry.status is StepStatus.COMPLETED:
-            return None if entry.result is None else decode(what, type, entry.result)
+            return None if entry.result is None else self._codec.decode(type, entry.result, what)
         now = self._clock.now()
         signal = next((s for s in self._signals if s.name == name), None)
         if signal is not None:
@@ -455,7 +460,7 @@ class WorkflowContext(JobContext):
                            started_at=entry.started_at if entry else now, finished_at=now),
                 consume_signal=signal.id,
             )  # fmt: skip
-            return decode(what, type, signal.payload)
+            return self._codec.decode(type, signal.payload, what)
         if entry is None:
             deadline = None if seconds is None else now + seconds
             entry = StepRecord(seq, StepKind.SIGNAL, name, StepStatus.RUNNING, 1,
@@ -510,7 +515,7 @@ class WorkflowContext(JobContext):
             if record.status is not JobState.COMPLETED:
                 raise ChildFailed(child.job_id, record.status.value, record.error)
             what = f"result of child {child.job_id}"
-            results.append(decode(what, child.result_type, record.result or "null"))
+            results.append(self._codec.decode(child.result_type, record.result or "null", what))
         return results
 
     def _wake_me(self) -> None:
@@ -641,13 +646,20 @@ class WorkflowAttempt:
             if not final:
                 raise  # retried by the workflow's own policy, like any job
             return await self._undo(ctx, "dead", format_error(exc), exc)
-        return encode_result(self._definition.name, value)
+        definition = self._definition
+        return encode_result(
+            definition.codec, f"job {definition.name!r}", definition.result_type, value
+        )
 
     def _payload(self) -> tuple[Any, ...]:
         definition = self._definition
         if definition.payload_type is NO_PAYLOAD:
             return ()
-        return (decode(definition.name, definition.payload_type, self._job.payload),)
+        return (
+            decode_payload(
+                definition.codec, definition.name, definition.payload_type, self._job.payload
+            ),
+        )
 
     async def _collect(self, ctx: WorkflowContext, stop_at: int | None) -> None:
         """Replay the handler only to learn the compensations of its completed steps."""

@@ -19,8 +19,13 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import types
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import attrs
@@ -28,9 +33,9 @@ import trio
 import trio.testing
 
 from trioforge._clock import VirtualClock
+from trioforge._codec import decode_payload, encode_payload, encode_result
 from trioforge._context import JobContext
 from trioforge._errors import ConfigurationError
-from trioforge._payloads import decode, encode
 from trioforge._policy import QueueLike
 from trioforge._registry import JobDefinition, Registry
 from trioforge._rules import JobState
@@ -137,10 +142,11 @@ async def open_test_runtime(
 async def perform(job: JobDefinition, payload: Any = None, *, attempt: int = 1) -> Any:
     """Run ``job``'s handler once, right here, with a real :class:`~trioforge.JobContext`
     (its progress and follow-up enqueues go to a throwaway memory backend), and return what
-    it returns. The payload is checked and converted exactly as on enqueue. Exceptions,
+    it returns. The payload is checked exactly as on enqueue, and the return value as a
+    worker checks it (a PayloadError if it cannot be encoded). Exceptions,
     ``Discard`` included, propagate: no retries, no timeout."""
     backend = MemoryBackend()
-    text = encode(job.name, job.payload_type, payload)
+    text = encode_payload(job.codec, job.name, job.payload_type, payload)
     async with open_client(backend, clock=VirtualClock()) as client:
         now = VirtualClock().now()
         new = NewJob(
@@ -163,18 +169,65 @@ async def perform(job: JobDefinition, payload: Any = None, *, attempt: int = 1) 
             lease_seconds=3600.0,
         )
         if job.takes_payload:
-            return await job.handler(ctx, decode(job.name, job.payload_type, text))
-        return await job.handler(ctx)
+            payload = decode_payload(job.codec, job.name, job.payload_type, text)
+            value = await job.handler(ctx, payload)
+        else:
+            value = await job.handler(ctx)
+        encode_result(job.codec, f"job {job.name!r}", job.result_type, value)  # as a worker would
+        return value
 
 
 def payloads(job: JobDefinition) -> Any:
-    """A hypothesis strategy for payloads ``job`` accepts (attrs classes are built from
-    their field types)."""
+    """A hypothesis strategy for payloads ``job`` accepts: attrs classes and dataclasses
+    built from their field types, with the values the strict codec takes (aware datetimes,
+    finite floats and Decimals, JSON values for ``Any``); other types by
+    ``hypothesis.strategies.from_type``."""
     from hypothesis import strategies as st
 
     if not job.takes_payload:
         return st.none()
-    return st.from_type(job.payload_type)
+    return _values_of(job.payload_type)
+
+
+def _values_of(tp: Any) -> Any:
+    from hypothesis import strategies as st
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or tp is object:
+        scalars = st.none() | st.booleans() | st.integers() | st.text()
+        return st.recursive(
+            scalars | st.floats(allow_nan=False, allow_infinity=False),
+            lambda inner: (
+                st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3)
+            ),
+            max_leaves=8,
+        )
+    if tp is float:
+        return st.floats(allow_nan=False, allow_infinity=False)
+    if tp is Decimal:
+        return st.decimals(allow_nan=False, allow_infinity=False)
+    if tp is dt.datetime:
+        offsets = st.integers(-1439, 1439).map(lambda m: dt.timezone(dt.timedelta(minutes=m)))
+        return st.datetimes(timezones=offsets)
+    if isinstance(tp, type) and (attrs.has(tp) or dataclasses.is_dataclass(tp)):
+        hints = typing.get_type_hints(tp)
+        kind: Any = tp  # an attrs class or a dataclass
+        fields = attrs.fields(kind) if attrs.has(kind) else dataclasses.fields(kind)
+        names = [f.name for f in fields if f.init]
+        return st.builds(tp, **{name: _values_of(hints.get(name, Any)) for name in names})
+    if origin is typing.Literal:
+        return st.sampled_from(args)
+    if origin in (typing.Union, types.UnionType):
+        return st.one_of([_values_of(a) for a in args])
+    if origin is list:
+        return st.lists(_values_of(args[0]) if args else _values_of(Any), max_size=4)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return st.tuples(*[_values_of(a) for a in args])
+    if origin is tuple:
+        return st.lists(_values_of(args[0] if args else Any), max_size=4).map(tuple)
+    if origin is dict:
+        return st.dictionaries(st.text(), _values_of(args[1] if args else Any), max_size=4)
+    return st.from_type(tp)
 
 
 def cron_expressions() -> Any:

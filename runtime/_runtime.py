@@ -112,6 +112,8 @@ class RuntimeStatistics:
     owner: str
     queues: Mapping[str, int]
     running_jobs: int
+    #: Per queue, the workers holding a job (``busy / queues[q]`` is its utilisation).
+    busy: Mapping[str, int] = attrs.field(factory=dict)
 
 
 class _RegistryJobs:
@@ -317,7 +319,8 @@ class Runtime(Client):
         """A snapshot of this process's side: owner id, queue pools, jobs running here."""
         running = len(self._running) if self._running is not None else 0
         sizes = {name: supervisor.size for name, supervisor in self._supervisors.items()}
-        return RuntimeStatistics(self.owner, sizes, running)
+        busy = {name: supervisor.busy for name, supervisor in self._supervisors.items()}
+        return RuntimeStatistics(self.owner, sizes, running, busy)
 
 
 def _default_owner() -> str:
@@ -573,6 +576,7 @@ class _Parts:
             ),
             capabilities=tuple(sorted(s.capabilities)),
             running=len(self.running),
+            busy=tuple((name, supervisor.busy) for name, supervisor in self.supervisors.items()),
         )
 
     def wake_all(self) -> None:

@@ -205,6 +205,12 @@ def otel_option(what: str, where: str = "") -> Callable[[Callable[..., None]], C
     "--metrics-host", default="127.0.0.1", show_default=True,
     help="Address --metrics-port binds.",
 )  # fmt: skip
+@click.option(
+    "--database-metrics", is_flag=True,
+    help="Also export the database-wide gauges (trioforge_queue_jobs, trioforge_processes) "
+    "on --metrics-port. One scraped process should: `trioforge web` does, so give this only "
+    "to one worker of a deployment with no `trioforge web`.",
+)  # fmt: skip
 def worker(
     target: str,
     queues: dict[str, int] | None,
@@ -218,17 +224,20 @@ def worker(
     log_level: str,
     metrics_port: int | None,
     metrics_host: str,
+    database_metrics: bool,
 ) -> None:
     """Run the jobs of MODULE:REGISTRY until SIGINT or SIGTERM.
 
     The first signal drains: no new claims, running jobs get --shutdown-grace seconds, then
     are released for another worker. A second signal stops at once (jobs are released too).
-    With --metrics-port, GET /metrics serves this process's counters and the storage gauges
-    until the worker stops.
+    With --metrics-port, GET /metrics serves this process's counters and pool gauges (and
+    with --database-metrics the database-wide gauges) until the worker stops.
     """
+    if database_metrics and metrics_port is None:
+        raise click.UsageError("--database-metrics exports on --metrics-port; give that too")
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = load_registry(target)
-    metrics = Metrics() if metrics_port is not None else None
+    metrics = Metrics(database_gauges=database_metrics) if metrics_port is not None else None
 
     async def serve() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

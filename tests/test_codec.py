@@ -124,7 +124,11 @@ async def test_post_api_jobs_refuses_each_row(sqlite_url: str) -> None:
         served(trioforge.web.app(client=client, registry=client._registry)) as http,
     ):
         for payload, error in JSON_ROWS:
-            response = await http.post("/api/jobs/convert", content=json.dumps(payload))
+            response = await http.post(
+                "/api/jobs/convert",
+                content=json.dumps(payload),
+                headers={"content-type": "application/json"},
+            )
             assert response.status_code == 422
             assert response.json()["error"] == f"payload of job 'convert' does not fit P: {error}"
         assert await client.list() == []

@@ -5,7 +5,7 @@ pools inside your own trio program, on an embedded SQLite file or (later) Postgr
 Everything public is re-exported here; the underscore modules are private.
 """
 
-from trioforge._client import Client, JobRef, QueueInfo, Stats
+from trioforge._client import Client, JobId, JobRef, QueueInfo, Stats
 from trioforge._clock import Clock, VirtualClock, WallClock
 from trioforge._context import CronContext, JobContext
 from trioforge._cron import CronSchedule
@@ -16,18 +16,22 @@ from trioforge._errors import (
     Discard,
     InvalidArgumentError,
     InvalidStateError,
+    JobCancelledError,
+    JobFailedError,
     JobNotFoundError,
     JobTimeoutError,
     NonDeterminismError,
     PayloadError,
+    ResultTimeoutError,
     SchemaError,
     StepFailed,
     TrioforgeError,
     UnknownJobError,
     WorkflowTimeoutError,
 )
+from trioforge._job import Job
 from trioforge._policy import Queue, Retention
-from trioforge._registry import AttemptEnd, JobDefinition, Registry
+from trioforge._registry import AttemptEnd, JobDefinition, Registry, WorkflowDefinition
 from trioforge._rules import (
     AttemptOutcome,
     ConcurrencyLimit,
@@ -56,8 +60,12 @@ __all__ = [
     "Discard",
     "InvalidArgumentError",
     "InvalidStateError",
+    "Job",
+    "JobCancelledError",
     "JobContext",
     "JobDefinition",
+    "JobFailedError",
+    "JobId",
     "JobInfo",
     "JobNotFoundError",
     "JobRef",
@@ -70,6 +78,7 @@ __all__ = [
     "QueueInfo",
     "RateLimit",
     "Registry",
+    "ResultTimeoutError",
     "Retention",
     "Retry",
     "Runtime",
@@ -85,6 +94,7 @@ __all__ = [
     "VirtualClock",
     "WallClock",
     "WorkflowContext",
+    "WorkflowDefinition",
     "WorkflowInfo",
     "WorkflowTimeoutError",
     "open_client",

@@ -12,9 +12,9 @@ Example::
 
     async def test_welcome_is_retried(autojump_clock):
         async with trioforge.testing.open_test_runtime(registry) as rt:
-            job_id = await rt.enqueue(send_welcome, Welcome("u1"))
+            job = await rt.enqueue(send_welcome, Welcome("u1"))
             await rt.run_until_idle()
-            assert (await rt.get(job_id)).attempt == 2
+            assert (await job.info()).attempt == 2
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ async def open_test_runtime(
         yield rt
 
 
-async def perform(job: JobDefinition, payload: Any = None, *, attempt: int = 1) -> Any:
+async def perform(job: JobDefinition[Any, _T], payload: Any = None, *, attempt: int = 1) -> _T:
     """Run ``job``'s handler once, right here, with a real :class:`~trioforge.JobContext`
     (its progress and follow-up enqueues go to a throwaway memory backend), and return what
     it returns. The payload is checked and converted exactly as on enqueue. Exceptions,
@@ -163,11 +163,11 @@ async def perform(job: JobDefinition, payload: Any = None, *, attempt: int = 1) 
             lease_seconds=3600.0,
         )
         if job.takes_payload:
-            return await job.handler(ctx, decode(job.name, job.payload_type, text))
-        return await job.handler(ctx)
+            return await job(ctx, decode(job.name, job.payload_type, text))
+        return await job(ctx)
 
 
-def payloads(job: JobDefinition) -> Any:
+def payloads(job: JobDefinition[Any, Any]) -> Any:
     """A hypothesis strategy for payloads ``job`` accepts (attrs classes are built from
     their field types)."""
     from hypothesis import strategies as st

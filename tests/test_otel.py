@@ -323,7 +323,7 @@ async def test_a_malformed_stored_context_is_ignored_and_the_job_runs(
     url = f"sqlite:///{path}"
     registry = registry_of_jobs({})
     async with open_client(url, registry=registry) as client:
-        ids = [await client.enqueue("greet", user) for user in ("a", "b")]
+        ids = [(await client.enqueue("greet", user)).id for user in ("a", "b")]
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE trioforge_jobs SET trace_context = 'not json' WHERE id = ?", (ids[0],))
         conn.execute("UPDATE trioforge_jobs SET trace_context = '{\"traceparent\": \"00-zz\"}' "

@@ -7,6 +7,7 @@ Everything public is re-exported here; the underscore modules are private.
 
 from trioforge._client import Client, JobId, JobRef, QueueInfo, Stats
 from trioforge._clock import Clock, VirtualClock, WallClock
+from trioforge._codec import Codec, StrictCodec
 from trioforge._context import CronContext, JobContext
 from trioforge._cron import CronSchedule
 from trioforge._errors import (
@@ -52,6 +53,7 @@ __all__ = [
     "ChildHandle",
     "Client",
     "Clock",
+    "Codec",
     "ConcurrencyLimit",
     "ConfigurationError",
     "CronContext",
@@ -89,6 +91,7 @@ __all__ = [
     "StepInfo",
     "StepKind",
     "StepStatus",
+    "StrictCodec",
     "TrioforgeError",
     "UnknownJobError",
     "VirtualClock",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
+import json
 import math
 import sqlite3
-import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, overload
@@ -16,6 +16,7 @@ import trio
 
 from trioforge import _durations
 from trioforge._clock import Clock
+from trioforge._codec import DEFAULT_CODEC, by_value, encode_payload
 from trioforge._durations import Duration, optional_seconds, seconds
 from trioforge._errors import (
     ConfigurationError,
@@ -26,7 +27,6 @@ from trioforge._errors import (
     TrioforgeError,
 )
 from trioforge._job import Job
-from trioforge._payloads import decode, encode
 from trioforge._policy import Queue
 from trioforge._registry import JobDefinition, Registry, check_capabilities
 from trioforge._rules import ConcurrencyLimit, JobState, PriorityLike, RateLimit, parse_priority
@@ -95,10 +95,18 @@ class QueueInfo:
     counts: Mapping[JobState, int]
 
 
+def _as_handler_sees(definition: JobDefinition[Any, Any], text: str) -> Any:
+    """The payload as the handler will see it (``text`` was just encoded from it)."""
+    if not definition.takes_payload:
+        return None
+    what = f"payload of job {definition.name!r}"
+    return definition.codec.decode(definition.payload_type, text, what)
+
+
 def _derived_key(definition: JobDefinition[Any, Any], text: str) -> str | None:
     """The idempotency key the job's key function gives a payload (None: it gave none)."""
     assert definition.idempotency_key is not None
-    payload = decode(definition.name, definition.payload_type, text)
+    payload = _as_handler_sees(definition, text)
     try:
         key = definition.idempotency_key(payload)
     except Exception as exc:
@@ -118,7 +126,7 @@ def _limit_key(
         return None
     if limit.key is None:
         return limit.name
-    payload = decode(definition.name, definition.payload_type, text)
+    payload = _as_handler_sees(definition, text)
     try:
         return limit.key_for(payload)
     except Exception as exc:
@@ -333,7 +341,7 @@ class Client:
         return result
 
     def _encode(self, definition: JobDefinition[Any, Any], payload: Any) -> str:
-        text = encode(definition.name, definition.payload_type, payload)
+        text = encode_payload(definition.codec, definition.name, definition.payload_type, payload)
         size = len(text.encode())
         if size > self._max_payload_bytes:
             raise PayloadError(
@@ -559,9 +567,11 @@ class Client:
         return None
 
     def _result_of(self, definition: JobDefinition[Any, _R], info: JobInfo) -> _R:
-        """A completed job's result, decoded to its handler's return type."""
+        """A completed job's result, decoded by its codec to its handler's return type
+        (storage hands results over as JSON values: their text is decoded again)."""
         what = f"result of job {info.id} ({info.name})"
-        value: _R = decode(what, _return_type(definition), info.result or "null")
+        text = json.dumps(info.result, allow_nan=False)
+        value: _R = definition.codec.decode(definition.result_type, text, what)
         return value
 
     # --- inspect ----------------------------------------------------------------------
@@ -639,8 +649,8 @@ class Client:
                 "a signal's payload cannot be None (a timed-out wait returns None); send "
                 "True or a value"
             )
-        kind = type(payload) if attrs.has(type(payload)) else Any
-        text = encode(f"signal {name!r}", kind, payload)
+        codec = DEFAULT_CODEC if self._registry is None else self._registry.codec
+        text = codec.encode(by_value(Any, payload), payload, f"payload of signal {name!r}")
         signal_id: int = await self._storage.call(ops.SendSignal(run_id, name, text))
         if self._wake is not None:  # a run waiting in this process is due now
             info = await self.get(run_id)
@@ -912,12 +922,3 @@ def _state(status: JobState | str) -> JobState:
 def _check_queue(queue: object) -> None:
     if not isinstance(queue, str) or not queue:
         raise InvalidArgumentError(f"queue must be a non-empty string, got {queue!r}")
-
-
-def _return_type(definition: JobDefinition[Any, Any]) -> Any:
-    """What a job's results decode to: its handler's return annotation if an attrs class."""
-    try:
-        hint = typing.get_type_hints(definition.handler).get("return", Any)
-    except (NameError, TypeError):
-        return Any
-    return hint if attrs.has(hint) else Any

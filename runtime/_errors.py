@@ -54,7 +54,17 @@ class UnknownJobError(TrioforgeError, LookupError):
 
 
 class PayloadError(TrioforgeError, TypeError):
-    """A payload does not fit the job's declared payload type."""
+    """A payload, result or signal does not fit its declared type (the message names the
+    JSON path and both types: ``$.format: expected str, got int 1``).
+
+    ``final`` is True when retrying cannot help: a job's stored payload no longer decodes,
+    or its handler returned a value that cannot be encoded. Such an attempt goes ``dead``
+    at once.
+    """
+
+    def __init__(self, message: str, *, final: bool = False) -> None:
+        super().__init__(message)
+        self.final = final
 
 
 class JobNotFoundError(TrioforgeError, LookupError):

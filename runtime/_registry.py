@@ -8,11 +8,12 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, cast, overload
 
 import attrs
+import cattrs
 
+from trioforge._codec import NO_PAYLOAD, Codec, as_codec
 from trioforge._cron import CronSchedule
 from trioforge._durations import Duration, optional_seconds
 from trioforge._errors import ConfigurationError, InvalidStateError, UnknownJobError
-from trioforge._payloads import NO_PAYLOAD
 from trioforge._policy import Queue
 from trioforge._rules import (
     AttemptOutcome,
@@ -178,6 +179,11 @@ class JobDefinition(Generic[P, R_co]):
     idempotency_key: Callable[[Any], object] | None = None
     #: Seconds a key keeps blocking after the job holding it finished.
     unique_for: float | None = None
+    #: What the handler returns, from its return annotation (Any: none; None: ``-> None``).
+    #: Results are encoded (and decoded) by it.
+    result_type: Any = Any
+    #: The registry's codec: payloads, results, step results and signals go through it.
+    codec: Codec = attrs.field(factory=lambda: as_codec(None))
 
     @property
     def limits(self) -> JobLimits | None:
@@ -283,14 +289,41 @@ def _payload_type(handler: Handler, name: str) -> Any:
     return hints.get(params[1].name, Any)
 
 
+def _result_type(handler: Handler, name: str) -> Any:
+    """The handler's return annotation (``-> None`` gives NoneType; none given: Any)."""
+    try:
+        annotations = inspect.get_annotations(handler)
+    except TypeError:  # not a plain function (a callable object): nothing declared
+        return Any
+    if "return" not in annotations:
+        return Any
+    try:
+        return typing.get_type_hints(handler).get("return", Any)
+    except NameError as exc:
+        raise ConfigurationError(
+            f"cannot resolve the return annotation of job {name!r} ({exc}); define the "
+            "result class at module level"
+        ) from None
+
+
 class Registry:
     """The jobs an application defines, by name, plus lifecycle hooks.
 
     A worker only claims jobs whose names its registry holds. Once a runtime has been
     opened with it, the registry is frozen: workers have read its jobs and hooks.
+
+    ``converter``: how payloads, results and signals become JSON: a ``cattrs.Converter``
+    carrying hooks for your own types (trioforge's strict hooks are added to a copy of
+    it), or a :class:`~trioforge.Codec` of your own. Default: the strict codec described
+    in docs/payloads.md.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, converter: cattrs.Converter | Codec | None = None) -> None:
+        try:
+            #: The codec every job of this registry uses, on every path.
+            self.codec: Codec = as_codec(converter)
+        except TypeError as exc:
+            raise ConfigurationError(str(exc)) from None
         self._jobs: dict[str, JobDefinition[Any, Any]] = {}
         # workflow name -> its highest version
         self._latest: dict[str, JobDefinition[Any, Any]] = {}
@@ -382,6 +415,8 @@ class Registry:
                 concurrency=concurrency,
                 idempotency_key=idempotency_key,
                 unique_for=unique,
+                result_type=_result_type(handler, name),
+                codec=self.codec,
             )  # fmt: skip
             self._jobs[name] = definition
             return definition

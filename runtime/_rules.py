@@ -43,7 +43,7 @@ from typing import Any, Literal, TypeAlias
 import attrs
 
 from trioforge._durations import seconds
-from trioforge._errors import ConfigurationError, Discard
+from trioforge._errors import ConfigurationError, Discard, PayloadError
 
 __all__ = [
     "PENDING_STATES",
@@ -367,8 +367,13 @@ def next_state(state: JobState, event: Event) -> JobState | None:
 def failure_outcome(
     policy: Retry, attempt: int, exc: BaseException, now: float, u: float = 0.0
 ) -> Failed:
-    """Decide what failed attempt ``attempt`` leads to."""
-    if attempt >= policy.max_attempts or policy.discards(exc) or not policy.retries(exc):
+    """Decide what failed attempt ``attempt`` leads to (a final PayloadError: dead at once)."""
+    if (
+        attempt >= policy.max_attempts
+        or policy.discards(exc)
+        or not policy.retries(exc)
+        or (isinstance(exc, PayloadError) and exc.final)
+    ):
         return Failed(retry_at=None)
     return Failed(retry_at=now + backoff_delay(policy, attempt, u))
 

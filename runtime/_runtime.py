@@ -17,6 +17,7 @@ import trio
 
 from trioforge._client import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, Client
 from trioforge._clock import Clock, WallClock
+from trioforge._codec import decode_payload, encode_result
 from trioforge._config import resolve_database
 from trioforge._context import CronContext, JobContext
 from trioforge._durations import Duration, optional_seconds, seconds
@@ -26,7 +27,6 @@ from trioforge._errors import (
     InvalidStateError,
     unwrapped,
 )
-from trioforge._payloads import decode, encode_result
 from trioforge._policy import (
     Queue,
     QueueLike,
@@ -178,6 +178,7 @@ class _RegistryJobs:
             record=record,
             version=definition.workflow.version,
             wake=self._wake,
+            codec=definition.codec,
         )
         return context
 
@@ -200,20 +201,22 @@ class _Attempt:
         payload: Any = None
         args: tuple[Any, ...] = ()
         if definition.cron is not None:
-            tick: CronTick = decode(job.name, CronTick, job.payload)
+            tick: CronTick = decode_payload(definition.codec, job.name, CronTick, job.payload)
             zone = definition.cron.schedule.zone
             at = dt.datetime.fromtimestamp(tick.scheduled_at, zone)
             ctx: JobContext = self._make_context(job, CronContext, scheduled_at=at)
         else:
             ctx = self._make_context(job, JobContext)
             if definition.takes_payload:
-                payload = decode(job.name, definition.payload_type, job.payload)
+                payload = decode_payload(
+                    definition.codec, job.name, definition.payload_type, job.payload
+                )
                 args = (payload,)
         self._started = (ctx, payload)
         for hook in self._registry.before_hooks:
             await hook(ctx)
         value = await definition.handler(ctx, *args)
-        return encode_result(job.name, value)
+        return encode_result(definition.codec, f"job {job.name!r}", definition.result_type, value)
 
     @property
     def watched(self) -> bool:

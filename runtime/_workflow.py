@@ -31,13 +31,14 @@ import json
 import logging
 import math
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, overload
 
 import attrs
 import trio
 
+from trioforge._codec import DEFAULT_CODEC, NO_PAYLOAD, Codec, decode_payload, encode_result
 from trioforge._context import JobContext
 from trioforge._durations import optional_seconds
 from trioforge._errors import (
@@ -51,7 +52,6 @@ from trioforge._errors import (
     StepFailed,
     WorkflowTimeoutError,
 )
-from trioforge._payloads import NO_PAYLOAD, decode, encode_result
 from trioforge._rules import (
     Cancelled,
     Compensated,
@@ -144,7 +144,7 @@ class ChildHandle(Generic[_R_co]):
 
     job_id: int
     name: str
-    #: What its result decodes to: the child handler's return annotation if an attrs class.
+    #: What its result decodes to: the child handler's return annotation (Any: none).
     result_type: Any = Any
 
 
@@ -160,12 +160,15 @@ class _Compensation:
 
 
 def _return_type(fn: Callable[..., Any]) -> Any:
-    """``fn``'s return annotation if it is an attrs class (results decode to it), else Any."""
+    """What a step's results are encoded and decoded by: ``fn``'s return annotation
+    (what it awaits to, for ``-> Awaitable[T]``), Any when it has none."""
     try:
         hint = typing.get_type_hints(fn).get("return", Any)
-    except (NameError, TypeError):
+    except (NameError, TypeError):  # unresolvable, or not a plain function (a partial)
         return Any
-    return hint if attrs.has(hint) else Any
+    if typing.get_origin(hint) in (Awaitable, Coroutine):
+        return typing.get_args(hint)[-1] if typing.get_args(hint) else Any
+    return hint
 
 
 def _seconds(value: float | dt.timedelta | None, what: str) -> float | None:
@@ -187,10 +190,13 @@ class WorkflowContext(JobContext):
         record: WorkflowRecord,
         version: int,
         wake: Callable[[str, float], None],
+        codec: Codec = DEFAULT_CODEC,
         **services: Any,
     ) -> None:
         super().__init__(job, **services)
         self._wake = wake
+        #: The registry's codec: step results, signal payloads and child results.
+        self._codec = codec
         #: The version of the workflow this run started on (and resumes on).
         self.version = version
         self._entries = {e.seq: e for e in record.steps}
@@ -317,7 +323,8 @@ class WorkflowContext(JobContext):
                 value = fn(*args)
                 if inspect.isawaitable(value):
                     value = await value
-            text = encode_result(f"{self.name} step {name}", value) or "null"
+            what = f"{self.name} step {name!r}"
+            text = encode_result(self._codec, what, _return_type(fn), value) or "null"
         except trio.TooSlowError:
             error: BaseException = JobTimeoutError(f"step {name!r} ran past {limit}s")
             retry_at = failure_outcome(retry, attempt, error, self._clock.now()).retry_at
@@ -404,7 +411,8 @@ class WorkflowContext(JobContext):
             entry = self._entries[seq]
         if undo is not None:
             self._compensations.append(undo)
-        return decode(f"{self.name} step {name}", _return_type(fn), entry.result or "null")
+        what = f"result of {self.name} step {name!r}"
+        return self._codec.decode(_return_type(fn), entry.result or "null", what)
 
     def is_step_completed(self, name: str) -> bool:
         """Whether the run's record holds a completed step ``name`` (for code written the
@@ -482,7 +490,7 @@ class WorkflowContext(JobContext):
         seq, entry = self._next(StepKind.SIGNAL, name)
         what = f"signal {name!r} of {self.name}"
         if entry is not None and entry.status is StepStatus.COMPLETED:
-            return None if entry.result is None else decode(what, type, entry.result)
+            return None if entry.result is None else self._codec.decode(type, entry.result, what)
         now = self._clock.now()
         signal = next((s for s in self._signals if s.name == name), None)
         if signal is not None:
@@ -492,7 +500,7 @@ class WorkflowContext(JobContext):
                            started_at=entry.started_at if entry else now, finished_at=now),
                 consume_signal=signal.id,
             )  # fmt: skip
-            return decode(what, type, signal.payload)
+            return self._codec.decode(type, signal.payload, what)
         if entry is None:
             deadline = None if seconds is None else now + seconds
             entry = StepRecord(seq, StepKind.SIGNAL, name, StepStatus.RUNNING, 1,
@@ -524,7 +532,7 @@ class WorkflowContext(JobContext):
         unfinished children."""
         definition = self._client._definition(job)
         seq, entry = self._next(StepKind.CHILD, definition.name)
-        result_type = _return_type(definition.handler)
+        result_type = definition.result_type
         if entry is not None:
             assert entry.result is not None
             return ChildHandle(int(json.loads(entry.result)), definition.name, result_type)
@@ -563,7 +571,7 @@ class WorkflowContext(JobContext):
             if record.status is not JobState.COMPLETED:
                 raise ChildFailed(child.job_id, record.status.value, record.error)
             what = f"result of child {child.job_id}"
-            results.append(decode(what, child.result_type, record.result or "null"))
+            results.append(self._codec.decode(child.result_type, record.result or "null", what))
         return results
 
     def _wake_me(self) -> None:
@@ -694,13 +702,20 @@ class WorkflowAttempt:
             if not final:
                 raise  # retried by the workflow's own policy, like any job
             return await self._undo(ctx, "dead", format_error(exc), exc)
-        return encode_result(self._definition.name, value)
+        definition = self._definition
+        return encode_result(
+            definition.codec, f"job {definition.name!r}", definition.result_type, value
+        )
 
     def _payload(self) -> tuple[Any, ...]:
         definition = self._definition
         if definition.payload_type is NO_PAYLOAD:
             return ()
-        return (decode(definition.name, definition.payload_type, self._job.payload),)
+        return (
+            decode_payload(
+                definition.codec, definition.name, definition.payload_type, self._job.payload
+            ),
+        )
 
     async def _collect(self, ctx: WorkflowContext, stop_at: int | None) -> None:
         """Replay the handler only to learn the compensations of its completed steps."""

@@ -28,9 +28,9 @@ import trio
 import trio.testing
 
 from trioforge._clock import VirtualClock
+from trioforge._codec import decode_payload, encode_payload, encode_result
 from trioforge._context import JobContext
 from trioforge._errors import ConfigurationError
-from trioforge._payloads import decode, encode
 from trioforge._policy import QueueLike
 from trioforge._registry import JobDefinition, Registry
 from trioforge._rules import JobState
@@ -137,10 +137,11 @@ async def open_test_runtime(
 async def perform(job: JobDefinition[Any, _T], payload: Any = None, *, attempt: int = 1) -> _T:
     """Run ``job``'s handler once, right here, with a real :class:`~trioforge.JobContext`
     (its progress and follow-up enqueues go to a throwaway memory backend), and return what
-    it returns. The payload is checked and converted exactly as on enqueue. Exceptions,
+    it returns. The payload is checked exactly as on enqueue, and the return value as a
+    worker checks it (a PayloadError if it cannot be encoded). Exceptions,
     ``Discard`` included, propagate: no retries, no timeout."""
     backend = MemoryBackend()
-    text = encode(job.name, job.payload_type, payload)
+    text = encode_payload(job.codec, job.name, job.payload_type, payload)
     async with open_client(backend, clock=VirtualClock()) as client:
         now = VirtualClock().now()
         new = NewJob(
@@ -163,8 +164,12 @@ async def perform(job: JobDefinition[Any, _T], payload: Any = None, *, attempt: 
             lease_seconds=3600.0,
         )
         if job.takes_payload:
-            return await job(ctx, decode(job.name, job.payload_type, text))
-        return await job(ctx)
+            payload = decode_payload(job.codec, job.name, job.payload_type, text)
+            value = await job(ctx, payload)
+        else:
+            value = await job(ctx)
+        encode_result(job.codec, f"job {job.name!r}", job.result_type, value)  # as a worker would
+        return value
 
 
 def payloads(job: JobDefinition[Any, Any]) -> Any:

@@ -389,7 +389,7 @@ async def test_a_step_result_that_is_not_json_fails_the_step_without_retries(
         [step] = (await rt.workflow(run_id)).steps
     assert (info.status, info.attempt, len(calls)) == (JobState.DEAD, 1, 1)
     assert (step.status, step.attempts) == (StepStatus.FAILED, 1)
-    assert "not JSON-serialisable" in (step.error or "")
+    assert "expected a JSON value" in (step.error or "")
 
 
 async def test_a_child_takes_enqueue_options_and_refuses_unknown_ones(

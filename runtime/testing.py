@@ -27,10 +27,12 @@ import attrs
 import trio
 import trio.testing
 
+from trioforge import _durations
 from trioforge._clock import VirtualClock
 from trioforge._codec import decode_payload, encode_payload, encode_result
 from trioforge._context import JobContext
-from trioforge._errors import ConfigurationError
+from trioforge._durations import Duration
+from trioforge._errors import ConfigurationError, InvalidArgumentError
 from trioforge._policy import QueueLike
 from trioforge._registry import JobDefinition, Registry
 from trioforge._rules import JobState
@@ -77,20 +79,25 @@ class TestRuntime(Runtime):
 
     __test__ = False  # not a pytest test class
 
-    async def advance(self, seconds: float) -> None:
-        """Let ``seconds`` of virtual time pass, running whatever falls due meanwhile."""
+    async def advance(self, seconds: Duration) -> None:
+        """Let ``seconds`` (or a timedelta) of virtual time pass, running whatever falls due
+        meanwhile."""
         clock = _virtual_clock()
+        span = _durations.seconds(seconds, "seconds", error=InvalidArgumentError)
         if clock.autojump_threshold == float("inf"):  # a clock that never jumps by itself
-            clock.jump(seconds)
+            clock.jump(span)
             await trio.testing.wait_all_tasks_blocked()
         else:
-            await trio.sleep(seconds)
+            await trio.sleep(span)
 
-    async def run_until_idle(self, *, limit: float = 24 * 3600.0, step: float = 1.0) -> None:
+    async def run_until_idle(self, *, limit: Duration = 24 * 3600.0, step: Duration = 1.0) -> None:
         """Advance virtual time until no job is available, running or waiting to retry
-        (delayed ``scheduled`` jobs do not count: ``advance`` to them). Raises
-        ``TimeoutError`` if that takes more than ``limit`` virtual seconds."""
+        (delayed ``scheduled`` jobs do not count: ``advance`` to them), ``step`` at a time.
+        Raises ``TimeoutError`` if that takes more than ``limit`` virtual seconds (both
+        seconds or a timedelta)."""
         _virtual_clock()
+        limit = _durations.seconds(limit, "limit", error=InvalidArgumentError)
+        step = _durations.seconds(step, "step", error=InvalidArgumentError, positive=True)
         deadline = trio.current_time() + limit
         while True:
             await trio.testing.wait_all_tasks_blocked()

@@ -21,7 +21,7 @@ import attrs
 import trio
 
 from trioforge._clock import Clock
-from trioforge._errors import JobTimeoutError
+from trioforge._errors import JobTimeoutError, PayloadError
 from trioforge._rules import (
     AttemptOutcome,
     Failed,
@@ -521,6 +521,8 @@ class QueueSupervisor:
             on_cancel=attempt.cancelled() if entry.reason is StopReason.USER else None,
         )
         kind = attempt_outcome(None if outcome is None else outcome.event, timed_out=timed_out)
+        if isinstance(error, PayloadError) and error.final:  # dead without a retry: say why
+            log.error("job %d (%s) goes dead without retries: %s", job.id, job.name, error)
         # Before the outcome is written, so a waiter that sees it knows the hooks ran.
         await self._end(job, attempt, kind, error)
         if outcome is not None:

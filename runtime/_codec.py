@@ -133,9 +133,13 @@ def _structure_float(value: Any, cl: Any) -> Any:
         return _structure_enum(value, cl)
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise _Mismatch("float", value)
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        raise _Mismatch("a float", value, detail=f"got {_got(value)}, out of range") from None
+    if not math.isfinite(number):
         raise _Mismatch("a finite float", value)
-    return float(value)
+    return number
 
 
 def _structure_bool(value: Any, _: Any) -> bool:
@@ -246,7 +250,7 @@ def _structure_timedelta(value: Any, _: Any) -> dt.timedelta:
         elif isinstance(value, int | float) and not isinstance(value, bool | str):
             return dt.timedelta(seconds=value)
     except (OverflowError, ValueError):  # too large, or not finite
-        raise _Mismatch("timedelta", value, detail=f"{_got(value)} is out of range") from None
+        raise _Mismatch("a timedelta within 999999999 days", value) from None
     raise _Mismatch("timedelta (an ISO 8601 duration or a number of seconds)", value)
 
 
@@ -415,6 +419,8 @@ class StrictCodec:
         def hook(value: Any, _: Any) -> Any:
             if value is None and optional:
                 return None
+            if len(others) == 1:  # Optional[X]: X's own refusal says more (its path)
+                return structure(value, others[0])
             exact = [m for m in others if type(value) is (get_origin(m) or m)]
             for member in exact + [m for m in others if m not in exact]:
                 try:

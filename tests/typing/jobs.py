@@ -83,6 +83,7 @@ async def wrong_calls(client: trioforge.Client) -> None:
     await client.enqueue(ping, Sum(1, 2))  # type: ignore[misc]
     await client.enqueue_many(add, [Sum(1, 2), Welcome("y")])  # type: ignore[misc]
     await client.enqueue_many(add, [Sum(1, 2), {"a": 1, "b": 2}])  # type: ignore[misc]
+    await client.enqueue_many(add, [Sum(1, 2), Sum(3, "4")])  # type: ignore[arg-type]
     job = await client.enqueue(add, Sum(1, 2))
     text: str = await job.result()  # type: ignore[assignment]
     del text

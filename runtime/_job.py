@@ -56,6 +56,7 @@ class Job(Generic[R_co]):
 
     @property
     def definition(self) -> JobDefinition[Any, R_co]:
+        """The definition it was enqueued by: its result decodes by its codec and type."""
         return self._definition
 
     def __eq__(self, other: object) -> bool:

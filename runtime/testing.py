@@ -19,8 +19,13 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import types
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import attrs
@@ -180,13 +185,56 @@ async def perform(job: JobDefinition[Any, _T], payload: Any = None, *, attempt: 
 
 
 def payloads(job: JobDefinition[Any, Any]) -> Any:
-    """A hypothesis strategy for payloads ``job`` accepts (attrs classes are built from
-    their field types)."""
+    """A hypothesis strategy for payloads ``job`` accepts: attrs classes and dataclasses
+    built from their field types, with the values the strict codec takes (aware datetimes,
+    finite floats and Decimals, JSON values for ``Any``); other types by
+    ``hypothesis.strategies.from_type``."""
     from hypothesis import strategies as st
 
     if not job.takes_payload:
         return st.none()
-    return st.from_type(job.payload_type)
+    return _values_of(job.payload_type)
+
+
+def _values_of(tp: Any) -> Any:
+    from hypothesis import strategies as st
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or tp is object:
+        scalars = st.none() | st.booleans() | st.integers() | st.text()
+        return st.recursive(
+            scalars | st.floats(allow_nan=False, allow_infinity=False),
+            lambda inner: (
+                st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3)
+            ),
+            max_leaves=8,
+        )
+    if tp is float:
+        return st.floats(allow_nan=False, allow_infinity=False)
+    if tp is Decimal:
+        return st.decimals(allow_nan=False, allow_infinity=False)
+    if tp is dt.datetime:
+        offsets = st.integers(-1439, 1439).map(lambda m: dt.timezone(dt.timedelta(minutes=m)))
+        return st.datetimes(timezones=offsets)
+    if isinstance(tp, type) and (attrs.has(tp) or dataclasses.is_dataclass(tp)):
+        hints = typing.get_type_hints(tp)
+        kind: Any = tp  # an attrs class or a dataclass
+        fields = attrs.fields(kind) if attrs.has(kind) else dataclasses.fields(kind)
+        names = [f.name for f in fields if f.init]
+        return st.builds(tp, **{name: _values_of(hints.get(name, Any)) for name in names})
+    if origin is typing.Literal:
+        return st.sampled_from(args)
+    if origin in (typing.Union, types.UnionType):
+        return st.one_of([_values_of(a) for a in args])
+    if origin is list:
+        return st.lists(_values_of(args[0]) if args else _values_of(Any), max_size=4)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return st.tuples(*[_values_of(a) for a in args])
+    if origin is tuple:
+        return st.lists(_values_of(args[0] if args else Any), max_size=4).map(tuple)
+    if origin is dict:
+        return st.dictionaries(st.text(), _values_of(args[1] if args else Any), max_size=4)
+    return st.from_type(tp)
 
 
 def cron_expressions() -> Any:

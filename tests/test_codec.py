@@ -17,12 +17,16 @@ from typing import Any
 import attrs
 import cattrs
 import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import trioforge
 import trioforge.aio
 import trioforge.testing
 import trioforge.web
 from tests.conftest import FAST
+from tests.strategies import Everything
 from tests.test_web_api import served
 from trioforge import JobContext, JobState, Registry
 from trioforge.storage import Backend
@@ -312,3 +316,49 @@ def test_encoded_text_is_ascii_and_none_is_only_for_optional() -> None:
     assert codec.decode(int | None, "null", "x") is None
     with pytest.raises(trioforge.PayloadError, match=r"\$: expected int, got None"):
         codec.decode(int, "null", "x")
+
+
+async def test_signals_and_workflow_results_go_through_the_codec(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    registry = Registry()
+    tries: list[int] = []
+
+    @registry.workflow("waits")
+    async def waits(ctx: trioforge.WorkflowContext) -> None:
+        await ctx.wait_for_signal("go")
+
+    @registry.workflow("stamps")
+    async def stamps(ctx: trioforge.WorkflowContext):  # type: ignore[no-untyped-def]
+        tries.append(ctx.attempt)
+        return dt.datetime(2026, 1, 1, tzinfo=dt.UTC)  # no annotation: a JSON value needed
+
+    async with trioforge.testing.open_test_runtime(registry) as rt:
+        run = await rt.enqueue(waits)
+        with pytest.raises(trioforge.PayloadError, match=r"\$: expected a JSON value"):
+            await rt.signal(run, "go", dt.date(2026, 1, 1))
+        with pytest.raises(trioforge.PayloadError, match=r"\$\.format: expected str, got int 5"):
+            await rt.signal(run, "go", P(format=5, n=1))  # type: ignore[arg-type]
+        info = await rt.wait(await rt.enqueue(stamps))
+    assert (info.status, tries) == (JobState.DEAD, [1])  # never retried
+    assert "return value of job 'stamps@v1' does not fit Any" in (info.error or "")
+
+
+@settings(max_examples=30)
+@given(st.data())
+def test_the_testing_payloads_strategy_gives_payloads_the_codec_accepts(
+    data: st.DataObject,
+) -> None:
+    registry = Registry()
+
+    @registry.job("everything")
+    async def everything(ctx: JobContext, payload: Everything) -> None:
+        pass
+
+    @registry.job("orders")
+    async def orders(ctx: JobContext, payload: list[Order] | None) -> None:
+        pass
+
+    for job in (everything, orders):
+        value = data.draw(trioforge.testing.payloads(job))
+        registry.codec.encode(job.payload_type, value, "payload")

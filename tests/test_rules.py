@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.strategies import retry_policies
-from trioforge import ConfigurationError, Retry
+from trioforge import ConfigurationError, PayloadError, Retry
 from trioforge._rules import (
     PENDING_STATES,
     TERMINAL_STATES,
@@ -60,6 +60,15 @@ def test_retry_on_limits_which_errors_retry() -> None:
     policy = Retry(max_attempts=5, on=(ConnectionError,))
     assert failure_outcome(policy, 1, ConnectionResetError(), 0.0).retry_at is not None
     assert failure_outcome(policy, 1, ValueError(), 0.0).retry_at is None
+
+
+@given(retry_policies, st.integers(min_value=1, max_value=10))
+def test_a_final_payload_error_is_never_retried(policy: Retry, attempt: int) -> None:
+    final = PayloadError("return value of job 'x' does not fit Any", final=True)
+    assert failure_outcome(policy, attempt, final, now=100.0).retry_at is None
+    plain = PayloadError("payload of job 'y' does not fit P")  # raised by the handler itself
+    retried = failure_outcome(policy, attempt, plain, now=100.0).retry_at is not None
+    assert retried == (attempt < policy.max_attempts)
 
 
 def test_terminal_states_accept_only_an_operator_retry() -> None:

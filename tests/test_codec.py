@@ -275,9 +275,9 @@ async def test_a_registry_converter_brings_hooks_for_the_applications_types(
         assert info.result == "1250 EUR"
         # The strict hooks still apply to the built-in types around it.
         with pytest.raises(trioforge.PayloadError, match=r"\$\.due: expected date"):
-            await rt.enqueue(bill, {"total": "1 EUR", "due": 20260201})
+            await rt.enqueue(bill, {"total": "1 EUR", "due": 20260201})  # type: ignore[misc]
         with pytest.raises(trioforge.PayloadError, match=r"\$\.total: ValueError"):
-            await rt.enqueue(bill, {"total": "nonsense", "due": "2026-02-01"})
+            await rt.enqueue(bill, {"total": "nonsense", "due": "2026-02-01"})  # type: ignore[misc]
     assert seen == [invoice]
 
 

@@ -45,14 +45,14 @@ async def test_a_run_waiting_forever_renders_its_job_page(sqlite_url: str) -> No
         trioforge.open_runtime(registry, database=sqlite_url, queues={"accounts": 1}, **FAST) as rt,
         served(trioforge.web.app(client=rt, registry=registry)) as http,
     ):
-        run_id = await rt.enqueue("accounts:verify", {"email": "a@x"})
+        run_id = (await rt.enqueue("accounts:verify", {"email": "a@x"})).id
         with trio.fail_after(10):
             await waiting_for_its_signal(rt, run_id)
         job_page = await http.get(f"/jobs/{run_id}")
         run_page = await http.get(f"/workflows/{run_id}")
         await rt.cancel(run_id)
         try:  # refused at enqueue, or stored and shown
-            far_id: int | None = await rt.enqueue("echo", 1, delay=1e300, queue="idle")
+            far_id: int | None = (await rt.enqueue("echo", 1, delay=1e300, queue="idle")).id
         except InvalidArgumentError:
             far_id = None
         far_page = await http.get(f"/jobs/{far_id}") if far_id is not None else None

@@ -77,7 +77,7 @@ async def test_lone_surrogates_in_stored_rows_render(sqlite_url: str) -> None:
     of a lone surrogate, which reads back as one."""
     registry = make_registry()
     async with trioforge.open_client(sqlite_url, registry=registry) as client:
-        job_id = await client.enqueue("echo", "plain")
+        job_id = (await client.enqueue("echo", "plain")).id
         with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
             db.execute(
                 "UPDATE trioforge_jobs SET payload = ?, result = ?, status = 'completed',"

@@ -19,6 +19,8 @@ from trioforge._errors import (
     InvalidStateError,
     JobNotFoundError,
     JobTimeoutError,
+    LifespanError,
+    MissingExtraError,
     NonDeterminismError,
     PayloadError,
     SchemaError,
@@ -38,6 +40,7 @@ from trioforge._rules import (
     Retry,
 )
 from trioforge._runtime import Runtime, RuntimeStatistics, open_client, open_runtime
+from trioforge._version import __version__ as __version__
 from trioforge._workflow import ChildHandle, WorkflowContext
 from trioforge._workflow_info import StepInfo, WorkflowInfo
 from trioforge.storage import JobInfo, StepKind, StepStatus
@@ -65,6 +68,8 @@ __all__ = [
     "JobRef",
     "JobState",
     "JobTimeoutError",
+    "LifespanError",
+    "MissingExtraError",
     "NonDeterminismError",
     "PayloadError",
     "Priority",

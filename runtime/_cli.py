@@ -32,7 +32,6 @@ from trioforge._rules import PENDING_STATES, JobState
 from trioforge._runtime import open_client, open_runtime
 from trioforge._terminal import terminal_text as t
 from trioforge._workflow_info import WorkflowInfo, error_line, short_json, step_detail
-from trioforge.metrics import Metrics
 from trioforge.storage import (
     NEVER,
     AttemptRecord,
@@ -47,6 +46,7 @@ from trioforge.storage._urls import redact
 from trioforge.storage.sqlite import SQLiteBackend
 
 if TYPE_CHECKING:
+    from trioforge.metrics import Metrics
     from trioforge.otel import Tracing
 
 __all__ = ["main"]
@@ -228,7 +228,7 @@ def worker(
     """
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = load_registry(target)
-    metrics = Metrics() if metrics_port is not None else None
+    metrics = worker_metrics() if metrics_port is not None else None
 
     async def serve() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -264,6 +264,16 @@ def worker(
         click.echo("trioforge worker: stopped", err=True)
 
     run(serve)
+
+
+def worker_metrics() -> Metrics:
+    """The collectors ``--metrics-port`` serves; it needs the web and metrics extras."""
+    try:
+        from trioforge.metrics import Metrics
+        from trioforge.web import metrics_app  # noqa: F401 (checked now, served later)
+    except TrioforgeError as exc:
+        fail(f"--metrics-port: {exc}")
+    return Metrics()
 
 
 async def serve_metrics(

@@ -6,6 +6,7 @@ import builtins
 import datetime as dt
 import math
 import sqlite3
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -36,7 +37,6 @@ from trioforge._text import check_storable
 from trioforge._watch import JobWatch, RunWatch
 from trioforge._workflow_info import StepInfo, WorkflowInfo, step_info, workflow_info
 from trioforge.actors import Finished, LiveFeed, RunningJobs, StopReason, StorageHandle
-from trioforge.metrics import Metrics
 from trioforge.storage import (
     AttemptRecord,
     CancelResult,
@@ -52,6 +52,7 @@ from trioforge.storage import (
 from trioforge.storage._records import not_a_run
 
 if TYPE_CHECKING:
+    from trioforge.metrics import Metrics
     from trioforge.otel import Tracing
 
 __all__ = ["DEFAULT_MAX_KEY_BYTES", "DEFAULT_MAX_PAYLOAD_BYTES", "Client", "JobRef", "Stats"]
@@ -337,10 +338,7 @@ class Client:
             from trioforge.storage.sqlite import SQLiteBackend
 
             return SQLiteBackend.enqueue_in(connection, op, self._clock.now())
-        import asyncpg
-        import asyncpg.pool
-
-        if isinstance(connection, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy):
+        if _is_asyncpg(connection):
             from trioforge.storage.postgres import PostgresBackend
 
             return await self._on_asyncio(
@@ -842,3 +840,13 @@ def _check_queue(queue: object) -> None:
     if not isinstance(queue, str) or not queue:
         raise InvalidArgumentError(f"queue must be a non-empty string, got {queue!r}")
     check_storable(queue, "queue", InvalidArgumentError)
+
+
+def _is_asyncpg(connection: object) -> bool:
+    """An asyncpg connection (pooled or not); without the postgres extra there is none."""
+    if "asyncpg" not in sys.modules:
+        return False
+    import asyncpg
+    import asyncpg.pool
+
+    return isinstance(connection, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy)

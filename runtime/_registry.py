@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import typing
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager, nullcontext
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
 
 import attrs
 import cattrs
@@ -14,6 +15,7 @@ import cattrs
 from trioforge._codec import NO_PAYLOAD, Codec, as_codec
 from trioforge._cron import CronSchedule
 from trioforge._errors import ConfigurationError, InvalidStateError, UnknownJobError
+from trioforge._lifespan import NO_STATE, Lifespan, StateT, as_lifespan, entered
 from trioforge._policy import Queue, seconds
 from trioforge._rules import (
     AttemptOutcome,
@@ -250,8 +252,8 @@ def _result_type(handler: Handler, name: str) -> Any:
         ) from None
 
 
-class Registry:
-    """The jobs an application defines, by name, plus lifecycle hooks.
+class Registry(Generic[StateT]):
+    """The jobs an application defines, by name, plus lifecycle hooks and a lifespan.
 
     A worker only claims jobs whose names its registry holds. Once a runtime has been
     opened with it, the registry is frozen: workers have read its jobs and hooks.
@@ -260,6 +262,10 @@ class Registry:
     carrying hooks for your own types (trioforge's strict hooks are added to a copy of
     it), or a :class:`~trioforge.Codec` of your own. Default: the strict codec described
     in docs/payloads.md.
+
+    ``Registry[State]()`` types the value its :meth:`lifespan` yields, which handlers
+    read as ``ctx.state`` (annotate them ``ctx: JobContext[State]``); a plain
+    ``Registry()`` is ``Registry[Any]``.
     """
 
     def __init__(self, converter: cattrs.Converter | Codec | None = None) -> None:
@@ -275,6 +281,8 @@ class Registry:
         self.before_hooks: list[BeforeHook] = []
         #: Every after hook, in the one-argument form (see ``after_perform``).
         self.after_hooks: list[EndHook] = []
+        self._lifespan: Lifespan | None = None
+        self._lifespan_name = ""
 
     def job(
         self,
@@ -496,6 +504,44 @@ class Registry:
         self._check_open("after_perform hook")
         self.after_hooks.append(_end_hook(hook))
         return hook
+
+    @overload
+    def lifespan(
+        self, fn: Callable[[], AsyncIterator[StateT]]
+    ) -> Callable[[], AsyncIterator[StateT]]: ...
+    @overload
+    def lifespan(
+        self, fn: Callable[[], AbstractAsyncContextManager[StateT]]
+    ) -> Callable[[], AbstractAsyncContextManager[StateT]]: ...
+    def lifespan(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """Declare the resources this registry's handlers share: ``fn`` is an async
+        generator function that sets them up, yields them once and closes them after
+        (or a function returning an async context manager, such as one decorated with
+        ``contextlib.asynccontextmanager``).
+
+        Every runtime that runs jobs (``open_runtime``, ``trioforge worker``,
+        ``trioforge.testing.open_test_runtime``) enters it once, after storage opens and
+        before its pools start, and leaves it after they drained; handlers read the
+        yielded value as ``ctx.state``. A client (``open_client``, ``queues={}``) does not
+        run it. An error in it is raised as :class:`~trioforge.LifespanError`; closing is
+        shielded from cancellation for at most 10 seconds.
+        """
+        self._check_open("lifespan")
+        name = getattr(fn, "__qualname__", repr(fn))
+        if self._lifespan is not None:
+            raise ConfigurationError(
+                f"lifespan {name}: this registry already has lifespan {self._lifespan_name}; "
+                "open every resource in one (contextlib.AsyncExitStack combines several)"
+            )
+        self._lifespan = as_lifespan(fn)
+        self._lifespan_name = name
+        return fn
+
+    def entered_lifespan(self) -> AbstractAsyncContextManager[Any]:
+        """The lifespan opened (its value: ``ctx.state``), or NO_STATE without one."""
+        if self._lifespan is None:
+            return nullcontext(NO_STATE)
+        return entered(self._lifespan, self._lifespan_name)
 
     @property
     def frozen(self) -> bool:

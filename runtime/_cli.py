@@ -161,7 +161,7 @@ def _global_tracing(ctx: click.Context, param: click.Parameter, on: bool) -> Tra
     try:
         from trioforge.otel import Tracing
     except ImportError as exc:
-        fail(f"--otel needs OpenTelemetry: pip install 'trioforge[otel]' ({exc})")
+        fail(f"--otel: {exc}")
     return Tracing()
 
 
@@ -316,7 +316,10 @@ def web(
     Actions (cancel, retry, discard, pause, retry-all) need the token in
     $TRIOFORGE_WEB_TOKEN; without it the dashboard is read-only. SIGINT/SIGTERM stop it.
     """
-    from trioforge.web import app, serve  # the web stack loads only for this command
+    try:
+        from trioforge.web import app, serve  # the web stack loads only for this command
+    except TrioforgeError as exc:  # the web extra is not installed
+        fail(str(exc))
 
     registry = load_registry(target) if target else None
 

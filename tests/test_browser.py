@@ -310,7 +310,7 @@ def test_a_page_on_another_port_cannot_act_through_the_logged_in_browser(
 ) -> None:
     rt = served.runtime
     assert rt is not None
-    job_id = served.call(partial(rt.enqueue, "reports:crawl", 1, queue="idle"))
+    job_id = served.call(partial(rt.enqueue, "reports:crawl", 1, queue="idle")).id
     context = browser.new_context()
     page = context.new_page()
     log_in(page, served.url)
@@ -339,7 +339,7 @@ def test_the_session_cookie_cannot_be_replayed_after_logging_out(
 ) -> None:
     rt = served.runtime
     assert rt is not None
-    job_id = served.call(partial(rt.enqueue, "reports:crawl", 1, queue="idle"))
+    job_id = served.call(partial(rt.enqueue, "reports:crawl", 1, queue="idle")).id
     context = browser.new_context()
     page = context.new_page()
     log_in(page, served.url)

@@ -69,7 +69,7 @@ class WebState:
     def serve_with(self, client: Client | None) -> None:
         self._client = client
 
-    def public_workflow(self, name: str) -> JobDefinition | None:
+    def public_workflow(self, name: str) -> JobDefinition[Any, Any] | None:
         """The workflow ``name`` (its highest version, or ``name@vN``) if it is declared
         ``public=True`` in the registry, else None."""
         registry = self.registry

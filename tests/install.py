@@ -4,6 +4,7 @@ dependencies)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,11 +55,18 @@ class Venv:
         )
 
 
+#: Never part of a build: a copy without them keeps stale build output out of the wheel.
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".*", "build", "*.egg-info", "__pycache__", "*.db", "*.db-*", "screenshots"
+)
+
+
 def wheel(factory: pytest.TempPathFactory) -> Path:
-    """The wheel of this tree, built once per test session."""
+    """The wheel of this tree, built once per test session from a clean copy of it."""
     if "wheel" not in _wheels:
-        out = factory.mktemp("wheel")
-        _check(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT))
+        source, out = factory.mktemp("source") / "trioforge", factory.mktemp("wheel")
+        shutil.copytree(ROOT, source, ignore=_NOT_SOURCE)
+        _check(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source))
         [built] = out.glob("trioforge-*.whl")
         _wheels["wheel"] = built
     return _wheels["wheel"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -268,6 +270,45 @@ async def test_state_without_a_lifespan_names_the_fix() -> None:
     with pytest.raises(InvalidStateError, match=r"declare one with @registry.lifespan"):
         await perform(reads)
     assert await perform(reads, state="given") == "given"
+
+
+WORKER_APP = """
+from pathlib import Path
+import trioforge
+registry = trioforge.Registry()
+@registry.lifespan
+async def resources():
+    Path("trail").write_text("open\\n")
+    yield {"greeting": "hello"}
+    with Path("trail").open("a") as trail:
+        trail.write("close\\n")
+@registry.job("greet")
+async def greet(ctx: trioforge.JobContext, user: str) -> str:
+    with Path("trail").open("a") as trail:
+        trail.write("run\\n")
+    return ctx.state["greeting"] + " " + user
+"""
+
+
+async def greet_handler(ctx: JobContext, user: str) -> str:
+    raise AssertionError("run by the worker process, not here")
+
+
+@pytest.mark.slow
+async def test_worker_runs_the_lifespan_around_its_jobs(tmp_path: Path) -> None:
+    (tmp_path / "lifeapp.py").write_text(WORKER_APP)
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    greet = Registry().job("greet")(greet_handler)
+    command = [sys.executable, "-m", "trioforge", "worker", "lifeapp:registry", "--database", url]
+    async with trioforge.open_client(url) as client:
+        job = await client.enqueue(greet, "ada")
+        proc = await trio.lowlevel.open_process(command, cwd=tmp_path, stderr=subprocess.DEVNULL)
+        with trio.fail_after(30):
+            assert (await client.wait(job)).result == "hello ada"
+        proc.send_signal(signal.SIGINT)
+        with trio.fail_after(30):
+            assert await proc.wait() == 0
+    assert (tmp_path / "trail").read_text().split() == ["open", "run", "close"]
 
 
 @pytest.mark.slow

@@ -21,6 +21,8 @@ from trioforge._errors import (
     JobFailedError,
     JobNotFoundError,
     JobTimeoutError,
+    LifespanError,
+    MissingExtraError,
     NonDeterminismError,
     PayloadError,
     ResultTimeoutError,
@@ -42,6 +44,7 @@ from trioforge._rules import (
     Retry,
 )
 from trioforge._runtime import Runtime, RuntimeStatistics, open_client, open_runtime
+from trioforge._version import __version__ as __version__
 from trioforge._workflow import ChildHandle, WorkflowContext
 from trioforge._workflow_info import StepInfo, WorkflowInfo
 from trioforge.storage import JobInfo, StepKind, StepStatus
@@ -73,6 +76,8 @@ __all__ = [
     "JobRef",
     "JobState",
     "JobTimeoutError",
+    "LifespanError",
+    "MissingExtraError",
     "NonDeterminismError",
     "PayloadError",
     "Priority",

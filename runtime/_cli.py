@@ -32,7 +32,6 @@ from trioforge._rules import PENDING_STATES, JobState
 from trioforge._runtime import open_client, open_runtime
 from trioforge._terminal import terminal_text as t
 from trioforge._workflow_info import WorkflowInfo, error_line, short_json, step_detail
-from trioforge.metrics import Metrics
 from trioforge.storage import (
     NEVER,
     AttemptRecord,
@@ -47,6 +46,7 @@ from trioforge.storage._urls import redact
 from trioforge.storage.sqlite import SQLiteBackend
 
 if TYPE_CHECKING:
+    from trioforge.metrics import Metrics
     from trioforge.otel import Tracing
 
 __all__ = ["main"]
@@ -161,7 +161,7 @@ def _global_tracing(ctx: click.Context, param: click.Parameter, on: bool) -> Tra
     try:
         from trioforge.otel import Tracing
     except ImportError as exc:
-        fail(f"--otel needs OpenTelemetry: pip install 'trioforge[otel]' ({exc})")
+        fail(f"--otel: {exc}")
     return Tracing()
 
 
@@ -237,7 +237,7 @@ def worker(
         raise click.UsageError("--database-metrics exports on --metrics-port; give that too")
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = load_registry(target)
-    metrics = Metrics(database_gauges=database_metrics) if metrics_port is not None else None
+    metrics = worker_metrics(database_metrics) if metrics_port is not None else None
 
     async def serve() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -273,6 +273,17 @@ def worker(
         click.echo("trioforge worker: stopped", err=True)
 
     run(serve)
+
+
+def worker_metrics(database_gauges: bool) -> Metrics:
+    """The collectors ``--metrics-port`` serves (with the database-wide gauges when
+    ``--database-metrics`` asks for them); it needs the web and metrics extras."""
+    try:
+        from trioforge.metrics import Metrics
+        from trioforge.web import metrics_app  # noqa: F401 (checked now, served later)
+    except TrioforgeError as exc:
+        fail(f"--metrics-port: {exc}")
+    return Metrics(database_gauges=database_gauges)
 
 
 async def serve_metrics(
@@ -315,7 +326,10 @@ def web(
     Actions (cancel, retry, discard, pause, retry-all) need the token in
     $TRIOFORGE_WEB_TOKEN; without it the dashboard is read-only. SIGINT/SIGTERM stop it.
     """
-    from trioforge.web import app, serve  # the web stack loads only for this command
+    try:
+        from trioforge.web import app, serve  # the web stack loads only for this command
+    except TrioforgeError as exc:  # the web extra is not installed
+        fail(str(exc))
 
     registry = load_registry(target) if target else None
 

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import math
 import sqlite3
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, overload
@@ -41,7 +42,6 @@ from trioforge._text import check_storable
 from trioforge._watch import JobWatch, RunWatch
 from trioforge._workflow_info import StepInfo, WorkflowInfo, step_info, workflow_info
 from trioforge.actors import Finished, LiveFeed, RunningJobs, StopReason, StorageHandle
-from trioforge.metrics import Metrics
 from trioforge.storage import (
     AttemptRecord,
     CancelResult,
@@ -57,6 +57,7 @@ from trioforge.storage import (
 from trioforge.storage._records import not_a_run
 
 if TYPE_CHECKING:
+    from trioforge.metrics import Metrics
     from trioforge.otel import Tracing
 
 __all__ = [
@@ -339,10 +340,7 @@ class Client:
             from trioforge.storage.sqlite import SQLiteBackend
 
             return SQLiteBackend.enqueue_in(connection, op, self._clock.now())
-        import asyncpg
-        import asyncpg.pool
-
-        if isinstance(connection, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy):
+        if _is_asyncpg(connection):
             from trioforge.storage.postgres import PostgresBackend
 
             return await self._on_asyncio(
@@ -979,3 +977,13 @@ def _check_queue(queue: object) -> None:
     if not isinstance(queue, str) or not queue:
         raise InvalidArgumentError(f"queue must be a non-empty string, got {queue!r}")
     check_storable(queue, "queue", InvalidArgumentError)
+
+
+def _is_asyncpg(connection: object) -> bool:
+    """An asyncpg connection (pooled or not); without the postgres extra there is none."""
+    if "asyncpg" not in sys.modules:
+        return False
+    import asyncpg
+    import asyncpg.pool
+
+    return isinstance(connection, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
-from trioforge._errors import DatabaseUnavailableError, InvalidArgumentError
+from trioforge._errors import DatabaseUnavailableError, InvalidArgumentError, InvalidStateError
+from trioforge._lifespan import NO_STATE, StateT
 from trioforge.actors import RunningJobs, StorageHandle
 from trioforge.storage import ClaimedJob, RenewResult, ops
 
@@ -23,11 +24,12 @@ _P = TypeVar("_P")
 _R = TypeVar("_R")
 
 
-class JobContext:
+class JobContext(Generic[StateT]):
     """Passed as the first argument to every handler.
 
     Every write it makes is fenced by the attempt's lease: once the job was rescued by
-    another worker, progress from this attempt is ignored.
+    another worker, progress from this attempt is ignored. ``JobContext[State]`` types
+    :attr:`state`, the value the registry's lifespan yields.
     """
 
     def __init__(
@@ -40,8 +42,10 @@ class JobContext:
         clock: Clock,
         owner: str,
         lease_seconds: float,
+        state: Any = NO_STATE,
     ) -> None:
         self._job = job
+        self._state = state
         self._client = client
         self._storage = storage
         self._running = running
@@ -49,6 +53,17 @@ class JobContext:
         self._owner = owner
         self._lease_seconds = lease_seconds
         self.log = logging.LoggerAdapter(_log, {"job_id": job.id, "job_name": job.name})
+
+    @property
+    def state(self) -> StateT:
+        """What the registry's lifespan yielded (``@registry.lifespan``): the resources
+        handlers share, opened once per runtime."""
+        if self._state is NO_STATE:
+            raise InvalidStateError(
+                f"job {self._job.name!r}: ctx.state is the value of the registry's lifespan, "
+                "and this registry has none; declare one with @registry.lifespan"
+            )
+        return cast(StateT, self._state)
 
     @property
     def job_id(self) -> int:
@@ -119,7 +134,7 @@ class JobContext:
         return await self._client.enqueue(job, payload, **options)
 
 
-class CronContext(JobContext):
+class CronContext(JobContext[StateT]):
     """Passed to cron handlers: a :class:`JobContext` plus the tick being run."""
 
     def __init__(self, job: ClaimedJob, *, scheduled_at: dt.datetime, **services: Any) -> None:

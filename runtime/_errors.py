@@ -25,6 +25,8 @@ __all__ = [
     "JobFailedError",
     "JobNotFoundError",
     "JobTimeoutError",
+    "LifespanError",
+    "MissingExtraError",
     "NonDeterminismError",
     "PayloadError",
     "ResultTimeoutError",
@@ -47,6 +49,23 @@ class ConfigurationError(TrioforgeError, ValueError):
 
 class InvalidArgumentError(TrioforgeError, ValueError):
     """An argument outside its allowed range (negative delay, progress above 100, ...)."""
+
+
+class MissingExtraError(ConfigurationError, ImportError):
+    """A part of trioforge was used whose optional dependencies are not installed; the
+    message names the extra to install (``pip install 'trioforge[postgres]'``)."""
+
+    def __init__(self, message: str, *, extra: str, module: str | None) -> None:
+        super().__init__(message)
+        #: The extra that provides the missing module.
+        self.extra = extra
+        #: The module that could not be imported (``ImportError.name``).
+        self.name = module
+
+
+class LifespanError(TrioforgeError, RuntimeError):
+    """The registry's lifespan raised while opening or closing; the lifespan's own
+    exception is the ``__cause__``."""
 
 
 class UnknownJobError(TrioforgeError, LookupError):

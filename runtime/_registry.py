@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, cast, overload
 
 import attrs
@@ -14,6 +15,7 @@ from trioforge._codec import NO_PAYLOAD, Codec, as_codec
 from trioforge._cron import CronSchedule
 from trioforge._durations import Duration, optional_seconds
 from trioforge._errors import ConfigurationError, InvalidStateError, UnknownJobError
+from trioforge._lifespan import NO_STATE, Lifespan, StateT, as_lifespan, entered
 from trioforge._policy import Queue
 from trioforge._rules import (
     AttemptOutcome,
@@ -219,39 +221,40 @@ class WorkflowDefinition(JobDefinition[P, R_co]):
     runs replay, suspend and resume. Enqueue it like a job; ``P`` and ``R`` likewise."""
 
 
-class JobDecorator(Protocol):
+class JobDecorator(Protocol[StateT]):
     """What ``@registry.job(...)`` applies to a handler: the handler's signature gives the
-    definition's types (``JobDefinition[None, R]`` for ``async def h(ctx) -> R``)."""
+    definition's types (``JobDefinition[None, R]`` for ``async def h(ctx) -> R``). Its
+    ``ctx`` is a ``JobContext[State]`` of the registry's ``State`` (or a bare one)."""
 
     @overload
     def __call__(
-        self, handler: Callable[[JobContext, _P], Awaitable[_R]], /
+        self, handler: Callable[[JobContext[StateT], _P], Awaitable[_R]], /
     ) -> JobDefinition[_P, _R]: ...
     @overload
     def __call__(
-        self, handler: Callable[[JobContext], Awaitable[_R]], /
+        self, handler: Callable[[JobContext[StateT]], Awaitable[_R]], /
     ) -> JobDefinition[None, _R]: ...
 
 
-class CronDecorator(Protocol):
+class CronDecorator(Protocol[StateT]):
     """What ``@registry.cron(...)`` applies: ``async def h(ctx: CronContext) -> R``. Its
     runs are enqueued by the scheduler with the tick as payload."""
 
     def __call__(
-        self, handler: Callable[[CronContext], Awaitable[_R]], /
+        self, handler: Callable[[CronContext[StateT]], Awaitable[_R]], /
     ) -> JobDefinition[CronTick, _R]: ...
 
 
-class WorkflowDecorator(Protocol):
+class WorkflowDecorator(Protocol[StateT]):
     """What ``@registry.workflow(...)`` applies, typed as :class:`JobDecorator`."""
 
     @overload
     def __call__(
-        self, handler: Callable[[WorkflowContext, _P], Awaitable[_R]], /
+        self, handler: Callable[[WorkflowContext[StateT], _P], Awaitable[_R]], /
     ) -> WorkflowDefinition[_P, _R]: ...
     @overload
     def __call__(
-        self, handler: Callable[[WorkflowContext], Awaitable[_R]], /
+        self, handler: Callable[[WorkflowContext[StateT]], Awaitable[_R]], /
     ) -> WorkflowDefinition[None, _R]: ...
 
 
@@ -308,8 +311,8 @@ def _result_type(handler: Handler, name: str) -> Any:
         ) from None
 
 
-class Registry:
-    """The jobs an application defines, by name, plus lifecycle hooks.
+class Registry(Generic[StateT]):
+    """The jobs an application defines, by name, plus lifecycle hooks and a lifespan.
 
     A worker only claims jobs whose names its registry holds. Once a runtime has been
     opened with it, the registry is frozen: workers have read its jobs and hooks.
@@ -318,6 +321,10 @@ class Registry:
     carrying hooks for your own types (trioforge's strict hooks are added to a copy of
     it), or a :class:`~trioforge.Codec` of your own. Default: the strict codec described
     in docs/payloads.md.
+
+    ``Registry[State]()`` types the value its :meth:`lifespan` yields, which handlers
+    read as ``ctx.state`` (annotate them ``ctx: JobContext[State]``); a plain
+    ``Registry()`` is ``Registry[Any]``.
     """
 
     def __init__(self, converter: cattrs.Converter | Codec | None = None) -> None:
@@ -334,6 +341,8 @@ class Registry:
         self.before_hooks: list[BeforeHook] = []
         #: Every after hook, in the one-argument form (see ``after_perform``).
         self.after_hooks: list[EndHook] = []
+        self._lifespan: Lifespan | None = None
+        self._lifespan_name = ""
 
     def job(
         self,
@@ -350,7 +359,7 @@ class Registry:
         concurrency: ConcurrencyLimit | None = None,
         idempotency_key: Callable[[Any], object] | None = None,
         unique_for: Duration | None = None,
-    ) -> JobDecorator:
+    ) -> JobDecorator[StateT]:
         """Declare ``async def handler(ctx, payload: P) -> R`` as job ``name``: a
         ``JobDefinition[P, R]``. ``timeout`` and ``unique_for``: seconds or a timedelta.
 
@@ -425,7 +434,7 @@ class Registry:
             self._jobs[name] = definition
             return definition
 
-        return cast(JobDecorator, register)
+        return cast(JobDecorator[StateT], register)
 
     def cron(
         self,
@@ -439,7 +448,7 @@ class Registry:
         priority: PriorityLike = "normal",
         retry: Retry | None = None,
         timeout: Duration | None = None,
-    ) -> CronDecorator:
+    ) -> CronDecorator[StateT]:
         """Declare ``async def handler(ctx: CronContext)`` to run on a cron schedule.
 
         Each tick is enqueued once, across every replica, as a job named ``name`` (default
@@ -471,7 +480,7 @@ class Registry:
             self._jobs[job_name] = definition
             return definition
 
-        return cast(CronDecorator, register)
+        return cast(CronDecorator[StateT], register)
 
     def workflow(
         self,
@@ -484,7 +493,7 @@ class Registry:
         timeout: Duration | None = None,
         payload: Any = None,
         public: bool = False,
-    ) -> WorkflowDecorator:
+    ) -> WorkflowDecorator[StateT]:
         """Declare ``async def handler(ctx: WorkflowContext, payload: P) -> R`` as version
         ``version`` of workflow ``name`` (a ``WorkflowDefinition[P, R]``): a durable run
         of steps that survives restarts.
@@ -525,7 +534,7 @@ class Registry:
                 self._latest[name] = definition
             return definition
 
-        return cast(WorkflowDecorator, register)
+        return cast(WorkflowDecorator[StateT], register)
 
     def latest(self, definition: JobDefinition[_P, _R]) -> JobDefinition[_P, _R]:
         """For a workflow, its highest version registered here (new runs take it; their
@@ -556,6 +565,44 @@ class Registry:
         self._check_open("after_perform hook")
         self.after_hooks.append(_end_hook(hook))
         return hook
+
+    @overload
+    def lifespan(
+        self, fn: Callable[[], AsyncIterator[StateT]]
+    ) -> Callable[[], AsyncIterator[StateT]]: ...
+    @overload
+    def lifespan(
+        self, fn: Callable[[], AbstractAsyncContextManager[StateT]]
+    ) -> Callable[[], AbstractAsyncContextManager[StateT]]: ...
+    def lifespan(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """Declare the resources this registry's handlers share: ``fn`` is an async
+        generator function that sets them up, yields them once and closes them after
+        (or a function returning an async context manager, such as one decorated with
+        ``contextlib.asynccontextmanager``).
+
+        Every runtime that runs jobs (``open_runtime``, ``trioforge worker``,
+        ``trioforge.testing.open_test_runtime``) enters it once, after storage opens and
+        before its pools start, and leaves it after they drained; handlers read the
+        yielded value as ``ctx.state``. A client (``open_client``, ``queues={}``) does not
+        run it. An error in it is raised as :class:`~trioforge.LifespanError`; closing is
+        shielded from cancellation for at most 10 seconds.
+        """
+        self._check_open("lifespan")
+        name = getattr(fn, "__qualname__", repr(fn))
+        if self._lifespan is not None:
+            raise ConfigurationError(
+                f"lifespan {name}: this registry already has lifespan {self._lifespan_name}; "
+                "open every resource in one (contextlib.AsyncExitStack combines several)"
+            )
+        self._lifespan = as_lifespan(fn)
+        self._lifespan_name = name
+        return fn
+
+    def entered_lifespan(self) -> AbstractAsyncContextManager[Any]:
+        """The lifespan opened (its value: ``ctx.state``), or NO_STATE without one."""
+        if self._lifespan is None:
+            return nullcontext(NO_STATE)
+        return entered(self._lifespan, self._lifespan_name)
 
     @property
     def frozen(self) -> bool:

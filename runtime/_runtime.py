@@ -8,7 +8,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ from trioforge._errors import (
     InvalidStateError,
     unwrapped,
 )
+from trioforge._lifespan import NO_STATE
 from trioforge._policy import (
     Queue,
     QueueLike,
@@ -60,7 +61,6 @@ from trioforge.actors.cron import CronJob, cron_scheduler
 from trioforge.actors.queue import HeldQueues
 from trioforge.actors.storage_actor import log_failure
 from trioforge.actors.sweeper import SweepPlan, sweeper
-from trioforge.metrics import Metrics
 from trioforge.storage import (
     Backend,
     ClaimedJob,
@@ -76,6 +76,7 @@ from trioforge.storage import (
 
 if TYPE_CHECKING:
     from trioforge.actors.queue import Attempt
+    from trioforge.metrics import Metrics
     from trioforge.otel import Tracing
 
 __all__ = ["Runtime", "RuntimeStatistics", "open_client", "open_runtime"]
@@ -496,6 +497,8 @@ class _Parts:
         self.running, self.finished = RunningJobs(), Finished(feed)
         self.supervisors: dict[str, QueueSupervisor] = {}
         self.held = HeldQueues()
+        #: What the registry's lifespan yielded: ``ctx.state``.
+        self.state: Any = NO_STATE
         self.runtime = runtime_class(
             storage,
             settings.clock,
@@ -540,6 +543,7 @@ class _Parts:
             clock=self.settings.clock,
             owner=self.settings.owner,
             lease_seconds=self.settings.lease_seconds,
+            state=self.state,
         )
 
     def supervisor(self, name: str, size: int) -> QueueSupervisor:
@@ -738,7 +742,10 @@ async def open_runtime(
         _live(backend, storage, settings.poll_interval) as feed,
     ):
         parts = _Parts(registry, settings, backend, storage, feed, _runtime_class, metrics, tracing)
-        async with trio.open_nursery() as services:
+        # The lifespan wraps every actor: open before the first claim, closed after the
+        # pools drained. A client (no queues) runs no jobs, so it does not run it.
+        lifespan = registry.entered_lifespan() if settings.queues else nullcontext(NO_STATE)
+        async with lifespan as parts.state, trio.open_nursery() as services:
             try:
                 await _start_services(services, parts)
                 async with trio.open_nursery() as pools:

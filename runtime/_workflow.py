@@ -52,6 +52,7 @@ from trioforge._errors import (
     StepFailed,
     WorkflowTimeoutError,
 )
+from trioforge._lifespan import StateT
 from trioforge._rules import (
     Cancelled,
     Compensated,
@@ -176,7 +177,7 @@ def _seconds(value: float | dt.timedelta | None, what: str) -> float | None:
     return optional_seconds(value, what, error=InvalidArgumentError)
 
 
-class WorkflowContext(JobContext):
+class WorkflowContext(JobContext[StateT]):
     """Passed to workflow handlers: a :class:`JobContext` plus the durable calls.
 
     The code between durable calls must be deterministic: every resume runs the handler

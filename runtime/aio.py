@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import trio
 
@@ -32,11 +33,11 @@ from trioforge._policy import QueueLike, queue_policies
 from trioforge._registry import Registry
 from trioforge.actors import Finished, LiveFeed, StorageHandle
 from trioforge.storage import Backend, Enqueued, JobInfo, MemoryBackend, backend_for_url, ops
-from trioforge.storage.postgres import PostgresBackend
 from trioforge.storage.sqlite import SQLiteBackend
 
 if TYPE_CHECKING:
     from trioforge.otel import Tracing
+    from trioforge.storage.postgres import PostgresBackend
 
 __all__ = ["AsyncioClient", "open_client"]
 
@@ -105,10 +106,16 @@ class AsyncioClient(Client):
         return await fn(*args)  # already on asyncio: the caller's connection lives here
 
 
+def _is_postgres(backend: Backend) -> TypeGuard[PostgresBackend]:
+    """A PostgreSQL backend: one exists only once its module (the postgres extra) loaded."""
+    module = sys.modules.get("trioforge.storage.postgres")
+    return module is not None and isinstance(backend, module.PostgresBackend)
+
+
 @asynccontextmanager
 async def _asyncio_backend(backend: Backend, migrate: bool) -> AsyncIterator[Execute]:
     """The backend opened from asyncio, and how to run a batch on it."""
-    if isinstance(backend, PostgresBackend):
+    if _is_postgres(backend):
         await backend.open_asyncio(migrate=migrate)
         try:
             yield backend.execute_asyncio

@@ -17,9 +17,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
+from trioforge._extras import needs_extra
 from trioforge._rules import AttemptOutcome, JobState, counted_as
+
+with needs_extra("metrics", "Prometheus metrics (trioforge.metrics)"):
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        Counter,
+        Gauge,
+        Histogram,
+        generate_latest,
+    )
 
 if TYPE_CHECKING:
     from trioforge._client import Client
@@ -34,6 +43,9 @@ _EVENTS = ("enqueued", "started", "completed", "failed", "retried", "dead", "can
 
 class Metrics:
     """trioforge's collectors (names start with ``trioforge_``)."""
+
+    #: The media type of :meth:`exposition`.
+    content_type: str = CONTENT_TYPE_LATEST
 
     def __init__(
         self, registry: CollectorRegistry | None = None, *, database_gauges: bool = True

@@ -29,15 +29,17 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Literal
 
-from opentelemetry import trace
-from opentelemetry.context import Context, attach, detach
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TracerProvider
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
 from trioforge._errors import ConfigurationError
+from trioforge._extras import needs_extra
 from trioforge._rules import AttemptOutcome
 from trioforge.actors.queue import Attempt, Ended
 from trioforge.storage import ClaimedJob, NewJob
+
+with needs_extra("otel", "Tracing (trioforge.otel)"):
+    from opentelemetry import trace
+    from opentelemetry.context import Context, attach, detach
+    from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TracerProvider
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = ["Tracing"]
 

@@ -38,6 +38,8 @@ from trioforge._codec import decode_payload, encode_payload, encode_result
 from trioforge._context import JobContext
 from trioforge._durations import Duration
 from trioforge._errors import ConfigurationError, InvalidArgumentError
+from trioforge._extras import needs_extra
+from trioforge._lifespan import NO_STATE as _NO_STATE
 from trioforge._policy import QueueLike
 from trioforge._registry import JobDefinition, Registry
 from trioforge._rules import JobState
@@ -146,12 +148,19 @@ async def open_test_runtime(
         yield rt
 
 
-async def perform(job: JobDefinition[Any, _T], payload: Any = None, *, attempt: int = 1) -> _T:
+async def perform(
+    job: JobDefinition[Any, _T],
+    payload: Any = None,
+    *,
+    attempt: int = 1,
+    state: Any = _NO_STATE,
+) -> _T:
     """Run ``job``'s handler once, right here, with a real :class:`~trioforge.JobContext`
     (its progress and follow-up enqueues go to a throwaway memory backend), and return what
     it returns. The payload is checked exactly as on enqueue, and the return value as a
-    worker checks it (a PayloadError if it cannot be encoded). Exceptions,
-    ``Discard`` included, propagate: no retries, no timeout."""
+    worker checks it (a PayloadError if it cannot be encoded). Exceptions, ``Discard``
+    included, propagate: no retries, no timeout. ``state`` is the handler's ``ctx.state``
+    (no lifespan runs here: pass what yours would yield, or a stand-in)."""
     backend = MemoryBackend()
     text = encode_payload(job.codec, job.name, job.payload_type, payload)
     async with open_client(backend, clock=VirtualClock()) as client:
@@ -174,6 +183,7 @@ async def perform(job: JobDefinition[Any, _T], payload: Any = None, *, attempt: 
             clock=VirtualClock(),
             owner="inline",
             lease_seconds=3600.0,
+            state=state,
         )
         if job.takes_payload:
             payload = decode_payload(job.codec, job.name, job.payload_type, text)
@@ -189,7 +199,8 @@ def payloads(job: JobDefinition[Any, Any]) -> Any:
     built from their field types, with the values the strict codec takes (aware datetimes,
     finite floats and Decimals, JSON values for ``Any``); other types by
     ``hypothesis.strategies.from_type``."""
-    from hypothesis import strategies as st
+    with needs_extra("testing", "trioforge.testing's strategies"):
+        from hypothesis import strategies as st
 
     if not job.takes_payload:
         return st.none()
@@ -197,7 +208,8 @@ def payloads(job: JobDefinition[Any, Any]) -> Any:
 
 
 def _values_of(tp: Any) -> Any:
-    from hypothesis import strategies as st
+    with needs_extra("testing", "trioforge.testing's strategies"):
+        from hypothesis import strategies as st
 
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any or tp is object:
@@ -239,7 +251,8 @@ def _values_of(tp: Any) -> Any:
 
 def cron_expressions() -> Any:
     """A hypothesis strategy for valid five-field cron expressions, fixed-time and wildcard."""
-    from hypothesis import strategies as st
+    with needs_extra("testing", "trioforge.testing's strategies"):
+        from hypothesis import strategies as st
 
     minute = st.one_of(st.integers(0, 59).map(str), st.sampled_from(["*", "*/15", "0,30", "5-10"]))
     hour = st.one_of(st.integers(0, 23).map(str), st.sampled_from(["*", "*/2", "1-3", "9-17"]))

@@ -20,10 +20,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-import asyncpg
 import attrs
 import trio
-import trio_asyncio
 
 from trioforge._errors import (
     DatabaseUnavailableError,
@@ -32,6 +30,7 @@ from trioforge._errors import (
     JobNotFoundError,
     SchemaError,
 )
+from trioforge._extras import needs_extra
 from trioforge._rules import (
     FLOW_WINDOW,
     TERMINAL_STATES,
@@ -80,6 +79,10 @@ from trioforge.storage._records import (
     step_row,
 )
 from trioforge.storage._urls import redact
+
+with needs_extra("postgres", "PostgreSQL"):
+    import asyncpg
+    import trio_asyncio
 
 __all__ = ["PostgresBackend"]
 

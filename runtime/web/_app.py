@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -20,15 +19,18 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from trioforge._client import Client
+from trioforge._errors import MissingExtraError
 from trioforge._registry import Registry
 from trioforge._runtime import open_client
-from trioforge.metrics import Metrics
 from trioforge.storage import Backend
 from trioforge.web._api import api_routes
 from trioforge.web._dashboard import dashboard_routes
 from trioforge.web._headers import SecurityHeaders
 from trioforge.web._state import WebState
 from trioforge.web._static import static_routes
+
+if TYPE_CHECKING:
+    from trioforge.metrics import Metrics
 
 __all__ = ["app", "metrics_app", "serve"]
 
@@ -49,7 +51,8 @@ def app(
     ``public=True``) and the cron schedules the dashboard shows. Dashboard actions (cancel,
     retry, discard, pause, retry-all) need ``token`` (default ``$TRIOFORGE_WEB_TOKEN``);
     without one the dashboard is read-only. ``GET /metrics`` serves ``metrics`` (give the
-    one the runtime counts with; default: a new one, with the storage gauges only).
+    one the runtime counts with; default: a new one, with the storage gauges only; without
+    the ``metrics`` extra it answers 501 naming the install command).
     ``cors_origins`` lists the frontend origins (``https://app.example``) allowed to call
     the job API from a browser (``track.js`` with a base URL on another origin); the
     dashboard's actions never accept cross-origin requests (docs/web.md, Security).
@@ -57,7 +60,7 @@ def app(
     if token is None:
         token = os.environ.get("TRIOFORGE_WEB_TOKEN") or None
     web = WebState(client, registry, token, cors_origins)
-    measured = metrics if metrics is not None else Metrics()
+    measured = metrics if metrics is not None else _default_metrics()
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[Mapping[str, Any]]:
@@ -102,10 +105,25 @@ class _Secured(Starlette):
         return SecurityHeaders(super().build_middleware_stack())
 
 
-def _metrics_route(web: WebState, metrics: Metrics) -> Route:
+def _default_metrics() -> Metrics | None:
+    """A new set of collectors, or None when the metrics extra is not installed."""
+    try:
+        from trioforge.metrics import Metrics
+    except MissingExtraError:
+        return None
+    return Metrics()
+
+
+def _metrics_route(web: WebState, metrics: Metrics | None) -> Route:
     async def scrape(request: Request) -> Response:
+        if metrics is None:
+            return Response(
+                "GET /metrics needs the metrics extra: pip install 'trioforge[metrics]'\n",
+                status_code=501,
+                media_type="text/plain; charset=utf-8",
+            )
         await metrics.refresh(web.client)
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=metrics.content_type)
 
     return Route("/metrics", scrape, methods=["GET"])
 

@@ -130,7 +130,7 @@ def test_queues_pause_resume_and_list(url: str) -> None:
 
 
 def test_bad_worker_arguments_are_usage_errors(url: str) -> None:
-    for spec in ("emails=0", "emails", "=3"):
+    for spec in ("emails=-1", "emails", "=3"):
         result = cli("worker", "tests.test_cli:registry", "--queue", spec, "--database", url)
         assert result.exit_code == 2
         assert "NAME=CONCURRENCY" in result.output
@@ -255,6 +255,7 @@ def test_cron_list_marks_a_schedule_it_cannot_plan_and_lists_the_others(url: str
 
 
 def test_an_id_out_of_range_is_a_one_line_error(url: str) -> None:
+    assert cli("db", "migrate", "--database", url).exit_code == 0
     result = cli("jobs", "cancel", str(10**30), "--database", url)
     assert result.exit_code == 1
     assert result.output == f"error: no job with id {10**30}\n"

@@ -345,6 +345,12 @@ def warn_unused_queues(registry: Registry, target: str, queues: Mapping[str, int
     "--metrics-host", default="127.0.0.1", show_default=True,
     help="Address --metrics-port binds.",
 )  # fmt: skip
+@click.option(
+    "--database-metrics", is_flag=True,
+    help="Also export the database-wide gauges (trioforge_queue_jobs, trioforge_processes) "
+    "on --metrics-port. One scraped process should: `trioforge web` does, so give this only "
+    "to one worker of a deployment with no `trioforge web`.",
+)  # fmt: skip
 def worker(
     target: str | None,
     registry_target: str | None,
@@ -359,14 +365,17 @@ def worker(
     log_level: str,
     metrics_port: int | None,
     metrics_host: str,
+    database_metrics: bool,
 ) -> None:
     """Run the jobs of MODULE:REGISTRY until SIGINT or SIGTERM.
 
     The first signal drains: no new claims, running jobs get --shutdown-grace seconds, then
     are released for another worker. A second signal stops at once (jobs are released too).
-    With --metrics-port, GET /metrics serves this process's counters and the storage gauges
-    until the worker stops.
+    With --metrics-port, GET /metrics serves this process's counters and pool gauges (and
+    with --database-metrics the database-wide gauges) until the worker stops.
     """
+    if database_metrics and metrics_port is None:
+        raise click.UsageError("--database-metrics exports on --metrics-port; give that too")
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = registry_target_of(target, registry_target)
     registry = load_registry(target)
@@ -374,7 +383,7 @@ def worker(
     database = database_url(database)
     if metrics_port is not None:
         check_port_free(metrics_host, metrics_port, "--metrics-port")
-    metrics = Metrics() if metrics_port is not None else None
+    metrics = Metrics(database_gauges=database_metrics) if metrics_port is not None else None
 
     async def serve() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -773,12 +782,12 @@ def enqueue(
     async def go() -> JobInfo | None:
         async with open_client(url, registry=registry, migrate=False) as client:
             options: dict[str, Any] = {"delay": delay, "queue": queue, "priority": priority}
-            job_id = await client.enqueue(
+            job = await client.enqueue(
                 name, payload, idempotency_key=idempotency_key,
                 **{k: v for k, v in options.items() if v is not None},
             )  # fmt: skip
-            click.echo(int(job_id))
-            return await client.wait(int(job_id)) if wait else None
+            click.echo(job.id)
+            return await client.wait(job) if wait else None
 
     ended = run(go)
     if ended is None:

@@ -71,7 +71,7 @@ def migrated(tmp_path: Path) -> str:
 def enqueued(url: str, *texts: str) -> list[int]:
     async def go() -> list[int]:
         async with trioforge.open_client(url) as client:
-            return [int(await client.enqueue(echo, text)) for text in texts]
+            return [(await client.enqueue(echo, text)).id for text in texts]
 
     return trio.run(go)
 

@@ -365,6 +365,10 @@ def test_workflows_show_signal_and_resume(url: str) -> None:
     ]
     assert steps[0].endswith('result "hi ann"')
     assert steps[1].endswith("no timeout")
+    waiting_json = json.loads(
+        cli("workflows", "show", str(run_id), "--json", "--database", url).output
+    )
+    assert waiting_json["run_at"] is None  # no wake time: null (ISO 8601 strings otherwise)
     as_job = cli("jobs", "show", str(run_id), "--database", url)  # no wake time: never
     assert (as_job.exit_code, "run at: never" in as_job.output) == (0, True), as_job.output
 
@@ -375,6 +379,8 @@ def test_workflows_show_signal_and_resume(url: str) -> None:
     assert sent.output.startswith(f"run {run_id}: signal 'go' sent (signal id ")
     pending = cli("workflows", "show", str(run_id), "--json", "--database", url)
     view = json.loads(pending.output)
+    assert dt.datetime.fromisoformat(view["steps"][0]["started_at"]).utcoffset() == dt.timedelta(0)
+    assert view["created_at"].endswith("Z")
     assert view["pending_signals"] == [{"name": "go", "payload": {"ok": 1}}]
     assert [(s["kind"], s["status"]) for s in view["steps"]] == [
         ("step", "completed"), ("signal", "running"),

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import click
@@ -200,16 +201,19 @@ def test_an_unset_password_variable_is_one_line(command: list[str]) -> None:
     )
 
 
-def test_a_metrics_port_in_use_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("command", "option"), [(["worker", REGISTRY], "--metrics-port"), (["web"], "--port")]
+)
+def test_a_port_in_use_is_one_line(tmp_path: Path, command: list[str], option: str) -> None:
     url = migrated(tmp_path)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = cli("worker", REGISTRY, "--metrics-port", str(port), "--database", url)
+        result = cli(*command, option, str(port), "--database", url)
     line = one_error_line(result)
     assert line.startswith(f"error: cannot listen on 127.0.0.1:{port} (")
-    assert line.endswith("choose another --metrics-port")
+    assert line.endswith(f"choose another {option}")
 
 
 def test_unknown_settings_keys_are_refused_with_the_closest_one(
@@ -424,11 +428,13 @@ async def test_healthcheck_answers_for_the_database_and_this_hosts_workers(tmp_p
     assert alive.stdout.endswith(f"1 worker(s) on {socket.gethostname()} alive\n")
 
 
-async def test_healthcheck_on_postgresql() -> None:
+async def test_postgresql_read_only_commands_and_healthcheck() -> None:
     async with schema_url() as url:
-        empty = await trio.to_thread.run_sync(cli, "healthcheck", "--database", url)
-        assert empty.exit_code == 1
-        assert "trioforge db migrate" in empty.stderr
+        for command in READ_ONLY:  # an empty schema stays empty
+            refused = await trio.to_thread.run_sync(partial(cli, *command, "--database", url))
+            assert "trioforge db migrate" in one_error_line(refused), command
+        empty = await trio.to_thread.run_sync(cli, "db", "status", "--database", url)
+        assert "schema version 0 in" in one_error_line(empty)  # nothing migrated it
         assert (
             await trio.to_thread.run_sync(cli, "db", "migrate", "--database", url)
         ).exit_code == 0

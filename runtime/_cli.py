@@ -746,7 +746,10 @@ def parse_json(ctx: click.Context, param: click.Parameter, value: str | None) ->
     help="The job's payload, as JSON text (default: none, for jobs that take no payload).",
 )  # fmt: skip
 @click.option(
-    "--delay", callback=parse_age, help="Run no sooner than this long from now: 30s, 15m, 2h."
+    "--delay",
+    callback=parse_age,
+    metavar="DURATION",
+    help="Run no sooner than this long from now: 30s, 15m, 2h.",
 )
 @click.option("--queue", help="Put the job on this queue instead of its declared one.")
 @click.option(

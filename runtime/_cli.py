@@ -1,7 +1,8 @@
 """The ``trioforge`` command: run workers, inspect and operate on jobs, manage the schema.
 
-Every error trioforge raises on purpose is printed as one ``error: ...`` line with exit
-status 1; usage mistakes exit with 2 (click's convention); success is 0.
+Every error is printed as one ``error: ...`` line on stderr with exit status 1 (``--debug``
+adds the traceback); usage mistakes exit with 2 (click's convention); success is 0.
+Commands that only read never create or migrate a database.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import importlib
 import json
 import logging
 import signal
+import socket
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -26,11 +28,12 @@ import trio
 from trioforge._client import Client
 from trioforge._config import resolve_database
 from trioforge._cron import upcoming
-from trioforge._errors import TrioforgeError, unwrapped
+from trioforge._errors import ConfigurationError, TrioforgeError, unwrapped
 from trioforge._registry import Registry
 from trioforge._rules import PENDING_STATES, JobState
 from trioforge._runtime import open_client, open_runtime
 from trioforge._terminal import terminal_text as t
+from trioforge._timestamps import iso_utc, with_iso_times
 from trioforge._workflow_info import WorkflowInfo, error_line, short_json, step_detail
 from trioforge.storage import (
     NEVER,
@@ -38,6 +41,7 @@ from trioforge.storage import (
     Backend,
     JobInfo,
     MemoryBackend,
+    SchemaStatus,
     backend_for_url,
     opened,
 )
@@ -52,24 +56,57 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Where ``--debug`` is kept for :func:`fail` (click's context meta, shared by subcommands).
+DEBUG = "trioforge.debug"
+
+
+def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty; give a URL, or leave the option out")
+    return value
+
 
 database_option = click.option(
     "--database",
     metavar="URL",
     default=None,
+    callback=_not_empty,
     help="Database URL (default: $TRIOFORGE_DATABASE_URL, then [tool.trioforge] in "
     "./pyproject.toml or ./trioforge.toml, then sqlite:///.trioforge/jobs.db).",
+)
+json_lines_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object per line (times in ISO 8601 UTC).",
+)
+json_object_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (times in ISO 8601 UTC)."
 )
 
 
 def fail(message: str) -> NoReturn:
+    """One ``error:`` line on stderr and exit status 1; with ``--debug``, the traceback of
+    the exception being handled first."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get(DEBUG) and sys.exc_info()[1] is not None:
+        click.echo(traceback.format_exc().rstrip(), err=True)
     click.echo(f"error: {t(message)}", err=True)
     sys.exit(1)
 
 
+def _alone(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """``trio.run`` with trioforge's own errors (also one alone in exception groups) turned
-    into one line and exit status 1."""
+    """``trio.run`` with every error (also one alone in exception groups) turned into one
+    line and exit status 1: trioforge's own by their message, others by type and message."""
 
     async def main() -> T:
         async with unwrapped():
@@ -79,11 +116,30 @@ def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return trio.run(main)
     except TrioforgeError as exc:
         fail(str(exc))
+    except Exception as exc:  # the command's last word: one line, not a traceback
+        inner = _alone(exc)
+        if isinstance(inner, TrioforgeError):
+            fail(str(inner))
+        fail(f"{type(inner).__name__}: {inner} (run with --debug for the traceback)")
 
 
-def with_client(database: str | None, fn: Callable[[Client], Awaitable[T]]) -> T:
+def database_url(database: str | None) -> str:
+    """The URL the command uses (see :func:`resolve_database`), or one line and exit 1."""
+    try:
+        return resolve_database(database)
+    except TrioforgeError as exc:
+        fail(str(exc))
+
+
+def with_client(
+    database: str | None, fn: Callable[[Client], Awaitable[T]], *, migrate: bool = False
+) -> T:
+    """``fn(client)`` on the database; without ``migrate``, a missing database or a schema
+    behind the code is an error (commands that only read or operate create nothing)."""
+    url = database_url(database)
+
     async def main() -> T:
-        async with open_client(database) as client:
+        async with open_client(url, migrate=migrate) as client:
             return await fn(client)
 
     return run(main)
@@ -99,16 +155,26 @@ def iso(ts: float | None) -> str:
     )
 
 
-def as_json(info: JobInfo) -> str:
-    data = attrs.asdict(info)
+def job_data(info: JobInfo) -> dict[str, Any]:
+    data = with_iso_times(attrs.asdict(info))
     data["status"] = info.status.value
-    return json.dumps(data, sort_keys=True)
+    return data
+
+
+def job_json(info: JobInfo) -> str:
+    return json.dumps(job_data(info), sort_keys=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="trioforge")
-def main() -> None:
+@click.option(
+    "--debug", is_flag=True, envvar="TRIOFORGE_DEBUG",
+    help="On an error, print its full traceback before the one-line message.",
+)  # fmt: skip
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """trioforge: background jobs for trio applications."""
+    ctx.meta[DEBUG] = debug
 
 
 # --- worker ------------------------------------------------------------------------------
@@ -121,33 +187,43 @@ def parse_queues(
     queues: dict[str, int] = {}
     for spec in values:
         name, sep, size = spec.partition("=")
-        if not sep or not name or not size.isdigit() or int(size) < 1:
-            raise click.BadParameter(f"{spec!r} is not NAME=CONCURRENCY (e.g. emails=8)")
+        if not sep or not name or not size.isdigit():
+            raise click.BadParameter(
+                f"{spec!r} is not NAME=CONCURRENCY (e.g. emails=8; emails=0 for a standby pool)"
+            )
         queues[name] = int(size)
     return queues or None
 
 
-def declared_at(exc: BaseException) -> str:
-    """Where the application's code made the call that raised ``exc`` (" (file, line N)")."""
+def import_error(exc: BaseException) -> str:
+    """``file:line: error`` for an exception raised importing the application's module:
+    the line of its own code that raised (or made the call that raised)."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}: SyntaxError: {exc.msg}"
+    what = str(exc) if isinstance(exc, TrioforgeError) else f"{type(exc).__name__}: {exc}"
     package = str(Path(__file__).parent)
     frames = [
         f for f in traceback.extract_tb(exc.__traceback__)
         if not f.filename.startswith(package) and not f.filename.startswith("<frozen")
+        and f.filename != importlib.__file__
     ]  # fmt: skip
-    return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    return f"{frames[-1].filename}:{frames[-1].lineno}: {what}" if frames else what
 
 
 def load_registry(target: str) -> Registry:
+    """The registry ``MODULE:NAME`` names; whatever importing the module raises is one line."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise click.BadParameter(f"{target!r} is not MODULE:ATTRIBUTE (e.g. app.jobs:registry)")
     sys.path.insert(0, str(Path.cwd()))
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        fail(f"cannot import {module_name!r}: {exc}")
-    except TrioforgeError as exc:  # a declaration refused (a cron expression, a name...)
-        fail(f"cannot import {module_name!r}: {exc}{declared_at(exc)}")
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and f"{module_name}.".startswith(f"{exc.name}."):
+            fail(f"cannot import {module_name!r}: {exc}")
+        fail(f"cannot import {module_name!r}: {import_error(exc)}")
+    except Exception as exc:  # the module's own error, as one line
+        fail(f"cannot import {module_name!r}: {import_error(exc)}")
     registry = getattr(module, attr, None)
     if not isinstance(registry, Registry):
         fail(f"{target!r} is not a trioforge.Registry (got {type(registry).__name__})")
@@ -174,17 +250,77 @@ def otel_option(what: str, where: str = "") -> Callable[[Callable[..., None]], C
     )  # fmt: skip
 
 
+def registry_option(help: str, *, required: bool = False) -> Callable[[F], F]:
+    """``--registry MODULE:NAME``, the same on every command that takes the registry."""
+    return click.option(
+        "--registry", "registry_target", metavar="MODULE:NAME", required=required, help=help
+    )
+
+
+def registry_target_of(positional: str | None, option: str | None) -> str:
+    """The registry named by the positional form or ``--registry`` (one, not both)."""
+    if positional is not None and option is not None and positional != option:
+        raise click.UsageError(f"two registries given: {positional!r} and --registry {option!r}")
+    target = positional or option
+    if target is None:
+        raise click.UsageError("give the registry: --registry MODULE:NAME (e.g. app.jobs:registry)")
+    return target
+
+
+def check_port_free(host: str, port: int, option: str) -> None:
+    """Refuse a port another process listens on, before anything starts (the server's own
+    failure to bind is a cancelled task, not a message)."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another {option}")
+
+
+def warn_unused_queues(registry: Registry, target: str, queues: Mapping[str, int] | None) -> None:
+    """A ``-q`` queue no job of the registry declares is most often a typo."""
+    declared = set(registry.queues())
+    for name in sorted(set(queues or ()) - declared):
+        click.echo(
+            f"warning: no job in {target} declares queue {name!r} (its queues: "
+            f"{', '.join(sorted(declared)) or 'none'}); the pool runs only jobs enqueued to it "
+            "with queue=",
+            err=True,
+        )
+
+
 @main.command()
-@click.argument("target", metavar="MODULE:REGISTRY")
+@click.argument("target", metavar="MODULE:REGISTRY", required=False)
+@registry_option("The application's registry (or give it as the first argument).")
 @click.option(
     "--queue", "-q", "queues", multiple=True, callback=parse_queues, metavar="NAME=CONCURRENCY",
-    help="Queue to run and its worker count; repeatable (default: every queue, 10 each).",
+    help="Queue to run and its worker count; repeatable (default: every queue, 10 each). "
+    "NAME=0 is a standby pool: the process heartbeats and helps rescue, claims nothing.",
 )  # fmt: skip
 @database_option
-@click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True), default=30.0)
-@click.option("--heartbeat-interval", type=click.FloatRange(min=0, min_open=True), default=2.0)
-@click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), default=1.0)
-@click.option("--shutdown-grace", type=click.FloatRange(min=0), default=10.0)
+@click.option(
+    "--lease-seconds", type=click.FloatRange(min=0, min_open=True), default=30.0,
+    show_default=True,
+    help="How long a claim holds a job without a heartbeat before another process rescues it.",
+)  # fmt: skip
+@click.option(
+    "--heartbeat-interval", type=click.FloatRange(min=0, min_open=True), default=2.0,
+    show_default=True, help="Seconds between heartbeats (they renew this process's leases).",
+)  # fmt: skip
+@click.option(
+    "--poll-interval", type=click.FloatRange(min=0, min_open=True), default=1.0,
+    show_default=True,
+    help="Seconds between polls for due jobs when no wake-up notice arrives.",
+)  # fmt: skip
+@click.option(
+    "--shutdown-grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
+    help="Seconds running jobs get to finish after the first SIGINT/SIGTERM before they "
+    "are released.",
+)  # fmt: skip
 @click.option(
     "--capability", "-c", "capabilities", multiple=True, metavar="NAME",
     help="A capability this worker offers to jobs that require it; repeatable.",
@@ -194,7 +330,11 @@ def otel_option(what: str, where: str = "") -> Callable[[Callable[..., None]], C
     ": configure it in the registry's module, or run the worker under opentelemetry-instrument",
 )
 @click.option(
-    "--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
+    "--log-level",
+    default="INFO",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+    show_default=True,
+    help="Lowest level of log records printed (to stderr).",
 )
 @click.option(
     "--metrics-port", type=click.IntRange(0, 65535), default=None,
@@ -212,7 +352,8 @@ def otel_option(what: str, where: str = "") -> Callable[[Callable[..., None]], C
     "to one worker of a deployment with no `trioforge web`.",
 )  # fmt: skip
 def worker(
-    target: str,
+    target: str | None,
+    registry_target: str | None,
     queues: dict[str, int] | None,
     database: str | None,
     lease_seconds: float,
@@ -236,7 +377,12 @@ def worker(
     if database_metrics and metrics_port is None:
         raise click.UsageError("--database-metrics exports on --metrics-port; give that too")
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    target = registry_target_of(target, registry_target)
     registry = load_registry(target)
+    warn_unused_queues(registry, target, queues)
+    database = database_url(database)
+    if metrics_port is not None:
+        check_port_free(metrics_host, metrics_port, "--metrics-port")
     metrics = worker_metrics(database_metrics) if metrics_port is not None else None
 
     async def serve() -> None:
@@ -302,12 +448,14 @@ async def serve_metrics(
 @main.command()
 @database_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option(
-    "--registry", "target", metavar="MODULE:REGISTRY", default=None,
-    help="The application's registry: its public=True jobs get POST /api/jobs/NAME, and "
-    "the cron page shows its schedules' next fires.",
+    "--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+    help="Port to bind (0: any free port; the URL is printed).",
 )  # fmt: skip
+@registry_option(
+    "The application's registry: its public=True jobs get POST /api/jobs/NAME, and "
+    "the cron page shows its schedules' next fires."
+)
 @click.option(
     "--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
     help="A frontend origin allowed to call the job API from browsers; repeatable.",
@@ -317,7 +465,7 @@ def web(
     database: str | None,
     host: str,
     port: int,
-    target: str | None,
+    registry_target: str | None,
     cors_origins: tuple[str, ...],
     tracing: Tracing | None,
 ) -> None:
@@ -331,7 +479,9 @@ def web(
     except TrioforgeError as exc:  # the web extra is not installed
         fail(str(exc))
 
-    registry = load_registry(target) if target else None
+    registry = load_registry(registry_target) if registry_target else None
+    database = database_url(database)
+    check_port_free(host, port, "--port")
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -358,28 +508,38 @@ def jobs() -> None:
     """Inspect and operate on jobs."""
 
 
+queue_filter = click.option("--queue", help="Only jobs of this queue.")
+name_filter = click.option("--name", help="Only jobs with this name.")
+limit_option = click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True,
+    help="At most this many, newest first.",
+)  # fmt: skip
+
+
 @jobs.command("list")
-@click.option("--status", type=click.Choice([s.value for s in JobState]))
-@click.option("--queue")
-@click.option("--name")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--json", "as_json_lines", is_flag=True, help="One JSON object per line.")
+@click.option(
+    "--status", type=click.Choice([s.value for s in JobState]), help="Only jobs in this state."
+)
+@queue_filter
+@name_filter
+@limit_option
+@json_lines_option
 @database_option
 def list_jobs(
     status: str | None,
     queue: str | None,
     name: str | None,
     limit: int,
-    as_json_lines: bool,
+    as_json: bool,
     database: str | None,
 ) -> None:
     """List jobs, newest first."""
     found = with_client(
         database, lambda c: c.list(status=status, queue=queue, name=name, limit=limit)
     )
-    if as_json_lines:
+    if as_json:
         for info in found:
-            click.echo(as_json(info))
+            click.echo(job_json(info))
         return
     header = (
         f"{'ID':>8}  {'NAME':24} {'QUEUE':12} {'STATUS':10} {'TRIES':>5}  {'RUN AT':20} PROGRESS"
@@ -397,17 +557,17 @@ def list_jobs(
 
 @jobs.command()
 @click.argument("job_id", type=int)
-@click.option("--json", "as_json_object", is_flag=True)
+@json_object_option
 @database_option
-def show(job_id: int, as_json_object: bool, database: str | None) -> None:
+def show(job_id: int, as_json: bool, database: str | None) -> None:
     """Show everything stored about one job."""
 
     async def go(c: Client) -> tuple[JobInfo, list[AttemptRecord]]:
         return await c.get(job_id), await c.attempts(job_id)
 
     info, attempts = with_client(database, go)
-    if as_json_object:
-        click.echo(as_json(info))
+    if as_json:
+        click.echo(json.dumps(job_data(info), sort_keys=True))
         return
     rows = [
         ("id", info.id), ("name", t(info.name)), ("queue", t(info.queue)),
@@ -463,7 +623,10 @@ def retry(job_id: int, database: str | None) -> None:
 
 @jobs.command()
 @click.argument("job_id", type=int)
-@click.option("--reason", default="discarded by operator", show_default=True)
+@click.option(
+    "--reason", default="discarded by operator", show_default=True,
+    help="Why, stored as the job's error.",
+)  # fmt: skip
 @database_option
 def discard(job_id: int, reason: str, database: str | None) -> None:
     """Send a pending job to the dead-letter state without running it."""
@@ -500,9 +663,12 @@ def _since(age: float | None) -> float | None:
 
 
 @jobs.command("retry-all")
-@click.option("--status", type=click.Choice(["dead", "cancelled"]), default="dead")
-@click.option("--queue")
-@click.option("--name")
+@click.option(
+    "--status", type=click.Choice(["dead", "cancelled"]), default="dead", show_default=True,
+    help="Which finished jobs to run again.",
+)  # fmt: skip
+@queue_filter
+@name_filter
 @click.option("--since", callback=parse_age, help="Only jobs that ended within this long (7d).")
 @database_option
 def retry_all(
@@ -517,11 +683,17 @@ def retry_all(
 
 
 @jobs.command("discard-all")
-@click.option("--status", type=click.Choice(["scheduled", "available", "retrying"]))
-@click.option("--queue")
-@click.option("--name")
+@click.option(
+    "--status", type=click.Choice(["scheduled", "available", "retrying"]),
+    help="Only pending jobs in this state (default: every pending state).",
+)  # fmt: skip
+@queue_filter
+@name_filter
 @click.option("--since", callback=parse_age, help="Only jobs enqueued within this long (1h).")
-@click.option("--reason", default="discarded by operator", show_default=True)
+@click.option(
+    "--reason", default="discarded by operator", show_default=True,
+    help="Why, stored as each job's error.",
+)  # fmt: skip
 @database_option
 def discard_all(
     status: str | None,
@@ -545,10 +717,13 @@ def discard_all(
 @click.option(
     "--status", required=True,
     type=click.Choice(["completed", "dead", "cancelled", "compensated"]),
-    multiple=True, help="Repeatable.",
+    multiple=True, help="Delete finished jobs in this state; repeatable.",
 )  # fmt: skip
-@click.option("--older-than", required=True, callback=parse_age, help="E.g. 7d, 12h.")
-@click.option("--queue")
+@click.option(
+    "--older-than", required=True, callback=parse_age,
+    help="Only jobs that ended more than this long ago: 30s, 15m, 12h, 7d, 2w.",
+)  # fmt: skip
+@queue_filter
 @database_option
 def purge(
     status: tuple[str, ...], older_than: float, queue: str | None, database: str | None
@@ -561,6 +736,118 @@ def purge(
     click.echo(f"{with_client(database, go)} job(s) deleted")
 
 
+# --- enqueue and healthcheck -------------------------------------------------------------
+
+
+def parse_json(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"is not JSON ({exc}); quote strings: '\"text\"'") from None
+
+
+@main.command()
+@click.argument("name")
+@registry_option(
+    "The application's registry, which declares NAME (the payload is checked against its "
+    "declared type).",
+    required=True,
+)
+@click.option(
+    "--payload", metavar="JSON", callback=parse_json,
+    help="The job's payload, as JSON text (default: none, for jobs that take no payload).",
+)  # fmt: skip
+@click.option(
+    "--delay",
+    callback=parse_age,
+    metavar="DURATION",
+    help="Run no sooner than this long from now: 30s, 15m, 2h.",
+)
+@click.option("--queue", help="Put the job on this queue instead of its declared one.")
+@click.option(
+    "--priority", type=click.Choice(["low", "normal", "high", "critical"]),
+    help="Claim order among due jobs of the queue (default: the job's declared priority).",
+)  # fmt: skip
+@click.option(
+    "--key", "idempotency_key",
+    help="Idempotency key: while an unfinished job holds it, that job's id is printed and "
+    "nothing new is stored.",
+)  # fmt: skip
+@click.option(
+    "--wait", is_flag=True,
+    help="Wait for the job to end and print its result as JSON; exit 1 if it ends dead, "
+    "cancelled or compensated.",
+)  # fmt: skip
+@database_option
+def enqueue(
+    name: str,
+    registry_target: str,
+    payload: Any,
+    delay: float | None,
+    queue: str | None,
+    priority: str | None,
+    idempotency_key: str | None,
+    wait: bool,
+    database: str | None,
+) -> None:
+    """Enqueue job NAME of the registry and print its id (then, with --wait, its result)."""
+    registry = load_registry(registry_target)
+    url = database_url(database)
+
+    async def go() -> JobInfo | None:
+        async with open_client(url, registry=registry, migrate=False) as client:
+            options: dict[str, Any] = {"delay": delay, "queue": queue, "priority": priority}
+            job = await client.enqueue(
+                name, payload, idempotency_key=idempotency_key,
+                **{k: v for k, v in options.items() if v is not None},
+            )  # fmt: skip
+            click.echo(job.id)
+            return await client.wait(job) if wait else None
+
+    ended = run(go)
+    if ended is None:
+        return
+    if ended.status is not JobState.COMPLETED:
+        error = f": {error_line(ended.error)}" if ended.error else ""
+        fail(f"job {ended.id} ended {ended.status.value}{error}")
+    click.echo(json.dumps(ended.result))
+
+
+@main.command()
+@click.option(
+    "--worker", "worker_on_host", is_flag=True,
+    help="Also require a worker process on this host that heartbeated within --max-age.",
+)  # fmt: skip
+@click.option(
+    "--max-age", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+    help="Seconds since its last heartbeat for a worker to count as alive (with --worker).",
+)  # fmt: skip
+@database_option
+def healthcheck(worker_on_host: bool, max_age: float, database: str | None) -> None:
+    """Exit 0 if the database answers and its schema is current (and, with --worker, a
+    worker on this host heartbeats): a liveness or readiness probe for Docker/Kubernetes."""
+    host = socket.gethostname()
+
+    async def go(c: Client) -> str:
+        if not worker_on_host:
+            return "database answers, schema current"
+        now = time.time()
+        alive = [
+            p for p in await c.processes()
+            if p.details is not None and p.details.host == host and now - p.heartbeat_at <= max_age
+        ]  # fmt: skip
+        if not alive:
+            raise ConfigurationError(
+                f"no worker on host {host!r} heartbeated in the last {max_age:g}s "
+                "(see `trioforge workers list`)"
+            )
+        return f"database answers, schema current, {len(alive)} worker(s) on {host} alive"
+
+    click.echo(f"ok: {with_client(database, go)}")
+
+
 # --- workers -------------------------------------------------------------------------------
 
 
@@ -570,19 +857,19 @@ def workers() -> None:
 
 
 @workers.command("list")
-@click.option("--json", "as_json_lines", is_flag=True, help="One JSON object per line.")
+@json_lines_option
 @database_option
-def list_workers(as_json_lines: bool, database: str | None) -> None:
+def list_workers(as_json: bool, database: str | None) -> None:
     """Every process heartbeating on the database: owner, host, pid, queue pools,
     capabilities, heartbeat age and running jobs."""
     found = with_client(database, lambda c: c.processes())
     now = time.time()
-    if as_json_lines:
+    if as_json:
         for p in found:
             d = p.details
             click.echo(json.dumps({
-                "owner": p.owner, "queues": list(p.queues), "started_at": p.started_at,
-                "heartbeat_age": now - p.heartbeat_at,
+                "owner": p.owner, "queues": list(p.queues), "started_at": iso_utc(p.started_at),
+                "heartbeat_at": iso_utc(p.heartbeat_at), "heartbeat_age": now - p.heartbeat_at,
                 "host": d.host if d else None, "pid": d.pid if d else None,
                 "pools": dict(d.pools) if d else None,
                 "capabilities": list(d.capabilities) if d else None,
@@ -613,10 +900,16 @@ def queues() -> None:
 
 
 @queues.command("list")
+@json_lines_option
 @database_option
-def list_queues(database: str | None) -> None:
+def list_queues(as_json: bool, database: str | None) -> None:
     """Every queue that has jobs or is paused, with its job counts."""
     found = with_client(database, lambda c: c.queues())
+    if as_json:
+        for q in found:
+            by_state = {s.value: q.counts.get(s, 0) for s in JobState}
+            click.echo(json.dumps({"name": q.name, "paused": q.paused, "counts": by_state}))
+        return
     states = [JobState.SCHEDULED, JobState.AVAILABLE, JobState.RUNNING, JobState.RETRYING]
     states += [JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED]
     click.echo(f"{'QUEUE':16} {'STATE':7} " + " ".join(f"{s.value.upper():>9}" for s in states))
@@ -627,12 +920,39 @@ def list_queues(database: str | None) -> None:
         click.echo("(no queues)")
 
 
+async def known_queues(client: Client) -> set[str]:
+    """Queues the database knows: with jobs, paused, or served by a live process."""
+    names = {q.name for q in await client.queues()}
+    for process in await client.processes():
+        names.update(process.queues)
+        if process.details is not None:
+            names.update(q for q, _ in process.details.pools)
+    return names
+
+
 @queues.command()
 @click.argument("queue")
+@click.option(
+    "--force", is_flag=True,
+    help="Pause a queue that has no jobs and no worker yet (claims stay paused when it gets some).",
+)  # fmt: skip
 @database_option
-def pause(queue: str, database: str | None) -> None:
+def pause(queue: str, force: bool, database: str | None) -> None:
     """Stop every worker from claiming QUEUE's jobs (running ones finish)."""
-    changed = with_client(database, lambda c: c.pause(queue))
+
+    async def go(c: Client) -> bool | set[str]:
+        known = await known_queues(c)
+        if queue not in known and not force:
+            return known
+        return await c.pause(queue)
+
+    changed = with_client(database, go)
+    if isinstance(changed, set):
+        names = ", ".join(repr(n) for n in sorted(changed)) or "none yet"
+        fail(
+            f"no queue {queue!r} has jobs or workers (known queues: {names}); "
+            "pass --force to pause it before its first use"
+        )
     click.echo(f"queue {queue}: paused" + ("" if changed else " (it already was)"))
 
 
@@ -653,12 +973,12 @@ def db() -> None:
     """Manage the database schema."""
 
 
-def schema_version(url: str, *, migrate: bool) -> int:
+def schema_status(url: str, *, migrate: bool) -> SchemaStatus:
     """Open the database (migrating it, or refusing a stale schema) and read its version."""
 
-    async def go() -> int:
+    async def go() -> SchemaStatus:
         async with opened(backend_for_url(url), migrate=migrate) as backend:
-            return (await backend.schema_status()).current
+            return await backend.schema_status()
 
     return run(go)
 
@@ -667,8 +987,8 @@ def schema_version(url: str, *, migrate: bool) -> int:
 @database_option
 def migrate(database: str | None) -> None:
     """Apply pending schema migrations (idempotent)."""
-    url = resolve_database(database)
-    click.echo(f"{redact(url)}: schema at version {schema_version(url, migrate=True)}")
+    url = database_url(database)
+    click.echo(f"{redact(url)}: schema at version {schema_status(url, migrate=True).current}")
 
 
 @db.command()
@@ -679,40 +999,56 @@ def migrate(database: str | None) -> None:
     "page). PostgreSQL: the connection and the schema version only (the server checks its "
     "own pages; use its amcheck extension for more).",
 )  # fmt: skip
-def status(database: str | None, check: bool) -> None:
+@json_object_option
+def status(database: str | None, check: bool, as_json: bool) -> None:
     """Report the schema version; exit 1 if migrations are pending or the database cannot
     be used (a corrupt or read-only file)."""
-    url = resolve_database(database)
+    url = database_url(database)
+    backend = backend_for_url_or_fail(url)
     if check:
-        check_data(backend_for_url(url))
-    click.echo(f"{redact(url)}: schema at version {schema_version(url, migrate=False)}, up to date")
+        check_data(backend, quiet=as_json)
+    version = schema_status(url, migrate=False)
+    if as_json:
+        data = {"database": redact(url), "schema": version.current, "latest": version.latest}
+        click.echo(json.dumps(data | {"up_to_date": version.up_to_date, "checked": check}))
+        return
+    click.echo(f"{redact(url)}: schema at version {version.current}, up to date")
 
 
-def check_data(backend: Backend) -> None:
-    """``db status --check``: report what the backend's own check finds; exit 1 on problems."""
+def backend_for_url_or_fail(url: str) -> Backend:
+    try:
+        return backend_for_url(url)
+    except TrioforgeError as exc:
+        fail(str(exc))
+
+
+def check_data(backend: Backend, *, quiet: bool = False) -> None:
+    """``db status --check``: report what the backend's own check finds (unless ``quiet``:
+    problems only); exit 1 on problems."""
+    say = (lambda _: None) if quiet else click.echo
     if isinstance(backend, SQLiteBackend):
         if not backend.path.exists():
             return  # status says how to create it
         problems = integrity_problems(backend.path)
         for problem in problems:
-            click.echo(f"integrity_check: {t(problem)}")
+            click.echo(f"integrity_check: {t(problem)}", err=quiet)
         if problems:
             fail(
                 f"SQLite database {str(backend.path)!r} is corrupt; restore it from a backup, or "
                 f"salvage its rows with `sqlite3 {backend.path} .recover`"
             )
-        click.echo("integrity_check: ok")
+        say("integrity_check: ok")
     elif isinstance(backend, MemoryBackend):
-        click.echo("check: nothing to check in memory")
+        say("check: nothing to check in memory")
     else:
-        click.echo("check: connection and schema version (PostgreSQL checks its own pages)")
+        say("check: connection and schema version (PostgreSQL checks its own pages)")
 
 
 @db.command()
 @database_option
 def create(database: str | None) -> None:
     """Create the database if it does not exist, then apply migrations."""
-    url = resolve_database(database)
+    url = database_url(database)
 
     async def go() -> tuple[bool, int]:
         backend = backend_for_url(url)
@@ -747,7 +1083,7 @@ def drop_tables(url: str, *, then_migrate: bool) -> int:
 @confirm_option
 def drop(database: str | None, yes: bool) -> None:
     """Delete trioforge's tables and every job in them."""
-    url = resolve_database(database)
+    url = database_url(database)
     if not yes:
         click.confirm(f"Delete every trioforge job in {redact(url)}?", abort=True)
     drop_tables(url, then_migrate=False)
@@ -759,7 +1095,7 @@ def drop(database: str | None, yes: bool) -> None:
 @confirm_option
 def reset(database: str | None, yes: bool) -> None:
     """Drop trioforge's tables and create them again, empty."""
-    url = resolve_database(database)
+    url = database_url(database)
     if not yes:
         click.confirm(f"Delete every trioforge job in {redact(url)} and start empty?", abort=True)
     version = drop_tables(url, then_migrate=True)
@@ -775,7 +1111,7 @@ def workflows() -> None:
 
 
 def run_json(info: JobInfo) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(as_json(info))
+    data = job_data(info)
     data["workflow"], data["version"] = split_run_name(info.name)
     return data
 
@@ -787,17 +1123,19 @@ def split_run_name(job_name: str) -> tuple[str, int | None]:
 
 
 @workflows.command("list")
-@click.option("--status", type=click.Choice([s.value for s in JobState]))
+@click.option(
+    "--status", type=click.Choice([s.value for s in JobState]), help="Only runs in this state."
+)
 @click.option("--name", help="Only runs of this workflow (every version).")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--json", "as_json_lines", is_flag=True, help="One JSON object per line.")
+@limit_option
+@json_lines_option
 @database_option
 def list_runs(
-    status: str | None, name: str | None, limit: int, as_json_lines: bool, database: str | None
+    status: str | None, name: str | None, limit: int, as_json: bool, database: str | None
 ) -> None:
     """List workflow runs, newest first."""
     found = with_client(database, lambda c: c.runs(status=status, name=name, limit=limit))
-    if as_json_lines:
+    if as_json:
         for info in found:
             click.echo(json.dumps(run_json(info), sort_keys=True))
         return
@@ -831,7 +1169,7 @@ def waiting_for(info: WorkflowInfo, now: float) -> str | None:
 
 
 def workflow_json(info: WorkflowInfo) -> str:
-    steps = [attrs.asdict(s) for s in info.steps]
+    steps = [with_iso_times(attrs.asdict(s)) for s in info.steps]
     data = run_json(info.job) | {
         "steps": steps,
         "pending_signals": [{"name": n, "payload": p} for n, p in info.pending_signals],
@@ -842,12 +1180,12 @@ def workflow_json(info: WorkflowInfo) -> str:
 
 @workflows.command("show")
 @click.argument("run_id", type=int)
-@click.option("--json", "as_json_object", is_flag=True)
+@json_object_option
 @database_option
-def show_run(run_id: int, as_json_object: bool, database: str | None) -> None:
+def show_run(run_id: int, as_json: bool, database: str | None) -> None:
     """Show a workflow run: its status, version, every step, signals and children."""
     info = with_client(database, lambda c: c.workflow(run_id))
-    if as_json_object:
+    if as_json:
         click.echo(workflow_json(info))
         return
     job = info.job
@@ -916,19 +1254,40 @@ def cron() -> None:
 
 
 @cron.command("list")
-@click.argument("target", metavar="MODULE:REGISTRY")
-@click.option("--count", type=click.IntRange(min=1), default=3, show_default=True)
+@click.argument("target", metavar="MODULE:REGISTRY", required=False)
+@registry_option("The application's registry (the first argument works too).")
+@click.option(
+    "--count", type=click.IntRange(min=1), default=3, show_default=True,
+    help="How many next fires to show per schedule.",
+)  # fmt: skip
+@json_lines_option
 @database_option
-def cron_list(target: str, count: int, database: str | None) -> None:
-    """Each schedule of MODULE:REGISTRY: its next fires and the last tick handled."""
-    registry = load_registry(target)
+def cron_list(
+    target: str | None, registry_target: str | None, count: int, as_json: bool,
+    database: str | None,
+) -> None:  # fmt: skip
+    """Each schedule of the registry: its next fires and the last tick handled."""
+    registry = load_registry(registry_target_of(target, registry_target))
     schedules = registry.schedules()
+    known = with_client(database, lambda client: client.cron_states()) if schedules else {}
+    now = dt.datetime.now(dt.UTC)
+    if as_json:
+        for definition in schedules:
+            assert definition.cron is not None
+            state = known.get(definition.name)
+            fires = upcoming(definition.cron.schedule, now, count)
+            click.echo(json.dumps({
+                "name": definition.name, "expression": definition.cron.schedule.expr,
+                "timezone": str(definition.cron.schedule.timezone),
+                "last_tick": None if state is None else iso_utc(state.last_tick),
+                "skipped": 0 if state is None else state.skipped,
+                "next": None if isinstance(fires, str) else [f.isoformat() for f in fires],
+                "error": fires if isinstance(fires, str) else None,
+            }))  # fmt: skip
+        return
     if not schedules:
         click.echo("(no cron schedules)")
         return
-
-    known = with_client(database, lambda client: client.cron_states())
-    now = dt.datetime.now(dt.UTC)
     for definition in schedules:
         assert definition.cron is not None
         schedule = definition.cron.schedule

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 import urllib.parse
@@ -16,6 +17,8 @@ __all__ = ["DEFAULT_DATABASE", "resolve_database"]
 DEFAULT_DATABASE = "sqlite:///.trioforge/jobs.db"
 ENV_DATABASE = "TRIOFORGE_DATABASE_URL"
 ENV_PASSWORD_ENV = "TRIOFORGE_PASSWORD_ENV"
+#: The keys the settings table may hold; any other is a typo to report, not to ignore.
+KNOWN_KEYS = ("database", "password_env")
 
 
 def _file_settings(cwd: Path) -> dict[str, Any]:
@@ -23,11 +26,24 @@ def _file_settings(cwd: Path) -> dict[str, Any]:
     if pyproject.is_file():
         table = _load(pyproject).get("tool", {}).get("trioforge")
         if isinstance(table, dict):
-            return table
+            return _checked(table, f"[tool.trioforge] in {pyproject}")
     own = cwd / "trioforge.toml"
     if own.is_file():
-        return _load(own)
+        return _checked(_load(own), str(own))
     return {}
+
+
+def _checked(settings: dict[str, Any], where: str) -> dict[str, Any]:
+    """``settings`` if every key is known; a misspelt key would otherwise be ignored and
+    the default database used without a word."""
+    for key in settings:
+        if key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
+            hint = (
+                f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(KNOWN_KEYS)}"
+            )
+            raise ConfigurationError(f"unknown key {key!r} in {where}; {hint}")
+    return settings
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -47,6 +63,11 @@ def resolve_database(database: str | None = None, *, cwd: Path | None = None) ->
     (or ``$TRIOFORGE_PASSWORD_ENV``) names the environment variable holding it, and it is
     put into a URL that has none.
     """
+    if database is not None and not database:
+        raise ConfigurationError(
+            "the database URL is empty; give one (sqlite:///path.db, postgresql://...) or "
+            "leave it out to use the configured one"
+        )
     settings = _file_settings(cwd or Path.cwd())
     url = database or os.environ.get(ENV_DATABASE) or settings.get("database")
     if url is None:

@@ -28,16 +28,40 @@ def backend_for_url(url: str) -> Backend:
             raise ConfigurationError(
                 f"SQLite URL {url!r} needs a path: sqlite:///relative.db or sqlite:////abs.db"
             )
+        if "?" in rest or "#" in rest:
+            raise ConfigurationError(
+                f"SQLite URL {url!r} has a query or fragment; trioforge takes no options in "
+                "SQLite URLs (use sqlite:///path.db)"
+            )
         from trioforge.storage.sqlite import SQLiteBackend
 
         return SQLiteBackend(Path(rest[1:]))
     if scheme in ("postgresql", "postgres"):
+        _check_port(url)
         from trioforge.storage.postgres import PostgresBackend
 
         return PostgresBackend(url)
     raise ConfigurationError(
         f"unknown database scheme {scheme!r} in {url!r}; use sqlite, memory or postgresql"
     )
+
+
+def _check_port(url: str) -> None:
+    """A PostgreSQL URL parses and its port is a number from 1 to 65535 (asyncpg's own
+    errors for a bad one are a long traceback or an OverflowError)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"database URL is malformed: {exc}") from None
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ConfigurationError(
+            f"database URL {redact(url)!r} has a bad port; use a number from 1 to 65535 "
+            "(postgresql://user@host:5432/db)"
+        )
 
 
 def redact(url: str) -> str:

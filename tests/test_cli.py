@@ -131,7 +131,7 @@ def test_queues_pause_resume_and_list(url: str) -> None:
 
 
 def test_bad_worker_arguments_are_usage_errors(url: str) -> None:
-    for spec in ("emails=0", "emails", "=3"):
+    for spec in ("emails=-1", "emails", "=3"):
         result = cli("worker", "tests.test_cli:registry", "--queue", spec, "--database", url)
         assert result.exit_code == 2
         assert "NAME=CONCURRENCY" in result.output
@@ -256,6 +256,7 @@ def test_cron_list_marks_a_schedule_it_cannot_plan_and_lists_the_others(url: str
 
 
 def test_an_id_out_of_range_is_a_one_line_error(url: str) -> None:
+    assert cli("db", "migrate", "--database", url).exit_code == 0
     result = cli("jobs", "cancel", str(10**30), "--database", url)
     assert result.exit_code == 1
     assert result.output == f"error: no job with id {10**30}\n"
@@ -364,6 +365,10 @@ def test_workflows_show_signal_and_resume(url: str) -> None:
     ]
     assert steps[0].endswith('result "hi ann"')
     assert steps[1].endswith("no timeout")
+    waiting_json = json.loads(
+        cli("workflows", "show", str(run_id), "--json", "--database", url).output
+    )
+    assert waiting_json["run_at"] is None  # no wake time: null (ISO 8601 strings otherwise)
     as_job = cli("jobs", "show", str(run_id), "--database", url)  # no wake time: never
     assert (as_job.exit_code, "run at: never" in as_job.output) == (0, True), as_job.output
 
@@ -374,6 +379,8 @@ def test_workflows_show_signal_and_resume(url: str) -> None:
     assert sent.output.startswith(f"run {run_id}: signal 'go' sent (signal id ")
     pending = cli("workflows", "show", str(run_id), "--json", "--database", url)
     view = json.loads(pending.output)
+    assert dt.datetime.fromisoformat(view["steps"][0]["started_at"]).utcoffset() == dt.timedelta(0)
+    assert view["created_at"].endswith("Z")
     assert view["pending_signals"] == [{"name": "go", "payload": {"ok": 1}}]
     assert [(s["kind"], s["status"]) for s in view["steps"]] == [
         ("step", "completed"), ("signal", "running"),

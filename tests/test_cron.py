@@ -257,7 +257,7 @@ def test_the_cli_refuses_a_never_firing_expression_in_one_line(
         )
         assert result.exit_code == 1, command
         assert result.output.splitlines() == [
-            "error: cannot import 'never_fires_app': cron expression '0 0 30 2 *' does not fire "
-            "in the next 9 years (UTC); check that its day exists in its months (no 30 "
-            f"February, no 31 April) ({app}, line 3)"
+            f"error: cannot import 'never_fires_app': {app}:3: cron expression '0 0 30 2 *' does "
+            "not fire in the next 9 years (UTC); check that its day exists in its months (no 30 "
+            "February, no 31 April)"
         ], command

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import signal
@@ -59,5 +60,9 @@ async def test_web_serves_a_registry_and_stops_on_sigint(tmp_path: Path) -> None
         assert await proc.wait() == 0
     assert created.status_code == 201
     assert (snapshot["status"], snapshot["result"], snapshot["progress"]) == ("completed", 42, 50)
+    for field in ("created_at", "started_at", "finished_at"):  # ISO 8601 in UTC, as in the CLI
+        assert snapshot[field].endswith("Z"), field
+        assert dt.datetime.fromisoformat(snapshot[field]).utcoffset() == dt.timedelta(0)
+    assert snapshot["created_at"] <= snapshot["started_at"] <= snapshot["finished_at"]
     assert home.status_code == 200
     assert "read-only" in home.text  # no TRIOFORGE_WEB_TOKEN given

@@ -1,5 +1,6 @@
 """The JSON API: follow a job or a workflow run by id (snapshot and Server-Sent Events),
-enqueue public jobs and start public workflows, and the ``track.js`` browser client."""
+enqueue public jobs and start public workflows, and the ``track.js`` browser client.
+Times are ISO 8601 strings in UTC (``2026-12-03T10:24:38.123Z``), as in the CLI's JSON."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from starlette.routing import Route
 
 from trioforge._errors import InvalidArgumentError, JobNotFoundError, PayloadError
 from trioforge._registry import JobDefinition
+from trioforge._timestamps import with_iso_times
 from trioforge.storage import JobInfo
 from trioforge.web._bodies import JSONOut, read_body, too_large
 from trioforge.web._origin import is_json
@@ -57,7 +59,7 @@ def api_routes(web: WebState) -> list[Route]:
             info = await web.client.get(job_id)
         except (JobNotFoundError, InvalidArgumentError):
             return _not_found(job_id)
-        return JSONOut(job_view(info))
+        return JSONOut(with_iso_times(job_view(info)))
 
     async def events(request: Request) -> Response:
         job_id = request.path_params["job_id"]
@@ -125,7 +127,7 @@ def api_routes(web: WebState) -> list[Route]:
             info = await web.client.workflow(run_id)
         except (JobNotFoundError, InvalidArgumentError):
             return _no_run(run_id)
-        return JSONOut(run_view(info))
+        return JSONOut(with_iso_times(run_view(info)))
 
     async def run_events(request: Request) -> Response:
         run_id = request.path_params["run_id"]
@@ -166,7 +168,7 @@ async def _stream(web: WebState, job_id: int) -> AsyncIterator[str]:
             if info is None:
                 yield ": keep-alive\n\n"
                 continue
-            yield sse("update", job_view(info))
+            yield sse("update", with_iso_times(job_view(info)))
             if info.is_terminal:
                 yield sse("end", {"id": job_id, "status": info.status.value})
                 return
@@ -180,7 +182,7 @@ async def _run_stream(web: WebState, run_id: int) -> AsyncIterator[str]:
             data: dict[str, object] | None = None
             with trio.move_on_after(KEEPALIVE_SECONDS):
                 try:
-                    data = run_view(await views.__anext__())
+                    data = with_iso_times(run_view(await views.__anext__()))
                 except (StopAsyncIteration, JobNotFoundError, InvalidArgumentError):
                     return
             if data is None:

@@ -29,7 +29,7 @@ if (live === "true") {
     text("result", job.result === null ? "none" : JSON.stringify(job.result, null, 2));
     if (job.terminal) {
       document.getElementById("cancel")?.closest("form")?.remove();
-      text("finished", job.finished_at ? new Date(job.finished_at * 1000).toISOString() : "—");
+      text("finished", job.finished_at ? new Date(job.finished_at).toISOString() : "—");
     }
   });
 }

@@ -3,8 +3,8 @@
 // attributes of its own <script id="run-script"> tag.
 const { root, run: runId } = document.getElementById("run-script").dataset;
 const pending = new Set(["scheduled", "available", "retrying"]);
-const when = (ts) => ts === null ? "—"
-  : new Date(ts * 1000).toISOString().slice(0, 19).replace("T", " ") + " UTC";
+const when = (iso) => iso === null ? "—"
+  : new Date(iso).toISOString().slice(0, 19).replace("T", " ") + " UTC";
 const text = (id, value) => { document.getElementById(id).textContent = value; };
 const cell = (row, value, cls) => {
   const td = row.insertCell();

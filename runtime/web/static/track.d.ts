@@ -20,10 +20,10 @@ export interface JobUpdate {
   /** The handler's JSON return value, once completed. */
   result: unknown;
   cancel_requested: boolean;
-  /** Epoch seconds. */
-  created_at: number | null;
-  started_at: number | null;
-  finished_at: number | null;
+  /** ISO 8601 in UTC ("2026-12-03T10:24:38.123Z"); `new Date(value)` reads it. */
+  created_at: string | null;
+  started_at: string | null;
+  finished_at: string | null;
   /** Whether the event stream is open right now. */
   connected: boolean;
 }

@@ -21,9 +21,10 @@ from collections.abc import Callable
 import trio
 
 from trioforge._clock import Clock
+from trioforge.actors import events
 from trioforge.actors.running import RunningJobs
 from trioforge.actors.storage_actor import StorageHandle, log_failure
-from trioforge.storage import ProcessDetails, RenewResult, ops
+from trioforge.storage import JobInfo, ProcessDetails, RenewResult, ops
 
 __all__ = ["MAINTENANCE", "RETRY_FIRST", "heartbeat", "reaper", "renew_leases"]
 
@@ -111,6 +112,19 @@ async def reaper(
             continue
         if rescued:
             on_rescued()
-            log.warning(
-                "rescued %d job(s) whose worker stopped heartbeating: %s", len(rescued), rescued
-            )
+            await _log_rescued(storage, rescued)
+
+
+async def _log_rescued(storage: StorageHandle, rescued: list[int]) -> None:
+    """One attempt event per rescued job, with its fields (one read for them all)."""
+    try:
+        found: dict[int, JobInfo] = await storage.call(ops.GetMany(tuple(rescued)))
+    except Exception as exc:
+        log_failure(log, exc, "rescued job(s) %s; could not read them back", rescued)
+        return
+    for job_id in rescued:
+        job = found.get(job_id)
+        if job is None:  # deleted meanwhile
+            log.warning("rescued job %d whose worker stopped heartbeating", job_id)
+        else:
+            events.log_event(events.rescued(job))

@@ -17,12 +17,13 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 import attrs
 import click
 import trio
 
+import trioforge.logging
 from trioforge._client import Client
 from trioforge._config import resolve_database
 from trioforge._cron import upcoming
@@ -197,6 +198,11 @@ def otel_option(what: str, where: str = "") -> Callable[[Callable[..., None]], C
     "--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
 )
 @click.option(
+    "--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]),
+    help="text: one line per record, naming the job; json: one JSON object per line with "
+    "every field, for log shippers (see docs/logging.md).",
+)  # fmt: skip
+@click.option(
     "--metrics-port", type=click.IntRange(0, 65535), default=None,
     help="Serve this process's Prometheus metrics on GET /metrics at this port (0: any free "
     "port; the URL is printed). Default: no metrics served.",
@@ -216,6 +222,7 @@ def worker(
     capabilities: tuple[str, ...],
     tracing: Tracing | None,
     log_level: str,
+    log_format: Literal["text", "json"],
     metrics_port: int | None,
     metrics_host: str,
 ) -> None:
@@ -226,7 +233,8 @@ def worker(
     With --metrics-port, GET /metrics serves this process's counters and the storage gauges
     until the worker stops.
     """
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    trioforge.logging.configure(log_level, log_format)
+    say = _status_lines(log_format)
     registry = load_registry(target)
     metrics = Metrics() if metrics_port is not None else None
 
@@ -238,11 +246,11 @@ def worker(
             async def watch_signals() -> None:
                 async for signum in signals:
                     if asked_to_stop.is_set():
-                        click.echo("trioforge worker: second signal, stopping now", err=True)
+                        say("trioforge worker: second signal, stopping now")
                         hard_stop.cancel()
                     else:
                         name = signal.Signals(signum).name
-                        click.echo(f"trioforge worker: {name}, draining", err=True)
+                        say(f"trioforge worker: {name}, draining")
                         asked_to_stop.set()
 
             async with trio.open_nursery() as nursery:
@@ -257,13 +265,21 @@ def worker(
                         if metrics is not None and metrics_port is not None:
                             await serve_metrics(scraped, rt, metrics, metrics_host, metrics_port)
                         pools = ", ".join(f"{q}={n}" for q, n in rt.statistics().queues.items())
-                        click.echo(f"trioforge worker {rt.owner} ready: queues {pools}", err=True)
+                        say(f"trioforge worker {rt.owner} ready: queues {pools}")
                         await asked_to_stop.wait()
                         scraped.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
-        click.echo("trioforge worker: stopped", err=True)
+        say("trioforge worker: stopped")
 
     run(serve)
+
+
+def _status_lines(log_format: str) -> Callable[[str], None]:
+    """How the worker says ready, draining, stopped: on stderr, or in JSON mode as records
+    of ``trioforge.worker`` so that every line is one JSON object."""
+    if log_format == "json":
+        return logging.getLogger("trioforge.worker").info
+    return partial(click.echo, err=True)
 
 
 async def serve_metrics(

@@ -19,6 +19,17 @@ __all__ = ["CronContext", "JobContext"]
 _log = logging.getLogger("trioforge.job")
 
 
+def job_fields(job: ClaimedJob) -> dict[str, Any]:
+    """The fields of every ``ctx.log`` record (``extra``): which job and attempt logged it."""
+    return {
+        "job_id": job.id,
+        "job_name": job.name,
+        "queue": job.queue,
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+    }
+
+
 class JobContext:
     """Passed as the first argument to every handler.
 
@@ -44,7 +55,7 @@ class JobContext:
         self._clock = clock
         self._owner = owner
         self._lease_seconds = lease_seconds
-        self.log = logging.LoggerAdapter(_log, {"job_id": job.id, "job_name": job.name})
+        self.log = logging.LoggerAdapter(_log, job_fields(job))
 
     @property
     def job_id(self) -> int:
@@ -116,6 +127,4 @@ class CronContext(JobContext):
         self.scheduled_at = scheduled_at
         #: Names this run: the schedule and its tick.
         self.run_id = f"{job.name}@{scheduled_at.isoformat()}"
-        self.log = logging.LoggerAdapter(
-            _log, {"job_id": job.id, "job_name": job.name, "run_id": self.run_id}
-        )
+        self.log = logging.LoggerAdapter(_log, job_fields(job) | {"run_id": self.run_id})

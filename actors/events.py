@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from trioforge._rules import AttemptOutcome, Event, Failed, JobState, Suspended, next_state
-from trioforge.storage import NEVER, ClaimedJob, JobInfo
+from trioforge.storage import NEVER, ClaimedJob, RescuedJob
 
 __all__ = [
     "AttemptRecord",
@@ -56,7 +56,7 @@ class AttemptRecord:
     fields: dict[str, Any]
 
 
-def _job_fields(job: ClaimedJob | JobInfo, event: str) -> dict[str, Any]:
+def _job_fields(job: ClaimedJob | RescuedJob, event: str) -> dict[str, Any]:
     return {
         "event": event,
         "job_id": job.id,
@@ -67,7 +67,7 @@ def _job_fields(job: ClaimedJob | JobInfo, event: str) -> dict[str, Any]:
     }
 
 
-def _who(job: ClaimedJob | JobInfo) -> str:
+def _who(job: ClaimedJob | RescuedJob) -> str:
     return f"job {job.id} {job.queue}:{job.name} attempt {job.attempt}/{job.max_attempts}"
 
 
@@ -177,8 +177,8 @@ def released_unstarted(job: ClaimedJob) -> AttemptRecord:
     return AttemptRecord(logging.INFO, text, fields)
 
 
-def rescued(job: JobInfo) -> AttemptRecord:
-    """A running job whose worker stopped heartbeating, rescued (``job`` as it is now)."""
+def rescued(job: RescuedJob) -> AttemptRecord:
+    """A running job whose worker stopped heartbeating, rescued."""
     fields = _job_fields(job, "rescued") | {"state": job.status.value}
     if job.status is JobState.DEAD:
         then, level = "dead (no attempts left)", logging.ERROR

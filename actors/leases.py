@@ -24,7 +24,7 @@ from trioforge._clock import Clock
 from trioforge.actors import events
 from trioforge.actors.running import RunningJobs
 from trioforge.actors.storage_actor import StorageHandle, log_failure
-from trioforge.storage import JobInfo, ProcessDetails, RenewResult, ops
+from trioforge.storage import ProcessDetails, RenewResult, RescuedJob, ops
 
 __all__ = ["MAINTENANCE", "RETRY_FIRST", "heartbeat", "reaper", "renew_leases"]
 
@@ -105,26 +105,12 @@ async def reaper(
             # Held for three intervals: a successor takes over soon after a leader dies.
             if not await storage.call(ops.Lead(MAINTENANCE, owner, now + 3 * interval)):
                 continue
-            rescued: list[int] = await storage.call(ops.Rescue(now - lease_seconds))
+            rescued: list[RescuedJob] = await storage.call(ops.Rescue(now - lease_seconds))
             await storage.call(ops.FoldCounts())
         except Exception as exc:
             log_failure(log, exc, "rescue pass failed; retrying in %.1fs", interval)
             continue
         if rescued:
             on_rescued()
-            await _log_rescued(storage, rescued)
-
-
-async def _log_rescued(storage: StorageHandle, rescued: list[int]) -> None:
-    """One attempt event per rescued job, with its fields (one read for them all)."""
-    try:
-        found: dict[int, JobInfo] = await storage.call(ops.GetMany(tuple(rescued)))
-    except Exception as exc:
-        log_failure(log, exc, "rescued job(s) %s; could not read them back", rescued)
-        return
-    for job_id in rescued:
-        job = found.get(job_id)
-        if job is None:  # deleted meanwhile
-            log.warning("rescued job %d whose worker stopped heartbeating", job_id)
-        else:
-            events.log_event(events.rescued(job))
+            for job in rescued:
+                events.log_event(events.rescued(job))

@@ -201,8 +201,8 @@ class Discard:
 
 @attrs.frozen
 class Rescue:
-    """-> list[int]: running jobs whose lease expired become retrying (or dead), and
-    processes whose last beat is older than ``stale_before`` are forgotten."""
+    """-> list[RescuedJob], by id: running jobs whose lease expired become retrying (or
+    dead), and processes whose last beat is older than ``stale_before`` are forgotten."""
 
     stale_before: float = float("-inf")
 

@@ -43,6 +43,7 @@ __all__ = [
     "Outcome",
     "ProcessDetails",
     "ProcessInfo",
+    "RescuedJob",
     "OutcomeEvent",
     "RenewResult",
     "SchemaStatus",
@@ -204,6 +205,20 @@ class FireResult:
     conflict: bool = False
     job_ids: tuple[int, ...] = ()
     skipped: int = 0
+
+
+@attrs.frozen
+class RescuedJob:
+    """A running job whose lease expired, as a rescue left it (its worker's log line)."""
+
+    id: int
+    name: str
+    queue: str
+    #: The attempt that was lost.
+    attempt: int
+    max_attempts: int
+    #: Where it went: retrying, dead, or cancelled (a cancel was asked for).
+    status: JobState
 
 
 @attrs.frozen

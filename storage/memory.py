@@ -55,6 +55,7 @@ from trioforge.storage._records import (
     Outcome,
     ProcessInfo,
     RenewResult,
+    RescuedJob,
     SchemaStatus,
     SignalRecord,
     StepRecord,
@@ -539,7 +540,7 @@ class MemoryBackend:
         row.error = op.reason
         return True
 
-    def _rescue(self, op: ops.Rescue, now: float) -> list[int]:
+    def _rescue(self, op: ops.Rescue, now: float) -> list[RescuedJob]:
         for owner, process in list(self._processes.items()):
             if process.heartbeat_at < op.stale_before:
                 del self._processes[owner]
@@ -555,7 +556,9 @@ class MemoryBackend:
                 event = rescue_outcome(row.attempt, row.max_attempts, now)
                 self._apply(row, event, now, run_at=event.retry_at)
                 row.error = f"attempt {row.attempt} lost: its worker stopped heartbeating"
-            rescued.append(row.id)
+            rescued.append(
+                RescuedJob(row.id, row.name, row.queue, row.attempt, row.max_attempts, row.status)
+            )
         return rescued
 
     def _stats(self, op: ops.Stats, now: float) -> dict[str, dict[JobState, int]]:

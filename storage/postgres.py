@@ -67,6 +67,7 @@ from trioforge.storage._records import (
     ProcessDetails,
     ProcessInfo,
     RenewResult,
+    RescuedJob,
     SchemaStatus,
     SignalRecord,
     SlotsFreedNotice,
@@ -814,7 +815,7 @@ rescued AS (
         lease_owner = NULL, lease_until = NULL
     WHERE status = 'running' AND lease_until <= $1
     RETURNING id, parent_id, status, queue, finished_at, 'running' AS old_status,
-        NULL::float8 AS old_at, concurrency_key
+        NULL::float8 AS old_at, concurrency_key, name, attempt, max_attempts
 ), {_count_moved("rescued")}, woken AS (
     UPDATE trioforge_jobs AS p
     SET run_at = CASE WHEN p.status IN {_PENDING} AND p.run_at > $1 THEN $1 ELSE p.run_at END,
@@ -824,7 +825,8 @@ rescued AS (
 ), freed AS (
     SELECT pg_notify($3, $4) FROM rescued WHERE concurrency_key IS NOT NULL LIMIT 1
 )
-SELECT id FROM rescued WHERE (SELECT count(*) FROM freed) >= 0
+SELECT id, name, queue, attempt, max_attempts, status FROM rescued
+WHERE (SELECT count(*) FROM freed) >= 0
 """
 
 
@@ -1609,9 +1611,15 @@ class PostgresBackend:
             await conn.execute(_WAKE_PARENTS, now, [op.job_id], CHANNEL)
         return bool(status == "UPDATE 1")
 
-    async def _rescue(self, conn: asyncpg.Connection, op: ops.Rescue, now: float) -> list[int]:
+    async def _rescue(
+        self, conn: asyncpg.Connection, op: ops.Rescue, now: float
+    ) -> list[RescuedJob]:
         rows = await conn.fetch(_RESCUE, now, op.stale_before, CHANNEL, self._slots_freed)
-        return sorted(r["id"] for r in rows)
+        return sorted(
+            (RescuedJob(r["id"], r["name"], r["queue"], r["attempt"], r["max_attempts"],
+                        JobState(r["status"])) for r in rows),
+            key=lambda r: r.id,
+        )  # fmt: skip
 
     @staticmethod
     async def _stats(

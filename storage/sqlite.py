@@ -65,6 +65,7 @@ from trioforge.storage._records import (
     ProcessDetails,
     ProcessInfo,
     RenewResult,
+    RescuedJob,
     SchemaStatus,
     SignalRecord,
     StepRecord,
@@ -1056,7 +1057,7 @@ class SQLiteBackend:
         return bool(rows)
 
     @staticmethod
-    def _rescue(db: sqlite3.Connection, op: ops.Rescue, now: float) -> list[int]:
+    def _rescue(db: sqlite3.Connection, op: ops.Rescue, now: float) -> list[RescuedJob]:
         db.execute("DELETE FROM trioforge_processes WHERE heartbeat_at < ?", (op.stale_before,))
         rows = db.execute(
             # A workflow run asked to cancel goes on to be undone, as any lost attempt.
@@ -1071,14 +1072,20 @@ class SQLiteBackend:
             "  'attempt ' || attempt || ' lost: its worker stopped heartbeating' END, "
             "lease_owner = NULL, lease_until = NULL "
             "WHERE status = 'running' AND lease_until <= ?1 "
-            "RETURNING id, status, queue, finished_at",
+            "RETURNING id, status, queue, finished_at, name, attempt, max_attempts",
             (now,),
         ).fetchall()
-        _store(db, Tally.from_running(Counter((q, s, at) for _, s, q, at in rows)))
+        _store(db, Tally.from_running(Counter((q, s, at) for _, s, q, at, *_ in rows)))
         ended = [i for i, status, *_ in rows if status != "retrying"]
         if ended:
             _wake_parents(db, ended, now)
-        return sorted(row[0] for row in rows)
+        return sorted(
+            (
+                RescuedJob(i, name, queue, attempt, most, JobState(status))
+                for i, status, queue, _, name, attempt, most in rows
+            ),
+            key=lambda r: r.id,
+        )
 
     @staticmethod
     def _stats(db: sqlite3.Connection, op: ops.Stats, now: float) -> dict[str, dict[JobState, int]]:

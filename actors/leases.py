@@ -48,11 +48,12 @@ async def heartbeat(
     interval: float,
     lease_seconds: float,
     describe: Callable[[], ProcessDetails | None] = lambda: None,
+    names: tuple[str, ...] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     # The first beat comes before ``started``: once the runtime is open, it is registered.
     try:
-        await storage.call(ops.Beat(owner, queues, describe()))
+        await storage.call(ops.Beat(owner, queues, describe(), names))
     except Exception as exc:
         log_failure(log, exc, "first heartbeat failed; retrying in %.1fs", interval)
     task_status.started()
@@ -62,7 +63,7 @@ async def heartbeat(
         try:
             # Leases first: they are what a database blip must not cost.
             await renew_leases(storage, running, clock, owner=owner, lease_seconds=lease_seconds)
-            await storage.call(ops.Beat(owner, queues, describe()))
+            await storage.call(ops.Beat(owner, queues, describe(), names))
         except Exception as exc:
             # Retry soon, backing off to the interval: a renewal that waits a whole
             # interval after a blip brings held leases that much closer to expiring.

@@ -608,14 +608,22 @@ def queues() -> None:
 @queues.command("list")
 @database_option
 def list_queues(database: str | None) -> None:
-    """Every queue that has jobs or is paused, with its job counts."""
+    """Every queue that has jobs or is paused, with its job counts, and the names of its
+    waiting jobs that no live worker runs (UNSERVED)."""
     found = with_client(database, lambda c: c.queues())
     states = [JobState.SCHEDULED, JobState.AVAILABLE, JobState.RUNNING, JobState.RETRYING]
     states += [JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED]
-    click.echo(f"{'QUEUE':16} {'STATE':7} " + " ".join(f"{s.value.upper():>9}" for s in states))
+    click.echo(
+        f"{'QUEUE':16} {'STATE':7} "
+        + " ".join(f"{s.value.upper():>9}" for s in states)
+        + " UNSERVED"
+    )
     for q in found:
         counts = " ".join(f"{q.counts.get(s, 0):>9}" for s in states)
-        click.echo(f"{t(q.name)[:16]:16} {'paused' if q.paused else 'active':7} {counts}")
+        unserved = t(",".join(q.unserved)) or "-"
+        click.echo(
+            f"{t(q.name)[:16]:16} {'paused' if q.paused else 'active':7} {counts} {unserved}"
+        )
     if not found:
         click.echo("(no queues)")
 

@@ -63,6 +63,11 @@ class Metrics:
             "trioforge_pool_slots", "Worker slots in this process", ("queue",),
             registry=self.registry,
         )  # fmt: skip
+        self._unserved = Gauge(
+            "trioforge_unserved_jobs",
+            "1 for each job name with pending jobs in a queue that no live process runs there",
+            ("queue", "job"), registry=self.registry,
+        )  # fmt: skip
         self._processes = Gauge(
             "trioforge_processes", "Runtime processes heartbeating on the database",
             registry=self.registry,
@@ -95,6 +100,10 @@ class Metrics:
             for state in JobState:
                 self._depth.labels(queue, state.value).set(counts.get(state, 0))
         self._processes.set(len(await client.processes()))
+        self._unserved.clear()  # a name served again leaves the exposition
+        for queue, names in (await client.unserved()).items():
+            for name in names:
+                self._unserved.labels(queue, name).set(1)
         statistics = getattr(client, "statistics", None)
         if statistics is not None:
             for queue, size in statistics().queues.items():

@@ -54,6 +54,7 @@ __all__ = [
     "RetryMany",
     "Stats",
     "Throughput",
+    "WaitingNames",
     "handlers",
 ]
 
@@ -209,11 +210,14 @@ class Rescue:
 
 @attrs.frozen
 class Beat:
-    """-> None: process ``owner`` (running ``queues``) is alive; its registry row."""
+    """-> None: process ``owner`` (running ``queues``, and jobs of ``names``) is alive; its
+    registry row."""
 
     owner: str
     queues: tuple[str, ...]
     details: ProcessDetails | None = None
+    #: The job names it runs (None: it does not say, as an older trioforge).
+    names: tuple[str, ...] | None = None
 
 
 @attrs.frozen
@@ -226,6 +230,15 @@ class Leave:
 @attrs.frozen
 class Processes:
     """-> list[ProcessInfo]: the live process registry, oldest first."""
+
+
+@attrs.frozen
+class WaitingNames:
+    """-> dict[str, frozenset[str]]: per queue (of ``queues``; None: every queue), the
+    names of its pending jobs (scheduled, available, retrying). Read with the process
+    registry, it finds jobs that no live process runs."""
+
+    queues: tuple[str, ...] | None = None
 
 
 @attrs.frozen
@@ -435,6 +448,7 @@ Op: TypeAlias = (
     | Beat
     | Leave
     | Processes
+    | WaitingNames
     | Lead
     | FireCron
     | CronStates
@@ -471,6 +485,7 @@ _NAMES: dict[type, str] = {
     Beat: "beat",
     Leave: "leave",
     Processes: "processes_list",
+    WaitingNames: "waiting_names",
     Lead: "lead",
     FireCron: "fire_cron",
     CronStates: "cron_states",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -57,6 +57,7 @@ __all__ = [
     "WorkflowRecord",
     "decode_json",
     "job_info",
+    "names_by_queue",
     "not_a_run",
     "step_record",
     "step_row",
@@ -271,6 +272,8 @@ class ProcessInfo:
     heartbeat_at: float
     #: None for a process that did not say (an older trioforge).
     details: ProcessDetails | None = None
+    #: The job names it runs; None for a process that did not say (an older trioforge).
+    names: tuple[str, ...] | None = None
 
 
 @attrs.frozen
@@ -454,3 +457,11 @@ def not_a_run(job_id: int, name: str) -> str:
         f"job {job_id} ({name!r}) is not a workflow run; signals are for runs of workflows "
         "declared with registry.workflow"
     )
+
+
+def names_by_queue(pairs: Iterable[tuple[str, str]]) -> dict[str, frozenset[str]]:
+    """``(queue, job name)`` pairs as the names of each queue."""
+    out: dict[str, set[str]] = {}
+    for queue, name in pairs:
+        out.setdefault(queue, set()).add(name)
+    return {queue: frozenset(names) for queue, names in out.items()}

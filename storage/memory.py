@@ -62,6 +62,7 @@ from trioforge.storage._records import (
     StepWrite,
     WorkflowRecord,
     decode_json,
+    names_by_queue,
     not_a_run,
 )
 
@@ -598,7 +599,9 @@ class MemoryBackend:
     def _beat(self, op: ops.Beat, now: float) -> None:
         known = self._processes.get(op.owner)
         started = now if known is None else known.started_at
-        self._processes[op.owner] = ProcessInfo(op.owner, op.queues, started, now, op.details)
+        self._processes[op.owner] = ProcessInfo(
+            op.owner, op.queues, started, now, op.details, op.names
+        )
 
     def _leave(self, op: ops.Leave, now: float) -> None:
         del now
@@ -610,6 +613,14 @@ class MemoryBackend:
     def _processes_list(self, op: ops.Processes, now: float) -> list[ProcessInfo]:
         del op, now
         return sorted(self._processes.values(), key=lambda p: (p.started_at, p.owner))
+
+    def _waiting_names(self, op: ops.WaitingNames, now: float) -> dict[str, frozenset[str]]:
+        del now
+        return names_by_queue(
+            (row.queue, row.name)
+            for row in self._rows.values()
+            if row.status in PENDING_STATES and (op.queues is None or row.queue in op.queues)
+        )
 
     def _lead(self, op: ops.Lead, now: float) -> bool:
         owner, until = self._leases.get(op.name, (op.owner, now))

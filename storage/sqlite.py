@@ -72,6 +72,7 @@ from trioforge.storage._records import (
     StepWrite,
     WorkflowRecord,
     job_info,
+    names_by_queue,
     not_a_run,
     step_record,
     step_row,
@@ -287,6 +288,11 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO trioforge_finished (second, queue, state, n)
         SELECT {_second("finished_at")}, queue, status, count(*) FROM trioforge_jobs
         WHERE finished_at IS NOT NULL GROUP BY 1, 2, 3
+    """,
+    # The job names each process runs (a JSON array; NULL: it did not say), to find jobs
+    # that nobody runs.
+    """
+    ALTER TABLE trioforge_processes ADD COLUMN job_names TEXT
     """,
 )
 
@@ -1123,12 +1129,14 @@ class SQLiteBackend:
     @staticmethod
     def _beat(db: sqlite3.Connection, op: ops.Beat, now: float) -> None:
         db.execute(
-            "INSERT INTO trioforge_processes (owner, queues, started_at, heartbeat_at, details) "
-            "VALUES (?1, ?2, ?3, ?3, ?4) ON CONFLICT (owner) DO UPDATE SET "
+            "INSERT INTO trioforge_processes "
+            "(owner, queues, started_at, heartbeat_at, details, job_names) "
+            "VALUES (?1, ?2, ?3, ?3, ?4, ?5) ON CONFLICT (owner) DO UPDATE SET "
             "queues = excluded.queues, heartbeat_at = excluded.heartbeat_at, "
-            "details = excluded.details",
+            "details = excluded.details, job_names = excluded.job_names",
             (op.owner, json.dumps(list(op.queues)), now,
-             None if op.details is None else op.details.to_json()),
+             None if op.details is None else op.details.to_json(),
+             None if op.names is None else json.dumps(list(op.names))),
         )  # fmt: skip
 
     @staticmethod
@@ -1141,13 +1149,31 @@ class SQLiteBackend:
     def _processes_list(db: sqlite3.Connection, op: ops.Processes, now: float) -> list[ProcessInfo]:
         del op, now
         rows = db.execute(
-            "SELECT owner, queues, started_at, heartbeat_at, details FROM trioforge_processes "
-            "ORDER BY started_at, owner"
+            "SELECT owner, queues, started_at, heartbeat_at, details, job_names "
+            "FROM trioforge_processes ORDER BY started_at, owner"
         )
         return [
-            ProcessInfo(o, tuple(json.loads(q)), s, h, ProcessDetails.from_json(d))
-            for o, q, s, h, d in rows
-        ]
+            ProcessInfo(o, tuple(json.loads(q)), s, h, ProcessDetails.from_json(d),
+                        None if n is None else tuple(json.loads(n)))
+            for o, q, s, h, d, n in rows
+        ]  # fmt: skip
+
+    @staticmethod
+    def _waiting_names(
+        db: sqlite3.Connection, op: ops.WaitingNames, now: float
+    ) -> dict[str, frozenset[str]]:
+        del now
+        if op.queues is None:
+            rows = db.execute(
+                f"SELECT DISTINCT queue, name FROM trioforge_jobs WHERE status IN {_PENDING_SQL}"
+            )
+        else:
+            rows = db.execute(
+                "SELECT DISTINCT queue, name FROM trioforge_jobs "
+                f"WHERE status IN {_PENDING_SQL} AND queue IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(op.queues)),),
+            )
+        return names_by_queue(rows)
 
     @staticmethod
     def _lead(db: sqlite3.Connection, op: ops.Lead, now: float) -> bool:

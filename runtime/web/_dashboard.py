@@ -103,6 +103,7 @@ def dashboard_routes(web: WebState) -> list[Route]:
                 "recent": sum(recent.by_queue.get(q.name, {}).values()),
                 "processes": serving.get(q.name, 0),
                 "pool": pools.get(q.name),
+                "unserved": q.unserved,
             }
             for q in stored
         ]

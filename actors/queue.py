@@ -621,7 +621,9 @@ class QueueSupervisor:
     ) -> None:
         """The attempt's one log line (``trioforge.attempts``): how it ended, after how
         long, and what its job goes to next."""
-        if not events.log.isEnabledFor(logging.ERROR):
+        # The common case, a job completed with INFO off, builds nothing.
+        quiet = logging.INFO if kind is AttemptOutcome.COMPLETED else logging.ERROR
+        if not events.log.isEnabledFor(quiet):
             return
         record = events.attempt_ended(
             job, kind, event, seconds=trio.current_time() - began, now=self._clock.now(),

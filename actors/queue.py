@@ -333,6 +333,7 @@ class QueueSupervisor:
         # once outcomes are written here (that may have freed the slot).
         self._held = held if held is not None else HeldQueues()
         self._size = config.concurrency
+        self._busy = 0  # workers holding a job (pool utilisation: busy / size)
         self._workers_started = 0
         self._pool: trio.Nursery | None = None
 
@@ -349,6 +350,11 @@ class QueueSupervisor:
     def size(self) -> int:
         """How many workers the pool has (or is shrinking to)."""
         return self._size
+
+    @property
+    def busy(self) -> int:
+        """How many workers hold a job (running it, or releasing it at shutdown)."""
+        return self._busy
 
     def resize(self, size: int) -> None:
         """Grow or shrink the pool to ``size`` workers (0: claim nothing new).
@@ -539,6 +545,7 @@ class QueueSupervisor:
         async for job in self._jobs:
             if isinstance(job, _Retire):
                 return  # its slot was already taken off the fetcher's count
+            self._busy += 1
             try:
                 if self._stopping:
                     events.log_event(events.released_unstarted(job))
@@ -546,6 +553,7 @@ class QueueSupervisor:
                 else:
                     await self._attempt(job)
             finally:
+                self._busy -= 1
                 # The slot frees as soon as the handler is done; the outcome is written by
                 # the writer, batched with others, while this worker takes the next job (a
                 # claim made meanwhile counts the attempt out of its concurrency limit).

@@ -117,8 +117,8 @@ class StorageHandle:
 #: state or another, as they would beside another process.
 _OVERLAPPING = (
     ops.Claim, ops.Enqueue, ops.Get, ops.GetMany, ops.ListJobs, ops.Stats, ops.Throughput,
-    ops.FoldCounts, ops.PausedQueues, ops.Processes, ops.CronStates, ops.ReadWorkflow,
-    ops.LatestSteps, ops.WaitingNames,
+    ops.ThroughputSeries, ops.FoldCounts, ops.PausedQueues, ops.Processes, ops.CronStates,
+    ops.ReadWorkflow, ops.LatestSteps, ops.WaitingNames,
 )  # fmt: skip
 
 

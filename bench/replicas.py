@@ -63,7 +63,7 @@ async def latencies(url: str, samples: int, marks: Path) -> tuple[list[float], l
             starts = []
             for _ in range(samples):
                 t0 = time.time()
-                job_id = await client.enqueue(stamp)
+                job_id = (await client.enqueue(stamp)).id
                 starts.append((job_id, t0))
                 await trio.sleep(0.01)  # let the worker go idle: we measure an idle start
             enq = []
@@ -71,7 +71,7 @@ async def latencies(url: str, samples: int, marks: Path) -> tuple[list[float], l
                 enq.append((await client.wait(job_id)).result - t0)
             cancels = []
             for _ in range(samples // 2):
-                job_id = await client.enqueue(hang)
+                job_id = (await client.enqueue(hang)).id
                 started = marks / f"started-{job_id}"
                 while not started.exists():  # another process: nothing to await but its mark
                     await trio.sleep(0.001)

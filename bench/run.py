@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import trio
@@ -101,7 +101,7 @@ async def bulk_enqueue(database: Callable[[], str | Backend], jobs: int) -> floa
 async def drain(
     database: Callable[[], str | Backend],
     jobs: int,
-    job: trioforge.JobDefinition = noop,
+    job: trioforge.JobDefinition[Any, Any] = noop,
     jobs_registry: Registry = registry,
     tracing: Tracing | None = None,
 ) -> float:
@@ -125,7 +125,7 @@ async def drain(
 async def flow_drains(
     name: str, database: Callable[[], str | Backend], jobs: int, rounds: int
 ) -> None:
-    kinds = {
+    kinds: dict[str, tuple[trioforge.JobDefinition[Any, Any], Registry]] = {
         "unlimited": (noop, registry),
         "rate limit, never binding": (rated_noop, rated_registry),
         "1,000 concurrency keys (1 each)": (keyed_noop, keyed_registry),

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -62,7 +63,7 @@ async def noop(ctx: JobContext, n: int) -> None:
 
 
 async def timed_drain(
-    db: str | Backend, job: trioforge.JobDefinition, count: int, slots: int
+    db: str | Backend, job: trioforge.JobDefinition[Any, Any], count: int, slots: int
 ) -> float:
     """Seconds for ``count`` runs (or jobs) of ``job``, enqueued beforehand, to finish."""
     global COUNTER

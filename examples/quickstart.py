@@ -2,12 +2,14 @@
 
 Run it with `make demo` (or `python examples/quickstart.py`). It enqueues six jobs that show
 success, progress, a flaky job that succeeds on retry, a job discarded to the dead-letter
-state, a delayed job, and a long job cancelled by id while running; it prints what happens
-as it happens and exits 0 once every job is terminal.
+state, a delayed job, and a long job cancelled while running; it prints what happens as it
+happens and exits 0 once every job is terminal. ``enqueue`` returns a typed handle
+(``trioforge.Job[R]``): ``await job.result()`` is the handler's return value, decoded.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
 
@@ -67,7 +69,7 @@ async def cleanup(ctx: JobContext) -> str:
     return "cleaned"
 
 
-@registry.job("video:transcode", timeout=60)
+@registry.job("video:transcode", timeout=dt.timedelta(minutes=1))
 async def transcode(ctx: JobContext, name: str) -> None:
     say(f"[job {ctx.job_id}] transcoding {name} (this takes a while)")
     transcoding.set()
@@ -90,27 +92,35 @@ async def main() -> int:
             "report": await rt.enqueue(build_report, 4),
             "flaky charge": await rt.enqueue(charge, 1999),
             "bad import": await rt.enqueue(import_user, "not-an-email"),
-            "delayed cleanup": await rt.enqueue(cleanup, delay=0.5),
+            "delayed cleanup": await rt.enqueue(cleanup, delay=dt.timedelta(seconds=0.5)),
             "long transcode": await rt.enqueue(transcode, "talk.mp4"),
         }
-        print(f"enqueued {len(jobs)} jobs: {jobs}")
+        print(f"enqueued {len(jobs)} jobs: {[job.id for job in jobs.values()]}")
 
-        # Cancel the long job by id once it is running.
-        long_id = jobs["long transcode"]
+        # A handle is typed by its handler: `pages` is an int, as build_report returns.
+        report = await rt.enqueue(build_report, 2)
+        pages: int = await report.result(timeout=10)
+        print(f"a second report has {pages} pages")
+
+        # Cancel the long job once it is running.
+        long_job = jobs["long transcode"]
         with trio.fail_after(10):
             await transcoding.wait()
-        print(f"cancelling job {long_id} while it runs")
-        await rt.cancel(long_id)
+        print(f"cancelling job {long_job.id} while it runs")
+        await long_job.cancel()
 
         print("results:")
         outcomes: dict[str, JobState] = {}
         with trio.fail_after(30):
-            for label, job_id in jobs.items():
-                info = await rt.wait(job_id)
+            for label, job in jobs.items():
+                try:
+                    detail = repr(await job.result())
+                except (trioforge.JobFailedError, trioforge.JobCancelledError) as exc:
+                    detail = f"no result ({exc.info.error or 'cancelled'})"
+                info = await job.info()
                 outcomes[label] = info.status
-                detail = info.result if info.status is JobState.COMPLETED else info.error
                 tries = f"{info.attempt} attempt(s)"
-                print(f"  {label:16} job {job_id}: {info.status} after {tries}: {detail}")
+                print(f"  {label:16} job {job.id}: {info.status} after {tries}: {detail}")
     expected = {
         "welcome": JobState.COMPLETED,
         "report": JobState.COMPLETED,

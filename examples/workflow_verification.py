@@ -104,12 +104,12 @@ async def verify(ctx: WorkflowContext, req: VerifyRequest) -> str:
     return "verified"
 
 
-async def click_later(rt: trioforge.Client, user: str, run_id: int) -> None:
+async def click_later(rt: trioforge.Client, user: str, run: trioforge.Job[str]) -> None:
     """The user opens the mail a moment after it was sent and clicks the link."""
     await mail_sent[user].wait()
     await trio.sleep(0.3)  # the user reading the mail
-    say(f"[{user}] clicks the link: signal sent to run {run_id}")
-    await rt.signal(run_id, "email_clicked", {"at": dt.datetime.now(dt.UTC).strftime("%T")})
+    say(f"[{user}] clicks the link: signal sent to run {run.id}")
+    await rt.signal(run, "email_clicked", {"at": dt.datetime.now(dt.UTC).strftime("%T")})
 
 
 def print_record(view: trioforge.WorkflowInfo) -> None:
@@ -134,7 +134,7 @@ async def main() -> int:
             "ada": await rt.enqueue(verify, VerifyRequest("ada", "ada@example.com")),
             "bob": await rt.enqueue(verify, VerifyRequest("bob", "bob@example.com")),
         }
-        print(f"started runs {runs}")
+        print(f"started runs { ({user: run.id for user, run in runs.items()}) }")
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(click_later, rt, "ada", runs["ada"])

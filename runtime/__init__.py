@@ -5,7 +5,7 @@ pools inside your own trio program, on an embedded SQLite file or (later) Postgr
 Everything public is re-exported here; the underscore modules are private.
 """
 
-from trioforge._client import Client, JobRef, QueueInfo, Stats
+from trioforge._client import Client, JobId, JobRef, QueueInfo, Stats
 from trioforge._clock import Clock, VirtualClock, WallClock
 from trioforge._codec import Codec, StrictCodec
 from trioforge._context import CronContext, JobContext
@@ -17,18 +17,22 @@ from trioforge._errors import (
     Discard,
     InvalidArgumentError,
     InvalidStateError,
+    JobCancelledError,
+    JobFailedError,
     JobNotFoundError,
     JobTimeoutError,
     NonDeterminismError,
     PayloadError,
+    ResultTimeoutError,
     SchemaError,
     StepFailed,
     TrioforgeError,
     UnknownJobError,
     WorkflowTimeoutError,
 )
+from trioforge._job import Job
 from trioforge._policy import Queue, Retention
-from trioforge._registry import AttemptEnd, JobDefinition, Registry
+from trioforge._registry import AttemptEnd, JobDefinition, Registry, WorkflowDefinition
 from trioforge._rules import (
     AttemptOutcome,
     ConcurrencyLimit,
@@ -58,8 +62,12 @@ __all__ = [
     "Discard",
     "InvalidArgumentError",
     "InvalidStateError",
+    "Job",
+    "JobCancelledError",
     "JobContext",
     "JobDefinition",
+    "JobFailedError",
+    "JobId",
     "JobInfo",
     "JobNotFoundError",
     "JobRef",
@@ -72,6 +80,7 @@ __all__ = [
     "QueueInfo",
     "RateLimit",
     "Registry",
+    "ResultTimeoutError",
     "Retention",
     "Retry",
     "Runtime",
@@ -88,6 +97,7 @@ __all__ = [
     "VirtualClock",
     "WallClock",
     "WorkflowContext",
+    "WorkflowDefinition",
     "WorkflowInfo",
     "WorkflowTimeoutError",
     "open_client",

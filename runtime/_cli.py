@@ -211,6 +211,12 @@ def otel_option(what: str, where: str = "") -> Callable[[Callable[..., None]], C
     "--metrics-host", default="127.0.0.1", show_default=True,
     help="Address --metrics-port binds.",
 )  # fmt: skip
+@click.option(
+    "--database-metrics", is_flag=True,
+    help="Also export the database-wide gauges (trioforge_queue_jobs, trioforge_processes) "
+    "on --metrics-port. One scraped process should: `trioforge web` does, so give this only "
+    "to one worker of a deployment with no `trioforge web`.",
+)  # fmt: skip
 def worker(
     target: str,
     queues: dict[str, int] | None,
@@ -225,18 +231,21 @@ def worker(
     log_format: Literal["text", "json"],
     metrics_port: int | None,
     metrics_host: str,
+    database_metrics: bool,
 ) -> None:
     """Run the jobs of MODULE:REGISTRY until SIGINT or SIGTERM.
 
     The first signal drains: no new claims, running jobs get --shutdown-grace seconds, then
     are released for another worker. A second signal stops at once (jobs are released too).
-    With --metrics-port, GET /metrics serves this process's counters and the storage gauges
-    until the worker stops.
+    With --metrics-port, GET /metrics serves this process's counters and pool gauges (and
+    with --database-metrics the database-wide gauges) until the worker stops.
     """
+    if database_metrics and metrics_port is None:
+        raise click.UsageError("--database-metrics exports on --metrics-port; give that too")
     trioforge.logging.configure(log_level, log_format)
     say = _status_lines(log_format)
     registry = load_registry(target)
-    metrics = Metrics() if metrics_port is not None else None
+    metrics = Metrics(database_gauges=database_metrics) if metrics_port is not None else None
 
     async def serve() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

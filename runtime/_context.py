@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from trioforge._errors import DatabaseUnavailableError, InvalidArgumentError
 from trioforge.actors import RunningJobs, StorageHandle
@@ -13,10 +13,14 @@ from trioforge.storage import ClaimedJob, RenewResult, ops
 if TYPE_CHECKING:
     from trioforge._client import Client, JobRef
     from trioforge._clock import Clock
+    from trioforge._job import Job
+    from trioforge._registry import JobDefinition
 
 __all__ = ["CronContext", "JobContext"]
 
 _log = logging.getLogger("trioforge.job")
+_P = TypeVar("_P")
+_R = TypeVar("_R")
 
 
 def job_fields(job: ClaimedJob) -> dict[str, Any]:
@@ -113,8 +117,16 @@ class JobContext:
             return
         self._running.renewed(leases, until, renewal)
 
-    async def enqueue(self, job: JobRef, payload: Any = None, **options: Any) -> int:
-        """Enqueue a follow-up job; same arguments as ``Client.enqueue``."""
+    @overload
+    async def enqueue(
+        self, job: JobDefinition[None, _R], payload: None = None, **options: Any
+    ) -> Job[_R]: ...
+    @overload
+    async def enqueue(self, job: JobDefinition[_P, _R], payload: _P, **options: Any) -> Job[_R]: ...
+    @overload
+    async def enqueue(self, job: str, payload: Any = None, **options: Any) -> Job[Any]: ...
+    async def enqueue(self, job: JobRef, payload: Any = None, **options: Any) -> Job[Any]:
+        """Enqueue a follow-up job; same arguments (and typing) as ``Client.enqueue``."""
         return await self._client.enqueue(job, payload, **options)
 
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trioforge.storage import JobInfo
 
 __all__ = [
     "ChildFailed",
@@ -17,10 +21,13 @@ __all__ = [
     "Discard",
     "InvalidArgumentError",
     "InvalidStateError",
+    "JobCancelledError",
+    "JobFailedError",
     "JobNotFoundError",
     "JobTimeoutError",
     "NonDeterminismError",
     "PayloadError",
+    "ResultTimeoutError",
     "SchemaError",
     "StepFailed",
     "TrioforgeError",
@@ -82,6 +89,41 @@ class JobTimeoutError(TrioforgeError, TimeoutError):
 
 class WorkflowTimeoutError(TrioforgeError, TimeoutError):
     """A workflow run went past its ``timeout`` (counted from its start); it is undone."""
+
+
+class JobFailedError(TrioforgeError, RuntimeError):
+    """``await job.result()`` of a job that ended ``dead`` (or, a workflow run,
+    ``compensated``): it has no result. ``info`` is the job as it ended (its error)."""
+
+    def __init__(self, info: JobInfo) -> None:
+        super().__init__(
+            f"job {info.id} ({info.name}) ended {info.status.value}: {info.error}; see "
+            f"client.attempts({info.id}) for every attempt's error"
+        )
+        self.info = info
+
+
+class JobCancelledError(TrioforgeError, RuntimeError):
+    """``await job.result()`` of a job that was cancelled: it has no result. ``info`` is
+    the job as it ended."""
+
+    def __init__(self, info: JobInfo) -> None:
+        super().__init__(
+            f"job {info.id} ({info.name}) was cancelled; client.retry({info.id}) runs it again"
+        )
+        self.info = info
+
+
+class ResultTimeoutError(TrioforgeError, TimeoutError):
+    """``await job.result(timeout=...)`` gave up waiting. The job itself goes on (only
+    ``job.cancel()`` stops it); ``job_id`` says which."""
+
+    def __init__(self, job_id: int, timeout: float) -> None:
+        super().__init__(
+            f"job {job_id} did not finish within {timeout}s; it goes on (wait again, or "
+            "stop it with job.cancel())"
+        )
+        self.job_id = job_id
 
 
 class NonDeterminismError(TrioforgeError, RuntimeError):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Iterable, Mapping
 
 import attrs
 
+from trioforge._durations import Duration, optional_seconds, seconds
 from trioforge._errors import ConfigurationError
 from trioforge._rules import JobState, RateLimit, Retry
 from trioforge._text import check_storable
@@ -19,22 +19,13 @@ __all__ = [
     "check_rate_limits",
     "queue_policies",
     "queue_sizes",
-    "seconds",
 ]
 
 Age = float | dt.timedelta | None
 
 
-def seconds(value: float | dt.timedelta, what: str) -> float:
-    """``value`` in seconds (a timedelta or a number), checked to be finite and >= 0."""
-    number = value.total_seconds() if isinstance(value, dt.timedelta) else value
-    if (
-        isinstance(number, bool)
-        or not isinstance(number, int | float)
-        or not (0 <= number < math.inf)
-    ):
-        raise ConfigurationError(f"{what} must be a timedelta or seconds >= 0, got {value!r}")
-    return float(number)
+def _queue_timeout(value: Duration | None) -> float | None:
+    return optional_seconds(value, "Queue timeout", positive=True)
 
 
 @attrs.frozen
@@ -83,7 +74,8 @@ class Queue:
 
     workers: int
     retry: Retry | None = None
-    timeout: float | None = None
+    #: Seconds (given as seconds or a timedelta).
+    timeout: float | None = attrs.field(default=None, converter=_queue_timeout)
     #: How long its finished jobs are kept (None: ``open_runtime``'s ``retention``).
     retention: Retention | None = None
     #: A token bucket every job of the queue starts through (see above).
@@ -94,8 +86,6 @@ class Queue:
             raise ConfigurationError(f"Queue workers must be an int >= 0, got {self.workers!r}")
         if self.retry is not None and not isinstance(self.retry, Retry):
             raise ConfigurationError(f"Queue retry must be a trioforge.Retry, got {self.retry!r}")
-        if self.timeout is not None and not self.timeout > 0:
-            raise ConfigurationError("Queue timeout must be > 0 seconds or None")
         if self.retention is not None and not isinstance(self.retention, Retention):
             raise ConfigurationError("Queue retention must be a trioforge.Retention")
         if self.rate_limit is not None and not isinstance(self.rate_limit, RateLimit):

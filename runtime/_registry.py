@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, cast, overload
 
 import attrs
 import cattrs
 
 from trioforge._codec import NO_PAYLOAD, Codec, as_codec
 from trioforge._cron import CronSchedule
+from trioforge._durations import Duration, optional_seconds
 from trioforge._errors import ConfigurationError, InvalidStateError, UnknownJobError
-from trioforge._policy import Queue, seconds
+from trioforge._policy import Queue
 from trioforge._rules import (
     AttemptOutcome,
     ConcurrencyLimit,
@@ -27,22 +27,33 @@ from trioforge._rules import (
 from trioforge._text import check_storable
 
 if TYPE_CHECKING:
-    from trioforge._context import JobContext
+    from trioforge._context import CronContext, JobContext
+    from trioforge._workflow import WorkflowContext
 
 __all__ = [
     "AfterHook",
     "AttemptEnd",
     "BeforeHook",
+    "CronDecorator",
     "CronSpec",
     "CronTick",
     "EndHook",
+    "JobDecorator",
     "JobDefinition",
     "Registry",
+    "WorkflowDecorator",
+    "WorkflowDefinition",
     "WorkflowSpec",
     "check_capabilities",
 ]
 
 Handler = Callable[..., Awaitable[Any]]
+#: A definition's payload type (None for a handler that takes only the context).
+P = TypeVar("P")
+#: A definition's result type: what its handler returns.
+R_co = TypeVar("R_co", covariant=True)
+_P = TypeVar("_P")
+_R = TypeVar("_R")
 BeforeHook = Callable[["JobContext"], Awaitable[None]]
 
 
@@ -136,8 +147,13 @@ def workflow_job_name(name: str, version: int) -> str:
 
 
 @attrs.frozen
-class JobDefinition:
-    """A named job: its handler, payload type and defaults. Calling it calls the handler."""
+class JobDefinition(Generic[P, R_co]):
+    """A named job: its handler, payload type and defaults. Calling it calls the handler.
+
+    Typed from its handler: ``async def h(ctx, payload: P) -> R`` declares a
+    ``JobDefinition[P, R]`` (``P`` is None for a handler without a payload), so a type
+    checker holds ``enqueue(h, payload)`` to ``P`` and ``await job.result()`` gives ``R``.
+    """
 
     name: str
     handler: Handler
@@ -189,12 +205,54 @@ class JobDefinition:
             return policy.timeout
         return self.timeout
 
-    def __call__(self, ctx: JobContext, *args: Any) -> Awaitable[Any]:
+    def __call__(self, ctx: JobContext, *args: Any) -> Awaitable[R_co]:
         return self.handler(ctx, *args)
 
     @property
     def takes_payload(self) -> bool:
         return self.payload_type is not NO_PAYLOAD
+
+
+@attrs.frozen
+class WorkflowDefinition(JobDefinition[P, R_co]):
+    """A workflow version (from ``@registry.workflow``): a :class:`JobDefinition` whose
+    runs replay, suspend and resume. Enqueue it like a job; ``P`` and ``R`` likewise."""
+
+
+class JobDecorator(Protocol):
+    """What ``@registry.job(...)`` applies to a handler: the handler's signature gives the
+    definition's types (``JobDefinition[None, R]`` for ``async def h(ctx) -> R``)."""
+
+    @overload
+    def __call__(
+        self, handler: Callable[[JobContext, _P], Awaitable[_R]], /
+    ) -> JobDefinition[_P, _R]: ...
+    @overload
+    def __call__(
+        self, handler: Callable[[JobContext], Awaitable[_R]], /
+    ) -> JobDefinition[None, _R]: ...
+
+
+class CronDecorator(Protocol):
+    """What ``@registry.cron(...)`` applies: ``async def h(ctx: CronContext) -> R``. Its
+    runs are enqueued by the scheduler with the tick as payload."""
+
+    def __call__(
+        self, handler: Callable[[CronContext], Awaitable[_R]], /
+    ) -> JobDefinition[CronTick, _R]: ...
+
+
+class WorkflowDecorator(Protocol):
+    """What ``@registry.workflow(...)`` applies, typed as :class:`JobDecorator`."""
+
+    @overload
+    def __call__(
+        self, handler: Callable[[WorkflowContext, _P], Awaitable[_R]], /
+    ) -> WorkflowDefinition[_P, _R]: ...
+    @overload
+    def __call__(
+        self, handler: Callable[[WorkflowContext], Awaitable[_R]], /
+    ) -> WorkflowDefinition[None, _R]: ...
 
 
 def check_capabilities(
@@ -268,8 +326,9 @@ class Registry:
             self.codec: Codec = as_codec(converter)
         except TypeError as exc:
             raise ConfigurationError(str(exc)) from None
-        self._jobs: dict[str, JobDefinition] = {}
-        self._latest: dict[str, JobDefinition] = {}  # workflow name -> its highest version
+        self._jobs: dict[str, JobDefinition[Any, Any]] = {}
+        # workflow name -> its highest version
+        self._latest: dict[str, JobDefinition[Any, Any]] = {}
         self._limits: dict[tuple[type, str], object] = {}  # limits shared by name
         self._frozen = False
         self.before_hooks: list[BeforeHook] = []
@@ -283,16 +342,17 @@ class Registry:
         queue: str = "default",
         priority: PriorityLike = "normal",
         retry: Retry | None = None,
-        timeout: float | None = None,
+        timeout: Duration | None = None,
         payload: Any = None,
         public: bool = False,
         requires: Iterable[str] = (),
         rate_limit: RateLimit | None = None,
         concurrency: ConcurrencyLimit | None = None,
         idempotency_key: Callable[[Any], object] | None = None,
-        unique_for: float | dt.timedelta | None = None,
-    ) -> Callable[[Handler], JobDefinition]:
-        """Declare ``async def handler(ctx, payload: T)`` as job ``name``.
+        unique_for: Duration | None = None,
+    ) -> JobDecorator:
+        """Declare ``async def handler(ctx, payload: P) -> R`` as job ``name``: a
+        ``JobDefinition[P, R]``. ``timeout`` and ``unique_for``: seconds or a timedelta.
 
         ``payload`` overrides the type read from the handler's annotation. ``public=True``
         lets the web app's ``POST /api/jobs/{name}`` enqueue it (payload checked the same).
@@ -312,15 +372,14 @@ class Registry:
         if not isinstance(queue, str) or not queue:
             raise ConfigurationError(f"job {name!r}: queue must be a non-empty string")
         check_storable(queue, f"job {name!r}: queue name", ConfigurationError)
-        if timeout is not None and not timeout > 0:
-            raise ConfigurationError(f"job {name!r}: timeout must be > 0 seconds or None")
+        limit_seconds = optional_seconds(timeout, f"job {name!r}: timeout", positive=True)
         level = parse_priority(priority)
         needs = check_capabilities(requires, f"job {name!r}: requires")
         if idempotency_key is not None and not callable(idempotency_key):
             raise ConfigurationError(
                 f"job {name!r}: idempotency_key must be a function of the payload"
             )
-        unique = None if unique_for is None else seconds(unique_for, f"job {name!r}: unique_for")
+        unique = optional_seconds(unique_for, f"job {name!r}: unique_for")
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
             raise ConfigurationError(f"job {name!r}: rate_limit must be a trioforge.RateLimit")
         if concurrency is not None and not isinstance(concurrency, ConcurrencyLimit):
@@ -336,20 +395,20 @@ class Registry:
                         "jobs sharing a limit must give it the same settings"
                     )
 
-        def register(handler: Handler) -> JobDefinition:
+        def register(handler: Handler) -> JobDefinition[Any, Any]:
             self._check_open(f"job {name!r}")
             if not inspect.iscoroutinefunction(handler):
                 raise ConfigurationError(
                     f"job {name!r}: the handler must be an `async def` function"
                 )
-            definition = JobDefinition(
+            definition: JobDefinition[Any, Any] = JobDefinition(
                 name=name,
                 handler=handler,
                 payload_type=payload if payload is not None else _payload_type(handler, name),
                 queue=queue,
                 priority=level,
                 retry=retry if retry is not None else Retry(),
-                timeout=timeout,
+                timeout=limit_seconds,
                 inherits=frozenset(
                     field for field, value in (("retry", retry), ("timeout", timeout))
                     if value is None
@@ -366,7 +425,7 @@ class Registry:
             self._jobs[name] = definition
             return definition
 
-        return register
+        return cast(JobDecorator, register)
 
     def cron(
         self,
@@ -379,8 +438,8 @@ class Registry:
         queue: str = "default",
         priority: PriorityLike = "normal",
         retry: Retry | None = None,
-        timeout: float | None = None,
-    ) -> Callable[[Handler], JobDefinition]:
+        timeout: Duration | None = None,
+    ) -> CronDecorator:
         """Declare ``async def handler(ctx: CronContext)`` to run on a cron schedule.
 
         Each tick is enqueued once, across every replica, as a job named ``name`` (default
@@ -398,9 +457,9 @@ class Registry:
             raise ConfigurationError(f"overlap must be 'allow' or 'skip', got {overlap!r}")
         spec = CronSpec(schedule, catch_up, overlap)
 
-        def register(handler: Handler) -> JobDefinition:
+        def register(handler: Handler) -> JobDefinition[Any, Any]:
             job_name = name or f"cron:{handler.__name__}"
-            definition = self.job(
+            definition: JobDefinition[Any, Any] = self.job(
                 job_name,
                 queue=queue,
                 priority=priority,
@@ -412,7 +471,7 @@ class Registry:
             self._jobs[job_name] = definition
             return definition
 
-        return register
+        return cast(CronDecorator, register)
 
     def workflow(
         self,
@@ -422,12 +481,13 @@ class Registry:
         queue: str = "default",
         priority: PriorityLike = "normal",
         retry: Retry | None = None,
-        timeout: float | dt.timedelta | None = None,
+        timeout: Duration | None = None,
         payload: Any = None,
         public: bool = False,
-    ) -> Callable[[Handler], JobDefinition]:
-        """Declare ``async def handler(ctx: WorkflowContext, payload: T)`` as version
-        ``version`` of workflow ``name``: a durable run of steps that survives restarts.
+    ) -> WorkflowDecorator:
+        """Declare ``async def handler(ctx: WorkflowContext, payload: P) -> R`` as version
+        ``version`` of workflow ``name`` (a ``WorkflowDefinition[P, R]``): a durable run
+        of steps that survives restarts.
 
         Several versions may be registered side by side; new runs take the highest, and
         each run resumes only on the version it started with. ``timeout`` bounds the whole
@@ -444,14 +504,12 @@ class Registry:
         check_storable(name, "workflow name", ConfigurationError)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ConfigurationError(f"workflow {name!r}: version must be an int >= 1")
-        seconds = timeout.total_seconds() if isinstance(timeout, dt.timedelta) else timeout
-        if seconds is not None and not seconds > 0:
-            raise ConfigurationError(f"workflow {name!r}: timeout must be > 0 or None")
+        seconds = optional_seconds(timeout, f"workflow {name!r}: timeout", positive=True)
         spec = WorkflowSpec(name, version, seconds)
         job_name = workflow_job_name(name, version)
 
-        def register(handler: Handler) -> JobDefinition:
-            definition = self.job(
+        def register(handler: Handler) -> WorkflowDefinition[Any, Any]:
+            job = self.job(
                 job_name,
                 queue=queue,
                 priority=priority,
@@ -459,22 +517,24 @@ class Registry:
                 payload=payload if payload is not None else _payload_type(handler, name),
                 public=public,
             )(handler)
-            definition = attrs.evolve(definition, workflow=spec)
+            fields = attrs.asdict(job, recurse=False) | {"workflow": spec}
+            definition: WorkflowDefinition[Any, Any] = WorkflowDefinition(**fields)
             self._jobs[job_name] = definition
             latest = self._latest.get(name)
             if latest is None or latest.workflow is None or latest.workflow.version < version:
                 self._latest[name] = definition
             return definition
 
-        return register
+        return cast(WorkflowDecorator, register)
 
-    def latest(self, definition: JobDefinition) -> JobDefinition:
-        """For a workflow, its highest version registered here (new runs take it)."""
+    def latest(self, definition: JobDefinition[_P, _R]) -> JobDefinition[_P, _R]:
+        """For a workflow, its highest version registered here (new runs take it; their
+        payload and result types are the caller's to keep compatible across versions)."""
         if definition.workflow is None:
             return definition
         return self._latest.get(definition.workflow.name, definition)
 
-    def schedules(self) -> list[JobDefinition]:
+    def schedules(self) -> list[JobDefinition[Any, Any]]:
         """The cron jobs, by name."""
         return sorted((d for d in self._jobs.values() if d.cron), key=lambda d: d.name)
 
@@ -515,7 +575,7 @@ class Registry:
                 "opening the runtime"
             )
 
-    def get(self, name: str) -> JobDefinition:
+    def get(self, name: str) -> JobDefinition[Any, Any]:
         """The job named ``name``; a workflow's plain name means its highest version."""
         try:
             return self._jobs.get(name) or self._latest[name]
@@ -529,7 +589,7 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self._jobs
 
-    def __iter__(self) -> Iterator[JobDefinition]:
+    def __iter__(self) -> Iterator[JobDefinition[Any, Any]]:
         return iter(self._jobs.values())
 
     def __len__(self) -> int:

@@ -42,6 +42,7 @@ from typing import Any, Literal, TypeAlias
 
 import attrs
 
+from trioforge._durations import seconds
 from trioforge._errors import ConfigurationError, Discard, PayloadError
 from trioforge._text import check_storable
 
@@ -146,6 +147,14 @@ def parse_priority(value: PriorityLike) -> int:
         ) from None
 
 
+def _base_delay(value: float | dt.timedelta) -> float:
+    return seconds(value, "Retry.base_delay")
+
+
+def _max_delay(value: float | dt.timedelta) -> float:
+    return seconds(value, "Retry.max_delay")
+
+
 @attrs.frozen
 class Retry:
     """How a failing job is retried.
@@ -164,8 +173,9 @@ class Retry:
 
     max_attempts: int = 3
     backoff: Literal["exponential", "constant"] = "exponential"
-    base_delay: float = 1.0
-    max_delay: float = 300.0
+    #: Seconds (given as seconds or a timedelta), as ``max_delay``.
+    base_delay: float = attrs.field(default=1.0, converter=_base_delay)
+    max_delay: float = attrs.field(default=300.0, converter=_max_delay)
     jitter: float = 0.0
     on: tuple[type[BaseException], ...] = ()
     discard_on: tuple[type[BaseException], ...] | Callable[[BaseException], bool] = ()
@@ -178,8 +188,6 @@ class Retry:
             )
         if self.backoff not in ("exponential", "constant"):
             raise ConfigurationError("Retry.backoff must be 'exponential' or 'constant'")
-        if not (0 <= self.base_delay < math.inf and 0 <= self.max_delay < math.inf):
-            raise ConfigurationError("Retry delays must be finite numbers of seconds >= 0")
         if not 0.0 <= self.jitter < 1.0:
             raise ConfigurationError("Retry.jitter must be a fraction in [0, 1)")
         is_function = callable(self.discard_on) and not isinstance(self.discard_on, type)

@@ -20,6 +20,7 @@ from trioforge._clock import Clock, WallClock
 from trioforge._codec import decode_payload, encode_result
 from trioforge._config import resolve_database
 from trioforge._context import CronContext, JobContext
+from trioforge._durations import Duration, optional_seconds, seconds
 from trioforge._errors import (
     ConfigurationError,
     InvalidArgumentError,
@@ -33,7 +34,6 @@ from trioforge._policy import (
     check_rate_limits,
     queue_policies,
     queue_sizes,
-    seconds,
 )
 from trioforge._registry import AttemptEnd, CronTick, JobDefinition, Registry, check_capabilities
 from trioforge._rules import AttemptOutcome, JobLimits, Retry, failure_outcome
@@ -89,12 +89,6 @@ DEFAULT_CONCURRENCY = 10
 DEFAULT_RETENTION = Retention()
 
 
-def _interval(value: float) -> float:
-    if not seconds(value, "sweep_interval") > 0:
-        raise ConfigurationError(f"sweep_interval must be > 0 seconds, got {value!r}")
-    return float(value)
-
-
 def _sweep_plans(policies: Mapping[str, Queue], default: Retention) -> tuple[SweepPlan, ...]:
     """The queues with a retention of their own, then every other queue by the default."""
     if not isinstance(default, Retention):
@@ -113,6 +107,8 @@ class RuntimeStatistics:
     owner: str
     queues: Mapping[str, int]
     running_jobs: int
+    #: Per queue, the workers holding a job (``busy / queues[q]`` is its utilisation).
+    busy: Mapping[str, int] = attrs.field(factory=dict)
 
 
 class _RegistryJobs:
@@ -177,7 +173,7 @@ class _RegistryJobs:
         )
 
     def _workflow_context(
-        self, definition: JobDefinition, job: ClaimedJob, record: WorkflowRecord
+        self, definition: JobDefinition[Any, Any], job: ClaimedJob, record: WorkflowRecord
     ) -> WorkflowContext:
         assert definition.workflow is not None
         context: WorkflowContext = self._make_context(
@@ -318,7 +314,8 @@ class Runtime(Client):
         """A snapshot of this process's side: owner id, queue pools, jobs running here."""
         running = len(self._running) if self._running is not None else 0
         sizes = {name: supervisor.size for name, supervisor in self._supervisors.items()}
-        return RuntimeStatistics(self.owner, sizes, running)
+        busy = {name: supervisor.busy for name, supervisor in self._supervisors.items()}
+        return RuntimeStatistics(self.owner, sizes, running, busy)
 
 
 def _default_owner() -> str:
@@ -366,7 +363,7 @@ async def open_client(
     registry: Registry | None = None,
     clock: Clock | None = None,
     migrate: bool = True,
-    poll_interval: float = 1.0,
+    poll_interval: Duration = 1.0,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
     queues: Mapping[str, QueueLike] | None = None,
@@ -387,11 +384,12 @@ async def open_client(
     """
     policies = queue_policies(queues)
     clock = clock or WallClock()
+    poll = seconds(poll_interval, "poll_interval", positive=True)
     backend = _backend(database)
     async with (
         unwrapped(),
         _storage(backend, clock, migrate) as storage,
-        _live(backend, storage, poll_interval) as feed,
+        _live(backend, storage, poll) as feed,
     ):
         yield Client(
             storage,
@@ -437,16 +435,16 @@ class _Settings:
         queues: Mapping[str, QueueLike] | None,
         clock: Clock | None,
         owner: str | None,
-        lease_seconds: float,
-        heartbeat_interval: float,
-        poll_interval: float,
-        rescue_interval: float | None,
-        shutdown_grace: float,
+        lease_seconds: Duration,
+        heartbeat_interval: Duration,
+        poll_interval: Duration,
+        rescue_interval: Duration | None,
+        shutdown_grace: Duration,
         max_payload_bytes: int,
         max_key_bytes: int,
         capabilities: Iterable[str],
         retention: Retention,
-        sweep_interval: float,
+        sweep_interval: Duration,
     ) -> _Settings:
         if queues is None:
             queues = {name: DEFAULT_CONCURRENCY for name in sorted(registry.queues())}
@@ -454,25 +452,28 @@ class _Settings:
         check_rate_limits(policies, (d.rate_limit for d in registry if d.rate_limit is not None))
         if owner is not None:
             check_storable(owner, "owner", ConfigurationError)
-        if not 0 < heartbeat_interval < lease_seconds:
+        lease = seconds(lease_seconds, "lease_seconds", positive=True)
+        beat = seconds(heartbeat_interval, "heartbeat_interval", positive=True)
+        if not beat < lease:
             raise ConfigurationError(
-                "heartbeat_interval must be > 0 and shorter than lease_seconds"
+                f"heartbeat_interval ({beat}s) must be shorter than lease_seconds ({lease}s)"
             )
+        rescue = optional_seconds(rescue_interval, "rescue_interval", positive=True)
         return cls(
             queues=queue_sizes(policies),
             policies=policies,
             clock=clock or WallClock(),
             owner=owner or _default_owner(),
-            lease_seconds=lease_seconds,
-            heartbeat_interval=heartbeat_interval,
-            poll_interval=poll_interval,
-            rescue_interval=rescue_interval or heartbeat_interval,
-            shutdown_grace=shutdown_grace,
+            lease_seconds=lease,
+            heartbeat_interval=beat,
+            poll_interval=seconds(poll_interval, "poll_interval", positive=True),
+            rescue_interval=rescue or beat,
+            shutdown_grace=seconds(shutdown_grace, "shutdown_grace"),
             max_payload_bytes=max_payload_bytes,
             max_key_bytes=max_key_bytes,
             capabilities=check_capabilities(capabilities, "capabilities"),
             sweep_plans=_sweep_plans(policies, retention),
-            sweep_interval=_interval(sweep_interval),
+            sweep_interval=seconds(sweep_interval, "sweep_interval", positive=True),
         )
 
 
@@ -574,6 +575,7 @@ class _Parts:
             ),
             capabilities=tuple(sorted(s.capabilities)),
             running=len(self.running),
+            busy=tuple((name, supervisor.busy) for name, supervisor in self.supervisors.items()),
         )
 
     def wake_all(self) -> None:
@@ -676,11 +678,11 @@ async def open_runtime(
     queues: Mapping[str, QueueLike] | None = None,
     clock: Clock | None = None,
     owner: str | None = None,
-    lease_seconds: float = 30.0,
-    heartbeat_interval: float = 2.0,
-    poll_interval: float = 1.0,
-    rescue_interval: float | None = None,
-    shutdown_grace: float = 10.0,
+    lease_seconds: Duration = 30.0,
+    heartbeat_interval: Duration = 2.0,
+    poll_interval: Duration = 1.0,
+    rescue_interval: Duration | None = None,
+    shutdown_grace: Duration = 10.0,
     migrate: bool = True,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
@@ -688,7 +690,7 @@ async def open_runtime(
     tracing: Tracing | None = None,
     capabilities: Iterable[str] = (),
     retention: Retention = DEFAULT_RETENTION,
-    sweep_interval: float = 60.0,
+    sweep_interval: Duration = 60.0,
     _runtime_class: type[Runtime] = Runtime,
 ) -> AsyncIterator[Runtime]:
     """Run workers for ``registry`` inside the caller's trio run.

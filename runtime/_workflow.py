@@ -31,15 +31,16 @@ import json
 import logging
 import math
 import typing
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, overload
 
 import attrs
 import trio
 
 from trioforge._codec import DEFAULT_CODEC, NO_PAYLOAD, Codec, decode_payload, encode_result
 from trioforge._context import JobContext, job_fields
+from trioforge._durations import optional_seconds
 from trioforge._errors import (
     ChildFailed,
     DatabaseUnavailableError,
@@ -90,6 +91,12 @@ __all__ = ["ChildHandle", "WorkflowAttempt", "WorkflowContext", "DEFAULT_STEP_RE
 
 log = logging.getLogger("trioforge.workflow")
 
+_T = TypeVar("_T")
+_P = TypeVar("_P")
+_R = TypeVar("_R")
+_R_co = TypeVar("_R_co", covariant=True)
+_Args = TypeVarTuple("_Args")
+
 #: A step's retry policy unless it names one.
 DEFAULT_STEP_RETRY = Retry(max_attempts=3)
 #: Pauses between tries of a record write while the database is away.
@@ -136,12 +143,13 @@ def _holds(exc: BaseException, kind: type[BaseException] | tuple[type[BaseExcept
 
 
 @attrs.frozen
-class ChildHandle:
-    """A child job started by :meth:`WorkflowContext.start_child`; pass it to ``gather``."""
+class ChildHandle(Generic[_R_co]):
+    """A child job started by :meth:`WorkflowContext.start_child`; pass it to ``gather``,
+    which returns its result (typed ``R`` for a child of a ``JobDefinition[P, R]``)."""
 
     job_id: int
     name: str
-    #: What its result decodes to: the child handler's return annotation if an attrs class.
+    #: What its result decodes to: the child handler's return annotation (Any: none).
     result_type: Any = Any
 
 
@@ -157,21 +165,19 @@ class _Compensation:
 
 
 def _return_type(fn: Callable[..., Any]) -> Any:
-    """``fn``'s return annotation if it is an attrs class (results decode to it), else Any."""
+    """What a step's results are encoded and decoded by: ``fn``'s return annotation
+    (what it awaits to, for ``-> Awaitable[T]``), Any when it has none."""
     try:
         hint = typing.get_type_hints(fn).get("return", Any)
-    except (NameError, TypeError):
+    except (NameError, TypeError):  # unresolvable, or not a plain function (a partial)
         return Any
-    return hint if attrs.has(hint) else Any
+    if typing.get_origin(hint) in (Awaitable, Coroutine):
+        return typing.get_args(hint)[-1] if typing.get_args(hint) else Any
+    return hint
 
 
 def _seconds(value: float | dt.timedelta | None, what: str) -> float | None:
-    if value is None:
-        return None
-    seconds = value if isinstance(value, int | float) else value.total_seconds()
-    if not seconds >= 0:
-        raise InvalidArgumentError(f"{what} must be >= 0 seconds, got {value!r}")
-    return float(seconds)
+    return optional_seconds(value, what, error=InvalidArgumentError)
 
 
 class WorkflowContext(JobContext):
@@ -343,19 +349,40 @@ class WorkflowContext(JobContext):
 
     # --- the durable calls -------------------------------------------------------------
 
+    @overload
     async def step(
         self,
         name: str,
-        fn: Callable[..., Any],
-        *args: Any,
+        fn: Callable[[*_Args], Awaitable[_T]],
+        *args: *_Args,
+        retry: Retry | None = None,
+        timeout: float | dt.timedelta | None = None,  # noqa: ASYNC109
+        compensate: Callable[[*_Args], object] | None = None,
+    ) -> _T: ...
+    @overload
+    async def step(
+        self,
+        name: str,
+        fn: Callable[[*_Args], _T],
+        *args: *_Args,
+        retry: Retry | None = None,
+        timeout: float | dt.timedelta | None = None,  # noqa: ASYNC109
+        compensate: Callable[[*_Args], object] | None = None,
+    ) -> _T: ...
+    async def step(
+        self,
+        name: str,
+        fn: Callable[[*_Args], Any],
+        *args: *_Args,
         retry: Retry | None = None,
         timeout: float | dt.timedelta | None = None,  # noqa: ASYNC109 (per attempt, recorded)
-        compensate: Callable[..., Any] | None = None,
+        compensate: Callable[[*_Args], object] | None = None,
     ) -> Any:
         """Run ``fn(*args)`` (sync or async) once per successful completion and record its
         JSON result; on resume return the recorded result without running it. Results
-        come back decoded from JSON, the first time too (an attrs class if ``fn``'s
-        return annotation is one), so every attempt of the run sees the same value.
+        come back decoded from JSON, the first time too (to ``fn``'s return annotation),
+        so every attempt of the run sees the same value. Typed from ``fn``: ``args`` must
+        fit its parameters, and the step returns what ``fn`` returns (awaited).
 
         A failing step is retried by ``retry`` (default 3 attempts) with its backoff spent
         suspended, holding no worker slot; out of attempts it raises
@@ -436,6 +463,21 @@ class WorkflowContext(JobContext):
             raise _Suspend(entry.wake_at, "sleep")
         await self._write(attrs.evolve(entry, status=StepStatus.COMPLETED, finished_at=now))
 
+    @overload
+    async def wait_for_signal(
+        self,
+        name: str,
+        *,
+        timeout: float | dt.timedelta | None = None,  # noqa: ASYNC109
+        type: type[_T],
+    ) -> _T | None: ...
+    @overload
+    async def wait_for_signal(
+        self,
+        name: str,
+        *,
+        timeout: float | dt.timedelta | None = None,  # noqa: ASYNC109
+    ) -> Any: ...
     async def wait_for_signal(
         self,
         name: str,
@@ -444,7 +486,8 @@ class WorkflowContext(JobContext):
         type: Any = Any,
     ) -> Any:
         """Wait durably for signal ``name`` (sent with ``client.signal(run_id, name,
-        payload)``) and return its payload, decoded to ``type`` if given; None once
+        payload)``) and return its payload, decoded to ``type`` if given (typed ``T |
+        None``), else as JSON; None once
         ``timeout`` (counted from the first time the run got here) is over. A signal sent
         before the wait is kept for it; each signal is delivered to one wait. The run holds
         no worker slot while it waits."""
@@ -474,13 +517,28 @@ class WorkflowContext(JobContext):
             return None
         raise _Suspend(NEVER if entry.wake_at is None else entry.wake_at, f"signal {name!r}")
 
-    async def start_child(self, job: JobRef, payload: Any = None, **options: Any) -> ChildHandle:
+    @overload
+    async def start_child(
+        self, job: JobDefinition[None, _R], payload: None = None, **options: Any
+    ) -> ChildHandle[_R]: ...
+    @overload
+    async def start_child(
+        self, job: JobDefinition[_P, _R], payload: _P, **options: Any
+    ) -> ChildHandle[_R]: ...
+    @overload
+    async def start_child(
+        self, job: str, payload: Any = None, **options: Any
+    ) -> ChildHandle[Any]: ...
+    async def start_child(
+        self, job: JobRef, payload: Any = None, **options: Any
+    ) -> ChildHandle[Any]:
         """Enqueue ``job`` (a job or a workflow) as this run's child, once: the enqueue and
         its record are one write. ``options`` are ``enqueue``'s (delay, priority, queue,
-        ...). Cancelling the run cancels its unfinished children."""
+        ...); the payload is typed as ``enqueue``'s. Cancelling the run cancels its
+        unfinished children."""
         definition = self._client._definition(job)
         seq, entry = self._next(StepKind.CHILD, definition.name)
-        result_type = _return_type(definition.handler)
+        result_type = definition.result_type
         if entry is not None:
             assert entry.result is not None
             return ChildHandle(int(json.loads(entry.result)), definition.name, result_type)
@@ -496,8 +554,9 @@ class WorkflowContext(JobContext):
         self._wake(new.queue, new.run_at)
         return ChildHandle(written.child_id, definition.name, result_type)
 
-    async def gather(self, *children: ChildHandle) -> list[Any]:
-        """Wait durably until every child is finished and return their results, in order.
+    async def gather(self, *children: ChildHandle[_R]) -> list[_R]:
+        """Wait durably until every child is finished and return their results, in order
+        (typed as the children's result type: their common base if they differ).
         A child that ended dead, cancelled or compensated raises
         :class:`~trioforge.ChildFailed` (the first in order). The run holds no worker slot
         while it waits; a child's end wakes it."""
@@ -549,7 +608,7 @@ class WorkflowAttempt:
 
     def __init__(
         self,
-        definition: JobDefinition,
+        definition: JobDefinition[Any, Any],
         job: ClaimedJob,
         make_context: Callable[[ClaimedJob, WorkflowRecord], WorkflowContext],
         *,

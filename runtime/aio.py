@@ -5,7 +5,8 @@ It is the same :class:`~trioforge.Client` (the same payload checks, limits and k
 the same storage backends and their SQL, reached from asyncio directly: PostgreSQL through
 asyncpg on the running loop, SQLite through a worker thread (one statement batch at a
 time, as the trio side does). Only ``wait`` differs: it polls every ``poll_interval``
-seconds, as no live feed runs here. Workers still run on trio (``open_runtime`` or
+seconds, as no live feed runs here, and ``Job.watch`` is not available (``Job.result``
+and the rest are). Workers still run on trio (``open_runtime`` or
 ``trioforge worker``).
 
 ``enqueue(..., connection=conn)`` stores jobs with the caller's own asyncpg connection
@@ -16,16 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trioforge._client import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, Client
+from trioforge._client import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, Client, JobId
 from trioforge._clock import WallClock
 from trioforge._config import resolve_database
+from trioforge._durations import Duration, seconds
 from trioforge._errors import ConfigurationError, TrioforgeError
 from trioforge._policy import QueueLike, queue_policies
 from trioforge._registry import Registry
@@ -74,7 +75,7 @@ class AsyncioClient(Client):
         super().__init__(*args, **kwargs)
         self._poll_interval = poll_interval
 
-    async def wait(self, job_id: int) -> JobInfo:
+    async def wait(self, job_id: JobId) -> JobInfo:
         """Block until the job is terminal and return it, checking every poll interval.
         No timeout of its own: wrap it in ``asyncio.timeout``. Cancellation is safe."""
         while True:
@@ -83,7 +84,17 @@ class AsyncioClient(Client):
                 return info
             await asyncio.sleep(self._poll_interval)
 
-    def watch(self, job_id: int) -> Any:
+    async def _wait_within(self, job_id: int, limit: float | None) -> JobInfo | None:
+        timeout = asyncio.timeout(limit)
+        try:
+            async with timeout:
+                return await self.wait(job_id)
+        except TimeoutError:
+            if timeout.expired():
+                return None
+            raise
+
+    def watch(self, job_id: JobId) -> Any:
         raise TrioforgeError(
             "watch() needs the trio live feed; from asyncio, poll get() or use wait()"
         )
@@ -127,7 +138,7 @@ async def open_client(
     *,
     registry: Registry | None = None,
     migrate: bool = True,
-    poll_interval: float = 0.2,
+    poll_interval: Duration = 0.2,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
     queues: Mapping[str, QueueLike] | None = None,
@@ -138,8 +149,7 @@ async def open_client(
     and checks as :func:`trioforge.open_client` (``tracing`` too: enqueues inside the
     asyncio app's spans store their context). ``poll_interval``: how often ``wait``
     looks."""
-    if not 0 < poll_interval < math.inf:
-        raise ConfigurationError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
+    poll = seconds(poll_interval, "poll_interval", positive=True)
     policies = queue_policies(queues)
     if database is None or isinstance(database, str):
         backend = backend_for_url(resolve_database(database))
@@ -155,7 +165,7 @@ async def open_client(
             yield AsyncioClient(
                 storage, clock, registry=registry, finished=Finished(), feed=LiveFeed(send),
                 max_payload_bytes=max_payload_bytes, max_key_bytes=max_key_bytes,
-                policies=policies, poll_interval=poll_interval, tracing=tracing,
+                policies=policies, poll_interval=poll, tracing=tracing,
             )  # fmt: skip
         finally:
             storage.close()

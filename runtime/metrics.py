@@ -5,9 +5,12 @@ or the one given, e.g. ``prometheus_client.REGISTRY`` to expose them beside the 
 own). Pass it to ``open_runtime(..., metrics=m)`` / ``open_client(..., metrics=m)`` to
 count this process's events, and to ``trioforge.web.app(..., metrics=m)`` to serve it.
 
-Counters and histograms are this process's (each worker process exposes its own); the
-gauges of queue depth and live processes are read from storage at each scrape
-(:meth:`Metrics.refresh`), so any process reports them for the whole database.
+Counters, histograms and pool gauges are this process's (each worker process exposes its
+own, so ``sum`` over processes adds them up). The database-wide gauges (queue depth, live
+processes) are read from storage at each scrape (:meth:`Metrics.refresh`) and describe the
+whole database, so only ``Metrics(database_gauges=True)`` exports them: give that to one
+process (``trioforge web`` does it; a worker with ``--database-metrics``), and sums over
+every scraped process count each job once.
 """
 
 from __future__ import annotations
@@ -32,8 +35,12 @@ _EVENTS = ("enqueued", "started", "completed", "failed", "retried", "dead", "can
 class Metrics:
     """trioforge's collectors (names start with ``trioforge_``)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, database_gauges: bool = True
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        #: Whether this process exports the gauges read from the database (one should).
+        self.database_gauges = database_gauges
         labels = ("queue", "job")
         self._events = {
             event: Counter(
@@ -51,9 +58,12 @@ class Metrics:
             "From a job's run_at (its enqueue, unless delayed) to its attempt starting",
             labels, buckets=_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        # Database-wide: registered (so exported) only by the process that says it exports
+        # them, so a sum over processes counts each job once.
+        database = self.registry if database_gauges else None
         self._depth = Gauge(
             "trioforge_queue_jobs", "Jobs stored per queue and state", ("queue", "state"),
-            registry=self.registry,
+            registry=database,
         )  # fmt: skip
         self._busy = Gauge(
             "trioforge_pool_busy_slots", "Worker slots running a job in this process",
@@ -63,6 +73,11 @@ class Metrics:
             "trioforge_pool_slots", "Worker slots in this process", ("queue",),
             registry=self.registry,
         )  # fmt: skip
+        self._utilisation = Gauge(
+            "trioforge_pool_utilisation",
+            "Busy worker slots / slots in this process (0 with no slots)", ("queue",),
+            registry=self.registry,
+        )  # fmt: skip
         self._unserved = Gauge(
             "trioforge_unserved_jobs",
             "1 for each job name with pending jobs in a queue that no live process runs there",
@@ -70,7 +85,7 @@ class Metrics:
         )  # fmt: skip
         self._processes = Gauge(
             "trioforge_processes", "Runtime processes heartbeating on the database",
-            registry=self.registry,
+            registry=database,
         )  # fmt: skip
 
     # --- this process's events (called by the runtime and client) ------------------------
@@ -94,21 +109,26 @@ class Metrics:
     # --- read at scrape time ----------------------------------------------------------------
 
     async def refresh(self, client: Client) -> None:
-        """Set the gauges read from storage (and the pool sizes of a runtime)."""
-        stats = await client.stats()
-        for queue, counts in stats.by_queue.items():
-            for state in JobState:
-                self._depth.labels(queue, state.value).set(counts.get(state, 0))
-        self._processes.set(len(await client.processes()))
-        self._unserved.clear()  # a name served again leaves the exposition
-        for queue, names in (await client.unserved()).items():
-            for name in names:
-                self._unserved.labels(queue, name).set(1)
+        """Set the pool gauges of a runtime and, if this process exports them, the gauges
+        read from storage."""
+        if self.database_gauges:
+            stats = await client.stats()
+            for queue, counts in stats.by_queue.items():
+                for state in JobState:
+                    self._depth.labels(queue, state.value).set(counts.get(state, 0))
+            self._processes.set(len(await client.processes()))
+            self._unserved.clear()  # a name served again leaves the exposition
+            for queue, names in (await client.unserved()).items():
+                for name in names:
+                    self._unserved.labels(queue, name).set(1)
         statistics = getattr(client, "statistics", None)
         if statistics is not None:
-            for queue, size in statistics().queues.items():
+            now = statistics()
+            for queue, size in now.queues.items():
+                busy = now.busy.get(queue, 0)
                 self._slots.labels(queue).set(size)
                 self._busy.labels(queue)  # present (at 0) before the first job
+                self._utilisation.labels(queue).set(busy / size if size else 0.0)
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

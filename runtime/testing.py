@@ -12,9 +12,9 @@ Example::
 
     async def test_welcome_is_retried(autojump_clock):
         async with trioforge.testing.open_test_runtime(registry) as rt:
-            job_id = await rt.enqueue(send_welcome, Welcome("u1"))
+            job = await rt.enqueue(send_welcome, Welcome("u1"))
             await rt.run_until_idle()
-            assert (await rt.get(job_id)).attempt == 2
+            assert (await job.info()).attempt == 2
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ import attrs
 import trio
 import trio.testing
 
+from trioforge import _durations
 from trioforge._clock import VirtualClock
 from trioforge._codec import decode_payload, encode_payload, encode_result
 from trioforge._context import JobContext
-from trioforge._errors import ConfigurationError
+from trioforge._durations import Duration
+from trioforge._errors import ConfigurationError, InvalidArgumentError
 from trioforge._policy import QueueLike
 from trioforge._registry import JobDefinition, Registry
 from trioforge._rules import JobState
@@ -82,20 +84,25 @@ class TestRuntime(Runtime):
 
     __test__ = False  # not a pytest test class
 
-    async def advance(self, seconds: float) -> None:
-        """Let ``seconds`` of virtual time pass, running whatever falls due meanwhile."""
+    async def advance(self, seconds: Duration) -> None:
+        """Let ``seconds`` (or a timedelta) of virtual time pass, running whatever falls due
+        meanwhile."""
         clock = _virtual_clock()
+        span = _durations.seconds(seconds, "seconds", error=InvalidArgumentError)
         if clock.autojump_threshold == float("inf"):  # a clock that never jumps by itself
-            clock.jump(seconds)
+            clock.jump(span)
             await trio.testing.wait_all_tasks_blocked()
         else:
-            await trio.sleep(seconds)
+            await trio.sleep(span)
 
-    async def run_until_idle(self, *, limit: float = 24 * 3600.0, step: float = 1.0) -> None:
+    async def run_until_idle(self, *, limit: Duration = 24 * 3600.0, step: Duration = 1.0) -> None:
         """Advance virtual time until no job is available, running or waiting to retry
-        (delayed ``scheduled`` jobs do not count: ``advance`` to them). Raises
-        ``TimeoutError`` if that takes more than ``limit`` virtual seconds."""
+        (delayed ``scheduled`` jobs do not count: ``advance`` to them), ``step`` at a time.
+        Raises ``TimeoutError`` if that takes more than ``limit`` virtual seconds (both
+        seconds or a timedelta)."""
         _virtual_clock()
+        limit = _durations.seconds(limit, "limit", error=InvalidArgumentError)
+        step = _durations.seconds(step, "step", error=InvalidArgumentError, positive=True)
         deadline = trio.current_time() + limit
         while True:
             await trio.testing.wait_all_tasks_blocked()
@@ -139,7 +146,7 @@ async def open_test_runtime(
         yield rt
 
 
-async def perform(job: JobDefinition, payload: Any = None, *, attempt: int = 1) -> Any:
+async def perform(job: JobDefinition[Any, _T], payload: Any = None, *, attempt: int = 1) -> _T:
     """Run ``job``'s handler once, right here, with a real :class:`~trioforge.JobContext`
     (its progress and follow-up enqueues go to a throwaway memory backend), and return what
     it returns. The payload is checked exactly as on enqueue, and the return value as a
@@ -170,14 +177,14 @@ async def perform(job: JobDefinition, payload: Any = None, *, attempt: int = 1) 
         )
         if job.takes_payload:
             payload = decode_payload(job.codec, job.name, job.payload_type, text)
-            value = await job.handler(ctx, payload)
+            value = await job(ctx, payload)
         else:
-            value = await job.handler(ctx)
+            value = await job(ctx)
         encode_result(job.codec, f"job {job.name!r}", job.result_type, value)  # as a worker would
         return value
 
 
-def payloads(job: JobDefinition) -> Any:
+def payloads(job: JobDefinition[Any, Any]) -> Any:
     """A hypothesis strategy for payloads ``job`` accepts: attrs classes and dataclasses
     built from their field types, with the values the strict codec takes (aware datetimes,
     finite floats and Decimals, JSON values for ``Any``); other types by

@@ -54,6 +54,7 @@ __all__ = [
     "RetryMany",
     "Stats",
     "Throughput",
+    "ThroughputSeries",
     "WaitingNames",
     "handlers",
 ]
@@ -169,6 +170,17 @@ class Throughput:
     window is counted from a few rows however many jobs it holds."""
 
     since: float
+
+
+@attrs.frozen
+class ThroughputSeries:
+    """-> dict[str, dict[JobState, dict[int, int]]]: per queue and state, the stored jobs
+    that finished in or after the whole second ``since`` falls in, counted per ``step``
+    seconds (keyed by each step's first second, a multiple of ``step``; empty steps are
+    left out): a chart's bars, from the same per-second counts as :class:`Throughput`."""
+
+    since: float
+    step: int = 60
 
 
 @attrs.frozen
@@ -442,6 +454,7 @@ Op: TypeAlias = (
     | Rescue
     | Stats
     | Throughput
+    | ThroughputSeries
     | FoldCounts
     | PauseQueue
     | PausedQueues
@@ -479,6 +492,7 @@ _NAMES: dict[type, str] = {
     Rescue: "rescue",
     Stats: "stats",
     Throughput: "throughput",
+    ThroughputSeries: "throughput_series",
     FoldCounts: "fold_counts",
     PauseQueue: "pause_queue",
     PausedQueues: "paused_queues",

@@ -243,11 +243,14 @@ class ProcessDetails:
     capabilities: tuple[str, ...]
     #: Jobs running (or with their outcome unwritten) there at the last beat.
     running: int
+    #: Workers holding a job per queue, at the last beat (none said: an older trioforge).
+    busy: tuple[tuple[str, int], ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(
             {"host": self.host, "pid": self.pid, "pools": dict(self.pools),
-             "capabilities": list(self.capabilities), "running": self.running}
+             "capabilities": list(self.capabilities), "running": self.running,
+             "busy": dict(self.busy)}
         )  # fmt: skip
 
     @classmethod
@@ -259,6 +262,7 @@ class ProcessDetails:
             str(data["host"]), int(data["pid"]),
             tuple((str(q), int(n)) for q, n in data["pools"].items()),
             tuple(str(c) for c in data["capabilities"]), int(data["running"]),
+            tuple((str(q), int(n)) for q, n in data.get("busy", {}).items()),
         )  # fmt: skip
 
 

@@ -579,6 +579,19 @@ class MemoryBackend:
                 per[row.status] = per.get(row.status, 0) + 1
         return out
 
+    def _throughput_series(
+        self, op: ops.ThroughputSeries, now: float
+    ) -> dict[str, dict[JobState, dict[int, int]]]:
+        del now
+        out: dict[str, dict[JobState, dict[int, int]]] = {}
+        for row in self._rows.values():
+            if row.finished_at is not None and row.finished_at >= math.floor(op.since):
+                second = math.floor(row.finished_at)
+                steps = out.setdefault(row.queue, {}).setdefault(row.status, {})
+                start = second - second % op.step
+                steps[start] = steps.get(start, 0) + 1
+        return out
+
     def _fold_counts(self, op: ops.FoldCounts, now: float) -> None:
         """Counts are read off the rows: nothing is kept to fold."""
         del op, now

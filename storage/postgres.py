@@ -854,7 +854,7 @@ def _atomic_alone(op: ops.Op) -> bool:
     return isinstance(
         op, ops.Claim | ops.Finish | ops.Renew | ops.Progress | ops.Get | ops.GetMany
         | ops.LatestSteps | ops.ListJobs | ops.Rescue | ops.Stats | ops.Throughput
-        | ops.FoldCounts | ops.PauseQueue
+        | ops.ThroughputSeries | ops.FoldCounts | ops.PauseQueue
         | ops.PausedQueues | ops.Beat | ops.Leave | ops.Processes | ops.Lead | ops.WaitingNames
     )  # fmt: skip
 
@@ -1530,6 +1530,23 @@ class PostgresBackend:
         )
         for row in rows:
             out.setdefault(row["queue"], {})[JobState(row["state"])] = row["n"]
+        return out
+
+    @staticmethod
+    async def _throughput_series(
+        conn: asyncpg.Connection, op: ops.ThroughputSeries, now: float
+    ) -> dict[str, dict[JobState, dict[int, int]]]:
+        del now
+        out: dict[str, dict[JobState, dict[int, int]]] = {}
+        rows = await conn.fetch(
+            "SELECT queue, state, second - second % $2::bigint AS start, sum(n)::bigint AS n "
+            "FROM trioforge_finished WHERE second >= $1 GROUP BY queue, state, start "
+            "HAVING sum(n) <> 0",
+            math.floor(op.since), op.step,
+        )  # fmt: skip
+        for row in rows:
+            steps = out.setdefault(row["queue"], {}).setdefault(JobState(row["state"]), {})
+            steps[row["start"]] = row["n"]
         return out
 
     @staticmethod

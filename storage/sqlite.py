@@ -987,6 +987,20 @@ class SQLiteBackend:
         return out
 
     @staticmethod
+    def _throughput_series(
+        db: sqlite3.Connection, op: ops.ThroughputSeries, now: float
+    ) -> dict[str, dict[JobState, dict[int, int]]]:
+        del now
+        out: dict[str, dict[JobState, dict[int, int]]] = {}
+        for queue, status, start, count in db.execute(
+            "SELECT queue, state, second - second % ?1 AS start, sum(n) FROM trioforge_finished "
+            "WHERE second >= ?2 GROUP BY queue, state, start HAVING sum(n) <> 0",
+            (op.step, math.floor(op.since)),
+        ):
+            out.setdefault(queue, {}).setdefault(JobState(status), {})[start] = count
+        return out
+
+    @staticmethod
     def _status_of(db: sqlite3.Connection, job_id: int) -> tuple[JobState, str | None]:
         row = db.execute(
             "SELECT status, idempotency_key FROM trioforge_jobs WHERE id = ?", (job_id,)

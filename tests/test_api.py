@@ -45,7 +45,7 @@ def make_registry() -> tuple[Registry, dict[str, Any]]:
 
     @registry.job("parent")
     async def parent(ctx: JobContext, user: str) -> int:
-        return await ctx.enqueue("greet", Greeting(user))
+        return (await ctx.enqueue("greet", Greeting(user))).id
 
     @registry.before_perform
     async def before(ctx: JobContext) -> None:
@@ -101,7 +101,8 @@ async def test_unknown_jobs_and_bad_payloads_are_refused_and_store_nothing(
 async def test_enqueue_many_stores_every_job_in_order(database: str | Backend) -> None:
     registry, _ = make_registry()
     async with trioforge.open_runtime(registry, database=database, **FAST) as rt:
-        ids = await rt.enqueue_many("greet", [Greeting(f"u{i}") for i in range(50)])
+        jobs = await rt.enqueue_many("greet", [Greeting(f"u{i}") for i in range(50)])
+        ids = [job.id for job in jobs]
         assert ids == sorted(ids)
         assert len(set(ids)) == 50
         results = [(await rt.wait(i)).result["text"] for i in ids]

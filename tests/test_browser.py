@@ -144,12 +144,88 @@ def test_progress_moves_on_the_job_page_and_cancel_ends_it(served: Served, brows
     page.click("#cancel")
     page.wait_for_function("() => document.querySelector('#state').textContent === 'cancelled'")
     assert served.call(rt.get, job_id).status is JobState.CANCELLED
-    for name, path in (("queues", "/"), ("jobs", "/jobs"), ("dead", "/dead"),
-                       ("processes", "/processes")):  # fmt: skip
+    for name, path in (("jobs", "/jobs"), ("dead", "/dead"), ("processes", "/processes")):
         page.goto(f"{served.url}{path}")
         shoot(page, name)
     page.goto(f"{served.url}/dead")
     assert "SMTP refused &lt;ops@example.com&gt;" in page.content()  # escaped, not markup
+
+
+FITS = """() => [document.documentElement, document.querySelector('.wide')].every(
+    (box) => box.scrollWidth <= box.clientWidth)
+    && document.querySelector('#queues').getBoundingClientRect().right
+        <= document.querySelector('header').getBoundingClientRect().right"""
+#: A queue name longer than its column: it wraps inside its cell.
+LONG_QUEUE = "catalogue_thumbnails_for_the_spring_export_of_every_product_image"
+
+
+def cell(page: Any, queue: str, state: str) -> str:
+    shown: str = page.locator(f'tr[data-queue="{queue}"] td[data-state="{state}"]').inner_text()
+    return shown
+
+
+def test_the_queues_page_updates_itself_charts_throughput_and_fits_1200_px(
+    served: Served, browser: Any
+) -> None:
+    rt = served.runtime
+    assert rt is not None
+    first = served.call(rt.enqueue_many, "images:resize", [2, 3])
+    served.call(rt.wait, served.call(rt.enqueue, "mail:send", "ops@example.com"))
+    for job_id in first:
+        served.call(rt.wait, job_id)
+    crawl = served.call(rt.enqueue, "reports:crawl", 400)
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.goto(f"{served.url}/")
+    page.evaluate("() => { window.notReloaded = true; }")
+    assert cell(page, "default", "completed") == "2"
+    heads = page.locator("#queues th")
+    heights = {round(heads.nth(i).bounding_box()["height"]) for i in range(heads.count())}
+    assert len(heights) == 1, heights  # one line each: no header wraps into a column
+    assert page.evaluate(FITS)
+    # Without a reload: more jobs finish, and the crawl holds one of the two reports slots.
+    later = served.call(partial(rt.enqueue_many, priority="high"), "images:resize", [4, 5, 6])
+    for job_id in later:
+        served.call(rt.wait, job_id)
+    page.wait_for_function(
+        """() => window.notReloaded && document.querySelector(
+            'tr[data-queue="default"] td[data-state="completed"]').textContent === '5'
+            && document.querySelector('tr[data-queue="reports"] td.utilisation')
+                .textContent.startsWith('1 / 2')""",
+        timeout=15_000,
+    )
+    assert cell(page, "reports", "running") == "1"
+    assert page.evaluate(FITS)
+    # The chart: a completed bar per minute jobs completed in, holding their count.
+    done = [served.call(rt.get, i) for i in [*first, *later]]
+    minutes = sorted({int(j.finished_at or 0) // 60 * 60 for j in done})
+    chart = page.locator('figure[data-queue="default"] svg rect.completed')
+    assert chart.count() == len(minutes)
+    shown = [chart.nth(i) for i in range(chart.count())]
+    counts = {int(r.get_attribute("data-minute") or 0): int(r.get_attribute("data-count") or 0)
+              for r in shown}  # fmt: skip
+    assert sorted(counts) == minutes
+    assert sum(counts.values()) == 5
+    assert page.locator('figure[data-queue="default"] svg rect.dead').count() == 0
+    dead = page.locator('figure[data-queue="mail"] svg rect.dead')
+    assert [dead.nth(i).get_attribute("data-count") for i in range(dead.count())] == ["1"]
+    shoot(page, "queues")
+    # A queue name longer than its column wraps in its cell; the table still fits.
+    served.call(partial(rt.enqueue, queue=LONG_QUEUE), "images:resize", 7)  # nobody serves it
+    page.wait_for_selector(f'tr[data-queue="{LONG_QUEUE}"]', timeout=15_000)
+    assert page.evaluate("() => window.notReloaded")
+    assert page.evaluate(FITS)
+    # A completed job that last reported 75% reads 100%; its priority reads as its name.
+    page.goto(f"{served.url}/jobs?queue=default")
+    row = page.locator("tr", has=page.locator(f'a[href="/jobs/{later[0]}"]'))
+    assert "100%" in row.inner_text()
+    assert "75%" not in page.locator("table").inner_text()
+    page.goto(f"{served.url}/jobs/{later[0]}")
+    assert page.locator("#progress").inner_text() == "100%"
+    assert float(page.locator("#bar").get_attribute("aria-valuenow") or 0) == 100
+    assert page.locator("#priority").inner_text() == "high"
+    page.goto(f"{served.url}/jobs/{first[0]}")
+    assert page.locator("#priority").inner_text() == "normal"
+    served.call(rt.cancel, crawl)
 
 
 TRACK = """
@@ -310,7 +386,7 @@ def test_a_page_on_another_port_cannot_act_through_the_logged_in_browser(
 ) -> None:
     rt = served.runtime
     assert rt is not None
-    job_id = served.call(partial(rt.enqueue, "reports:crawl", 1, queue="idle"))
+    job_id = served.call(partial(rt.enqueue, "reports:crawl", 1, queue="idle")).id
     context = browser.new_context()
     page = context.new_page()
     log_in(page, served.url)
@@ -339,7 +415,7 @@ def test_the_session_cookie_cannot_be_replayed_after_logging_out(
 ) -> None:
     rt = served.runtime
     assert rt is not None
-    job_id = served.call(partial(rt.enqueue, "reports:crawl", 1, queue="idle"))
+    job_id = served.call(partial(rt.enqueue, "reports:crawl", 1, queue="idle")).id
     context = browser.new_context()
     page = context.new_page()
     log_in(page, served.url)

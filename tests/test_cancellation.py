@@ -198,7 +198,7 @@ def test_a_claim_that_lands_while_the_pool_is_cancelled_is_handed_back() -> None
                 async with trioforge.open_runtime(registry, database=backend, clock=clock) as rt:
                     await trio.testing.wait_all_tasks_blocked()  # the start-up claim is done
                     backend.hold = True
-                    job_ids.append(await rt.enqueue("hang"))
+                    job_ids.append((await rt.enqueue("hang")).id)
                     await trio.sleep_forever()
         async with trioforge.open_client(backend, clock=clock) as client:
             info = await client.get(job_ids[0])

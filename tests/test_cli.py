@@ -37,7 +37,8 @@ async def echo(ctx: JobContext, text: str) -> str:
 def seed(url: str, texts: list[str], **options: object) -> list[int]:
     async def go() -> list[int]:
         async with trioforge.open_client(url) as client:
-            return [await client.enqueue(echo, t, **options) for t in texts]  # type: ignore[arg-type]
+            jobs = [await client.enqueue(echo, t, **options) for t in texts]  # type: ignore[call-overload]
+            return [job.id for job in jobs]
 
     return trio.run(go)
 
@@ -308,7 +309,8 @@ def run_workflows(url: str, until: dict[int, JobState]) -> None:
 def enqueue_runs(url: str, *runs: tuple[object, str]) -> list[int]:
     async def go() -> list[int]:
         async with trioforge.open_client(url) as client:
-            return [await client.enqueue(wf, payload) for wf, payload in runs]  # type: ignore[arg-type]
+            jobs = [await client.enqueue(wf, payload) for wf, payload in runs]  # type: ignore[call-overload]
+            return [job.id for job in jobs]
 
     return trio.run(go)
 

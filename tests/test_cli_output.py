@@ -67,9 +67,9 @@ def test_listings_and_details_escape_stored_text(tmp_path: Path) -> None:
         async with trioforge.open_runtime(
             registry, database=url, queues={EVIL: 1}, owner=f"me{EVIL}", **FAST
         ) as rt:
-            job_id = await rt.enqueue(fail, EVIL, idempotency_key=f"key{EVIL}", max_attempts=1)
-            await rt.wait(job_id)
-            return job_id
+            job = await rt.enqueue(fail, EVIL, idempotency_key=f"key{EVIL}", max_attempts=1)
+            await rt.wait(job)
+            return job.id
 
     job_id = trio.run(seed)
     outputs = {

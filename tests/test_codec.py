@@ -124,7 +124,11 @@ async def test_post_api_jobs_refuses_each_row(sqlite_url: str) -> None:
         served(trioforge.web.app(client=client, registry=client._registry)) as http,
     ):
         for payload, error in JSON_ROWS:
-            response = await http.post("/api/jobs/convert", content=json.dumps(payload))
+            response = await http.post(
+                "/api/jobs/convert",
+                content=json.dumps(payload),
+                headers={"content-type": "application/json"},
+            )
             assert response.status_code == 422
             assert response.json()["error"] == f"payload of job 'convert' does not fit P: {error}"
         assert await client.list() == []
@@ -271,9 +275,9 @@ async def test_a_registry_converter_brings_hooks_for_the_applications_types(
         assert info.result == "1250 EUR"
         # The strict hooks still apply to the built-in types around it.
         with pytest.raises(trioforge.PayloadError, match=r"\$\.due: expected date"):
-            await rt.enqueue(bill, {"total": "1 EUR", "due": 20260201})
+            await rt.enqueue(bill, {"total": "1 EUR", "due": 20260201})  # type: ignore[misc]
         with pytest.raises(trioforge.PayloadError, match=r"\$\.total: ValueError"):
-            await rt.enqueue(bill, {"total": "nonsense", "due": "2026-02-01"})
+            await rt.enqueue(bill, {"total": "nonsense", "due": "2026-02-01"})  # type: ignore[misc]
     assert seen == [invoice]
 
 

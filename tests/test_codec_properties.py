@@ -52,8 +52,8 @@ async def test_generated_values_round_trip_exactly(database: str | Backend) -> N
     async with trioforge.open_runtime(registry, database=database, **FAST) as rt:
 
         async def round_trip(values: list[Everything], loose: list[Any]) -> None:
-            ids = await rt.enqueue_many("everything", values)
-            loose_ids = await rt.enqueue_many("anything", loose)
+            ids = [job.id for job in await rt.enqueue_many("everything", values)]
+            loose_ids = [job.id for job in await rt.enqueue_many("anything", loose)]
             for job_id, value in zip(ids, values, strict=True):
                 info = await rt.wait(job_id)
                 assert info.status is JobState.COMPLETED, info.error

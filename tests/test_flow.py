@@ -76,7 +76,7 @@ async def test_bad_capabilities_are_refused(bad: object) -> None:
         capability_registry().job("x", requires=bad)  # type: ignore[arg-type]
     async with trioforge.open_client("memory://", registry=capability_registry()) as client:
         with pytest.raises(trioforge.InvalidArgumentError, match="requires"):
-            await client.enqueue("plain", requires=bad)  # type: ignore[arg-type]
+            await client.enqueue("plain", requires=bad)  # type: ignore[call-overload]
         assert await client.list() == []
 
 

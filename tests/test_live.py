@@ -140,7 +140,7 @@ async def test_a_watch_ends_with_its_client() -> None:
             errors.append(exc)
 
     async with trioforge.open_runtime(registry, database=backend, queues={"default": 1}) as rt:
-        job_id = await rt.enqueue("hang")
+        job_id = (await rt.enqueue("hang")).id
         await gates["started"].wait()
         async with trio.open_nursery() as nursery, trioforge.open_client(backend) as client:
             nursery.start_soon(watch_forever, client, job_id)

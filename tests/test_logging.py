@@ -113,19 +113,19 @@ async def test_each_attempt_event_is_one_record_with_the_jobs_fields(
         async with trioforge.open_runtime(
             registry, database=database, shutdown_grace=0.0, **FAST
         ) as rt:
-            ok = await rt.enqueue("welcome", "ada")
-            flaky = await rt.enqueue("flaky", "bob")
-            spam = await rt.enqueue("spam")
-            slow = await rt.enqueue("slow")
-            run = await rt.enqueue("onboard", "cy")
+            ok = (await rt.enqueue("welcome", "ada")).id
+            flaky = (await rt.enqueue("flaky", "bob")).id
+            spam = (await rt.enqueue("spam")).id
+            slow = (await rt.enqueue("slow")).id
+            run = (await rt.enqueue("onboard", "cy")).id
             for job_id in (ok, flaky, spam, slow, run):
                 await rt.wait(job_id)
-            cancelled = await rt.enqueue("hang")
+            cancelled = (await rt.enqueue("hang")).id
             await started["hang"].wait()
             await rt.cancel(cancelled)
             await rt.wait(cancelled)
             started["hang"] = trio.Event()
-            released = await rt.enqueue("hang")  # running as the runtime stops
+            released = (await rt.enqueue("hang")).id  # running as the runtime stops
             await started["hang"].wait()
 
     base = ("job_id", "job_name", "queue", "attempt", "max_attempts")
@@ -189,7 +189,7 @@ async def test_a_rescued_job_is_logged_with_its_fields(
         return "done"
 
     async with trioforge.open_client(database, registry=registry) as client:
-        job_id = await client.enqueue("work")
+        job_id = (await client.enqueue("work")).id
         # Claimed by a process that is gone, its lease long expired.
         claim = ops.Claim("default", frozenset({"work"}), 1, "crashed-owner", lease_until=1.0)
         claimed = await client._storage.call(claim)
@@ -303,8 +303,8 @@ async def test_worker_log_format_json_writes_one_object_per_line(tmp_path: Path)
         "--log-format", "json", "--log-level", "DEBUG", "--poll-interval", "0.05",
     ]  # fmt: skip
     async with trioforge.open_client(url, registry=jobs) as client:
-        ok = await client.enqueue(shout, "hi")
-        bad = await client.enqueue(broken, "parse")
+        ok = (await client.enqueue(shout, "hi")).id
+        bad = (await client.enqueue(broken, "parse")).id
         proc = await trio.lowlevel.open_process(
             command, cwd=tmp_path, stderr=subprocess.PIPE, env={**os.environ}
         )

@@ -119,7 +119,7 @@ def test_the_cli_retries_discards_and_purges_in_bulk(tmp_path: Path) -> None:
 
     async def seed() -> list[int]:
         async with trioforge.open_runtime(make_registry(), database=url, **FAST) as rt:
-            dead = [await rt.enqueue("boom", n) for n in range(2)]
+            dead = [(await rt.enqueue("boom", n)).id for n in range(2)]
             for job_id in dead:
                 await rt.wait(job_id)
             await rt.enqueue("ok", 9, delay=3600)
@@ -191,9 +191,9 @@ def test_jobs_show_prints_every_attempts_error(tmp_path: Path) -> None:
 
     async def go() -> tuple[int, list[str]]:
         async with trioforge.open_runtime(registry, database=url, **FAST) as rt:
-            job_id = await rt.enqueue(flaky)
-            await rt.wait(job_id)
-            return job_id, [a.error for a in await rt.attempts(job_id)]
+            job = await rt.enqueue(flaky)
+            await rt.wait(job)
+            return job.id, [a.error for a in await rt.attempts(job)]
 
     job_id, errors = trio.run(go)
     assert [e.strip().splitlines()[-1] for e in errors] == [

@@ -72,6 +72,7 @@ async def test_metrics_count_a_known_run(database: str | Backend) -> None:
                 await rt.wait(job_id)
             hang_id = await rt.enqueue("hang")
             await hanging.wait()
+            busy = samples((await http.get("/metrics")).text)
             await rt.cancel(hang_id)
             await rt.wait(hang_id)
         response = await http.get("/metrics")
@@ -92,6 +93,25 @@ async def test_metrics_count_a_known_run(database: str | Backend) -> None:
     assert found[("trioforge_processes", ())] == 1
     assert found[("trioforge_pool_slots", (("queue", "q"),))] == 2
     assert found[("trioforge_pool_busy_slots", (("queue", "q"),))] == 0
+    assert found[("trioforge_pool_utilisation", (("queue", "q"),))] == 0
+    assert busy[("trioforge_pool_utilisation", (("queue", "q"),))] == 0.5  # hang: 1 of 2
+
+
+async def test_a_process_not_exporting_database_gauges_has_none(sqlite_url: str) -> None:
+    registry, _ = make_registry()
+    metrics = Metrics(database_gauges=False)
+    async with (
+        trioforge.open_runtime(
+            registry, database=sqlite_url, queues={"q": 4}, metrics=metrics, **FAST
+        ) as rt,
+        served(trioforge.web.metrics_app(rt, metrics)) as http,
+    ):
+        await rt.wait(await rt.enqueue("ok"))
+        found = samples((await http.get("/metrics")).text)
+    names = {name for name, _ in found}
+    assert not names & {"trioforge_queue_jobs", "trioforge_processes"}
+    assert found[("trioforge_jobs_completed_total", (("job", "ok"), ("queue", "q")))] == 1
+    assert found[("trioforge_pool_utilisation", (("queue", "q"),))] == 0
 
 
 async def test_an_app_of_its_own_reports_storage_gauges(sqlite_url: str) -> None:

@@ -485,7 +485,7 @@ def play(scenario: Scenario, database: str | None = None, *, scale: float = 1.0)
         for rate in rates
     }  # fmt: skip
 
-    def kind(job: JobSpec) -> JobDefinition:
+    def kind(job: JobSpec) -> JobDefinition[Any, Any]:
         rate = None if job.rate is None else "shared" if job.rate == "shared" else "tenant"
         return kinds[job.key is not None, rate]
 
@@ -512,7 +512,7 @@ def play(scenario: Scenario, database: str | None = None, *, scale: float = 1.0)
         ) as rt:
             t0, zero = trio.current_time(), clock.now()
             origin.append((clock, zero))
-            ids = [
+            jobs = [
                 await rt.enqueue(
                     kind(job),
                     i,
@@ -522,6 +522,7 @@ def play(scenario: Scenario, database: str | None = None, *, scale: float = 1.0)
                 )
                 for i, job in enumerate(scenario.jobs)
             ]
+            ids = [handle.id for handle in jobs]
             for queue, size in scenario.sizes.items():
                 rt.resize(queue, size)
 

@@ -232,7 +232,7 @@ async def test_a_handlers_spans_and_follow_up_jobs_belong_to_its_attempt(
     @registry.job("signup")
     async def signup(ctx: JobContext, user: str) -> None:
         with tracer.start_as_current_span("create account"):
-            follow_ups.append(await ctx.enqueue("welcome", user))
+            follow_ups.append((await ctx.enqueue("welcome", user)).id)
 
     @registry.job("welcome")
     async def welcome(ctx: JobContext, user: str) -> None:
@@ -323,7 +323,7 @@ async def test_a_malformed_stored_context_is_ignored_and_the_job_runs(
     url = f"sqlite:///{path}"
     registry = registry_of_jobs({})
     async with open_client(url, registry=registry) as client:
-        ids = [await client.enqueue("greet", user) for user in ("a", "b")]
+        ids = [(await client.enqueue("greet", user)).id for user in ("a", "b")]
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE trioforge_jobs SET trace_context = 'not json' WHERE id = ?", (ids[0],))
         conn.execute("UPDATE trioforge_jobs SET trace_context = '{\"traceparent\": \"00-zz\"}' "
@@ -486,7 +486,7 @@ def test_an_asyncio_apps_enqueue_inside_its_span_stores_the_context(
         async with trioforge.aio.open_client(f"sqlite:///{path}", registry=registry,
                                              tracing=tracing) as client:  # fmt: skip
             with provider.get_tracer("web").start_as_current_span("GET /"):
-                return await client.enqueue("greet", "ada")
+                return (await client.enqueue("greet", "ada")).id
 
     job_id = asyncio.run(main())
     enqueue = only(spans(exporter, "trioforge enqueue greet"))

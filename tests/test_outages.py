@@ -141,7 +141,7 @@ async def until(predicate: Callable[[], bool]) -> None:
 async def enqueue_all(url: str, name: str, payloads: range) -> list[int]:
     job = Registry().job(name)(_enqueue_only)
     async with trioforge.open_client(url) as client:
-        return await client.enqueue_many(job, payloads)
+        return [handle.id for handle in await client.enqueue_many(job, payloads)]
 
 
 async def _enqueue_only(ctx: JobContext, n: int) -> None:

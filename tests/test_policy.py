@@ -106,7 +106,7 @@ async def test_bad_overrides_are_refused_and_store_nothing(
 ) -> None:
     async with trioforge.open_client(sqlite_url, registry=make_registry()) as client:
         with pytest.raises(trioforge.InvalidArgumentError, match=match):
-            await client.enqueue("plain", **options)  # type: ignore[arg-type]
+            await client.enqueue("plain", **options)  # type: ignore[call-overload]
         assert await client.list() == []
 
 

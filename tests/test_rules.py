@@ -97,7 +97,7 @@ def test_rescue_counts_the_lost_attempt() -> None:
     [
         ({"max_attempts": 0}, "max_attempts"),
         ({"backoff": "linear"}, "backoff"),
-        ({"base_delay": -1}, "delays"),
+        ({"base_delay": -1}, "Retry.base_delay"),
         ({"jitter": 1.5}, "jitter"),
     ],
 )

@@ -125,7 +125,7 @@ def play(place: str, text: str) -> tuple[dict[str, trioforge.JobInfo], dict[str,
                 ids["named"] = await rt.enqueue(named)
             ids["after"] = await rt.enqueue(plain)  # the last one: nothing may hold it up
             for label in ("queue", "key"):
-                if isinstance(calls[label], int):
+                if isinstance(calls[label], trioforge.Job):
                     ids[label] = calls[label]
             with trio.fail_after(20):
                 for label, job_id in ids.items():
@@ -217,7 +217,7 @@ async def test_sqlite_rows_holding_invalid_utf8_read_with_replacement(tmp_path: 
         db.execute(
             "UPDATE trioforge_jobs SET error = CAST(X'6261642000EDA080' AS TEXT), "
             "progress_message = CAST(X'FF' AS TEXT) WHERE id = ?",
-            (bad,),
+            (bad.id,),
         )
     replaced = "bad \x00\ufffd\ufffd\ufffd"  # each invalid byte one replacement character
 

@@ -45,14 +45,14 @@ async def test_a_run_waiting_forever_renders_its_job_page(sqlite_url: str) -> No
         trioforge.open_runtime(registry, database=sqlite_url, queues={"accounts": 1}, **FAST) as rt,
         served(trioforge.web.app(client=rt, registry=registry)) as http,
     ):
-        run_id = await rt.enqueue("accounts:verify", {"email": "a@x"})
+        run_id = (await rt.enqueue("accounts:verify", {"email": "a@x"})).id
         with trio.fail_after(10):
             await waiting_for_its_signal(rt, run_id)
         job_page = await http.get(f"/jobs/{run_id}")
         run_page = await http.get(f"/workflows/{run_id}")
         await rt.cancel(run_id)
         try:  # refused at enqueue, or stored and shown
-            far_id: int | None = await rt.enqueue("echo", 1, delay=1e300, queue="idle")
+            far_id: int | None = (await rt.enqueue("echo", 1, delay=1e300, queue="idle")).id
         except InvalidArgumentError:
             far_id = None
         far_page = await http.get(f"/jobs/{far_id}") if far_id is not None else None
@@ -77,7 +77,7 @@ async def test_lone_surrogates_in_stored_rows_render(sqlite_url: str) -> None:
     of a lone surrogate, which reads back as one."""
     registry = make_registry()
     async with trioforge.open_client(sqlite_url, registry=registry) as client:
-        job_id = await client.enqueue("echo", "plain")
+        job_id = (await client.enqueue("echo", "plain")).id
         with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
             db.execute(
                 "UPDATE trioforge_jobs SET payload = ?, result = ?, status = 'completed',"

@@ -139,7 +139,7 @@ async def test_the_workflows_pages_list_filter_page_and_escape(sqlite_url: str) 
         served(trioforge.web.app(client=rt, registry=registry, token=TOKEN)) as http,
     ):
         evil = "<script>alert(1)</script>"
-        ids = [await rt.enqueue("accounts:verify", Signup(f"{evil}{i}")) for i in range(55)]
+        ids = [(await rt.enqueue("accounts:verify", Signup(f"{evil}{i}"))).id for i in range(55)]
         plain = await rt.enqueue("plain")
         with trio.fail_after(30):
             for run_id in ids:
@@ -183,7 +183,7 @@ async def test_cancelling_a_run_needs_the_token_and_undoes_it(sqlite_url: str) -
         trioforge.open_runtime(registry, database=sqlite_url, queues={"accounts": 1}, **FAST) as rt,
         served(trioforge.web.app(client=rt, registry=registry, token=TOKEN)) as http,
     ):
-        run_id = await rt.enqueue("accounts:verify", Signup("c@x"))
+        run_id = (await rt.enqueue("accounts:verify", Signup("c@x"))).id
         with trio.fail_after(30):
             await waiting_for_its_signal(rt, run_id)
             refused = await http.post(f"/workflows/{run_id}/cancel")

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import httpx
 import trio
+from click.testing import CliRunner
 
 import trioforge
 from tests.test_crash_rescue import read_until
 from tests.test_metrics import samples, total
 from trioforge import JobState
+from trioforge._cli import main
 
 APP = """
 import trioforge
@@ -64,8 +66,20 @@ async def test_a_worker_serves_its_metrics_when_asked(tmp_path: Path) -> None:
     assert total(got, "trioforge_jobs_enqueued_total") == 0  # enqueued by this test's client
     assert got[("trioforge_job_run_seconds_count", labels)] == 5
     assert got[("trioforge_pool_slots", (("queue", "maths"),))] == 3
-    assert got[("trioforge_queue_jobs", (("queue", "maths"), ("state", "completed")))] == 4
-    assert got[("trioforge_processes", ())] == 1
+    assert got[("trioforge_pool_utilisation", (("queue", "maths"),))] == 0
+    # Database-wide gauges come from one process (`trioforge web`, or --database-metrics).
+    assert total(got, "trioforge_queue_jobs") == total(got, "trioforge_processes") == 0
+
+
+def test_database_metrics_without_a_metrics_port_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "nometricsmod.py").write_text(APP)
+    result = CliRunner().invoke(
+        main, ["worker", "nometricsmod:registry", "--database", f"sqlite:///{tmp_path}/x.db",
+               "--database-metrics"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "--database-metrics exports on --metrics-port" in result.output
+    assert not (tmp_path / "x.db").exists()
 
 
 async def _never_run(ctx: trioforge.JobContext, n: int) -> int:

@@ -113,7 +113,7 @@ async def test_a_killed_worker_s_run_resumes_elsewhere_without_repeating_steps(
         second: trio.Process | None = None
         third: trio.Process | None = None
         try:
-            run_id = await client.enqueue("five")
+            run_id = (await client.enqueue("five")).id
             assert first.stdout is not None
             with trio.fail_after(30):
                 await read_until(first.stdout, b"STARTED third", 1)

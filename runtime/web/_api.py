@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import nullcontext
+from typing import Any
 
 import trio
 from starlette.requests import Request
@@ -68,7 +69,7 @@ def api_routes(web: WebState) -> list[Route]:
             _stream(web, job_id), media_type="text/event-stream", headers=_STREAM_HEADERS
         )
 
-    async def start(request: Request, definition: JobDefinition, path: str) -> Response:
+    async def start(request: Request, definition: JobDefinition[Any, Any], path: str) -> Response:
         """Enqueue ``definition`` with the request's JSON body, checked as ``enqueue``
         checks it; 201 with where to follow it (``path``: ``jobs`` or ``workflows``).
 
@@ -92,7 +93,7 @@ def api_routes(web: WebState) -> list[Route]:
         tracing = web.client.tracing
         try:
             with nullcontext() if tracing is None else tracing.incoming(request.headers):
-                job_id = await web.client.enqueue(definition, payload)
+                job_id = (await web.client.enqueue(definition, payload)).id
         except (PayloadError, InvalidArgumentError) as exc:
             return _error(422, str(exc))
         except RecursionError:

@@ -89,7 +89,8 @@ def app(
 
 def metrics_app(client: Client, metrics: Metrics) -> Starlette:
     """An ASGI app serving only ``GET /metrics`` for ``client`` (a worker's runtime): the
-    collectors ``metrics`` counts with, and the storage gauges read at each scrape."""
+    collectors ``metrics`` counts with, and the storage gauges read at each scrape when
+    ``metrics.database_gauges``."""
     return _Secured(routes=[_metrics_route(WebState(client, None, None), metrics)])
 
 

@@ -26,6 +26,7 @@ from trioforge._cron import upcoming
 from trioforge._errors import InvalidArgumentError, InvalidStateError, JobNotFoundError
 from trioforge._rules import JobState
 from trioforge.web._bodies import read_body, text, too_large
+from trioforge.web._chart import bars, throughput_svg
 from trioforge.web._state import SESSION_COOKIE, WebState
 from trioforge.web._views import run_updated_at, run_view, step_view
 
@@ -35,6 +36,10 @@ __all__ = ["PAGE", "dashboard_routes"]
 PAGE = 50
 #: Throughput is counted over this many recent minutes.
 WINDOW_MINUTES = 5
+#: The throughput chart covers this many minutes, this one included.
+CHART_MINUTES = 60
+#: The queues page re-reads itself this often (milliseconds).
+REFRESH_MS = 3000
 #: Running jobs counted on the processes page, at most.
 RUNNING_SHOWN = 1000
 #: Largest form body an action or a login reads.
@@ -92,9 +97,17 @@ def dashboard_routes(web: WebState) -> list[Route]:
         client = web.client
         stored = await client.queues()
         recent = await client.throughput(WINDOW_MINUTES * 60)
-        serving = Counter(q for p in await client.processes() for q in p.queues)
-        sizes = getattr(client, "statistics", None)
-        pools = sizes().queues if sizes is not None else {}
+        per_minute = await client.throughput_per_minute(CHART_MINUTES)
+        now = math.floor(time.time())
+        last_minute = now - now % 60
+        serving: Counter[str] = Counter()
+        slots: Counter[str] = Counter()
+        busy: Counter[str] = Counter()
+        for process in await client.processes():
+            serving.update(process.queues)
+            if process.details is not None:
+                slots.update(dict(process.details.pools))
+                busy.update(dict(process.details.busy))
         rows = [
             {
                 "name": q.name,
@@ -102,14 +115,19 @@ def dashboard_routes(web: WebState) -> list[Route]:
                 "counts": {s.value: n for s, n in q.counts.items()},
                 "recent": sum(recent.by_queue.get(q.name, {}).values()),
                 "processes": serving.get(q.name, 0),
-                "pool": pools.get(q.name),
+                "busy": busy.get(q.name, 0),
+                "slots": slots.get(q.name, 0),
+                "chart": throughput_svg(
+                    q.name, bars(per_minute.get(q.name, {}), last_minute, CHART_MINUTES)
+                ),
                 "unserved": q.unserved,
             }
             for q in stored
         ]
         return render(
-            request, "queues.html", queues=rows, states=_STATES, window_minutes=WINDOW_MINUTES
-        )
+            request, "queues.html", queues=rows, states=_STATES, window_minutes=WINDOW_MINUTES,
+            chart_minutes=CHART_MINUTES, refresh_ms=REFRESH_MS,
+        )  # fmt: skip
 
     async def job_list(request: Request, *, dead: bool) -> Response:
         filters = _filters(request)

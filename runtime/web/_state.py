@@ -19,7 +19,7 @@ from trioforge._registry import JobDefinition, Registry
 from trioforge.web._bodies import text
 from trioforge.web._origin import same_origin
 from trioforge.web._sessions import Session, Sessions, Throttle
-from trioforge.web._views import when
+from trioforge.web._views import priority_name, shown_progress, when
 
 __all__ = ["SESSION_COOKIE", "WebState"]
 
@@ -59,6 +59,8 @@ class WebState:
         self.templates.filters["when"] = when
         self.templates.filters["pretty"] = _pretty
         self.templates.filters["summary"] = _summary
+        self.templates.filters["priority"] = priority_name
+        self.templates.filters["progress"] = shown_progress
 
     @property
     def client(self) -> Client:
@@ -69,7 +71,7 @@ class WebState:
     def serve_with(self, client: Client | None) -> None:
         self._client = client
 
-    def public_workflow(self, name: str) -> JobDefinition | None:
+    def public_workflow(self, name: str) -> JobDefinition[Any, Any] | None:
         """The workflow ``name`` (its highest version, or ``name@vN``) if it is declared
         ``public=True`` in the registry, else None."""
         registry = self.registry

@@ -18,6 +18,7 @@ _FILES = {
     "/static/dashboard.css": ("dashboard.css", "text/css"),
     "/static/job.js": ("job.js", "text/javascript"),
     "/static/run.js": ("run.js", "text/javascript"),
+    "/static/queues.js": ("queues.js", "text/javascript"),
 }
 
 

@@ -6,11 +6,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from trioforge._rules import PENDING_STATES
+from trioforge._rules import PENDING_STATES, JobState, Priority
 from trioforge._workflow_info import StepInfo, WorkflowInfo, step_detail
 from trioforge.storage import NEVER, JobInfo, StepKind
 
-__all__ = ["job_view", "run_updated_at", "run_view", "step_view", "when"]
+__all__ = [
+    "job_view",
+    "priority_name",
+    "run_updated_at",
+    "run_view",
+    "shown_progress",
+    "step_view",
+    "when",
+]
 
 
 def when(ts: float | None) -> str:
@@ -24,6 +32,19 @@ def when(ts: float | None) -> str:
         return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     except (OverflowError, ValueError, OSError):  # beyond the years datetime knows
         return "never" if ts > 0 else "—"
+
+
+def priority_name(priority: int) -> str:
+    """A priority as it was given: its name (``high``) when it has one, else its number."""
+    try:
+        return Priority(priority).name.lower()
+    except ValueError:
+        return str(priority)
+
+
+def shown_progress(info: JobInfo) -> float | None:
+    """The progress a page shows: 100 for a completed job (whatever it last reported)."""
+    return 100.0 if info.status is JobState.COMPLETED else info.progress
 
 
 def job_view(info: JobInfo) -> dict[str, Any]:

@@ -19,8 +19,10 @@ if (live === "true") {
     const state = document.getElementById("state");
     state.textContent = job.status;
     state.className = `state ${job.status}`;
-    draw(job.progress ?? 0);
-    text("progress", job.progress === null ? "" : `${Math.round(job.progress)}%`);
+    // A completed job is done, whatever it last reported.
+    const pct = job.status === "completed" ? 100 : job.progress;
+    draw(pct ?? 0);
+    text("progress", pct === null ? "" : `${Math.round(pct)}%`);
     text("message", job.message ?? "");
     text("attempt", `${job.attempt} of ${job.max_attempts}`);
     text("error", job.error ?? "none");

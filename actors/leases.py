@@ -21,9 +21,10 @@ from collections.abc import Callable
 import trio
 
 from trioforge._clock import Clock
+from trioforge.actors import events
 from trioforge.actors.running import RunningJobs
 from trioforge.actors.storage_actor import StorageHandle, log_failure
-from trioforge.storage import ProcessDetails, RenewResult, ops
+from trioforge.storage import ProcessDetails, RenewResult, RescuedJob, ops
 
 __all__ = ["MAINTENANCE", "RETRY_FIRST", "heartbeat", "reaper", "renew_leases"]
 
@@ -47,11 +48,12 @@ async def heartbeat(
     interval: float,
     lease_seconds: float,
     describe: Callable[[], ProcessDetails | None] = lambda: None,
+    names: tuple[str, ...] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     # The first beat comes before ``started``: once the runtime is open, it is registered.
     try:
-        await storage.call(ops.Beat(owner, queues, describe()))
+        await storage.call(ops.Beat(owner, queues, describe(), names))
     except Exception as exc:
         log_failure(log, exc, "first heartbeat failed; retrying in %.1fs", interval)
     task_status.started()
@@ -61,7 +63,7 @@ async def heartbeat(
         try:
             # Leases first: they are what a database blip must not cost.
             await renew_leases(storage, running, clock, owner=owner, lease_seconds=lease_seconds)
-            await storage.call(ops.Beat(owner, queues, describe()))
+            await storage.call(ops.Beat(owner, queues, describe(), names))
         except Exception as exc:
             # Retry soon, backing off to the interval: a renewal that waits a whole
             # interval after a blip brings held leases that much closer to expiring.
@@ -104,13 +106,12 @@ async def reaper(
             # Held for three intervals: a successor takes over soon after a leader dies.
             if not await storage.call(ops.Lead(MAINTENANCE, owner, now + 3 * interval)):
                 continue
-            rescued: list[int] = await storage.call(ops.Rescue(now - lease_seconds))
+            rescued: list[RescuedJob] = await storage.call(ops.Rescue(now - lease_seconds))
             await storage.call(ops.FoldCounts())
         except Exception as exc:
             log_failure(log, exc, "rescue pass failed; retrying in %.1fs", interval)
             continue
         if rescued:
             on_rescued()
-            log.warning(
-                "rescued %d job(s) whose worker stopped heartbeating: %s", len(rescued), rescued
-            )
+            for job in rescued:
+                events.log_event(events.rescued(job))

@@ -39,6 +39,7 @@ from trioforge._rules import Cancelled as CancelledEvent
 from trioforge._rules import Discarded as DiscardedEvent
 from trioforge._rules import Released as ReleasedEvent
 from trioforge._rules import Suspended as SuspendedEvent
+from trioforge.actors import events
 from trioforge.actors.leases import RETRY_FIRST
 from trioforge.actors.running import Finished, RunningJobs, StopReason
 from trioforge.actors.storage_actor import StorageHandle, log_failure
@@ -75,6 +76,8 @@ class Ended:
     event: OutcomeEvent
     result: str | None = None
     error: str | None = None
+    #: What a suspended run waits for (``sleep``, ``signal 'paid'``...), for its log line.
+    why: str | None = None
 
 
 class Attempt(Protocol):
@@ -403,6 +406,7 @@ class QueueSupervisor:
             except (trio.WouldBlock, trio.EndOfChannel):
                 return
             if not isinstance(job, _Retire):
+                events.log_event(events.released_unstarted(job))
                 self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
 
     def _start_worker(self, pool: trio.Nursery) -> None:
@@ -544,6 +548,7 @@ class QueueSupervisor:
             self._busy += 1
             try:
                 if self._stopping:
+                    events.log_event(events.released_unstarted(job))
                     self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
                 else:
                     await self._attempt(job)
@@ -566,10 +571,13 @@ class QueueSupervisor:
             entry.scope.deadline = trio.current_time() + timeout
         error: BaseException | None = None
         result: str | Ended | None = None
+        began = trio.current_time()
         try:
             with entry.scope:
                 try:
                     if entry.reason is None:  # not cancelled between claim and start
+                        if events.log.isEnabledFor(logging.DEBUG):
+                            events.log_event(events.started(job))
                         result = await attempt.run()
                 except Exception as exc:
                     error = exc
@@ -581,6 +589,7 @@ class QueueSupervisor:
             # Cancelled from outside (runtime torn down) or interrupted: hand the job back.
             self._running.stop(job.id, StopReason.SHUTDOWN, lease=job.lease)
             self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
+            self._log_end(job, AttemptOutcome.RELEASED, ReleasedEvent(), began, error, None)
             await self._end(job, attempt, AttemptOutcome.RELEASED, error)
             raise
         finally:
@@ -598,12 +607,38 @@ class QueueSupervisor:
         kind = attempt_outcome(None if outcome is None else outcome.event, timed_out=timed_out)
         if isinstance(error, PayloadError) and error.final:  # dead without a retry: say why
             log.error("job %d (%s) goes dead without retries: %s", job.id, job.name, error)
+        self._log_end(
+            job, kind, None if outcome is None else outcome.event, began, error,
+            result if isinstance(result, Ended) else outcome,
+        )  # fmt: skip
         # Before the outcome is written, so a waiter that sees it knows the hooks ran.
         await self._end(job, attempt, kind, error)
         if outcome is not None:
             self._report(job, outcome)
         else:  # the lease is another owner's now
             self._running.release(job.id, job.lease)
+
+    def _log_end(
+        self,
+        job: ClaimedJob,
+        kind: AttemptOutcome,
+        event: OutcomeEvent | None,
+        began: float,
+        error: BaseException | None,
+        ended: Ended | Outcome | None,
+    ) -> None:
+        """The attempt's one log line (``trioforge.attempts``): how it ended, after how
+        long, and what its job goes to next."""
+        # The common case, a job completed with INFO off, builds nothing.
+        quiet = logging.INFO if kind is AttemptOutcome.COMPLETED else logging.ERROR
+        if not events.log.isEnabledFor(quiet):
+            return
+        record = events.attempt_ended(
+            job, kind, event, seconds=trio.current_time() - began, now=self._clock.now(),
+            error=error, error_text=None if ended is None else ended.error,
+            why=ended.why if isinstance(ended, Ended) else None,
+        )  # fmt: skip
+        events.log_event(record)
 
     async def _end(
         self,

@@ -118,7 +118,7 @@ class StorageHandle:
 _OVERLAPPING = (
     ops.Claim, ops.Enqueue, ops.Get, ops.GetMany, ops.ListJobs, ops.Stats, ops.Throughput,
     ops.ThroughputSeries, ops.FoldCounts, ops.PausedQueues, ops.Processes, ops.CronStates,
-    ops.ReadWorkflow, ops.LatestSteps,
+    ops.ReadWorkflow, ops.LatestSteps, ops.WaitingNames,
 )  # fmt: skip
 
 

@@ -19,12 +19,13 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 import attrs
 import click
 import trio
 
+import trioforge.logging
 from trioforge._client import Client
 from trioforge._config import resolve_database
 from trioforge._cron import upcoming
@@ -337,6 +338,11 @@ def warn_unused_queues(registry: Registry, target: str, queues: Mapping[str, int
     help="Lowest level of log records printed (to stderr).",
 )
 @click.option(
+    "--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]),
+    help="text: one line per record, naming the job; json: one JSON object per line with "
+    "every field, for log shippers (see docs/logging.md).",
+)  # fmt: skip
+@click.option(
     "--metrics-port", type=click.IntRange(0, 65535), default=None,
     help="Serve this process's Prometheus metrics on GET /metrics at this port (0: any free "
     "port; the URL is printed). Default: no metrics served.",
@@ -363,6 +369,7 @@ def worker(
     capabilities: tuple[str, ...],
     tracing: Tracing | None,
     log_level: str,
+    log_format: Literal["text", "json"],
     metrics_port: int | None,
     metrics_host: str,
     database_metrics: bool,
@@ -376,7 +383,8 @@ def worker(
     """
     if database_metrics and metrics_port is None:
         raise click.UsageError("--database-metrics exports on --metrics-port; give that too")
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    trioforge.logging.configure(log_level, log_format)
+    say = _status_lines(log_format)
     target = registry_target_of(target, registry_target)
     registry = load_registry(target)
     warn_unused_queues(registry, target, queues)
@@ -393,11 +401,11 @@ def worker(
             async def watch_signals() -> None:
                 async for signum in signals:
                     if asked_to_stop.is_set():
-                        click.echo("trioforge worker: second signal, stopping now", err=True)
+                        say("trioforge worker: second signal, stopping now")
                         hard_stop.cancel()
                     else:
                         name = signal.Signals(signum).name
-                        click.echo(f"trioforge worker: {name}, draining", err=True)
+                        say(f"trioforge worker: {name}, draining")
                         asked_to_stop.set()
 
             async with trio.open_nursery() as nursery:
@@ -412,11 +420,11 @@ def worker(
                         if metrics is not None and metrics_port is not None:
                             await serve_metrics(scraped, rt, metrics, metrics_host, metrics_port)
                         pools = ", ".join(f"{q}={n}" for q, n in rt.statistics().queues.items())
-                        click.echo(f"trioforge worker {rt.owner} ready: queues {pools}", err=True)
+                        say(f"trioforge worker {rt.owner} ready: queues {pools}")
                         await asked_to_stop.wait()
                         scraped.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
-        click.echo("trioforge worker: stopped", err=True)
+        say("trioforge worker: stopped")
 
     run(serve)
 
@@ -430,6 +438,14 @@ def worker_metrics(database_gauges: bool) -> Metrics:
     except TrioforgeError as exc:
         fail(f"--metrics-port: {exc}")
     return Metrics(database_gauges=database_gauges)
+
+
+def _status_lines(log_format: str) -> Callable[[str], None]:
+    """How the worker says ready, draining, stopped: on stderr, or in JSON mode as records
+    of ``trioforge.worker`` so that every line is one JSON object."""
+    if log_format == "json":
+        return logging.getLogger("trioforge.worker").info
+    return partial(click.echo, err=True)
 
 
 async def serve_metrics(
@@ -903,19 +919,36 @@ def queues() -> None:
 @json_lines_option
 @database_option
 def list_queues(as_json: bool, database: str | None) -> None:
-    """Every queue that has jobs or is paused, with its job counts."""
+    """Every queue that has jobs or is paused, with its job counts, and the names of its
+    waiting jobs that no live worker runs (UNSERVED)."""
     found = with_client(database, lambda c: c.queues())
     if as_json:
         for q in found:
             by_state = {s.value: q.counts.get(s, 0) for s in JobState}
-            click.echo(json.dumps({"name": q.name, "paused": q.paused, "counts": by_state}))
+            click.echo(
+                json.dumps(
+                    {
+                        "name": q.name,
+                        "paused": q.paused,
+                        "counts": by_state,
+                        "unserved": list(q.unserved),
+                    }
+                )
+            )
         return
     states = [JobState.SCHEDULED, JobState.AVAILABLE, JobState.RUNNING, JobState.RETRYING]
     states += [JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED]
-    click.echo(f"{'QUEUE':16} {'STATE':7} " + " ".join(f"{s.value.upper():>9}" for s in states))
+    click.echo(
+        f"{'QUEUE':16} {'STATE':7} "
+        + " ".join(f"{s.value.upper():>9}" for s in states)
+        + " UNSERVED"
+    )
     for q in found:
         counts = " ".join(f"{q.counts.get(s, 0):>9}" for s in states)
-        click.echo(f"{t(q.name)[:16]:16} {'paused' if q.paused else 'active':7} {counts}")
+        unserved = t(",".join(q.unserved)) or "-"
+        click.echo(
+            f"{t(q.name)[:16]:16} {'paused' if q.paused else 'active':7} {counts} {unserved}"
+        )
     if not found:
         click.echo("(no queues)")
 

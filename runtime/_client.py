@@ -39,6 +39,7 @@ from trioforge._rules import (
     parse_priority,
 )
 from trioforge._text import check_storable
+from trioforge._unserved import unserved as unserved_names
 from trioforge._watch import JobWatch, RunWatch
 from trioforge._workflow_info import StepInfo, WorkflowInfo, step_info, workflow_info
 from trioforge.actors import Finished, LiveFeed, RunningJobs, StopReason, StorageHandle
@@ -109,6 +110,8 @@ class QueueInfo:
     name: str
     paused: bool
     counts: Mapping[JobState, int]
+    #: Names of its pending jobs that no live process runs (see ``Client.unserved``).
+    unserved: tuple[str, ...] = ()
 
 
 def _as_handler_sees(definition: JobDefinition[Any, Any], text: str) -> Any:
@@ -928,10 +931,22 @@ class Client:
         """Every queue that has jobs or is paused, by name."""
         counts: dict[str, dict[JobState, int]] = await self._storage.call(ops.Stats())
         paused: frozenset[str] = await self._storage.call(ops.PausedQueues())
+        unserved = await self.unserved()
         return [
-            QueueInfo(name, name in paused, counts.get(name, {}))
-            for name in sorted(set(counts) | paused)
+            QueueInfo(name, name in paused, counts.get(name, {}), unserved.get(name, ()))
+            for name in sorted(set(counts) | paused | set(unserved))
         ]
+
+    async def unserved(self) -> dict[str, tuple[str, ...]]:
+        """Per queue, the names of its pending jobs that no live process runs there (no
+        heartbeating worker of that queue has the name in its registry): they would wait
+        forever. Each worker says which names it runs at every heartbeat; a process silent
+        for over a minute does not count. Reads every pending job's name."""
+        waiting: dict[str, frozenset[str]] = await self._storage.call(ops.WaitingNames())
+        if not waiting:
+            return {}
+        processes = await self.processes()
+        return unserved_names(waiting, processes, self._clock.now())
 
     async def discard(self, job_id: JobId, reason: str = "discarded by operator") -> bool:
         """Send a pending job to ``dead`` without running it. False if it is not pending."""

@@ -24,6 +24,17 @@ _P = TypeVar("_P")
 _R = TypeVar("_R")
 
 
+def job_fields(job: ClaimedJob) -> dict[str, Any]:
+    """The fields of every ``ctx.log`` record (``extra``): which job and attempt logged it."""
+    return {
+        "job_id": job.id,
+        "job_name": job.name,
+        "queue": job.queue,
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+    }
+
+
 class JobContext(Generic[StateT]):
     """Passed as the first argument to every handler.
 
@@ -52,7 +63,7 @@ class JobContext(Generic[StateT]):
         self._clock = clock
         self._owner = owner
         self._lease_seconds = lease_seconds
-        self.log = logging.LoggerAdapter(_log, {"job_id": job.id, "job_name": job.name})
+        self.log = logging.LoggerAdapter(_log, job_fields(job))
 
     @property
     def state(self) -> StateT:
@@ -143,6 +154,4 @@ class CronContext(JobContext[StateT]):
         self.scheduled_at = scheduled_at
         #: Names this run: the schedule and its tick.
         self.run_id = f"{job.name}@{scheduled_at.isoformat()}"
-        self.log = logging.LoggerAdapter(
-            _log, {"job_id": job.id, "job_name": job.name, "run_id": self.run_id}
-        )
+        self.log = logging.LoggerAdapter(_log, job_fields(job) | {"run_id": self.run_id})

@@ -39,6 +39,7 @@ from trioforge._policy import (
 from trioforge._registry import AttemptEnd, CronTick, JobDefinition, Registry, check_capabilities
 from trioforge._rules import AttemptOutcome, JobLimits, Retry, failure_outcome
 from trioforge._text import check_storable
+from trioforge._unserved import warn_unregistered
 from trioforge._workflow import WorkflowAttempt, WorkflowContext
 from trioforge.actors import (
     Ended,
@@ -615,8 +616,9 @@ async def _stop_when_broken(storage: StorageHandle) -> None:
 
 async def _start_services(services: trio.Nursery, parts: _Parts) -> None:
     """The process-wide actors, in order: a watch on storage's health, heartbeat (registered
-    before anything claims), reaper, cron scheduler, listener. A client-only runtime (no
-    queues) runs none."""
+    before anything claims; then a warning for each job name waiting in its queues that it
+    does not run), reaper, cron scheduler, listener. A client-only runtime (no queues) runs
+    none."""
     s, storage, clock = parts.settings, parts.storage, parts.settings.clock
     if not s.queues:
         return
@@ -625,9 +627,10 @@ async def _start_services(services: trio.Nursery, parts: _Parts) -> None:
         partial(
             heartbeat, storage, parts.running, clock, owner=s.owner, queues=tuple(s.queues),
             interval=s.heartbeat_interval, lease_seconds=s.lease_seconds,
-            describe=parts.describe,
+            describe=parts.describe, names=tuple(sorted(parts.jobs.names())),
         )
     )  # fmt: skip
+    await warn_unregistered(storage, tuple(s.queues), parts.jobs.names())
     await services.start(
         partial(
             reaper, storage, clock, owner=s.owner, interval=s.rescue_interval,

@@ -39,7 +39,7 @@ import attrs
 import trio
 
 from trioforge._codec import DEFAULT_CODEC, NO_PAYLOAD, Codec, decode_payload, encode_result
-from trioforge._context import JobContext
+from trioforge._context import JobContext, job_fields
 from trioforge._durations import optional_seconds
 from trioforge._errors import (
     ChildFailed,
@@ -66,7 +66,7 @@ from trioforge._rules import (
     failure_outcome,
 )
 from trioforge._text import check_storable
-from trioforge.actors import Ended, StorageHandle
+from trioforge.actors import Ended, StorageHandle, events
 from trioforge.actors.queue import format_error
 from trioforge.storage import (
     NEVER,
@@ -108,9 +108,11 @@ class _Suspend(BaseException):
     """Unwinds the handler so the run waits until ``run_at``. A BaseException: an
     application's ``except Exception`` must not swallow it."""
 
-    def __init__(self, run_at: float) -> None:
+    def __init__(self, run_at: float, why: str) -> None:
         super().__init__(run_at)
         self.run_at = run_at
+        #: What the run waits for (its log line says it).
+        self.why = why
 
 
 class _StopReplay(BaseException):
@@ -121,14 +123,16 @@ class _LeaseLost(BaseException):
     """The run's lease went to another worker: this attempt must stop writing."""
 
 
-def _suspension(exc: BaseException) -> float | None:
-    """The wake time ``exc`` (or a group of them, from the application's nursery) carries."""
+def _suspension(exc: BaseException) -> _Suspend | None:
+    """The earliest suspension ``exc`` (or a group of them, from the application's nursery)
+    carries."""
     if isinstance(exc, _Suspend):
-        return exc.run_at
+        return exc
     if isinstance(exc, BaseExceptionGroup):
         found, _ = exc.split(_Suspend)
         if found is not None:
-            return min(_suspension(e) or math.inf for e in found.exceptions)
+            inner = [s for s in map(_suspension, found.exceptions) if s is not None]
+            return min(inner, key=lambda s: s.run_at, default=None)
     return None
 
 
@@ -212,8 +216,7 @@ class WorkflowContext(JobContext[StateT]):
         self._step_key: str | None = None
         self._step_attempt: int | None = None
         self.log = logging.LoggerAdapter(
-            logging.getLogger("trioforge.job"),
-            {"job_id": job.id, "job_name": job.name, "run_id": job.id},
+            logging.getLogger("trioforge.job"), job_fields(job) | {"run_id": job.id}
         )
 
     @property
@@ -307,7 +310,7 @@ class WorkflowContext(JobContext[StateT]):
             if entry.wake_at is None:
                 raise StepFailed(name, entry.attempt, entry.error)
             if self._clock.now() < entry.wake_at:
-                raise _Suspend(entry.wake_at)
+                raise _Suspend(entry.wake_at, f"step {name!r} retry")
         attempt = (entry.attempt if entry is not None else 0) + 1
         started = self._clock.now()
 
@@ -343,7 +346,7 @@ class WorkflowContext(JobContext[StateT]):
         await self._write(entry_of(StepStatus.FAILED, error=format_error(error), wake_at=retry_at))
         if retry_at is None:
             raise StepFailed(name, attempt, str(error) or type(error).__name__) from error
-        raise _Suspend(retry_at)
+        raise _Suspend(retry_at, f"step {name!r} retry")
 
     # --- the durable calls -------------------------------------------------------------
 
@@ -458,7 +461,7 @@ class WorkflowContext(JobContext[StateT]):
                 await self._write(entry)
         assert entry.wake_at is not None
         if now < entry.wake_at:
-            raise _Suspend(entry.wake_at)
+            raise _Suspend(entry.wake_at, "sleep")
         await self._write(attrs.evolve(entry, status=StepStatus.COMPLETED, finished_at=now))
 
     @overload
@@ -513,7 +516,7 @@ class WorkflowContext(JobContext[StateT]):
         if entry.wake_at is not None and now >= entry.wake_at:
             await self._write(attrs.evolve(entry, status=StepStatus.COMPLETED, finished_at=now))
             return None
-        raise _Suspend(NEVER if entry.wake_at is None else entry.wake_at)
+        raise _Suspend(NEVER if entry.wake_at is None else entry.wake_at, f"signal {name!r}")
 
     @overload
     async def start_child(
@@ -567,7 +570,7 @@ class WorkflowContext(JobContext[StateT]):
             finished = self._client._finished
             for child in unfinished:
                 finished.on_finish(child.job_id, self._wake_me)
-            raise _Suspend(NEVER)
+            raise _Suspend(NEVER, f"{len(unfinished)} child job(s)")
         results = []
         for child, record in zip(children, records, strict=True):
             assert record is not None
@@ -651,15 +654,18 @@ class WorkflowAttempt:
             return Ended(Released())  # the lease is gone: the write is fenced out anyway
         ctx = self._make_context(job, record)
         self._ctx = ctx
+        if record.steps:
+            events.log_event(events.resumed(job, len(record.steps)))
         try:
             return await self._go(ctx, record)
         except BaseException as exc:
             if _holds(exc, _LeaseLost):
                 return Ended(Released())
-            run_at = _suspension(exc)
-            if run_at is None:
+            suspend = _suspension(exc)
+            if suspend is None:
                 raise
-            return Ended(Suspended(self._capped(ctx, record.created_at, run_at)))
+            run_at = self._capped(ctx, record.created_at, suspend.run_at)
+            return Ended(Suspended(run_at), why=suspend.why)
 
     def _capped(self, ctx: WorkflowContext, created_at: float, run_at: float) -> float:
         """A suspended run wakes by its deadline at the latest (to be undone then), unless

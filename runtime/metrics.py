@@ -90,6 +90,11 @@ class Metrics:
             "Busy worker slots / slots in this process (0 with no slots)", ("queue",),
             registry=self.registry,
         )  # fmt: skip
+        self._unserved = Gauge(
+            "trioforge_unserved_jobs",
+            "1 for each job name with pending jobs in a queue that no live process runs there",
+            ("queue", "job"), registry=self.registry,
+        )  # fmt: skip
         self._processes = Gauge(
             "trioforge_processes", "Runtime processes heartbeating on the database",
             registry=database,
@@ -124,6 +129,10 @@ class Metrics:
                 for state in JobState:
                     self._depth.labels(queue, state.value).set(counts.get(state, 0))
             self._processes.set(len(await client.processes()))
+            self._unserved.clear()  # a name served again leaves the exposition
+            for queue, names in (await client.unserved()).items():
+                for name in names:
+                    self._unserved.labels(queue, name).set(1)
         statistics = getattr(client, "statistics", None)
         if statistics is not None:
             now = statistics()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 from trioforge.storage import _ops as ops
-from trioforge.storage._records import CancelResult, StepWrite
+from trioforge.storage._records import CancelResult, RescuedJob, StepWrite
 
 __all__ = ["IDS_PER_NOTICE", "changed_jobs", "encode_ids", "parse_ids"]
 
@@ -40,7 +40,9 @@ def _changed(op: ops.Op, result: object) -> Iterable[int]:
         return (op.run_id,) if result.applied else ()  # a run's page shows its steps
     if isinstance(op, ops.SendSignal):
         return (op.run_id,)  # and its pending signals
-    if isinstance(op, ops.Rescue | ops.ReleaseOrphans) and isinstance(result, list):
+    if isinstance(op, ops.Rescue) and isinstance(result, list):
+        return [job.id for job in result if isinstance(job, RescuedJob)]
+    if isinstance(op, ops.ReleaseOrphans) and isinstance(result, list):
         return [job_id for job_id in result if isinstance(job_id, int)]
     return ()
 

@@ -55,6 +55,7 @@ __all__ = [
     "Stats",
     "Throughput",
     "ThroughputSeries",
+    "WaitingNames",
     "handlers",
 ]
 
@@ -213,19 +214,22 @@ class Discard:
 
 @attrs.frozen
 class Rescue:
-    """-> list[int]: running jobs whose lease expired become retrying (or dead), and
-    processes whose last beat is older than ``stale_before`` are forgotten."""
+    """-> list[RescuedJob], by id: running jobs whose lease expired become retrying (or
+    dead), and processes whose last beat is older than ``stale_before`` are forgotten."""
 
     stale_before: float = float("-inf")
 
 
 @attrs.frozen
 class Beat:
-    """-> None: process ``owner`` (running ``queues``) is alive; its registry row."""
+    """-> None: process ``owner`` (running ``queues``, and jobs of ``names``) is alive; its
+    registry row."""
 
     owner: str
     queues: tuple[str, ...]
     details: ProcessDetails | None = None
+    #: The job names it runs (None: it does not say, as an older trioforge).
+    names: tuple[str, ...] | None = None
 
 
 @attrs.frozen
@@ -238,6 +242,15 @@ class Leave:
 @attrs.frozen
 class Processes:
     """-> list[ProcessInfo]: the live process registry, oldest first."""
+
+
+@attrs.frozen
+class WaitingNames:
+    """-> dict[str, frozenset[str]]: per queue (of ``queues``; None: every queue), the
+    names of its pending jobs (scheduled, available, retrying). Read with the process
+    registry, it finds jobs that no live process runs."""
+
+    queues: tuple[str, ...] | None = None
 
 
 @attrs.frozen
@@ -448,6 +461,7 @@ Op: TypeAlias = (
     | Beat
     | Leave
     | Processes
+    | WaitingNames
     | Lead
     | FireCron
     | CronStates
@@ -485,6 +499,7 @@ _NAMES: dict[type, str] = {
     Beat: "beat",
     Leave: "leave",
     Processes: "processes_list",
+    WaitingNames: "waiting_names",
     Lead: "lead",
     FireCron: "fire_cron",
     CronStates: "cron_states",

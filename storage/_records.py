@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -43,6 +43,7 @@ __all__ = [
     "Outcome",
     "ProcessDetails",
     "ProcessInfo",
+    "RescuedJob",
     "OutcomeEvent",
     "RenewResult",
     "SchemaStatus",
@@ -56,6 +57,7 @@ __all__ = [
     "WorkflowRecord",
     "decode_json",
     "job_info",
+    "names_by_queue",
     "not_a_run",
     "step_record",
     "step_row",
@@ -207,6 +209,20 @@ class FireResult:
 
 
 @attrs.frozen
+class RescuedJob:
+    """A running job whose lease expired, as a rescue left it (its worker's log line)."""
+
+    id: int
+    name: str
+    queue: str
+    #: The attempt that was lost.
+    attempt: int
+    max_attempts: int
+    #: Where it went: retrying, dead, or cancelled (a cancel was asked for).
+    status: JobState
+
+
+@attrs.frozen
 class AttemptRecord:
     """One attempt's error, kept when a later write replaced it (a retry's claim, a
     rescue, an operator's retry), or the job's current one."""
@@ -260,6 +276,8 @@ class ProcessInfo:
     heartbeat_at: float
     #: None for a process that did not say (an older trioforge).
     details: ProcessDetails | None = None
+    #: The job names it runs; None for a process that did not say (an older trioforge).
+    names: tuple[str, ...] | None = None
 
 
 @attrs.frozen
@@ -443,3 +461,11 @@ def not_a_run(job_id: int, name: str) -> str:
         f"job {job_id} ({name!r}) is not a workflow run; signals are for runs of workflows "
         "declared with registry.workflow"
     )
+
+
+def names_by_queue(pairs: Iterable[tuple[str, str]]) -> dict[str, frozenset[str]]:
+    """``(queue, job name)`` pairs as the names of each queue."""
+    out: dict[str, set[str]] = {}
+    for queue, name in pairs:
+        out.setdefault(queue, set()).add(name)
+    return {queue: frozenset(names) for queue, names in out.items()}

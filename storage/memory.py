@@ -55,12 +55,14 @@ from trioforge.storage._records import (
     Outcome,
     ProcessInfo,
     RenewResult,
+    RescuedJob,
     SchemaStatus,
     SignalRecord,
     StepRecord,
     StepWrite,
     WorkflowRecord,
     decode_json,
+    names_by_queue,
     not_a_run,
 )
 
@@ -539,7 +541,7 @@ class MemoryBackend:
         row.error = op.reason
         return True
 
-    def _rescue(self, op: ops.Rescue, now: float) -> list[int]:
+    def _rescue(self, op: ops.Rescue, now: float) -> list[RescuedJob]:
         for owner, process in list(self._processes.items()):
             if process.heartbeat_at < op.stale_before:
                 del self._processes[owner]
@@ -555,7 +557,9 @@ class MemoryBackend:
                 event = rescue_outcome(row.attempt, row.max_attempts, now)
                 self._apply(row, event, now, run_at=event.retry_at)
                 row.error = f"attempt {row.attempt} lost: its worker stopped heartbeating"
-            rescued.append(row.id)
+            rescued.append(
+                RescuedJob(row.id, row.name, row.queue, row.attempt, row.max_attempts, row.status)
+            )
         return rescued
 
     def _stats(self, op: ops.Stats, now: float) -> dict[str, dict[JobState, int]]:
@@ -608,7 +612,9 @@ class MemoryBackend:
     def _beat(self, op: ops.Beat, now: float) -> None:
         known = self._processes.get(op.owner)
         started = now if known is None else known.started_at
-        self._processes[op.owner] = ProcessInfo(op.owner, op.queues, started, now, op.details)
+        self._processes[op.owner] = ProcessInfo(
+            op.owner, op.queues, started, now, op.details, op.names
+        )
 
     def _leave(self, op: ops.Leave, now: float) -> None:
         del now
@@ -620,6 +626,14 @@ class MemoryBackend:
     def _processes_list(self, op: ops.Processes, now: float) -> list[ProcessInfo]:
         del op, now
         return sorted(self._processes.values(), key=lambda p: (p.started_at, p.owner))
+
+    def _waiting_names(self, op: ops.WaitingNames, now: float) -> dict[str, frozenset[str]]:
+        del now
+        return names_by_queue(
+            (row.queue, row.name)
+            for row in self._rows.values()
+            if row.status in PENDING_STATES and (op.queues is None or row.queue in op.queues)
+        )
 
     def _lead(self, op: ops.Lead, now: float) -> bool:
         owner, until = self._leases.get(op.name, (op.owner, now))

@@ -66,6 +66,7 @@ from trioforge.storage._records import (
     ProcessDetails,
     ProcessInfo,
     RenewResult,
+    RescuedJob,
     SchemaStatus,
     SignalRecord,
     SlotsFreedNotice,
@@ -74,6 +75,7 @@ from trioforge.storage._records import (
     WakeNotice,
     WorkflowRecord,
     job_info,
+    names_by_queue,
     not_a_run,
     step_record,
     step_row,
@@ -513,6 +515,10 @@ MIGRATIONS: tuple[str, ...] = (
     # A flow-controlled claim in one round trip: a server-side function (see _CLAIM_LIMITED);
     # it keeps the counts above.
     _CLAIM_LIMITED_FUNCTION,
+    # The job names each process runs (NULL: it did not say), to find jobs nobody runs.
+    """
+    ALTER TABLE trioforge_processes ADD COLUMN job_names TEXT[];
+    """,
 )
 
 #: FoldCounts: each table's delta rows summed into one row per key, in one statement (a
@@ -817,7 +823,7 @@ rescued AS (
         lease_owner = NULL, lease_until = NULL
     WHERE status = 'running' AND lease_until <= $1
     RETURNING id, parent_id, status, queue, finished_at, 'running' AS old_status,
-        NULL::float8 AS old_at, concurrency_key
+        NULL::float8 AS old_at, concurrency_key, name, attempt, max_attempts
 ), {_count_moved("rescued")}, woken AS (
     UPDATE trioforge_jobs AS p
     SET run_at = CASE WHEN p.status IN {_PENDING} AND p.run_at > $1 THEN $1 ELSE p.run_at END,
@@ -827,7 +833,8 @@ rescued AS (
 ), freed AS (
     SELECT pg_notify($3, $4) FROM rescued WHERE concurrency_key IS NOT NULL LIMIT 1
 )
-SELECT id FROM rescued WHERE (SELECT count(*) FROM freed) >= 0
+SELECT id, name, queue, attempt, max_attempts, status FROM rescued
+WHERE (SELECT count(*) FROM freed) >= 0
 """
 
 
@@ -851,7 +858,7 @@ def _atomic_alone(op: ops.Op) -> bool:
         op, ops.Claim | ops.Finish | ops.Renew | ops.Progress | ops.Get | ops.GetMany
         | ops.LatestSteps | ops.ListJobs | ops.Rescue | ops.Stats | ops.Throughput
         | ops.ThroughputSeries | ops.FoldCounts | ops.PauseQueue
-        | ops.PausedQueues | ops.Beat | ops.Leave | ops.Processes | ops.Lead
+        | ops.PausedQueues | ops.Beat | ops.Leave | ops.Processes | ops.Lead | ops.WaitingNames
     )  # fmt: skip
 
 
@@ -1629,9 +1636,15 @@ class PostgresBackend:
             await conn.execute(_WAKE_PARENTS, now, [op.job_id], CHANNEL)
         return bool(status == "UPDATE 1")
 
-    async def _rescue(self, conn: asyncpg.Connection, op: ops.Rescue, now: float) -> list[int]:
+    async def _rescue(
+        self, conn: asyncpg.Connection, op: ops.Rescue, now: float
+    ) -> list[RescuedJob]:
         rows = await conn.fetch(_RESCUE, now, op.stale_before, CHANNEL, self._slots_freed)
-        return sorted(r["id"] for r in rows)
+        return sorted(
+            (RescuedJob(r["id"], r["name"], r["queue"], r["attempt"], r["max_attempts"],
+                        JobState(r["status"])) for r in rows),
+            key=lambda r: r.id,
+        )  # fmt: skip
 
     @staticmethod
     async def _stats(
@@ -1676,12 +1689,14 @@ class PostgresBackend:
     @staticmethod
     async def _beat(conn: asyncpg.Connection, op: ops.Beat, now: float) -> None:
         await conn.execute(
-            "INSERT INTO trioforge_processes (owner, queues, started_at, heartbeat_at, details) "
-            "VALUES ($1, $2, $3, $3, $4) ON CONFLICT (owner) DO UPDATE SET "
+            "INSERT INTO trioforge_processes "
+            "(owner, queues, started_at, heartbeat_at, details, job_names) "
+            "VALUES ($1, $2, $3, $3, $4, $5) ON CONFLICT (owner) DO UPDATE SET "
             "queues = excluded.queues, heartbeat_at = excluded.heartbeat_at, "
-            "details = excluded.details",
+            "details = excluded.details, job_names = excluded.job_names",
             op.owner, list(op.queues), now,
             None if op.details is None else op.details.to_json(),
+            None if op.names is None else list(op.names),
         )  # fmt: skip
 
     @staticmethod
@@ -1699,12 +1714,26 @@ class PostgresBackend:
     ) -> list[ProcessInfo]:
         del op, now
         rows = await conn.fetch(
-            "SELECT owner, queues, started_at, heartbeat_at, details FROM trioforge_processes "
-            "ORDER BY started_at, owner"
+            "SELECT owner, queues, started_at, heartbeat_at, details, job_names "
+            "FROM trioforge_processes ORDER BY started_at, owner"
         )
         return [
-            ProcessInfo(r[0], tuple(r[1]), r[2], r[3], ProcessDetails.from_json(r[4])) for r in rows
-        ]
+            ProcessInfo(r[0], tuple(r[1]), r[2], r[3], ProcessDetails.from_json(r[4]),
+                        None if r[5] is None else tuple(r[5]))
+            for r in rows
+        ]  # fmt: skip
+
+    @staticmethod
+    async def _waiting_names(
+        conn: asyncpg.Connection, op: ops.WaitingNames, now: float
+    ) -> dict[str, frozenset[str]]:
+        del now
+        rows = await conn.fetch(
+            f"SELECT DISTINCT queue, name FROM trioforge_jobs WHERE status IN {_PENDING} "
+            "AND ($1::text[] IS NULL OR queue = ANY($1::text[]))",
+            None if op.queues is None else list(op.queues),
+        )
+        return names_by_queue((r["queue"], r["name"]) for r in rows)
 
     @staticmethod
     async def _lead(conn: asyncpg.Connection, op: ops.Lead, now: float) -> bool:

@@ -65,12 +65,14 @@ from trioforge.storage._records import (
     ProcessDetails,
     ProcessInfo,
     RenewResult,
+    RescuedJob,
     SchemaStatus,
     SignalRecord,
     StepRecord,
     StepWrite,
     WorkflowRecord,
     job_info,
+    names_by_queue,
     not_a_run,
     step_record,
     step_row,
@@ -286,6 +288,11 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO trioforge_finished (second, queue, state, n)
         SELECT {_second("finished_at")}, queue, status, count(*) FROM trioforge_jobs
         WHERE finished_at IS NOT NULL GROUP BY 1, 2, 3
+    """,
+    # The job names each process runs (a JSON array; NULL: it did not say), to find jobs
+    # that nobody runs.
+    """
+    ALTER TABLE trioforge_processes ADD COLUMN job_names TEXT
     """,
 )
 
@@ -1070,7 +1077,7 @@ class SQLiteBackend:
         return bool(rows)
 
     @staticmethod
-    def _rescue(db: sqlite3.Connection, op: ops.Rescue, now: float) -> list[int]:
+    def _rescue(db: sqlite3.Connection, op: ops.Rescue, now: float) -> list[RescuedJob]:
         db.execute("DELETE FROM trioforge_processes WHERE heartbeat_at < ?", (op.stale_before,))
         rows = db.execute(
             # A workflow run asked to cancel goes on to be undone, as any lost attempt.
@@ -1085,14 +1092,20 @@ class SQLiteBackend:
             "  'attempt ' || attempt || ' lost: its worker stopped heartbeating' END, "
             "lease_owner = NULL, lease_until = NULL "
             "WHERE status = 'running' AND lease_until <= ?1 "
-            "RETURNING id, status, queue, finished_at",
+            "RETURNING id, status, queue, finished_at, name, attempt, max_attempts",
             (now,),
         ).fetchall()
-        _store(db, Tally.from_running(Counter((q, s, at) for _, s, q, at in rows)))
+        _store(db, Tally.from_running(Counter((q, s, at) for _, s, q, at, *_ in rows)))
         ended = [i for i, status, *_ in rows if status != "retrying"]
         if ended:
             _wake_parents(db, ended, now)
-        return sorted(row[0] for row in rows)
+        return sorted(
+            (
+                RescuedJob(i, name, queue, attempt, most, JobState(status))
+                for i, status, queue, _, name, attempt, most in rows
+            ),
+            key=lambda r: r.id,
+        )
 
     @staticmethod
     def _stats(db: sqlite3.Connection, op: ops.Stats, now: float) -> dict[str, dict[JobState, int]]:
@@ -1130,12 +1143,14 @@ class SQLiteBackend:
     @staticmethod
     def _beat(db: sqlite3.Connection, op: ops.Beat, now: float) -> None:
         db.execute(
-            "INSERT INTO trioforge_processes (owner, queues, started_at, heartbeat_at, details) "
-            "VALUES (?1, ?2, ?3, ?3, ?4) ON CONFLICT (owner) DO UPDATE SET "
+            "INSERT INTO trioforge_processes "
+            "(owner, queues, started_at, heartbeat_at, details, job_names) "
+            "VALUES (?1, ?2, ?3, ?3, ?4, ?5) ON CONFLICT (owner) DO UPDATE SET "
             "queues = excluded.queues, heartbeat_at = excluded.heartbeat_at, "
-            "details = excluded.details",
+            "details = excluded.details, job_names = excluded.job_names",
             (op.owner, json.dumps(list(op.queues)), now,
-             None if op.details is None else op.details.to_json()),
+             None if op.details is None else op.details.to_json(),
+             None if op.names is None else json.dumps(list(op.names))),
         )  # fmt: skip
 
     @staticmethod
@@ -1148,13 +1163,31 @@ class SQLiteBackend:
     def _processes_list(db: sqlite3.Connection, op: ops.Processes, now: float) -> list[ProcessInfo]:
         del op, now
         rows = db.execute(
-            "SELECT owner, queues, started_at, heartbeat_at, details FROM trioforge_processes "
-            "ORDER BY started_at, owner"
+            "SELECT owner, queues, started_at, heartbeat_at, details, job_names "
+            "FROM trioforge_processes ORDER BY started_at, owner"
         )
         return [
-            ProcessInfo(o, tuple(json.loads(q)), s, h, ProcessDetails.from_json(d))
-            for o, q, s, h, d in rows
-        ]
+            ProcessInfo(o, tuple(json.loads(q)), s, h, ProcessDetails.from_json(d),
+                        None if n is None else tuple(json.loads(n)))
+            for o, q, s, h, d, n in rows
+        ]  # fmt: skip
+
+    @staticmethod
+    def _waiting_names(
+        db: sqlite3.Connection, op: ops.WaitingNames, now: float
+    ) -> dict[str, frozenset[str]]:
+        del now
+        if op.queues is None:
+            rows = db.execute(
+                f"SELECT DISTINCT queue, name FROM trioforge_jobs WHERE status IN {_PENDING_SQL}"
+            )
+        else:
+            rows = db.execute(
+                "SELECT DISTINCT queue, name FROM trioforge_jobs "
+                f"WHERE status IN {_PENDING_SQL} AND queue IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(op.queues)),),
+            )
+        return names_by_queue(rows)
 
     @staticmethod
     def _lead(db: sqlite3.Connection, op: ops.Lead, now: float) -> bool:

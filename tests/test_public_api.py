@@ -7,6 +7,7 @@ import types
 
 import trioforge
 import trioforge.actors
+import trioforge.logging
 import trioforge.otel
 import trioforge.storage
 import trioforge.testing
@@ -16,6 +17,7 @@ def test_all_lists_exactly_the_public_names() -> None:
     for module in (
         trioforge,
         trioforge.actors,
+        trioforge.logging,
         trioforge.otel,
         trioforge.storage,
         trioforge.testing,

@@ -120,6 +120,7 @@ def dashboard_routes(web: WebState) -> list[Route]:
                 "chart": throughput_svg(
                     q.name, bars(per_minute.get(q.name, {}), last_minute, CHART_MINUTES)
                 ),
+                "unserved": q.unserved,
             }
             for q in stored
         ]

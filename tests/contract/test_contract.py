@@ -20,6 +20,7 @@ from trioforge.storage import (
     NewJob,
     Outcome,
     RenewResult,
+    RescuedJob,
     ops,
 )
 
@@ -239,7 +240,15 @@ async def test_expired_leases_are_rescued_as_new_attempts(backend: Backend) -> N
     await one(backend, ops.Cancel(cancelled))
     await one(backend, ops.Renew("ghost", ((healthy, claimed[healthy].lease),), T0 + 50), T0)
     assert await one(backend, ops.Rescue(), T0 + 9.999) == []
-    assert await one(backend, ops.Rescue(), T0 + 10) == sorted([retried, exhausted, cancelled])
+    rescued = await one(backend, ops.Rescue(), T0 + 10)
+    assert rescued == sorted(
+        [
+            RescuedJob(retried, "a", "q", 1, 3, JobState.RETRYING),
+            RescuedJob(exhausted, "a", "q", 1, 1, JobState.DEAD),
+            RescuedJob(cancelled, "a", "q", 1, 3, JobState.CANCELLED),
+        ],
+        key=lambda r: r.id,
+    )
     info = await get(backend, retried)
     assert (info.status, info.run_at, info.attempt) == (JobState.RETRYING, T0 + 10, 1)
     assert "stopped heartbeating" in (info.error or "")

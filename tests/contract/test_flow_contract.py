@@ -115,7 +115,7 @@ async def test_rescued_and_cancelled_jobs_free_their_concurrency_slot(backend: B
     first, second, third = await enqueue(backend, *(keyed(c="one") for _ in range(3)))
     assert ids(await flow_claim(backend, limits=limits)) == [first]
     assert (await flow_claim(backend, limits=limits)).held
-    assert await one(backend, ops.Rescue(), T0 + 30) == [first]
+    assert [r.id for r in await one(backend, ops.Rescue(), T0 + 30)] == [first]
     [running] = (await flow_claim(backend, T0 + 30, limits=limits)).jobs
     assert running.id == second  # the rescued job is due again from T0 + 30
     await one(backend, ops.Cancel(second), T0 + 31)
@@ -194,7 +194,7 @@ async def test_a_claimers_ended_attempts_free_their_slots_before_their_outcome_i
     assert ids(await flow_claim(backend, limits=limits, ending=ended)) == [second]
     # Both leases run out; the first job is rescued and claimed again under a new lease:
     # the old attempt's end frees nothing, the new attempt's would.
-    assert sorted(await one(backend, ops.Rescue(), T0 + 30)) == [first, second]
+    assert [r.id for r in await one(backend, ops.Rescue(), T0 + 30)] == [first, second]
     [again] = (await flow_claim(backend, T0 + 30, limits=limits, owner="w2", limit=1)).jobs
     assert again.id == first
     stale = await flow_claim(backend, T0 + 30, limits=limits, ending=ended)

@@ -203,7 +203,7 @@ async def test_a_lost_run_asked_to_cancel_is_rescued_to_be_undone(backend: Backe
     [run_id] = await enqueue(backend, run())
     await claim_one(backend)
     assert await one(backend, ops.Cancel(run_id), T0 + 1) is CancelResult.REQUESTED
-    assert await one(backend, ops.Rescue(), T0 + 31) == [run_id]
+    assert [r.id for r in await one(backend, ops.Rescue(), T0 + 31)] == [run_id]
     info = await get(backend, run_id)
     assert (info.status, info.cancel_requested) == (JobState.RETRYING, True)
     assert await one(backend, ops.ReadWorkflow(run_id + 100)) is None

@@ -344,7 +344,7 @@ def test_every_listing_and_show_speaks_json_with_iso_times(tmp_path: Path) -> No
     assert queue == {"name": "default", "paused": False, "counts": {
         "scheduled": 0, "available": 1, "running": 0, "completed": 0, "retrying": 0, "dead": 0,
         "cancelled": 0, "compensated": 0,
-    }}  # fmt: skip
+    }, "unserved": ["cli:echo"]}  # no worker runs it  # fmt: skip
     [status] = lines("db", "status")
     assert status["up_to_date"] is True
     assert status["schema"] == status["latest"]

@@ -510,6 +510,8 @@ class QueueSupervisor:
         if result is not None:
             for job in result.jobs:  # held from here until its outcome is recorded
                 self._running.hold(job.id, job.lease, op.lease_until)
+            if result.jobs:
+                self._finished.claimed(job.id for job in result.jobs)
         # A failed claim may have committed all the same (the reply lost with the
         # connection): its jobs would sit unseen until their leases ran out.
         self._orphans_possible = result is None

@@ -11,8 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trioforge import InvalidArgumentError, JobContext, PayloadError, Queue, RateLimit, Registry
-from trioforge import Retry as RetryPolicy
+from trioforge import (
+    InvalidArgumentError,
+    JobContext,
+    PayloadError,
+    Queue,
+    RateLimit,
+    Registry,
+    Retry,
+)
 from trioforge._core.states import MAX_STORED_INT, Priority, PriorityLike
 from trioforge._new_jobs import new_jobs
 
@@ -76,7 +83,7 @@ def test_options_override_the_definition() -> None:
 
 
 def test_the_queue_policy_gives_max_attempts_unless_given() -> None:
-    policies = {"shop": Queue(workers=1, retry=RetryPolicy(max_attempts=7))}
+    policies = {"shop": Queue(workers=1, retry=Retry(max_attempts=7))}
     [job] = new_jobs(buy, [Order("tea", 1)], now=NOW, policies=policies)
     assert job.max_attempts == 7
     [job] = new_jobs(buy, [Order("tea", 1)], now=NOW, policies=policies, max_attempts=2)

@@ -278,6 +278,7 @@ def check_job_id(job_id: object) -> int:
 
 
 def parse_state(status: JobState | str) -> JobState:
+    """A status filter as a :class:`JobState`, naming the states when it is none."""
     try:
         return JobState(status)
     except ValueError:

@@ -10,8 +10,8 @@ import trio
 import trio.testing
 
 import trioforge
-from tests.conftest import FAST
-from tests.virtual import run_virtual
+from tests.support.fast import FAST
+from tests.support.virtual import run_virtual
 from trioforge import JobContext, JobState, Registry, Retry, VirtualClock
 from trioforge.actors.running import RunningJobs, StopReason
 from trioforge.storage import Backend, MemoryBackend, ops

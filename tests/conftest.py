@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trio_asyncio  # noqa: F401  (imported before the policy below is set)
 from hypothesis import settings
 
 from tests.support.backends import BACKENDS, SHARED_BY_PROCESSES
@@ -16,6 +18,12 @@ from trioforge.storage import Backend
 settings.register_profile("default", max_examples=60, deadline=None)
 settings.register_profile("deep", max_examples=3000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+# Once imported (by the PostgreSQL tests' trio runtimes), trio-asyncio makes
+# asyncio.new_event_loop(), and so asyncio.run(), return its own sync loop unless a policy
+# is set; `asyncio.to_thread` there hung a test now and then. The tests that play an
+# asyncio application run on asyncio's own loop, as that application would.
+asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
 
 
 @pytest.fixture(params=list(BACKENDS))

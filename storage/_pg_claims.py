@@ -46,16 +46,16 @@ with needs_extra("postgres", "PostgreSQL"):
     import asyncpg
 
 
-class Claims:
+class PostgresClaims:
     """The claim and maintenance handlers of
     :class:`~trioforge.storage.postgres.PostgresBackend`."""
 
     @staticmethod
     async def _claim(conn: asyncpg.Connection, op: ops.Claim, now: float) -> ClaimResult:
         if op.queue_rate is not None:
-            return await Claims._claim_queue_limited(conn, op, op.queue_rate, now)
+            return await PostgresClaims._claim_queue_limited(conn, op, op.queue_rate, now)
         if op.limits:
-            return await Claims._claim_limited(conn, op, now)
+            return await PostgresClaims._claim_limited(conn, op, now)
         rows = await conn.fetch(
             _CLAIM, op.queue, now, sorted(op.names), max(op.limit, 0), op.owner, op.lease_until,
             sorted(op.capabilities),
@@ -103,7 +103,7 @@ class Claims:
         before = _bucket(await conn.fetchrow(_READ_BUCKET, key), rate, now)
         whole = int(before.tokens + TOKEN_EPSILON * rate.per_second)
         capped = attrs.evolve(op, limit=min(op.limit, whole), queue_rate=None)
-        result = await Claims._claim(conn, capped, now)
+        result = await PostgresClaims._claim(conn, capped, now)
         ids = [j.id for j in result.jobs]
         shared = any(
             lim.rate is not None and lim.rate.name == rate.name for lim in op.limits.values()

@@ -53,7 +53,7 @@ def parse_notice(payload: str, schema: str | None = None) -> Notice | None:
     return None  # not ours: ignore
 
 
-class Listening:
+class PostgresListening:
     """The LISTEN side of :class:`~trioforge.storage.postgres.PostgresBackend`."""
 
     url: str

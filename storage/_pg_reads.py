@@ -32,7 +32,7 @@ with needs_extra("postgres", "PostgreSQL"):
     import asyncpg
 
 
-class Reads:
+class PostgresReads:
     """The reading handlers of :class:`~trioforge.storage.postgres.PostgresBackend`."""
 
     @staticmethod

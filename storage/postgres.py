@@ -3,7 +3,7 @@
 asyncpg runs under trio-asyncio, reached only through the storage actor. Each batch is one
 ``aio_as_trio`` crossing into a coroutine that acquires a pooled connection, runs the batch
 in one transaction and releases the connection, all on the asyncio side: a cancelled
-crossing cancels that coroutine, whose ``async with`` gives the connection back. Claims use
+crossing cancels that coroutine, whose ``async with`` gives the connection back. PostgresClaims use
 ``FOR UPDATE SKIP LOCKED`` so replicas never wait on each other's rows; multi-row writes
 (enqueue, outcomes, lease renewals) are single statements over ``unnest`` arrays. The rules
 are those of :mod:`trioforge._core`; the contract suite holds this backend to them.
@@ -39,10 +39,10 @@ from trioforge.storage import _ops as ops
 from trioforge.storage._backend import refused_value
 from trioforge.storage._changes import changed_jobs, encode_ids
 from trioforge.storage._counts import Tally
-from trioforge.storage._pg_claims import Claims
-from trioforge.storage._pg_listen import Listening
+from trioforge.storage._pg_claims import PostgresClaims
+from trioforge.storage._pg_listen import PostgresListening
 from trioforge.storage._pg_listen import parse_notice as parse_notice
-from trioforge.storage._pg_reads import Reads
+from trioforge.storage._pg_reads import PostgresReads
 from trioforge.storage._pg_schema import _MIGRATION_LOCK
 
 # Re-exported: tests read the migrations (and patch them) here.
@@ -164,7 +164,7 @@ def _bad_value(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError)
 
 
-class PostgresBackend(Listening, Claims, Reads):
+class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads):
     """Jobs in PostgreSQL; any number of processes and machines may share it.
 
     ``schema`` puts the tables in that schema (created if missing) instead of the

@@ -329,3 +329,10 @@ async def _record_steps(conn: asyncpg.Connection, steps: list[ops.RecordStep]) -
     columns = [list(column) for column in zip(*rows, strict=True)]
     written = {r["run_id"] for r in await conn.fetch(_RECORD_STEPS, *columns)}
     return [StepWrite(applied=op.run_id in written) for op in steps]
+
+
+#: A process's running jobs in a queue (orphans, unless it still holds them).
+_RUNNING = (
+    "SELECT id, lease FROM trioforge_jobs WHERE queue = $1 AND status = 'running' "
+    "AND lease_owner = $2"
+)

@@ -218,3 +218,10 @@ def _store(db: sqlite3.Connection, tally: Tally) -> None:
         db.executemany(_ADD_FINISHED, finished)
         if emptied := [key for *key, n in finished if n < 0]:
             db.executemany(_DROP_EMPTY, emptied)
+
+
+#: A process's running jobs in a queue (orphans, unless it still holds them).
+_RUNNING = (
+    "SELECT id, lease FROM trioforge_jobs WHERE queue = ? AND status = 'running' "
+    "AND lease_owner = ?"
+)

@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -35,6 +35,7 @@ from trioforge._core.states import (
     is_due,
     next_state,
 )
+from trioforge.storage import _compound as compound
 from trioforge.storage import _ops as ops
 from trioforge.storage._backend import Changed
 from trioforge.storage._changes import changed_jobs
@@ -64,6 +65,8 @@ from trioforge.storage._records import (
 )
 
 __all__ = ["MemoryBackend"]
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 
@@ -277,14 +280,7 @@ class MemoryBackend(MemoryStore):
         return True
 
     def _release_orphans(self, op: ops.ReleaseOrphans, now: float) -> list[int]:
-        held = set(op.held)
-        orphans = [
-            Outcome(row.id, row.lease, Released())
-            for row in self._rows.values()
-            if row.status is JobState.RUNNING and row.queue == op.queue
-            and row.lease_owner == op.owner and (row.id, row.lease) not in held
-        ]  # fmt: skip
-        return sorted(o.job_id for o in orphans if self._finish_one(o, now))
+        return self._compound(compound.release_orphans(op), now)
 
     def _renew(self, op: ops.Renew, now: float) -> RenewResult:
         del now
@@ -353,10 +349,7 @@ class MemoryBackend(MemoryStore):
             return False
         key = row.idempotency_key
         if key is not None and self._open_keys.get(key, row.id) != row.id:
-            raise InvalidStateError(
-                f"job {row.id} cannot be retried: job {self._open_keys[key]} holds its "
-                f"idempotency key {key!r}; wait for that job or cancel it"
-            )
+            raise compound.key_held(row.id, self._open_keys[key], key)
         if not self._apply(row, Retried(), now, run_at=now):
             return False
         row.error = None  # first: the error it replaces is the last attempt's
@@ -518,15 +511,15 @@ class MemoryBackend(MemoryStore):
                 records.pop(row.id, None)  # a purged run's record goes with it
         return sorted(row.id for row in victims)
 
-    def _matching(self, where: ops.JobFilter, statuses: frozenset[JobState]) -> list[Row]:
-        rows = [
-            r for job_id, r in sorted(self._rows.items())
-            if job_id > where.after_id and r.status in statuses
+    def _matching(self, where: ops.JobFilter, states: frozenset[JobState]) -> list[int]:
+        ids = [
+            job_id for job_id, r in sorted(self._rows.items())
+            if job_id > where.after_id and r.status in states
             and (where.queue is None or r.queue == where.queue)
             and (where.name is None or r.name == where.name)
             and (where.since is None or (r.finished_at or r.created_at) >= where.since)
         ]  # fmt: skip
-        return rows[: max(where.limit, 0)]
+        return ids[: max(where.limit, 0)]
 
     def _attempts(self, op: ops.Attempts, now: float) -> list[AttemptRecord]:
         del now
@@ -539,21 +532,30 @@ class MemoryBackend(MemoryStore):
         return [*row.history, *current]
 
     def _retry_many(self, op: ops.RetryMany, now: float) -> ops.BulkResult:
-        rows = self._matching(op.where, frozenset({op.status}))
-        done = []
-        for row in rows:
-            try:
-                if self._retry_job(ops.RetryJob(row.id), now):
-                    done.append(row.id)
-            except InvalidStateError:
-                continue  # its idempotency key is another unfinished job's
-        return _bulk(done, [r.id for r in rows], op.where)
+        return self._compound(compound.retry_many(op), now)
 
     def _discard_many(self, op: ops.DiscardMany, now: float) -> ops.BulkResult:
-        statuses = PENDING_STATES if op.status is None else frozenset({op.status})
-        rows = self._matching(op.where, statuses)
-        done = [r.id for r in rows if self._discard(ops.Discard(r.id, op.reason), now)]
-        return _bulk(done, [r.id for r in rows], op.where)
+        return self._compound(compound.discard_many(op), now)
+
+    def _compound(self, steps: compound.Steps[T], now: float) -> T:
+        """Run a compound op (:mod:`storage._compound`) in this batch."""
+
+        def step(request: compound.Step) -> object:
+            if isinstance(request, compound.Matching):
+                return self._matching(request.where, request.states)
+            if isinstance(request, compound.Running):
+                return [
+                    (row.id, row.lease) for row in self._rows.values()
+                    if row.status is JobState.RUNNING and row.queue == request.queue
+                    and row.lease_owner == request.owner
+                ]  # fmt: skip
+            if isinstance(request, ops.RetryJob):
+                return self._retry_job(request, now)
+            if isinstance(request, ops.Discard):
+                return self._discard(request, now)
+            return self._finish(request, now)
+
+        return compound.run(steps, step)
 
     # --- workflows ---------------------------------------------------------------------
 
@@ -620,8 +622,3 @@ class MemoryBackend(MemoryStore):
         self._signals.setdefault(op.run_id, []).append(signal)
         self._wake_run(op.run_id, now)
         return signal.id
-
-
-def _bulk(done: list[int], seen: list[int], where: ops.JobFilter) -> ops.BulkResult:
-    """A page of a bulk operation: more may follow only if it looked at a full page."""
-    return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= where.limit else None)

@@ -16,15 +16,12 @@ import json
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 from trioforge._core.errors import (
     DatabaseUnavailableError,
-    InvalidArgumentError,
-    InvalidStateError,
-    JobNotFoundError,
     SchemaError,
 )
 from trioforge._core.extras import needs_extra
@@ -35,6 +32,7 @@ from trioforge._core.states import (
     Suspended,
     next_state,
 )
+from trioforge.storage import _compound as compound
 from trioforge.storage import _ops as ops
 from trioforge.storage._backend import refused_value
 from trioforge.storage._changes import changed_jobs, encode_ids
@@ -42,6 +40,7 @@ from trioforge.storage._counts import Tally
 from trioforge.storage._pg_claims import PostgresClaims
 from trioforge.storage._pg_listen import PostgresListening
 from trioforge.storage._pg_listen import parse_notice as parse_notice
+from trioforge.storage._pg_operator import PostgresOperator
 from trioforge.storage._pg_reads import PostgresReads
 from trioforge.storage._pg_schema import _MIGRATION_LOCK
 
@@ -56,25 +55,22 @@ from trioforge.storage._pg_sql import (
     _KEY_HOLDER,
     _NOTIFY_WAKES,
     _RESCUE,
+    _RUNNING,
     _STEP_COLUMNS,
-    _WAKE_PARENTS,
     CHANGES_CHANNEL,
     CHANNEL,
     _record_steps,
     _store,
 )
 from trioforge.storage._records import (
-    CancelResult,
     Enqueued,
     FireResult,
-    Outcome,
     RescuedJob,
     SchemaStatus,
     StepWrite,
-    not_a_run,
     step_row,
 )
-from trioforge.storage._sql_states import PENDING, TERMINAL
+from trioforge.storage._sql_states import TERMINAL
 from trioforge.storage._urls import redact
 
 with needs_extra("postgres", "PostgreSQL"):
@@ -82,6 +78,8 @@ with needs_extra("postgres", "PostgreSQL"):
     import trio_asyncio
 
 __all__ = ["PostgresBackend"]
+
+T = TypeVar("T")
 
 
 #: Batches of at most this many single-statement ops run without an explicit transaction.
@@ -164,7 +162,7 @@ def _bad_value(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError)
 
 
-class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads):
+class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, PostgresOperator):
     """Jobs in PostgreSQL; any number of processes and machines may share it.
 
     ``schema`` puts the tables in that schema (created if missing) instead of the
@@ -503,19 +501,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads):
     async def _release_orphans(
         self, conn: asyncpg.Connection, op: ops.ReleaseOrphans, now: float
     ) -> list[int]:
-        rows = await conn.fetch(
-            "SELECT id, lease FROM trioforge_jobs WHERE queue = $1 AND status = 'running' "
-            "AND lease_owner = $2",
-            op.queue, op.owner,
-        )  # fmt: skip
-        held = set(op.held)
-        orphans = tuple(
-            Outcome(r["id"], r["lease"], Released())
-            for r in rows
-            if (r["id"], r["lease"]) not in held
-        )
-        applied = await self._finish(conn, ops.Finish(orphans), now) if orphans else []
-        return sorted(o.job_id for o, ok in zip(orphans, applied, strict=True) if ok)
+        return await self._compound(conn, compound.release_orphans(op), now)
 
     async def _finish(self, conn: asyncpg.Connection, op: ops.Finish, now: float) -> list[bool]:
         columns: list[list[Any]] = [[], [], [], [], [], [], [], []]
@@ -540,90 +526,6 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads):
         )
         applied = {(r["id"], r["lease"]) for r in rows}
         return [(o.job_id, o.lease) in applied for o in op.outcomes]
-
-    @staticmethod
-    async def _locked(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record:
-        row = await conn.fetchrow(
-            "SELECT status, idempotency_key, workflow, queue, finished_at FROM trioforge_jobs "
-            "WHERE id = $1 FOR UPDATE",
-            job_id,
-        )
-        if row is None:
-            raise JobNotFoundError(f"no job with id {job_id}")
-        return row
-
-    async def _cancel(self, conn: asyncpg.Connection, op: ops.Cancel, now: float) -> CancelResult:
-        row = await self._locked(conn, op.job_id)
-        status = JobState(row["status"])
-        if status in TERMINAL_STATES:
-            return CancelResult.FINISHED
-        children = await conn.fetch(
-            f"SELECT id FROM trioforge_jobs WHERE parent_id = $1 AND status NOT IN {TERMINAL} "
-            "ORDER BY id",
-            op.job_id,
-        )
-        for child in children:
-            await self._cancel(conn, ops.Cancel(child["id"]), now)
-        if status is JobState.RUNNING:
-            await conn.execute(
-                "UPDATE trioforge_jobs SET cancel_requested = TRUE WHERE id = $1", op.job_id
-            )
-            await conn.execute(
-                "SELECT pg_notify($1, $2)", CHANNEL, f"c:{op.job_id}:{self.schema or ''}"
-            )
-            return CancelResult.REQUESTED
-        if row["workflow"]:  # a waiting run goes to a worker to be undone first
-            queue = await conn.fetchval(
-                "UPDATE trioforge_jobs SET cancel_requested = TRUE, run_at = least(run_at, $1) "
-                "WHERE id = $2 RETURNING queue",
-                now, op.job_id,
-            )  # fmt: skip
-            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"w:{now!r}:{queue}")
-            return CancelResult.REQUESTED
-        await conn.execute(
-            "UPDATE trioforge_jobs SET status = 'cancelled', finished_at = $1 WHERE id = $2",
-            now, op.job_id,
-        )  # fmt: skip
-        await _store(conn, Tally().move(row["queue"], (status.value, None), ("cancelled", now)))
-        await conn.execute(_WAKE_PARENTS, now, [op.job_id], CHANNEL)
-        return CancelResult.CANCELLED
-
-    async def _retry_job(self, conn: asyncpg.Connection, op: ops.RetryJob, now: float) -> bool:
-        row = await self._locked(conn, op.job_id)
-        if JobState(row["status"]) not in (JobState.DEAD, JobState.CANCELLED):
-            return False
-        key = row["idempotency_key"]
-        if key is not None:
-            holder = await conn.fetchval(
-                _KEY_HOLDER,
-                key,
-            )
-            if holder is not None:
-                raise InvalidStateError(
-                    f"job {op.job_id} cannot be retried: job {holder} holds its "
-                    f"idempotency key {key!r}; wait for that job or cancel it"
-                )
-        await conn.execute(
-            "UPDATE trioforge_jobs SET status = 'available', attempt = 0, run_at = $1, "
-            "finished_at = NULL, error = NULL, result = NULL, cancel_requested = FALSE "
-            "WHERE id = $2",
-            now, op.job_id,
-        )  # fmt: skip
-        old = (row["status"], row["finished_at"])
-        await _store(conn, Tally().move(row["queue"], old, ("available", None)))
-        return True
-
-    async def _discard(self, conn: asyncpg.Connection, op: ops.Discard, now: float) -> bool:
-        row = await self._locked(conn, op.job_id)
-        status = await conn.execute(
-            f"UPDATE trioforge_jobs SET status = 'dead', finished_at = $1, error = $2 "
-            f"WHERE id = $3 AND status IN {PENDING}",
-            now, op.reason, op.job_id,
-        )  # fmt: skip
-        if status == "UPDATE 1":
-            await _store(conn, Tally().move(row["queue"], (row["status"], None), ("dead", now)))
-            await conn.execute(_WAKE_PARENTS, now, [op.job_id], CHANNEL)
-        return bool(status == "UPDATE 1")
 
     async def _rescue(
         self, conn: asyncpg.Connection, op: ops.Rescue, now: float
@@ -668,23 +570,30 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads):
     async def _retry_many(
         self, conn: asyncpg.Connection, op: ops.RetryMany, now: float
     ) -> ops.BulkResult:
-        seen = await self._matching(conn, op.where, [op.status.value])
-        done = []
-        for job_id in seen:
-            try:
-                if await self._retry_job(conn, ops.RetryJob(job_id), now):
-                    done.append(job_id)
-            except InvalidStateError:
-                continue  # its idempotency key is another unfinished job's (nothing written)
-        return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= op.where.limit else None)
+        return await self._compound(conn, compound.retry_many(op), now)
 
     async def _discard_many(
         self, conn: asyncpg.Connection, op: ops.DiscardMany, now: float
     ) -> ops.BulkResult:
-        statuses = ["scheduled", "available", "retrying"] if op.status is None else [op.status]
-        seen = await self._matching(conn, op.where, [JobState(s).value for s in statuses])
-        done = [j for j in seen if await self._discard(conn, ops.Discard(j, op.reason), now)]
-        return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= op.where.limit else None)
+        return await self._compound(conn, compound.discard_many(op), now)
+
+    async def _compound(self, conn: asyncpg.Connection, steps: compound.Steps[T], now: float) -> T:
+        """Run a compound op (:mod:`storage._compound`) in the batch's transaction."""
+
+        async def step(request: compound.Step) -> object:
+            if isinstance(request, compound.Matching):
+                states = [s.value for s in request.states]
+                return await self._matching(conn, request.where, states)
+            if isinstance(request, compound.Running):
+                rows = await conn.fetch(_RUNNING, request.queue, request.owner)
+                return [(r["id"], r["lease"]) for r in rows]
+            if isinstance(request, ops.RetryJob):
+                return await self._retry_job(conn, request, now)
+            if isinstance(request, ops.Discard):
+                return await self._discard(conn, request, now)
+            return await self._finish(conn, request, now)
+
+        return await compound.run_async(steps, step)
 
     # --- workflows ---------------------------------------------------------------------
 
@@ -719,32 +628,6 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads):
             op.run_id, *step_row(step),
         )  # fmt: skip
         return StepWrite(applied=True, child_id=child_id)
-
-    async def _send_signal(self, conn: asyncpg.Connection, op: ops.SendSignal, now: float) -> int:
-        locked = await self._locked(conn, op.run_id)
-        if not locked["workflow"]:
-            name = await conn.fetchval("SELECT name FROM trioforge_jobs WHERE id = $1", op.run_id)
-            raise InvalidArgumentError(not_a_run(op.run_id, name))
-        status = JobState(locked["status"])
-        if status in TERMINAL_STATES:
-            raise InvalidStateError(
-                f"run {op.run_id} has finished ({status}); a signal to it would never be read"
-            )
-        json.loads(op.payload)  # refuse anything that is not JSON text
-        signal_id: int = await conn.fetchval(
-            "INSERT INTO trioforge_workflow_signals (run_id, name, payload, sent_at) "
-            "VALUES ($1, $2, $3, $4) RETURNING id",
-            op.run_id, op.name, op.payload, now,
-        )  # fmt: skip
-        queue = await conn.fetchval(
-            f"UPDATE trioforge_jobs SET "
-            f"run_at = CASE WHEN status IN {PENDING} AND run_at > $1 THEN $1 ELSE run_at END, "
-            f"wake_requested = wake_requested OR status = 'running' "
-            f"WHERE id = $2 RETURNING queue",
-            now, op.run_id,
-        )  # fmt: skip
-        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"w:{now!r}:{queue}")
-        return signal_id
 
     # --- from plain asyncio (trioforge.aio), and inside a caller's transaction ----------
 

@@ -21,7 +21,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcon
 from functools import partial
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -41,6 +41,7 @@ from trioforge._core.states import (
     Suspended,
     next_state,
 )
+from trioforge.storage import _compound as compound
 from trioforge.storage import _ops as ops
 from trioforge.storage._backend import Changed, refused_value
 from trioforge.storage._counts import Tally
@@ -49,7 +50,6 @@ from trioforge.storage._records import (
     Enqueued,
     FireResult,
     Notice,
-    Outcome,
     RescuedJob,
     SchemaStatus,
     StepWrite,
@@ -69,6 +69,7 @@ from trioforge.storage._sqlite_sql import (
     _INSERT,
     _KEY_FINISHED,
     _KEY_HOLDER,
+    _RUNNING,
     _STEP_COLUMNS,
     _first_state,
     _insert_row,
@@ -77,6 +78,8 @@ from trioforge.storage._sqlite_sql import (
 )
 
 __all__ = ["SQLiteBackend"]
+
+T = TypeVar("T")
 
 
 #: What sqlite3 says when a text column holds bytes that are not UTF-8.
@@ -395,17 +398,7 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
     def _release_orphans(
         self, db: sqlite3.Connection, op: ops.ReleaseOrphans, now: float
     ) -> list[int]:
-        rows = db.execute(
-            "SELECT id, lease FROM trioforge_jobs WHERE queue = ? AND status = 'running' "
-            "AND lease_owner = ?",
-            (op.queue, op.owner),
-        ).fetchall()
-        held = set(op.held)
-        orphans = tuple(
-            Outcome(i, lease, Released()) for i, lease in rows if (i, lease) not in held
-        )
-        applied = self._finish(db, ops.Finish(orphans), now) if orphans else []
-        return sorted(o.job_id for o, ok in zip(orphans, applied, strict=True) if ok)
+        return self._compound(db, compound.release_orphans(op), now)
 
     @staticmethod
     def _finish(db: sqlite3.Connection, op: ops.Finish, now: float) -> list[bool]:
@@ -484,10 +477,7 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
                 (key,),
             ).fetchone()
             if holder is not None:
-                raise InvalidStateError(
-                    f"job {op.job_id} cannot be retried: job {holder[0]} holds its "
-                    f"idempotency key {key!r}; wait for that job or cancel it"
-                )
+                raise compound.key_held(op.job_id, holder[0], key)
         queue, finished_at = db.execute(
             "SELECT queue, finished_at FROM trioforge_jobs WHERE id = ?", (op.job_id,)
         ).fetchone()
@@ -573,23 +563,28 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
         return FireResult(job_ids=ids, skipped=0 if ids or not op.jobs else len(op.jobs))
 
     def _retry_many(self, db: sqlite3.Connection, op: ops.RetryMany, now: float) -> ops.BulkResult:
-        seen = self._matching(db, op.where, [op.status.value])
-        done = []
-        for job_id in seen:
-            try:
-                if self._retry_job(db, ops.RetryJob(job_id), now):
-                    done.append(job_id)
-            except InvalidStateError:
-                continue  # its idempotency key is another unfinished job's (nothing written)
-        return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= op.where.limit else None)
+        return self._compound(db, compound.retry_many(op), now)
 
     def _discard_many(
         self, db: sqlite3.Connection, op: ops.DiscardMany, now: float
     ) -> ops.BulkResult:
-        statuses = ["scheduled", "available", "retrying"] if op.status is None else [op.status]
-        seen = self._matching(db, op.where, [JobState(s).value for s in statuses])
-        done = [j for j in seen if self._discard(db, ops.Discard(j, op.reason), now)]
-        return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= op.where.limit else None)
+        return self._compound(db, compound.discard_many(op), now)
+
+    def _compound(self, db: sqlite3.Connection, steps: compound.Steps[T], now: float) -> T:
+        """Run a compound op (:mod:`storage._compound`) in the batch's transaction."""
+
+        def step(request: compound.Step) -> object:
+            if isinstance(request, compound.Matching):
+                return self._matching(db, request.where, [s.value for s in request.states])
+            if isinstance(request, compound.Running):
+                return db.execute(_RUNNING, (request.queue, request.owner)).fetchall()
+            if isinstance(request, ops.RetryJob):
+                return self._retry_job(db, request, now)
+            if isinstance(request, ops.Discard):
+                return self._discard(db, request, now)
+            return self._finish(db, request, now)
+
+        return compound.run(steps, step)
 
     # --- workflows ---------------------------------------------------------------------
 

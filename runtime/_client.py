@@ -6,8 +6,6 @@ import builtins
 import datetime as dt
 import json
 import math
-import sqlite3
-import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, overload
@@ -47,6 +45,7 @@ from trioforge.storage import (
     ProcessInfo,
     StepRecord,
     WorkflowRecord,
+    backend_for_connection,
     ops,
 )
 from trioforge.storage._records import not_a_run
@@ -333,20 +332,10 @@ class Client:
 
     async def _enqueue_in(self, connection: object, op: ops.Enqueue) -> builtins.list[Enqueued]:
         """Run the storage layer's own enqueue on the caller's connection."""
-        if isinstance(connection, sqlite3.Connection):
-            from trioforge.storage.sqlite import SQLiteBackend
-
-            return SQLiteBackend.enqueue_in(connection, op, self._clock.now())
-        if _is_asyncpg(connection):
-            from trioforge.storage.postgres import PostgresBackend
-
-            return await self._on_asyncio(
-                PostgresBackend.enqueue_in, connection, op, self._clock.now()
-            )
-        raise InvalidArgumentError(
-            f"connection must be an asyncpg connection or a sqlite3 connection, got "
-            f"{type(connection).__name__}"
-        )
+        backend = backend_for_connection(connection)
+        if backend.enqueue_in_asyncio:
+            return await self._on_asyncio(backend.enqueue_in, connection, op, self._clock.now())
+        return await backend.enqueue_in(connection, op, self._clock.now())
 
     async def _on_asyncio(
         self, fn: Callable[..., Awaitable[builtins.list[Enqueued]]], *args: Any
@@ -986,13 +975,3 @@ def _check_queue(queue: object) -> None:
     if not isinstance(queue, str) or not queue:
         raise InvalidArgumentError(f"queue must be a non-empty string, got {queue!r}")
     check_storable(queue, "queue", InvalidArgumentError)
-
-
-def _is_asyncpg(connection: object) -> bool:
-    """An asyncpg connection (pooled or not); without the postgres extra there is none."""
-    if "asyncpg" not in sys.modules:
-        return False
-    import asyncpg
-    import asyncpg.pool
-
-    return isinstance(connection, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy)

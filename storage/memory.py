@@ -37,7 +37,7 @@ from trioforge._core.states import (
 )
 from trioforge.storage import _compound as compound
 from trioforge.storage import _ops as ops
-from trioforge.storage._backend import Changed
+from trioforge.storage._backend import AsyncioExecute, Changed
 from trioforge.storage._changes import changed_jobs
 from trioforge.storage._memory_store import MemoryStore, Row
 from trioforge.storage._records import (
@@ -137,6 +137,11 @@ class MemoryBackend(MemoryStore):
             for feed in self._change_feeds:
                 feed.send_nowait(frozenset(changed))
         return results
+
+    @asynccontextmanager
+    async def on_asyncio(self, *, migrate: bool = True) -> AsyncIterator[AsyncioExecute]:
+        del migrate
+        yield self.execute  # pure Python: nothing of trio in it
 
     # --- operations ------------------------------------------------------------------
 

@@ -11,12 +11,13 @@ are those of :mod:`trioforge._core`; the contract suite holds this backend to th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 
@@ -34,7 +35,7 @@ from trioforge._core.states import (
 )
 from trioforge.storage import _compound as compound
 from trioforge.storage import _ops as ops
-from trioforge.storage._backend import refused_value
+from trioforge.storage._backend import AsyncioExecute, refused_value
 from trioforge.storage._changes import changed_jobs, encode_ids
 from trioforge.storage._counts import Tally
 from trioforge.storage._pg_claims import PostgresClaims
@@ -171,6 +172,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
 
     shared = True
     notifies = True
+    enqueue_in_asyncio: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -668,6 +670,15 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
                 raise
             raise mapped from exc
         return [self._unavailable(r) if isinstance(r, Exception) else r for r in results]
+
+    @asynccontextmanager
+    async def on_asyncio(self, *, migrate: bool = True) -> AsyncIterator[AsyncioExecute]:
+        """asyncpg on the caller's running loop, with a pool of its own."""
+        await self.open_asyncio(migrate=migrate)
+        try:
+            yield self.execute_asyncio
+        finally:
+            await asyncio.shield(self.aclose_asyncio())
 
     @classmethod
     async def enqueue_in(

@@ -9,6 +9,7 @@ leases plus the reaper hand a crashed process's jobs to another. The rules are t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -21,7 +22,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcon
 from functools import partial
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 import trio
@@ -43,7 +44,7 @@ from trioforge._core.states import (
 )
 from trioforge.storage import _compound as compound
 from trioforge.storage import _ops as ops
-from trioforge.storage._backend import Changed, refused_value
+from trioforge.storage._backend import AsyncioExecute, Changed, refused_value
 from trioforge.storage._counts import Tally
 from trioforge.storage._records import (
     CancelResult,
@@ -128,6 +129,7 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
     # --- lifecycle ---------------------------------------------------------------------
 
     notifies = False
+    enqueue_in_asyncio: ClassVar[bool] = False
 
     def listen(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Notice]]:
         raise NotImplementedError("this backend pushes no notices; the runtime polls it")
@@ -655,9 +657,29 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
         """:meth:`execute` for a caller without trio (one at a time, in a worker thread)."""
         return self._execute_sync(self._conn(), list(batch), now)
 
+    @asynccontextmanager
+    async def on_asyncio(self, *, migrate: bool = True) -> AsyncIterator[AsyncioExecute]:
+        """The same connection and statements from a worker thread, one batch at a time
+        (one connection, as the trio side's writer thread)."""
+        lock = asyncio.Lock()
+
+        async def execute(batch: Sequence[ops.Op], now: float) -> list[object]:
+            async with lock:
+                return await asyncio.to_thread(self.execute_sync, batch, now)
+
+        await asyncio.to_thread(self.open_sync, migrate=migrate)
+        try:
+            yield execute
+        finally:
+            await asyncio.to_thread(self.close_sync)
+
     @classmethod
-    def enqueue_in(cls, db: sqlite3.Connection, op: ops.Enqueue, now: float) -> list[Enqueued]:
+    async def enqueue_in(
+        cls, db: sqlite3.Connection, op: ops.Enqueue, now: float
+    ) -> list[Enqueued]:
         """Store ``op``'s jobs with the caller's connection to this file, in its current
         transaction (begun here if none is open): a rollback leaves no job. Ids come from
-        each insert, not from the sequence, since the write lock may not be held yet."""
+        each insert, not from the sequence, since the write lock may not be held yet. It
+        runs on the caller's own thread, in any event loop (sqlite3 blocks, as the caller's
+        own statements on that connection do)."""
         return cls._enqueue(db, op, now, consecutive=False)

@@ -3,10 +3,15 @@
 asyncpg runs under trio-asyncio, reached only through the storage actor. Each batch is one
 ``aio_as_trio`` crossing into a coroutine that acquires a pooled connection, runs the batch
 in one transaction and releases the connection, all on the asyncio side: a cancelled
-crossing cancels that coroutine, whose ``async with`` gives the connection back. PostgresClaims use
+crossing cancels that coroutine, whose ``async with`` gives the connection back. Claims use
 ``FOR UPDATE SKIP LOCKED`` so replicas never wait on each other's rows; multi-row writes
 (enqueue, outcomes, lease renewals) are single statements over ``unnest`` arrays. The rules
 are those of :mod:`trioforge._core`; the contract suite holds this backend to them.
+
+This module holds the connection, the batch executor, the writes that other handlers build
+on, and the entry points; beside it: ``_pg_schema`` (the migrations and the claim
+function), ``_pg_sql`` (statement text), ``_pg_listen`` (LISTEN), ``_pg_claims``,
+``_pg_reads`` and ``_pg_operator`` (handlers, mixed into :class:`PostgresBackend`).
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ hop and one ``BEGIN IMMEDIATE`` transaction, so many claims, outcomes and enqueu
 commit. Several processes may use the same file; SQLite's write lock serialises them, and
 leases plus the reaper hand a crashed process's jobs to another. The rules are those of
 :mod:`trioforge._core`, written as SQL; the contract suite holds it to the memory backend.
+
+This module holds the connection, the batch executor, the writes that other handlers build
+on, and the entry points; beside it: ``_sqlite_schema`` (the migrations), ``_sqlite_sql``
+(statement text), ``_sqlite_claims`` and ``_sqlite_reads`` (handlers, mixed into
+:class:`SQLiteBackend`).
 """
 
 from __future__ import annotations

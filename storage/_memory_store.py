@@ -11,13 +11,7 @@ import attrs
 
 from trioforge._core.errors import JobNotFoundError
 from trioforge._core.flow import Bucket
-from trioforge._core.states import (
-    PENDING_STATES,
-    TERMINAL_STATES,
-    Event,
-    JobState,
-    next_state,
-)
+from trioforge._core.states import PENDING_STATES, TERMINAL_STATES, Event, JobState, next_state
 from trioforge.storage._records import (
     AttemptRecord,
     CronState,

@@ -9,17 +9,8 @@ from collections import Counter
 import attrs
 
 from trioforge._core.extras import needs_extra
-from trioforge._core.flow import (
-    FLOW_WINDOW,
-    TOKEN_EPSILON,
-    Bucket,
-    RateLimit,
-    next_token_at,
-)
-from trioforge._core.states import (
-    JobState,
-    claim_key,
-)
+from trioforge._core.flow import FLOW_WINDOW, TOKEN_EPSILON, Bucket, RateLimit, next_token_at
+from trioforge._core.states import JobState, claim_key
 from trioforge.storage import _ops as ops
 from trioforge.storage._counts import Tally
 from trioforge.storage._pg_sql import (
@@ -36,11 +27,7 @@ from trioforge.storage._pg_sql import (
     _bucket,
     _store,
 )
-from trioforge.storage._records import (
-    ClaimedJob,
-    ClaimResult,
-    RenewResult,
-)
+from trioforge.storage._records import ClaimedJob, ClaimResult, RenewResult
 
 with needs_extra("postgres", "PostgreSQL"):
     import asyncpg

@@ -11,19 +11,12 @@ from typing import Any
 
 import trio
 
-from trioforge._core.errors import (
-    DatabaseUnavailableError,
-)
+from trioforge._core.errors import DatabaseUnavailableError
 from trioforge._core.extras import needs_extra
 from trioforge.storage._backend import Changed
 from trioforge.storage._changes import parse_ids
 from trioforge.storage._pg_sql import CHANNEL
-from trioforge.storage._records import (
-    CancelNotice,
-    Notice,
-    SlotsFreedNotice,
-    WakeNotice,
-)
+from trioforge.storage._records import CancelNotice, Notice, SlotsFreedNotice, WakeNotice
 from trioforge.storage._urls import redact
 
 with needs_extra("postgres", "PostgreSQL"):

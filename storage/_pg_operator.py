@@ -5,16 +5,9 @@ from __future__ import annotations
 
 import json
 
-from trioforge._core.errors import (
-    InvalidArgumentError,
-    InvalidStateError,
-    JobNotFoundError,
-)
+from trioforge._core.errors import InvalidArgumentError, InvalidStateError, JobNotFoundError
 from trioforge._core.extras import needs_extra
-from trioforge._core.states import (
-    TERMINAL_STATES,
-    JobState,
-)
+from trioforge._core.states import TERMINAL_STATES, JobState
 from trioforge.storage import _compound as compound
 from trioforge.storage import _ops as ops
 from trioforge.storage._counts import Tally
@@ -25,16 +18,8 @@ from trioforge.storage._pg_schema import MIGRATIONS as MIGRATIONS
 
 # Re-exported: a bench patches the outcome statement here.
 from trioforge.storage._pg_sql import _FINISH as _FINISH
-from trioforge.storage._pg_sql import (
-    _KEY_HOLDER,
-    _WAKE_PARENTS,
-    CHANNEL,
-    _store,
-)
-from trioforge.storage._records import (
-    CancelResult,
-    not_a_run,
-)
+from trioforge.storage._pg_sql import _KEY_HOLDER, _WAKE_PARENTS, CHANNEL, _store
+from trioforge.storage._records import CancelResult, not_a_run
 from trioforge.storage._sql_states import PENDING, TERMINAL
 
 with needs_extra("postgres", "PostgreSQL"):

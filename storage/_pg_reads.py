@@ -6,9 +6,7 @@ from __future__ import annotations
 import math
 
 from trioforge._core.extras import needs_extra
-from trioforge._core.states import (
-    JobState,
-)
+from trioforge._core.states import JobState
 from trioforge.storage import _ops as ops
 from trioforge.storage._pg_sql import _STEP_COLUMNS
 from trioforge.storage._records import (

@@ -4,18 +4,11 @@
 from __future__ import annotations
 
 from trioforge._core.extras import needs_extra
-from trioforge._core.flow import (
-    Bucket,
-    RateLimit,
-    refill,
-)
+from trioforge._core.flow import Bucket, RateLimit, refill
 from trioforge.storage import _ops as ops
 from trioforge.storage._changes import IDS_PER_NOTICE
 from trioforge.storage._counts import Tally
-from trioforge.storage._records import (
-    StepWrite,
-    step_row,
-)
+from trioforge.storage._records import StepWrite, step_row
 
 with needs_extra("postgres", "PostgreSQL"):
     import asyncpg

@@ -9,15 +9,10 @@ import sqlite3
 from collections import Counter
 
 from trioforge._core.flow import FLOW_WINDOW, Bucket, FlowGate
-from trioforge._core.states import (
-    JobState,
-)
+from trioforge._core.states import JobState
 from trioforge.storage import _ops as ops
 from trioforge.storage._counts import Tally
-from trioforge.storage._records import (
-    ClaimResult,
-    RenewResult,
-)
+from trioforge.storage._records import ClaimResult, RenewResult
 from trioforge.storage._sqlite_sql import (
     _CANDIDATES,
     _CLAIM,

@@ -7,9 +7,7 @@ import json
 import math
 import sqlite3
 
-from trioforge._core.states import (
-    JobState,
-)
+from trioforge._core.states import JobState
 from trioforge.storage import _ops as ops
 from trioforge.storage._records import (
     JOB_COLUMNS,

@@ -8,16 +8,10 @@ import sqlite3
 from collections import Counter
 from typing import Any
 
-from trioforge._core.states import (
-    JobState,
-    claim_key,
-)
+from trioforge._core.states import JobState, claim_key
 from trioforge.storage import _ops as ops
 from trioforge.storage._counts import Tally
-from trioforge.storage._records import (
-    ClaimedJob,
-    NewJob,
-)
+from trioforge.storage._records import ClaimedJob, NewJob
 from trioforge.storage._sql_states import PENDING, TERMINAL
 
 _INSERT = (

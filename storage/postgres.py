@@ -26,18 +26,9 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 
-from trioforge._core.errors import (
-    DatabaseUnavailableError,
-    SchemaError,
-)
+from trioforge._core.errors import DatabaseUnavailableError, SchemaError
 from trioforge._core.extras import needs_extra
-from trioforge._core.states import (
-    TERMINAL_STATES,
-    JobState,
-    Released,
-    Suspended,
-    next_state,
-)
+from trioforge._core.states import TERMINAL_STATES, JobState, Released, Suspended, next_state
 from trioforge.storage import _compound as compound
 from trioforge.storage import _ops as ops
 from trioforge.storage._backend import AsyncioExecute, refused_value

@@ -40,13 +40,7 @@ from trioforge._core.errors import (
     SchemaError,
     TrioforgeError,
 )
-from trioforge._core.states import (
-    TERMINAL_STATES,
-    JobState,
-    Released,
-    Suspended,
-    next_state,
-)
+from trioforge._core.states import TERMINAL_STATES, JobState, Released, Suspended, next_state
 from trioforge.storage import _compound as compound
 from trioforge.storage import _ops as ops
 from trioforge.storage._backend import AsyncioExecute, Changed, refused_value

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
-import sqlite3
-import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, overload
@@ -27,7 +25,7 @@ from trioforge._policy import Queue
 from trioforge._reads import JobId, check_job_id
 from trioforge._registry import JobDefinition, Registry
 from trioforge.actors import Finished, LiveFeed, RunningJobs, StorageHandle
-from trioforge.storage import Enqueued, NewJob, ops
+from trioforge.storage import Enqueued, NewJob, backend_for_connection, ops
 
 if TYPE_CHECKING:
     from trioforge.metrics import Metrics
@@ -140,20 +138,10 @@ class Client(ClientOperations):
 
     async def _enqueue_in(self, connection: object, op: ops.Enqueue) -> builtins.list[Enqueued]:
         """Run the storage layer's own enqueue on the caller's connection."""
-        if isinstance(connection, sqlite3.Connection):
-            from trioforge.storage.sqlite import SQLiteBackend
-
-            return SQLiteBackend.enqueue_in(connection, op, self._clock.now())
-        if _is_asyncpg(connection):
-            from trioforge.storage.postgres import PostgresBackend
-
-            return await self._on_asyncio(
-                PostgresBackend.enqueue_in, connection, op, self._clock.now()
-            )
-        raise InvalidArgumentError(
-            f"connection must be an asyncpg connection or a sqlite3 connection, got "
-            f"{type(connection).__name__}"
-        )
+        backend = backend_for_connection(connection)
+        if backend.enqueue_in_asyncio:
+            return await self._on_asyncio(backend.enqueue_in, connection, op, self._clock.now())
+        return await backend.enqueue_in(connection, op, self._clock.now())
 
     async def _on_asyncio(
         self, fn: Callable[..., Awaitable[builtins.list[Enqueued]]], *args: Any
@@ -377,13 +365,3 @@ class Client(ClientOperations):
                 f"client.job takes a job definition (from @registry.job), got {definition!r}"
             )
         return Job(self, definition, check_job_id(job_id))
-
-
-def _is_asyncpg(connection: object) -> bool:
-    """An asyncpg connection (pooled or not); without the postgres extra there is none."""
-    if "asyncpg" not in sys.modules:
-        return False
-    import asyncpg
-    import asyncpg.pool
-
-    return isinstance(connection, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy)

@@ -14,6 +14,7 @@ are printed, never asserted.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import re
@@ -61,7 +62,8 @@ async def waits(client: trioforge.Client, samples: int) -> Samples:
         job_id = await client.enqueue(late_stamp, RUN_SECONDS)
         info = await client.wait(job_id)
         now = time.time()
-        assert info.finished_at is not None
+        if info.result is None or info.finished_at is None:
+            raise RuntimeError(f"the job did not complete: {info}")
         out.append((now - info.result, now - info.finished_at))
     return out
 
@@ -74,7 +76,9 @@ async def streams(client: trioforge.Client, http: httpx.AsyncClient, samples: in
             async for line in response.aiter_lines():
                 if line.startswith("data: ") and '"terminal":true' in line:
                     now, job = time.time(), json.loads(line[6:])
-                    out.append((now - job["result"], now - job["finished_at"]))
+                    # The stream's times are ISO text to the millisecond.
+                    finished = dt.datetime.fromisoformat(job["finished_at"]).timestamp()
+                    out.append((now - job["result"], now - finished))
                     break
     return out
 

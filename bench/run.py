@@ -16,8 +16,9 @@ import os
 import statistics
 import tempfile
 import time
+import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -257,6 +258,38 @@ async def drop_schemas(url: str, schemas: list[str]) -> None:
         await trio_asyncio.aio_as_trio(drop)()
 
 
+@asynccontextmanager
+async def postgres_databases(url: str) -> AsyncIterator[Callable[[], Awaitable[tuple[str, str]]]]:
+    """A factory of fresh databases on ``url``'s server (``await fresh()``: its URL and
+    name), all dropped at the end: a run alone in its database is what bench/cpu.py needs
+    to tell its PostgreSQL backends from everyone else's."""
+    names: list[str] = []
+
+    async def admin(statement: str) -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    async def run(statement: str) -> None:
+        async with trio_asyncio.open_loop():
+            await trio_asyncio.aio_as_trio(admin)(statement)
+
+    async def fresh() -> tuple[str, str]:
+        names.append(f"tf_bench_{uuid.uuid4().hex[:10]}")
+        await run(f'CREATE DATABASE "{names[-1]}"')
+        parts = urllib.parse.urlsplit(url)
+        return urllib.parse.urlunsplit(parts._replace(path=f"/{names[-1]}")), names[-1]
+
+    try:
+        yield fresh
+    finally:
+        with trio.CancelScope(shield=True):
+            for name in names:
+                await run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def add_postgres_url(parser: argparse.ArgumentParser) -> None:
     """Every bench's ``--postgres-url`` (default ``$TRIOFORGE_BENCH_POSTGRES_URL``)."""
     parser.add_argument(
@@ -280,7 +313,8 @@ async def postgres_schemas(url: str) -> AsyncIterator[Callable[[], Backend]]:
     try:
         yield postgres
     finally:
-        await drop_schemas(url, schemas)
+        with trio.CancelScope(shield=True):
+            await drop_schemas(url, schemas)
 
 
 def main() -> None:

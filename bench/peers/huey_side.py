@@ -3,7 +3,7 @@
 Set up as huey's documentation shows: a ``SqliteHuey`` on a file, one task, and its
 consumer with 64 thread workers (threads being huey's choice for I/O-bound tasks), started
 in this process once the jobs are enqueued. Each job carries an attrs payload, as
-trioforge's side does. Prints one JSON line of figures, then waits for stdin to close.
+trioforge's side does. Same line protocol as ``pgqueuer_side``'s ``drain``.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def main() -> None:
                 done.set()
 
     task = huey.task()(noop)
+    print(json.dumps({"ready": True}), flush=True)
+    sys.stdin.readline()
     t0 = time.perf_counter()
     for n in range(args.jobs):
         task(Payload(n, f"customer-{n}", n * 0.25))

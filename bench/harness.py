@@ -49,13 +49,21 @@ def bounded(name: str, deadline: float, body: Callable[[], Awaitable[None]]) -> 
 
     try:
         stopped = trio.run(run)
-    except ChildFailed as exc:
-        say(f"\n{name}: FAILED: {exc}")
+    except* ChildFailed as group:
+        say(*(f"\n{name}: FAILED: {exc}" for exc in leaves(group)))
         sys.exit(1)
     if stopped:
         say(f"\n{name}: stopped at its deadline ({deadline:.0f} s); the figures above are all "
             "it measured")  # fmt: skip
         sys.exit(STOPPED)
+
+
+def leaves(group: BaseExceptionGroup[ChildFailed]) -> list[ChildFailed]:
+    """The failures in a group of them (trio's nurseries nest them in groups)."""
+    found: list[ChildFailed] = []
+    for exc in group.exceptions:
+        found += leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
 
 
 class Child:
@@ -67,6 +75,7 @@ class Child:
         self.stderr = bytearray()
         self._stdout = bytearray()
         self._seen = trio.Condition()
+        self._stderr_closed = trio.Event()
 
     @classmethod
     async def start(
@@ -120,6 +129,8 @@ class Child:
             chunk = await self.proc.stdout.receive_some()
             if not chunk:
                 await self.proc.wait()
+                with trio.move_on_after(2):  # the rest of its stderr, for the report
+                    await self._stderr_closed.wait()
                 raise self.failure("closed its stdout")
             self._stdout += chunk
         line = bytes(self._stdout[: end + 1])

@@ -27,7 +27,7 @@ import trio
 
 from bench import peers, replicas, workflows
 from bench.cpu import METHOD, Meter
-from bench.harness import Child, ChildFailed, add_deadline, bounded, say
+from bench.harness import Child, ChildFailed, add_deadline, bounded, leaves, say
 from bench.run import add_postgres_url, pct, postgres_databases
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,8 +212,20 @@ async def latency_row(args: argparse.Namespace, python: Path | None, table: Tabl
                     continue
                 found[name] += samples
                 say(f"  pair {i + 1}: {name} p50 / p99 {ms(samples)} ms")
-    peer = f"PgQueuer {ms(found['PgQueuer'])} ms" if found["PgQueuer"] else "PgQueuer: not run"
-    table.add("cross-process enqueue -> start, p50 / p99", f"{ms(found['trioforge'])} ms", peer)
+    mine, theirs = found["trioforge"], found["PgQueuer"]
+    if theirs:
+        p50, p99 = (pct(mine, q) / pct(theirs, q) for q in (0.5, 0.99))
+        ratio = f"{p50:.2f}x p50, {p99:.2f}x p99"
+        table.add(
+            "cross-process enqueue -> start, p50 / p99",
+            f"{ms(mine)} ms",
+            f"PgQueuer {ms(theirs)} ms",
+            ratio,
+        )
+    else:
+        table.add(
+            "cross-process enqueue -> start, p50 / p99", f"{ms(mine)} ms", "PgQueuer: not run"
+        )
 
 
 def ms(samples: list[float]) -> str:
@@ -313,8 +325,8 @@ async def main(args: argparse.Namespace) -> None:
         for row in args.rows:
             try:
                 await steps[row]()
-            except ChildFailed as exc:
-                say(f"\n{row}: FAILED: {exc}")
+            except* ChildFailed as group:
+                say(*(f"\n{row}: FAILED: {exc}" for exc in leaves(group)))
                 table.add(row, "FAILED (above)")
     finally:
         table.show()

@@ -8,8 +8,9 @@ batch size. Each job carries an attrs payload as JSON bytes, as trioforge's side
 
 ``drain``: prints ``{"ready": true}`` once set up, starts on a line on stdin, prints one
 JSON line of figures, then waits for stdin to close. ``latency``: a worker process (this
-script, ``worker``) prints each job's start time; jobs are enqueued one every ``--gap``
-seconds and the enqueue -> start times are printed as one JSON line.
+script, ``worker``: PgQueuer's default batch size, no cap) prints each job's start time;
+jobs are enqueued one every ``--gap`` seconds and the enqueue -> start times are printed as
+one JSON line.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ async def worker(args: argparse.Namespace) -> None:
         print(f"{Payload(**json.loads(job.payload)).n} {started!r}", flush=True)
 
     qm.entrypoint("stamp")(stamp)
-    await qm.run(max_concurrent_tasks=args.slots)
+    await qm.run()
 
 
 async def latency(args: argparse.Namespace) -> None:
@@ -108,15 +109,15 @@ async def latency(args: argparse.Namespace) -> None:
     connection = await asyncpg.connect(args.dsn)
     queries = Queries(AsyncpgDriver(connection))
     child = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "worker", "--dsn", args.dsn, "--slots", "4",
-        stdout=subprocess.PIPE,
+        sys.executable, __file__, "worker", "--dsn", args.dsn, stdout=subprocess.PIPE,
     )  # fmt: skip
     assert child.stdout is not None
     try:
         # Warm-up jobs, each awaited: the worker is listening, its connection ready.
         for n in range(-5, 0):
             await queries.enqueue("stamp", encode(n))
-            await asyncio.wait_for(child.stdout.readline(), 60)
+            if not await asyncio.wait_for(child.stdout.readline(), 60):
+                raise RuntimeError("the worker exited before its warm-up jobs ran")
         sent = {}
         for n in range(args.samples):
             sent[n] = time.time()
@@ -131,7 +132,8 @@ async def latency(args: argparse.Namespace) -> None:
             started[int(n)] = float(at)
         emit({"latencies": [started[n] - sent[n] for n in range(args.samples)]})
     finally:
-        child.terminate()
+        if child.returncode is None:
+            child.terminate()
         await child.wait()
 
 

@@ -26,6 +26,7 @@ import trio_asyncio
 
 import trioforge
 import trioforge.web
+from bench.harness import add_deadline, bounded
 from bench.run import add_postgres_url, pct, postgres_schemas, report
 from trioforge.metrics import Metrics
 from trioforge.storage import Backend
@@ -210,6 +211,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     add_postgres_url(parser)
+    add_deadline(parser, 300)
     args = parser.parse_args()
 
     async def run() -> None:
@@ -221,7 +223,7 @@ def main() -> None:
             async with postgres_schemas(args.postgres_url) as fresh, trio_asyncio.open_loop():
                 await postgres_latencies(args.postgres_url, fresh, args.rows, args.samples)
 
-    trio.run(run)
+    bounded("bench.counts", args.deadline, run)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 import trioforge
+from bench.harness import add_deadline, bounded
 from bench.run import add_postgres_url, drain, noop, postgres_schemas, report
 from trioforge.storage import postgres as pg
 from trioforge.storage.postgres import PostgresBackend
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=4)
     add_postgres_url(parser)
+    add_deadline(parser, 300)
     args = parser.parse_args()
 
     async def run() -> None:
@@ -95,7 +97,7 @@ def main() -> None:
             rows["load average at the end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
             report("postgres: what change notices cost the drain", rows)
 
-    trio.run(run)
+    bounded("bench.notices", args.deadline, run)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import trio
 import trio_asyncio
 
 import trioforge
+from bench.harness import add_deadline, bounded, say
 from trioforge import JobContext, Registry
 from trioforge.storage import Backend, MemoryBackend
 from trioforge.storage.postgres import PostgresBackend
@@ -222,9 +223,7 @@ async def cancel_latency(database: Callable[[], str | Backend], samples: int) ->
 
 
 def report(name: str, rows: dict[str, str]) -> None:
-    print(f"\n{name}")
-    for key, value in rows.items():
-        print(f"  {key:38} {value}")
+    say(f"\n{name}", *(f"  {key:38} {value}" for key, value in rows.items()))
 
 
 async def bench_backend(name: str, database: Callable[[], str | Backend], jobs: int) -> None:
@@ -329,6 +328,7 @@ def main() -> None:
         "--rounds", type=int, default=2, help="interleaved rounds of the flow-control drains"
     )
     add_postgres_url(parser)
+    add_deadline(parser, 300)
     args = parser.parse_args()
 
     async def run() -> None:
@@ -357,7 +357,7 @@ def main() -> None:
             if args.backend in ("memory", "all") and not (args.flow_only or args.tracing):
                 await bench_backend("memory (reference)", MemoryBackend, args.jobs)
 
-    trio.run(run)
+    bounded("bench.run", args.deadline, run)
 
 
 if __name__ == "__main__":

@@ -348,7 +348,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--sleep", type=float, default=2.0, help="each I/O-bound job's sleep")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     add_postgres_url(parser)
-    add_deadline(parser, 900)
+    add_deadline(parser, 600)
     args = parser.parse_args()
     sizes = {
         "jobs": (20_000, 2_000), "pairs": (3, 1), "samples": (200, 30), "runs": (1000, 100),

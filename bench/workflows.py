@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 import trioforge
+from bench.harness import add_deadline, bounded
 from bench.run import add_postgres_url, postgres_schemas, report
 from trioforge import JobContext, Registry, WorkflowContext
 from trioforge.storage import Backend
@@ -118,6 +119,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     add_postgres_url(parser)
+    add_deadline(parser, 300)
     args = parser.parse_args()
 
     async def run() -> None:
@@ -133,7 +135,7 @@ def main() -> None:
                 async with postgres_schemas(args.postgres_url) as postgres:
                     await bench_backend("workflows on postgres", postgres, args.runs)
 
-    trio.run(run)
+    bounded("bench.workflows", args.deadline, run)
 
 
 if __name__ == "__main__":

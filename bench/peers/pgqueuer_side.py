@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-import asyncpg  # type: ignore[import-not-found]
+import asyncpg
 import attrs
 from pgqueuer import AsyncpgDriver, Job, QueueManager  # type: ignore[import-not-found]
 from pgqueuer.queries import Queries  # type: ignore[import-not-found]
@@ -118,18 +118,18 @@ async def latency(args: argparse.Namespace) -> None:
             await queries.enqueue("stamp", encode(n))
             if not await asyncio.wait_for(child.stdout.readline(), 60):
                 raise RuntimeError("the worker exited before its warm-up jobs ran")
-        sent = {}
+        sent: dict[int, float] = {}
         for n in range(args.samples):
             sent[n] = time.time()
             await queries.enqueue("stamp", encode(n))
             await asyncio.sleep(args.gap)
-        started = {}
+        started: dict[int, float] = {}
         while len(started) < args.samples:
             line = await asyncio.wait_for(child.stdout.readline(), 60)
             if not line:
                 raise RuntimeError(f"the worker exited after {len(started)} samples")
-            n, at = line.split()
-            started[int(n)] = float(at)
+            number, at = line.split()
+            started[int(number)] = float(at)
         emit({"latencies": [started[n] - sent[n] for n in range(args.samples)]})
     finally:
         if child.returncode is None:

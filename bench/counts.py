@@ -26,8 +26,8 @@ import trio_asyncio
 
 import trioforge
 import trioforge.web
-from bench.harness import add_deadline, bounded
-from bench.run import add_postgres_url, pct, postgres_schemas, report
+from bench.databases import add_postgres_url, postgres_schemas
+from bench.harness import add_deadline, bounded, pct, report
 from trioforge.metrics import Metrics
 from trioforge.storage import Backend
 from trioforge.storage.postgres import PostgresBackend

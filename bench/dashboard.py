@@ -20,8 +20,8 @@ import asyncpg
 import trio_asyncio
 
 import trioforge
-from bench.harness import add_deadline, bounded
-from bench.run import add_postgres_url, postgres_schemas, report
+from bench.databases import add_postgres_url, postgres_schemas
+from bench.harness import add_deadline, bounded, report
 from trioforge.storage import Backend, opened
 from trioforge.storage.postgres import PostgresBackend
 from trioforge.storage.sqlite import SQLiteBackend

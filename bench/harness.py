@@ -30,6 +30,15 @@ def say(*lines: str) -> None:
     print(*lines, sep="\n", flush=True)
 
 
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def report(name: str, rows: dict[str, str]) -> None:
+    say(f"\n{name}", *(f"  {key:38} {value}" for key, value in rows.items()))
+
+
 def add_deadline(parser: argparse.ArgumentParser, default: float) -> None:
     parser.add_argument(
         "--deadline",

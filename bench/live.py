@@ -28,10 +28,10 @@ import httpx
 import trio
 
 import trioforge
-from bench.harness import Child, add_deadline, bounded, say
+from bench.databases import add_postgres_url, postgres_databases
+from bench.harness import Child, add_deadline, bounded, pct, say
 from bench.replica_jobs import late_stamp
 from bench.replicas import ROOT, workers
-from bench.run import add_postgres_url, pct, postgres_databases
 
 #: How long each job runs: long enough for the watcher to be subscribed before it ends.
 RUN_SECONDS = 0.05

@@ -20,8 +20,10 @@ from typing import Any
 import trio
 
 import trioforge
-from bench.harness import add_deadline, bounded
-from bench.run import add_postgres_url, drain, noop, postgres_schemas, report
+from bench.databases import add_postgres_url, postgres_schemas
+from bench.harness import add_deadline, bounded, report
+from bench.run import drain, noop
+from trioforge.storage import Backend
 from trioforge.storage import postgres as pg
 from trioforge.storage.postgres import PostgresBackend
 
@@ -51,7 +53,10 @@ def main() -> None:
     args = parser.parse_args()
 
     async def run() -> None:
-        async with postgres_schemas(args.postgres_url) as fresh:
+        async with postgres_schemas(args.postgres_url) as make:
+
+            async def fresh() -> Backend:
+                return make()
 
             async def quiet() -> float:
                 async with quiet_outcomes():
@@ -60,7 +65,7 @@ def main() -> None:
             async def listened() -> float:
                 """The drain while a client on the same schema watches a job (LISTENing:
                 every notice is queued for it and read by its connection)."""
-                backend = fresh()
+                backend = make()
                 assert isinstance(backend, PostgresBackend)
                 watcher = PostgresBackend(args.postgres_url, schema=backend.schema)
                 async with trioforge.open_client(watcher) as client, trio.open_nursery() as n:
@@ -71,9 +76,11 @@ def main() -> None:
                             pass
 
                     n.start_soon(watch)
-                    rate = await drain(
-                        lambda: PostgresBackend(args.postgres_url, schema=backend.schema), args.jobs
-                    )
+
+                    async def same_schema() -> Backend:
+                        return PostgresBackend(args.postgres_url, schema=backend.schema)
+
+                    rate = await drain(same_schema, args.jobs)
                     n.cancel_scope.cancel()
                     return rate
 

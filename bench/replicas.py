@@ -23,9 +23,9 @@ import trio
 
 import trioforge
 from bench.cpu import METHOD, Meter
-from bench.harness import Child, add_deadline, bounded, say
+from bench.databases import add_postgres_url, postgres_databases
+from bench.harness import Child, add_deadline, bounded, pct, say
 from bench.replica_jobs import hang, noop, stamp
-from bench.run import add_postgres_url, pct, postgres_databases
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,8 +27,8 @@ import trio
 
 from bench import peers, replicas, workflows
 from bench.cpu import METHOD, Meter
-from bench.harness import Child, ChildFailed, add_deadline, bounded, leaves, say
-from bench.run import add_postgres_url, pct, postgres_databases
+from bench.databases import add_postgres_url, postgres_databases
+from bench.harness import Child, ChildFailed, add_deadline, bounded, leaves, pct, say
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = ("sqlite", "postgres", "latency", "processes", "workflows", "wide")

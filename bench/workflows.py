@@ -13,17 +13,16 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
 import trioforge
-from bench.harness import add_deadline, bounded
-from bench.run import add_postgres_url, postgres_schemas, report
+from bench.databases import add_postgres_url, postgres_databases
+from bench.harness import add_deadline, bounded, report
 from trioforge import JobContext, Registry, WorkflowContext
-from trioforge.storage import Backend
 
 STEPS = 10
 
@@ -64,7 +63,7 @@ async def noop(ctx: JobContext, n: int) -> None:
 
 
 async def timed_drain(
-    db: str | Backend, job: trioforge.JobDefinition[Any, Any], count: int, slots: int
+    db: str, job: trioforge.JobDefinition[Any, Any], count: int, slots: int
 ) -> float:
     """Seconds for ``count`` runs (or jobs) of ``job``, enqueued beforehand, to finish."""
     global COUNTER
@@ -78,7 +77,7 @@ async def timed_drain(
         return time.perf_counter() - t0
 
 
-async def asleep_then_drain(db: str | Backend, sleepers: int, jobs: int) -> float:
+async def asleep_then_drain(db: str, sleepers: int, jobs: int) -> float:
     """Jobs/s draining ``jobs`` no-ops on 4 slots while ``sleepers`` runs are asleep."""
     global COUNTER
     async with trioforge.open_client(db, registry=registry) as client:
@@ -95,11 +94,11 @@ async def asleep_then_drain(db: str | Backend, sleepers: int, jobs: int) -> floa
         return jobs / (time.perf_counter() - t0)
 
 
-async def bench_backend(name: str, database: Callable[[], str | Backend], runs: int) -> None:
-    steps = await timed_drain(database(), ten_steps, runs, 64)
-    plain = await timed_drain(database(), noop, runs * STEPS, 64)
-    idle = await asleep_then_drain(database(), 0, 2000)
-    busy = await asleep_then_drain(database(), 10_000, 2000)
+async def bench_backend(name: str, database: Callable[[], Awaitable[str]], runs: int) -> None:
+    steps = await timed_drain(await database(), ten_steps, runs, 64)
+    plain = await timed_drain(await database(), noop, runs * STEPS, 64)
+    idle = await asleep_then_drain(await database(), 0, 2000)
+    busy = await asleep_then_drain(await database(), 10_000, 2000)
     total = runs * STEPS
     report(
         name,
@@ -126,13 +125,17 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             counter = iter(range(1_000_000))
             if args.backend in ("sqlite", "all"):
-                await bench_backend(
-                    "workflows on sqlite (WAL file)",
-                    lambda: f"sqlite:///{Path(tmp) / f'wf{next(counter)}.db'}",
-                    args.runs,
-                )
+
+                async def sqlite() -> str:
+                    return f"sqlite:///{Path(tmp) / f'wf{next(counter)}.db'}"
+
+                await bench_backend("workflows on sqlite (WAL file)", sqlite, args.runs)
             if args.backend in ("postgres", "all"):
-                async with postgres_schemas(args.postgres_url) as postgres:
+                async with postgres_databases(args.postgres_url) as fresh:
+
+                    async def postgres() -> str:
+                        return (await fresh())[0]
+
                     await bench_backend("workflows on postgres", postgres, args.runs)
 
     bounded("bench.workflows", args.deadline, run)

@@ -52,7 +52,7 @@ BENCHES = \
 	"bench.run $(if $(QUICK),--jobs 2000 --rounds 1)" \
 	"bench.replicas $(if $(QUICK),--jobs 2000 --samples 30)" \
 	"bench.live $(if $(QUICK),--samples 20)" \
-	"bench.workflows $(if $(QUICK),--runs 100)" \
+	"bench.workflows $(if $(QUICK),--runs 100 --asleep 1000)" \
 	"bench.dashboard --jobs $(if $(QUICK),20000,200000)" \
 	"bench.counts --rows $(if $(QUICK),20000,200000) $(if $(QUICK),--samples 10)" \
 	"bench.notices --repeats $(if $(QUICK),1,2) $(if $(QUICK),--jobs 2000)"

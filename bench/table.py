@@ -343,7 +343,7 @@ def parse() -> argparse.Namespace:
         "--wide",
         type=int,
         nargs="+",
-        help="I/O-bound jobs at once (10,000 50,000; quick 1,000 5,000)",
+        help="I/O-bound jobs at once (1,000 10,000 50,000; quick 1,000 5,000)",
     )
     parser.add_argument("--sleep", type=float, default=2.0, help="each I/O-bound job's sleep")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
@@ -352,7 +352,7 @@ def parse() -> argparse.Namespace:
     args = parser.parse_args()
     sizes = {
         "jobs": (20_000, 2_000), "pairs": (3, 1), "samples": (200, 30), "runs": (1000, 100),
-        "wide": ([10_000, 50_000], [1_000, 5_000]),
+        "wide": ([1_000, 10_000, 50_000], [1_000, 5_000]),
     }  # fmt: skip
     for name, (full, quick) in sizes.items():
         if getattr(args, name) is None:

@@ -13,12 +13,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 #: Exit status of a bench stopped by its deadline (a failure: its rows are incomplete).
 STOPPED = 3
+#: The subprocesses started through ``Child`` and not yet reaped.
+LIVE: set[trio.Process] = set()
 
 
 class ChildFailed(RuntimeError):
@@ -31,11 +34,13 @@ def say(*lines: str) -> None:
 
 
 def pct(samples: list[float], q: float) -> float:
+    """The ``q`` quantile of ``samples`` (nearest rank)."""
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def report(name: str, rows: dict[str, str]) -> None:
+    """A section of figures: its title, then one aligned line per row."""
     say(f"\n{name}", *(f"  {key:38} {value}" for key, value in rows.items()))
 
 
@@ -56,6 +61,11 @@ def bounded(name: str, deadline: float, body: Callable[[], Awaitable[None]]) -> 
             await body()
         return scope.cancelled_caught
 
+    # The backstop, should a cleanup itself hang: a minute after the deadline, kill the
+    # children and leave.
+    watchdog = threading.Timer(deadline + 60, hard_stop, (name, deadline))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         stopped = trio.run(run)
     except* ChildFailed as group:
@@ -65,6 +75,14 @@ def bounded(name: str, deadline: float, body: Callable[[], Awaitable[None]]) -> 
         say(f"\n{name}: stopped at its deadline ({deadline:.0f} s); the figures above are all "
             "it measured")  # fmt: skip
         sys.exit(STOPPED)
+
+
+def hard_stop(name: str, deadline: float) -> None:
+    say(f"\n{name}: still cleaning up a minute after its deadline ({deadline:.0f} s); "
+        "killing its subprocesses and exiting")  # fmt: skip
+    for proc in list(LIVE):
+        proc.kill()
+    os._exit(STOPPED)
 
 
 def leaves(group: BaseExceptionGroup[ChildFailed]) -> list[ChildFailed]:
@@ -103,6 +121,7 @@ class Child:
             stderr=subprocess.PIPE,
         )
         child = cls(name, proc)
+        LIVE.add(proc)
         nursery.start_soon(child._drain_stderr)
         return child
 
@@ -152,6 +171,7 @@ class Child:
             self.proc.send_signal(signal.SIGINT)
         with trio.move_on_after(10):
             await self.proc.wait()
-            return
-        self.proc.kill()
-        await self.proc.wait()
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        LIVE.discard(self.proc)

@@ -114,6 +114,7 @@ async def pairs(
     peer_name: str,
     peer: Callable[[], Awaitable[dict[str, Any]]] | None,
     table: Table,
+    cpu_row: str | None = None,
 ) -> None:
     """``count`` same-minute pairs, alternating which side runs first."""
     sides = {"trioforge": Side("trioforge"), peer_name: Side(peer_name)}
@@ -139,6 +140,13 @@ async def pairs(
         speed = spread(ratios(mine.rates, theirs.rates), "{:.2f}x")
         cpu = spread(ratios(mine.cpu_us, theirs.cpu_us), "{:.2f}x")
         table.add(row, mine.cell(), f"{peer_name}: {theirs.cell()}", f"{speed} (CPU {cpu})")
+        if cpu_row:
+            table.add(
+                cpu_row,
+                f"{spread(mine.cpu_us, '{:,.0f}')} µs",
+                f"{peer_name} {spread(theirs.cpu_us, '{:,.0f}')} µs",
+                cpu,
+            )
     else:
         table.add(row, mine.cell(), f"{peer_name}: not run")
 
@@ -187,6 +195,7 @@ async def postgres_row(args: argparse.Namespace, python: Path | None, table: Tab
         await pairs(
             "PostgreSQL drain vs PgQueuer (QueueManager, asyncpg, batch 10)",
             args.pairs, args.jobs, trioforge, "PgQueuer", pgqueuer if python else None, table,
+            "CPU per job, enqueue + drain, all processes incl. PostgreSQL backends",
         )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from bench import peers, replicas, workflows
+from bench import floor, peers, replicas, workflows
 from bench.cpu import METHOD, Meter
 from bench.databases import add_postgres_url, postgres_databases
 from bench.harness import Child, ChildFailed, add_deadline, bounded, leaves, pct, say
@@ -221,6 +221,8 @@ async def latency_row(args: argparse.Namespace, python: Path | None, table: Tabl
                     continue
                 found[name] += samples
                 say(f"  pair {i + 1}: {name} p50 / p99 {ms(samples)} ms")
+        lowest = await floor.floor((await fresh())[0], args.samples)
+        say(f"  the floor (insert + NOTIFY commit, LISTEN, claim commit): {ms(lowest)} ms")
     mine, theirs = found["trioforge"], found["PgQueuer"]
     if theirs:
         p50, p99 = (pct(mine, q) / pct(theirs, q) for q in (0.5, 0.99))
@@ -235,6 +237,7 @@ async def latency_row(args: argparse.Namespace, python: Path | None, table: Tabl
         table.add(
             "cross-process enqueue -> start, p50 / p99", f"{ms(mine)} ms", "PgQueuer: not run"
         )
+    table.add("  its floor: two commits and a NOTIFY (bench/floor.py)", f"{ms(lowest)} ms")
 
 
 def ms(samples: list[float]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -154,7 +155,7 @@ async def pairs(
 async def install_peers() -> Path | None:
     try:
         return await trio.to_thread.run_sync(peers.peers_python)
-    except (RuntimeError, OSError, TimeoutError) as exc:
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         say(f"\nthe peers could not be installed, so they are left out: {exc}")
         return None
 

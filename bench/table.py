@@ -2,7 +2,8 @@
 
 Rows: the SQLite drain beside huey's SQLite backend; the PostgreSQL drain beside PgQueuer;
 cross-process enqueue -> start latency beside PgQueuer's; CPU per job (enqueue + drain,
-every process that works for it, bench/cpu.py); 1 and 3 worker processes on PostgreSQL;
+every process that works for it, bench/cpu.py); 1 and 3 worker processes on PostgreSQL
+beside PgQueuer's (each side's driver enqueues while they drain);
 workflow steps/s on PostgreSQL; 50,000 I/O-bound jobs at once in one process (and 10,000,
 for the cost per job). Each pair runs in the same minute, the order alternating from one
 pair to the next; every side runs in a process of its own (bench/trioforge_side.py,
@@ -80,8 +81,9 @@ async def drive(command: list[str], name: str, database: str | None) -> dict[str
     async with trio.open_nursery() as nursery:
         child = await Child.start(nursery, name, command, {"PYTHONPATH": str(ROOT)}, stdin=True)
         try:
-            await child.read_line()  # {"ready": true}: set up, schema installed
-            meter = Meter([child.proc.pid], database)
+            # {"ready": true}: set up, schema installed; "pids": its worker processes
+            ready = json.loads(await child.read_line())
+            meter = Meter([child.proc.pid, *ready.get("pids", [])], database)
             meter.start()
             nursery.start_soon(meter.poll)
             assert child.proc.stdin is not None
@@ -116,11 +118,11 @@ async def pairs(
     peer: Callable[[], Awaitable[dict[str, Any]]] | None,
     table: Table,
     cpu_row: str | None = None,
-) -> None:
+) -> dict[str, Side]:
     """``count`` same-minute pairs, alternating which side runs first."""
     sides = {"trioforge": Side("trioforge"), peer_name: Side(peer_name)}
     runners = {"trioforge": trioforge, **({peer_name: peer} if peer else {})}
-    say(f"\n{row}: {jobs:,} no-op jobs with attrs payloads, 64 slots, one process")
+    say(f"\n{row}: {jobs:,} no-op jobs with attrs payloads, 64 slots a process")
     for i in range(count):
         order = list(runners) if i % 2 == 0 else list(reversed(runners))
         cells = []
@@ -150,6 +152,7 @@ async def pairs(
             )
     else:
         table.add(row, mine.cell(), f"{peer_name}: not run")
+    return sides
 
 
 async def install_peers() -> Path | None:
@@ -261,25 +264,34 @@ async def run_once(command: list[str], name: str) -> dict[str, Any]:
     return figures
 
 
-async def processes_row(args: argparse.Namespace, table: Table) -> None:
-    say(
-        f"\nPostgreSQL drain of {args.jobs:,} no-op jobs by 1 and 3 worker processes "
-        "(64 slots each)"
-    )
-    rates, cpus = {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        async with postgres_databases(args.postgres_url) as fresh:
-            for count in (1, 3):
+async def processes_row(args: argparse.Namespace, python: Path | None, table: Table) -> None:
+    """1 and 3 worker processes, each side's driver enqueueing while they drain."""
+    rates: dict[str, dict[int, list[float]]] = {"trioforge": {}, "PgQueuer": {}}
+    async with postgres_databases(args.postgres_url) as fresh:
+        for count in (1, 3):
+            more = ["--jobs", str(args.jobs), "--processes", str(count)]
+
+            async def trioforge(more: list[str] = more) -> dict[str, Any]:
                 url, name = await fresh()
-                rates[count], cpus[count] = await replicas.drain(
-                    url, name, args.jobs, count, Path(tmp)
-                )
-                say(f"  {count} process(es): {rates[count]:,.0f} jobs/s, CPU/job {cpus[count]}")
-    table.add(
-        "3 worker processes vs 1 (PostgreSQL)",
-        f"{rates[3]:,.0f} vs {rates[1]:,.0f} jobs/s = {rates[3] / rates[1]:.2f}x; CPU/job "
-        f"{cpus[3]} vs {cpus[1]}",
-    )
+                return await drive([*ours("drain", url, args.jobs), *more[2:]], "trioforge", name)
+
+            async def pgqueuer(more: list[str] = more) -> dict[str, Any]:
+                assert python is not None
+                url, name = await fresh()
+                command = [str(python), str(peers.driver("pgqueuer")), "drain", "--dsn", url]
+                return await drive([*command, *more], "PgQueuer", name)
+
+            row = f"PostgreSQL, {count} worker process(es) of 64 slots, enqueue + drain"
+            sides = await pairs(
+                row, args.pairs, args.jobs, trioforge, "PgQueuer", pgqueuer if python else None,
+                table,
+            )  # fmt: skip
+            for name, side in sides.items():
+                rates[name][count] = side.rates
+    for name, found in rates.items():
+        if found.get(1) and found.get(3):
+            scaling = spread(ratios(found[3], found[1]), "{:.2f}x")
+            table.add(f"3 worker processes vs 1 (PostgreSQL), {name}", scaling)
 
 
 async def workflows_row(args: argparse.Namespace, table: Table) -> None:
@@ -325,13 +337,13 @@ async def wide_row(args: argparse.Namespace, table: Table) -> None:
 async def main(args: argparse.Namespace) -> None:
     table = Table()
     try:
-        needs_peers = {"sqlite", "postgres", "latency"} & set(args.rows)
+        needs_peers = {"sqlite", "postgres", "latency", "processes"} & set(args.rows)
         python = await install_peers() if needs_peers else None
         steps: dict[str, Callable[[], Awaitable[None]]] = {
             "sqlite": lambda: sqlite_row(args, python, table),
             "postgres": lambda: postgres_row(args, python, table),
             "latency": lambda: latency_row(args, python, table),
-            "processes": lambda: processes_row(args, table),
+            "processes": lambda: processes_row(args, python, table),
             "workflows": lambda: workflows_row(args, table),
             "wide": lambda: wide_row(args, table),
         }

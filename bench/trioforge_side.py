@@ -9,6 +9,8 @@ on stdin starts it, one JSON line of figures, then it waits for stdin to close.
 ``wide``: N jobs that each sleep (I/O-bound), as many slots as jobs, on SQLite: the wall
 time from the runtime's start to the last job's end, and the peak RSS of this process
 beside its RSS before the runtime started.
+
+``drain --processes N``: N ``trioforge worker`` processes drain while this one enqueues.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import attrs
 import trio
 
 import trioforge
+from bench.harness import Child
 
 
 @attrs.frozen
@@ -91,6 +94,41 @@ async def drain(url: str, jobs: int, slots: int) -> None:
             await trio.to_thread.run_sync(sys.stdin.read)
 
 
+async def drain_processes(url: str, jobs: int, slots: int, processes: int) -> None:
+    """``processes`` worker processes (``trioforge worker``), ready before "ready"; the clock
+    runs from the first enqueue to the last completion (counts polled every 20 ms)."""
+    async with trioforge.open_client(url):
+        pass  # creates the schema before the workers and the measured part
+    command = [
+        sys.executable, "-m", "trioforge", "worker", "bench.trioforge_side:registry",
+        "--database", url, "--queue", f"bench={slots}", "--log-level", "WARNING",
+    ]  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        children = []
+        try:
+            for i in range(processes):
+                children.append(await Child.start(nursery, f"worker process {i + 1}", command))
+                await children[-1].wait_stderr(b"ready")
+            emit({"ready": True, "pids": [child.proc.pid for child in children]})
+            await trio.to_thread.run_sync(sys.stdin.readline)
+            async with trioforge.open_client(url) as client:
+                t0 = time.perf_counter()
+                for start in range(0, jobs, 5000):
+                    batch = range(start, min(jobs, start + 5000))
+                    payloads = [Payload(n, f"customer-{n}", n * 0.25) for n in batch]
+                    await client.enqueue_many(order, payloads)
+                t1 = time.perf_counter()
+                while (await client.stats()).count("completed", queue="bench") < jobs:
+                    await trio.sleep(0.02)
+                emit({"jobs": jobs, "enqueue_s": t1 - t0, "drain_s": time.perf_counter() - t0})
+                await trio.to_thread.run_sync(sys.stdin.read)
+        finally:
+            with trio.CancelScope(shield=True):
+                for child in children:
+                    await child.stop()
+            nursery.cancel_scope.cancel()
+
+
 async def wide(url: str, jobs: int, seconds: float) -> None:
     COUNT.target = jobs
     async with trioforge.open_client(url) as client:
@@ -115,8 +153,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--slots", type=int, default=64)
     parser.add_argument("--sleep", type=float, default=2.0, help="each wide job's sleep")
+    parser.add_argument("--processes", type=int, default=0, help="drain by worker processes")
     args = parser.parse_args()
-    if args.mode == "drain":
+    if args.mode == "drain" and args.processes:
+        trio.run(drain_processes, args.database, args.jobs, args.slots, args.processes)
+    elif args.mode == "drain":
         trio.run(drain, args.database, args.jobs, args.slots)
     else:
         trio.run(wide, args.database, args.jobs, args.sleep)

@@ -265,10 +265,11 @@ async def run_once(command: list[str], name: str) -> dict[str, Any]:
 
 
 async def processes_row(args: argparse.Namespace, python: Path | None, table: Table) -> None:
-    """1 and 3 worker processes, each side's driver enqueueing while they drain."""
+    """1 and 3 (``--processes``) worker processes, each side's driver enqueueing while they
+    drain."""
     rates: dict[str, dict[int, list[float]]] = {"trioforge": {}, "PgQueuer": {}}
     async with postgres_databases(args.postgres_url) as fresh:
-        for count in (1, 3):
+        for count in args.processes:
             more = ["--jobs", str(args.jobs), "--processes", str(count)]
 
             async def trioforge(more: list[str] = more) -> dict[str, Any]:
@@ -289,9 +290,10 @@ async def processes_row(args: argparse.Namespace, python: Path | None, table: Ta
             for name, side in sides.items():
                 rates[name][count] = side.rates
     for name, found in rates.items():
-        if found.get(1) and found.get(3):
-            scaling = spread(ratios(found[3], found[1]), "{:.2f}x")
-            table.add(f"3 worker processes vs 1 (PostgreSQL), {name}", scaling)
+        for count in args.processes:
+            if count > 1 and found.get(count) and found.get(1):
+                scaling = spread(ratios(found[count], found[1]), "{:.2f}x")
+                table.add(f"{count} worker processes vs 1 (PostgreSQL), {name}", scaling)
 
 
 async def workflows_row(args: argparse.Namespace, table: Table) -> None:
@@ -371,6 +373,9 @@ def parse() -> argparse.Namespace:
         help="I/O-bound jobs at once (1,000 10,000 50,000; quick 1,000 5,000)",
     )
     parser.add_argument("--sleep", type=float, default=2.0, help="each I/O-bound job's sleep")
+    parser.add_argument(
+        "--processes", type=int, nargs="+", default=[1, 3], help="worker process counts (1 3)"
+    )
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     add_postgres_url(parser)
     add_deadline(parser, 600)

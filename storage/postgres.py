@@ -850,20 +850,6 @@ SELECT pg_notify($2, $3) FROM resumed
 _AUTOCOMMIT_MAX = 3
 
 
-def _atomic_alone(op: ops.Op) -> bool:
-    """Whether the op's writes are one statement, so it needs no explicit transaction."""
-    if isinstance(op, ops.Enqueue):
-        return all(j.idempotency_key is None for j in op.jobs)
-    if isinstance(op, ops.Claim) and op.queue_rate is not None:
-        return False
-    return isinstance(
-        op, ops.Claim | ops.Finish | ops.Renew | ops.Progress | ops.Get | ops.GetMany
-        | ops.LatestSteps | ops.ListJobs | ops.Rescue | ops.Stats | ops.Throughput
-        | ops.ThroughputSeries | ops.FoldCounts | ops.PauseQueue
-        | ops.PausedQueues | ops.Beat | ops.Leave | ops.Processes | ops.Lead | ops.WaitingNames
-    )  # fmt: skip
-
-
 def _plain_step(op: ops.Op) -> bool:
     """A record write with nothing else in its transaction (no child, signal or cancel)."""
     return (
@@ -1213,7 +1199,7 @@ class PostgresBackend:
     async def _batch(
         self, conn: asyncpg.Connection, batch: list[ops.Op], now: float
     ) -> list[object]:
-        if len(batch) <= _AUTOCOMMIT_MAX and all(_atomic_alone(op) for op in batch):
+        if len(batch) <= _AUTOCOMMIT_MAX and all(op.atomic_alone() for op in batch):
             # No BEGIN/COMMIT round trips for what single statements do atomically: for
             # a few ops (a claim and an outcome batch, say) they cost more than the
             # extra commits.

@@ -154,7 +154,7 @@ async def ship_v1(ctx: trioforge.WorkflowContext, order: str) -> str:
 @registry.workflow("orders:ship", version=2, public=True)
 async def ship(ctx: trioforge.WorkflowContext, request: ShipOrder) -> list[str]:
     packed = await ctx.step(
-        "pack", lambda: [f"{request.order}/{n}" for n in range(request.parcels)]
+        "pack", lambda: [f"{request.order}/{n + 1}" for n in range(request.parcels)]
     )
     label = await ctx.step("label", lambda: f"label for {len(packed)} parcels")
     return [*packed, label]

@@ -289,6 +289,8 @@ import type {
 
 /** What the codec wrote for a result: it must fit the result type. */
 export const written: ReportsExportResult = %(written)s;
+// @ts-expect-error: without one of its fields it is no result (the check above can fail)
+export const partial: ReportsExportResult = %(partial)s;
 /** A payload sent with its defaults left out. */
 export const sent: ReportsExportPayload = { format: "csv", columns: [{ name: "id" }] };
 export const column: ColumnInput = { name: "email", width: null };
@@ -337,24 +339,9 @@ def test_the_module_of_every_type_compiles_with_tsc_strict(tmp_path: Path) -> No
         since=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     )
     written = sample_json(codegen_jobs.export_of(request), codegen_jobs.Export)
-    (folder / "use.ts").write_text(USE % {"written": written})
+    partial = {k: v for k, v in json.loads(written).items() if k != "took"}
+    (folder / "use.ts").write_text(USE % {"written": written, "partial": json.dumps(partial)})
     compile_ts(folder, "jobs.ts", "use.ts")
-
-
-def test_a_compile_error_in_the_sample_is_caught(tmp_path: Path) -> None:
-    """The check above can fail: a result missing a field does not compile."""
-    folder = with_track(tmp_path)
-    (folder / "jobs.ts").write_text(typescript(codegen_jobs.registry))
-    written = json.loads(
-        sample_json(
-            codegen_jobs.export_of(codegen_jobs.ExportRequest(codegen_jobs.Format.CSV, [])),
-            codegen_jobs.Export,
-        )
-    )
-    del written["took"]
-    (folder / "use.ts").write_text(USE % {"written": json.dumps(written)})
-    with pytest.raises(AssertionError, match="Property 'took' is missing"):
-        compile_ts(folder, "jobs.ts", "use.ts")
 
 
 def test_the_generated_module_is_the_one_the_docs_show() -> None:

@@ -280,7 +280,7 @@ class _Types:
             return "null"
         if isinstance(tp, type) and issubclass(tp, enum.Enum):
             return self.literals([m.value for m in tp], tp, at)
-        if tp in _SCALARS:
+        if isinstance(tp, type) and tp in _SCALARS:
             return _SCALARS[tp]
         if tp in _TEXT_TYPES:
             return "string"

@@ -302,7 +302,7 @@ class _Types:
             items = (self.of(a, sent=sent, at=f"{at}[{i}]") for i, a in enumerate(args))
             return f"[{', '.join(items)}]"
         if tp is dict or origin is dict:
-            if args and _unwrapped(args[0]) not in (str, Any):
+            if args and args[0] is not str and args[0] is not Any:
                 raise self.refuse(tp, at, "whose keys are not str (JSON object keys are)")
             value = self.of(args[1], sent=sent, at=f"{at}[*]") if args else "JsonValue"
             return f"{{ [key: string]: {value} }}"

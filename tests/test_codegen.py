@@ -174,6 +174,7 @@ class Unresolved:
         (Tagged, "set[str]", "at $.tags"),
         (list[frozenset[int]], "frozenset[int]", "at $[*]"),
         (dict[int, str], "dict[int, str]", "keys are not str"),
+        (dict[Email, str], "dict[Email, str]", "keys are not str"),  # the codec refuses it
         (Box[int], "Box[int]", "generic class"),
         (Pairs, "Pairs", "(1, 2) is not a JSON scalar"),
         (Unresolved, "Unresolved", "cannot be resolved"),

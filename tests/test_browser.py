@@ -26,9 +26,9 @@ import pytest
 import trio
 
 import trioforge
-from tests import codegen_jobs
+from tests.support import codegen_jobs
 from tests.support.browser import CHROMIUM, Served, require_browser
-from tests.typescript import compile_ts, track_file, with_track
+from tests.support.typescript import compile_ts, track_file, with_track
 from trioforge import JobContext, JobState, Registry, Retry, WorkflowContext
 from trioforge._codegen import typescript
 

@@ -17,8 +17,8 @@ import cattrs
 import pytest
 from click.testing import CliRunner
 
-from tests import codegen_jobs
-from tests.typescript import compile_ts, with_track
+from tests.support import codegen_jobs
+from tests.support.typescript import compile_ts, with_track
 from trioforge import ConfigurationError, JobContext, Registry
 from trioforge._cli import main
 from trioforge._codegen import _Module, _Types, typescript
@@ -259,7 +259,7 @@ def test_the_module_imports_only_what_it_uses() -> None:
 
 def test_the_cli_prints_the_module_or_one_error_line() -> None:
     runner = CliRunner()
-    command = ["codegen", "typescript", "--registry", "tests.codegen_jobs:registry"]
+    command = ["codegen", "typescript", "--registry", "tests.support.codegen_jobs:registry"]
     done = runner.invoke(main, command)
     assert done.exit_code == 0, done.output
     assert done.output == typescript(codegen_jobs.registry)

@@ -21,7 +21,16 @@ from trioforge.storage._urls import redact
 
 with needs_extra("postgres", "PostgreSQL"):
     import asyncpg
-    import trio_asyncio
+
+
+def trio_asyncio_module() -> Any:
+    """trio-asyncio, imported when a trio runtime first crosses into asyncio. Importing it
+    makes ``asyncio.new_event_loop()`` (so ``asyncio.run``) return its own loop in the
+    whole process, which an asyncio application that only uses ``trioforge.aio`` must not
+    get; so this module never imports it at import time."""
+    with needs_extra("postgres", "PostgreSQL"):
+        import trio_asyncio
+    return trio_asyncio
 
 
 def parse_notice(payload: str, schema: str | None = None) -> Notice | None:
@@ -56,7 +65,7 @@ class PostgresListening:
 
     async def _aio(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """One crossing into asyncio."""
-        return await trio_asyncio.aio_as_trio(fn)(*args)
+        return await trio_asyncio_module().aio_as_trio(fn)(*args)
 
     @asynccontextmanager
     async def listen(self) -> AsyncIterator[trio.MemoryReceiveChannel[Notice]]:

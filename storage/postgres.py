@@ -35,7 +35,7 @@ from trioforge.storage._backend import AsyncioExecute, refused_value
 from trioforge.storage._changes import changed_jobs, encode_ids
 from trioforge.storage._counts import Tally
 from trioforge.storage._pg_claims import PostgresClaims
-from trioforge.storage._pg_listen import PostgresListening
+from trioforge.storage._pg_listen import PostgresListening, trio_asyncio_module
 from trioforge.storage._pg_listen import parse_notice as parse_notice
 from trioforge.storage._pg_operator import PostgresOperator
 from trioforge.storage._pg_reads import PostgresReads
@@ -72,7 +72,6 @@ from trioforge.storage._urls import redact
 
 with needs_extra("postgres", "PostgreSQL"):
     import asyncpg
-    import trio_asyncio
 
 __all__ = ["PostgresBackend"]
 
@@ -181,6 +180,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
     # --- lifecycle (trio side) ---------------------------------------------------------
 
     def environment(self) -> AbstractAsyncContextManager[Any]:
+        trio_asyncio = trio_asyncio_module()
         if trio_asyncio.current_loop.get() is None:
             loop: AbstractAsyncContextManager[Any] = trio_asyncio.open_loop()
             return loop

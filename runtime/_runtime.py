@@ -61,7 +61,7 @@ from trioforge.actors import (
     storage_actor,
 )
 from trioforge.actors.cron import CronJob, cron_scheduler
-from trioforge.actors.queue import HeldQueues
+from trioforge.actors.outcome_writer import HeldQueues
 from trioforge.actors.storage_actor import log_failure
 from trioforge.actors.sweeper import SweepPlan, sweeper
 from trioforge.storage import (
@@ -78,7 +78,7 @@ from trioforge.storage import (
 )
 
 if TYPE_CHECKING:
-    from trioforge.actors.queue import Attempt
+    from trioforge.actors.attempts import Attempt
     from trioforge.metrics import Metrics
     from trioforge.otel import Tracing
 

@@ -65,7 +65,7 @@ from trioforge._core.states import (
 from trioforge._core.text import check_storable
 from trioforge._lifespan import StateT
 from trioforge.actors import Ended, StorageHandle, events
-from trioforge.actors.queue import format_error
+from trioforge.actors.attempts import format_error
 from trioforge.storage import (
     NEVER,
     ClaimedJob,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -19,10 +18,12 @@ from trioforge._core.flow import JobLimits
 from trioforge._core.outcomes import AttemptOutcome
 from trioforge._core.retry import Retry, failure_outcome
 from trioforge._policy import Queue
-from trioforge._registry import AttemptEnd, CronTick, JobDefinition, Registry
-from trioforge._workflow import WorkflowAttempt, WorkflowContext
-from trioforge.actors import Ended, StorageHandle
-from trioforge.storage import ClaimedJob, WorkflowRecord
+from trioforge._registry import AttemptEnd, CronTick, Registry
+from trioforge._workflow import WorkflowContext
+from trioforge._workflow_driver import WorkflowAttempt
+from trioforge._workflow_replay import Replay
+from trioforge.actors import Ended, RunningJobs, StorageHandle
+from trioforge.storage import ClaimedJob
 
 if TYPE_CHECKING:
     from trioforge.actors.attempts import Attempt
@@ -44,6 +45,7 @@ class RegistryJobs:
         clock: Clock,
         *,
         storage: StorageHandle,
+        running: RunningJobs,
         wake: Callable[[str, float], None],
         tracing: Tracing | None = None,
     ) -> None:
@@ -54,6 +56,7 @@ class RegistryJobs:
         self._metrics = metrics
         self._clock = clock
         self._storage = storage
+        self._running = running
         self._wake = wake
 
     def names(self) -> frozenset[str]:
@@ -80,12 +83,9 @@ class RegistryJobs:
         definition = self._registry.get(job.name)
         if definition.workflow is not None:  # a run: not measured as a job's attempt
             return WorkflowAttempt(
-                definition,
-                job,
-                partial(self._workflow_context, definition),
-                storage=self._storage,
-                clock=self._clock,
-            )
+                definition, job, self._workflow_context, storage=self._storage,
+                running=self._running, clock=self._clock, tracing=self._tracing,
+            )  # fmt: skip
         if self._metrics is None:
             return _Attempt(self._registry, self._make_context, job)
         retry, _ = self.policy(job)
@@ -93,17 +93,9 @@ class RegistryJobs:
             self._registry, self._make_context, job, self._metrics, self._clock, retry
         )
 
-    def _workflow_context(
-        self, definition: JobDefinition[Any, Any], job: ClaimedJob, record: WorkflowRecord
-    ) -> WorkflowContext:
-        assert definition.workflow is not None
+    def _workflow_context(self, job: ClaimedJob, replay: Replay) -> WorkflowContext:
         context: WorkflowContext = self._make_context(
-            job,
-            WorkflowContext,
-            record=record,
-            version=definition.workflow.version,
-            wake=self._wake,
-            codec=definition.codec,
+            job, WorkflowContext, replay=replay, wake=self._wake
         )
         return context
 

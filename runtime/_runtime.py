@@ -347,7 +347,7 @@ class _Parts:
         )
         self.jobs = RegistryJobs(
             registry, self._context, settings.policies, metrics, settings.clock,
-            storage=storage, wake=self.wake, tracing=tracing,
+            storage=storage, running=self.running, wake=self.wake, tracing=tracing,
         )  # fmt: skip
         self.cron_jobs = [
             CronJob(

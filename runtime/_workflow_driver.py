@@ -120,8 +120,8 @@ class WorkflowAttempt:
             storage=self._storage, running=self._running, clock=self._clock,
             tracing=self._tracing,
         )  # fmt: skip
-        self._replay = replay
         ctx = self._make_context(job, replay)
+        self._replay = replay
         if record.steps:
             events.log_event(events.resumed(job, len(record.steps)))
         try:

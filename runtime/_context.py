@@ -102,7 +102,8 @@ class JobContext(Generic[StateT]):
         return self._job.attempt > 1
 
     async def progress(self, pct: float, message: str | None = None) -> None:
-        """Record progress (0-100) and an optional message, visible through ``get``.
+        """Record progress (0-100) and an optional message, visible through ``get``. Counts
+        as a heartbeat for the job's ``heartbeat_timeout``.
 
         Best effort: while the database is unreachable the update is dropped with a
         warning (the next one replaces it) rather than failing the attempt.
@@ -110,6 +111,7 @@ class JobContext(Generic[StateT]):
         """
         if not 0 <= pct <= 100:
             raise InvalidArgumentError(f"progress must be between 0 and 100, got {pct}")
+        self._running.beat(self._job.id, self._job.lease)
         op = ops.Progress(self._job.id, self._job.lease, float(pct), message)
         try:
             await self._storage.call(op)
@@ -118,11 +120,13 @@ class JobContext(Generic[StateT]):
 
     async def heartbeat(self) -> None:
         """Renew this attempt's lease now (the runtime also does so periodically). If the
-        job was cancelled elsewhere or its lease was lost, the handler is cancelled.
+        job was cancelled elsewhere or its lease was lost, the handler is cancelled. Also
+        restarts the job's ``heartbeat_timeout`` window.
 
         While the database is unreachable this only warns: the runtime's own heartbeat
         keeps retrying, and a blip must not fail the attempt.
         """
+        self._running.beat(self._job.id, self._job.lease)
         leases = ((self._job.id, self._job.lease),)
         until = self._clock.now() + self._lease_seconds
         try:

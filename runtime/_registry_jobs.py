@@ -73,6 +73,9 @@ class RegistryJobs:
         timeout = job.timeout if job.timeout is not None else definition.timeout_in(policy)
         return definition.retry_in(policy), timeout
 
+    def heartbeat_timeout(self, job: ClaimedJob) -> float | None:
+        return self._registry.get(job.name).heartbeat_timeout
+
     def attempt(self, job: ClaimedJob) -> Attempt:
         attempt = self._untraced(job)
         if self._tracing is None:

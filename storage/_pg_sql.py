@@ -168,10 +168,14 @@ _SHARING_BUCKET = (
 )
 
 
+def _stored(row: asyncpg.Record | None) -> Bucket | None:
+    """A bucket as stored (None: none yet)."""
+    return None if row is None or row["tokens"] is None else Bucket(row["tokens"], row["at"])
+
+
 def _bucket(row: asyncpg.Record | None, rate: RateLimit, now: float) -> Bucket:
     """A stored bucket (None: none yet), refilled to ``now``."""
-    stored = None if row is None or row["tokens"] is None else Bucket(row["tokens"], row["at"])
-    return refill(stored, rate, now)
+    return refill(_stored(row), rate, now)
 
 
 #: A flow-controlled claim (see _CLAIM_LIMITED_FUNCTION), with the claimed rows named as

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
-from trioforge._core.errors import DatabaseUnavailableError, InvalidArgumentError, InvalidStateError
+import trio
+
+from trioforge._core.durations import Duration, seconds
+from trioforge._core.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    InvalidArgumentError,
+    InvalidStateError,
+)
+from trioforge._core.flow import RateLimit
 from trioforge._lifespan import NO_STATE, StateT
 from trioforge.actors import RunningJobs, StorageHandle
 from trioforge.storage import ClaimedJob, RenewResult, ops
@@ -54,8 +65,10 @@ class JobContext(Generic[StateT]):
         owner: str,
         lease_seconds: float,
         state: Any = NO_STATE,
+        rate_limits: Mapping[str, RateLimit] | None = None,
     ) -> None:
         self._job = job
+        self._rate_limits = rate_limits or {}
         self._state = state
         self._client = client
         self._storage = storage
@@ -135,6 +148,51 @@ class JobContext(Generic[StateT]):
             self.log.warning("lease not renewed: %s", exc)
             return
         self._running.renewed(leases, until, renewal)
+
+    async def acquire(self, name: str, *, key: object = None) -> None:
+        """Take a token from rate limit ``name``'s bucket, the one claims take from across
+        every process (``key``: the bucket of that key, as a ``RateLimit(key=...)`` job's
+        payload would pick), waiting until it holds one.
+
+        ``name`` must be declared by a job of the registry or a queue of the runtime.
+        Cancellation: cancelling the caller while it waits takes nothing; cancelled while
+        storage is answering, the token may be taken all the same (one fewer call).
+        """
+        limit = self._rate_limit(name)
+        bucket = name if key is None else f"{name}:{key}"
+        while True:
+            wait_until = await self._storage.call(ops.TakeToken(bucket, limit))
+            if wait_until is None:
+                return
+            # Another process may take that token first: then ask again.
+            await trio.sleep_until(self._clock.deadline(wait_until))
+
+    @asynccontextmanager
+    async def limit(self, name: str, *, key: object = None) -> AsyncIterator[None]:
+        """``async with ctx.limit("stripe"):`` runs its body once :meth:`acquire` took a
+        token (a token is spent on entry; leaving gives nothing back)."""
+        await self.acquire(name, key=key)
+        yield
+
+    async def drain(self, name: str, retry_after: Duration, *, key: object = None) -> None:
+        """Empty rate limit ``name``'s bucket for ``retry_after`` (seconds or a timedelta;
+        the upstream answered 429): no process takes a token from it (no ``acquire``, no
+        claim of a job limited by it) before then; then it refills at its rate."""
+        limit = self._rate_limit(name)
+        delay = seconds(retry_after, "retry_after", error=InvalidArgumentError, positive=True)
+        bucket = name if key is None else f"{name}:{key}"
+        until = self._clock.now() + delay
+        await self._storage.call(ops.DrainBucket(bucket, limit, until))
+
+    def _rate_limit(self, name: str) -> RateLimit:
+        limit = self._rate_limits.get(name)
+        if limit is None:
+            declared = ", ".join(sorted(self._rate_limits)) or "none"
+            raise ConfigurationError(
+                f"job {self._job.name!r}: no rate limit {name!r} is declared "
+                f"(declared: {declared}); declare it with rate_limit=trioforge.RateLimit(...)"
+            )
+        return limit
 
     @overload
     async def enqueue(

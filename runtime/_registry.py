@@ -342,6 +342,13 @@ class Registry(Generic[StateT]):
         self._lifespan: Lifespan | None = None
         self._lifespan_name = ""
 
+    def rate_limits(self) -> dict[str, RateLimit]:
+        """The rate limits its jobs declare, by name: the ones a handler may take a token
+        from (``ctx.acquire``)."""
+        return {
+            name: limit for (_, name), limit in self._limits.items() if isinstance(limit, RateLimit)
+        }
+
     def job(
         self,
         name: str,

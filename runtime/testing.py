@@ -184,6 +184,8 @@ async def perform(
             owner="inline",
             lease_seconds=3600.0,
             state=state,
+            # Its own limit only: no registry here (the bucket is this call's, full).
+            rate_limits=None if job.rate_limit is None else {job.rate_limit.name: job.rate_limit},
         )
         if job.takes_payload:
             payload = decode_payload(job.codec, job.name, job.payload_type, text)

@@ -16,6 +16,7 @@ import trioforge
 from tests.support.virtual import run_virtual
 from trioforge import JobContext, JobState, RateLimit, Registry, Retry, VirtualClock
 from trioforge.storage import MemoryBackend
+from trioforge.testing import perform
 
 #: One call every 10 s, no burst.
 STRIPE = RateLimit("stripe", rate=1, per=10)
@@ -197,3 +198,14 @@ async def test_a_drain_in_one_process_holds_calls_and_claims_in_another(
 
 async def _elsewhere(ctx: JobContext) -> None:
     """Stands in for a job the worker process runs: this process only enqueues it."""
+
+
+async def test_perform_lets_a_handler_take_tokens_of_its_own_job_s_limit() -> None:
+    registry = Registry()
+
+    @registry.job("refund", rate_limit=STRIPE)
+    async def refund(ctx: JobContext) -> str:
+        async with ctx.limit("stripe"):
+            return "refunded"
+
+    assert await perform(refund) == "refunded"

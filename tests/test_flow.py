@@ -358,7 +358,9 @@ def test_a_drained_bucket_holds_no_token_before_its_time(
     until = max(now, at) + retry_after
     drained = drain(stored, limit, now, until)
     _, when = take_token(drained, limit, now)
-    assert when is not None and when >= until - 1e-6
+    assert when is not None
+    assert when >= until - 1e-6
     later, got = take_token(drained, limit, when + 1e-9)
-    assert got is None and later.tokens >= 0
+    assert got is None
+    assert later.tokens >= 0
     assert drain(drained, limit, now, until - retry_after / 2) == drained

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # "Strict editable installation performed" banner as a warning; errors still show.
 PIP_QUIET := --quiet --quiet
 
-.PHONY: venv relink demo test test-deep lint pytest bench screenshots clean
+.PHONY: venv relink demo test test-deep lint pytest docs bench screenshots clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,11 @@ pytest: relink
 
 test: lint pytest
 
+# The documentation site in site/: strict, so a broken link, a missing page or reference,
+# or a docstring that does not render fails the build.
+docs: relink
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 # Nightly depth: thousands of hypothesis examples per property.
 test-deep: relink
 	HYPOTHESIS_PROFILE=deep $(BIN)/pytest -q tests/test_model.py tests/test_partitions.py \
@@ -53,4 +58,4 @@ bench: relink
 	$(BIN)/python -m bench.notices --repeats 2
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -47,8 +47,16 @@ class Served:
     """A runtime and the web app, served from a trio run of their own in a thread, so a
     synchronous browser driver can talk to it."""
 
-    def __init__(self, registry: Registry, database: str, token: str, **options: Any) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        database: str,
+        token: str,
+        web_options: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
         self._registry, self._database, self._token = registry, database, token
+        self._web_options = web_options or {}
         self._options = options
         self._ready: queue.Queue[str | BaseException] = queue.Queue()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -69,7 +77,9 @@ class Served:
             self._registry, database=self._database, **self._options
         ) as rt:
             self.runtime = rt
-            asgi = trioforge.web.app(client=rt, registry=self._registry, token=self._token)
+            asgi = trioforge.web.app(
+                client=rt, registry=self._registry, token=self._token, **self._web_options
+            )
             async with trio.open_nursery() as nursery:
                 [url] = await nursery.start(partial(trioforge.web.serve, asgi, port=0))
                 self._trio_token = trio.lowlevel.current_trio_token()

@@ -37,7 +37,7 @@ test: lint pytest
 # The documentation site in site/: strict, so a broken link, a missing page or reference,
 # or a docstring that does not render fails the build.
 docs: relink
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Nightly depth: thousands of hypothesis examples per property.
 test-deep: relink

@@ -19,7 +19,6 @@ from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
-from django.views.decorators.http import require_POST
 
 import trioforge.aio
 from recipes.jobs import make_thumbnail, registry
@@ -47,8 +46,9 @@ async def jobs_client() -> AsyncIterator[trioforge.aio.AsyncioClient]:
         yield client
 
 
-@require_POST
 async def request_thumbnail(request: HttpRequest) -> JsonResponse:
+    if request.method != "POST":
+        return JsonResponse({"error": "POST a thumbnail request"}, status=405)
     try:
         payload = json.loads(request.body)
     except ValueError:

@@ -48,7 +48,8 @@ def parse(argv: list[str]) -> click.Context:
             warnings.simplefilter("ignore", DeprecationWarning)
             remaining = [*ctx.protected_args, *ctx.args]
         name, sub, rest = command.resolve_command(ctx, remaining)
-        assert sub is not None and name is not None
+        assert sub is not None
+        assert name is not None
         ctx = sub.make_context(name, rest, parent=ctx)
         command = sub
     return ctx
@@ -80,7 +81,8 @@ def healthcheck(database: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_probes_answer_as_the_deploy_page_says(tmp_path: Path) -> None:
     database = f"sqlite:///{tmp_path / 'jobs.db'}"
     missing = healthcheck(database)
-    assert missing.returncode == 1 and "trioforge db migrate" in missing.stderr
+    assert missing.returncode == 1
+    assert "trioforge db migrate" in missing.stderr
     ready, stop = threading.Event(), threading.Event()
 
     async def worker() -> None:
@@ -108,4 +110,5 @@ def test_the_probes_answer_as_the_deploy_page_says(tmp_path: Path) -> None:
         stop.set()
         thread.join(30)
     gone = healthcheck(database, "--worker", "--max-age", "30")  # it left the registry
-    assert gone.returncode == 1 and "no worker on host" in gone.stderr
+    assert gone.returncode == 1
+    assert "no worker on host" in gone.stderr

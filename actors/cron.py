@@ -21,8 +21,8 @@ from typing import TypeVar
 import attrs
 import trio
 
-from trioforge._clock import Clock
-from trioforge._cron import CronSchedule
+from trioforge._core.clock import Clock
+from trioforge._core.cron import CronSchedule
 from trioforge.actors.storage_actor import StorageHandle, log_failure
 from trioforge.storage import NewJob, ops
 from trioforge.storage._records import CronState, FireResult

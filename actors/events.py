@@ -16,7 +16,8 @@ from typing import Any
 
 import attrs
 
-from trioforge._rules import AttemptOutcome, Event, Failed, JobState, Suspended, next_state
+from trioforge._core.outcomes import AttemptOutcome
+from trioforge._core.states import Event, Failed, JobState, Suspended, next_state
 from trioforge.storage import NEVER, ClaimedJob, RescuedJob
 
 __all__ = [

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import trio
 
-from trioforge._clock import Clock
+from trioforge._core.clock import Clock
 from trioforge.actors import events
 from trioforge.actors.running import RunningJobs
 from trioforge.actors.storage_actor import StorageHandle, log_failure

@@ -19,7 +19,7 @@ from contextlib import suppress
 import attrs
 import trio
 
-from trioforge._errors import TrioforgeError
+from trioforge._core.errors import TrioforgeError
 from trioforge.actors.storage_actor import StorageHandle, log_failure
 from trioforge.storage import Backend, Changed, JobInfo, ops
 

@@ -20,25 +20,16 @@ from typing import Protocol, TypeAlias
 import attrs
 import trio
 
-from trioforge._clock import Clock
-from trioforge._errors import InvalidArgumentError, JobTimeoutError, PayloadError
-from trioforge._rules import (
-    AttemptOutcome,
-    Failed,
-    JobLimits,
-    JobState,
-    RateLimit,
-    Retry,
-    Succeeded,
-    attempt_outcome,
-    discard_reason,
-    failure_outcome,
-    next_state,
-)
-from trioforge._rules import Cancelled as CancelledEvent
-from trioforge._rules import Discarded as DiscardedEvent
-from trioforge._rules import Released as ReleasedEvent
-from trioforge._rules import Suspended as SuspendedEvent
+from trioforge._core.clock import Clock
+from trioforge._core.errors import InvalidArgumentError, JobTimeoutError, PayloadError
+from trioforge._core.flow import JobLimits, RateLimit
+from trioforge._core.outcomes import AttemptOutcome, attempt_outcome
+from trioforge._core.retry import Retry, discard_reason, failure_outcome
+from trioforge._core.states import Cancelled as CancelledEvent
+from trioforge._core.states import Discarded as DiscardedEvent
+from trioforge._core.states import Failed, JobState, Succeeded, next_state
+from trioforge._core.states import Released as ReleasedEvent
+from trioforge._core.states import Suspended as SuspendedEvent
 from trioforge.actors import events
 from trioforge.actors.leases import RETRY_FIRST
 from trioforge.actors.running import Finished, RunningJobs, StopReason
@@ -519,6 +510,8 @@ class QueueSupervisor:
         if result is not None:
             for job in result.jobs:  # held from here until its outcome is recorded
                 self._running.hold(job.id, job.lease, op.lease_until)
+            if result.jobs:
+                self._finished.claimed(job.id for job in result.jobs)
         # A failed claim may have committed all the same (the reply lost with the
         # connection): its jobs would sit unseen until their leases ran out.
         self._orphans_possible = result is None

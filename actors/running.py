@@ -140,7 +140,8 @@ class RunningJobs:
 
 class Finished:
     """Tells this process's live feed the moment an outcome is recorded here, so waiters in
-    this process wake without waiting for the storage notice to come back."""
+    this process wake without waiting for the storage notice to come back; and when jobs
+    are claimed here, which sends no storage notice at all."""
 
     def __init__(self, feed: LiveFeed | None = None) -> None:
         self._feed = feed
@@ -155,6 +156,12 @@ class Finished:
         """Drop the callbacks registered for ``job_id`` (it ended where this process did
         not see it)."""
         self._callbacks.pop(job_id, None)
+
+    def claimed(self, job_ids: Iterable[int]) -> None:
+        """Jobs this process just claimed: watchers here see them ``running`` now, not at
+        their first progress (claims are the hottest write and notify nobody else)."""
+        if self._feed is not None:
+            self._feed.changed(job_ids)
 
     def notify(self, job_id: int) -> None:
         if self._feed is not None:

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 import trio
 
-from trioforge._errors import DatabaseUnavailableError, TrioforgeError
+from trioforge._core.errors import DatabaseUnavailableError, TrioforgeError
 from trioforge.storage import Backend, ops
 from trioforge.storage._health import permanent_failure
 

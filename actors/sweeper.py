@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import attrs
 import trio
 
-from trioforge._clock import Clock
-from trioforge._rules import JobState
+from trioforge._core.clock import Clock
+from trioforge._core.states import JobState
 from trioforge.actors.storage_actor import StorageHandle, log_failure
 from trioforge.storage import ops
 

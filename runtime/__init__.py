@@ -6,19 +6,17 @@ Everything public is re-exported here; the underscore modules are private.
 """
 
 from trioforge._client import Client, JobId, JobRef, QueueInfo, Stats
-from trioforge._clock import Clock, VirtualClock, WallClock
 from trioforge._codec import Codec, StrictCodec
 from trioforge._context import CronContext, JobContext
-from trioforge._cron import CronSchedule
-from trioforge._errors import (
+from trioforge._core.clock import Clock, VirtualClock, WallClock
+from trioforge._core.cron import CronSchedule
+from trioforge._core.errors import (
     ChildFailed,
     ConfigurationError,
     DatabaseUnavailableError,
     Discard,
     InvalidArgumentError,
     InvalidStateError,
-    JobCancelledError,
-    JobFailedError,
     JobNotFoundError,
     JobTimeoutError,
     LifespanError,
@@ -32,17 +30,13 @@ from trioforge._errors import (
     UnknownJobError,
     WorkflowTimeoutError,
 )
-from trioforge._job import Job
+from trioforge._core.flow import ConcurrencyLimit, RateLimit
+from trioforge._core.outcomes import AttemptOutcome
+from trioforge._core.retry import Retry
+from trioforge._core.states import JobState, Priority
+from trioforge._job import Job, JobCancelledError, JobFailedError
 from trioforge._policy import Queue, Retention
 from trioforge._registry import AttemptEnd, JobDefinition, Registry, WorkflowDefinition
-from trioforge._rules import (
-    AttemptOutcome,
-    ConcurrencyLimit,
-    JobState,
-    Priority,
-    RateLimit,
-    Retry,
-)
 from trioforge._runtime import Runtime, RuntimeStatistics, open_client, open_runtime
 from trioforge._version import __version__ as __version__
 from trioforge._workflow import ChildHandle, WorkflowContext

@@ -28,10 +28,10 @@ import trio
 import trioforge.logging
 from trioforge._client import Client
 from trioforge._config import resolve_database
-from trioforge._cron import upcoming
-from trioforge._errors import ConfigurationError, TrioforgeError, unwrapped
+from trioforge._core.cron import upcoming
+from trioforge._core.errors import ConfigurationError, TrioforgeError, unwrapped
+from trioforge._core.states import PENDING_STATES, JobState
 from trioforge._registry import Registry
-from trioforge._rules import PENDING_STATES, JobState
 from trioforge._runtime import open_client, open_runtime
 from trioforge._terminal import terminal_text as t
 from trioforge._timestamps import iso_utc, with_iso_times

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, overload
 import attrs
 import trio
 
-from trioforge import _durations
-from trioforge._clock import Clock
 from trioforge._codec import DEFAULT_CODEC, by_value, encode_payload
-from trioforge._durations import Duration, optional_seconds, seconds
-from trioforge._errors import (
+from trioforge._core import durations as _durations
+from trioforge._core.clock import Clock
+from trioforge._core.durations import Duration, optional_seconds, seconds
+from trioforge._core.errors import (
     ConfigurationError,
     InvalidArgumentError,
     InvalidStateError,
@@ -27,18 +27,12 @@ from trioforge._errors import (
     PayloadError,
     TrioforgeError,
 )
+from trioforge._core.flow import ConcurrencyLimit, RateLimit
+from trioforge._core.states import MAX_STORED_INT, JobState, PriorityLike, parse_priority
+from trioforge._core.text import check_storable
 from trioforge._job import Job
 from trioforge._policy import Queue
 from trioforge._registry import JobDefinition, Registry, check_capabilities
-from trioforge._rules import (
-    MAX_STORED_INT,
-    ConcurrencyLimit,
-    JobState,
-    PriorityLike,
-    RateLimit,
-    parse_priority,
-)
-from trioforge._text import check_storable
 from trioforge._unserved import unserved as unserved_names
 from trioforge._watch import JobWatch, RunWatch
 from trioforge._workflow_info import StepInfo, WorkflowInfo, step_info, workflow_info

@@ -32,7 +32,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn
 
-from trioforge._errors import PayloadError
+from trioforge._core.errors import PayloadError
 
 __all__ = [
     "DEFAULT_CODEC",

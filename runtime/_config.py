@@ -9,7 +9,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from trioforge._errors import ConfigurationError
+from trioforge._core.errors import ConfigurationError
 
 __all__ = ["DEFAULT_DATABASE", "resolve_database"]
 

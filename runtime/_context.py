@@ -6,14 +6,14 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
-from trioforge._errors import DatabaseUnavailableError, InvalidArgumentError, InvalidStateError
+from trioforge._core.errors import DatabaseUnavailableError, InvalidArgumentError, InvalidStateError
 from trioforge._lifespan import NO_STATE, StateT
 from trioforge.actors import RunningJobs, StorageHandle
 from trioforge.storage import ClaimedJob, RenewResult, ops
 
 if TYPE_CHECKING:
     from trioforge._client import Client, JobRef
-    from trioforge._clock import Clock
+    from trioforge._core.clock import Clock
     from trioforge._job import Job
     from trioforge._registry import JobDefinition
 

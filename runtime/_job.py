@@ -4,21 +4,40 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final
 
-from trioforge._durations import Duration, optional_seconds
-from trioforge._errors import (
-    InvalidArgumentError,
-    JobCancelledError,
-    JobFailedError,
-    ResultTimeoutError,
-)
-from trioforge._rules import JobState
+from trioforge._core.durations import Duration, optional_seconds
+from trioforge._core.errors import InvalidArgumentError, ResultTimeoutError, TrioforgeError
+from trioforge._core.states import JobState
 
 if TYPE_CHECKING:
     from trioforge._registry import JobDefinition
     from trioforge._watch import JobWatch
     from trioforge.storage import JobInfo
 
-__all__ = ["Job", "JobOwner", "check_outcome"]
+__all__ = ["Job", "JobCancelledError", "JobFailedError", "JobOwner", "check_outcome"]
+
+
+class JobFailedError(TrioforgeError, RuntimeError):
+    """``await job.result()`` of a job that ended ``dead`` (or, a workflow run,
+    ``compensated``): it has no result. ``info`` is the job as it ended (its error)."""
+
+    def __init__(self, info: JobInfo) -> None:
+        super().__init__(
+            f"job {info.id} ({info.name}) ended {info.status.value}: {info.error}; see "
+            f"client.attempts({info.id}) for every attempt's error"
+        )
+        self.info = info
+
+
+class JobCancelledError(TrioforgeError, RuntimeError):
+    """``await job.result()`` of a job that was cancelled: it has no result. ``info`` is
+    the job as it ended."""
+
+    def __init__(self, info: JobInfo) -> None:
+        super().__init__(
+            f"job {info.id} ({info.name}) was cancelled; client.retry({info.id}) runs it again"
+        )
+        self.info = info
+
 
 R_co = TypeVar("R_co", covariant=True)
 _R = TypeVar("_R")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trioforge._errors import ConfigurationError, LifespanError
+from trioforge._core.errors import ConfigurationError, LifespanError
 
 if TYPE_CHECKING:
     from typing_extensions import TypeVar

@@ -7,10 +7,12 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-from trioforge._durations import Duration, optional_seconds, seconds
-from trioforge._errors import ConfigurationError
-from trioforge._rules import JobState, RateLimit, Retry
-from trioforge._text import check_storable
+from trioforge._core.durations import Duration, optional_seconds, seconds
+from trioforge._core.errors import ConfigurationError
+from trioforge._core.flow import RateLimit
+from trioforge._core.retry import Retry
+from trioforge._core.states import JobState
+from trioforge._core.text import check_storable
 
 __all__ = [
     "Queue",

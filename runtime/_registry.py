@@ -12,21 +12,16 @@ import attrs
 import cattrs
 
 from trioforge._codec import NO_PAYLOAD, Codec, as_codec
-from trioforge._cron import CronSchedule
-from trioforge._durations import Duration, optional_seconds
-from trioforge._errors import ConfigurationError, InvalidStateError, UnknownJobError
+from trioforge._core.cron import CronSchedule
+from trioforge._core.durations import Duration, optional_seconds
+from trioforge._core.errors import ConfigurationError, InvalidStateError, UnknownJobError
+from trioforge._core.flow import ConcurrencyLimit, JobLimits, RateLimit
+from trioforge._core.outcomes import AttemptOutcome
+from trioforge._core.retry import Retry
+from trioforge._core.states import PriorityLike, parse_priority
+from trioforge._core.text import check_storable
 from trioforge._lifespan import NO_STATE, Lifespan, StateT, as_lifespan, entered
 from trioforge._policy import Queue
-from trioforge._rules import (
-    AttemptOutcome,
-    ConcurrencyLimit,
-    JobLimits,
-    PriorityLike,
-    RateLimit,
-    Retry,
-    parse_priority,
-)
-from trioforge._text import check_storable
 
 if TYPE_CHECKING:
     from trioforge._context import CronContext, JobContext

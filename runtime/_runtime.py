@@ -16,17 +16,21 @@ import attrs
 import trio
 
 from trioforge._client import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, Client
-from trioforge._clock import Clock, WallClock
 from trioforge._codec import decode_payload, encode_result
 from trioforge._config import resolve_database
 from trioforge._context import CronContext, JobContext
-from trioforge._durations import Duration, optional_seconds, seconds
-from trioforge._errors import (
+from trioforge._core.clock import Clock, WallClock
+from trioforge._core.durations import Duration, optional_seconds, seconds
+from trioforge._core.errors import (
     ConfigurationError,
     InvalidArgumentError,
     InvalidStateError,
     unwrapped,
 )
+from trioforge._core.flow import JobLimits
+from trioforge._core.outcomes import AttemptOutcome
+from trioforge._core.retry import Retry, failure_outcome
+from trioforge._core.text import check_storable
 from trioforge._lifespan import NO_STATE
 from trioforge._policy import (
     Queue,
@@ -37,8 +41,6 @@ from trioforge._policy import (
     queue_sizes,
 )
 from trioforge._registry import AttemptEnd, CronTick, JobDefinition, Registry, check_capabilities
-from trioforge._rules import AttemptOutcome, JobLimits, Retry, failure_outcome
-from trioforge._text import check_storable
 from trioforge._unserved import warn_unregistered
 from trioforge._workflow import WorkflowAttempt, WorkflowContext
 from trioforge.actors import (

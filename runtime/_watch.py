@@ -8,8 +8,8 @@ from types import TracebackType
 
 import trio
 
-from trioforge._errors import JobNotFoundError, TrioforgeError
-from trioforge._rules import JobState
+from trioforge._core.errors import JobNotFoundError, TrioforgeError
+from trioforge._core.states import JobState
 from trioforge._workflow_info import WorkflowInfo
 from trioforge.actors import LiveFeed
 from trioforge.actors.live import is_news

@@ -40,8 +40,8 @@ import trio
 
 from trioforge._codec import DEFAULT_CODEC, NO_PAYLOAD, Codec, decode_payload, encode_result
 from trioforge._context import JobContext, job_fields
-from trioforge._durations import optional_seconds
-from trioforge._errors import (
+from trioforge._core.durations import optional_seconds
+from trioforge._core.errors import (
     ChildFailed,
     DatabaseUnavailableError,
     InvalidArgumentError,
@@ -52,20 +52,18 @@ from trioforge._errors import (
     StepFailed,
     WorkflowTimeoutError,
 )
-from trioforge._lifespan import StateT
-from trioforge._rules import (
+from trioforge._core.retry import Retry, discard_reason, failure_outcome
+from trioforge._core.states import (
     Cancelled,
     Compensated,
     Discarded,
     Failed,
     JobState,
     Released,
-    Retry,
     Suspended,
-    discard_reason,
-    failure_outcome,
 )
-from trioforge._text import check_storable
+from trioforge._core.text import check_storable
+from trioforge._lifespan import StateT
 from trioforge.actors import Ended, StorageHandle, events
 from trioforge.actors.queue import format_error
 from trioforge.storage import (
@@ -85,7 +83,7 @@ if TYPE_CHECKING:
     import datetime as dt
 
     from trioforge._client import JobRef
-    from trioforge._clock import Clock
+    from trioforge._core.clock import Clock
     from trioforge._registry import JobDefinition
 
 __all__ = ["ChildHandle", "WorkflowAttempt", "WorkflowContext", "DEFAULT_STEP_RETRY"]

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import trio
 
 from trioforge._client import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, Client, JobId
-from trioforge._clock import WallClock
 from trioforge._config import resolve_database
-from trioforge._durations import Duration, seconds
-from trioforge._errors import ConfigurationError, TrioforgeError
+from trioforge._core.clock import WallClock
+from trioforge._core.durations import Duration, seconds
+from trioforge._core.errors import ConfigurationError, TrioforgeError
 from trioforge._policy import QueueLike, queue_policies
 from trioforge._registry import Registry
 from trioforge.actors import Finished, LiveFeed, StorageHandle

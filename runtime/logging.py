@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import Any, Literal, TextIO
 
-from trioforge._errors import ConfigurationError
+from trioforge._core.errors import ConfigurationError
 
 __all__ = ["JsonFormatter", "TextFormatter", "configure"]
 

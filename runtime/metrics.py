@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from trioforge._extras import needs_extra
-from trioforge._rules import AttemptOutcome, JobState, counted_as
+from trioforge._core.extras import needs_extra
+from trioforge._core.outcomes import AttemptOutcome, counted_as
+from trioforge._core.states import JobState
 
 with needs_extra("metrics", "Prometheus metrics (trioforge.metrics)"):
     from prometheus_client import (

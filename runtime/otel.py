@@ -29,9 +29,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Literal
 
-from trioforge._errors import ConfigurationError
-from trioforge._extras import needs_extra
-from trioforge._rules import AttemptOutcome
+from trioforge._core.errors import ConfigurationError
+from trioforge._core.extras import needs_extra
+from trioforge._core.outcomes import AttemptOutcome
 from trioforge.actors.queue import Attempt, Ended
 from trioforge.storage import ClaimedJob, NewJob
 

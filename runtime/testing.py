@@ -32,17 +32,17 @@ import attrs
 import trio
 import trio.testing
 
-from trioforge import _durations
-from trioforge._clock import VirtualClock
 from trioforge._codec import decode_payload, encode_payload, encode_result
 from trioforge._context import JobContext
-from trioforge._durations import Duration
-from trioforge._errors import ConfigurationError, InvalidArgumentError
-from trioforge._extras import needs_extra
+from trioforge._core import durations as _durations
+from trioforge._core.clock import VirtualClock
+from trioforge._core.durations import Duration
+from trioforge._core.errors import ConfigurationError, InvalidArgumentError
+from trioforge._core.extras import needs_extra
+from trioforge._core.states import JobState
 from trioforge._lifespan import NO_STATE as _NO_STATE
 from trioforge._policy import QueueLike
 from trioforge._registry import JobDefinition, Registry
-from trioforge._rules import JobState
 from trioforge._runtime import Runtime, open_client, open_runtime
 from trioforge.actors import RunningJobs
 from trioforge.storage import ClaimResult, MemoryBackend, NewJob, ops

@@ -8,7 +8,7 @@ from typing import Protocol, TypeAlias
 
 import trio
 
-from trioforge._errors import InvalidArgumentError, unwrapped
+from trioforge._core.errors import InvalidArgumentError, unwrapped
 from trioforge.storage._ops import Op
 from trioforge.storage._records import Notice, SchemaStatus
 

@@ -13,7 +13,7 @@ as asyncpg exposes it), no driver imported.
 
 from __future__ import annotations
 
-from trioforge._errors import SchemaError
+from trioforge._core.errors import SchemaError
 
 __all__ = ["permanent_failure"]
 

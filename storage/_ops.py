@@ -13,8 +13,9 @@ from typing import Any, TypeAlias
 
 import attrs
 
-from trioforge._rules import JobLimits, JobState, RateLimit
-from trioforge._text import storable, storable_or_none
+from trioforge._core.flow import JobLimits, RateLimit
+from trioforge._core.states import JobState
+from trioforge._core.text import storable, storable_or_none
 from trioforge.storage._records import NewJob, Outcome, ProcessDetails, StepRecord
 
 __all__ = [

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from trioforge._rules import (
+from trioforge._core.states import (
     Cancelled,
     Compensated,
     Discarded,
@@ -23,7 +23,7 @@ from trioforge._rules import (
     Succeeded,
     Suspended,
 )
-from trioforge._text import storable_or_none
+from trioforge._core.text import storable_or_none
 
 __all__ = [
     "AttemptRecord",
@@ -93,7 +93,7 @@ class NewJob:
     timeout: float | None = None
     #: Capabilities a process must have to claim it (sorted; empty: any process).
     requires: tuple[str, ...] = ()
-    #: Its rate-limit bucket and concurrency count (see ``trioforge._rules.FlowGate``).
+    #: Its rate-limit bucket and concurrency count (see ``trioforge._core.flow.FlowGate``).
     rate_key: str | None = None
     concurrency_key: str | None = None
     #: Seconds its idempotency key keeps blocking after a job holding it finished.

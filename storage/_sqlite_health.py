@@ -12,7 +12,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from trioforge._errors import DatabaseUnavailableError
+from trioforge._core.errors import DatabaseUnavailableError
 from trioforge.storage._health import permanent_failure
 
 __all__ = ["QUICK_CHECK_BUDGET", "check_usable", "integrity_problems"]

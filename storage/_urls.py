@@ -5,7 +5,7 @@ from __future__ import annotations
 import urllib.parse
 from pathlib import Path
 
-from trioforge._errors import ConfigurationError
+from trioforge._core.errors import ConfigurationError
 from trioforge.storage._backend import Backend
 
 __all__ = ["backend_for_url", "redact"]

@@ -1,8 +1,8 @@
 """The in-memory backend: pure Python, no threads, no sockets, deterministic.
 
 It exists for virtual-time tests (trio's MockClock must never meet real threads or sockets)
-and applies :mod:`trioforge._rules` directly, so it is also the executable reference for
-the SQL backends. Data lives as long as the backend object.
+and applies the rules of :mod:`trioforge._core` directly, so it is also the executable
+reference for the SQL backends. Data lives as long as the backend object.
 """
 
 from __future__ import annotations
@@ -17,18 +17,17 @@ from typing import Any
 import attrs
 import trio
 
-from trioforge._errors import InvalidArgumentError, InvalidStateError, JobNotFoundError
-from trioforge._rules import (
-    FLOW_WINDOW,
+from trioforge._core.errors import InvalidArgumentError, InvalidStateError, JobNotFoundError
+from trioforge._core.flow import FLOW_WINDOW, Bucket, FlowGate
+from trioforge._core.retry import rescue_outcome
+from trioforge._core.states import (
     PENDING_STATES,
     TERMINAL_STATES,
-    Bucket,
     Cancelled,
     Claimed,
     Discarded,
     Event,
     Failed,
-    FlowGate,
     JobState,
     Released,
     Retried,
@@ -36,7 +35,6 @@ from trioforge._rules import (
     claim_key,
     is_due,
     next_state,
-    rescue_outcome,
 )
 from trioforge.storage import _ops as ops
 from trioforge.storage._backend import Changed

@@ -6,7 +6,7 @@ in one transaction and releases the connection, all on the asyncio side: a cance
 crossing cancels that coroutine, whose ``async with`` gives the connection back. Claims use
 ``FOR UPDATE SKIP LOCKED`` so replicas never wait on each other's rows; multi-row writes
 (enqueue, outcomes, lease renewals) are single statements over ``unnest`` arrays. The rules
-are those of :mod:`trioforge._rules`; the contract suite holds this backend to them.
+are those of :mod:`trioforge._core`; the contract suite holds this backend to them.
 """
 
 from __future__ import annotations
@@ -23,27 +23,29 @@ from typing import Any
 import attrs
 import trio
 
-from trioforge._errors import (
+from trioforge._core.errors import (
     DatabaseUnavailableError,
     InvalidArgumentError,
     InvalidStateError,
     JobNotFoundError,
     SchemaError,
 )
-from trioforge._extras import needs_extra
-from trioforge._rules import (
+from trioforge._core.extras import needs_extra
+from trioforge._core.flow import (
     FLOW_WINDOW,
-    TERMINAL_STATES,
     TOKEN_EPSILON,
     Bucket,
-    JobState,
     RateLimit,
+    next_token_at,
+    refill,
+)
+from trioforge._core.states import (
+    TERMINAL_STATES,
+    JobState,
     Released,
     Suspended,
     claim_key,
     next_state,
-    next_token_at,
-    refill,
 )
 from trioforge.storage import _ops as ops
 from trioforge.storage._backend import Changed, refused_value
@@ -98,7 +100,7 @@ _MIGRATION_LOCK = 0x7472696F666F7267
 #: A flow-controlled claim, whole, in the server: one round trip and no explicit
 #: transaction (reading limit rows into the client and writing them back took five). It
 #: walks due jobs in claim order a chunk at a time (locked, skipping other claimers'), and
-#: decides as FlowGate does (runtime/_rules.py; tests/test_flow_gate_sql.py holds the two
+#: decides as FlowGate does (core/flow.py; tests/test_flow_gate_sql.py holds the two
 #: to the same decisions): a job whose name has limits starts only if its concurrency key
 #: has a free slot and its rate bucket a token. Each key is a transaction-scoped advisory
 #: lock (nothing written; hashed with the schema): the first chunk waits for its keys in

@@ -4,7 +4,7 @@ WAL mode, one connection used from a worker thread: each batch of operations is 
 hop and one ``BEGIN IMMEDIATE`` transaction, so many claims, outcomes and enqueues share one
 commit. Several processes may use the same file; SQLite's write lock serialises them, and
 leases plus the reaper hand a crashed process's jobs to another. The rules are those of
-:mod:`trioforge._rules`, written as SQL; the contract suite holds it to the memory backend.
+:mod:`trioforge._core`, written as SQL; the contract suite holds it to the memory backend.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 import trio
 
-from trioforge._errors import (
+from trioforge._core.errors import (
     DatabaseUnavailableError,
     InvalidArgumentError,
     InvalidStateError,
@@ -34,11 +34,9 @@ from trioforge._errors import (
     SchemaError,
     TrioforgeError,
 )
-from trioforge._rules import (
-    FLOW_WINDOW,
+from trioforge._core.flow import FLOW_WINDOW, Bucket, FlowGate
+from trioforge._core.states import (
     TERMINAL_STATES,
-    Bucket,
-    FlowGate,
     JobState,
     Released,
     Suspended,

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import trioforge
 from tests.conftest import FAST
 from trioforge import JobContext, Queue, Registry, Retry, WorkflowContext
-from trioforge._durations import seconds
+from trioforge._core.durations import seconds
 
 BAD = [math.nan, -1.0, -0.001, math.inf, -math.inf, dt.timedelta(seconds=-1)]
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from trioforge._extras import EXTRAS
+from trioforge._core.extras import EXTRAS
 
 BLOCKED = """
 import json, sys

@@ -1,5 +1,5 @@
 """PostgreSQL decides a flow-controlled claim in the server (storage/postgres.py); the other
-backends ask FlowGate (runtime/_rules.py). The same random histories of enqueues, claims
+backends ask FlowGate (core/flow.py). The same random histories of enqueues, claims
 and outcomes run on both must claim the same jobs and report the same hold-backs."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from tests.contract.test_contract import T0, job, one
 from tests.postgres import drop_schema, fresh_backend
 from trioforge import ConcurrencyLimit, RateLimit
-from trioforge._rules import JobLimits, Released, Succeeded
+from trioforge._core.flow import JobLimits
+from trioforge._core.states import Released, Succeeded
 from trioforge.storage import Backend, ClaimedJob, MemoryBackend, Outcome, opened, ops
 
 rate_limits = st.builds(

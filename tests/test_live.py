@@ -178,3 +178,25 @@ def test_watch_in_virtual_time_sees_each_progress_step() -> None:
         await scenario(backend, clock)
 
     run_virtual(timed)
+
+
+def test_a_watcher_in_the_claiming_process_sees_a_silent_job_start() -> None:
+    """Claims send no storage notice (the hottest write); the process that claimed tells
+    its own live feed, so a job that reports no progress still shows ``running`` here."""
+    registry, gates = make_registry()
+
+    async def scenario(backend: MemoryBackend, clock: VirtualClock) -> None:
+        async with trioforge.open_runtime(registry, database=backend, clock=clock) as rt:
+            assert await rt.pause("default")
+            job = await rt.enqueue("hang")
+            async with rt.watch(job) as updates:
+                first = await updates.__anext__()
+                assert first.status is JobState.AVAILABLE
+                await trio.testing.wait_all_tasks_blocked()  # the feed is idle, connected
+                assert await rt.resume("default")
+                with trio.fail_after(10):
+                    assert (await updates.__anext__()).status is JobState.RUNNING
+            assert gates["started"].is_set()
+            assert await rt.cancel(job)
+
+    run_virtual(scenario)

@@ -3,7 +3,7 @@
 A scenario is a few queues with a worker pool each, jobs with a queue, a priority, a delay
 and a behaviour (succeed, fail k times, discard, hang past the timeout; each attempt takes
 a whole number of seconds), cancels at random moments and pool resizes. ``simulate`` plays
-it out from the rules in ``trioforge._rules`` alone (claim order, backoff, failure
+it out from the rules in ``trioforge._core`` alone (claim order, backoff, failure
 outcomes) as a discrete-event simulation; the runtime plays the same scenario on the memory
 backend under MockClock, and every attempt's start and end, every final state and attempt
 count must equal the simulation's exactly. That covers: no job starts before its run_at;
@@ -59,7 +59,8 @@ from trioforge import (
     VirtualClock,
     WallClock,
 )
-from trioforge._rules import claim_key, failure_outcome
+from trioforge._core.retry import failure_outcome
+from trioforge._core.states import claim_key
 from trioforge.storage import MemoryBackend
 from trioforge.testing import EPOCH, run
 

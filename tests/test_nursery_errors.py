@@ -8,7 +8,7 @@ import trio
 import trioforge
 from tests.conftest import FAST
 from trioforge import JobContext, JobState, Registry, Retry
-from trioforge._rules import discard_reason, failure_outcome
+from trioforge._core.retry import discard_reason, failure_outcome
 from trioforge.storage import Backend
 from trioforge.testing import open_test_runtime
 

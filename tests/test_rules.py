@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from tests.strategies import retry_policies
 from trioforge import ConfigurationError, PayloadError, Retry
-from trioforge._rules import (
+from trioforge._core.retry import backoff_delay, failure_outcome, rescue_outcome
+from trioforge._core.states import (
     PENDING_STATES,
     TERMINAL_STATES,
     Cancelled,
@@ -18,11 +19,8 @@ from trioforge._rules import (
     JobState,
     Retried,
     Succeeded,
-    backoff_delay,
-    failure_outcome,
     next_state,
     parse_priority,
-    rescue_outcome,
 )
 
 

@@ -19,7 +19,8 @@ import trioforge
 from tests.strategies import delays, priorities, retry_policies
 from tests.virtual import run_virtual
 from trioforge import JobContext, JobState, Priority, Registry, Retry, VirtualClock
-from trioforge._rules import Succeeded, backoff_delay
+from trioforge._core.retry import backoff_delay
+from trioforge._core.states import Succeeded
 from trioforge.storage import ClaimResult, Enqueued, MemoryBackend, NewJob, Outcome, ops
 
 EXACT = 1e-6

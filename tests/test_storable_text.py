@@ -24,7 +24,7 @@ from tests.strategies import awkward_text
 from tests.test_web_api import served
 from trioforge import JobContext, JobState, Registry, Retry, WorkflowContext
 from trioforge._cli import main
-from trioforge._text import storable
+from trioforge._core.text import storable
 from trioforge.storage import MemoryBackend
 
 

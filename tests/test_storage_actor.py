@@ -15,7 +15,7 @@ import trio.testing
 import trio_asyncio
 
 from tests.postgres import URL, temporary_schema
-from trioforge._rules import JobState, Succeeded
+from trioforge._core.states import JobState, Succeeded
 from trioforge.actors import StorageHandle, open_storage_channel, storage_actor
 from trioforge.storage import Backend, JobInfo, MemoryBackend, NewJob, Outcome, opened, ops
 from trioforge.storage.postgres import PostgresBackend

@@ -7,7 +7,7 @@ client of the embedding program, and ``serve(app, ...)`` runs it in that program
 ``metrics_app(rt, metrics)`` is ``/metrics`` alone (``trioforge worker --metrics-port``).
 """
 
-from trioforge._extras import needs_extra
+from trioforge._core.extras import needs_extra
 
 with needs_extra("web", "The web app (trioforge.web)"):
     from trioforge.web._app import app, metrics_app, serve

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from trioforge._errors import InvalidArgumentError, JobNotFoundError, PayloadError
+from trioforge._core.errors import InvalidArgumentError, JobNotFoundError, PayloadError
 from trioforge._registry import JobDefinition
 from trioforge._timestamps import with_iso_times
 from trioforge.storage import JobInfo

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from trioforge._client import Client
-from trioforge._errors import MissingExtraError
+from trioforge._core.errors import MissingExtraError
 from trioforge._registry import Registry
 from trioforge._runtime import open_client
 from trioforge.storage import Backend

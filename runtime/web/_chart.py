@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import attrs
 from markupsafe import Markup, escape
 
-from trioforge._rules import JobState
+from trioforge._core.states import JobState
 
 __all__ = ["Bar", "bars", "throughput_svg"]
 

@@ -22,9 +22,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from trioforge._cron import upcoming
-from trioforge._errors import InvalidArgumentError, InvalidStateError, JobNotFoundError
-from trioforge._rules import JobState
+from trioforge._core.cron import upcoming
+from trioforge._core.errors import InvalidArgumentError, InvalidStateError, JobNotFoundError
+from trioforge._core.states import JobState
 from trioforge.web._bodies import read_body, text, too_large
 from trioforge.web._chart import bars, throughput_svg
 from trioforge.web._state import SESSION_COOKIE, WebState

@@ -62,7 +62,8 @@ class Throttle:
         """0.0 when an attempt may go ahead (it uses one), else the seconds to wait."""
         tokens = self._level(address, now)
         if tokens < 1.0 - 1e-9:  # after exactly the wait it named, rounding aside
-            return (1.0 - tokens) * self.every
+            # A bucket left a rounding error below empty still refills within one period.
+            return min((1.0 - tokens) * self.every, self.every)
         self._buckets[address] = (tokens - 1.0, now)
         if len(self._buckets) > self.most:
             self._forget_full(now)

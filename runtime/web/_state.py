@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from trioforge._client import Client
-from trioforge._errors import TrioforgeError
+from trioforge._core.errors import TrioforgeError
 from trioforge._registry import JobDefinition, Registry
 from trioforge.web._bodies import text
 from trioforge.web._origin import same_origin

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from trioforge._rules import PENDING_STATES, JobState, Priority
+from trioforge._core.states import PENDING_STATES, JobState, Priority
 from trioforge._workflow_info import StepInfo, WorkflowInfo, step_detail
 from trioforge.storage import NEVER, JobInfo, StepKind
 

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from trioforge import InvalidStateError, JobNotFoundError, JobState
-from trioforge._rules import Cancelled, Discarded, Failed, Released, Succeeded
+from trioforge._core.states import Cancelled, Discarded, Failed, Released, Succeeded
 from trioforge.storage import (
     Backend,
     CancelResult,

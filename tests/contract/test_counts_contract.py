@@ -16,7 +16,7 @@ import pytest
 from tests.contract.conftest import BACKENDS
 from tests.postgres import drop_schema
 from trioforge import JobState
-from trioforge._rules import (
+from trioforge._core.states import (
     TERMINAL_STATES,
     Cancelled,
     Compensated,

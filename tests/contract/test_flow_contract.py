@@ -10,7 +10,8 @@ import attrs
 from tests.contract.test_contract import T0, claim, enqueue, finish, get, job, one
 from tests.contract.test_counts_contract import _check as check_counts
 from trioforge import ConcurrencyLimit, JobState, RateLimit
-from trioforge._rules import Cancelled, JobLimits, Released, Succeeded
+from trioforge._core.flow import JobLimits
+from trioforge._core.states import Cancelled, Released, Succeeded
 from trioforge.storage import Backend, ClaimResult, NewJob, Outcome, ops
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from tests.contract.test_contract import T0, claim, enqueue, finish, get, job, one
 from trioforge import JobState
-from trioforge._rules import Discarded, Failed, Succeeded
+from trioforge._core.states import Discarded, Failed, Succeeded
 from trioforge.storage import Backend, Enqueued, Outcome, ProcessDetails, ops
 from trioforge.storage._records import OutcomeEvent
 

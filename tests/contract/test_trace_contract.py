@@ -9,7 +9,8 @@ import attrs
 
 from tests.contract.test_contract import T0, claim, enqueue, finish, job, one
 from trioforge import ConcurrencyLimit
-from trioforge._rules import Failed, JobLimits, Suspended
+from trioforge._core.flow import JobLimits
+from trioforge._core.states import Failed, Suspended
 from trioforge.storage import (
     Backend,
     ClaimResult,

@@ -4,7 +4,7 @@ process records with its heartbeat, and the names of each queue's pending jobs."
 from __future__ import annotations
 
 from tests.contract.test_contract import T0, claim, enqueue, finish, job, one
-from trioforge._rules import Failed, Succeeded
+from trioforge._core.states import Failed, Succeeded
 from trioforge.storage import Backend, Outcome, ops
 
 

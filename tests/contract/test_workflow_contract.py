@@ -8,7 +8,7 @@ import pytest
 
 from tests.contract.test_contract import T0, changed_ids, claim, enqueue, finish, get, one
 from trioforge import InvalidArgumentError, InvalidStateError, JobInfo, JobNotFoundError, JobState
-from trioforge._rules import Compensated, Succeeded, Suspended
+from trioforge._core.states import Compensated, Succeeded, Suspended
 from trioforge.storage import (
     Backend,
     CancelResult,

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 
 from croniter import CroniterBadDateError, croniter
 
-from trioforge._errors import ConfigurationError
+from trioforge._core.errors import ConfigurationError
 
 __all__ = ["HORIZON", "SILENCE", "CronSchedule", "upcoming"]
 

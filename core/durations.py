@@ -13,7 +13,7 @@ import datetime as dt
 import math
 from typing import TypeAlias
 
-from trioforge._errors import ConfigurationError
+from trioforge._core.errors import ConfigurationError
 
 __all__ = ["Duration", "optional_seconds", "seconds"]
 

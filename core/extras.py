@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from trioforge._errors import MissingExtraError
+from trioforge._core.errors import MissingExtraError
 
 __all__ = ["EXTRAS", "needs_extra"]
 

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from trioforge.storage import JobInfo
 
 __all__ = [
     "ChildFailed",
@@ -21,8 +17,6 @@ __all__ = [
     "Discard",
     "InvalidArgumentError",
     "InvalidStateError",
-    "JobCancelledError",
-    "JobFailedError",
     "JobNotFoundError",
     "JobTimeoutError",
     "LifespanError",
@@ -108,29 +102,6 @@ class JobTimeoutError(TrioforgeError, TimeoutError):
 
 class WorkflowTimeoutError(TrioforgeError, TimeoutError):
     """A workflow run went past its ``timeout`` (counted from its start); it is undone."""
-
-
-class JobFailedError(TrioforgeError, RuntimeError):
-    """``await job.result()`` of a job that ended ``dead`` (or, a workflow run,
-    ``compensated``): it has no result. ``info`` is the job as it ended (its error)."""
-
-    def __init__(self, info: JobInfo) -> None:
-        super().__init__(
-            f"job {info.id} ({info.name}) ended {info.status.value}: {info.error}; see "
-            f"client.attempts({info.id}) for every attempt's error"
-        )
-        self.info = info
-
-
-class JobCancelledError(TrioforgeError, RuntimeError):
-    """``await job.result()`` of a job that was cancelled: it has no result. ``info`` is
-    the job as it ended."""
-
-    def __init__(self, info: JobInfo) -> None:
-        super().__init__(
-            f"job {info.id} ({info.name}) was cancelled; client.retry({info.id}) runs it again"
-        )
-        self.info = info
 
 
 class ResultTimeoutError(TrioforgeError, TimeoutError):

@@ -25,8 +25,8 @@ demo: relink
 	cd examples && ../$(BIN)/python quickstart.py && ../$(BIN)/python workflow_verification.py
 
 lint: relink
-	$(BIN)/ruff check core runtime actors storage tests examples bench
-	$(BIN)/ruff format --check core runtime actors storage tests examples bench
+	$(BIN)/ruff check core runtime actors storage tests examples bench docs_tools
+	$(BIN)/ruff format --check core runtime actors storage tests examples bench docs_tools
 	$(BIN)/mypy
 
 pytest: relink

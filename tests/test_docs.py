@@ -56,3 +56,10 @@ def test_ci_builds_the_site_strictly() -> None:
     assert re.search(r"^make test$", ci, re.M)  # the README's test command
     makefile = (ROOT / "Makefile").read_text()
     assert "mkdocs build --strict" in makefile
+
+
+def test_docstring_roles_render_as_code_spans() -> None:
+    from docs_tools.rst_roles import markdown
+
+    text = "A :class:`~trioforge.Queue` or :meth:`Runtime.resize`; an example::\n\n    x = 1\n"
+    assert markdown(text) == "A `Queue` or `Runtime.resize`; an example:\n\n    x = 1\n"

@@ -31,3 +31,11 @@ def test_the_readme_quickstart_runs_as_written_in_an_empty_directory(tmp_path: P
     assert done.returncode == 0, done.stderr
     assert done.stdout == "sent to ada\n"
     assert (tmp_path / ".trioforge" / "jobs.db").exists()
+
+
+def test_every_relative_link_in_the_readme_leads_to_a_file() -> None:
+    text = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\((?!https?://)([^)#]+)(?:#[^)]*)?\)", text)
+    assert targets
+    missing = [t for t in targets if not (ROOT / t).exists()]
+    assert not missing

@@ -1,10 +1,11 @@
-"""A griffe extension: the docstrings' reStructuredText roles, rendered as Markdown.
+"""A griffe extension: the source's Sphinx-style documentation, rendered as Markdown.
 
-The source's docstrings name other objects the way Sphinx reads them (``:class:`~x.Y```,
-``:meth:`Client.wait```) and end a paragraph with ``::`` before a literal block. mkdocstrings
-reads Markdown, where those would show as typed. Each role becomes a code span (``~`` keeps
-the last component, as Sphinx shows it) and ``::`` a colon; the indented block after it is
-a Markdown code block already.
+The docstrings name other objects the way Sphinx reads them (``:class:`~x.Y```,
+``:meth:`Client.wait```) and end a paragraph with ``::`` before a literal block; attributes
+are documented by ``#:`` comments above them. mkdocstrings reads Markdown docstrings only.
+Each role becomes a code span (``~`` keeps the last component, as Sphinx shows it), ``::``
+a colon (the indented block after it is a Markdown code block already), and an attribute
+with no docstring takes its ``#:`` comment lines as one.
 """
 
 from __future__ import annotations
@@ -34,3 +35,20 @@ class RstRoles(griffe.Extension):
     def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
         if obj.docstring is not None:
             obj.docstring.value = markdown(obj.docstring.value)
+
+    def on_attribute_instance(self, *, attr: griffe.Attribute, **kwargs: Any) -> None:
+        if attr.docstring is not None or attr.lineno is None:
+            return
+        text = comment_above(attr.lines_collection[attr.filepath], attr.lineno)
+        if text:
+            attr.docstring = griffe.Docstring(markdown(text), lineno=attr.lineno, parent=attr)
+
+
+def comment_above(lines: list[str], lineno: int) -> str:
+    """The ``#:`` comment lines right above line ``lineno`` (1-based), joined."""
+    found: list[str] = []
+    at = lineno - 2
+    while at >= 0 and lines[at].lstrip().startswith("#:"):
+        found.insert(0, lines[at].lstrip()[2:].strip())
+        at -= 1
+    return "\n".join(found)

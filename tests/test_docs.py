@@ -63,3 +63,11 @@ def test_docstring_roles_render_as_code_spans() -> None:
 
     text = "A :class:`~trioforge.Queue` or :meth:`Runtime.resize`; an example::\n\n    x = 1\n"
     assert markdown(text) == "A `Queue` or `Runtime.resize`; an example:\n\n    x = 1\n"
+
+
+def test_attribute_comments_become_docstrings() -> None:
+    from docs_tools.rst_roles import comment_above
+
+    lines = ["x = 1", "#: The first line", "#: and the second.", "y = 2", "z = 3"]
+    assert comment_above(lines, 4) == "The first line\nand the second."
+    assert comment_above(lines, 5) == ""

@@ -11,6 +11,7 @@ with no docstring takes its ``#:`` comment lines as one.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import griffe
@@ -37,9 +38,10 @@ class RstRoles(griffe.Extension):
             obj.docstring.value = markdown(obj.docstring.value)
 
     def on_attribute_instance(self, *, attr: griffe.Attribute, **kwargs: Any) -> None:
-        if attr.docstring is not None or attr.lineno is None:
-            return
-        text = comment_above(attr.lines_collection[attr.filepath], attr.lineno)
+        path = attr.filepath
+        if attr.docstring is not None or attr.lineno is None or not isinstance(path, Path):
+            return  # documented already, or not from one source file
+        text = comment_above(attr.lines_collection[path], attr.lineno)
         if text:
             attr.docstring = griffe.Docstring(markdown(text), lineno=attr.lineno, parent=attr)
 

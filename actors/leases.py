@@ -32,7 +32,8 @@ __all__ = ["MAINTENANCE", "RETRY_FIRST", "heartbeat", "reaper", "renew_leases"]
 #: renewals, outcomes); doubled on each further failure.
 RETRY_FIRST = 0.05
 
-#: The lease whose holder runs maintenance (rescue now; retention and cron later).
+#: The lease whose holder runs maintenance: rescue, then folding the stored counts (cron
+#: and retention lead with leases of their own, so other processes may hold them).
 MAINTENANCE = "maintenance"
 
 log = logging.getLogger("trioforge.leases")

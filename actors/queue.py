@@ -500,6 +500,7 @@ class QueueSupervisor:
             ending=self._running.ending() if limits else frozenset(),
             queue_rate=cfg.rate_limit,
         )
+        sent = self._running.claiming()
         try:
             # Shielded: once claimed, jobs must reach a worker (or be released), never
             # be dropped half-way by a cancel.
@@ -509,7 +510,7 @@ class QueueSupervisor:
             result = None
         if result is not None:
             for job in result.jobs:  # held from here until its outcome is recorded
-                self._running.hold(job.id, job.lease, op.lease_until)
+                self._running.hold(job.id, job.lease, op.lease_until, sent)
             if result.jobs:
                 self._finished.claimed(job.id for job in result.jobs)
         # A failed claim may have committed all the same (the reply lost with the

@@ -48,9 +48,13 @@ class RunningJobs:
     def __init__(self) -> None:
         self._jobs: dict[int, dict[int, _Running]] = {}  # job id -> lease -> attempt
         # Cancels that storage reported as "running" before the job's worker registered
-        # it here (claimed, not yet started): applied when it starts. Keyed by job id,
-        # valued by trio time, pruned by age.
-        self._early_cancels: dict[int, float] = {}
+        # it here (claimed, maybe not yet started): job id -> (the tick it came at, the
+        # trio time, for pruning). Applied when an attempt starts whose claim was sent
+        # before that tick; a claim sent later found the job pending again (retried), so
+        # the cancel was about an earlier attempt and is dropped.
+        self._early_cancels: dict[int, tuple[int, float]] = {}
+        self._tick = 0  # orders claims sent against cancels heard, in this process
+        self._claimed_at: dict[tuple[int, int], int] = {}  # (job id, lease) -> claim's tick
         self._held: dict[tuple[int, int], float] = {}  # (job id, lease) -> lease expiry
         # Attempts whose handler returned, their outcome not yet recorded (still held).
         self._ended: set[tuple[int, int]] = set()
@@ -61,8 +65,10 @@ class RunningJobs:
     def start(self, job_id: int, lease: int) -> _Running:
         entry = _Running(lease, trio.CancelScope())
         self._jobs.setdefault(job_id, {})[lease] = entry
-        if self._early_cancels.pop(job_id, None) is not None:
-            self.stop(job_id, StopReason.USER)
+        early = self._early_cancels.pop(job_id, None)
+        claimed_at = self._claimed_at.get((job_id, lease))
+        if early is not None and (claimed_at is None or claimed_at < early[0]):
+            self.stop(job_id, StopReason.USER, lease=lease)
         return entry
 
     def cancel_running(self, job_id: int) -> None:
@@ -72,9 +78,16 @@ class RunningJobs:
             return
         now = trio.current_time()
         self._early_cancels = {
-            k: t for k, t in self._early_cancels.items() if now - t < _REMEMBER_CANCEL_SECONDS
+            k: v for k, v in self._early_cancels.items() if now - v[1] < _REMEMBER_CANCEL_SECONDS
         }
-        self._early_cancels[job_id] = now
+        self._tick += 1
+        self._early_cancels[job_id] = (self._tick, now)
+
+    def claiming(self) -> int:
+        """Call just before sending a claim; pass the returned tick to :meth:`hold` for
+        the jobs it claims, so a cancel heard after it is known to be about them."""
+        self._tick += 1
+        return self._tick
 
     def finish(self, job_id: int, lease: int) -> None:
         if (job_id, lease) in self._held:
@@ -99,13 +112,17 @@ class RunningJobs:
         for job_id in list(self._jobs):
             self.stop(job_id, reason)
 
-    def hold(self, job_id: int, lease: int, until: float) -> None:
-        """A claim gave this process ``lease`` on the job, valid until ``until``."""
+    def hold(self, job_id: int, lease: int, until: float, claimed_at: int | None = None) -> None:
+        """A claim gave this process ``lease`` on the job, valid until ``until``;
+        ``claimed_at`` is the tick :meth:`claiming` gave before the claim was sent."""
         self._held[(job_id, lease)] = until
+        if claimed_at is not None:
+            self._claimed_at[(job_id, lease)] = claimed_at
 
     def release(self, job_id: int, lease: int) -> None:
         """The attempt's outcome is recorded (or its lease is gone): stop renewing it."""
         self._held.pop((job_id, lease), None)
+        self._claimed_at.pop((job_id, lease), None)
         self._ended.discard((job_id, lease))
 
     def ending(self) -> frozenset[tuple[int, int]]:

@@ -31,7 +31,7 @@ import trioforge
 from bench.replica_jobs import late_stamp
 from bench.replicas import ROOT, start_workers, stop
 from bench.run import add_postgres_url, drop_schemas, pct
-from tests.postgres import create_schema
+from tests.support.postgres import create_schema
 
 #: How long each job runs: long enough for the watcher to be subscribed before it ends.
 RUN_SECONDS = 0.05

@@ -24,7 +24,7 @@ import trio
 import trioforge
 from bench.replica_jobs import hang, noop, stamp
 from bench.run import add_postgres_url, drop_schemas, pct
-from tests.postgres import create_schema
+from tests.support.postgres import create_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 

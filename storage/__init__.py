@@ -1,7 +1,8 @@
-"""Persistence behind one small protocol: memory, SQLite (and PostgreSQL later).
+"""Persistence behind one small protocol: memory, SQLite and PostgreSQL.
 
-Only the storage actor talks to a backend. Backends import nothing from the runtime but the
-leaf modules every layer shares: the pure rules, the error types and the storable-text rule.
+Only the storage actor talks to a backend. Backends import nothing of trioforge but the
+kernel below them (``trioforge._core``): the pure rules, the error types and the
+storable-text rule.
 """
 
 from trioforge.storage import _ops as ops

@@ -16,8 +16,8 @@ import trio
 
 import trioforge
 import trioforge.aio
-from tests.conftest import FAST
-from tests.postgres import schema_url
+from tests.support.fast import FAST
+from tests.support.postgres import schema_url
 from trioforge import JobContext, JobState, Registry
 
 

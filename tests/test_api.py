@@ -9,8 +9,8 @@ import pytest
 import trio
 
 import trioforge
-from tests.conftest import FAST
-from tests.jobs import Greeting, Summary
+from tests.support.fast import FAST
+from tests.support.jobs import Greeting, Summary
 from trioforge import JobContext, JobState, Registry, Retry
 from trioforge.storage import Backend
 

@@ -24,7 +24,7 @@ import pytest
 import trio
 
 import trioforge
-from tests.browser import CHROMIUM, Served, require_browser
+from tests.support.browser import CHROMIUM, Served, require_browser
 from trioforge import JobContext, JobState, Registry, Retry, WorkflowContext
 
 TOKEN = "browser-test-token"

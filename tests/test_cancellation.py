@@ -10,9 +10,10 @@ import trio
 import trio.testing
 
 import trioforge
-from tests.conftest import FAST
-from tests.virtual import run_virtual
+from tests.support.fast import FAST
+from tests.support.virtual import run_virtual
 from trioforge import JobContext, JobState, Registry, Retry, VirtualClock
+from trioforge.actors.running import RunningJobs, StopReason
 from trioforge.storage import Backend, MemoryBackend, ops
 
 
@@ -206,3 +207,48 @@ def test_a_claim_that_lands_while_the_pool_is_cancelled_is_handed_back() -> None
         assert (info.status, info.attempt) == (JobState.AVAILABLE, 0)
 
     run_virtual(scenario, held)
+
+
+def test_a_job_retried_after_a_cancel_is_not_cancelled_again() -> None:
+    """The cancel of an attempt that ended before storage answered must not stop a later
+    attempt of the same job (after an operator's retry) when it starts here."""
+    registry, seen = make_registry()
+
+    async def scenario(backend: MemoryBackend, clock: VirtualClock) -> None:
+        async with trioforge.open_runtime(registry, database=backend, clock=clock) as rt:
+            job = await rt.enqueue("hang")
+            await seen["started"].wait()
+            assert await rt.cancel(job)
+            assert (await rt.wait(job)).status is JobState.CANCELLED
+            seen["started"] = trio.Event()
+            assert await rt.retry(job)
+            with trio.fail_after(60):  # virtual seconds
+                await seen["started"].wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert (await rt.get(job)).status is JobState.RUNNING
+            assert await rt.cancel(job)  # a running job: requested, so True
+            assert (await rt.wait(job)).status is JobState.CANCELLED
+        assert seen["runs"] == 2
+
+    run_virtual(scenario)
+
+
+async def test_an_early_cancel_applies_to_the_claim_in_flight_only() -> None:
+    """A cancel heard while a claim was in flight stops the attempt that claim starts; one
+    heard before a claim was sent is about an earlier attempt and stops nothing."""
+    running = RunningJobs()
+    in_flight = running.claiming()
+    running.cancel_running(7)  # storage: job 7 runs (this claim may have taken it)
+    running.hold(7, 1, until=100.0, claimed_at=in_flight)
+    first = running.start(7, 1)
+    assert first.scope.cancel_called
+    assert first.reason is StopReason.USER
+    running.finish(7, 1)
+    running.release(7, 1)
+
+    running.cancel_running(8)  # job 8 runs elsewhere; it is then cancelled and retried
+    later = running.claiming()
+    running.hold(8, 2, until=100.0, claimed_at=later)
+    second = running.start(8, 2)
+    assert not second.scope.cancel_called
+    assert second.reason is None

@@ -19,8 +19,8 @@ import trio_asyncio
 from click.testing import CliRunner, Result
 
 import trioforge
-from tests.postgres import URL as PG_URL
-from tests.postgres import require_postgres
+from tests.support.postgres import URL as PG_URL
+from tests.support.postgres import require_postgres
 from trioforge import JobContext, JobState, Registry
 from trioforge._cli import main
 from trioforge.storage.postgres import MIGRATIONS as PG_MIGRATIONS

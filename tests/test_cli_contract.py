@@ -22,8 +22,8 @@ import trio
 from click.testing import CliRunner, Result
 
 import trioforge
-from tests.conftest import FAST
-from tests.postgres import schema_url
+from tests.support.fast import FAST
+from tests.support.postgres import schema_url
 from trioforge import JobContext, JobState, Registry
 from trioforge._cli import main
 from trioforge._timestamps import iso_utc, with_iso_times

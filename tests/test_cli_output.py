@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import trioforge
-from tests.conftest import FAST
+from tests.support.fast import FAST
 from trioforge import JobContext, Registry
 from trioforge._cli import main
 from trioforge._terminal import terminal_text

@@ -25,8 +25,8 @@ import trioforge
 import trioforge.aio
 import trioforge.testing
 import trioforge.web
-from tests.conftest import FAST
-from tests.strategies import Everything
+from tests.support.fast import FAST
+from tests.support.strategies import Everything
 from tests.test_web_api import served
 from trioforge import JobContext, JobState, Registry
 from trioforge.storage import Backend

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import trioforge
-from tests.conftest import FAST
-from tests.strategies import FIELDS, WRONG, Everything, everythings, json_values, same
+from tests.support.fast import FAST
+from tests.support.strategies import FIELDS, WRONG, Everything, everythings, json_values, same
 from trioforge import JobContext, JobState, Registry
 from trioforge.storage import Backend
 

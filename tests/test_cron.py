@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 import trioforge
 import trioforge.web
-from tests.conftest import FAST
+from tests.support.fast import FAST
+from tests.support.virtual import EPOCH, run_virtual
 from tests.test_web_api import served
-from tests.virtual import EPOCH, run_virtual
 from trioforge import CronContext, CronSchedule, JobState, Registry, VirtualClock
 from trioforge._cli import main
 from trioforge.actors import open_storage_channel, storage_actor

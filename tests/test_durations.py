@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import trioforge
-from tests.conftest import FAST
+from tests.support.fast import FAST
 from trioforge import JobContext, Queue, Registry, Retry, WorkflowContext
 from trioforge._core.durations import seconds
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import trioforge
-from tests.virtual import EPOCH, run_virtual
+from tests.support.virtual import EPOCH, run_virtual
 from trioforge import DatabaseUnavailableError, JobContext, JobState, Registry, VirtualClock
 from trioforge.actors.queue import RETRY_MAX
 from trioforge.storage import ClaimResult, MemoryBackend, ops

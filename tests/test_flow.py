@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trioforge
-from tests.conftest import FAST
-from tests.virtual import run_virtual
+from tests.support.fast import FAST
+from tests.support.virtual import run_virtual
 from trioforge import (
     ConcurrencyLimit,
     JobContext,

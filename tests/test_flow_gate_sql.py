@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.contract.test_contract import T0, job, one
-from tests.postgres import drop_schema, fresh_backend
+from tests.support.postgres import drop_schema, fresh_backend
 from trioforge import ConcurrencyLimit, RateLimit
 from trioforge._core.flow import JobLimits
 from trioforge._core.states import Released, Succeeded

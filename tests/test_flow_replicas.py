@@ -13,8 +13,8 @@ import trio
 import trio_asyncio
 
 import trioforge
-from tests.flow_jobs import RATE, TENANTS, Work, per_tenant, rated
-from tests.postgres import schema_url, temporary_schema
+from tests.support.flow_jobs import RATE, TENANTS, Work, per_tenant, rated
+from tests.support.postgres import schema_url, temporary_schema
 from trioforge import JobState
 from trioforge.storage.postgres import PostgresBackend
 
@@ -49,7 +49,7 @@ async def test_limits_hold_across_three_processes_on_postgres(tmp_path: Path) ->
                 per_tenant, [Work("abc"[n % 3], n) for n in range(PER_TENANT)]
             )
         command = [
-            sys.executable, "-m", "trioforge", "worker", "tests.flow_jobs:registry",
+            sys.executable, "-m", "trioforge", "worker", "tests.support.flow_jobs:registry",
             "--database", url, "--queue", "flow=8", "--heartbeat-interval", "0.5",
             "--poll-interval", "0.05", "--log-level", "WARNING",
         ]  # fmt: skip

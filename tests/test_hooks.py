@@ -8,8 +8,8 @@ import pytest
 import trio
 
 import trioforge
-from tests.conftest import FAST
-from tests.jobs import Greeting
+from tests.support.fast import FAST
+from tests.support.jobs import Greeting
 from trioforge import AttemptEnd, AttemptOutcome, JobContext, JobState, Registry, Retry
 from trioforge.actors.queue import AFTER_HOOKS_SECONDS
 from trioforge.storage import Backend

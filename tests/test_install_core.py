@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.install import OPTIONAL, ROOT, Venv, venv
+from tests.support.install import OPTIONAL, ROOT, Venv, venv
 
 pytestmark = pytest.mark.slow
 

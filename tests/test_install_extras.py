@@ -16,8 +16,8 @@ import pytest
 import trio
 
 import trioforge
-from tests.install import Venv, venv
-from tests.postgres import require_postgres, schema_url
+from tests.support.install import Venv, venv
+from tests.support.postgres import require_postgres, schema_url
 from trioforge import JobContext, Registry
 
 pytestmark = pytest.mark.slow

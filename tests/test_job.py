@@ -13,7 +13,7 @@ import trio
 
 import trioforge
 import trioforge.aio
-from tests.conftest import FAST
+from tests.support.fast import FAST
 from trioforge import (
     Job,
     JobContext,

@@ -18,7 +18,7 @@ import trio
 import trio.testing
 
 import trioforge
-from tests.conftest import FAST
+from tests.support.fast import FAST
 from trioforge import (
     ConfigurationError,
     CronContext,

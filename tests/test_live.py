@@ -9,8 +9,8 @@ import pytest
 import trio
 
 import trioforge
-from tests.conftest import FAST
-from tests.virtual import run_virtual
+from tests.support.fast import FAST
+from tests.support.virtual import run_virtual
 from trioforge import JobContext, JobState, Registry, VirtualClock
 from trioforge.storage import MemoryBackend
 

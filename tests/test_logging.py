@@ -19,7 +19,7 @@ import trio
 
 import trioforge
 import trioforge.logging
-from tests.conftest import FAST
+from tests.support.fast import FAST
 from trioforge import Discard, JobContext, JobState, Registry, Retry, WorkflowContext
 from trioforge.storage import Backend, ops
 

@@ -11,7 +11,7 @@ import trio
 from click.testing import CliRunner
 
 import trioforge
-from tests.conftest import FAST
+from tests.support.fast import FAST
 from trioforge import JobContext, JobState, Queue, Registry, Retention, Retry
 from trioforge._cli import main
 from trioforge.storage import Backend

@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import trioforge
 import trioforge.web
-from tests.conftest import FAST
+from tests.support.fast import FAST
 from tests.test_web_api import served
 from trioforge import JobContext, Registry, Retry
 from trioforge.metrics import Metrics

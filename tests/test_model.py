@@ -46,7 +46,7 @@ from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 import trioforge
-from tests.strategies import priorities
+from tests.support.strategies import priorities
 from trioforge import (
     Clock,
     ConcurrencyLimit,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import trio
 
 import trioforge
-from tests.conftest import FAST
+from tests.support.fast import FAST
 from trioforge import JobContext, JobState, Registry, Retry
 from trioforge._core.retry import discard_reason, failure_outcome
 from trioforge.storage import Backend

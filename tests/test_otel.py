@@ -24,7 +24,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 import trioforge
 import trioforge.aio
-from tests.conftest import FAST
+from tests.support.fast import FAST
 from trioforge import JobContext, JobState, Registry, Retry, WorkflowContext, open_client
 from trioforge.otel import Tracing
 from trioforge.testing import open_test_runtime

@@ -23,7 +23,7 @@ import pytest
 import trio
 
 import trioforge
-from tests.postgres import require_postgres, schema_url
+from tests.support.postgres import require_postgres, schema_url
 from trioforge import JobContext, JobState, Registry
 from trioforge.storage.sqlite import SQLiteBackend
 

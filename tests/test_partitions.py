@@ -22,7 +22,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 import trioforge
-from tests.strategies import priorities
+from tests.support.strategies import priorities
 from trioforge import JobContext, JobState, Priority, VirtualClock
 from trioforge.storage import Changed, MemoryBackend, Notice, SchemaStatus, ops
 from trioforge.testing import EPOCH, run

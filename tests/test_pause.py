@@ -6,7 +6,7 @@ import pytest
 import trio
 
 import trioforge
-from tests.postgres import temporary_schema
+from tests.support.postgres import temporary_schema
 from trioforge import InvalidArgumentError, JobContext, JobState, QueueInfo, Registry
 from trioforge.storage.postgres import PostgresBackend
 from trioforge.testing import open_test_runtime, run

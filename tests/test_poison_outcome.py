@@ -15,7 +15,7 @@ import pytest
 import trio
 
 import trioforge
-from tests.postgres import schema_url
+from tests.support.postgres import schema_url
 from tests.test_crash_rescue import read_until
 from trioforge import JobState, Registry
 from trioforge._core.states import Failed, Succeeded

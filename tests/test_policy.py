@@ -10,7 +10,7 @@ import pytest
 import trio
 
 import trioforge
-from tests.conftest import FAST
+from tests.support.fast import FAST
 from trioforge import JobContext, JobState, Queue, RateLimit, Registry, Retry
 from trioforge.storage import Backend
 

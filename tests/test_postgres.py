@@ -18,7 +18,7 @@ import trio
 import trio_asyncio
 
 import trioforge
-from tests.postgres import URL, require_postgres, schema_url, temporary_schema
+from tests.support.postgres import URL, require_postgres, schema_url, temporary_schema
 from trioforge import DatabaseUnavailableError, JobState, RateLimit, SchemaError
 from trioforge.storage import (
     CancelNotice,

@@ -19,22 +19,10 @@ from recipes import jobs
 
 import trioforge
 import trioforge.web
-from tests.browser import CHROMIUM, Served, require_browser
+from tests.support.browser import CHROMIUM, Served, require_browser
 from trioforge import JobState
 
 TRACKING = "http://jobs.test"
-
-
-@contextmanager
-def plain_asyncio() -> Iterator[None]:
-    """trio-asyncio (imported by the PostgreSQL backend) installs an event loop policy
-    whose loops run trio; the frameworks' own loops must be plain asyncio ones."""
-    policy = asyncio.get_event_loop_policy()
-    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
-    try:
-        yield
-    finally:
-        asyncio.set_event_loop_policy(policy)
 
 
 def run_and_track(database: str, tracked: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +52,7 @@ def test_fastapi_route_enqueues_and_answers_a_tracking_url(tmp_path: Path) -> No
     from recipes.fastapi_app import create_app
 
     database = f"sqlite:///{tmp_path / 'jobs.db'}"
-    with plain_asyncio(), TestClient(create_app(database, TRACKING)) as client:
+    with TestClient(create_app(database, TRACKING)) as client:
         refused = client.post("/thumbnails", json={"url": "https://x.test/a.png"})
         assert refused.status_code == 422  # FastAPI validates the dataclass body first
         answer = client.post("/thumbnails", json={"url": "https://x.test/a.png", "width": 96})
@@ -96,8 +84,8 @@ def test_django_async_view_enqueues_and_answers_a_tracking_url(tmp_path: Path) -
                               "application/json"),
         ]  # fmt: skip
 
-    with plain_asyncio():
-        wrong_type, not_json, get, answer = asyncio.run(requests())
+    # An asyncio loop of asyncio's own, as under a server (tests/conftest.py sets the policy).
+    wrong_type, not_json, get, answer = asyncio.run(requests())
     assert django_app.urlpatterns  # the module the page shows is the one served
     assert wrong_type.status_code == 422
     assert "$.width: expected int, got str" in wrong_type.json()["error"]
@@ -146,7 +134,7 @@ def chromium() -> Iterator[Any]:
     require_browser()
     from playwright.sync_api import sync_playwright
 
-    with plain_asyncio(), sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM)
         try:
             yield browser

@@ -7,7 +7,7 @@ from typing import Any
 import trio
 
 import trioforge
-from tests.conftest import FAST
+from tests.support.fast import FAST
 from trioforge import JobContext, Registry
 from trioforge.actors.leases import MAINTENANCE
 from trioforge.storage import ProcessInfo, backend_for_url, opened, ops

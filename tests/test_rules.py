@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.strategies import retry_policies
+from tests.support.strategies import retry_policies
 from trioforge import ConfigurationError, PayloadError, Retry
 from trioforge._core.retry import backoff_delay, failure_outcome, rescue_outcome
 from trioforge._core.states import (

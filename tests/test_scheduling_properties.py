@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trioforge
-from tests.strategies import delays, priorities, retry_policies
-from tests.virtual import run_virtual
+from tests.support.strategies import delays, priorities, retry_policies
+from tests.support.virtual import run_virtual
 from trioforge import JobContext, JobState, Priority, Registry, Retry, VirtualClock
 from trioforge._core.retry import backoff_delay
 from trioforge._core.states import Succeeded

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 
 import trioforge
 import trioforge.web
-from tests.conftest import FAST
-from tests.postgres import URL as PG_URL
-from tests.postgres import create_schema, drop_schema, require_postgres
-from tests.strategies import awkward_text
+from tests.support.fast import FAST
+from tests.support.postgres import URL as PG_URL
+from tests.support.postgres import create_schema, drop_schema, require_postgres
+from tests.support.strategies import awkward_text
 from tests.test_web_api import served
 from trioforge import JobContext, JobState, Registry, Retry, WorkflowContext
 from trioforge._cli import main

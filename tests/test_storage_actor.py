@@ -14,7 +14,7 @@ import trio
 import trio.testing
 import trio_asyncio
 
-from tests.postgres import URL, temporary_schema
+from tests.support.postgres import URL, temporary_schema
 from trioforge._core.states import JobState, Succeeded
 from trioforge.actors import StorageHandle, open_storage_channel, storage_actor
 from trioforge.storage import Backend, JobInfo, MemoryBackend, NewJob, Outcome, opened, ops

@@ -20,9 +20,9 @@ import trio_asyncio
 from click.testing import CliRunner, Result
 
 import trioforge
-from tests.conftest import FAST
-from tests.postgres import URL as PG_URL
-from tests.postgres import require_postgres, temporary_schema
+from tests.support.fast import FAST
+from tests.support.postgres import URL as PG_URL
+from tests.support.postgres import require_postgres, temporary_schema
 from trioforge import DatabaseUnavailableError, JobContext, Registry, SchemaError
 from trioforge._cli import main
 from trioforge.storage._health import permanent_failure

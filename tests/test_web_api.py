@@ -15,7 +15,7 @@ import trio
 
 import trioforge
 import trioforge.web
-from tests.conftest import FAST
+from tests.support.fast import FAST
 from trioforge import JobContext, Registry
 
 #: A client that would notice nothing for a minute if it had to poll.

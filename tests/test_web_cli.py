@@ -14,7 +14,7 @@ import httpx
 import trio
 
 import trioforge
-from tests.conftest import FAST
+from tests.support.fast import FAST
 
 APP = """
 import trioforge

@@ -8,7 +8,7 @@ import trio
 
 import trioforge
 import trioforge.web
-from tests.conftest import FAST
+from tests.support.fast import FAST
 from tests.test_web_api import served
 from trioforge import JobContext, JobState, Registry
 

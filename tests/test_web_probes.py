@@ -13,7 +13,7 @@ import trio
 
 import trioforge
 import trioforge.web
-from tests.conftest import FAST
+from tests.support.fast import FAST
 from tests.test_web_api import served
 from tests.test_web_workflows import make_registry as workflow_registry
 from tests.test_web_workflows import waiting_for_its_signal

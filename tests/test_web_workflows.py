@@ -11,7 +11,7 @@ import trio
 
 import trioforge
 import trioforge.web
-from tests.conftest import FAST
+from tests.support.fast import FAST
 from tests.test_web_api import NO_POLLING, events, served
 from trioforge import JobState, Registry, WorkflowContext
 

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.contract.conftest import BACKENDS
-from tests.postgres import drop_schema
+from tests.support.backends import BACKENDS
 from trioforge import JobState
 from trioforge._core.states import (
     TERMINAL_STATES,
@@ -237,8 +236,7 @@ async def test_the_counts_migration_counts_the_jobs_already_stored(
 ) -> None:
     module: Any = sqlite_module if kind == "sqlite" else postgres_module
     full = module.MIGRATIONS
-    before = BACKENDS[kind](tmp_path)
-    try:
+    async with BACKENDS[kind].backend(tmp_path) as before:
         # Every migration before the one that adds the counts (later ones may follow it).
         counts = next(i for i, m in enumerate(full) if "CREATE TABLE trioforge_counts" in m)
         monkeypatch.setattr(module, "MIGRATIONS", full[:counts])
@@ -255,6 +253,3 @@ async def test_the_counts_migration_counts_the_jobs_already_stored(
             ids = list(range(1, len(ROWS_BEFORE) + 1))
             await _check(after, ids, T0 + 2)
             await _random_run(after, 7, 40, ids, T0 + 2)
-    finally:
-        if isinstance(before, PostgresBackend) and before.schema is not None:
-            await drop_schema(before.schema)

@@ -12,7 +12,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 #: The top-level modules of every optional dependency (and of what they pull in).
 OPTIONAL = frozenset(

@@ -48,14 +48,26 @@ test-deep: relink
 screenshots: relink
 	TRIOFORGE_SCREENSHOTS=docs/screenshots TRIOFORGE_REQUIRE_BROWSER=1 $(BIN)/pytest -q tests/test_browser.py
 
+# Every bench prints its figures as it measures them and stops at its own --deadline; a
+# failed or stopped bench does not stop the others, and fails `make bench` at the end.
+# `make bench QUICK=1`: small sizes, a smoke run of every bench in a few minutes.
+QUICK ?=
+BENCHES = \
+	"bench.table $(if $(QUICK),--quick)" \
+	"bench.run $(if $(QUICK),--jobs 2000 --rounds 1)" \
+	"bench.replicas $(if $(QUICK),--jobs 2000 --samples 30)" \
+	"bench.live $(if $(QUICK),--samples 20)" \
+	"bench.workflows $(if $(QUICK),--runs 100 --asleep 1000)" \
+	"bench.dashboard --jobs $(if $(QUICK),20000,200000)" \
+	"bench.counts --rows $(if $(QUICK),20000,200000) $(if $(QUICK),--samples 10)" \
+	"bench.notices --repeats $(if $(QUICK),1,2) $(if $(QUICK),--jobs 2000)"
+
 bench: relink
-	$(BIN)/python bench/run.py
-	$(BIN)/python -m bench.replicas
-	$(BIN)/python -m bench.live
-	$(BIN)/python -m bench.workflows
-	$(BIN)/python -m bench.dashboard
-	$(BIN)/python -m bench.counts --repeats 2
-	$(BIN)/python -m bench.notices --repeats 2
+	@failed=""; for bench in $(BENCHES); do \
+		echo "== python -m $$bench"; \
+		$(BIN)/python -m $$bench || failed="$$failed $${bench%% *}"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "== failed or stopped early:$$failed"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache

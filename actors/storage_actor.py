@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TypeVar, cast
 
 import attrs
 import trio
@@ -23,6 +23,8 @@ from trioforge.storage import Backend, ops
 from trioforge.storage._health import permanent_failure
 
 __all__ = ["StorageHandle", "log_failure", "open_storage_channel", "storage_actor"]
+
+T = TypeVar("T")
 
 
 def log_failure(logger: logging.Logger, exc: Exception, message: str, *args: object) -> None:
@@ -65,7 +67,7 @@ class StorageHandle:
             self.broken_by.__cause__ = exc
             self.broken.set()
 
-    async def call(self, op: ops.Op) -> Any:
+    async def call(self, op: ops.Op[T]) -> T:
         """Run ``op`` in the next batch and return its result (or raise its error).
 
         Cancellation: if the caller is cancelled while waiting, the operation may still
@@ -77,16 +79,18 @@ class StorageHandle:
         if isinstance(request.result, BaseException):
             self._check(request.result)
             raise request.result
-        return request.result
+        return cast(T, request.result)  # the backend ran op: its result is a T
 
-    async def call_shielded(self, op: ops.Op, *, limit: float = 30.0) -> Any:
+    async def call_shielded(self, op: ops.Op[T], *, limit: float = 30.0) -> T | None:
         """Like :meth:`call`, shielded from cancellation (bounded by ``limit`` seconds), for
         writes that record an outcome. Returns None if the limit expired."""
         with trio.CancelScope(shield=True, deadline=trio.current_time() + limit):
             return await self.call(op)
         return None
 
-    async def call_each_shielded(self, batch: list[ops.Op], *, limit: float = 30.0) -> list[object]:
+    async def call_each_shielded(
+        self, batch: Sequence[ops.Op[T]], *, limit: float = 30.0
+    ) -> list[T | BaseException | None]:
         """Each op of ``batch`` as a request of its own, all sent before any reply is
         awaited (so they share a backend batch, where each succeeds or fails alone), shielded
         like :meth:`call_shielded`: per op, its result, the exception it raised, or None
@@ -97,7 +101,7 @@ class StorageHandle:
                 await self._submit(request)
             for request in requests:
                 await request.done.wait()
-        return [r.result if r.done.is_set() else None for r in requests]
+        return [cast(T | BaseException, r.result) if r.done.is_set() else None for r in requests]
 
     async def _submit(self, request: _Request) -> None:
         try:
@@ -110,32 +114,6 @@ class StorageHandle:
     def close(self) -> None:
         """No more requests; the actor finishes those queued, then returns."""
         self._send.close()
-
-
-#: Operations that may run beside other batches. Claims and enqueues write only rows no
-#: other request of this process is writing (pending or new ones); reads see one committed
-#: state or another, as they would beside another process.
-_OVERLAPPING = (
-    ops.Claim, ops.Enqueue, ops.Get, ops.GetMany, ops.ListJobs, ops.Stats, ops.Throughput,
-    ops.ThroughputSeries, ops.FoldCounts, ops.PausedQueues, ops.Processes, ops.CronStates,
-    ops.ReadWorkflow, ops.LatestSteps, ops.WaitingNames,
-)  # fmt: skip
-
-
-def _writes(op: ops.Op) -> frozenset[int] | None:
-    """The running jobs whose rows ``op`` writes, or None if it must run alone."""
-    if isinstance(op, ops.Finish):
-        return frozenset(o.job_id for o in op.outcomes)
-    if isinstance(op, ops.Renew):
-        return frozenset(job_id for job_id, _ in op.leases)
-    if isinstance(op, ops.Progress):
-        return frozenset((op.job_id,))
-    if isinstance(op, ops.RecordStep | ops.LoadWorkflow | ops.SendSignal):
-        # A run's row and record (and a child it inserts, a new row like an enqueue's).
-        return frozenset((op.run_id,))
-    if isinstance(op, _OVERLAPPING):
-        return frozenset()
-    return None
 
 
 _Batch = tuple[list[_Request], frozenset[int] | None]
@@ -199,7 +177,7 @@ class _Scheduler:
         batch: list[_Request] = []
         writes: frozenset[int] | None = frozenset()
         while self._waiting and len(batch) < self._max_batch:
-            touched = _writes(self._waiting[0].op)
+            touched = self._waiting[0].op.writes()
             if self._in_flight and (touched is None or not busy.isdisjoint(touched)):
                 break  # it waits for the batches in flight, and what is behind it too
             batch.append(self._waiting.popleft())

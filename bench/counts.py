@@ -26,7 +26,8 @@ import trio_asyncio
 
 import trioforge
 import trioforge.web
-from bench.run import add_postgres_url, pct, postgres_schemas, report
+from bench.databases import add_postgres_url, postgres_schemas
+from bench.harness import add_deadline, bounded, pct, report
 from trioforge.metrics import Metrics
 from trioforge.storage import Backend
 from trioforge.storage.postgres import PostgresBackend
@@ -210,6 +211,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     add_postgres_url(parser)
+    add_deadline(parser, 300)
     args = parser.parse_args()
 
     async def run() -> None:
@@ -221,7 +223,7 @@ def main() -> None:
             async with postgres_schemas(args.postgres_url) as fresh, trio_asyncio.open_loop():
                 await postgres_latencies(args.postgres_url, fresh, args.rows, args.samples)
 
-    trio.run(run)
+    bounded("bench.counts", args.deadline, run)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import trio
 import trio_asyncio
 
 import trioforge
-from bench.run import add_postgres_url, postgres_schemas, report
+from bench.databases import add_postgres_url, postgres_schemas
+from bench.harness import add_deadline, bounded, report
 from trioforge.storage import Backend, opened
 from trioforge.storage.postgres import PostgresBackend
 from trioforge.storage.sqlite import SQLiteBackend
@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     parser.add_argument("--plans", action="store_true", help="print the query plans")
     add_postgres_url(parser)
+    add_deadline(parser, 300)
     args = parser.parse_args()
 
     async def run() -> None:
@@ -174,7 +175,7 @@ def main() -> None:
                     await postgres_plans(backend)
                 await time_pages(f"postgres, {args.jobs:,} jobs", backend)
 
-    trio.run(run)
+    bounded("bench.dashboard", args.deadline, run)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,10 @@ from typing import Any
 import trio
 
 import trioforge
-from bench.run import add_postgres_url, drain, noop, postgres_schemas, report
+from bench.databases import add_postgres_url, postgres_schemas
+from bench.harness import add_deadline, bounded, report
+from bench.run import drain, noop
+from trioforge.storage import Backend
 from trioforge.storage import postgres as pg
 from trioforge.storage.postgres import PostgresBackend
 
@@ -46,10 +49,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=4)
     add_postgres_url(parser)
+    add_deadline(parser, 300)
     args = parser.parse_args()
 
     async def run() -> None:
-        async with postgres_schemas(args.postgres_url) as fresh:
+        async with postgres_schemas(args.postgres_url) as make:
+
+            async def fresh() -> Backend:
+                return make()
 
             async def quiet() -> float:
                 async with quiet_outcomes():
@@ -58,7 +65,7 @@ def main() -> None:
             async def listened() -> float:
                 """The drain while a client on the same schema watches a job (LISTENing:
                 every notice is queued for it and read by its connection)."""
-                backend = fresh()
+                backend = make()
                 assert isinstance(backend, PostgresBackend)
                 watcher = PostgresBackend(args.postgres_url, schema=backend.schema)
                 async with trioforge.open_client(watcher) as client, trio.open_nursery() as n:
@@ -69,9 +76,11 @@ def main() -> None:
                             pass
 
                     n.start_soon(watch)
-                    rate = await drain(
-                        lambda: PostgresBackend(args.postgres_url, schema=backend.schema), args.jobs
-                    )
+
+                    async def same_schema() -> Backend:
+                        return PostgresBackend(args.postgres_url, schema=backend.schema)
+
+                    rate = await drain(same_schema, args.jobs)
                     n.cancel_scope.cancel()
                     return rate
 
@@ -95,7 +104,7 @@ def main() -> None:
             rows["load average at the end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
             report("postgres: what change notices cost the drain", rows)
 
-    trio.run(run)
+    bounded("bench.notices", args.deadline, run)
 
 
 if __name__ == "__main__":

@@ -16,20 +16,17 @@ import os
 import statistics
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import trio
-import trio_asyncio
 
 import trioforge
+from bench.databases import add_postgres_url, postgres_databases
+from bench.harness import add_deadline, bounded, pct, report
 from trioforge import JobContext, Registry
 from trioforge.storage import Backend, MemoryBackend
-from trioforge.storage.postgres import PostgresBackend
 
 if TYPE_CHECKING:
     from trioforge.otel import Tracing
@@ -85,13 +82,8 @@ rated_noop = rated_registry.job("noop", queue="bench", rate_limit=NEVER_BINDS)(n
 keyed_noop = keyed_registry.job("noop", queue="bench", concurrency=KEYS)(noop.handler)
 
 
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-async def bulk_enqueue(database: Callable[[], str | Backend], jobs: int) -> float:
-    async with trioforge.open_client(database()) as client:
+async def bulk_enqueue(database: Callable[[], Awaitable[str | Backend]], jobs: int) -> float:
+    async with trioforge.open_client(await database()) as client:
         t0 = time.perf_counter()
         for start in range(0, jobs, 5000):
             await client.enqueue_many(noop, range(start, min(jobs, start + 5000)))
@@ -99,14 +91,14 @@ async def bulk_enqueue(database: Callable[[], str | Backend], jobs: int) -> floa
 
 
 async def drain(
-    database: Callable[[], str | Backend],
+    database: Callable[[], Awaitable[str | Backend]],
     jobs: int,
     job: trioforge.JobDefinition[Any, Any] = noop,
     jobs_registry: Registry = registry,
     tracing: Tracing | None = None,
 ) -> float:
     global PROBE
-    db = database()
+    db = await database()
     async with trioforge.open_client(db, tracing=tracing) as client:
         for start in range(0, jobs, 5000):
             await client.enqueue_many(job, range(start, min(jobs, start + 5000)))
@@ -123,7 +115,7 @@ async def drain(
 
 
 async def flow_drains(
-    name: str, database: Callable[[], str | Backend], jobs: int, rounds: int
+    name: str, database: Callable[[], Awaitable[str | Backend]], jobs: int, rounds: int
 ) -> None:
     kinds: dict[str, tuple[trioforge.JobDefinition[Any, Any], Registry]] = {
         "unlimited": (noop, registry),
@@ -152,7 +144,9 @@ async def flow_drains(
     report(f"{name}: flow control", rows)
 
 
-async def tracing_drains(name: str, database: Callable[[], str | Backend], jobs: int) -> None:
+async def tracing_drains(
+    name: str, database: Callable[[], Awaitable[str | Backend]], jobs: int
+) -> None:
     """The drain with tracing off and on: every job's context stored, a span per attempt."""
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import (
@@ -190,10 +184,14 @@ async def tracing_drains(name: str, database: Callable[[], str | Backend], jobs:
     report(f"{name}: tracing", rows)
 
 
-async def enqueue_to_start(database: Callable[[], str | Backend], samples: int) -> list[float]:
+async def enqueue_to_start(
+    database: Callable[[], Awaitable[str | Backend]], samples: int
+) -> list[float]:
     global PROBE
     out = []
-    async with trioforge.open_runtime(registry, database=database(), queues={"latency": 4}) as rt:
+    async with trioforge.open_runtime(
+        registry, database=await database(), queues={"latency": 4}
+    ) as rt:
         for _ in range(samples):
             PROBE = Probe()
             t0 = time.perf_counter()
@@ -204,10 +202,14 @@ async def enqueue_to_start(database: Callable[[], str | Backend], samples: int) 
     return out
 
 
-async def cancel_latency(database: Callable[[], str | Backend], samples: int) -> list[float]:
+async def cancel_latency(
+    database: Callable[[], Awaitable[str | Backend]], samples: int
+) -> list[float]:
     global PROBE
     out = []
-    async with trioforge.open_runtime(registry, database=database(), queues={"latency": 4}) as rt:
+    async with trioforge.open_runtime(
+        registry, database=await database(), queues={"latency": 4}
+    ) as rt:
         for _ in range(samples):
             PROBE = Probe()
             job_id = await rt.enqueue(hang)
@@ -220,13 +222,9 @@ async def cancel_latency(database: Callable[[], str | Backend], samples: int) ->
     return out
 
 
-def report(name: str, rows: dict[str, str]) -> None:
-    print(f"\n{name}")
-    for key, value in rows.items():
-        print(f"  {key:38} {value}")
-
-
-async def bench_backend(name: str, database: Callable[[], str | Backend], jobs: int) -> None:
+async def bench_backend(
+    name: str, database: Callable[[], Awaitable[str | Backend]], jobs: int
+) -> None:
     enq = await bulk_enqueue(database, jobs)
     rate = await drain(database, jobs)
     lat = await enqueue_to_start(database, 300)
@@ -244,45 +242,6 @@ async def bench_backend(name: str, database: Callable[[], str | Backend], jobs: 
     report(name, rows)
 
 
-async def drop_schemas(url: str, schemas: list[str]) -> None:
-    async def drop() -> None:
-        conn = await asyncpg.connect(url)
-        try:
-            for schema in schemas:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    async with trio_asyncio.open_loop():
-        await trio_asyncio.aio_as_trio(drop)()
-
-
-def add_postgres_url(parser: argparse.ArgumentParser) -> None:
-    """Every bench's ``--postgres-url`` (default ``$TRIOFORGE_BENCH_POSTGRES_URL``)."""
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get(
-            "TRIOFORGE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-        help="the PostgreSQL server; each run uses (and drops) schemas of its own",
-    )
-
-
-@asynccontextmanager
-async def postgres_schemas(url: str) -> AsyncIterator[Callable[[], Backend]]:
-    """A factory of backends on ``url``, each on a fresh schema, all dropped at the end."""
-    schemas: list[str] = []
-
-    def postgres() -> Backend:
-        schemas.append(f"tf_bench_{uuid.uuid4().hex[:10]}")
-        return PostgresBackend(url, schema=schemas[-1])
-
-    try:
-        yield postgres
-    finally:
-        await drop_schemas(url, schemas)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=20_000)
@@ -295,6 +254,7 @@ def main() -> None:
         "--rounds", type=int, default=2, help="interleaved rounds of the flow-control drains"
     )
     add_postgres_url(parser)
+    add_deadline(parser, 300)
     args = parser.parse_args()
 
     async def run() -> None:
@@ -302,7 +262,7 @@ def main() -> None:
             counter = iter(range(1_000_000))
             if args.backend in ("sqlite", "all"):
 
-                def sqlite() -> str:
+                async def sqlite() -> str:
                     return f"sqlite:///{Path(tmp) / f'bench{next(counter)}.db'}"
 
                 if args.tracing:
@@ -312,7 +272,11 @@ def main() -> None:
                         await bench_backend("sqlite (WAL file)", sqlite, args.jobs)
                     await flow_drains("sqlite", sqlite, args.jobs, args.rounds)
             if args.backend in ("postgres", "all"):
-                async with postgres_schemas(args.postgres_url) as postgres:
+                async with postgres_databases(args.postgres_url) as fresh:
+
+                    async def postgres() -> str:
+                        return (await fresh())[0]
+
                     if args.tracing:
                         await tracing_drains("postgres", postgres, args.jobs)
                     else:
@@ -321,9 +285,13 @@ def main() -> None:
                             await bench_backend(name, postgres, args.jobs)
                         await flow_drains("postgres", postgres, args.jobs, args.rounds)
             if args.backend in ("memory", "all") and not (args.flow_only or args.tracing):
-                await bench_backend("memory (reference)", MemoryBackend, args.jobs)
 
-    trio.run(run)
+                async def memory() -> Backend:
+                    return MemoryBackend()  # shared by the client and the runtime of a run
+
+                await bench_backend("memory (reference)", memory, args.jobs)
+
+    bounded("bench.run", args.deadline, run)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ asserted.
 
 * 1,000 runs of 10 trivial steps each, all enqueued at once, on a 64-slot queue;
 * the same queue draining 10,000 no-op jobs, for the per-job cost beside it;
-* 10,000 runs asleep for an hour on a 4-slot queue, then 2,000 no-op jobs drained there,
-  against the same drain with nothing asleep.
+* 10,000 runs (``--asleep``) asleep for an hour on a 4-slot queue, then 2,000 no-op jobs
+  drained there, against the same drain with nothing asleep.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
 import trioforge
-from bench.run import add_postgres_url, postgres_schemas, report
+from bench.databases import add_postgres_url, postgres_databases
+from bench.harness import add_deadline, bounded, report
 from trioforge import JobContext, Registry, WorkflowContext
-from trioforge.storage import Backend
 
 STEPS = 10
 
@@ -63,7 +63,7 @@ async def noop(ctx: JobContext, n: int) -> None:
 
 
 async def timed_drain(
-    db: str | Backend, job: trioforge.JobDefinition[Any, Any], count: int, slots: int
+    db: str, job: trioforge.JobDefinition[Any, Any], count: int, slots: int
 ) -> float:
     """Seconds for ``count`` runs (or jobs) of ``job``, enqueued beforehand, to finish."""
     global COUNTER
@@ -77,7 +77,7 @@ async def timed_drain(
         return time.perf_counter() - t0
 
 
-async def asleep_then_drain(db: str | Backend, sleepers: int, jobs: int) -> float:
+async def asleep_then_drain(db: str, sleepers: int, jobs: int) -> float:
     """Jobs/s draining ``jobs`` no-ops on 4 slots while ``sleepers`` runs are asleep."""
     global COUNTER
     async with trioforge.open_client(db, registry=registry) as client:
@@ -94,11 +94,13 @@ async def asleep_then_drain(db: str | Backend, sleepers: int, jobs: int) -> floa
         return jobs / (time.perf_counter() - t0)
 
 
-async def bench_backend(name: str, database: Callable[[], str | Backend], runs: int) -> None:
-    steps = await timed_drain(database(), ten_steps, runs, 64)
-    plain = await timed_drain(database(), noop, runs * STEPS, 64)
-    idle = await asleep_then_drain(database(), 0, 2000)
-    busy = await asleep_then_drain(database(), 10_000, 2000)
+async def bench_backend(
+    name: str, database: Callable[[], Awaitable[str]], runs: int, sleepers: int
+) -> None:
+    steps = await timed_drain(await database(), ten_steps, runs, 64)
+    plain = await timed_drain(await database(), noop, runs * STEPS, 64)
+    idle = await asleep_then_drain(await database(), 0, 2000)
+    busy = await asleep_then_drain(await database(), sleepers, 2000)
     total = runs * STEPS
     report(
         name,
@@ -108,7 +110,7 @@ async def bench_backend(name: str, database: Callable[[], str | Backend], runs: 
             f"{plain / total * 1e6:,.0f}",
             f"drain {total:,} plain jobs, 64 slots": f"{total / plain:,.0f} jobs/s",
             "2,000 jobs on 4 slots, nothing asleep": f"{idle:,.0f} jobs/s",
-            "  the same beside 10,000 runs asleep": f"{busy:,.0f} jobs/s",
+            f"  the same beside {sleepers:,} runs asleep": f"{busy:,.0f} jobs/s",
         },
     )
 
@@ -116,24 +118,32 @@ async def bench_backend(name: str, database: Callable[[], str | Backend], runs: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--asleep", type=int, default=10_000, help="runs asleep beside a drain")
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     add_postgres_url(parser)
+    add_deadline(parser, 600)
     args = parser.parse_args()
 
     async def run() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             counter = iter(range(1_000_000))
             if args.backend in ("sqlite", "all"):
+
+                async def sqlite() -> str:
+                    return f"sqlite:///{Path(tmp) / f'wf{next(counter)}.db'}"
+
                 await bench_backend(
-                    "workflows on sqlite (WAL file)",
-                    lambda: f"sqlite:///{Path(tmp) / f'wf{next(counter)}.db'}",
-                    args.runs,
+                    "workflows on sqlite (WAL file)", sqlite, args.runs, args.asleep
                 )
             if args.backend in ("postgres", "all"):
-                async with postgres_schemas(args.postgres_url) as postgres:
-                    await bench_backend("workflows on postgres", postgres, args.runs)
+                async with postgres_databases(args.postgres_url) as fresh:
 
-    trio.run(run)
+                    async def postgres() -> str:
+                        return (await fresh())[0]
+
+                    await bench_backend("workflows on postgres", postgres, args.runs, args.asleep)
+
+    bounded("bench.workflows", args.deadline, run)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ The other public modules: ``trioforge.aio`` (enqueue from asyncio), ``trioforge.
 ``trioforge.web``, ``trioforge.metrics``, ``trioforge.otel``, ``trioforge.logging``.
 """
 
-from trioforge._client import Client, JobId, JobRef, QueueInfo, Stats
+from trioforge._client import Client, JobRef
 from trioforge._codec import Codec, StrictCodec
 from trioforge._context import CronContext, JobContext
 from trioforge._core.clock import Clock, VirtualClock, WallClock
@@ -39,6 +39,7 @@ from trioforge._core.retry import Retry
 from trioforge._core.states import JobState, Priority
 from trioforge._job import Job, JobCancelledError, JobFailedError
 from trioforge._policy import Queue, Retention
+from trioforge._reads import JobId, QueueInfo, Stats
 from trioforge._registry import AttemptEnd, JobDefinition, Registry, WorkflowDefinition
 from trioforge._runtime import Runtime, RuntimeStatistics, open_client, open_runtime
 from trioforge._version import __version__ as __version__

@@ -27,6 +27,7 @@ import trio
 
 import trioforge.logging
 from trioforge._client import Client
+from trioforge._codegen_command import codegen_command
 from trioforge._config import resolve_database
 from trioforge._core.cron import upcoming
 from trioforge._core.errors import ConfigurationError, TrioforgeError, unwrapped
@@ -1337,3 +1338,6 @@ def cron_list(
         else:
             for fire in fires:
                 click.echo(f"  next {fire.isoformat()}")
+
+
+main.add_command(codegen_command(load_registry, fail))

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -32,23 +31,27 @@ from trioforge._core.errors import ConfigurationError, TrioforgeError
 from trioforge._policy import QueueLike, queue_policies
 from trioforge._registry import Registry
 from trioforge.actors import Finished, LiveFeed, StorageHandle
-from trioforge.storage import Backend, Enqueued, JobInfo, MemoryBackend, backend_for_url, ops
-from trioforge.storage.sqlite import SQLiteBackend
+from trioforge.storage import (
+    AsyncioBackend,
+    AsyncioExecute,
+    Backend,
+    Enqueued,
+    JobInfo,
+    backend_for_url,
+    ops,
+)
 
 if TYPE_CHECKING:
     from trioforge.otel import Tracing
-    from trioforge.storage.postgres import PostgresBackend
 
 __all__ = ["AsyncioClient", "open_client"]
-
-Execute = Callable[[Sequence[ops.Op], float], Awaitable[list[object]]]
 
 
 class _AsyncioStorage(StorageHandle):
     """What a :class:`Client` calls storage through, answered on asyncio: each call is
     one batch of one operation, run by the backend's asyncio-side entry point."""
 
-    def __init__(self, execute: Execute, clock: WallClock) -> None:
+    def __init__(self, execute: AsyncioExecute, clock: WallClock) -> None:
         # No storage actor (it is a trio task): calls go straight to the backend.
         self._execute = execute
         self._clock = clock
@@ -106,39 +109,6 @@ class AsyncioClient(Client):
         return await fn(*args)  # already on asyncio: the caller's connection lives here
 
 
-def _is_postgres(backend: Backend) -> TypeGuard[PostgresBackend]:
-    """A PostgreSQL backend: one exists only once its module (the postgres extra) loaded."""
-    module = sys.modules.get("trioforge.storage.postgres")
-    return module is not None and isinstance(backend, module.PostgresBackend)
-
-
-@asynccontextmanager
-async def _asyncio_backend(backend: Backend, migrate: bool) -> AsyncIterator[Execute]:
-    """The backend opened from asyncio, and how to run a batch on it."""
-    if _is_postgres(backend):
-        await backend.open_asyncio(migrate=migrate)
-        try:
-            yield backend.execute_asyncio
-        finally:
-            await asyncio.shield(backend.aclose_asyncio())
-    elif isinstance(backend, SQLiteBackend):
-        lock = asyncio.Lock()  # one connection: one batch at a time, like its writer thread
-
-        async def execute(batch: Sequence[ops.Op], now: float) -> list[object]:
-            async with lock:
-                return await asyncio.to_thread(backend.execute_sync, batch, now)
-
-        await asyncio.to_thread(backend.open_sync, migrate=migrate)
-        try:
-            yield execute
-        finally:
-            await asyncio.to_thread(backend.close_sync)
-    elif isinstance(backend, MemoryBackend):
-        yield backend.execute  # pure Python: nothing of trio in it
-    else:
-        raise ConfigurationError(f"trioforge.aio cannot open {type(backend).__name__}")
-
-
 @asynccontextmanager
 async def open_client(
     database: str | Backend | None = None,
@@ -163,7 +133,9 @@ async def open_client(
     else:
         backend = database
     clock = WallClock()
-    async with _asyncio_backend(backend, migrate) as execute:
+    if not isinstance(backend, AsyncioBackend):
+        raise ConfigurationError(f"trioforge.aio cannot open {type(backend).__name__}")
+    async with backend.on_asyncio(migrate=migrate) as execute:
         storage = _AsyncioStorage(execute, clock)
         # A feed nobody reads: this client's writes have no trio watchers to tell.
         send, _ = trio.open_memory_channel[Any](0)

@@ -6,7 +6,7 @@ storable-text rule.
 """
 
 from trioforge.storage import _ops as ops
-from trioforge.storage._backend import Backend, Changed, opened
+from trioforge.storage._backend import AsyncioBackend, AsyncioExecute, Backend, Changed, opened
 from trioforge.storage._records import (
     NEVER,
     AttemptRecord,
@@ -35,10 +35,12 @@ from trioforge.storage._records import (
     WakeNotice,
     WorkflowRecord,
 )
-from trioforge.storage._urls import backend_for_url
+from trioforge.storage._urls import backend_for_connection, backend_for_url
 from trioforge.storage.memory import MemoryBackend
 
 __all__ = [
+    "AsyncioBackend",
+    "AsyncioExecute",
     "AttemptRecord",
     "Backend",
     "CancelNotice",
@@ -68,6 +70,7 @@ __all__ = [
     "StepWrite",
     "WakeNotice",
     "WorkflowRecord",
+    "backend_for_connection",
     "backend_for_url",
     "opened",
     "ops",

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol, TypeAlias
+from typing import Any, ClassVar, Protocol, TypeAlias, runtime_checkable
 
 import trio
 
 from trioforge._core.errors import InvalidArgumentError, unwrapped
-from trioforge.storage._ops import Op
-from trioforge.storage._records import Notice, SchemaStatus
+from trioforge.storage._ops import Enqueue, Op
+from trioforge.storage._records import Enqueued, Notice, SchemaStatus
 
-__all__ = ["Backend", "Changed", "opened", "refused_value"]
+__all__ = [
+    "AsyncioBackend",
+    "AsyncioExecute",
+    "Backend",
+    "CallerConnections",
+    "Changed",
+    "opened",
+    "refused_value",
+]
 
 #: One item of :meth:`Backend.changes`: the job ids that changed, or None (unknown which).
 Changed: TypeAlias = frozenset[int] | None
+
+#: How a backend opened on plain asyncio runs a batch (as :meth:`Backend.execute`).
+AsyncioExecute: TypeAlias = Callable[[Sequence[Op], float], Awaitable[list[object]]]
 
 
 class Backend(Protocol):
@@ -81,6 +92,34 @@ class Backend(Protocol):
         Cancellation: the storage actor never cancels a batch; a cancelled caller of a
         backend that crosses into another event loop must still give back its connection.
         """
+        ...
+
+
+@runtime_checkable
+class AsyncioBackend(Backend, Protocol):
+    """A backend that plain asyncio code can open too (``trioforge.aio``): the three
+    built-in ones are."""
+
+    def on_asyncio(self, *, migrate: bool = True) -> AbstractAsyncContextManager[AsyncioExecute]:
+        """The backend open for a caller on plain asyncio, without trio, and closed after
+        the block; yields how to run a batch there, with the same SQL and results as
+        :meth:`execute`."""
+        ...
+
+
+class CallerConnections(Protocol):
+    """A backend class that stores jobs with a caller's own connection, inside the
+    caller's transaction (``enqueue(..., connection=)``); ``storage.backend_for_connection``
+    finds it from the connection."""
+
+    #: Whether :meth:`enqueue_in` must be awaited on asyncio's loop (the caller's
+    #: connection lives there: a trio caller crosses into it); else any loop will do.
+    enqueue_in_asyncio: ClassVar[bool]
+
+    @classmethod
+    async def enqueue_in(cls, connection: Any, op: Enqueue, now: float) -> list[Enqueued]:
+        """Store ``op``'s jobs with ``connection``, in whatever transaction it is in: a
+        rollback leaves no job."""
         ...
 
 

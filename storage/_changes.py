@@ -2,17 +2,15 @@
 workflow run's record).
 
 Backends push these ids to the live feed (PostgreSQL: NOTIFY; memory: in-process), which
-re-reads only the ids someone watches. Pure: decided from an operation and its result.
-Claims are left out on purpose: they are the hottest write, and a claimed job's first
-progress or its outcome is pushed anyway.
+re-reads only the ids someone watches. Pure: each operation says which jobs it changed,
+given its result (:meth:`~trioforge.storage._ops.Op.changed`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from trioforge.storage import _ops as ops
-from trioforge.storage._records import CancelResult, RescuedJob, StepWrite
 
 __all__ = ["IDS_PER_NOTICE", "changed_jobs", "encode_ids", "parse_ids"]
 
@@ -24,27 +22,9 @@ def changed_jobs(batch: Sequence[ops.Op], results: Sequence[object]) -> list[int
     for op, result in zip(batch, results, strict=True):
         if isinstance(result, BaseException):
             continue
-        for job_id in _changed(op, result):
+        for job_id in op.changed(result):
             seen[job_id] = None
     return list(seen)
-
-
-def _changed(op: ops.Op, result: object) -> Iterable[int]:
-    if isinstance(op, ops.Finish) and isinstance(result, list):
-        return [o.job_id for o, applied in zip(op.outcomes, result, strict=True) if applied]
-    if isinstance(op, ops.Progress | ops.RetryJob | ops.Discard):
-        return (op.job_id,) if result is True else ()
-    if isinstance(op, ops.Cancel):
-        return (op.job_id,) if result is not CancelResult.FINISHED else ()
-    if isinstance(op, ops.RecordStep) and isinstance(result, StepWrite):
-        return (op.run_id,) if result.applied else ()  # a run's page shows its steps
-    if isinstance(op, ops.SendSignal):
-        return (op.run_id,)  # and its pending signals
-    if isinstance(op, ops.Rescue) and isinstance(result, list):
-        return [job.id for job in result if isinstance(job, RescuedJob)]
-    if isinstance(op, ops.ReleaseOrphans) and isinstance(result, list):
-        return [job_id for job_id in result if isinstance(job_id, int)]
-    return ()
 
 
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; 300 ids of up to 19 digits

@@ -1,76 +1,137 @@
-"""Storage operations as frozen request objects.
+"""Storage operations as frozen request objects, each declared once.
 
 The storage actor gathers whatever requests are waiting and hands them to the backend as one
 batch (one transaction, one thread hop or one asyncio crossing). Each backend runs every
 operation type below and returns, per operation, its result or the exception it raised, so
 one bad request never fails its neighbours.
+
+An operation's class says everything the layers around it need, so no list elsewhere names
+the operations: its result type (``Op[T]``: ``StorageHandle.call`` returns a ``T``), how the
+storage actor may schedule it (:class:`Runs`, and :meth:`Op.writes`), whether PostgreSQL
+runs it as one statement (:meth:`Op.atomic_alone`), which jobs it changed visibly
+(:meth:`Op.changed`) and the backends' method for it (:attr:`Op.handler`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
-from typing import Any, TypeAlias
+import enum
+import re
+from collections.abc import Iterable, Mapping, Set
+from typing import TYPE_CHECKING, Any, ClassVar, Generic
 
 import attrs
 
 from trioforge._core.flow import JobLimits, RateLimit
 from trioforge._core.states import JobState
 from trioforge._core.text import storable, storable_or_none
-from trioforge.storage._records import NewJob, Outcome, ProcessDetails, StepRecord
+from trioforge.storage._records import (
+    AttemptRecord,
+    CancelResult,
+    ClaimResult,
+    CronState,
+    Enqueued,
+    FireResult,
+    JobInfo,
+    NewJob,
+    Outcome,
+    ProcessDetails,
+    ProcessInfo,
+    RenewResult,
+    RescuedJob,
+    StepRecord,
+    StepWrite,
+    WorkflowRecord,
+)
 
-__all__ = [
-    "Attempts",
-    "Beat",
-    "BulkResult",
-    "Cancel",
-    "Claim",
-    "CronStates",
-    "Discard",
-    "DiscardMany",
-    "Enqueue",
-    "FireCron",
-    "Finish",
-    "FoldCounts",
-    "Get",
-    "GetMany",
-    "JobFilter",
-    "Lead",
-    "Leave",
-    "ListJobs",
-    "LoadWorkflow",
-    "Op",
-    "PauseQueue",
-    "PausedQueues",
-    "Processes",
-    "Progress",
-    "LatestSteps",
-    "ReadWorkflow",
-    "RecordStep",
-    "Purge",
-    "ReleaseOrphans",
-    "Renew",
-    "Rescue",
-    "RetryJob",
-    "SendSignal",
-    "RetryMany",
-    "Stats",
-    "Throughput",
-    "ThroughputSeries",
-    "WaitingNames",
-    "handlers",
-]
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+
+    #: An operation's result; a bare ``Op`` is any operation.
+    T = TypeVar("T", covariant=True, default=object)
+else:
+    from typing import TypeVar
+
+    T = TypeVar("T", covariant=True)
+
+
+class Runs(enum.Enum):
+    """How the storage actor may run an operation beside batches already in flight (on
+    backends with several connections)."""
+
+    #: Beside anything: it only reads (one committed state or another, as beside another
+    #: process), or writes only rows no other request of this process writes (pending or
+    #: new ones, as claims and enqueues do).
+    BESIDE = "beside"
+    #: Beside batches that write other jobs: it writes the rows of the jobs its
+    #: :meth:`Op.writes` names.
+    PER_JOB = "per job"
+    #: Only when nothing is in flight, and nothing starts beside it (cancel, retry, cron,
+    #: leases, pause, rescue...): the default.
+    ALONE = "alone"
+
+
+#: Every operation type by class name; filled as each is declared (see Op.__init_subclass__).
+_DECLARED: dict[str, type[Op]] = {}
+
+
+class Op(Generic[T]):
+    """A storage operation whose result is a ``T``. Subclasses are ``attrs.frozen`` and
+    declare, as class attributes, what differs from these defaults."""
+
+    __slots__ = ()
+
+    #: How the storage actor may schedule it; a ``PER_JOB`` op overrides :meth:`writes`.
+    runs: ClassVar[Runs] = Runs.ALONE
+    #: Whether its writes are one statement on PostgreSQL, so it needs no explicit
+    #: transaction there (see :meth:`atomic_alone`).
+    single_statement: ClassVar[bool] = False
+    #: The name of the backends' method for it, less its leading underscore: the class
+    #: name in snake case unless declared.
+    handler: ClassVar[str]
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        if cls.runs is Runs.PER_JOB and cls.writes is Op.writes:
+            raise TypeError(f"{cls.__name__} runs per job: it says which jobs in writes()")
+        if "handler" not in vars(cls):
+            cls.handler = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+        # attrs makes a slotted class anew from the declared one; the later one stays.
+        _DECLARED[cls.__name__] = cls
+
+    def writes(self) -> frozenset[int] | None:
+        """The running jobs whose rows it writes, for the storage actor: none that another
+        request of this process writes (empty), or None if it must run alone."""
+        return frozenset() if self.runs is Runs.BESIDE else None
+
+    def atomic_alone(self) -> bool:
+        """Whether, on PostgreSQL, it needs no explicit transaction: its class's
+        ``single_statement``, unless its fields decide otherwise."""
+        return self.single_statement
+
+    def changed(self, result: object) -> Iterable[int]:
+        """The jobs it changed in a way a watcher can see (status, progress, a workflow
+        run's record), given its result; none unless declared. Claims are left out on
+        purpose: they are the hottest write, and a claimed job's first progress or its
+        outcome is pushed anyway."""
+        return ()
 
 
 @attrs.frozen
-class Enqueue:
-    """-> list[Enqueued], one per job, in order; all in one transaction."""
+class Enqueue(Op[list[Enqueued]]):
+    """Store new jobs, all in one transaction: their ``Enqueued``, one per job, in order."""
+
+    runs = Runs.BESIDE
+    single_statement = True
 
     jobs: tuple[NewJob, ...]
 
+    def atomic_alone(self) -> bool:
+        return all(j.idempotency_key is None for j in self.jobs)  # a held key reads first
+
 
 @attrs.frozen
-class Claim:
-    """-> ClaimResult: up to ``limit`` due jobs of ``queue`` whose name is in ``names`` and
+class Claim(Op[ClaimResult]):
+    """Up to ``limit`` due jobs of ``queue`` whose name is in ``names`` and
     whose required capabilities are all in ``capabilities``; none (and no next run_at)
     while the queue is paused. Jobs whose name has ``limits`` start only as their
     concurrency and rate limits allow (``FlowGate``, in this claim's transaction), and
@@ -78,6 +139,9 @@ class Claim:
     ``ending`` names attempts ``(job id, lease)`` of this claimer whose handler has
     returned but whose outcome is not recorded yet: they no longer take a concurrency slot,
     so a claim made meanwhile sees the slots they free."""
+
+    runs = Runs.BESIDE
+    single_statement = True
 
     queue: str
     names: Set[str]
@@ -89,6 +153,9 @@ class Claim:
     ending: Set[tuple[int, int]] = frozenset()
     queue_rate: RateLimit | None = None
 
+    def atomic_alone(self) -> bool:
+        return self.queue_rate is None
+
     @property
     def flow_controlled(self) -> bool:
         """Whether some limit applies (the claim then goes through a ``FlowGate``)."""
@@ -96,25 +163,42 @@ class Claim:
 
 
 @attrs.frozen
-class Finish:
-    """-> list[bool]: whether each fenced outcome was applied."""
+class Finish(Op[list[bool]]):
+    """Record fenced outcomes: whether each was applied."""
+
+    runs = Runs.PER_JOB
+    single_statement = True
 
     outcomes: tuple[Outcome, ...]
 
+    def writes(self) -> frozenset[int]:
+        return frozenset(o.job_id for o in self.outcomes)
+
+    def changed(self, result: object) -> Iterable[int]:
+        if not isinstance(result, list):
+            return ()
+        return [o.job_id for o, applied in zip(self.outcomes, result, strict=True) if applied]
+
 
 @attrs.frozen
-class Renew:
-    """-> RenewResult: extend the leases ``(job_id, lease)`` held by ``owner``."""
+class Renew(Op[RenewResult]):
+    """Extend the leases ``(job_id, lease)`` held by ``owner``."""
+
+    runs = Runs.PER_JOB
+    single_statement = True
 
     owner: str
     leases: tuple[tuple[int, int], ...]
     lease_until: float
 
+    def writes(self) -> frozenset[int]:
+        return frozenset(job_id for job_id, _ in self.leases)
+
 
 @attrs.frozen
-class ReleaseOrphans:
-    """-> list[int]: running jobs of ``queue`` leased to ``owner`` under a lease not in
-    ``held`` go back to available, the attempt not counted (as a release). A claim whose
+class ReleaseOrphans(Op[list[int]]):
+    """Running jobs of ``queue`` leased to ``owner`` under a lease not in ``held`` go
+    back to available, the attempt not counted (as a release); their ids. A claim whose
     reply was lost (its connection died after the commit) leaves such jobs; the owner's
     fetcher, sure of what it holds, hands them back instead of letting their leases run out.
     """
@@ -123,35 +207,58 @@ class ReleaseOrphans:
     owner: str
     held: tuple[tuple[int, int], ...]
 
+    def changed(self, result: object) -> Iterable[int]:
+        if not isinstance(result, list):
+            return ()
+        return [job_id for job_id in result if isinstance(job_id, int)]
+
 
 @attrs.frozen
-class Progress:
-    """-> bool: record progress of a running attempt (fenced)."""
+class Progress(Op[bool]):
+    """Record progress of a running attempt (fenced): whether it was."""
+
+    runs = Runs.PER_JOB
+    single_statement = True
 
     job_id: int
     lease: int
     pct: float
     message: str | None = attrs.field(converter=storable_or_none)
 
+    def writes(self) -> frozenset[int]:
+        return frozenset((self.job_id,))
+
+    def changed(self, result: object) -> Iterable[int]:
+        return (self.job_id,) if result is True else ()
+
 
 @attrs.frozen
-class Get:
-    """-> JobInfo | None."""
+class Get(Op[JobInfo | None]):
+    """The job's snapshot (None: no such job)."""
+
+    runs = Runs.BESIDE
+    single_statement = True
 
     job_id: int
 
 
 @attrs.frozen
-class GetMany:
-    """-> dict[int, JobInfo]: the snapshots of those of ``job_ids`` that exist (the live
+class GetMany(Op[dict[int, JobInfo]]):
+    """The snapshots of those of ``job_ids`` that exist (the live
     feed re-reads every watched job that changed in one operation)."""
+
+    runs = Runs.BESIDE
+    single_statement = True
 
     job_ids: tuple[int, ...]
 
 
 @attrs.frozen
-class ListJobs:
-    """-> list[JobInfo], newest first; with ``before``, only ids below it (the next page)."""
+class ListJobs(Op[list[JobInfo]]):
+    """Jobs, newest first; with ``before``, only ids below it (the next page)."""
+
+    runs = Runs.BESIDE
+    single_statement = True
 
     status: JobState | None = None
     queue: str | None = None
@@ -165,66 +272,93 @@ class ListJobs:
 
 
 @attrs.frozen
-class Throughput:
-    """-> dict[str, dict[JobState, int]]: per queue and state, the stored jobs that finished
+class Throughput(Op[dict[str, dict[JobState, int]]]):
+    """Per queue and state, the stored jobs that finished
     in or after the whole second ``since`` (epoch seconds) falls in: kept per second, so a
     window is counted from a few rows however many jobs it holds."""
+
+    runs = Runs.BESIDE
+    single_statement = True
 
     since: float
 
 
 @attrs.frozen
-class ThroughputSeries:
-    """-> dict[str, dict[JobState, dict[int, int]]]: per queue and state, the stored jobs
+class ThroughputSeries(Op[dict[str, dict[JobState, dict[int, int]]]]):
+    """Per queue and state, the stored jobs
     that finished in or after the whole second ``since`` falls in, counted per ``step``
     seconds (keyed by each step's first second, a multiple of ``step``; empty steps are
     left out): a chart's bars, from the same per-second counts as :class:`Throughput`."""
+
+    runs = Runs.BESIDE
+    single_statement = True
 
     since: float
     step: int = 60
 
 
 @attrs.frozen
-class FoldCounts:
-    """-> None: compact the stored counts (PostgreSQL sums its delta rows into one per
+class FoldCounts(Op[None]):
+    """Compact the stored counts (PostgreSQL sums its delta rows into one per
     key); the maintenance leader runs it. Counts read the same before and after."""
+
+    runs = Runs.BESIDE
+    single_statement = True
 
 
 @attrs.frozen
-class Cancel:
-    """-> CancelResult; raises JobNotFoundError."""
+class Cancel(Op[CancelResult]):
+    """Cancel a job, or ask its process to; raises JobNotFoundError."""
 
     job_id: int
 
+    def changed(self, result: object) -> Iterable[int]:
+        return (self.job_id,) if result is not CancelResult.FINISHED else ()
+
 
 @attrs.frozen
-class RetryJob:
-    """-> bool: a dead or cancelled job becomes available with fresh attempts; raises
+class RetryJob(Op[bool]):
+    """A dead or cancelled job becomes available with fresh attempts; raises
     JobNotFoundError."""
 
     job_id: int
 
+    def changed(self, result: object) -> Iterable[int]:
+        return (self.job_id,) if result is True else ()
+
 
 @attrs.frozen
-class Discard:
-    """-> bool: a pending job goes to dead; raises JobNotFoundError."""
+class Discard(Op[bool]):
+    """A pending job goes to dead (whether it did); raises JobNotFoundError."""
 
     job_id: int
     reason: str = attrs.field(converter=storable)
 
+    def changed(self, result: object) -> Iterable[int]:
+        return (self.job_id,) if result is True else ()
+
 
 @attrs.frozen
-class Rescue:
-    """-> list[RescuedJob], by id: running jobs whose lease expired become retrying (or
+class Rescue(Op[list[RescuedJob]]):
+    """Running jobs whose lease expired become retrying (or
     dead), and processes whose last beat is older than ``stale_before`` are forgotten."""
+
+    single_statement = True
 
     stale_before: float = float("-inf")
 
+    def changed(self, result: object) -> Iterable[int]:
+        if not isinstance(result, list):
+            return ()
+        return [job.id for job in result if isinstance(job, RescuedJob)]
+
 
 @attrs.frozen
-class Beat:
-    """-> None: process ``owner`` (running ``queues``, and jobs of ``names``) is alive; its
+class Beat(Op[None]):
+    """Process ``owner`` (running ``queues``, and jobs of ``names``) is alive; its
     registry row."""
+
+    single_statement = True
 
     owner: str
     queues: tuple[str, ...]
@@ -234,32 +368,43 @@ class Beat:
 
 
 @attrs.frozen
-class Leave:
-    """-> None: process ``owner`` stopped cleanly; its row goes, as do leases it holds."""
+class Leave(Op[None]):
+    """Process ``owner`` stopped cleanly; its row goes, as do leases it holds."""
+
+    single_statement = True
 
     owner: str
 
 
 @attrs.frozen
-class Processes:
-    """-> list[ProcessInfo]: the live process registry, oldest first."""
+class Processes(Op[list[ProcessInfo]]):
+    """The live process registry, oldest first."""
+
+    runs = Runs.BESIDE
+    single_statement = True
+    handler = "processes_list"
 
 
 @attrs.frozen
-class WaitingNames:
-    """-> dict[str, frozenset[str]]: per queue (of ``queues``; None: every queue), the
+class WaitingNames(Op[dict[str, frozenset[str]]]):
+    """Per queue (of ``queues``; None: every queue), the
     names of its pending jobs (scheduled, available, retrying). Read with the process
     registry, it finds jobs that no live process runs."""
+
+    runs = Runs.BESIDE
+    single_statement = True
 
     queues: tuple[str, ...] | None = None
 
 
 @attrs.frozen
-class Lead:
-    """-> bool: take or keep the lease ``name`` until ``until``; True if ``owner`` holds it.
+class Lead(Op[bool]):
+    """Take or keep the lease ``name`` until ``until``; True if ``owner`` holds it.
 
     A lease held by another owner is taken only once it has expired.
     """
+
+    single_statement = True
 
     name: str
     owner: str
@@ -267,27 +412,35 @@ class Lead:
 
 
 @attrs.frozen
-class Stats:
-    """-> dict[str, dict[JobState, int]]: job counts per queue and state."""
+class Stats(Op[dict[str, dict[JobState, int]]]):
+    """Job counts per queue and state."""
+
+    runs = Runs.BESIDE
+    single_statement = True
 
 
 @attrs.frozen
-class PauseQueue:
-    """-> bool: pause (or resume) claims on ``queue`` for every process; True if that
+class PauseQueue(Op[bool]):
+    """Pause (or resume) claims on ``queue`` for every process; True if that
     changed anything. Running jobs are not touched. Resuming wakes listening processes."""
+
+    single_statement = True
 
     queue: str
     paused: bool
 
 
 @attrs.frozen
-class PausedQueues:
-    """-> frozenset[str]: the queues whose claims are paused."""
+class PausedQueues(Op[frozenset[str]]):
+    """The queues whose claims are paused."""
+
+    runs = Runs.BESIDE
+    single_statement = True
 
 
 @attrs.frozen
-class FireCron:
-    """-> FireResult: advance schedule ``name`` from ``expected_last`` (None: no state
+class FireCron(Op[FireResult]):
+    """Advance schedule ``name`` from ``expected_last`` (None: no state
     yet) to ``new_last`` and enqueue ``jobs``, in one transaction. If another process moved
     the state first, nothing happens (``conflict``): a tick fires once however many
     schedulers race. With ``skip_if_running``, while the schedule's previous job is
@@ -306,40 +459,55 @@ class FireCron:
 
 
 @attrs.frozen
-class CronStates:
-    """-> dict[str, CronState]: the durable state of every schedule."""
+class CronStates(Op[dict[str, CronState]]):
+    """The durable state of every schedule."""
+
+    runs = Runs.BESIDE
 
 
 @attrs.frozen
-class LoadWorkflow:
-    """-> WorkflowRecord | None (None: ``lease`` is not the run's current one). Also clears
+class LoadWorkflow(Op[WorkflowRecord | None]):
+    """A run's record (None: ``lease`` is not the run's current one). Also clears
     the run's wake-up flag: a signal or child end after this read wakes the run again."""
+
+    runs = Runs.PER_JOB
 
     run_id: int
     lease: int
 
+    def writes(self) -> frozenset[int]:
+        # A run's row and record (and a child it inserts, a new row like an enqueue's).
+        return frozenset((self.run_id,))
+
 
 @attrs.frozen
-class ReadWorkflow:
-    """-> WorkflowRecord | None (None: no such job): a look, changing nothing."""
+class ReadWorkflow(Op[WorkflowRecord | None]):
+    """A run's record (None: no such job): a look, changing nothing."""
+
+    runs = Runs.BESIDE
 
     run_id: int
 
 
 @attrs.frozen
-class LatestSteps:
-    """-> dict[int, StepRecord]: each run's newest record entry (highest seq), for the runs
+class LatestSteps(Op[dict[int, StepRecord]]):
+    """Each run's newest record entry (highest seq), for the runs
     of ``run_ids`` that have one (a list page's "current step", one read for the page)."""
+
+    runs = Runs.BESIDE
+    single_statement = True
 
     run_ids: tuple[int, ...]
 
 
 @attrs.frozen
-class RecordStep:
-    """-> StepWrite: write (insert or replace) entry ``step.seq`` of the run's record,
+class RecordStep(Op[StepWrite]):
+    """Write (insert or replace) entry ``step.seq`` of the run's record,
     fenced by the run's lease, together with what belongs to it in the same transaction:
     the signal it consumed, the child job it started (``step.result`` is then ignored and
     the child's id stored), and whether the run's cancel request is now handled."""
+
+    runs = Runs.PER_JOB
 
     run_id: int
     lease: int
@@ -348,23 +516,40 @@ class RecordStep:
     child: NewJob | None = None
     clear_cancel: bool = False
 
+    def writes(self) -> frozenset[int]:
+        # A run's row and record (and a child it inserts, a new row like an enqueue's).
+        return frozenset((self.run_id,))
+
+    def changed(self, result: object) -> Iterable[int]:
+        applied = isinstance(result, StepWrite) and result.applied
+        return (self.run_id,) if applied else ()  # a run's page shows its steps
+
 
 @attrs.frozen
-class SendSignal:
-    """-> int (the signal's id): keep ``payload`` (JSON text) for run ``run_id``'s waits
-    and wake the run. Raises JobNotFoundError, or InvalidStateError once it finished."""
+class SendSignal(Op[int]):
+    """Keep ``payload`` (JSON text) for run ``run_id``'s waits and wake the run; the
+    signal's id. Raises JobNotFoundError, or InvalidStateError once it finished."""
+
+    runs = Runs.PER_JOB
 
     run_id: int
     name: str
     payload: str = attrs.field(converter=storable)
 
+    def writes(self) -> frozenset[int]:
+        # A run's row and record (and a child it inserts, a new row like an enqueue's).
+        return frozenset((self.run_id,))
+
+    def changed(self, result: object) -> Iterable[int]:
+        return (self.run_id,)  # and its pending signals
+
 
 @attrs.frozen
-class Purge:
-    """-> list[int]: delete up to ``limit`` finished jobs whose status is in ``statuses``
+class Purge(Op[list[int]]):
+    """Delete up to ``limit`` finished jobs whose status is in ``statuses``
     and whose ``finished_at`` is before ``before``, oldest first, of ``queue`` (None: of
     every queue not in ``exclude``). Retention deletes in such small batches, each its own
-    transaction, so no long lock is ever held."""
+    transaction, so no long lock is ever held. The ids deleted."""
 
     statuses: tuple[JobState, ...]
     before: float
@@ -380,8 +565,8 @@ class Purge:
 
 
 @attrs.frozen
-class Attempts:
-    """-> list[AttemptRecord]: every error the job's attempts left, oldest first, the
+class Attempts(Op[list[AttemptRecord]]):
+    """Every error the job's attempts left, oldest first, the
     current one last (empty for an unknown job)."""
 
     job_id: int
@@ -401,8 +586,17 @@ class JobFilter:
 
 
 @attrs.frozen
-class RetryMany:
-    """-> BulkResult: jobs of ``status`` (dead or cancelled) matching ``where`` made
+class BulkResult:
+    """What a bulk operation did: the ids it changed, and the last id it looked at (the
+    next page starts after it; None: there is nothing further)."""
+
+    ids: tuple[int, ...]
+    last_seen: int | None
+
+
+@attrs.frozen
+class RetryMany(Op[BulkResult]):
+    """Jobs of ``status`` (dead or cancelled) matching ``where`` made
     available again with fresh attempts, as :class:`RetryJob` does; a job whose
     idempotency key another unfinished job holds is skipped."""
 
@@ -415,8 +609,8 @@ class RetryMany:
 
 
 @attrs.frozen
-class DiscardMany:
-    """-> BulkResult: pending jobs (of ``status``; None: any pending one) matching
+class DiscardMany(Op[BulkResult]):
+    """Pending jobs (of ``status``; None: any pending one) matching
     ``where`` sent to dead with ``reason``, as :class:`Discard` does."""
 
     status: JobState | None
@@ -424,93 +618,10 @@ class DiscardMany:
     reason: str = attrs.field(converter=storable)
 
 
-@attrs.frozen
-class BulkResult:
-    """What a bulk operation did: the ids it changed, and the last id it looked at (the
-    next page starts after it; None: there is nothing further)."""
-
-    ids: tuple[int, ...]
-    last_seen: int | None
-
-
-def handlers(backend: object) -> dict[type, Any]:
-    """Each operation type mapped to the backend's method for it, named ``_<op_name>``
+def handlers(backend: object) -> dict[type[Op], Any]:
+    """Each operation type mapped to the backend's method for it, named ``_<handler>``
     (e.g. ``_enqueue``, ``_list_jobs``); a missing method fails at construction."""
-    return {op: getattr(backend, "_" + name) for op, name in _NAMES.items()}
+    return {op: getattr(backend, "_" + op.handler) for op in _DECLARED.values()}
 
 
-Op: TypeAlias = (
-    Enqueue
-    | Claim
-    | Finish
-    | Renew
-    | ReleaseOrphans
-    | Progress
-    | Get
-    | GetMany
-    | ListJobs
-    | Cancel
-    | RetryJob
-    | Discard
-    | Rescue
-    | Stats
-    | Throughput
-    | ThroughputSeries
-    | FoldCounts
-    | PauseQueue
-    | PausedQueues
-    | Beat
-    | Leave
-    | Processes
-    | WaitingNames
-    | Lead
-    | FireCron
-    | CronStates
-    | LoadWorkflow
-    | ReadWorkflow
-    | LatestSteps
-    | RecordStep
-    | SendSignal
-    | Purge
-    | Attempts
-    | RetryMany
-    | DiscardMany
-)
-
-_NAMES: dict[type, str] = {
-    Enqueue: "enqueue",
-    Claim: "claim",
-    Finish: "finish",
-    Renew: "renew",
-    ReleaseOrphans: "release_orphans",
-    Progress: "progress",
-    Get: "get",
-    GetMany: "get_many",
-    ListJobs: "list_jobs",
-    Cancel: "cancel",
-    RetryJob: "retry_job",
-    Discard: "discard",
-    Rescue: "rescue",
-    Stats: "stats",
-    Throughput: "throughput",
-    ThroughputSeries: "throughput_series",
-    FoldCounts: "fold_counts",
-    PauseQueue: "pause_queue",
-    PausedQueues: "paused_queues",
-    Beat: "beat",
-    Leave: "leave",
-    Processes: "processes_list",
-    WaitingNames: "waiting_names",
-    Lead: "lead",
-    FireCron: "fire_cron",
-    CronStates: "cron_states",
-    LoadWorkflow: "load_workflow",
-    ReadWorkflow: "read_workflow",
-    LatestSteps: "latest_steps",
-    RecordStep: "record_step",
-    SendSignal: "send_signal",
-    Purge: "purge",
-    Attempts: "attempts",
-    RetryMany: "retry_many",
-    DiscardMany: "discard_many",
-}
+__all__ = ["BulkResult", "JobFilter", "Op", "Runs", "handlers", *_DECLARED]

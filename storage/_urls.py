@@ -1,14 +1,16 @@
-"""Database URLs to backends."""
+"""Database URLs, and callers' own connections, to backends."""
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 import urllib.parse
 from pathlib import Path
 
-from trioforge._core.errors import ConfigurationError
-from trioforge.storage._backend import Backend
+from trioforge._core.errors import ConfigurationError, InvalidArgumentError
+from trioforge.storage._backend import Backend, CallerConnections
 
-__all__ = ["backend_for_url", "redact"]
+__all__ = ["backend_for_connection", "backend_for_url", "redact"]
 
 
 def backend_for_url(url: str) -> Backend:
@@ -43,6 +45,27 @@ def backend_for_url(url: str) -> Backend:
         return PostgresBackend(url)
     raise ConfigurationError(
         f"unknown database scheme {scheme!r} in {url!r}; use sqlite, memory or postgresql"
+    )
+
+
+def backend_for_connection(connection: object) -> type[CallerConnections]:
+    """The backend whose ``enqueue_in`` takes ``connection``: a sqlite3
+    connection (to the database file) or an asyncpg one, pooled or not."""
+    if isinstance(connection, sqlite3.Connection):
+        from trioforge.storage.sqlite import SQLiteBackend
+
+        return SQLiteBackend
+    if "asyncpg" in sys.modules:  # without the postgres extra there is no asyncpg connection
+        import asyncpg
+        import asyncpg.pool
+
+        if isinstance(connection, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy):
+            from trioforge.storage.postgres import PostgresBackend
+
+            return PostgresBackend
+    raise InvalidArgumentError(
+        f"connection must be an asyncpg connection or a sqlite3 connection, got "
+        f"{type(connection).__name__}"
     )
 
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 import heapq
 import json
 import math
-from collections.abc import AsyncIterator, Callable, Sequence, Set
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
 
-from trioforge._core.errors import InvalidArgumentError, InvalidStateError, JobNotFoundError
-from trioforge._core.flow import FLOW_WINDOW, Bucket, FlowGate
+from trioforge._core.errors import InvalidArgumentError, InvalidStateError
+from trioforge._core.flow import FLOW_WINDOW, FlowGate
 from trioforge._core.retry import rescue_outcome
 from trioforge._core.states import (
     PENDING_STATES,
@@ -26,7 +26,6 @@ from trioforge._core.states import (
     Cancelled,
     Claimed,
     Discarded,
-    Event,
     Failed,
     JobState,
     Released,
@@ -36,9 +35,11 @@ from trioforge._core.states import (
     is_due,
     next_state,
 )
+from trioforge.storage import _compound as compound
 from trioforge.storage import _ops as ops
-from trioforge.storage._backend import Changed
+from trioforge.storage._backend import AsyncioExecute, Changed
 from trioforge.storage._changes import changed_jobs
+from trioforge.storage._memory_store import MemoryStore, Row
 from trioforge.storage._records import (
     AttemptRecord,
     CancelResult,
@@ -59,83 +60,18 @@ from trioforge.storage._records import (
     StepRecord,
     StepWrite,
     WorkflowRecord,
-    decode_json,
     names_by_queue,
     not_a_run,
 )
 
 __all__ = ["MemoryBackend"]
 
+T = TypeVar("T")
+
 SCHEMA_VERSION = 1
 
 
-@attrs.define
-class _Row:
-    id: int
-    name: str
-    queue: str
-    payload: str
-    priority: int
-    run_at: float
-    max_attempts: int
-    idempotency_key: str | None
-    created_at: float
-    status: JobState
-    timeout: float | None = None
-    requires: frozenset[str] = frozenset()
-    rate_key: str | None = None
-    concurrency_key: str | None = None
-    attempt: int = 0
-    lease: int = 0
-    lease_owner: str | None = None
-    lease_until: float | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    result: str | None = None
-    error: str | None = attrs.field(default=None, on_setattr=lambda row, _, new: row.keep(new))
-    progress: float | None = None
-    progress_message: str | None = None
-    cancel_requested: bool = False
-    parent_id: int | None = None
-    workflow: bool = False
-    trace_context: str | None = None
-    #: A signal or a child's end arrived while the run was running (see Suspended).
-    wake_requested: bool = False
-    #: Bumped whenever the row is (re)indexed as pending; older index entries are stale.
-    version: int = 0
-    #: Errors of earlier attempts, as the SQL backends' trioforge_attempts keeps them.
-    history: list[AttemptRecord] = attrs.field(factory=list)
-
-    def keep(self, new: str | None) -> str | None:
-        """Setting ``error``: the one it replaces goes to the history."""
-        if self.error is not None and new != self.error:
-            self.history.append(AttemptRecord(self.attempt, self.started_at, self.error))
-        return new
-
-    def info(self) -> JobInfo:
-        return JobInfo(
-            id=self.id,
-            name=self.name,
-            queue=self.queue,
-            status=self.status,
-            priority=self.priority,
-            payload=decode_json(self.payload),
-            attempt=self.attempt,
-            max_attempts=self.max_attempts,
-            run_at=self.run_at,
-            created_at=self.created_at,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            result=decode_json(self.result),
-            error=self.error,
-            progress=self.progress,
-            progress_message=self.progress_message,
-            idempotency_key=self.idempotency_key,
-            cancel_requested=self.cancel_requested,
-        )
-
-
-class MemoryBackend:
+class MemoryBackend(MemoryStore):
     """Jobs in a dict; every operation applies the pure rules."""
 
     shared = False
@@ -143,24 +79,7 @@ class MemoryBackend:
     max_in_flight = 1
 
     def __init__(self) -> None:
-        self._rows: dict[int, _Row] = {}
-        self._next_id = 1
-        self._open_keys: dict[str, int] = {}  # idempotency key -> unfinished job id
-        self._done_keys: dict[str, tuple[int, float]] = {}  # key -> last to finish, when
-        # Pending jobs per queue, indexed lazily (stale entries are skipped on the way out):
-        # not yet due by run_at, and due by claim order.
-        self._future: dict[str, list[tuple[float, int, int]]] = {}
-        self._due: dict[str, list[tuple[tuple[int, float, int], int]]] = {}
-        self._processes: dict[str, ProcessInfo] = {}
-        self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, until)
-        self._cron: dict[str, CronState] = {}
-        self._paused: set[str] = set()
-        self._steps: dict[int, dict[int, StepRecord]] = {}  # run id -> seq -> entry
-        self._signals: dict[int, list[SignalRecord]] = {}  # run id -> unconsumed, oldest first
-        self._next_signal = 1
-        self._children: dict[int, list[int]] = {}  # run id -> child job ids, in start order
-        self._running_by_key: dict[str, int] = {}  # concurrency key -> running jobs
-        self._buckets: dict[str, Bucket] = {}  # rate key -> token bucket
+        super().__init__()
         self._handlers: dict[type, Callable[[Any, float], object]] = ops.handlers(self)
         self._change_feeds: list[trio.MemorySendChannel[Changed]] = []
 
@@ -219,84 +138,10 @@ class MemoryBackend:
                 feed.send_nowait(frozenset(changed))
         return results
 
-    # --- helpers -------------------------------------------------------------------
-
-    def _row(self, job_id: int) -> _Row:
-        try:
-            return self._rows[job_id]
-        except KeyError:
-            raise JobNotFoundError(f"no job with id {job_id}") from None
-
-    def _index(self, row: _Row) -> None:
-        row.version += 1
-        heapq.heappush(self._future.setdefault(row.queue, []), (row.run_at, row.id, row.version))
-
-    def _running_excluding(self, ending: Set[tuple[int, int]]) -> dict[str, int]:
-        """Running jobs per concurrency key, less the attempts in ``ending``."""
-        running = dict(self._running_by_key)
-        for job_id, lease in ending:
-            row = self._rows.get(job_id)
-            if (
-                row is not None
-                and row.status is JobState.RUNNING
-                and row.lease == lease
-                and row.concurrency_key is not None
-            ):
-                running[row.concurrency_key] -= 1
-        return running
-
-    def _live(self, job_id: int, version: int) -> _Row | None:
-        row = self._rows.get(job_id)  # None: purged
-        if row is None or row.version != version or row.status not in PENDING_STATES:
-            return None
-        return row
-
-    def _apply(self, row: _Row, event: Event, now: float, run_at: float | None = None) -> bool:
-        target = next_state(row.status, event)
-        if target is None:
-            return False
-        key = row.concurrency_key
-        if key is not None and (row.status is JobState.RUNNING) != (target is JobState.RUNNING):
-            count = self._running_by_key.get(key, 0) + (1 if target is JobState.RUNNING else -1)
-            if count:
-                self._running_by_key[key] = count
-            else:
-                del self._running_by_key[key]
-        row.status = target
-        if run_at is not None:
-            row.run_at = run_at
-        if target in PENDING_STATES:
-            self._index(row)
-        if target is JobState.RUNNING:
-            return True
-        row.lease_owner = None
-        row.lease_until = None
-        if target in TERMINAL_STATES:
-            row.finished_at = now
-            if row.idempotency_key is not None:
-                self._open_keys.pop(row.idempotency_key, None)
-                self._done_keys[row.idempotency_key] = (row.id, now)
-            if row.parent_id is not None:
-                self._wake_run(row.parent_id, now)
-        return True
-
-    def _wake_run(self, run_id: int, now: float) -> None:
-        """A waiting run becomes due now; a running one will be when it suspends."""
-        row = self._rows.get(run_id)
-        if row is None:
-            return
-        if row.status in PENDING_STATES:
-            if row.run_at > now:
-                row.run_at = now
-                self._index(row)
-        elif row.status is JobState.RUNNING:
-            row.wake_requested = True
-
-    def _owned(self, job_id: int, lease: int) -> _Row | None:
-        row = self._rows.get(job_id)
-        if row is None or row.status is not JobState.RUNNING or row.lease != lease:
-            return None
-        return row
+    @asynccontextmanager
+    async def on_asyncio(self, *, migrate: bool = True) -> AsyncIterator[AsyncioExecute]:
+        del migrate
+        yield self.execute  # pure Python: nothing of trio in it
 
     # --- operations ------------------------------------------------------------------
 
@@ -313,7 +158,7 @@ class MemoryBackend:
             if done is not None and job.unique_for is not None and done[1] >= now - job.unique_for:
                 out.append(Enqueued(done[0], created=False))
                 continue
-            row = _Row(
+            row = Row(
                 id=self._next_id,
                 name=job.name,
                 queue=job.queue,
@@ -353,7 +198,7 @@ class MemoryBackend:
             if row is not None:
                 heapq.heappush(due, (claim_key(row.priority, row.run_at, row.id), version))
 
-        def runnable(row: _Row) -> bool:
+        def runnable(row: Row) -> bool:
             return row.name in op.names and row.requires <= op.capabilities
 
         gate = (
@@ -363,7 +208,7 @@ class MemoryBackend:
             if op.flow_controlled
             else None
         )
-        picked: list[_Row] = []
+        picked: list[Row] = []
         skipped = []  # due, but not for this claimer (or held back): back into the index after
         seen = 0  # due jobs it could run, looked at: a limited claim looks at FLOW_WINDOW
         while due and len(picked) < op.limit and (gate is None or seen < FLOW_WINDOW):
@@ -440,14 +285,7 @@ class MemoryBackend:
         return True
 
     def _release_orphans(self, op: ops.ReleaseOrphans, now: float) -> list[int]:
-        held = set(op.held)
-        orphans = [
-            Outcome(row.id, row.lease, Released())
-            for row in self._rows.values()
-            if row.status is JobState.RUNNING and row.queue == op.queue
-            and row.lease_owner == op.owner and (row.id, row.lease) not in held
-        ]  # fmt: skip
-        return sorted(o.job_id for o in orphans if self._finish_one(o, now))
+        return self._compound(compound.release_orphans(op), now)
 
     def _renew(self, op: ops.Renew, now: float) -> RenewResult:
         del now
@@ -516,10 +354,7 @@ class MemoryBackend:
             return False
         key = row.idempotency_key
         if key is not None and self._open_keys.get(key, row.id) != row.id:
-            raise InvalidStateError(
-                f"job {row.id} cannot be retried: job {self._open_keys[key]} holds its "
-                f"idempotency key {key!r}; wait for that job or cancel it"
-            )
+            raise compound.key_held(row.id, self._open_keys[key], key)
         if not self._apply(row, Retried(), now, run_at=now):
             return False
         row.error = None  # first: the error it replaces is the last attempt's
@@ -681,15 +516,15 @@ class MemoryBackend:
                 records.pop(row.id, None)  # a purged run's record goes with it
         return sorted(row.id for row in victims)
 
-    def _matching(self, where: ops.JobFilter, statuses: frozenset[JobState]) -> list[_Row]:
-        rows = [
-            r for job_id, r in sorted(self._rows.items())
-            if job_id > where.after_id and r.status in statuses
+    def _matching(self, where: ops.JobFilter, states: frozenset[JobState]) -> list[int]:
+        ids = [
+            job_id for job_id, r in sorted(self._rows.items())
+            if job_id > where.after_id and r.status in states
             and (where.queue is None or r.queue == where.queue)
             and (where.name is None or r.name == where.name)
             and (where.since is None or (r.finished_at or r.created_at) >= where.since)
         ]  # fmt: skip
-        return rows[: max(where.limit, 0)]
+        return ids[: max(where.limit, 0)]
 
     def _attempts(self, op: ops.Attempts, now: float) -> list[AttemptRecord]:
         del now
@@ -702,25 +537,34 @@ class MemoryBackend:
         return [*row.history, *current]
 
     def _retry_many(self, op: ops.RetryMany, now: float) -> ops.BulkResult:
-        rows = self._matching(op.where, frozenset({op.status}))
-        done = []
-        for row in rows:
-            try:
-                if self._retry_job(ops.RetryJob(row.id), now):
-                    done.append(row.id)
-            except InvalidStateError:
-                continue  # its idempotency key is another unfinished job's
-        return _bulk(done, [r.id for r in rows], op.where)
+        return self._compound(compound.retry_many(op), now)
 
     def _discard_many(self, op: ops.DiscardMany, now: float) -> ops.BulkResult:
-        statuses = PENDING_STATES if op.status is None else frozenset({op.status})
-        rows = self._matching(op.where, statuses)
-        done = [r.id for r in rows if self._discard(ops.Discard(r.id, op.reason), now)]
-        return _bulk(done, [r.id for r in rows], op.where)
+        return self._compound(compound.discard_many(op), now)
+
+    def _compound(self, steps: compound.Steps[T], now: float) -> T:
+        """Run a compound op (:mod:`storage._compound`) in this batch."""
+
+        def step(request: compound.Step) -> object:
+            if isinstance(request, compound.Matching):
+                return self._matching(request.where, request.states)
+            if isinstance(request, compound.Running):
+                return [
+                    (row.id, row.lease) for row in self._rows.values()
+                    if row.status is JobState.RUNNING and row.queue == request.queue
+                    and row.lease_owner == request.owner
+                ]  # fmt: skip
+            if isinstance(request, ops.RetryJob):
+                return self._retry_job(request, now)
+            if isinstance(request, ops.Discard):
+                return self._discard(request, now)
+            return self._finish(request, now)
+
+        return compound.run(steps, step)
 
     # --- workflows ---------------------------------------------------------------------
 
-    def _record_of(self, row: _Row) -> WorkflowRecord:
+    def _record_of(self, row: Row) -> WorkflowRecord:
         children = (self._rows[i] for i in self._children.get(row.id, ()) if i in self._rows)
         return WorkflowRecord(
             run_id=row.id,
@@ -783,8 +627,3 @@ class MemoryBackend:
         self._signals.setdefault(op.run_id, []).append(signal)
         self._wake_run(op.run_id, now)
         return signal.id
-
-
-def _bulk(done: list[int], seen: list[int], where: ops.JobFilter) -> ops.BulkResult:
-    """A page of a bulk operation: more may follow only if it looked at a full page."""
-    return ops.BulkResult(tuple(done), seen[-1] if len(seen) >= where.limit else None)

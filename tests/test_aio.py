@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -163,3 +164,37 @@ async def test_a_trio_client_enqueues_in_the_callers_sqlite3_transaction(tmp_pat
         with trio.fail_after(30):
             assert (await rt.wait(job_id)).result == "hello trio"
         assert [j.payload for j in await rt.list()] == ["trio"]
+
+
+#: An asyncio application that uses only the asyncio client on PostgreSQL: it must keep
+#: asyncio's own event loop (trio-asyncio, once imported, replaces it process-wide).
+_ASYNCIO_APP = """
+import asyncio, sys
+import trioforge, trioforge.aio
+import trioforge.storage.postgres
+
+registry = trioforge.Registry()
+
+@registry.job("greet")
+async def greet(ctx: trioforge.JobContext, name: str) -> str:
+    return "hello " + name
+
+async def main(url: str) -> None:
+    async with trioforge.aio.open_client(url, registry=registry) as client:
+        await client.enqueue("greet", "ann")
+    loop = asyncio.get_running_loop()
+    print(type(loop).__module__, "trio_asyncio" in sys.modules)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_the_asyncio_client_leaves_asyncio_its_own_event_loop() -> None:
+    async def with_schema() -> str:
+        async with schema_url() as url:
+            done = await trio.run_process(
+                [sys.executable, "-c", _ASYNCIO_APP, url], capture_stdout=True
+            )
+            return done.stdout.decode()
+
+    assert trio.run(with_schema).split() == ["asyncio.unix_events", "False"]

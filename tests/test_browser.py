@@ -7,7 +7,9 @@ screenshots`` writes them to docs/screenshots/).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import http.server
+import json
 import os
 import re
 import signal
@@ -24,8 +26,11 @@ import pytest
 import trio
 
 import trioforge
+from tests.support import codegen_jobs
 from tests.support.browser import CHROMIUM, Served, require_browser
+from tests.support.typescript import compile_ts, track_file, with_track
 from trioforge import JobContext, JobState, Registry, Retry, WorkflowContext
+from trioforge._codegen import typescript
 
 TOKEN = "browser-test-token"
 
@@ -325,6 +330,128 @@ def test_a_run_page_follows_its_timeline_to_completed(served: Served, browser: A
     assert ship.locator("td").nth(3).text_content() == "completed"
     assert page.locator("#result").text_content() == '"fulfilled o-2"'
     assert served.call(rt.get, run_id).status is JobState.COMPLETED
+
+
+TRACK_RUN = """
+(runId) => {
+  window.followed = import("/track.js").then(({ trackRun }) => new Promise((resolve) => {
+    const seen = (window.runSeen = []);
+    const store = trackRun("", runId);
+    const unsubscribe = store.subscribe((run) => {
+      seen.push([run.status, run.steps.map((step) => [step.kind, step.status])]);
+      if (run.terminal) {
+        unsubscribe();
+        resolve({ seen, final: run, snapshot: store.getSnapshot() });
+      }
+    });
+  }));
+}
+"""
+
+WAITING_SEEN = """() => (window.runSeen || []).some(([status, steps]) => status === 'scheduled'
+    && steps.some(([kind, status]) => kind === 'signal' && status === 'running'))"""
+
+
+def test_track_run_follows_a_run_step_by_step_to_completed(served: Served, browser: Any) -> None:
+    rt = served.runtime
+    assert rt is not None
+    run_id = served.call(rt.enqueue, "orders:fulfil", "o-9").id
+    page = browser.new_page()
+    page.goto(f"{served.url}/processes")  # any page of the app's origin
+    page.evaluate(TRACK_RUN, run_id)
+    # The run waits for its signal until the page has seen it waiting: no race.
+    page.wait_for_function(WAITING_SEEN)
+    served.call(rt.signal, run_id, "approved", "ops")
+    outcome = page.evaluate("() => window.followed")
+    seen, final = outcome["seen"], outcome["final"]
+    assert seen[0] == ["unknown", []]  # the Svelte contract: called at once
+    assert (final["status"], final["terminal"], final["result"]) == (
+        "completed", True, "fulfilled o-9",
+    )  # fmt: skip
+    assert (final["workflow"], final["version"], final["id"]) == ("orders:fulfil", 1, run_id)
+    steps = [(s["kind"], s["name"], s["status"]) for s in final["steps"]]
+    assert [(kind, status) for kind, _, status in steps] == [
+        ("step", "completed"), ("step", "completed"), ("child", "completed"),
+        ("signal", "completed"), ("step", "completed"),
+    ]  # fmt: skip
+    assert [name for kind, name, _ in steps if kind == "step"] == [
+        "reserve <stock>", "charge", "ship",
+    ]  # fmt: skip
+    assert final["steps"][-1]["result"] == "shipped by ops"
+    assert final["children"] == [final["steps"][2]["child"]]
+    waiting = [len(s) for status, s in seen if status == "scheduled"]
+    assert waiting  # the steps arrived while the run went on, not only at its end
+    assert max(waiting) < len(steps)
+    assert outcome["snapshot"] == final
+    page.evaluate(TRACK_RUN, 987654)
+    assert page.evaluate("() => window.followed")["final"]["status"] == "not_found"
+
+
+BINDINGS = """async () => {
+  const jobs = await import("/gen/jobs.js");
+  const follow = (store) => new Promise((resolve) => {
+    const seen = [];
+    const stop = store.subscribe((value) => {
+      seen.push(value.status);
+      if (value.terminal) {
+        stop();
+        resolve({ seen, final: value });
+      }
+    });
+  });
+  const refused = await jobs.reportsExport({ format: "pdf", columns: [] }).then(
+    () => null, (e) => [e.name, e.status, e.message, e instanceof jobs.EnqueueError]);
+  const job = await follow(await jobs.reportsExport({
+    format: "xlsx", columns: [{ name: "id", width: 4 }], since: "2026-01-01T00:00:00.000Z",
+  }));
+  const run = await follow(await jobs.ordersShip({ order: "o-7", parcels: 2 }));
+  const pinged = await follow(await jobs.ping());
+  return { refused, job, run, pinged };
+}"""
+
+
+def test_generated_bindings_enqueue_and_follow_to_completed(tmp_path: Path, browser: Any) -> None:
+    """jobs.ts of tests/codegen_jobs.py, compiled to JavaScript by tsc, in a page of the
+    app: typed enqueues through the public API, followed by their stores to the end."""
+    folder = with_track(tmp_path)
+    (folder / "jobs.ts").write_text(typescript(codegen_jobs.registry))
+    compile_ts(folder, "jobs.ts", out=folder / "js")
+    files = {"/gen/jobs.js": (folder / "js" / "jobs.js").read_bytes(),
+             "/gen/track.js": track_file("track.js")}  # fmt: skip
+    server = Served(
+        codegen_jobs.registry, f"sqlite:///{tmp_path / 'jobs.db'}", TOKEN, files=files,
+        queues={"default": 2}, heartbeat_interval=0.2, poll_interval=0.2,
+    )  # fmt: skip
+    with server.running():
+        page = browser.new_page()
+        page.goto(f"{server.url}/processes")
+        outcome = page.evaluate(BINDINGS)
+    name, status, message, typed = outcome["refused"]
+    assert (name, status, typed) == ("EnqueueError", 422, True)
+    assert message.startswith("POST /api/jobs/reports:export: payload of job 'reports:export'")
+    assert "$.format" in message
+    request = codegen_jobs.ExportRequest(
+        codegen_jobs.Format.XLSX, [codegen_jobs.Column("id", 4)],
+        since=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )  # fmt: skip
+    expected = codegen_jobs.registry.codec.encode(
+        codegen_jobs.Export, codegen_jobs.export_of(request), "expected"
+    )
+    job = outcome["job"]
+    assert (job["seen"][0], job["seen"][-1]) == ("unknown", "completed")
+    final = job["final"]
+    assert (final["name"], final["progress"], final["message"]) == (
+        "reports:export", 100, "written",
+    )  # fmt: skip
+    assert final["result"] == json.loads(expected)
+    run = outcome["run"]["final"]
+    assert (run["status"], run["workflow"], run["version"]) == ("completed", "orders:ship", 2)
+    assert run["result"] == ["o-7/1", "o-7/2", "label for 2 parcels"]
+    assert [(s["name"], s["status"]) for s in run["steps"]] == [
+        ("pack", "completed"), ("label", "completed"),
+    ]  # fmt: skip
+    pinged = outcome["pinged"]["final"]
+    assert (pinged["name"], pinged["status"], pinged["result"]) == ("ping", "completed", None)
 
 
 # --- security: another origin, a replayed cookie, a body too large -----------------------

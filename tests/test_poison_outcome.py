@@ -149,8 +149,10 @@ async def test_an_outcome_that_fails_on_its_data_fails_alone(url: str) -> None:
         outcomes = [Outcome(i, leases[i], Succeeded(), result=f'"{i}"') for i in ids]
         outcomes[2] = poison = poison_for(url, ids[2], leases[ids[2]])
         recorded = await record_outcomes(handle, outcomes)
-        infos = [(await handle.call(ops.Get(i))) for i in ids]
+        found = [(await handle.call(ops.Get(i))) for i in ids]
         handle.close()
+    infos = [info for info in found if info is not None]
+    assert len(infos) == len(ids)
     assert [applied for _, applied in recorded] == [True] * 5
     assert [o for o, _ in recorded[:2] + recorded[3:]] == outcomes[:2] + outcomes[3:]
     others = infos[:2] + infos[3:]

@@ -10,13 +10,14 @@ import os
 import queue
 import shutil
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
 import pytest
 import trio
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import trioforge
 import trioforge.web
@@ -43,6 +44,21 @@ def require_browser() -> None:
     pytest.skip(f"{missing}; browser tests need a system Chromium")
 
 
+def with_files(app: ASGIApp, files: Mapping[str, bytes]) -> ASGIApp:
+    """``app`` that also answers ``GET`` of each path of ``files`` with its bytes."""
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        body = files.get(scope["path"]) if scope["type"] == "http" else None
+        if body is None:
+            await app(scope, receive, send)
+            return
+        headers = [(b"content-type", b"text/javascript"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return serve
+
+
 class Served:
     """A runtime and the web app, served from a trio run of their own in a thread, so a
     synchronous browser driver can talk to it."""
@@ -52,11 +68,16 @@ class Served:
         registry: Registry,
         database: str,
         token: str,
-        web_options: dict[str, Any] | None = None,
+        *,
+        files: Mapping[str, bytes] | None = None,
+        web_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
+        """``files``: more scripts served from the app's origin, by path (text/javascript);
+        ``web_options``: more arguments of ``trioforge.web.app`` (``cors_origins``)."""
         self._registry, self._database, self._token = registry, database, token
-        self._web_options = web_options or {}
+        self._files = dict(files or {})
+        self._web_options = dict(web_options or {})
         self._options = options
         self._ready: queue.Queue[str | BaseException] = queue.Queue()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -77,8 +98,11 @@ class Served:
             self._registry, database=self._database, **self._options
         ) as rt:
             self.runtime = rt
-            asgi = trioforge.web.app(
-                client=rt, registry=self._registry, token=self._token, **self._web_options
+            asgi = with_files(
+                trioforge.web.app(
+                    client=rt, registry=self._registry, token=self._token, **self._web_options
+                ),
+                self._files,
             )
             async with trio.open_nursery() as nursery:
                 [url] = await nursery.start(partial(trioforge.web.serve, asgi, port=0))

@@ -1,0 +1,167 @@
+"""trioforge's side of the table's pairs, in a process of its own like each peer's.
+
+``drain``: N no-op jobs with attrs payloads (``enqueue_many`` by 5,000), then a runtime with
+one 64-slot queue drains them; the client stays open through the drain, so every database
+connection is still there when the bench reads its CPU time. Same line protocol as the
+peers' drivers (``bench/peers``): ``{"ready": true}`` once the schema is in place, a line
+on stdin starts it, one JSON line of figures, then it waits for stdin to close.
+
+``wide``: N jobs that each sleep (I/O-bound), as many slots as jobs, on SQLite: the wall
+time from the runtime's start to the last job's end, and the peak RSS of this process
+beside its RSS before the runtime started.
+
+``drain --processes N``: N ``trioforge worker`` processes drain while this one enqueues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+import trioforge
+from bench.harness import Child
+
+
+@attrs.frozen
+class Payload:
+    n: int
+    name: str
+    amount: float
+
+
+class Count:
+    """Jobs run so far, and the moment the last one ran."""
+
+    def __init__(self) -> None:
+        self.ran = 0
+        self.target = 0
+        self.all_done = trio.Event()
+
+    def one(self) -> None:
+        self.ran += 1
+        if self.ran == self.target:
+            self.all_done.set()
+
+
+COUNT = Count()
+registry = trioforge.Registry()
+
+
+@registry.job("bench:order", queue="bench")
+async def order(ctx: trioforge.JobContext, payload: Payload) -> None:
+    COUNT.one()
+
+
+@registry.job("bench:io", queue="wide")
+async def io_bound(ctx: trioforge.JobContext, seconds: float) -> None:
+    await trio.sleep(seconds)
+    COUNT.one()
+
+
+def emit(figures: dict[str, Any]) -> None:
+    print(json.dumps(figures), flush=True)
+
+
+def rss_kib() -> int:
+    """The resident set now (``/proc/self/statm``), in KiB."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() // 1024
+
+
+async def drain(url: str, jobs: int, slots: int) -> None:
+    async with trioforge.open_client(url):
+        pass  # creates the schema before the measured part
+    emit({"ready": True})
+    await trio.to_thread.run_sync(sys.stdin.readline)
+    COUNT.target = jobs
+    async with trioforge.open_client(url) as client:
+        t0 = time.perf_counter()
+        for start in range(0, jobs, 5000):
+            batch = range(start, min(jobs, start + 5000))
+            await client.enqueue_many(order, [Payload(n, f"customer-{n}", n * 0.25) for n in batch])
+        t1 = time.perf_counter()
+        async with trioforge.open_runtime(registry, database=url, queues={"bench": slots}):
+            await COUNT.all_done.wait()
+            emit({"jobs": jobs, "enqueue_s": t1 - t0, "drain_s": time.perf_counter() - t1})
+            await trio.to_thread.run_sync(sys.stdin.read)
+
+
+async def drain_processes(url: str, jobs: int, slots: int, processes: int) -> None:
+    """``processes`` worker processes (``trioforge worker``), ready before "ready"; the clock
+    runs from the first enqueue to the last completion (counts polled every 20 ms)."""
+    async with trioforge.open_client(url):
+        pass  # creates the schema before the workers and the measured part
+    command = [
+        sys.executable, "-m", "trioforge", "worker", "bench.trioforge_side:registry",
+        "--database", url, "--queue", f"bench={slots}", "--log-level", "WARNING",
+    ]  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        children = []
+        try:
+            for i in range(processes):
+                children.append(await Child.start(nursery, f"worker process {i + 1}", command))
+                await children[-1].wait_stderr(b"ready")
+            emit({"ready": True, "pids": [child.proc.pid for child in children]})
+            await trio.to_thread.run_sync(sys.stdin.readline)
+            async with trioforge.open_client(url) as client:
+                t0 = time.perf_counter()
+                for start in range(0, jobs, 5000):
+                    batch = range(start, min(jobs, start + 5000))
+                    payloads = [Payload(n, f"customer-{n}", n * 0.25) for n in batch]
+                    await client.enqueue_many(order, payloads)
+                t1 = time.perf_counter()
+                while (await client.stats()).count("completed", queue="bench") < jobs:
+                    await trio.sleep(0.02)
+                emit({"jobs": jobs, "enqueue_s": t1 - t0, "drain_s": time.perf_counter() - t0})
+                await trio.to_thread.run_sync(sys.stdin.read)
+        finally:
+            with trio.CancelScope(shield=True):
+                for child in children:
+                    await child.stop()
+            nursery.cancel_scope.cancel()
+
+
+async def wide(url: str, jobs: int, seconds: float) -> None:
+    COUNT.target = jobs
+    async with trioforge.open_client(url) as client:
+        for start in range(0, jobs, 5000):
+            await client.enqueue_many(
+                io_bound, [seconds] * len(range(start, min(jobs, start + 5000)))
+            )
+    before = rss_kib()
+    t0 = time.perf_counter()
+    async with trioforge.open_runtime(registry, database=url, queues={"wide": jobs}):
+        await COUNT.all_done.wait()
+        elapsed = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    emit({"jobs": jobs, "sleep_s": seconds, "wall_s": elapsed, "rss_before_kib": before,
+          "rss_peak_kib": peak})  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("mode", choices=["drain", "wide"])
+    parser.add_argument("--database", required=True)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--slots", type=int, default=64)
+    parser.add_argument("--sleep", type=float, default=2.0, help="each wide job's sleep")
+    parser.add_argument("--processes", type=int, default=0, help="drain by worker processes")
+    args = parser.parse_args()
+    if args.mode == "drain" and args.processes:
+        trio.run(drain_processes, args.database, args.jobs, args.slots, args.processes)
+    elif args.mode == "drain":
+        trio.run(drain, args.database, args.jobs, args.slots)
+    else:
+        trio.run(wide, args.database, args.jobs, args.sleep)
+
+
+if __name__ == "__main__":
+    main()

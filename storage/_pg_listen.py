@@ -1,0 +1,134 @@
+"""PostgreSQL LISTEN: the notices of other processes (wake-ups, cancels, freed slots) and
+the job change feed, each on a connection of its own."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from trioforge._core.errors import DatabaseUnavailableError
+from trioforge._core.extras import needs_extra
+from trioforge.storage._backend import Changed
+from trioforge.storage._changes import parse_ids
+from trioforge.storage._pg_sql import CHANNEL
+from trioforge.storage._records import CancelNotice, Notice, SlotsFreedNotice, WakeNotice
+from trioforge.storage._urls import redact
+
+with needs_extra("postgres", "PostgreSQL"):
+    import asyncpg
+
+
+def trio_asyncio_module() -> Any:
+    """trio-asyncio, imported when a trio runtime first crosses into asyncio. Importing it
+    makes ``asyncio.new_event_loop()`` (so ``asyncio.run``) return its own loop in the
+    whole process, which an asyncio application that only uses ``trioforge.aio`` must not
+    get; so this module never imports it at import time."""
+    with needs_extra("postgres", "PostgreSQL"):
+        import trio_asyncio
+    return trio_asyncio
+
+
+def parse_notice(payload: str, schema: str | None = None) -> Notice | None:
+    """The notice in ``payload``, for a listener on ``schema`` (None: the default tables).
+
+    The channel is shared by every schema of the database. A cancel names its schema
+    (``c:<job id>:<schema>``), since job ids repeat across schemas; a wake-up does not, as
+    one meant for another schema only costs a claim that finds nothing.
+    """
+    kind, _, rest = payload.partition(":")
+    try:
+        if kind == "w":
+            run_at, _, queue = rest.partition(":")
+            return WakeNotice(queue, float(run_at))
+        if kind == "c":
+            job_id, _, scope = rest.partition(":")
+            return CancelNotice(int(job_id)) if scope == (schema or "") else None
+        if kind == "f":
+            return SlotsFreedNotice() if rest == (schema or "") else None
+    except ValueError:
+        pass
+    return None  # not ours: ignore
+
+
+class PostgresListening:
+    """The LISTEN side of :class:`~trioforge.storage.postgres.PostgresBackend`."""
+
+    url: str
+    schema: str | None
+    changes_channel: str
+    _connect_timeout: float
+
+    async def _aio(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """One crossing into asyncio."""
+        return await trio_asyncio_module().aio_as_trio(fn)(*args)
+
+    @asynccontextmanager
+    async def listen(self) -> AsyncIterator[trio.MemoryReceiveChannel[Notice]]:
+        """LISTEN on a connection of its own (a pooled one would be UNLISTENed on release).
+        The channel ends when that connection drops."""
+        send, receive = trio.open_memory_channel[Notice](math.inf)
+
+        def on_notify(conn: object, pid: int, channel: str, payload: str) -> None:
+            notice = parse_notice(payload, self.schema)
+            if notice is not None:
+                with contextlib.suppress(trio.ClosedResourceError):
+                    send.send_nowait(notice)
+
+        conn = await self._aio(self._listening, CHANNEL, on_notify, send.close, "listener")
+        try:
+            yield receive
+        finally:
+            send.close()
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._aio(conn.close)
+
+    @asynccontextmanager
+    async def changes(self) -> AsyncIterator[trio.MemoryReceiveChannel[Changed]]:
+        """LISTEN for job change notices on a connection of its own; the channel ends
+        when that connection drops."""
+        send, receive = trio.open_memory_channel[Changed](math.inf)
+
+        def on_notify(conn: object, pid: int, channel: str, payload: str) -> None:
+            ids = parse_ids(payload)
+            if ids is not None:
+                with contextlib.suppress(trio.ClosedResourceError):
+                    send.send_nowait(ids)
+
+        conn = await self._aio(
+            self._listening, self.changes_channel, on_notify, send.close, "live feed"
+        )
+        try:
+            yield receive
+        finally:
+            send.close()
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._aio(conn.close)
+
+    async def _listening(
+        self,
+        channel: str,
+        on_notify: Callable[..., None],
+        on_lost: Callable[[], None],
+        role: str,
+    ) -> asyncpg.Connection:
+        """A connection of its own LISTENing on ``channel`` (a pooled one would be
+        UNLISTENed on release); ``on_lost()`` when it drops."""
+        settings = {"application_name": f"trioforge {role} {self.schema or ''}".strip()}
+        if self.schema:
+            settings["search_path"] = self.schema
+        try:
+            conn = await asyncpg.connect(
+                self.url, timeout=self._connect_timeout, server_settings=settings
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise DatabaseUnavailableError(
+                f"cannot reach PostgreSQL at {redact(self.url)} to listen: {exc}"
+            ) from None
+        conn.add_termination_listener(lambda _: on_lost())
+        await conn.add_listener(channel, on_notify)
+        return conn

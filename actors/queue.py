@@ -4,8 +4,10 @@ The fetcher claims up to <free worker slots> jobs per round trip and hands them 
 over a channel that never holds more jobs than there are free slots, so a hand-off never
 blocks. It sleeps until a wake-up (an in-process enqueue), the earliest known future
 ``run_at``, or its poll interval.
-Each worker runs one attempt at a time inside that job's own cancel scope and writes the
-outcome shielded from cancellation, so an outcome is never lost to a cancel.
+Each worker runs one attempt at a time inside that job's own cancel scope, decides its
+outcome (:mod:`trioforge.actors.attempts`) and hands it to the queue's outcome writer
+(:mod:`trioforge.actors.outcome_writer`), which records it, batched with others and
+shielded from cancellation, while the worker takes its next job.
 """
 
 from __future__ import annotations
@@ -13,103 +15,30 @@ from __future__ import annotations
 import logging
 import math
 import random
-import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Protocol, TypeAlias
+from collections.abc import Awaitable, Callable, Mapping
 
 import attrs
 import trio
 
 from trioforge._core.clock import Clock
-from trioforge._core.errors import InvalidArgumentError, JobTimeoutError, PayloadError
+from trioforge._core.errors import JobTimeoutError, PayloadError
 from trioforge._core.flow import JobLimits, RateLimit
 from trioforge._core.outcomes import AttemptOutcome, attempt_outcome
-from trioforge._core.retry import Retry, discard_reason, failure_outcome
-from trioforge._core.states import Cancelled as CancelledEvent
-from trioforge._core.states import Discarded as DiscardedEvent
-from trioforge._core.states import Failed, JobState, Succeeded, next_state
 from trioforge._core.states import Released as ReleasedEvent
-from trioforge._core.states import Suspended as SuspendedEvent
 from trioforge.actors import events
-from trioforge.actors.leases import RETRY_FIRST
+from trioforge.actors.attempts import Attempt, Ended, JobTable, decide_outcome
+from trioforge.actors.outcome_writer import HeldQueues, OutcomeWriter
 from trioforge.actors.running import Finished, RunningJobs, StopReason
 from trioforge.actors.storage_actor import StorageHandle, log_failure
 from trioforge.storage import ClaimedJob, ClaimResult, Outcome, ops
 from trioforge.storage._records import OutcomeEvent
 
-__all__ = [
-    "Attempt",
-    "Ended",
-    "HeldQueues",
-    "JobTable",
-    "QueueConfig",
-    "QueueSupervisor",
-    "decide_outcome",
-    "record_outcomes",
-    "refused_outcome",
-]
+__all__ = ["QueueConfig", "QueueSupervisor"]
 
 log = logging.getLogger("trioforge.queue")
 
-#: Longest traceback text kept per failed attempt.
-MAX_ERROR_CHARS = 8000
-#: Longest pause between tries to record outcomes while the database is away.
-RETRY_MAX = 0.5
 #: How long an attempt's after hooks may take (they run shielded from cancellation).
 AFTER_HOOKS_SECONDS = 10.0
-
-
-@attrs.frozen
-class Ended:
-    """An attempt that decided its own outcome (a workflow run suspending, undone, or
-    failing for good): what to record, fenced by the lease like any outcome."""
-
-    event: OutcomeEvent
-    result: str | None = None
-    error: str | None = None
-    #: What a suspended run waits for (``sleep``, ``signal 'paid'``...), for its log line.
-    why: str | None = None
-
-
-class Attempt(Protocol):
-    """One attempt of a job, as the application runs it."""
-
-    async def run(self) -> str | Ended | None:
-        """Run the handler (and what goes before it); return the JSON text of the result,
-        or how the attempt ended when it decided that itself."""
-        ...
-
-    def cancelled(self) -> Ended | None:
-        """What to record when a cancel request stopped the attempt (None: cancelled)."""
-        ...
-
-    @property
-    def watched(self) -> bool:
-        """Whether ``end`` has anyone to tell (no after hooks: the worker skips it)."""
-        ...
-
-    async def end(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
-        """Tell the application how the attempt ended (nothing if ``run`` never started)."""
-        ...
-
-
-class JobTable(Protocol):
-    """What workers need from the application's registry."""
-
-    def names(self) -> frozenset[str]: ...
-
-    def limits(self) -> Mapping[str, JobLimits]:
-        """The rate and concurrency limits of the jobs that have any, by job name."""
-        ...
-
-    def policy(self, job: ClaimedJob) -> tuple[Retry, float | None]:
-        """The job's retry policy and timeout in seconds (None: no timeout), in its queue
-        (the attempt count comes from ``job.max_attempts``, set at enqueue)."""
-        ...
-
-    def attempt(self, job: ClaimedJob) -> Attempt:
-        """A new, not yet started attempt of ``job``."""
-        ...
 
 
 @attrs.frozen
@@ -123,109 +52,6 @@ class QueueConfig:
     capabilities: frozenset[str] = frozenset()
     #: The queue's own rate limit, which every job of it starts through.
     rate_limit: RateLimit | None = None
-
-
-def format_error(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception(exc))
-    return text if len(text) <= MAX_ERROR_CHARS else "..." + text[-MAX_ERROR_CHARS:]
-
-
-def decide_outcome(
-    job: ClaimedJob,
-    retry: Retry,
-    *,
-    reason: StopReason | None,
-    error: BaseException | None,
-    result: str | Ended | None,
-    now: float,
-    u: float = 0.0,
-    on_cancel: Ended | None = None,
-) -> Outcome | None:
-    """Turn how an attempt ended into the fenced outcome to write (None: write nothing)."""
-    if reason is StopReason.LOST:
-        return None
-    if reason is StopReason.USER:
-        if on_cancel is not None:
-            return Outcome(job.id, job.lease, on_cancel.event, on_cancel.result, on_cancel.error)
-        return Outcome(job.id, job.lease, CancelledEvent(), error="cancelled by request")
-    if reason is StopReason.SHUTDOWN:
-        return Outcome(job.id, job.lease, ReleasedEvent())
-    if isinstance(result, Ended):
-        return Outcome(job.id, job.lease, result.event, result.result, result.error)
-    if error is None:
-        return Outcome(job.id, job.lease, Succeeded(), result=result)
-    reason_text = discard_reason(error)  # a Discard, or a group holding one
-    if reason_text is not None:
-        return Outcome(job.id, job.lease, DiscardedEvent(), error=reason_text)
-    if retry.max_attempts != job.max_attempts:  # fixed at enqueue, maybe overridden there
-        retry = attrs.evolve(retry, max_attempts=job.max_attempts)
-    event = failure_outcome(retry, job.attempt, error, now, u)
-    return Outcome(job.id, job.lease, event, error=format_error(error))
-
-
-#: Per outcome: what was written in its place (itself, or the dead outcome standing in for
-#: one the database refused) and whether it was applied (a bool), or why it was not
-#: written (the error, None for a timeout): try again.
-Recorded: TypeAlias = tuple[Outcome, bool | Exception | None]
-
-
-async def record_outcomes(storage: StorageHandle, outcomes: Sequence[Outcome]) -> list[Recorded]:
-    """Write ``outcomes`` as one fenced ``Finish``. An outcome that fails on its own data
-    (the backend refuses a value: InvalidArgumentError) fails alone: the batch is written
-    again one request per outcome, so the others land at once, and the refused one is
-    recorded as :func:`refused_outcome` instead of being tried forever. A database that is
-    away fails them all, to be tried again."""
-    recorded: list[Recorded] = list(zip(outcomes, await _finish(storage, outcomes), strict=True))
-    refused = [
-        (i, refused_outcome(outcome, error))
-        for i, (outcome, error) in enumerate(recorded)
-        if isinstance(error, InvalidArgumentError)
-    ]
-    written = await _finish(storage, [stand_in for _, stand_in in refused])
-    for (i, stand_in), result in zip(refused, written, strict=True):
-        log.error(
-            "job %d: its outcome could not be stored (%s); recorded it as dead instead",
-            stand_in.job_id, recorded[i][1],
-        )  # fmt: skip
-        recorded[i] = (stand_in, result)
-    return recorded
-
-
-async def _finish(
-    storage: StorageHandle, outcomes: Sequence[Outcome]
-) -> list[bool | Exception | None]:
-    """One ``Finish`` of ``outcomes``; if it fails on data, one per outcome, all at once."""
-    if not outcomes:
-        return []
-    try:
-        applied = await storage.call_shielded(ops.Finish(tuple(outcomes)))
-    except Exception as exc:
-        if len(outcomes) == 1 or not isinstance(exc, InvalidArgumentError):
-            return [exc] * len(outcomes)
-        alone = await storage.call_each_shielded([ops.Finish((o,)) for o in outcomes])
-        return [_applied(result) for result in alone]
-    return [None] * len(outcomes) if applied is None else list(applied)
-
-
-def _applied(result: object) -> bool | Exception | None:
-    """A one-outcome ``Finish``'s reply as one outcome's."""
-    if isinstance(result, list):
-        return bool(result[0])
-    return result if isinstance(result, Exception) else None
-
-
-def refused_outcome(outcome: Outcome, error: Exception) -> Outcome:
-    """What stands in for an outcome the database refused (``error``): the job ends dead
-    (retrying would fail the same way), its error saying why and holding the refused text
-    as ASCII, which every backend stores."""
-    kept = outcome.error if outcome.error is not None else outcome.result
-    text = (
-        f"trioforge could not store how this attempt ended ({type(outcome.event).__name__}), "
-        f"so the job ended dead instead: {error}"
-    )
-    if kept is not None:
-        text += f"\nThe refused text, escaped: {ascii(kept)[:MAX_ERROR_CHARS]}"
-    return Outcome(outcome.job_id, outcome.lease, DiscardedEvent(), error=text)
 
 
 def _next_look(result: ClaimResult) -> float | None:
@@ -256,28 +82,6 @@ class _Retire:
 
 
 _Message = _Wake | _SlotFreed | _Resized
-
-
-class HeldQueues:
-    """The queues of this process whose last claim a concurrency limit held back. Any
-    queue recording outcomes wakes them all (a job ending here, in whatever queue, may free
-    a limit's slot); ``writes`` counts those records, so a claim that raced one can tell."""
-
-    def __init__(self) -> None:
-        self.writes = 0
-        self._held: dict[str, Callable[[], None]] = {}
-
-    def set(self, queue: str, wake: Callable[[], None] | None) -> None:
-        """``queue`` is held (``wake`` wakes it) or, with None, no longer."""
-        if wake is None:
-            self._held.pop(queue, None)
-        else:
-            self._held[queue] = wake
-
-    def written(self) -> None:
-        self.writes += 1
-        for wake in list(self._held.values()):
-            wake()
 
 
 class QueueSupervisor:
@@ -313,9 +117,6 @@ class QueueSupervisor:
         self._inbox_send, self._inbox = trio.open_memory_channel[_Message](math.inf)
         # Unbounded, but never holds more jobs than free slots: the fetcher counts them.
         self._jobs_send, self._jobs = trio.open_memory_channel[ClaimedJob | _Retire](math.inf)
-        self._outcomes_send, self._outcomes = trio.open_memory_channel[tuple[ClaimedJob, Outcome]](
-            math.inf
-        )
         self._fetch_scope = trio.CancelScope()
         self._stopping = False  # after stop_now(): release jobs instead of starting them
         self._restarts: list[float] = []
@@ -323,6 +124,8 @@ class QueueSupervisor:
         # Whether a concurrency limit held a due job back at the last claim: claim again
         # once outcomes are written here (that may have freed the slot).
         self._held = held if held is not None else HeldQueues()
+        self._writer = OutcomeWriter(storage, running, finished, clock, self._held, self.wake)
+        self._report = self._writer.report
         self._size = config.concurrency
         self._busy = 0  # workers holding a job (pool utilisation: busy / size)
         self._workers_started = 0
@@ -375,7 +178,7 @@ class QueueSupervisor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         name = self.config.name
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_outcomes, name=f"{name}-outcomes")
+            nursery.start_soon(self._writer.run, name=f"{name}-outcomes")
             try:
                 async with trio.open_nursery() as pool:
                     for _ in range(self.config.concurrency):
@@ -386,7 +189,7 @@ class QueueSupervisor:
             finally:
                 self._pool = None
                 self._release_unstarted()
-                self._outcomes_send.close()  # the writer drains what is left, then returns
+                self._writer.close()  # the writer drains what is left, then returns
 
     def _release_unstarted(self) -> None:
         """Hand back jobs claimed but never taken by a worker: a claim is shielded, so one
@@ -553,9 +356,6 @@ class QueueSupervisor:
                 # claim made meanwhile counts the attempt out of its concurrency limit).
                 self._inbox_send.send_nowait(_SlotFreed())
 
-    def _report(self, job: ClaimedJob, outcome: Outcome) -> None:
-        self._outcomes_send.send_nowait((job, outcome))
-
     async def _attempt(self, job: ClaimedJob) -> None:
         retry, timeout = self._table.policy(job)
         attempt = self._table.attempt(job)
@@ -649,101 +449,3 @@ class QueueSupervisor:
             await attempt.end(outcome, error)
         if scope.cancelled_caught:
             log.warning("job %d: after hooks stopped after %.0fs", job.id, AFTER_HOOKS_SECONDS)
-
-    async def _write_outcomes(self) -> None:
-        """The outcome writer: everything waiting goes out as one fenced ``Finish``.
-
-        A failed write (the database restarting, SQLite busy) is retried with backoff, with
-        whatever arrived meanwhile, for as long as each job's lease holds: the heartbeat
-        keeps renewing those leases, and a fenced outcome is safe to write twice. Only an
-        outcome whose lease expired is given up (its job will be rescued and run again).
-        An outcome the database refuses for its own data is not retried: it fails alone and
-        is recorded dead instead (:func:`record_outcomes`).
-
-        Shielded: it ends when the channel closes (every worker is gone), so an outcome
-        reported before a cancellation is still written.
-        """
-        with trio.CancelScope(shield=True):
-            async for first in self._outcomes:
-                pending, wait = [first], RETRY_FIRST
-                while True:
-                    pending.extend(self._reported_meanwhile())
-                    pending = await self._write(pending)
-                    if pending and self._storage.broken.is_set():
-                        self._abandon(pending)  # the runtime is stopping with the error
-                        pending = []
-                    if not pending:
-                        break
-                    await trio.sleep(wait)
-                    wait = min(wait * 2, RETRY_MAX)
-
-    def _abandon(self, batch: list[tuple[ClaimedJob, Outcome]]) -> None:
-        """Give up outcomes that storage cannot take (it is corrupt, read-only...): waiting
-        out their leases would only hold up the worker's stop."""
-        for job, _ in batch:
-            self._running.release(job.id, job.lease)
-        log.error(
-            "%d outcome(s) not recorded, storage cannot be used: %s; their jobs will be "
-            "rescued and run again once it is repaired", len(batch), self._storage.broken_by,
-        )  # fmt: skip
-
-    def _reported_meanwhile(self) -> list[tuple[ClaimedJob, Outcome]]:
-        batch = []
-        while True:
-            try:
-                batch.append(self._outcomes.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return batch
-
-    async def _write(
-        self, batch: list[tuple[ClaimedJob, Outcome]]
-    ) -> list[tuple[ClaimedJob, Outcome]]:
-        """Write ``batch``; return the outcomes to try again (their leases still hold)."""
-        recorded = await record_outcomes(self._storage, [o for _, o in batch])
-        retry, error, landed = [], None, False
-        for (job, _), (outcome, result) in zip(batch, recorded, strict=True):
-            if not isinstance(result, bool):  # the database is away (or timed out)
-                retry.append((job, outcome))
-                if error is None:
-                    error = "timed out" if result is None else str(result) or repr(result)
-                continue
-            landed = True
-            self._running.release(job.id, job.lease)
-            if not result:
-                log.warning(
-                    "job %d: outcome of attempt %d not recorded: its lease was lost (or an "
-                    "earlier try recorded it)", job.id, job.attempt
-                )  # fmt: skip
-                continue
-            event = outcome.event
-            if isinstance(event, Failed) and event.retry_at is not None:
-                self.wake(event.retry_at)  # the retry may be due before the next poll
-            elif isinstance(event, SuspendedEvent):
-                self.wake(event.run_at)  # a short sleep, or woken while it ran
-            target = next_state(JobState.RUNNING, event)
-            if target is not None and target.is_terminal:
-                self._finished.notify(job.id)
-        if landed:
-            self._held.written()  # a running job ended: a held-back one may start now
-        return self._retryable(retry, error) if retry else []
-
-    def _retryable(
-        self, batch: list[tuple[ClaimedJob, Outcome]], error: str | None
-    ) -> list[tuple[ClaimedJob, Outcome]]:
-        now, keep = self._clock.now(), []
-        for job, outcome in batch:
-            expiry = self._running.expiry(job.id, job.lease)
-            if expiry is not None and expiry > now:
-                keep.append((job, outcome))
-                continue
-            self._running.release(job.id, job.lease)
-            log.error(
-                "job %d: could not record the outcome of attempt %d before its lease expired"
-                " (%s); it will be rescued and run again", job.id, job.attempt, error,
-            )  # fmt: skip
-        if keep:
-            log.warning(
-                "could not record %d outcome(s) (%s); retrying while their leases hold",
-                len(keep), error,
-            )  # fmt: skip
-        return keep

@@ -1,13 +1,13 @@
-"""``open_runtime`` and ``open_client``: wiring the actors together under one nursery."""
+"""``open_runtime`` and ``open_client``: the composition root, wiring the actors together
+under one nursery (the registry as the workers see it is :mod:`trioforge._registry_jobs`)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager, nullcontext
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -16,9 +16,8 @@ import attrs
 import trio
 
 from trioforge._client import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, Client
-from trioforge._codec import decode_payload, encode_result
 from trioforge._config import resolve_database
-from trioforge._context import CronContext, JobContext
+from trioforge._context import JobContext
 from trioforge._core.clock import Clock, WallClock
 from trioforge._core.durations import Duration, optional_seconds, seconds
 from trioforge._core.errors import (
@@ -27,9 +26,6 @@ from trioforge._core.errors import (
     InvalidStateError,
     unwrapped,
 )
-from trioforge._core.flow import JobLimits
-from trioforge._core.outcomes import AttemptOutcome
-from trioforge._core.retry import Retry, failure_outcome
 from trioforge._core.text import check_storable
 from trioforge._lifespan import NO_STATE
 from trioforge._policy import (
@@ -40,11 +36,10 @@ from trioforge._policy import (
     queue_policies,
     queue_sizes,
 )
-from trioforge._registry import AttemptEnd, CronTick, JobDefinition, Registry, check_capabilities
+from trioforge._registry import Registry, check_capabilities
+from trioforge._registry_jobs import RegistryJobs
 from trioforge._unserved import warn_unregistered
-from trioforge._workflow import WorkflowAttempt, WorkflowContext
 from trioforge.actors import (
-    Ended,
     Finished,
     LiveFeed,
     QueueConfig,
@@ -61,7 +56,7 @@ from trioforge.actors import (
     storage_actor,
 )
 from trioforge.actors.cron import CronJob, cron_scheduler
-from trioforge.actors.queue import HeldQueues
+from trioforge.actors.outcome_writer import HeldQueues
 from trioforge.actors.storage_actor import log_failure
 from trioforge.actors.sweeper import SweepPlan, sweeper
 from trioforge.storage import (
@@ -71,14 +66,12 @@ from trioforge.storage import (
     ProcessDetails,
     SlotsFreedNotice,
     WakeNotice,
-    WorkflowRecord,
     backend_for_url,
     opened,
     ops,
 )
 
 if TYPE_CHECKING:
-    from trioforge.actors.queue import Attempt
     from trioforge.metrics import Metrics
     from trioforge.otel import Tracing
 
@@ -112,172 +105,6 @@ class RuntimeStatistics:
     running_jobs: int
     #: Per queue, the workers holding a job (``busy / queues[q]`` is its utilisation).
     busy: Mapping[str, int] = attrs.field(factory=dict)
-
-
-class _RegistryJobs:
-    """Adapts a Registry to what workers need (the actors' ``JobTable``)."""
-
-    def __init__(
-        self,
-        registry: Registry,
-        make_context: Any,
-        policies: Mapping[str, Queue],
-        metrics: Metrics | None,
-        clock: Clock,
-        *,
-        storage: StorageHandle,
-        wake: Callable[[str, float], None],
-        tracing: Tracing | None = None,
-    ) -> None:
-        self._registry = registry
-        self._tracing = tracing
-        self._make_context = make_context
-        self._policies = policies
-        self._metrics = metrics
-        self._clock = clock
-        self._storage = storage
-        self._wake = wake
-
-    def names(self) -> frozenset[str]:
-        return self._registry.names()
-
-    def limits(self) -> dict[str, JobLimits]:
-        return {d.name: d.limits for d in self._registry if d.limits is not None}
-
-    def policy(self, job: ClaimedJob) -> tuple[Retry, float | None]:
-        definition = self._registry.get(job.name)
-        policy = self._policies.get(job.queue)
-        if definition.workflow is not None:  # a run's deadline is its own (see _workflow)
-            return definition.retry, None
-        timeout = job.timeout if job.timeout is not None else definition.timeout_in(policy)
-        return definition.retry_in(policy), timeout
-
-    def attempt(self, job: ClaimedJob) -> Attempt:
-        attempt = self._untraced(job)
-        if self._tracing is None:
-            return attempt
-        return self._tracing.attempt(job, attempt)
-
-    def _untraced(self, job: ClaimedJob) -> _Attempt | WorkflowAttempt:
-        definition = self._registry.get(job.name)
-        if definition.workflow is not None:  # a run: not measured as a job's attempt
-            return WorkflowAttempt(
-                definition,
-                job,
-                partial(self._workflow_context, definition),
-                storage=self._storage,
-                clock=self._clock,
-            )
-        if self._metrics is None:
-            return _Attempt(self._registry, self._make_context, job)
-        retry, _ = self.policy(job)
-        return _MeasuredAttempt(
-            self._registry, self._make_context, job, self._metrics, self._clock, retry
-        )
-
-    def _workflow_context(
-        self, definition: JobDefinition[Any, Any], job: ClaimedJob, record: WorkflowRecord
-    ) -> WorkflowContext:
-        assert definition.workflow is not None
-        context: WorkflowContext = self._make_context(
-            job,
-            WorkflowContext,
-            record=record,
-            version=definition.workflow.version,
-            wake=self._wake,
-            codec=definition.codec,
-        )
-        return context
-
-
-class _Attempt:
-    """One attempt: before hooks and the handler, then (told how it ended) after hooks."""
-
-    def __init__(self, registry: Registry, make_context: Any, job: ClaimedJob) -> None:
-        self._registry = registry
-        self._make_context = make_context
-        self._job = job
-        self._started: tuple[JobContext, Any] | None = None  # context and payload
-
-    def cancelled(self) -> Ended | None:
-        return None
-
-    async def run(self) -> str | None:
-        job = self._job
-        definition = self._registry.get(job.name)
-        payload: Any = None
-        args: tuple[Any, ...] = ()
-        if definition.cron is not None:
-            tick: CronTick = decode_payload(definition.codec, job.name, CronTick, job.payload)
-            zone = definition.cron.schedule.zone
-            at = dt.datetime.fromtimestamp(tick.scheduled_at, zone)
-            ctx: JobContext = self._make_context(job, CronContext, scheduled_at=at)
-        else:
-            ctx = self._make_context(job, JobContext)
-            if definition.takes_payload:
-                payload = decode_payload(
-                    definition.codec, job.name, definition.payload_type, job.payload
-                )
-                args = (payload,)
-        self._started = (ctx, payload)
-        for hook in self._registry.before_hooks:
-            await hook(ctx)
-        value = await definition.handler(ctx, *args)
-        return encode_result(definition.codec, f"job {job.name!r}", definition.result_type, value)
-
-    @property
-    def watched(self) -> bool:
-        return bool(self._registry.after_hooks)
-
-    async def end(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
-        if self._started is None:  # its payload could not even be decoded
-            return
-        ctx, payload = self._started
-        end = AttemptEnd(ctx, payload, outcome, error)
-        for hook in self._registry.after_hooks:
-            try:
-                await hook(end)
-            except Exception:
-                ctx.log.exception("an after_perform hook failed")
-
-
-class _MeasuredAttempt(_Attempt):
-    """An attempt that also tells the process's metrics when it starts and how it ended."""
-
-    def __init__(
-        self,
-        registry: Registry,
-        make_context: Any,
-        job: ClaimedJob,
-        metrics: Metrics,
-        clock: Clock,
-        retry: Retry,
-    ) -> None:
-        super().__init__(registry, make_context, job)
-        self._metrics, self._clock = metrics, clock
-        self._retry = attrs.evolve(retry, max_attempts=job.max_attempts)
-        self._began: float | None = None
-
-    async def run(self) -> str | None:
-        job = self._job
-        self._began = trio.current_time()
-        self._metrics.started(job.queue, job.name, self._clock.now() - job.run_at)
-        return await super().run()
-
-    @property
-    def watched(self) -> bool:
-        return True
-
-    async def end(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
-        if self._began is not None:  # it started (not cancelled between claim and start)
-            job = self._job
-            will_retry = error is not None and (
-                failure_outcome(self._retry, job.attempt, error, 0.0).retry_at is not None
-            )
-            seconds = trio.current_time() - self._began
-            self._metrics.ended(job.queue, job.name, outcome, will_retry=will_retry,
-                                seconds=seconds)  # fmt: skip
-        await super().end(outcome, error)
 
 
 class Runtime(Client):
@@ -518,9 +345,9 @@ class _Parts:
             owner=settings.owner,
             supervisors=self.supervisors,
         )
-        self.jobs = _RegistryJobs(
+        self.jobs = RegistryJobs(
             registry, self._context, settings.policies, metrics, settings.clock,
-            storage=storage, wake=self.wake, tracing=tracing,
+            storage=storage, running=self.running, wake=self.wake, tracing=tracing,
         )  # fmt: skip
         self.cron_jobs = [
             CronJob(
@@ -619,8 +446,9 @@ async def _stop_when_broken(storage: StorageHandle) -> None:
 async def _start_services(services: trio.Nursery, parts: _Parts) -> None:
     """The process-wide actors, in order: a watch on storage's health, heartbeat (registered
     before anything claims; then a warning for each job name waiting in its queues that it
-    does not run), reaper, cron scheduler, listener. A client-only runtime (no queues) runs
-    none."""
+    does not run), reaper, sweeper (if any queue keeps finished jobs for a limited time),
+    cron scheduler (if the registry has schedules), listener (if the backend sends
+    notices). A client-only runtime (no queues) runs none."""
     s, storage, clock = parts.settings, parts.storage, parts.settings.clock
     if not s.queues:
         return

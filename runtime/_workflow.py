@@ -13,7 +13,7 @@ at the run's record for it:
   lease decides, as for any outcome, whose record counts.
 
 A call that must wait (a sleep not yet over, a signal not yet sent, children not yet done,
-a failed step's next attempt) raises ``_Suspend`` out of the handler: the attempt ends as a
+a failed step's next attempt) raises ``Suspend`` out of the handler: the attempt ends as a
 ``Suspended`` outcome, the row waits as ``scheduled`` until the wake time and no worker slot
 is held. Signals and children ending make the row due at once.
 
@@ -22,73 +22,39 @@ cancelled, the ``compensate`` functions of its completed steps run, newest first
 durable, retried step; a ``compensating`` entry marks where going forward stopped. A resumed
 run past that entry replays its handler only to learn the compensations (the code up to
 the entry is deterministic), then carries on undoing.
+
+Three modules: this one is the user's side (:class:`WorkflowContext`, its durable calls);
+:mod:`trioforge._workflow_replay` holds the run's record as an attempt replays it (sequence
+numbers, the determinism check, fenced writes, a step run and recorded); and
+:mod:`trioforge._workflow_driver` is the actor-facing side (:class:`WorkflowAttempt`: load
+the record, replay, suspend or undo).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
-import logging
-import math
-import typing
-from collections.abc import Awaitable, Callable, Coroutine
-from contextlib import nullcontext
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, overload
 
 import attrs
-import trio
 
-from trioforge._codec import DEFAULT_CODEC, NO_PAYLOAD, Codec, decode_payload, encode_result
-from trioforge._context import JobContext, job_fields
+from trioforge._context import JobContext
 from trioforge._core.durations import optional_seconds
-from trioforge._core.errors import (
-    ChildFailed,
-    DatabaseUnavailableError,
-    InvalidArgumentError,
-    InvalidStateError,
-    JobTimeoutError,
-    NonDeterminismError,
-    PayloadError,
-    StepFailed,
-    WorkflowTimeoutError,
-)
-from trioforge._core.retry import Retry, discard_reason, failure_outcome
-from trioforge._core.states import (
-    Cancelled,
-    Compensated,
-    Discarded,
-    Failed,
-    JobState,
-    Released,
-    Suspended,
-)
+from trioforge._core.errors import ChildFailed, InvalidArgumentError, InvalidStateError
+from trioforge._core.retry import Retry
+from trioforge._core.states import JobState
 from trioforge._core.text import check_storable
 from trioforge._lifespan import StateT
-from trioforge.actors import Ended, StorageHandle, events
-from trioforge.actors.queue import format_error
-from trioforge.storage import (
-    NEVER,
-    ClaimedJob,
-    NewJob,
-    StepKind,
-    StepRecord,
-    StepStatus,
-    StepWrite,
-    WorkflowRecord,
-    ops,
-)
-from trioforge.storage._records import OutcomeEvent
+from trioforge._workflow_replay import Compensation, Replay, StopReplay, Suspend, return_type
+from trioforge.storage import NEVER, ClaimedJob, StepKind, StepRecord, StepStatus
 
 if TYPE_CHECKING:
     import datetime as dt
 
     from trioforge._client import JobRef
-    from trioforge._core.clock import Clock
     from trioforge._registry import JobDefinition
 
-__all__ = ["ChildHandle", "WorkflowAttempt", "WorkflowContext", "DEFAULT_STEP_RETRY"]
-
-log = logging.getLogger("trioforge.workflow")
+__all__ = ["DEFAULT_STEP_RETRY", "ChildHandle", "WorkflowContext"]
 
 _T = TypeVar("_T")
 _P = TypeVar("_P")
@@ -98,47 +64,6 @@ _Args = TypeVarTuple("_Args")
 
 #: A step's retry policy unless it names one.
 DEFAULT_STEP_RETRY = Retry(max_attempts=3)
-#: Pauses between tries of a record write while the database is away.
-_WRITE_RETRY_FIRST, _WRITE_RETRY_MAX = 0.05, 0.5
-
-
-class _Suspend(BaseException):
-    """Unwinds the handler so the run waits until ``run_at``. A BaseException: an
-    application's ``except Exception`` must not swallow it."""
-
-    def __init__(self, run_at: float, why: str) -> None:
-        super().__init__(run_at)
-        self.run_at = run_at
-        #: What the run waits for (its log line says it).
-        self.why = why
-
-
-class _StopReplay(BaseException):
-    """Ends a replay that only collects compensations, at the first unfinished entry."""
-
-
-class _LeaseLost(BaseException):
-    """The run's lease went to another worker: this attempt must stop writing."""
-
-
-def _suspension(exc: BaseException) -> _Suspend | None:
-    """The earliest suspension ``exc`` (or a group of them, from the application's nursery)
-    carries."""
-    if isinstance(exc, _Suspend):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        found, _ = exc.split(_Suspend)
-        if found is not None:
-            inner = [s for s in map(_suspension, found.exceptions) if s is not None]
-            return min(inner, key=lambda s: s.run_at, default=None)
-    return None
-
-
-def _holds(exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
-    """Whether ``exc`` is, or (a group) holds anywhere, an exception of ``kind``."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.split(kind)[0] is not None
-    return isinstance(exc, kind)
 
 
 @attrs.frozen
@@ -150,29 +75,6 @@ class ChildHandle(Generic[_R_co]):
     name: str
     #: What its result decodes to: the child handler's return annotation (Any: none).
     result_type: Any = Any
-
-
-@attrs.frozen
-class _Compensation:
-    """A completed step's undo, learnt from the handler (functions are never stored)."""
-
-    name: str
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    retry: Retry
-    timeout: float | None
-
-
-def _return_type(fn: Callable[..., Any]) -> Any:
-    """What a step's results are encoded and decoded by: ``fn``'s return annotation
-    (what it awaits to, for ``-> Awaitable[T]``), Any when it has none."""
-    try:
-        hint = typing.get_type_hints(fn).get("return", Any)
-    except (NameError, TypeError):  # unresolvable, or not a plain function (a partial)
-        return Any
-    if typing.get_origin(hint) in (Awaitable, Coroutine):
-        return typing.get_args(hint)[-1] if typing.get_args(hint) else Any
-    return hint
 
 
 def _seconds(value: float | dt.timedelta | None, what: str) -> float | None:
@@ -191,31 +93,18 @@ class WorkflowContext(JobContext[StateT]):
         self,
         job: ClaimedJob,
         *,
-        record: WorkflowRecord,
-        version: int,
+        replay: Replay,
         wake: Callable[[str, float], None],
-        codec: Codec = DEFAULT_CODEC,
         **services: Any,
     ) -> None:
         super().__init__(job, **services)
+        self._replay = replay
         self._wake = wake
-        #: The registry's codec: step results, signal payloads and child results.
-        self._codec = codec
+        self._codec = replay.codec
         #: The version of the workflow this run started on (and resumes on).
-        self.version = version
-        self._entries = {e.seq: e for e in record.steps}
-        self._signals = list(record.signals)
-        self._children = {c.id: c for c in record.children}
-        self._seq = 0
-        self._stop_at: int | None = None  # while collecting: where the forward run stopped
-        self._collecting = False
-        self._compensations: list[_Compensation] = []
+        self.version = replay.version
         self._step_names: set[str] = set()
-        self._step_key: str | None = None
-        self._step_attempt: int | None = None
-        self.log = logging.LoggerAdapter(
-            logging.getLogger("trioforge.job"), job_fields(job) | {"run_id": job.id}
-        )
+        self.log = replay.log
 
     @property
     def run_id(self) -> int:
@@ -226,125 +115,17 @@ class WorkflowContext(JobContext[StateT]):
     def step_key(self) -> str:
         """A key for the step running now, the same on every attempt of it: hand it to an
         outside service as an idempotency key so a re-run step is not applied twice."""
-        if self._step_key is None:
+        if self._replay.step_key is None:
             raise InvalidStateError("step_key is only defined while a step's function runs")
-        return self._step_key
+        return self._replay.step_key
 
     @property
     def step_attempt(self) -> int:
         """The attempt of the step running now: 1, then 2 for its first retry, ... (an
         attempt cut short by a crash, and so never recorded, keeps its number)."""
-        if self._step_attempt is None:
+        if self._replay.step_attempt is None:
             raise InvalidStateError("step_attempt is only defined while a step's function runs")
-        return self._step_attempt
-
-    # --- the record ------------------------------------------------------------------
-
-    def _next(self, kind: StepKind, name: str) -> tuple[int, StepRecord | None]:
-        seq = self._seq
-        if self._stop_at is not None and seq >= self._stop_at:
-            raise _StopReplay
-        self._seq += 1
-        entry = self._entries.get(seq)
-        if entry is not None and (entry.kind is not kind or entry.name != name):
-            raise NonDeterminismError(
-                f"workflow run {self.run_id}: durable call #{seq} is {kind} {name!r}, but the "
-                f"run's record has {entry.kind} {entry.name!r} there. The code changed under "
-                f"a running version: register changed code as a new version (version="
-                f"{self.version + 1}) and keep version {self.version} for its runs"
-            )
-        if self._collecting and (entry is None or entry.status is not StepStatus.COMPLETED):
-            raise _StopReplay
-        return seq, entry
-
-    def _free_seq(self) -> int:
-        return max(self._entries, default=-1) + 1
-
-    async def _write(
-        self,
-        entry: StepRecord,
-        *,
-        consume_signal: int | None = None,
-        child: NewJob | None = None,
-        clear_cancel: bool = False,
-    ) -> StepWrite:
-        """Record ``entry``, retrying while the database is away and the lease holds."""
-        op = ops.RecordStep(
-            self.run_id, self._job.lease, entry, consume_signal, child, clear_cancel
-        )
-        wait = _WRITE_RETRY_FIRST
-        while True:
-            try:
-                written: StepWrite = await self._storage.call(op)
-                break
-            except DatabaseUnavailableError as exc:
-                expiry = self._running.expiry(self.run_id, self._job.lease)
-                if expiry is None or expiry <= self._clock.now():
-                    raise _LeaseLost from exc
-                self.log.warning("step %r not recorded yet (%s); retrying", entry.name, exc)
-                await trio.sleep(wait)
-                wait = min(wait * 2, _WRITE_RETRY_MAX)
-        if not written.applied:
-            raise _LeaseLost
-        if written.child_id is not None:
-            entry = attrs.evolve(entry, result=json.dumps(written.child_id))
-        self._entries[entry.seq] = entry
-        return written
-
-    async def _run_step(
-        self,
-        seq: int,
-        kind: StepKind,
-        name: str,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        retry: Retry,
-        limit: float | None,
-        entry: StepRecord | None,
-        compensable: bool,
-    ) -> str:
-        """Run a step (or a compensation) durably; the JSON text of its result."""
-        if entry is not None and entry.status is StepStatus.FAILED:
-            if entry.wake_at is None:
-                raise StepFailed(name, entry.attempt, entry.error)
-            if self._clock.now() < entry.wake_at:
-                raise _Suspend(entry.wake_at, f"step {name!r} retry")
-        attempt = (entry.attempt if entry is not None else 0) + 1
-        started = self._clock.now()
-
-        def entry_of(status: StepStatus, **outcome: Any) -> StepRecord:
-            now = self._clock.now()
-            return StepRecord(seq, kind, name, status, attempt, compensable=compensable,
-                              started_at=started, finished_at=now, **outcome)  # fmt: skip
-
-        self._step_key = f"{self.run_id}:{seq}:{name}"
-        self._step_attempt = attempt
-        tracing = self._client._tracing
-        span = nullcontext() if tracing is None else tracing.step_span(self.name, name, attempt)
-        try:
-            with span, trio.fail_after(math.inf if limit is None else limit):
-                value = fn(*args)
-                if inspect.isawaitable(value):
-                    value = await value
-            what = f"{self.name} step {name!r}"
-            text = encode_result(self._codec, what, _return_type(fn), value) or "null"
-        except trio.TooSlowError:
-            error: BaseException = JobTimeoutError(f"step {name!r} ran past {limit}s")
-            retry_at = failure_outcome(retry, attempt, error, self._clock.now()).retry_at
-        except PayloadError as exc:  # a result that is not JSON: no retry would help
-            error, retry_at = exc, None
-        except Exception as exc:
-            error = exc
-            retry_at = failure_outcome(retry, attempt, error, self._clock.now()).retry_at
-        else:
-            await self._write(entry_of(StepStatus.COMPLETED, result=text))
-            return text
-        finally:
-            self._step_key = self._step_attempt = None
-        await self._write(entry_of(StepStatus.FAILED, error=format_error(error), wake_at=retry_at))
-        if retry_at is None:
-            raise StepFailed(name, attempt, str(error) or type(error).__name__) from error
-        raise _Suspend(retry_at, f"step {name!r} retry")
+        return self._replay.step_attempt
 
     # --- the durable calls -------------------------------------------------------------
 
@@ -404,32 +185,30 @@ class WorkflowContext(JobContext[StateT]):
         self._step_names.add(name)
         policy = retry or DEFAULT_STEP_RETRY
         seconds = _seconds(timeout, "a step's timeout")
-        seq, entry = self._next(StepKind.STEP, name)
-        undo = (
-            None if compensate is None else _Compensation(name, compensate, args, policy, seconds)
-        )
+        seq, entry = self._replay.next(StepKind.STEP, name)
+        undo = None if compensate is None else Compensation(name, compensate, args, policy, seconds)
         if entry is None or entry.status is not StepStatus.COMPLETED:
-            await self._run_step(
+            await self._replay.run_step(
                 seq, StepKind.STEP, name, fn, args, policy, seconds, entry, undo is not None
             )
-            entry = self._entries[seq]
+            entry = self._replay.entries[seq]
         if undo is not None:
-            self._compensations.append(undo)
+            self._replay.compensations.append(undo)
         what = f"result of {self.name} step {name!r}"
-        return self._codec.decode(_return_type(fn), entry.result or "null", what)
+        return self._codec.decode(return_type(fn), entry.result or "null", what)
 
     def is_step_completed(self, name: str) -> bool:
         """Whether the run's record holds a completed step ``name`` (for code written the
         explicit way: it does not take a sequence number)."""
         return any(
             e.kind is StepKind.STEP and e.name == name and e.status is StepStatus.COMPLETED
-            for e in self._entries.values()
+            for e in self._replay.entries.values()
         )
 
     def step_result(self, name: str) -> Any:
         """The recorded JSON result of completed step ``name``; InvalidArgumentError (a
         ValueError) if the run has no such completed step."""
-        for e in self._entries.values():
+        for e in self._replay.entries.values():
             if e.kind is StepKind.STEP and e.name == name and e.status is StepStatus.COMPLETED:
                 return json.loads(e.result or "null")
         raise InvalidArgumentError(f"run {self.run_id} has no completed step {name!r}")
@@ -448,7 +227,7 @@ class WorkflowContext(JobContext[StateT]):
         await self._sleep(when.timestamp())
 
     async def _sleep(self, wake_at: float) -> None:
-        seq, entry = self._next(StepKind.SLEEP, "sleep")
+        seq, entry = self._replay.next(StepKind.SLEEP, "sleep")
         if entry is not None and entry.status is StepStatus.COMPLETED:
             return
         now = self._clock.now()
@@ -456,11 +235,11 @@ class WorkflowContext(JobContext[StateT]):
             entry = StepRecord(seq, StepKind.SLEEP, "sleep", StepStatus.RUNNING, 1,
                                wake_at=wake_at, started_at=now)  # fmt: skip
             if wake_at > now:
-                await self._write(entry)
+                await self._replay.write(entry)
         assert entry.wake_at is not None
         if now < entry.wake_at:
-            raise _Suspend(entry.wake_at, "sleep")
-        await self._write(attrs.evolve(entry, status=StepStatus.COMPLETED, finished_at=now))
+            raise Suspend(entry.wake_at, "sleep")
+        await self._replay.write(attrs.evolve(entry, status=StepStatus.COMPLETED, finished_at=now))
 
     @overload
     async def wait_for_signal(
@@ -492,15 +271,15 @@ class WorkflowContext(JobContext[StateT]):
         no worker slot while it waits."""
         check_storable(name, "signal name", InvalidArgumentError)
         seconds = _seconds(timeout, "a signal wait's timeout")
-        seq, entry = self._next(StepKind.SIGNAL, name)
+        seq, entry = self._replay.next(StepKind.SIGNAL, name)
         what = f"signal {name!r} of {self.name}"
         if entry is not None and entry.status is StepStatus.COMPLETED:
             return None if entry.result is None else self._codec.decode(type, entry.result, what)
         now = self._clock.now()
-        signal = next((s for s in self._signals if s.name == name), None)
+        signal = next((s for s in self._replay.signals if s.name == name), None)
         if signal is not None:
-            self._signals.remove(signal)
-            await self._write(
+            self._replay.signals.remove(signal)
+            await self._replay.write(
                 StepRecord(seq, StepKind.SIGNAL, name, StepStatus.COMPLETED, 1, signal.payload,
                            started_at=entry.started_at if entry else now, finished_at=now),
                 consume_signal=signal.id,
@@ -510,11 +289,13 @@ class WorkflowContext(JobContext[StateT]):
             deadline = None if seconds is None else now + seconds
             entry = StepRecord(seq, StepKind.SIGNAL, name, StepStatus.RUNNING, 1,
                                wake_at=deadline, started_at=now)  # fmt: skip
-            await self._write(entry)
+            await self._replay.write(entry)
         if entry.wake_at is not None and now >= entry.wake_at:
-            await self._write(attrs.evolve(entry, status=StepStatus.COMPLETED, finished_at=now))
+            await self._replay.write(
+                attrs.evolve(entry, status=StepStatus.COMPLETED, finished_at=now)
+            )
             return None
-        raise _Suspend(NEVER if entry.wake_at is None else entry.wake_at, f"signal {name!r}")
+        raise Suspend(NEVER if entry.wake_at is None else entry.wake_at, f"signal {name!r}")
 
     @overload
     async def start_child(
@@ -536,7 +317,7 @@ class WorkflowContext(JobContext[StateT]):
         ...); the payload is typed as ``enqueue``'s. Cancelling the run cancels its
         unfinished children."""
         definition = self._client._definition(job)
-        seq, entry = self._next(StepKind.CHILD, definition.name)
+        seq, entry = self._replay.next(StepKind.CHILD, definition.name)
         result_type = definition.result_type
         if entry is not None:
             assert entry.result is not None
@@ -544,7 +325,7 @@ class WorkflowContext(JobContext[StateT]):
         [new] = self._client._new_jobs(definition, [payload], **_enqueue_options(options))
         new = attrs.evolve(new, parent_id=self.run_id)
         now = self._clock.now()
-        written = await self._write(
+        written = await self._replay.write(
             StepRecord(seq, StepKind.CHILD, definition.name, StepStatus.COMPLETED, 1,
                        started_at=now, finished_at=now),
             child=new,
@@ -559,16 +340,16 @@ class WorkflowContext(JobContext[StateT]):
         A child that ended dead, cancelled or compensated raises
         :class:`~trioforge.ChildFailed` (the first in order). The run holds no worker slot
         while it waits; a child's end wakes it."""
-        records = [self._children.get(c.job_id) for c in children]
+        records = [self._replay.children.get(c.job_id) for c in children]
         unfinished = [c for c, r in zip(children, records, strict=True) if r is None or
                       not r.status.is_terminal]  # fmt: skip
         if unfinished:
-            if self._collecting:
-                raise _StopReplay
+            if self._replay.collecting:
+                raise StopReplay
             finished = self._client._finished
             for child in unfinished:
                 finished.on_finish(child.job_id, self._wake_me)
-            raise _Suspend(NEVER, f"{len(unfinished)} child job(s)")
+            raise Suspend(NEVER, f"{len(unfinished)} child job(s)")
         results = []
         for child, record in zip(children, records, strict=True):
             assert record is not None
@@ -600,202 +381,3 @@ def _enqueue_options(options: dict[str, Any]) -> dict[str, Any]:
     out["idempotency_keys"] = [options.get("idempotency_key")]
     out.update((k, v) for k, v in options.items() if k not in out and k != "idempotency_key")
     return out
-
-
-class WorkflowAttempt:
-    """One attempt of a workflow run: load the record, replay, go on, suspend or undo."""
-
-    def __init__(
-        self,
-        definition: JobDefinition[Any, Any],
-        job: ClaimedJob,
-        make_context: Callable[[ClaimedJob, WorkflowRecord], WorkflowContext],
-        *,
-        storage: StorageHandle,
-        clock: Clock,
-    ) -> None:
-        assert definition.workflow is not None
-        self._definition = definition
-        self._spec = definition.workflow
-        self._job = job
-        self._make_context = make_context
-        self._storage = storage
-        self._now = clock.now
-        self._deadline = clock.deadline
-        self._ctx: WorkflowContext | None = None
-
-    @property
-    def watched(self) -> bool:
-        return False
-
-    async def end(self, outcome: object, error: BaseException | None) -> None:
-        del outcome, error
-
-    def cancelled(self) -> Ended | None:
-        """Cancelled while it ran (or before it started): unless it surely has nothing to
-        undo, come back at once to undo it. The cancel request stays on the row until the
-        undoing starts, so the next attempt knows."""
-        ctx = self._ctx
-        if ctx is None or _marker(ctx) is not None or _undoable(ctx):
-            return Ended(Suspended(self._now()))
-        return None
-
-    async def run(self) -> str | Ended | None:
-        job = self._job
-        op = ops.LoadWorkflow(job.id, job.lease)
-        try:
-            record: WorkflowRecord | None = await self._storage.call(op)
-        except DatabaseUnavailableError as exc:
-            log.warning("run %d: record not loaded (%s); handed back", job.id, exc)
-            return Ended(Released())
-        if record is None:
-            return Ended(Released())  # the lease is gone: the write is fenced out anyway
-        ctx = self._make_context(job, record)
-        self._ctx = ctx
-        if record.steps:
-            events.log_event(events.resumed(job, len(record.steps)))
-        try:
-            return await self._go(ctx, record)
-        except BaseException as exc:
-            if _holds(exc, _LeaseLost):
-                return Ended(Released())
-            suspend = _suspension(exc)
-            if suspend is None:
-                raise
-            run_at = self._capped(ctx, record.created_at, suspend.run_at)
-            return Ended(Suspended(run_at), why=suspend.why)
-
-    def _capped(self, ctx: WorkflowContext, created_at: float, run_at: float) -> float:
-        """A suspended run wakes by its deadline at the latest (to be undone then), unless
-        it is being undone already."""
-        timeout = self._spec.timeout
-        if timeout is None or _marker(ctx) is not None:
-            return run_at
-        return min(run_at, created_at + timeout)
-
-    async def _go(self, ctx: WorkflowContext, record: WorkflowRecord) -> str | Ended | None:
-        marker = _marker(ctx)
-        if marker is not None:
-            if record.cancel_requested:  # asked again while undoing: it is being done
-                await ctx._write(marker, clear_cancel=True)
-            return await self._compensate(ctx, marker, None)
-        if record.cancel_requested:
-            await self._collect(ctx, stop_at=None)
-            return await self._undo(ctx, "cancelled", "cancelled by request", None)
-        payload = self._payload()
-        timeout = self._spec.timeout
-        ends_at = math.inf if timeout is None else record.created_at + timeout
-        late = WorkflowTimeoutError(
-            f"workflow run {ctx.run_id} went past its timeout of {timeout}s"
-        )
-        if ctx._clock.now() >= ends_at:  # woken at its deadline: undo it, go no further
-            await self._collect(ctx, stop_at=None)
-            return await self._undo(ctx, "dead", format_error(late), late)
-        try:
-            with trio.move_on_at(self._deadline(ends_at)) as scope:
-                value = await self._definition.handler(ctx, *payload)
-            if scope.cancelled_caught:
-                raise late
-            _check_replayed_all(ctx)
-        except Exception as exc:
-            if _holds(exc, NonDeterminismError):
-                return Ended(Failed(None), error=format_error(exc))
-            reason = discard_reason(exc)
-            if reason is not None:
-                return await self._undo(ctx, "discarded", reason, exc)
-            final = _holds(exc, (StepFailed, ChildFailed, WorkflowTimeoutError))
-            retry = self._definition.retry
-            if not final and failure_outcome(retry, self._job.attempt, exc, 0.0).retry_at is None:
-                final = True
-            if not final:
-                raise  # retried by the workflow's own policy, like any job
-            return await self._undo(ctx, "dead", format_error(exc), exc)
-        definition = self._definition
-        return encode_result(
-            definition.codec, f"job {definition.name!r}", definition.result_type, value
-        )
-
-    def _payload(self) -> tuple[Any, ...]:
-        definition = self._definition
-        if definition.payload_type is NO_PAYLOAD:
-            return ()
-        return (
-            decode_payload(
-                definition.codec, definition.name, definition.payload_type, self._job.payload
-            ),
-        )
-
-    async def _collect(self, ctx: WorkflowContext, stop_at: int | None) -> None:
-        """Replay the handler only to learn the compensations of its completed steps."""
-        ctx._collecting, ctx._stop_at = True, stop_at
-        try:
-            await self._definition.handler(ctx, *self._payload())
-        except BaseException as exc:
-            if not (isinstance(exc, Exception) or _holds(exc, _StopReplay)):
-                raise
-        finally:
-            ctx._collecting, ctx._stop_at = False, None
-
-    async def _undo(
-        self, ctx: WorkflowContext, outcome: str, reason: str, error: BaseException | None
-    ) -> Ended:
-        """The run ends ``outcome`` (dead, discarded, cancelled): undo its completed steps
-        first, if it has any to undo."""
-        if not ctx._compensations:
-            ends: dict[str, OutcomeEvent] = {"cancelled": Cancelled(), "discarded": Discarded()}
-            return Ended(ends.get(outcome, Failed(None)), error=reason)
-        seq = ctx._free_seq()
-        why = json.dumps({"outcome": outcome, "reason": reason})
-        marker = StepRecord(seq, StepKind.COMPENSATING, "compensating", StepStatus.COMPLETED, 1,
-                            why, None, None, False, ctx._clock.now(), ctx._clock.now())  # fmt: skip
-        await ctx._write(marker, clear_cancel=True)
-        if error is not None:
-            ctx.log.info("run %d is being undone: %s", ctx.run_id, reason.splitlines()[-1])
-        return await self._compensate(ctx, marker, list(ctx._compensations))
-
-    async def _compensate(
-        self, ctx: WorkflowContext, marker: StepRecord, undos: list[_Compensation] | None
-    ) -> Ended:
-        if undos is None:
-            await self._collect(ctx, stop_at=marker.seq)
-            undos = list(ctx._compensations)
-        reason = json.loads(marker.result or "{}").get("reason", "")
-        done = {e.name: e for e in ctx._entries.values() if e.kind is StepKind.COMPENSATION}
-        for undo in reversed(undos):
-            entry = done.get(undo.name)
-            if entry is not None and entry.status is StepStatus.COMPLETED:
-                continue
-            seq = entry.seq if entry is not None else ctx._free_seq()
-            try:
-                await ctx._run_step(seq, StepKind.COMPENSATION, undo.name, undo.fn, undo.args,
-                                    undo.retry, undo.timeout, entry, False)  # fmt: skip
-            except StepFailed as exc:
-                return Ended(
-                    Failed(None),
-                    error=f"compensation of step {undo.name!r} failed after {exc.attempts} "
-                    f"attempt(s): {exc.error}\nthe run was being undone because: {reason}",
-                )
-        return Ended(Compensated(), error=reason)
-
-
-def _check_replayed_all(ctx: WorkflowContext) -> None:
-    """A handler that returns must have made every call its record holds."""
-    leftover = [e for s, e in ctx._entries.items() if s >= ctx._seq]
-    if leftover:
-        raise NonDeterminismError(
-            f"workflow run {ctx.run_id} returned after {ctx._seq} durable calls, but its "
-            f"record holds {len(leftover)} more (first: {leftover[0].kind} "
-            f"{leftover[0].name!r}); register changed code as a new version"
-        )
-
-
-def _undoable(ctx: WorkflowContext) -> bool:
-    """Whether the run has a completed step with an undo, recorded or just run (the
-    replay may not have reached the recorded ones yet)."""
-    return bool(ctx._compensations) or any(
-        e.compensable and e.status is StepStatus.COMPLETED for e in ctx._entries.values()
-    )
-
-
-def _marker(ctx: WorkflowContext) -> StepRecord | None:
-    return next((e for e in ctx._entries.values() if e.kind is StepKind.COMPENSATING), None)

@@ -32,7 +32,7 @@ from typing import Literal
 from trioforge._core.errors import ConfigurationError
 from trioforge._core.extras import needs_extra
 from trioforge._core.outcomes import AttemptOutcome
-from trioforge.actors.queue import Attempt, Ended
+from trioforge.actors.attempts import Attempt, Ended
 from trioforge.storage import ClaimedJob, NewJob
 
 with needs_extra("otel", "Tracing (trioforge.otel)"):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import trioforge
 from tests.support.virtual import EPOCH, run_virtual
 from trioforge import DatabaseUnavailableError, JobContext, JobState, Registry, VirtualClock
-from trioforge.actors.queue import RETRY_MAX
+from trioforge.actors.outcome_writer import RETRY_MAX
 from trioforge.storage import ClaimResult, MemoryBackend, ops
 
 

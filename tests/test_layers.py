@@ -26,6 +26,8 @@ def layer(module: str) -> str:
             return folder
     if module in ("trioforge.web", "trioforge._cli", "trioforge.__main__"):
         return "top"
+    if module.startswith("trioforge._cli_"):  # the CLI's command groups (runtime/_cli_*.py)
+        return "top"
     if module.startswith("trioforge.web."):
         return "top"
     return "runtime"

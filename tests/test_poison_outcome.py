@@ -19,7 +19,7 @@ from tests.support.postgres import schema_url
 from tests.test_crash_rescue import read_until
 from trioforge import JobState, Registry
 from trioforge._core.states import Failed, Succeeded
-from trioforge.actors.queue import record_outcomes
+from trioforge.actors.outcome_writer import record_outcomes
 from trioforge.actors.storage_actor import open_storage_channel, storage_actor
 from trioforge.storage import Outcome, backend_for_url, opened, ops
 from trioforge.storage._records import NewJob

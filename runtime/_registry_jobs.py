@@ -1,0 +1,190 @@
+"""The registry adapter: a :class:`~trioforge.Registry` as the queue workers see it (the
+actors' ``JobTable``), and the attempts it makes of a claimed job (before hooks, decoding,
+the handler, after hooks, metrics and tracing; workflow runs go to their driver)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from trioforge._codec import decode_payload, encode_result
+from trioforge._context import CronContext, JobContext
+from trioforge._core.clock import Clock
+from trioforge._core.flow import JobLimits
+from trioforge._core.outcomes import AttemptOutcome
+from trioforge._core.retry import Retry, failure_outcome
+from trioforge._policy import Queue
+from trioforge._registry import AttemptEnd, CronTick, Registry
+from trioforge._workflow import WorkflowContext
+from trioforge._workflow_driver import WorkflowAttempt
+from trioforge._workflow_replay import Replay
+from trioforge.actors import Ended, RunningJobs, StorageHandle
+from trioforge.storage import ClaimedJob
+
+if TYPE_CHECKING:
+    from trioforge.actors.attempts import Attempt
+    from trioforge.metrics import Metrics
+    from trioforge.otel import Tracing
+
+__all__ = ["RegistryJobs"]
+
+
+class RegistryJobs:
+    """Adapts a Registry to what workers need (the actors' ``JobTable``)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        make_context: Any,
+        policies: Mapping[str, Queue],
+        metrics: Metrics | None,
+        clock: Clock,
+        *,
+        storage: StorageHandle,
+        running: RunningJobs,
+        wake: Callable[[str, float], None],
+        tracing: Tracing | None = None,
+    ) -> None:
+        self._registry = registry
+        self._tracing = tracing
+        self._make_context = make_context
+        self._policies = policies
+        self._metrics = metrics
+        self._clock = clock
+        self._storage = storage
+        self._running = running
+        self._wake = wake
+
+    def names(self) -> frozenset[str]:
+        return self._registry.names()
+
+    def limits(self) -> dict[str, JobLimits]:
+        return {d.name: d.limits for d in self._registry if d.limits is not None}
+
+    def policy(self, job: ClaimedJob) -> tuple[Retry, float | None]:
+        definition = self._registry.get(job.name)
+        policy = self._policies.get(job.queue)
+        if definition.workflow is not None:  # a run's deadline is its own (see _workflow)
+            return definition.retry, None
+        timeout = job.timeout if job.timeout is not None else definition.timeout_in(policy)
+        return definition.retry_in(policy), timeout
+
+    def attempt(self, job: ClaimedJob) -> Attempt:
+        attempt = self._untraced(job)
+        if self._tracing is None:
+            return attempt
+        return self._tracing.attempt(job, attempt)
+
+    def _untraced(self, job: ClaimedJob) -> _Attempt | WorkflowAttempt:
+        definition = self._registry.get(job.name)
+        if definition.workflow is not None:  # a run: not measured as a job's attempt
+            return WorkflowAttempt(
+                definition, job, self._workflow_context, storage=self._storage,
+                running=self._running, clock=self._clock, tracing=self._tracing,
+            )  # fmt: skip
+        if self._metrics is None:
+            return _Attempt(self._registry, self._make_context, job)
+        retry, _ = self.policy(job)
+        return _MeasuredAttempt(
+            self._registry, self._make_context, job, self._metrics, self._clock, retry
+        )
+
+    def _workflow_context(self, job: ClaimedJob, replay: Replay) -> WorkflowContext:
+        context: WorkflowContext = self._make_context(
+            job, WorkflowContext, replay=replay, wake=self._wake
+        )
+        return context
+
+
+class _Attempt:
+    """One attempt: before hooks and the handler, then (told how it ended) after hooks."""
+
+    def __init__(self, registry: Registry, make_context: Any, job: ClaimedJob) -> None:
+        self._registry = registry
+        self._make_context = make_context
+        self._job = job
+        self._started: tuple[JobContext, Any] | None = None  # context and payload
+
+    def cancelled(self) -> Ended | None:
+        return None
+
+    async def run(self) -> str | None:
+        job = self._job
+        definition = self._registry.get(job.name)
+        payload: Any = None
+        args: tuple[Any, ...] = ()
+        if definition.cron is not None:
+            tick: CronTick = decode_payload(definition.codec, job.name, CronTick, job.payload)
+            zone = definition.cron.schedule.zone
+            at = dt.datetime.fromtimestamp(tick.scheduled_at, zone)
+            ctx: JobContext = self._make_context(job, CronContext, scheduled_at=at)
+        else:
+            ctx = self._make_context(job, JobContext)
+            if definition.takes_payload:
+                payload = decode_payload(
+                    definition.codec, job.name, definition.payload_type, job.payload
+                )
+                args = (payload,)
+        self._started = (ctx, payload)
+        for hook in self._registry.before_hooks:
+            await hook(ctx)
+        value = await definition.handler(ctx, *args)
+        return encode_result(definition.codec, f"job {job.name!r}", definition.result_type, value)
+
+    @property
+    def watched(self) -> bool:
+        return bool(self._registry.after_hooks)
+
+    async def end(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
+        if self._started is None:  # its payload could not even be decoded
+            return
+        ctx, payload = self._started
+        end = AttemptEnd(ctx, payload, outcome, error)
+        for hook in self._registry.after_hooks:
+            try:
+                await hook(end)
+            except Exception:
+                ctx.log.exception("an after_perform hook failed")
+
+
+class _MeasuredAttempt(_Attempt):
+    """An attempt that also tells the process's metrics when it starts and how it ended."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        make_context: Any,
+        job: ClaimedJob,
+        metrics: Metrics,
+        clock: Clock,
+        retry: Retry,
+    ) -> None:
+        super().__init__(registry, make_context, job)
+        self._metrics, self._clock = metrics, clock
+        self._retry = attrs.evolve(retry, max_attempts=job.max_attempts)
+        self._began: float | None = None
+
+    async def run(self) -> str | None:
+        job = self._job
+        self._began = trio.current_time()
+        self._metrics.started(job.queue, job.name, self._clock.now() - job.run_at)
+        return await super().run()
+
+    @property
+    def watched(self) -> bool:
+        return True
+
+    async def end(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
+        if self._began is not None:  # it started (not cancelled between claim and start)
+            job = self._job
+            will_retry = error is not None and (
+                failure_outcome(self._retry, job.attempt, error, 0.0).retry_at is not None
+            )
+            seconds = trio.current_time() - self._began
+            self._metrics.ended(job.queue, job.name, outcome, will_retry=will_retry,
+                                seconds=seconds)  # fmt: skip
+        await super().end(outcome, error)

@@ -1,0 +1,106 @@
+"""Workflow semantics that match the jobs': a step's Discard, step retries under
+``run_until_idle``, hooks and metrics of workflow attempts, replay flags."""
+
+from __future__ import annotations
+
+import trio
+
+import trioforge
+from tests.support.fast import FAST
+from trioforge import JobState, Retry, StepKind, StepStatus, WorkflowContext
+from trioforge.storage import Backend
+from trioforge.testing import open_test_runtime
+
+
+def _discarding_saga(log: list[str]) -> trioforge.Registry:
+    """A saga whose second step discards itself on its first attempt."""
+    registry = trioforge.Registry()
+
+    def reserve(item: str) -> str:
+        log.append(f"reserve {item}")
+        return item
+
+    def release(item: str) -> None:
+        log.append(f"release {item}")
+
+    def charge(card: str) -> None:
+        log.append(f"charge {card}")
+        raise trioforge.Discard(f"card {card} declined")
+
+    @registry.workflow("order")
+    async def order(ctx: WorkflowContext) -> None:
+        await ctx.step("reserve", reserve, "book", compensate=release)
+        await ctx.step("charge", charge, "4242", retry=Retry(max_attempts=5, base_delay=10))
+        await ctx.step("ship", reserve, "never")
+
+    @registry.workflow("plain")
+    async def plain(ctx: WorkflowContext) -> None:
+        await ctx.step("charge", charge, "0000")
+
+    return registry
+
+
+async def test_a_step_that_discards_discards_the_run_at_once_and_undoes_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    log: list[str] = []
+    async with open_test_runtime(_discarding_saga(log)) as rt:
+        run_id = await rt.enqueue("order")
+        plain_id = await rt.enqueue("plain")
+        info = await rt.wait(run_id)
+        plain = await rt.wait(plain_id)
+        view = await rt.workflow(run_id)
+    assert (info.status, info.error, info.attempt) == (
+        JobState.COMPENSATED,
+        "card 4242 declined",
+        1,
+    )
+    assert log.count("charge 4242") == 1
+    assert "reserve never" not in log
+    assert log.index("release book") > log.index("charge 4242")
+    steps = {(s.kind, s.name): s for s in view.steps}
+    charge = steps[(StepKind.STEP, "charge")]
+    assert (charge.status, charge.attempts, charge.wake_at) == (StepStatus.FAILED, 1, None)
+    assert steps[(StepKind.STEP, "reserve")].status is StepStatus.COMPENSATED
+    # Nothing to undo: dead at once, with the reason.
+    assert (plain.status, plain.error, plain.attempt) == (JobState.DEAD, "card 0000 declined", 1)
+
+
+async def test_a_step_that_discards_discards_the_run_on_every_backend(
+    database: str | Backend,
+) -> None:
+    log: list[str] = []
+    registry = _discarding_saga(log)
+    async with trioforge.open_runtime(registry, database=database, **FAST) as rt:
+        with trio.fail_after(30):
+            info = await rt.wait(await rt.enqueue("order"))
+            plain = await rt.wait(await rt.enqueue("plain"))
+    assert (info.status, info.error) == (JobState.COMPENSATED, "card 4242 declined")
+    assert (plain.status, plain.error) == (JobState.DEAD, "card 0000 declined")
+    assert log.count("charge 4242") == 1
+    assert "release book" in log
+
+
+async def test_a_compensation_that_discards_fails_without_retries(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    registry = trioforge.Registry()
+    undos: list[str] = []
+
+    def refuse(item: str) -> None:
+        undos.append(item)
+        raise trioforge.Discard("cannot be undone")
+
+    def boom() -> None:
+        raise ConnectionError("down")
+
+    @registry.workflow("saga")
+    async def saga(ctx: WorkflowContext) -> None:
+        await ctx.step("a", str, "a", compensate=refuse)
+        await ctx.step("b", boom, retry=Retry(max_attempts=1))
+
+    async with open_test_runtime(registry) as rt:
+        info = await rt.wait(await rt.enqueue(saga))
+    assert info.status is JobState.DEAD
+    assert "cannot be undone" in (info.error or "")
+    assert undos == ["a"]

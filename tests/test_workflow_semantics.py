@@ -104,3 +104,44 @@ async def test_a_compensation_that_discards_fails_without_retries(
     assert info.status is JobState.DEAD
     assert "cannot be undone" in (info.error or "")
     assert undos == ["a"]
+
+
+async def test_run_until_idle_runs_through_step_retries_but_not_sleeps(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    registry = trioforge.Registry()
+    tries: list[str] = []
+
+    def flaky(label: str) -> str:
+        tries.append(label)
+        if tries.count(label) < 3:
+            raise ConnectionError("not yet")
+        return label
+
+    def undo(label: str) -> None:
+        tries.append(f"undo {label}")
+
+    @registry.workflow("retrying")
+    async def retrying(ctx: WorkflowContext) -> str:
+        return str(await ctx.step("flaky", flaky, "r", retry=Retry(base_delay=100)))
+
+    @registry.workflow("failing")
+    async def failing(ctx: WorkflowContext) -> None:
+        await ctx.step("kept", str, "k", compensate=undo)
+        await ctx.step("flaky", flaky, "f", retry=Retry(max_attempts=2, base_delay=50))
+
+    @registry.workflow("sleeper")
+    async def sleeper(ctx: WorkflowContext) -> None:
+        await ctx.step("before", str, "s")
+        await ctx.sleep(3600)
+
+    async with open_test_runtime(registry) as rt:
+        done = await rt.enqueue(retrying)
+        undone = await rt.enqueue(failing)
+        asleep = await rt.enqueue(sleeper)
+        await rt.run_until_idle()
+        states = [(await rt.get(run)).status for run in (done, undone, asleep)]
+    assert states == [JobState.COMPLETED, JobState.COMPENSATED, JobState.SCHEDULED]
+    assert tries.count("r") == 3
+    assert tries.count("f") == 2
+    assert "undo k" in tries

@@ -154,6 +154,11 @@ class WorkflowAttempt:
         if record.cancel_requested:
             await self._collect(ctx, replay, stop_at=None)
             return await self._undo(ctx, replay, "cancelled", "cancelled by request", None)
+        job = self._job
+        if job.attempt > job.max_attempts:  # lost on its last attempt: rescued to be undone
+            lost = f"attempt {job.max_attempts} lost: its worker stopped heartbeating"
+            await self._collect(ctx, replay, stop_at=None)
+            return await self._undo(ctx, replay, "dead", f"{lost}; no attempts left", None)
         payload = self._payload()
         timeout = self._spec.timeout
         ends_at = math.inf if timeout is None else record.created_at + timeout

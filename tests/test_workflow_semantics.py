@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import time
+
 import trio
 
 import trioforge
 from tests.support.fast import FAST
 from trioforge import JobState, Retry, StepKind, StepStatus, WorkflowContext
-from trioforge.storage import Backend
+from trioforge._core.retry import rescue_outcome
+from trioforge.storage import Backend, ClaimResult, StepRecord, StepWrite, ops
 from trioforge.testing import open_test_runtime
 
 
@@ -145,3 +148,46 @@ async def test_run_until_idle_runs_through_step_retries_but_not_sleeps(
     assert tries.count("r") == 3
     assert tries.count("f") == 2
     assert "undo k" in tries
+
+
+async def test_a_run_lost_on_its_last_attempt_is_undone_on_every_backend(
+    database: str | Backend,
+) -> None:
+    registry = trioforge.Registry()
+    undone: list[str] = []
+
+    def undo(item: str) -> None:
+        undone.append(item)
+
+    @registry.workflow("lost", retry=Retry(max_attempts=1))
+    async def lost(ctx: WorkflowContext) -> None:
+        await ctx.step("reserve", str, "book", compensate=undo)
+        await ctx.sleep(3600)
+
+    async with trioforge.open_client(database, registry=registry) as client:
+        run_id = (await client.enqueue(lost)).id
+        # A worker claims the run, records its first step, and vanishes (its lease runs out).
+        now = time.time()
+        claim = ops.Claim("default", {lost.name}, 1, "vanished", now + 0.2)
+        result: ClaimResult = await client._storage.call(claim)
+        [job] = result.jobs
+        step = StepRecord(0, StepKind.STEP, "reserve", StepStatus.COMPLETED, 1, '"book"',
+                          compensable=True, started_at=now, finished_at=now)  # fmt: skip
+        written: StepWrite = await client._storage.call(
+            ops.RecordStep(run_id, job.lease, step, None, None, False)
+        )
+        assert written.applied
+    async with trioforge.open_runtime(
+        registry, database=database, rescue_interval=0.05, **FAST
+    ) as rt:
+        with trio.fail_after(30):
+            info = await rt.wait(run_id)
+    assert info.status is JobState.COMPENSATED
+    assert "attempt 1 lost: its worker stopped heartbeating" in (info.error or "")
+    assert undone == ["book"]
+
+
+def test_a_rescued_run_gets_one_attempt_past_its_last_and_no_more() -> None:
+    assert rescue_outcome(attempt=1, max_attempts=1, now=5.0, workflow=True).retry_at == 5.0
+    assert rescue_outcome(attempt=2, max_attempts=1, now=5.0, workflow=True).retry_at is None
+    assert rescue_outcome(attempt=1, max_attempts=1, now=5.0).retry_at is None

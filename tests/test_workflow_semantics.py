@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
+import pytest
 import trio
 
 import trioforge
 from tests.support.fast import FAST
 from trioforge import JobState, Retry, StepKind, StepStatus, WorkflowContext
+from trioforge._core.outcomes import AttemptOutcome
 from trioforge._core.retry import rescue_outcome
+from trioforge._registry import AttemptEnd
+from trioforge.metrics import Metrics
 from trioforge.storage import Backend, ClaimResult, StepRecord, StepWrite, ops
 from trioforge.testing import open_test_runtime
 
@@ -191,3 +196,67 @@ def test_a_rescued_run_gets_one_attempt_past_its_last_and_no_more() -> None:
     assert rescue_outcome(attempt=1, max_attempts=1, now=5.0, workflow=True).retry_at == 5.0
     assert rescue_outcome(attempt=2, max_attempts=1, now=5.0, workflow=True).retry_at is None
     assert rescue_outcome(attempt=1, max_attempts=1, now=5.0).retry_at is None
+
+
+async def test_workflow_attempts_go_through_hooks_metrics_and_log_lines(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = trioforge.Registry()
+    before: list[tuple[int, int]] = []
+    after: list[tuple[AttemptOutcome, str | None, bool]] = []
+
+    @registry.before_perform
+    async def note(ctx: trioforge.JobContext) -> None:
+        before.append((ctx.job_id, ctx.attempt))
+
+    @registry.after_perform
+    async def record(end: AttemptEnd) -> None:
+        after.append((end.outcome, end.payload, isinstance(end.ctx, WorkflowContext)))
+
+    @registry.workflow("napper")
+    async def napper(ctx: WorkflowContext, who: str) -> str:
+        await ctx.step("hello", str, who)
+        await ctx.sleep(60)
+        return who
+
+    metrics = Metrics()
+    caplog.set_level(logging.INFO, logger="trioforge.attempts")
+    async with open_test_runtime(registry, metrics=metrics) as rt:
+        run_id = (await rt.enqueue(napper, "ada")).id
+        info = await rt.wait(run_id)
+    assert info.status is JobState.COMPLETED
+    assert before == [(run_id, 1), (run_id, 1)]  # a suspension does not count an attempt
+    assert after == [
+        (AttemptOutcome.SUSPENDED, "ada", True),
+        (AttemptOutcome.COMPLETED, "ada", True),
+    ]
+    labels = {"queue": "default", "job": napper.name}
+    started = metrics.registry.get_sample_value("trioforge_jobs_started_total", labels)
+    completed = metrics.registry.get_sample_value("trioforge_jobs_completed_total", labels)
+    assert (started, completed) == (2.0, 1.0)
+    lines = [r.getMessage() for r in caplog.records if r.name == "trioforge.attempts"]
+    assert any("suspended on sleep" in line for line in lines)
+    assert any("completed in" in line for line in lines)
+
+
+async def test_a_failing_before_hook_fails_a_run_as_its_handler_would(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    registry = trioforge.Registry()
+    undone: list[str] = []
+
+    @registry.before_perform
+    async def refuse(ctx: trioforge.JobContext) -> None:
+        if ctx.attempt > 1 or (isinstance(ctx, WorkflowContext) and ctx.is_step_completed("a")):
+            raise ConnectionError("hook down")
+
+    @registry.workflow("hooked", retry=Retry(max_attempts=2, base_delay=1))
+    async def hooked(ctx: WorkflowContext) -> None:
+        await ctx.step("a", str, "a", compensate=undone.append)
+        await ctx.sleep(10)
+
+    async with open_test_runtime(registry) as rt:
+        info = await rt.wait((await rt.enqueue(hooked)).id)
+    assert info.status is JobState.COMPENSATED
+    assert "hook down" in (info.error or "")
+    assert undone == ["a"]

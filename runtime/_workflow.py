@@ -112,6 +112,23 @@ class WorkflowContext(JobContext[StateT]):
         return self.job_id
 
     @property
+    def is_replaying(self) -> bool:
+        """True while the handler goes through durable calls the run's record already held
+        when this attempt began: their results come from the record, so code between them
+        runs again (skip a log line or a metric there with ``if not ctx.is_replaying``).
+        False from the first call past the record on, and for a run's first attempt; True
+        throughout an attempt that only replays to undo the run."""
+        return self._replay.replaying()
+
+    @property
+    def is_resumed(self) -> bool:
+        """True when the run had recorded entries (steps, sleeps, waits, children) before
+        this attempt began: it carries on a run that got somewhere, after a suspension, a
+        retry or a lost worker. False for the run's first attempt, and for a retry of one
+        that recorded nothing."""
+        return self._replay.resumed
+
+    @property
     def step_key(self) -> str:
         """A key for the step running now, the same on every attempt of it: hand it to an
         outside service as an idempotency key so a re-run step is not applied twice."""

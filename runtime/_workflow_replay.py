@@ -158,6 +158,9 @@ class Replay:
         )
         self._seq = 0
         self._stop_at: int | None = None  # while collecting: where the forward run stopped
+        #: Whether the record held entries when this attempt began.
+        self.resumed = bool(record.steps)
+        self._recorded_end = max(self.entries, default=-1) + 1  # past the loaded entries
 
     @property
     def run_id(self) -> int:
@@ -181,6 +184,11 @@ class Replay:
         if self.collecting and (entry is None or entry.status is not StepStatus.COMPLETED):
             raise StopReplay
         return seq, entry
+
+    def replaying(self) -> bool:
+        """Whether the handler is still going through what the record held when this
+        attempt began (or replays only to learn its compensations)."""
+        return self.collecting or self._seq < self._recorded_end
 
     def free_seq(self) -> int:
         """A sequence number past every recorded entry (for the driver's own entries)."""

@@ -260,3 +260,32 @@ async def test_a_failing_before_hook_fails_a_run_as_its_handler_would(
     assert info.status is JobState.COMPENSATED
     assert "hook down" in (info.error or "")
     assert undone == ["a"]
+
+
+async def test_is_replaying_and_is_resumed_say_where_the_attempt_is(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    registry = trioforge.Registry()
+    seen: list[tuple[str, bool, bool]] = []
+
+    @registry.workflow("tracked")
+    async def tracked(ctx: WorkflowContext) -> None:
+        seen.append(("top", ctx.is_replaying, ctx.is_resumed))
+        await ctx.step("one", str, "1")
+        seen.append(("after one", ctx.is_replaying, ctx.is_resumed))
+        await ctx.sleep(60)
+        seen.append(("after sleep", ctx.is_replaying, ctx.is_resumed))
+        await ctx.step("two", str, "2")
+        seen.append(("after two", ctx.is_replaying, ctx.is_resumed))
+
+    async with open_test_runtime(registry) as rt:
+        info = await rt.wait((await rt.enqueue(tracked)).id)
+    assert info.status is JobState.COMPLETED
+    assert seen == [
+        ("top", False, False),
+        ("after one", False, False),  # the first attempt: nothing to replay
+        ("top", True, True),
+        ("after one", True, True),  # the sleep is recorded: still replaying
+        ("after sleep", False, True),  # past the record: live again
+        ("after two", False, True),
+    ]

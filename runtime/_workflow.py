@@ -17,9 +17,10 @@ a failed step's next attempt) raises ``Suspend`` out of the handler: the attempt
 ``Suspended`` outcome, the row waits as ``scheduled`` until the wake time and no worker slot
 is held. Signals and children ending make the row due at once.
 
-When a run fails for good (a step out of attempts, ``Discard``, its deadline) or is
-cancelled, the ``compensate`` functions of its completed steps run, newest first, each a
-durable, retried step; a ``compensating`` entry marks where going forward stopped. A resumed
+When a run fails for good (a step out of attempts, ``Discard`` from the handler or a step's
+function, its deadline, its worker lost on its last attempt) or is cancelled, the
+``compensate`` functions of its completed steps run, newest first, each a durable, retried
+step; a ``compensating`` entry marks where going forward stopped. A resumed
 run past that entry replays its handler only to learn the compensations (the code up to
 the entry is deterministic), then carries on undoing.
 

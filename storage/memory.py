@@ -395,7 +395,7 @@ class MemoryBackend(MemoryStore):
             if row.cancel_requested and not row.workflow:  # a run compensates first
                 self._apply(row, Cancelled(), now)
             else:
-                event = rescue_outcome(row.attempt, row.max_attempts, now)
+                event = rescue_outcome(row.attempt, row.max_attempts, now, workflow=row.workflow)
                 self._apply(row, event, now, run_at=event.retry_at)
                 row.error = f"attempt {row.attempt} lost: its worker stopped heartbeating"
             rescued.append(

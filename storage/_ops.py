@@ -565,6 +565,18 @@ class Purge(Op[list[int]]):
 
 
 @attrs.frozen
+class Delete(Op[JobState]):
+    """Delete one finished job (completed, dead, cancelled or compensated) with its
+    attempts and, for a run, its record and signals: a purge of one. The state it was in;
+    raises JobNotFoundError, or InvalidStateError while it is unfinished."""
+
+    job_id: int
+
+    def changed(self, result: object) -> Iterable[int]:
+        return (self.job_id,) if isinstance(result, JobState) else ()  # a watcher sees it go
+
+
+@attrs.frozen
 class Attempts(Op[list[AttemptRecord]]):
     """Every error the job's attempts left, oldest first, the
     current one last (empty for an unknown job)."""

@@ -62,6 +62,7 @@ from trioforge.storage._records import (
     WorkflowRecord,
     names_by_queue,
     not_a_run,
+    not_finished,
 )
 
 __all__ = ["MemoryBackend"]
@@ -508,13 +509,25 @@ class MemoryBackend(MemoryStore):
             key=lambda r: (r.finished_at or 0.0, r.id),
         )[: max(op.limit, 0)]  # fmt: skip
         for row in victims:
-            del self._rows[row.id]
-            key = row.idempotency_key
-            if key is not None and self._done_keys.get(key, (None,))[0] == row.id:
-                del self._done_keys[key]
-            for records in (self._steps, self._signals, self._children):
-                records.pop(row.id, None)  # a purged run's record goes with it
+            self._forget(row)
         return sorted(row.id for row in victims)
+
+    def _delete(self, op: ops.Delete, now: float) -> JobState:
+        del now
+        row = self._row(op.job_id)
+        if row.status not in TERMINAL_STATES:
+            raise InvalidStateError(not_finished(row.id, row.status))
+        self._forget(row)
+        return row.status
+
+    def _forget(self, row: Row) -> None:
+        """A finished job goes, with what only it refers to."""
+        del self._rows[row.id]
+        key = row.idempotency_key
+        if key is not None and self._done_keys.get(key, (None,))[0] == row.id:
+            del self._done_keys[key]
+        for records in (self._steps, self._signals, self._children):
+            records.pop(row.id, None)  # a run's record goes with it
 
     def _matching(self, where: ops.JobFilter, states: frozenset[JobState]) -> list[int]:
         ids = [

@@ -111,6 +111,8 @@ def _ops(rng: random.Random, now: float, ids: list[int], held: dict[int, int]) -
                     queue, "w", tuple(rng.sample(sorted(held.items()), len(held) // 2))
                 )
             )
+        elif pick < 0.95:
+            out.append(ops.Delete(some))
         else:
             out.append(ops.FoldCounts())
     return out
@@ -162,6 +164,8 @@ async def _random_run(
             elif isinstance(op, ops.Purge):  # a child's parent must exist
                 gone = set(result)  # type: ignore[call-overload]
                 ids = [i for i in ids if i not in gone]
+            elif isinstance(op, ops.Delete):
+                ids.remove(op.job_id)
         if step % 5 == 4:
             await _check(backend, ids, now)
             [current] = await backend.execute([ops.GetMany(tuple(held))], now)
@@ -197,6 +201,8 @@ async def test_counts_follow_every_kind_of_change_in_one_transaction(backend: Ba
                 held.update((j.id, j.lease) for j in result.jobs)
             elif isinstance(op, ops.Purge) and isinstance(result, list):
                 ids = [i for i in ids if i not in set(result)]
+            elif isinstance(op, ops.Delete) and isinstance(result, JobState):
+                ids.remove(op.job_id)
         await _check(backend, ids, now)
 
 

@@ -556,12 +556,25 @@ class Purge(Op[list[int]]):
     limit: int = 500
     queue: str | None = None
     exclude: tuple[str, ...] = ()
+    #: Leave out jobs with a retention of their own (the sweeper's queue passes: those
+    #: go by :class:`PurgeExpired`); an operator's purge by age takes them too.
+    keep_retained: bool = False
 
     def __attrs_post_init__(self) -> None:
         if not self.statuses or any(not JobState(s).is_terminal for s in self.statuses):
             raise ValueError(
                 "only finished jobs (completed, dead, cancelled, compensated) are purged"
             )
+
+
+@attrs.frozen
+class PurgeExpired(Op[list[int]]):
+    """Delete up to ``limit`` finished jobs whose own retention (``NewJob.retain``) for the
+    state they ended in ran out before ``at``, the longest expired first, in one short
+    transaction as :class:`Purge`. The ids deleted."""
+
+    at: float
+    limit: int = 500
 
 
 @attrs.frozen

@@ -183,11 +183,26 @@ class PostgresClaims:
             " SELECT id FROM trioforge_jobs WHERE status = ANY($1::text[])"
             " AND finished_at IS NOT NULL AND finished_at < $2"
             " AND (CASE WHEN $3::text IS NOT NULL THEN queue = $3"
-            "  ELSE queue <> ALL($4::text[]) END)"
+            "  ELSE queue <> ALL($4::text[]) END) AND (NOT $6 OR retain IS NULL)"
             " ORDER BY finished_at, id LIMIT $5 FOR UPDATE SKIP LOCKED)"
             " RETURNING id, queue, status, finished_at",
             [JobState(s).value for s in op.statuses], op.before, op.queue, list(op.exclude),
-            max(op.limit, 0),
+            max(op.limit, 0), op.keep_retained,
+        )  # fmt: skip
+        return await _deleted(conn, rows)
+
+    @staticmethod
+    async def _purge_expired(
+        conn: asyncpg.Connection, op: ops.PurgeExpired, now: float
+    ) -> list[int]:
+        del now
+        rows = await conn.fetch(
+            "DELETE FROM trioforge_jobs WHERE id IN ("
+            " SELECT id FROM trioforge_jobs WHERE retain IS NOT NULL"
+            " AND finished_at IS NOT NULL AND (finished_at + (retain ->> status)::float8) < $1"
+            " ORDER BY (finished_at + (retain ->> status)::float8), id LIMIT $2"
+            " FOR UPDATE SKIP LOCKED) RETURNING id, queue, status, finished_at",
+            op.at, max(op.limit, 0),
         )  # fmt: skip
         return await _deleted(conn, rows)
 

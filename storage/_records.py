@@ -102,6 +102,10 @@ class NewJob:
     #: The enqueuer's trace context, W3C ``traceparent``/``tracestate`` as a JSON object
     #: (see ``trioforge.otel``); None outside a trace or with tracing off.
     trace_context: str | None = None
+    #: Its own retention once finished: a JSON object of seconds per final state
+    #: ("completed", "cancelled", "dead", "compensated"; null: kept forever), every one
+    #: given; None: its queue's.
+    retain: str | None = None
 
 
 @attrs.frozen

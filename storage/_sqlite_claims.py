@@ -170,10 +170,24 @@ class SQLiteClaims:
             " AND finished_at IS NOT NULL AND finished_at < ?2"
             " AND ((?3 IS NOT NULL AND queue = ?3) OR (?3 IS NULL"
             "  AND queue NOT IN (SELECT value FROM json_each(?4))))"
+            " AND (NOT ?6 OR retain IS NULL)"
             " ORDER BY finished_at, id LIMIT ?5) RETURNING id, queue, status, finished_at",
             (json.dumps([JobState(s).value for s in op.statuses]), op.before, op.queue,
-             json.dumps(list(op.exclude)), max(op.limit, 0)),
+             json.dumps(list(op.exclude)), max(op.limit, 0), op.keep_retained),
         ).fetchall()  # fmt: skip
+        return _deleted(db, rows)
+
+    @staticmethod
+    def _purge_expired(db: sqlite3.Connection, op: ops.PurgeExpired, now: float) -> list[int]:
+        del now
+        rows = db.execute(
+            "DELETE FROM trioforge_jobs WHERE id IN ("
+            " SELECT id FROM trioforge_jobs WHERE retain IS NOT NULL AND finished_at IS NOT NULL"
+            " AND finished_at + json_extract(retain, '$.' || status) < ?1"
+            " ORDER BY finished_at + json_extract(retain, '$.' || status), id LIMIT ?2)"
+            " RETURNING id, queue, status, finished_at",
+            (op.at, max(op.limit, 0)),
+        ).fetchall()
         return _deleted(db, rows)
 
     @staticmethod

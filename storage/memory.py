@@ -177,6 +177,7 @@ class MemoryBackend(MemoryStore):
                 rate_key=job.rate_key,
                 concurrency_key=job.concurrency_key,
                 trace_context=job.trace_context,
+                retain=None if job.retain is None else json.loads(job.retain),
             )
             self._next_id += 1
             if job.parent_id is not None:
@@ -505,12 +506,23 @@ class MemoryBackend(MemoryStore):
                 if r.status in statuses and r.finished_at is not None
                 and r.finished_at < op.before
                 and (r.queue == op.queue if op.queue is not None else r.queue not in op.exclude)
+                and not (op.keep_retained and r.retain is not None)
             ),
             key=lambda r: (r.finished_at or 0.0, r.id),
         )[: max(op.limit, 0)]  # fmt: skip
         for row in victims:
             self._forget(row)
         return sorted(row.id for row in victims)
+
+    def _purge_expired(self, op: ops.PurgeExpired, now: float) -> list[int]:
+        del now
+        expired = sorted(
+            (at, row.id) for row in self._rows.values()
+            if (at := row.expires_at()) is not None and at < op.at
+        )[: max(op.limit, 0)]  # fmt: skip
+        for _, job_id in expired:
+            self._forget(self._rows[job_id])
+        return sorted(job_id for _, job_id in expired)
 
     def _delete(self, op: ops.Delete, now: float) -> JobState:
         del now

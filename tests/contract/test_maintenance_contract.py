@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 import attrs
 import pytest
 
 from tests.contract.test_contract import T0, claim, enqueue, finish, get, job, one
 from trioforge import InvalidStateError, JobNotFoundError, JobState
 from trioforge._core.states import Discarded, Failed, Succeeded
-from trioforge.storage import Backend, CancelResult, Enqueued, Outcome, ProcessDetails, ops
+from trioforge.storage import (
+    Backend,
+    CancelResult,
+    Enqueued,
+    NewJob,
+    Outcome,
+    ProcessDetails,
+    ops,
+)
 from trioforge.storage._records import OutcomeEvent
 
 
@@ -189,3 +199,35 @@ async def test_delete_refuses_an_unfinished_job_and_names_what_ends_it(backend: 
     assert await finish(backend, claimed, Outcome(running, claimed.lease, Succeeded()), T0 + 3)
     assert await one(backend, ops.Delete(running), T0 + 4) is JobState.COMPLETED
     assert await one(backend, ops.Stats()) == {}
+
+
+def _retained(retain: dict[str, float | None] | None) -> NewJob:
+    return attrs.evolve(job(max_attempts=1), retain=None if retain is None else json.dumps(retain))
+
+
+async def test_a_jobs_own_retention_decides_when_it_is_deleted(backend: Backend) -> None:
+    """Each job's ``retain`` for the state it ended in; the queue's passes leave it alone."""
+    short = {"completed": 10.0, "cancelled": 5.0, "dead": None, "compensated": 10.0}
+    long = {**short, "completed": 100.0}
+    ids = await enqueue(
+        backend, _retained(short), _retained(short), _retained(None), _retained(long),
+        _retained(short),
+    )  # fmt: skip
+    soon, kept, plain, later, cancelled = ids
+    claimed = (await claim(backend, T0, limit=4)).jobs
+    events = {soon: Succeeded(), kept: Failed(None), plain: Succeeded(), later: Succeeded()}
+    for c in claimed:
+        assert await finish(backend, c, Outcome(c.id, c.lease, events[c.id]), T0)
+    assert await one(backend, ops.Cancel(cancelled), T0 + 2) is CancelResult.CANCELLED
+    assert await one(backend, ops.PurgeExpired(T0 + 5), T0 + 5) == []
+    assert await one(backend, ops.PurgeExpired(T0 + 7.5), T0 + 7.5) == [cancelled]
+    everything = (JobState.COMPLETED, JobState.DEAD)
+    by_queue = ops.Purge(everything, T0 + 50, keep_retained=True)
+    assert await one(backend, by_queue, T0 + 50) == [plain]  # only a job without its own
+    assert await one(backend, ops.PurgeExpired(T0 + 10), T0 + 10) == []  # not before it ran out
+    assert await one(backend, ops.PurgeExpired(T0 + 1e9, limit=1), T0 + 50) == [soon]
+    assert await one(backend, ops.PurgeExpired(T0 + 1e9), T0 + 50) == [later]
+    assert await one(backend, ops.PurgeExpired(T0 + 1e9), T0 + 50) == []  # dead: kept
+    assert (await get(backend, kept)).status is JobState.DEAD
+    assert await one(backend, ops.Stats()) == {"q": {JobState.DEAD: 1}}
+    assert await one(backend, ops.Purge(everything, T0 + 50), T0 + 50) == [kept]  # by hand

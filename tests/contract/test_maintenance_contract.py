@@ -215,7 +215,9 @@ async def test_a_jobs_own_retention_decides_when_it_is_deleted(backend: Backend)
     )  # fmt: skip
     soon, kept, plain, later, cancelled = ids
     claimed = (await claim(backend, T0, limit=4)).jobs
-    events = {soon: Succeeded(), kept: Failed(None), plain: Succeeded(), later: Succeeded()}
+    events: dict[int, OutcomeEvent] = {
+        soon: Succeeded(), kept: Failed(None), plain: Succeeded(), later: Succeeded()
+    }  # fmt: skip
     for c in claimed:
         assert await finish(backend, c, Outcome(c.id, c.lease, events[c.id]), T0)
     assert await one(backend, ops.Cancel(cancelled), T0 + 2) is CancelResult.CANCELLED

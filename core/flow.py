@@ -85,6 +85,7 @@ class RateLimit:
 
     @property
     def per_second(self) -> float:
+        """Tokens added per second: ``rate / per``."""
         per = self.per.total_seconds() if isinstance(self.per, dt.timedelta) else self.per
         return self.rate / per
 

@@ -78,14 +78,17 @@ class JobContext(Generic[StateT]):
 
     @property
     def job_id(self) -> int:
+        """This job's id."""
         return self._job.id
 
     @property
     def name(self) -> str:
+        """The job's registered name."""
         return self._job.name
 
     @property
     def queue(self) -> str:
+        """The queue the job was claimed from."""
         return self._job.queue
 
     @property
@@ -95,10 +98,13 @@ class JobContext(Generic[StateT]):
 
     @property
     def max_attempts(self) -> int:
+        """How many attempts the job gets in all (from the enqueue, its ``Retry`` or its
+        queue's policy)."""
         return self._job.max_attempts
 
     @property
     def is_retry(self) -> bool:
+        """Whether this attempt follows a failed one (``attempt > 1``)."""
         return self._job.attempt > 1
 
     async def progress(self, pct: float, message: str | None = None) -> None:

@@ -210,6 +210,7 @@ class JobDefinition(Generic[P, R_co]):
 
     @property
     def takes_payload(self) -> bool:
+        """Whether the handler takes a payload (False for ``async def h(ctx)``)."""
         return self.payload_type is not NO_PAYLOAD
 
 
@@ -646,7 +647,9 @@ class Registry(Generic[StateT]):
         return len(self._jobs)
 
     def names(self) -> frozenset[str]:
+        """Every job name declared (a workflow's as ``name@vN``)."""
         return frozenset(self._jobs)
 
     def queues(self) -> frozenset[str]:
+        """Every queue a declared job names."""
         return frozenset(d.queue for d in self._jobs.values())

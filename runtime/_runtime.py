@@ -202,7 +202,7 @@ async def open_client(
 ) -> AsyncIterator[Client]:
     """Enqueue, inspect and cancel jobs without running any (web processes, scripts).
 
-    ``database`` is a URL or a backend; None reads the configuration (see the README).
+    ``database`` is a URL or a backend; None reads the configuration (docs/configuration.md).
     ``registry`` is needed only to enqueue jobs by name. Enqueues refuse payloads over
     ``max_payload_bytes`` of JSON and idempotency keys over ``max_key_bytes`` of UTF-8.
     ``queues`` gives the queues' policies (as on ``open_runtime``; no workers run): a

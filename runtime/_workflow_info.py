@@ -56,6 +56,7 @@ class WorkflowInfo:
 
     @property
     def status(self) -> str:
+        """The run's job status as text (``"running"``, ``"completed"``, ...)."""
         return self.job.status.value
 
 

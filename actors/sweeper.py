@@ -2,7 +2,8 @@
 replica deletes while the others idle.
 
 Every ``interval`` it deletes finished jobs past their retention (per queue and final
-state, see ``SweepPlan``), oldest first, in batches of ``batch`` jobs, each batch its own
+state, see ``SweepPlan``; a job given a ``retain`` of its own by that instead), oldest
+first, in batches of ``batch`` jobs, each batch its own
 short transaction, and at most ``max_batches`` per plan and state in one pass (a backlog
 is worked off over several passes rather than in one long one). Only finished jobs are
 ever deleted: an enqueue racing a sweep is never touched.
@@ -47,16 +48,20 @@ async def sweep(
     batch: int,
     max_batches: int,
 ) -> int:
-    """One pass over ``plans``; the number of jobs deleted."""
+    """One pass over ``plans``, then over jobs with a retention of their own (which the
+    plans leave alone); the number of jobs deleted."""
+    batches: list[ops.Purge | ops.PurgeExpired] = [
+        ops.Purge((state,), now - age, batch, plan.queue, plan.exclude, keep_retained=True)
+        for plan in plans
+        for state, age in plan.ages
+    ]
     deleted = 0
-    for plan in plans:
-        for state, age in plan.ages:
-            for _ in range(max_batches):
-                op = ops.Purge((state,), now - age, batch, plan.queue, plan.exclude)
-                ids: list[int] = await storage.call(op)
-                deleted += len(ids)
-                if len(ids) < batch:
-                    break
+    for op in [*batches, ops.PurgeExpired(now, batch)]:
+        for _ in range(max_batches):
+            ids: list[int] = await storage.call(op)
+            deleted += len(ids)
+            if len(ids) < batch:
+                break
     return deleted
 
 

@@ -167,6 +167,20 @@ def discard(job_id: int, reason: str, database: str | None) -> None:
     click.echo(f"job {job_id}: dead ({reason})")
 
 
+@jobs.command()
+@click.argument("job_id", type=int)
+@json_object_option
+@database_option
+def delete(job_id: int, as_json: bool, database: str | None) -> None:
+    """Delete one finished job (completed, dead, cancelled or compensated) for good, with
+    its attempts and, for a workflow run, its steps and signals."""
+    was = with_client(database, lambda c: c.delete(job_id))
+    if as_json:
+        click.echo(json.dumps({"id": job_id, "deleted": True, "status": was.value}))
+        return
+    click.echo(f"job {job_id}: deleted (it was {was.value})")
+
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 

@@ -21,7 +21,7 @@ from trioforge._core.states import PriorityLike
 from trioforge._job import Job
 from trioforge._new_jobs import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, new_jobs
 from trioforge._operator import ClientOperations
-from trioforge._policy import Queue
+from trioforge._policy import Queue, Retention
 from trioforge._reads import JobId, check_job_id
 from trioforge._registry import JobDefinition, Registry
 from trioforge.actors import Finished, LiveFeed, RunningJobs, StorageHandle
@@ -124,6 +124,7 @@ class Client(ClientOperations):
         timeout: Duration | None = None,
         requires: Iterable[str] | None = None,
         unique_for: Duration | None = None,
+        retain: Retention | Duration | None = None,
     ) -> builtins.list[NewJob]:
         """:func:`~trioforge._new_jobs.new_jobs` with this client's clock, limits, queue
         policies and trace context (the enqueue span's, or a workflow attempt's)."""
@@ -131,7 +132,7 @@ class Client(ClientOperations):
             definition, payloads, now=self._clock.now(), delay=delay, run_at=run_at,
             priority=priority, queue=queue, idempotency_keys=idempotency_keys,
             max_attempts=max_attempts, timeout=timeout, requires=requires,
-            unique_for=unique_for, policies=self._policies,
+            unique_for=unique_for, retain=retain, policies=self._policies,
             trace_context=None if self._tracing is None else self._tracing.trace_context(),
             max_payload_bytes=self._max_payload_bytes, max_key_bytes=self._max_key_bytes,
         )  # fmt: skip
@@ -212,6 +213,7 @@ class Client(ClientOperations):
         timeout: Duration | None = None,  # noqa: ASYNC109
         requires: Iterable[str] | None = None,
         unique_for: Duration | None = None,
+        retain: Retention | Duration | None = None,
         connection: object = None,
     ) -> Job[_R]: ...
     @overload
@@ -229,6 +231,7 @@ class Client(ClientOperations):
         timeout: Duration | None = None,  # noqa: ASYNC109
         requires: Iterable[str] | None = None,
         unique_for: Duration | None = None,
+        retain: Retention | Duration | None = None,
         connection: object = None,
     ) -> Job[_R]: ...
     @overload
@@ -246,6 +249,7 @@ class Client(ClientOperations):
         timeout: Duration | None = None,  # noqa: ASYNC109
         requires: Iterable[str] | None = None,
         unique_for: Duration | None = None,
+        retain: Retention | Duration | None = None,
         connection: object = None,
     ) -> Job[Any]: ...
     async def enqueue(
@@ -262,6 +266,7 @@ class Client(ClientOperations):
         timeout: Duration | None = None,  # noqa: ASYNC109 (the job's, not this call's)
         requires: Iterable[str] | None = None,
         unique_for: Duration | None = None,
+        retain: Retention | Duration | None = None,
         connection: object = None,
     ) -> Job[Any]:
         """Store one job and return its :class:`~trioforge.Job` handle (``.id``, ``await
@@ -280,7 +285,8 @@ class Client(ClientOperations):
         workers find it at their next poll).
         ``max_attempts`` and ``timeout`` (seconds or a timedelta, as ``delay`` and
         ``unique_for``) override the job's (and its queue's) for this job only, as
-        ``requires`` (capabilities the claiming process must have) overrides the job's.
+        ``requires`` (capabilities the claiming process must have) overrides the job's,
+        and ``retain`` the job's and its queue's retention once it finished.
         Cancelling the call is safe: the job is then stored or not, never half-stored.
 
         Args:
@@ -298,6 +304,8 @@ class Client(ClientOperations):
             timeout: Each attempt's limit for this job only (the job's, not this call's).
             requires: Capabilities the claiming process must have, instead of the job's.
             unique_for: How long the key keeps blocking after its job finished.
+            retain: How long to keep the job once finished, instead of its queue's
+                retention: a ``Retention`` (per final state) or one duration for all.
             connection: The caller's asyncpg connection (or sqlite3 connection to the
                 same file), whose transaction the job joins.
 
@@ -316,7 +324,7 @@ class Client(ClientOperations):
             self._new_jobs, definition, [payload], delay=delay, run_at=run_at,
             priority=priority, queue=queue, idempotency_keys=[idempotency_key],
             max_attempts=max_attempts, timeout=timeout, requires=requires,
-            unique_for=unique_for,
+            unique_for=unique_for, retain=retain,
         )  # fmt: skip
         return (await self._store(definition, jobs, connection))[0]
 
@@ -335,6 +343,7 @@ class Client(ClientOperations):
         requires: Iterable[str] | None = None,
         idempotency_keys: Sequence[str | None] | None = None,
         unique_for: Duration | None = None,
+        retain: Retention | Duration | None = None,
         connection: object = None,
     ) -> builtins.list[Job[_R]]: ...
     @overload
@@ -352,6 +361,7 @@ class Client(ClientOperations):
         requires: Iterable[str] | None = None,
         idempotency_keys: Sequence[str | None] | None = None,
         unique_for: Duration | None = None,
+        retain: Retention | Duration | None = None,
         connection: object = None,
     ) -> builtins.list[Job[Any]]: ...
     async def enqueue_many(
@@ -368,6 +378,7 @@ class Client(ClientOperations):
         requires: Iterable[str] | None = None,
         idempotency_keys: Sequence[str | None] | None = None,
         unique_for: Duration | None = None,
+        retain: Retention | Duration | None = None,
         connection: object = None,
     ) -> builtins.list[Job[Any]]:
         """Store many jobs of one kind in one transaction; all or none are stored. Returns
@@ -381,7 +392,7 @@ class Client(ClientOperations):
             self._new_jobs, definition, payloads, delay=delay, run_at=run_at,
             priority=priority, queue=queue, idempotency_keys=idempotency_keys,
             max_attempts=max_attempts, timeout=timeout, requires=requires,
-            unique_for=unique_for,
+            unique_for=unique_for, retain=retain,
         )  # fmt: skip
         return await self._store(definition, jobs, connection)
 

@@ -19,7 +19,7 @@ from trioforge._core.errors import ConfigurationError, InvalidArgumentError, Pay
 from trioforge._core.flow import ConcurrencyLimit, RateLimit
 from trioforge._core.states import MAX_STORED_INT, PriorityLike, parse_priority
 from trioforge._core.text import check_storable
-from trioforge._policy import Queue
+from trioforge._policy import Queue, Retention, job_retention
 from trioforge._registry import JobDefinition, check_capabilities
 from trioforge.storage import NewJob
 
@@ -58,6 +58,7 @@ def new_jobs(
     timeout: Duration | None = None,
     requires: Iterable[str] | None = None,
     unique_for: Duration | None = None,
+    retain: Retention | Duration | None = None,
     policies: Mapping[str, Queue] | None = None,
     trace_context: str | None = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
@@ -91,6 +92,11 @@ def new_jobs(
         unique = definition.unique_for
     else:
         unique = seconds(unique_for, "unique_for", error=InvalidArgumentError)
+    kept = (
+        definition.retain
+        if retain is None
+        else job_retention(retain, "retain", InvalidArgumentError)
+    )
     needs = (
         definition.requires
         if requires is None
@@ -133,6 +139,7 @@ def new_jobs(
                 workflow=definition.workflow is not None,
                 unique_for=unique,
                 trace_context=trace_context,
+                retain=kept,
             )
         )
     return jobs

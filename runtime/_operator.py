@@ -1,5 +1,6 @@
 """What the client does to stored jobs as an operator would: cancel, retry and discard
-(one job or many), purge, pause and resume queues, and signal workflow runs."""
+(one job or many), delete one finished job, purge, pause and resume queues, and signal
+workflow runs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from trioforge._codec import DEFAULT_CODEC, by_value
 from trioforge._core.durations import Duration, seconds
-from trioforge._core.errors import InvalidArgumentError
+from trioforge._core.errors import InvalidArgumentError, InvalidStateError
 from trioforge._core.states import JobState
 from trioforge._core.text import check_storable
 from trioforge._new_jobs import check_queue, run_time
@@ -163,12 +164,25 @@ class ClientOperations(ClientReads):
         return changed
 
     async def discard(self, job_id: JobId, reason: str = "discarded by operator") -> bool:
-        """Send a pending job to ``dead`` without running it. False if it is not pending."""
+        """Send a pending job to ``dead`` without running it. False if it is running or has
+        finished; a dead job raises InvalidStateError (to remove it, :meth:`delete` it)."""
         job_id = check_job_id(job_id)
         done = await self._storage.call(ops.Discard(job_id, reason))
         if done:
             self._finished.notify(job_id)
+        elif (await self.get(job_id)).status is JobState.DEAD:
+            raise InvalidStateError(
+                f"job {job_id} is dead already; to remove it, delete it "
+                f"(client.delete({job_id}) or `trioforge jobs delete {job_id}`)"
+            )
         return done
+
+    async def delete(self, job_id: JobId) -> JobState:
+        """Remove one finished job (completed, dead, cancelled or compensated) for good,
+        with its attempts and, for a workflow run, its record and signals: what retention
+        does to it later, now. The state it was in. Raises JobNotFoundError, or
+        InvalidStateError while it is unfinished (cancel or discard it first)."""
+        return await self._storage.call(ops.Delete(check_job_id(job_id)))
 
     async def signal(self, run_id: JobId, name: str, payload: Any = True) -> int:
         """Send signal ``name`` to workflow run ``run_id``: kept until a

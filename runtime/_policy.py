@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable, Mapping
 
 import attrs
@@ -19,6 +20,7 @@ __all__ = [
     "QueueLike",
     "Retention",
     "check_rate_limits",
+    "job_retention",
     "queue_policies",
     "queue_sizes",
 ]
@@ -53,6 +55,28 @@ class Retention:
     def ages(self) -> tuple[tuple[JobState, float], ...]:
         """Each state with a retention, and its age in seconds."""
         return tuple((state, seconds(age, state.value)) for state, age in self._given())
+
+    def as_json(self) -> str:
+        """As one job stores it (``retain=``): seconds per final state, null kept forever."""
+        kept = dict.fromkeys(TERMINAL_ORDER, None) | {s.value: a for s, a in self.ages()}
+        return json.dumps(kept, sort_keys=True)
+
+
+#: A job's final states, as a stored ``retain`` names them.
+TERMINAL_ORDER = ("completed", "cancelled", "dead", "compensated")
+
+
+def job_retention(
+    value: Retention | Duration | None, what: str, error: type[ValueError] = ConfigurationError
+) -> str | None:
+    """A job's own ``retain=`` as stored (JSON text; None: its queue's retention): a
+    :class:`Retention`, or one duration for every final state."""
+    if value is None:
+        return None
+    if isinstance(value, Retention):
+        return value.as_json()
+    age = seconds(value, what, error=error)
+    return json.dumps(dict.fromkeys(TERMINAL_ORDER, age), sort_keys=True)
 
 
 @attrs.frozen

@@ -21,7 +21,7 @@ from trioforge._core.retry import Retry
 from trioforge._core.states import PriorityLike, parse_priority
 from trioforge._core.text import check_storable
 from trioforge._lifespan import NO_STATE, Lifespan, StateT, as_lifespan, entered
-from trioforge._policy import Queue
+from trioforge._policy import Queue, Retention, job_retention
 
 if TYPE_CHECKING:
     from trioforge._context import CronContext, JobContext
@@ -180,6 +180,9 @@ class JobDefinition(Generic[P, R_co]):
     idempotency_key: Callable[[Any], object] | None = None
     #: Seconds a key keeps blocking after the job holding it finished.
     unique_for: float | None = None
+    #: Its own retention once finished, as stored (see ``job_retention``); None: its
+    #: queue's.
+    retain: str | None = None
     #: What the handler returns, from its return annotation (Any: none; None: ``-> None``).
     #: Results are encoded (and decoded) by it.
     result_type: Any = Any
@@ -366,6 +369,7 @@ class Registry(Generic[StateT]):
         idempotency_key: Callable[[Any], object] | None = None,
         unique_for: Duration | None = None,
         heartbeat_timeout: Duration | None = None,
+        retain: Retention | Duration | None = None,
     ) -> JobDecorator[StateT]:
         """Declare ``async def handler(ctx, payload: P) -> R`` as job ``name``: a
         ``JobDefinition[P, R]``. ``timeout`` and ``unique_for``: seconds or a timedelta.
@@ -380,7 +384,9 @@ class Registry(Generic[StateT]):
         after the job holding it finished (in any final state). ``heartbeat_timeout``
         fails an attempt (retryable, as a timeout) once the handler has gone that long
         without calling ``ctx.heartbeat()`` or ``ctx.progress()``: a hung job is caught long
-        before its ``timeout``.
+        before its ``timeout``. ``retain`` keeps its finished jobs that long instead of
+        their queue's retention: a ``Retention`` (per final state, ``None`` forever) or one
+        duration for every final state.
         """
         self._check_open(f"job {name!r}")
         if not isinstance(name, str) or not name:
@@ -402,6 +408,7 @@ class Registry(Generic[StateT]):
                 f"job {name!r}: idempotency_key must be a function of the payload"
             )
         unique = optional_seconds(unique_for, f"job {name!r}: unique_for")
+        kept = job_retention(retain, f"job {name!r}: retain")
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
             raise ConfigurationError(f"job {name!r}: rate_limit must be a trioforge.RateLimit")
         if concurrency is not None and not isinstance(concurrency, ConcurrencyLimit):
@@ -442,6 +449,7 @@ class Registry(Generic[StateT]):
                 concurrency=concurrency,
                 idempotency_key=idempotency_key,
                 unique_for=unique,
+                retain=kept,
                 result_type=_result_type(handler, name),
                 codec=self.codec,
             )  # fmt: skip

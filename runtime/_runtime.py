@@ -454,7 +454,7 @@ async def _stop_when_broken(storage: StorageHandle) -> None:
 async def _start_services(services: trio.Nursery, parts: _Parts) -> None:
     """The process-wide actors, in order: a watch on storage's health, heartbeat (registered
     before anything claims; then a warning for each job name waiting in its queues that it
-    does not run), reaper, sweeper (if any queue keeps finished jobs for a limited time),
+    does not run), reaper, sweeper (retention: the queues', and jobs' own),
     cron scheduler (if the registry has schedules), listener (if the backend sends
     notices). A client-only runtime (no queues) runs none."""
     s, storage, clock = parts.settings, parts.storage, parts.settings.clock
@@ -475,12 +475,9 @@ async def _start_services(services: trio.Nursery, parts: _Parts) -> None:
             lease_seconds=s.lease_seconds, on_rescued=parts.wake_all,
         )
     )  # fmt: skip
-    if s.sweep_plans:
-        await services.start(
-            partial(
-                sweeper, storage, clock, s.sweep_plans, owner=s.owner, interval=s.sweep_interval
-            )
-        )
+    await services.start(  # also without plans: jobs may carry a retention of their own
+        partial(sweeper, storage, clock, s.sweep_plans, owner=s.owner, interval=s.sweep_interval)
+    )
     if parts.cron_jobs:
         await services.start(
             partial(

@@ -385,7 +385,7 @@ class WorkflowContext(JobContext[StateT]):
 #: What ``start_child`` passes on to the enqueue (``enqueue``'s options, one key).
 _CHILD_OPTIONS = frozenset(
     {"delay", "run_at", "priority", "queue", "idempotency_key", "max_attempts", "timeout",
-     "requires", "unique_for"}
+     "requires", "unique_for", "retain"}
 )  # fmt: skip
 
 

@@ -124,7 +124,7 @@ async def open_client(
     tracing: Tracing | None = None,
 ) -> AsyncIterator[AsyncioClient]:
     """``async with trioforge.aio.open_client(database) as client:`` from asyncio: enqueue,
-    get, list, wait, cancel, retry, discard and the bulk tools, with the same arguments
+    get, list, wait, cancel, retry, discard, delete and the bulk tools, with the same arguments
     and checks as :func:`trioforge.open_client` (``tracing`` too: enqueues inside the
     asyncio app's spans store their context). ``poll_interval``: how often ``wait``
     looks."""

@@ -53,12 +53,21 @@ class Row:
     parent_id: int | None = None
     workflow: bool = False
     trace_context: str | None = None
+    #: Its own retention: seconds per final state (None: kept forever); None: its queue's.
+    retain: dict[str, float | None] | None = None
     #: A signal or a child's end arrived while the run was running (see Suspended).
     wake_requested: bool = False
     #: Bumped whenever the row is (re)indexed as pending; older index entries are stale.
     version: int = 0
     #: Errors of earlier attempts, as the SQL backends' trioforge_attempts keeps them.
     history: list[AttemptRecord] = attrs.field(factory=list)
+
+    def expires_at(self) -> float | None:
+        """When its own retention runs out (None: it has none, or is kept or unfinished)."""
+        if self.retain is None or self.finished_at is None:
+            return None
+        age = self.retain.get(self.status.value)
+        return None if age is None else self.finished_at + age
 
     def keep(self, new: str | None) -> str | None:
         """Setting ``error``: the one it replaces goes to the history."""

@@ -580,12 +580,37 @@ class Purge(Op[list[int]]):
     limit: int = 500
     queue: str | None = None
     exclude: tuple[str, ...] = ()
+    #: Leave out jobs with a retention of their own (the sweeper's queue passes: those
+    #: go by :class:`PurgeExpired`); an operator's purge by age takes them too.
+    keep_retained: bool = False
 
     def __attrs_post_init__(self) -> None:
         if not self.statuses or any(not JobState(s).is_terminal for s in self.statuses):
             raise ValueError(
                 "only finished jobs (completed, dead, cancelled, compensated) are purged"
             )
+
+
+@attrs.frozen
+class PurgeExpired(Op[list[int]]):
+    """Delete up to ``limit`` finished jobs whose own retention (``NewJob.retain``) for the
+    state they ended in ran out before ``at``, the longest expired first, in one short
+    transaction as :class:`Purge`. The ids deleted."""
+
+    at: float
+    limit: int = 500
+
+
+@attrs.frozen
+class Delete(Op[JobState]):
+    """Delete one finished job (completed, dead, cancelled or compensated) with its
+    attempts and, for a run, its record and signals: a purge of one. The state it was in;
+    raises JobNotFoundError, or InvalidStateError while it is unfinished."""
+
+    job_id: int
+
+    def changed(self, result: object) -> Iterable[int]:
+        return (self.job_id,) if isinstance(result, JobState) else ()  # a watcher sees it go
 
 
 @attrs.frozen

@@ -1,6 +1,6 @@
 """PostgreSQL handlers of claims (plain, flow-controlled, under a queue's own rate), lease
 renewals and progress, and of the maintenance writes (processes, leadership, queues,
-purge, count folding): each one statement or a few, with no other handler's help."""
+purge and delete, count folding): each one statement or a few, with no other handler's help."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections import Counter
 
 import attrs
 
+from trioforge._core.errors import InvalidStateError, JobNotFoundError
 from trioforge._core.extras import needs_extra
 from trioforge._core.flow import (
     FLOW_WINDOW,
@@ -18,7 +19,7 @@ from trioforge._core.flow import (
     next_token_at,
     take_token,
 )
-from trioforge._core.states import JobState, claim_key
+from trioforge._core.states import TERMINAL_STATES, JobState, claim_key
 from trioforge.storage import _ops as ops
 from trioforge.storage._counts import Tally
 from trioforge.storage._pg_sql import (
@@ -36,7 +37,7 @@ from trioforge.storage._pg_sql import (
     _store,
     _stored,
 )
-from trioforge.storage._records import ClaimedJob, ClaimResult, RenewResult
+from trioforge.storage._records import ClaimedJob, ClaimResult, RenewResult, not_finished
 
 with needs_extra("postgres", "PostgreSQL"):
     import asyncpg
@@ -211,21 +212,60 @@ class PostgresClaims:
             " SELECT id FROM trioforge_jobs WHERE status = ANY($1::text[])"
             " AND finished_at IS NOT NULL AND finished_at < $2"
             " AND (CASE WHEN $3::text IS NOT NULL THEN queue = $3"
-            "  ELSE queue <> ALL($4::text[]) END)"
+            "  ELSE queue <> ALL($4::text[]) END) AND (NOT $6 OR retain IS NULL)"
             " ORDER BY finished_at, id LIMIT $5 FOR UPDATE SKIP LOCKED)"
             " RETURNING id, queue, status, finished_at",
             [JobState(s).value for s in op.statuses], op.before, op.queue, list(op.exclude),
-            max(op.limit, 0),
+            max(op.limit, 0), op.keep_retained,
         )  # fmt: skip
-        places = Counter((r["queue"], r["status"], r["finished_at"]) for r in rows)
-        await _store(conn, Tally({place: -n for place, n in places.items()}))
-        gone = [r["id"] for r in rows]  # a purged run's record goes with it
-        if gone:
-            for table in ("trioforge_workflow_steps", "trioforge_workflow_signals"):
-                await conn.execute(f"DELETE FROM {table} WHERE run_id = ANY($1::bigint[])", gone)
-        return sorted(gone)
+        return await _deleted(conn, rows)
+
+    @staticmethod
+    async def _purge_expired(
+        conn: asyncpg.Connection, op: ops.PurgeExpired, now: float
+    ) -> list[int]:
+        del now
+        rows = await conn.fetch(
+            "DELETE FROM trioforge_jobs WHERE id IN ("
+            " SELECT id FROM trioforge_jobs WHERE retain IS NOT NULL"
+            " AND finished_at IS NOT NULL AND (finished_at + (retain ->> status)::float8) < $1"
+            " ORDER BY (finished_at + (retain ->> status)::float8), id LIMIT $2"
+            " FOR UPDATE SKIP LOCKED) RETURNING id, queue, status, finished_at",
+            op.at, max(op.limit, 0),
+        )  # fmt: skip
+        return await _deleted(conn, rows)
+
+    @staticmethod
+    async def _delete(conn: asyncpg.Connection, op: ops.Delete, now: float) -> JobState:
+        del now
+        status = await conn.fetchval(
+            "SELECT status FROM trioforge_jobs WHERE id = $1 FOR UPDATE", op.job_id
+        )
+        if status is None:
+            raise JobNotFoundError(f"no job with id {op.job_id}")
+        if JobState(status) not in TERMINAL_STATES:
+            raise InvalidStateError(not_finished(op.job_id, JobState(status)))
+        rows = await conn.fetch(
+            "DELETE FROM trioforge_jobs WHERE id = $1 RETURNING id, queue, status, finished_at",
+            op.job_id,
+        )
+        await _deleted(conn, rows)
+        return JobState(status)
 
     @staticmethod
     async def _fold_counts(conn: asyncpg.Connection, op: ops.FoldCounts, now: float) -> None:
         del op, now
         await conn.execute(_FOLD_COUNTS)
+
+
+async def _deleted(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[int]:
+    """Finished jobs just deleted (id, queue, status, finished_at): they leave the counts,
+    and a run's record and signals go with it (its attempts go by cascade). Their ids,
+    ascending."""
+    places = Counter((r["queue"], r["status"], r["finished_at"]) for r in rows)
+    await _store(conn, Tally({place: -n for place, n in places.items()}))
+    gone = [r["id"] for r in rows]
+    if gone:
+        for table in ("trioforge_workflow_steps", "trioforge_workflow_signals"):
+            await conn.execute(f"DELETE FROM {table} WHERE run_id = ANY($1::bigint[])", gone)
+    return sorted(gone)

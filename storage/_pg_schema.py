@@ -433,4 +433,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE trioforge_processes ADD COLUMN job_names TEXT[];
     """,
+    # A job's own retention (enqueue's or its declaration's ``retain``): seconds per final
+    # state, null to keep it; NULL: its queue's. The sweeper finds expired ones by when they
+    # expire, through an index that holds only such jobs once finished, and skips jobs
+    # kept forever (their expression is NULL).
+    """
+    ALTER TABLE trioforge_jobs ADD COLUMN retain JSONB;
+    CREATE INDEX trioforge_jobs_retained
+        ON trioforge_jobs ((finished_at + (retain ->> status)::float8))
+        WHERE retain IS NOT NULL AND finished_at IS NOT NULL;
+    """,
 )

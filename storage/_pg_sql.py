@@ -77,17 +77,17 @@ _INSERT_MANY = f"""
 WITH inserted AS (
     INSERT INTO trioforge_jobs
         (name, queue, payload, priority, run_at, max_attempts, created_at, status, timeout,
-         requires, rate_key, concurrency_key, parent_id, workflow, trace_context)
+         requires, rate_key, concurrency_key, parent_id, workflow, trace_context, retain)
     SELECT name, queue, payload, priority, run_at, max_attempts, $7, status, timeout,
         CASE WHEN requires IS NOT NULL
              THEN ARRAY(SELECT json_array_elements_text(requires::json)) END,
-        rate_key, concurrency_key, parent_id, workflow, trace_context
+        rate_key, concurrency_key, parent_id, workflow, trace_context, retain::jsonb
     FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::int[],
                 $8::text[], $10::float8[], $11::text[], $12::text[], $13::text[],
-                $14::bigint[], $15::bool[], $16::text[])
+                $14::bigint[], $15::bool[], $16::text[], $17::text[])
         WITH ORDINALITY
         AS t(name, queue, payload, priority, run_at, max_attempts, status, timeout, requires,
-             rate_key, concurrency_key, parent_id, workflow, trace_context, ord)
+             rate_key, concurrency_key, parent_id, workflow, trace_context, retain, ord)
     ORDER BY ord
     RETURNING id, queue, run_at, status, finished_at, NULL AS old_status, NULL::float8 AS old_at
 ), {_count_moved("inserted")}, notified AS (
@@ -99,8 +99,8 @@ SELECT id FROM inserted WHERE (SELECT count(*) FROM notified) >= 0
 _INSERT_KEYED = f"""
 INSERT INTO trioforge_jobs
     (name, queue, payload, priority, run_at, max_attempts, idempotency_key, created_at, status,
-     timeout, requires, rate_key, concurrency_key, parent_id, workflow, trace_context)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+     timeout, requires, rate_key, concurrency_key, parent_id, workflow, trace_context, retain)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb)
 ON CONFLICT (idempotency_key)
     WHERE idempotency_key IS NOT NULL AND status NOT IN {TERMINAL} DO NOTHING
 RETURNING id

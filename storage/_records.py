@@ -59,6 +59,7 @@ __all__ = [
     "job_info",
     "names_by_queue",
     "not_a_run",
+    "not_finished",
     "step_record",
     "step_row",
 ]
@@ -101,6 +102,10 @@ class NewJob:
     #: The enqueuer's trace context, W3C ``traceparent``/``tracestate`` as a JSON object
     #: (see ``trioforge.otel``); None outside a trace or with tracing off.
     trace_context: str | None = None
+    #: Its own retention once finished: a JSON object of seconds per final state
+    #: ("completed", "cancelled", "dead", "compensated"; null: kept forever), every one
+    #: given; None: its queue's.
+    retain: str | None = None
 
 
 @attrs.frozen
@@ -456,6 +461,12 @@ def step_row(step: StepRecord) -> tuple[Any, ...]:
         step.seq, step.kind.value, step.name, step.status.value, step.attempt, step.result,
         step.error, step.wake_at, step.compensable, step.started_at, step.finished_at,
     )  # fmt: skip
+
+
+def not_finished(job_id: int, status: JobState) -> str:
+    """The message for a delete of a job that has not finished: what ends it first."""
+    how = "cancel it" if status is JobState.RUNNING else "cancel or discard it"
+    return f"job {job_id} is {status}, not finished: {how} first, then delete it"
 
 
 def not_a_run(job_id: int, name: str) -> str:

@@ -1,6 +1,6 @@
 """SQLite handlers of claims (plain and flow-controlled), lease renewals and progress, and
-of the maintenance writes (processes, leadership, queues, purge, count folding): each a
-statement or a few, with no other handler's help."""
+of the maintenance writes (processes, leadership, queues, purge and delete, count
+folding): each a statement or a few, with no other handler's help."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import json
 import sqlite3
 from collections import Counter
 
+from trioforge._core.errors import InvalidStateError, JobNotFoundError
 from trioforge._core.flow import FLOW_WINDOW, Bucket, FlowGate, drain, take_token
-from trioforge._core.states import JobState
+from trioforge._core.states import TERMINAL_STATES, JobState
 from trioforge.storage import _ops as ops
 from trioforge.storage._counts import Tally
-from trioforge.storage._records import ClaimResult, RenewResult
+from trioforge.storage._records import ClaimResult, RenewResult, not_finished
 from trioforge.storage._sqlite_sql import (
     _CANDIDATES,
     _CLAIM,
@@ -191,22 +192,55 @@ class SQLiteClaims:
             " AND finished_at IS NOT NULL AND finished_at < ?2"
             " AND ((?3 IS NOT NULL AND queue = ?3) OR (?3 IS NULL"
             "  AND queue NOT IN (SELECT value FROM json_each(?4))))"
+            " AND (NOT ?6 OR retain IS NULL)"
             " ORDER BY finished_at, id LIMIT ?5) RETURNING id, queue, status, finished_at",
             (json.dumps([JobState(s).value for s in op.statuses]), op.before, op.queue,
-             json.dumps(list(op.exclude)), max(op.limit, 0)),
+             json.dumps(list(op.exclude)), max(op.limit, 0), op.keep_retained),
         ).fetchall()  # fmt: skip
-        _store(
-            db, Tally({(q, s, at): -n for (q, s, at), n in Counter(r[1:] for r in rows).items()})
-        )
-        gone = json.dumps([r[0] for r in rows])  # a purged run's record goes with it
-        for table in ("trioforge_workflow_steps", "trioforge_workflow_signals"):
-            db.execute(
-                f"DELETE FROM {table} WHERE run_id IN (SELECT value FROM json_each(?))", (gone,)
-            )
-        return sorted(r[0] for r in rows)
+        return _deleted(db, rows)
+
+    @staticmethod
+    def _purge_expired(db: sqlite3.Connection, op: ops.PurgeExpired, now: float) -> list[int]:
+        del now
+        rows = db.execute(
+            "DELETE FROM trioforge_jobs WHERE id IN ("
+            " SELECT id FROM trioforge_jobs WHERE retain IS NOT NULL AND finished_at IS NOT NULL"
+            " AND finished_at + json_extract(retain, '$.' || status) < ?1"
+            " ORDER BY finished_at + json_extract(retain, '$.' || status), id LIMIT ?2)"
+            " RETURNING id, queue, status, finished_at",
+            (op.at, max(op.limit, 0)),
+        ).fetchall()
+        return _deleted(db, rows)
+
+    @staticmethod
+    def _delete(db: sqlite3.Connection, op: ops.Delete, now: float) -> JobState:
+        del now
+        row = db.execute("SELECT status FROM trioforge_jobs WHERE id = ?", (op.job_id,)).fetchone()
+        if row is None:
+            raise JobNotFoundError(f"no job with id {op.job_id}")
+        status = JobState(row[0])
+        if status not in TERMINAL_STATES:
+            raise InvalidStateError(not_finished(op.job_id, status))
+        rows = db.execute(
+            "DELETE FROM trioforge_jobs WHERE id = ? RETURNING id, queue, status, finished_at",
+            (op.job_id,),
+        ).fetchall()
+        _deleted(db, rows)
+        return status
 
     @staticmethod
     def _fold_counts(db: sqlite3.Connection, op: ops.FoldCounts, now: float) -> None:
         """Nothing to fold: each write adds into the one row per key (``ON CONFLICT``), since
         the single writer has no contention to avoid."""
         del db, op, now
+
+
+def _deleted(db: sqlite3.Connection, rows: list[tuple[int, str, str, float]]) -> list[int]:
+    """Finished jobs just deleted, as (id, queue, status, finished_at): they leave the
+    counts, and a run's record and signals go with it (its attempts go by trigger). Their
+    ids, ascending."""
+    _store(db, Tally({(q, s, at): -n for (q, s, at), n in Counter(r[1:] for r in rows).items()}))
+    gone = json.dumps([r[0] for r in rows])
+    for table in ("trioforge_workflow_steps", "trioforge_workflow_signals"):
+        db.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT value FROM json_each(?))", (gone,))
+    return sorted(r[0] for r in rows)

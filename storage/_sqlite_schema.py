@@ -216,6 +216,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE trioforge_processes ADD COLUMN job_names TEXT
     """,
+    # A job's own retention (enqueue's or its declaration's ``retain``): a JSON object of
+    # seconds per final state, null to keep it; NULL: its queue's. The sweeper finds
+    # expired ones by when they expire, through an index that holds only such jobs once
+    # finished.
+    """
+    ALTER TABLE trioforge_jobs ADD COLUMN retain TEXT;
+    CREATE INDEX trioforge_jobs_retained
+        ON trioforge_jobs (finished_at + json_extract(retain, '$.' || status))
+        WHERE retain IS NOT NULL AND finished_at IS NOT NULL
+    """,
 )
 
 _TABLES = (

@@ -17,7 +17,8 @@ from trioforge.storage._sql_states import PENDING, TERMINAL
 _INSERT = (
     "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, max_attempts, "
     "idempotency_key, created_at, status, timeout, requires, rate_key, concurrency_key, "
-    "parent_id, workflow, trace_context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "parent_id, workflow, trace_context, retain) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -30,7 +31,7 @@ def _insert_row(j: NewJob, key: str | None, now: float) -> tuple[object, ...]:
         j.name, j.queue, j.payload, j.priority, j.run_at, j.max_attempts, key, now,
         _first_state(j, now), j.timeout,
         json.dumps(list(j.requires)) if j.requires else None, j.rate_key, j.concurrency_key,
-        j.parent_id, int(j.workflow), j.trace_context,
+        j.parent_id, int(j.workflow), j.trace_context, j.retain,
     )  # fmt: skip
 
 

@@ -62,6 +62,7 @@ from trioforge.storage._records import (
     WorkflowRecord,
     names_by_queue,
     not_a_run,
+    not_finished,
 )
 
 __all__ = ["MemoryBackend"]
@@ -176,6 +177,7 @@ class MemoryBackend(MemoryStore):
                 rate_key=job.rate_key,
                 concurrency_key=job.concurrency_key,
                 trace_context=job.trace_context,
+                retain=None if job.retain is None else json.loads(job.retain),
             )
             self._next_id += 1
             if job.parent_id is not None:
@@ -512,17 +514,40 @@ class MemoryBackend(MemoryStore):
                 if r.status in statuses and r.finished_at is not None
                 and r.finished_at < op.before
                 and (r.queue == op.queue if op.queue is not None else r.queue not in op.exclude)
+                and not (op.keep_retained and r.retain is not None)
             ),
             key=lambda r: (r.finished_at or 0.0, r.id),
         )[: max(op.limit, 0)]  # fmt: skip
         for row in victims:
-            del self._rows[row.id]
-            key = row.idempotency_key
-            if key is not None and self._done_keys.get(key, (None,))[0] == row.id:
-                del self._done_keys[key]
-            for records in (self._steps, self._signals, self._children):
-                records.pop(row.id, None)  # a purged run's record goes with it
+            self._forget(row)
         return sorted(row.id for row in victims)
+
+    def _purge_expired(self, op: ops.PurgeExpired, now: float) -> list[int]:
+        del now
+        expired = sorted(
+            (at, row.id) for row in self._rows.values()
+            if (at := row.expires_at()) is not None and at < op.at
+        )[: max(op.limit, 0)]  # fmt: skip
+        for _, job_id in expired:
+            self._forget(self._rows[job_id])
+        return sorted(job_id for _, job_id in expired)
+
+    def _delete(self, op: ops.Delete, now: float) -> JobState:
+        del now
+        row = self._row(op.job_id)
+        if row.status not in TERMINAL_STATES:
+            raise InvalidStateError(not_finished(row.id, row.status))
+        self._forget(row)
+        return row.status
+
+    def _forget(self, row: Row) -> None:
+        """A finished job goes, with what only it refers to."""
+        del self._rows[row.id]
+        key = row.idempotency_key
+        if key is not None and self._done_keys.get(key, (None,))[0] == row.id:
+            del self._done_keys[key]
+        for records in (self._steps, self._signals, self._children):
+            records.pop(row.id, None)  # a run's record goes with it
 
     def _matching(self, where: ops.JobFilter, states: frozenset[JobState]) -> list[int]:
         ids = [

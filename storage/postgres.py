@@ -441,7 +441,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
                 [json.dumps(list(j.requires)) if j.requires else None for j in op.jobs],
                 [j.rate_key for j in op.jobs], [j.concurrency_key for j in op.jobs],
                 [j.parent_id for j in op.jobs], [j.workflow for j in op.jobs],
-                [j.trace_context for j in op.jobs],
+                [j.trace_context for j in op.jobs], [j.retain for j in op.jobs],
             )  # fmt: skip
             return [Enqueued(job_id, created=True) for job_id in sorted(r["id"] for r in rows)]
         earliest: dict[str, float] = {}
@@ -468,7 +468,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
                 _INSERT_KEYED, j.name, j.queue, j.payload, j.priority, j.run_at,
                 j.max_attempts, j.idempotency_key, now, state, j.timeout,
                 list(j.requires) if j.requires else None, j.rate_key, j.concurrency_key,
-                j.parent_id, j.workflow, j.trace_context,
+                j.parent_id, j.workflow, j.trace_context, j.retain,
             )  # fmt: skip
             if job_id is not None:
                 out.append(Enqueued(job_id, created=True))

@@ -83,6 +83,8 @@ def test_an_asyncio_program_enqueues_waits_and_operates(tmp_path: Path) -> None:
             assert (info.status, info.result) == (JobState.COMPLETED, "hello asyncio")
             assert (await client.get(later)).status is JobState.CANCELLED
             assert {j.id for j in await client.list()} == {later, job_id}
+            assert await client.delete(later) is JobState.CANCELLED
+            assert {j.id for j in await client.list()} == {job_id}
 
     in_asyncio(main)
 

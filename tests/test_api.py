@@ -165,9 +165,33 @@ async def test_operator_retry_and_discard(database: str | Backend) -> None:
         assert await rt.discard(later, "not needed")
         info = await rt.get(later)
         assert (info.status, info.error) == (JobState.DEAD, "not needed")
-        assert not await rt.discard(later)
+        with pytest.raises(trioforge.InvalidStateError, match=f"delete it .*delete\\({later}\\)"):
+            await rt.discard(later)  # dead already: removing it is delete's work
         with pytest.raises(trioforge.JobNotFoundError):
             await rt.retry(10_000)
+
+
+async def test_delete_removes_a_finished_job_and_refuses_an_unfinished_one(
+    database: str | Backend,
+) -> None:
+    registry, _ = make_registry()
+    async with trioforge.open_runtime(registry, database=database, **FAST) as rt:
+        dead = await rt.wait(await rt.enqueue("refuse", "no"))
+        done = await rt.wait(await rt.enqueue("tick"))
+        later = await rt.enqueue("tick", delay=3600)
+        assert await rt.attempts(dead.id) != []
+        assert await rt.delete(dead.id) is JobState.DEAD
+        assert await rt.delete(done.id) is JobState.COMPLETED
+        for read in (rt.get, rt.attempts):
+            with pytest.raises(trioforge.JobNotFoundError):
+                await read(dead.id)
+        with pytest.raises(trioforge.JobNotFoundError):
+            await rt.delete(dead.id)
+        with pytest.raises(trioforge.InvalidStateError, match="cancel or discard it first"):
+            await rt.delete(later)
+        assert [j.id for j in await rt.list()] == [later]
+        stats = await rt.stats()
+        assert (stats.count(JobState.DEAD), stats.count(JobState.COMPLETED)) == (0, 0)
 
 
 async def test_child_jobs_and_listing(database: str | Backend) -> None:

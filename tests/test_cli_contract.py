@@ -414,6 +414,31 @@ async def test_enqueue_wait_prints_the_result_or_fails_on_a_dead_job(tmp_path: P
     assert dead.stderr.splitlines() == [f"error: job {dead_id} ended dead: ValueError: it broke"]
 
 
+def test_jobs_delete_removes_a_finished_job_and_every_refusal_is_one_line(tmp_path: Path) -> None:
+    url = migrated(tmp_path)
+    base = ["--database", url]
+    dead, pending, cancelled = enqueued(url, "a", "b", "c")
+    assert cli("jobs", "discard", str(dead), *base).exit_code == 0
+    assert cli("jobs", "cancel", str(cancelled), *base).exit_code == 0
+    again = one_error_line(cli("jobs", "discard", str(dead), *base))
+    assert again.endswith(f"delete it (client.delete({dead}) or `trioforge jobs delete {dead}`)")
+    deleted = cli("jobs", "delete", str(dead), "--json", *base)
+    assert deleted.exit_code == 0, deleted.output
+    assert json.loads(deleted.stdout) == {"id": dead, "deleted": True, "status": "dead"}
+    plain = cli("jobs", "delete", str(cancelled), *base)
+    assert plain.stdout == f"job {cancelled}: deleted (it was cancelled)\n"
+    gone = one_error_line(cli("jobs", "delete", str(dead), *base))
+    assert gone == f"error: no job with id {dead}"
+    refused = one_error_line(cli("jobs", "delete", str(pending), "--json", *base))
+    assert refused == (
+        f"error: job {pending} is available, not finished: cancel or discard it first, then "
+        "delete it"
+    )
+    assert cli("jobs", "delete", "x", *base).exit_code == 2
+    listed = cli("jobs", "list", "--json", *base).stdout.splitlines()
+    assert [json.loads(line)["id"] for line in listed] == [pending]
+
+
 async def test_healthcheck_answers_for_the_database_and_this_hosts_workers(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     assert (await trio.to_thread.run_sync(cli, "db", "migrate", "--database", url)).exit_code == 0

@@ -68,6 +68,43 @@ def test_the_sweeper_deletes_finished_jobs_past_their_retention() -> None:
     run(main)
 
 
+def test_a_jobs_own_retention_overrides_its_queues() -> None:
+    """``@registry.job(retain=...)`` and ``enqueue(..., retain=...)``, in virtual time."""
+    registry = make_registry()
+
+    @registry.job("brief", retain=Retention(completed=20, dead=None))
+    async def brief(ctx: JobContext, fail: bool) -> None:
+        if fail:
+            raise trioforge.Discard("no")
+
+    async def main() -> None:
+        forever = Retention(completed=None, cancelled=None, dead=None, compensated=None)
+        async with open_test_runtime(registry, retention=forever, sweep_interval=5) as rt:
+            declared = await rt.enqueue(brief, False)
+            kept_dead = await rt.enqueue(brief, True)
+            given = await rt.enqueue(brief, False, retain=dt.timedelta(seconds=2))
+            plain = await rt.enqueue("ok", 1)
+            short = await rt.enqueue("ok", 2, retain=8)
+            await rt.run_until_idle()
+            await rt.advance(12)  # a sweep past 8 s (at 10)
+            for gone in (given, short):
+                with pytest.raises(trioforge.JobNotFoundError):
+                    await rt.get(gone)
+            assert (await rt.get(declared)).status is JobState.COMPLETED
+            await rt.advance(15)  # a sweep past 20 s (at 25)
+            with pytest.raises(trioforge.JobNotFoundError):
+                await rt.get(declared)
+            await rt.advance(10_000)
+            assert (await rt.get(kept_dead)).status is JobState.DEAD  # None: kept
+            assert (await rt.get(plain)).status is JobState.COMPLETED  # the queue keeps it
+            with pytest.raises(trioforge.InvalidArgumentError, match="retain"):
+                await rt.enqueue("ok", 3, retain=-1)
+        with pytest.raises(trioforge.ConfigurationError, match="retain"):
+            Registry().job("bad", retain="soon")  # type: ignore[arg-type]
+
+    run(main)
+
+
 async def test_retention_under_concurrent_enqueue_loses_no_unfinished_job(
     sqlite_url: str,
 ) -> None:

@@ -51,7 +51,12 @@ def _new_job(rng: random.Random, now: float, parents: list[int]) -> NewJob:
         f"k{rng.randint(0, 6)}" if rng.random() < 0.2 else None,
         parent_id=rng.choice(parents) if parents and not workflow and rng.random() < 0.3 else None,
         workflow=workflow,
+        retain=rng.choice([None, None, None, RETAIN]),
     )
+
+
+#: A job's own retention, as stored: its expired jobs go by PurgeExpired.
+RETAIN = '{"cancelled": 0.0, "compensated": 2.0, "completed": 1.0, "dead": null}'
 
 
 def _outcome(rng: random.Random, job_id: int, lease: int, now: float) -> Outcome:
@@ -111,6 +116,10 @@ def _ops(rng: random.Random, now: float, ids: list[int], held: dict[int, int]) -
                     queue, "w", tuple(rng.sample(sorted(held.items()), len(held) // 2))
                 )
             )
+        elif pick < 0.95:
+            out.append(ops.Delete(some))
+        elif pick < 0.97:
+            out.append(ops.PurgeExpired(now - rng.choice([0.0, 1.0]), rng.randint(1, 4)))
         else:
             out.append(ops.FoldCounts())
     return out
@@ -159,9 +168,11 @@ async def _random_run(
             elif isinstance(op, ops.Finish):
                 for outcome in op.outcomes:
                     held.pop(outcome.job_id, None)
-            elif isinstance(op, ops.Purge):  # a child's parent must exist
+            elif isinstance(op, ops.Purge | ops.PurgeExpired):  # a child's parent must exist
                 gone = set(result)  # type: ignore[call-overload]
                 ids = [i for i in ids if i not in gone]
+            elif isinstance(op, ops.Delete):
+                ids.remove(op.job_id)
         if step % 5 == 4:
             await _check(backend, ids, now)
             [current] = await backend.execute([ops.GetMany(tuple(held))], now)
@@ -195,8 +206,10 @@ async def test_counts_follow_every_kind_of_change_in_one_transaction(backend: Ba
                 ids.extend(e.id for e in result if e.created)
             elif isinstance(result, ClaimResult):
                 held.update((j.id, j.lease) for j in result.jobs)
-            elif isinstance(op, ops.Purge) and isinstance(result, list):
+            elif isinstance(op, ops.Purge | ops.PurgeExpired) and isinstance(result, list):
                 ids = [i for i in ids if i not in set(result)]
+            elif isinstance(op, ops.Delete) and isinstance(result, JobState):
+                ids.remove(op.job_id)
         await _check(backend, ids, now)
 
 

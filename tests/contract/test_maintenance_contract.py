@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 import attrs
 import pytest
 
 from tests.contract.test_contract import T0, claim, enqueue, finish, get, job, one
-from trioforge import JobState
+from trioforge import InvalidStateError, JobNotFoundError, JobState
 from trioforge._core.states import Discarded, Failed, Succeeded
-from trioforge.storage import Backend, Enqueued, Outcome, ProcessDetails, ops
+from trioforge.storage import (
+    Backend,
+    CancelResult,
+    Enqueued,
+    NewJob,
+    Outcome,
+    ProcessDetails,
+    ops,
+)
 from trioforge.storage._records import OutcomeEvent
 
 
@@ -151,3 +161,75 @@ async def test_keys_in_one_batch_and_its_duplicates(backend: Backend) -> None:
     )
     a, b, again, plain = enqueued
     assert (a.created, b.created, again, plain.created) == (True, True, Enqueued(a.id, False), True)
+
+
+async def test_delete_removes_one_finished_job_with_its_attempts_and_counts(
+    backend: Backend,
+) -> None:
+    done, kept = await finished(backend, ("q", "ok", T0), ("q", "ok", T0 + 2))
+    [dead] = await enqueue(backend, job(max_attempts=2))
+    for attempt, retry_at in ((1, T0 + 1), (2, None)):
+        [c] = (await claim(backend, T0 + attempt)).jobs
+        failed = Outcome(dead, c.lease, Failed(retry_at), error=f"boom {attempt}")
+        assert await finish(backend, c, failed, T0 + attempt)
+    assert len(await one(backend, ops.Attempts(dead))) == 2
+    assert await one(backend, ops.Delete(dead), T0 + 5) is JobState.DEAD
+    assert await one(backend, ops.Get(dead)) is None
+    assert await one(backend, ops.Attempts(dead)) == []
+    assert await one(backend, ops.Delete(done), T0 + 5) is JobState.COMPLETED
+    assert await one(backend, ops.Stats()) == {"q": {JobState.COMPLETED: 1}}
+    assert await one(backend, ops.Throughput(T0 - 10)) == {"q": {JobState.COMPLETED: 1}}
+    assert (await get(backend, kept)).status is JobState.COMPLETED
+    with pytest.raises(JobNotFoundError, match=str(dead)):
+        await one(backend, ops.Delete(dead), T0 + 6)  # once only
+
+
+async def test_delete_refuses_an_unfinished_job_and_names_what_ends_it(backend: Backend) -> None:
+    running, waiting = await enqueue(backend, job("a"), job("b", run_at=T0 + 60))
+    [claimed] = (await claim(backend, names=frozenset({"a"}))).jobs
+    with pytest.raises(InvalidStateError, match=r"is running.*cancel it first"):
+        await one(backend, ops.Delete(running))
+    with pytest.raises(InvalidStateError, match=r"is scheduled.*cancel or discard it first"):
+        await one(backend, ops.Delete(waiting))
+    assert (await get(backend, running)).status is JobState.RUNNING
+    assert (await get(backend, waiting)).status is JobState.SCHEDULED
+    assert await one(backend, ops.Stats()) == {"q": {JobState.RUNNING: 1, JobState.SCHEDULED: 1}}
+    assert await one(backend, ops.Cancel(waiting), T0 + 1) is CancelResult.CANCELLED
+    assert await one(backend, ops.Delete(waiting), T0 + 2) is JobState.CANCELLED
+    assert await finish(backend, claimed, Outcome(running, claimed.lease, Succeeded()), T0 + 3)
+    assert await one(backend, ops.Delete(running), T0 + 4) is JobState.COMPLETED
+    assert await one(backend, ops.Stats()) == {}
+
+
+def _retained(retain: dict[str, float | None] | None) -> NewJob:
+    return attrs.evolve(job(max_attempts=1), retain=None if retain is None else json.dumps(retain))
+
+
+async def test_a_jobs_own_retention_decides_when_it_is_deleted(backend: Backend) -> None:
+    """Each job's ``retain`` for the state it ended in; the queue's passes leave it alone."""
+    short = {"completed": 10.0, "cancelled": 5.0, "dead": None, "compensated": 10.0}
+    long = {**short, "completed": 100.0}
+    ids = await enqueue(
+        backend, _retained(short), _retained(short), _retained(None), _retained(long),
+        _retained(short),
+    )  # fmt: skip
+    soon, kept, plain, later, cancelled = ids
+    claimed = (await claim(backend, T0, limit=4)).jobs
+    events: dict[int, OutcomeEvent] = {
+        soon: Succeeded(), kept: Failed(None), plain: Succeeded(), later: Succeeded()
+    }  # fmt: skip
+    for c in claimed:
+        assert await finish(backend, c, Outcome(c.id, c.lease, events[c.id]), T0)
+    assert await one(backend, ops.Cancel(cancelled), T0 + 2) is CancelResult.CANCELLED
+    assert await one(backend, ops.PurgeExpired(T0 + 5), T0 + 5) == []
+    assert await one(backend, ops.PurgeExpired(T0 + 7.5), T0 + 7.5) == [cancelled]
+    everything = (JobState.COMPLETED, JobState.DEAD)
+    by_queue = ops.Purge(everything, T0 + 50, keep_retained=True)
+    assert await one(backend, by_queue, T0 + 50) == [plain]  # only a job without its own
+    assert await one(backend, ops.PurgeExpired(T0 + 10), T0 + 10) == []  # not before it ran out
+    assert await one(backend, ops.PurgeExpired(T0 + 1e9, limit=1), T0 + 50) == [soon]
+    assert await one(backend, ops.PurgeExpired(T0 + 1e9), T0 + 50) == [later]
+    assert await one(backend, ops.PurgeExpired(T0 + 1e9), T0 + 50) == []  # dead: kept
+    assert (await get(backend, kept)).status is JobState.DEAD
+    assert await one(backend, ops.Stats()) == {"q": {JobState.DEAD: 1}}
+    assert await one(backend, ops.Purge(everything, T0 + 50), T0 + 50) == [kept]  # by hand

@@ -263,6 +263,22 @@ async def test_an_undone_run_is_purged_with_its_record(backend: Backend) -> None
     assert await one(backend, purge, T0 + 20) == []
 
 
+async def test_a_deleted_run_takes_its_record_and_signals_along(backend: Backend) -> None:
+    [run_id, other] = await enqueue(backend, run(), run())
+    job = await claim_one(backend)
+    await record(backend, job, entry(0, "a"))
+    await one(backend, ops.SendSignal(run_id, "left", "true"))
+    await one(backend, ops.SendSignal(other, "kept", "true"))
+    with pytest.raises(InvalidStateError, match="cancel it first"):
+        await one(backend, ops.Delete(run_id))
+    await finish(backend, job, Outcome(run_id, job.lease, Compensated(), error="undone"), T0 + 1)
+    assert await one(backend, ops.Delete(run_id), T0 + 2) is JobState.COMPENSATED
+    assert await one(backend, ops.ReadWorkflow(run_id)) is None
+    assert await one(backend, ops.LatestSteps((run_id,))) == {}
+    kept: WorkflowRecord = await one(backend, ops.ReadWorkflow(other))
+    assert [s.name for s in kept.signals] == ["kept"]
+
+
 async def test_latest_steps_gives_each_runs_newest_entry(backend: Backend) -> None:
     a, b, c = await enqueue(backend, run(), run(), run())
     first = await claim_one(backend)

@@ -73,11 +73,15 @@ def running_pgbouncer(directory: Path) -> Iterator[str]:
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_for_port(port, proc, directory)
-        yield urllib.parse.urlunsplit(
-            server._replace(netloc=server.netloc.replace(f":{server.port}", f":{port}"))
-            if server.port
-            else server._replace(netloc=f"{server.netloc}:{port}")
-        ) + ("&" if server.query else "?") + "pooler=transaction"
+        yield (
+            urllib.parse.urlunsplit(
+                server._replace(netloc=server.netloc.replace(f":{server.port}", f":{port}"))
+                if server.port
+                else server._replace(netloc=f"{server.netloc}:{port}")
+            )
+            + ("&" if server.query else "?")
+            + "pooler=transaction"
+        )
     finally:
         proc.terminate()
         proc.wait(10)

@@ -9,6 +9,7 @@ import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import trio
@@ -27,8 +28,10 @@ with needs_extra("postgres", "PostgreSQL"):
 
 log = logging.getLogger("trioforge.postgres")
 
-#: How long a worker waits for its own probe notice before it concludes LISTEN is deaf.
+#: How long a listener waits for its own probe notice before it concludes LISTEN is deaf.
 PROBE_TIMEOUT = 2.0
+#: How often a deaf change feed marks every watched job for a re-read instead.
+DEAF_REREAD = 1.0
 
 
 def trio_asyncio_module() -> Any:
@@ -63,6 +66,13 @@ def parse_notice(payload: str, schema: str | None = None) -> Notice | None:
     return None  # not ours: ignore
 
 
+async def _every(interval: float, fn: Callable[[], None]) -> None:
+    while True:
+        await trio.sleep(interval)
+        with contextlib.suppress(trio.ClosedResourceError):
+            fn()
+
+
 class PostgresListening:
     """The LISTEN side of :class:`~trioforge.storage.postgres.PostgresBackend`."""
 
@@ -71,8 +81,8 @@ class PostgresListening:
     schema: str | None
     changes_channel: str
     _connect_timeout: float
-    #: Sends a payload on the notice channel through the pool.
-    _notify_probe: Callable[[str], Awaitable[None]]
+    #: Sends a payload on a channel through the pool.
+    _notify_probe: Callable[[str, str], Awaitable[None]]
     #: Whether the deaf-listener warning was given (once per backend, not per reconnect).
     _warned_deaf = False
 
@@ -98,7 +108,7 @@ class PostgresListening:
 
         conn = await self._aio(self._listening, CHANNEL, on_notify, send.close, "listener")
         try:
-            await self._check_heard(probe, heard)
+            await self._check_heard(CHANNEL, probe, heard)
             yield receive
         finally:
             send.close()
@@ -110,8 +120,12 @@ class PostgresListening:
         """LISTEN for job change notices on a connection of its own; the channel ends
         when that connection drops."""
         send, receive = trio.open_memory_channel[Changed](math.inf)
+        probe, heard = f"p:{uuid.uuid4().hex}", trio.Event()
 
         def on_notify(conn: object, pid: int, channel: str, payload: str) -> None:
+            if payload == probe:
+                heard.set()
+                return
             ids = parse_ids(payload)
             if ids is not None:
                 with contextlib.suppress(trio.ClosedResourceError):
@@ -121,21 +135,27 @@ class PostgresListening:
             self._listening, self.changes_channel, on_notify, send.close, "live feed"
         )
         try:
-            yield receive
+            async with trio.open_nursery() as nursery:
+                if not await self._check_heard(self.changes_channel, probe, heard):
+                    # No notice will come: "everything watched may have changed", on a beat.
+                    nursery.start_soon(_every, DEAF_REREAD, partial(send.send_nowait, None))
+                yield receive
+                nursery.cancel_scope.cancel()
         finally:
             send.close()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._aio(conn.close)
 
-    async def _check_heard(self, probe: str, heard: trio.Event) -> None:
-        """NOTIFY ``probe`` through the pool and wait for it on the listening connection.
-        LISTEN through a transaction pooler is accepted and then never fires (the server
-        connection that ran it serves other clients); the runtime still claims every poll
-        interval and reads cancels at each heartbeat, so this only says why it is slow."""
-        await self._notify_probe(probe)
+    async def _check_heard(self, channel: str, probe: str, heard: trio.Event) -> bool:
+        """NOTIFY ``probe`` on ``channel`` through the pool and wait for it on the listening
+        connection. LISTEN through a transaction pooler is accepted and then never fires
+        (the server connection that ran it serves other clients); the runtime still claims
+        every poll interval and reads cancels at each heartbeat, so this only says why it
+        is slow."""
+        await self._notify_probe(channel, probe)
         with trio.move_on_after(PROBE_TIMEOUT):
             await heard.wait()
-            return
+            return True
         if not self._warned_deaf:
             self._warned_deaf = True
             log.warning(
@@ -146,6 +166,7 @@ class PostgresListening:
                 "poll_interval, cancels at each heartbeat)",
                 redact(self.listen_url), PROBE_TIMEOUT,
             )  # fmt: skip
+        return False
 
     async def _listening(
         self,

@@ -126,8 +126,8 @@ def _quoted(identifier: str) -> str:
     return '"{}"'.format(identifier.replace('"', '""'))
 
 
-async def _probe(conn: asyncpg.Connection, *, payload: str) -> None:
-    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+async def _probe(conn: asyncpg.Connection, *, channel: str, payload: str) -> None:
+    await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -376,8 +376,8 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
                 await conn.execute(self._set_path)
             yield
 
-    async def _notify_probe(self, payload: str) -> None:
-        await self._aio(self._run, partial(_probe, payload=payload))
+    async def _notify_probe(self, channel: str, payload: str) -> None:
+        await self._aio(self._run, partial(_probe, channel=channel, payload=payload))
 
     @staticmethod
     async def _read_version(conn: asyncpg.Connection) -> int:

@@ -74,18 +74,25 @@ async def test_listen_through_the_pooler_warns_once_and_jobs_still_run_by_pollin
     pooler: str, schema: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="trioforge.postgres")
-    backend = PostgresBackend(pooler, schema=schema)  # no listen_url: LISTEN via PgBouncer
-    async with trioforge.open_runtime(
-        registry, database=backend, queues={"pooled": 4}, poll_interval=0.2
-    ) as rt:
-        ids = await rt.enqueue_many(work, range(10))
+    # No listen_url: both the worker's LISTEN and the client's change feed go via PgBouncer.
+    worker = PostgresBackend(pooler, schema=schema)
+    async with (
+        trioforge.open_runtime(registry, database=worker, queues={"pooled": 4}, poll_interval=0.2),
+        trioforge.open_client(PostgresBackend(pooler, schema=schema), registry=registry) as client,
+    ):
+        ids = await client.enqueue_many(work, range(10))
+        # Due after the client's change feed has given up on its probe: its wait is served
+        # by the deaf feed's periodic re-reads.
+        ids.append(await client.enqueue(work, 10, delay=3.0))
         with trio.fail_after(20):
-            finals = [await rt.wait(job_id) for job_id in ids]
+            finals = [await client.wait(job_id) for job_id in ids]
     assert {f.status for f in finals} == {JobState.COMPLETED}
-    [warning] = _deaf_warnings(caplog)
-    message = warning.getMessage()
-    assert "transaction pooler" in message, message
-    assert "set listen_url to a direct connection" in message, message
+    warnings = _deaf_warnings(caplog)
+    assert len(warnings) == 2, [w.getMessage() for w in warnings]  # one per backend
+    for warning in warnings:
+        message = warning.getMessage()
+        assert "transaction pooler" in message, message
+        assert "set listen_url to a direct connection" in message, message
 
 
 async def _ready(proc: trio.Process) -> bytes:

@@ -77,8 +77,8 @@ def test_the_listen_url_comes_from_argument_environment_then_files(
     assert resolve_listen_url(None, cwd=tmp_path) == "postgresql://app:pw@db:5432/jobs"
     monkeypatch.setenv("TRIOFORGE_LISTEN_URL", "postgresql://env@db/jobs")
     assert resolve_listen_url(None, cwd=tmp_path) == "postgresql://env:pw@db/jobs"
-    assert resolve_listen_url("postgresql://arg:x@db/jobs", cwd=tmp_path).startswith(
-        "postgresql://arg:x@"
+    assert resolve_listen_url("postgresql://arg:x@db/jobs", cwd=tmp_path) == (
+        "postgresql://arg:x@db/jobs"
     )
     with pytest.raises(ConfigurationError, match="listen URL is empty"):
         resolve_listen_url("", cwd=tmp_path)

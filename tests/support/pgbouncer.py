@@ -13,13 +13,15 @@ import socket
 import subprocess
 import time
 import urllib.parse
-from collections.abc import Iterator
-from contextlib import contextmanager
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.support.postgres import URL, require_postgres
+from tests.support.postgres import URL, drop_schema, require_postgres
+from trioforge.storage.postgres import PostgresBackend
 
 #: Server connections PgBouncer keeps per database and user: fewer than the clients'
 #: connections, so transactions really do move between server connections.
@@ -102,3 +104,15 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], directory: Path) ->
             time.sleep(0.05)  # polling a port that is not open yet: nothing to wait on
     proc.terminate()
     pytest.fail("pgbouncer did not open its port within 10 s")
+
+
+@asynccontextmanager
+async def pooled_backend(directory: Path) -> AsyncIterator[PostgresBackend]:
+    """An unopened backend whose pool goes through a PgBouncer of its own (LISTEN direct),
+    on a schema dropped afterwards."""
+    with running_pgbouncer(directory / "pgbouncer") as url:
+        schema = f"tf_test_{uuid.uuid4().hex[:12]}"
+        try:
+            yield PostgresBackend(url, schema=schema, listen_url=URL)
+        finally:
+            await drop_schema(schema)

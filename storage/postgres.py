@@ -274,8 +274,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
             try:
                 if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
                     return False
-                # An identifier cannot be a parameter: quote it as PostgreSQL does.
-                await conn.execute('CREATE DATABASE "{}"'.format(name.replace('"', '""')))
+                await conn.execute(f"CREATE DATABASE {_quoted(name)}")
                 return True
             finally:
                 await conn.close()

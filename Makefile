@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # "Strict editable installation performed" banner as a warning; errors still show.
 PIP_QUIET := --quiet --quiet
 
-.PHONY: venv relink demo test test-deep lint pytest bench screenshots clean
+.PHONY: venv relink demo test test-deep lint pytest docs bench screenshots clean
 
 venv: $(STAMP)
 
@@ -25,14 +25,19 @@ demo: relink
 	cd examples && ../$(BIN)/python quickstart.py && ../$(BIN)/python workflow_verification.py
 
 lint: relink
-	$(BIN)/ruff check core runtime actors storage tests examples bench
-	$(BIN)/ruff format --check core runtime actors storage tests examples bench
+	$(BIN)/ruff check core runtime actors storage tests examples bench docs_tools
+	$(BIN)/ruff format --check core runtime actors storage tests examples bench docs_tools
 	$(BIN)/mypy
 
 pytest: relink
 	$(BIN)/pytest -q
 
 test: lint pytest
+
+# The documentation site in site/: strict, so a broken link, a missing page or reference,
+# or a docstring that does not render fails the build.
+docs: relink
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Nightly depth: thousands of hypothesis examples per property.
 test-deep: relink
@@ -65,4 +70,4 @@ bench: relink
 	if [ -n "$$failed" ]; then echo "== failed or stopped early:$$failed"; exit 1; fi
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -79,6 +79,11 @@ class JobTable(Protocol):
         (the attempt count comes from ``job.max_attempts``, set at enqueue)."""
         ...
 
+    def heartbeat_timeout(self, job: ClaimedJob) -> float | None:
+        """Seconds the handler may go without ``ctx.heartbeat``/``ctx.progress`` before the
+        attempt fails as timed out (None: no such limit)."""
+        ...
+
     def attempt(self, job: ClaimedJob) -> Attempt:
         """A new, not yet started attempt of ``job``."""
         ...

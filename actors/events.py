@@ -185,6 +185,8 @@ def rescued(job: RescuedJob) -> AttemptRecord:
         then, level = "dead (no attempts left)", logging.ERROR
     elif job.status is JobState.CANCELLED:
         then, level = "cancelled (as requested)", logging.WARNING
+    elif job.attempt >= job.max_attempts:  # a workflow run: one attempt more, to undo it
+        then, level = "no attempts left: to be undone now", logging.ERROR
     else:
         then, level = "retry now", logging.WARNING
     text = f"{_who(job)} rescued: its worker stopped heartbeating; {then}"

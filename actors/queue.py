@@ -359,10 +359,11 @@ class QueueSupervisor:
     async def _attempt(self, job: ClaimedJob) -> None:
         retry, timeout = self._table.policy(job)
         attempt = self._table.attempt(job)
+        heartbeat = self._table.heartbeat_timeout(job)
         entry = self._running.start(job.id, job.lease)
-        if timeout is not None:
-            # One scope for both: a stop request sets entry.reason, the deadline does not.
-            entry.scope.deadline = trio.current_time() + timeout
+        if timeout is not None or heartbeat is not None:
+            # One scope for all: a stop request sets entry.reason, the deadlines do not.
+            entry.set_deadlines(timeout, heartbeat)
         error: BaseException | None = None
         result: str | Ended | None = None
         began = trio.current_time()
@@ -378,7 +379,10 @@ class QueueSupervisor:
             timed_out = entry.reason is None and entry.scope.cancel_called
             if timed_out:
                 # Whatever the handler turned the cancellation into.
-                error = JobTimeoutError(f"attempt {job.attempt} ran past {timeout}s")
+                if entry.missed_heartbeat:
+                    error = JobTimeoutError(f"attempt {job.attempt}: no heartbeat for {heartbeat}s")
+                else:
+                    error = JobTimeoutError(f"attempt {job.attempt} ran past {timeout}s")
         except BaseException:
             # Cancelled from outside (runtime torn down) or interrupted: hand the job back.
             self._running.stop(job.id, StopReason.SHUTDOWN, lease=job.lease)

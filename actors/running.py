@@ -16,6 +16,7 @@ heartbeat keeps renewing. Each held lease knows until when storage last confirme
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Iterable
 
 import attrs
@@ -38,6 +39,32 @@ class _Running:
     lease: int
     scope: trio.CancelScope
     reason: StopReason | None = None
+    #: When the attempt's ``timeout`` runs out (trio time; inf: no timeout).
+    timeout_at: float = math.inf
+    #: The job's ``heartbeat_timeout``: each heartbeat moves the scope's deadline this far
+    #: ahead, never past ``timeout_at`` (None: no heartbeat needed).
+    beat_every: float | None = None
+
+    def set_deadlines(self, timeout: float | None, heartbeat_timeout: float | None) -> None:
+        """Start the attempt's clocks: its overall timeout and its first heartbeat window."""
+        now = trio.current_time()
+        self.timeout_at = math.inf if timeout is None else now + timeout
+        self.beat_every = heartbeat_timeout
+        self.beat()
+
+    def beat(self) -> None:
+        """The handler showed it is alive: its next heartbeat is due ``beat_every`` from now."""
+        if self.scope.cancel_called:  # fired already: keep what it fired for
+            return
+        if self.beat_every is None:
+            self.scope.deadline = self.timeout_at
+        else:
+            self.scope.deadline = min(self.timeout_at, trio.current_time() + self.beat_every)
+
+    @property
+    def missed_heartbeat(self) -> bool:
+        """Whether the deadline that fired was a heartbeat's, not the overall timeout."""
+        return self.beat_every is not None and self.scope.deadline < self.timeout_at
 
 
 #: How long a cancel for a job claimed but not yet started here is remembered.
@@ -70,6 +97,13 @@ class RunningJobs:
         if early is not None and (claimed_at is None or claimed_at < early[0]):
             self.stop(job_id, StopReason.USER, lease=lease)
         return entry
+
+    def beat(self, job_id: int, lease: int) -> None:
+        """The attempt holding ``lease`` called ``ctx.heartbeat`` or ``ctx.progress``: move
+        its heartbeat deadline (if its job has a ``heartbeat_timeout``)."""
+        entry = self._jobs.get(job_id, {}).get(lease)
+        if entry is not None and entry.beat_every is not None:
+            entry.beat()
 
     def cancel_running(self, job_id: int) -> None:
         """Storage says ``job_id`` is running: stop it if it is here, or when it starts here

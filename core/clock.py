@@ -16,6 +16,10 @@ __all__ = ["Clock", "VirtualClock", "WallClock"]
 
 
 class Clock(Protocol):
+    """What the runtime reads time from: wall-clock seconds (``now``) and the trio
+    deadline at which a wall-clock time arrives (``deadline``). ``WallClock`` in production,
+    ``VirtualClock`` under trio's ``MockClock`` in tests."""
+
     def now(self) -> float:
         """Seconds since the Unix epoch."""
         ...
@@ -29,9 +33,11 @@ class WallClock:
     """``time.time()``: comparable across processes and machines."""
 
     def now(self) -> float:
+        """Seconds since the Unix epoch, from ``time.time()``."""
         return time.time()
 
     def deadline(self, at: float) -> float:
+        """The trio deadline at which wall-clock time ``at`` arrives."""
         return trio.current_time() + (at - time.time())
 
 
@@ -42,7 +48,9 @@ class VirtualClock:
         self.epoch = epoch
 
     def now(self) -> float:
+        """``epoch`` plus trio's clock: virtual seconds under ``MockClock``."""
         return self.epoch + trio.current_time()
 
     def deadline(self, at: float) -> float:
+        """The trio deadline at which virtual time ``at`` arrives (``at - epoch``)."""
         return at - self.epoch

@@ -28,8 +28,10 @@ __all__ = [
     "FlowGate",
     "JobLimits",
     "RateLimit",
+    "drain",
     "next_token_at",
     "refill",
+    "take_token",
 ]
 
 
@@ -85,6 +87,7 @@ class RateLimit:
 
     @property
     def per_second(self) -> float:
+        """Tokens added per second: ``rate / per``."""
         per = self.per.total_seconds() if isinstance(self.per, dt.timedelta) else self.per
         return self.rate / per
 
@@ -152,6 +155,23 @@ def refill(bucket: Bucket | None, limit: RateLimit, now: float) -> Bucket:
 def next_token_at(bucket: Bucket, limit: RateLimit) -> float:
     """When ``bucket`` (refilled) holds a whole token again."""
     return bucket.at + max(0.0, 1.0 - bucket.tokens) / limit.per_second
+
+
+def take_token(bucket: Bucket | None, limit: RateLimit, now: float) -> tuple[Bucket, float | None]:
+    """A handler's call through ``limit`` at ``now`` (``ctx.acquire``): the bucket to store
+    and None if it took a token, or the bucket refilled and when it next holds one."""
+    refilled = refill(bucket, limit, now)
+    if (1.0 - refilled.tokens) / limit.per_second > TOKEN_EPSILON:
+        return refilled, max(now + TOKEN_EPSILON, next_token_at(refilled, limit))
+    return Bucket(max(0.0, refilled.tokens - 1.0), refilled.at), None
+
+
+def drain(bucket: Bucket | None, limit: RateLimit, now: float, until: float) -> Bucket:
+    """The bucket emptied so that its next whole token comes no sooner than ``until`` (a
+    bucket already emptier keeps its own later time): tokens below zero are owed."""
+    refilled = refill(bucket, limit, now)
+    owed = 1.0 - (until - refilled.at) * limit.per_second
+    return Bucket(min(refilled.tokens, owed), refilled.at)
 
 
 class FlowGate:

@@ -149,7 +149,16 @@ def failure_outcome(
     return Failed(retry_at=now + backoff_delay(policy, attempt, u))
 
 
-def rescue_outcome(attempt: int, max_attempts: int, now: float) -> Rescued:
+def rescue_outcome(
+    attempt: int, max_attempts: int, now: float, *, workflow: bool = False
+) -> Rescued:
     """A job whose owner vanished: retry at once if attempts are left (the lost attempt
-    counts), else dead. Backoff is not applied: the failure was the worker's, not the job's."""
-    return Rescued(retry_at=now if attempt < max_attempts else None)
+    counts), else dead. Backoff is not applied: the failure was the worker's, not the job's.
+
+    A workflow run lost on its last attempt gets one attempt more, due at once, so that it
+    is undone (its compensations run) like a run failing for good any other way: its
+    driver sees ``attempt > max_attempts`` and goes straight to the undo. Lost again on
+    that extra attempt, it goes dead: a run that keeps killing its worker cannot loop."""
+    if attempt < max_attempts or (workflow and attempt == max_attempts):
+        return Rescued(retry_at=now)
+    return Rescued(retry_at=None)

@@ -58,6 +58,8 @@ class JobState(enum.StrEnum):
 
     @property
     def is_terminal(self) -> bool:
+        """Whether the state is final: completed, dead, cancelled or compensated. Only an
+        operator's ``retry`` moves a job out of it."""
         return self in TERMINAL_STATES
 
 

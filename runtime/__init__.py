@@ -1,8 +1,11 @@
 """trioforge: background jobs for trio applications.
 
-Typed jobs with retries, timeouts, progress and cancel-by-id, run by per-queue worker
-pools inside your own trio program, on an embedded SQLite file or (later) PostgreSQL.
-Everything public is re-exported here; the underscore modules are private.
+Typed jobs with retries, timeouts, progress, cron, durable workflows and cancel by id,
+run by per-queue worker pools inside your own trio program (``open_runtime``) or as
+``trioforge worker``, on an embedded SQLite file or on PostgreSQL for many processes on
+many machines. Everything public is re-exported here; the underscore modules are private.
+The other public modules: ``trioforge.aio`` (enqueue from asyncio), ``trioforge.testing``,
+``trioforge.web``, ``trioforge.metrics``, ``trioforge.otel``, ``trioforge.logging``.
 """
 
 from trioforge._client import Client, JobRef

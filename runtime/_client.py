@@ -281,6 +281,35 @@ class Client(ClientOperations):
         ``max_attempts`` and ``timeout`` (seconds or a timedelta, as ``delay`` and
         ``unique_for``) override the job's (and its queue's) for this job only, as
         ``requires`` (capabilities the claiming process must have) overrides the job's.
+        Cancelling the call is safe: the job is then stored or not, never half-stored.
+
+        Args:
+            job: The job's definition (from ``@registry.job``), or its registered name.
+            payload: The payload, checked against the job's declared type; omitted for a
+                job that takes none.
+            delay: Run no sooner than this long from now (seconds or a timedelta).
+            run_at: Run no sooner than this time: an aware datetime or a Unix timestamp.
+            priority: ``"low"``, ``"normal"``, ``"high"`` or ``"critical"``; by default
+                the job's.
+            queue: The queue to put the job on, instead of its declared one.
+            idempotency_key: While an unfinished job holds this key, that job is returned
+                and nothing is stored.
+            max_attempts: Attempts for this job only, instead of its ``Retry``'s.
+            timeout: Each attempt's limit for this job only (the job's, not this call's).
+            requires: Capabilities the claiming process must have, instead of the job's.
+            unique_for: How long the key keeps blocking after its job finished.
+            connection: The caller's asyncpg connection (or sqlite3 connection to the
+                same file), whose transaction the job joins.
+
+        Returns:
+            The job's handle: a ``Job[R]`` for a definition, a ``Job[Any]`` for a name.
+
+        Raises:
+            PayloadError: The payload does not fit the job's type, or is over
+                ``max_payload_bytes``. Nothing is stored.
+            UnknownJobError: No job of that name is registered.
+            InvalidArgumentError: An argument out of range (a key over ``max_key_bytes``,
+                a negative delay, a number no column holds). Nothing is stored.
         """
         definition = self._definition(job)
         jobs = partial(

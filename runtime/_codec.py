@@ -66,9 +66,13 @@ class Codec(Protocol):
     ``encode`` must return ASCII JSON text (every database stores it as is).
     """
 
-    def encode(self, tp: Any, value: Any, what: str) -> str: ...
+    def encode(self, tp: Any, value: Any, what: str) -> str:
+        """``value`` as JSON text, checked against ``tp`` (``what`` names it in errors);
+        raises :class:`~trioforge.PayloadError` when it does not fit."""
 
-    def decode(self, tp: Any, text: str, what: str) -> Any: ...
+    def decode(self, tp: Any, text: str, what: str) -> Any:
+        """The ``tp`` value that JSON ``text`` holds (``what`` names it in errors); raises
+        :class:`~trioforge.PayloadError` when the text does not fit ``tp``."""
 
 
 def type_name(tp: Any) -> str:
@@ -522,6 +526,8 @@ class StrictCodec:
             raise PayloadError(f"{what} does not fit {type_name(tp)}: {_describe(exc)}") from None
 
     def encode(self, tp: Any, value: Any, what: str) -> str:
+        """``value`` as JSON text, checked against ``tp`` and never converted; raises
+        :class:`~trioforge.PayloadError` naming the JSON path that does not fit."""
         checked = self.check(tp, value, what)
         try:
             data = self.converter.unstructure(checked, tp)
@@ -532,6 +538,8 @@ class StrictCodec:
             ) from None
 
     def decode(self, tp: Any, text: str, what: str) -> Any:
+        """The ``tp`` value that JSON ``text`` holds, checked and never converted; raises
+        :class:`~trioforge.PayloadError` naming the JSON path that does not fit."""
         try:
             data = json.loads(text)
         except ValueError as exc:

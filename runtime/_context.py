@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
-from trioforge._core.errors import DatabaseUnavailableError, InvalidArgumentError, InvalidStateError
+import trio
+
+from trioforge._core.durations import Duration, seconds
+from trioforge._core.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    InvalidArgumentError,
+    InvalidStateError,
+)
+from trioforge._core.flow import RateLimit
 from trioforge._lifespan import NO_STATE, StateT
 from trioforge.actors import RunningJobs, StorageHandle
 from trioforge.storage import ClaimedJob, RenewResult, ops
@@ -54,8 +65,10 @@ class JobContext(Generic[StateT]):
         owner: str,
         lease_seconds: float,
         state: Any = NO_STATE,
+        rate_limits: Mapping[str, RateLimit] | None = None,
     ) -> None:
         self._job = job
+        self._rate_limits = rate_limits or {}
         self._state = state
         self._client = client
         self._storage = storage
@@ -78,14 +91,17 @@ class JobContext(Generic[StateT]):
 
     @property
     def job_id(self) -> int:
+        """This job's id."""
         return self._job.id
 
     @property
     def name(self) -> str:
+        """The job's registered name."""
         return self._job.name
 
     @property
     def queue(self) -> str:
+        """The queue the job was claimed from."""
         return self._job.queue
 
     @property
@@ -95,14 +111,18 @@ class JobContext(Generic[StateT]):
 
     @property
     def max_attempts(self) -> int:
+        """How many attempts the job gets in all (from the enqueue, its ``Retry`` or its
+        queue's policy)."""
         return self._job.max_attempts
 
     @property
     def is_retry(self) -> bool:
+        """Whether this attempt follows a failed one (``attempt > 1``)."""
         return self._job.attempt > 1
 
     async def progress(self, pct: float, message: str | None = None) -> None:
-        """Record progress (0-100) and an optional message, visible through ``get``.
+        """Record progress (0-100) and an optional message, visible through ``get``. Counts
+        as a heartbeat for the job's ``heartbeat_timeout``.
 
         Best effort: while the database is unreachable the update is dropped with a
         warning (the next one replaces it) rather than failing the attempt.
@@ -110,6 +130,7 @@ class JobContext(Generic[StateT]):
         """
         if not 0 <= pct <= 100:
             raise InvalidArgumentError(f"progress must be between 0 and 100, got {pct}")
+        self._running.beat(self._job.id, self._job.lease)
         op = ops.Progress(self._job.id, self._job.lease, float(pct), message)
         try:
             await self._storage.call(op)
@@ -118,11 +139,13 @@ class JobContext(Generic[StateT]):
 
     async def heartbeat(self) -> None:
         """Renew this attempt's lease now (the runtime also does so periodically). If the
-        job was cancelled elsewhere or its lease was lost, the handler is cancelled.
+        job was cancelled elsewhere or its lease was lost, the handler is cancelled. Also
+        restarts the job's ``heartbeat_timeout`` window.
 
         While the database is unreachable this only warns: the runtime's own heartbeat
         keeps retrying, and a blip must not fail the attempt.
         """
+        self._running.beat(self._job.id, self._job.lease)
         leases = ((self._job.id, self._job.lease),)
         until = self._clock.now() + self._lease_seconds
         try:
@@ -131,6 +154,51 @@ class JobContext(Generic[StateT]):
             self.log.warning("lease not renewed: %s", exc)
             return
         self._running.renewed(leases, until, renewal)
+
+    async def acquire(self, name: str, *, key: object = None) -> None:
+        """Take a token from rate limit ``name``'s bucket, the one claims take from across
+        every process (``key``: the bucket of that key, as a ``RateLimit(key=...)`` job's
+        payload would pick), waiting until it holds one.
+
+        ``name`` must be declared by a job of the registry or a queue of the runtime.
+        Cancellation: cancelling the caller while it waits takes nothing; cancelled while
+        storage is answering, the token may be taken all the same (one fewer call).
+        """
+        limit = self._rate_limit(name)
+        bucket = name if key is None else f"{name}:{key}"
+        while True:
+            wait_until = await self._storage.call(ops.TakeToken(bucket, limit))
+            if wait_until is None:
+                return
+            # Another process may take that token first: then ask again.
+            await trio.sleep_until(self._clock.deadline(wait_until))
+
+    @asynccontextmanager
+    async def limit(self, name: str, *, key: object = None) -> AsyncIterator[None]:
+        """``async with ctx.limit("stripe"):`` runs its body once :meth:`acquire` took a
+        token (a token is spent on entry; leaving gives nothing back)."""
+        await self.acquire(name, key=key)
+        yield
+
+    async def drain(self, name: str, retry_after: Duration, *, key: object = None) -> None:
+        """Empty rate limit ``name``'s bucket for ``retry_after`` (seconds or a timedelta;
+        the upstream answered 429): no process takes a token from it (no ``acquire``, no
+        claim of a job limited by it) before then; then it refills at its rate."""
+        limit = self._rate_limit(name)
+        delay = seconds(retry_after, "retry_after", error=InvalidArgumentError, positive=True)
+        bucket = name if key is None else f"{name}:{key}"
+        until = self._clock.now() + delay
+        await self._storage.call(ops.DrainBucket(bucket, limit, until))
+
+    def _rate_limit(self, name: str) -> RateLimit:
+        limit = self._rate_limits.get(name)
+        if limit is None:
+            declared = ", ".join(sorted(self._rate_limits)) or "none"
+            raise ConfigurationError(
+                f"job {self._job.name!r}: no rate limit {name!r} is declared "
+                f"(declared: {declared}); declare it with rate_limit=trioforge.RateLimit(...)"
+            )
+        return limit
 
     @overload
     async def enqueue(

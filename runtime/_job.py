@@ -107,6 +107,19 @@ class Job(Generic[R_co]):
 
         Only the waiting stops on a timeout or when the caller is cancelled: the job goes
         on (``await job.cancel()`` stops it), and ``result()`` can be awaited again.
+
+        Args:
+            timeout: The longest to wait (seconds or a timedelta); None waits as long as
+                the job takes.
+
+        Returns:
+            The handler's return value, decoded to its return type ``R``.
+
+        Raises:
+            JobFailedError: The job ended dead (or, a workflow run, compensated); its
+                ``info`` is the final snapshot.
+            JobCancelledError: The job was cancelled.
+            ResultTimeoutError: ``timeout`` passed first (the job goes on).
         """
         limit = optional_seconds(timeout, "timeout", error=InvalidArgumentError)
         info = await self._client._wait_within(self._id, limit)

@@ -50,6 +50,7 @@ class Stats:
     by_queue: Mapping[str, Mapping[JobState, int]]
 
     def count(self, state: JobState | str, queue: str | None = None) -> int:
+        """How many jobs are in ``state``, in ``queue`` or (None) in every queue."""
         state = JobState(state)
         queues = [queue] if queue is not None else list(self.by_queue)
         return sum(self.by_queue.get(q, {}).get(state, 0) for q in queues)

@@ -159,6 +159,9 @@ class JobDefinition(Generic[P, R_co]):
     priority: int
     retry: Retry
     timeout: float | None
+    #: Seconds an attempt may go without ``ctx.heartbeat()``/``ctx.progress()`` before it
+    #: fails as timed out (None: no such limit).
+    heartbeat_timeout: float | None = None
     #: Set for jobs declared with ``registry.cron``: they are enqueued by the scheduler.
     cron: CronSpec | None = None
     #: Set for workflows (``registry.workflow``): runs that replay, suspend and resume.
@@ -207,6 +210,7 @@ class JobDefinition(Generic[P, R_co]):
 
     @property
     def takes_payload(self) -> bool:
+        """Whether the handler takes a payload (False for ``async def h(ctx)``)."""
         return self.payload_type is not NO_PAYLOAD
 
 
@@ -339,6 +343,13 @@ class Registry(Generic[StateT]):
         self._lifespan: Lifespan | None = None
         self._lifespan_name = ""
 
+    def rate_limits(self) -> dict[str, RateLimit]:
+        """The rate limits its jobs declare, by name: the ones a handler may take a token
+        from (``ctx.acquire``)."""
+        return {
+            name: limit for (_, name), limit in self._limits.items() if isinstance(limit, RateLimit)
+        }
+
     def job(
         self,
         name: str,
@@ -354,6 +365,7 @@ class Registry(Generic[StateT]):
         concurrency: ConcurrencyLimit | None = None,
         idempotency_key: Callable[[Any], object] | None = None,
         unique_for: Duration | None = None,
+        heartbeat_timeout: Duration | None = None,
     ) -> JobDecorator[StateT]:
         """Declare ``async def handler(ctx, payload: P) -> R`` as job ``name``: a
         ``JobDefinition[P, R]``. ``timeout`` and ``unique_for``: seconds or a timedelta.
@@ -365,7 +377,10 @@ class Registry(Generic[StateT]):
         naming the same limit share it; it must then be declared with the same settings).
         ``idempotency_key`` (a function of the payload, as the handler sees it) gives each
         enqueue that names no key one; ``unique_for`` keeps a key blocking for that long
-        after the job holding it finished (in any final state).
+        after the job holding it finished (in any final state). ``heartbeat_timeout``
+        fails an attempt (retryable, as a timeout) once the handler has gone that long
+        without calling ``ctx.heartbeat()`` or ``ctx.progress()``: a hung job is caught long
+        before its ``timeout``.
         """
         self._check_open(f"job {name!r}")
         if not isinstance(name, str) or not name:
@@ -377,6 +392,9 @@ class Registry(Generic[StateT]):
             raise ConfigurationError(f"job {name!r}: queue must be a non-empty string")
         check_storable(queue, f"job {name!r}: queue name", ConfigurationError)
         limit_seconds = optional_seconds(timeout, f"job {name!r}: timeout", positive=True)
+        beat_seconds = optional_seconds(
+            heartbeat_timeout, f"job {name!r}: heartbeat_timeout", positive=True
+        )
         level = parse_priority(priority)
         needs = check_capabilities(requires, f"job {name!r}: requires")
         if idempotency_key is not None and not callable(idempotency_key):
@@ -413,6 +431,7 @@ class Registry(Generic[StateT]):
                 priority=level,
                 retry=retry if retry is not None else Retry(),
                 timeout=limit_seconds,
+                heartbeat_timeout=beat_seconds,
                 inherits=frozenset(
                     field for field, value in (("retry", retry), ("timeout", timeout))
                     if value is None
@@ -638,7 +657,9 @@ class Registry(Generic[StateT]):
         return len(self._jobs)
 
     def names(self) -> frozenset[str]:
+        """Every job name declared (a workflow's as ``name@vN``)."""
         return frozenset(self._jobs)
 
     def queues(self) -> frozenset[str]:
+        """Every queue a declared job names."""
         return frozenset(d.queue for d in self._jobs.values())

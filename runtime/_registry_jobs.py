@@ -1,6 +1,7 @@
 """The registry adapter: a :class:`~trioforge.Registry` as the queue workers see it (the
 actors' ``JobTable``), and the attempts it makes of a claimed job (before hooks, decoding,
-the handler, after hooks, metrics and tracing; workflow runs go to their driver)."""
+the handler, after hooks, metrics and tracing; a workflow run's attempt goes through the
+same hooks and metrics around its driver)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import trio
 from trioforge._codec import decode_payload, encode_result
 from trioforge._context import CronContext, JobContext
 from trioforge._core.clock import Clock
+from trioforge._core.errors import PayloadError
 from trioforge._core.flow import JobLimits
 from trioforge._core.outcomes import AttemptOutcome
 from trioforge._core.retry import Retry, failure_outcome
@@ -73,25 +75,39 @@ class RegistryJobs:
         timeout = job.timeout if job.timeout is not None else definition.timeout_in(policy)
         return definition.retry_in(policy), timeout
 
+    def heartbeat_timeout(self, job: ClaimedJob) -> float | None:
+        return self._registry.get(job.name).heartbeat_timeout
+
     def attempt(self, job: ClaimedJob) -> Attempt:
         attempt = self._untraced(job)
         if self._tracing is None:
             return attempt
         return self._tracing.attempt(job, attempt)
 
-    def _untraced(self, job: ClaimedJob) -> _Attempt | WorkflowAttempt:
+    def _untraced(self, job: ClaimedJob) -> _Attempt | _WorkflowRun:
         definition = self._registry.get(job.name)
-        if definition.workflow is not None:  # a run: not measured as a job's attempt
-            return WorkflowAttempt(
+        if definition.workflow is not None:
+            driver = WorkflowAttempt(
                 definition, job, self._workflow_context, storage=self._storage,
                 running=self._running, clock=self._clock, tracing=self._tracing,
+                before=self._before_hooks if self._registry.before_hooks else None,
             )  # fmt: skip
+            return _WorkflowRun(self._registry, driver, job, self._measure(job))
         if self._metrics is None:
             return _Attempt(self._registry, self._make_context, job)
+        measure = self._measure(job)
+        assert measure is not None
+        return _MeasuredAttempt(self._registry, self._make_context, job, measure)
+
+    def _measure(self, job: ClaimedJob) -> _Measure | None:
+        if self._metrics is None:
+            return None
         retry, _ = self.policy(job)
-        return _MeasuredAttempt(
-            self._registry, self._make_context, job, self._metrics, self._clock, retry
-        )
+        return _Measure(self._metrics, self._clock, job, retry)
+
+    async def _before_hooks(self, ctx: WorkflowContext) -> None:
+        for hook in self._registry.before_hooks:
+            await hook(ctx)
 
     def _workflow_context(self, job: ClaimedJob, replay: Replay) -> WorkflowContext:
         context: WorkflowContext = self._make_context(
@@ -143,35 +159,53 @@ class _Attempt:
         if self._started is None:  # its payload could not even be decoded
             return
         ctx, payload = self._started
-        end = AttemptEnd(ctx, payload, outcome, error)
-        for hook in self._registry.after_hooks:
-            try:
-                await hook(end)
-            except Exception:
-                ctx.log.exception("an after_perform hook failed")
+        await _after_hooks(self._registry, AttemptEnd(ctx, payload, outcome, error))
+
+
+async def _after_hooks(registry: Registry, end: AttemptEnd) -> None:
+    for hook in registry.after_hooks:
+        try:
+            await hook(end)
+        except Exception:
+            end.ctx.log.exception("an after_perform hook failed")
+
+
+class _Measure:
+    """Tells the process's metrics when an attempt starts and how it ended."""
+
+    def __init__(self, metrics: Metrics, clock: Clock, job: ClaimedJob, retry: Retry) -> None:
+        self._metrics, self._clock, self._job = metrics, clock, job
+        self._retry = attrs.evolve(retry, max_attempts=job.max_attempts)
+        self._began: float | None = None
+
+    def started(self) -> None:
+        job = self._job
+        self._began = trio.current_time()
+        self._metrics.started(job.queue, job.name, self._clock.now() - job.run_at)
+
+    def ended(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
+        if self._began is None:  # not started (cancelled between claim and start)
+            return
+        job = self._job
+        will_retry = error is not None and (
+            failure_outcome(self._retry, job.attempt, error, 0.0).retry_at is not None
+        )
+        seconds = trio.current_time() - self._began
+        self._metrics.ended(job.queue, job.name, outcome, will_retry=will_retry,
+                            seconds=seconds)  # fmt: skip
 
 
 class _MeasuredAttempt(_Attempt):
     """An attempt that also tells the process's metrics when it starts and how it ended."""
 
     def __init__(
-        self,
-        registry: Registry,
-        make_context: Any,
-        job: ClaimedJob,
-        metrics: Metrics,
-        clock: Clock,
-        retry: Retry,
+        self, registry: Registry, make_context: Any, job: ClaimedJob, measure: _Measure
     ) -> None:
         super().__init__(registry, make_context, job)
-        self._metrics, self._clock = metrics, clock
-        self._retry = attrs.evolve(retry, max_attempts=job.max_attempts)
-        self._began: float | None = None
+        self._measure = measure
 
     async def run(self) -> str | None:
-        job = self._job
-        self._began = trio.current_time()
-        self._metrics.started(job.queue, job.name, self._clock.now() - job.run_at)
+        self._measure.started()
         return await super().run()
 
     @property
@@ -179,12 +213,44 @@ class _MeasuredAttempt(_Attempt):
         return True
 
     async def end(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
-        if self._began is not None:  # it started (not cancelled between claim and start)
-            job = self._job
-            will_retry = error is not None and (
-                failure_outcome(self._retry, job.attempt, error, 0.0).retry_at is not None
-            )
-            seconds = trio.current_time() - self._began
-            self._metrics.ended(job.queue, job.name, outcome, will_retry=will_retry,
-                                seconds=seconds)  # fmt: skip
+        self._measure.ended(outcome, error)
         await super().end(outcome, error)
+
+
+class _WorkflowRun:
+    """One attempt of a workflow run, as a job's attempt goes: metrics, the driver (which
+    runs the before hooks once the run's context exists), then the after hooks. A
+    suspension is its own outcome (``AttemptOutcome.SUSPENDED``)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        driver: WorkflowAttempt,
+        job: ClaimedJob,
+        measure: _Measure | None,
+    ) -> None:
+        self._registry, self._driver, self._job, self._measure = registry, driver, job, measure
+
+    def cancelled(self) -> Ended | None:
+        return self._driver.cancelled()
+
+    async def run(self) -> str | Ended | None:
+        if self._measure is not None:
+            self._measure.started()
+        return await self._driver.run()
+
+    @property
+    def watched(self) -> bool:
+        return self._measure is not None or bool(self._registry.after_hooks)
+
+    async def end(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
+        if self._measure is not None:
+            self._measure.ended(outcome, error)
+        ctx = self._driver.context
+        if ctx is None:  # its record was never loaded: the handler had no context
+            return
+        try:
+            payload = self._driver.payload() if self._registry.after_hooks else None
+        except PayloadError:  # the handler did not get it either: the hooks get None
+            payload = None
+        await _after_hooks(self._registry, AttemptEnd(ctx, payload, outcome, error))

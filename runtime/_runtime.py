@@ -26,6 +26,7 @@ from trioforge._core.errors import (
     InvalidStateError,
     unwrapped,
 )
+from trioforge._core.flow import RateLimit
 from trioforge._core.text import check_storable
 from trioforge._lifespan import NO_STATE
 from trioforge._policy import (
@@ -208,7 +209,7 @@ async def open_client(
 ) -> AsyncIterator[Client]:
     """Enqueue, inspect and cancel jobs without running any (web processes, scripts).
 
-    ``database`` is a URL or a backend; None reads the configuration (see the README).
+    ``database`` is a URL or a backend; None reads the configuration (docs/configuration.md).
     ``registry`` is needed only to enqueue jobs by name. Enqueues refuse payloads over
     ``max_payload_bytes`` of JSON and idempotency keys over ``max_key_bytes`` of UTF-8.
     ``queues`` gives the queues' policies (as on ``open_runtime``; no workers run): a
@@ -336,6 +337,12 @@ class _Parts:
         self.held = HeldQueues()
         #: What the registry's lifespan yielded: ``ctx.state``.
         self.state: Any = NO_STATE
+        #: The rate limits a handler may take tokens from: its registry's and its queues'.
+        self.rate_limits: dict[str, RateLimit] = {
+            p.rate_limit.name: p.rate_limit
+            for p in settings.policies.values()
+            if p.rate_limit is not None
+        } | registry.rate_limits()
         self.runtime = runtime_class(
             storage,
             settings.clock,
@@ -381,6 +388,7 @@ class _Parts:
             owner=self.settings.owner,
             lease_seconds=self.settings.lease_seconds,
             state=self.state,
+            rate_limits=self.rate_limits,
         )
 
     def supervisor(self, name: str, size: int) -> QueueSupervisor:

@@ -17,9 +17,10 @@ a failed step's next attempt) raises ``Suspend`` out of the handler: the attempt
 ``Suspended`` outcome, the row waits as ``scheduled`` until the wake time and no worker slot
 is held. Signals and children ending make the row due at once.
 
-When a run fails for good (a step out of attempts, ``Discard``, its deadline) or is
-cancelled, the ``compensate`` functions of its completed steps run, newest first, each a
-durable, retried step; a ``compensating`` entry marks where going forward stopped. A resumed
+When a run fails for good (a step out of attempts, ``Discard`` from the handler or a step's
+function, its deadline, its worker lost on its last attempt) or is cancelled, the
+``compensate`` functions of its completed steps run, newest first, each a durable, retried
+step; a ``compensating`` entry marks where going forward stopped. A resumed
 run past that entry replays its handler only to learn the compensations (the code up to
 the entry is deterministic), then carries on undoing.
 
@@ -110,6 +111,23 @@ class WorkflowContext(JobContext[StateT]):
     def run_id(self) -> int:
         """The run's id: its job id (cancel, progress, ``client.workflow``)."""
         return self.job_id
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while the handler goes through durable calls the run's record already held
+        when this attempt began: their results come from the record, so code between them
+        runs again (skip a log line or a metric there with ``if not ctx.is_replaying``).
+        False from the first call past the record on, and for a run's first attempt; True
+        throughout an attempt that only replays to undo the run."""
+        return self._replay.replaying()
+
+    @property
+    def is_resumed(self) -> bool:
+        """True when the run had recorded entries (steps, sleeps, waits, children) before
+        this attempt began: it carries on a run that got somewhere, after a suspension, a
+        retry or a lost worker. False for the run's first attempt, and for a retry of one
+        that recorded nothing."""
+        return self._replay.resumed
 
     @property
     def step_key(self) -> str:

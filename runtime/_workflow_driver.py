@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -75,6 +75,7 @@ class WorkflowAttempt:
         running: RunningJobs,
         clock: Clock,
         tracing: Tracing | None = None,
+        before: Callable[[WorkflowContext], Awaitable[None]] | None = None,
     ) -> None:
         assert definition.workflow is not None
         self._definition = definition
@@ -88,6 +89,9 @@ class WorkflowAttempt:
         self._now = clock.now
         self._deadline = clock.deadline
         self._replay: Replay | None = None
+        self._before = before
+        #: The handler's context, once the record is loaded (for the after hooks).
+        self.context: WorkflowContext | None = None
 
     @property
     def watched(self) -> bool:
@@ -121,7 +125,7 @@ class WorkflowAttempt:
             tracing=self._tracing,
         )  # fmt: skip
         ctx = self._make_context(job, replay)
-        self._replay = replay
+        self._replay, self.context = replay, ctx
         if record.steps:
             events.log_event(events.resumed(job, len(record.steps)))
         try:
@@ -147,6 +151,19 @@ class WorkflowAttempt:
         self, ctx: WorkflowContext, replay: Replay, record: WorkflowRecord
     ) -> str | Ended | None:
         marker = replay.marker()
+        job = self._job
+        forward = marker is None and not record.cancel_requested
+        forward = forward and job.attempt <= job.max_attempts
+        try:
+            if self._before is not None:
+                await self._before(ctx)
+        except Exception as exc:
+            # A before hook that fails fails the attempt: going forward, as the handler's
+            # error would (retried, or undone at the last); an undoing attempt is retried.
+            ended = await self._failed(ctx, replay, exc, collect=True) if forward else None
+            if ended is None:
+                raise
+            return ended
         if marker is not None:
             if record.cancel_requested:  # asked again while undoing: it is being done
                 await replay.write(marker, clear_cancel=True)
@@ -154,6 +171,10 @@ class WorkflowAttempt:
         if record.cancel_requested:
             await self._collect(ctx, replay, stop_at=None)
             return await self._undo(ctx, replay, "cancelled", "cancelled by request", None)
+        if job.attempt > job.max_attempts:  # lost on its last attempt: rescued to be undone
+            lost = f"attempt {job.max_attempts} lost: its worker stopped heartbeating"
+            await self._collect(ctx, replay, stop_at=None)
+            return await self._undo(ctx, replay, "dead", f"{lost}; no attempts left", None)
         payload = self._payload()
         timeout = self._spec.timeout
         ends_at = math.inf if timeout is None else record.created_at + timeout
@@ -170,22 +191,37 @@ class WorkflowAttempt:
                 raise late
             replay.check_replayed_all()
         except Exception as exc:
-            if _holds(exc, NonDeterminismError):
-                return Ended(Failed(None), error=format_error(exc))
-            reason = discard_reason(exc)
-            if reason is not None:
-                return await self._undo(ctx, replay, "discarded", reason, exc)
-            final = _holds(exc, (StepFailed, ChildFailed, WorkflowTimeoutError))
-            retry = self._definition.retry
-            if not final and failure_outcome(retry, self._job.attempt, exc, 0.0).retry_at is None:
-                final = True
-            if not final:
+            ended = await self._failed(ctx, replay, exc)
+            if ended is None:
                 raise  # retried by the workflow's own policy, like any job
-            return await self._undo(ctx, replay, "dead", format_error(exc), exc)
+            return ended
         definition = self._definition
         return encode_result(
             definition.codec, f"job {definition.name!r}", definition.result_type, value
         )
+
+    async def _failed(
+        self, ctx: WorkflowContext, replay: Replay, exc: Exception, *, collect: bool = False
+    ) -> Ended | None:
+        """How the run ends when going forward raised ``exc``: failed for good, discarded
+        or undone; None when the workflow's own retry policy retries it. ``collect``: the
+        handler did not run, so learn the compensations before undoing."""
+        if _holds(exc, NonDeterminismError):
+            return Ended(Failed(None), error=format_error(exc))
+        reason = discard_reason(exc)
+        outcome, why = ("discarded", reason) if reason is not None else ("dead", format_error(exc))
+        if reason is None and not _holds(exc, (StepFailed, ChildFailed, WorkflowTimeoutError)):
+            retry = self._definition.retry
+            if failure_outcome(retry, self._job.attempt, exc, 0.0).retry_at is not None:
+                return None  # retried by the workflow's own policy, like any job
+        if collect:
+            await self._collect(ctx, replay, stop_at=None)
+        return await self._undo(ctx, replay, outcome, why, exc)
+
+    def payload(self) -> Any:
+        """The run's decoded payload (None for a workflow that takes none)."""
+        args = self._payload()
+        return args[0] if args else None
 
     def _payload(self) -> tuple[Any, ...]:
         definition = self._definition

@@ -56,6 +56,7 @@ class WorkflowInfo:
 
     @property
     def status(self) -> str:
+        """The run's job status as text (``"running"``, ``"completed"``, ...)."""
         return self.job.status.value
 
 
@@ -116,6 +117,8 @@ def step_detail(step: StepInfo, when: Callable[[float | None], str]) -> str:
         return f"undoing ({why.get('outcome', '?')}): {error_line(str(why.get('reason', '')))}"
     if step.status is StepStatus.FAILED:
         retry = "for good" if step.wake_at is None else f"next attempt {when(step.wake_at)}"
+        if isinstance(step.result, dict) and "discarded" in step.result:
+            retry = "discarded"
         return f"{retry}; error: {error_line(step.error)}"
     if step.status is StepStatus.RUNNING:
         if step.kind is StepKind.SLEEP:

@@ -27,12 +27,13 @@ from trioforge._codec import Codec, encode_result
 from trioforge._context import job_fields
 from trioforge._core.errors import (
     DatabaseUnavailableError,
+    Discard,
     JobTimeoutError,
     NonDeterminismError,
     PayloadError,
     StepFailed,
 )
-from trioforge._core.retry import Retry, failure_outcome
+from trioforge._core.retry import Retry, discard_reason, failure_outcome
 from trioforge.actors import RunningJobs, StorageHandle
 from trioforge.actors.attempts import format_error
 from trioforge.storage import (
@@ -50,7 +51,15 @@ if TYPE_CHECKING:
     from trioforge._core.clock import Clock
     from trioforge.otel import Tracing
 
-__all__ = ["Compensation", "LeaseLost", "Replay", "StopReplay", "Suspend", "return_type"]
+__all__ = [
+    "Compensation",
+    "LeaseLost",
+    "Replay",
+    "StopReplay",
+    "Suspend",
+    "discarded_reason",
+    "return_type",
+]
 
 #: Pauses between tries of a record write while the database is away.
 _WRITE_RETRY_FIRST, _WRITE_RETRY_MAX = 0.05, 0.5
@@ -98,6 +107,16 @@ def return_type(fn: Callable[..., Any]) -> Any:
     return hint
 
 
+def discarded_reason(entry: StepRecord) -> str | None:
+    """The reason a failed step raised :class:`~trioforge.Discard` with, None if it failed
+    otherwise. Its failed entry keeps the reason as its result (``{"discarded": reason}``),
+    so a replay of the entry discards the run again rather than failing it."""
+    if entry.status is not StepStatus.FAILED or entry.result is None:
+        return None
+    value = json.loads(entry.result)
+    return value.get("discarded") if isinstance(value, dict) else None
+
+
 class Replay:
     """The record of run ``job`` as this attempt replays it, and its writes (fenced by the
     run's lease)."""
@@ -139,6 +158,9 @@ class Replay:
         )
         self._seq = 0
         self._stop_at: int | None = None  # while collecting: where the forward run stopped
+        #: Whether the record held entries when this attempt began.
+        self.resumed = bool(record.steps)
+        self._recorded_end = max(self.entries, default=-1) + 1  # past the loaded entries
 
     @property
     def run_id(self) -> int:
@@ -162,6 +184,11 @@ class Replay:
         if self.collecting and (entry is None or entry.status is not StepStatus.COMPLETED):
             raise StopReplay
         return seq, entry
+
+    def replaying(self) -> bool:
+        """Whether the handler is still going through what the record held when this
+        attempt began (or replays only to learn its compensations)."""
+        return self.collecting or self._seq < self._recorded_end
 
     def free_seq(self) -> int:
         """A sequence number past every recorded entry (for the driver's own entries)."""
@@ -241,8 +268,16 @@ class Replay:
         entry: StepRecord | None,
         compensable: bool,
     ) -> str:
-        """Run a step (or a compensation) durably; the JSON text of its result."""
+        """Run a step (or a compensation) durably; the JSON text of its result.
+
+        A step function that raises :class:`~trioforge.Discard` (or a group holding one)
+        gets no further attempt: the failure is recorded with its reason and the Discard
+        goes on up, so the run is discarded (and undone) as a job's Discard discards it. A
+        compensation that raises it fails at once (StepFailed), with no further attempts."""
         if entry is not None and entry.status is StepStatus.FAILED:
+            reason = discarded_reason(entry)
+            if reason is not None:
+                raise Discard(reason)
             if entry.wake_at is None:
                 raise StepFailed(name, entry.attempt, entry.error)
             if self._clock.now() < entry.wake_at:
@@ -272,8 +307,16 @@ class Replay:
         except PayloadError as exc:  # a result that is not JSON: no retry would help
             error, retry_at = exc, None
         except Exception as exc:
+            reason = discard_reason(exc)
+            if reason is not None and kind is StepKind.STEP:
+                discarded = entry_of(StepStatus.FAILED, result=json.dumps({"discarded": reason}),
+                                     error=format_error(exc))  # fmt: skip
+                await self.write(discarded)
+                raise
             error = exc
-            retry_at = failure_outcome(retry, attempt, error, self._clock.now()).retry_at
+            retry_at = None  # a compensation that discards itself: failed, no retries
+            if reason is None:
+                retry_at = failure_outcome(retry, attempt, error, self._clock.now()).retry_at
         else:
             await self.write(entry_of(StepStatus.COMPLETED, result=text))
             return text

@@ -99,6 +99,8 @@ class AsyncioClient(Client):
             raise
 
     def watch(self, job_id: JobId) -> Any:
+        """Not available from asyncio (no live feed runs there): raises
+        :class:`~trioforge.TrioforgeError`. Poll ``get``, or use ``wait``."""
         raise TrioforgeError(
             "watch() needs the trio live feed; from asyncio, poll get() or use wait()"
         )

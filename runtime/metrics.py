@@ -104,9 +104,12 @@ class Metrics:
     # --- this process's events (called by the runtime and client) ------------------------
 
     def enqueued(self, queue: str, job: str, count: int = 1) -> None:
+        """Count ``count`` enqueues of ``job`` on ``queue`` (the client calls it)."""
         self._events["enqueued"].labels(queue, job).inc(count)
 
     def started(self, queue: str, job: str, latency: float) -> None:
+        """Count an attempt's start and observe its latency from ``run_at`` (the worker
+        calls it)."""
         self._events["started"].labels(queue, job).inc()
         self._latency.labels(queue, job).observe(max(latency, 0.0))
         self._busy.labels(queue).inc()
@@ -114,6 +117,8 @@ class Metrics:
     def ended(
         self, queue: str, job: str, outcome: AttemptOutcome, *, will_retry: bool, seconds: float
     ) -> None:
+        """Count an attempt's end by its outcome and observe its duration (the worker
+        calls it)."""
         self._busy.labels(queue).dec()
         self._duration.labels(queue, job).observe(max(seconds, 0.0))
         for event in counted_as(outcome, will_retry=will_retry):

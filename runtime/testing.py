@@ -45,7 +45,7 @@ from trioforge._policy import QueueLike
 from trioforge._registry import JobDefinition, Registry
 from trioforge._runtime import Runtime, open_client, open_runtime
 from trioforge.actors import RunningJobs
-from trioforge.storage import ClaimResult, MemoryBackend, NewJob, ops
+from trioforge.storage import ClaimResult, MemoryBackend, NewJob, StepKind, StepStatus, ops
 
 __all__ = [
     "EPOCH",
@@ -63,6 +63,8 @@ _T = TypeVar("_T")
 EPOCH = 1_700_000_000.0
 
 _BUSY = (JobState.AVAILABLE, JobState.RUNNING, JobState.RETRYING)
+#: Scheduled runs read per page while looking for one that waits on a step's retry.
+_PAGE = 500
 
 
 def run(fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
@@ -98,10 +100,11 @@ class TestRuntime(Runtime):
             await trio.sleep(span)
 
     async def run_until_idle(self, *, limit: Duration = 24 * 3600.0, step: Duration = 1.0) -> None:
-        """Advance virtual time until no job is available, running or waiting to retry
-        (delayed ``scheduled`` jobs do not count: ``advance`` to them), ``step`` at a time.
-        Raises ``TimeoutError`` if that takes more than ``limit`` virtual seconds (both
-        seconds or a timedelta)."""
+        """Advance virtual time until no job is available, running or waiting to retry, and
+        no workflow run waits on a step's retry (a failed step's backoff), ``step`` at a
+        time. Delayed ``scheduled`` jobs and runs in a durable sleep or a signal wait do not
+        count: ``advance`` to them. Raises ``TimeoutError`` if that takes more than
+        ``limit`` virtual seconds (both seconds or a timedelta)."""
         _virtual_clock()
         limit = _durations.seconds(limit, "limit", error=InvalidArgumentError)
         step = _durations.seconds(step, "step", error=InvalidArgumentError, positive=True)
@@ -109,11 +112,32 @@ class TestRuntime(Runtime):
         while True:
             await trio.testing.wait_all_tasks_blocked()
             stats = await self.stats()
-            if not any(stats.count(state) for state in _BUSY):
+            if not any(stats.count(state) for state in _BUSY) and not (
+                stats.count(JobState.SCHEDULED) and await self._retrying_steps()
+            ):
                 return
             if trio.current_time() >= deadline:
                 raise TimeoutError(f"jobs still busy after {limit}s of virtual time: {stats}")
             await self.advance(step)
+
+    async def _retrying_steps(self) -> bool:
+        """Whether a scheduled run waits on a step's retry: its newest record entry is a
+        step (or a compensation) that failed and has a next attempt. A run waits as
+        ``scheduled`` through that backoff, as a job waits ``retrying`` through its own."""
+        before: int | None = None
+        while True:
+            runs = await self.runs(status=JobState.SCHEDULED, limit=_PAGE, before=before)
+            if not runs:
+                return False
+            latest = await self.current_steps(run.id for run in runs)
+            if any(
+                s.kind in (StepKind.STEP, StepKind.COMPENSATION)
+                and s.status is StepStatus.FAILED
+                and s.wake_at is not None
+                for s in latest.values()
+            ):
+                return True
+            before = runs[-1].id
 
 
 @asynccontextmanager
@@ -184,6 +208,8 @@ async def perform(
             owner="inline",
             lease_seconds=3600.0,
             state=state,
+            # Its own limit only: no registry here (the bucket is this call's, full).
+            rate_limits=None if job.rate_limit is None else {job.rate_limit.name: job.rate_limit},
         )
         if job.takes_payload:
             payload = decode_payload(job.codec, job.name, job.payload_type, text)

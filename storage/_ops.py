@@ -233,6 +233,30 @@ class Progress(Op[bool]):
 
 
 @attrs.frozen
+class TakeToken(Op[float | None]):
+    """Take a token from rate bucket ``key`` of ``limit`` (a handler's ``ctx.acquire``),
+    the bucket claims take from: None once taken, else when it next holds one (nothing
+    taken). Writes only the bucket, under the lock claims take for it."""
+
+    runs = Runs.BESIDE
+
+    key: str
+    limit: RateLimit
+
+
+@attrs.frozen
+class DrainBucket(Op[None]):
+    """Empty rate bucket ``key`` of ``limit`` so it holds no token before ``until`` (the
+    upstream answered 429): no claim and no ``TakeToken`` gets one sooner."""
+
+    runs = Runs.BESIDE
+
+    key: str
+    limit: RateLimit
+    until: float
+
+
+@attrs.frozen
 class Get(Op[JobInfo | None]):
     """The job's snapshot (None: no such job)."""
 

@@ -9,7 +9,15 @@ from collections import Counter
 import attrs
 
 from trioforge._core.extras import needs_extra
-from trioforge._core.flow import FLOW_WINDOW, TOKEN_EPSILON, Bucket, RateLimit, next_token_at
+from trioforge._core.flow import (
+    FLOW_WINDOW,
+    TOKEN_EPSILON,
+    Bucket,
+    RateLimit,
+    drain,
+    next_token_at,
+    take_token,
+)
 from trioforge._core.states import JobState, claim_key
 from trioforge.storage import _ops as ops
 from trioforge.storage._counts import Tally
@@ -26,6 +34,7 @@ from trioforge.storage._pg_sql import (
     CHANNEL,
     _bucket,
     _store,
+    _stored,
 )
 from trioforge.storage._records import ClaimedJob, ClaimResult, RenewResult
 
@@ -104,6 +113,26 @@ class PostgresClaims:
             at = max(next_token_at(left, rate), now + TOKEN_EPSILON)
             next_at = at if next_at is None else min(next_at, at)
         return attrs.evolve(result, next_token_at=next_at)
+
+    @staticmethod
+    async def _take_token(conn: asyncpg.Connection, op: ops.TakeToken, now: float) -> float | None:
+        """Under the bucket's lock, the one a claim takes for it."""
+        key = f"r:{op.key}"
+        await conn.execute(_LOCK_LIMIT_KEY, key)
+        bucket, wait_until = take_token(
+            _stored(await conn.fetchrow(_READ_BUCKET, key)), op.limit, now
+        )
+        if wait_until is None:
+            await conn.execute(_STORE_BUCKET, key, bucket.tokens, bucket.at)
+        return wait_until
+
+    @staticmethod
+    async def _drain_bucket(conn: asyncpg.Connection, op: ops.DrainBucket, now: float) -> None:
+        key = f"r:{op.key}"
+        await conn.execute(_LOCK_LIMIT_KEY, key)
+        stored = _stored(await conn.fetchrow(_READ_BUCKET, key))
+        bucket = drain(stored, op.limit, now, op.until)
+        await conn.execute(_STORE_BUCKET, key, bucket.tokens, bucket.at)
 
     @staticmethod
     async def _renew(conn: asyncpg.Connection, op: ops.Renew, now: float) -> RenewResult:

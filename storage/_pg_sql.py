@@ -12,7 +12,7 @@ from trioforge.storage._records import StepWrite, step_row
 
 with needs_extra("postgres", "PostgreSQL"):
     import asyncpg
-from trioforge.storage._sql_states import PENDING, TERMINAL
+from trioforge.storage._sql_states import PENDING, RESCUE_RETRIES, TERMINAL
 
 #: FoldCounts: each table's delta rows summed into one row per key, in one statement (a
 #: reader sees the deltas or their sum, never both); a key summing to zero goes.
@@ -168,10 +168,14 @@ _SHARING_BUCKET = (
 )
 
 
+def _stored(row: asyncpg.Record | None) -> Bucket | None:
+    """A bucket as stored (None: none yet)."""
+    return None if row is None or row["tokens"] is None else Bucket(row["tokens"], row["at"])
+
+
 def _bucket(row: asyncpg.Record | None, rate: RateLimit, now: float) -> Bucket:
     """A stored bucket (None: none yet), refilled to ``now``."""
-    stored = None if row is None or row["tokens"] is None else Bucket(row["tokens"], row["at"])
-    return refill(stored, rate, now)
+    return refill(_stored(row), rate, now)
 
 
 #: A flow-controlled claim (see _CLAIM_LIMITED_FUNCTION), with the claimed rows named as
@@ -262,10 +266,10 @@ WITH forgotten AS (DELETE FROM trioforge_processes WHERE heartbeat_at < $2),
 rescued AS (
     UPDATE trioforge_jobs SET
         status = CASE WHEN cancel_requested AND NOT workflow THEN 'cancelled'
-                      WHEN attempt < max_attempts THEN 'retrying' ELSE 'dead' END,
-        finished_at = CASE WHEN (cancel_requested AND NOT workflow) OR attempt >= max_attempts
+                      WHEN {RESCUE_RETRIES} THEN 'retrying' ELSE 'dead' END,
+        finished_at = CASE WHEN (cancel_requested AND NOT workflow) OR NOT {RESCUE_RETRIES}
                            THEN $1 END,
-        run_at = CASE WHEN NOT (cancel_requested AND NOT workflow) AND attempt < max_attempts
+        run_at = CASE WHEN NOT (cancel_requested AND NOT workflow) AND {RESCUE_RETRIES}
                       THEN $1 ELSE run_at END,
         error = CASE WHEN cancel_requested AND NOT workflow THEN error
                      ELSE 'attempt ' || attempt || ' lost: its worker stopped heartbeating' END,

@@ -315,6 +315,7 @@ class JobInfo:
 
     @property
     def is_terminal(self) -> bool:
+        """Whether the job has finished (completed, dead, cancelled or compensated)."""
         return self.status.is_terminal
 
 
@@ -366,6 +367,8 @@ class StepKind(enum.StrEnum):
 
 
 class StepStatus(enum.StrEnum):
+    """Where one entry of a workflow run's record stands (``StepInfo.status``)."""
+
     PENDING = "pending"
     #: Started and not finished: a sleep or a signal wait not yet over.
     RUNNING = "running"

@@ -11,7 +11,14 @@ from collections.abc import Iterable
 
 from trioforge._core.states import PENDING_STATES, TERMINAL_STATES, JobState
 
-__all__ = ["PENDING", "PENDING_VALUES", "TERMINAL", "TERMINAL_V1", "state_list"]
+__all__ = [
+    "PENDING",
+    "PENDING_VALUES",
+    "RESCUE_RETRIES",
+    "TERMINAL",
+    "TERMINAL_V1",
+    "state_list",
+]
 
 
 def state_list(states: Iterable[JobState]) -> str:
@@ -26,3 +33,7 @@ PENDING = state_list(PENDING_STATES)
 TERMINAL = state_list(TERMINAL_STATES)
 #: The terminal states before workflows (the first migration's indexes name them).
 TERMINAL_V1 = state_list(TERMINAL_STATES - {JobState.COMPENSATED})
+
+#: Whether a rescued job's row gets another attempt (``rescue_outcome``'s rule): attempts
+#: are left, or it is a workflow run lost on its last attempt (one more, to be undone).
+RESCUE_RETRIES = "(attempt < max_attempts OR (workflow AND attempt = max_attempts))"

@@ -8,7 +8,7 @@ import json
 import sqlite3
 from collections import Counter
 
-from trioforge._core.flow import FLOW_WINDOW, Bucket, FlowGate
+from trioforge._core.flow import FLOW_WINDOW, Bucket, FlowGate, drain, take_token
 from trioforge._core.states import JobState
 from trioforge.storage import _ops as ops
 from trioforge.storage._counts import Tally
@@ -24,6 +24,16 @@ from trioforge.storage._sqlite_sql import (
     _in_claim_order,
     _store,
 )
+
+
+def _read_bucket(db: sqlite3.Connection, key: str) -> Bucket | None:
+    row = db.execute("SELECT tokens, at FROM trioforge_limits WHERE key = ?", (f"r:{key}",))
+    stored = row.fetchone()
+    return None if stored is None or stored[0] is None else Bucket(*stored)
+
+
+def _store_bucket(db: sqlite3.Connection, key: str, bucket: Bucket) -> None:
+    db.execute(_STORE_BUCKETS, (json.dumps([[f"r:{key}", bucket.tokens, bucket.at]]),))
 
 
 class SQLiteClaims:
@@ -91,6 +101,18 @@ class SQLiteClaims:
             stored = [[f"r:{k}", b.tokens, b.at] for k, b in gate.buckets.items()]
             db.execute(_STORE_BUCKETS, (json.dumps(stored),))
         return ClaimResult(claimed, upcoming, gate.next_token_at, gate.held)
+
+    @staticmethod
+    def _take_token(db: sqlite3.Connection, op: ops.TakeToken, now: float) -> float | None:
+        """The write lock is held, as for a claim: the bucket cannot change under us."""
+        bucket, wait_until = take_token(_read_bucket(db, op.key), op.limit, now)
+        if wait_until is None:
+            _store_bucket(db, op.key, bucket)
+        return wait_until
+
+    @staticmethod
+    def _drain_bucket(db: sqlite3.Connection, op: ops.DrainBucket, now: float) -> None:
+        _store_bucket(db, op.key, drain(_read_bucket(db, op.key), op.limit, now, op.until))
 
     @staticmethod
     def _renew(db: sqlite3.Connection, op: ops.Renew, now: float) -> RenewResult:

@@ -18,7 +18,7 @@ import attrs
 import trio
 
 from trioforge._core.errors import InvalidArgumentError, InvalidStateError
-from trioforge._core.flow import FLOW_WINDOW, FlowGate
+from trioforge._core.flow import FLOW_WINDOW, FlowGate, drain, take_token
 from trioforge._core.retry import rescue_outcome
 from trioforge._core.states import (
     PENDING_STATES,
@@ -300,6 +300,14 @@ class MemoryBackend(MemoryStore):
                 cancel.add(job_id)
         return RenewResult(frozenset(cancel), frozenset(lost))
 
+    def _take_token(self, op: ops.TakeToken, now: float) -> float | None:
+        bucket, wait_until = take_token(self._buckets.get(op.key), op.limit, now)
+        self._buckets[op.key] = bucket
+        return wait_until
+
+    def _drain_bucket(self, op: ops.DrainBucket, now: float) -> None:
+        self._buckets[op.key] = drain(self._buckets.get(op.key), op.limit, now, op.until)
+
     def _progress(self, op: ops.Progress, now: float) -> bool:
         del now
         row = self._owned(op.job_id, op.lease)
@@ -387,7 +395,7 @@ class MemoryBackend(MemoryStore):
             if row.cancel_requested and not row.workflow:  # a run compensates first
                 self._apply(row, Cancelled(), now)
             else:
-                event = rescue_outcome(row.attempt, row.max_attempts, now)
+                event = rescue_outcome(row.attempt, row.max_attempts, now, workflow=row.workflow)
                 self._apply(row, event, now, run_at=event.retry_at)
                 row.error = f"attempt {row.attempt} lost: its worker stopped heartbeating"
             rescued.append(

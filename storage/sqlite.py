@@ -56,7 +56,7 @@ from trioforge.storage._records import (
     not_a_run,
     step_row,
 )
-from trioforge.storage._sql_states import PENDING, TERMINAL
+from trioforge.storage._sql_states import PENDING, RESCUE_RETRIES, TERMINAL
 from trioforge.storage._sqlite_claims import SQLiteClaims
 from trioforge.storage._sqlite_health import check_usable
 from trioforge.storage._sqlite_reads import SQLiteReads
@@ -510,11 +510,12 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
             # A workflow run asked to cancel goes on to be undone, as any lost attempt.
             "UPDATE trioforge_jobs SET "
             "status = CASE WHEN cancel_requested AND NOT workflow THEN 'cancelled' "
-            "  WHEN attempt < max_attempts THEN 'retrying' ELSE 'dead' END, "
+            # A run lost on its last attempt gets one more, to be undone (rescue_outcome).
+            f"  WHEN {RESCUE_RETRIES} THEN 'retrying' ELSE 'dead' END, "
             "finished_at = CASE WHEN (cancel_requested AND NOT workflow) "
-            "  OR attempt >= max_attempts THEN ?1 END, "
+            f"  OR NOT {RESCUE_RETRIES} THEN ?1 END, "
             "run_at = CASE WHEN NOT (cancel_requested AND NOT workflow) "
-            "  AND attempt < max_attempts THEN ?1 ELSE run_at END, "
+            f"  AND {RESCUE_RETRIES} THEN ?1 ELSE run_at END, "
             "error = CASE WHEN cancel_requested AND NOT workflow THEN error ELSE "
             "  'attempt ' || attempt || ' lost: its worker stopped heartbeating' END, "
             "lease_owner = NULL, lease_until = NULL "

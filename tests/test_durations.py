@@ -53,6 +53,7 @@ async def run(ctx: WorkflowContext) -> None:
 DECLARED: list[tuple[str, Callable[[Any], object]]] = [
     ("job 'j': timeout", lambda v: Registry().job("j", timeout=v)(noop)),
     ("job 'j': unique_for", lambda v: Registry().job("j", unique_for=v)(noop)),
+    ("job 'j': heartbeat_timeout", lambda v: Registry().job("j", heartbeat_timeout=v)(noop)),
     ("job 'cron:noop': timeout", lambda v: Registry().cron("* * * * *", timeout=v)(noop)),
     ("workflow 'w': timeout", lambda v: Registry().workflow("w", timeout=v)(run)),
     ("Retry.base_delay", lambda v: Retry(base_delay=v)),

@@ -26,6 +26,7 @@ from trioforge import (
     Registry,
     VirtualClock,
 )
+from trioforge._core.flow import Bucket, drain, take_token
 from trioforge.storage import Backend, MemoryBackend, ops
 
 #: Long enough that nothing in these tests may wait for a poll: wake-ups must do it.
@@ -339,3 +340,27 @@ def test_a_queue_rate_limit_caps_all_its_jobs_in_virtual_time(
         expected = [max(0.0, (k - burst + 1) / limit.per_second) for k in range(len(kinds))]
         assert [at for _, at in starts] == pytest.approx(expected, abs=1e-5)
     assert backend.claims <= replicas * (2 * len(kinds) + 2)  # it sleeps until tokens come
+
+
+@given(
+    tokens=st.floats(-50, 3),
+    at=st.floats(0, 100),
+    now=st.floats(0, 200),
+    retry_after=st.floats(0.01, 100),
+)
+def test_a_drained_bucket_holds_no_token_before_its_time(
+    tokens: float, at: float, now: float, retry_after: float
+) -> None:
+    """Whatever the bucket held, after ``drain`` no token is taken before ``until``, one is
+    at ``until`` (or at the bucket's own later time), and an earlier drain changes nothing."""
+    limit = RateLimit("x", rate=2, per=1, burst=3)
+    stored = Bucket(tokens, at)
+    until = max(now, at) + retry_after
+    drained = drain(stored, limit, now, until)
+    _, when = take_token(drained, limit, now)
+    assert when is not None
+    assert when >= until - 1e-6
+    later, got = take_token(drained, limit, when + 1e-9)
+    assert got is None
+    assert later.tokens >= 0
+    assert drain(drained, limit, now, until - retry_after / 2) == drained

@@ -237,3 +237,43 @@ async def test_the_queue_limit_a_starting_job_shares_costs_it_one_token(backend:
     both = await enqueue(backend, keyed(r="shared"), keyed(r="shared"), keyed("b"))
     result = await flow_claim(backend, limits=limits, queue_rate=shared)
     assert (ids(result), result.next_token_at) == (both[:2], T0 + 60)
+
+
+STRIPE = RateLimit("stripe", rate=2, per=1, burst=2)  # a token every 0.5 s, two at most
+
+
+async def take(backend: Backend, now: float, key: str = "stripe") -> float | None:
+    wait_until: float | None = await one(backend, ops.TakeToken(key, STRIPE), now)
+    return wait_until
+
+
+async def test_a_handler_takes_tokens_from_the_bucket_claims_take_from(backend: Backend) -> None:
+    assert await take(backend, T0) is None
+    assert await take(backend, T0) is None  # the burst: two at once
+    assert await take(backend, T0) == T0 + 0.5  # empty: when the next token comes
+    assert await take(backend, T0 + 0.25) == T0 + 0.5  # asking took nothing
+    assert await take(backend, T0 + 0.5) is None
+    assert await take(backend, T0 + 0.5, key="stripe:acme") is None  # another key's bucket
+    # A claim sees the bucket the handler emptied: its job waits for the next token.
+    [first] = await enqueue(backend, keyed(r="stripe", run_at=T0 + 0.5))
+    limits = {"a": JobLimits(STRIPE)}
+    held = await flow_claim(backend, T0 + 0.5, limits=limits)
+    assert (held.jobs, held.next_token_at) == ((), T0 + 1.0)
+    assert ids(await flow_claim(backend, T0 + 1.0, limits=limits)) == [first]
+    assert await take(backend, T0 + 1.0) == T0 + 1.5  # and the claim took that token
+
+
+async def test_a_drained_bucket_gives_no_token_before_its_time(backend: Backend) -> None:
+    await one(backend, ops.DrainBucket("stripe", STRIPE, T0 + 30), T0)
+    assert await take(backend, T0) == T0 + 30
+    # A claim is held back as long, whoever enqueued the job.
+    [held] = await enqueue(backend, keyed(r="stripe"))
+    limits = {"a": JobLimits(STRIPE)}
+    waiting = await flow_claim(backend, T0 + 29, limits=limits)
+    assert (waiting.jobs, waiting.next_token_at) == ((), T0 + 30)
+    # An earlier drain does not shorten it; once the time comes, one token at a time.
+    await one(backend, ops.DrainBucket("stripe", STRIPE, T0 + 10), T0 + 1)
+    assert await take(backend, T0 + 29.75) == T0 + 30
+    assert ids(await flow_claim(backend, T0 + 30, limits=limits)) == [held]
+    assert await take(backend, T0 + 30) == T0 + 30.5
+    assert await take(backend, T0 + 30.5) is None

@@ -209,6 +209,25 @@ async def test_a_lost_run_asked_to_cancel_is_rescued_to_be_undone(backend: Backe
     assert await one(backend, ops.ReadWorkflow(run_id + 100)) is None
 
 
+async def test_a_run_lost_on_its_last_attempt_gets_one_more_to_be_undone(
+    backend: Backend,
+) -> None:
+    one_try = NewJob("a", "q", "{}", 10, T0, 1, workflow=True)
+    plain = NewJob("b", "q", "{}", 10, T0, 1)
+    run_id, job_id = await enqueue(backend, one_try, plain)
+    await claim(backend, T0, limit=2)
+    rescued = {r.id: r for r in await one(backend, ops.Rescue(), T0 + 31)}
+    assert (rescued[run_id].status, rescued[job_id].status) == (JobState.RETRYING, JobState.DEAD)
+    info = await get(backend, run_id)
+    assert (info.status, info.run_at, info.finished_at) == (JobState.RETRYING, T0 + 31, None)
+    again = await claim_one(backend, T0 + 31)
+    assert (again.id, again.attempt, again.max_attempts) == (run_id, 2, 1)
+    # Lost again on that extra attempt: dead, so a run that kills its worker cannot loop.
+    [lost] = await one(backend, ops.Rescue(), T0 + 62)
+    assert (lost.id, lost.status) == (run_id, JobState.DEAD)
+    assert (await get(backend, run_id)).finished_at == T0 + 62
+
+
 async def test_listing_runs_only_and_by_workflow_name_over_versions(backend: Backend) -> None:
     plain = NewJob("pay@v1", "q", "{}", 10, T0, 3)  # a plain job whose name looks like a run
     await enqueue(backend, run("pay@v1"), run("pay@v2"), run("payroll@v1"), plain, run("p@v1"))

@@ -70,11 +70,14 @@ class Served:
         token: str,
         *,
         files: Mapping[str, bytes] | None = None,
+        web_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
-        """``files``: more scripts served from the app's origin, by path (text/javascript)."""
+        """``files``: more scripts served from the app's origin, by path (text/javascript);
+        ``web_options``: more arguments of ``trioforge.web.app`` (``cors_origins``)."""
         self._registry, self._database, self._token = registry, database, token
         self._files = dict(files or {})
+        self._web_options = dict(web_options or {})
         self._options = options
         self._ready: queue.Queue[str | BaseException] = queue.Queue()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -96,7 +99,9 @@ class Served:
         ) as rt:
             self.runtime = rt
             asgi = with_files(
-                trioforge.web.app(client=rt, registry=self._registry, token=self._token),
+                trioforge.web.app(
+                    client=rt, registry=self._registry, token=self._token, **self._web_options
+                ),
                 self._files,
             )
             async with trio.open_nursery() as nursery:

@@ -1,0 +1,1 @@
+"""Build helpers for the documentation site (``make docs``); not part of the package."""

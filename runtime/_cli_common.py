@@ -50,6 +50,15 @@ database_option = click.option(
     help="Database URL (default: $TRIOFORGE_DATABASE_URL, then [tool.trioforge] in "
     "./pyproject.toml or ./trioforge.toml, then sqlite:///.trioforge/jobs.db).",
 )
+listen_url_option = click.option(
+    "--listen-url",
+    metavar="URL",
+    default=None,
+    callback=_not_empty,
+    help="PostgreSQL URL for LISTEN when --database goes through PgBouncer in transaction "
+    "mode: a direct connection (default: $TRIOFORGE_LISTEN_URL, then listen_url in the "
+    "settings, then the database URL).",
+)
 json_lines_option = click.option(
     "--json",
     "as_json",

@@ -18,6 +18,7 @@ from trioforge._cli_common import (
     database_option,
     database_url,
     fail,
+    listen_url_option,
     load_registry,
     otel_option,
     registry_option,
@@ -95,6 +96,7 @@ def warn_unused_queues(registry: Registry, target: str, queues: Mapping[str, int
     "--heartbeat-interval", type=click.FloatRange(min=0, min_open=True), default=2.0,
     show_default=True, help="Seconds between heartbeats (they renew this process's leases).",
 )  # fmt: skip
+@listen_url_option
 @click.option(
     "--poll-interval", type=click.FloatRange(min=0, min_open=True), default=1.0,
     show_default=True,
@@ -145,6 +147,7 @@ def worker(
     registry_target: str | None,
     queues: dict[str, int] | None,
     database: str | None,
+    listen_url: str | None,
     lease_seconds: float,
     heartbeat_interval: float,
     poll_interval: float,
@@ -199,6 +202,7 @@ def worker(
                         lease_seconds=lease_seconds, heartbeat_interval=heartbeat_interval,
                         poll_interval=poll_interval, shutdown_grace=shutdown_grace,
                         capabilities=capabilities, tracing=tracing, metrics=metrics,
+                        listen_url=listen_url,
                     ) as rt, trio.open_nursery() as scraped:  # fmt: skip
                         if metrics is not None and metrics_port is not None:
                             await serve_metrics(scraped, rt, metrics, metrics_host, metrics_port)

@@ -11,14 +11,15 @@ from typing import Any
 
 from trioforge._core.errors import ConfigurationError
 
-__all__ = ["DEFAULT_DATABASE", "resolve_database"]
+__all__ = ["DEFAULT_DATABASE", "resolve_database", "resolve_listen_url"]
 
 #: No configuration at all: a SQLite file in a local data directory.
 DEFAULT_DATABASE = "sqlite:///.trioforge/jobs.db"
 ENV_DATABASE = "TRIOFORGE_DATABASE_URL"
 ENV_PASSWORD_ENV = "TRIOFORGE_PASSWORD_ENV"
+ENV_LISTEN_URL = "TRIOFORGE_LISTEN_URL"
 #: The keys the settings table may hold; any other is a typo to report, not to ignore.
-KNOWN_KEYS = ("database", "password_env")
+KNOWN_KEYS = ("database", "password_env", "listen_url")
 
 
 def _file_settings(cwd: Path) -> dict[str, Any]:
@@ -74,6 +75,29 @@ def resolve_database(database: str | None = None, *, cwd: Path | None = None) ->
         return DEFAULT_DATABASE
     if not isinstance(url, str) or not url:
         raise ConfigurationError("`database` in the trioforge settings must be a URL string")
+    return _password_in(url, settings)
+
+
+def resolve_listen_url(listen_url: str | None = None, *, cwd: Path | None = None) -> str | None:
+    """Where PostgreSQL's LISTEN connects when the database URL goes through a transaction
+    pooler: ``listen_url`` if given, else ``$TRIOFORGE_LISTEN_URL``, else ``listen_url`` in
+    the settings file, else None (LISTEN uses the database URL). ``password_env`` applies
+    as it does to the database URL."""
+    if listen_url is not None and not listen_url:
+        raise ConfigurationError(
+            "the listen URL is empty; give a postgresql:// URL or leave it out"
+        )
+    settings = _file_settings(cwd or Path.cwd())
+    url = listen_url or os.environ.get(ENV_LISTEN_URL) or settings.get("listen_url")
+    if url is None:
+        return None
+    if not isinstance(url, str) or not url:
+        raise ConfigurationError("`listen_url` in the trioforge settings must be a URL string")
+    return _password_in(url, settings)
+
+
+def _password_in(url: str, settings: dict[str, Any]) -> str:
+    """``url`` with the password that ``password_env`` names, if it has none."""
     password_env = os.environ.get(ENV_PASSWORD_ENV) or settings.get("password_env")
     if password_env is None:
         return url

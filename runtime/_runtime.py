@@ -16,7 +16,7 @@ import attrs
 import trio
 
 from trioforge._client import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, Client
-from trioforge._config import resolve_database
+from trioforge._config import resolve_database, resolve_listen_url
 from trioforge._context import JobContext
 from trioforge._core.clock import Clock, WallClock
 from trioforge._core.durations import Duration, optional_seconds, seconds
@@ -153,9 +153,14 @@ def _default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _backend(database: str | Backend | None) -> Backend:
+def _backend(database: str | Backend | None, listen_url: str | None = None) -> Backend:
     if database is None or isinstance(database, str):
-        return backend_for_url(resolve_database(database))
+        url = resolve_database(database)
+        return backend_for_url(url, listen_url=resolve_listen_url(listen_url))
+    if listen_url is not None:
+        raise ConfigurationError(
+            "listen_url goes with a database URL; give it to PostgresBackend(listen_url=...)"
+        )
     return database
 
 
@@ -200,6 +205,7 @@ async def open_client(
     queues: Mapping[str, QueueLike] | None = None,
     metrics: Metrics | None = None,
     tracing: Tracing | None = None,
+    listen_url: str | None = None,
 ) -> AsyncIterator[Client]:
     """Enqueue, inspect and cancel jobs without running any (web processes, scripts).
 
@@ -211,12 +217,13 @@ async def open_client(
     ``poll_interval`` is how often watched jobs are re-read while storage's change
     notices are unavailable. ``metrics`` counts this client's enqueues.
     ``tracing`` (a :class:`trioforge.otel.Tracing`) traces them and stores each job's
-    trace context (see docs/observability.md).
+    trace context (see docs/observability.md). ``listen_url``: PostgreSQL's LISTEN
+    connection when ``database`` goes through PgBouncer (see docs/pgbouncer.md).
     """
     policies = queue_policies(queues)
     clock = clock or WallClock()
     poll = seconds(poll_interval, "poll_interval", positive=True)
-    backend = _backend(database)
+    backend = _backend(database, listen_url)
     async with (
         unwrapped(),
         _storage(backend, clock, migrate) as storage,
@@ -530,6 +537,7 @@ async def open_runtime(
     capabilities: Iterable[str] = (),
     retention: Retention = DEFAULT_RETENTION,
     sweep_interval: Duration = 60.0,
+    listen_url: str | None = None,
     _runtime_class: type[Runtime] = Runtime,
 ) -> AsyncIterator[Runtime]:
     """Run workers for ``registry`` inside the caller's trio run.
@@ -563,6 +571,10 @@ async def open_runtime(
 
     ``capabilities`` names what this process offers (``{"gpu", "ffmpeg"}``): its workers
     claim a job that ``requires`` capabilities only if it has them all.
+
+    ``listen_url`` is where PostgreSQL's LISTEN connects when ``database`` goes through a
+    transaction pooler (default: ``$TRIOFORGE_LISTEN_URL``, then ``listen_url`` in the
+    settings, then the database URL; see docs/pgbouncer.md).
     """
     settings = _Settings.checked(
         registry, queues=queues, clock=clock, owner=owner, lease_seconds=lease_seconds,
@@ -572,7 +584,7 @@ async def open_runtime(
         capabilities=capabilities, retention=retention, sweep_interval=sweep_interval,
     )  # fmt: skip
     registry.freeze()  # the fetchers read its job names once
-    backend = _backend(database)
+    backend = _backend(database, listen_url)
     # Storage first and last: every other actor writes through it, until its very end.
     async with (
         unwrapped(),

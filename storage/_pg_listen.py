@@ -4,9 +4,12 @@ the job change feed, each on a connection of its own."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import trio
@@ -21,6 +24,14 @@ from trioforge.storage._urls import redact
 
 with needs_extra("postgres", "PostgreSQL"):
     import asyncpg
+
+
+log = logging.getLogger("trioforge.postgres")
+
+#: How long a listener waits for its own probe notice before it concludes LISTEN is deaf.
+PROBE_TIMEOUT = 2.0
+#: How often a deaf change feed marks every watched job for a re-read instead.
+DEAF_REREAD = 1.0
 
 
 def trio_asyncio_module() -> Any:
@@ -55,13 +66,25 @@ def parse_notice(payload: str, schema: str | None = None) -> Notice | None:
     return None  # not ours: ignore
 
 
+async def _every(interval: float, fn: Callable[[], None]) -> None:
+    while True:
+        await trio.sleep(interval)
+        with contextlib.suppress(trio.ClosedResourceError):
+            fn()
+
+
 class PostgresListening:
     """The LISTEN side of :class:`~trioforge.storage.postgres.PostgresBackend`."""
 
     url: str
+    listen_url: str
     schema: str | None
     changes_channel: str
     _connect_timeout: float
+    #: Sends a payload on a channel through the pool.
+    _notify_probe: Callable[[str, str], Awaitable[None]]
+    #: Whether the deaf-listener warning was given (once per backend, not per reconnect).
+    _warned_deaf = False
 
     async def _aio(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """One crossing into asyncio."""
@@ -72,8 +95,12 @@ class PostgresListening:
         """LISTEN on a connection of its own (a pooled one would be UNLISTENed on release).
         The channel ends when that connection drops."""
         send, receive = trio.open_memory_channel[Notice](math.inf)
+        probe, heard = f"p:{uuid.uuid4().hex}", trio.Event()
 
         def on_notify(conn: object, pid: int, channel: str, payload: str) -> None:
+            if payload == probe:
+                heard.set()
+                return
             notice = parse_notice(payload, self.schema)
             if notice is not None:
                 with contextlib.suppress(trio.ClosedResourceError):
@@ -81,6 +108,7 @@ class PostgresListening:
 
         conn = await self._aio(self._listening, CHANNEL, on_notify, send.close, "listener")
         try:
+            await self._check_heard(CHANNEL, probe, heard)
             yield receive
         finally:
             send.close()
@@ -92,8 +120,12 @@ class PostgresListening:
         """LISTEN for job change notices on a connection of its own; the channel ends
         when that connection drops."""
         send, receive = trio.open_memory_channel[Changed](math.inf)
+        probe, heard = f"p:{uuid.uuid4().hex}", trio.Event()
 
         def on_notify(conn: object, pid: int, channel: str, payload: str) -> None:
+            if payload == probe:
+                heard.set()
+                return
             ids = parse_ids(payload)
             if ids is not None:
                 with contextlib.suppress(trio.ClosedResourceError):
@@ -103,11 +135,38 @@ class PostgresListening:
             self._listening, self.changes_channel, on_notify, send.close, "live feed"
         )
         try:
-            yield receive
+            async with trio.open_nursery() as nursery:
+                if not await self._check_heard(self.changes_channel, probe, heard):
+                    # No notice will come: "everything watched may have changed", on a beat.
+                    nursery.start_soon(_every, DEAF_REREAD, partial(send.send_nowait, None))
+                yield receive
+                nursery.cancel_scope.cancel()
         finally:
             send.close()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._aio(conn.close)
+
+    async def _check_heard(self, channel: str, probe: str, heard: trio.Event) -> bool:
+        """NOTIFY ``probe`` on ``channel`` through the pool and wait for it on the listening
+        connection. LISTEN through a transaction pooler is accepted and then never fires
+        (the server connection that ran it serves other clients); the runtime still claims
+        every poll interval and reads cancels at each heartbeat, so this only says why it
+        is slow."""
+        await self._notify_probe(channel, probe)
+        with trio.move_on_after(PROBE_TIMEOUT):
+            await heard.wait()
+            return True
+        if not self._warned_deaf:
+            self._warned_deaf = True
+            log.warning(
+                "no notice came back on the listening connection to %s within %.0fs: "
+                "likely LISTEN through a transaction pooler (PgBouncer pool_mode = "
+                "transaction); set listen_url to a direct connection to PostgreSQL. "
+                "Until then wake-ups and cancels are found by polling (claims every "
+                "poll_interval, cancels at each heartbeat)",
+                redact(self.listen_url), PROBE_TIMEOUT,
+            )  # fmt: skip
+        return False
 
     async def _listening(
         self,
@@ -118,16 +177,15 @@ class PostgresListening:
     ) -> asyncpg.Connection:
         """A connection of its own LISTENing on ``channel`` (a pooled one would be
         UNLISTENed on release); ``on_lost()`` when it drops."""
+        # LISTEN reads no table, so no search path (which a pooler would refuse).
         settings = {"application_name": f"trioforge {role} {self.schema or ''}".strip()}
-        if self.schema:
-            settings["search_path"] = self.schema
         try:
             conn = await asyncpg.connect(
-                self.url, timeout=self._connect_timeout, server_settings=settings
+                self.listen_url, timeout=self._connect_timeout, server_settings=settings
             )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnavailableError(
-                f"cannot reach PostgreSQL at {redact(self.url)} to listen: {exc}"
+                f"cannot reach PostgreSQL at {redact(self.listen_url)} to listen: {exc}"
             ) from None
         conn.add_termination_listener(lambda _: on_lost())
         await conn.add_listener(channel, on_notify)

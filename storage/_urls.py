@@ -13,9 +13,15 @@ from trioforge.storage._backend import Backend, CallerConnections
 __all__ = ["backend_for_connection", "backend_for_url", "redact"]
 
 
-def backend_for_url(url: str) -> Backend:
-    """``sqlite:///relative.db``, ``sqlite:////abs.db``, ``memory://``, ``postgresql://...``."""
+def backend_for_url(url: str, *, listen_url: str | None = None) -> Backend:
+    """``sqlite:///relative.db``, ``sqlite:////abs.db``, ``memory://``, ``postgresql://...``
+    (``listen_url``: PostgreSQL's LISTEN connection, when ``url`` goes through a pooler)."""
     scheme, sep, rest = url.partition("://")
+    if listen_url is not None and scheme not in ("postgresql", "postgres"):
+        raise ConfigurationError(
+            f"listen_url is for PostgreSQL, but the database is {redact(url)!r}; "
+            "unset it (TRIOFORGE_LISTEN_URL, --listen-url, listen_url in the settings)"
+        )
     if not sep:
         raise ConfigurationError(
             f"database URL {url!r} has no scheme; use sqlite:///path.db, memory:// "
@@ -40,9 +46,11 @@ def backend_for_url(url: str) -> Backend:
         return SQLiteBackend(Path(rest[1:]))
     if scheme in ("postgresql", "postgres"):
         _check_port(url)
+        if listen_url is not None:
+            _check_port(listen_url)
         from trioforge.storage.postgres import PostgresBackend
 
-        return PostgresBackend(url)
+        return PostgresBackend(url, listen_url=listen_url)
     raise ConfigurationError(
         f"unknown database scheme {scheme!r} in {url!r}; use sqlite, memory or postgresql"
     )

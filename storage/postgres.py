@@ -22,11 +22,12 @@ import json
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 import attrs
 
-from trioforge._core.errors import DatabaseUnavailableError, SchemaError
+from trioforge._core.errors import ConfigurationError, DatabaseUnavailableError, SchemaError
 from trioforge._core.extras import needs_extra
 from trioforge._core.states import TERMINAL_STATES, JobState, Released, Suspended, next_state
 from trioforge.storage import _compound as compound
@@ -100,6 +101,35 @@ def _without(
     return [op for op, _ in kept], [r for _, r in kept]
 
 
+def pooler_mode(url: str) -> tuple[str, bool, str | None]:
+    """``url`` without trioforge's ``pooler`` option, whether it names a transaction pooler,
+    and (then) the ``search_path`` taken out of it: a pooler refuses or drops it as a
+    startup setting, so it is set in each transaction instead."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    pooler = [value for key, value in query if key == "pooler"]
+    if not pooler:
+        return url, False, None
+    if pooler != ["transaction"]:
+        raise ConfigurationError(
+            f"pooler={pooler[-1]!r} in the database URL; the only value is "
+            "pooler=transaction (PgBouncer's pool_mode = transaction; a session pooler "
+            "needs no option)"
+        )
+    path = next((value for key, value in query if key == "search_path"), None)
+    kept = [(key, value) for key, value in query if key not in ("pooler", "search_path")]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept))), True, path
+
+
+def _quoted(identifier: str) -> str:
+    """``identifier`` as PostgreSQL quotes one (a parameter cannot stand for it)."""
+    return '"{}"'.format(identifier.replace('"', '""'))
+
+
+async def _probe(conn: asyncpg.Connection, *, channel: str, payload: str) -> None:
+    await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Pool release hook: nothing to undo. Storage operations leave no session state
     (LISTEN has its own connection, leases are rows, the migration lock is per
@@ -149,6 +179,13 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
 
     ``schema`` puts the tables in that schema (created if missing) instead of the
     connection's default search path.
+
+    ``listen_url`` is where LISTEN connects (default: ``url``). Behind a transaction
+    pooler (PgBouncer with ``pool_mode = transaction``; ``?pooler=transaction`` on ``url``)
+    it must be a direct connection, since a pooled one hands LISTEN's server to other
+    clients. In that mode the pool keeps no session state: no prepared-statement cache,
+    every batch in a transaction, and the schema (``schema``, or ``search_path`` in the
+    URL) set by ``SET LOCAL`` in each transaction instead of per session.
     """
 
     shared = True
@@ -162,9 +199,18 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
         schema: str | None = None,
         pool_size: int = 4,
         connect_timeout: float = 5.0,
+        listen_url: str | None = None,
     ) -> None:
-        self.url = url
+        self.url, self._pooled, url_path = pooler_mode(url)
+        self.listen_url = listen_url or self.url
         self.schema = schema
+        #: Set per transaction when pooled (a session setting would not survive).
+        path = _quoted(schema) if schema else url_path
+        self._set_path = (
+            None
+            if path is None
+            else "SELECT set_config('search_path', '{}', true)".format(path.replace("'", "''"))
+        )
         self._pool_size = pool_size
         #: One batch per pooled connection (the listener has a connection of its own).
         self.max_in_flight = pool_size
@@ -228,8 +274,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
             try:
                 if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
                     return False
-                # An identifier cannot be a parameter: quote it as PostgreSQL does.
-                await conn.execute('CREATE DATABASE "{}"'.format(name.replace('"', '""')))
+                await conn.execute(f"CREATE DATABASE {_quoted(name)}")
                 return True
             finally:
                 await conn.close()
@@ -285,10 +330,13 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
     # --- asyncio side ------------------------------------------------------------------
 
     async def _connect(self) -> asyncpg.Pool:
-        settings = {"search_path": self.schema} if self.schema else None
+        settings = {"search_path": self.schema} if self.schema and not self._pooled else None
+        # Through a transaction pooler a named prepared statement may be on another server
+        # connection than the next transaction's, so none are cached.
+        cache = {"statement_cache_size": 0} if self._pooled else {}
         try:
             if self.schema:
-                conn = await asyncpg.connect(self.url, timeout=self._connect_timeout)
+                conn = await asyncpg.connect(self.url, timeout=self._connect_timeout, **cache)
                 try:
                     await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 finally:
@@ -300,6 +348,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
                 timeout=self._connect_timeout,
                 server_settings=settings,
                 reset=_keep_session,
+                **cache,
             )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnavailableError(
@@ -312,7 +361,22 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
         if self._pool is None:
             raise DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} is not open")
         async with self._pool.acquire() as conn:
-            return await fn(conn)
+            if not self._pooled:
+                return await fn(conn)
+            async with self._transaction(conn):
+                return await fn(conn)
+
+    @asynccontextmanager
+    async def _transaction(self, conn: asyncpg.Connection) -> AsyncIterator[None]:
+        """A transaction that, behind a transaction pooler, first sets the search path (the
+        pooler gives each transaction whichever server connection is free)."""
+        async with conn.transaction():
+            if self._pooled and self._set_path is not None:
+                await conn.execute(self._set_path)
+            yield
+
+    async def _notify_probe(self, channel: str, payload: str) -> None:
+        await self._aio(self._run, partial(_probe, channel=channel, payload=payload))
 
     @staticmethod
     async def _read_version(conn: asyncpg.Connection) -> int:
@@ -347,21 +411,28 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
                 # After the commit, one statement for the whole batch. If it fails the
                 # connection is gone, and so is the listeners' (they re-read on reconnect).
                 with contextlib.suppress(Exception):
-                    await conn.execute(
-                        _NOTIFY_WAKES, self.changes_channel, list(encode_ids(changed))
-                    )
+                    async with (
+                        self._transaction(conn) if self._pooled else contextlib.nullcontext()
+                    ):
+                        await conn.execute(
+                            _NOTIFY_WAKES, self.changes_channel, list(encode_ids(changed))
+                        )
             return results
 
     async def _batch(
         self, conn: asyncpg.Connection, batch: list[ops.Op], now: float
     ) -> list[object]:
-        if len(batch) <= _AUTOCOMMIT_MAX and all(op.atomic_alone() for op in batch):
+        if (
+            not self._pooled  # a pooler may split a statement's parse and execution
+            and len(batch) <= _AUTOCOMMIT_MAX
+            and all(op.atomic_alone() for op in batch)
+        ):
             # No BEGIN/COMMIT round trips for what single statements do atomically: for
             # a few ops (a claim and an outcome batch, say) they cost more than the
             # extra commits.
             return await self._each(conn, batch, now, self._autocommit)
         try:
-            async with conn.transaction():
+            async with self._transaction(conn):
                 return await self._in_transaction(conn, batch, now)
         except Exception as exc:
             if _lost(exc):  # nothing committed; the connection is gone
@@ -417,7 +488,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
 
     async def _one(self, conn: asyncpg.Connection, op: ops.Op, now: float) -> object:
         try:
-            async with conn.transaction():
+            async with self._transaction(conn):
                 return await self._handlers[type(op)](conn, op, now)
         except Exception as exc:
             if _lost(exc):

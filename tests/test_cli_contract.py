@@ -231,7 +231,9 @@ def test_unknown_settings_keys_are_refused_with_the_closest_one(
     assert "unknown key 'pasword_env' in [tool.trioforge] in" in line
     assert line.endswith("did you mean 'password_env'?")
     (tmp_path / "pyproject.toml").write_text("[tool.trioforge]\nzzz = 1\n")
-    assert one_error_line(cli("jobs", "list")).endswith("known keys: database, password_env")
+    assert one_error_line(cli("jobs", "list")).endswith(
+        "known keys: database, password_env, listen_url"
+    )
     assert not (tmp_path / "typo.db").exists()
 
 

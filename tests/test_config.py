@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from trioforge import ConfigurationError
-from trioforge._config import DEFAULT_DATABASE, resolve_database
+from trioforge._config import DEFAULT_DATABASE, resolve_database, resolve_listen_url
+from trioforge.storage import backend_for_url
 
 
 def test_argument_then_environment_then_files_then_default(
@@ -61,3 +62,46 @@ def test_the_password_comes_from_the_environment_variable_named_in_settings(
     # a URL that carries its own password, or is not PostgreSQL, is left alone
     assert resolve_database("postgresql://app:given@h/db", cwd=tmp_path).endswith(":given@h/db")
     assert resolve_database("sqlite:///x.db", cwd=tmp_path) == "sqlite:///x.db"
+
+
+def test_the_listen_url_comes_from_argument_environment_then_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TRIOFORGE_LISTEN_URL", raising=False)
+    monkeypatch.delenv("TRIOFORGE_PASSWORD_ENV", raising=False)
+    assert resolve_listen_url(None, cwd=tmp_path) is None  # LISTEN uses the database URL
+    (tmp_path / "trioforge.toml").write_text(
+        'listen_url = "postgresql://app@db:5432/jobs"\npassword_env = "JOBS_DB_PW"\n'
+    )
+    monkeypatch.setenv("JOBS_DB_PW", "pw")
+    assert resolve_listen_url(None, cwd=tmp_path) == "postgresql://app:pw@db:5432/jobs"
+    monkeypatch.setenv("TRIOFORGE_LISTEN_URL", "postgresql://env@db/jobs")
+    assert resolve_listen_url(None, cwd=tmp_path) == "postgresql://env:pw@db/jobs"
+    assert resolve_listen_url("postgresql://arg:x@db/jobs", cwd=tmp_path) == (
+        "postgresql://arg:x@db/jobs"
+    )
+    with pytest.raises(ConfigurationError, match="listen URL is empty"):
+        resolve_listen_url("", cwd=tmp_path)
+
+
+def test_a_listen_url_is_for_postgresql_only() -> None:
+    with pytest.raises(ConfigurationError, match="listen_url is for PostgreSQL"):
+        backend_for_url("sqlite:///x.db", listen_url="postgresql://app@db/jobs")
+
+
+def test_the_pooler_option_is_taken_out_of_the_url_with_its_search_path() -> None:
+    pytest.importorskip("asyncpg")
+    from trioforge.storage.postgres import PostgresBackend, pooler_mode
+
+    url = "postgresql://app@bouncer:6432/jobs?pooler=transaction&search_path=tenant&sslmode=off"
+    assert pooler_mode(url) == ("postgresql://app@bouncer:6432/jobs?sslmode=off", True, "tenant")
+    assert pooler_mode("postgresql://app@db/jobs?search_path=s") == (
+        "postgresql://app@db/jobs?search_path=s", False, None,
+    )  # fmt: skip
+    with pytest.raises(ConfigurationError, match="pooler=transaction"):
+        pooler_mode("postgresql://app@db/jobs?pooler=session")
+    backend = PostgresBackend(url, listen_url="postgresql://app@db:5432/jobs")
+    assert (backend.url, backend.listen_url) == (
+        "postgresql://app@bouncer:6432/jobs?sslmode=off", "postgresql://app@db:5432/jobs",
+    )  # fmt: skip
+    assert PostgresBackend(url).listen_url == backend.url  # no listen_url: through the pooler

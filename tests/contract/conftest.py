@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.backends import BACKENDS
+from tests.support.backends import BACKENDS, CONTRACT_ONLY
 from trioforge.storage import Backend, opened
 
 
-@pytest.fixture(params=list(BACKENDS))
+@pytest.fixture(params=[*BACKENDS, *CONTRACT_ONLY])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    async with BACKENDS[request.param].backend(tmp_path) as b, opened(b):
+    backing = BACKENDS.get(request.param)
+    form = backing.backend if backing is not None else CONTRACT_ONLY[request.param]
+    async with form(tmp_path) as b, opened(b):
         yield b

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import attrs
 
+from tests.support.pgbouncer import pooled_backend
 from tests.support.postgres import schema_url, temporary_schema
 from trioforge.storage import Backend, MemoryBackend
 from trioforge.storage.sqlite import SQLiteBackend
@@ -62,6 +63,10 @@ BACKENDS: dict[str, Backing] = {
         url=lambda tmp: schema_url(),
     ),
 }
+
+#: Backends the contract suite also runs on (the runtime tests are covered by
+#: tests/test_pgbouncer.py): PostgreSQL through PgBouncer in transaction pooling mode.
+CONTRACT_ONLY: dict[str, Form[Backend]] = {"pgbouncer": pooled_backend}
 
 #: The backends several processes can share.
 SHARED_BY_PROCESSES = [name for name, backing in BACKENDS.items() if backing.url is not None]

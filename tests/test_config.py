@@ -91,7 +91,8 @@ def test_a_listen_url_is_for_postgresql_only() -> None:
 
 def test_the_pooler_option_is_taken_out_of_the_url_with_its_search_path() -> None:
     pytest.importorskip("asyncpg")
-    from trioforge.storage.postgres import PostgresBackend, pooler_mode
+    from trioforge.storage._pg_connection import pooler_mode
+    from trioforge.storage.postgres import PostgresBackend
 
     url = "postgresql://app@bouncer:6432/jobs?pooler=transaction&search_path=tenant&sslmode=off"
     assert pooler_mode(url) == ("postgresql://app@bouncer:6432/jobs?sslmode=off", True, "tenant")

@@ -2,7 +2,7 @@
 
 Rows: the SQLite drain beside huey's SQLite backend; the PostgreSQL drain beside PgQueuer;
 cross-process enqueue -> start latency beside PgQueuer's; CPU per job (enqueue + drain,
-every process that works for it, bench/cpu.py); 1 and 3 worker processes on PostgreSQL
+every process that works for it, bench/cpu.py); 1, 3 and 6 worker processes on PostgreSQL
 beside PgQueuer's (each side's driver enqueues while they drain);
 workflow steps/s on PostgreSQL; 50,000 I/O-bound jobs at once in one process (and 10,000,
 for the cost per job). Each pair runs in the same minute, the order alternating from one
@@ -265,7 +265,7 @@ async def run_once(command: list[str], name: str) -> dict[str, Any]:
 
 
 async def processes_row(args: argparse.Namespace, python: Path | None, table: Table) -> None:
-    """1 and 3 (``--processes``) worker processes, each side's driver enqueueing while they
+    """1, 3 and 6 (``--processes``) worker processes, each side's driver enqueueing while they
     drain."""
     rates: dict[str, dict[int, list[float]]] = {"trioforge": {}, "PgQueuer": {}}
     async with postgres_databases(args.postgres_url) as fresh:
@@ -374,7 +374,7 @@ def parse() -> argparse.Namespace:
     )
     parser.add_argument("--sleep", type=float, default=2.0, help="each I/O-bound job's sleep")
     parser.add_argument(
-        "--processes", type=int, nargs="+", default=[1, 3], help="worker process counts (1 3)"
+        "--processes", type=int, nargs="+", default=[1, 3, 6], help="worker process counts (1 3 6)"
     )
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     add_postgres_url(parser)

@@ -351,7 +351,8 @@ async def test_a_finished_job_is_deleted_from_the_dashboard_and_shows_its_retent
     assert re.search(r'action="/jobs/\d+/delete" hidden>', pages[1])  # shown once finished
     assert anonymous.status_code == 403
     assert refused.status_code == 409
-    assert refused.text == f"job {running} is running, not finished: cancel it first, then delete it"
+    what_to_do = "not finished: cancel it first, then delete it"
+    assert refused.text == f"job {running} is running, {what_to_do}"
     assert (deleted.status_code, deleted.headers["location"]) == (303, "/jobs")
     assert again.status_code == 404
     assert gone.status_code == 404

@@ -321,3 +321,25 @@ def test_jobs_show_prints_a_jobs_own_retention(tmp_path: Path) -> None:
         "completed": 90.0, "cancelled": 604800.0, "dead": None, "compensated": 2592000.0,
     }  # fmt: skip
     assert "retain: its queue's retention" in plain_shown
+
+
+async def test_a_declared_retention_is_stored_with_each_run(database: str | Backend) -> None:
+    """A workflow's declared ``retain``, or its enqueue's, on every backend: what
+    ``JobInfo.retain`` reads back is what the sweeper goes by."""
+    registry = make_registry()
+
+    @registry.workflow("checkout", retain=dt.timedelta(minutes=5))
+    async def checkout(ctx: WorkflowContext) -> None:
+        pass
+
+    states = ["completed", "cancelled", "dead", "compensated"]
+    async with trioforge.open_client(database, registry=registry) as client:
+        declared = await client.enqueue(checkout, delay=3600)
+        given = await client.enqueue("checkout", retain=Retention(dead=None), delay=3600)
+        plain = await client.enqueue("ok", 1, delay=3600)
+        assert (await client.get(declared)).retain == dict.fromkeys(states, 300.0)
+        assert (await client.get(given)).retain == {
+            "completed": 86400.0, "cancelled": 604800.0, "dead": None, "compensated": 2592000.0,
+        }  # fmt: skip
+        assert (await client.get(plain)).retain is None
+        assert [run.retain is not None for run in await client.runs()] == [True, True]

@@ -49,6 +49,8 @@ class CronJob:
     queue: str
     priority: int
     max_attempts: int
+    #: Its runs' own retention, as stored (``NewJob.retain``); None: the queue's.
+    retain: str | None = None
 
 
 def _at(ts: float) -> dt.datetime:
@@ -75,6 +77,7 @@ def plan(job: CronJob, state: CronState | None, now: float) -> ops.FireCron | No
             run_at=tick,
             max_attempts=job.max_attempts,
             idempotency_key=f"{job.name}@{tick!r}",
+            retain=job.retain,
         )
         for tick in fire
     )

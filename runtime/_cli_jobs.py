@@ -26,6 +26,7 @@ from trioforge._cli_common import (
 )
 from trioforge._client import Client
 from trioforge._core.states import JobState
+from trioforge._policy import describe_retention
 from trioforge._runtime import open_client
 from trioforge._terminal import terminal_text as t
 from trioforge._workflow_info import error_line
@@ -106,6 +107,7 @@ def show(job_id: int, as_json: bool, database: str | None) -> None:
                      f"{t(info.progress_message or '')}".rstrip()),
         ("idempotency key", t(info.idempotency_key or "-")),
         ("cancel requested", "yes" if info.cancel_requested else "no"),
+        ("retain", describe_retention(info.retain)),
         ("payload", json.dumps(info.payload)), ("result", json.dumps(info.result)),
     ]  # fmt: skip
     for label, value in rows:

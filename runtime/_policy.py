@@ -20,6 +20,7 @@ __all__ = [
     "QueueLike",
     "Retention",
     "check_rate_limits",
+    "describe_retention",
     "job_retention",
     "queue_policies",
     "queue_sizes",
@@ -75,8 +76,32 @@ def job_retention(
         return None
     if isinstance(value, Retention):
         return value.as_json()
+    if isinstance(value, bool) or not isinstance(value, int | float | dt.timedelta):
+        raise error(
+            f"{what} must be a trioforge.Retention (per final state), a number of seconds "
+            f"or a datetime.timedelta, got {value!r}"
+        )
     age = seconds(value, what, error=error)
     return json.dumps(dict.fromkeys(TERMINAL_ORDER, age), sort_keys=True)
+
+
+def describe_retention(retain: Mapping[str, float | None] | None) -> str:
+    """A job's own retention as people read it (``completed 20s, dead forever, ...``), or
+    that its queue's applies: what ``trioforge jobs show`` and the job page print."""
+    if retain is None:
+        return "its queue's retention"
+    return ", ".join(
+        f"{state} {'forever' if retain.get(state) is None else _short(retain[state] or 0.0)}"
+        for state in TERMINAL_ORDER
+    )
+
+
+def _short(age: float) -> str:
+    """Seconds in the largest whole unit (``7d``, ``2h``, ``90s``; ``1.5s``)."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if age >= size and age % size == 0:
+            return f"{age // size:.0f}{unit}"
+    return f"{age:g}s"
 
 
 @attrs.frozen

@@ -470,6 +470,7 @@ class Registry(Generic[StateT]):
         priority: PriorityLike = "normal",
         retry: Retry | None = None,
         timeout: Duration | None = None,
+        retain: Retention | Duration | None = None,
     ) -> CronDecorator[StateT]:
         """Declare ``async def handler(ctx: CronContext)`` to run on a cron schedule.
 
@@ -477,11 +478,14 @@ class Registry(Generic[StateT]):
         ``cron:<function name>``): retries, timeouts, cancel and progress apply.
         ``catch_up=N`` replays at most the N most recent ticks missed while nothing ran
         (oldest first); 0 skips them. ``overlap="skip"`` records a tick as skipped while the
-        previous run has not finished. Daylight saving follows classic cron: see
-        :class:`~trioforge.CronSchedule`. A bad expression or zone raises here.
+        previous run has not finished. ``retain`` keeps its finished runs that long
+        instead of their queue's retention (as ``registry.job``'s). Daylight saving follows
+        classic cron: see :class:`~trioforge.CronSchedule`. A bad expression or zone raises
+        here.
         """
         self._check_open(f"cron schedule {expr!r}")
         schedule = CronSchedule(expr, timezone)
+        job_retention(retain, f"cron schedule {expr!r}: retain")
         if isinstance(catch_up, bool) or not isinstance(catch_up, int) or catch_up < 0:
             raise ConfigurationError(f"catch_up must be an int >= 0, got {catch_up!r}")
         if overlap not in ("allow", "skip"):
@@ -497,6 +501,7 @@ class Registry(Generic[StateT]):
                 retry=retry,
                 timeout=timeout,
                 payload=CronTick,
+                retain=retain,
             )(handler)
             definition = attrs.evolve(definition, cron=spec)
             self._jobs[job_name] = definition
@@ -515,6 +520,7 @@ class Registry(Generic[StateT]):
         timeout: Duration | None = None,
         payload: Any = None,
         public: bool = False,
+        retain: Retention | Duration | None = None,
     ) -> WorkflowDecorator[StateT]:
         """Declare ``async def handler(ctx: WorkflowContext, payload: P) -> R`` as version
         ``version`` of workflow ``name`` (a ``WorkflowDefinition[P, R]``): a durable run
@@ -524,8 +530,9 @@ class Registry(Generic[StateT]):
         each run resumes only on the version it started with. ``timeout`` bounds the whole
         run, counted from its enqueue (then it is undone); ``retry`` applies to errors the handler
         raises outside its steps (default: 10 attempts). ``public=True`` lets the web app's
-        ``POST /api/workflows/{name}`` start runs (checked like ``enqueue``). See
-        docs/workflows.md.
+        ``POST /api/workflows/{name}`` start runs (checked like ``enqueue``). ``retain``
+        keeps its finished runs (with their record and signals) that long instead of their
+        queue's retention, as ``registry.job``'s. See docs/workflows.md.
         """
         self._check_open(f"workflow {name!r}")
         if not isinstance(name, str) or not name or "@" in name:
@@ -536,6 +543,7 @@ class Registry(Generic[StateT]):
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ConfigurationError(f"workflow {name!r}: version must be an int >= 1")
         seconds = optional_seconds(timeout, f"workflow {name!r}: timeout", positive=True)
+        job_retention(retain, f"workflow {name!r}: retain")
         spec = WorkflowSpec(name, version, seconds)
         job_name = workflow_job_name(name, version)
 
@@ -547,6 +555,7 @@ class Registry(Generic[StateT]):
                 retry=retry if retry is not None else WORKFLOW_RETRY,
                 payload=payload if payload is not None else _payload_type(handler, name),
                 public=public,
+                retain=retain,
             )(handler)
             fields = attrs.asdict(job, recurse=False) | {"workflow": spec}
             definition: WorkflowDefinition[Any, Any] = WorkflowDefinition(**fields)

@@ -372,6 +372,7 @@ class _Parts:
                 queue=d.queue,
                 priority=d.priority,
                 max_attempts=d.retry_in(settings.policies.get(d.queue)).max_attempts,
+                retain=d.retain,
             )
             for d in registry.schedules()
             if d.cron is not None

@@ -95,6 +95,7 @@ class Row:
             progress_message=self.progress_message,
             idempotency_key=self.idempotency_key,
             cancel_requested=self.cancel_requested,
+            retain=None if self.retain is None else dict(self.retain),
         )
 
 

@@ -317,6 +317,10 @@ class JobInfo:
     progress_message: str | None
     idempotency_key: str | None
     cancel_requested: bool
+    #: Its own retention once finished (``retain=`` of its enqueue or declaration):
+    #: seconds per final state ("completed", "cancelled", "dead", "compensated"; None:
+    #: kept forever). None: its queue's retention applies.
+    retain: dict[str, float | None] | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -328,14 +332,15 @@ class JobInfo:
 JOB_COLUMNS = (
     "id, name, queue, status, priority, payload, attempt, max_attempts, run_at, created_at, "
     "started_at, finished_at, result, error, progress, progress_message, idempotency_key, "
-    "cancel_requested"
+    "cancel_requested, retain"
 )
 
 
 def job_info(row: Sequence[Any]) -> JobInfo:
     """A :class:`JobInfo` from a row selected as :data:`JOB_COLUMNS`."""
     (id_, name, queue, status, priority, payload, attempt, max_attempts, run_at, created_at,
-     started_at, finished_at, result, error, progress, message, key, cancel) = row  # fmt: skip
+     started_at, finished_at, result, error, progress, message, key, cancel,
+     retain) = row  # fmt: skip
     return JobInfo(
         id=id_,
         name=name,
@@ -355,6 +360,7 @@ def job_info(row: Sequence[Any]) -> JobInfo:
         progress_message=message,
         idempotency_key=key,
         cancel_requested=bool(cancel),
+        retain=decode_json(retain),
     )
 
 

@@ -567,6 +567,30 @@ def test_the_session_cookie_cannot_be_replayed_after_logging_out(
     context.close()
 
 
+def test_a_finished_job_is_deleted_from_its_page(
+    served: Served, browser: Any, gate: threading.Event
+) -> None:
+    """The delete button appears once the job the page follows finishes; clicking it
+    removes the job and lands on the job list, which no longer has it."""
+    rt = served.runtime
+    assert rt is not None
+    job_id = served.call(rt.enqueue, "images:track", 3).id
+    page = browser.new_page()
+    log_in(page, served.url)
+    page.goto(f"{served.url}/jobs/{job_id}")
+    page.wait_for_function("() => document.querySelector('#message').textContent !== ''")
+    assert not page.locator("#delete").is_visible()  # running: nothing to delete yet
+    gate.set()
+    page.wait_for_function("() => document.querySelector('#state').textContent === 'completed'")
+    page.locator("#delete").wait_for(state="visible")
+    page.click("#delete")
+    page.wait_for_url(f"{served.url}/jobs")
+    assert page.locator(f'a[href="/jobs/{job_id}"]').count() == 0
+    with pytest.raises(trioforge.JobNotFoundError):
+        served.call(rt.get, job_id)
+    assert page.goto(f"{served.url}/jobs/{job_id}").status == 404
+
+
 WEB_APP = """
 import trioforge
 registry = trioforge.Registry()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -56,6 +57,9 @@ DECLARED: list[tuple[str, Callable[[Any], object]]] = [
     ("job 'j': heartbeat_timeout", lambda v: Registry().job("j", heartbeat_timeout=v)(noop)),
     ("job 'cron:noop': timeout", lambda v: Registry().cron("* * * * *", timeout=v)(noop)),
     ("workflow 'w': timeout", lambda v: Registry().workflow("w", timeout=v)(run)),
+    ("job 'j': retain", lambda v: Registry().job("j", retain=v)(noop)),
+    ("workflow 'w': retain", lambda v: Registry().workflow("w", retain=v)(run)),
+    ("cron schedule '* * * * *': retain", lambda v: Registry().cron("* * * * *", retain=v)(noop)),
     ("Retry.base_delay", lambda v: Retry(base_delay=v)),
     ("Retry.max_delay", lambda v: Retry(max_delay=v)),
     ("Queue timeout", lambda v: Queue(1, timeout=v)),
@@ -67,7 +71,7 @@ DECLARED: list[tuple[str, Callable[[Any], object]]] = [
 def test_declarations_take_a_timedelta(name: str, declare: Callable[[Any], object]) -> None:
     declare(dt.timedelta(minutes=5))
     for bad in BAD:
-        with pytest.raises(trioforge.ConfigurationError, match=name.replace("(", r"\(")):
+        with pytest.raises(trioforge.ConfigurationError, match=re.escape(name)):
             declare(bad)
 
 
@@ -122,6 +126,7 @@ CALLS: list[tuple[str, Callable[[trioforge.Client, Any], Awaitable[object]]]] = 
     ("delay", enqueue_call("delay")),
     ("timeout", enqueue_call("timeout")),
     ("unique_for", enqueue_call("unique_for")),
+    ("retain", enqueue_call("retain")),
     ("older_than", lambda c, v: c.purge(status="completed", older_than=v)),
     ("seconds", lambda c, v: c.throughput(v)),
 ]
@@ -139,5 +144,5 @@ async def test_call_arguments_take_a_timedelta(
             with pytest.raises(trioforge.InvalidArgumentError, match=name):
                 await call(client, bad)
         stored = await client.list()
-    enqueues = name in ("delay", "timeout", "unique_for")
+    enqueues = name in ("delay", "timeout", "unique_for", "retain")
     assert len(stored) == (1 if enqueues else 0)  # the refused ones stored nothing

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,16 @@ from click.testing import CliRunner
 
 import trioforge
 from tests.support.fast import FAST
-from trioforge import JobContext, JobState, Queue, Registry, Retention, Retry
+from trioforge import (
+    CronContext,
+    JobContext,
+    JobState,
+    Queue,
+    Registry,
+    Retention,
+    Retry,
+    WorkflowContext,
+)
 from trioforge._cli import main
 from trioforge.storage import Backend
 from trioforge.testing import open_test_runtime, run
@@ -242,3 +253,93 @@ def test_jobs_show_prints_every_attempts_error(tmp_path: Path) -> None:
     assert "attempt 2 failed" in output
     assert output.rindex("error:") > output.index("attempt 2: started")
     assert output.rstrip().endswith("ConnectionError: attempt 3 failed")
+
+
+def test_a_workflows_and_a_cron_schedules_own_retention() -> None:
+    """``@registry.workflow(retain=...)`` and ``@registry.cron(retain=...)``, in virtual
+    time: a run goes with its record and a signal it never took; each tick's job goes once
+    its own retention ran out, though the queue keeps everything."""
+    registry = make_registry()
+
+    @registry.workflow("brief", retain=Retention(completed=20, compensated=None))
+    async def brief(ctx: WorkflowContext, n: int) -> int:
+        await ctx.wait_for_signal("go")
+        return await ctx.step("double", lambda: n * 2)
+
+    @registry.cron("* * * * *", name="minutely", retain=dt.timedelta(seconds=30))
+    async def minutely(ctx: CronContext) -> None:
+        pass
+
+    async def main() -> None:
+        forever = Retention(completed=None, cancelled=None, dead=None, compensated=None)
+        async with open_test_runtime(registry, retention=forever, sweep_interval=5) as rt:
+            run_id = (await rt.enqueue(brief, 3)).id  # at 0 s; the first tick is at 40 s
+            await rt.run_until_idle()
+            await rt.signal(run_id, "extra")
+            await rt.signal(run_id, "go")
+            await rt.run_until_idle()
+            done = await rt.workflow(run_id)
+            assert (done.job.status, done.job.result) == (JobState.COMPLETED, 6)
+            assert [name for name, _ in done.pending_signals] == ["extra"]
+            assert done.job.retain == {  # Retention's defaults for the states not given
+                "completed": 20.0, "cancelled": 7 * 86400.0, "dead": 30 * 86400.0,
+                "compensated": None,
+            }  # fmt: skip
+            await rt.advance(12)
+            assert (await rt.get(run_id)).status is JobState.COMPLETED
+            await rt.advance(15)  # a sweep past 20 s (at 25)
+            with pytest.raises(trioforge.JobNotFoundError):
+                await rt.workflow(run_id)
+            await rt.advance(20)  # 47 s: the 40 s tick ran
+            [tick] = await rt.list(name="minutely")
+            assert tick.status is JobState.COMPLETED
+            states = ["completed", "cancelled", "dead", "compensated"]
+            assert tick.retain == dict.fromkeys(states, 30.0)
+            await rt.advance(30)  # 77 s: a sweep past 70 s (at 75), before the next tick
+            assert await rt.list(name="minutely") == []
+            assert (await rt.get(await rt.enqueue("ok", 1))).retain is None
+
+    run(main)
+
+
+def test_jobs_show_prints_a_jobs_own_retention(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+
+    async def go() -> tuple[int, int]:
+        async with trioforge.open_client(url, registry=make_registry()) as client:
+            kept = Retention(completed=90, cancelled=dt.timedelta(days=7), dead=None)
+            own = await client.enqueue("ok", 1, retain=kept)
+            return own.id, (await client.enqueue("ok", 2)).id
+
+    own, plain = trio.run(go)
+    show = partial(CliRunner().invoke, main)
+    shown = show(["jobs", "show", str(own), "--database", url]).output
+    as_json = json.loads(show(["jobs", "show", str(own), "--json", "--database", url]).output)
+    plain_shown = show(["jobs", "show", str(plain), "--database", url]).output
+    assert "retain: completed 90s, cancelled 7d, dead forever, compensated 30d" in shown
+    assert as_json["retain"] == {
+        "completed": 90.0, "cancelled": 604800.0, "dead": None, "compensated": 2592000.0,
+    }  # fmt: skip
+    assert "retain: its queue's retention" in plain_shown
+
+
+async def test_a_declared_retention_is_stored_with_each_run(database: str | Backend) -> None:
+    """A workflow's declared ``retain``, or its enqueue's, on every backend: what
+    ``JobInfo.retain`` reads back is what the sweeper goes by."""
+    registry = make_registry()
+
+    @registry.workflow("checkout", retain=dt.timedelta(minutes=5))
+    async def checkout(ctx: WorkflowContext) -> None:
+        pass
+
+    states = ["completed", "cancelled", "dead", "compensated"]
+    async with trioforge.open_client(database, registry=registry) as client:
+        declared = await client.enqueue(checkout, delay=3600)
+        given = await client.enqueue("checkout", retain=Retention(dead=None), delay=3600)
+        plain = await client.enqueue("ok", 1, delay=3600)
+        assert (await client.get(declared)).retain == dict.fromkeys(states, 300.0)
+        assert (await client.get(given)).retain == {
+            "completed": 86400.0, "cancelled": 604800.0, "dead": None, "compensated": 2592000.0,
+        }  # fmt: skip
+        assert (await client.get(plain)).retain is None
+        assert [run.retain is not None for run in await client.runs()] == [True, True]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import trio
@@ -10,7 +11,8 @@ import trioforge
 import trioforge.web
 from tests.support.fast import FAST
 from tests.test_web_api import served
-from trioforge import JobContext, JobState, Registry
+from trioforge import JobContext, JobState, Registry, Retention
+from trioforge.storage import Backend
 
 TOKEN = "s3cret-token"
 
@@ -310,3 +312,47 @@ async def test_attempts_dead_letter_actions_and_process_details(sqlite_url: str)
     assert (retried.status_code, deleted.status_code) == (303, 303)
     assert [i.attempt for i in after_retry] == [1, 1, 1]  # run again, fresh attempts
     assert left == []
+
+
+async def test_a_finished_job_is_deleted_from_the_dashboard_and_shows_its_retention(
+    database: str | Backend,
+) -> None:
+    """``POST /jobs/{id}/delete`` behind the same guards as the other actions: a finished
+    job goes for good, an unfinished one is refused with what to do first."""
+    registry = make_registry()
+    async with (
+        trioforge.open_runtime(registry, database=database, queues={"pages": 2}, **FAST) as rt,
+        served(trioforge.web.app(client=rt, registry=registry, token=TOKEN)) as http,
+    ):
+        dead = (await rt.enqueue("explode", "x", retain=Retention(dead=dt.timedelta(hours=2)))).id
+        running = (await rt.enqueue("render", "y")).id
+        with trio.fail_after(10):
+            await rt.wait(dead)
+            async for info in rt.watch(running):
+                if info.progress == 12:
+                    break
+        views = [(await http.get(f"/api/jobs/{i}")).json() for i in (dead, running)]
+        anonymous = await http.post(f"/jobs/{dead}/delete")
+        http.headers["Authorization"] = f"Bearer {TOKEN}"
+        pages = [(await http.get(f"/jobs/{i}")).text for i in (dead, running)]
+        refused = await http.post(f"/jobs/{running}/delete", follow_redirects=False)
+        deleted = await http.post(f"/jobs/{dead}/delete", follow_redirects=False)
+        again = await http.post(f"/jobs/{dead}/delete", follow_redirects=False)
+        gone = await http.get(f"/api/jobs/{dead}")
+        assert (await rt.get(running)).status is JobState.RUNNING
+        await rt.cancel(running)
+    assert views[0]["retain"] == {
+        "completed": 86400.0, "cancelled": 604800.0, "dead": 7200.0, "compensated": 2592000.0,
+    }  # fmt: skip
+    assert views[1]["retain"] is None
+    assert "dead 2h" in pages[0]
+    assert "its queue&#39;s retention" in pages[1]
+    assert re.search(r'<form class="inline" method="post" action="/jobs/\d+/delete">', pages[0])
+    assert re.search(r'action="/jobs/\d+/delete" hidden>', pages[1])  # shown once finished
+    assert anonymous.status_code == 403
+    assert refused.status_code == 409
+    what_to_do = "not finished: cancel it first, then delete it"
+    assert refused.text == f"job {running} is running, {what_to_do}"
+    assert (deleted.status_code, deleted.headers["location"]) == (303, "/jobs")
+    assert again.status_code == 404
+    assert gone.status_code == 404

@@ -70,6 +70,12 @@ def test_a_waiting_run_shows_its_wake_time_and_a_finished_one_none() -> None:
     assert run_view(workflow_info(done, record()))["wake_at"] is None
 
 
+def test_a_runs_view_shows_its_own_retention_or_none() -> None:
+    kept = {"completed": 60.0, "cancelled": None, "dead": None, "compensated": 3600.0}
+    assert run_view(workflow_info(job(retain=kept), record()))["retain"] == kept
+    assert run_view(workflow_info(job(), record()))["retain"] is None  # its queue's
+
+
 def test_the_record_is_read_again_only_when_it_may_have_changed() -> None:
     waiting = job()
     assert record_may_have_changed(None, waiting)

@@ -295,6 +295,9 @@ def dashboard_routes(web: WebState) -> list[Route]:
                 await client.retry(job_id)
             elif action == "discard":
                 await client.discard(job_id, "discarded from the dashboard")
+            elif action == "delete":
+                await client.delete(job_id)
+                return back(request, "/jobs")  # its page is gone with it
             else:
                 return text("unknown action", 404)
         except (JobNotFoundError, InvalidArgumentError):

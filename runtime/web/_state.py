@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from trioforge._client import Client
 from trioforge._core.errors import TrioforgeError
+from trioforge._policy import describe_retention
 from trioforge._registry import JobDefinition, Registry
 from trioforge.web._bodies import text
 from trioforge.web._origin import same_origin
@@ -61,6 +62,7 @@ class WebState:
         self.templates.filters["summary"] = _summary
         self.templates.filters["priority"] = priority_name
         self.templates.filters["progress"] = shown_progress
+        self.templates.filters["retention"] = describe_retention
 
     @property
     def client(self) -> Client:

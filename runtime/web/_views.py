@@ -49,7 +49,8 @@ def shown_progress(info: JobInfo) -> float | None:
 
 def job_view(info: JobInfo) -> dict[str, Any]:
     """The tracking view of a job: no payload (ids are guessable; the payload is the
-    caller's input, not something a tracker needs)."""
+    caller's input, not something a tracker needs). ``retain``: its own retention in
+    seconds per final state (null: kept forever), or null when its queue's applies."""
     return {
         "id": info.id,
         "name": info.name,
@@ -66,6 +67,7 @@ def job_view(info: JobInfo) -> dict[str, Any]:
         "created_at": info.created_at,
         "started_at": info.started_at,
         "finished_at": info.finished_at,
+        "retain": info.retain,
     }
 
 

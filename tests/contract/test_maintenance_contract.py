@@ -8,7 +8,7 @@ import attrs
 import pytest
 
 from tests.contract.test_contract import T0, claim, enqueue, finish, get, job, one
-from trioforge import InvalidStateError, JobNotFoundError, JobState
+from trioforge import InvalidStateError, JobInfo, JobNotFoundError, JobState
 from trioforge._core.states import Discarded, Failed, Succeeded
 from trioforge.storage import (
     Backend,
@@ -233,3 +233,26 @@ async def test_a_jobs_own_retention_decides_when_it_is_deleted(backend: Backend)
     assert (await get(backend, kept)).status is JobState.DEAD
     assert await one(backend, ops.Stats()) == {"q": {JobState.DEAD: 1}}
     assert await one(backend, ops.Purge(everything, T0 + 50), T0 + 50) == [kept]  # by hand
+
+
+async def test_every_read_shows_a_jobs_own_retention(backend: Backend) -> None:
+    """``JobInfo.retain`` as enqueued (None: the queue's) from each read, and from a cron
+    tick's job: ``FireCron`` stores it as ``Enqueue`` does."""
+    short = {"completed": 10.0, "cancelled": 5.5, "dead": None, "compensated": 86400.0}
+    own, plain = await enqueue(backend, _retained(short), _retained(None))
+    tick = attrs.evolve(_retained(short), name="cron:x", idempotency_key="cron:x@1")
+    await one(backend, ops.FireCron("x", None, T0, ()))
+    [fired] = (await one(backend, ops.FireCron("x", T0, T0 + 60, (tick,)), T0 + 60)).job_ids
+    assert (await get(backend, own)).retain == short
+    assert (await get(backend, plain)).retain is None
+    many: dict[int, JobInfo] = await one(backend, ops.GetMany((own, plain, fired)))
+    assert {i: info.retain for i, info in many.items()} == {own: short, plain: None, fired: short}
+    listed: list[JobInfo] = await one(backend, ops.ListJobs())
+    assert [(info.id, info.retain) for info in listed] == [
+        (fired, short), (plain, None), (own, short),
+    ]  # fmt: skip
+    assert await one(backend, ops.PurgeExpired(T0 + 1e9)) == []  # none finished yet
+    [c] = [c for c in (await claim(backend, T0 + 60, names=frozenset({"cron:x"}))).jobs]
+    assert await finish(backend, c, Outcome(fired, c.lease, Succeeded()), T0 + 60)
+    assert await one(backend, ops.PurgeExpired(T0 + 69), T0 + 69) == []
+    assert await one(backend, ops.PurgeExpired(T0 + 71), T0 + 71) == [fired]

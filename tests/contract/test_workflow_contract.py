@@ -3,6 +3,8 @@ children and cancel, on every backend, with explicit times."""
 
 from __future__ import annotations
 
+import json
+
 import attrs
 import pytest
 
@@ -308,3 +310,26 @@ async def test_recorded_steps_and_signals_are_pushed_as_changes(backend: Backend
         await changed_ids(changes, run_id)
         await one(backend, ops.SendSignal(run_id, "go", "true"), T0 + 1)
         await changed_ids(changes, run_id)
+
+
+async def test_a_run_past_its_own_retention_goes_with_its_record_and_signals(
+    backend: Backend,
+) -> None:
+    """A workflow run's ``retain`` (``registry.workflow(retain=...)``) is a job's: the
+    sweeper's ``PurgeExpired`` takes the run, its record and the signals it never took."""
+    kept = json.dumps({"completed": 30.0, "cancelled": None, "dead": None, "compensated": None})
+    run_id, other = await enqueue(backend, attrs.evolve(run(), retain=kept), run())
+    job = await claim_one(backend)
+    await record(backend, job, entry(0, "a"))
+    await one(backend, ops.SendSignal(run_id, "left", "true"))
+    await one(backend, ops.SendSignal(other, "kept", "true"))
+    await finish(backend, job, Outcome(run_id, job.lease, Succeeded(), result='"done"'), T0 + 1)
+    assert (await get(backend, run_id)).retain == json.loads(kept)
+    assert await one(backend, ops.PurgeExpired(T0 + 30), T0 + 30) == []
+    before: WorkflowRecord = await one(backend, ops.ReadWorkflow(run_id))
+    assert ([s.name for s in before.steps], [s.name for s in before.signals]) == (["a"], ["left"])
+    assert await one(backend, ops.PurgeExpired(T0 + 32), T0 + 32) == [run_id]
+    assert await one(backend, ops.ReadWorkflow(run_id)) is None
+    assert await one(backend, ops.LatestSteps((run_id,))) == {}
+    left: WorkflowRecord = await one(backend, ops.ReadWorkflow(other))
+    assert [s.name for s in left.signals] == ["kept"]

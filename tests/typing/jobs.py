@@ -43,7 +43,7 @@ async def welcome(ctx: JobContext, w: Welcome) -> str:
     return w.user
 
 
-@registry.cron("*/5 * * * *")
+@registry.cron("*/5 * * * *", retain=3600)
 async def tick(ctx: trioforge.CronContext) -> None:
     return None
 

@@ -48,7 +48,7 @@ async def welcome(ctx: JobContext, user: str) -> int:
     return len(user)
 
 
-@registry.workflow("verify", timeout=dt.timedelta(days=1))
+@registry.workflow("verify", timeout=dt.timedelta(days=1), retain=trioforge.Retention(dead=None))
 async def verify(ctx: WorkflowContext, req: Signup) -> str:
     token = await ctx.step("token", make_token, req.user)
     assert_type(token, str)
@@ -66,7 +66,7 @@ async def verify(ctx: WorkflowContext, req: Signup) -> str:
     return await ctx.step("done", make_token, req.email)  # a step's value, returned as is
 
 
-@registry.workflow("no-payload")
+@registry.workflow("no-payload", retain=dt.timedelta(hours=1))
 async def no_payload(ctx: WorkflowContext) -> None:
     return None
 

@@ -29,6 +29,8 @@ if (live === "true") {
     text("result", job.result === null ? "none" : JSON.stringify(job.result, null, 2));
     if (job.terminal) {
       document.getElementById("cancel")?.closest("form")?.remove();
+      // Finished: it may be deleted now (the server refuses it before).
+      document.getElementById("delete")?.closest("form")?.removeAttribute("hidden");
       text("finished", job.finished_at ? new Date(job.finished_at).toISOString() : "—");
     }
   });

@@ -5,6 +5,14 @@ export type JobStatus =
   | "scheduled" | "available" | "running" | "retrying"
   | "completed" | "dead" | "cancelled" | "compensated";
 
+/** Seconds a finished job is kept, per final state (null: forever). */
+export interface Retention {
+  completed: number | null;
+  cancelled: number | null;
+  dead: number | null;
+  compensated: number | null;
+}
+
 /** What a job's store holds; `R` is the job's result type (generated bindings give it). */
 export interface JobUpdate<R = unknown> {
   id: number;
@@ -26,6 +34,9 @@ export interface JobUpdate<R = unknown> {
   created_at: string | null;
   started_at: string | null;
   finished_at: string | null;
+  /** Its own retention once finished (`retain=`): seconds per final state, null for
+   * kept forever; null when its queue's retention applies. */
+  retain: Retention | null;
   /** Whether the event stream is open right now. */
   connected: boolean;
 }

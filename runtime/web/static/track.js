@@ -14,7 +14,7 @@ function jobBefore(id) {
     id, name: null, queue: null, status: "unknown", terminal: false, attempt: 0,
     max_attempts: 0, progress: null, message: null, error: null, result: null,
     cancel_requested: false, created_at: null, started_at: null, finished_at: null,
-    connected: false,
+    retain: null, connected: false,
   };
 }
 

@@ -296,7 +296,9 @@ class Replay:
                 raise StepFailed(name, entry.attempt, entry.error)
             if self._clock.now() < entry.wake_at:
                 raise Suspend(entry.wake_at, f"step {name!r} retry")
-        attempt = 1 if entry is None else entry.attempt + (not _cut_short(entry))
+        attempt = 1 if entry is None else entry.attempt
+        if entry is not None and not _cut_short(entry):  # cut short: the same attempt again
+            attempt += 1
         started = self._clock.now()
 
         def start() -> ops.RecordStep:

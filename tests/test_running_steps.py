@@ -1,9 +1,10 @@
 """A workflow step shows ``running`` (with its attempt) from its start, within 0.1 s: in
-virtual time on the memory backend, over HTTP (the run's JSON and its event stream) on
+virtual time on the memory backend, over HTTP (the run's JSON, its event stream and pages) on
 every backend, and from a worker in another process on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -116,7 +117,7 @@ def running_step(run: dict[str, Any], name: str) -> dict[str, Any] | None:
     return next((s for s in run["steps"] if s["name"] == name and s["status"] == "running"), None)
 
 
-async def test_the_run_api_and_its_event_stream_show_a_step_running_from_its_start(
+async def test_the_run_api_its_event_stream_and_pages_show_a_step_running_from_its_start(
     shared: Any,
 ) -> None:
     registry = trioforge.Registry()
@@ -148,6 +149,8 @@ async def test_the_run_api_and_its_event_stream_show_a_step_running_from_its_sta
                     if step is not None and not gate.is_set():
                         seen_after = time.time() - started[0]
                         snapshot = (await http.get(f"/api/workflows/{run_id}")).json()
+                        page = (await http.get(f"/workflows/{run_id}")).text
+                        listing = (await http.get("/workflows")).text
                         shown = step
                         gate.set()
     print(f"a step shown running {seen_after * 1000:.0f} ms after its start")
@@ -157,6 +160,11 @@ async def test_the_run_api_and_its_event_stream_show_a_step_running_from_its_sta
     assert step["finished_at"] is None
     assert running_step(snapshot, "slow") == step
     assert data == {"id": run_id, "status": "completed"}
+    row = re.search(r'<tr class="" data-seq="1">(.*?)</tr>', page, re.S)
+    assert row is not None
+    assert '<span class="state running">running</span>' in row.group(1)
+    assert "attempt 1 running since" in row.group(1)
+    assert re.search(r"slow\s*<span class=\"state running\">running</span>", listing)
 
 
 async def test_a_step_running_in_another_process_shows_in_the_api_and_its_stream(

@@ -8,7 +8,7 @@ before its outcome is written; a start still here :data:`TICK` later is written 
 ``running`` entry of the run's record (queued without waiting for the reply: a lost one
 costs only a late view). A step that ends sooner is never written as running: its outcome
 shows as soon. A process whose steps begin and end all the time pays a dict entry per
-step and one wake-up of this actor per tick.
+step and about one wake-up of this actor per tick.
 
 Order: a start is queued only while its step runs (between the two calls, decided in this
 one thread), so before the step's outcome, and the storage actor keeps one run's writes
@@ -60,8 +60,9 @@ class StepStarts:
             self._running.pop(key, None)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Write each start :data:`TICK` after it, if its step still runs; asleep while no
-        step runs, and awake at most once a tick however many steps begin and end."""
+        """Write each start :data:`TICK` after it, if its step still runs: asleep while no
+        step runs, and about once a tick while only short ones begin and end (each wake
+        sleeps until the oldest start still here is due)."""
         task_status.started()
         while True:
             await self._busy.wait()

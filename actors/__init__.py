@@ -10,6 +10,7 @@ from trioforge.actors.listener import listener
 from trioforge.actors.live import LiveFeed, live_feed, open_live_feed
 from trioforge.actors.queue import QueueConfig, QueueSupervisor
 from trioforge.actors.running import Finished, RunningJobs, StopReason
+from trioforge.actors.step_starts import StepStarts
 from trioforge.actors.storage_actor import StorageHandle, open_storage_channel, storage_actor
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "QueueConfig",
     "QueueSupervisor",
     "RunningJobs",
+    "StepStarts",
     "StopReason",
     "StorageHandle",
     "heartbeat",

@@ -190,9 +190,9 @@ class RunningJobs:
 
 
 class Finished:
-    """Tells this process's live feed the moment an outcome is recorded here, so waiters in
-    this process wake without waiting for the storage notice to come back; and when jobs
-    are claimed here, which sends no storage notice at all."""
+    """Tells this process's live feed the moment an outcome is recorded here, or jobs are
+    claimed here, so waiters in this process wake without waiting for the storage notice
+    to come back."""
 
     def __init__(self, feed: LiveFeed | None = None) -> None:
         self._feed = feed
@@ -209,8 +209,8 @@ class Finished:
         self._callbacks.pop(job_id, None)
 
     def claimed(self, job_ids: Iterable[int]) -> None:
-        """Jobs this process just claimed: watchers here see them ``running`` now, not at
-        their first progress (claims are the hottest write and notify nobody else)."""
+        """Jobs this process just claimed: watchers here see them ``running`` now, before
+        the claim's storage notice comes back."""
         if self._feed is not None:
             self._feed.changed(job_ids)
 

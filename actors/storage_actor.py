@@ -13,6 +13,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import TypeVar, cast
 
 import attrs
@@ -80,6 +81,14 @@ class StorageHandle:
             self._check(request.result)
             raise request.result
         return cast(T, request.result)  # the backend ran op: its result is a T
+
+    def call_nowait(self, op: ops.Op[T]) -> None:
+        """Queue ``op`` for the next batch and return at once; its result or error is
+        dropped. For writes whose loss costs only a late view (a step shown running): it is
+        queued behind this process's earlier requests, so a later write of the same job
+        lands after it. Does nothing once storage is closed."""
+        with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            self._send.send_nowait(_Request(op))
 
     async def call_shielded(self, op: ops.Op[T], *, limit: float = 30.0) -> T | None:
         """Like :meth:`call`, shielded from cancellation (bounded by ``limit`` seconds), for

@@ -24,7 +24,7 @@ from trioforge._registry import AttemptEnd, CronTick, Registry
 from trioforge._workflow import WorkflowContext
 from trioforge._workflow_driver import WorkflowAttempt
 from trioforge._workflow_replay import Replay
-from trioforge.actors import Ended, RunningJobs, StorageHandle
+from trioforge.actors import Ended, RunningJobs, StepStarts, StorageHandle
 from trioforge.storage import ClaimedJob
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ class RegistryJobs:
         *,
         storage: StorageHandle,
         running: RunningJobs,
+        starts: StepStarts,
         wake: Callable[[str, float], None],
         tracing: Tracing | None = None,
     ) -> None:
@@ -59,6 +60,7 @@ class RegistryJobs:
         self._clock = clock
         self._storage = storage
         self._running = running
+        self._starts = starts
         self._wake = wake
 
     def names(self) -> frozenset[str]:
@@ -89,7 +91,8 @@ class RegistryJobs:
         if definition.workflow is not None:
             driver = WorkflowAttempt(
                 definition, job, self._workflow_context, storage=self._storage,
-                running=self._running, clock=self._clock, tracing=self._tracing,
+                running=self._running, starts=self._starts, clock=self._clock,
+                tracing=self._tracing,
                 before=self._before_hooks if self._registry.before_hooks else None,
             )  # fmt: skip
             return _WorkflowRun(self._registry, driver, job, self._measure(job))

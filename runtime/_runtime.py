@@ -46,6 +46,7 @@ from trioforge.actors import (
     QueueConfig,
     QueueSupervisor,
     RunningJobs,
+    StepStarts,
     StopReason,
     StorageHandle,
     heartbeat,
@@ -333,6 +334,7 @@ class _Parts:
     ) -> None:
         self.settings, self.backend, self.storage = settings, backend, storage
         self.running, self.finished = RunningJobs(), Finished(feed)
+        self.starts = StepStarts(storage)
         self.supervisors: dict[str, QueueSupervisor] = {}
         self.held = HeldQueues()
         #: What the registry's lifespan yielded: ``ctx.state``.
@@ -361,7 +363,8 @@ class _Parts:
         )
         self.jobs = RegistryJobs(
             registry, self._context, settings.policies, metrics, settings.clock,
-            storage=storage, running=self.running, wake=self.wake, tracing=tracing,
+            storage=storage, running=self.running, starts=self.starts, wake=self.wake,
+            tracing=tracing,
         )  # fmt: skip
         self.cron_jobs = [
             CronJob(
@@ -462,8 +465,8 @@ async def _stop_when_broken(storage: StorageHandle) -> None:
 async def _start_services(services: trio.Nursery, parts: _Parts) -> None:
     """The process-wide actors, in order: a watch on storage's health, heartbeat (registered
     before anything claims; then a warning for each job name waiting in its queues that it
-    does not run), reaper, sweeper (retention: the queues', and jobs' own),
-    cron scheduler (if the registry has schedules), listener (if the backend sends
+    does not run), reaper, sweeper (retention: the queues', and jobs' own), workflow step
+    starts, cron scheduler (if the registry has schedules), listener (if the backend sends
     notices). A client-only runtime (no queues) runs none."""
     s, storage, clock = parts.settings, parts.storage, parts.settings.clock
     if not s.queues:
@@ -486,6 +489,7 @@ async def _start_services(services: trio.Nursery, parts: _Parts) -> None:
     await services.start(  # also without plans: jobs may carry a retention of their own
         partial(sweeper, storage, clock, s.sweep_plans, owner=s.owner, interval=s.sweep_interval)
     )
+    await services.start(parts.starts.run)
     if parts.cron_jobs:
         await services.start(
             partial(

@@ -27,7 +27,7 @@ from trioforge._core.retry import discard_reason, failure_outcome
 from trioforge._core.states import Cancelled, Compensated, Discarded, Failed, Released, Suspended
 from trioforge._workflow import WorkflowContext
 from trioforge._workflow_replay import Compensation, LeaseLost, Replay, StopReplay, Suspend
-from trioforge.actors import Ended, RunningJobs, StorageHandle, events
+from trioforge.actors import Ended, RunningJobs, StepStarts, StorageHandle, events
 from trioforge.actors.attempts import format_error
 from trioforge.storage import ClaimedJob, StepKind, StepRecord, StepStatus, WorkflowRecord, ops
 from trioforge.storage._records import OutcomeEvent
@@ -73,6 +73,7 @@ class WorkflowAttempt:
         *,
         storage: StorageHandle,
         running: RunningJobs,
+        starts: StepStarts,
         clock: Clock,
         tracing: Tracing | None = None,
         before: Callable[[WorkflowContext], Awaitable[None]] | None = None,
@@ -84,6 +85,7 @@ class WorkflowAttempt:
         self._make_context = make_context
         self._storage = storage
         self._running = running
+        self._starts = starts
         self._clock = clock
         self._tracing = tracing
         self._now = clock.now
@@ -121,8 +123,8 @@ class WorkflowAttempt:
             return Ended(Released())  # the lease is gone: the write is fenced out anyway
         replay = Replay(
             job, record, version=self._spec.version, codec=self._definition.codec,
-            storage=self._storage, running=self._running, clock=self._clock,
-            tracing=self._tracing,
+            storage=self._storage, running=self._running, starts=self._starts,
+            clock=self._clock, tracing=self._tracing,
         )  # fmt: skip
         ctx = self._make_context(job, replay)
         self._replay, self.context = replay, ctx

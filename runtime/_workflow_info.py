@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from trioforge._core.states import JobState
 from trioforge.storage import JobInfo, StepKind, StepRecord, StepStatus, WorkflowRecord
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "WorkflowInfo",
     "error_line",
     "short_json",
+    "shown_in",
     "step_detail",
     "step_info",
     "workflow_info",
@@ -28,7 +30,9 @@ class StepInfo:
     seq: int
     kind: StepKind
     name: str
-    #: pending, running, completed, failed, or compensated (completed, then undone).
+    #: running (a step's function from its start, a sleep or wait not over), completed,
+    #: failed, compensated (completed, then undone), or pending (a step whose attempt was
+    #: cut short: it runs again, same attempt, when the run does).
     status: StepStatus
     attempts: int
     started_at: float | None
@@ -79,6 +83,16 @@ def step_info(entry: StepRecord, undone: frozenset[str] = frozenset()) -> StepIn
     )
 
 
+def shown_in(step: StepInfo, run: JobState) -> StepInfo:
+    """``step`` as a run in state ``run`` shows it: a step (or an undo) left ``running``
+    while the run is not running was cut short (its worker stopped, or the run was released
+    or ended while it ran), and shows ``pending``."""
+    functions = (StepKind.STEP, StepKind.COMPENSATION)
+    if step.status is StepStatus.RUNNING and step.kind in functions and run is not JobState.RUNNING:
+        return attrs.evolve(step, status=StepStatus.PENDING)
+    return step
+
+
 def workflow_info(job: JobInfo, record: WorkflowRecord) -> WorkflowInfo:
     """The view of a run from its job and its record (a job name ``name@vN``)."""
     name, _, version = job.name.rpartition("@v")
@@ -91,7 +105,7 @@ def workflow_info(job: JobInfo, record: WorkflowRecord) -> WorkflowInfo:
         job=job,
         name=name,
         version=int(version),
-        steps=tuple(step_info(e, undone) for e in record.steps),
+        steps=tuple(shown_in(step_info(e, undone), job.status) for e in record.steps),
         pending_signals=tuple((s.name, json.loads(s.payload)) for s in record.signals),
         children=tuple(c.id for c in record.children),
     )
@@ -120,6 +134,11 @@ def step_detail(step: StepInfo, when: Callable[[float | None], str]) -> str:
         if isinstance(step.result, dict) and "discarded" in step.result:
             retry = "discarded"
         return f"{retry}; error: {error_line(step.error)}"
+    if step.kind in (StepKind.STEP, StepKind.COMPENSATION):
+        if step.status is StepStatus.RUNNING:
+            return f"attempt {step.attempts} running since {when(step.started_at)}"
+        if step.status is StepStatus.PENDING:
+            return f"attempt {step.attempts} cut short; runs again when the run does"
     if step.status is StepStatus.RUNNING:
         if step.kind is StepKind.SLEEP:
             return f"wakes {when(step.wake_at)}"

@@ -34,7 +34,7 @@ from trioforge._core.errors import (
     StepFailed,
 )
 from trioforge._core.retry import Retry, discard_reason, failure_outcome
-from trioforge.actors import RunningJobs, StorageHandle
+from trioforge.actors import RunningJobs, StepStarts, StorageHandle
 from trioforge.actors.attempts import format_error
 from trioforge.storage import (
     ClaimedJob,
@@ -107,6 +107,17 @@ def return_type(fn: Callable[..., Any]) -> Any:
     return hint
 
 
+def _cut_short(entry: StepRecord) -> bool:
+    """Whether ``entry`` is a step (or an undo) shown running whose attempt never ended:
+    its worker stopped, or the run was released, while its function ran. It runs again
+    with the same attempt number."""
+    return entry.status is StepStatus.RUNNING and entry.kind in _RUN_BY_FUNCTIONS
+
+
+#: The entries whose functions the worker runs (the others are waits).
+_RUN_BY_FUNCTIONS = frozenset((StepKind.STEP, StepKind.COMPENSATION))
+
+
 def discarded_reason(entry: StepRecord) -> str | None:
     """The reason a failed step raised :class:`~trioforge.Discard` with, None if it failed
     otherwise. Its failed entry keeps the reason as its result (``{"discarded": reason}``),
@@ -130,12 +141,14 @@ class Replay:
         codec: Codec,
         storage: StorageHandle,
         running: RunningJobs,
+        starts: StepStarts,
         clock: Clock,
         tracing: Tracing | None,
     ) -> None:
         self._job = job
         self._storage = storage
         self._running = running
+        self._starts = starts
         self._clock = clock
         self._tracing = tracing
         #: The version of the workflow this run started on (and resumes on).
@@ -158,8 +171,9 @@ class Replay:
         )
         self._seq = 0
         self._stop_at: int | None = None  # while collecting: where the forward run stopped
-        #: Whether the record held entries when this attempt began.
-        self.resumed = bool(record.steps)
+        #: Whether the record held entries when this attempt began (a step only shown
+        #: running, its attempt cut short, is no entry yet).
+        self.resumed = any(not _cut_short(e) for e in record.steps)
         self._recorded_end = max(self.entries, default=-1) + 1  # past the loaded entries
 
     @property
@@ -282,8 +296,15 @@ class Replay:
                 raise StepFailed(name, entry.attempt, entry.error)
             if self._clock.now() < entry.wake_at:
                 raise Suspend(entry.wake_at, f"step {name!r} retry")
-        attempt = (entry.attempt if entry is not None else 0) + 1
+        attempt = 1 if entry is None else entry.attempt
+        if entry is not None and not _cut_short(entry):  # cut short: the same attempt again
+            attempt += 1
         started = self._clock.now()
+
+        def start() -> ops.RecordStep:
+            running = StepRecord(seq, kind, name, StepStatus.RUNNING, attempt,
+                                 compensable=compensable, started_at=started)  # fmt: skip
+            return ops.RecordStep(self.run_id, self._job.lease, running)
 
         def entry_of(status: StepStatus, **outcome: Any) -> StepRecord:
             now = self._clock.now()
@@ -294,8 +315,9 @@ class Replay:
         self.step_attempt = attempt
         job_name, tracing = self._job.name, self._tracing
         span = nullcontext() if tracing is None else tracing.step_span(job_name, name, attempt)
+        shown = self._starts.running(self.run_id, seq, start)
         try:
-            with span, trio.fail_after(math.inf if limit is None else limit):
+            with span, trio.fail_after(math.inf if limit is None else limit), shown:
                 value = fn(*args)
                 if inspect.isawaitable(value):
                     value = await value

@@ -47,15 +47,17 @@ class PostgresClaims:
     """The claim and maintenance handlers of
     :class:`~trioforge.storage.postgres.PostgresBackend`."""
 
-    @staticmethod
-    async def _claim(conn: asyncpg.Connection, op: ops.Claim, now: float) -> ClaimResult:
+    #: Where claims send their change notice (the claimed ids).
+    changes_channel: str
+
+    async def _claim(self, conn: asyncpg.Connection, op: ops.Claim, now: float) -> ClaimResult:
         if op.queue_rate is not None:
-            return await PostgresClaims._claim_queue_limited(conn, op, op.queue_rate, now)
+            return await self._claim_queue_limited(conn, op, op.queue_rate, now)
         if op.limits:
-            return await PostgresClaims._claim_limited(conn, op, now)
+            return await self._claim_limited(conn, op, now)
         rows = await conn.fetch(
             _CLAIM, op.queue, now, sorted(op.names), max(op.limit, 0), op.owner, op.lease_until,
-            sorted(op.capabilities),
+            sorted(op.capabilities), self.changes_channel,
         )  # fmt: skip
         jobs = sorted(
             (ClaimedJob(*row) for row in rows if row["id"] is not None),
@@ -64,8 +66,9 @@ class PostgresClaims:
         upcoming = next(row["run_at"] for row in rows if row["id"] is None)
         return ClaimResult(tuple(jobs), upcoming)
 
-    @staticmethod
-    async def _claim_limited(conn: asyncpg.Connection, op: ops.Claim, now: float) -> ClaimResult:
+    async def _claim_limited(
+        self, conn: asyncpg.Connection, op: ops.Claim, now: float
+    ) -> ClaimResult:
         """One statement: the server walks due jobs as FlowGate would and claims what it
         admits."""
         names = sorted(op.limits)
@@ -79,6 +82,7 @@ class PostgresClaims:
             [None if r is None else float(r.burst) for r in rates],
             [None if c is None else c.limit for c in concurrency],
             [job_id for job_id, _ in ending], [lease for _, lease in ending],
+            self.changes_channel,
         )  # fmt: skip
         jobs = sorted(
             (ClaimedJob(*row[:11]) for row in rows if row["id"] is not None),
@@ -87,9 +91,8 @@ class PostgresClaims:
         last = rows[-1]
         return ClaimResult(tuple(jobs), last["run_at"], last["next_token_at"], last["held"])
 
-    @staticmethod
     async def _claim_queue_limited(
-        conn: asyncpg.Connection, op: ops.Claim, rate: RateLimit, now: float
+        self, conn: asyncpg.Connection, op: ops.Claim, rate: RateLimit, now: float
     ) -> ClaimResult:
         """In the batch's transaction, under the queue bucket's lock (the one the claim
         function takes for a rate key): the claim capped at the bucket's whole tokens, then
@@ -100,7 +103,7 @@ class PostgresClaims:
         before = _bucket(await conn.fetchrow(_READ_BUCKET, key), rate, now)
         whole = int(before.tokens + TOKEN_EPSILON * rate.per_second)
         capped = attrs.evolve(op, limit=min(op.limit, whole), queue_rate=None)
-        result = await PostgresClaims._claim(conn, capped, now)
+        result = await self._claim(conn, capped, now)
         ids = [j.id for j in result.jobs]
         shared = any(
             lim.rate is not None and lim.rate.name == rate.name for lim in op.limits.values()

@@ -122,8 +122,22 @@ _KEY_HOLDER = (
     f"SELECT id FROM trioforge_jobs WHERE idempotency_key = $1 AND status NOT IN {TERMINAL}"
 )
 
+
+def _claimed_notice(ids: str, channel: str) -> str:
+    """A claim's change notice, a CTE named ``notice`` (the statement must read it), sent
+    at the claim's commit on ``channel`` (a parameter): the ids ``SELECT ids`` gives, in
+    payloads of IDS_PER_NOTICE (NOTIFY refuses 8000 bytes). Nothing durable: watchers in
+    other processes see a job that reports no progress as running from its start."""
+    return f"""notice AS (
+    SELECT pg_notify({channel}, string_agg(id::text, ',')) FROM (
+        SELECT id, (row_number() OVER ()) / {IDS_PER_NOTICE} AS chunk FROM (SELECT {ids}) AS c
+    ) AS chunks GROUP BY chunk
+)"""
+
+
 #: One statement: the claimed rows, plus a last row (id NULL) carrying the earliest run_at
-#: still in the future (the rows being claimed are due, so the snapshot cannot mislead it).
+#: still in the future (the rows being claimed are due, so the snapshot cannot mislead it),
+#: and their change notice.
 _CLAIM = f"""
 WITH picked AS (
     SELECT id, status FROM trioforge_jobs
@@ -142,10 +156,10 @@ WITH picked AS (
     RETURNING j.id, j.name, j.queue, j.payload, j.priority, j.run_at, j.attempt,
         j.max_attempts, j.lease, j.timeout, j.trace_context, j.status,
         picked.status AS old_status
-), {_count_moved("claimed", finishing=False)}
+), {_count_moved("claimed", finishing=False)}, {_claimed_notice("id FROM claimed", "$8")}
 SELECT id, name, queue, payload, priority, run_at, attempt, max_attempts, lease, timeout,
     trace_context
-FROM claimed
+FROM claimed WHERE (SELECT count(*) FROM notice) >= 0
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, min(run_at), NULL, NULL, NULL, NULL, NULL
 FROM trioforge_jobs
@@ -180,12 +194,17 @@ def _bucket(row: asyncpg.Record | None, rate: RateLimit, now: float) -> Bucket:
 
 #: A flow-controlled claim (see _CLAIM_LIMITED_FUNCTION), with the claimed rows named as
 #: _CLAIM's.
-_CLAIM_LIMITED = """
+_CLAIM_LIMITED = f"""
+WITH claim AS (
+    SELECT * FROM trioforge_claim_limited(
+        $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15
+    ) WITH ORDINALITY
+), {_claimed_notice("o_id AS id FROM claim WHERE o_id IS NOT NULL", "$16")}
 SELECT o_id AS id, o_name AS name, o_queue AS queue, o_payload AS payload,
     o_priority AS priority, o_run_at AS run_at, o_attempt AS attempt,
     o_max_attempts AS max_attempts, o_lease AS lease, o_timeout AS timeout,
     o_trace_context AS trace_context, o_next_token_at AS next_token_at, o_held AS held
-FROM trioforge_claim_limited($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+FROM claim WHERE (SELECT count(*) FROM notice) >= 0 ORDER BY ordinality
 """
 
 #: One statement (so it needs no transaction of its own): the outcomes with their change
@@ -322,7 +341,10 @@ RETURNING run_id
 
 
 async def _record_steps(conn: asyncpg.Connection, steps: list[ops.RecordStep]) -> list[StepWrite]:
-    rows = [(op.run_id, op.lease, *step_row(op.step)) for op in steps]
+    # One write per entry, the last (a step shown running may end in the same batch): one
+    # statement cannot write a row twice.
+    last = {(op.run_id, op.step.seq): op for op in steps}
+    rows = [(op.run_id, op.lease, *step_row(op.step)) for op in last.values()]
     columns = [list(column) for column in zip(*rows, strict=True)]
     written = {r["run_id"] for r in await conn.fetch(_RECORD_STEPS, *columns)}
     return [StepWrite(applied=op.run_id in written) for op in steps]

@@ -380,8 +380,12 @@ class StepKind(enum.StrEnum):
 class StepStatus(enum.StrEnum):
     """Where one entry of a workflow run's record stands (``StepInfo.status``)."""
 
+    #: A step whose attempt was cut short (its worker stopped, or its run was released or
+    #: ended, while its function ran): it runs again, same attempt, when the run does
+    #: (shown, never stored).
     PENDING = "pending"
-    #: Started and not finished: a sleep or a signal wait not yet over.
+    #: Started and not finished: a step's function running (written once it has run for a
+    #: moment), a sleep or a signal wait not yet over.
     RUNNING = "running"
     COMPLETED = "completed"
     #: The last attempt failed: retried at ``wake_at``, or for good when that is None.

@@ -341,8 +341,10 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
             raise DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} is not open")
         async with self._pool.acquire() as conn:
             results = await self._batch(conn, batch, now)
-            # Outcomes (also those of orphan releases) were notified by their statement.
-            changed = changed_jobs(*_without(batch, results, ops.Finish | ops.ReleaseOrphans))
+            # Outcomes (also those of orphan releases) and claims were notified by their
+            # statement.
+            kinds = ops.Finish | ops.ReleaseOrphans | ops.Claim
+            changed = changed_jobs(*_without(batch, results, kinds))
             if changed:
                 # After the commit, one statement for the whole batch. If it fails the
                 # connection is gone, and so is the listeners' (they re-read on reconnect).

@@ -3,13 +3,16 @@ clients that share only the database."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 import trio
 
 import trioforge
+from tests.support import silent_jobs
 from tests.support.fast import FAST
+from tests.support.postgres import URL, schema_url
 from tests.support.virtual import run_virtual
 from trioforge import JobContext, JobState, Registry, VirtualClock
 from trioforge.storage import MemoryBackend
@@ -200,3 +203,44 @@ def test_a_watcher_in_the_claiming_process_sees_a_silent_job_start() -> None:
             assert await rt.cancel(job)
 
     run_virtual(scenario)
+
+
+async def _silent_start_seen(database: str, *worker_options: str, worker: str = "") -> float:
+    """Seconds from a silent job's start in a worker process (on ``worker``, default
+    ``database``) to a watcher here seeing it ``running`` (subscribed before the claim; no
+    polling to fall back on)."""
+    async with trioforge.open_client(database, poll_interval=NO_POLLING) as client:
+        job = await client.enqueue(silent_jobs.silent)
+        async with client.watch(job.id) as updates:
+            assert (await updates.__anext__()).status is JobState.AVAILABLE
+            async with silent_jobs.worker(worker or database, *worker_options):
+                with trio.fail_after(30):
+                    info = await updates.__anext__()
+                seen_at = time.time()
+                await client.cancel(job.id)
+                with trio.fail_after(30):
+                    assert (await client.wait(job.id)).status is JobState.CANCELLED
+    assert info.status is JobState.RUNNING
+    assert info.started_at is not None
+    return seen_at - info.started_at
+
+
+async def test_a_silent_job_shows_running_to_a_watcher_in_another_process(
+    shared_url: str,
+) -> None:
+    """Claims notify (PostgreSQL: in the claim's statement; SQLite: any commit), so a job
+    that reports nothing shows ``running`` elsewhere from its start, not at its outcome."""
+    after = await _silent_start_seen(shared_url)
+    print(f"a silent job seen running {after * 1000:.0f} ms after its claim")
+    assert after < 1.0
+
+
+async def test_a_silent_job_shows_running_elsewhere_through_a_transaction_pooler() -> None:
+    """The claim's notice is a NOTIFY in its transaction, which a transaction pooler
+    passes on (only LISTEN needs the direct ``listen_url``)."""
+    async with schema_url() as url:
+        after = await _silent_start_seen(
+            url, "--listen-url", URL, worker=f"{url}&pooler=transaction"
+        )
+    print(f"a silent job seen running {after * 1000:.0f} ms after its claim (pooled)")
+    assert after < 1.0

@@ -384,10 +384,10 @@ async def test_a_queue_bucket_created_by_a_concurrent_claim_holds_the_other_clai
                 async with pool.acquire() as first, pool.acquire() as second:
                     creating = first.transaction()
                     await creating.start()
-                    won = await PostgresBackend._claim(first, claim, 1.0)
+                    won = await backend._claim(first, claim, 1.0)
                     async with second.transaction():
                         other = attrs.evolve(claim, names=frozenset("b"))
-                        waiting = asyncio.ensure_future(PostgresBackend._claim(second, other, 1.0))
+                        waiting = asyncio.ensure_future(backend._claim(second, other, 1.0))
                         # Only the server knows when the second claim waits for the row the
                         # first one created: ask it until it says so.
                         while await first.fetchval(  # noqa: ASYNC110

@@ -25,6 +25,7 @@ from starlette.routing import Route
 from trioforge._core.cron import upcoming
 from trioforge._core.errors import InvalidArgumentError, InvalidStateError, JobNotFoundError
 from trioforge._core.states import JobState
+from trioforge._workflow_info import shown_in
 from trioforge.web._bodies import read_body, text, too_large
 from trioforge.web._chart import bars, throughput_svg
 from trioforge.web._state import SESSION_COOKIE, WebState
@@ -199,7 +200,7 @@ def dashboard_routes(web: WebState) -> list[Route]:
                     "job": job,
                     "workflow": name,
                     "version": version,
-                    "step": None if step is None else step_view(step),
+                    "step": None if step is None else step_view(shown_in(step, job.status)),
                     "updated_at": run_updated_at(job, step),
                 }
             )

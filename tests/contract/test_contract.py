@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 import trio
 
-from trioforge import InvalidStateError, JobNotFoundError, JobState
+from trioforge import ConcurrencyLimit, InvalidStateError, JobNotFoundError, JobState
+from trioforge._core.flow import JobLimits
 from trioforge._core.states import Cancelled, Discarded, Failed, Released, Succeeded
 from trioforge.storage import (
     Backend,
@@ -485,11 +486,12 @@ async def test_outcomes_progress_and_operator_actions_are_pushed_as_changes(
 async def test_writes_that_change_nothing_send_no_notice(backend: Backend) -> None:
     [a, b] = await enqueue(backend, job(), job())
     [claimed] = (await claim(backend, limit=1)).jobs
+    [other] = (await claim(backend, limit=1)).jobs
     async with backend.changes() as changes:
-        # Fenced out (a stale lease) and an unknown job: nothing changed.
+        # Fenced out (a stale lease), a read and an empty claim: nothing changed.
         assert not await one(backend, ops.Progress(claimed.id, claimed.lease + 1, 1.0, None))
         assert await one(backend, ops.GetMany((a,)))
-        [other] = (await claim(backend, limit=1)).jobs  # a claim is not pushed
+        assert (await claim(backend, limit=1)).jobs == ()
         assert await finish(backend, other, Outcome(other.id, other.lease, Succeeded()), T0)
         with trio.fail_after(10):
             first = await changes.receive()
@@ -521,6 +523,26 @@ async def test_throughput_counts_jobs_finished_since(backend: Backend) -> None:
         "q": {JobState.COMPLETED: 1, JobState.DEAD: 1}
     }
     assert await one(backend, ops.Throughput(T0 + 30)) == {}
+
+
+@pytest.mark.parametrize(
+    "limits", [{}, {"a": JobLimits(None, ConcurrencyLimit("c", 1000))}], ids=["plain", "flow"]
+)
+async def test_a_claim_notifies_every_job_it_claims(backend: Backend, limits: Any) -> None:
+    """So a job that reports nothing shows running elsewhere from its start (PostgreSQL:
+    from the claim's own statement, plain or flow-controlled, in payloads under NOTIFY's
+    limit; SQLite: "something changed")."""
+    ids = await enqueue(backend, *(job() for _ in range(700)))
+    async with backend.changes() as changes:
+        op = ops.Claim("q", frozenset({"a"}), 700, "w1", T0 + 30, limits=limits)
+        assert len((await one(backend, op)).jobs) == 700
+        seen: set[int] = set()
+        with trio.fail_after(10):
+            while not seen >= set(ids):
+                notice = await changes.receive()
+                if notice is None:  # SQLite: which jobs is not said
+                    break
+                seen |= notice
 
 
 async def test_a_large_outcome_batch_notifies_every_job(backend: Backend) -> None:

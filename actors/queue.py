@@ -83,6 +83,8 @@ class _Retire:
 
 _Message = _Wake | _SlotFreed | _Resized
 
+_SLOT_FREED = _SlotFreed()  # sent once per job: one instance serves them all
+
 
 class QueueSupervisor:
     """Owns one queue's nursery: a fetcher and ``concurrency`` workers, restarted one for
@@ -354,7 +356,7 @@ class QueueSupervisor:
                 # The slot frees as soon as the handler is done; the outcome is written by
                 # the writer, batched with others, while this worker takes the next job (a
                 # claim made meanwhile counts the attempt out of its concurrency limit).
-                self._inbox_send.send_nowait(_SlotFreed())
+                self._inbox_send.send_nowait(_SLOT_FREED)
 
     async def _attempt(self, job: ClaimedJob) -> None:
         retry, timeout = self._table.policy(job)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 import attrs
 import trio
@@ -215,7 +215,15 @@ class Finished:
             self._feed.changed(job_ids)
 
     def notify(self, job_id: int) -> None:
+        self.notify_all((job_id,))
+
+    def notify_all(self, job_ids: Collection[int]) -> None:
+        """The outcomes of ``job_ids`` are recorded (one message to the feed for a batch)."""
+        if not job_ids:
+            return
         if self._feed is not None:
-            self._feed.changed((job_id,))
-        for callback in self._callbacks.pop(job_id, ()):
-            callback()
+            self._feed.changed(job_ids)
+        if self._callbacks:
+            for job_id in job_ids:
+                for callback in self._callbacks.pop(job_id, ()):
+                    callback()

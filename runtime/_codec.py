@@ -448,10 +448,11 @@ class StrictCodec:
         )
 
         def hook(value: Any, _: Any) -> Any:
-            if isinstance(value, cl):
-                value = _fields_of(value)  # an instance is checked like its dict, not trusted
-            elif not isinstance(value, Mapping):
-                raise _Mismatch(f"{type_name(tp)} or a dict of its fields", value)
+            if type(value) is not dict:  # a decoded payload is one: no ABC check for it
+                if isinstance(value, cl):
+                    value = _fields_of(value)  # an instance is checked like its dict
+                elif not isinstance(value, Mapping):
+                    raise _Mismatch(f"{type_name(tp)} or a dict of its fields", value)
             try:
                 return fast(value, tp)
             except Exception:

@@ -426,11 +426,12 @@ class QueueSupervisor:
         error that says which); the scope is left without a deadline, the job no longer
         cancellable by id. True: the scope fired, leave it."""
         job, entry = run.job, run.entry
-        missed_heartbeat = False
+        # Only a stop request (which sets entry.reason first) or a deadline fires it.
+        fired, missed_heartbeat = entry.reason is not None, False
         if run.timeout is not None or run.heartbeat is not None:  # (setting one costs)
             missed_heartbeat = entry.missed_heartbeat
             entry.scope.deadline = math.inf  # fired already, or not to fire for the next job
-        fired = entry.scope.cancel_called
+            fired = entry.scope.cancel_called
         self._running.finish(job.id, job.lease)
         if entry.reason is None and fired:
             # Whatever the handler turned the cancellation into.

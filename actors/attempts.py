@@ -30,6 +30,8 @@ __all__ = ["MAX_ERROR_CHARS", "Attempt", "Ended", "JobTable", "decide_outcome", 
 #: Longest traceback text kept per failed attempt.
 MAX_ERROR_CHARS = 8000
 
+_SUCCEEDED = Succeeded()  # immutable and without fields: one serves every attempt
+
 
 @attrs.frozen
 class Ended:
@@ -117,7 +119,7 @@ def decide_outcome(
     if isinstance(result, Ended):
         return Outcome(job.id, job.lease, result.event, result.result, result.error)
     if error is None:
-        return Outcome(job.id, job.lease, Succeeded(), result=result)
+        return Outcome(job.id, job.lease, _SUCCEEDED, result=result)
     reason_text = discard_reason(error)  # a Discard, or a group holding one
     if reason_text is not None:
         return Outcome(job.id, job.lease, DiscardedEvent(), error=reason_text)

@@ -202,7 +202,7 @@ class OutcomeWriter:
     ) -> list[tuple[ClaimedJob, Outcome]]:
         """Write ``batch``; return the outcomes to try again (their leases still hold)."""
         recorded = await record_outcomes(self._storage, [o for _, o in batch])
-        retry, error, landed = [], None, False
+        retry, error, landed, ended = [], None, False, []
         for (job, _), (outcome, result) in zip(batch, recorded, strict=True):
             if not isinstance(result, bool):  # the database is away (or timed out)
                 retry.append((job, outcome))
@@ -224,7 +224,8 @@ class OutcomeWriter:
                 self._wake(event.run_at)  # a short sleep, or woken while it ran
             target = next_state(JobState.RUNNING, event)
             if target is not None and target.is_terminal:
-                self._finished.notify(job.id)
+                ended.append(job.id)
+        self._finished.notify_all(ended)
         if landed:
             self._held.written()  # a running job ended: a held-back one may start now
         return self._retryable(retry, error) if retry else []

@@ -24,11 +24,12 @@ from trioforge._core.clock import Clock
 from trioforge._core.errors import JobTimeoutError, PayloadError
 from trioforge._core.flow import JobLimits, RateLimit
 from trioforge._core.outcomes import AttemptOutcome, attempt_outcome
+from trioforge._core.retry import Retry
 from trioforge._core.states import Released as ReleasedEvent
 from trioforge.actors import events
 from trioforge.actors.attempts import Attempt, Ended, JobTable, decide_outcome
 from trioforge.actors.outcome_writer import HeldQueues, OutcomeWriter
-from trioforge.actors.running import Finished, RunningJobs, StopReason
+from trioforge.actors.running import Finished, Running, RunningJobs, StopReason
 from trioforge.actors.storage_actor import StorageHandle, log_failure
 from trioforge.storage import ClaimedJob, ClaimResult, Outcome, ops
 from trioforge.storage._records import OutcomeEvent
@@ -82,6 +83,24 @@ class _Retire:
 
 
 _Message = _Wake | _SlotFreed | _Resized
+
+_SLOT_FREED = _SlotFreed()  # sent once per job: one instance serves them all
+
+
+@attrs.define(eq=False)
+class _Run:
+    """One attempt in a worker's hands, from its start to its outcome's hand-off."""
+
+    job: ClaimedJob
+    attempt: Attempt
+    retry: Retry
+    timeout: float | None
+    heartbeat: float | None
+    entry: Running
+    began: float
+    result: str | Ended | None = None
+    error: BaseException | None = None
+    timed_out: bool = False
 
 
 class QueueSupervisor:
@@ -339,82 +358,135 @@ class QueueSupervisor:
         return released is not None
 
     async def _worker(self) -> None:
-        async for job in self._jobs:
-            if isinstance(job, _Retire):
-                return  # its slot was already taken off the fetcher's count
-            self._busy += 1
+        """Run jobs one at a time, each attempt in a cancel scope that only its job's cancel,
+        timeout or heartbeat deadline fires. A worker's attempts share one scope until one
+        of them fires it, then take a fresh one: entering and leaving a scope per job cost
+        about a tenth of a no-op drain. Between attempts the scope has no deadline and is
+        known to no one (``RunningJobs`` lets go of it when the attempt ends), so nothing
+        but the attempt holding it can fire it."""
+        while True:
+            run: _Run | None = None  # the attempt in hand, when the scope catches its cancel
             try:
-                if self._stopping:
-                    events.log_event(events.released_unstarted(job))
-                    self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
-                else:
-                    await self._attempt(job)
-            finally:
-                self._busy -= 1
-                # The slot frees as soon as the handler is done; the outcome is written by
-                # the writer, batched with others, while this worker takes the next job (a
-                # claim made meanwhile counts the attempt out of its concurrency limit).
-                self._inbox_send.send_nowait(_SlotFreed())
+                with trio.CancelScope() as scope:
+                    async for job in self._jobs:
+                        if isinstance(job, _Retire):
+                            return  # its slot was already taken off the fetcher's count
+                        self._busy += 1
+                        if self._stopping:
+                            events.log_event(events.released_unstarted(job))
+                            self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
+                            self._slot_freed()
+                            continue
+                        try:
+                            run = self._begin(job, scope)
+                        except BaseException:
+                            self._slot_freed()
+                            raise
+                        try:
+                            if run.entry.reason is None:  # not cancelled between claim and start
+                                if events.log.isEnabledFor(logging.DEBUG):
+                                    events.log_event(events.started(job))
+                                run.result = await run.attempt.run()
+                        except Exception as exc:
+                            run.error = exc
+                        fired = self._settle(run)
+                        ended, run = run, None
+                        await self._conclude(ended)
+                        if fired:
+                            break  # a fired scope stays fired: the next job gets a fresh one
+                    else:
+                        return  # the fetcher is gone and every job handed out is taken
+            except BaseException:
+                if run is not None:  # cancelled from outside (runtime torn down) or
+                    await self._hand_back(run)  # interrupted: hand the job back
+                raise
+            if run is not None:  # its scope caught its cancel (or its deadline's)
+                self._settle(run)
+                await self._conclude(run)
 
-    async def _attempt(self, job: ClaimedJob) -> None:
+    def _slot_freed(self) -> None:
+        self._busy -= 1
+        # The slot frees as soon as the handler is done; the outcome is written by the
+        # writer, batched with others, while this worker takes the next job (a claim made
+        # meanwhile counts the attempt out of its concurrency limit).
+        self._inbox_send.send_nowait(_SLOT_FREED)
+
+    def _begin(self, job: ClaimedJob, scope: trio.CancelScope) -> _Run:
         retry, timeout = self._table.policy(job)
-        attempt = self._table.attempt(job)
         heartbeat = self._table.heartbeat_timeout(job)
-        entry = self._running.start(job.id, job.lease)
+        run = _Run(job, self._table.attempt(job), retry, timeout, heartbeat,
+                   self._running.start(job.id, job.lease, scope), trio.current_time())  # fmt: skip
         if timeout is not None or heartbeat is not None:
             # One scope for all: a stop request sets entry.reason, the deadlines do not.
-            entry.set_deadlines(timeout, heartbeat)
-        error: BaseException | None = None
-        result: str | Ended | None = None
-        began = trio.current_time()
+            run.entry.set_deadlines(timeout, heartbeat)
+        return run
+
+    def _settle(self, run: _Run) -> bool:
+        """The attempt's handler is done: whether its scope fired (and for a timeout, the
+        error that says which); the scope is left without a deadline, the job no longer
+        cancellable by id. True: the scope fired, leave it."""
+        job, entry = run.job, run.entry
+        # Only a stop request (which sets entry.reason first) or a deadline fires it.
+        fired, missed_heartbeat = entry.reason is not None, False
+        if run.timeout is not None or run.heartbeat is not None:  # (setting one costs)
+            missed_heartbeat = entry.missed_heartbeat
+            entry.scope.deadline = math.inf  # fired already, or not to fire for the next job
+            fired = entry.scope.cancel_called
+        self._running.finish(job.id, job.lease)
+        if entry.reason is None and fired:
+            # Whatever the handler turned the cancellation into.
+            run.timed_out = True
+            if missed_heartbeat:
+                run.error = JobTimeoutError(
+                    f"attempt {job.attempt}: no heartbeat for {run.heartbeat}s"
+                )
+            else:
+                run.error = JobTimeoutError(f"attempt {job.attempt} ran past {run.timeout}s")
+        return fired
+
+    async def _hand_back(self, run: _Run) -> None:
+        job = run.job
+        self._running.stop(job.id, StopReason.SHUTDOWN, lease=job.lease)
+        self._running.finish(job.id, job.lease)
+        self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
+        self._log_end(job, AttemptOutcome.RELEASED, ReleasedEvent(), run.began, run.error, None)
         try:
-            with entry.scope:
-                try:
-                    if entry.reason is None:  # not cancelled between claim and start
-                        if events.log.isEnabledFor(logging.DEBUG):
-                            events.log_event(events.started(job))
-                        result = await attempt.run()
-                except Exception as exc:
-                    error = exc
-            timed_out = entry.reason is None and entry.scope.cancel_called
-            if timed_out:
-                # Whatever the handler turned the cancellation into.
-                if entry.missed_heartbeat:
-                    error = JobTimeoutError(f"attempt {job.attempt}: no heartbeat for {heartbeat}s")
-                else:
-                    error = JobTimeoutError(f"attempt {job.attempt} ran past {timeout}s")
-        except BaseException:
-            # Cancelled from outside (runtime torn down) or interrupted: hand the job back.
-            self._running.stop(job.id, StopReason.SHUTDOWN, lease=job.lease)
-            self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
-            self._log_end(job, AttemptOutcome.RELEASED, ReleasedEvent(), began, error, None)
-            await self._end(job, attempt, AttemptOutcome.RELEASED, error)
-            raise
+            await self._end(job, run.attempt, AttemptOutcome.RELEASED, run.error)
         finally:
-            self._running.finish(job.id, job.lease)
-        outcome = decide_outcome(
-            job,
-            retry,
-            reason=entry.reason,
-            error=error,
-            result=result,
-            now=self._clock.now(),
-            u=random.random() if retry.jitter else 0.0,
-            on_cancel=attempt.cancelled() if entry.reason is StopReason.USER else None,
-        )
-        kind = attempt_outcome(None if outcome is None else outcome.event, timed_out=timed_out)
-        if isinstance(error, PayloadError) and error.final:  # dead without a retry: say why
-            log.error("job %d (%s) goes dead without retries: %s", job.id, job.name, error)
-        self._log_end(
-            job, kind, None if outcome is None else outcome.event, began, error,
-            result if isinstance(result, Ended) else outcome,
-        )  # fmt: skip
-        # Before the outcome is written, so a waiter that sees it knows the hooks ran.
-        await self._end(job, attempt, kind, error)
-        if outcome is not None:
-            self._report(job, outcome)
-        else:  # the lease is another owner's now
-            self._running.release(job.id, job.lease)
+            self._slot_freed()
+
+    async def _conclude(self, run: _Run) -> None:
+        """Decide the settled attempt's outcome, log it, run its after hooks and hand the
+        outcome to the writer; then its slot is free."""
+        try:
+            job, error, reason = run.job, run.error, run.entry.reason
+            outcome = decide_outcome(
+                job,
+                run.retry,
+                reason=reason,
+                error=error,
+                result=run.result,
+                now=self._clock.now(),
+                u=random.random() if run.retry.jitter else 0.0,
+                on_cancel=run.attempt.cancelled() if reason is StopReason.USER else None,
+            )
+            event = None if outcome is None else outcome.event
+            kind = attempt_outcome(event, timed_out=run.timed_out)
+            if isinstance(error, PayloadError) and error.final:  # dead without a retry: say why
+                log.error("job %d (%s) goes dead without retries: %s", job.id, job.name, error)
+            result = run.result
+            self._log_end(
+                job, kind, event, run.began, error,
+                result if isinstance(result, Ended) else outcome,
+            )  # fmt: skip
+            # Before the outcome is written, so a waiter that sees it knows the hooks ran.
+            await self._end(job, run.attempt, kind, error)
+            if outcome is not None:
+                self._report(job, outcome)
+            else:  # the lease is another owner's now
+                self._running.release(job.id, job.lease)
+        finally:
+            self._slot_freed()
 
     def _log_end(
         self,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 import attrs
 import trio
@@ -25,7 +25,7 @@ import trio
 from trioforge.actors.live import LiveFeed
 from trioforge.storage import RenewResult
 
-__all__ = ["Finished", "RunningJobs", "StopReason"]
+__all__ = ["Finished", "Running", "RunningJobs", "StopReason"]
 
 
 class StopReason(enum.Enum):
@@ -35,7 +35,7 @@ class StopReason(enum.Enum):
 
 
 @attrs.define(eq=False)
-class _Running:
+class Running:
     lease: int
     scope: trio.CancelScope
     reason: StopReason | None = None
@@ -73,7 +73,7 @@ _REMEMBER_CANCEL_SECONDS = 60.0
 
 class RunningJobs:
     def __init__(self) -> None:
-        self._jobs: dict[int, dict[int, _Running]] = {}  # job id -> lease -> attempt
+        self._jobs: dict[int, dict[int, Running]] = {}  # job id -> lease -> attempt
         # Cancels that storage reported as "running" before the job's worker registered
         # it here (claimed, maybe not yet started): job id -> (the tick it came at, the
         # trio time, for pruning). Applied when an attempt starts whose claim was sent
@@ -89,8 +89,10 @@ class RunningJobs:
     def __len__(self) -> int:
         return sum(len(attempts) for attempts in self._jobs.values())
 
-    def start(self, job_id: int, lease: int) -> _Running:
-        entry = _Running(lease, trio.CancelScope())
+    def start(self, job_id: int, lease: int, scope: trio.CancelScope | None = None) -> Running:
+        """Register the attempt holding ``lease`` as running in ``scope`` (None: a new one),
+        which cancels by id fire until :meth:`finish`."""
+        entry = Running(lease, scope if scope is not None else trio.CancelScope())
         self._jobs.setdefault(job_id, {})[lease] = entry
         early = self._early_cancels.pop(job_id, None)
         claimed_at = self._claimed_at.get((job_id, lease))
@@ -215,7 +217,15 @@ class Finished:
             self._feed.changed(job_ids)
 
     def notify(self, job_id: int) -> None:
+        self.notify_all((job_id,))
+
+    def notify_all(self, job_ids: Collection[int]) -> None:
+        """The outcomes of ``job_ids`` are recorded (one message to the feed for a batch)."""
+        if not job_ids:
+            return
         if self._feed is not None:
-            self._feed.changed((job_id,))
-        for callback in self._callbacks.pop(job_id, ()):
-            callback()
+            self._feed.changed(job_ids)
+        if self._callbacks:
+            for job_id in job_ids:
+                for callback in self._callbacks.pop(job_id, ()):
+                    callback()

@@ -76,7 +76,19 @@ class JobContext(Generic[StateT]):
         self._clock = clock
         self._owner = owner
         self._lease_seconds = lease_seconds
-        self.log = logging.LoggerAdapter(_log, job_fields(job))
+        self._log: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger (``trioforge.job``) whose records carry the job's fields in ``extra``
+        (its id, name, queue, attempt and max_attempts)."""
+        if self._log is None:  # made on first use: most handlers never log
+            self._log = logging.LoggerAdapter(_log, job_fields(self._job))
+        return self._log
+
+    @log.setter
+    def log(self, log: logging.LoggerAdapter[logging.Logger]) -> None:
+        self._log = log
 
     @property
     def state(self) -> StateT:

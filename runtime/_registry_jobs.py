@@ -20,7 +20,7 @@ from trioforge._core.flow import JobLimits
 from trioforge._core.outcomes import AttemptOutcome
 from trioforge._core.retry import Retry, failure_outcome
 from trioforge._policy import Queue
-from trioforge._registry import AttemptEnd, CronTick, Registry
+from trioforge._registry import AttemptEnd, CronTick, JobDefinition, Registry
 from trioforge._workflow import WorkflowContext
 from trioforge._workflow_driver import WorkflowAttempt
 from trioforge._workflow_replay import Replay
@@ -33,6 +33,13 @@ if TYPE_CHECKING:
     from trioforge.otel import Tracing
 
 __all__ = ["RegistryJobs"]
+
+
+@attrs.frozen
+class _Plan:
+    definition: JobDefinition[Any, Any]
+    retry: Retry
+    timeout: float | None  # the job's own (set at enqueue) overrides it
 
 
 class RegistryJobs:
@@ -62,6 +69,7 @@ class RegistryJobs:
         self._running = running
         self._starts = starts
         self._wake = wake
+        self._plans: dict[tuple[str, str], _Plan] = {}
 
     def names(self) -> frozenset[str]:
         return self._registry.names()
@@ -69,16 +77,28 @@ class RegistryJobs:
     def limits(self) -> dict[str, JobLimits]:
         return {d.name: d.limits for d in self._registry if d.limits is not None}
 
+    def _plan(self, job: ClaimedJob) -> _Plan:
+        """The job's definition and its retry and timeout in its queue, worked out once per
+        (name, queue): the registry is frozen and the policies fixed while the runtime runs."""
+        plan = self._plans.get((job.name, job.queue))
+        if plan is None:
+            definition = self._registry.get(job.name)
+            policy = self._policies.get(job.queue)
+            if definition.workflow is not None:  # a run's deadline is its own (see _workflow)
+                plan = _Plan(definition, definition.retry, None)
+            else:
+                plan = _Plan(definition, definition.retry_in(policy), definition.timeout_in(policy))
+            self._plans[job.name, job.queue] = plan
+        return plan
+
     def policy(self, job: ClaimedJob) -> tuple[Retry, float | None]:
-        definition = self._registry.get(job.name)
-        policy = self._policies.get(job.queue)
-        if definition.workflow is not None:  # a run's deadline is its own (see _workflow)
-            return definition.retry, None
-        timeout = job.timeout if job.timeout is not None else definition.timeout_in(policy)
-        return definition.retry_in(policy), timeout
+        plan = self._plan(job)
+        if job.timeout is None or plan.definition.workflow is not None:
+            return plan.retry, plan.timeout
+        return plan.retry, job.timeout
 
     def heartbeat_timeout(self, job: ClaimedJob) -> float | None:
-        return self._registry.get(job.name).heartbeat_timeout
+        return self._plan(job).definition.heartbeat_timeout
 
     def attempt(self, job: ClaimedJob) -> Attempt:
         attempt = self._untraced(job)
@@ -87,7 +107,7 @@ class RegistryJobs:
         return self._tracing.attempt(job, attempt)
 
     def _untraced(self, job: ClaimedJob) -> _Attempt | _WorkflowRun:
-        definition = self._registry.get(job.name)
+        definition = self._plan(job).definition
         if definition.workflow is not None:
             driver = WorkflowAttempt(
                 definition, job, self._workflow_context, storage=self._storage,
@@ -97,10 +117,10 @@ class RegistryJobs:
             )  # fmt: skip
             return _WorkflowRun(self._registry, driver, job, self._measure(job))
         if self._metrics is None:
-            return _Attempt(self._registry, self._make_context, job)
+            return _Attempt(self._registry, definition, self._make_context, job)
         measure = self._measure(job)
         assert measure is not None
-        return _MeasuredAttempt(self._registry, self._make_context, job, measure)
+        return _MeasuredAttempt(self._registry, definition, self._make_context, job, measure)
 
     def _measure(self, job: ClaimedJob) -> _Measure | None:
         if self._metrics is None:
@@ -122,8 +142,15 @@ class RegistryJobs:
 class _Attempt:
     """One attempt: before hooks and the handler, then (told how it ended) after hooks."""
 
-    def __init__(self, registry: Registry, make_context: Any, job: ClaimedJob) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        definition: JobDefinition[Any, Any],
+        make_context: Any,
+        job: ClaimedJob,
+    ) -> None:
         self._registry = registry
+        self._definition = definition
         self._make_context = make_context
         self._job = job
         self._started: tuple[JobContext, Any] | None = None  # context and payload
@@ -132,8 +159,7 @@ class _Attempt:
         return None
 
     async def run(self) -> str | None:
-        job = self._job
-        definition = self._registry.get(job.name)
+        job, definition = self._job, self._definition
         payload: Any = None
         args: tuple[Any, ...] = ()
         if definition.cron is not None:
@@ -177,8 +203,7 @@ class _Measure:
     """Tells the process's metrics when an attempt starts and how it ended."""
 
     def __init__(self, metrics: Metrics, clock: Clock, job: ClaimedJob, retry: Retry) -> None:
-        self._metrics, self._clock, self._job = metrics, clock, job
-        self._retry = attrs.evolve(retry, max_attempts=job.max_attempts)
+        self._metrics, self._clock, self._job, self._retry = metrics, clock, job, retry
         self._began: float | None = None
 
     def started(self) -> None:
@@ -190,9 +215,10 @@ class _Measure:
         if self._began is None:  # not started (cancelled between claim and start)
             return
         job = self._job
-        will_retry = error is not None and (
-            failure_outcome(self._retry, job.attempt, error, 0.0).retry_at is not None
-        )
+        will_retry = False
+        if error is not None:  # its attempt count is the job's, fixed at enqueue
+            retry = attrs.evolve(self._retry, max_attempts=job.max_attempts)
+            will_retry = failure_outcome(retry, job.attempt, error, 0.0).retry_at is not None
         seconds = trio.current_time() - self._began
         self._metrics.ended(job.queue, job.name, outcome, will_retry=will_retry,
                             seconds=seconds)  # fmt: skip
@@ -202,9 +228,14 @@ class _MeasuredAttempt(_Attempt):
     """An attempt that also tells the process's metrics when it starts and how it ended."""
 
     def __init__(
-        self, registry: Registry, make_context: Any, job: ClaimedJob, measure: _Measure
+        self,
+        registry: Registry,
+        definition: JobDefinition[Any, Any],
+        make_context: Any,
+        job: ClaimedJob,
+        measure: _Measure,
     ) -> None:
-        super().__init__(registry, make_context, job)
+        super().__init__(registry, definition, make_context, job)
         self._measure = measure
 
     async def run(self) -> str | None:

@@ -252,3 +252,66 @@ async def test_an_early_cancel_applies_to_the_claim_in_flight_only() -> None:
     second = running.start(8, 2)
     assert not second.scope.cancel_called
     assert second.reason is None
+
+
+def test_a_worker_s_next_job_is_untouched_by_the_last_one_s_cancel_or_deadline() -> None:
+    """A worker's attempts share a cancel scope until one fires it: with one worker, a job
+    after a cancelled one, after a timed-out one and after one that finished well within its
+    timeout (or heartbeat timeout) runs for as long as it needs, and a cancel of a finished
+    job reaches no later one."""
+    registry = Registry()
+    ran: list[str] = []
+    started = {"stubborn": trio.Event(), "sleeper": trio.Event()}
+
+    @registry.job("stubborn", retry=Retry(max_attempts=1))
+    async def stubborn(ctx: JobContext) -> str:
+        started["stubborn"].set()
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            return "swallowed the cancel"
+        return "unreachable"
+
+    @registry.job("quick", timeout=5, retry=Retry(max_attempts=1))
+    async def quick(ctx: JobContext) -> None:
+        ran.append("quick")
+
+    @registry.job("beats", heartbeat_timeout=5, retry=Retry(max_attempts=1))
+    async def beats(ctx: JobContext) -> None:
+        ran.append("beats")
+
+    @registry.job("slow", timeout=2, retry=Retry(max_attempts=1))
+    async def slow(ctx: JobContext) -> None:
+        await trio.sleep(10)
+
+    @registry.job("sleeper", retry=Retry(max_attempts=1))
+    async def sleeper(ctx: JobContext, seconds: float) -> None:
+        started["sleeper"].set()
+        await trio.sleep(seconds)
+        ran.append(f"slept {seconds}")
+
+    async def scenario(backend: MemoryBackend, clock: VirtualClock) -> None:
+        async with trioforge.open_runtime(
+            registry, database=backend, clock=clock, queues={"default": 1}
+        ) as rt:
+            with trio.fail_after(600):  # virtual seconds
+                cancelled = await rt.enqueue("stubborn")
+                await started["stubborn"].wait()
+                assert await rt.cancel(cancelled)
+                assert (await rt.wait(cancelled)).status is JobState.CANCELLED
+                after_cancel = await rt.enqueue(sleeper, 3.0)
+                assert (await rt.wait(after_cancel)).status is JobState.COMPLETED
+                timed_out = await rt.enqueue("slow")
+                assert (await rt.wait(timed_out)).status is JobState.DEAD
+                after_timeout = await rt.enqueue(sleeper, 3.0)
+                assert (await rt.wait(after_timeout)).status is JobState.COMPLETED
+                for name in ("quick", "beats"):  # each leaves a deadline 5s ahead
+                    assert (await rt.wait(await rt.enqueue(name))).status is JobState.COMPLETED
+                    started["sleeper"] = trio.Event()
+                    after_deadline = await rt.enqueue(sleeper, 30.0)
+                    await started["sleeper"].wait()
+                    assert not await rt.cancel(timed_out)  # finished: stops nothing here
+                    assert (await rt.wait(after_deadline)).status is JobState.COMPLETED
+        assert ran == ["slept 3.0", "slept 3.0", "quick", "slept 30.0", "beats", "slept 30.0"]
+
+    run_virtual(scenario)

@@ -207,13 +207,17 @@ class PostgresClaims:
     @staticmethod
     async def _purge(conn: asyncpg.Connection, op: ops.Purge, now: float) -> list[int]:
         del now
+        # Each state's oldest through its own index range (a list of states would make the
+        # planner read every match and sort), then the oldest of those.
         rows = await conn.fetch(
             "DELETE FROM trioforge_jobs WHERE id IN ("
-            " SELECT id FROM trioforge_jobs WHERE status = ANY($1::text[])"
-            " AND finished_at IS NOT NULL AND finished_at < $2"
-            " AND (CASE WHEN $3::text IS NOT NULL THEN queue = $3"
-            "  ELSE queue <> ALL($4::text[]) END) AND (NOT $6 OR retain IS NULL)"
-            " ORDER BY finished_at, id LIMIT $5 FOR UPDATE SKIP LOCKED)"
+            " SELECT p.id FROM unnest($1::text[]) AS s(state), LATERAL ("
+            "  SELECT id, finished_at FROM trioforge_jobs WHERE status = s.state"
+            "  AND finished_at IS NOT NULL AND finished_at < $2"
+            "  AND (CASE WHEN $3::text IS NOT NULL THEN queue = $3"
+            "   ELSE queue <> ALL($4::text[]) END) AND (NOT $6 OR retain IS NULL)"
+            "  ORDER BY finished_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) AS p"
+            " ORDER BY p.finished_at, p.id LIMIT $5)"
             " RETURNING id, queue, status, finished_at",
             [JobState(s).value for s in op.statuses], op.before, op.queue, list(op.exclude),
             max(op.limit, 0), op.keep_retained,

@@ -1,18 +1,20 @@
 """A big jobs table on PostgreSQL (`make bench`): does a queue stay fast at a million rows?
 
 ``drain`` (a fresh database): ``--pending`` no-op jobs (``enqueue_many`` in batches of
-50,000) beside ``--finished`` completed jobs two days old awaiting retention (one
+50,000) beside ``--finished`` completed jobs finished two days ago awaiting retention (one
 server-side INSERT ... SELECT), then one process drains the pending jobs on 64 slots.
 Printed: the drain rate of the first and of the last ``--window`` jobs, the claim
 statement's ``EXPLAIN (ANALYZE, BUFFERS)`` at the start and before the last window, and
-the retention purge (``purge(status="completed")``, the sweeper's statement, 500 jobs a
-transaction) deleting every finished job while the drain runs: how long it took and the
-longest gap between two consecutive job starts meanwhile, beside the poll interval.
+the retention purge deleting every finished job while the drain runs (the runtime's
+``purge(status="completed")``: the sweeper's statement, 500 jobs a transaction, through
+the draining runtime's own storage): how long it took and the longest gap between two
+consecutive job starts meanwhile, beside the poll interval.
 
-``future`` (fresh databases, alternating): ``--drain`` no-op jobs drained on 64 slots
-beside 0 and beside ``--future`` rows due in a day (half delayed jobs, half workflow runs
-asleep), CPU per job (this process plus its PostgreSQL backends, ``bench/cpu.py``) and the
-claim's ``EXPLAIN (ANALYZE, BUFFERS)`` (buffers touched per claim).
+``future`` (fresh databases, alternating): beside 0 and beside ``--future`` rows due in a
+day (half delayed jobs, half workflow runs asleep), ``--drain`` no-op jobs enqueued at
+once and drained on 64 slots, then ``--trickle`` more enqueued a few at a time: CPU per
+job (this process plus its PostgreSQL backends, ``bench/cpu.py``) and the claim's
+``EXPLAIN (ANALYZE, BUFFERS)`` with a backlog and with nothing due.
 
 This server's autovacuum setting is printed first: with it off (a test server), nothing
 vacuums the table during the drain unless ``--vacuum-every`` N makes the bench run
@@ -24,6 +26,7 @@ Figures are printed, never asserted.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -145,7 +148,15 @@ async def explain(sql: Sql, label: str, show: bool) -> str:
     as a generic one (what a prepared statement may switch to after five runs), each run
     once and rolled back: its time, and the buffers it touched in all and to pick the
     jobs."""
-    args = (QUEUE, time.time(), sorted(registry.names()), SLOTS, "explain", 1e12, [])
+    args: tuple[Any, ...] = (
+        QUEUE,
+        time.time(),
+        sorted(registry.names()),
+        SLOTS,
+        "explain",
+        1e12,
+        [],
+    )
     lines = []
     for mode in ("custom", "generic"):
         [plan] = json.loads(await _plan(sql, mode, "FORMAT JSON", args))
@@ -204,7 +215,7 @@ async def progress(starts: Starts, every: int) -> None:
 
 def longest_gap(at: list[float], since: float, until: float) -> float:
     inside = [t for t in at if since <= t <= until]
-    return max((b - a for a, b in zip(inside, inside[1:], strict=False)), default=0.0)
+    return max((b - a for a, b in itertools.pairwise(inside)), default=0.0)
 
 
 async def vacuum_every(sql: Sql, jobs: int, starts: Starts, log: list[str]) -> None:
@@ -245,7 +256,7 @@ async def big_drain(args: argparse.Namespace, db: str) -> None:
             trioforge.open_runtime(
                 registry, database=db, queues={QUEUE: SLOTS}, poll_interval=args.poll_interval,
                 sweep_interval=10**6,
-            ),
+            ) as rt,
             trio.open_nursery() as nursery,
         ):  # fmt: skip
             if args.vacuum_every:
@@ -254,10 +265,11 @@ async def big_drain(args: argparse.Namespace, db: str) -> None:
             say(f"  first {window:,} jobs: {rate(starts.at, 0, window - 1):,.0f} jobs/s")
 
             async def purge_all() -> None:
-                async with trioforge.open_client(db) as client:
-                    purge["start"] = time.perf_counter()
-                    purge["deleted"] = await client.purge(status="completed", older_than=86400)
-                    purge["end"] = time.perf_counter()
+                # Through the draining runtime, as its sweeper would: the same storage
+                # actor and connections as its claims.
+                purge["start"] = time.perf_counter()
+                purge["deleted"] = await rt.purge(status="completed", older_than=86400)
+                purge["end"] = time.perf_counter()
                 say(f"  purge: {purge['deleted']:,.0f} deleted in "
                     f"{purge['end'] - purge['start']:.1f} s")  # fmt: skip
 
@@ -273,22 +285,24 @@ async def big_drain(args: argparse.Namespace, db: str) -> None:
             say(f"  claim before the last window: {late}")
             await starts.all_done.wait()
         at = starts.at
+        first, last = rate(at, 0, window - 1), rate(at, len(at) - window, len(at) - 1)
         rows = {
-            f"first {window:,} jobs": f"{rate(at, 0, window - 1):,.0f} jobs/s",
-            f"last {window:,} jobs": f"{rate(at, len(at) - window, len(at) - 1):,.0f} jobs/s",
-            "last / first": f"{rate(at, len(at) - window, len(at) - 1) / rate(at, 0, window - 1):.2f}",
+            f"first {window:,} jobs": f"{first:,.0f} jobs/s",
+            f"last {window:,} jobs": f"{last:,.0f} jobs/s",
+            "last / first": f"{last / first:.2f}",
             "whole drain": f"{rate(at, 0, len(at) - 1):,.0f} jobs/s",
         }
         if "end" in purge:
             until = min(purge["end"], at[-1])
             overlap = [t for t in at if purge["start"] <= t <= until]
+            gap = longest_gap(at, purge["start"], until)
             rows |= {
                 "purge of the finished jobs": f"{purge['deleted']:,.0f} in "
                 f"{purge['end'] - purge['start']:.1f} s "
                 f"({purge['deleted'] / (purge['end'] - purge['start']):,.0f}/s)",
                 "  drain meanwhile": f"{len(overlap):,} jobs, "
                 f"{len(overlap) / max(until - purge['start'], 1e-9):,.0f} jobs/s",
-                "  longest gap between job starts": f"{longest_gap(at, purge['start'], until) * 1000:.0f} ms "
+                "  longest gap between job starts": f"{gap * 1000:.0f} ms "
                 f"(poll interval {args.poll_interval * 1000:.0f} ms)",
                 "  overlaps the last window": str(purge["end"] > at[len(at) - window]),
             }
@@ -304,9 +318,13 @@ async def big_drain(args: argparse.Namespace, db: str) -> None:
         await sql.close()
 
 
-async def future_drain(db: str, name: str, future: int, jobs: int, show: bool) -> dict[str, str]:
-    """``jobs`` no-ops drained beside ``future`` rows due in a day: CPU per job, claim plan."""
+async def future_drain(args: argparse.Namespace, db: str, name: str, future: int) -> dict[str, str]:
+    """Beside ``future`` rows due in a day: ``--drain`` no-ops enqueued at once and drained
+    (claims find more due jobs than they ask for), then ``--trickle`` more enqueued
+    ``--trickle-batch`` at a time, each batch once the last one started (claims find fewer:
+    the case of a queue that keeps up). CPU per job of each, and the claim's plans."""
     global STARTS
+    jobs, trickle, batch = args.drain, args.trickle, args.trickle_batch
     sql = await Sql.connect(db)
     try:
         await enqueue(db, jobs)
@@ -322,22 +340,32 @@ async def future_drain(db: str, name: str, future: int, jobs: int, show: bool) -
             )  # fmt: skip
             await sql.execute(RECOUNT)
         await sql.execute("VACUUM ANALYZE trioforge_jobs")
-        plan = await explain(sql, f"{future:,} future rows", show)
-        STARTS = Starts(jobs)
+        backlog_plan = await explain(sql, f"{future:,} future rows, a backlog", args.plans)
+        STARTS = starts = Starts(jobs + trickle)
         meter = Meter([os.getpid()], name)
         async with trio.open_nursery() as nursery:
             meter.start()
             nursery.start_soon(meter.poll)
             t0 = time.perf_counter()
-            async with trioforge.open_runtime(registry, database=db, queues={QUEUE: SLOTS}):
-                await STARTS.all_done.wait()
-                wall = time.perf_counter() - t0
-                cpu = sum(meter.used())
+            async with trioforge.open_runtime(
+                registry, database=db, queues={QUEUE: SLOTS}, sweep_interval=10**6
+            ) as rt:
+                await starts.reached(jobs).wait()
+                wall, cpu = time.perf_counter() - t0, sum(meter.used())
+                t1 = time.perf_counter()
+                for done in range(jobs, jobs + trickle, batch):
+                    await rt.enqueue_many(noop, range(min(batch, jobs + trickle - done)))
+                    await starts.reached(min(done + batch, jobs + trickle)).wait()
+                trickled, trickle_cpu = time.perf_counter() - t1, sum(meter.used()) - cpu
             nursery.cancel_scope.cancel()
+        idle_plan = await explain(sql, f"{future:,} future rows, nothing due", args.plans)
         return {
-            f"beside {future:,} future rows": f"{jobs / wall:,.0f} jobs/s, "
-            f"{cpu / jobs * 1e6:,.0f} us CPU/job",
-            "  claim of 64": plan,
+            f"beside {future:,} future rows": f"{jobs:,} at once: {jobs / wall:,.0f} jobs/s, "
+            f"{cpu / jobs * 1e6:,.0f} us CPU/job; {trickle:,} by {batch}: "
+            f"{trickle / trickled:,.0f} jobs/s, {trickle_cpu / max(trickle, 1) * 1e6:,.0f} us "
+            "CPU/job",
+            "  claim of 64, a backlog": backlog_plan,
+            "  claim of 64, nothing due": idle_plan,
         }
     finally:
         await sql.close()
@@ -352,7 +380,7 @@ async def future_rows(
         order = (0, args.future) if i % 2 == 0 else (args.future, 0)
         for future in order:
             db, name = await fresh()
-            rows = await future_drain(db, name, future, args.drain, args.plans)
+            rows = await future_drain(args, db, name, future)
             say(*(f"  pair {i + 1}: {k:30} {v}" for k, v in rows.items()))
 
 
@@ -368,6 +396,8 @@ def main() -> None:
     parser.add_argument("--vacuum-every", type=int, default=0, metavar="N")
     parser.add_argument("--future", type=int, default=1_000_000)
     parser.add_argument("--drain", type=int, default=20_000)
+    parser.add_argument("--trickle", type=int, default=2000)
+    parser.add_argument("--trickle-batch", type=int, default=8)
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--plans", action="store_true", help="print the claim's query plans")
     add_postgres_url(parser)

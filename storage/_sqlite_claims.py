@@ -37,6 +37,19 @@ def _store_bucket(db: sqlite3.Connection, key: str, bucket: Bucket) -> None:
     db.execute(_STORE_BUCKETS, (json.dumps([[f"r:{key}", bucket.tokens, bucket.at]]),))
 
 
+#: Retention's batch, one state at a time: its oldest finished jobs through its own range of
+#: the trioforge_jobs_finished_by_state index (a list of states would have SQLite read every
+#: match and sort); the handler keeps the oldest of all states' picks.
+_PURGE_PICK = """
+SELECT finished_at, id FROM trioforge_jobs WHERE status = ?1
+AND finished_at IS NOT NULL AND finished_at < ?2
+AND ((?3 IS NOT NULL AND queue = ?3) OR (?3 IS NULL
+    AND queue NOT IN (SELECT value FROM json_each(?4))))
+AND (NOT ?6 OR retain IS NULL)
+ORDER BY finished_at, id LIMIT ?5
+"""
+
+
 class SQLiteClaims:
     """The claim and maintenance handlers of :class:`~trioforge.storage.sqlite.SQLiteBackend`."""
 
@@ -186,17 +199,10 @@ class SQLiteClaims:
     @staticmethod
     def _purge(db: sqlite3.Connection, op: ops.Purge, now: float) -> list[int]:
         del now
-        # Each state's oldest through its own index range (a list of states would have
-        # SQLite read every match and sort), then the oldest of those.
         picked: list[tuple[float, int]] = []
         for state in sorted({JobState(s).value for s in op.statuses}):
             picked += db.execute(
-                "SELECT finished_at, id FROM trioforge_jobs WHERE status = ?1"
-                " AND finished_at IS NOT NULL AND finished_at < ?2"
-                " AND ((?3 IS NOT NULL AND queue = ?3) OR (?3 IS NULL"
-                "  AND queue NOT IN (SELECT value FROM json_each(?4))))"
-                " AND (NOT ?6 OR retain IS NULL)"
-                " ORDER BY finished_at, id LIMIT ?5",
+                _PURGE_PICK,
                 (state, op.before, op.queue, json.dumps(list(op.exclude)), max(op.limit, 0),
                  op.keep_retained),
             ).fetchall()  # fmt: skip

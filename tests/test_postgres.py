@@ -435,9 +435,7 @@ async def test_a_purge_batch_reads_its_state_by_index_not_the_whole_table() -> N
                     f"0, 3, 0, '{status}', {finished} FROM generate_series(1, {count}) AS x"
                 )
             await sql("ANALYZE trioforge_jobs")
-            await sql(
-                "PREPARE purge (text[], float8, text, text[], bigint, boolean) AS " + _PURGE
-            )
+            await sql("PREPARE purge (text[], float8, text, text[], bigint, boolean) AS " + _PURGE)
             for mode in ("custom", "generic"):
                 await sql("BEGIN")
                 await sql(f"SET LOCAL plan_cache_mode = force_{mode}_plan")

@@ -65,7 +65,11 @@ class Starts:
             self.all_done.set()
 
     def reached(self, count: int) -> trio.Event:
-        return self.marks.setdefault(count, trio.Event())
+        """Set once ``count`` jobs started (at once if they have)."""
+        mark = self.marks.setdefault(count, trio.Event())
+        if len(self.at) >= count:
+            mark.set()
+        return mark
 
 
 STARTS = Starts(0)

@@ -456,3 +456,48 @@ def _nodes(node: dict[str, Any]) -> Any:
     yield node
     for child in node.get("Plans", ()):
         yield from _nodes(child)
+
+
+async def test_a_claim_reads_no_further_than_the_due_jobs() -> None:
+    """A queue holding many future-scheduled rows (delayed jobs, sleeping runs) and a few
+    due jobs: a claim asking for more than are due must stop at the last due one. It used
+    to read every future row's index entry (6,000 buffers and 200 ms a claim beside a
+    million)."""
+    from trioforge.storage._pg_sql import _CLAIM
+
+    async with temporary_schema() as backend, trio_asyncio.open_loop():
+        assert backend.schema is not None
+        async with opened(backend):
+            pass
+        conn = await trio_asyncio.aio_as_trio(asyncpg.connect)(
+            URL, server_settings={"search_path": backend.schema}
+        )
+        try:
+
+            async def sql(statement: str) -> list[Any]:
+                return list(await trio_asyncio.aio_as_trio(conn.fetch)(statement))
+
+            for status, run_at, count in [("available", "x", 3), ("scheduled", "1e6 + x", 20_000)]:
+                await sql(
+                    "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, "
+                    "max_attempts, created_at, status) SELECT 'a', 'q', '[]', 0, "
+                    f"{run_at}, 3, 0, '{status}' FROM generate_series(1, {count}) AS x"
+                )
+            await sql("ANALYZE trioforge_jobs")
+            await sql(
+                "PREPARE claim (text, float8, text[], bigint, text, float8, text[]) AS " + _CLAIM
+            )
+            for mode in ("custom", "generic"):
+                await sql("BEGIN")
+                await sql(f"SET LOCAL plan_cache_mode = force_{mode}_plan")
+                [[plan]] = await sql(
+                    "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim "
+                    "('q', 1000, '{a}', 64, 'me', 2000, '{}')"
+                )
+                await sql("ROLLBACK")
+                root = json.loads(plan)[0]["Plan"]
+                picked = next(n for n in root["Plans"] if n.get("Subplan Name") == "CTE picked")
+                assert picked["Actual Rows"] == 3
+                assert picked["Shared Hit Blocks"] + picked.get("Shared Read Blocks", 0) < 30
+        finally:
+            await trio_asyncio.aio_as_trio(conn.close)()

@@ -274,8 +274,10 @@ async def big_drain(args: argparse.Namespace, db: str) -> None:
                 purge["start"] = time.perf_counter()
                 purge["deleted"] = await rt.purge(status="completed", older_than=86400)
                 purge["end"] = time.perf_counter()
+                gap = longest_gap(starts.at, purge["start"], purge["end"])
                 say(f"  purge: {purge['deleted']:,.0f} deleted in "
-                    f"{purge['end'] - purge['start']:.1f} s")  # fmt: skip
+                    f"{purge['end'] - purge['start']:.1f} s, longest gap between job starts "
+                    f"meanwhile {gap * 1000:.0f} ms")  # fmt: skip
 
             if args.finished:
                 nursery.start_soon(purge_all)

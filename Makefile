@@ -60,7 +60,8 @@ BENCHES = \
 	"bench.workflows $(if $(QUICK),--runs 100 --asleep 1000)" \
 	"bench.dashboard --jobs $(if $(QUICK),20000,200000)" \
 	"bench.counts --rows $(if $(QUICK),20000,200000) $(if $(QUICK),--samples 10)" \
-	"bench.notices --repeats $(if $(QUICK),1,2) $(if $(QUICK),--jobs 2000)"
+	"bench.notices --repeats $(if $(QUICK),1,2) $(if $(QUICK),--jobs 2000)" \
+	"bench.bigtable $(if $(QUICK),--pending 50000 --finished 50000 --window 5000 --future 50000 --drain 5000 --trickle 400 --pairs 1)"
 
 bench: relink
 	@failed=""; for bench in $(BENCHES); do \

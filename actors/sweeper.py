@@ -5,8 +5,11 @@ Every ``interval`` it deletes finished jobs past their retention (per queue and 
 state, see ``SweepPlan``; a job given a ``retain`` of its own by that instead), oldest
 first, in batches of ``batch`` jobs, each batch its own
 short transaction, and at most ``max_batches`` per plan and state in one pass (a backlog
-is worked off over several passes rather than in one long one). Only finished jobs are
-ever deleted: an enqueue racing a sweep is never touched.
+is worked off over several passes rather than in one long one). A pass that leaves a
+backlog is followed by the next at once, not an interval later: at one pass a minute, a
+queue finishing more than ``batch * max_batches`` jobs a minute would outgrow its
+retention for ever. Only finished jobs are ever deleted: an enqueue racing a sweep is
+never touched.
 """
 
 from __future__ import annotations
@@ -47,22 +50,25 @@ async def sweep(
     *,
     batch: int,
     max_batches: int,
-) -> int:
+) -> tuple[int, bool]:
     """One pass over ``plans``, then over jobs with a retention of their own (which the
-    plans leave alone); the number of jobs deleted."""
+    plans leave alone): the number of jobs deleted, and whether some are left for another
+    pass (a plan's ``max_batches`` ran out on full batches)."""
     batches: list[ops.Purge | ops.PurgeExpired] = [
         ops.Purge((state,), now - age, batch, plan.queue, plan.exclude, keep_retained=True)
         for plan in plans
         for state, age in plan.ages
     ]
-    deleted = 0
+    deleted, left = 0, False
     for op in [*batches, ops.PurgeExpired(now, batch)]:
         for _ in range(max_batches):
             ids: list[int] = await storage.call(op)
             deleted += len(ids)
             if len(ids) < batch:
                 break
-    return deleted
+        else:
+            left = True
+    return deleted, left
 
 
 async def sweeper(
@@ -77,14 +83,15 @@ async def sweeper(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     task_status.started()
+    left = False
     while True:
-        await trio.sleep(interval)
-        now = clock.now()
+        await trio.sleep(0 if left else interval)
+        now, left = clock.now(), False
         try:
             # Held for three intervals: a successor takes over soon after a leader dies.
             if not await storage.call(ops.Lead(SWEEPER, owner, now + 3 * interval)):
                 continue
-            deleted = await sweep(storage, plans, now, batch=batch, max_batches=max_batches)
+            deleted, left = await sweep(storage, plans, now, batch=batch, max_batches=max_batches)
         except Exception as exc:
             log_failure(log, exc, "retention pass failed; retrying in %.1fs", interval)
             continue

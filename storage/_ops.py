@@ -576,7 +576,13 @@ class Purge(Op[list[int]]):
     """Delete up to ``limit`` finished jobs whose status is in ``statuses``
     and whose ``finished_at`` is before ``before``, oldest first, of ``queue`` (None: of
     every queue not in ``exclude``). Retention deletes in such small batches, each its own
-    transaction, so no long lock is ever held. The ids deleted."""
+    transaction, so no long lock is ever held. The ids deleted.
+
+    It runs beside claims and outcomes: it writes only finished jobs, which nothing else
+    writes but operations that run alone. Run alone, each batch held every claim of the
+    process back (a million purged: the drain at a third of its rate)."""
+
+    runs = Runs.BESIDE
 
     statuses: tuple[JobState, ...]
     before: float
@@ -598,7 +604,9 @@ class Purge(Op[list[int]]):
 class PurgeExpired(Op[list[int]]):
     """Delete up to ``limit`` finished jobs whose own retention (``NewJob.retain``) for the
     state they ended in ran out before ``at``, the longest expired first, in one short
-    transaction as :class:`Purge`. The ids deleted."""
+    transaction as :class:`Purge` (and beside other batches, as it). The ids deleted."""
+
+    runs = Runs.BESIDE
 
     at: float
     limit: int = 500

@@ -43,6 +43,23 @@ with needs_extra("postgres", "PostgreSQL"):
     import asyncpg
 
 
+#: Retention's batch: each state's oldest finished jobs through its own range of the
+#: trioforge_jobs_finished_by_state index (a list of states would make the planner read every
+#: match and sort), then the oldest of those, deleted by primary key.
+_PURGE = """
+DELETE FROM trioforge_jobs WHERE id = ANY(ARRAY(
+    SELECT p.id FROM unnest($1::text[]) AS s(state), LATERAL (
+        SELECT id, finished_at FROM trioforge_jobs WHERE status = s.state
+        AND finished_at IS NOT NULL AND finished_at < $2
+        AND (CASE WHEN $3::text IS NOT NULL THEN queue = $3 ELSE queue <> ALL($4::text[]) END)
+        AND (NOT $6 OR retain IS NULL)
+        ORDER BY finished_at, id LIMIT $5 FOR UPDATE SKIP LOCKED
+    ) AS p
+    ORDER BY p.finished_at, p.id LIMIT $5
+)) RETURNING id, queue, status, finished_at
+"""
+
+
 class PostgresClaims:
     """The claim and maintenance handlers of
     :class:`~trioforge.storage.postgres.PostgresBackend`."""
@@ -211,13 +228,7 @@ class PostgresClaims:
     async def _purge(conn: asyncpg.Connection, op: ops.Purge, now: float) -> list[int]:
         del now
         rows = await conn.fetch(
-            "DELETE FROM trioforge_jobs WHERE id IN ("
-            " SELECT id FROM trioforge_jobs WHERE status = ANY($1::text[])"
-            " AND finished_at IS NOT NULL AND finished_at < $2"
-            " AND (CASE WHEN $3::text IS NOT NULL THEN queue = $3"
-            "  ELSE queue <> ALL($4::text[]) END) AND (NOT $6 OR retain IS NULL)"
-            " ORDER BY finished_at, id LIMIT $5 FOR UPDATE SKIP LOCKED)"
-            " RETURNING id, queue, status, finished_at",
+            _PURGE,
             [JobState(s).value for s in op.statuses], op.before, op.queue, list(op.exclude),
             max(op.limit, 0), op.keep_retained,
         )  # fmt: skip

@@ -138,15 +138,29 @@ def _claimed_notice(ids: str, channel: str) -> str:
 #: One statement: the claimed rows, plus a last row (id NULL) carrying the earliest run_at
 #: still in the future (the rows being claimed are due, so the snapshot cannot mislead it),
 #: and their change notice.
+#: The claim index orders by priority first, so it cannot stop at the first future run_at:
+#: asked for more jobs than are due, the walk went on through every future row of the
+#: queue (a million delayed jobs or sleeping runs: 6,000 buffers and 200 ms a claim). So
+#: it asks for no more than are due, counted first through the run_at index (at most $4).
 _CLAIM = f"""
 WITH picked AS (
-    SELECT id, status FROM trioforge_jobs
-    WHERE queue = $1 AND status IN {PENDING} AND run_at <= $2 AND name = ANY($3::text[])
-      AND (requires IS NULL OR requires <@ $7::text[])
-      AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
-    ORDER BY priority DESC, run_at, id
+    SELECT id, status FROM (
+        SELECT id, status FROM trioforge_jobs
+        WHERE queue = $1 AND status IN {PENDING} AND run_at <= $2 AND name = ANY($3::text[])
+          AND (requires IS NULL OR requires <@ $7::text[])
+          AND NOT EXISTS (SELECT FROM trioforge_paused_queues WHERE name = $1)
+        ORDER BY priority DESC, run_at, id
+        LIMIT (SELECT count(*) FROM (
+            SELECT FROM trioforge_jobs
+            WHERE queue = $1 AND status IN {PENDING} AND run_at <= $2
+              AND name = ANY($3::text[]) AND (requires IS NULL OR requires <@ $7::text[])
+            ORDER BY run_at LIMIT $4
+        ) AS due)
+        FOR UPDATE SKIP LOCKED
+    ) AS due_first
+    -- No more rows than that, but a bound the planner can read: with none it would plan
+    -- the update for a tenth of the table (a merge join walking the whole primary key).
     LIMIT $4
-    FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE trioforge_jobs AS j
     SET status = 'running', attempt = j.attempt + 1, lease = j.lease + 1, lease_owner = $5,

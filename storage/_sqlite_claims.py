@@ -37,6 +37,19 @@ def _store_bucket(db: sqlite3.Connection, key: str, bucket: Bucket) -> None:
     db.execute(_STORE_BUCKETS, (json.dumps([[f"r:{key}", bucket.tokens, bucket.at]]),))
 
 
+#: Retention's batch, one state at a time: its oldest finished jobs through its own range of
+#: the trioforge_jobs_finished_by_state index (a list of states would have SQLite read every
+#: match and sort); the handler keeps the oldest of all states' picks.
+_PURGE_PICK = """
+SELECT finished_at, id FROM trioforge_jobs WHERE status = ?1
+AND finished_at IS NOT NULL AND finished_at < ?2
+AND ((?3 IS NOT NULL AND queue = ?3) OR (?3 IS NULL
+    AND queue NOT IN (SELECT value FROM json_each(?4))))
+AND (NOT ?6 OR retain IS NULL)
+ORDER BY finished_at, id LIMIT ?5
+"""
+
+
 class SQLiteClaims:
     """The claim and maintenance handlers of :class:`~trioforge.storage.sqlite.SQLiteBackend`."""
 
@@ -186,17 +199,19 @@ class SQLiteClaims:
     @staticmethod
     def _purge(db: sqlite3.Connection, op: ops.Purge, now: float) -> list[int]:
         del now
+        picked: list[tuple[float, int]] = []
+        for state in sorted({JobState(s).value for s in op.statuses}):
+            picked += db.execute(
+                _PURGE_PICK,
+                (state, op.before, op.queue, json.dumps(list(op.exclude)), max(op.limit, 0),
+                 op.keep_retained),
+            ).fetchall()  # fmt: skip
+        ids = [job_id for _, job_id in sorted(picked)[: max(op.limit, 0)]]
         rows = db.execute(
-            "DELETE FROM trioforge_jobs WHERE id IN ("
-            " SELECT id FROM trioforge_jobs WHERE status IN (SELECT value FROM json_each(?1))"
-            " AND finished_at IS NOT NULL AND finished_at < ?2"
-            " AND ((?3 IS NOT NULL AND queue = ?3) OR (?3 IS NULL"
-            "  AND queue NOT IN (SELECT value FROM json_each(?4))))"
-            " AND (NOT ?6 OR retain IS NULL)"
-            " ORDER BY finished_at, id LIMIT ?5) RETURNING id, queue, status, finished_at",
-            (json.dumps([JobState(s).value for s in op.statuses]), op.before, op.queue,
-             json.dumps(list(op.exclude)), max(op.limit, 0), op.keep_retained),
-        ).fetchall()  # fmt: skip
+            "DELETE FROM trioforge_jobs WHERE id IN (SELECT value FROM json_each(?))"
+            " RETURNING id, queue, status, finished_at",
+            (json.dumps(ids),),
+        ).fetchall()
         return _deleted(db, rows)
 
     @staticmethod

@@ -226,6 +226,13 @@ MIGRATIONS: tuple[str, ...] = (
         ON trioforge_jobs (finished_at + json_extract(retain, '$.' || status))
         WHERE retain IS NOT NULL AND finished_at IS NOT NULL
     """,
+    # Retention's purge: a state's finished jobs by when they finished, so each batch reads
+    # its own rows rather than scanning the table and sorting. Only a finished job has an
+    # entry (one insert, at its outcome); claims never touch it.
+    """
+    CREATE INDEX trioforge_jobs_finished_by_state ON trioforge_jobs (status, finished_at, id)
+        WHERE finished_at IS NOT NULL
+    """,
 )
 
 _TABLES = (

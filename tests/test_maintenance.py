@@ -79,6 +79,24 @@ def test_the_sweeper_deletes_finished_jobs_past_their_retention() -> None:
     run(main)
 
 
+def test_the_sweeper_works_off_a_backlog_without_waiting_an_interval_per_pass() -> None:
+    """A pass deletes at most 20 batches of 500 per state: at one pass per interval, a
+    queue finishing more than 10,000 jobs an interval would outgrow its retention for
+    ever. A pass that leaves a backlog is followed by the next at once."""
+
+    async def main() -> None:
+        retention = Retention(completed=dt.timedelta(seconds=10))
+        async with open_test_runtime(make_registry(), retention=retention, sweep_interval=60) as rt:
+            for start in range(0, 25_000, 5_000):
+                await rt.enqueue_many("ok", range(start, start + 5_000))
+            await rt.run_until_idle()
+            assert (await rt.stats()).count("completed") == 25_000
+            await rt.advance(61)  # one sweep is due
+            assert (await rt.stats()).count("completed") == 0
+
+    run(main)
+
+
 def test_a_jobs_own_retention_overrides_its_queues() -> None:
     """``@registry.job(retain=...)`` and ``enqueue(..., retain=...)``, in virtual time."""
     registry = make_registry()

@@ -79,3 +79,28 @@ async def test_an_unopenable_path_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(DatabaseUnavailableError, match="check the path"):
         await SQLiteBackend(tmp_path / "file" / "jobs.db").open()
+
+
+async def test_a_purge_batch_reads_its_state_by_index_not_the_whole_table(
+    tmp_path: Path,
+) -> None:
+    """Retention deletes a million finished jobs 500 at a time: each batch must walk its
+    state's index range, not scan the table and sort."""
+    from trioforge.storage._sqlite_claims import _PURGE_PICK
+
+    SQLiteBackend(tmp_path / "jobs.db").open_sync()
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    db.execute(
+        "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, max_attempts, "
+        "created_at, status, finished_at) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
+        "SELECT x + 1 FROM c WHERE x < 5000) SELECT 'a', 'q', '[]', 0, 0, 3, 0, "
+        "CASE WHEN x % 5 = 0 THEN 'completed' ELSE 'available' END, "
+        "CASE WHEN x % 5 = 0 THEN x END FROM c"
+    )
+    db.execute("ANALYZE")
+    plan = [row[-1] for row in db.execute(
+        "EXPLAIN QUERY PLAN " + _PURGE_PICK, ("completed", 2000.0, None, "[]", 500, True)
+    )]  # fmt: skip
+    db.close()
+    assert any("USING INDEX trioforge_jobs_finished_by_state" in step for step in plan), plan
+    assert not any("TEMP B-TREE" in step for step in plan), plan  # no sort

@@ -173,3 +173,27 @@ async def test_writes_that_could_be_reordered_wait_while_others_overlap(held_bac
         if isinstance(op, ops.Finish):
             assert result == [[True]]
             assert info.status is JobState.COMPLETED
+
+
+async def test_a_claim_is_not_stuck_behind_a_retention_purge() -> None:
+    """Retention purges a million finished jobs in batches: a claim must not wait for one."""
+    async with temporary_schema() as template:
+        backend = PostgresBackend(template.url, schema=template.schema)
+        async with actor_on(backend) as (handle, outside, nursery):
+            [job] = await running_jobs(handle, 1)
+            await handle.call(ops.Finish((Outcome(job.id, job.lease, Succeeded()),)))
+            lock = outside.transaction()
+            await aio(lock.start)()
+            # The purge's count rows wait for this lock; claims never write that table.
+            await aio(outside.execute)("LOCK TABLE trioforge_finished IN EXCLUSIVE MODE")
+            purge = ops.Purge((JobState.COMPLETED,), NOW + 1)
+            purged, deleted = await call_in_background(nursery, handle, purge)
+            await until_blocked(outside, "relation")
+
+            claimed = await handle.call(ops.Claim("q", frozenset({"a"}), 5, "me", NOW + 60))
+
+            assert [j.id for j in claimed.jobs] == [job.id + 1]
+            assert not purged.is_set()
+            await aio(lock.rollback)()
+            await purged.wait()
+            assert deleted == [[job.id]]

@@ -485,14 +485,15 @@ async def test_a_claim_reads_no_further_than_the_due_jobs() -> None:
                 )
             await sql("ANALYZE trioforge_jobs")
             await sql(
-                "PREPARE claim (text, float8, text[], bigint, text, float8, text[]) AS " + _CLAIM
+                "PREPARE claim (text, float8, text[], bigint, text, float8, text[], text) AS "
+                + _CLAIM
             )
             for mode in ("custom", "generic"):
                 await sql("BEGIN")
                 await sql(f"SET LOCAL plan_cache_mode = force_{mode}_plan")
                 [[plan]] = await sql(
                     "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim "
-                    "('q', 1000, '{a}', 64, 'me', 2000, '{}')"
+                    "('q', 1000, '{a}', 64, 'me', 2000, '{}', 'unheard')"
                 )
                 await sql("ROLLBACK")
                 root = json.loads(plan)[0]["Plan"]

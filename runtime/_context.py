@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -76,7 +77,12 @@ class JobContext(Generic[StateT]):
         self._clock = clock
         self._owner = owner
         self._lease_seconds = lease_seconds
-        self.log = logging.LoggerAdapter(_log, job_fields(job))
+
+    @functools.cached_property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose records carry the job's fields (made on first use: most handlers
+        never log, and a pool of 50,000 running jobs would hold 50,000 of them)."""
+        return logging.LoggerAdapter(_log, job_fields(self._job))
 
     @property
     def state(self) -> StateT:

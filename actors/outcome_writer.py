@@ -36,11 +36,6 @@ log = logging.getLogger("trioforge.queue")
 #: Longest pause between tries to record outcomes while the database is away.
 RETRY_MAX = 0.5
 
-#: Most outcomes one ``Finish`` writes. When a wide pool's jobs end together, the writer
-#: records them a batch of this size after another rather than in one statement of them
-#: all, which would hold storage (claims, lease renewals) for seconds.
-WRITE_MAX = 1000
-
 #: Per outcome: what was written in its place (itself, or the dead outcome standing in for
 #: one the database refused) and whether it was applied (a bool), or why it was not
 #: written (the error, None for a timeout): try again.
@@ -174,7 +169,7 @@ class OutcomeWriter:
             async for first in self._outcomes:
                 pending, wait = [first], RETRY_FIRST
                 while True:
-                    pending.extend(self._reported_meanwhile(WRITE_MAX - len(pending)))
+                    pending.extend(self._reported_meanwhile())
                     pending = await self._write(pending)
                     if pending and self._storage.broken.is_set():
                         self._abandon(pending)  # the runtime is stopping with the error
@@ -194,14 +189,13 @@ class OutcomeWriter:
             "rescued and run again once it is repaired", len(batch), self._storage.broken_by,
         )  # fmt: skip
 
-    def _reported_meanwhile(self, most: int) -> list[tuple[ClaimedJob, Outcome]]:
-        batch: list[tuple[ClaimedJob, Outcome]] = []
-        while len(batch) < most:
+    def _reported_meanwhile(self) -> list[tuple[ClaimedJob, Outcome]]:
+        batch = []
+        while True:
             try:
                 batch.append(self._outcomes.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel):
                 return batch
-        return batch
 
     async def _write(
         self, batch: list[tuple[ClaimedJob, Outcome]]

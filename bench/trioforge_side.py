@@ -38,12 +38,15 @@ class Payload:
 
 
 class Count:
-    """Jobs run so far, and the moment the last one ran."""
+    """Jobs run so far, and the moment the last one ran; for I/O-bound jobs, the most that
+    were running at once."""
 
     def __init__(self) -> None:
         self.ran = 0
         self.target = 0
         self.all_done = trio.Event()
+        self.running = 0
+        self.most_at_once = 0
 
     def one(self) -> None:
         self.ran += 1
@@ -62,7 +65,10 @@ async def order(ctx: trioforge.JobContext, payload: Payload) -> None:
 
 @registry.job("bench:io", queue="wide")
 async def io_bound(ctx: trioforge.JobContext, seconds: float) -> None:
+    COUNT.running += 1
+    COUNT.most_at_once = max(COUNT.most_at_once, COUNT.running)
     await trio.sleep(seconds)
+    COUNT.running -= 1
     COUNT.one()
 
 
@@ -143,7 +149,8 @@ async def wide(url: str, jobs: int, seconds: float) -> None:
         elapsed, cpu = time.perf_counter() - t0, cpu_s() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     emit({"jobs": jobs, "sleep_s": seconds, "wall_s": elapsed, "cpu_s": cpu,
-          "rss_before_kib": before, "rss_peak_kib": peak})  # fmt: skip
+          "at_once": COUNT.most_at_once, "rss_before_kib": before,
+          "rss_peak_kib": peak})  # fmt: skip
 
 
 def cpu_s() -> float:

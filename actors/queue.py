@@ -40,11 +40,6 @@ log = logging.getLogger("trioforge.queue")
 #: How long an attempt's after hooks may take (they run shielded from cancellation).
 AFTER_HOOKS_SECONDS = 10.0
 
-#: Most jobs one claim takes: a wide pool fills its free slots a claim of this size after
-#: another. One SQLite claim of 50,000 jobs costs twice as much per job as five of 10,000,
-#: and holds storage (outcomes, lease renewals) for seconds.
-CLAIM_MAX = 10_000
-
 
 @attrs.frozen
 class QueueConfig:
@@ -267,8 +262,7 @@ class QueueSupervisor:
                 now = clock.now()
                 if now >= target:
                     writes_before = self._held.writes
-                    asked = min(free, CLAIM_MAX)
-                    result = await self._claim(names, limits, asked, now)
+                    result = await self._claim(names, limits, free, now)
                     last_claim = now
                     if result is None:  # storage error, logged: try again after the poll interval
                         wanted_at = None
@@ -278,8 +272,7 @@ class QueueSupervisor:
                     free -= len(result.jobs)
                     self._out += len(result.jobs)
                     self._staff()
-                    more = free == 0 or len(result.jobs) == asked  # full: claim on at once
-                    wanted_at = now if result.jobs and more else _next_look(result)
+                    wanted_at = now if result.jobs and free == 0 else _next_look(result)
                     if result.held and self._held.writes != writes_before:
                         wanted_at = now  # an outcome written meanwhile may have freed a slot
                     self._held.set(cfg.name, self._wake_now if result.held else None)

@@ -1,5 +1,4 @@
-"""Wide pools (virtual time, memory backend): a slot that holds no job costs no task, a
-pool wider than ``CLAIM_MAX`` fills its free slots at once, a claim after another, and
+"""Wide pools (virtual time, memory backend): a slot that holds no job costs no task, and
 shrinking a pool whose workers never started strands nothing."""
 
 from __future__ import annotations
@@ -7,7 +6,6 @@ from __future__ import annotations
 import trio
 
 from trioforge import JobContext, JobState, Registry
-from trioforge.actors.queue import CLAIM_MAX
 from trioforge.testing import open_test_runtime, run
 
 SLEEP = 10.0
@@ -47,21 +45,6 @@ def test_slots_that_never_held_a_job_start_no_task() -> None:
             assert tasks() == narrow
 
     run(main)
-
-
-def test_a_pool_wider_than_a_claim_starts_every_due_job_at_once() -> None:
-    jobs = CLAIM_MAX + 10  # two claims
-    starts: list[float] = []
-
-    async def main() -> list[JobState]:
-        async with open_test_runtime(sleeper(starts), queues={"default": 2 * CLAIM_MAX}) as rt:
-            ids = [j.id for j in await rt.enqueue_many("sleep", [None] * jobs)]
-            t0 = trio.current_time()
-            await trio.sleep(SLEEP / 2)
-            assert starts == [t0] * jobs
-            return [(await rt.wait(job_id)).status for job_id in ids]
-
-    assert run(main) == [JobState.COMPLETED] * jobs
 
 
 def test_shrinking_a_pool_before_its_workers_started_strands_no_job() -> None:

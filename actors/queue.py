@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 
 import attrs
 import trio
@@ -39,11 +39,6 @@ log = logging.getLogger("trioforge.queue")
 
 #: How long an attempt's after hooks may take (they run shielded from cancellation).
 AFTER_HOOKS_SECONDS = 10.0
-
-#: Most jobs handed out in one scheduler pass. A claim of 50,000 handed out at once started
-#: 50,000 workers in one pass of the event loop, which ran for tens of seconds on a loaded
-#: machine while no timer fired and the heartbeat waited (its leases could run out).
-HAND_OUT = 1000
 
 
 @attrs.frozen
@@ -272,8 +267,11 @@ class QueueSupervisor:
                     if result is None:  # storage error, logged: try again after the poll interval
                         wanted_at = None
                         continue
-                    await self._hand_out(result.jobs)
+                    for job in result.jobs:
+                        self._jobs_send.send_nowait(job)
                     free -= len(result.jobs)
+                    self._out += len(result.jobs)
+                    self._staff()
                     wanted_at = now if result.jobs and free == 0 else _next_look(result)
                     if result.held and self._held.writes != writes_before:
                         wanted_at = now  # an outcome written meanwhile may have freed a slot
@@ -282,18 +280,6 @@ class QueueSupervisor:
                 deadline = clock.deadline(target)
             with trio.move_on_at(deadline):
                 free, wanted_at = self._absorb(await self._inbox.receive(), free, wanted_at)
-
-    async def _hand_out(self, jobs: Sequence[ClaimedJob]) -> None:
-        """Send ``jobs`` to workers, ``HAND_OUT`` a scheduler pass. Shielded: once claimed,
-        every job reaches the channel (the pool releases those it never started)."""
-        for start in range(0, len(jobs), HAND_OUT):
-            if start:
-                with trio.CancelScope(shield=True):
-                    await trio.lowlevel.checkpoint()
-            for job in jobs[start : start + HAND_OUT]:
-                self._jobs_send.send_nowait(job)
-                self._out += 1
-            self._staff()
 
     def _absorb(
         self, message: _Message, free: int, wanted_at: float | None

@@ -1,13 +1,11 @@
-"""Wide pools (virtual time, memory backend): a slot that holds no job costs no task, a big
-claim's jobs start ``HAND_OUT`` a scheduler pass (other tasks run between), and shrinking
-a pool whose workers never started strands nothing."""
+"""Wide pools (virtual time, memory backend): a slot that holds no job costs no task, and
+shrinking a pool whose workers never started strands nothing."""
 
 from __future__ import annotations
 
 import trio
 
 from trioforge import JobContext, JobState, Registry
-from trioforge.actors.queue import HAND_OUT
 from trioforge.testing import open_test_runtime, run
 
 SLEEP = 10.0
@@ -45,31 +43,6 @@ def test_slots_that_never_held_a_job_start_no_task() -> None:
         async with open_test_runtime(sleeper([]), queues={"narrow": 20_000}):
             await trio.sleep(1.0)
             assert tasks() == narrow
-
-    run(main)
-
-
-def test_a_big_claim_starts_its_jobs_a_share_per_scheduler_pass() -> None:
-    jobs = 3 * HAND_OUT + 10
-    starts: list[float] = []
-    seen: list[int] = []  # jobs started, each time another task got to run
-
-    async def watch() -> None:
-        while len(starts) < jobs:
-            seen.append(len(starts))
-            await trio.lowlevel.checkpoint()
-
-    async def main() -> None:
-        async with open_test_runtime(sleeper(starts), queues={"default": jobs}) as rt:
-            ids = [j.id for j in await rt.enqueue_many("sleep", [None] * jobs)]
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch)
-            assert len(starts) == jobs
-            for job_id in ids:
-                await rt.wait(job_id)
-        # Handed out at once, every job would start in one pass: the watcher would see
-        # at most one count between none and all.
-        assert len({n for n in seen if 0 < n < jobs}) >= 2
 
     run(main)
 

@@ -104,13 +104,17 @@ class _Run:
 
 
 class QueueSupervisor:
-    """Owns one queue's nursery: a fetcher and ``concurrency`` workers, restarted one for
-    one if they crash (at most ``max_restarts`` per minute, then the queue fails loudly).
+    """Owns one queue's nursery: a fetcher and up to ``concurrency`` workers, restarted one
+    for one if they crash (at most ``max_restarts`` per minute, then the queue fails loudly).
 
-    The pool can be resized while it runs (:meth:`resize`). Growing starts workers and lets
-    the fetcher claim for the new slots at once. Shrinking never interrupts a job: the
-    fetcher's free slots drop before its next claim (so it may owe slots until running jobs
-    finish), and it sends one ``_Retire`` per removed slot down the job channel, behind the
+    Workers start as the fetcher hands out jobs, never more than there are jobs out: a slot
+    that has never held a job costs nothing, and a pool of 50,000 slots does not start
+    50,000 tasks before its first claim (a worker started for a job takes it at once).
+
+    The pool can be resized while it runs (:meth:`resize`). Growing lets the fetcher claim
+    for the new slots at once. Shrinking never interrupts a job: the fetcher's free slots
+    drop before its next claim (so it may owe slots until running jobs finish), and it
+    sends one ``_Retire`` per worker beyond the new size down the job channel, behind the
     jobs already handed out, to be taken by whichever workers come free first.
     """
 
@@ -148,6 +152,9 @@ class QueueSupervisor:
         self._size = config.concurrency
         self._busy = 0  # workers holding a job (pool utilisation: busy / size)
         self._workers_started = 0
+        self._workers = 0  # worker tasks alive
+        self._retiring = 0  # of those, the ones a ``_Retire`` sent is for
+        self._out = 0  # jobs handed out whose slot the fetcher has not seen freed
         self._pool: trio.Nursery | None = None
 
     # --- control (synchronous; safe from any task) -------------------------------------
@@ -178,8 +185,6 @@ class QueueSupervisor:
         if self._pool is None or self._fetch_scope.cancel_called:
             raise trio.ClosedResourceError(f"queue {self.config.name!r} is not running")
         delta, self._size = size - self._size, size
-        for _ in range(delta):
-            self._start_worker(self._pool)
         if delta:
             self._inbox_send.send_nowait(_Resized(delta))
 
@@ -200,8 +205,6 @@ class QueueSupervisor:
             nursery.start_soon(self._writer.run, name=f"{name}-outcomes")
             try:
                 async with trio.open_nursery() as pool:
-                    for _ in range(self.config.concurrency):
-                        self._start_worker(pool)
                     pool.start_soon(self._fetch_guarded, name=f"{name}-fetcher")
                     self._pool = pool
                     task_status.started()
@@ -222,8 +225,16 @@ class QueueSupervisor:
                 events.log_event(events.released_unstarted(job))
                 self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
 
+    def _staff(self) -> None:
+        """Start workers until there is one for each job handed out and not yet seen freed
+        (so every job in the channel has a worker that will take it)."""
+        assert self._pool is not None
+        while self._workers - self._retiring < self._out:
+            self._start_worker(self._pool)
+
     def _start_worker(self, pool: trio.Nursery) -> None:
         self._workers_started += 1
+        self._workers += 1
         name = f"{self.config.name}-w{self._workers_started}"
         pool.start_soon(self._supervise, self._worker, name=name)
 
@@ -278,6 +289,8 @@ class QueueSupervisor:
                     for job in result.jobs:
                         self._jobs_send.send_nowait(job)
                     free -= len(result.jobs)
+                    self._out += len(result.jobs)
+                    self._staff()
                     wanted_at = now if result.jobs and free == 0 else _next_look(result)
                     if result.held and self._held.writes != writes_before:
                         wanted_at = now  # an outcome written meanwhile may have freed a slot
@@ -292,11 +305,13 @@ class QueueSupervisor:
     ) -> tuple[int, float | None]:
         """The fetcher's free slots and next claim time after ``message``."""
         if isinstance(message, _SlotFreed):
+            self._out -= 1
             return free + 1, wanted_at
         if isinstance(message, _Resized):
             # Sent from here, so every job already handed out is ahead of them in the
             # channel: a retiring worker never strands a claimed job.
-            for _ in range(-message.delta):
+            for _ in range(self._workers - self._retiring - self._size):
+                self._retiring += 1
                 self._jobs_send.send_nowait(_Retire())
             if message.delta > 0:  # new slots may take jobs already due
                 return free + message.delta, self._clock.now()
@@ -370,6 +385,8 @@ class QueueSupervisor:
                 with trio.CancelScope() as scope:
                     async for job in self._jobs:
                         if isinstance(job, _Retire):
+                            self._workers -= 1
+                            self._retiring -= 1
                             return  # its slot was already taken off the fetcher's count
                         self._busy += 1
                         if self._stopping:

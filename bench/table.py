@@ -327,9 +327,11 @@ async def wide_row(args: argparse.Namespace, table: Table) -> None:
             added = figures["rss_peak_kib"] - figures["rss_before_kib"]
             over = figures["wall_s"] - figures["sleep_s"]
             cell = (
-                f"{jobs:,}: done in {figures['wall_s']:.1f} s (+{over:.1f} s), peak RSS "
-                f"{figures['rss_peak_kib'] / 1024:,.0f} MB ({added / jobs:.1f} KiB and "
-                f"{over / jobs * 1e6:,.0f} µs per job)"
+                f"{jobs:,}: done in {figures['wall_s']:.1f} s (+{over:.1f} s), "
+                f"{figures['at_once']:,} at once, peak RSS "
+                f"{figures['rss_peak_kib'] / 1024:,.0f} MB ({added / jobs:.1f} KiB, "
+                f"{over / jobs * 1e6:,.0f} µs beyond the sleep and "
+                f"{figures['cpu_s'] / jobs * 1e6:,.0f} µs CPU per job)"
             )
             say(f"  {cell}")
             cells.append(cell)

@@ -7,8 +7,8 @@ peers' drivers (``bench/peers``): ``{"ready": true}`` once the schema is in plac
 on stdin starts it, one JSON line of figures, then it waits for stdin to close.
 
 ``wide``: N jobs that each sleep (I/O-bound), as many slots as jobs, on SQLite: the wall
-time from the runtime's start to the last job's end, and the peak RSS of this process
-beside its RSS before the runtime started.
+time and this process's CPU time (all its threads) from the runtime's start to the last
+job's end, and the peak RSS of this process beside its RSS before the runtime started.
 
 ``drain --processes N``: N ``trioforge worker`` processes drain while this one enqueues.
 """
@@ -38,12 +38,15 @@ class Payload:
 
 
 class Count:
-    """Jobs run so far, and the moment the last one ran."""
+    """Jobs run so far, and the moment the last one ran; for I/O-bound jobs, the most that
+    were running at once."""
 
     def __init__(self) -> None:
         self.ran = 0
         self.target = 0
         self.all_done = trio.Event()
+        self.running = 0
+        self.most_at_once = 0
 
     def one(self) -> None:
         self.ran += 1
@@ -62,7 +65,10 @@ async def order(ctx: trioforge.JobContext, payload: Payload) -> None:
 
 @registry.job("bench:io", queue="wide")
 async def io_bound(ctx: trioforge.JobContext, seconds: float) -> None:
+    COUNT.running += 1
+    COUNT.most_at_once = max(COUNT.most_at_once, COUNT.running)
     await trio.sleep(seconds)
+    COUNT.running -= 1
     COUNT.one()
 
 
@@ -137,13 +143,20 @@ async def wide(url: str, jobs: int, seconds: float) -> None:
                 io_bound, [seconds] * len(range(start, min(jobs, start + 5000)))
             )
     before = rss_kib()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_s()
     async with trioforge.open_runtime(registry, database=url, queues={"wide": jobs}):
         await COUNT.all_done.wait()
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, cpu_s() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    emit({"jobs": jobs, "sleep_s": seconds, "wall_s": elapsed, "rss_before_kib": before,
+    emit({"jobs": jobs, "sleep_s": seconds, "wall_s": elapsed, "cpu_s": cpu,
+          "at_once": COUNT.most_at_once, "rss_before_kib": before,
           "rss_peak_kib": peak})  # fmt: skip
+
+
+def cpu_s() -> float:
+    """User + system time of this process so far (every thread)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from trioforge.storage._sqlite_sql import (
     _DUE_STATES,
     _ENDING,
     _PAUSED_AND_UPCOMING,
+    _RENEW,
     _STORE_BUCKETS,
     _claim_ids,
     _in_claim_order,
@@ -131,18 +132,10 @@ class SQLiteClaims:
     @staticmethod
     def _renew(db: sqlite3.Connection, op: ops.Renew, now: float) -> RenewResult:
         del now
-        cancel, lost = set(), set()
-        for job_id, lease in op.leases:
-            row = db.execute(
-                "UPDATE trioforge_jobs SET lease_until = ? WHERE id = ? AND lease = ? "
-                "AND status = 'running' AND lease_owner = ? RETURNING cancel_requested",
-                (op.lease_until, job_id, lease, op.owner),
-            ).fetchone()
-            if row is None:
-                lost.add((job_id, lease))
-            elif row[0]:
-                cancel.add(job_id)
-        return RenewResult(frozenset(cancel), frozenset(lost))
+        held = db.execute(_RENEW, (json.dumps(op.leases), op.lease_until, op.owner)).fetchall()
+        lost = set(op.leases).difference((job_id, lease) for job_id, lease, _ in held)
+        cancel = frozenset(job_id for job_id, _, cancel_requested in held if cancel_requested)
+        return RenewResult(cancel, frozenset(lost))
 
     @staticmethod
     def _progress(db: sqlite3.Connection, op: ops.Progress, now: float) -> bool:

@@ -1,9 +1,12 @@
 """The PostgreSQL connection's own rules: the transaction-pooler option in the URL, the
-pool's release hook, and which driver errors mean a lost connection or a refused value."""
+pool's release hook, the connections kept between batches, and which driver errors mean a
+lost connection or a refused value."""
 
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from trioforge._core.errors import ConfigurationError
 from trioforge._core.extras import needs_extra
@@ -11,7 +14,7 @@ from trioforge._core.extras import needs_extra
 with needs_extra("postgres", "PostgreSQL"):
     import asyncpg
 
-__all__ = ["pooler_mode"]
+__all__ = ["Connections", "pooler_mode"]
 
 
 def pooler_mode(url: str) -> tuple[str, bool, str | None]:
@@ -49,6 +52,54 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     transaction) and asyncpg still rolls back an open transaction, so the default reset
     query, one more round trip per storage batch, is skipped."""
     del conn
+
+
+class Connections:
+    """The pool, with the connections of finished batches kept checked out for the next
+    ones (asyncio side only).
+
+    A pool's acquire and release cost more client CPU than the crossing into asyncio itself
+    (the release runs in a task of its own), and storage batches follow each other all the
+    time. A connection goes back to the pool instead when its batch was cancelled or raised,
+    or when it is closed (also while kept) or still in a transaction: the pool's release
+    rolls back, waits for a cancelled query, or drops a dead connection, so nothing is
+    leaked and a pool of one stays usable. At most as many are kept as batches ran at once.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._kept: list[asyncpg.Connection] = []
+        self._closing = False
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        conn = None
+        while self._kept and conn is None:
+            kept = self._kept.pop()
+            if kept.is_closed():  # the server dropped it meanwhile: the pool connects afresh
+                await self.pool.release(kept)
+            else:
+                conn = kept
+        if conn is None:
+            conn = await self.pool.acquire()
+        try:
+            yield conn
+        except BaseException:
+            await self.pool.release(conn)
+            raise
+        if self._closing or conn.is_closed() or conn.is_in_transaction():
+            await self.pool.release(conn)  # the pool's close waits for it
+        else:
+            self._kept.append(conn)
+
+    async def close(self) -> None:
+        """Every kept connection back to the pool, then the pool closed (after the batches
+        still running, whose connections go back to the pool too)."""
+        self._closing = True
+        kept, self._kept = self._kept, []
+        for conn in kept:
+            await self.pool.release(conn)
+        await self.pool.close()
 
 
 #: Errors that mean the server went away or refused us (restarting, shut down, network),

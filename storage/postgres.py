@@ -38,6 +38,7 @@ from trioforge.storage._changes import changed_jobs, encode_ids
 from trioforge.storage._counts import Tally
 from trioforge.storage._pg_claims import PostgresClaims
 from trioforge.storage._pg_connection import (
+    Connections,
     _bad_value,
     _keep_session,
     _lost,
@@ -154,7 +155,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
         self.changes_channel = CHANGES_CHANNEL + (f".{schema}" if schema else "")
         self._slots_freed = f"f:{schema or ''}"
         self._connect_timeout = connect_timeout
-        self._pool: asyncpg.Pool | None = None
+        self._pool: Connections | None = None
         self._handlers: dict[
             type, Callable[[asyncpg.Connection, Any, float], Awaitable[object]]
         ] = ops.handlers(self)
@@ -265,7 +266,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
 
     # --- asyncio side ------------------------------------------------------------------
 
-    async def _connect(self) -> asyncpg.Pool:
+    async def _connect(self) -> Connections:
         settings = {"search_path": self.schema} if self.schema and not self._pooled else None
         # Through a transaction pooler a named prepared statement may be on another server
         # connection than the next transaction's, so none are cached.
@@ -291,12 +292,12 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
                 f"cannot reach PostgreSQL at {redact(self.url)}: {exc or type(exc).__name__}; "
                 "check that the server is running and the URL (host, port, user, database)"
             ) from None
-        return pool
+        return Connections(pool)
 
     async def _run(self, fn: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
         if self._pool is None:
             raise DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} is not open")
-        async with self._pool.acquire() as conn:
+        async with self._pool.connection() as conn:
             if not self._pooled:
                 return await fn(conn)
             async with self._transaction(conn):
@@ -339,7 +340,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
     async def _execute(self, batch: list[ops.Op], now: float) -> list[object]:
         if self._pool is None:
             raise DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} is not open")
-        async with self._pool.acquire() as conn:
+        async with self._pool.connection() as conn:
             results = await self._batch(conn, batch, now)
             # Outcomes (also those of orphan releases) and claims were notified by their
             # statement.

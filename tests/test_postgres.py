@@ -31,6 +31,7 @@ from trioforge.storage import (
     opened,
     ops,
 )
+from trioforge.storage._pg_connection import _lost
 from trioforge.storage.postgres import MIGRATIONS, PostgresBackend, parse_notice
 
 
@@ -48,6 +49,58 @@ async def test_cancelled_crossings_never_leak_a_pooled_connection() -> None:
             with trio.fail_after(10):  # a leaked connection would hang here, pool of one
                 [stats] = await backend.execute([ops.Stats()], 1.0)
         assert isinstance(stats, dict)
+
+
+async def server_pid(conn: asyncpg.Connection) -> tuple[asyncpg.Connection, int]:
+    return conn, await conn.fetchval("SELECT pg_backend_pid()")
+
+
+async def test_batches_keep_their_connection_instead_of_the_pools_acquire() -> None:
+    # The pool's acquire and release cost more than the crossing into asyncio; a batch
+    # takes the connection the previous one left (the pool hands out a new proxy each time).
+    async with temporary_schema() as template:
+        backend = PostgresBackend(template.url, schema=template.schema, pool_size=1)
+        async with opened(backend):
+            first, _ = await backend._aio(backend._run, server_pid)
+            second, _ = await backend._aio(backend._run, server_pid)
+            assert second is first
+
+
+async def test_a_kept_connection_the_server_dropped_is_replaced() -> None:
+    async with temporary_schema() as template:
+        backend = PostgresBackend(template.url, schema=template.schema, pool_size=1)
+        async with opened(backend):
+            _, pid = await backend._aio(backend._run, server_pid)
+            await terminate(template.url, pid)
+            with trio.fail_after(10):
+                while True:  # the first batch may meet the loss before asyncpg sees it
+                    try:
+                        _, after = await backend._aio(backend._run, server_pid)
+                    except Exception as exc:
+                        if not _lost(exc):
+                            raise
+                    else:
+                        break
+            assert after != pid
+            [stats] = await backend.execute([ops.Stats()], 1.0)
+            assert isinstance(stats, dict)
+
+
+async def test_closing_while_a_batch_runs_waits_for_it_and_ends() -> None:
+    # The batch's connection must go back to the pool, not be kept: the pool's close
+    # waits for every connection it handed out.
+    async def slow(conn: asyncpg.Connection) -> None:
+        await conn.execute("SELECT pg_sleep(0.3)")
+
+    async with temporary_schema() as template:
+        backend = PostgresBackend(template.url, schema=template.schema, pool_size=1)
+        async with backend.environment():
+            await backend.open()
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(backend._aio, backend._run, slow)
+                    await trio.sleep(0.1)  # the batch is on the server
+                    await backend.aclose()
 
 
 async def test_an_unreachable_server_is_a_clear_error_not_a_hang() -> None:
@@ -401,7 +454,8 @@ async def test_a_queue_bucket_created_by_a_concurrent_claim_holds_the_other_clai
                         lost = await waiting
                 return won, lost
 
-            won, lost = await backend._aio(race, backend._pool)
+            assert backend._pool is not None
+            won, lost = await backend._aio(race, backend._pool.pool)
             assert (len(won.jobs), lost.jobs, lost.next_token_at) == (2, (), 61.0)
             [after] = await backend.execute([attrs.evolve(claim, names=frozenset("b"))], 2.0)
             assert isinstance(after, ClaimResult)

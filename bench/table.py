@@ -194,10 +194,11 @@ async def postgres_row(args: argparse.Namespace, python: Path | None, table: Tab
             assert python is not None
             url, name = await fresh()
             command = [str(python), str(peers.driver("pgqueuer")), "drain", "--dsn", url]
-            return await drive([*command, "--jobs", str(args.jobs)], "PgQueuer", name)
+            more = ["--jobs", str(args.jobs), "--batch-size", str(args.peer_batch)]
+            return await drive([*command, *more], "PgQueuer", name)
 
         await pairs(
-            "PostgreSQL drain vs PgQueuer (QueueManager, asyncpg, batch 10)",
+            f"PostgreSQL drain vs PgQueuer (QueueManager, asyncpg, batch {args.peer_batch})",
             args.pairs, args.jobs, trioforge, "PgQueuer", pgqueuer if python else None, table,
             "CPU per job, enqueue + drain, all processes incl. PostgreSQL backends",
         )  # fmt: skip
@@ -377,6 +378,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--sleep", type=float, default=2.0, help="each I/O-bound job's sleep")
     parser.add_argument(
         "--processes", type=int, nargs="+", default=[1, 3, 6], help="worker process counts (1 3 6)"
+    )
+    parser.add_argument(
+        "--peer-batch",
+        type=int,
+        default=10,
+        help="PgQueuer's batch size in the postgres row (10, its default; at most half the slots)",
     )
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     add_postgres_url(parser)

@@ -16,8 +16,9 @@ import json
 import logging
 import math
 import typing
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -95,9 +96,25 @@ class Compensation:
     timeout: float | None
 
 
+#: Each step function's result type, worked out once: ``get_type_hints`` per step call was a
+#: twentieth of a workflow's CPU. Weak keys, so functions made per run (closures) go with it.
+_RETURN_TYPES: weakref.WeakKeyDictionary[Callable[..., Any], Any] = weakref.WeakKeyDictionary()
+
+
 def return_type(fn: Callable[..., Any]) -> Any:
     """What a step's results are encoded and decoded by: ``fn``'s return annotation
     (what it awaits to, for ``-> Awaitable[T]``), Any when it has none."""
+    try:
+        return _RETURN_TYPES[fn]
+    except (KeyError, TypeError):  # not seen yet, or not weakly referable (then not kept)
+        pass
+    found = _return_type(fn)
+    with suppress(TypeError):
+        _RETURN_TYPES[fn] = found
+    return found
+
+
+def _return_type(fn: Callable[..., Any]) -> Any:
     try:
         hint = typing.get_type_hints(fn).get("return", Any)
     except (NameError, TypeError):  # unresolvable, or not a plain function (a partial)

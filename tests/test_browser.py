@@ -570,8 +570,9 @@ def test_the_session_cookie_cannot_be_replayed_after_logging_out(
 def test_a_finished_job_is_deleted_from_its_page(
     served: Served, browser: Any, gate: threading.Event
 ) -> None:
-    """The delete button appears once the job the page follows finishes; clicking it
-    removes the job and lands on the job list, which no longer has it."""
+    """The delete button appears once the job the page follows finishes; it asks first
+    (no removes nothing), and yes removes the job and lands on the job list, which no
+    longer has it."""
     rt = served.runtime
     assert rt is not None
     job_id = served.call(rt.enqueue, "images:track", 3).id
@@ -583,12 +584,52 @@ def test_a_finished_job_is_deleted_from_its_page(
     gate.set()
     page.wait_for_function("() => document.querySelector('#state').textContent === 'completed'")
     page.locator("#delete").wait_for(state="visible")
+    questions: list[str] = []
+
+    def answer(dialog: Any, yes: bool) -> None:
+        questions.append(dialog.message)
+        dialog.accept() if yes else dialog.dismiss()
+
+    page.once("dialog", lambda dialog: answer(dialog, yes=False))
+    page.click("#delete")
+    assert questions == [f"Delete job {job_id}, its attempts and its record for good?"]
+    assert page.url == f"{served.url}/jobs/{job_id}"
+    assert served.call(rt.get, job_id).status is trioforge.JobState.COMPLETED  # kept
+    page.once("dialog", lambda dialog: answer(dialog, yes=True))
     page.click("#delete")
     page.wait_for_url(f"{served.url}/jobs")
+    assert len(questions) == 2
     assert page.locator(f'a[href="/jobs/{job_id}"]').count() == 0
     with pytest.raises(trioforge.JobNotFoundError):
         served.call(rt.get, job_id)
     assert page.goto(f"{served.url}/jobs/{job_id}").status == 404
+
+
+def test_deleting_every_dead_job_asks_first(served: Served, browser: Any) -> None:
+    """Deleting every dead job cannot be undone: it asks, naming the filter; no keeps them."""
+    rt = served.runtime
+    assert rt is not None
+    dead_id = served.call(rt.enqueue, "mail:send", "ops@example.com")
+    served.call(rt.wait, dead_id)
+    page = browser.new_page()
+    log_in(page, served.url)
+    page.goto(f"{served.url}/dead?queue=mail")
+    questions: list[str] = []
+
+    def answer(dialog: Any, yes: bool) -> None:
+        questions.append(dialog.message)
+        dialog.accept() if yes else dialog.dismiss()
+
+    page.once("dialog", lambda dialog: answer(dialog, yes=False))
+    page.click("#delete-all")
+    assert questions == ["Delete every dead job of queue mail for good?"]
+    assert served.call(rt.get, dead_id).status is JobState.DEAD  # kept
+    page.once("dialog", lambda dialog: answer(dialog, yes=True))
+    with page.expect_navigation(url=f"{served.url}/dead"):  # the action's redirect
+        page.click("#delete-all")
+    assert len(questions) == 2
+    with pytest.raises(trioforge.JobNotFoundError):
+        served.call(rt.get, dead_id)
 
 
 WEB_APP = """

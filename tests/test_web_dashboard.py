@@ -347,8 +347,12 @@ async def test_a_finished_job_is_deleted_from_the_dashboard_and_shows_its_retent
     assert views[1]["retain"] is None
     assert "dead 2h" in pages[0]
     assert "its queue&#39;s retention" in pages[1]
-    assert re.search(r'<form class="inline" method="post" action="/jobs/\d+/delete">', pages[0])
-    assert re.search(r'action="/jobs/\d+/delete" hidden>', pages[1])  # shown once finished
+    assert re.search(
+        r'<form class="inline" method="post" action="/jobs/\d+/delete" '
+        r'data-confirm="Delete job \d+, its attempts and its record for good\?">',
+        pages[0],
+    )
+    assert re.search(r'action="/jobs/\d+/delete" data-confirm="[^"]*" hidden>', pages[1])
     assert anonymous.status_code == 403
     assert refused.status_code == 409
     what_to_do = "not finished: cancel it first, then delete it"

@@ -19,6 +19,7 @@ _FILES = {
     "/static/job.js": ("job.js", "text/javascript"),
     "/static/run.js": ("run.js", "text/javascript"),
     "/static/queues.js": ("queues.js", "text/javascript"),
+    "/static/confirm.js": ("confirm.js", "text/javascript"),
 }
 
 

@@ -63,13 +63,15 @@ class Connections:
     time. A connection goes back to the pool instead when its batch was cancelled or raised,
     or when it is closed (also while kept) or still in a transaction: the pool's release
     rolls back, waits for a cancelled query, or drops a dead connection, so nothing is
-    leaked and a pool of one stays usable. At most as many are kept as batches ran at once.
+    leaked and a pool of one stays usable. At most as many are kept as batches ran at once,
+    and none while a caller waits on the pool (it would wait for a release that never came).
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self._kept: list[asyncpg.Connection] = []
         self._closing = False
+        self._waiting = 0  # callers in the pool's acquire
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -81,13 +83,17 @@ class Connections:
             else:
                 conn = kept
         if conn is None:
-            conn = await self.pool.acquire()
+            self._waiting += 1
+            try:
+                conn = await self.pool.acquire()
+            finally:
+                self._waiting -= 1
         try:
             yield conn
         except BaseException:
             await self.pool.release(conn)
             raise
-        if self._closing or conn.is_closed() or conn.is_in_transaction():
+        if self._closing or self._waiting or conn.is_closed() or conn.is_in_transaction():
             await self.pool.release(conn)  # the pool's close waits for it
         else:
             self._kept.append(conn)

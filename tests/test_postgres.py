@@ -66,6 +66,25 @@ async def test_batches_keep_their_connection_instead_of_the_pools_acquire() -> N
             assert second is first
 
 
+async def test_a_caller_waiting_on_the_pool_gets_the_connection_a_batch_ends_with() -> None:
+    # A pool of one: the second caller waits in the pool's acquire while the first runs.
+    # The first's connection must go back to the pool, not be kept for a later batch.
+    first_holds = trio.Event()
+
+    async def hold(conn: asyncpg.Connection) -> None:
+        first_holds.set()  # trio-asyncio runs this in trio's thread
+        await conn.execute("SELECT pg_sleep(0.2)")
+
+    async with temporary_schema() as template:
+        backend = PostgresBackend(template.url, schema=template.schema, pool_size=1)
+        async with opened(backend):
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(backend._aio, backend._run, hold)
+                    await first_holds.wait()
+                    await backend._aio(backend._run, server_pid)  # waits, then runs
+
+
 async def test_a_kept_connection_the_server_dropped_is_replaced() -> None:
     async with temporary_schema() as template:
         backend = PostgresBackend(template.url, schema=template.schema, pool_size=1)
@@ -89,8 +108,12 @@ async def test_a_kept_connection_the_server_dropped_is_replaced() -> None:
 async def test_closing_while_a_batch_runs_waits_for_it_and_ends() -> None:
     # The batch's connection must go back to the pool, not be kept: the pool's close
     # waits for every connection it handed out.
+    started, finished = trio.Event(), []
+
     async def slow(conn: asyncpg.Connection) -> None:
+        started.set()  # trio-asyncio runs this in trio's thread
         await conn.execute("SELECT pg_sleep(0.3)")
+        finished.append(True)
 
     async with temporary_schema() as template:
         backend = PostgresBackend(template.url, schema=template.schema, pool_size=1)
@@ -99,8 +122,9 @@ async def test_closing_while_a_batch_runs_waits_for_it_and_ends() -> None:
             with trio.fail_after(10):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(backend._aio, backend._run, slow)
-                    await trio.sleep(0.1)  # the batch is on the server
+                    await started.wait()  # the batch holds its connection
                     await backend.aclose()
+                    assert finished == [True]  # the close waited for the batch
 
 
 async def test_an_unreachable_server_is_a_clear_error_not_a_hang() -> None:

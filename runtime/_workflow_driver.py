@@ -128,8 +128,8 @@ class WorkflowAttempt:
         )  # fmt: skip
         ctx = self._make_context(job, replay)
         self._replay, self.context = replay, ctx
-        if record.steps:
-            events.log_event(events.resumed(job, len(record.steps)))
+        if replay.resumed:
+            events.log_event(events.resumed(job, replay.recorded))
         try:
             return await self._go(ctx, replay, record)
         except BaseException as exc:

@@ -188,10 +188,17 @@ class Replay:
         )
         self._seq = 0
         self._stop_at: int | None = None  # while collecting: where the forward run stopped
-        #: Whether the record held entries when this attempt began (a step only shown
-        #: running, its attempt cut short, is no entry yet).
-        self.resumed = any(not _cut_short(e) for e in record.steps)
-        self._recorded_end = max(self.entries, default=-1) + 1  # past the loaded entries
+        # What the record held when this attempt began: a step only shown running, its
+        # attempt cut short, is no entry yet (it runs again, not replayed).
+        held = [e.seq for e in record.steps if not _cut_short(e)]
+        #: How many entries the record held when this attempt began.
+        self.recorded = len(held)
+        self._recorded_end = max(held, default=-1) + 1  # past the loaded entries
+
+    @property
+    def resumed(self) -> bool:
+        """Whether the record held entries when this attempt began."""
+        return self.recorded > 0
 
     @property
     def run_id(self) -> int:

@@ -87,8 +87,11 @@ async def test_a_step_cut_short_shows_pending_and_runs_again_as_the_same_attempt
             await trio.sleep_forever()  # until the runtime stops and releases the run
         return "done"
 
+    before: list[bool] = []  # is_replaying in the body, before the step
+
     @registry.workflow("cut")
     async def cut(ctx: WorkflowContext) -> str:
+        before.append(ctx.is_replaying)
         return str(await ctx.step("slow", slow, ctx))
 
     backend = MemoryBackend()
@@ -110,6 +113,7 @@ async def test_a_step_cut_short_shows_pending_and_runs_again_as_the_same_attempt
     assert (step.name, step.status, step.attempts) == ("slow", StepStatus.PENDING, 1)
     assert info.result == "done"
     assert seen == [(1, False, False), (1, False, False)]  # the same attempt, run again
+    assert before == [False, False]  # a step shown running is not a recorded one
     assert [(s.status, s.attempts) for s in final.steps] == [(StepStatus.COMPLETED, 1)]
 
 

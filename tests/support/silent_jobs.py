@@ -55,9 +55,18 @@ async def worker(database: str, *options: str) -> AsyncIterator[trio.Process]:
                 if not chunk:
                     raise AssertionError(f"worker ended before it was ready: {seen.decode()}")
                 seen += chunk
-        yield process
+        async with trio.open_nursery() as nursery:
+            # Read on, so a worker that logs a lot never blocks on a full pipe.
+            nursery.start_soon(_drain, process.stderr)
+            yield process
+            nursery.cancel_scope.cancel()
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGINT)
         with trio.fail_after(30):
             await process.wait()
+
+
+async def _drain(stream: trio.abc.ReceiveStream) -> None:
+    while await stream.receive_some():
+        pass

@@ -67,12 +67,11 @@ class StepStarts:
         while True:
             await self._busy.wait()
             await trio.sleep_until(self._busy_since + TICK)
-            while self._running:
-                now = trio.current_time()
-                for key, (began, write) in list(self._running.items()):
-                    if began + TICK > now:
-                        await trio.sleep_until(began + TICK)
-                        break
-                    del self._running[key]
-                    self._storage.call_nowait(write())
+            while self._running:  # oldest start first (insertion order)
+                key, (began, write) = next(iter(self._running.items()))
+                if began + TICK > trio.current_time():
+                    await trio.sleep_until(began + TICK)
+                    continue
+                del self._running[key]
+                self._storage.call_nowait(write())
             self._busy = trio.Event()

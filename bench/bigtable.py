@@ -38,6 +38,7 @@ import trio
 import trio_asyncio
 
 import trioforge
+from bench import counts
 from bench.cpu import Meter
 from bench.databases import add_postgres_url, postgres_databases
 from bench.harness import add_deadline, bounded, report, say
@@ -111,15 +112,7 @@ class Sql:
 
 
 #: Counts of rows written straight to the table, as the counts' migration fills them.
-RECOUNT = """
-DELETE FROM trioforge_counts;
-DELETE FROM trioforge_finished;
-INSERT INTO trioforge_counts (queue, state, n)
-    SELECT queue, status, count(*) FROM trioforge_jobs GROUP BY queue, status;
-INSERT INTO trioforge_finished (second, queue, state, n)
-    SELECT floor(finished_at)::bigint, queue, status, count(*) FROM trioforge_jobs
-    WHERE finished_at IS NOT NULL GROUP BY 1, 2, 3;
-"""
+RECOUNT = counts.RECOUNT.format(second="floor(finished_at)::bigint")
 
 
 async def enqueue(db: str, count: int, batch: int = 50_000) -> float:
@@ -144,7 +137,7 @@ async def copy_rows(sql: Sql, count: int, status: str, run_at: str, finished: st
 
 
 #: The claim's parameter types, for a prepared statement of it.
-CLAIM_TYPES = "text, float8, text[], bigint, text, float8, text[]"
+CLAIM_TYPES = "text, float8, text[], bigint, text, float8, text[], text"
 
 
 async def explain(sql: Sql, label: str, show: bool) -> str:
@@ -160,6 +153,7 @@ async def explain(sql: Sql, label: str, show: bool) -> str:
         "explain",
         1e12,
         [],
+        "tf_explain",  # the channel of the claim's change notice: nobody listens
     )
     lines = []
     for mode in ("custom", "generic"):

@@ -83,12 +83,17 @@ def step_info(entry: StepRecord, undone: frozenset[str] = frozenset()) -> StepIn
     )
 
 
+#: The entries whose functions the worker runs (steps and undos; the others are waits):
+#: only they are ever shown running, and cut short.
+RUN_BY_FUNCTIONS = frozenset((StepKind.STEP, StepKind.COMPENSATION))
+
+
 def shown_in(step: StepInfo, run: JobState) -> StepInfo:
     """``step`` as a run in state ``run`` shows it: a step (or an undo) left ``running``
     while the run is not running was cut short (its worker stopped, or the run was released
     or ended while it ran), and shows ``pending``."""
-    functions = (StepKind.STEP, StepKind.COMPENSATION)
-    if step.status is StepStatus.RUNNING and step.kind in functions and run is not JobState.RUNNING:
+    cut_short = step.status is StepStatus.RUNNING and step.kind in RUN_BY_FUNCTIONS
+    if cut_short and run is not JobState.RUNNING:
         return attrs.evolve(step, status=StepStatus.PENDING)
     return step
 
@@ -134,7 +139,7 @@ def step_detail(step: StepInfo, when: Callable[[float | None], str]) -> str:
         if isinstance(step.result, dict) and "discarded" in step.result:
             retry = "discarded"
         return f"{retry}; error: {error_line(step.error)}"
-    if step.kind in (StepKind.STEP, StepKind.COMPENSATION):
+    if step.kind in RUN_BY_FUNCTIONS:
         if step.status is StepStatus.RUNNING:
             return f"attempt {step.attempts} running since {when(step.started_at)}"
         if step.status is StepStatus.PENDING:

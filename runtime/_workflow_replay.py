@@ -35,6 +35,7 @@ from trioforge._core.errors import (
     StepFailed,
 )
 from trioforge._core.retry import Retry, discard_reason, failure_outcome
+from trioforge._workflow_info import RUN_BY_FUNCTIONS
 from trioforge.actors import RunningJobs, StepStarts, StorageHandle
 from trioforge.actors.attempts import format_error
 from trioforge.storage import (
@@ -104,6 +105,7 @@ _RETURN_TYPES: weakref.WeakKeyDictionary[Callable[..., Any], Any] = weakref.Weak
 def return_type(fn: Callable[..., Any]) -> Any:
     """What a step's results are encoded and decoded by: ``fn``'s return annotation
     (what it awaits to, for ``-> Awaitable[T]``), Any when it has none."""
+    fn = getattr(fn, "__func__", fn)  # a bound method is made anew at each access
     try:
         return _RETURN_TYPES[fn]
     except (KeyError, TypeError):  # not seen yet, or not weakly referable (then not kept)
@@ -128,11 +130,7 @@ def _cut_short(entry: StepRecord) -> bool:
     """Whether ``entry`` is a step (or an undo) shown running whose attempt never ended:
     its worker stopped, or the run was released, while its function ran. It runs again
     with the same attempt number."""
-    return entry.status is StepStatus.RUNNING and entry.kind in _RUN_BY_FUNCTIONS
-
-
-#: The entries whose functions the worker runs (the others are waits).
-_RUN_BY_FUNCTIONS = frozenset((StepKind.STEP, StepKind.COMPENSATION))
+    return entry.status is StepStatus.RUNNING and entry.kind in RUN_BY_FUNCTIONS
 
 
 def discarded_reason(entry: StepRecord) -> str | None:

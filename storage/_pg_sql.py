@@ -123,12 +123,13 @@ _KEY_HOLDER = (
 )
 
 
-def _claimed_notice(ids: str, channel: str) -> str:
-    """A claim's change notice, a CTE named ``notice`` (the statement must read it), sent
-    at the claim's commit on ``channel`` (a parameter): the ids ``SELECT ids`` gives, in
-    payloads of IDS_PER_NOTICE (NOTIFY refuses 8000 bytes). Nothing durable: watchers in
-    other processes see a job that reports no progress as running from its start."""
-    return f"""notice AS (
+def _changes_notice(name: str, ids: str, channel: str) -> str:
+    """A change notice as a CTE called ``name`` (the statement must read it), sent at the
+    statement's commit on ``channel`` (a parameter): the ids ``SELECT ids`` gives, in
+    payloads of IDS_PER_NOTICE (NOTIFY refuses 8000 bytes). Nothing durable: a claim's
+    lets watchers in other processes see a job that reports no progress as running from
+    its start; an outcome batch's, its jobs' ends."""
+    return f"""{name} AS (
     SELECT pg_notify({channel}, string_agg(id::text, ',')) FROM (
         SELECT id, (row_number() OVER ()) / {IDS_PER_NOTICE} AS chunk FROM (SELECT {ids}) AS c
     ) AS chunks GROUP BY chunk
@@ -170,7 +171,7 @@ WITH picked AS (
     RETURNING j.id, j.name, j.queue, j.payload, j.priority, j.run_at, j.attempt,
         j.max_attempts, j.lease, j.timeout, j.trace_context, j.status,
         picked.status AS old_status
-), {_count_moved("claimed", finishing=False)}, {_claimed_notice("id FROM claimed", "$8")}
+), {_count_moved("claimed", finishing=False)}, {_changes_notice("notice", "id FROM claimed", "$8")}
 SELECT id, name, queue, payload, priority, run_at, attempt, max_attempts, lease, timeout,
     trace_context
 FROM claimed WHERE (SELECT count(*) FROM notice) >= 0
@@ -213,7 +214,7 @@ WITH claim AS (
     SELECT * FROM trioforge_claim_limited(
         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15
     ) WITH ORDINALITY
-), {_claimed_notice("o_id AS id FROM claim WHERE o_id IS NOT NULL", "$16")}
+), {_changes_notice("notice", "o_id AS id FROM claim WHERE o_id IS NOT NULL", "$16")}
 SELECT o_id AS id, o_name AS name, o_queue AS queue, o_payload AS payload,
     o_priority AS priority, o_run_at AS run_at, o_attempt AS attempt,
     o_max_attempts AS max_attempts, o_lease AS lease, o_timeout AS timeout,
@@ -256,11 +257,7 @@ WITH u AS (
 ), notified AS (
     SELECT pg_notify($10, 'w:' || ($9::float8)::text || ':' || queue) FROM woken
     WHERE status IN {PENDING} GROUP BY queue
-), changes AS (
-    SELECT pg_notify($11, string_agg(id::text, ',')) FROM (
-        SELECT id, (row_number() OVER ()) / {IDS_PER_NOTICE} AS chunk FROM done
-    ) AS chunks GROUP BY chunk
-)
+), {_changes_notice("changes", "id FROM done", "$11")}
 SELECT id, lease FROM done
 WHERE (SELECT count(*) FROM notified) + (SELECT count(*) FROM changes)
     + (SELECT count(*) FROM freed) >= 0

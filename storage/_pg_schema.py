@@ -446,9 +446,10 @@ MIGRATIONS: tuple[str, ...] = (
     # Retention's purge: a state's finished jobs by when they finished, so each batch reads
     # its own rows rather than scanning the table and sorting (two seconds a batch at a
     # million finished jobs). Only a finished job has an entry (one insert, at its
-    # outcome); claims never touch it.
+    # outcome); claims never touch it. IF NOT EXISTS: on a big table an operator may build
+    # it first with CREATE INDEX CONCURRENTLY, which blocks no writes (docs/deploy.md).
     """
-    CREATE INDEX trioforge_jobs_finished_by_state ON trioforge_jobs (status, finished_at, id)
-        WHERE finished_at IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS trioforge_jobs_finished_by_state
+        ON trioforge_jobs (status, finished_at, id) WHERE finished_at IS NOT NULL;
     """,
 )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -19,7 +18,14 @@ import trio
 import trio_asyncio
 
 import trioforge
-from tests.support.postgres import URL, require_postgres, schema_url, temporary_schema
+from tests.support.postgres import (
+    URL,
+    migrated_sql,
+    plans,
+    require_postgres,
+    schema_url,
+    temporary_schema,
+)
 from trioforge import DatabaseUnavailableError, JobState, RateLimit, SchemaError
 from trioforge.storage import (
     CancelNotice,
@@ -492,42 +498,26 @@ async def test_a_purge_batch_reads_its_state_by_index_not_the_whole_table() -> N
     a prepared statement's generic plan) must walk the state's index instead."""
     from trioforge.storage._pg_claims import _PURGE
 
-    async with temporary_schema() as backend, trio_asyncio.open_loop():
-        assert backend.schema is not None
-        async with opened(backend):
-            pass
-        conn = await trio_asyncio.aio_as_trio(asyncpg.connect)(
-            URL, server_settings={"search_path": backend.schema}
+    async with migrated_sql() as sql:
+        for status, finished, count in [
+            ("available", "NULL", 20_000), ("completed", "x", 3_000), ("dead", "x", 1_000)
+        ]:  # fmt: skip
+            await sql(
+                "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, "
+                f"max_attempts, created_at, status, finished_at) SELECT 'a', 'q', '[]', 0, "
+                f"0, 3, 0, '{status}', {finished} FROM generate_series(1, {count}) AS x"
+            )
+        await sql("ANALYZE trioforge_jobs")
+        found = await plans(
+            sql,
+            "PREPARE purge (text[], float8, text, text[], bigint, boolean) AS " + _PURGE,
+            "EXPLAIN (FORMAT JSON) EXECUTE purge ('{completed}', 2000, NULL, '{}', 500, true)",
         )
-        try:
-
-            async def sql(statement: str) -> list[Any]:
-                return list(await trio_asyncio.aio_as_trio(conn.fetch)(statement))
-
-            for status, finished, count in [
-                ("available", "NULL", 20_000), ("completed", "x", 3_000), ("dead", "x", 1_000)
-            ]:  # fmt: skip
-                await sql(
-                    "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, "
-                    f"max_attempts, created_at, status, finished_at) SELECT 'a', 'q', '[]', 0, "
-                    f"0, 3, 0, '{status}', {finished} FROM generate_series(1, {count}) AS x"
-                )
-            await sql("ANALYZE trioforge_jobs")
-            await sql("PREPARE purge (text[], float8, text, text[], bigint, boolean) AS " + _PURGE)
-            for mode in ("custom", "generic"):
-                await sql("BEGIN")
-                await sql(f"SET LOCAL plan_cache_mode = force_{mode}_plan")
-                [[plan]] = await sql(
-                    "EXPLAIN (FORMAT JSON) EXECUTE purge "
-                    "('{completed}', 2000, NULL, '{}', 500, true)"
-                )
-                await sql("ROLLBACK")
-                nodes = list(_nodes(json.loads(plan)[0]["Plan"]))
-                scans = {(n["Node Type"], n.get("Index Name")) for n in nodes}
-                assert ("Seq Scan", None) not in scans, (mode, scans)
-                assert any(n.get("Index Name") == "trioforge_jobs_finished_by_state" for n in nodes)
-        finally:
-            await trio_asyncio.aio_as_trio(conn.close)()
+    for mode, root in found.items():
+        nodes = list(_nodes(root))
+        scans = {(n["Node Type"], n.get("Index Name")) for n in nodes}
+        assert ("Seq Scan", None) not in scans, (mode, scans)
+        assert any(n.get("Index Name") == "trioforge_jobs_finished_by_state" for n in nodes)
 
 
 def _nodes(node: dict[str, Any]) -> Any:
@@ -543,40 +533,21 @@ async def test_a_claim_reads_no_further_than_the_due_jobs() -> None:
     million)."""
     from trioforge.storage._pg_sql import _CLAIM
 
-    async with temporary_schema() as backend, trio_asyncio.open_loop():
-        assert backend.schema is not None
-        async with opened(backend):
-            pass
-        conn = await trio_asyncio.aio_as_trio(asyncpg.connect)(
-            URL, server_settings={"search_path": backend.schema}
-        )
-        try:
-
-            async def sql(statement: str) -> list[Any]:
-                return list(await trio_asyncio.aio_as_trio(conn.fetch)(statement))
-
-            for status, run_at, count in [("available", "x", 3), ("scheduled", "1e6 + x", 20_000)]:
-                await sql(
-                    "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, "
-                    "max_attempts, created_at, status) SELECT 'a', 'q', '[]', 0, "
-                    f"{run_at}, 3, 0, '{status}' FROM generate_series(1, {count}) AS x"
-                )
-            await sql("ANALYZE trioforge_jobs")
+    async with migrated_sql() as sql:
+        for status, run_at, count in [("available", "x", 3), ("scheduled", "1e6 + x", 20_000)]:
             await sql(
-                "PREPARE claim (text, float8, text[], bigint, text, float8, text[], text) AS "
-                + _CLAIM
+                "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, "
+                "max_attempts, created_at, status) SELECT 'a', 'q', '[]', 0, "
+                f"{run_at}, 3, 0, '{status}' FROM generate_series(1, {count}) AS x"
             )
-            for mode in ("custom", "generic"):
-                await sql("BEGIN")
-                await sql(f"SET LOCAL plan_cache_mode = force_{mode}_plan")
-                [[plan]] = await sql(
-                    "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim "
-                    "('q', 1000, '{a}', 64, 'me', 2000, '{}', 'unheard')"
-                )
-                await sql("ROLLBACK")
-                root = json.loads(plan)[0]["Plan"]
-                picked = next(n for n in root["Plans"] if n.get("Subplan Name") == "CTE picked")
-                assert picked["Actual Rows"] == 3
-                assert picked["Shared Hit Blocks"] + picked.get("Shared Read Blocks", 0) < 30
-        finally:
-            await trio_asyncio.aio_as_trio(conn.close)()
+        await sql("ANALYZE trioforge_jobs")
+        found = await plans(
+            sql,
+            "PREPARE claim (text, float8, text[], bigint, text, float8, text[], text) AS " + _CLAIM,
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim "
+            "('q', 1000, '{a}', 64, 'me', 2000, '{}', 'unheard')",
+        )
+    for root in found.values():
+        picked = next(n for n in root["Plans"] if n.get("Subplan Name") == "CTE picked")
+        assert picked["Actual Rows"] == 3
+        assert picked["Shared Hit Blocks"] + picked.get("Shared Read Blocks", 0) < 30

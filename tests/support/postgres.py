@@ -6,17 +6,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 import pytest
 import trio_asyncio
 
+from trioforge.storage import opened
 from trioforge.storage.postgres import PostgresBackend
 
 URL = os.environ.get("TRIOFORGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -95,3 +98,42 @@ async def temporary_schema() -> AsyncIterator[PostgresBackend]:
     finally:
         assert backend.schema is not None
         await drop_schema(backend.schema)
+
+
+#: Runs one SQL statement on a plain connection and returns its rows.
+Sql = Callable[[str], Awaitable[list[Any]]]
+
+
+@asynccontextmanager
+async def migrated_sql() -> AsyncIterator[Sql]:
+    """A migrated schema of its own (dropped afterwards) and ``sql(statement)`` on a plain
+    connection to it, inside a trio-asyncio loop: to fill the tables and read plans."""
+    async with temporary_schema() as backend, trio_asyncio.open_loop():
+        async with opened(backend):
+            pass
+        conn = await trio_asyncio.aio_as_trio(asyncpg.connect)(
+            URL, server_settings={"search_path": backend.schema}
+        )
+        try:
+
+            async def sql(statement: str) -> list[Any]:
+                return list(await trio_asyncio.aio_as_trio(conn.fetch)(statement))
+
+            yield sql
+        finally:
+            await trio_asyncio.aio_as_trio(conn.close)()
+
+
+async def plans(sql: Sql, prepare: str, explain: str) -> dict[str, dict[str, Any]]:
+    """The statement ``prepare`` makes, explained by ``explain`` (an ``EXPLAIN (...,
+    FORMAT JSON) EXECUTE``, rolled back) as planned for its values ("custom") and as the
+    generic plan a prepared statement may switch to ("generic"): each one's root node."""
+    await sql(prepare)
+    found = {}
+    for mode in ("custom", "generic"):
+        await sql("BEGIN")
+        await sql(f"SET LOCAL plan_cache_mode = force_{mode}_plan")
+        [[plan]] = await sql(explain)
+        await sql("ROLLBACK")
+        found[mode] = json.loads(plan)[0]["Plan"]
+    return found

@@ -143,7 +143,7 @@ def step_detail(step: StepInfo, when: Callable[[float | None], str]) -> str:
         if step.status is StepStatus.RUNNING:
             return f"attempt {step.attempts} running since {when(step.started_at)}"
         if step.status is StepStatus.PENDING:
-            return f"attempt {step.attempts} cut short; runs again when the run does"
+            return f"attempt {step.attempts} cut short; runs again if the run goes on"
     if step.status is StepStatus.RUNNING:
         if step.kind is StepKind.SLEEP:
             return f"wakes {when(step.wake_at)}"

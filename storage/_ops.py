@@ -498,6 +498,7 @@ class LoadWorkflow(Op[WorkflowRecord | None]):
     the run's wake-up flag: a signal or child end after this read wakes the run again."""
 
     runs = Runs.PER_JOB
+    single_statement = True
 
     run_id: int
     lease: int
@@ -512,6 +513,7 @@ class ReadWorkflow(Op[WorkflowRecord | None]):
     """A run's record (None: no such job): a look, changing nothing."""
 
     runs = Runs.BESIDE
+    single_statement = True
 
     run_id: int
 
@@ -543,9 +545,18 @@ class RecordStep(Op[StepWrite]):
     child: NewJob | None = None
     clear_cancel: bool = False
 
+    @property
+    def plain(self) -> bool:
+        """Whether it writes the entry alone (no signal, child or cancel request with it):
+        PostgreSQL writes any number of those, of any runs, in one statement."""
+        return self.consume_signal is None and self.child is None and not self.clear_cancel
+
     def writes(self) -> frozenset[int]:
         # A run's row and record (and a child it inserts, a new row like an enqueue's).
         return frozenset((self.run_id,))
+
+    def atomic_alone(self) -> bool:
+        return self.plain
 
     def changed(self, result: object) -> Iterable[int]:
         applied = isinstance(result, StepWrite) and result.applied

@@ -1,5 +1,5 @@
 """PostgreSQL handlers of the operations that only read: jobs, counts, processes, cron,
-workflow records."""
+workflow records (whose statements are in ``_pg_sql``, beside the record writes)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,14 @@ import math
 from trioforge._core.extras import needs_extra
 from trioforge._core.states import JobState
 from trioforge.storage import _ops as ops
-from trioforge.storage._pg_sql import _STEP_COLUMNS
+from trioforge.storage._pg_sql import _STEP_COLUMNS, _load_records, _read_record
 from trioforge.storage._records import (
     JOB_COLUMNS,
     AttemptRecord,
-    ChildRecord,
     CronState,
     JobInfo,
     ProcessDetails,
     ProcessInfo,
-    SignalRecord,
     StepRecord,
     WorkflowRecord,
     job_info,
@@ -200,56 +198,19 @@ class PostgresReads:
         return [r["id"] for r in rows]
 
     @staticmethod
-    async def _record_of(conn: asyncpg.Connection, run_id: int) -> WorkflowRecord | None:
-        row = await conn.fetchrow(
-            "SELECT created_at, cancel_requested, workflow FROM trioforge_jobs WHERE id = $1",
-            run_id,
-        )
-        if row is None:
-            return None
-        steps = await conn.fetch(
-            f"SELECT {_STEP_COLUMNS} FROM trioforge_workflow_steps WHERE run_id = $1 ORDER BY seq",
-            run_id,
-        )
-        signals = await conn.fetch(
-            "SELECT id, name, payload, sent_at FROM trioforge_workflow_signals "
-            "WHERE run_id = $1 ORDER BY id",
-            run_id,
-        )
-        children = await conn.fetch(
-            "SELECT id, name, status, result, error FROM trioforge_jobs WHERE parent_id = $1 "
-            "ORDER BY id",
-            run_id,
-        )
-        return WorkflowRecord(
-            run_id=run_id,
-            created_at=row["created_at"],
-            cancel_requested=row["cancel_requested"],
-            steps=tuple(step_record(tuple(s)) for s in steps),
-            signals=tuple(SignalRecord(*s) for s in signals),
-            children=tuple(
-                ChildRecord(c["id"], c["name"], JobState(c["status"]), c["result"], c["error"])
-                for c in children
-            ),
-            workflow=row["workflow"],
-        )
-
     async def _load_workflow(
-        self, conn: asyncpg.Connection, op: ops.LoadWorkflow, now: float
+        conn: asyncpg.Connection, op: ops.LoadWorkflow, now: float
     ) -> WorkflowRecord | None:
         del now
-        status = await conn.execute(
-            "UPDATE trioforge_jobs SET wake_requested = FALSE "
-            "WHERE id = $1 AND lease = $2 AND status = 'running'",
-            op.run_id, op.lease,
-        )  # fmt: skip
-        return await self._record_of(conn, op.run_id) if status == "UPDATE 1" else None
+        [record] = await _load_records(conn, [op])
+        return record
 
+    @staticmethod
     async def _read_workflow(
-        self, conn: asyncpg.Connection, op: ops.ReadWorkflow, now: float
+        conn: asyncpg.Connection, op: ops.ReadWorkflow, now: float
     ) -> WorkflowRecord | None:
         del now
-        return await self._record_of(conn, op.run_id)
+        return await _read_record(conn, op.run_id)
 
     @staticmethod
     async def _latest_steps(

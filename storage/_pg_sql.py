@@ -1,14 +1,22 @@
 """PostgreSQL statement text, and the few functions that run a statement built around it
-(count deltas, bucket reads, batched record writes)."""
+(count deltas, bucket reads, batched workflow record writes and loads)."""
 
 from __future__ import annotations
 
 from trioforge._core.extras import needs_extra
 from trioforge._core.flow import Bucket, RateLimit, refill
+from trioforge._core.states import JobState
 from trioforge.storage import _ops as ops
 from trioforge.storage._changes import IDS_PER_NOTICE
 from trioforge.storage._counts import Tally
-from trioforge.storage._records import StepWrite, step_row
+from trioforge.storage._records import (
+    ChildRecord,
+    SignalRecord,
+    StepWrite,
+    WorkflowRecord,
+    step_record,
+    step_row,
+)
 
 with needs_extra("postgres", "PostgreSQL"):
     import asyncpg
@@ -329,7 +337,8 @@ SELECT pg_notify($2, $3) FROM resumed
 
 
 #: Many runs' plain record writes in one statement, each fenced by its run's lease (the
-#: run's row locked against a rescue until the commit, as an update of it would).
+#: run's row locked against a rescue until the commit, as an update of it would), with the
+#: change notice of the runs written (sent at commit): no round trip of its own after it.
 _RECORD_STEPS = f"""
 WITH u AS (
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::text[], $5::text[],
@@ -340,25 +349,95 @@ WITH u AS (
     SELECT u.* FROM u JOIN trioforge_jobs AS j ON j.id = u.run_id
     WHERE j.lease = u.lease AND j.status = 'running'
     FOR SHARE OF j
-)
-INSERT INTO trioforge_workflow_steps (run_id, {_STEP_COLUMNS})
-SELECT run_id, {_STEP_COLUMNS} FROM fenced
-ON CONFLICT (run_id, seq) DO UPDATE SET kind = excluded.kind, name = excluded.name,
-    status = excluded.status, attempt = excluded.attempt, result = excluded.result,
-    error = excluded.error, wake_at = excluded.wake_at, compensable = excluded.compensable,
-    started_at = excluded.started_at, finished_at = excluded.finished_at
-RETURNING run_id
+), written AS (
+    INSERT INTO trioforge_workflow_steps (run_id, {_STEP_COLUMNS})
+    SELECT run_id, {_STEP_COLUMNS} FROM fenced
+    ON CONFLICT (run_id, seq) DO UPDATE SET kind = excluded.kind, name = excluded.name,
+        status = excluded.status, attempt = excluded.attempt, result = excluded.result,
+        error = excluded.error, wake_at = excluded.wake_at, compensable = excluded.compensable,
+        started_at = excluded.started_at, finished_at = excluded.finished_at
+    RETURNING run_id
+), {_changes_notice("notice", "DISTINCT run_id AS id FROM written", "$14")}
+SELECT run_id FROM written WHERE (SELECT count(*) FROM notice) >= 0
 """
 
 
-async def _record_steps(conn: asyncpg.Connection, steps: list[ops.RecordStep]) -> list[StepWrite]:
+async def _record_steps(
+    conn: asyncpg.Connection, steps: list[ops.RecordStep], channel: str
+) -> list[StepWrite]:
+    """Plain record writes (no child, signal or cancel), of any runs, as one statement that
+    also sends their change notice on ``channel``."""
     # One write per entry, the last (a step shown running may end in the same batch): one
     # statement cannot write a row twice.
     last = {(op.run_id, op.step.seq): op for op in steps}
     rows = [(op.run_id, op.lease, *step_row(op.step)) for op in last.values()]
     columns = [list(column) for column in zip(*rows, strict=True)]
-    written = {r["run_id"] for r in await conn.fetch(_RECORD_STEPS, *columns)}
+    written = {r["run_id"] for r in await conn.fetch(_RECORD_STEPS, *columns, channel)}
     return [StepWrite(applied=op.run_id in written) for op in steps]
+
+
+def _records(runs: str) -> str:
+    """Each run of CTE ``runs`` (its id, lease, created_at, cancel_requested, workflow)
+    with its whole record (steps, pending signals, children) as arrays of rows: one
+    statement, one snapshot, however many runs."""
+    return f"""
+SELECT r.id, r.lease, r.created_at, r.cancel_requested, r.workflow,
+    ARRAY(SELECT ROW({_STEP_COLUMNS}) FROM trioforge_workflow_steps
+          WHERE run_id = r.id ORDER BY seq) AS steps,
+    ARRAY(SELECT ROW(id, name, payload, sent_at) FROM trioforge_workflow_signals
+          WHERE run_id = r.id ORDER BY id) AS signals,
+    ARRAY(SELECT ROW(id, name, status, result, error) FROM trioforge_jobs
+          WHERE parent_id = r.id ORDER BY id) AS children
+FROM {runs} AS r
+"""
+
+
+#: One run's record, a look changing nothing.
+_READ_RECORD = f"""
+WITH run AS (
+    SELECT id, lease, created_at, cancel_requested, workflow FROM trioforge_jobs WHERE id = $1
+){_records("run")}"""
+
+#: Many runs' records as their attempts begin, each fenced by its lease, clearing each
+#: run's wake-up flag (a signal or child end after this read wakes the run again). A
+#: batch of runs claimed together loads in one round trip, not four or five per run.
+_LOAD_RECORDS = f"""
+WITH u AS (SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS u(id, lease)),
+loaded AS (
+    UPDATE trioforge_jobs AS j SET wake_requested = FALSE FROM u
+    WHERE j.id = u.id AND j.lease = u.lease AND j.status = 'running'
+    RETURNING j.id, j.lease, j.created_at, j.cancel_requested, j.workflow
+){_records("loaded")}"""
+
+
+def _record(row: asyncpg.Record) -> WorkflowRecord:
+    """A run's record from a row of :func:`_records`."""
+    return WorkflowRecord(
+        run_id=row["id"],
+        created_at=row["created_at"],
+        cancel_requested=row["cancel_requested"],
+        steps=tuple(step_record(s) for s in row["steps"]),
+        signals=tuple(SignalRecord(*s) for s in row["signals"]),
+        children=tuple(
+            ChildRecord(c[0], c[1], JobState(c[2]), c[3], c[4]) for c in row["children"]
+        ),
+        workflow=row["workflow"],
+    )
+
+
+async def _read_record(conn: asyncpg.Connection, run_id: int) -> WorkflowRecord | None:
+    """Run ``run_id``'s record (None: no such job)."""
+    row = await conn.fetchrow(_READ_RECORD, run_id)
+    return None if row is None else _record(row)
+
+
+async def _load_records(
+    conn: asyncpg.Connection, loads: list[ops.LoadWorkflow]
+) -> list[WorkflowRecord | None]:
+    """Each load's record, None where its lease is not the run's current one."""
+    rows = await conn.fetch(_LOAD_RECORDS, [op.run_id for op in loads], [op.lease for op in loads])
+    loaded = {(r["id"], r["lease"]): _record(r) for r in rows}
+    return [loaded.get((op.run_id, op.lease)) for op in loads]
 
 
 #: A process's running jobs in a queue (orphans, unless it still holds them).

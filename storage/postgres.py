@@ -67,6 +67,7 @@ from trioforge.storage._pg_sql import (
     _STEP_COLUMNS,
     CHANGES_CHANNEL,
     CHANNEL,
+    _load_records,
     _record_steps,
     _store,
 )
@@ -89,26 +90,32 @@ __all__ = ["PostgresBackend"]
 T = TypeVar("T")
 
 
-#: Batches of at most this many single-statement ops run without an explicit transaction.
+#: Batches of at most this many statements, each atomic alone, run without an explicit
+#: transaction (see _statements).
 _AUTOCOMMIT_MAX = 3
 
 
 def _plain_step(op: ops.Op) -> bool:
     """A record write with nothing else in its transaction (no child, signal or cancel)."""
-    return (
-        isinstance(op, ops.RecordStep)
-        and op.child is None
-        and op.consume_signal is None
-        and not op.clear_cancel
-    )
+    return isinstance(op, ops.RecordStep) and op.plain
 
 
-def _without(
-    batch: Sequence[ops.Op], results: Sequence[object], kinds: Any
-) -> tuple[list[ops.Op], list[object]]:
-    """``batch`` and ``results`` less the operations of types ``kinds``."""
-    kept = [(op, r) for op, r in zip(batch, results, strict=True) if not isinstance(op, kinds)]
-    return [op for op, _ in kept], [r for _, r in kept]
+def _statements(batch: Sequence[ops.Op]) -> list[list[int]]:
+    """The batch as the statements that run it, each the indexes of its ops: the plain
+    record writes together, the record loads together (each kind one statement, however
+    many runs: a queue's runs tend to step in lockstep, claimed, loaded and recorded
+    together), then each other op on its own (its handler may run several)."""
+    steps = [i for i, op in enumerate(batch) if _plain_step(op)]
+    loads = [i for i, op in enumerate(batch) if isinstance(op, ops.LoadWorkflow)]
+    together = {*steps, *loads}
+    alone = [[i] for i in range(len(batch)) if i not in together]
+    return [group for group in (steps, loads) if group] + alone
+
+
+def _notified_by_statement(op: ops.Op) -> bool:
+    """Whether ``op``'s own statement sends its change notice (at its commit): outcomes
+    (also those of orphan releases), claims and plain record writes."""
+    return isinstance(op, ops.Finish | ops.ReleaseOrphans | ops.Claim) or _plain_step(op)
 
 
 class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, PostgresOperator):
@@ -342,10 +349,12 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
             raise DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} is not open")
         async with self._pool.connection() as conn:
             results = await self._batch(conn, batch, now)
-            # Outcomes (also those of orphan releases) and claims were notified by their
-            # statement.
-            kinds = ops.Finish | ops.ReleaseOrphans | ops.Claim
-            changed = changed_jobs(*_without(batch, results, kinds))
+            rest = [
+                (op, r)
+                for op, r in zip(batch, results, strict=True)
+                if not _notified_by_statement(op)
+            ]
+            changed = changed_jobs([op for op, _ in rest], [r for _, r in rest])
             if changed:
                 # After the commit, one statement for the whole batch. If it fails the
                 # connection is gone, and so is the listeners' (they re-read on reconnect).
@@ -361,41 +370,64 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
     async def _batch(
         self, conn: asyncpg.Connection, batch: list[ops.Op], now: float
     ) -> list[object]:
+        groups = _statements(batch)
         if (
             not self._pooled  # a pooler may split a statement's parse and execution
-            and len(batch) <= _AUTOCOMMIT_MAX
+            and len(groups) <= _AUTOCOMMIT_MAX
             and all(op.atomic_alone() for op in batch)
         ):
             # No BEGIN/COMMIT round trips for what single statements do atomically: for
-            # a few ops (a claim and an outcome batch, say) they cost more than the
-            # extra commits.
-            return await self._each(conn, batch, now, self._autocommit)
+            # a few statements (a claim and an outcome batch, a lockstep batch of step
+            # writes) they cost more than the extra commits.
+            return await self._autocommitted(conn, batch, groups, now)
         try:
             async with self._transaction(conn):
-                return await self._in_transaction(conn, batch, now)
+                results: list[object] = [None] * len(batch)
+                for group in groups:
+                    done = await self._statement(conn, [batch[i] for i in group], now)
+                    for i, result in zip(group, done, strict=True):
+                        results[i] = result
+                return results
         except Exception as exc:
             if _lost(exc):  # nothing committed; the connection is gone
                 return [exc] * len(batch)
         # Something failed: each op on its own, so neighbours are unaffected.
         return await self._each(conn, batch, now, self._one)
 
-    async def _in_transaction(
-        self, conn: asyncpg.Connection, batch: list[ops.Op], now: float
+    async def _statement(
+        self, conn: asyncpg.Connection, group: list[ops.Op], now: float
+    ) -> Sequence[object]:
+        """The results of one of :func:`_statements`' groups of ops, run together. Plain
+        record writes and record loads come before the batch's other ops, which cannot
+        reorder one run's writes: a run waits for each of its record's loads and writes
+        before its next request (a step shown running ends in the same write), and a
+        signal or a child's end beside its load sets its wake-up flag whichever is first."""
+        if len(group) == 1:
+            return [await self._handlers[type(group[0])](conn, group[0], now)]
+        steps = [op for op in group if isinstance(op, ops.RecordStep)]
+        if steps:
+            return await _record_steps(conn, steps, self.changes_channel)
+        return await _load_records(conn, [op for op in group if isinstance(op, ops.LoadWorkflow)])
+
+    async def _autocommitted(
+        self, conn: asyncpg.Connection, batch: list[ops.Op], groups: list[list[int]], now: float
     ) -> list[object]:
-        """The batch's ops in order, except that plain workflow steps (each of its own run:
-        a run waits for one write before the next) are written by one statement first."""
-        plain = [i for i, op in enumerate(batch) if _plain_step(op)]
+        """Each statement committed on its own. One that fails on its data fails its op
+        alone: a group's ops are tried again one by one. Once the connection is lost, the
+        rest are not tried (their error is the loss), and what committed keeps its result."""
         results: list[object] = [None] * len(batch)
-        if len(plain) > 1:
-            steps = [batch[i] for i in plain]
-            for i, written in zip(plain, await _record_steps(conn, steps), strict=True):  # type: ignore[arg-type]
-                results[i] = written
-        else:
-            plain = []
-        done = set(plain)
-        for i, op in enumerate(batch):
-            if i not in done:
-                results[i] = await self._handlers[type(op)](conn, op, now)
+        for n, group in enumerate(groups):
+            members = [batch[i] for i in group]
+            try:
+                done = await self._statement(conn, members, now)
+            except Exception as exc:
+                if _lost(exc):
+                    for i in (i for rest in groups[n:] for i in rest):
+                        results[i] = exc
+                    return results
+                done = [exc] if len(group) == 1 else await self._each(conn, members, now, self._one)
+            for i, result in zip(group, done, strict=True):
+                results[i] = result
         return results
 
     @staticmethod
@@ -416,14 +448,6 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
                     raise
                 return results + [exc] * (len(batch) - i)
         return results
-
-    async def _autocommit(self, conn: asyncpg.Connection, op: ops.Op, now: float) -> object:
-        try:
-            return await self._handlers[type(op)](conn, op, now)
-        except Exception as exc:
-            if _lost(exc):
-                raise
-            return exc
 
     async def _one(self, conn: asyncpg.Connection, op: ops.Op, now: float) -> object:
         try:
@@ -594,6 +618,9 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
     async def _record_step(
         self, conn: asyncpg.Connection, op: ops.RecordStep, now: float
     ) -> StepWrite:
+        if op.plain:  # the statement that also sends the run's change notice
+            [written] = await _record_steps(conn, [op], self.changes_channel)
+            return written
         status = await conn.execute(
             "UPDATE trioforge_jobs SET cancel_requested = cancel_requested AND NOT $1 "
             "WHERE id = $2 AND lease = $3 AND status = 'running'",

@@ -33,6 +33,9 @@ from trioforge.storage import (
     JobInfo,
     NewJob,
     SlotsFreedNotice,
+    StepKind,
+    StepRecord,
+    StepStatus,
     WakeNotice,
     opened,
     ops,
@@ -551,3 +554,32 @@ async def test_a_claim_reads_no_further_than_the_due_jobs() -> None:
         picked = next(n for n in root["Plans"] if n.get("Subplan Name") == "CTE picked")
         assert picked["Actual Rows"] == 3
         assert picked["Shared Hit Blocks"] + picked.get("Shared Read Blocks", 0) < 30
+
+
+@pytest.mark.parametrize("beside", [False, True], ids=["committed-alone", "in-a-transaction"])
+async def test_a_record_write_refused_for_its_data_fails_alone_in_its_batch(beside: bool) -> None:
+    """Many runs' record writes are one statement: one the server refuses must not take
+    the others down with it, whether the batch commits statement by statement or as one
+    transaction (a signal beside it needs one)."""
+    async with temporary_schema() as backend, opened(backend):
+        run = NewJob("w", "q", "{}", 10, 0.0, 3, workflow=True)
+        await backend.execute([ops.Enqueue((run,) * 4)], 1.0)
+        claim = ops.Claim("q", frozenset({"w"}), 4, "me", 1e12)
+        [claimed] = await backend.execute([claim], 1.0)
+        a, b, c, d = claimed.jobs
+        step = StepRecord(0, StepKind.STEP, "s", StepStatus.COMPLETED, 1, '"ok"')
+        poison = attrs.evolve(step)
+        object.__setattr__(poison, "result", '"bad \ud800"')  # past the converter
+        batch: list[ops.Op] = [
+            ops.RecordStep(a.id, a.lease, step),
+            ops.RecordStep(b.id, b.lease, poison),
+            ops.RecordStep(c.id, c.lease, step),
+        ]
+        if beside:
+            batch.append(ops.SendSignal(d.id, "go", "true"))
+        results = await backend.execute(batch, 2.0)
+        assert [getattr(r, "applied", r) for r in results[:3:2]] == [True, True]
+        assert isinstance(results[1], Exception)
+        records = await backend.execute([ops.ReadWorkflow(j.id) for j in (a, b, c, d)], 3.0)
+        assert [[s.result for s in r.steps] for r in records[:3]] == [['"ok"'], [], ['"ok"']]
+        assert [s.name for s in records[3].signals] == (["go"] if beside else [])

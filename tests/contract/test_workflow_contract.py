@@ -7,6 +7,7 @@ import json
 
 import attrs
 import pytest
+import trio
 
 from tests.contract.test_contract import T0, changed_ids, claim, enqueue, finish, get, one
 from trioforge import InvalidArgumentError, InvalidStateError, JobInfo, JobNotFoundError, JobState
@@ -333,3 +334,49 @@ async def test_a_run_past_its_own_retention_goes_with_its_record_and_signals(
     assert await one(backend, ops.LatestSteps((run_id,))) == {}
     left: WorkflowRecord = await one(backend, ops.ReadWorkflow(other))
     assert [s.name for s in left.signals] == ["kept"]
+
+
+@pytest.mark.parametrize("beside", [False, True], ids=["alone", "with-a-signal"])
+async def test_many_runs_record_writes_and_loads_in_one_batch_are_each_fenced(
+    backend: Backend, beside: bool
+) -> None:
+    """Runs step in lockstep, so one batch carries many runs' record writes and loads
+    (PostgreSQL: one statement for the writes, one for the loads, committed alone or, beside
+    an op that needs a transaction, in it). Each is fenced by its own run's lease, a step
+    shown running and ended in the same batch ends recorded, and every run written is
+    pushed as a change."""
+    await enqueue(backend, *(run() for _ in range(6)))
+    a, b, c, d, e, f = (await claim(backend, limit=6)).jobs
+    assert (await record(backend, d, entry(0, "kept"))).applied
+    running = entry(0, "c", StepStatus.RUNNING)
+    batch: list[ops.Op] = [
+        ops.RecordStep(a.id, a.lease, entry(0, "a")),
+        ops.RecordStep(b.id, b.lease + 1, entry(0, "b")),
+        ops.RecordStep(c.id, c.lease, running),
+        ops.LoadWorkflow(d.id, d.lease),
+        ops.RecordStep(c.id, c.lease, entry(0, "c")),
+        ops.LoadWorkflow(e.id, e.lease + 1),
+    ]
+    if beside:
+        batch.append(ops.SendSignal(f.id, "go", "true"))
+    async with backend.changes() as changes:
+        results = await backend.execute(batch, T0)
+        seen: set[int] = set()
+        with trio.fail_after(10):
+            while not seen >= {a.id, c.id}:
+                notice = await changes.receive()
+                if notice is None:  # SQLite: which jobs is not said
+                    break
+                seen |= notice
+    assert [r.applied for r in results[:3] + results[4:5]] == [True, False, True, True]
+    loaded = results[3]
+    assert isinstance(loaded, WorkflowRecord)
+    assert (loaded.run_id, [s.name for s in loaded.steps]) == (d.id, ["kept"])
+    assert results[5] is None
+    for job, names in ((a, ["a"]), (b, []), (c, ["c"])):
+        view: WorkflowRecord = await one(backend, ops.ReadWorkflow(job.id))
+        assert [(s.name, s.status) for s in view.steps] == [
+            (n, StepStatus.COMPLETED) for n in names
+        ]
+    signals = (await one(backend, ops.ReadWorkflow(f.id))).signals
+    assert [s.name for s in signals] == (["go"] if beside else [])

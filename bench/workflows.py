@@ -11,6 +11,7 @@ asserted.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from typing import Any
 import trio
 
 import trioforge
+from bench.cpu import Meter
 from bench.databases import add_postgres_url, postgres_databases
 from bench.harness import add_deadline, bounded, report
 from trioforge import JobContext, Registry, WorkflowContext
@@ -63,18 +65,29 @@ async def noop(ctx: JobContext, n: int) -> None:
 
 
 async def timed_drain(
-    db: str, job: trioforge.JobDefinition[Any, Any], count: int, slots: int
+    db: str,
+    job: trioforge.JobDefinition[Any, Any],
+    count: int,
+    slots: int,
+    meter: Meter | None = None,
 ) -> float:
-    """Seconds for ``count`` runs (or jobs) of ``job``, enqueued beforehand, to finish."""
+    """Seconds for ``count`` runs (or jobs) of ``job``, enqueued beforehand, to finish;
+    ``meter`` counts the CPU spent meanwhile (this process, and the PostgreSQL backends of
+    the database, which the runtime opens after the start and keeps to the end)."""
     global COUNTER
     async with trioforge.open_client(db, registry=registry) as client:
         for start in range(0, count, 5000):
             await client.enqueue_many(job, range(start, min(count, start + 5000)))
     COUNTER = Counter(count)
+    if meter is not None:
+        meter.start()  # read at the start and the end only: a poll here would cost CPU here
     t0 = time.perf_counter()
     async with trioforge.open_runtime(registry, database=db, queues={"bench": slots}):
         await COUNTER.all_done.wait()
-        return time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        if meter is not None:
+            meter.used()  # while the runtime's connections are still open
+    return seconds
 
 
 async def asleep_then_drain(db: str, sleepers: int, jobs: int) -> float:
@@ -95,12 +108,18 @@ async def asleep_then_drain(db: str, sleepers: int, jobs: int) -> float:
 
 
 async def bench_backend(
-    name: str, database: Callable[[], Awaitable[str]], runs: int, sleepers: int
+    name: str,
+    database: Callable[[], Awaitable[tuple[str, str | None]]],
+    runs: int,
+    sleepers: int,
 ) -> None:
-    steps = await timed_drain(await database(), ten_steps, runs, 64)
-    plain = await timed_drain(await database(), noop, runs * STEPS, 64)
-    idle = await asleep_then_drain(await database(), 0, 2000)
-    busy = await asleep_then_drain(await database(), sleepers, 2000)
+    url, db_name = await database()
+    meter = Meter([os.getpid()], db_name)
+    steps = await timed_drain(url, ten_steps, runs, 64, meter)
+    cpu = meter.per_job(runs * STEPS)
+    plain = await timed_drain((await database())[0], noop, runs * STEPS, 64)
+    idle = await asleep_then_drain((await database())[0], 0, 2000)
+    busy = await asleep_then_drain((await database())[0], sleepers, 2000)
     total = runs * STEPS
     report(
         name,
@@ -108,6 +127,7 @@ async def bench_backend(
             f"{runs:,} runs x {STEPS} steps, 64 slots": f"{total / steps:,.0f} steps/s",
             "  per step / per plain job (us)": f"{steps / total * 1e6:,.0f} / "
             f"{plain / total * 1e6:,.0f}",
+            "  CPU per step": cpu,
             f"drain {total:,} plain jobs, 64 slots": f"{total / plain:,.0f} jobs/s",
             "2,000 jobs on 4 slots, nothing asleep": f"{idle:,.0f} jobs/s",
             f"  the same beside {sleepers:,} runs asleep": f"{busy:,.0f} jobs/s",
@@ -129,8 +149,8 @@ def main() -> None:
             counter = iter(range(1_000_000))
             if args.backend in ("sqlite", "all"):
 
-                async def sqlite() -> str:
-                    return f"sqlite:///{Path(tmp) / f'wf{next(counter)}.db'}"
+                async def sqlite() -> tuple[str, str | None]:
+                    return f"sqlite:///{Path(tmp) / f'wf{next(counter)}.db'}", None
 
                 await bench_backend(
                     "workflows on sqlite (WAL file)", sqlite, args.runs, args.asleep
@@ -138,8 +158,8 @@ def main() -> None:
             if args.backend in ("postgres", "all"):
                 async with postgres_databases(args.postgres_url) as fresh:
 
-                    async def postgres() -> str:
-                        return (await fresh())[0]
+                    async def postgres() -> tuple[str, str | None]:
+                        return await fresh()
 
                     await bench_backend("workflows on postgres", postgres, args.runs, args.asleep)
 

@@ -398,16 +398,26 @@ WITH run AS (
     SELECT id, lease, created_at, cancel_requested, workflow FROM trioforge_jobs WHERE id = $1
 ){_records("run")}"""
 
-#: Many runs' records as their attempts begin, each fenced by its lease, clearing each
-#: run's wake-up flag (a signal or child end after this read wakes the run again). A
-#: batch of runs claimed together loads in one round trip, not four or five per run.
-_LOAD_RECORDS = f"""
-WITH u AS (SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS u(id, lease)),
-loaded AS (
-    UPDATE trioforge_jobs AS j SET wake_requested = FALSE FROM u
-    WHERE j.id = u.id AND j.lease = u.lease AND j.status = 'running'
-    RETURNING j.id, j.lease, j.created_at, j.cancel_requested, j.workflow
-){_records("loaded")}"""
+#: Many runs' wake-up flags cleared as their attempts begin, each fenced by its lease: a
+#: signal or child end after this wakes the run again. Only flags that are set are
+#: written, so in the usual case (none set) nothing is, and its commit waits for no WAL
+#: flush. The records are read by the next statement (_FENCED_RECORDS), not in this one:
+#: its snapshot would miss a signal whose commit this statement waited for, and clear the
+#: flag that signal set: a wake-up lost.
+_CLEAR_WAKES = """
+UPDATE trioforge_jobs AS j SET wake_requested = FALSE
+FROM unnest($1::bigint[], $2::bigint[]) AS u(id, lease)
+WHERE j.id = u.id AND j.lease = u.lease AND j.status = 'running' AND j.wake_requested
+"""
+
+#: Many runs' records, each only if its lease is the run's current one.
+_FENCED_RECORDS = f"""
+WITH run AS (
+    SELECT j.id, j.lease, j.created_at, j.cancel_requested, j.workflow
+    FROM trioforge_jobs AS j JOIN unnest($1::bigint[], $2::bigint[]) AS u(id, lease)
+        ON j.id = u.id AND j.lease = u.lease
+    WHERE j.status = 'running'
+){_records("run")}"""
 
 
 def _record(row: asyncpg.Record) -> WorkflowRecord:
@@ -434,9 +444,12 @@ async def _read_record(conn: asyncpg.Connection, run_id: int) -> WorkflowRecord 
 async def _load_records(
     conn: asyncpg.Connection, loads: list[ops.LoadWorkflow]
 ) -> list[WorkflowRecord | None]:
-    """Each load's record, None where its lease is not the run's current one."""
-    rows = await conn.fetch(_LOAD_RECORDS, [op.run_id for op in loads], [op.lease for op in loads])
-    loaded = {(r["id"], r["lease"]): _record(r) for r in rows}
+    """Each load's record, None where its lease is not the run's current one: two
+    statements for any number of runs (a queue's runs claimed together load together),
+    not four or five a run."""
+    runs = [op.run_id for op in loads], [op.lease for op in loads]
+    await conn.execute(_CLEAR_WAKES, *runs)
+    loaded = {(r["id"], r["lease"]): _record(r) for r in await conn.fetch(_FENCED_RECORDS, *runs)}
     return [loaded.get((op.run_id, op.lease)) for op in loads]
 
 

@@ -90,8 +90,8 @@ __all__ = ["PostgresBackend"]
 T = TypeVar("T")
 
 
-#: Batches of at most this many statements, each atomic alone, run without an explicit
-#: transaction (see _statements).
+#: Batches of at most this many groups of ops (see _statements), each atomic alone, run
+#: without an explicit transaction.
 _AUTOCOMMIT_MAX = 3
 
 
@@ -101,10 +101,10 @@ def _plain_step(op: ops.Op) -> bool:
 
 
 def _statements(batch: Sequence[ops.Op]) -> list[list[int]]:
-    """The batch as the statements that run it, each the indexes of its ops: the plain
-    record writes together, the record loads together (each kind one statement, however
-    many runs: a queue's runs tend to step in lockstep, claimed, loaded and recorded
-    together), then each other op on its own (its handler may run several)."""
+    """The batch as groups of ops run together, each the indexes of its ops: the plain
+    record writes (one statement, however many runs), the record loads (two), then each
+    other op on its own. A queue's runs tend to step in lockstep: claimed, loaded and
+    recorded together, a batch of each."""
     steps = [i for i, op in enumerate(batch) if _plain_step(op)]
     loads = [i for i, op in enumerate(batch) if isinstance(op, ops.LoadWorkflow)]
     together = {*steps, *loads}

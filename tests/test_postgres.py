@@ -37,6 +37,7 @@ from trioforge.storage import (
     StepRecord,
     StepStatus,
     WakeNotice,
+    WorkflowRecord,
     opened,
     ops,
 )
@@ -566,6 +567,7 @@ async def test_a_record_write_refused_for_its_data_fails_alone_in_its_batch(besi
         await backend.execute([ops.Enqueue((run,) * 4)], 1.0)
         claim = ops.Claim("q", frozenset({"w"}), 4, "me", 1e12)
         [claimed] = await backend.execute([claim], 1.0)
+        assert isinstance(claimed, ClaimResult)
         a, b, c, d = claimed.jobs
         step = StepRecord(0, StepKind.STEP, "s", StepStatus.COMPLETED, 1, '"ok"')
         poison = attrs.evolve(step)
@@ -580,6 +582,69 @@ async def test_a_record_write_refused_for_its_data_fails_alone_in_its_batch(besi
         results = await backend.execute(batch, 2.0)
         assert [getattr(r, "applied", r) for r in results[:3:2]] == [True, True]
         assert isinstance(results[1], Exception)
-        records = await backend.execute([ops.ReadWorkflow(j.id) for j in (a, b, c, d)], 3.0)
+        read = await backend.execute([ops.ReadWorkflow(j.id) for j in (a, b, c, d)], 3.0)
+        records = [r for r in read if isinstance(r, WorkflowRecord)]
+        assert len(records) == 4
         assert [[s.result for s in r.steps] for r in records[:3]] == [['"ok"'], [], ['"ok"']]
         assert [s.name for s in records[3].signals] == (["go"] if beside else [])
+
+
+async def test_a_signal_committed_while_its_run_loads_is_read_or_wakes_the_run_again() -> None:
+    """A run's load clears its wake-up flag and reads its record. A signal whose commit
+    the clearing waits for must then be in the record, or its flag must stay set (the
+    run comes back for it): one statement doing both would read from a snapshot taken
+    before that commit and clear the flag the signal set, losing the wake-up."""
+    async with temporary_schema() as backend, opened(backend):
+        run = NewJob("w", "q", "{}", 10, 0.0, 3, workflow=True)
+        await backend.execute([ops.Enqueue((run,))], 1.0)
+        [claimed] = await backend.execute([ops.Claim("q", frozenset({"w"}), 1, "me", 1e12)], 1.0)
+        assert isinstance(claimed, ClaimResult)
+        [job] = claimed.jobs
+        await backend.execute([ops.SendSignal(job.id, "first", "1")], 2.0)  # flag set
+        held, release = trio.Event(), asyncio.Event()
+
+        async def second_signal(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():  # what SendSignal writes, held uncommitted
+                await conn.execute("SELECT FROM trioforge_jobs WHERE id = $1 FOR UPDATE", job.id)
+                await conn.execute(
+                    "INSERT INTO trioforge_workflow_signals (run_id, name, payload, sent_at) "
+                    "VALUES ($1, 'second', '2', 3.0)",
+                    job.id,
+                )
+                await conn.execute(
+                    "UPDATE trioforge_jobs SET wake_requested = TRUE WHERE id = $1", job.id
+                )
+                held.set()  # trio-asyncio runs this in trio's thread
+                await release.wait()
+
+        async def lock_waiters(conn: asyncpg.Connection) -> int:
+            count: int = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            )
+            return count
+
+        async def wake_flag(conn: asyncpg.Connection) -> bool:
+            flag: bool = await conn.fetchval(
+                "SELECT wake_requested FROM trioforge_jobs WHERE id = $1", job.id
+            )
+            return flag
+
+        loaded: list[object] = []
+
+        async def load() -> None:
+            loaded.extend(await backend.execute([ops.LoadWorkflow(job.id, job.lease)], 4.0))
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(backend._aio, backend._run, second_signal)
+                await held.wait()
+                nursery.start_soon(load)
+                while not loaded and not await backend._aio(backend._run, lock_waiters):  # noqa: ASYNC110
+                    await trio.sleep(0.01)  # until the load is blocked on the signal's lock
+                release.set()
+        [record] = loaded
+        assert isinstance(record, WorkflowRecord)
+        flag = await backend._aio(backend._run, wake_flag)
+        seen = [s.name for s in record.signals]
+        assert seen == ["first", "second"] or flag, (seen, flag)

@@ -14,6 +14,7 @@ import trioforge
 import trioforge.web
 from tests.support import silent_jobs
 from tests.support.fast import FAST
+from tests.support.postgres import URL, schema_url
 from tests.test_web_api import NO_POLLING, events, served
 from trioforge import JobState, Retry, StepInfo, StepStatus, WorkflowContext
 from trioforge.storage import MemoryBackend
@@ -202,3 +203,31 @@ async def test_a_step_running_in_another_process_shows_in_the_api_and_its_stream
     assert step is not None
     assert step["attempts"] == 1
     assert running_step(snapshot, "long") == step
+
+
+async def test_a_step_running_in_another_process_shows_through_a_transaction_pooler() -> None:
+    """PostgreSQL: a step's record write sends its run's change notice from its own
+    statement, which behind a transaction pooler runs inside the batch's transaction; the
+    NOTIFY goes out at that commit and through the pooler (only LISTEN needs the direct
+    ``listen_url``). Nothing else is written after the step shows running, so only that
+    write's notice can wake the watcher, which never polls."""
+    async with schema_url() as url:
+        worker_url = f"{url}&pooler=transaction"
+        async with (
+            trioforge.open_client(url, poll_interval=NO_POLLING) as client,
+            silent_jobs.worker(worker_url, "--listen-url", URL),
+        ):
+            with trio.fail_after(30):
+                run_id = (await client.enqueue(silent_jobs.quiet)).id
+                async with client.watch_workflow(run_id) as views:
+                    async for view in views:
+                        step = step_named(view.steps, "long")
+                        if step is not None and step.status is StepStatus.RUNNING:
+                            seen_at = time.time()
+                            break
+                await client.cancel(run_id)
+                assert (await client.wait(run_id)).status is JobState.CANCELLED
+    assert step.started_at is not None
+    after = seen_at - step.started_at
+    print(f"a step shown running elsewhere {after * 1000:.0f} ms after its start (pooled)")
+    assert after < 1.0

@@ -498,6 +498,8 @@ class LoadWorkflow(Op[WorkflowRecord | None]):
     the run's wake-up flag: a signal or child end after this read wakes the run again."""
 
     runs = Runs.PER_JOB
+    # Its one write (the flag) needs no transaction around the read after it: that read
+    # sees what the write waited for.
     single_statement = True
 
     run_id: int

@@ -90,7 +90,7 @@ __all__ = ["PostgresBackend"]
 T = TypeVar("T")
 
 
-#: Batches of at most this many groups of ops (see _statements), each atomic alone, run
+#: Batches of at most this many groups of ops (see _groups), each atomic alone, run
 #: without an explicit transaction.
 _AUTOCOMMIT_MAX = 3
 
@@ -100,7 +100,7 @@ def _plain_step(op: ops.Op) -> bool:
     return isinstance(op, ops.RecordStep) and op.plain
 
 
-def _statements(batch: Sequence[ops.Op]) -> list[list[int]]:
+def _groups(batch: Sequence[ops.Op]) -> list[list[int]]:
     """The batch as groups of ops run together, each the indexes of its ops: the plain
     record writes (one statement, however many runs), the record loads (two), then each
     other op on its own. A queue's runs tend to step in lockstep: claimed, loaded and
@@ -370,7 +370,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
     async def _batch(
         self, conn: asyncpg.Connection, batch: list[ops.Op], now: float
     ) -> list[object]:
-        groups = _statements(batch)
+        groups = _groups(batch)
         if (
             not self._pooled  # a pooler may split a statement's parse and execution
             and len(groups) <= _AUTOCOMMIT_MAX
@@ -384,7 +384,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
             async with self._transaction(conn):
                 results: list[object] = [None] * len(batch)
                 for group in groups:
-                    done = await self._statement(conn, [batch[i] for i in group], now)
+                    done = await self._group(conn, [batch[i] for i in group], now)
                     for i, result in zip(group, done, strict=True):
                         results[i] = result
                 return results
@@ -394,14 +394,14 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
         # Something failed: each op on its own, so neighbours are unaffected.
         return await self._each(conn, batch, now, self._one)
 
-    async def _statement(
+    async def _group(
         self, conn: asyncpg.Connection, group: list[ops.Op], now: float
     ) -> Sequence[object]:
-        """The results of one of :func:`_statements`' groups of ops, run together. Plain
-        record writes and record loads come before the batch's other ops, which cannot
-        reorder one run's writes: a run waits for each of its record's loads and writes
-        before its next request (a step shown running ends in the same write), and a
-        signal or a child's end beside its load sets its wake-up flag whichever is first."""
+        """The results of a group of ops (see :func:`_groups`), run together. Plain record
+        writes and record loads go before the batch's other ops, which cannot reorder one
+        run's writes: a run waits for each load and write of its record before its next
+        request (a step shown running and ended in one batch is one write), and a signal
+        or a child's end beside its load sets its wake-up flag whichever goes first."""
         if len(group) == 1:
             return [await self._handlers[type(group[0])](conn, group[0], now)]
         steps = [op for op in group if isinstance(op, ops.RecordStep)]
@@ -419,7 +419,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
         for n, group in enumerate(groups):
             members = [batch[i] for i in group]
             try:
-                done = await self._statement(conn, members, now)
+                done = await self._group(conn, members, now)
             except Exception as exc:
                 if _lost(exc):
                     for i in (i for rest in groups[n:] for i in rest):

@@ -2,7 +2,8 @@
 plain job, and whether runs that sleep cost worker slots. Figures are printed, never
 asserted.
 
-* 1,000 runs of 10 trivial steps each, all enqueued at once, on a 64-slot queue;
+* 1,000 runs of 10 trivial steps each, all enqueued at once, on a 64-slot queue, with the
+  CPU per step (this process, and on PostgreSQL the database's backends: bench/cpu.py);
 * the same queue draining 10,000 no-op jobs, for the per-job cost beside it;
 * 10,000 runs (``--asleep``) asleep for an hour on a 4-slot queue, then 2,000 no-op jobs
   drained there, against the same drain with nothing asleep.

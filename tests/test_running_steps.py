@@ -227,6 +227,7 @@ async def test_a_step_running_in_another_process_shows_through_a_transaction_poo
                             break
                 await client.cancel(run_id)
                 assert (await client.wait(run_id)).status is JobState.CANCELLED
+    assert step is not None
     assert step.started_at is not None
     after = seen_at - step.started_at
     print(f"a step shown running elsewhere {after * 1000:.0f} ms after its start (pooled)")

@@ -250,6 +250,29 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
             raise mapped from exc
         return [self._unavailable(r) if isinstance(r, Exception) else r for r in results]
 
+    def start_batch(
+        self,
+        batch: Sequence[ops.Op],
+        now: float,
+        done: Callable[[list[object] | BaseException], None],
+    ) -> bool:
+        """:meth:`execute` as an asyncio task of its own on the trio-asyncio loop, ``done``
+        called from that task's end (on the loop, so on trio's thread): no trio task waits
+        for it or wakes to pass its results on."""
+        loop = trio_asyncio_module().current_loop.get()
+        if loop is None or loop.is_closed():
+            return False
+
+        def ended(task: asyncio.Task[list[object]]) -> None:
+            if task.cancelled():  # only the loop's own teardown cancels it
+                done(DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} closed"))
+                return
+            error = task.exception()
+            done(task.result() if error is None else error)
+
+        loop.create_task(self.execute_asyncio(batch, now)).add_done_callback(ended)
+        return True
+
     def _unavailable(self, exc: Exception) -> Exception:
         """A lost or refused connection as the error callers know, and a value the server
         or driver refused as :func:`refused_value` (other errors as they are): the runtime

@@ -256,22 +256,32 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
         now: float,
         done: Callable[[list[object] | BaseException], None],
     ) -> bool:
-        """:meth:`execute` as an asyncio task of its own on the trio-asyncio loop, ``done``
-        called from that task's end (on the loop, so on trio's thread): no trio task waits
-        for it or wakes to pass its results on."""
+        """:meth:`execute` as an asyncio task of its own on the trio-asyncio loop, calling
+        ``done`` as its last step (on the loop, so on trio's thread): no trio task waits
+        for it or wakes to pass its results on, and no done-callback costs the loop a turn."""
         loop = trio_asyncio_module().current_loop.get()
         if loop is None or loop.is_closed():
             return False
-
-        def ended(task: asyncio.Task[list[object]]) -> None:
-            if task.cancelled():  # only the loop's own teardown cancels it
-                done(DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} closed"))
-                return
-            error = task.exception()
-            done(task.result() if error is None else error)
-
-        loop.create_task(self.execute_asyncio(batch, now)).add_done_callback(ended)
+        loop.create_task(self._run_then(batch, now, done))
         return True
+
+    async def _run_then(
+        self,
+        batch: Sequence[ops.Op],
+        now: float,
+        done: Callable[[list[object] | BaseException], None],
+    ) -> None:
+        try:
+            results = await self.execute_asyncio(batch, now)
+        except Exception as exc:  # the whole batch failed, as execute would have raised
+            done(exc)
+        except BaseException as exc:  # the loop's teardown cancelling it, or an interrupt
+            if isinstance(exc, asyncio.CancelledError):
+                exc = DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} closed")
+            done(exc)
+            raise
+        else:
+            done(results)
 
     def _unavailable(self, exc: Exception) -> Exception:
         """A lost or refused connection as the error callers know, and a value the server

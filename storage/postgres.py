@@ -313,7 +313,10 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
                     await conn.close()
             pool: asyncpg.Pool = await asyncpg.create_pool(
                 self.url,
-                min_size=1,
+                # Two kept open (as the pool allows): the first batch that overlaps another
+                # (a claim beside an outcome write or a heartbeat), in a fresh process or
+                # after a quiet spell, would otherwise wait for a connection to be made.
+                min_size=min(2, self._pool_size),
                 max_size=self._pool_size,
                 timeout=self._connect_timeout,
                 server_settings=settings,

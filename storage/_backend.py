@@ -47,8 +47,13 @@ class Backend(Protocol):
     #: Whether :meth:`listen` works: other processes' enqueues and cancels are pushed here.
     notifies: bool
 
-    def listen(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Notice]]:
-        """A dedicated connection receiving notices until it drops (the channel then ends).
+    def listen(
+        self, on_notice: Callable[[Notice], None]
+    ) -> AbstractAsyncContextManager[trio.Event]:
+        """A dedicated connection receiving notices until it drops (the event yielded is
+        then set). ``on_notice`` is called with each notice as it arrives, synchronously on
+        trio's thread (no task in between: a wake-up reaches its fetcher in one pass of
+        the scheduler); it must not block, and an error it raises is logged.
 
         Only called when ``notifies`` is true, by the runtime's listener actor.
         """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -32,6 +33,7 @@ from trioforge.storage import (
     ClaimResult,
     JobInfo,
     NewJob,
+    Notice,
     SlotsFreedNotice,
     WakeNotice,
     opened,
@@ -410,13 +412,40 @@ def test_a_slots_freed_notice_is_for_the_listeners_own_schema_only() -> None:
     assert parse_notice("f:tenant_a", None) is None
 
 
+async def test_a_notice_handler_that_raises_is_logged_and_listening_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Notices are handled inside the driver's callback, on asyncio's loop: an error there
+    is logged instead of ending the loop, and the next notice is handled."""
+    job = NewJob("x", "q", "{}", 10, 0.0, 3)
+    heard: list[Notice] = []
+    second = trio.Event()
+
+    def on_notice(notice: Notice) -> None:
+        heard.append(notice)
+        if len(heard) == 1:
+            raise RuntimeError("the first notice's handler fails")
+        second.set()
+
+    async with temporary_schema() as backend, opened(backend), backend.listen(on_notice) as lost:
+        await backend.execute([ops.Enqueue((job,))], 1.0)
+        await backend.execute([ops.Enqueue((job,))], 1.0)
+        with trio.fail_after(10):
+            await second.wait()
+        assert not lost.is_set()
+    assert [type(n) for n in heard] == [WakeNotice, WakeNotice]
+    assert "the first notice's handler fails" in caplog.text
+
+
 async def test_cancelling_job_n_in_one_schema_cancels_nothing_in_another() -> None:
     job = NewJob("x", "q", "{}", 10, 0.0, 3)
     async with temporary_schema() as a, temporary_schema() as b, opened(a), opened(b):
         for backend in (a, b):  # job 1, running, in each schema
             await backend.execute([ops.Enqueue((job,))], 1.0)
             await backend.execute([ops.Claim("q", {"x"}, 1, "w", 100.0)], 1.0)
-        async with a.listen() as a_notices, b.listen() as b_notices:
+        a_heard, a_notices = trio.open_memory_channel[Notice](math.inf)
+        b_heard, b_notices = trio.open_memory_channel[Notice](math.inf)
+        async with a.listen(a_heard.send_nowait), b.listen(b_heard.send_nowait):
             await a.execute([ops.Cancel(1)], 2.0)
             await b.execute([ops.Enqueue((job,))], 2.0)  # a notice b does hear
             with trio.fail_after(10):
@@ -551,3 +580,16 @@ async def test_a_claim_reads_no_further_than_the_due_jobs() -> None:
         picked = next(n for n in root["Plans"] if n.get("Subplan Name") == "CTE picked")
         assert picked["Actual Rows"] == 3
         assert picked["Shared Hit Blocks"] + picked.get("Shared Read Blocks", 0) < 30
+
+
+@pytest.mark.parametrize(("pool_size", "open_at_start"), [(4, 2), (1, 1)])
+async def test_the_pool_opens_with_a_second_connection_ready(
+    pool_size: int, open_at_start: int
+) -> None:
+    """A batch that overlaps the first one (a claim beside an outcome write) finds a
+    connection already made, rather than waiting for one on its way to the server."""
+    async with temporary_schema() as template:
+        backend = PostgresBackend(template.url, schema=template.schema, pool_size=pool_size)
+        async with opened(backend):
+            assert backend._pool is not None
+            assert backend._pool.pool.get_size() == open_at_start

@@ -3,10 +3,10 @@
 It holds the backend's dedicated listening connection, whose driver callback hands each
 notice to ``on_notice`` itself: a wake-up reaches its queue's fetcher without waking this
 task (one pass of trio's scheduler less between the notice and the claim). When that
-connection drops it
-reconnects (after ``retry_interval``) and then catches up, because notices sent while it was
-away are lost: every local fetcher is woken to claim, and cancel flags are still read by the
-heartbeat. Meanwhile the runtime keeps working on its poll interval.
+connection drops it reconnects (after ``retry_interval``) and then catches up, because
+notices sent while it was away are lost: every local fetcher is woken to claim, and cancel
+flags are still read by the heartbeat. Meanwhile the runtime keeps working on its poll
+interval.
 """
 
 from __future__ import annotations

@@ -269,7 +269,7 @@ class _Scheduler:
                     self._waiting.append(inbox.receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            inbox.unseen = 0  # every request sent is in the channel's buffer or here
+            inbox.unseen = 0  # the buffer is empty: every request sent so far is here
             self._changed.set()
         self._closed = True
         self._changed.set()

@@ -276,9 +276,8 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
         except Exception as exc:  # the whole batch failed, as execute would have raised
             done(exc)
         except BaseException as exc:  # the loop's teardown cancelling it, or an interrupt
-            if isinstance(exc, asyncio.CancelledError):
-                exc = DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} closed")
-            done(exc)
+            closed = DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} closed")
+            done(closed if isinstance(exc, asyncio.CancelledError) else exc)
             raise
         else:
             done(results)

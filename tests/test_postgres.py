@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -417,11 +418,15 @@ async def test_a_notice_handler_that_raises_is_logged_and_listening_goes_on(
 ) -> None:
     """Notices are handled inside the driver's callback, on asyncio's loop: an error there
     is logged instead of ending the loop, and the next notice is handled."""
-    job = NewJob("x", "q", "{}", 10, 0.0, 3)
+    # The channel is the database's: other schemas' wake-ups arrive too, not for this queue.
+    queue = f"q{uuid.uuid4().hex}"
+    job = NewJob("x", queue, "{}", 10, 0.0, 3)
     heard: list[Notice] = []
     second = trio.Event()
 
     def on_notice(notice: Notice) -> None:
+        if not isinstance(notice, WakeNotice) or notice.queue != queue:
+            return
         heard.append(notice)
         if len(heard) == 1:
             raise RuntimeError("the first notice's handler fails")
@@ -433,7 +438,7 @@ async def test_a_notice_handler_that_raises_is_logged_and_listening_goes_on(
         with trio.fail_after(10):
             await second.wait()
         assert not lost.is_set()
-    assert [type(n) for n in heard] == [WakeNotice, WakeNotice]
+    assert len(heard) == 2
     assert "the first notice's handler fails" in caplog.text
 
 

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -448,11 +449,18 @@ async def test_cancelling_job_n_in_one_schema_cancels_nothing_in_another() -> No
         for backend in (a, b):  # job 1, running, in each schema
             await backend.execute([ops.Enqueue((job,))], 1.0)
             await backend.execute([ops.Claim("q", {"x"}, 1, "w", 100.0)], 1.0)
+        # The channel is the database's: wake-ups of other schemas' queues are left out.
+        queue = f"q{uuid.uuid4().hex}"
         a_heard, a_notices = trio.open_memory_channel[Notice](math.inf)
         b_heard, b_notices = trio.open_memory_channel[Notice](math.inf)
-        async with a.listen(a_heard.send_nowait), b.listen(b_heard.send_nowait):
+
+        def hear(heard: trio.MemorySendChannel[Notice], notice: Notice) -> None:
+            if not isinstance(notice, WakeNotice) or notice.queue == queue:
+                heard.send_nowait(notice)
+
+        async with a.listen(partial(hear, a_heard)), b.listen(partial(hear, b_heard)):
             await a.execute([ops.Cancel(1)], 2.0)
-            await b.execute([ops.Enqueue((job,))], 2.0)  # a notice b does hear
+            await b.execute([ops.Enqueue((attrs.evolve(job, queue=queue),))], 2.0)  # b hears it
             with trio.fail_after(10):
                 assert await a_notices.receive() == CancelNotice(1)
                 # Notices arrive in commit order: a cancel b took for its own would

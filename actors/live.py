@@ -79,6 +79,10 @@ class LiveFeed:
 
     def __init__(self, send: trio.MemorySendChannel[_Message]) -> None:
         self._send = send
+        #: Whether anything ever subscribed: until then the process's own hints are
+        #: dropped here, as the feed would (it re-reads only watched jobs), so a worker
+        #: that no one watches through does not wake the feed at every claim and outcome.
+        self._watched = False
 
     def subscribe(
         self, job_id: int, *, every_read: bool = False
@@ -89,6 +93,7 @@ class LiveFeed:
         of the job, news or not (a change notice may be about a workflow run's record,
         which a snapshot does not show)."""
         send, receive = trio.open_memory_channel[Update](math.inf)
+        self._watched = True
         try:
             self._send.send_nowait(_Subscribe(job_id, send, every_read))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -98,7 +103,8 @@ class LiveFeed:
     def changed(self, job_ids: Iterable[int]) -> None:
         """A hint from this process: it just wrote these jobs (re-read them now rather than
         at the storage notice)."""
-        self.notice(frozenset(job_ids))
+        if self._watched:  # a later subscriber reads its job when it subscribes
+            self.notice(frozenset(job_ids))
 
     def notice(self, job_ids: Changed) -> None:
         """Storage says these jobs changed (None: maybe any)."""

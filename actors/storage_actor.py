@@ -5,25 +5,33 @@ whatever is waiting (up to ``max_batch``) and runs it as one backend batch: one 
 one thread hop or one asyncio crossing for many enqueues, claims and outcomes. Backends that
 can (``max_in_flight`` > 1: PostgreSQL's pool) run several batches at once, as long as no
 job's writes could be reordered.
+
+A backend that starts batches without a trio task (:class:`~trioforge.storage.StartsBatches`:
+PostgreSQL's asyncio tasks) has them started by the scheduler itself, and a caller of
+:meth:`StorageHandle.call` that finds the actor idle starts its own request's batch at once,
+under the same rules: an idle enqueue or claim reaches the database without waking the
+actor's tasks, and its reply wakes only the caller.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from functools import partial
 from typing import TypeVar, cast
 
 import attrs
 import trio
 
 from trioforge._core.errors import DatabaseUnavailableError, TrioforgeError
-from trioforge.storage import Backend, ops
+from trioforge.storage import Backend, StartsBatches, ops
 from trioforge.storage._health import permanent_failure
 
-__all__ = ["StorageHandle", "log_failure", "open_storage_channel", "storage_actor"]
+__all__ = ["StorageHandle", "StorageInbox", "log_failure", "open_storage_channel", "storage_actor"]
 
 T = TypeVar("T")
 
@@ -45,6 +53,20 @@ class _Request:
     result: object = None
 
 
+@attrs.define(eq=False)
+class StorageInbox:
+    """The storage actor's end of the channel, and the scheduler it serves it with while it
+    runs one (several batches at once), through which a caller that finds it idle starts
+    a batch itself."""
+
+    receive: trio.MemoryReceiveChannel[_Request]
+    scheduler: _Scheduler | None = None
+    #: Requests sent on the channel that the scheduler has not taken in yet (one handed
+    #: straight to a waiting receiver is in no buffer): a caller starting its own batch
+    #: would overtake them.
+    unseen: int = 0
+
+
 class StorageHandle:
     """The sending side of the storage actor, shared by every other actor and the API.
 
@@ -53,8 +75,10 @@ class StorageHandle:
     is set and ``broken_by`` says why, so a worker can stop instead of retrying forever.
     """
 
-    def __init__(self, send: trio.MemorySendChannel[_Request]) -> None:
+    def __init__(self, send: trio.MemorySendChannel[_Request], inbox: StorageInbox) -> None:
         self._send = send
+        self._inbox = inbox
+        self._closed = False
         self.broken = trio.Event()
         self.broken_by: DatabaseUnavailableError | None = None
 
@@ -73,9 +97,22 @@ class StorageHandle:
 
         Cancellation: if the caller is cancelled while waiting, the operation may still
         run; callers whose outcome must not be lost use :meth:`call_shielded`.
+
+        When the actor is idle (nothing queued, nothing in flight) and its backend starts
+        batches without a task, the caller starts the batch itself, at once: a batch
+        started that way runs to its end whatever happens to the caller, as the actor's do.
         """
         request = _Request(op)
-        await self._submit(request)
+        scheduler = self._inbox.scheduler
+        if (
+            scheduler is not None
+            and not self._closed
+            and not self._inbox.unseen  # nothing sent before it is still on its way
+            and scheduler.idle
+        ):
+            scheduler.submit(request)
+        else:
+            await self._submit(request)
         await request.done.wait()
         if isinstance(request.result, BaseException):
             self._check(request.result)
@@ -89,6 +126,7 @@ class StorageHandle:
         lands after it. Does nothing once storage is closed."""
         with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
             self._send.send_nowait(_Request(op))
+            self._inbox.unseen += 1
 
     async def call_shielded(self, op: ops.Op[T], *, limit: float = 30.0) -> T | None:
         """Like :meth:`call`, shielded from cancellation (bounded by ``limit`` seconds), for
@@ -113,15 +151,20 @@ class StorageHandle:
         return [cast(T | BaseException, r.result) if r.done.is_set() else None for r in requests]
 
     async def _submit(self, request: _Request) -> None:
+        # What the channel's send does, with the request counted as unseen as it is sent.
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            await self._send.send(request)
+            self._send.send_nowait(request)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise TrioforgeError(
                 "the runtime's storage is closed; use it inside its block"
             ) from None
+        self._inbox.unseen += 1
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     def close(self) -> None:
         """No more requests; the actor finishes those queued, then returns."""
+        self._closed = True
         self._send.close()
 
 
@@ -140,10 +183,25 @@ class _Scheduler:
     writes waits for it, with everything behind it; any other kind of write (cancel,
     retry, cron, leases, pause, rescue...) starts only when nothing is in flight, and
     nothing starts beside it.
+
+    A batch starts through the backend's :meth:`~trioforge.storage.StartsBatches.start_batch`
+    when it has one (in the actor's context, as if the actor's task had run it), else in
+    a task of the actor's nursery.
     """
 
-    def __init__(self, max_in_flight: int, max_batch: int) -> None:
-        self._limit = max_in_flight
+    def __init__(
+        self,
+        backend: Backend,
+        now: Callable[[], float],
+        max_batch: int,
+        nursery: trio.Nursery,
+    ) -> None:
+        self._backend = backend
+        self._starts = backend if isinstance(backend, StartsBatches) else None
+        self._now = now
+        self._nursery = nursery
+        self._context = contextvars.copy_context()
+        self._limit = backend.max_in_flight
         self._max_batch = max_batch
         self._waiting: deque[_Request] = deque()
         self._in_flight: list[frozenset[int] | None] = []  # what each running batch writes
@@ -155,19 +213,63 @@ class _Scheduler:
     def finished(self) -> bool:
         return self._closed and not self._waiting and not self._in_flight
 
+    @property
+    def idle(self) -> bool:
+        """Nothing waits and nothing runs: a request submitted now starts at once, alone."""
+        return not self._waiting and not self._in_flight and self._starts is not None
+
+    def submit(self, request: _Request) -> None:
+        """``request`` from a caller, behind everything waiting, and every batch that may
+        start now started (else the actor's loop starts it when it may)."""
+        self._waiting.append(request)
+        self.start_ready()
+        if self._waiting:
+            self._changed.set()
+
+    def start_ready(self) -> None:
+        """Start every batch the rules let start now."""
+        while (started := self.next_batch()) is not None:
+            self._launch(*started)
+
+    def _launch(self, batch: list[_Request], writes: frozenset[int] | None) -> None:
+        if self._starts is not None:
+            ended = partial(self._ended, batch, writes)
+            ops_ = [r.op for r in batch]
+            if self._context.run(self._starts.start_batch, ops_, self._now(), ended):
+                return
+        self._nursery.start_soon(self.run, batch, writes)
+
+    def _ended(
+        self,
+        batch: list[_Request],
+        writes: frozenset[int] | None,
+        results: list[object] | BaseException,
+    ) -> None:
+        """A started batch's end: its replies, then its place in flight freed."""
+        _deliver(batch, [results] * len(batch) if isinstance(results, BaseException) else results)
+        self._freed(writes)
+
+    def _freed(self, writes: frozenset[int] | None) -> None:
+        """A batch is no longer in flight: the actor looks again if that may let a waiting
+        request start, or end its loop."""
+        self._in_flight.remove(writes)
+        if self._waiting or self._closed:
+            self._changed.set()
+
     async def changed(self) -> None:
         """Wait until a request arrives, a batch ends or the channel closes."""
         await self._changed.wait()
         self._changed = trio.Event()
 
-    async def take_in(self, receive: trio.MemoryReceiveChannel[_Request]) -> None:
-        async for first in receive:
+    async def take_in(self, inbox: StorageInbox) -> None:
+        async for first in inbox.receive:
             self._waiting.append(first)
             while True:  # everything already queued, so it can share a batch
                 try:
-                    self._waiting.append(receive.receive_nowait())
+                    self._waiting.append(inbox.receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+            inbox.unseen = 0  # the buffer is empty: every request sent so far is here
             self._changed.set()
         self._closed = True
         self._changed.set()
@@ -200,24 +302,17 @@ class _Scheduler:
         self._in_flight.append(writes)
         return batch, writes
 
-    async def run(
-        self,
-        backend: Backend,
-        now: Callable[[], float],
-        batch: list[_Request],
-        writes: frozenset[int] | None,
-    ) -> None:
+    async def run(self, batch: list[_Request], writes: frozenset[int] | None) -> None:
         try:
-            await _run(backend, now, batch)
+            await _run(self._backend, self._now, batch)
         finally:
-            self._in_flight.remove(writes)
-            self._changed.set()
+            self._freed(writes)
 
 
 async def storage_actor(
     backend: Backend,
     now: Callable[[], float],
-    receive: trio.MemoryReceiveChannel[_Request],
+    inbox: StorageInbox,
     *,
     max_batch: int = 512,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -230,17 +325,20 @@ async def storage_actor(
     channel after every other actor has stopped, and the actor drains and returns.
     """
     task_status.started()
-    with trio.CancelScope(shield=True), receive:
+    with trio.CancelScope(shield=True), inbox.receive as receive:
         if backend.max_in_flight <= 1:
             await _serve_one_at_a_time(backend, now, receive, max_batch)
             return
-        scheduler = _Scheduler(backend.max_in_flight, max_batch)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(scheduler.take_in, receive)
-            while not scheduler.finished:
-                while (started := scheduler.next_batch()) is not None:
-                    nursery.start_soon(scheduler.run, backend, now, *started)
-                await scheduler.changed()
+            scheduler = _Scheduler(backend, now, max_batch, nursery)
+            nursery.start_soon(scheduler.take_in, inbox)
+            inbox.scheduler = scheduler
+            try:
+                while not scheduler.finished:
+                    scheduler.start_ready()
+                    await scheduler.changed()
+            finally:
+                inbox.scheduler = None
 
 
 async def _serve_one_at_a_time(
@@ -266,11 +364,16 @@ async def _run(backend: Backend, now: Callable[[], float], batch: list[_Request]
         results = await backend.execute([r.op for r in batch], now())
     except Exception as exc:  # the whole batch failed (e.g. database unreachable)
         results = [exc] * len(batch)
+    _deliver(batch, results)
+
+
+def _deliver(batch: list[_Request], results: list[object]) -> None:
     for request, result in zip(batch, results, strict=True):
         request.result = result
         request.done.set()
 
 
-def open_storage_channel() -> tuple[StorageHandle, trio.MemoryReceiveChannel[_Request]]:
+def open_storage_channel() -> tuple[StorageHandle, StorageInbox]:
     send, receive = trio.open_memory_channel[_Request](math.inf)
-    return StorageHandle(send), receive
+    inbox = StorageInbox(receive)
+    return StorageHandle(send, inbox), inbox

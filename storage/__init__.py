@@ -6,7 +6,14 @@ storable-text rule.
 """
 
 from trioforge.storage import _ops as ops
-from trioforge.storage._backend import AsyncioBackend, AsyncioExecute, Backend, Changed, opened
+from trioforge.storage._backend import (
+    AsyncioBackend,
+    AsyncioExecute,
+    Backend,
+    Changed,
+    StartsBatches,
+    opened,
+)
 from trioforge.storage._records import (
     NEVER,
     AttemptRecord,
@@ -64,6 +71,7 @@ __all__ = [
     "SchemaStatus",
     "SignalRecord",
     "SlotsFreedNotice",
+    "StartsBatches",
     "StepKind",
     "StepRecord",
     "StepStatus",

@@ -91,27 +91,30 @@ class PostgresListening:
         return await trio_asyncio_module().aio_as_trio(fn)(*args)
 
     @asynccontextmanager
-    async def listen(self) -> AsyncIterator[trio.MemoryReceiveChannel[Notice]]:
-        """LISTEN on a connection of its own (a pooled one would be UNLISTENed on release).
-        The channel ends when that connection drops."""
-        send, receive = trio.open_memory_channel[Notice](math.inf)
-        probe, heard = f"p:{uuid.uuid4().hex}", trio.Event()
+    async def listen(self, on_notice: Callable[[Notice], None]) -> AsyncIterator[trio.Event]:
+        """LISTEN on a connection of its own (a pooled one would be UNLISTENed on release),
+        ``on_notice`` called from asyncpg's callback itself (trio-asyncio runs it on trio's
+        thread). The event is set when that connection drops."""
+        probe, heard, lost = f"p:{uuid.uuid4().hex}", trio.Event(), trio.Event()
 
         def on_notify(conn: object, pid: int, channel: str, payload: str) -> None:
             if payload == probe:
                 heard.set()
                 return
             notice = parse_notice(payload, self.schema)
-            if notice is not None:
-                with contextlib.suppress(trio.ClosedResourceError):
-                    send.send_nowait(notice)
+            if notice is None or lost.is_set():
+                return
+            try:
+                on_notice(notice)
+            except Exception:  # raised into asyncio's loop it would end the runtime
+                log.exception("handling the notice %r failed", notice)
 
-        conn = await self._aio(self._listening, CHANNEL, on_notify, send.close, "listener")
+        conn = await self._aio(self._listening, CHANNEL, on_notify, lost.set, "listener")
         try:
             await self._check_heard(CHANNEL, probe, heard)
-            yield receive
+            yield lost
         finally:
-            send.close()
+            lost.set()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._aio(conn.close)
 

@@ -97,7 +97,9 @@ class MemoryBackend(MemoryStore):
             self._change_feeds.remove(send)
             send.close()
 
-    def listen(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Notice]]:
+    def listen(
+        self, on_notice: Callable[[Notice], None]
+    ) -> AbstractAsyncContextManager[trio.Event]:
         raise NotImplementedError("this backend pushes no notices; the runtime polls it")
 
     def environment(self) -> AbstractAsyncContextManager[None]:

@@ -257,6 +257,38 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
             raise mapped from exc
         return [self._unavailable(r) if isinstance(r, Exception) else r for r in results]
 
+    def start_batch(
+        self,
+        batch: Sequence[ops.Op],
+        now: float,
+        done: Callable[[list[object] | BaseException], None],
+    ) -> bool:
+        """:meth:`execute` as an asyncio task of its own on the trio-asyncio loop, calling
+        ``done`` as its last step (on the loop, so on trio's thread): no trio task waits
+        for it or wakes to pass its results on, and no done-callback costs the loop a turn."""
+        loop = trio_asyncio_module().current_loop.get()
+        if loop is None or loop.is_closed():
+            return False
+        loop.create_task(self._run_then(batch, now, done))
+        return True
+
+    async def _run_then(
+        self,
+        batch: Sequence[ops.Op],
+        now: float,
+        done: Callable[[list[object] | BaseException], None],
+    ) -> None:
+        try:
+            results = await self.execute_asyncio(batch, now)
+        except Exception as exc:  # the whole batch failed, as execute would have raised
+            done(exc)
+        except BaseException as exc:  # the loop's teardown cancelling it, or an interrupt
+            closed = DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} closed")
+            done(closed if isinstance(exc, asyncio.CancelledError) else exc)
+            raise
+        else:
+            done(results)
+
     def _unavailable(self, exc: Exception) -> Exception:
         """A lost or refused connection as the error callers know, and a value the server
         or driver refused as :func:`refused_value` (other errors as they are): the runtime
@@ -287,7 +319,10 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
                     await conn.close()
             pool: asyncpg.Pool = await asyncpg.create_pool(
                 self.url,
-                min_size=1,
+                # Two kept open (as the pool allows): the first batch that overlaps another
+                # (a claim beside an outcome write or a heartbeat), in a fresh process or
+                # after a quiet spell, would otherwise wait for a connection to be made.
+                min_size=min(2, self._pool_size),
                 max_size=self._pool_size,
                 timeout=self._connect_timeout,
                 server_settings=settings,

@@ -130,7 +130,9 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
     notifies = False
     enqueue_in_asyncio: ClassVar[bool] = False
 
-    def listen(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Notice]]:
+    def listen(
+        self, on_notice: Callable[[Notice], None]
+    ) -> AbstractAsyncContextManager[trio.Event]:
         raise NotImplementedError("this backend pushes no notices; the runtime polls it")
 
     def environment(self) -> AbstractAsyncContextManager[None]:

@@ -150,9 +150,18 @@ async def test_worker_runs_jobs_and_drains_on_sigint(tmp_path: Path) -> None:
         "@registry.job('shout')\n"
         "async def shout(ctx: trioforge.JobContext, text: str) -> str:\n"
         "    return text.upper()\n"
+        "@registry.job('frozen')\n"
+        "async def frozen(ctx: trioforge.JobContext) -> int:\n"
+        "    import gc\n"
+        "    return gc.get_freeze_count()\n"
     )
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     shout = Registry().job("shout")(echo.handler)
+
+    async def freeze_count(ctx: JobContext) -> int:
+        raise AssertionError("runs in the worker process")
+
+    frozen = Registry().job("frozen")(freeze_count)
     command = [sys.executable, "-m", "trioforge", "worker", "climod:registry", "--database", url]
     async with trioforge.open_client(url) as client:
         job_id = await client.enqueue(shout, "hi")
@@ -161,15 +170,22 @@ async def test_worker_runs_jobs_and_drains_on_sigint(tmp_path: Path) -> None:
         )
         assert proc.stderr is not None
         seen = b""
-        with trio.fail_after(30):
-            while b"ready" not in seen:
-                chunk = await proc.stderr.receive_some()
-                assert chunk, seen
-                seen += chunk
-            assert (await client.wait(job_id)).result == "HI"
-        proc.send_signal(signal.SIGINT)
-        with trio.fail_after(30):
-            assert await proc.wait() == 0
+        try:
+            with trio.fail_after(30):
+                while b"ready" not in seen:
+                    chunk = await proc.stderr.receive_some()
+                    assert chunk, seen
+                    seen += chunk
+                assert (await client.wait(job_id)).result == "HI"
+                # The heap the worker started with is out of the collector's walks.
+                frozen_id = await client.enqueue(frozen)
+                assert (await client.wait(frozen_id)).result > 0
+            proc.send_signal(signal.SIGINT)
+            with trio.fail_after(30):
+                assert await proc.wait() == 0
+        finally:
+            if proc.returncode is None:  # a failed check above: leave no worker behind
+                proc.kill()
     assert b"queues default=10" in seen
 
 

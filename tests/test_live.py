@@ -15,6 +15,7 @@ from tests.support.fast import FAST
 from tests.support.postgres import URL, schema_url
 from tests.support.virtual import run_virtual
 from trioforge import JobContext, JobState, Registry, VirtualClock
+from trioforge.actors.live import _Changed, open_live_feed
 from trioforge.storage import MemoryBackend
 
 #: A client that would notice nothing for a minute if it had to poll.
@@ -244,3 +245,17 @@ async def test_a_silent_job_shows_running_elsewhere_through_a_transaction_pooler
         )
     print(f"a silent job seen running {after * 1000:.0f} ms after its claim (pooled)")
     assert after < 1.0
+
+
+def test_the_process_own_hints_reach_the_feed_only_once_something_is_watched() -> None:
+    """A worker's claims and outcomes hint the feed, which only re-reads watched jobs: until
+    a first subscription the hints are dropped before they wake it, and from then on they
+    are passed on (a later subscriber reads its job when it subscribes)."""
+    feed, messages = open_live_feed()
+    feed.changed([1, 2])
+    with pytest.raises(trio.WouldBlock):
+        messages.receive_nowait()
+    feed.subscribe(3)
+    messages.receive_nowait()  # the subscription
+    feed.changed([3])
+    assert messages.receive_nowait() == _Changed(frozenset({3}))

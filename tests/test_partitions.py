@@ -12,7 +12,7 @@ attempt must be fenced off.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -55,7 +55,9 @@ class Partition:
     def heal(self) -> None:
         self.healed.set()
 
-    def listen(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Notice]]:
+    def listen(
+        self, on_notice: Callable[[Notice], None]
+    ) -> AbstractAsyncContextManager[trio.Event]:
         raise NotImplementedError
 
     def changes(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Changed]]:

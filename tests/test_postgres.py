@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import sys
+import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from trioforge.storage import (
     ClaimResult,
     JobInfo,
     NewJob,
+    Notice,
     SlotsFreedNotice,
     StepKind,
     StepRecord,
@@ -414,15 +418,53 @@ def test_a_slots_freed_notice_is_for_the_listeners_own_schema_only() -> None:
     assert parse_notice("f:tenant_a", None) is None
 
 
+async def test_a_notice_handler_that_raises_is_logged_and_listening_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Notices are handled inside the driver's callback, on asyncio's loop: an error there
+    is logged instead of ending the loop, and the next notice is handled."""
+    # The channel is the database's: other schemas' wake-ups arrive too, not for this queue.
+    queue = f"q{uuid.uuid4().hex}"
+    job = NewJob("x", queue, "{}", 10, 0.0, 3)
+    heard: list[Notice] = []
+    second = trio.Event()
+
+    def on_notice(notice: Notice) -> None:
+        if not isinstance(notice, WakeNotice) or notice.queue != queue:
+            return
+        heard.append(notice)
+        if len(heard) == 1:
+            raise RuntimeError("the first notice's handler fails")
+        second.set()
+
+    async with temporary_schema() as backend, opened(backend), backend.listen(on_notice) as lost:
+        await backend.execute([ops.Enqueue((job,))], 1.0)
+        await backend.execute([ops.Enqueue((job,))], 1.0)
+        with trio.fail_after(10):
+            await second.wait()
+        assert not lost.is_set()
+    assert len(heard) == 2
+    assert "the first notice's handler fails" in caplog.text
+
+
 async def test_cancelling_job_n_in_one_schema_cancels_nothing_in_another() -> None:
     job = NewJob("x", "q", "{}", 10, 0.0, 3)
     async with temporary_schema() as a, temporary_schema() as b, opened(a), opened(b):
         for backend in (a, b):  # job 1, running, in each schema
             await backend.execute([ops.Enqueue((job,))], 1.0)
             await backend.execute([ops.Claim("q", {"x"}, 1, "w", 100.0)], 1.0)
-        async with a.listen() as a_notices, b.listen() as b_notices:
+        # The channel is the database's: wake-ups of other schemas' queues are left out.
+        queue = f"q{uuid.uuid4().hex}"
+        a_heard, a_notices = trio.open_memory_channel[Notice](math.inf)
+        b_heard, b_notices = trio.open_memory_channel[Notice](math.inf)
+
+        def hear(heard: trio.MemorySendChannel[Notice], notice: Notice) -> None:
+            if not isinstance(notice, WakeNotice) or notice.queue == queue:
+                heard.send_nowait(notice)
+
+        async with a.listen(partial(hear, a_heard)), b.listen(partial(hear, b_heard)):
             await a.execute([ops.Cancel(1)], 2.0)
-            await b.execute([ops.Enqueue((job,))], 2.0)  # a notice b does hear
+            await b.execute([ops.Enqueue((attrs.evolve(job, queue=queue),))], 2.0)  # b hears it
             with trio.fail_after(10):
                 assert await a_notices.receive() == CancelNotice(1)
                 # Notices arrive in commit order: a cancel b took for its own would
@@ -648,3 +690,16 @@ async def test_a_signal_committed_while_its_run_loads_is_read_or_wakes_the_run_a
         flag = await backend._aio(backend._run, wake_flag)
         seen = [s.name for s in record.signals]
         assert seen == ["first", "second"] or flag, (seen, flag)
+
+
+@pytest.mark.parametrize(("pool_size", "open_at_start"), [(4, 2), (1, 1)])
+async def test_the_pool_opens_with_a_second_connection_ready(
+    pool_size: int, open_at_start: int
+) -> None:
+    """A batch that overlaps the first one (a claim beside an outcome write) finds a
+    connection already made, rather than waiting for one on its way to the server."""
+    async with temporary_schema() as template:
+        backend = PostgresBackend(template.url, schema=template.schema, pool_size=pool_size)
+        async with opened(backend):
+            assert backend._pool is not None
+            assert backend._pool.pool.get_size() == open_at_start

@@ -197,3 +197,74 @@ async def test_a_claim_is_not_stuck_behind_a_retention_purge() -> None:
             await aio(lock.rollback)()
             await purged.wait()
             assert deleted == [[job.id]]
+
+
+@asynccontextmanager
+async def actor_of(backend: Backend) -> AsyncIterator[StorageHandle]:
+    """A storage actor serving ``backend`` (open) for the block; it has answered every
+    request, those in flight included, when the block ends."""
+    handle, inbox = open_storage_channel()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(storage_actor, backend, lambda: NOW, inbox)
+        with trio.fail_after(20):
+            try:
+                yield handle
+            finally:
+                handle.close()
+
+
+@pytest.mark.parametrize("backend_kind", ["postgres", "gated memory"])
+async def test_a_caller_of_an_idle_actor_starts_its_own_batch(backend_kind: str) -> None:
+    """On PostgreSQL, whose batches are started as asyncio tasks, a caller that finds the
+    actor idle starts its batch before it first waits: a caller cancelled right there
+    still stored its job. Elsewhere the request goes through the actor's channel, and a
+    caller cancelled before it sent anything stored nothing."""
+    async with temporary_schema() as postgres:
+        backend = postgres if backend_kind == "postgres" else GatedMemory()
+        async with opened(backend):
+            async with actor_of(backend) as handle:
+                # Requests sent through the channel, all answered: the actor is idle again.
+                handle.call_nowait(ops.Get(1))
+                await handle.call_each_shielded([ops.Get(1)])
+                with trio.CancelScope() as scope:
+                    scope.cancel()  # the caller's first checkpoint raises Cancelled
+                    await handle.call(ops.Enqueue((NewJob("a", "q", "1", 10, 0.0, 3),)))
+            [info] = await backend.execute([ops.Get(1)], NOW)
+    assert (info is not None) is (backend_kind == "postgres")
+
+
+async def test_a_caller_of_a_busy_actor_queues_behind_what_is_in_flight() -> None:
+    """With a batch in flight (an outcome held on a row lock), a caller does not start a
+    batch of its own: cancelled before it sent its request, it stored nothing."""
+    async with temporary_schema() as template:
+        backend = PostgresBackend(template.url, schema=template.schema)
+        async with actor_on(backend) as (handle, outside, nursery):
+            [job] = await running_jobs(handle, 1)
+            lock = outside.transaction()
+            await aio(lock.start)()
+            await aio(outside.execute)(
+                "SELECT 1 FROM trioforge_jobs WHERE id = $1 FOR UPDATE", job.id
+            )
+            finish = ops.Finish((Outcome(job.id, job.lease, Succeeded()),))
+            finished, _ = await call_in_background(nursery, handle, finish)
+            await until_blocked(outside, "transactionid")
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await handle.call(ops.Enqueue((NewJob("b", "q", "1", 10, 0.0, 3),)))
+            await aio(lock.rollback)()
+            await finished.wait()
+            found = await handle.call(ops.ListJobs(name="b"))
+    assert found == []
+
+
+async def test_a_call_never_overtakes_a_request_queued_before_it() -> None:
+    """``call_nowait`` leaves its request in the channel for the actor; a ``call`` right
+    after it, with the actor idle, still goes behind it (here: reads what it wrote)."""
+    async with temporary_schema() as template:
+        backend = PostgresBackend(template.url, schema=template.schema)
+        async with opened(backend), actor_of(backend) as handle:
+            [job] = await running_jobs(handle, 1)
+            handle.call_nowait(ops.Progress(job.id, job.lease, 50.0, "half"))
+            info = await handle.call(ops.Get(job.id))
+    assert info is not None
+    assert info.progress == 50.0

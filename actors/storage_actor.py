@@ -33,6 +33,8 @@ from trioforge.storage._health import permanent_failure
 
 __all__ = ["StorageHandle", "StorageInbox", "log_failure", "open_storage_channel", "storage_actor"]
 
+log = logging.getLogger("trioforge.storage")
+
 T = TypeVar("T")
 
 
@@ -104,6 +106,9 @@ class StorageHandle:
         """
         request = _Request(op)
         scheduler = self._inbox.scheduler
+        # A caller already cancelled starts nothing (trio's rule: a call that raises
+        # Cancelled did nothing); this does not yield otherwise, so "idle" stays true.
+        await trio.lowlevel.checkpoint_if_cancelled()
         if (
             scheduler is not None
             and not self._closed
@@ -235,8 +240,11 @@ class _Scheduler:
         if self._starts is not None:
             ended = partial(self._ended, batch, writes)
             ops_ = [r.op for r in batch]
-            if self._context.run(self._starts.start_batch, ops_, self._now(), ended):
-                return
+            try:
+                if self._context.run(self._starts.start_batch, ops_, self._now(), ended):
+                    return
+            except Exception:  # a loop shutting down, say: the actor's own task runs it
+                log.exception("storage: could not start a batch on the backend; running it here")
         self._nursery.start_soon(self.run, batch, writes)
 
     def _ended(
@@ -246,8 +254,12 @@ class _Scheduler:
         results: list[object] | BaseException,
     ) -> None:
         """A started batch's end: its replies, then its place in flight freed."""
-        _deliver(batch, [results] * len(batch) if isinstance(results, BaseException) else results)
-        self._freed(writes)
+        try:
+            _deliver(
+                batch, [results] * len(batch) if isinstance(results, BaseException) else results
+            )
+        finally:  # its place in flight is freed whatever went wrong handing results over
+            self._freed(writes)
 
     def _freed(self, writes: frozenset[int] | None) -> None:
         """A batch is no longer in flight: the actor looks again if that may let a waiting

@@ -53,7 +53,9 @@ class Backend(Protocol):
         """A dedicated connection receiving notices until it drops (the event yielded is
         then set). ``on_notice`` is called with each notice as it arrives, synchronously on
         trio's thread (no task in between: a wake-up reaches its fetcher in one pass of
-        the scheduler); it must not block, and an error it raises is logged.
+        the scheduler) but inside trio-asyncio's loop, where only trio's synchronous calls
+        are safe (``send_nowait``, ``Event.set``, ``CancelScope.cancel``); it must not
+        block, and an error it raises is logged.
 
         Only called when ``notifies`` is true, by the runtime's listener actor.
         """
@@ -114,7 +116,8 @@ class StartsBatches(Backend, Protocol):
         """Start ``ops`` as :meth:`execute` would run them and return True at once, or
         return False if it cannot now (no loop to start it on; then :meth:`execute` it).
         ``done`` is called once, on trio's thread, with what :meth:`execute` would have
-        returned or raised. Nothing cancels a started batch: it ends on its own."""
+        returned or raised. No caller's cancel reaches a started batch: it ends on its own
+        (or with the loop's teardown at close, when ``done`` gets an error)."""
         ...
 
 

@@ -163,6 +163,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
         self._slots_freed = f"f:{schema or ''}"
         self._connect_timeout = connect_timeout
         self._pool: Connections | None = None
+        self._batch_tasks: set[asyncio.Task[None]] = set()  # batches running (start_batch)
         self._handlers: dict[
             type, Callable[[asyncpg.Connection, Any, float], Awaitable[object]]
         ] = ops.handlers(self)
@@ -269,7 +270,9 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
         loop = trio_asyncio_module().current_loop.get()
         if loop is None or loop.is_closed():
             return False
-        loop.create_task(self._run_then(batch, now, done))
+        task = loop.create_task(self._run_then(batch, now, done))
+        self._batch_tasks.add(task)  # the loop keeps tasks only weakly
+        task.add_done_callback(self._batch_tasks.discard)
         return True
 
     async def _run_then(
@@ -282,9 +285,9 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
             results = await self.execute_asyncio(batch, now)
         except Exception as exc:  # the whole batch failed, as execute would have raised
             done(exc)
-        except BaseException as exc:  # the loop's teardown cancelling it, or an interrupt
-            closed = DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} closed")
-            done(closed if isinstance(exc, asyncio.CancelledError) else exc)
+        except BaseException:  # the loop's teardown cancelling it, or an interrupt: the
+            # callers get an error of their own; the interrupt goes on from this task only
+            done(DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} closed"))
             raise
         else:
             done(results)

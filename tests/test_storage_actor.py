@@ -214,11 +214,12 @@ async def actor_of(backend: Backend) -> AsyncIterator[StorageHandle]:
 
 
 @pytest.mark.parametrize("backend_kind", ["postgres", "gated memory"])
-async def test_a_caller_of_an_idle_actor_starts_its_own_batch(backend_kind: str) -> None:
-    """On PostgreSQL, whose batches are started as asyncio tasks, a caller that finds the
-    actor idle starts its batch before it first waits: a caller cancelled right there
-    still stored its job. Elsewhere the request goes through the actor's channel, and a
-    caller cancelled before it sent anything stored nothing."""
+async def test_a_caller_already_cancelled_stores_nothing_even_on_an_idle_actor(
+    backend_kind: str,
+) -> None:
+    """On PostgreSQL a caller that finds the actor idle starts its batch itself, before it
+    first waits; one already cancelled must not (trio's rule: a call that raises Cancelled
+    did nothing), there as through the actor's channel elsewhere."""
     async with temporary_schema() as postgres:
         backend = postgres if backend_kind == "postgres" else GatedMemory()
         async with opened(backend):
@@ -227,10 +228,14 @@ async def test_a_caller_of_an_idle_actor_starts_its_own_batch(backend_kind: str)
                 handle.call_nowait(ops.Get(1))
                 await handle.call_each_shielded([ops.Get(1)])
                 with trio.CancelScope() as scope:
-                    scope.cancel()  # the caller's first checkpoint raises Cancelled
+                    scope.cancel()
                     await handle.call(ops.Enqueue((NewJob("a", "q", "1", 10, 0.0, 3),)))
-            [info] = await backend.execute([ops.Get(1)], NOW)
-    assert (info is not None) is (backend_kind == "postgres")
+                assert scope.cancelled_caught
+                [stored] = await handle.call_each_shielded(
+                    [ops.Enqueue((NewJob("b", "q", "1", 10, 0.0, 3),))]
+                )
+            found = await backend.execute([ops.ListJobs(name="a"), ops.ListJobs(name="b")], NOW)
+    assert found[0] == [] and len(found[1]) == 1, (found, stored)
 
 
 async def test_a_caller_of_a_busy_actor_queues_behind_what_is_in_flight() -> None:

@@ -236,7 +236,7 @@ async def test_a_caller_already_cancelled_stores_nothing_even_on_an_idle_actor(
                 )
             found = await backend.execute([ops.ListJobs(name="a"), ops.ListJobs(name="b")], NOW)
     assert found[0] == [], found
-    assert len(found[1]) == 1, (found, stored)
+    assert found[1] != [], (found, stored)
 
 
 async def test_a_caller_of_a_busy_actor_queues_behind_what_is_in_flight() -> None:

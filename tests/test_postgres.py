@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -551,6 +552,39 @@ async def test_a_claim_reads_no_further_than_the_due_jobs() -> None:
         picked = next(n for n in root["Plans"] if n.get("Subplan Name") == "CTE picked")
         assert picked["Actual Rows"] == 3
         assert picked["Shared Hit Blocks"] + picked.get("Shared Read Blocks", 0) < 30
+
+
+async def test_a_flow_controlled_claim_reads_no_further_than_the_due_jobs() -> None:
+    """The same bound in the flow-controlled claim's function: beside many future rows
+    and a few due jobs, asked for more than are due, it stops at the last due one. As a
+    generic plan (what PL/pgSQL switches to after a few calls) its walk went on through
+    every future row of the queue, twice: 1,071 buffers here, 93 now."""
+    async with migrated_sql() as sql:
+        for status, run_at, count in [("available", "x", 3), ("scheduled", "1e6 + x", 100_000)]:
+            await sql(
+                "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, "
+                "max_attempts, created_at, status, concurrency_key) SELECT 'a', 'q', '[]', 0, "
+                f"{run_at}, 3, 0, '{status}', 'k' FROM generate_series(1, {count}) AS x"
+            )
+        await sql("ANALYZE trioforge_jobs")
+        claim = (
+            "SELECT * FROM trioforge_claim_limited('q', 1000, '{a}', '{}', 64, 'me', 2000, "
+            "1000, 1e-6, '{a}', '{NULL}', '{NULL}', '{10}', '{}', '{}')"
+        )
+        found = {}
+        # As planned for its values, and as the generic plans PL/pgSQL may switch to.
+        for mode in ("custom", "generic"):
+            await sql(f"SET plan_cache_mode = force_{mode}_plan")
+            for explain in ("", "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "):
+                # Each rolled back; the first plans the function's statements.
+                await sql("BEGIN")
+                rows = await sql(explain + claim)
+                await sql("ROLLBACK")
+            [[plan]] = rows
+            found[mode] = json.loads(plan)[0]["Plan"]
+    for mode, root in found.items():
+        assert root["Actual Rows"] == 4, mode  # three claimed, and the row of what is next
+        assert root["Shared Hit Blocks"] + root.get("Shared Read Blocks", 0) < 300, mode
 
 
 async def test_a_claims_count_of_due_jobs_skips_what_earlier_claims_left() -> None:

@@ -554,6 +554,46 @@ async def test_a_claim_reads_no_further_than_the_due_jobs() -> None:
         assert picked["Shared Hit Blocks"] + picked.get("Shared Read Blocks", 0) < 30
 
 
+async def test_outcomes_find_their_jobs_by_id_however_many_are_running() -> None:
+    """An outcome batch finds each job by its id. Its generic plan, believing the
+    statistics taken when nothing ran, walked every running job and, for each one, every
+    outcome: O(running x outcomes). Once outcomes piled up (a purge slowing a batch), each
+    batch took seconds and left a bigger one behind it, job starts stalled meanwhile."""
+    from trioforge.storage._pg_sql import _FINISH
+
+    count = 2000
+    async with migrated_sql() as sql:
+        await sql(
+            "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, "
+            "max_attempts, created_at, status) SELECT 'a', 'q', '[]', 0, x, 3, 0, "
+            "'available' FROM generate_series(1, 20000) AS x"
+        )
+        await sql("ANALYZE trioforge_jobs")  # nothing running
+        await sql(
+            "UPDATE trioforge_jobs SET status = 'running', lease = 1, lease_until = 100 "
+            f"WHERE id > 10000 AND id <= {10000 + count}"
+        )
+        ids = ",".join(str(10001 + i) for i in range(count))
+
+        def column(value: str) -> str:
+            return "'{" + ",".join([value] * count) + "}'"
+
+        found = await plans(
+            sql,
+            "PREPARE finish (bigint[], bigint[], text[], float8[], int[], float8[], text[], "
+            "text[], float8, text, text, text) AS " + _FINISH,
+            "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE finish ("
+            f"'{{{ids}}}', {column('1')}, {column('completed')}, {column('NULL')}, "
+            f"{column('0')}, {column('5')}, {column('NULL')}, {column('NULL')}, 5, 'tf', "
+            "'tf_changes', 'f:')",
+        )
+    for mode, root in found.items():
+        done = next(n for n in root["Plans"] if n.get("Subplan Name") == "CTE done")
+        assert done["Actual Rows"] == count, mode
+        removed = sum(n.get("Rows Removed by Join Filter", 0) for n in _nodes(done))
+        assert removed < count, (mode, removed)
+
+
 async def test_a_flow_controlled_claim_reads_no_further_than_the_due_jobs() -> None:
     """The same bound in the flow-controlled claim's function: beside many future rows
     and a few due jobs, asked for more than are due, it stops at the last due one. As a

@@ -292,10 +292,17 @@ _STEP_COLUMNS = (
     "seq, kind, name, status, attempt, result, error, wake_at, compensable, started_at, finished_at"
 )
 
+#: Each held job found by its id, as _FINISH finds its jobs: with the state and owner as
+#: constants, the plans took 3.9 s (generic) and 4.9 s (custom, reading the whole table) to
+#: renew 3,000 held jobs, 0.06 s now.
 _RENEW = """
+WITH u AS MATERIALIZED (
+    SELECT *, 'running' AS was, $4::text AS owner
+    FROM unnest($1::bigint[], $2::bigint[]) AS u(id, lease)
+)
 UPDATE trioforge_jobs AS j SET lease_until = $3
-FROM unnest($1::bigint[], $2::bigint[]) AS u(id, lease)
-WHERE j.id = u.id AND j.lease = u.lease AND j.status = 'running' AND j.lease_owner = $4
+FROM u
+WHERE j.id = u.id AND j.lease = u.lease AND j.status = u.was AND j.lease_owner = u.owner
 RETURNING j.id, j.lease, j.cancel_requested
 """
 

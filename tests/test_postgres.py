@@ -554,12 +554,13 @@ async def test_a_claim_reads_no_further_than_the_due_jobs() -> None:
         assert picked["Shared Hit Blocks"] + picked.get("Shared Read Blocks", 0) < 30
 
 
-async def test_outcomes_find_their_jobs_by_id_however_many_are_running() -> None:
-    """An outcome batch finds each job by its id. Its generic plan, believing the
-    statistics taken when nothing ran, walked every running job and, for each one, every
-    outcome: O(running x outcomes). Once outcomes piled up (a purge slowing a batch), each
-    batch took seconds and left a bigger one behind it, job starts stalled meanwhile."""
-    from trioforge.storage._pg_sql import _FINISH
+async def test_outcomes_and_renewals_find_their_jobs_by_id_however_many_are_running() -> None:
+    """An outcome batch and a lease renewal find each job by its id. Their plans, believing
+    the statistics taken when nothing ran, walked every running job (or the whole table)
+    and, for each one, every outcome or lease: O(running x outcomes). Once outcomes piled
+    up (a purge slowing a batch), each batch took seconds and left a bigger one behind it,
+    job starts stalled meanwhile."""
+    from trioforge.storage._pg_sql import _FINISH, _RENEW
 
     count = 2000
     async with migrated_sql() as sql:
@@ -570,28 +571,37 @@ async def test_outcomes_find_their_jobs_by_id_however_many_are_running() -> None
         )
         await sql("ANALYZE trioforge_jobs")  # nothing running
         await sql(
-            "UPDATE trioforge_jobs SET status = 'running', lease = 1, lease_until = 100 "
-            f"WHERE id > 10000 AND id <= {10000 + count}"
+            "UPDATE trioforge_jobs SET status = 'running', lease = 1, lease_until = 100, "
+            f"lease_owner = 'me' WHERE id > 10000 AND id <= {10000 + count}"
         )
-        ids = ",".join(str(10001 + i) for i in range(count))
+        ids = "'{" + ",".join(str(10001 + i) for i in range(count)) + "}'"
 
         def column(value: str) -> str:
             return "'{" + ",".join([value] * count) + "}'"
 
-        found = await plans(
+        finish = await plans(
             sql,
             "PREPARE finish (bigint[], bigint[], text[], float8[], int[], float8[], text[], "
             "text[], float8, text, text, text) AS " + _FINISH,
-            "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE finish ("
-            f"'{{{ids}}}', {column('1')}, {column('completed')}, {column('NULL')}, "
-            f"{column('0')}, {column('5')}, {column('NULL')}, {column('NULL')}, 5, 'tf', "
-            "'tf_changes', 'f:')",
+            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE finish ({ids}, {column('1')}, "
+            f"{column('completed')}, {column('NULL')}, {column('0')}, {column('5')}, "
+            f"{column('NULL')}, {column('NULL')}, 5, 'tf', 'tf_changes', 'f:')",
         )
-    for mode, root in found.items():
+        renew = await plans(
+            sql,
+            "PREPARE renew (bigint[], bigint[], float8, text) AS " + _RENEW,
+            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE renew ({ids}, {column('1')}, 200, 'me')",
+        )
+    found: dict[str, dict[str, Any]] = {}
+    for mode, root in finish.items():
         done = next(n for n in root["Plans"] if n.get("Subplan Name") == "CTE done")
-        assert done["Actual Rows"] == count, mode
-        removed = sum(n.get("Rows Removed by Join Filter", 0) for n in _nodes(done))
-        assert removed < count, (mode, removed)
+        found[f"finish, {mode}"] = done
+    for mode, root in renew.items():
+        found[f"renew, {mode}"] = root
+    for label, node in found.items():
+        assert node["Actual Rows"] == count, label
+        removed = sum(n.get("Rows Removed by Join Filter", 0) for n in _nodes(node))
+        assert removed < count, (label, removed)
 
 
 async def test_a_flow_controlled_claim_reads_no_further_than_the_due_jobs() -> None:

@@ -21,7 +21,8 @@ _MIGRATION_LOCK = 0x7472696F666F7267
 #: jobs wait). Running jobs and buckets are read after the locks are granted, by a
 #: statement of its own that sees every claim committed before. Returns the claimed rows,
 #: then one row with a NULL id carrying the earliest future run_at, the next token time
-#: and whether a job was held back.
+#: and whether a job was held back. Migration 16's text, kept as applied; migration 20
+#: replaces the function with _CLAIM_LIMITED_FUNCTION_DUE.
 _CLAIM_LIMITED_FUNCTION = f"""
 CREATE FUNCTION trioforge_claim_limited(
     p_queue TEXT, p_now DOUBLE PRECISION, p_names TEXT[], p_caps TEXT[], p_limit INTEGER,
@@ -225,6 +226,43 @@ BEGIN
 END
 $f$;
 """
+
+
+def _replaced(text: str, *changes: tuple[str, str]) -> str:
+    """``text`` with each (old, new) change made, where ``old`` occurs exactly once."""
+    for old, new in changes:
+        if text.count(old) != 1:
+            raise AssertionError(f"{old!r} occurs {text.count(old)} times, not once")
+        text = text.replace(old, new)
+    return text
+
+
+#: The flow-controlled claim as it is now: each chunk asks for no more jobs than are due
+#: (counted back from now, as the plain claim counts them, see _CLAIM). The claim index
+#: orders by priority first, so a chunk asking for more than are due walked every future
+#: row of the queue (a million delayed jobs: thousands of buffers a claim).
+_CLAIM_LIMITED_FUNCTION_DUE = _replaced(
+    _CLAIM_LIMITED_FUNCTION,
+    ("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"),
+    ("    v_first BOOLEAN := TRUE;\n", "    v_first BOOLEAN := TRUE;\n    v_take INTEGER;\n"),
+    (
+        "        WITH c AS (\n",
+        f"""        SELECT count(*) INTO v_take FROM (
+            SELECT FROM trioforge_jobs AS t
+            WHERE t.queue = p_queue AND t.status IN {PENDING} AND t.run_at <= p_now
+              AND t.name = ANY(p_names) AND (t.requires IS NULL OR t.requires <@ p_caps)
+              AND t.id <> ALL(v_seen)
+            ORDER BY t.run_at DESC LIMIT least(v_chunk, p_window - cardinality(v_seen))
+        ) AS due;
+        EXIT WHEN v_take = 0;
+        WITH c AS (
+""",
+    ),
+    (
+        "            LIMIT least(v_chunk, p_window - cardinality(v_seen))\n",
+        "            LIMIT v_take\n",
+    ),
+)
 
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -452,4 +490,6 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX IF NOT EXISTS trioforge_jobs_finished_by_state
         ON trioforge_jobs (status, finished_at, id) WHERE finished_at IS NOT NULL;
     """,
+    # A flow-controlled claim no longer walks the queue's future rows (see the function).
+    _CLAIM_LIMITED_FUNCTION_DUE,
 )

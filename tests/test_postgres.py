@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import signal
@@ -703,3 +704,120 @@ async def test_the_pool_opens_with_a_second_connection_ready(
         async with opened(backend):
             assert backend._pool is not None
             assert backend._pool.pool.get_size() == open_at_start
+
+
+async def test_outcomes_and_renewals_find_their_jobs_by_id_however_many_are_running() -> None:
+    """An outcome batch and a lease renewal find each job by its id. Their plans, believing
+    the statistics taken when nothing ran, walked every running job (or the whole table)
+    and, for each one, every outcome or lease: O(running x outcomes). Once outcomes piled
+    up (a purge slowing a batch), each batch took seconds and left a bigger one behind it,
+    job starts stalled meanwhile."""
+    from trioforge.storage._pg_sql import _FINISH, _RENEW
+
+    count = 2000
+    async with migrated_sql() as sql:
+        await sql(
+            "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, "
+            "max_attempts, created_at, status) SELECT 'a', 'q', '[]', 0, x, 3, 0, "
+            "'available' FROM generate_series(1, 20000) AS x"
+        )
+        await sql("ANALYZE trioforge_jobs")  # nothing running
+        await sql(
+            "UPDATE trioforge_jobs SET status = 'running', lease = 1, lease_until = 100, "
+            f"lease_owner = 'me' WHERE id > 10000 AND id <= {10000 + count}"
+        )
+        ids = "'{" + ",".join(str(10001 + i) for i in range(count)) + "}'"
+
+        def column(value: str) -> str:
+            return "'{" + ",".join([value] * count) + "}'"
+
+        finish = await plans(
+            sql,
+            "PREPARE finish (bigint[], bigint[], text[], float8[], int[], float8[], text[], "
+            "text[], float8, text, text, text) AS " + _FINISH,
+            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE finish ({ids}, {column('1')}, "
+            f"{column('completed')}, {column('NULL')}, {column('0')}, {column('5')}, "
+            f"{column('NULL')}, {column('NULL')}, 5, 'tf', 'tf_changes', 'f:')",
+        )
+        renew = await plans(
+            sql,
+            "PREPARE renew (bigint[], bigint[], float8, text) AS " + _RENEW,
+            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE renew ({ids}, {column('1')}, 200, 'me')",
+        )
+    found: dict[str, dict[str, Any]] = {}
+    for mode, root in finish.items():
+        done = next(n for n in root["Plans"] if n.get("Subplan Name") == "CTE done")
+        found[f"finish, {mode}"] = done
+    for mode, root in renew.items():
+        found[f"renew, {mode}"] = root
+    for label, node in found.items():
+        assert node["Actual Rows"] == count, label
+        removed = sum(n.get("Rows Removed by Join Filter", 0) for n in _nodes(node))
+        assert removed < count, (label, removed)
+
+
+async def test_a_flow_controlled_claim_reads_no_further_than_the_due_jobs() -> None:
+    """The same bound in the flow-controlled claim's function: beside many future rows
+    and a few due jobs, asked for more than are due, it stops at the last due one. As a
+    generic plan (what PL/pgSQL switches to after a few calls) its walk went on through
+    every future row of the queue, twice: 1,071 buffers here, 93 now."""
+    async with migrated_sql() as sql:
+        for status, run_at, count in [("available", "x", 3), ("scheduled", "1e6 + x", 100_000)]:
+            await sql(
+                "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, "
+                "max_attempts, created_at, status, concurrency_key) SELECT 'a', 'q', '[]', 0, "
+                f"{run_at}, 3, 0, '{status}', 'k' FROM generate_series(1, {count}) AS x"
+            )
+        await sql("ANALYZE trioforge_jobs")
+        claim = (
+            "SELECT * FROM trioforge_claim_limited('q', 1000, '{a}', '{}', 64, 'me', 2000, "
+            "1000, 1e-6, '{a}', '{NULL}', '{NULL}', '{10}', '{}', '{}')"
+        )
+        found = {}
+        # As planned for its values, and as the generic plans PL/pgSQL may switch to.
+        for mode in ("custom", "generic"):
+            await sql(f"SET plan_cache_mode = force_{mode}_plan")
+            for explain in ("", "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "):
+                # Each rolled back; the first plans the function's statements.
+                await sql("BEGIN")
+                rows = await sql(explain + claim)
+                await sql("ROLLBACK")
+            [[plan]] = rows
+            found[mode] = json.loads(plan)[0]["Plan"]
+    for mode, root in found.items():
+        assert root["Actual Rows"] == 4, mode  # three claimed, and the row of what is next
+        assert root["Shared Hit Blocks"] + root.get("Shared Read Blocks", 0) < 300, mode
+
+
+async def test_a_claims_count_of_due_jobs_skips_what_earlier_claims_left() -> None:
+    """Every job claimed leaves a dead entry at the front of the claim and run_at indexes
+    (its row left their predicate), there until VACUUM. A claim's count of due jobs used
+    to read them all from the front, as the pick does: at a million jobs drained, about
+    4,000 of a claim's 10,000 buffers. It counts back from now instead, where the newest
+    due jobs are."""
+    from trioforge.storage._pg_sql import _CLAIM
+
+    async with migrated_sql() as sql:
+        await sql(
+            "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, "
+            "max_attempts, created_at, status) SELECT 'a', 'q', '[]', 0, x, 3, 0, "
+            "'available' FROM generate_series(1, 20000) AS x"
+        )
+        await sql("ANALYZE trioforge_jobs")
+        # Claimed and finished, as a drain leaves them (no VACUUM since).
+        await sql(
+            "UPDATE trioforge_jobs SET status = 'completed', finished_at = run_at "
+            "WHERE run_at <= 19000"
+        )
+        found = await plans(
+            sql,
+            "PREPARE claim (text, float8, text[], bigint, text, float8, text[], text) AS " + _CLAIM,
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim "
+            "('q', 30000, '{a}', 64, 'me', 40000, '{}', 'unheard')",
+        )
+    for mode, root in found.items():
+        picked = next(n for n in root["Plans"] if n.get("Subplan Name") == "CTE picked")
+        assert picked["Actual Rows"] == 64
+        [count] = [n for n in _nodes(picked) if n.get("Index Name") == "trioforge_jobs_upcoming"]
+        assert count["Actual Rows"] == 64
+        assert count["Shared Hit Blocks"] + count.get("Shared Read Blocks", 0) < 30, mode

@@ -358,14 +358,15 @@ SELECT pg_notify($2, $3) FROM resumed
 #: run's row locked against a rescue until the commit, as an update of it would), with the
 #: change notice of the runs written (sent at commit): no round trip of its own after it.
 _RECORD_STEPS = f"""
-WITH u AS (
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::text[], $5::text[],
-                         $6::text[], $7::int[], $8::text[], $9::text[], $10::float8[],
-                         $11::bool[], $12::float8[], $13::float8[])
+WITH u AS MATERIALIZED (
+    SELECT *, 'running' AS was
+    FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::text[], $5::text[], $6::text[],
+                $7::int[], $8::text[], $9::text[], $10::float8[], $11::bool[], $12::float8[],
+                $13::float8[])
         AS u(run_id, lease, {_STEP_COLUMNS})
 ), fenced AS (
     SELECT u.* FROM u JOIN trioforge_jobs AS j ON j.id = u.run_id
-    WHERE j.lease = u.lease AND j.status = 'running'
+    WHERE j.lease = u.lease AND j.status = u.was
     FOR SHARE OF j
 ), written AS (
     INSERT INTO trioforge_workflow_steps (run_id, {_STEP_COLUMNS})
@@ -422,19 +423,23 @@ WITH run AS (
 #: flush. The records are read by the next statement (_FENCED_RECORDS), not in this one:
 #: its snapshot would miss a signal whose commit this statement waited for, and clear the
 #: flag that signal set: a wake-up lost.
+#: The state runs must be in is a column of the runs (as in _FINISH), so no plan reaches
+#: them through the running jobs' index.
 _CLEAR_WAKES = """
+WITH u AS MATERIALIZED (
+    SELECT *, 'running' AS was FROM unnest($1::bigint[], $2::bigint[]) AS u(id, lease)
+)
 UPDATE trioforge_jobs AS j SET wake_requested = FALSE
-FROM unnest($1::bigint[], $2::bigint[]) AS u(id, lease)
-WHERE j.id = u.id AND j.lease = u.lease AND j.status = 'running' AND j.wake_requested
+FROM u WHERE j.id = u.id AND j.lease = u.lease AND j.status = u.was AND j.wake_requested
 """
 
 #: Many runs' records, each only if its lease is the run's current one.
 _FENCED_RECORDS = f"""
-WITH run AS (
+WITH u AS MATERIALIZED (
+    SELECT *, 'running' AS was FROM unnest($1::bigint[], $2::bigint[]) AS u(id, lease)
+), run AS (
     SELECT j.id, j.lease, j.created_at, j.cancel_requested, j.workflow
-    FROM trioforge_jobs AS j JOIN unnest($1::bigint[], $2::bigint[]) AS u(id, lease)
-        ON j.id = u.id AND j.lease = u.lease
-    WHERE j.status = 'running'
+    FROM trioforge_jobs AS j JOIN u ON j.id = u.id AND j.lease = u.lease AND j.status = u.was
 ){_records("run")}"""
 
 

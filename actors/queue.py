@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
 import attrs
 import trio
@@ -236,20 +236,19 @@ class QueueSupervisor:
         self._workers_started += 1
         self._workers += 1
         name = f"{self.config.name}-w{self._workers_started}"
-        pool.start_soon(self._supervise, self._worker, name=name)
+        pool.start_soon(self._worker, name=name)
 
-    async def _supervise(self, child: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            try:
-                await child()
-                return
-            except Exception:
-                now = trio.current_time()
-                self._restarts = [t for t in self._restarts if now - t < 60.0] + [now]
-                if len(self._restarts) > self._max_restarts:
-                    log.error("queue %s: too many crashes, giving up", self.config.name)
-                    raise
-                log.exception("queue %s: actor crashed; restarting it", self.config.name)
+    def _give_up(self) -> bool:
+        """A worker's loop raised (a bug): log it; True if workers crashed more than
+        ``max_restarts`` times in the last minute (the queue fails), else the worker starts
+        over."""
+        now = trio.current_time()
+        self._restarts = [t for t in self._restarts if now - t < 60.0] + [now]
+        if len(self._restarts) > self._max_restarts:
+            log.error("queue %s: too many crashes, giving up", self.config.name)
+            return True
+        log.exception("queue %s: actor crashed; restarting it", self.config.name)
+        return False
 
     async def _fetch_guarded(self) -> None:
         try:
@@ -378,48 +377,58 @@ class QueueSupervisor:
         of them fires it, then take a fresh one: entering and leaving a scope per job cost
         about a tenth of a no-op drain. Between attempts the scope has no deadline and is
         known to no one (``RunningJobs`` lets go of it when the attempt ends), so nothing
-        but the attempt holding it can fire it."""
+        but the attempt holding it can fire it.
+
+        A crash (an exception escaping the loop) starts the loop over (:meth:`_give_up`).
+        All of it is one coroutine, the handler's caller: each frame between the worker
+        loop and the handler is held by every running job (tens of thousands in a wide
+        pool)."""
         while True:
             run: _Run | None = None  # the attempt in hand, when the scope catches its cancel
             try:
-                with trio.CancelScope() as scope:
-                    async for job in self._jobs:
-                        if isinstance(job, _Retire):
-                            self._workers -= 1
-                            self._retiring -= 1
-                            return  # its slot was already taken off the fetcher's count
-                        self._busy += 1
-                        if self._stopping:
-                            events.log_event(events.released_unstarted(job))
-                            self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
-                            self._slot_freed()
-                            continue
-                        try:
-                            run = self._begin(job, scope)
-                        except BaseException:
-                            self._slot_freed()
-                            raise
-                        try:
-                            if run.entry.reason is None:  # not cancelled between claim and start
-                                if events.log.isEnabledFor(logging.DEBUG):
-                                    events.log_event(events.started(job))
-                                run.result = await run.attempt.run()
-                        except Exception as exc:
-                            run.error = exc
-                        fired = self._settle(run)
-                        ended, run = run, None
-                        await self._conclude(ended)
-                        if fired:
-                            break  # a fired scope stays fired: the next job gets a fresh one
-                    else:
-                        return  # the fetcher is gone and every job handed out is taken
-            except BaseException:
-                if run is not None:  # cancelled from outside (runtime torn down) or
-                    await self._hand_back(run)  # interrupted: hand the job back
-                raise
-            if run is not None:  # its scope caught its cancel (or its deadline's)
-                self._settle(run)
-                await self._conclude(run)
+                try:
+                    with trio.CancelScope() as scope:
+                        async for job in self._jobs:
+                            if isinstance(job, _Retire):
+                                self._workers -= 1
+                                self._retiring -= 1
+                                return  # its slot was already taken off the fetcher's count
+                            self._busy += 1
+                            if self._stopping:
+                                events.log_event(events.released_unstarted(job))
+                                self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
+                                self._slot_freed()
+                                continue
+                            try:
+                                run = self._begin(job, scope)
+                            except BaseException:
+                                self._slot_freed()
+                                raise
+                            try:
+                                if run.entry.reason is None:  # not cancelled before its start
+                                    if events.log.isEnabledFor(logging.DEBUG):
+                                        events.log_event(events.started(job))
+                                    attempt = run.attempt
+                                    run.result = attempt.result(await attempt.start())
+                            except Exception as exc:
+                                run.error = exc
+                            fired = self._settle(run)
+                            ended, run = run, None
+                            await self._conclude(ended)
+                            if fired:
+                                break  # a fired scope stays fired: the next job gets a fresh one
+                        else:
+                            return  # the fetcher is gone and every job handed out is taken
+                except BaseException:
+                    if run is not None:  # cancelled from outside (runtime torn down) or
+                        await self._hand_back(run)  # interrupted: hand the job back
+                    raise
+                if run is not None:  # its scope caught its cancel (or its deadline's)
+                    self._settle(run)
+                    await self._conclude(run)
+            except Exception:
+                if self._give_up():
+                    raise
 
     def _slot_freed(self) -> None:
         self._busy -= 1

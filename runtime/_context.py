@@ -54,6 +54,14 @@ class JobContext(Generic[StateT]):
     :attr:`state`, the value the registry's lifespan yields.
     """
 
+    # One context lives per running job (tens of thousands at once in a wide pool): slots
+    # instead of an attribute dict; ``__dict__`` keeps room for what subclasses, hooks or
+    # handlers add, made only when something is.
+    __slots__ = (
+        "__dict__", "_client", "_clock", "_job", "_lease_seconds", "_log", "_owner",
+        "_rate_limits", "_running", "_state", "_storage",
+    )  # fmt: skip
+
     def __init__(
         self,
         job: ClaimedJob,

@@ -1,11 +1,15 @@
-"""Wide pools (virtual time, memory backend): a slot that holds no job costs no task, and
-shrinking a pool whose workers never started strands nothing."""
+"""Wide pools (virtual time, memory backend): a slot that holds no job costs no task,
+shrinking a pool whose workers never started strands nothing, a claim of many jobs starts
+them a bounded number per scheduler pass, and two attempts of one job are held apart."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from trioforge import JobContext, JobState, Registry
+from trioforge.actors import queue
+from trioforge.actors.running import RunningJobs, StopReason
 from trioforge.testing import open_test_runtime, run
 
 SLEEP = 10.0
@@ -60,3 +64,62 @@ def test_shrinking_a_pool_before_its_workers_started_strands_no_job() -> None:
         return states
 
     assert run(main) == [JobState.COMPLETED] * 4
+
+
+def test_a_big_claim_starts_its_jobs_in_passes_that_timers_run_between(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each start costs 0.1 s (a jump of the virtual clock, standing for CPU time); 100 jobs
+    are claimed at once, 10 handed out a pass. A timer due 1 s later (the heartbeat is one)
+    runs one or two passes after it fell due, with 10 to 30 jobs started, not after all 100: a
+    claim handed out in one pass held the heartbeat up for as long as every start took."""
+    monkeypatch.setattr(queue, "HAND_OUT", 10)
+    registry = Registry()
+    started: list[int] = []
+
+    @registry.job("wide")
+    async def wide(ctx: JobContext, index: int) -> None:
+        started.append(index)
+        trio.lowlevel.current_clock().jump(0.1)  # type: ignore[attr-defined]
+        await trio.sleep(60.0)
+
+    async def main() -> tuple[int, float, int]:
+        async with open_test_runtime(registry, queues={"default": 100}) as rt:
+            t0 = trio.current_time()
+            jobs = await rt.enqueue_many(wide, list(range(100)))
+            await trio.sleep(1.0)
+            seen, late = len(started), trio.current_time() - t0 - 1.0
+            for job in jobs:
+                await rt.wait(job.id)
+            return seen, late, len(started)
+
+    seen, late, total = run(main)
+    assert total == 100
+    # It fell due in a pass; it runs in the next one, before or after that pass's starts.
+    assert 1 <= seen <= 30
+    assert late <= 2.0
+
+
+def test_two_attempts_of_one_job_are_held_and_stopped_apart() -> None:
+    """After a stall, a stale attempt and its rescued successor can run here at once: each
+    is found by its lease, a stop by job id reaches both, and finishing one keeps the
+    other."""
+
+    async def main() -> None:
+        running = RunningJobs()
+        stale, fresh = running.start(5, 1), running.start(5, 2)
+        other = running.start(6, 1)
+        assert len(running) == 3
+        running.stop(5, StopReason.LOST, lease=1)
+        assert stale.reason is StopReason.LOST
+        assert fresh.reason is None
+        running.finish(5, 1)
+        assert len(running) == 2
+        running.stop(5, StopReason.USER)
+        assert fresh.reason is StopReason.USER
+        assert other.reason is None
+        running.finish(5, 2)
+        running.finish(6, 1)
+        assert len(running) == 0
+
+    run(main)

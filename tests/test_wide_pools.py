@@ -8,8 +8,11 @@ import pytest
 import trio
 
 from trioforge import JobContext, JobState, Registry
+from trioforge._registry_jobs import RegistryJobs
 from trioforge.actors import queue
+from trioforge.actors.attempts import Attempt
 from trioforge.actors.running import RunningJobs, StopReason
+from trioforge.storage import ClaimedJob
 from trioforge.testing import open_test_runtime, run
 
 SLEEP = 10.0
@@ -123,3 +126,35 @@ def test_two_attempts_of_one_job_are_held_and_stopped_apart() -> None:
         assert len(running) == 0
 
     run(main)
+
+
+def test_a_worker_whose_loop_raises_logs_it_and_starts_over(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker loop restarts itself (no supervising frame above it): a bug that escapes
+    it for one job is logged, and the same one-slot pool runs the next job."""
+    registry = Registry()
+    ran: list[int] = []
+
+    @registry.job("work")
+    async def work(ctx: JobContext, index: int) -> None:
+        ran.append(index)
+
+    real = RegistryJobs.attempt
+
+    def attempt(self: RegistryJobs, job: ClaimedJob) -> Attempt:
+        if job.payload == "0":
+            raise RuntimeError("a bug in the worker loop")
+        return real(self, job)
+
+    monkeypatch.setattr(RegistryJobs, "attempt", attempt)
+
+    async def main() -> JobState:
+        async with open_test_runtime(registry, queues={"default": 1}) as rt:
+            await rt.enqueue(work, 0)
+            second = await rt.enqueue(work, 1)
+            return (await rt.wait(second.id)).status
+
+    assert run(main) is JobState.COMPLETED
+    assert ran == [1]
+    assert "queue default: actor crashed; restarting it" in caplog.messages

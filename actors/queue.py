@@ -159,7 +159,7 @@ class QueueSupervisor:
         self._worker_name = f"{config.name}-worker"
         self._workers = 0  # worker tasks alive
         self._retiring = 0  # of those, the ones a ``_Retire`` sent is for
-        self._out = 0  # jobs handed out whose slot the fetcher has not seen freed
+        self._out = 0  # jobs handed out whose slot has not come free
         self._pool: trio.Nursery | None = None
 
     # --- control (synchronous; safe from any task) -------------------------------------
@@ -249,8 +249,8 @@ class QueueSupervisor:
             self._staff()
 
     def _staff(self) -> None:
-        """Start workers until there is one for each job handed out and not yet seen freed
-        (so every job in the channel has a worker that will take it)."""
+        """Start workers until there is one for each job handed out whose slot has not come
+        free (so every job in the channel has a worker that will take it)."""
         assert self._pool is not None
         while self._workers - self._retiring < self._out:
             self._start_worker(self._pool)
@@ -323,7 +323,6 @@ class QueueSupervisor:
     ) -> tuple[int, float | None]:
         """The fetcher's free slots and next claim time after ``message``."""
         if isinstance(message, _SlotFreed):
-            self._out -= 1
             return free + 1, wanted_at
         if isinstance(message, _Resized):
             # Sent from here, so every job already handed out is ahead of them in the
@@ -451,6 +450,10 @@ class QueueSupervisor:
 
     def _slot_freed(self) -> None:
         self._busy -= 1
+        # Counted out at once, not when the fetcher reads the message: a claim handed out
+        # over several passes (_hand_out) then starts no worker for a job that a worker
+        # freed meanwhile will take.
+        self._out -= 1
         # The slot frees as soon as the handler is done; the outcome is written by the
         # writer, batched with others, while this worker takes the next job (a claim made
         # meanwhile counts the attempt out of its concurrency limit).

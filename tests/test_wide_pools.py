@@ -100,7 +100,7 @@ def test_a_big_claim_starts_its_jobs_in_passes_that_timers_run_between(
     assert total == 100
     # It fell due in a pass; it runs in the next one, before or after that pass's starts.
     assert 1 <= seen <= 30
-    assert late <= 2.0
+    assert late < 2.5  # two passes of 10 starts (1 s each) at most
 
 
 def test_two_attempts_of_one_job_are_held_and_stopped_apart() -> None:

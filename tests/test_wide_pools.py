@@ -4,15 +4,18 @@ them a bounded number per scheduler pass, and two attempts of one job are held a
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 
 from trioforge import JobContext, JobState, Registry
 from trioforge._registry_jobs import RegistryJobs
-from trioforge.actors import queue
+from trioforge.actors import leases, outcome_writer, queue
 from trioforge.actors.attempts import Attempt
 from trioforge.actors.running import RunningJobs, StopReason
-from trioforge.storage import ClaimedJob
+from trioforge.actors.storage_actor import StorageHandle
+from trioforge.storage import ClaimedJob, ops
 from trioforge.testing import open_test_runtime, run
 
 SLEEP = 10.0
@@ -158,3 +161,39 @@ def test_a_worker_whose_loop_raises_logs_it_and_starts_over(
     assert run(main) is JobState.COMPLETED
     assert ran == [1]
     assert "queue default: actor crashed; restarting it" in caplog.messages
+
+
+def test_leases_are_renewed_and_outcomes_written_a_bounded_number_a_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At most ``RENEW_MAX`` leases a renewal and ``WRITE_MAX`` outcomes a write: 10 jobs
+    running through two heartbeats are renewed 3 a request, every lease each beat, and
+    their 10 outcomes, reported at once, go out 4 a write."""
+    monkeypatch.setattr(leases, "RENEW_MAX", 3)
+    monkeypatch.setattr(outcome_writer, "WRITE_MAX", 4)
+    renewals: list[int] = []
+    writes: list[int] = []
+    call = StorageHandle.call
+
+    async def counted(self: StorageHandle, op: ops.Op[Any]) -> Any:
+        if isinstance(op, ops.Renew):
+            renewals.append(len(op.leases))
+        elif isinstance(op, ops.Finish):
+            writes.append(len(op.outcomes))
+        return await call(self, op)
+
+    monkeypatch.setattr(StorageHandle, "call", counted)
+    registry = Registry()
+
+    @registry.job("long")
+    async def long(ctx: JobContext, index: int) -> None:
+        await trio.sleep(25.0)
+
+    async def main() -> list[JobState]:
+        async with open_test_runtime(registry, queues={"default": 10}) as rt:
+            jobs = await rt.enqueue_many(long, list(range(10)))
+            return [(await rt.wait(job.id)).status for job in jobs]
+
+    assert run(main) == [JobState.COMPLETED] * 10
+    assert renewals == [3, 3, 3, 1] * 2  # the heartbeats at 10 s and 20 s
+    assert writes == [4, 4, 2]

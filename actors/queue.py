@@ -41,9 +41,10 @@ log = logging.getLogger("trioforge.queue")
 #: How long an attempt's after hooks may take (they run shielded from cancellation).
 AFTER_HOOKS_SECONDS = 10.0
 
-#: Most jobs of a claim started in one scheduler pass (:meth:`QueueSupervisor._hand_out`):
-#: on the 2-core development machine a pass of 10,000 starts took 1 to 3 s; handing out 50,000
-#: at once held the heartbeat up for 41 s under load (past the 30 s lease).
+#: Most jobs of a claim started in one scheduler pass (:meth:`QueueSupervisor._hand_out`).
+#: On the 2-core development machine 50,000 handed out at once held the heartbeat up for
+#: 41 s under load (past the 30 s lease); a pass of 10,000 is a fifth of that, and smaller
+#: passes cost more CPU per job (docs/performance.md, "Wide pools").
 HAND_OUT = 10_000
 
 
@@ -426,8 +427,7 @@ class QueueSupervisor:
                                 if run.entry.reason is None:  # not cancelled before its start
                                     if events.log.isEnabledFor(logging.DEBUG):
                                         events.log_event(events.started(job))
-                                    attempt = run.attempt
-                                    run.result = attempt.result(await attempt.start())
+                                    run.result = run.attempt.result(await run.attempt.start())
                             except Exception as exc:
                                 run.error = exc
                             fired = self._settle(run)

@@ -38,8 +38,7 @@ RETRY_FIRST = 0.05
 MAINTENANCE = "maintenance"
 
 #: Most leases renewed in one request. A wide pool holds tens of thousands: one renewal
-#: of 50,000 took the storage thread about a second (claims and outcome writes waited
-#: behind it) and its arrays and reply tens of MB at once.
+#: of 50,000 built its arrays and reply all at once (tens of MB at the process's peak).
 RENEW_MAX = 10_000
 
 log = logging.getLogger("trioforge.leases")
@@ -87,14 +86,24 @@ async def heartbeat(
 async def renew_leases(
     storage: StorageHandle, running: RunningJobs, clock: Clock, *, owner: str, lease_seconds: float
 ) -> None:
-    """Renew every lease held here, :data:`RENEW_MAX` a request; each reply applied to
-    ``running``."""
+    """Renew every lease held here, :data:`RENEW_MAX` a request, every request sent at once
+    (one after the other, each would wait for a scheduler pass, and a wide pool's passes
+    can take seconds while a big claim starts); each reply applied to ``running``. Raises
+    (an ``ExceptionGroup`` when several requests fail) if a request failed."""
     leases = running.leases()
-    for start in range(0, len(leases), RENEW_MAX):
-        chunk = leases[start : start + RENEW_MAX]
-        until = clock.now() + lease_seconds
+    until = clock.now() + lease_seconds
+
+    async def renew(chunk: tuple[tuple[int, int], ...]) -> None:
         renewal: RenewResult = await storage.call(ops.Renew(owner, chunk, until))
         running.renewed(chunk, until, renewal)
+
+    if len(leases) <= RENEW_MAX:  # the common case: no nursery
+        if leases:
+            await renew(leases)
+        return
+    async with trio.open_nursery() as nursery:
+        for start in range(0, len(leases), RENEW_MAX):
+            nursery.start_soon(renew, leases[start : start + RENEW_MAX])
 
 
 async def reaper(

@@ -41,8 +41,9 @@ RETRY_MAX = 0.5
 
 #: Most outcomes written in one ``Finish``: when tens of thousands of jobs of a wide pool
 #: end at once, one write of them all held their rows, JSON and reply in memory together
-#: (tens of MB at the process's peak) and kept the storage thread a second at a time.
-WRITE_MAX = 5_000
+#: (tens of MB at the process's peak). Not much smaller: each write waits for its reply,
+#: a scheduler pass, before the next, and a wide pool's passes can take seconds.
+WRITE_MAX = 10_000
 
 #: Per outcome: what was written in its place (itself, or the dead outcome standing in for
 #: one the database refused) and whether it was applied (a bool), or why it was not

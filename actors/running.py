@@ -91,7 +91,10 @@ class RunningJobs:
         self._ended: set[tuple[int, int]] = set()
 
     def __len__(self) -> int:
-        return sum(len(self._attempts(job_id)) for job_id in self._jobs)
+        """Attempts running here: one per job, and the rare second ones (linked) besides."""
+        return len(self._jobs) + sum(
+            len(self._attempts(job_id)) - 1 for job_id, e in self._jobs.items() if e.other
+        )
 
     def _attempts(self, job_id: int) -> list[Running]:
         attempts, entry = [], self._jobs.get(job_id)

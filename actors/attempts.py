@@ -9,7 +9,7 @@ Pure: nothing here waits or writes. The worker that runs an attempt is in
 from __future__ import annotations
 
 import traceback
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Protocol
 
 import attrs
@@ -48,9 +48,16 @@ class Ended:
 class Attempt(Protocol):
     """One attempt of a job, as the application runs it."""
 
-    async def run(self) -> str | Ended | None:
-        """Run the handler (and what goes before it); return the JSON text of the result,
-        or how the attempt ended when it decided that itself."""
+    def start(self) -> Awaitable[object]:
+        """Get the attempt ready (decode its payload, make its context) and return what runs
+        it: the handler's own coroutine when nothing goes before it, so that the worker
+        awaits the handler with no frame between them (a wide pool holds one per running
+        job). Raises what getting ready raised (a payload that cannot be decoded)."""
+        ...
+
+    def result(self, value: object) -> str | Ended | None:
+        """What ``value``, returned by what :meth:`start` returned, records: the JSON text
+        of the handler's result, or how the attempt ended when it decided that itself."""
         ...
 
     def cancelled(self) -> Ended | None:

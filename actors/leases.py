@@ -1,10 +1,11 @@
 """The heartbeat and the reaper: keeping this process's leases alive, rescuing others'.
 
-Heartbeat: every ``interval``, one batched renewal of every lease held here (jobs running,
-claimed, or with their outcome not yet recorded) and this process's row in the process
-registry; after a failure it retries with backoff rather than wait a whole interval. The
-reply says which jobs were cancelled by another process (their scopes fire, ending them as
-``cancelled``) and which leases were lost (their scopes fire; nothing is written).
+Heartbeat: every ``interval``, a batched renewal of every lease held here (jobs running,
+claimed, or with their outcome not yet recorded; ``RENEW_MAX`` a request) and this
+process's row in the process registry; after a failure it retries with backoff rather than
+wait a whole interval. The reply says which jobs were cancelled by another process (their
+scopes fire, ending them as ``cancelled``) and which leases were lost (their scopes fire;
+nothing is written).
 
 Reaper: every ``interval``, if this process holds (or takes) the ``maintenance`` lease, so
 that one replica does it rather than all: running jobs whose lease expired (their owner
@@ -26,7 +27,7 @@ from trioforge.actors.running import RunningJobs
 from trioforge.actors.storage_actor import StorageHandle, log_failure
 from trioforge.storage import ProcessDetails, RenewResult, RescuedJob, ops
 
-__all__ = ["MAINTENANCE", "RETRY_FIRST", "heartbeat", "reaper", "renew_leases"]
+__all__ = ["MAINTENANCE", "RENEW_MAX", "RETRY_FIRST", "heartbeat", "reaper", "renew_leases"]
 
 #: The first pause before retrying a failed storage write that must not be lost (lease
 #: renewals, outcomes); doubled on each further failure.
@@ -35,6 +36,10 @@ RETRY_FIRST = 0.05
 #: The lease whose holder runs maintenance: rescue, then folding the stored counts (cron
 #: and retention lead with leases of their own, so other processes may hold them).
 MAINTENANCE = "maintenance"
+
+#: Most leases renewed in one request. A wide pool holds tens of thousands: one renewal
+#: of 50,000 built its arrays and reply all at once (tens of MB at the process's peak).
+RENEW_MAX = 10_000
 
 log = logging.getLogger("trioforge.leases")
 
@@ -81,12 +86,24 @@ async def heartbeat(
 async def renew_leases(
     storage: StorageHandle, running: RunningJobs, clock: Clock, *, owner: str, lease_seconds: float
 ) -> None:
-    """One batched renewal of every lease held here; its reply applied to ``running``."""
+    """Renew every lease held here, :data:`RENEW_MAX` a request, every request sent at once
+    (one after the other, each would wait for a scheduler pass, and a wide pool's passes
+    can take seconds while a big claim starts); each reply applied to ``running``. Raises
+    (an ``ExceptionGroup`` when several requests fail) if a request failed."""
     leases = running.leases()
-    if leases:
-        until = clock.now() + lease_seconds
-        renewal: RenewResult = await storage.call(ops.Renew(owner, leases, until))
-        running.renewed(leases, until, renewal)
+    until = clock.now() + lease_seconds
+
+    async def renew(chunk: tuple[tuple[int, int], ...]) -> None:
+        renewal: RenewResult = await storage.call(ops.Renew(owner, chunk, until))
+        running.renewed(chunk, until, renewal)
+
+    if len(leases) <= RENEW_MAX:  # the common case: no nursery
+        if leases:
+            await renew(leases)
+        return
+    async with trio.open_nursery() as nursery:
+        for start in range(0, len(leases), RENEW_MAX):
+            nursery.start_soon(renew, leases[start : start + RENEW_MAX])
 
 
 async def reaper(

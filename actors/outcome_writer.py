@@ -1,8 +1,9 @@
 """The outcome writer: one actor per queue that records what its workers' attempts decided.
 
 Workers hand it ``(job, outcome)`` pairs (:meth:`OutcomeWriter.report`, never blocking) and
-take their next job at once; it writes everything waiting as one fenced ``Finish``,
-shielded from cancellation, so an outcome reported is never lost to a cancel. Once written,
+take their next job at once; it writes everything waiting (up to ``WRITE_MAX``) as one
+fenced ``Finish``, shielded from cancellation, so an outcome reported is never lost to a
+cancel. Once written,
 it releases the jobs from ``RunningJobs``, wakes the queue for retries and short
 suspensions, tells ``Finished`` of jobs that ended, and wakes the queues a concurrency
 limit held back (:class:`HeldQueues`).
@@ -28,13 +29,21 @@ from trioforge.actors.running import Finished, RunningJobs
 from trioforge.actors.storage_actor import StorageHandle
 from trioforge.storage import ClaimedJob, Outcome, ops
 
-__all__ = ["RETRY_MAX", "HeldQueues", "OutcomeWriter", "record_outcomes", "refused_outcome"]
+__all__ = [
+    "RETRY_MAX", "WRITE_MAX", "HeldQueues", "OutcomeWriter", "record_outcomes", "refused_outcome",
+]  # fmt: skip
 
 # The queue's logger: these lines have always been the queue's.
 log = logging.getLogger("trioforge.queue")
 
 #: Longest pause between tries to record outcomes while the database is away.
 RETRY_MAX = 0.5
+
+#: Most outcomes written in one ``Finish``: when tens of thousands of jobs of a wide pool
+#: end at once, one write of them all held their rows, JSON and reply in memory together
+#: (tens of MB at the process's peak). Not much smaller: each write waits for its reply,
+#: a scheduler pass, before the next, and a wide pool's passes can take seconds.
+WRITE_MAX = 10_000
 
 #: Per outcome: what was written in its place (itself, or the dead outcome standing in for
 #: one the database refused) and whether it was applied (a bool), or why it was not
@@ -153,7 +162,8 @@ class OutcomeWriter:
         self._send.close()
 
     async def run(self) -> None:
-        """Everything waiting goes out as one fenced ``Finish``.
+        """Everything waiting goes out as one fenced ``Finish`` (:data:`WRITE_MAX` at most:
+        the rest in the next ones).
 
         A failed write (the database restarting, SQLite busy) is retried with backoff, with
         whatever arrived meanwhile, for as long as each job's lease holds: the heartbeat
@@ -169,7 +179,7 @@ class OutcomeWriter:
             async for first in self._outcomes:
                 pending, wait = [first], RETRY_FIRST
                 while True:
-                    pending.extend(self._reported_meanwhile())
+                    pending.extend(self._reported_meanwhile(WRITE_MAX - len(pending)))
                     pending = await self._write(pending)
                     if pending and self._storage.broken.is_set():
                         self._abandon(pending)  # the runtime is stopping with the error
@@ -189,13 +199,15 @@ class OutcomeWriter:
             "rescued and run again once it is repaired", len(batch), self._storage.broken_by,
         )  # fmt: skip
 
-    def _reported_meanwhile(self) -> list[tuple[ClaimedJob, Outcome]]:
-        batch = []
-        while True:
+    def _reported_meanwhile(self, room: int) -> list[tuple[ClaimedJob, Outcome]]:
+        """Up to ``room`` outcomes waiting (the rest wait for the next write)."""
+        batch: list[tuple[ClaimedJob, Outcome]] = []
+        while len(batch) < room:
             try:
                 batch.append(self._outcomes.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel):
-                return batch
+                break
+        return batch
 
     async def _write(
         self, batch: list[tuple[ClaimedJob, Outcome]]

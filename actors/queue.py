@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping, Sequence
 
 import attrs
 import trio
@@ -40,6 +40,12 @@ log = logging.getLogger("trioforge.queue")
 
 #: How long an attempt's after hooks may take (they run shielded from cancellation).
 AFTER_HOOKS_SECONDS = 10.0
+
+#: Most jobs of a claim started in one scheduler pass (:meth:`QueueSupervisor._hand_out`).
+#: On the 2-core development machine 50,000 handed out at once held the heartbeat up for
+#: 41 s under load (past the 30 s lease); a pass of 10,000 is a fifth of that, and smaller
+#: passes cost more CPU per job (docs/performance.md, "Wide pools").
+HAND_OUT = 10_000
 
 
 @attrs.frozen
@@ -151,10 +157,10 @@ class QueueSupervisor:
         self._report = self._writer.report
         self._size = config.concurrency
         self._busy = 0  # workers holding a job (pool utilisation: busy / size)
-        self._workers_started = 0
+        self._worker_name = f"{config.name}-worker"
         self._workers = 0  # worker tasks alive
         self._retiring = 0  # of those, the ones a ``_Retire`` sent is for
-        self._out = 0  # jobs handed out whose slot the fetcher has not seen freed
+        self._out = 0  # jobs handed out whose slot has not come free
         self._pool: trio.Nursery | None = None
 
     # --- control (synchronous; safe from any task) -------------------------------------
@@ -225,31 +231,47 @@ class QueueSupervisor:
                 events.log_event(events.released_unstarted(job))
                 self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
 
+    async def _hand_out(self, jobs: Sequence[ClaimedJob]) -> None:
+        """Hand claimed jobs to workers, :data:`HAND_OUT` at a time, with a checkpoint
+        between (shielded: these jobs are claimed, they must all reach a worker).
+
+        Each job's start runs in the scheduler pass after its hand-out, and no timer fires
+        and no thread's reply is taken until a pass ends: a wide pool's claim of 50,000
+        handed out at once started them all in one pass, which on a loaded machine held up
+        the heartbeat for longer than a lease (its jobs could have been rescued while they
+        ran)."""
+        for start in range(0, len(jobs), HAND_OUT):
+            if start:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            chunk = jobs[start : start + HAND_OUT]
+            for job in chunk:
+                self._jobs_send.send_nowait(job)
+            self._out += len(chunk)
+            self._staff()
+
     def _staff(self) -> None:
-        """Start workers until there is one for each job handed out and not yet seen freed
-        (so every job in the channel has a worker that will take it)."""
+        """Start workers until there is one for each job handed out whose slot has not come
+        free (so every job in the channel has a worker that will take it)."""
         assert self._pool is not None
         while self._workers - self._retiring < self._out:
             self._start_worker(self._pool)
 
     def _start_worker(self, pool: trio.Nursery) -> None:
-        self._workers_started += 1
         self._workers += 1
-        name = f"{self.config.name}-w{self._workers_started}"
-        pool.start_soon(self._supervise, self._worker, name=name)
+        # One name for all (a string per worker is memory per running job in a wide pool).
+        pool.start_soon(self._worker, name=self._worker_name)
 
-    async def _supervise(self, child: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            try:
-                await child()
-                return
-            except Exception:
-                now = trio.current_time()
-                self._restarts = [t for t in self._restarts if now - t < 60.0] + [now]
-                if len(self._restarts) > self._max_restarts:
-                    log.error("queue %s: too many crashes, giving up", self.config.name)
-                    raise
-                log.exception("queue %s: actor crashed; restarting it", self.config.name)
+    def _give_up(self) -> bool:
+        """A worker's loop raised (a bug): log it; True if workers crashed more than
+        ``max_restarts`` times in the last minute (the queue fails), else the worker starts
+        over."""
+        now = trio.current_time()
+        self._restarts = [t for t in self._restarts if now - t < 60.0] + [now]
+        if len(self._restarts) > self._max_restarts:
+            log.error("queue %s: too many crashes, giving up", self.config.name)
+            return True
+        log.exception("queue %s: actor crashed; restarting it", self.config.name)
+        return False
 
     async def _fetch_guarded(self) -> None:
         try:
@@ -286,11 +308,8 @@ class QueueSupervisor:
                     if result is None:  # storage error, logged: try again after the poll interval
                         wanted_at = None
                         continue
-                    for job in result.jobs:
-                        self._jobs_send.send_nowait(job)
                     free -= len(result.jobs)
-                    self._out += len(result.jobs)
-                    self._staff()
+                    await self._hand_out(result.jobs)
                     wanted_at = now if result.jobs and free == 0 else _next_look(result)
                     if result.held and self._held.writes != writes_before:
                         wanted_at = now  # an outcome written meanwhile may have freed a slot
@@ -305,7 +324,6 @@ class QueueSupervisor:
     ) -> tuple[int, float | None]:
         """The fetcher's free slots and next claim time after ``message``."""
         if isinstance(message, _SlotFreed):
-            self._out -= 1
             return free + 1, wanted_at
         if isinstance(message, _Resized):
             # Sent from here, so every job already handed out is ahead of them in the
@@ -378,51 +396,64 @@ class QueueSupervisor:
         of them fires it, then take a fresh one: entering and leaving a scope per job cost
         about a tenth of a no-op drain. Between attempts the scope has no deadline and is
         known to no one (``RunningJobs`` lets go of it when the attempt ends), so nothing
-        but the attempt holding it can fire it."""
+        but the attempt holding it can fire it.
+
+        A crash (an exception escaping the loop) starts the loop over (:meth:`_give_up`).
+        All of it is one coroutine, the handler's caller: each frame between the worker
+        loop and the handler is held by every running job (tens of thousands in a wide
+        pool)."""
         while True:
             run: _Run | None = None  # the attempt in hand, when the scope catches its cancel
             try:
-                with trio.CancelScope() as scope:
-                    async for job in self._jobs:
-                        if isinstance(job, _Retire):
-                            self._workers -= 1
-                            self._retiring -= 1
-                            return  # its slot was already taken off the fetcher's count
-                        self._busy += 1
-                        if self._stopping:
-                            events.log_event(events.released_unstarted(job))
-                            self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
-                            self._slot_freed()
-                            continue
-                        try:
-                            run = self._begin(job, scope)
-                        except BaseException:
-                            self._slot_freed()
-                            raise
-                        try:
-                            if run.entry.reason is None:  # not cancelled between claim and start
-                                if events.log.isEnabledFor(logging.DEBUG):
-                                    events.log_event(events.started(job))
-                                run.result = await run.attempt.run()
-                        except Exception as exc:
-                            run.error = exc
-                        fired = self._settle(run)
-                        ended, run = run, None
-                        await self._conclude(ended)
-                        if fired:
-                            break  # a fired scope stays fired: the next job gets a fresh one
-                    else:
-                        return  # the fetcher is gone and every job handed out is taken
-            except BaseException:
-                if run is not None:  # cancelled from outside (runtime torn down) or
-                    await self._hand_back(run)  # interrupted: hand the job back
-                raise
-            if run is not None:  # its scope caught its cancel (or its deadline's)
-                self._settle(run)
-                await self._conclude(run)
+                try:
+                    with trio.CancelScope() as scope:
+                        async for job in self._jobs:
+                            if isinstance(job, _Retire):
+                                self._workers -= 1
+                                self._retiring -= 1
+                                return  # its slot was already taken off the fetcher's count
+                            self._busy += 1
+                            if self._stopping:
+                                events.log_event(events.released_unstarted(job))
+                                self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
+                                self._slot_freed()
+                                continue
+                            try:
+                                run = self._begin(job, scope)
+                            except BaseException:
+                                self._slot_freed()
+                                raise
+                            try:
+                                if run.entry.reason is None:  # not cancelled before its start
+                                    if events.log.isEnabledFor(logging.DEBUG):
+                                        events.log_event(events.started(job))
+                                    run.result = run.attempt.result(await run.attempt.start())
+                            except Exception as exc:
+                                run.error = exc
+                            fired = self._settle(run)
+                            ended, run = run, None
+                            await self._conclude(ended)
+                            if fired:
+                                break  # a fired scope stays fired: the next job gets a fresh one
+                        else:
+                            return  # the fetcher is gone and every job handed out is taken
+                except BaseException:
+                    if run is not None:  # cancelled from outside (runtime torn down) or
+                        await self._hand_back(run)  # interrupted: hand the job back
+                    raise
+                if run is not None:  # its scope caught its cancel (or its deadline's)
+                    self._settle(run)
+                    await self._conclude(run)
+            except Exception:
+                if self._give_up():
+                    raise
 
     def _slot_freed(self) -> None:
         self._busy -= 1
+        # Counted out at once, not when the fetcher reads the message: a claim handed out
+        # over several passes (_hand_out) then starts no worker for a job that a worker
+        # freed meanwhile will take.
+        self._out -= 1
         # The slot frees as soon as the handler is done; the outcome is written by the
         # writer, batched with others, while this worker takes the next job (a claim made
         # meanwhile counts the attempt out of its concurrency limit).

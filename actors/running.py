@@ -44,6 +44,10 @@ class Running:
     #: The job's ``heartbeat_timeout``: each heartbeat moves the scope's deadline this far
     #: ahead, never past ``timeout_at`` (None: no heartbeat needed).
     beat_every: float | None = None
+    #: Another attempt of the same job running here (a stale one and its rescued
+    #: successor), linked rather than kept in a dict per job: a wide pool holds an entry
+    #: per running job, and almost never a second.
+    other: Running | None = None
 
     def set_deadlines(self, timeout: float | None, heartbeat_timeout: float | None) -> None:
         """Start the attempt's clocks: its overall timeout and its first heartbeat window."""
@@ -73,7 +77,7 @@ _REMEMBER_CANCEL_SECONDS = 60.0
 
 class RunningJobs:
     def __init__(self) -> None:
-        self._jobs: dict[int, dict[int, Running]] = {}  # job id -> lease -> attempt
+        self._jobs: dict[int, Running] = {}  # job id -> its attempts here (``other``)
         # Cancels that storage reported as "running" before the job's worker registered
         # it here (claimed, maybe not yet started): job id -> (the tick it came at, the
         # trio time, for pruning). Applied when an attempt starts whose claim was sent
@@ -87,13 +91,31 @@ class RunningJobs:
         self._ended: set[tuple[int, int]] = set()
 
     def __len__(self) -> int:
-        return sum(len(attempts) for attempts in self._jobs.values())
+        """Attempts running here: one per job, and the rare second ones (linked) besides."""
+        return len(self._jobs) + sum(
+            len(self._attempts(job_id)) - 1 for job_id, e in self._jobs.items() if e.other
+        )
+
+    def _attempts(self, job_id: int) -> list[Running]:
+        attempts, entry = [], self._jobs.get(job_id)
+        while entry is not None:
+            attempts.append(entry)
+            entry = entry.other
+        return attempts
+
+    def _attempt(self, job_id: int, lease: int) -> Running | None:
+        entry = self._jobs.get(job_id)
+        while entry is not None and entry.lease != lease:
+            entry = entry.other
+        return entry
 
     def start(self, job_id: int, lease: int, scope: trio.CancelScope | None = None) -> Running:
         """Register the attempt holding ``lease`` as running in ``scope`` (None: a new one),
         which cancels by id fire until :meth:`finish`."""
         entry = Running(lease, scope if scope is not None else trio.CancelScope())
-        self._jobs.setdefault(job_id, {})[lease] = entry
+        self._unlink(job_id, lease)  # (one lease runs one attempt: a repeat replaces it)
+        entry.other = self._jobs.get(job_id)
+        self._jobs[job_id] = entry
         early = self._early_cancels.pop(job_id, None)
         claimed_at = self._claimed_at.get((job_id, lease))
         if early is not None and (claimed_at is None or claimed_at < early[0]):
@@ -103,7 +125,7 @@ class RunningJobs:
     def beat(self, job_id: int, lease: int) -> None:
         """The attempt holding ``lease`` called ``ctx.heartbeat`` or ``ctx.progress``: move
         its heartbeat deadline (if its job has a ``heartbeat_timeout``)."""
-        entry = self._jobs.get(job_id, {}).get(lease)
+        entry = self._attempt(job_id, lease)
         if entry is not None and entry.beat_every is not None:
             entry.beat()
 
@@ -128,16 +150,29 @@ class RunningJobs:
     def finish(self, job_id: int, lease: int) -> None:
         if (job_id, lease) in self._held:
             self._ended.add((job_id, lease))
-        attempts = self._jobs.get(job_id, {})
-        attempts.pop(lease, None)
-        if not attempts:
-            self._jobs.pop(job_id, None)
+        self._unlink(job_id, lease)
+
+    def _unlink(self, job_id: int, lease: int) -> None:
+        """Forget the attempt holding ``lease`` (if registered), keeping the job's others."""
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            return
+        if entry.lease == lease:
+            if entry.other is None:
+                del self._jobs[job_id]
+            else:
+                self._jobs[job_id] = entry.other
+            return
+        while entry.other is not None:
+            if entry.other.lease == lease:
+                entry.other = entry.other.other
+                return
+            entry = entry.other
 
     def stop(self, job_id: int, reason: StopReason, *, lease: int | None = None) -> bool:
         """Fire the scope of the job's attempt holding ``lease`` (None: every attempt of
         the job) if it runs here; the first reason given wins."""
-        attempts = self._jobs.get(job_id, {})
-        entries = [e for held, e in attempts.items() if lease is None or held == lease]
+        entries = [e for e in self._attempts(job_id) if lease is None or e.lease == lease]
         for entry in entries:
             if entry.reason is None:
                 entry.reason = reason
@@ -151,9 +186,10 @@ class RunningJobs:
     def hold(self, job_id: int, lease: int, until: float, claimed_at: int | None = None) -> None:
         """A claim gave this process ``lease`` on the job, valid until ``until``;
         ``claimed_at`` is the tick :meth:`claiming` gave before the claim was sent."""
-        self._held[(job_id, lease)] = until
+        key = (job_id, lease)  # one tuple for both tables
+        self._held[key] = until
         if claimed_at is not None:
-            self._claimed_at[(job_id, lease)] = claimed_at
+            self._claimed_at[key] = claimed_at
 
     def release(self, job_id: int, lease: int) -> None:
         """The attempt's outcome is recorded (or its lease is gone): stop renewing it."""

@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 import trio
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["CronContext", "JobContext"]
 
 _log = logging.getLogger("trioforge.job")
+#: The rate limits of a context given none (one for every context: one lives per job).
+_NO_LIMITS: Mapping[str, RateLimit] = MappingProxyType({})
 _P = TypeVar("_P")
 _R = TypeVar("_R")
 
@@ -54,6 +57,14 @@ class JobContext(Generic[StateT]):
     :attr:`state`, the value the registry's lifespan yields.
     """
 
+    # One context lives per running job (tens of thousands at once in a wide pool): slots
+    # instead of an attribute dict; ``__dict__`` keeps room for what subclasses, hooks or
+    # handlers add, made only when something is.
+    __slots__ = (
+        "__dict__", "_client", "_clock", "_job", "_lease_seconds", "_log", "_owner",
+        "_rate_limits", "_running", "_state", "_storage",
+    )  # fmt: skip
+
     def __init__(
         self,
         job: ClaimedJob,
@@ -68,7 +79,7 @@ class JobContext(Generic[StateT]):
         rate_limits: Mapping[str, RateLimit] | None = None,
     ) -> None:
         self._job = job
-        self._rate_limits = rate_limits or {}
+        self._rate_limits = _NO_LIMITS if rate_limits is None else rate_limits
         self._state = state
         self._client = client
         self._storage = storage

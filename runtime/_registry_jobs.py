@@ -6,8 +6,8 @@ same hooks and metrics around its driver)."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import trio
@@ -140,7 +140,11 @@ class RegistryJobs:
 
 
 class _Attempt:
-    """One attempt: before hooks and the handler, then (told how it ended) after hooks."""
+    """One attempt: before hooks and the handler, then (told how it ended) after hooks.
+
+    Slotted: one lives per running job, tens of thousands at once in a wide pool."""
+
+    __slots__ = ("_ctx", "_definition", "_job", "_make_context", "_payload", "_registry")
 
     def __init__(
         self,
@@ -153,12 +157,13 @@ class _Attempt:
         self._definition = definition
         self._make_context = make_context
         self._job = job
-        self._started: tuple[JobContext, Any] | None = None  # context and payload
+        self._ctx: JobContext | None = None  # once started: the handler's context
+        self._payload: Any = None  # and its payload
 
     def cancelled(self) -> Ended | None:
         return None
 
-    async def run(self) -> str | None:
+    def start(self) -> Awaitable[Any]:
         job, definition = self._job, self._definition
         payload: Any = None
         args: tuple[Any, ...] = ()
@@ -174,21 +179,29 @@ class _Attempt:
                     definition.codec, job.name, definition.payload_type, job.payload
                 )
                 args = (payload,)
-        self._started = (ctx, payload)
+        self._ctx, self._payload = ctx, payload
+        if self._registry.before_hooks:
+            return self._hooks_then(ctx, args)
+        return definition.handler(ctx, *args)  # awaited by the worker itself
+
+    async def _hooks_then(self, ctx: JobContext, args: tuple[Any, ...]) -> Any:
         for hook in self._registry.before_hooks:
             await hook(ctx)
-        value = await definition.handler(ctx, *args)
-        return encode_result(definition.codec, f"job {job.name!r}", definition.result_type, value)
+        return await self._definition.handler(ctx, *args)
+
+    def result(self, value: object) -> str | None:
+        definition = self._definition
+        job = f"job {self._job.name!r}"
+        return encode_result(definition.codec, job, definition.result_type, value)
 
     @property
     def watched(self) -> bool:
         return bool(self._registry.after_hooks)
 
     async def end(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
-        if self._started is None:  # its payload could not even be decoded
+        if self._ctx is None:  # its payload could not even be decoded
             return
-        ctx, payload = self._started
-        await _after_hooks(self._registry, AttemptEnd(ctx, payload, outcome, error))
+        await _after_hooks(self._registry, AttemptEnd(self._ctx, self._payload, outcome, error))
 
 
 async def _after_hooks(registry: Registry, end: AttemptEnd) -> None:
@@ -227,6 +240,8 @@ class _Measure:
 class _MeasuredAttempt(_Attempt):
     """An attempt that also tells the process's metrics when it starts and how it ended."""
 
+    __slots__ = ("_measure",)
+
     def __init__(
         self,
         registry: Registry,
@@ -238,9 +253,9 @@ class _MeasuredAttempt(_Attempt):
         super().__init__(registry, definition, make_context, job)
         self._measure = measure
 
-    async def run(self) -> str | None:
+    def start(self) -> Awaitable[Any]:
         self._measure.started()
-        return await super().run()
+        return super().start()
 
     @property
     def watched(self) -> bool:
@@ -268,10 +283,13 @@ class _WorkflowRun:
     def cancelled(self) -> Ended | None:
         return self._driver.cancelled()
 
-    async def run(self) -> str | Ended | None:
+    def start(self) -> Awaitable[str | Ended | None]:
         if self._measure is not None:
             self._measure.started()
-        return await self._driver.run()
+        return self._driver.run()
+
+    def result(self, value: object) -> str | Ended | None:
+        return cast("str | Ended | None", value)  # what the driver's run returned
 
     @property
     def watched(self) -> bool:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Literal
 
@@ -175,7 +175,7 @@ def _parsed(text: str) -> trace.SpanContext | None:
 
 
 class _TracedAttempt:
-    """An attempt inside its span: the span starts with ``run``, is current while the
+    """An attempt inside its span: the span starts as the attempt runs, is current while the
     handler and the after hooks run, and ends in ``end`` (which the worker calls however
     the attempt ended, cancelled or timed out too, shielded)."""
 
@@ -190,10 +190,16 @@ class _TracedAttempt:
     def watched(self) -> bool:
         return True
 
-    async def run(self) -> str | Ended | None:
+    def start(self) -> Awaitable[object]:
+        return self._run()
+
+    async def _run(self) -> object:
         self._span = span = self._tracing._start_attempt(self._job)
         with trace.use_span(span, record_exception=False, set_status_on_exception=False):
-            return await self._inner.run()
+            return await self._inner.start()
+
+    def result(self, value: object) -> str | Ended | None:
+        return self._inner.result(value)
 
     async def end(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
         span = self._span

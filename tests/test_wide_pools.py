@@ -1,11 +1,21 @@
-"""Wide pools (virtual time, memory backend): a slot that holds no job costs no task, and
-shrinking a pool whose workers never started strands nothing."""
+"""Wide pools (virtual time, memory backend): a slot that holds no job costs no task,
+shrinking a pool whose workers never started strands nothing, a claim of many jobs starts
+them a bounded number per scheduler pass, and two attempts of one job are held apart."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import trio
 
 from trioforge import JobContext, JobState, Registry
+from trioforge._registry_jobs import RegistryJobs
+from trioforge.actors import leases, outcome_writer, queue
+from trioforge.actors.attempts import Attempt
+from trioforge.actors.running import RunningJobs, StopReason
+from trioforge.actors.storage_actor import StorageHandle
+from trioforge.storage import ClaimedJob, ops
 from trioforge.testing import open_test_runtime, run
 
 SLEEP = 10.0
@@ -60,3 +70,131 @@ def test_shrinking_a_pool_before_its_workers_started_strands_no_job() -> None:
         return states
 
     assert run(main) == [JobState.COMPLETED] * 4
+
+
+def test_a_big_claim_starts_its_jobs_in_passes_that_timers_run_between(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each start costs 0.1 s (a jump of the virtual clock, standing for CPU time); 100 jobs
+    are claimed at once, 10 handed out a pass. A timer due 1 s later (the heartbeat is one)
+    runs one or two passes after it fell due, with 10 to 30 jobs started, not after all 100: a
+    claim handed out in one pass held the heartbeat up for as long as every start took."""
+    monkeypatch.setattr(queue, "HAND_OUT", 10)
+    registry = Registry()
+    started: list[int] = []
+
+    @registry.job("wide")
+    async def wide(ctx: JobContext, index: int) -> None:
+        started.append(index)
+        trio.lowlevel.current_clock().jump(0.1)  # type: ignore[attr-defined]
+        await trio.sleep(60.0)
+
+    async def main() -> tuple[int, float, int]:
+        async with open_test_runtime(registry, queues={"default": 100}) as rt:
+            t0 = trio.current_time()
+            jobs = await rt.enqueue_many(wide, list(range(100)))
+            await trio.sleep(1.0)
+            seen, late = len(started), trio.current_time() - t0 - 1.0
+            for job in jobs:
+                await rt.wait(job.id)
+            return seen, late, len(started)
+
+    seen, late, total = run(main)
+    assert total == 100
+    # It fell due in a pass; it runs in the next one, before or after that pass's starts.
+    assert 1 <= seen <= 30
+    assert late < 2.5  # two passes of 10 starts (1 s each) at most
+
+
+def test_two_attempts_of_one_job_are_held_and_stopped_apart() -> None:
+    """After a stall, a stale attempt and its rescued successor can run here at once: each
+    is found by its lease, a stop by job id reaches both, and finishing one keeps the
+    other."""
+
+    async def main() -> None:
+        running = RunningJobs()
+        stale, fresh = running.start(5, 1), running.start(5, 2)
+        other = running.start(6, 1)
+        assert len(running) == 3
+        running.stop(5, StopReason.LOST, lease=1)
+        assert stale.reason is StopReason.LOST
+        assert fresh.reason is None
+        running.finish(5, 1)
+        assert len(running) == 2
+        running.stop(5, StopReason.USER)
+        assert fresh.reason is StopReason.USER
+        assert other.reason is None
+        running.finish(5, 2)
+        running.finish(6, 1)
+        assert len(running) == 0
+
+    run(main)
+
+
+def test_a_worker_whose_loop_raises_logs_it_and_starts_over(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker loop restarts itself (no supervising frame above it): a bug that escapes
+    it for one job is logged, and the same one-slot pool runs the next job."""
+    registry = Registry()
+    ran: list[int] = []
+
+    @registry.job("work")
+    async def work(ctx: JobContext, index: int) -> None:
+        ran.append(index)
+
+    real = RegistryJobs.attempt
+
+    def attempt(self: RegistryJobs, job: ClaimedJob) -> Attempt:
+        if job.payload == "0":
+            raise RuntimeError("a bug in the worker loop")
+        return real(self, job)
+
+    monkeypatch.setattr(RegistryJobs, "attempt", attempt)
+
+    async def main() -> JobState:
+        async with open_test_runtime(registry, queues={"default": 1}) as rt:
+            await rt.enqueue(work, 0)
+            second = await rt.enqueue(work, 1)
+            return (await rt.wait(second.id)).status
+
+    assert run(main) is JobState.COMPLETED
+    assert ran == [1]
+    assert "queue default: actor crashed; restarting it" in caplog.messages
+
+
+def test_leases_are_renewed_and_outcomes_written_a_bounded_number_a_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At most ``RENEW_MAX`` leases a renewal and ``WRITE_MAX`` outcomes a write: 10 jobs
+    running through two heartbeats are renewed 3 a request, every lease each beat, and
+    their 10 outcomes, reported at once, go out 4 a write."""
+    monkeypatch.setattr(leases, "RENEW_MAX", 3)
+    monkeypatch.setattr(outcome_writer, "WRITE_MAX", 4)
+    renewals: list[int] = []
+    writes: list[int] = []
+    call = StorageHandle.call
+
+    async def counted(self: StorageHandle, op: ops.Op[Any]) -> Any:
+        if isinstance(op, ops.Renew):
+            renewals.append(len(op.leases))
+        elif isinstance(op, ops.Finish):
+            writes.append(len(op.outcomes))
+        return await call(self, op)
+
+    monkeypatch.setattr(StorageHandle, "call", counted)
+    registry = Registry()
+
+    @registry.job("long")
+    async def long(ctx: JobContext, index: int) -> None:
+        await trio.sleep(25.0)
+
+    async def main() -> list[JobState]:
+        async with open_test_runtime(registry, queues={"default": 10}) as rt:
+            jobs = await rt.enqueue_many(long, list(range(10)))
+            return [(await rt.wait(job.id)).status for job in jobs]
+
+    assert run(main) == [JobState.COMPLETED] * 10
+    # The heartbeats at 10 s and 20 s, each sending its requests at once.
+    assert sorted(renewals) == sorted([3, 3, 3, 1] * 2)
+    assert writes == [4, 4, 2]

@@ -24,6 +24,7 @@ from trioforge._core.clock import Clock
 from trioforge._core.errors import JobTimeoutError, PayloadError
 from trioforge._core.flow import JobLimits, RateLimit
 from trioforge._core.outcomes import AttemptOutcome, attempt_outcome
+from trioforge._core.prefetch import ClaimPace, claim_ahead
 from trioforge._core.retry import Retry
 from trioforge._core.states import Released as ReleasedEvent
 from trioforge.actors import events
@@ -141,7 +142,7 @@ class QueueSupervisor:
         # Unbounded, but never holds more jobs than free slots: the fetcher counts them.
         self._jobs_send, self._jobs = trio.open_memory_channel[ClaimedJob | _Retire](math.inf)
         self._fetch_scope = trio.CancelScope()
-        self._stopping = False  # after stop_now(): release jobs instead of starting them
+        self._stopping = False  # release jobs instead of starting them
         self._restarts: list[float] = []
         self._orphans_possible = False  # after a failed claim (see _claim)
         # Whether a concurrency limit held a due job back at the last claim: claim again
@@ -155,6 +156,7 @@ class QueueSupervisor:
         self._workers = 0  # worker tasks alive
         self._retiring = 0  # of those, the ones a ``_Retire`` sent is for
         self._out = 0  # jobs handed out whose slot the fetcher has not seen freed
+        self._freed = 0  # slots seen freed since the last claim was sent
         self._pool: trio.Nursery | None = None
 
     # --- control (synchronous; safe from any task) -------------------------------------
@@ -189,13 +191,16 @@ class QueueSupervisor:
             self._inbox_send.send_nowait(_Resized(delta))
 
     def stop_fetching(self) -> None:
-        """No new claims; workers finish what they have, then the supervisor returns."""
+        """No new claims and no new starts: jobs claimed but not started (some claimed
+        ahead of a free slot) are released; running ones finish, then the supervisor
+        returns."""
+        self._stopping = True
         self._fetch_scope.cancel()
 
     def stop_now(self) -> None:
-        """Release jobs not yet started; running ones are stopped through RunningJobs."""
-        self._stopping = True
-        self._fetch_scope.cancel()
+        """Like :meth:`stop_fetching`; the runtime stops the running jobs through
+        RunningJobs."""
+        self.stop_fetching()
 
     # --- the actor --------------------------------------------------------------------
 
@@ -226,10 +231,11 @@ class QueueSupervisor:
                 self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
 
     def _staff(self) -> None:
-        """Start workers until there is one for each job handed out and not yet seen freed
-        (so every job in the channel has a worker that will take it)."""
+        """Start workers until there is one for each job handed out and not yet seen freed,
+        or one per slot (jobs claimed ahead wait in the channel for the first to come free):
+        every job in the channel has a worker that will take it."""
         assert self._pool is not None
-        while self._workers - self._retiring < self._out:
+        while self._workers - self._retiring < min(self._out, self._size):
             self._start_worker(self._pool)
 
     def _start_worker(self, pool: trio.Nursery) -> None:
@@ -260,10 +266,14 @@ class QueueSupervisor:
 
     async def _fetch(self) -> None:
         cfg, clock = self.config, self._clock
-        free = cfg.concurrency
+        free = cfg.concurrency  # slots minus jobs out: below 0 while jobs wait in the channel
         wanted_at: float | None = clock.now()  # when a claim may find something
         last_claim = -math.inf
         names, limits = self._table.names(), self._table.limits()
+        # A job claimed counts against its limits from the claim: held in the channel, it
+        # would take a rate limit's token or a concurrency slot before it starts.
+        prefetch = not limits and cfg.rate_limit is None
+        pace, sent_at = ClaimPace(), None  # (trio time the last claim was sent)
         while True:
             # Everything that happened meanwhile (freed slots, resizes, wake-ups) counts
             # before the next claim is decided.
@@ -274,24 +284,32 @@ class QueueSupervisor:
                     break
                 free, wanted_at = self._absorb(message, free, wanted_at)
             deadline = math.inf
-            if free > 0:
+            room = free + (claim_ahead(pace, self._size) if prefetch else 0)
+            if room > 0:
                 target = last_claim + cfg.poll_interval
                 if wanted_at is not None:
                     target = min(target, wanted_at)
                 now = clock.now()
                 if now >= target:
                     writes_before = self._held.writes
-                    result = await self._claim(names, limits, free, now)
+                    began, freed, self._freed = trio.current_time(), self._freed, 0
+                    result = await self._claim(names, limits, room, now)
                     last_claim = now
                     if result is None:  # storage error, logged: try again after the poll interval
                         wanted_at = None
                         continue
+                    filled = len(result.jobs) == room
+                    pace = pace.observed(
+                        freed=freed, seconds=0.0 if sent_at is None else began - sent_at,
+                        round_trip=trio.current_time() - began, filled=filled,
+                    )  # fmt: skip
+                    sent_at = began
                     for job in result.jobs:
                         self._jobs_send.send_nowait(job)
                     free -= len(result.jobs)
                     self._out += len(result.jobs)
                     self._staff()
-                    wanted_at = now if result.jobs and free == 0 else _next_look(result)
+                    wanted_at = now if filled else _next_look(result)
                     if result.held and self._held.writes != writes_before:
                         wanted_at = now  # an outcome written meanwhile may have freed a slot
                     self._held.set(cfg.name, self._wake_now if result.held else None)
@@ -306,6 +324,7 @@ class QueueSupervisor:
         """The fetcher's free slots and next claim time after ``message``."""
         if isinstance(message, _SlotFreed):
             self._out -= 1
+            self._freed += 1
             return free + 1, wanted_at
         if isinstance(message, _Resized):
             # Sent from here, so every job already handed out is ahead of them in the
@@ -313,7 +332,8 @@ class QueueSupervisor:
             for _ in range(self._workers - self._retiring - self._size):
                 self._retiring += 1
                 self._jobs_send.send_nowait(_Retire())
-            if message.delta > 0:  # new slots may take jobs already due
+            if message.delta > 0:  # new slots take jobs waiting in the channel, and due ones
+                self._staff()
                 return free + message.delta, self._clock.now()
             return free + message.delta, wanted_at
         if wanted_at is None or message.run_at < wanted_at:

@@ -24,7 +24,7 @@ from trioforge._core.clock import Clock
 from trioforge._core.errors import JobTimeoutError, PayloadError
 from trioforge._core.flow import JobLimits, RateLimit
 from trioforge._core.outcomes import AttemptOutcome, attempt_outcome
-from trioforge._core.prefetch import ClaimPace, claim_ahead
+from trioforge._core.prefetch import ClaimPace, claim_ahead, claim_size
 from trioforge._core.retry import Retry
 from trioforge._core.states import Released as ReleasedEvent
 from trioforge.actors import events
@@ -155,8 +155,12 @@ class QueueSupervisor:
         self._workers_started = 0
         self._workers = 0  # worker tasks alive
         self._retiring = 0  # of those, the ones a ``_Retire`` sent is for
+        self._unretire = 0  # ``_Retire`` sent, then taken back by a grow: to be ignored
         self._out = 0  # jobs handed out whose slot the fetcher has not seen freed
-        self._freed = 0  # slots seen freed since the last claim was sent
+        # Attempts concluded since the last claim returned, and the seconds they held
+        # their slots in all: how long a job takes, for claiming ahead.
+        self._done = 0
+        self._busy_seconds = 0.0
         self._pool: trio.Nursery | None = None
 
     # --- control (synchronous; safe from any task) -------------------------------------
@@ -273,8 +277,11 @@ class QueueSupervisor:
         # A job claimed counts against its limits from the claim: held in the channel, it
         # would take a rate limit's token or a concurrency slot before it starts.
         prefetch = not limits and cfg.rate_limit is None
-        pace, sent_at = ClaimPace(), None  # (trio time the last claim was sent)
+        pace = ClaimPace()
         while True:
+            # A claim is shielded, and one may follow another without a wait: stop here
+            # once fetching is stopped (jobs released at shutdown would be claimed again).
+            await trio.lowlevel.checkpoint_if_cancelled()
             # Everything that happened meanwhile (freed slots, resizes, wake-ups) counts
             # before the next claim is decided.
             while True:
@@ -284,26 +291,26 @@ class QueueSupervisor:
                     break
                 free, wanted_at = self._absorb(message, free, wanted_at)
             deadline = math.inf
-            room = free + (claim_ahead(pace, self._size) if prefetch else 0)
-            if room > 0:
+            limit = claim_size(free, claim_ahead(pace, self._size) if prefetch else 0, self._size)
+            if limit > 0:
                 target = last_claim + cfg.poll_interval
                 if wanted_at is not None:
                     target = min(target, wanted_at)
                 now = clock.now()
                 if now >= target:
                     writes_before = self._held.writes
-                    began, freed, self._freed = trio.current_time(), self._freed, 0
-                    result = await self._claim(names, limits, room, now)
+                    began = trio.current_time()
+                    result = await self._claim(names, limits, limit, now)
                     last_claim = now
                     if result is None:  # storage error, logged: try again after the poll interval
                         wanted_at = None
                         continue
-                    filled = len(result.jobs) == room
+                    filled = len(result.jobs) == limit
                     pace = pace.observed(
-                        freed=freed, seconds=0.0 if sent_at is None else began - sent_at,
+                        done=self._done, busy=self._busy_seconds,
                         round_trip=trio.current_time() - began, filled=filled,
                     )  # fmt: skip
-                    sent_at = began
+                    self._done, self._busy_seconds = 0, 0.0
                     for job in result.jobs:
                         self._jobs_send.send_nowait(job)
                     free -= len(result.jobs)
@@ -324,7 +331,6 @@ class QueueSupervisor:
         """The fetcher's free slots and next claim time after ``message``."""
         if isinstance(message, _SlotFreed):
             self._out -= 1
-            self._freed += 1
             return free + 1, wanted_at
         if isinstance(message, _Resized):
             # Sent from here, so every job already handed out is ahead of them in the
@@ -333,6 +339,12 @@ class QueueSupervisor:
                 self._retiring += 1
                 self._jobs_send.send_nowait(_Retire())
             if message.delta > 0:  # new slots take jobs waiting in the channel, and due ones
+                # Workers still on their way out stay instead (their ``_Retire`` is
+                # ignored): a new worker beside them could run more jobs than the size.
+                staying = self._workers - self._retiring
+                kept = min(self._retiring, max(0, self._size - staying))
+                self._retiring -= kept
+                self._unretire += kept
                 self._staff()
                 return free + message.delta, self._clock.now()
             return free + message.delta, wanted_at
@@ -405,6 +417,9 @@ class QueueSupervisor:
                 with trio.CancelScope() as scope:
                     async for job in self._jobs:
                         if isinstance(job, _Retire):
+                            if self._unretire:  # a grow took this retirement back
+                                self._unretire -= 1
+                                continue
                             self._workers -= 1
                             self._retiring -= 1
                             return  # its slot was already taken off the fetcher's count
@@ -523,6 +538,8 @@ class QueueSupervisor:
             else:  # the lease is another owner's now
                 self._running.release(job.id, job.lease)
         finally:
+            self._done += 1
+            self._busy_seconds += trio.current_time() - run.began
             self._slot_freed()
 
     def _log_end(

@@ -1,9 +1,16 @@
 """One queue's supervisor, its fetcher and its workers.
 
-The fetcher claims up to <free worker slots> jobs per round trip and hands them to workers
-over a channel that never holds more jobs than there are free slots, so a hand-off never
-blocks. It sleeps until a wake-up (an in-process enqueue), the earliest known future
-``run_at``, or its poll interval.
+The fetcher has one claim out at a time. It claims for its free worker slots and, while the
+queue has a backlog of short jobs, ahead of them: the slots expected to come free during
+one claim round trip, at most the pool's size (:mod:`trioforge._core.prefetch` says how
+many and why), so workers are not left idle while the next claim is out. It hands the jobs
+to workers over an unbounded channel (a hand-off never blocks); jobs claimed ahead wait
+there, held (their leases renewed) and cancellable like any claimed job, for the first
+worker to come free; there are never more workers than slots. Their timeout runs from the
+attempt's start. At shutdown the jobs not yet started are released, not run. A queue with
+rate or concurrency limits claims for its free slots only: a claimed job counts against
+its limits from the claim. The fetcher sleeps until a wake-up (an in-process enqueue), the
+earliest known future ``run_at``, or its poll interval.
 Each worker runs one attempt at a time inside that job's own cancel scope, decides its
 outcome (:mod:`trioforge.actors.attempts`) and hands it to the queue's outcome writer
 (:mod:`trioforge.actors.outcome_writer`), which records it, batched with others and
@@ -108,15 +115,18 @@ class QueueSupervisor:
     """Owns one queue's nursery: a fetcher and up to ``concurrency`` workers, restarted one
     for one if they crash (at most ``max_restarts`` per minute, then the queue fails loudly).
 
-    Workers start as the fetcher hands out jobs, never more than there are jobs out: a slot
-    that has never held a job costs nothing, and a pool of 50,000 slots does not start
-    50,000 tasks before its first claim (a worker started for a job takes it at once).
+    Workers start as the fetcher hands out jobs, never more than there are jobs out or
+    slots: a slot that has never held a job costs nothing, and a pool of 50,000 slots does
+    not start 50,000 tasks before its first claim (a worker started for a job takes it at
+    once; jobs claimed ahead wait for one to come free).
 
     The pool can be resized while it runs (:meth:`resize`). Growing lets the fetcher claim
     for the new slots at once. Shrinking never interrupts a job: the fetcher's free slots
     drop before its next claim (so it may owe slots until running jobs finish), and it
     sends one ``_Retire`` per worker beyond the new size down the job channel, behind the
-    jobs already handed out, to be taken by whichever workers come free first.
+    jobs already handed out, to be taken by whichever workers come free first. A grow
+    while workers are on their way out keeps them (their ``_Retire`` is then ignored)
+    rather than start new ones beside them.
     """
 
     def __init__(
@@ -139,7 +149,8 @@ class QueueSupervisor:
         self._clock = clock
         self._max_restarts = max_restarts
         self._inbox_send, self._inbox = trio.open_memory_channel[_Message](math.inf)
-        # Unbounded, but never holds more jobs than free slots: the fetcher counts them.
+        # Unbounded; holds the jobs handed out and not yet taken: one per free slot, and
+        # those claimed ahead (the fetcher counts them all in ``_out``).
         self._jobs_send, self._jobs = trio.open_memory_channel[ClaimedJob | _Retire](math.inf)
         self._fetch_scope = trio.CancelScope()
         self._stopping = False  # release jobs instead of starting them

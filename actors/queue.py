@@ -8,9 +8,9 @@ to workers over an unbounded channel (a hand-off never blocks); jobs claimed ahe
 there, held (their leases renewed) and cancellable like any claimed job, for the first
 worker to come free; there are never more workers than slots. Their timeout runs from the
 attempt's start. At shutdown the jobs not yet started are released, not run. A queue with
-rate or concurrency limits claims for its free slots only: a claimed job counts against
-its limits from the claim. The fetcher sleeps until a wake-up (an in-process enqueue), the
-earliest known future ``run_at``, or its poll interval.
+rate limits claims for its free slots only: a claim spends the job's token. The fetcher
+sleeps until a wake-up (an in-process enqueue), the earliest known future ``run_at``, or
+its poll interval.
 Each worker runs one attempt at a time inside that job's own cancel scope, decides its
 outcome (:mod:`trioforge.actors.attempts`) and hands it to the queue's outcome writer
 (:mod:`trioforge.actors.outcome_writer`), which records it, batched with others and
@@ -285,9 +285,12 @@ class QueueSupervisor:
         wanted_at: float | None = clock.now()  # when a claim may find something
         last_claim = -math.inf
         names, limits = self._table.names(), self._table.limits()
-        # A job claimed counts against its limits from the claim: held in the channel, it
-        # would take a rate limit's token or a concurrency slot before it starts.
-        prefetch = not limits and cfg.rate_limit is None
+        # A claim spends a rate limit's token: a job held in the channel would start later
+        # than its token, and starts could bunch past the limit. (A concurrency limit
+        # counts a claimed job as running: one held ahead only keeps its slot a little
+        # longer, never lets more run.)
+        rates = cfg.rate_limit is not None or any(j.rate is not None for j in limits.values())
+        prefetch = not rates
         pace = ClaimPace()
         while True:
             # A claim is shielded, and one may follow another without a wait: stop here

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import trioforge
 from tests.support.virtual import run_virtual
-from trioforge import ConcurrencyLimit, JobContext, JobState, Registry, VirtualClock
+from trioforge import ConcurrencyLimit, JobContext, JobState, RateLimit, Registry, VirtualClock
 from trioforge._core.prefetch import SMOOTHING, ClaimPace, claim_ahead, claim_size
 from trioforge.storage import MemoryBackend, ops
 
@@ -166,11 +166,15 @@ class Work:
 
 
 def timed_registry(
-    seen: Seen, *, timeout: float | None = None, concurrency: ConcurrencyLimit | None = None
+    seen: Seen,
+    *,
+    timeout: float | None = None,
+    concurrency: ConcurrencyLimit | None = None,
+    rate_limit: RateLimit | None = None,
 ) -> Registry:
     registry = Registry()
 
-    @registry.job("work", timeout=timeout, concurrency=concurrency)
+    @registry.job("work", timeout=timeout, concurrency=concurrency, rate_limit=rate_limit)
     async def work(ctx: JobContext, work: Work) -> None:
         seen.start(work.tag)
         try:
@@ -260,10 +264,10 @@ def test_long_jobs_are_never_claimed_ahead() -> None:
     assert len(seen.starts) == 40
 
 
-def test_a_queue_with_flow_limits_claims_for_its_free_slots_only() -> None:
-    """A job claimed counts against its limits from the claim: none is held ahead."""
+def test_a_queue_with_rate_limits_claims_for_its_free_slots_only() -> None:
+    """A claim spends the job's token: none is held ahead, to start later than its token."""
     seen = Seen()
-    registry = timed_registry(seen, concurrency=ConcurrencyLimit("k", 100))
+    registry = timed_registry(seen, rate_limit=RateLimit("r", 10_000, per=1, burst=10_000))
     backend = SlowClaims(0.010)
 
     async def scenario(backend: MemoryBackend, clock: VirtualClock) -> None:
@@ -277,6 +281,31 @@ def test_a_queue_with_flow_limits_claims_for_its_free_slots_only() -> None:
 
     run_virtual(scenario, backend)
     assert max(backend.limits) <= 4
+
+
+@given(st.integers(min_value=1, max_value=4), round_trips_ms, durations_ms)
+@settings(deadline=None)
+def test_jobs_claimed_ahead_under_a_concurrency_limit_never_run_past_it(
+    limit: int, round_trip_ms: int, job_ms: list[int]
+) -> None:
+    """A claimed job counts as running for its limit: one held ahead keeps a slot of the
+    limit while it waits, and never lets more run than the limit."""
+    seen = Seen()
+    registry = timed_registry(seen, concurrency=ConcurrencyLimit("k", limit))
+    backend = SlowClaims(round_trip_ms / 1000)
+    infos: list[trioforge.JobInfo] = []
+
+    async def scenario(backend: MemoryBackend, clock: VirtualClock) -> None:
+        async with trioforge.open_client(backend, clock=clock, registry=registry) as client:
+            ids = [j.id for j in await client.enqueue_many("work", works(job_ms))]
+        async with trioforge.open_runtime(
+            registry, database=backend, clock=clock, queues={"default": 6}
+        ) as rt:
+            infos.extend([await rt.wait(job_id) for job_id in ids])
+
+    run_virtual(scenario, backend)
+    assert [(i.status, i.attempt) for i in infos] == [(JobState.COMPLETED, 1)] * len(job_ms)
+    assert seen.most <= limit
 
 
 def test_a_timeout_counts_from_the_attempt_s_start_not_its_claim() -> None:

@@ -1,9 +1,16 @@
 """One queue's supervisor, its fetcher and its workers.
 
-The fetcher claims up to <free worker slots> jobs per round trip and hands them to workers
-over a channel that never holds more jobs than there are free slots, so a hand-off never
-blocks. It sleeps until a wake-up (an in-process enqueue), the earliest known future
-``run_at``, or its poll interval.
+The fetcher has one claim out at a time. It claims for its free worker slots and, while the
+queue has a backlog of short jobs, ahead of them: the slots expected to come free during
+one claim round trip, at most the pool's size (:mod:`trioforge._core.prefetch` says how
+many and why), so workers are not left idle while the next claim is out. It hands the jobs
+to workers over an unbounded channel (a hand-off never blocks); jobs claimed ahead wait
+there, held (their leases renewed) and cancellable like any claimed job, for the first
+worker to come free; there are never more workers than slots. Their timeout runs from the
+attempt's start. At shutdown the jobs not yet started are released, not run. A queue with
+rate limits claims for its free slots only: a claim spends the job's token. The fetcher
+sleeps until a wake-up (an in-process enqueue), the earliest known future ``run_at``, or
+its poll interval.
 Each worker runs one attempt at a time inside that job's own cancel scope, decides its
 outcome (:mod:`trioforge.actors.attempts`) and hands it to the queue's outcome writer
 (:mod:`trioforge.actors.outcome_writer`), which records it, batched with others and
@@ -24,6 +31,7 @@ from trioforge._core.clock import Clock
 from trioforge._core.errors import JobTimeoutError, PayloadError
 from trioforge._core.flow import JobLimits, RateLimit
 from trioforge._core.outcomes import AttemptOutcome, attempt_outcome
+from trioforge._core.prefetch import ClaimPace, claim_ahead, claim_size
 from trioforge._core.retry import Retry
 from trioforge._core.states import Released as ReleasedEvent
 from trioforge.actors import events
@@ -113,15 +121,18 @@ class QueueSupervisor:
     """Owns one queue's nursery: a fetcher and up to ``concurrency`` workers, restarted one
     for one if they crash (at most ``max_restarts`` per minute, then the queue fails loudly).
 
-    Workers start as the fetcher hands out jobs, never more than there are jobs out: a slot
-    that has never held a job costs nothing, and a pool of 50,000 slots does not start
-    50,000 tasks before its first claim (a worker started for a job takes it at once).
+    Workers start as the fetcher hands out jobs, never more than there are jobs out or
+    slots: a slot that has never held a job costs nothing, and a pool of 50,000 slots does
+    not start 50,000 tasks before its first claim (a worker started for a job takes it at
+    once; jobs claimed ahead wait for one to come free).
 
     The pool can be resized while it runs (:meth:`resize`). Growing lets the fetcher claim
     for the new slots at once. Shrinking never interrupts a job: the fetcher's free slots
     drop before its next claim (so it may owe slots until running jobs finish), and it
     sends one ``_Retire`` per worker beyond the new size down the job channel, behind the
-    jobs already handed out, to be taken by whichever workers come free first.
+    jobs already handed out, to be taken by whichever workers come free first. A grow
+    while workers are on their way out keeps them (their ``_Retire`` is then ignored)
+    rather than start new ones beside them.
     """
 
     def __init__(
@@ -144,10 +155,11 @@ class QueueSupervisor:
         self._clock = clock
         self._max_restarts = max_restarts
         self._inbox_send, self._inbox = trio.open_memory_channel[_Message](math.inf)
-        # Unbounded, but never holds more jobs than free slots: the fetcher counts them.
+        # Unbounded; holds the jobs handed out and not yet taken: one per free slot, and
+        # those claimed ahead (the fetcher counts them all in ``_out``).
         self._jobs_send, self._jobs = trio.open_memory_channel[ClaimedJob | _Retire](math.inf)
         self._fetch_scope = trio.CancelScope()
-        self._stopping = False  # after stop_now(): release jobs instead of starting them
+        self._stopping = False  # release jobs instead of starting them
         self._restarts: list[float] = []
         self._orphans_possible = False  # after a failed claim (see _claim)
         # Whether a concurrency limit held a due job back at the last claim: claim again
@@ -160,7 +172,12 @@ class QueueSupervisor:
         self._worker_name = f"{config.name}-worker"
         self._workers = 0  # worker tasks alive
         self._retiring = 0  # of those, the ones a ``_Retire`` sent is for
+        self._unretire = 0  # ``_Retire`` sent, then taken back by a grow: to be ignored
         self._out = 0  # jobs handed out whose slot has not come free
+        # Attempts concluded since the last claim returned, and the seconds they held
+        # their slots in all: how long a job takes, for claiming ahead.
+        self._done = 0
+        self._busy_seconds = 0.0
         self._pool: trio.Nursery | None = None
 
     # --- control (synchronous; safe from any task) -------------------------------------
@@ -195,13 +212,16 @@ class QueueSupervisor:
             self._inbox_send.send_nowait(_Resized(delta))
 
     def stop_fetching(self) -> None:
-        """No new claims; workers finish what they have, then the supervisor returns."""
+        """No new claims and no new starts: jobs claimed but not started (some claimed
+        ahead of a free slot) are released; running ones finish, then the supervisor
+        returns."""
+        self._stopping = True
         self._fetch_scope.cancel()
 
     def stop_now(self) -> None:
-        """Release jobs not yet started; running ones are stopped through RunningJobs."""
-        self._stopping = True
-        self._fetch_scope.cancel()
+        """Like :meth:`stop_fetching`; the runtime stops the running jobs through
+        RunningJobs."""
+        self.stop_fetching()
 
     # --- the actor --------------------------------------------------------------------
 
@@ -251,9 +271,10 @@ class QueueSupervisor:
 
     def _staff(self) -> None:
         """Start workers until there is one for each job handed out whose slot has not come
-        free (so every job in the channel has a worker that will take it)."""
+        free, or one per slot (jobs claimed ahead wait in the channel for the first to come
+        free): every job in the channel has a worker that will take it."""
         assert self._pool is not None
-        while self._workers - self._retiring < self._out:
+        while self._workers - self._retiring < min(self._out, self._size):
             self._start_worker(self._pool)
 
     def _start_worker(self, pool: trio.Nursery) -> None:
@@ -282,11 +303,21 @@ class QueueSupervisor:
 
     async def _fetch(self) -> None:
         cfg, clock = self.config, self._clock
-        free = cfg.concurrency
+        free = cfg.concurrency  # slots minus jobs out: below 0 while jobs wait in the channel
         wanted_at: float | None = clock.now()  # when a claim may find something
         last_claim = -math.inf
         names, limits = self._table.names(), self._table.limits()
+        # A claim spends a rate limit's token: a job held in the channel would start later
+        # than its token, and starts could bunch past the limit. (A concurrency limit
+        # counts a claimed job as running: one held ahead only keeps its slot a little
+        # longer, never lets more run.)
+        rates = cfg.rate_limit is not None or any(j.rate is not None for j in limits.values())
+        prefetch = not rates
+        pace = ClaimPace()
         while True:
+            # A claim is shielded, and one may follow another without a wait: stop here
+            # once fetching is stopped (jobs released at shutdown would be claimed again).
+            await trio.lowlevel.checkpoint_if_cancelled()
             # Everything that happened meanwhile (freed slots, resizes, wake-ups) counts
             # before the next claim is decided.
             while True:
@@ -296,21 +327,29 @@ class QueueSupervisor:
                     break
                 free, wanted_at = self._absorb(message, free, wanted_at)
             deadline = math.inf
-            if free > 0:
+            limit = claim_size(free, claim_ahead(pace, self._size) if prefetch else 0, self._size)
+            if limit > 0:
                 target = last_claim + cfg.poll_interval
                 if wanted_at is not None:
                     target = min(target, wanted_at)
                 now = clock.now()
                 if now >= target:
                     writes_before = self._held.writes
-                    result = await self._claim(names, limits, free, now)
+                    began = trio.current_time()
+                    result = await self._claim(names, limits, limit, now)
                     last_claim = now
                     if result is None:  # storage error, logged: try again after the poll interval
                         wanted_at = None
                         continue
+                    filled = len(result.jobs) == limit
+                    pace = pace.observed(
+                        done=self._done, busy=self._busy_seconds,
+                        round_trip=trio.current_time() - began, filled=filled,
+                    )  # fmt: skip
+                    self._done, self._busy_seconds = 0, 0.0
                     free -= len(result.jobs)
                     await self._hand_out(result.jobs)
-                    wanted_at = now if result.jobs and free == 0 else _next_look(result)
+                    wanted_at = now if filled else _next_look(result)
                     if result.held and self._held.writes != writes_before:
                         wanted_at = now  # an outcome written meanwhile may have freed a slot
                     self._held.set(cfg.name, self._wake_now if result.held else None)
@@ -331,7 +370,14 @@ class QueueSupervisor:
             for _ in range(self._workers - self._retiring - self._size):
                 self._retiring += 1
                 self._jobs_send.send_nowait(_Retire())
-            if message.delta > 0:  # new slots may take jobs already due
+            if message.delta > 0:  # new slots take jobs waiting in the channel, and due ones
+                # Workers still on their way out stay instead (their ``_Retire`` is
+                # ignored): a new worker beside them could run more jobs than the size.
+                staying = self._workers - self._retiring
+                kept = min(self._retiring, max(0, self._size - staying))
+                self._retiring -= kept
+                self._unretire += kept
+                self._staff()
                 return free + message.delta, self._clock.now()
             return free + message.delta, wanted_at
         if wanted_at is None or message.run_at < wanted_at:
@@ -409,6 +455,9 @@ class QueueSupervisor:
                     with trio.CancelScope() as scope:
                         async for job in self._jobs:
                             if isinstance(job, _Retire):
+                                if self._unretire:  # a grow took this retirement back
+                                    self._unretire -= 1
+                                    continue
                                 self._workers -= 1
                                 self._retiring -= 1
                                 return  # its slot was already taken off the fetcher's count
@@ -534,6 +583,8 @@ class QueueSupervisor:
             else:  # the lease is another owner's now
                 self._running.release(job.id, job.lease)
         finally:
+            self._done += 1
+            self._busy_seconds += trio.current_time() - run.began
             self._slot_freed()
 
     def _log_end(

@@ -10,6 +10,7 @@ clock, touches storage or starts a task: callers pass ``now`` in and get a decis
 - :mod:`~trioforge._core.outcomes`: how an attempt ended, for hooks, metrics and logs;
 - :mod:`~trioforge._core.flow`: rate and concurrency limits;
 - :mod:`~trioforge._core.cron`: cron expressions, zones and daylight-saving policy;
+- :mod:`~trioforge._core.prefetch`: how far a queue's fetcher claims ahead of its free slots;
 - :mod:`~trioforge._core.errors`, :mod:`~trioforge._core.clock`, :mod:`~trioforge._core.extras`,
   :mod:`~trioforge._core.durations`, :mod:`~trioforge._core.text`: the exception
   hierarchy, time sources, duration parsing and storable text.

@@ -89,6 +89,7 @@ def registry_of_jobs(attempts: dict[str, int]) -> Registry:
 
     @registry.job("hang", retry=Retry(max_attempts=1), timeout=0.2)
     async def hang(ctx: JobContext) -> None:
+        await ctx.progress(0.0, "started")  # watchers know its attempt has begun
         await trio.sleep_forever()
 
     return registry
@@ -196,14 +197,16 @@ async def test_failures_timeouts_and_cancels_end_their_spans(
         assert (await rt.wait(timed_out)).status is JobState.DEAD
         async with rt.watch(stopped := await rt.enqueue("hang", timeout=60)) as updates:
             async for info in updates:
-                if info.status is JobState.RUNNING:
+                if info.progress_message == "started":
                     break
         await rt.cancel(stopped)
         assert (await rt.wait(stopped)).status is JobState.CANCELLED
         # Running when the runtime is torn down: released, its span ended all the same.
+        # (Its attempt begun, not only claimed: a job claimed but not started is released
+        # without an attempt, so without a span.)
         async with rt.watch(released := await rt.enqueue("hang", timeout=60)) as updates:
             async for info in updates:
-                if info.status is JobState.RUNNING:
+                if info.progress_message == "started":
                     break
     outcomes = {}
     for span in spans(exporter, "trioforge run broken") + spans(exporter, "trioforge run hang"):

@@ -70,7 +70,7 @@ class Attempt(Protocol):
         ...
 
     async def end(self, outcome: AttemptOutcome, error: BaseException | None) -> None:
-        """Tell the application how the attempt ended (nothing if ``run`` never started)."""
+        """Tell the application how the attempt ended (nothing if ``start`` was never called)."""
         ...
 
 

@@ -112,6 +112,7 @@ class _Run:
     heartbeat: float | None
     entry: Running
     began: float
+    started: bool = False  # its handler was called (not cancelled before its start)
     result: str | Ended | None = None
     error: BaseException | None = None
     timed_out: bool = False
@@ -269,12 +270,26 @@ class QueueSupervisor:
             self._out += len(chunk)
             self._staff()
 
+    def _release_now(self, jobs: Sequence[ClaimedJob]) -> None:
+        """Hand back jobs claimed while the pool was resized to 0: no worker would take
+        them, and their leases would be renewed, the jobs kept from every other process."""
+        for job in jobs:
+            events.log_event(events.released_unstarted(job))
+            self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
+
     def _staff(self) -> None:
         """Start workers until there is one for each job handed out whose slot has not come
         free, or one per slot (jobs claimed ahead wait in the channel for the first to come
         free): every job in the channel has a worker that will take it."""
         assert self._pool is not None
-        while self._workers - self._retiring < min(self._out, self._size):
+        wanted = min(self._out, self._size)
+        # Workers still on their way out stay instead (their ``_Retire`` is ignored): a new
+        # worker beside them could run more jobs than the size. (A grow can be seen here,
+        # through ``_size``, before the fetcher reads its message.)
+        kept = min(self._retiring, max(0, wanted - (self._workers - self._retiring)))
+        self._retiring -= kept
+        self._unretire += kept
+        while self._workers - self._retiring < wanted:
             self._start_worker(self._pool)
 
     def _start_worker(self, pool: trio.Nursery) -> None:
@@ -347,8 +362,11 @@ class QueueSupervisor:
                         round_trip=trio.current_time() - began, filled=filled,
                     )  # fmt: skip
                     self._done, self._busy_seconds = 0, 0.0
-                    free -= len(result.jobs)
-                    await self._hand_out(result.jobs)
+                    if self._size == 0:  # resized to 0 while the claim was out
+                        self._release_now(result.jobs)
+                    else:
+                        free -= len(result.jobs)
+                        await self._hand_out(result.jobs)
                     wanted_at = now if filled else _next_look(result)
                     if result.held and self._held.writes != writes_before:
                         wanted_at = now  # an outcome written meanwhile may have freed a slot
@@ -371,12 +389,6 @@ class QueueSupervisor:
                 self._retiring += 1
                 self._jobs_send.send_nowait(_Retire())
             if message.delta > 0:  # new slots take jobs waiting in the channel, and due ones
-                # Workers still on their way out stay instead (their ``_Retire`` is
-                # ignored): a new worker beside them could run more jobs than the size.
-                staying = self._workers - self._retiring
-                kept = min(self._retiring, max(0, self._size - staying))
-                self._retiring -= kept
-                self._unretire += kept
                 self._staff()
                 return free + message.delta, self._clock.now()
             return free + message.delta, wanted_at
@@ -467,6 +479,15 @@ class QueueSupervisor:
                                 self._report(job, Outcome(job.id, job.lease, ReleasedEvent()))
                                 self._slot_freed()
                                 continue
+                            if self._running.expiry(job.id, job.lease) is None:
+                                # Its lease was lost while it waited (claimed ahead): the
+                                # job is another process's now; nothing to report.
+                                log.warning(
+                                    "job %d (%s): lease lost before it started; not run here",
+                                    job.id, job.name,
+                                )  # fmt: skip
+                                self._slot_freed()
+                                continue
                             try:
                                 run = self._begin(job, scope)
                             except BaseException:
@@ -476,6 +497,7 @@ class QueueSupervisor:
                                 if run.entry.reason is None:  # not cancelled before its start
                                     if events.log.isEnabledFor(logging.DEBUG):
                                         events.log_event(events.started(job))
+                                    run.started = True
                                     run.result = run.attempt.result(await run.attempt.start())
                             except Exception as exc:
                                 run.error = exc
@@ -583,8 +605,9 @@ class QueueSupervisor:
             else:  # the lease is another owner's now
                 self._running.release(job.id, job.lease)
         finally:
-            self._done += 1
-            self._busy_seconds += trio.current_time() - run.began
+            if run.started:  # (one cancelled before its start, or refused, took no time)
+                self._done += 1
+                self._busy_seconds += trio.current_time() - run.began
             self._slot_freed()
 
     def _log_end(

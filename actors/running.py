@@ -221,8 +221,8 @@ class RunningJobs:
                 self.release(*pair)
             elif pair in self._held:
                 self._held[pair] = until
-        for job_id in result.cancel_requested:
-            self.stop(job_id, StopReason.USER)
+        for job_id in result.cancel_requested:  # also a job claimed here, not yet started
+            self.cancel_running(job_id)
         for job_id, lease in result.lost:
             self.stop(job_id, StopReason.LOST, lease=lease)
 

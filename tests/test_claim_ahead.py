@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 
 import attrs
+import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -482,3 +483,99 @@ def test_resizing_while_jobs_wait_strands_none_and_runs_none_twice(
     assert [(i.status, i.attempt) for i in infos] == [(JobState.COMPLETED, 1)] * len(job_ms)
     assert all(len(starts) == 1 for starts in seen.starts.values())
     assert seen.most <= max([size] + [s for _, s in plan])
+
+
+def test_a_cancel_from_another_process_reaches_a_job_claimed_ahead() -> None:
+    """A cancel requested by another client reaches a worker through its lease renewal
+    (SQLite and memory send no notice): a job claimed ahead, waiting in the channel, must
+    take it as well as a running one, and end cancelled without running."""
+    state = Prefetched(linger=60.0)  # past a heartbeat or two
+    registry = Registry()
+    others: list[trioforge.Client] = []
+
+    @registry.job("peek")
+    async def peek(ctx: JobContext, index: int) -> None:
+        state.started.append(index)
+        assert state.rt is not None
+        if index + 1 < len(state.ids):
+            following = await state.rt.get(state.ids[index + 1])
+            if following.status is JobState.RUNNING and index + 1 not in state.started:
+                state.waiting.append(index + 1)
+                assert await others[0].cancel(state.ids[index + 1])
+                await trio.sleep(state.linger)
+
+    infos: list[trioforge.JobInfo] = []
+
+    async def scenario(backend: MemoryBackend, clock: VirtualClock) -> None:
+        async with trioforge.open_client(backend, clock=clock, registry=registry) as client:
+            others.append(client)
+            refs = await client.enqueue_many("peek", list(range(6)))
+            state.ids = [ref.id for ref in refs]
+            async with trioforge.open_runtime(
+                registry, database=backend, clock=clock, queues={"default": 1}
+            ) as rt:
+                state.rt = rt
+                infos.extend([await rt.wait(job_id) for job_id in state.ids])
+
+    run_virtual(scenario, SlowClaims(0.005))
+    assert state.waiting
+    for index in state.waiting:
+        assert index not in state.started, "a job cancelled while it waited ran"
+        assert infos[index].status is JobState.CANCELLED
+
+
+def test_a_pool_resized_to_0_while_its_claim_is_out_hands_the_claimed_jobs_back() -> None:
+    """No worker would ever take them, and their renewed leases would keep them from every
+    other process."""
+    seen = Seen()
+    registry = timed_registry(seen)
+    states: list[JobState] = []
+
+    async def scenario(backend: MemoryBackend, clock: VirtualClock) -> None:
+        async with trioforge.open_client(backend, clock=clock, registry=registry) as client:
+            ids = [ref.id for ref in await client.enqueue_many("work", works([0] * 4))]
+        async with trioforge.open_runtime(
+            registry, database=backend, clock=clock, queues={"default": 4}
+        ) as rt:
+            await trio.sleep(0.05)  # the first claim (0.5 s) is out
+            rt.resize("default", 0)
+            await trio.sleep(120)
+            for job_id in ids:
+                info = await rt.get(job_id)
+                assert info is not None
+                states.append(info.status)
+
+    run_virtual(scenario, SlowClaims(0.5))
+    assert seen.starts == {}
+    assert states == [JobState.AVAILABLE] * 4
+
+
+def test_a_grow_while_a_claim_is_out_after_a_shrink_never_runs_past_the_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Workers still on their way out after a shrink stay when the pool grows back, also
+    when the claim's jobs are handed out before the fetcher reads the grow: new workers
+    beside them would run more jobs than the size."""
+    from trioforge.actors import queue
+
+    monkeypatch.setattr(queue, "claim_ahead", lambda pace, size: min(2, size))
+    seen = Seen()
+    registry = timed_registry(seen)
+
+    async def scenario(backend: MemoryBackend, clock: VirtualClock) -> None:
+        async with trioforge.open_client(backend, clock=clock, registry=registry) as client:
+            await client.enqueue_many("work", works([100_000] * 5))
+        async with trioforge.open_runtime(
+            registry, database=backend, clock=clock, queues={"default": 4}, poll_interval=5.0
+        ) as rt:
+            start = trio.current_time()
+            await trio.sleep(1.5)  # 4 running, 1 waiting
+            rt.resize("default", 2)
+            await trio.sleep(0.1)
+            await rt.enqueue_many("work", works([100_000] * 3))
+            await trio.sleep_until(start + 2.0)  # the next claim is out
+            rt.resize("default", 4)
+            await trio.sleep(15)
+
+    run_virtual(scenario, SlowClaims(1.0))
+    assert seen.most <= 4

@@ -579,3 +579,47 @@ def test_a_grow_while_a_claim_is_out_after_a_shrink_never_runs_past_the_size(
 
     run_virtual(scenario, SlowClaims(1.0))
     assert seen.most <= 4
+
+
+def test_a_job_whose_lease_is_lost_while_it_waits_is_not_run_on_that_lease() -> None:
+    """Its lease lost while it waited (another process took the job, here: the jobs of this
+    owner it does not hold handed back), the job is that process's now: the worker that
+    finds it in the channel must not run it. Here the job goes back to available, so this
+    process claims it again and it runs once, on its new lease."""
+    state = Prefetched()
+    registry = Registry()
+    backends: list[MemoryBackend] = []
+
+    @registry.job("peek")
+    async def peek(ctx: JobContext, index: int) -> None:
+        state.started.append(index)
+        assert state.rt is not None
+        if not state.waiting and index + 1 < len(state.ids):
+            following = await state.rt.get(state.ids[index + 1])
+            assert following is not None
+            if following.status is JobState.RUNNING:  # claimed ahead, waiting
+                job = ctx._job
+                held = ((job.id, job.lease),)
+                op = ops.ReleaseOrphans(job.queue, ctx._owner, held)
+                [released] = await backends[0].execute([op], trio.current_time())
+                assert isinstance(released, list)
+                state.waiting.extend(state.ids.index(job_id) for job_id in released)
+                await trio.sleep(10)  # past a lease renewal, which finds the lease lost
+
+    infos: list[trioforge.JobInfo] = []
+
+    async def scenario(backend: MemoryBackend, clock: VirtualClock) -> None:
+        backends.append(backend)
+        async with trioforge.open_client(backend, clock=clock, registry=registry) as client:
+            refs = await client.enqueue_many("peek", list(range(8)))
+            state.ids = [ref.id for ref in refs]
+        async with trioforge.open_runtime(
+            registry, database=backend, clock=clock, queues={"default": 1}
+        ) as rt:
+            state.rt = rt
+            infos.extend([await rt.wait(job_id) for job_id in state.ids])
+
+    run_virtual(scenario, SlowClaims(0.005))
+    assert state.waiting  # at least the one seen waiting
+    assert sorted(state.started) == list(range(8))  # each once: the lost lease ran nothing
+    assert [info.status for info in infos] == [JobState.COMPLETED] * 8

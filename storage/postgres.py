@@ -332,7 +332,13 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
                 reset=_keep_session,
                 **cache,
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except asyncpg.PostgresError as exc:  # the server answered: it runs, and refused
+            raise DatabaseUnavailableError(
+                f"PostgreSQL at {redact(self.url)} refused the connection: {exc}; check the "
+                "URL's user, password and database, and its query parameters (each is sent "
+                "to the server as a setting)"
+            ) from None
+        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnavailableError(
                 f"cannot reach PostgreSQL at {redact(self.url)}: {exc or type(exc).__name__}; "
                 "check that the server is running and the URL (host, port, user, database)"

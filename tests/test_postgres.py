@@ -154,6 +154,29 @@ async def test_an_unreachable_server_is_a_clear_error_not_a_hang() -> None:
             pass
 
 
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        (URL.rsplit("/", 1)[0] + "/no_such_database_here", "no_such_database_here"),
+        (URL + ("&" if "?" in URL else "?") + "no_such_setting=1", "no_such_setting"),
+    ],
+    ids=["database", "query-parameter"],
+)
+async def test_a_server_that_refuses_the_connection_is_not_called_unreachable(
+    url: str, named: str
+) -> None:
+    """The server answered (a database it does not have, a query parameter it sends on as a
+    setting and rejects): the error says what it refused, not to check that it runs."""
+    require_postgres()
+    with trio.fail_after(20), pytest.raises(DatabaseUnavailableError) as caught:
+        async with trioforge.open_client(url):
+            pass
+    message = str(caught.value)
+    assert "refused the connection" in message, message
+    assert named in message, message
+    assert "server is running" not in message, message
+
+
 async def test_password_never_appears_in_errors() -> None:
     with trio.fail_after(20), pytest.raises(DatabaseUnavailableError) as caught:
         async with trioforge.open_client("postgresql://someone:s3cret@127.0.0.1:1/test"):

@@ -339,12 +339,17 @@ class Prefetched:
     waiting: list[int] = attrs.field(factory=list)  # seen claimed but not started
     started: list[int] = attrs.field(factory=list)
     rt: trioforge.Runtime | None = None
+    #: A client of the same database beside the runtime, as another process's would be.
+    client: trioforge.Client | None = None
+    backend: MemoryBackend | None = None
     seen_waiting: trio.Event = attrs.field(factory=trio.Event)
     #: Seconds a job that saw the next one waiting goes on running.
     linger: float = 0.0
 
 
-def prefetch_registry(state: Prefetched, *, cancel: bool) -> Registry:
+def prefetch_registry(state: Prefetched, *, cancel: bool, elsewhere: bool = False) -> Registry:
+    """Peeking jobs; with ``cancel``, the one seen waiting is cancelled by the runtime, or
+    by the other client (``elsewhere``: it hears of it through a lease renewal)."""
     registry = Registry()
 
     @registry.job("peek")
@@ -357,10 +362,35 @@ def prefetch_registry(state: Prefetched, *, cancel: bool) -> Registry:
                 state.waiting.append(index + 1)
                 state.seen_waiting.set()
                 if cancel:
-                    assert await state.rt.cancel(state.ids[index + 1])
+                    canceller = state.client if elsewhere else state.rt
+                    assert canceller is not None
+                    assert await canceller.cancel(state.ids[index + 1])
                 await trio.sleep(state.linger)
 
     return registry
+
+
+def drain_on_one_slot(
+    registry: Registry, state: Prefetched, jobs: int, round_trip: float
+) -> list[trioforge.JobInfo]:
+    """``jobs`` peeking jobs run on one slot, claims taking ``round_trip`` seconds: each
+    one's final state. The enqueuing client stays open beside the runtime (``state``)."""
+    infos: list[trioforge.JobInfo] = []
+
+    async def scenario(backend: MemoryBackend, clock: VirtualClock) -> None:
+        state.backend = backend
+        async with trioforge.open_client(backend, clock=clock, registry=registry) as client:
+            state.client = client
+            refs = await client.enqueue_many("peek", list(range(jobs)))
+            state.ids = [ref.id for ref in refs]
+            async with trioforge.open_runtime(
+                registry, database=backend, clock=clock, queues={"default": 1}
+            ) as rt:
+                state.rt = rt
+                infos.extend([await rt.wait(job_id) for job_id in state.ids])
+
+    run_virtual(scenario, SlowClaims(round_trip))
+    return infos
 
 
 @given(st.integers(min_value=2, max_value=40), round_trips_ms)
@@ -370,19 +400,7 @@ def test_a_job_cancelled_while_claimed_ahead_ends_cancelled_without_running(
 ) -> None:
     state = Prefetched()
     registry = prefetch_registry(state, cancel=True)
-    infos: list[trioforge.JobInfo] = []
-
-    async def scenario(backend: MemoryBackend, clock: VirtualClock) -> None:
-        async with trioforge.open_client(backend, clock=clock, registry=registry) as client:
-            refs = await client.enqueue_many("peek", list(range(jobs)))
-            state.ids = [ref.id for ref in refs]
-        async with trioforge.open_runtime(
-            registry, database=backend, clock=clock, queues={"default": 1}
-        ) as rt:
-            state.rt = rt
-            infos.extend([await rt.wait(job_id) for job_id in state.ids])
-
-    run_virtual(scenario, SlowClaims(round_trip_ms / 1000))
+    infos = drain_on_one_slot(registry, state, jobs, round_trip_ms / 1000)
     for index, info in enumerate(infos):
         if index in state.waiting:
             assert (info.status, index in state.started) == (JobState.CANCELLED, False)
@@ -490,34 +508,8 @@ def test_a_cancel_from_another_process_reaches_a_job_claimed_ahead() -> None:
     (SQLite and memory send no notice): a job claimed ahead, waiting in the channel, must
     take it as well as a running one, and end cancelled without running."""
     state = Prefetched(linger=60.0)  # past a heartbeat or two
-    registry = Registry()
-    others: list[trioforge.Client] = []
-
-    @registry.job("peek")
-    async def peek(ctx: JobContext, index: int) -> None:
-        state.started.append(index)
-        assert state.rt is not None
-        if index + 1 < len(state.ids):
-            following = await state.rt.get(state.ids[index + 1])
-            if following.status is JobState.RUNNING and index + 1 not in state.started:
-                state.waiting.append(index + 1)
-                assert await others[0].cancel(state.ids[index + 1])
-                await trio.sleep(state.linger)
-
-    infos: list[trioforge.JobInfo] = []
-
-    async def scenario(backend: MemoryBackend, clock: VirtualClock) -> None:
-        async with trioforge.open_client(backend, clock=clock, registry=registry) as client:
-            others.append(client)
-            refs = await client.enqueue_many("peek", list(range(6)))
-            state.ids = [ref.id for ref in refs]
-            async with trioforge.open_runtime(
-                registry, database=backend, clock=clock, queues={"default": 1}
-            ) as rt:
-                state.rt = rt
-                infos.extend([await rt.wait(job_id) for job_id in state.ids])
-
-    run_virtual(scenario, SlowClaims(0.005))
+    registry = prefetch_registry(state, cancel=True, elsewhere=True)
+    infos = drain_on_one_slot(registry, state, 6, 0.005)
     assert state.waiting
     for index in state.waiting:
         assert index not in state.started, "a job cancelled while it waited ran"
@@ -588,7 +580,6 @@ def test_a_job_whose_lease_is_lost_while_it_waits_is_not_run_on_that_lease() -> 
     process claims it again and it runs once, on its new lease."""
     state = Prefetched()
     registry = Registry()
-    backends: list[MemoryBackend] = []
 
     @registry.job("peek")
     async def peek(ctx: JobContext, index: int) -> None:
@@ -601,25 +592,13 @@ def test_a_job_whose_lease_is_lost_while_it_waits_is_not_run_on_that_lease() -> 
                 job = ctx._job
                 held = ((job.id, job.lease),)
                 op = ops.ReleaseOrphans(job.queue, ctx._owner, held)
-                [released] = await backends[0].execute([op], trio.current_time())
+                assert state.backend is not None
+                [released] = await state.backend.execute([op], trio.current_time())
                 assert isinstance(released, list)
                 state.waiting.extend(state.ids.index(job_id) for job_id in released)
                 await trio.sleep(10)  # past a lease renewal, which finds the lease lost
 
-    infos: list[trioforge.JobInfo] = []
-
-    async def scenario(backend: MemoryBackend, clock: VirtualClock) -> None:
-        backends.append(backend)
-        async with trioforge.open_client(backend, clock=clock, registry=registry) as client:
-            refs = await client.enqueue_many("peek", list(range(8)))
-            state.ids = [ref.id for ref in refs]
-        async with trioforge.open_runtime(
-            registry, database=backend, clock=clock, queues={"default": 1}
-        ) as rt:
-            state.rt = rt
-            infos.extend([await rt.wait(job_id) for job_id in state.ids])
-
-    run_virtual(scenario, SlowClaims(0.005))
+    infos = drain_on_one_slot(registry, state, 8, 0.005)
     assert state.waiting  # at least the one seen waiting
     assert sorted(state.started) == list(range(8))  # each once: the lost lease ran nothing
     assert [info.status for info in infos] == [JobState.COMPLETED] * 8

@@ -17,7 +17,16 @@ import trio_asyncio
 from tests.support.postgres import URL, temporary_schema
 from trioforge._core.states import JobState, Succeeded
 from trioforge.actors import StorageHandle, open_storage_channel, storage_actor
-from trioforge.storage import Backend, JobInfo, MemoryBackend, NewJob, Outcome, opened, ops
+from trioforge.storage import (
+    Backend,
+    ClaimedJob,
+    JobInfo,
+    MemoryBackend,
+    NewJob,
+    Outcome,
+    opened,
+    ops,
+)
 from trioforge.storage.postgres import PostgresBackend
 
 NOW = 1000.0
@@ -116,19 +125,29 @@ async def call_in_background(
     return done, result
 
 
+async def outcome_held_on_a_row_lock(
+    handle: StorageHandle, outside: asyncpg.Connection, nursery: trio.Nursery, job: ClaimedJob
+) -> tuple[Any, trio.Event, list[object]]:
+    """``job``'s outcome written in the background while ``outside`` holds its row: once
+    this returns, that batch is in flight and waits on the lock. The lock's transaction
+    (roll it back to let the batch end), and the call's event and result."""
+    lock = outside.transaction()
+    await aio(lock.start)()
+    await aio(outside.execute)("SELECT 1 FROM trioforge_jobs WHERE id = $1 FOR UPDATE", job.id)
+    finish = ops.Finish((Outcome(job.id, job.lease, Succeeded()),))
+    finished, applied = await call_in_background(nursery, handle, finish)
+    await until_blocked(outside, "transactionid")  # the outcome batch waits on the row
+    return lock, finished, applied
+
+
 async def test_a_claim_is_not_stuck_behind_a_blocked_outcome_batch() -> None:
     async with temporary_schema() as template:
         backend = PostgresBackend(template.url, schema=template.schema)
         async with actor_on(backend) as (handle, outside, nursery):
             [job] = await running_jobs(handle, 1)
-            lock = outside.transaction()
-            await aio(lock.start)()
-            await aio(outside.execute)(
-                "SELECT 1 FROM trioforge_jobs WHERE id = $1 FOR UPDATE", job.id
+            lock, finished, applied = await outcome_held_on_a_row_lock(
+                handle, outside, nursery, job
             )
-            finish = ops.Finish((Outcome(job.id, job.lease, Succeeded()),))
-            finished, applied = await call_in_background(nursery, handle, finish)
-            await until_blocked(outside, "transactionid")  # the outcome batch waits on the row
 
             claimed = await handle.call(ops.Claim("q", frozenset({"a"}), 5, "me", NOW + 60))
 
@@ -246,14 +265,7 @@ async def test_a_caller_of_a_busy_actor_queues_behind_what_is_in_flight() -> Non
         backend = PostgresBackend(template.url, schema=template.schema)
         async with actor_on(backend) as (handle, outside, nursery):
             [job] = await running_jobs(handle, 1)
-            lock = outside.transaction()
-            await aio(lock.start)()
-            await aio(outside.execute)(
-                "SELECT 1 FROM trioforge_jobs WHERE id = $1 FOR UPDATE", job.id
-            )
-            finish = ops.Finish((Outcome(job.id, job.lease, Succeeded()),))
-            finished, _ = await call_in_background(nursery, handle, finish)
-            await until_blocked(outside, "transactionid")
+            lock, finished, _ = await outcome_held_on_a_row_lock(handle, outside, nursery, job)
             with trio.CancelScope() as scope:
                 scope.cancel()
                 await handle.call(ops.Enqueue((NewJob("b", "q", "1", 10, 0.0, 3),)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -104,3 +105,31 @@ async def test_a_purge_batch_reads_its_state_by_index_not_the_whole_table(
     db.close()
     assert any("USING INDEX trioforge_jobs_finished_by_state" in step for step in plan), plan
     assert not any("TEMP B-TREE" in step for step in plan), plan  # no sort
+
+
+def test_outcomes_and_renewals_look_up_each_row_by_id_beside_many_running(
+    tmp_path: Path,
+) -> None:
+    """A wide pool has 50,000 jobs running: one batch of outcomes or lease renewals must
+    look each of its rows up by id, never walk the running jobs for each row (the generic
+    plan that cost PostgreSQL seconds per batch)."""
+    from trioforge.storage._sqlite_sql import _FINISH, _RENEW
+
+    SQLiteBackend(tmp_path / "jobs.db").open_sync()
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    db.execute(
+        "INSERT INTO trioforge_jobs (name, queue, payload, priority, run_at, max_attempts, "
+        "created_at, status, attempt, lease) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
+        "SELECT x + 1 FROM c WHERE x < 20000) SELECT 'a', 'q', '[]', 0, 0, 3, 0, "
+        "'running', 1, 1 FROM c"
+    )
+    db.execute("ANALYZE")
+    rows = json.dumps([[n, 1, "completed", None, 0, 1.0, None, None] for n in range(1, 3001)])
+    leases = json.dumps([[n, 1] for n in range(1, 3001)])
+    for sql, params in ((_FINISH, (rows, 1.0)), (_RENEW, (leases, 2.0, "owner"))):
+        plan = [row[-1] for row in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
+        assert plan[0].startswith("SCAN json_each"), plan  # the batch's rows, once
+        assert [step for step in plan[1:] if step.startswith(("SCAN", "SEARCH"))] == [
+            "SEARCH j USING INTEGER PRIMARY KEY (rowid=?)"
+        ], plan
+    db.close()

@@ -19,18 +19,28 @@ from trioforge._core.outcomes import AttemptOutcome
 from trioforge._core.retry import Retry, discard_reason, failure_outcome
 from trioforge._core.states import Cancelled as CancelledEvent
 from trioforge._core.states import Discarded as DiscardedEvent
+from trioforge._core.states import Failed, Succeeded
 from trioforge._core.states import Released as ReleasedEvent
-from trioforge._core.states import Succeeded
+from trioforge.actors.events import headline
 from trioforge.actors.running import StopReason
 from trioforge.storage import ClaimedJob, Outcome
 from trioforge.storage._records import OutcomeEvent
 
-__all__ = ["MAX_ERROR_CHARS", "Attempt", "Ended", "JobTable", "decide_outcome", "format_error"]
+__all__ = [
+    "MAX_ERROR_CHARS",
+    "Attempt",
+    "Ended",
+    "JobTable",
+    "decide_outcome",
+    "format_error",
+    "unstartable_outcome",
+]
 
 #: Longest traceback text kept per failed attempt.
 MAX_ERROR_CHARS = 8000
 
 _SUCCEEDED = Succeeded()  # immutable and without fields: one serves every attempt
+_DEAD = Failed(retry_at=None)
 
 
 @attrs.frozen
@@ -134,3 +144,11 @@ def decide_outcome(
         retry = attrs.evolve(retry, max_attempts=job.max_attempts)
     event = failure_outcome(retry, job.attempt, error, now, u)
     return Outcome(job.id, job.lease, event, error=format_error(error))
+
+
+def unstartable_outcome(job: ClaimedJob, error: Exception) -> Outcome:
+    """What an attempt that could not even begin records (``JobTable.policy`` or
+    ``attempt`` raised): dead, attempts left or not, since the same stored job would fail
+    the same way on every retry, and one line that says why."""
+    text = f"attempt {job.attempt} could not begin, so it is not retried: {headline(error)}"
+    return Outcome(job.id, job.lease, _DEAD, error=text)

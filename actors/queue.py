@@ -35,7 +35,13 @@ from trioforge._core.prefetch import ClaimPace, claim_ahead, claim_size
 from trioforge._core.retry import Retry
 from trioforge._core.states import Released as ReleasedEvent
 from trioforge.actors import events
-from trioforge.actors.attempts import Attempt, Ended, JobTable, decide_outcome
+from trioforge.actors.attempts import (
+    Attempt,
+    Ended,
+    JobTable,
+    decide_outcome,
+    unstartable_outcome,
+)
 from trioforge.actors.outcome_writer import HeldQueues, OutcomeWriter
 from trioforge.actors.running import Finished, Running, RunningJobs, StopReason
 from trioforge.actors.storage_actor import StorageHandle, log_failure
@@ -490,6 +496,9 @@ class QueueSupervisor:
                                 continue
                             try:
                                 run = self._begin(job, scope)
+                            except Exception as exc:
+                                self._refuse(job, exc)
+                                continue
                             except BaseException:
                                 self._slot_freed()
                                 raise
@@ -539,6 +548,20 @@ class QueueSupervisor:
             # One scope for all: a stop request sets entry.reason, the deadlines do not.
             run.entry.set_deadlines(timeout, heartbeat)
         return run
+
+    def _refuse(self, job: ClaimedJob, error: Exception) -> None:
+        """``job``'s attempt could not begin (:meth:`_begin` raised: an invalid stored
+        timeout, a bug in making the attempt): it goes dead alone, logged once, and the
+        worker takes its next job. Raised into the worker loop, it left the job claimed here
+        until shutdown, then handed back to fail the same way again, with no end."""
+        try:
+            self._running.finish(job.id, job.lease)
+            outcome = unstartable_outcome(job, error)
+            self._log_end(job, AttemptOutcome.FAILED, outcome.event, trio.current_time(),
+                          None, outcome)  # fmt: skip
+            self._report(job, outcome)
+        finally:
+            self._slot_freed()
 
     def _settle(self, run: _Run) -> bool:
         """The attempt's handler is done: whether its scope fired (and for a timeout, the

@@ -15,7 +15,8 @@ import trio
 from trioforge._codec import decode_payload, encode_result
 from trioforge._context import CronContext, JobContext
 from trioforge._core.clock import Clock
-from trioforge._core.errors import PayloadError
+from trioforge._core.durations import seconds
+from trioforge._core.errors import InvalidArgumentError, PayloadError
 from trioforge._core.flow import JobLimits
 from trioforge._core.outcomes import AttemptOutcome
 from trioforge._core.retry import Retry, failure_outcome
@@ -92,10 +93,14 @@ class RegistryJobs:
         return plan
 
     def policy(self, job: ClaimedJob) -> tuple[Retry, float | None]:
+        """Raises InvalidArgumentError for a stored timeout that is not a finite number of
+        seconds > 0 (checked at enqueue, but a row may be written by other means): used, it
+        would time the attempt out at once, never, or not start it at all (NaN)."""
         plan = self._plan(job)
         if job.timeout is None or plan.definition.workflow is not None:
             return plan.retry, plan.timeout
-        return plan.retry, job.timeout
+        what = f"job {job.id}'s stored timeout"
+        return plan.retry, seconds(job.timeout, what, error=InvalidArgumentError, positive=True)
 
     def heartbeat_timeout(self, job: ClaimedJob) -> float | None:
         return self._plan(job).definition.heartbeat_timeout

@@ -9,13 +9,11 @@ from typing import Any
 import pytest
 import trio
 
-from trioforge import JobContext, JobState, Registry
-from trioforge._registry_jobs import RegistryJobs
-from trioforge.actors import leases, outcome_writer, queue
-from trioforge.actors.attempts import Attempt
+from trioforge import JobContext, JobState, Registry, Retry
+from trioforge.actors import attempts, leases, outcome_writer, queue
 from trioforge.actors.running import RunningJobs, StopReason
 from trioforge.actors.storage_actor import StorageHandle
-from trioforge.storage import ClaimedJob, ops
+from trioforge.storage import ClaimedJob, Outcome, ops
 from trioforge.testing import open_test_runtime, run
 
 SLEEP = 10.0
@@ -135,7 +133,8 @@ def test_a_worker_whose_loop_raises_logs_it_and_starts_over(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The worker loop restarts itself (no supervising frame above it): a bug that escapes
-    it for one job is logged, and the same one-slot pool runs the next job."""
+    it for one job (here in deciding the outcome of its attempt, after its handler ran) is
+    logged, and the same one-slot pool runs the next job."""
     registry = Registry()
     ran: list[int] = []
 
@@ -143,14 +142,14 @@ def test_a_worker_whose_loop_raises_logs_it_and_starts_over(
     async def work(ctx: JobContext, index: int) -> None:
         ran.append(index)
 
-    real = RegistryJobs.attempt
+    real = attempts.decide_outcome
 
-    def attempt(self: RegistryJobs, job: ClaimedJob) -> Attempt:
+    def decide_outcome(job: ClaimedJob, retry: Retry, **how: Any) -> Outcome | None:
         if job.payload == "0":
             raise RuntimeError("a bug in the worker loop")
-        return real(self, job)
+        return real(job, retry, **how)
 
-    monkeypatch.setattr(RegistryJobs, "attempt", attempt)
+    monkeypatch.setattr(queue, "decide_outcome", decide_outcome)
 
     async def main() -> JobState:
         async with open_test_runtime(registry, queues={"default": 1}) as rt:
@@ -159,7 +158,7 @@ def test_a_worker_whose_loop_raises_logs_it_and_starts_over(
             return (await rt.wait(second.id)).status
 
     assert run(main) is JobState.COMPLETED
-    assert ran == [1]
+    assert ran == [0, 1]
     assert "queue default: actor crashed; restarting it" in caplog.messages
 
 

@@ -85,7 +85,9 @@ class Attempt(Protocol):
 
 
 class JobTable(Protocol):
-    """What workers need from the application's registry."""
+    """What workers need from the application's registry. When :meth:`policy`,
+    :meth:`heartbeat_timeout` or :meth:`attempt` raises for a job (its stored settings are
+    invalid), the job goes dead without an attempt (:func:`unstartable_outcome`)."""
 
     def names(self) -> frozenset[str]: ...
 

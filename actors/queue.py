@@ -552,8 +552,8 @@ class QueueSupervisor:
     def _refuse(self, job: ClaimedJob, error: Exception) -> None:
         """``job``'s attempt could not begin (:meth:`_begin` raised: an invalid stored
         timeout, a bug in making the attempt): it goes dead alone, logged once, and the
-        worker takes its next job. Raised into the worker loop, it left the job claimed here
-        until shutdown, then handed back to fail the same way again, with no end."""
+        worker takes its next job (raised into the worker loop, the job would stay claimed
+        here until shutdown, then be handed back to fail the same way again)."""
         try:
             self._running.finish(job.id, job.lease)
             outcome = unstartable_outcome(job, error)

@@ -409,13 +409,22 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
         return results, notices
 
     async def _announce(self, notices: list[Notice]) -> None:
-        """Send a batch's notices after its commit, in one statement. If that fails, the
-        connection is gone and so is the listeners' (they re-read on reconnect)."""
+        """Send a batch's notices after its commit, in one statement. One the server
+        refuses (a payload of 8000 bytes or more: a queue name that long) must not take the
+        batch's others with it, so then each goes on its own. If the connection is gone,
+        so is the listeners' (they re-read on reconnect)."""
         if not notices or self._pool is None:
             return
         with contextlib.suppress(Exception):
-            async with self._pool.connection() as conn, self._pooler_safe(conn):
-                await _pg_notices.send(conn, notices)
+            async with self._pool.connection() as conn:
+                try:
+                    async with self._pooler_safe(conn):
+                        await _pg_notices.send(conn, notices)
+                except asyncpg.PostgresError:
+                    for notice in notices:
+                        with contextlib.suppress(asyncpg.PostgresError):
+                            async with self._pooler_safe(conn):
+                                await _pg_notices.send(conn, [notice])
 
     def _pooler_safe(self, conn: asyncpg.Connection) -> AbstractAsyncContextManager[None]:
         """A statement's own transaction behind a transaction pooler (see _transaction),

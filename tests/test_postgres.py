@@ -910,3 +910,19 @@ async def test_the_notices_of_a_transaction_that_raised_are_dropped() -> None:
         with rolled_back():
             await notify(unused, "trioforge", ["c:8:"])
     assert collected == [("trioforge", "w:1.0:kept"), ("trioforge", "c:8:")]
+
+
+async def test_a_notice_the_server_refuses_leaves_the_batchs_other_notices_sent() -> None:
+    """A batch's notices go in one statement after its commit, where a wake-up PostgreSQL
+    refuses (a queue name of 8000 bytes or more) would take the rest down with it: here a
+    cancel committed beside it, whose running job would then go on until a heartbeat."""
+    job = NewJob("x", "q", "{}", 10, 0.0, 3)
+    async with temporary_schema() as backend, opened(backend):
+        await backend.execute([ops.Enqueue((job,))], 1.0)
+        await backend.execute([ops.Claim("q", {"x"}, 1, "w", 100.0)], 1.0)
+        heard, notices = trio.open_memory_channel[Notice](math.inf)
+        async with backend.listen(heard.send_nowait):
+            unannounceable = attrs.evolve(job, queue="q" * 8000)
+            await backend.execute([ops.Cancel(1), ops.Enqueue((unannounceable,))], 2.0)
+            with trio.fail_after(10):
+                assert await notices.receive() == CancelNotice(1)

@@ -614,9 +614,9 @@ async def test_a_claim_reads_no_further_than_the_due_jobs() -> None:
         await sql("ANALYZE trioforge_jobs")
         found = await plans(
             sql,
-            "PREPARE claim (text, float8, text[], bigint, text, float8, text[], text) AS " + _CLAIM,
+            "PREPARE claim (text, float8, text[], bigint, text, float8, text[]) AS " + _CLAIM,
             "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim "
-            "('q', 1000, '{a}', 64, 'me', 2000, '{}', 'unheard')",
+            "('q', 1000, '{a}', 64, 'me', 2000, '{}')",
         )
     for root in found.values():
         picked = next(n for n in root["Plans"] if n.get("Subplan Name") == "CTE picked")
@@ -870,9 +870,9 @@ async def test_a_claims_count_of_due_jobs_skips_what_earlier_claims_left() -> No
         )
         found = await plans(
             sql,
-            "PREPARE claim (text, float8, text[], bigint, text, float8, text[], text) AS " + _CLAIM,
+            "PREPARE claim (text, float8, text[], bigint, text, float8, text[]) AS " + _CLAIM,
             "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim "
-            "('q', 30000, '{a}', 64, 'me', 40000, '{}', 'unheard')",
+            "('q', 30000, '{a}', 64, 'me', 40000, '{}')",
         )
     for mode, root in found.items():
         picked = next(n for n in root["Plans"] if n.get("Subplan Name") == "CTE picked")

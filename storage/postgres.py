@@ -426,10 +426,11 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
                             async with self._pooler_safe(conn):
                                 await _pg_notices.send(conn, [notice])
 
-    def _pooler_safe(self, conn: asyncpg.Connection) -> AbstractAsyncContextManager[None]:
-        """A statement's own transaction behind a transaction pooler (see _transaction),
+    def _pooler_safe(self, conn: asyncpg.Connection) -> AbstractAsyncContextManager[Any]:
+        """The notices' own transaction behind a transaction pooler (which may split a
+        statement's parse and execution otherwise; no search path: they read no table),
         nothing extra otherwise."""
-        return self._transaction(conn) if self._pooled else contextlib.nullcontext()
+        return conn.transaction() if self._pooled else contextlib.nullcontext()
 
     async def _batch(
         self, conn: asyncpg.Connection, batch: list[ops.Op], now: float

@@ -926,3 +926,11 @@ async def test_a_notice_the_server_refuses_leaves_the_batchs_other_notices_sent(
             await backend.execute([ops.Cancel(1), ops.Enqueue((unannounceable,))], 2.0)
             with trio.fail_after(10):
                 assert await notices.receive() == CancelNotice(1)
+
+
+def test_a_schema_too_long_for_the_change_notices_channel_is_refused_at_once() -> None:
+    """The change notices' channel is ``trioforge_changes.<schema>``, an identifier of at
+    most 63 bytes: a longer one would make every notice fail, so the backend refuses it."""
+    PostgresBackend(URL, schema="s" * 45)
+    with pytest.raises(trioforge.ConfigurationError, match="at most 45; pick a shorter"):
+        PostgresBackend(URL, schema="s" * 46)

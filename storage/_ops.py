@@ -155,8 +155,7 @@ class Claim(Op[ClaimResult]):
         return self.queue_rate is None
 
     def changed(self, result: object) -> Iterable[int]:
-        # The hottest write: PostgreSQL's claim statement sends its own notice, so a job
-        # that reports no progress shows running elsewhere as soon as it starts.
+        # So a job that reports no progress shows running elsewhere as soon as it starts.
         return [j.id for j in result.jobs] if isinstance(result, ClaimResult) else ()
 
     @property

@@ -12,13 +12,11 @@ from trioforge.storage import _compound as compound
 from trioforge.storage import _ops as ops
 from trioforge.storage._counts import Tally
 from trioforge.storage._pg_listen import parse_notice as parse_notice
+from trioforge.storage._pg_notices import notify
 
 # Re-exported: tests read the migrations (and patch them) here.
 from trioforge.storage._pg_schema import MIGRATIONS as MIGRATIONS
-
-# Re-exported: a bench patches the outcome statement here.
-from trioforge.storage._pg_sql import _FINISH as _FINISH
-from trioforge.storage._pg_sql import _KEY_HOLDER, _WAKE_PARENTS, CHANNEL, _store
+from trioforge.storage._pg_sql import _KEY_HOLDER, CHANNEL, _store, _wake_parents
 from trioforge.storage._records import CancelResult, not_a_run
 from trioforge.storage._sql_states import PENDING, TERMINAL
 
@@ -59,9 +57,7 @@ class PostgresOperator:
             await conn.execute(
                 "UPDATE trioforge_jobs SET cancel_requested = TRUE WHERE id = $1", op.job_id
             )
-            await conn.execute(
-                "SELECT pg_notify($1, $2)", CHANNEL, f"c:{op.job_id}:{self.schema or ''}"
-            )
+            await notify(conn, CHANNEL, [f"c:{op.job_id}:{self.schema or ''}"])
             return CancelResult.REQUESTED
         if row["workflow"]:  # a waiting run goes to a worker to be undone first
             queue = await conn.fetchval(
@@ -69,14 +65,14 @@ class PostgresOperator:
                 "WHERE id = $2 RETURNING queue",
                 now, op.job_id,
             )  # fmt: skip
-            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"w:{now!r}:{queue}")
+            await notify(conn, CHANNEL, [f"w:{now!r}:{queue}"])
             return CancelResult.REQUESTED
         await conn.execute(
             "UPDATE trioforge_jobs SET status = 'cancelled', finished_at = $1 WHERE id = $2",
             now, op.job_id,
         )  # fmt: skip
         await _store(conn, Tally().move(row["queue"], (status.value, None), ("cancelled", now)))
-        await conn.execute(_WAKE_PARENTS, now, [op.job_id], CHANNEL)
+        await _wake_parents(conn, [op.job_id], now)
         return CancelResult.CANCELLED
 
     async def _retry_job(self, conn: asyncpg.Connection, op: ops.RetryJob, now: float) -> bool:
@@ -110,7 +106,7 @@ class PostgresOperator:
         )  # fmt: skip
         if status == "UPDATE 1":
             await _store(conn, Tally().move(row["queue"], (row["status"], None), ("dead", now)))
-            await conn.execute(_WAKE_PARENTS, now, [op.job_id], CHANNEL)
+            await _wake_parents(conn, [op.job_id], now)
         return bool(status == "UPDATE 1")
 
     async def _send_signal(self, conn: asyncpg.Connection, op: ops.SendSignal, now: float) -> int:
@@ -136,5 +132,5 @@ class PostgresOperator:
             f"WHERE id = $2 RETURNING queue",
             now, op.run_id,
         )  # fmt: skip
-        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"w:{now!r}:{queue}")
+        await notify(conn, CHANNEL, [f"w:{now!r}:{queue}"])
         return signal_id

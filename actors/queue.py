@@ -56,6 +56,12 @@ AFTER_HOOKS_SECONDS = 10.0
 HAND_OUT = 10_000
 
 
+#: Most idle workers a pool keeps: one that comes free beyond them leaves (the next burst
+#: starts workers again). A pool of 50,000 slots kept 50,000 parked tasks after its first
+#: burst, each holding its last job's records.
+IDLE_KEEP = 1_000
+
+
 @attrs.frozen
 class QueueConfig:
     name: str
@@ -125,7 +131,9 @@ class QueueSupervisor:
     Workers start as the fetcher hands out jobs, never more than there are jobs out or
     slots: a slot that has never held a job costs nothing, and a pool of 50,000 slots does
     not start 50,000 tasks before its first claim (a worker started for a job takes it at
-    once; jobs claimed ahead wait for one to come free).
+    once; jobs claimed ahead wait for one to come free). A worker that comes free while
+    more than :data:`IDLE_KEEP` are idle leaves, unless the jobs handed out still need it:
+    after a burst the pool keeps that many parked tasks, not one per slot it ever used.
 
     The pool can be resized while it runs (:meth:`resize`). Growing lets the fetcher claim
     for the new slots at once. Shrinking never interrupts a job: the fetcher's free slots
@@ -504,6 +512,13 @@ class QueueSupervisor:
                             fired = self._settle(run)
                             ended, run = run, None
                             await self._conclude(ended)
+                            # Waiting for the next job, hold nothing of this one's (its
+                            # payload, result, context): a wide pool's idle workers would
+                            # keep the last burst's records alive.
+                            del job, ended
+                            if self._surplus():
+                                self._workers -= 1
+                                return
                             if fired:
                                 break  # a fired scope stays fired: the next job gets a fresh one
                         else:
@@ -518,6 +533,14 @@ class QueueSupervisor:
             except Exception:
                 if self._give_up():
                     raise
+
+    def _surplus(self) -> bool:
+        """Whether a worker that just came free leaves the pool: more than
+        :data:`IDLE_KEEP` workers are idle, and the rest still give every job handed out a
+        worker (the staffing :meth:`_staff` keeps)."""
+        return self._workers - self._busy > IDLE_KEEP and self._workers - self._retiring > min(
+            self._out, self._size
+        )
 
     def _slot_freed(self) -> None:
         self._busy -= 1

@@ -4,8 +4,11 @@ them a bounded number per scheduler pass, and two attempts of one job are held a
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -32,17 +35,27 @@ def sleeper(starts: list[float]) -> Registry:
     return registry
 
 
-def tasks() -> int:
+def all_tasks() -> list[trio.lowlevel.Task]:
     """Every task of this trio run."""
     root = trio.lowlevel.current_root_task()
     assert root is not None
-    count, nurseries = 0, list(root.child_nurseries)
+    found: list[trio.lowlevel.Task] = []
+    nurseries = list(root.child_nurseries)
     while nurseries:
         nursery = nurseries.pop()
-        count += len(nursery.child_tasks)
+        found.extend(nursery.child_tasks)
         for task in nursery.child_tasks:
             nurseries.extend(task.child_nurseries)
-    return count
+    return found
+
+
+def tasks() -> int:
+    return len(all_tasks())
+
+
+def workers(queue_name: str) -> int:
+    """The queue's worker tasks alive."""
+    return sum(task.name == f"{queue_name}-worker" for task in all_tasks())
 
 
 def test_slots_that_never_held_a_job_start_no_task() -> None:
@@ -53,6 +66,58 @@ def test_slots_that_never_held_a_job_start_no_task() -> None:
         async with open_test_runtime(sleeper([]), queues={"narrow": 20_000}):
             await trio.sleep(1.0)
             assert tasks() == narrow
+
+    run(main)
+
+
+def test_idle_workers_beyond_the_cap_leave_and_the_next_burst_runs_at_full_width() -> None:
+    """A burst 500 jobs wider than ``IDLE_KEEP`` runs on one worker per job; once it is over
+    ``IDLE_KEEP`` workers stay, not one per slot used, and the next burst as wide still
+    starts every job at once."""
+    width = queue.IDLE_KEEP + 500
+    starts: list[float] = []
+
+    async def main() -> None:
+        async with open_test_runtime(sleeper(starts), queues={"default": 2 * width}) as rt:
+            for burst in range(2):
+                t0 = trio.current_time()
+                jobs = await rt.enqueue_many("sleep", [None] * width)
+                await trio.sleep(1.0)
+                assert workers("default") == width
+                for job in jobs:
+                    assert (await rt.wait(job.id)).status is JobState.COMPLETED
+                assert workers("default") == queue.IDLE_KEEP
+                assert starts[burst * width :] == [t0] * width
+
+    run(main)
+
+
+@attrs.define
+class Parcel:
+    items: list[int]
+
+
+def test_a_waiting_worker_and_the_outcome_writer_hold_nothing_of_the_last_job() -> None:
+    """Once a job's outcome is written, its decoded payload and its claimed record are
+    garbage, though the worker that ran it and the writer that wrote it are still alive:
+    memory follows the jobs running, not the slots that ever held one."""
+    registry = Registry()
+    payloads: list[weakref.ref[Parcel]] = []
+
+    @registry.job("keep")
+    async def keep(ctx: JobContext, parcel: Parcel) -> list[int]:
+        payloads.append(weakref.ref(parcel))
+        return parcel.items
+
+    async def main() -> None:
+        async with open_test_runtime(registry, queues={"default": 1}) as rt:
+            job = await rt.enqueue(keep, Parcel([1, 2, 3]))
+            assert (await rt.wait(job.id)).result == [1, 2, 3]
+            gc.collect()
+            assert workers("default") == 1
+            assert payloads[0]() is None
+            held = [o for o in gc.get_objects() if isinstance(o, ClaimedJob) and o.id == job.id]
+            assert held == []
 
     run(main)
 

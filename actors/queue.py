@@ -56,10 +56,15 @@ AFTER_HOOKS_SECONDS = 10.0
 HAND_OUT = 10_000
 
 
-#: Most idle workers a pool keeps: one that comes free beyond them leaves (the next burst
-#: starts workers again). A pool of 50,000 slots kept 50,000 parked tasks after its first
-#: burst, each holding its last job's records.
+#: Most idle workers a pool keeps once a burst is over (the next one starts workers
+#: again): a pool of 50,000 slots kept 50,000 parked tasks after its first burst.
 IDLE_KEEP = 1_000
+
+#: How often a pool lets go of the workers beyond :data:`IDLE_KEEP` that no hand-out
+#: needed since its last look. Not as each comes free: a drain of 50,000 no-op jobs on 2,000
+#: slots then started 18,000 workers instead of 2,000 (every claim's jobs end before the
+#: next claim lands, leaving the whole pool idle for a moment).
+IDLE_SECONDS = 10.0
 
 
 @attrs.frozen
@@ -131,9 +136,10 @@ class QueueSupervisor:
     Workers start as the fetcher hands out jobs, never more than there are jobs out or
     slots: a slot that has never held a job costs nothing, and a pool of 50,000 slots does
     not start 50,000 tasks before its first claim (a worker started for a job takes it at
-    once; jobs claimed ahead wait for one to come free). A worker that comes free while
-    more than :data:`IDLE_KEEP` are idle leaves, unless the jobs handed out still need it:
-    after a burst the pool keeps that many parked tasks, not one per slot it ever used.
+    once; jobs claimed ahead wait for one to come free). Every :data:`IDLE_SECONDS` the
+    workers beyond :data:`IDLE_KEEP` and beyond the most that hand-outs needed since the
+    last look are retired like a shrink's: after a burst the pool keeps that many parked
+    tasks, not one per slot it ever used.
 
     The pool can be resized while it runs (:meth:`resize`). Growing lets the fetcher claim
     for the new slots at once. Shrinking never interrupts a job: the fetcher's free slots
@@ -183,6 +189,7 @@ class QueueSupervisor:
         self._retiring = 0  # of those, the ones a ``_Retire`` sent is for
         self._unretire = 0  # ``_Retire`` sent, then taken back by a grow: to be ignored
         self._out = 0  # jobs handed out whose slot has not come free
+        self._needed = 0  # most workers a hand-out needed since the last look (_let_go)
         # Attempts concluded since the last claim returned, and the seconds they held
         # their slots in all: how long a job takes, for claiming ahead.
         self._done = 0
@@ -291,6 +298,7 @@ class QueueSupervisor:
         free): every job in the channel has a worker that will take it."""
         assert self._pool is not None
         wanted = min(self._out, self._size)
+        self._needed = max(self._needed, wanted)
         # Workers still on their way out stay instead (their ``_Retire`` is ignored): a new
         # worker beside them could run more jobs than the size. (A grow can be seen here,
         # through ``_size``, before the fetcher reads its message.)
@@ -337,6 +345,7 @@ class QueueSupervisor:
         rates = cfg.rate_limit is not None or any(j.rate is not None for j in limits.values())
         prefetch = not rates
         pace = ClaimPace()
+        let_go_at = trio.current_time() + IDLE_SECONDS
         while True:
             # A claim is shielded, and one may follow another without a wait: stop here
             # once fetching is stopped (jobs released at shutdown would be claimed again).
@@ -349,6 +358,9 @@ class QueueSupervisor:
                 except trio.WouldBlock:
                     break
                 free, wanted_at = self._absorb(message, free, wanted_at)
+            if trio.current_time() >= let_go_at:
+                self._let_go()
+                let_go_at = trio.current_time() + IDLE_SECONDS
             deadline = math.inf
             limit = claim_size(free, claim_ahead(pace, self._size) if prefetch else 0, self._size)
             if limit > 0:
@@ -381,7 +393,7 @@ class QueueSupervisor:
                     self._held.set(cfg.name, self._wake_now if result.held else None)
                     continue
                 deadline = clock.deadline(target)
-            with trio.move_on_at(deadline):
+            with trio.move_on_at(min(deadline, let_go_at)):
                 free, wanted_at = self._absorb(await self._inbox.receive(), free, wanted_at)
 
     def _absorb(
@@ -391,11 +403,7 @@ class QueueSupervisor:
         if isinstance(message, _SlotFreed):
             return free + 1, wanted_at
         if isinstance(message, _Resized):
-            # Sent from here, so every job already handed out is ahead of them in the
-            # channel: a retiring worker never strands a claimed job.
-            for _ in range(self._workers - self._retiring - self._size):
-                self._retiring += 1
-                self._jobs_send.send_nowait(_Retire())
+            self._retire(self._size)
             if message.delta > 0:  # new slots take jobs waiting in the channel, and due ones
                 self._staff()
                 return free + message.delta, self._clock.now()
@@ -403,6 +411,22 @@ class QueueSupervisor:
         if wanted_at is None or message.run_at < wanted_at:
             return free, message.run_at
         return free, wanted_at
+
+    def _retire(self, keep: int) -> None:
+        """Retire the workers beyond ``keep`` (not counting those already retiring).
+        Sent from the fetcher, so every job already handed out is ahead of their
+        ``_Retire`` in the channel: a retiring worker never strands a claimed job."""
+        for _ in range(self._workers - self._retiring - keep):
+            self._retiring += 1
+            self._jobs_send.send_nowait(_Retire())
+
+    def _let_go(self) -> None:
+        """Retire the idle workers beyond :data:`IDLE_KEEP` that no hand-out since the last
+        look needed (nor the jobs out now): a wide pool's burst leaves one parked task per
+        job it ran otherwise."""
+        needed_now = min(self._out, self._size)
+        self._retire(max(IDLE_KEEP, self._needed, needed_now))
+        self._needed = needed_now
 
     async def _claim(
         self, names: frozenset[str], limits: Mapping[str, JobLimits], limit: int, now: float
@@ -516,9 +540,6 @@ class QueueSupervisor:
                             # payload, result, context): a wide pool's idle workers would
                             # keep the last burst's records alive.
                             del job, ended
-                            if self._surplus():
-                                self._workers -= 1
-                                return
                             if fired:
                                 break  # a fired scope stays fired: the next job gets a fresh one
                         else:
@@ -533,14 +554,6 @@ class QueueSupervisor:
             except Exception:
                 if self._give_up():
                     raise
-
-    def _surplus(self) -> bool:
-        """Whether a worker that just came free leaves the pool: more than
-        :data:`IDLE_KEEP` workers are idle, and the rest still give every job handed out a
-        worker (the staffing :meth:`_staff` keeps)."""
-        return self._workers - self._busy > IDLE_KEEP and self._workers - self._retiring > min(
-            self._out, self._size
-        )
 
     def _slot_freed(self) -> None:
         self._busy -= 1

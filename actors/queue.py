@@ -56,15 +56,9 @@ AFTER_HOOKS_SECONDS = 10.0
 HAND_OUT = 10_000
 
 
-#: Most idle workers a pool keeps once a burst is over (the next one starts workers
-#: again): a pool of 50,000 slots kept 50,000 parked tasks after its first burst.
+#: Most idle workers a pool keeps while its queue has no backlog (the next burst starts
+#: workers again): a pool of 50,000 slots kept 50,000 parked tasks after its first burst.
 IDLE_KEEP = 1_000
-
-#: How often a pool lets go of the workers beyond :data:`IDLE_KEEP` that no hand-out
-#: needed since its last look. Not as each comes free: a drain of 50,000 no-op jobs on 2,000
-#: slots then started 18,000 workers instead of 2,000 (every claim's jobs end before the
-#: next claim lands, leaving the whole pool idle for a moment).
-IDLE_SECONDS = 10.0
 
 
 @attrs.frozen
@@ -136,10 +130,13 @@ class QueueSupervisor:
     Workers start as the fetcher hands out jobs, never more than there are jobs out or
     slots: a slot that has never held a job costs nothing, and a pool of 50,000 slots does
     not start 50,000 tasks before its first claim (a worker started for a job takes it at
-    once; jobs claimed ahead wait for one to come free). Every :data:`IDLE_SECONDS` the
-    workers beyond :data:`IDLE_KEEP` and beyond the most that hand-outs needed since the
-    last look are retired like a shrink's: after a burst the pool keeps that many parked
-    tasks, not one per slot it ever used.
+    once; jobs claimed ahead wait for one to come free). Once a claim comes back short
+    (no backlog), a pool keeps at most :data:`IDLE_KEEP` idle workers: one that comes free
+    beyond them leaves, and those idle already are retired like a shrink's. After a burst
+    the pool keeps that many parked tasks, not one per slot it ever used; while claims
+    come back full, workers stay: a drain of 50,000 no-op jobs on 2,000 slots whose
+    workers left as they came free started 18,000 of them instead of 2,000 (each claim's
+    jobs end before the next claim lands, leaving the whole pool idle for a moment).
 
     The pool can be resized while it runs (:meth:`resize`). Growing lets the fetcher claim
     for the new slots at once. Shrinking never interrupts a job: the fetcher's free slots
@@ -189,7 +186,7 @@ class QueueSupervisor:
         self._retiring = 0  # of those, the ones a ``_Retire`` sent is for
         self._unretire = 0  # ``_Retire`` sent, then taken back by a grow: to be ignored
         self._out = 0  # jobs handed out whose slot has not come free
-        self._needed = 0  # most workers a hand-out needed since the last look (_let_go)
+        self._backlog = False  # the last claim came back full: idle workers stay
         # Attempts concluded since the last claim returned, and the seconds they held
         # their slots in all: how long a job takes, for claiming ahead.
         self._done = 0
@@ -298,7 +295,6 @@ class QueueSupervisor:
         free): every job in the channel has a worker that will take it."""
         assert self._pool is not None
         wanted = min(self._out, self._size)
-        self._needed = max(self._needed, wanted)
         # Workers still on their way out stay instead (their ``_Retire`` is ignored): a new
         # worker beside them could run more jobs than the size. (A grow can be seen here,
         # through ``_size``, before the fetcher reads its message.)
@@ -345,7 +341,6 @@ class QueueSupervisor:
         rates = cfg.rate_limit is not None or any(j.rate is not None for j in limits.values())
         prefetch = not rates
         pace = ClaimPace()
-        let_go_at = trio.current_time() + IDLE_SECONDS
         while True:
             # A claim is shielded, and one may follow another without a wait: stop here
             # once fetching is stopped (jobs released at shutdown would be claimed again).
@@ -358,9 +353,6 @@ class QueueSupervisor:
                 except trio.WouldBlock:
                     break
                 free, wanted_at = self._absorb(message, free, wanted_at)
-            if trio.current_time() >= let_go_at:
-                self._let_go()
-                let_go_at = trio.current_time() + IDLE_SECONDS
             deadline = math.inf
             limit = claim_size(free, claim_ahead(pace, self._size) if prefetch else 0, self._size)
             if limit > 0:
@@ -376,7 +368,7 @@ class QueueSupervisor:
                     if result is None:  # storage error, logged: try again after the poll interval
                         wanted_at = None
                         continue
-                    filled = len(result.jobs) == limit
+                    filled = self._backlog = len(result.jobs) == limit
                     pace = pace.observed(
                         done=self._done, busy=self._busy_seconds,
                         round_trip=trio.current_time() - began, filled=filled,
@@ -387,13 +379,15 @@ class QueueSupervisor:
                     else:
                         free -= len(result.jobs)
                         await self._hand_out(result.jobs)
+                        if not filled:
+                            self._let_go()
                     wanted_at = now if filled else _next_look(result)
                     if result.held and self._held.writes != writes_before:
                         wanted_at = now  # an outcome written meanwhile may have freed a slot
                     self._held.set(cfg.name, self._wake_now if result.held else None)
                     continue
                 deadline = clock.deadline(target)
-            with trio.move_on_at(min(deadline, let_go_at)):
+            with trio.move_on_at(deadline):
                 free, wanted_at = self._absorb(await self._inbox.receive(), free, wanted_at)
 
     def _absorb(
@@ -421,12 +415,19 @@ class QueueSupervisor:
             self._jobs_send.send_nowait(_Retire())
 
     def _let_go(self) -> None:
-        """Retire the idle workers beyond :data:`IDLE_KEEP` that no hand-out since the last
-        look needed (nor the jobs out now): a wide pool's burst leaves one parked task per
-        job it ran otherwise."""
-        needed_now = min(self._out, self._size)
-        self._retire(max(IDLE_KEEP, self._needed, needed_now))
-        self._needed = needed_now
+        """No backlog: retire the idle workers beyond :data:`IDLE_KEEP` (those the jobs
+        handed out need stay)."""
+        self._retire(max(self._busy + IDLE_KEEP, min(self._out, self._size)))
+
+    def _surplus(self) -> bool:
+        """Whether a worker that just came free leaves: no backlog, more than
+        :data:`IDLE_KEEP` idle, and the rest still give every job handed out a worker (the
+        staffing :meth:`_staff` keeps)."""
+        return (
+            not self._backlog
+            and self._workers - self._busy > IDLE_KEEP
+            and self._workers - self._retiring > min(self._out, self._size)
+        )
 
     async def _claim(
         self, names: frozenset[str], limits: Mapping[str, JobLimits], limit: int, now: float
@@ -540,6 +541,9 @@ class QueueSupervisor:
                             # payload, result, context): a wide pool's idle workers would
                             # keep the last burst's records alive.
                             del job, ended
+                            if self._surplus():
+                                self._workers -= 1
+                                return
                             if fired:
                                 break  # a fired scope stays fired: the next job gets a fresh one
                         else:

@@ -71,9 +71,9 @@ def test_slots_that_never_held_a_job_start_no_task() -> None:
 
 
 def test_idle_workers_beyond_the_cap_leave_and_the_next_burst_runs_at_full_width() -> None:
-    """A burst 500 jobs wider than ``IDLE_KEEP`` runs on one worker per job; a few looks
-    (``IDLE_SECONDS`` apart) after it is over, ``IDLE_KEEP`` workers are left, not one per
-    slot used, and the next burst as wide still starts every job at once."""
+    """A burst 500 jobs wider than ``IDLE_KEEP`` runs on one worker per job; once it is
+    over ``IDLE_KEEP`` workers are left, not one per slot used, and the next burst as wide
+    still starts every job at once."""
     width = queue.IDLE_KEEP + 500
     starts: list[float] = []
 
@@ -87,31 +87,53 @@ def test_idle_workers_beyond_the_cap_leave_and_the_next_burst_runs_at_full_width
                 for job in jobs:
                     assert (await rt.wait(job.id)).status is JobState.COMPLETED
                 assert starts[burst * width :] == [t0] * width
-                await trio.sleep(3 * queue.IDLE_SECONDS)
                 assert workers("default") == queue.IDLE_KEEP
 
     run(main)
 
 
-def test_a_pool_whose_bursts_follow_each_other_keeps_its_workers() -> None:
-    """Bursts wider than ``IDLE_KEEP``, each starting as the last ends, run on the same
-    worker tasks: workers that the last look's hand-outs needed stay, so a busy wide pool
-    does not start a task per job."""
+def test_a_pool_with_a_backlog_keeps_its_workers() -> None:
+    """A backlog four pools wide runs on the same worker tasks round after round: while
+    claims come back full, workers that come free stay (a drain does not start a task per
+    job)."""
     width = queue.IDLE_KEEP + 500
     seen: list[set[trio.lowlevel.Task]] = []
 
     async def main() -> None:
-        async with open_test_runtime(sleeper([]), queues={"default": 2 * width}) as rt:
-            for _ in range(4):  # 40 s: several looks
-                jobs = await rt.enqueue_many("sleep", [None] * width)
-                await trio.sleep(1.0)
+        async with open_test_runtime(sleeper([]), queues={"default": width}) as rt:
+            jobs = await rt.enqueue_many("sleep", [None] * (4 * width))
+            await trio.sleep(1.0)
+            for _ in range(4):
                 seen.append({t for t in all_tasks() if t.name == "default-worker"})
-                for job in jobs:
-                    await rt.wait(job.id)
+                await trio.sleep(SLEEP)
+            for job in jobs:
+                await rt.wait(job.id)
+            assert workers("default") == queue.IDLE_KEEP
 
     run(main)
     assert len(seen[0]) == width
     assert all(tasks == seen[0] for tasks in seen)
+
+
+def test_workers_idle_when_the_backlog_ends_are_let_go() -> None:
+    """Jobs that end before the next claim lands leave the whole pool idle; the claim that
+    finds the backlog gone retires the idle workers beyond ``IDLE_KEEP``."""
+    width = queue.IDLE_KEEP + 500
+    registry = Registry()
+
+    @registry.job("noop")
+    async def noop(ctx: JobContext) -> None:
+        pass
+
+    async def main() -> None:
+        async with open_test_runtime(registry, queues={"default": width}) as rt:
+            jobs = await rt.enqueue_many("noop", [None] * (2 * width))
+            for job in jobs:
+                await rt.wait(job.id)
+            await trio.sleep(1.0)  # (virtual) the claims after the last jobs ended
+            assert workers("default") == queue.IDLE_KEEP
+
+    run(main)
 
 
 @attrs.define

@@ -18,7 +18,7 @@ from trioforge.actors import leases, outcome_writer, queue
 from trioforge.actors.attempts import Attempt
 from trioforge.actors.running import RunningJobs, StopReason
 from trioforge.actors.storage_actor import StorageHandle
-from trioforge.storage import ClaimedJob, ops
+from trioforge.storage import ClaimedJob, Outcome, ops
 from trioforge.testing import open_test_runtime, run
 
 SLEEP = 10.0
@@ -142,9 +142,10 @@ class Parcel:
 
 
 def test_a_waiting_worker_and_the_outcome_writer_hold_nothing_of_the_last_job() -> None:
-    """Once a job's outcome is written, its decoded payload and its claimed record are
-    garbage, though the worker that ran it and the writer that wrote it are still alive:
-    memory follows the jobs running, not the slots that ever held one."""
+    """Once a job's outcome is written, its decoded payload, its claimed record and its
+    outcome are garbage, though the worker that ran it, the writer that wrote it and the
+    storage actor that served the write are still alive: memory follows the jobs running,
+    not the slots that ever held one."""
     registry = Registry()
     payloads: list[weakref.ref[Parcel]] = []
 
@@ -160,8 +161,9 @@ def test_a_waiting_worker_and_the_outcome_writer_hold_nothing_of_the_last_job() 
             gc.collect()
             assert workers("default") == 1
             assert payloads[0]() is None
-            held = [o for o in gc.get_objects() if isinstance(o, ClaimedJob) and o.id == job.id]
-            assert held == []
+            objects = gc.get_objects()
+            assert [o for o in objects if isinstance(o, ClaimedJob) and o.id == job.id] == []
+            assert [o for o in objects if isinstance(o, Outcome) and o.job_id == job.id] == []
 
     run(main)
 

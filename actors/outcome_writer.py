@@ -178,6 +178,7 @@ class OutcomeWriter:
         with trio.CancelScope(shield=True):
             async for first in self._outcomes:
                 pending, wait = [first], RETRY_FIRST
+                del first  # waiting for the next outcome, hold no job's records
                 while True:
                     pending.extend(self._reported_meanwhile(WRITE_MAX - len(pending)))
                     pending = await self._write(pending)

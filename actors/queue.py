@@ -62,6 +62,11 @@ AFTER_HOOKS_SECONDS = 10.0
 HAND_OUT = 10_000
 
 
+#: Most idle workers a pool keeps while its queue has no backlog (the next burst starts
+#: workers again): a pool of 50,000 slots kept 50,000 parked tasks after its first burst.
+IDLE_KEEP = 1_000
+
+
 @attrs.frozen
 class QueueConfig:
     name: str
@@ -131,7 +136,13 @@ class QueueSupervisor:
     Workers start as the fetcher hands out jobs, never more than there are jobs out or
     slots: a slot that has never held a job costs nothing, and a pool of 50,000 slots does
     not start 50,000 tasks before its first claim (a worker started for a job takes it at
-    once; jobs claimed ahead wait for one to come free).
+    once; jobs claimed ahead wait for one to come free). Once a claim comes back short
+    (no backlog), a pool keeps at most :data:`IDLE_KEEP` idle workers: one that comes free
+    beyond them leaves, and those idle already are retired like a shrink's. After a burst
+    the pool keeps that many parked tasks, not one per slot it ever used; while claims
+    come back full, workers stay: a drain of 50,000 no-op jobs on 2,000 slots whose
+    workers left as they came free started 18,000 of them instead of 2,000 (each claim's
+    jobs end before the next claim lands, leaving the whole pool idle for a moment).
 
     The pool can be resized while it runs (:meth:`resize`). Growing lets the fetcher claim
     for the new slots at once. Shrinking never interrupts a job: the fetcher's free slots
@@ -181,6 +192,7 @@ class QueueSupervisor:
         self._retiring = 0  # of those, the ones a ``_Retire`` sent is for
         self._unretire = 0  # ``_Retire`` sent, then taken back by a grow: to be ignored
         self._out = 0  # jobs handed out whose slot has not come free
+        self._backlog = False  # the last claim came back full: idle workers stay
         # Attempts concluded since the last claim returned, and the seconds they held
         # their slots in all: how long a job takes, for claiming ahead.
         self._done = 0
@@ -362,7 +374,7 @@ class QueueSupervisor:
                     if result is None:  # storage error, logged: try again after the poll interval
                         wanted_at = None
                         continue
-                    filled = len(result.jobs) == limit
+                    filled = self._backlog = len(result.jobs) == limit
                     pace = pace.observed(
                         done=self._done, busy=self._busy_seconds,
                         round_trip=trio.current_time() - began, filled=filled,
@@ -373,6 +385,8 @@ class QueueSupervisor:
                     else:
                         free -= len(result.jobs)
                         await self._hand_out(result.jobs)
+                        if not filled:
+                            self._let_go()
                     wanted_at = now if filled else _next_look(result)
                     if result.held and self._held.writes != writes_before:
                         wanted_at = now  # an outcome written meanwhile may have freed a slot
@@ -389,11 +403,7 @@ class QueueSupervisor:
         if isinstance(message, _SlotFreed):
             return free + 1, wanted_at
         if isinstance(message, _Resized):
-            # Sent from here, so every job already handed out is ahead of them in the
-            # channel: a retiring worker never strands a claimed job.
-            for _ in range(self._workers - self._retiring - self._size):
-                self._retiring += 1
-                self._jobs_send.send_nowait(_Retire())
+            self._retire(self._size)
             if message.delta > 0:  # new slots take jobs waiting in the channel, and due ones
                 self._staff()
                 return free + message.delta, self._clock.now()
@@ -401,6 +411,29 @@ class QueueSupervisor:
         if wanted_at is None or message.run_at < wanted_at:
             return free, message.run_at
         return free, wanted_at
+
+    def _retire(self, keep: int) -> None:
+        """Retire the workers beyond ``keep`` (not counting those already retiring).
+        Sent from the fetcher, so every job already handed out is ahead of their
+        ``_Retire`` in the channel: a retiring worker never strands a claimed job."""
+        for _ in range(self._workers - self._retiring - keep):
+            self._retiring += 1
+            self._jobs_send.send_nowait(_Retire())
+
+    def _let_go(self) -> None:
+        """No backlog: retire the idle workers beyond :data:`IDLE_KEEP` (those the jobs
+        handed out need stay)."""
+        self._retire(max(self._busy + IDLE_KEEP, min(self._out, self._size)))
+
+    def _surplus(self) -> bool:
+        """Whether a worker that just came free leaves: no backlog, more than
+        :data:`IDLE_KEEP` idle, and the rest still give every job handed out a worker (the
+        staffing :meth:`_staff` keeps)."""
+        return (
+            not self._backlog
+            and self._workers - self._busy > IDLE_KEEP
+            and self._workers - self._retiring > min(self._out, self._size)
+        )
 
     async def _claim(
         self, names: frozenset[str], limits: Mapping[str, JobLimits], limit: int, now: float
@@ -513,6 +546,13 @@ class QueueSupervisor:
                             fired = self._settle(run)
                             ended, run = run, None
                             await self._conclude(ended)
+                            # Waiting for the next job, hold nothing of this one's (its
+                            # payload, result, context): a wide pool's idle workers would
+                            # keep the last burst's records alive.
+                            del job, ended
+                            if self._surplus():
+                                self._workers -= 1
+                                return
                             if fired:
                                 break  # a fired scope stays fired: the next job gets a fresh one
                         else:

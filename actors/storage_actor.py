@@ -276,6 +276,7 @@ class _Scheduler:
     async def take_in(self, inbox: StorageInbox) -> None:
         async for first in inbox.receive:
             self._waiting.append(first)
+            del first  # waiting for the next request, hold none served (its op, its rows)
             while True:  # everything already queued, so it can share a batch
                 try:
                     self._waiting.append(inbox.receive.receive_nowait())
@@ -369,6 +370,7 @@ async def _serve_one_at_a_time(
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
         await _run(backend, now, batch)
+        del first, batch  # waiting for the next request, hold none served (its op, its rows)
 
 
 async def _run(backend: Backend, now: Callable[[], float], batch: list[_Request]) -> None:

@@ -3,7 +3,9 @@
 ``python -m bench.wide_memory --jobs 5000``: the RSS added per running job, the objects the
 garbage collector tracks per job (by type, coroutines by function), and with ``--trace``
 tracemalloc's bytes per job, grouped by where they were allocated (the innermost frame,
-and the innermost trioforge or bench frame that led there). The figures of
+and the innermost trioforge or bench frame that led there). With ``--after``, what is left
+once a burst of N one-second jobs has ended: the worker tasks, and the objects the garbage
+collector tracks beyond those before the runtime started. The figures of
 docs/performance.md ("Wide pools") come from here; compare two commits by running it
 from each one's worktree.
 """
@@ -44,11 +46,43 @@ def where(trace: tracemalloc.Traceback) -> str:
     return inner if ours is None else f"{inner} <- {Path(ours.filename).name}:{ours.lineno}"
 
 
-async def measure(url: str, jobs: int, trace: bool) -> None:
+def workers() -> int:
+    """The wide queue's worker tasks alive."""
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    count, nurseries = 0, list(root.child_nurseries)
+    while nurseries:
+        nursery = nurseries.pop()
+        for task in nursery.child_tasks:
+            count += task.name == "wide-worker"
+            nurseries.extend(task.child_nurseries)
+    return count
+
+
+async def enqueue(url: str, jobs: int, seconds: float) -> None:
     async with trioforge.open_client(url) as client:
         for start in range(0, jobs, 5000):
             batch = len(range(start, min(jobs, start + 5000)))
-            await client.enqueue_many(io_bound, [600.0] * batch)
+            await client.enqueue_many(io_bound, [seconds] * batch)
+
+
+async def after_burst(url: str, jobs: int) -> None:
+    await enqueue(url, jobs, 1.0)
+    COUNT.target = jobs
+    gc.collect()
+    before = len(gc.get_objects())
+    async with trioforge.open_runtime(registry, database=url, queues={"wide": jobs}):
+        await COUNT.all_done.wait()
+        await trio.sleep(2.0)  # the last outcomes written, the claims after the burst made
+        gc.collect()
+        print(
+            f"{jobs:,} ended: {workers():,} worker tasks left, "
+            f"GC-tracked objects +{len(gc.get_objects()) - before:,}"
+        )
+
+
+async def measure(url: str, jobs: int, trace: bool) -> None:
+    await enqueue(url, jobs, 600.0)
     gc.collect()
     if trace:
         tracemalloc.start(25)
@@ -83,9 +117,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--trace", action="store_true", help="tracemalloc too (slow)")
+    parser.add_argument("--after", action="store_true", help="once a burst has ended")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        trio.run(measure, f"sqlite:///{Path(tmp) / 'memory.db'}", args.jobs, args.trace)
+        url = f"sqlite:///{Path(tmp) / 'memory.db'}"
+        if args.after:
+            trio.run(after_burst, url, args.jobs)
+        else:
+            trio.run(measure, url, args.jobs, args.trace)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ them a bounded number per scheduler pass, and two attempts of one job are held a
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -30,17 +33,27 @@ def sleeper(starts: list[float]) -> Registry:
     return registry
 
 
-def tasks() -> int:
+def all_tasks() -> list[trio.lowlevel.Task]:
     """Every task of this trio run."""
     root = trio.lowlevel.current_root_task()
     assert root is not None
-    count, nurseries = 0, list(root.child_nurseries)
+    found: list[trio.lowlevel.Task] = []
+    nurseries = list(root.child_nurseries)
     while nurseries:
         nursery = nurseries.pop()
-        count += len(nursery.child_tasks)
+        found.extend(nursery.child_tasks)
         for task in nursery.child_tasks:
             nurseries.extend(task.child_nurseries)
-    return count
+    return found
+
+
+def tasks() -> int:
+    return len(all_tasks())
+
+
+def workers(queue_name: str) -> int:
+    """The queue's worker tasks alive."""
+    return sum(task.name == f"{queue_name}-worker" for task in all_tasks())
 
 
 def test_slots_that_never_held_a_job_start_no_task() -> None:
@@ -51,6 +64,104 @@ def test_slots_that_never_held_a_job_start_no_task() -> None:
         async with open_test_runtime(sleeper([]), queues={"narrow": 20_000}):
             await trio.sleep(1.0)
             assert tasks() == narrow
+
+    run(main)
+
+
+def test_idle_workers_beyond_the_cap_leave_and_the_next_burst_runs_at_full_width() -> None:
+    """A burst 500 jobs wider than ``IDLE_KEEP`` runs on one worker per job; once it is
+    over ``IDLE_KEEP`` workers are left, not one per slot used, and the next burst as wide
+    still starts every job at once."""
+    width = queue.IDLE_KEEP + 500
+    starts: list[float] = []
+
+    async def main() -> None:
+        async with open_test_runtime(sleeper(starts), queues={"default": 2 * width}) as rt:
+            for burst in range(2):
+                t0 = trio.current_time()
+                jobs = await rt.enqueue_many("sleep", [None] * width)
+                await trio.sleep(1.0)
+                assert workers("default") == width
+                for job in jobs:
+                    assert (await rt.wait(job.id)).status is JobState.COMPLETED
+                assert starts[burst * width :] == [t0] * width
+                assert workers("default") == queue.IDLE_KEEP
+
+    run(main)
+
+
+def test_a_pool_with_a_backlog_keeps_its_workers() -> None:
+    """A backlog four pools wide runs on the same worker tasks round after round: while
+    claims come back full, workers that come free stay (a drain does not start a task per
+    job)."""
+    width = queue.IDLE_KEEP + 500
+    seen: list[set[trio.lowlevel.Task]] = []
+
+    async def main() -> None:
+        async with open_test_runtime(sleeper([]), queues={"default": width}) as rt:
+            jobs = await rt.enqueue_many("sleep", [None] * (4 * width))
+            await trio.sleep(1.0)
+            for _ in range(4):
+                seen.append({t for t in all_tasks() if t.name == "default-worker"})
+                await trio.sleep(SLEEP)
+            for job in jobs:
+                await rt.wait(job.id)
+            assert workers("default") == queue.IDLE_KEEP
+
+    run(main)
+    assert len(seen[0]) == width
+    assert all(tasks == seen[0] for tasks in seen)
+
+
+def test_workers_idle_when_the_backlog_ends_are_let_go() -> None:
+    """Jobs that end before the next claim lands leave the whole pool idle; the claim that
+    finds the backlog gone retires the idle workers beyond ``IDLE_KEEP``."""
+    width = queue.IDLE_KEEP + 500
+    registry = Registry()
+
+    @registry.job("noop")
+    async def noop(ctx: JobContext) -> None:
+        pass
+
+    async def main() -> None:
+        async with open_test_runtime(registry, queues={"default": width}) as rt:
+            jobs = await rt.enqueue_many("noop", [None] * (2 * width))
+            for job in jobs:
+                await rt.wait(job.id)
+            await trio.sleep(1.0)  # (virtual) the claims after the last jobs ended
+            assert workers("default") == queue.IDLE_KEEP
+
+    run(main)
+
+
+@attrs.define
+class Parcel:
+    items: list[int]
+
+
+def test_a_waiting_worker_and_the_outcome_writer_hold_nothing_of_the_last_job() -> None:
+    """Once a job's outcome is written, its decoded payload, its claimed record and its
+    outcome are garbage, though the worker that ran it, the writer that wrote it and the
+    storage actor that served the write are still alive: memory follows the jobs running,
+    not the slots that ever held one."""
+    registry = Registry()
+    payloads: list[weakref.ref[Parcel]] = []
+
+    @registry.job("keep")
+    async def keep(ctx: JobContext, parcel: Parcel) -> list[int]:
+        payloads.append(weakref.ref(parcel))
+        return parcel.items
+
+    async def main() -> None:
+        async with open_test_runtime(registry, queues={"default": 1}) as rt:
+            job = await rt.enqueue(keep, Parcel([1, 2, 3]))
+            assert (await rt.wait(job.id)).result == [1, 2, 3]
+            gc.collect()
+            assert workers("default") == 1
+            assert payloads[0]() is None
+            objects = gc.get_objects()
+            assert [o for o in objects if isinstance(o, ClaimedJob) and o.id == job.id] == []
+            assert [o for o in objects if isinstance(o, Outcome) and o.job_id == job.id] == []
 
     run(main)
 

@@ -119,8 +119,9 @@ def attempt_ended(
     """How one attempt ended (``event``: what is recorded; None: nothing, its lease was
     lost), after ``seconds``, at ``now`` (epoch seconds)."""
     state = None if event is None else next_state(JobState.RUNNING, event)
+    seconds = round(seconds, 6)  # the field's value, so the text rounds the same number
     fields = _job_fields(job, outcome.value) | {
-        "duration": round(seconds, 6),
+        "duration": seconds,
         "state": None if state is None else state.value,
     }
     level = _LEVELS[outcome]

@@ -65,8 +65,7 @@ _WAYS = {
     ],
     "notice after the commit": [
         "UPDATE bench_notify SET n = n + 1 WHERE id = $1",
-        "SELECT set_config('synchronous_commit', 'off', true), "
-        "pg_notify('bench_notify', $1::int::text)",
+        "SELECT set_config('synchronous_commit', 'off', true), pg_notify('bench_notify', $1::text)",
     ],
 }
 

@@ -149,7 +149,7 @@ TABLE_SETTINGS = (
 )
 
 #: The claim's parameter types, for a prepared statement of it.
-CLAIM_TYPES = "text, float8, text[], bigint, text, float8, text[]"
+CLAIM_TYPES = "text, float8, text[], bigint, text, float8, text[], text"
 
 
 async def explain(sql: Sql, label: str, show: bool) -> str:
@@ -165,6 +165,7 @@ async def explain(sql: Sql, label: str, show: bool) -> str:
         "explain",
         1e12,
         [],
+        "tf_explain",  # the channel of the claim's change notice: nobody listens
     )
     lines = []
     for mode in ("custom", "generic"):

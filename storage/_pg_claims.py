@@ -22,7 +22,6 @@ from trioforge._core.flow import (
 from trioforge._core.states import TERMINAL_STATES, JobState, claim_key
 from trioforge.storage import _ops as ops
 from trioforge.storage._counts import Tally
-from trioforge.storage._pg_notices import notify
 from trioforge.storage._pg_sql import (
     _CLAIM,
     _CLAIM_LIMITED,
@@ -65,6 +64,9 @@ class PostgresClaims:
     """The claim and maintenance handlers of
     :class:`~trioforge.storage.postgres.PostgresBackend`."""
 
+    #: Where claims send their change notice (the claimed ids).
+    changes_channel: str
+
     async def _claim(self, conn: asyncpg.Connection, op: ops.Claim, now: float) -> ClaimResult:
         if op.queue_rate is not None:
             return await self._claim_queue_limited(conn, op, op.queue_rate, now)
@@ -72,7 +74,7 @@ class PostgresClaims:
             return await self._claim_limited(conn, op, now)
         rows = await conn.fetch(
             _CLAIM, op.queue, now, sorted(op.names), max(op.limit, 0), op.owner, op.lease_until,
-            sorted(op.capabilities),
+            sorted(op.capabilities), self.changes_channel,
         )  # fmt: skip
         jobs = sorted(
             (ClaimedJob(*row) for row in rows if row["id"] is not None),
@@ -97,6 +99,7 @@ class PostgresClaims:
             [None if r is None else float(r.burst) for r in rates],
             [None if c is None else c.limit for c in concurrency],
             [job_id for job_id, _ in ending], [lease for _, lease in ending],
+            self.changes_channel,
         )  # fmt: skip
         jobs = sorted(
             (ClaimedJob(*row[:11]) for row in rows if row["id"] is not None),
@@ -185,9 +188,7 @@ class PostgresClaims:
             )  # fmt: skip
             return bool(status == "INSERT 0 1")
         # Sleeping fetchers of other processes claim at once rather than at their next poll.
-        resumed = await conn.fetch(_RESUME, op.queue)
-        if resumed:
-            await notify(conn, CHANNEL, [f"w:{now!r}:{op.queue}"])
+        resumed = await conn.fetch(_RESUME, op.queue, CHANNEL, f"w:{now!r}:{op.queue}")
         return bool(resumed)
 
     @staticmethod

@@ -12,11 +12,13 @@ from trioforge.storage import _compound as compound
 from trioforge.storage import _ops as ops
 from trioforge.storage._counts import Tally
 from trioforge.storage._pg_listen import parse_notice as parse_notice
-from trioforge.storage._pg_notices import notify
 
 # Re-exported: tests read the migrations (and patch them) here.
 from trioforge.storage._pg_schema import MIGRATIONS as MIGRATIONS
-from trioforge.storage._pg_sql import _KEY_HOLDER, CHANNEL, _store, _wake_parents
+
+# Re-exported: a bench patches the outcome statement here.
+from trioforge.storage._pg_sql import _FINISH as _FINISH
+from trioforge.storage._pg_sql import _KEY_HOLDER, _WAKE_PARENTS, CHANNEL, _store
 from trioforge.storage._records import CancelResult, not_a_run
 from trioforge.storage._sql_states import PENDING, TERMINAL
 
@@ -57,7 +59,9 @@ class PostgresOperator:
             await conn.execute(
                 "UPDATE trioforge_jobs SET cancel_requested = TRUE WHERE id = $1", op.job_id
             )
-            await notify(conn, CHANNEL, [f"c:{op.job_id}:{self.schema or ''}"])
+            await conn.execute(
+                "SELECT pg_notify($1, $2)", CHANNEL, f"c:{op.job_id}:{self.schema or ''}"
+            )
             return CancelResult.REQUESTED
         if row["workflow"]:  # a waiting run goes to a worker to be undone first
             queue = await conn.fetchval(
@@ -65,14 +69,14 @@ class PostgresOperator:
                 "WHERE id = $2 RETURNING queue",
                 now, op.job_id,
             )  # fmt: skip
-            await notify(conn, CHANNEL, [f"w:{now!r}:{queue}"])
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"w:{now!r}:{queue}")
             return CancelResult.REQUESTED
         await conn.execute(
             "UPDATE trioforge_jobs SET status = 'cancelled', finished_at = $1 WHERE id = $2",
             now, op.job_id,
         )  # fmt: skip
         await _store(conn, Tally().move(row["queue"], (status.value, None), ("cancelled", now)))
-        await _wake_parents(conn, [op.job_id], now)
+        await conn.execute(_WAKE_PARENTS, now, [op.job_id], CHANNEL)
         return CancelResult.CANCELLED
 
     async def _retry_job(self, conn: asyncpg.Connection, op: ops.RetryJob, now: float) -> bool:
@@ -106,7 +110,7 @@ class PostgresOperator:
         )  # fmt: skip
         if status == "UPDATE 1":
             await _store(conn, Tally().move(row["queue"], (row["status"], None), ("dead", now)))
-            await _wake_parents(conn, [op.job_id], now)
+            await conn.execute(_WAKE_PARENTS, now, [op.job_id], CHANNEL)
         return bool(status == "UPDATE 1")
 
     async def _send_signal(self, conn: asyncpg.Connection, op: ops.SendSignal, now: float) -> int:
@@ -132,5 +136,5 @@ class PostgresOperator:
             f"WHERE id = $2 RETURNING queue",
             now, op.run_id,
         )  # fmt: skip
-        await notify(conn, CHANNEL, [f"w:{now!r}:{queue}"])
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"w:{now!r}:{queue}")
         return signal_id

@@ -7,8 +7,8 @@ from trioforge._core.extras import needs_extra
 from trioforge._core.flow import Bucket, RateLimit, refill
 from trioforge._core.states import JobState
 from trioforge.storage import _ops as ops
+from trioforge.storage._changes import IDS_PER_NOTICE
 from trioforge.storage._counts import Tally
-from trioforge.storage._pg_notices import notify
 from trioforge.storage._records import (
     ChildRecord,
     SignalRecord,
@@ -80,7 +80,7 @@ async def _store(conn: asyncpg.Connection, tally: Tally) -> None:
         )  # fmt: skip
 
 
-#: One statement: the insert (its wake-up notices are sent after its commit).
+#: One statement: the insert, and one wake-up notice per queue (sent at commit).
 _INSERT_MANY = f"""
 WITH inserted AS (
     INSERT INTO trioforge_jobs
@@ -91,15 +91,17 @@ WITH inserted AS (
              THEN ARRAY(SELECT json_array_elements_text(requires::json)) END,
         rate_key, concurrency_key, parent_id, workflow, trace_context, retain::jsonb
     FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::int[],
-                $8::text[], $9::float8[], $10::text[], $11::text[], $12::text[],
-                $13::bigint[], $14::bool[], $15::text[], $16::text[])
+                $8::text[], $10::float8[], $11::text[], $12::text[], $13::text[],
+                $14::bigint[], $15::bool[], $16::text[], $17::text[])
         WITH ORDINALITY
         AS t(name, queue, payload, priority, run_at, max_attempts, status, timeout, requires,
              rate_key, concurrency_key, parent_id, workflow, trace_context, retain, ord)
     ORDER BY ord
     RETURNING id, queue, run_at, status, finished_at, NULL AS old_status, NULL::float8 AS old_at
-), {_count_moved("inserted")}
-SELECT id FROM inserted
+), {_count_moved("inserted")}, notified AS (
+    SELECT pg_notify($9, 'w:' || min(run_at)::text || ':' || queue) FROM inserted GROUP BY queue
+)
+SELECT id FROM inserted WHERE (SELECT count(*) FROM notified) >= 0
 """
 
 _INSERT_KEYED = f"""
@@ -115,21 +117,36 @@ RETURNING id
 
 #: The LISTEN/NOTIFY channel. Payloads: ``w:<run_at>:<queue>`` (work enqueued),
 #: ``c:<job id>:<schema>`` (cancel requested; see parse_notice) and ``f:<schema>`` (jobs
-#: with a concurrency key stopped running: slots freed); sent after the commit of what they
-#: announce (``storage._pg_notices``).
+#: with a concurrency key stopped running: slots freed); delivered at commit.
 CHANNEL = "trioforge"
 
 #: The channel of job change notices: payloads are comma-separated job ids (see
-#: ``storage._changes``), sent after the commit of every batch that changed a job visibly.
+#: ``storage._changes``), sent after every batch that changed a job visibly.
 CHANGES_CHANNEL = "trioforge_changes"
+
+_NOTIFY_WAKES = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
 
 _KEY_HOLDER = (
     f"SELECT id FROM trioforge_jobs WHERE idempotency_key = $1 AND status NOT IN {TERMINAL}"
 )
 
 
+def _changes_notice(name: str, ids: str, channel: str) -> str:
+    """A change notice as a CTE called ``name`` (the statement must read it), sent at the
+    statement's commit on ``channel`` (a parameter): the ids ``SELECT ids`` gives, in
+    payloads of IDS_PER_NOTICE (NOTIFY refuses 8000 bytes). Nothing durable: a claim's
+    lets watchers in other processes see a job that reports no progress as running from
+    its start; an outcome batch's, its jobs' ends."""
+    return f"""{name} AS (
+    SELECT pg_notify({channel}, string_agg(id::text, ',')) FROM (
+        SELECT id, (row_number() OVER ()) / {IDS_PER_NOTICE} AS chunk FROM (SELECT {ids}) AS c
+    ) AS chunks GROUP BY chunk
+)"""
+
+
 #: One statement: the claimed rows, plus a last row (id NULL) carrying the earliest run_at
-#: still in the future (the rows being claimed are due, so the snapshot cannot mislead it).
+#: still in the future (the rows being claimed are due, so the snapshot cannot mislead it),
+#: and their change notice.
 #: The claim index orders by priority first, so it cannot stop at the first future run_at:
 #: asked for more jobs than are due, the walk went on through every future row of the
 #: queue (a million delayed jobs or sleeping runs: 6,000 buffers and 200 ms a claim). So
@@ -166,10 +183,10 @@ WITH picked AS (
     RETURNING j.id, j.name, j.queue, j.payload, j.priority, j.run_at, j.attempt,
         j.max_attempts, j.lease, j.timeout, j.trace_context, j.status,
         picked.status AS old_status
-), {_count_moved("claimed", finishing=False)}
+), {_count_moved("claimed", finishing=False)}, {_changes_notice("notice", "id FROM claimed", "$8")}
 SELECT id, name, queue, payload, priority, run_at, attempt, max_attempts, lease, timeout,
     trace_context
-FROM claimed
+FROM claimed WHERE (SELECT count(*) FROM notice) >= 0
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, min(run_at), NULL, NULL, NULL, NULL, NULL
 FROM trioforge_jobs
@@ -204,24 +221,24 @@ def _bucket(row: asyncpg.Record | None, rate: RateLimit, now: float) -> Bucket:
 
 #: A flow-controlled claim (see _CLAIM_LIMITED_FUNCTION), with the claimed rows named as
 #: _CLAIM's.
-_CLAIM_LIMITED = """
+_CLAIM_LIMITED = f"""
 WITH claim AS (
     SELECT * FROM trioforge_claim_limited(
         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15
     ) WITH ORDINALITY
-)
+), {_changes_notice("notice", "o_id AS id FROM claim WHERE o_id IS NOT NULL", "$16")}
 SELECT o_id AS id, o_name AS name, o_queue AS queue, o_payload AS payload,
     o_priority AS priority, o_run_at AS run_at, o_attempt AS attempt,
     o_max_attempts AS max_attempts, o_lease AS lease, o_timeout AS timeout,
     o_trace_context AS trace_context, o_next_token_at AS next_token_at, o_held AS held
-FROM claim ORDER BY ordinality
+FROM claim WHERE (SELECT count(*) FROM notice) >= 0 ORDER BY ordinality
 """
 
-#: One statement (so it needs no transaction of its own): the outcomes, and the workflow
-#: runs whose children just ended woken (due now if waiting, flagged if running). A run
-#: suspending in this same batch is made due here instead: one statement must not update
-#: its row twice. Rows with a NULL id carry the notices to send after the commit (a
-#: concurrency key's slots freed: $10; the woken runs' queues).
+#: One statement (so it needs no transaction of its own): the outcomes with their change
+#: notices (sent at commit, one round trip less between an outcome and its watchers), and
+#: the workflow runs whose children just ended woken (due now if waiting, with a NOTIFY to
+#: their queue; flagged if running). A run suspending in this same batch is made due here
+#: instead: one statement must not update its row twice.
 #: Each outcome's job is found by its id ("was": the state it must still be in, a column
 #: of u so that the planner cannot read the jobs through the running jobs' index). With
 #: ``status = 'running'`` written as a constant, a generic plan believed the statistics'
@@ -247,22 +264,25 @@ WITH u AS MATERIALIZED (
     FROM u WHERE j.id = u.id AND j.status = u.was AND j.lease = u.lease
     RETURNING j.id, j.lease, j.parent_id, j.status, j.queue, j.finished_at,
         'running' AS old_status, NULL::float8 AS old_at, j.concurrency_key
-), {_count_moved("done")}, woken AS (
+), {_count_moved("done")}, freed AS (
+    SELECT pg_notify($10, $12) FROM done WHERE concurrency_key IS NOT NULL LIMIT 1
+), woken AS (
     UPDATE trioforge_jobs AS p
     SET run_at = CASE WHEN p.status IN {PENDING} AND p.run_at > $9 THEN $9 ELSE p.run_at END,
         wake_requested = p.wake_requested OR p.status = 'running'
     WHERE p.id IN (SELECT parent_id FROM done WHERE status IN {TERMINAL})
       AND p.id NOT IN (SELECT id FROM u)
     RETURNING p.queue, p.status
-)
-SELECT id, lease, NULL::text AS notice FROM done
-UNION ALL (SELECT NULL, NULL, $10::text FROM done WHERE concurrency_key IS NOT NULL LIMIT 1)
-UNION ALL SELECT DISTINCT NULL::bigint, NULL::bigint, 'w:' || ($9::float8)::text || ':' || queue
-FROM woken WHERE status IN {PENDING}
+), notified AS (
+    SELECT pg_notify($10, 'w:' || ($9::float8)::text || ':' || queue) FROM woken
+    WHERE status IN {PENDING} GROUP BY queue
+), {_changes_notice("changes", "id FROM done", "$11")}
+SELECT id, lease FROM done
+WHERE (SELECT count(*) FROM notified) + (SELECT count(*) FROM changes)
+    + (SELECT count(*) FROM freed) >= 0
 """
 
-#: Wake the workflow runs whose children (ids) just ended, outside a Finish: the wake-up
-#: notices of their queues, to send after the commit.
+#: Wake the workflow runs whose children (ids) just ended, outside a Finish.
 _WAKE_PARENTS = f"""
 WITH woken AS (
     UPDATE trioforge_jobs AS p
@@ -272,17 +292,9 @@ WITH woken AS (
     WHERE p.id IN (SELECT parent_id FROM trioforge_jobs WHERE id = ANY($2::bigint[]))
     RETURNING p.queue, p.status
 )
-SELECT DISTINCT 'w:' || ($1::float8)::text || ':' || queue AS notice FROM woken
-WHERE status IN {PENDING}
+SELECT pg_notify($3, 'w:' || ($1::float8)::text || ':' || queue) FROM woken
+WHERE status IN {PENDING} GROUP BY queue
 """
-
-
-async def _wake_parents(conn: asyncpg.Connection, ended: list[int], now: float) -> None:
-    """Wake the workflow runs whose children ``ended`` (outside a Finish), announcing it to
-    their queues after the commit."""
-    rows = await conn.fetch(_WAKE_PARENTS, now, ended)
-    await notify(conn, CHANNEL, [r["notice"] for r in rows])
-
 
 _STEP_COLUMNS = (
     "seq, kind, name, status, attempt, result, error, wake_at, compensable, started_at, finished_at"
@@ -304,8 +316,7 @@ RETURNING j.id, j.lease, j.cancel_requested
 
 #: One statement: forget processes that stopped beating, rescue jobs whose lease expired.
 #: A workflow run asked to cancel goes on to be undone, as any lost attempt; the parents of
-#: jobs that end here are woken. A last row with a NULL id carries the notice that a
-#: concurrency key's slots were freed ($3), to send after the commit.
+#: jobs that end here are woken.
 _RESCUE = f"""
 WITH forgotten AS (DELETE FROM trioforge_processes WHERE heartbeat_at < $2),
 rescued AS (
@@ -328,21 +339,24 @@ rescued AS (
         wake_requested = p.wake_requested OR p.status = 'running'
     WHERE p.id IN (SELECT parent_id FROM rescued WHERE status IN {TERMINAL})
       AND p.id NOT IN (SELECT id FROM rescued)
+), freed AS (
+    SELECT pg_notify($3, $4) FROM rescued WHERE concurrency_key IS NOT NULL LIMIT 1
 )
-SELECT id, name, queue, attempt, max_attempts, status, NULL::text AS notice FROM rescued
-UNION ALL (
-    SELECT NULL, NULL, NULL, NULL, NULL, NULL, $3::text FROM rescued
-    WHERE concurrency_key IS NOT NULL LIMIT 1
-)
+SELECT id, name, queue, attempt, max_attempts, status FROM rescued
+WHERE (SELECT count(*) FROM freed) >= 0
 """
 
 
-#: Resume a queue (whether it was paused; its wake-up notice is sent if so).
-_RESUME = "DELETE FROM trioforge_paused_queues WHERE name = $1 RETURNING name"
+#: Resume a queue and, in the same statement, send the usual wake-up notice for it.
+_RESUME = """
+WITH resumed AS (DELETE FROM trioforge_paused_queues WHERE name = $1 RETURNING name)
+SELECT pg_notify($2, $3) FROM resumed
+"""
 
 
 #: Many runs' plain record writes in one statement, each fenced by its run's lease (the
-#: run's row locked against a rescue until the commit, as an update of it would).
+#: run's row locked against a rescue until the commit, as an update of it would), with the
+#: change notice of the runs written (sent at commit): no round trip of its own after it.
 _RECORD_STEPS = f"""
 WITH u AS MATERIALIZED (
     SELECT *, 'running' AS was
@@ -362,19 +376,22 @@ WITH u AS MATERIALIZED (
         error = excluded.error, wake_at = excluded.wake_at, compensable = excluded.compensable,
         started_at = excluded.started_at, finished_at = excluded.finished_at
     RETURNING run_id
-)
-SELECT run_id FROM written
+), {_changes_notice("notice", "DISTINCT run_id AS id FROM written", "$14")}
+SELECT run_id FROM written WHERE (SELECT count(*) FROM notice) >= 0
 """
 
 
-async def _record_steps(conn: asyncpg.Connection, steps: list[ops.RecordStep]) -> list[StepWrite]:
-    """Plain record writes (no child, signal or cancel), of any runs, as one statement."""
+async def _record_steps(
+    conn: asyncpg.Connection, steps: list[ops.RecordStep], channel: str
+) -> list[StepWrite]:
+    """Plain record writes (no child, signal or cancel), of any runs, as one statement that
+    also sends their change notice on ``channel``."""
     # One write per entry, the last (a step shown running may end in the same batch): one
     # statement cannot write a row twice.
     last = {(op.run_id, op.step.seq): op for op in steps}
     rows = [(op.run_id, op.lease, *step_row(op.step)) for op in last.values()]
     columns = [list(column) for column in zip(*rows, strict=True)]
-    written = {r["run_id"] for r in await conn.fetch(_RECORD_STEPS, *columns)}
+    written = {r["run_id"] for r in await conn.fetch(_RECORD_STEPS, *columns, channel)}
     return [StepWrite(applied=op.run_id in written) for op in steps]
 
 

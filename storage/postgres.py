@@ -28,12 +28,11 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 
-from trioforge._core.errors import ConfigurationError, DatabaseUnavailableError, SchemaError
+from trioforge._core.errors import DatabaseUnavailableError, SchemaError
 from trioforge._core.extras import needs_extra
 from trioforge._core.states import TERMINAL_STATES, JobState, Released, Suspended, next_state
 from trioforge.storage import _compound as compound
 from trioforge.storage import _ops as ops
-from trioforge.storage import _pg_notices
 from trioforge.storage._backend import AsyncioExecute, refused_value
 from trioforge.storage._changes import changed_jobs, encode_ids
 from trioforge.storage._counts import Tally
@@ -49,18 +48,20 @@ from trioforge.storage._pg_connection import (
 )
 from trioforge.storage._pg_listen import PostgresListening, trio_asyncio_module
 from trioforge.storage._pg_listen import parse_notice as parse_notice
-from trioforge.storage._pg_notices import Notice, collecting, notify, rolled_back
 from trioforge.storage._pg_operator import PostgresOperator
 from trioforge.storage._pg_reads import PostgresReads
 from trioforge.storage._pg_schema import _MIGRATION_LOCK
 
 # Re-exported: tests read the migrations (and patch them) here.
 from trioforge.storage._pg_schema import MIGRATIONS as MIGRATIONS
+
+# Re-exported: a bench patches the outcome statement here.
+from trioforge.storage._pg_sql import _FINISH as _FINISH
 from trioforge.storage._pg_sql import (
-    _FINISH,
     _INSERT_KEYED,
     _INSERT_MANY,
     _KEY_HOLDER,
+    _NOTIFY_WAKES,
     _RESCUE,
     _RUNNING,
     _STEP_COLUMNS,
@@ -73,7 +74,6 @@ from trioforge.storage._pg_sql import (
 from trioforge.storage._records import (
     Enqueued,
     FireResult,
-    NewJob,
     RescuedJob,
     SchemaStatus,
     StepWrite,
@@ -89,9 +89,6 @@ __all__ = ["PostgresBackend"]
 
 T = TypeVar("T")
 
-
-#: PostgreSQL's longest identifier (a NOTIFY channel is one), in bytes.
-_MAX_IDENTIFIER = 63
 
 #: Batches of at most this many groups of ops (see _groups), each atomic alone, run
 #: without an explicit transaction.
@@ -115,12 +112,10 @@ def _groups(batch: Sequence[ops.Op]) -> list[list[int]]:
     return [group for group in (steps, loads) if group] + alone
 
 
-def _wakes(jobs: Sequence[NewJob]) -> list[str]:
-    """The wake-up notices of new jobs: one per queue, at its earliest run_at."""
-    earliest: dict[str, float] = {}
-    for job in jobs:
-        earliest[job.queue] = min(job.run_at, earliest.get(job.queue, job.run_at))
-    return [f"w:{at!r}:{queue}" for queue, at in earliest.items()]
+def _notified_by_statement(op: ops.Op) -> bool:
+    """Whether ``op``'s own statement sends its change notice (at its commit): outcomes
+    (also those of orphan releases), claims and plain record writes."""
+    return isinstance(op, ops.Finish | ops.ReleaseOrphans | ops.Claim) or _plain_step(op)
 
 
 class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, PostgresOperator):
@@ -165,12 +160,6 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
         self.max_in_flight = pool_size
         #: The NOTIFY channel of job changes (per schema: other schemas' ids mean nothing).
         self.changes_channel = CHANGES_CHANNEL + (f".{schema}" if schema else "")
-        if len(self.changes_channel.encode()) > _MAX_IDENTIFIER:
-            raise ConfigurationError(
-                f"schema {schema!r} is too long for PostgreSQL's change notices: their channel "
-                f"{CHANGES_CHANNEL}.<schema> must fit in {_MAX_IDENTIFIER} bytes, so at most "
-                f"{_MAX_IDENTIFIER - len(CHANGES_CHANNEL) - 1}; pick a shorter schema name"
-            )
         self._slots_freed = f"f:{schema or ''}"
         self._connect_timeout = connect_timeout
         self._pool: Connections | None = None
@@ -293,7 +282,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
         done: Callable[[list[object] | BaseException], None],
     ) -> None:
         try:
-            results, notices = await self._written(list(batch), now)
+            results = await self.execute_asyncio(batch, now)
         except Exception as exc:  # the whole batch failed, as execute would have raised
             done(exc)
         except BaseException:  # the loop's teardown cancelling it, or an interrupt: the
@@ -301,8 +290,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
             done(DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} closed"))
             raise
         else:
-            done(results)  # the callers go on; the notices follow on a connection of the pool
-            await self._announce(notices)
+            done(results)
 
     def _unavailable(self, exc: Exception) -> Exception:
         """A lost or refused connection as the error callers know, and a value the server
@@ -401,45 +389,27 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
                     )
 
     async def _execute(self, batch: list[ops.Op], now: float) -> list[object]:
-        results, notices = await self._write(batch, now)
-        await self._announce(notices)
-        return results
-
-    async def _write(self, batch: list[ops.Op], now: float) -> tuple[list[object], list[Notice]]:
-        """The batch's results, and the notices to send once it committed (storage._pg_notices):
-        those its writes collected and the change notice of the jobs it changed visibly."""
         if self._pool is None:
             raise DatabaseUnavailableError(f"PostgreSQL backend for {redact(self.url)} is not open")
         async with self._pool.connection() as conn:
-            with collecting() as notices:
-                results = await self._batch(conn, batch, now)
-        changed = changed_jobs(batch, results)
-        notices.extend((self.changes_channel, payload) for payload in encode_ids(changed))
-        return results, notices
-
-    async def _announce(self, notices: list[Notice]) -> None:
-        """Send a batch's notices after its commit, in one statement. One the server
-        refuses (a payload of 8000 bytes or more: a queue name that long) must not take the
-        batch's others with it, so then each goes on its own. If the connection is gone,
-        so is the listeners' (they re-read on reconnect)."""
-        if not notices or self._pool is None:
-            return
-        with contextlib.suppress(Exception):
-            async with self._pool.connection() as conn:
-                try:
-                    async with self._pooler_safe(conn):
-                        await _pg_notices.send(conn, notices)
-                except asyncpg.PostgresError:
-                    for notice in notices:
-                        with contextlib.suppress(asyncpg.PostgresError):
-                            async with self._pooler_safe(conn):
-                                await _pg_notices.send(conn, [notice])
-
-    def _pooler_safe(self, conn: asyncpg.Connection) -> AbstractAsyncContextManager[Any]:
-        """The notices' own transaction behind a transaction pooler (which may split a
-        statement's parse and execution otherwise; no search path: they read no table),
-        nothing extra otherwise."""
-        return conn.transaction() if self._pooled else contextlib.nullcontext()
+            results = await self._batch(conn, batch, now)
+            rest = [
+                (op, r)
+                for op, r in zip(batch, results, strict=True)
+                if not _notified_by_statement(op)
+            ]
+            changed = changed_jobs([op for op, _ in rest], [r for _, r in rest])
+            if changed:
+                # After the commit, one statement for the whole batch. If it fails the
+                # connection is gone, and so is the listeners' (they re-read on reconnect).
+                with contextlib.suppress(Exception):
+                    async with (
+                        self._transaction(conn) if self._pooled else contextlib.nullcontext()
+                    ):
+                        await conn.execute(
+                            _NOTIFY_WAKES, self.changes_channel, list(encode_ids(changed))
+                        )
+            return results
 
     async def _batch(
         self, conn: asyncpg.Connection, batch: list[ops.Op], now: float
@@ -455,14 +425,13 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
             # writes) they cost more than the extra commits.
             return await self._autocommitted(conn, batch, groups, now)
         try:
-            with rolled_back():
-                async with self._transaction(conn):
-                    results: list[object] = [None] * len(batch)
-                    for group in groups:
-                        done = await self._group(conn, [batch[i] for i in group], now)
-                        for i, result in zip(group, done, strict=True):
-                            results[i] = result
-                    return results
+            async with self._transaction(conn):
+                results: list[object] = [None] * len(batch)
+                for group in groups:
+                    done = await self._group(conn, [batch[i] for i in group], now)
+                    for i, result in zip(group, done, strict=True):
+                        results[i] = result
+                return results
         except Exception as exc:
             if _lost(exc):  # nothing committed; the connection is gone
                 return [exc] * len(batch)
@@ -481,7 +450,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
             return [await self._handlers[type(group[0])](conn, group[0], now)]
         steps = [op for op in group if isinstance(op, ops.RecordStep)]
         if steps:
-            return await _record_steps(conn, steps)
+            return await _record_steps(conn, steps, self.changes_channel)
         return await _load_records(conn, [op for op in group if isinstance(op, ops.LoadWorkflow)])
 
     async def _autocommitted(
@@ -526,9 +495,8 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
 
     async def _one(self, conn: asyncpg.Connection, op: ops.Op, now: float) -> object:
         try:
-            with rolled_back():
-                async with self._transaction(conn):
-                    return await self._handlers[type(op)](conn, op, now)
+            async with self._transaction(conn):
+                return await self._handlers[type(op)](conn, op, now)
         except Exception as exc:
             if _lost(exc):
                 raise
@@ -547,15 +515,19 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
                 [j.name for j in op.jobs], [j.queue for j in op.jobs],
                 [j.payload for j in op.jobs], [j.priority for j in op.jobs],
                 [j.run_at for j in op.jobs], [j.max_attempts for j in op.jobs], now, status,
-                [j.timeout for j in op.jobs],
+                CHANNEL, [j.timeout for j in op.jobs],
                 [json.dumps(list(j.requires)) if j.requires else None for j in op.jobs],
                 [j.rate_key for j in op.jobs], [j.concurrency_key for j in op.jobs],
                 [j.parent_id for j in op.jobs], [j.workflow for j in op.jobs],
                 [j.trace_context for j in op.jobs], [j.retain for j in op.jobs],
             )  # fmt: skip
-            await notify(conn, CHANNEL, _wakes(op.jobs))
             return [Enqueued(job_id, created=True) for job_id in sorted(r["id"] for r in rows)]
-        await notify(conn, CHANNEL, _wakes(op.jobs))
+        earliest: dict[str, float] = {}
+        for j in op.jobs:
+            earliest[j.queue] = min(j.run_at, earliest.get(j.queue, j.run_at))
+        await conn.execute(
+            _NOTIFY_WAKES, CHANNEL, [f"w:{at!r}:{queue}" for queue, at in earliest.items()]
+        )
         out, inserted = [], Tally()
         for j, state in zip(op.jobs, status, strict=True):
             if j.unique_for is not None and j.idempotency_key is not None:
@@ -611,19 +583,19 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
             )  # fmt: skip
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
-        rows = await conn.fetch(_FINISH, *columns, now, self._slots_freed)
-        await notify(conn, CHANNEL, [r["notice"] for r in rows if r["id"] is None])
-        applied = {(r["id"], r["lease"]) for r in rows if r["id"] is not None}
+        rows = await conn.fetch(
+            _FINISH, *columns, now, CHANNEL, self.changes_channel, self._slots_freed
+        )
+        applied = {(r["id"], r["lease"]) for r in rows}
         return [(o.job_id, o.lease) in applied for o in op.outcomes]
 
     async def _rescue(
         self, conn: asyncpg.Connection, op: ops.Rescue, now: float
     ) -> list[RescuedJob]:
-        rows = await conn.fetch(_RESCUE, now, op.stale_before, self._slots_freed)
-        await notify(conn, CHANNEL, [r["notice"] for r in rows if r["id"] is None])
+        rows = await conn.fetch(_RESCUE, now, op.stale_before, CHANNEL, self._slots_freed)
         return sorted(
             (RescuedJob(r["id"], r["name"], r["queue"], r["attempt"], r["max_attempts"],
-                        JobState(r["status"])) for r in rows if r["id"] is not None),
+                        JobState(r["status"])) for r in rows),
             key=lambda r: r.id,
         )  # fmt: skip
 
@@ -690,8 +662,8 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
     async def _record_step(
         self, conn: asyncpg.Connection, op: ops.RecordStep, now: float
     ) -> StepWrite:
-        if op.plain:  # the statement lockstep runs' writes share
-            [written] = await _record_steps(conn, [op])
+        if op.plain:  # the statement that also sends the run's change notice
+            [written] = await _record_steps(conn, [op], self.changes_channel)
             return written
         status = await conn.execute(
             "UPDATE trioforge_jobs SET cancel_requested = cancel_requested AND NOT $1 "
@@ -753,20 +725,14 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
 
     async def execute_asyncio(self, batch: Sequence[ops.Op], now: float) -> list[object]:
         """:meth:`execute` for a caller on asyncio: the same SQL, no crossing."""
-        results, notices = await self._written(list(batch), now)
-        await self._announce(notices)
-        return results
-
-    async def _written(self, batch: list[ops.Op], now: float) -> tuple[list[object], list[Notice]]:
-        """:meth:`_write`, its errors as :meth:`execute` raises and returns them."""
         try:
-            results, notices = await self._write(batch, now)
+            results = await self._execute(list(batch), now)
         except Exception as exc:
             mapped = self._unavailable(exc)
             if mapped is exc:
                 raise
             raise mapped from exc
-        return [self._unavailable(r) if isinstance(r, Exception) else r for r in results], notices
+        return [self._unavailable(r) if isinstance(r, Exception) else r for r in results]
 
     @asynccontextmanager
     async def on_asyncio(self, *, migrate: bool = True) -> AsyncIterator[AsyncioExecute]:

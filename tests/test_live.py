@@ -229,7 +229,7 @@ async def _silent_start_seen(database: str, *worker_options: str, worker: str = 
 async def test_a_silent_job_shows_running_to_a_watcher_in_another_process(
     shared_url: str,
 ) -> None:
-    """Claims notify (PostgreSQL: after the claim's commit; SQLite: any commit), so a job
+    """Claims notify (PostgreSQL: in the claim's statement; SQLite: any commit), so a job
     that reports nothing shows ``running`` elsewhere from its start, not at its outcome."""
     after = await _silent_start_seen(shared_url)
     print(f"a silent job seen running {after * 1000:.0f} ms after its claim")
@@ -237,8 +237,8 @@ async def test_a_silent_job_shows_running_to_a_watcher_in_another_process(
 
 
 async def test_a_silent_job_shows_running_elsewhere_through_a_transaction_pooler() -> None:
-    """The claim's notice is a NOTIFY after its commit, in a transaction of its own, which
-    a transaction pooler passes on (only LISTEN needs the direct ``listen_url``)."""
+    """The claim's notice is a NOTIFY in its transaction, which a transaction pooler
+    passes on (only LISTEN needs the direct ``listen_url``)."""
     async with schema_url() as url:
         after = await _silent_start_seen(
             url, "--listen-url", URL, worker=f"{url}&pooler=transaction"

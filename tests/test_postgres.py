@@ -13,7 +13,7 @@ import sys
 import uuid
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 import attrs
@@ -47,7 +47,6 @@ from trioforge.storage import (
     ops,
 )
 from trioforge.storage._pg_connection import _lost
-from trioforge.storage._pg_notices import collecting, notify, rolled_back
 from trioforge.storage.postgres import MIGRATIONS, PostgresBackend, parse_notice
 
 
@@ -614,9 +613,9 @@ async def test_a_claim_reads_no_further_than_the_due_jobs() -> None:
         await sql("ANALYZE trioforge_jobs")
         found = await plans(
             sql,
-            "PREPARE claim (text, float8, text[], bigint, text, float8, text[]) AS " + _CLAIM,
+            "PREPARE claim (text, float8, text[], bigint, text, float8, text[], text) AS " + _CLAIM,
             "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim "
-            "('q', 1000, '{a}', 64, 'me', 2000, '{}')",
+            "('q', 1000, '{a}', 64, 'me', 2000, '{}', 'unheard')",
         )
     for root in found.values():
         picked = next(n for n in root["Plans"] if n.get("Subplan Name") == "CTE picked")
@@ -765,10 +764,10 @@ async def test_outcomes_and_renewals_find_their_jobs_by_id_however_many_are_runn
         finish = await plans(
             sql,
             "PREPARE finish (bigint[], bigint[], text[], float8[], int[], float8[], text[], "
-            "text[], float8, text) AS " + _FINISH,
+            "text[], float8, text, text, text) AS " + _FINISH,
             f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE finish ({ids}, {column('1')}, "
             f"{column('completed')}, {column('NULL')}, {column('0')}, {column('5')}, "
-            f"{column('NULL')}, {column('NULL')}, 5, 'f:')",
+            f"{column('NULL')}, {column('NULL')}, 5, 'tf', 'tf_changes', 'f:')",
         )
         renew = await plans(
             sql,
@@ -780,11 +779,11 @@ async def test_outcomes_and_renewals_find_their_jobs_by_id_however_many_are_runn
         steps = await plans(
             sql,
             "PREPARE steps (bigint[], bigint[], int[], text[], text[], text[], int[], text[], "
-            "text[], float8[], bool[], float8[], float8[]) AS " + _RECORD_STEPS,
+            "text[], float8[], bool[], float8[], float8[], text) AS " + _RECORD_STEPS,
             f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE steps ({ids}, {column('1')}, "
             f"{column('0')}, {column('step')}, {column('s')}, {column('completed')}, "
             f"{column('1')}, {column('NULL')}, {column('NULL')}, {column('NULL')}, "
-            f"{column('false')}, {column('1')}, {column('2')})",
+            f"{column('false')}, {column('1')}, {column('2')}, 'tf_changes')",
         )
         wakes = await plans(
             sql,
@@ -870,9 +869,9 @@ async def test_a_claims_count_of_due_jobs_skips_what_earlier_claims_left() -> No
         )
         found = await plans(
             sql,
-            "PREPARE claim (text, float8, text[], bigint, text, float8, text[]) AS " + _CLAIM,
+            "PREPARE claim (text, float8, text[], bigint, text, float8, text[], text) AS " + _CLAIM,
             "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim "
-            "('q', 30000, '{a}', 64, 'me', 40000, '{}')",
+            "('q', 30000, '{a}', 64, 'me', 40000, '{}', 'unheard')",
         )
     for mode, root in found.items():
         picked = next(n for n in root["Plans"] if n.get("Subplan Name") == "CTE picked")
@@ -880,57 +879,3 @@ async def test_a_claims_count_of_due_jobs_skips_what_earlier_claims_left() -> No
         [count] = [n for n in _nodes(picked) if n.get("Index Name") == "trioforge_jobs_upcoming"]
         assert count["Actual Rows"] == 64
         assert count["Shared Hit Blocks"] + count.get("Shared Read Blocks", 0) < 30, mode
-
-
-def test_no_write_statement_notifies_inside_its_own_transaction() -> None:
-    """A notice inside a write's transaction takes the server's notify lock at its commit
-    and holds it through the commit's flush, so every notifying write of every process
-    would commit one at a time (storage._pg_notices). Only the notices module sends them,
-    after the commit, and the listener's start-up probe."""
-    storage = Path(trioforge.__file__).parent / "storage"
-    notifying = sorted(p.name for p in storage.glob("*.py") if "pg_notify" in p.read_text())
-    assert notifying == ["_pg_connection.py", "_pg_notices.py"]
-
-
-async def test_the_notices_of_a_transaction_that_raised_are_dropped() -> None:
-    """A batch sends what it collected after its commit; what a transaction that raised
-    collected (it rolled back, or its connection was lost) is never sent: a cancel notice
-    for a cancel that did not commit would stop a job nobody cancelled."""
-    unused = cast(asyncpg.Connection, None)  # collecting: nothing is sent on it
-
-    async def failing_transaction() -> None:
-        with rolled_back():
-            await notify(unused, "trioforge", ["c:7:"])
-            raise ValueError("the transaction failed")
-
-    with collecting() as collected:
-        await notify(unused, "trioforge", ["w:1.0:kept"])
-        with pytest.raises(ValueError, match="transaction failed"):
-            await failing_transaction()
-        with rolled_back():
-            await notify(unused, "trioforge", ["c:8:"])
-    assert collected == [("trioforge", "w:1.0:kept"), ("trioforge", "c:8:")]
-
-
-async def test_a_notice_the_server_refuses_leaves_the_batchs_other_notices_sent() -> None:
-    """A batch's notices go in one statement after its commit, where a wake-up PostgreSQL
-    refuses (a queue name of 8000 bytes or more) would take the rest down with it: here a
-    cancel committed beside it, whose running job would then go on until a heartbeat."""
-    job = NewJob("x", "q", "{}", 10, 0.0, 3)
-    async with temporary_schema() as backend, opened(backend):
-        await backend.execute([ops.Enqueue((job,))], 1.0)
-        await backend.execute([ops.Claim("q", {"x"}, 1, "w", 100.0)], 1.0)
-        heard, notices = trio.open_memory_channel[Notice](math.inf)
-        async with backend.listen(heard.send_nowait):
-            unannounceable = attrs.evolve(job, queue="q" * 8000)
-            await backend.execute([ops.Cancel(1), ops.Enqueue((unannounceable,))], 2.0)
-            with trio.fail_after(10):
-                assert await notices.receive() == CancelNotice(1)
-
-
-def test_a_schema_too_long_for_the_change_notices_channel_is_refused_at_once() -> None:
-    """The change notices' channel is ``trioforge_changes.<schema>``, an identifier of at
-    most 63 bytes: a longer one would make every notice fail, so the backend refuses it."""
-    PostgresBackend(URL, schema="s" * 45)
-    with pytest.raises(trioforge.ConfigurationError, match="at most 45; pick a shorter"):
-        PostgresBackend(URL, schema="s" * 46)

@@ -206,11 +206,11 @@ async def test_a_step_running_in_another_process_shows_in_the_api_and_its_stream
 
 
 async def test_a_step_running_in_another_process_shows_through_a_transaction_pooler() -> None:
-    """PostgreSQL: a step's record write sends its run's change notice after the batch's
-    commit, behind a transaction pooler in a transaction of its own, and the NOTIFY goes
-    through the pooler (only LISTEN needs the direct ``listen_url``). Nothing else is
-    written after the step shows running, so only that write's notice can wake the
-    watcher, which never polls."""
+    """PostgreSQL: a step's record write sends its run's change notice from its own
+    statement, which behind a transaction pooler runs inside the batch's transaction; the
+    NOTIFY goes out at that commit and through the pooler (only LISTEN needs the direct
+    ``listen_url``). Nothing else is written after the step shows running, so only that
+    write's notice can wake the watcher, which never polls."""
     async with schema_url() as url:
         worker_url = f"{url}&pooler=transaction"
         async with (

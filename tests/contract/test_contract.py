@@ -530,8 +530,8 @@ async def test_throughput_counts_jobs_finished_since(backend: Backend) -> None:
 )
 async def test_a_claim_notifies_every_job_it_claims(backend: Backend, limits: Any) -> None:
     """So a job that reports nothing shows running elsewhere from its start (PostgreSQL:
-    after the claim's commit, plain or flow-controlled, in payloads under NOTIFY's limit;
-    SQLite: "something changed")."""
+    from the claim's own statement, plain or flow-controlled, in payloads under NOTIFY's
+    limit; SQLite: "something changed")."""
     ids = await enqueue(backend, *(job() for _ in range(700)))
     async with backend.changes() as changes:
         op = ops.Claim("q", frozenset({"a"}), 700, "w1", T0 + 30, limits=limits)

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 
-from trioforge._core.errors import DatabaseUnavailableError, SchemaError
+from trioforge._core.errors import ConfigurationError, DatabaseUnavailableError, SchemaError
 from trioforge._core.extras import needs_extra
 from trioforge._core.states import TERMINAL_STATES, JobState, Released, Suspended, next_state
 from trioforge.storage import _compound as compound
@@ -89,6 +89,9 @@ __all__ = ["PostgresBackend"]
 
 T = TypeVar("T")
 
+
+#: PostgreSQL's longest identifier (a NOTIFY channel is one), in bytes.
+_MAX_IDENTIFIER = 63
 
 #: Batches of at most this many groups of ops (see _groups), each atomic alone, run
 #: without an explicit transaction.
@@ -160,6 +163,12 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
         self.max_in_flight = pool_size
         #: The NOTIFY channel of job changes (per schema: other schemas' ids mean nothing).
         self.changes_channel = CHANGES_CHANNEL + (f".{schema}" if schema else "")
+        if len(self.changes_channel.encode()) > _MAX_IDENTIFIER:
+            raise ConfigurationError(
+                f"schema {schema!r} is too long for PostgreSQL's change notices: their channel "
+                f"{CHANGES_CHANNEL}.<schema> must fit in {_MAX_IDENTIFIER} bytes, so at most "
+                f"{_MAX_IDENTIFIER - len(CHANGES_CHANNEL) - 1}; pick a shorter schema name"
+            )
         self._slots_freed = f"f:{schema or ''}"
         self._connect_timeout = connect_timeout
         self._pool: Connections | None = None

@@ -879,3 +879,12 @@ async def test_a_claims_count_of_due_jobs_skips_what_earlier_claims_left() -> No
         [count] = [n for n in _nodes(picked) if n.get("Index Name") == "trioforge_jobs_upcoming"]
         assert count["Actual Rows"] == 64
         assert count["Shared Hit Blocks"] + count.get("Shared Read Blocks", 0) < 30, mode
+
+
+def test_a_schema_too_long_for_the_change_notices_channel_is_refused_at_once() -> None:
+    """The change notices' channel is ``trioforge_changes.<schema>``, an identifier of at
+    most 63 bytes: a longer one would make every claim with jobs in it fail (the claim sends
+    their change notice), so the backend refuses it."""
+    PostgresBackend(URL, schema="s" * 45)
+    with pytest.raises(trioforge.ConfigurationError, match="at most 45; pick a shorter"):
+        PostgresBackend(URL, schema="s" * 46)

@@ -680,6 +680,9 @@ class RetryMany(Op[BulkResult]):
         if self.status not in (JobState.DEAD, JobState.CANCELLED):
             raise ValueError("only dead or cancelled jobs are retried")
 
+    def changed(self, result: object) -> Iterable[int]:
+        return result.ids if isinstance(result, BulkResult) else ()
+
 
 @attrs.frozen
 class DiscardMany(Op[BulkResult]):
@@ -689,6 +692,9 @@ class DiscardMany(Op[BulkResult]):
     status: JobState | None
     where: JobFilter
     reason: str = attrs.field(converter=storable)
+
+    def changed(self, result: object) -> Iterable[int]:
+        return result.ids if isinstance(result, BulkResult) else ()
 
 
 def handlers(backend: object) -> dict[type[Op], Any]:

@@ -545,6 +545,27 @@ async def test_a_claim_notifies_every_job_it_claims(backend: Backend, limits: An
                 seen |= notice
 
 
+async def test_bulk_retries_and_discards_are_pushed_as_changes(backend: Backend) -> None:
+    """A bulk discard or retry (the dashboard's, the CLI's) shows in every process's live
+    feed, as the one-job operations do."""
+    [a, b] = await enqueue(backend, job(), job())
+    [claimed] = (await claim(backend, limit=1)).jobs
+    assert await finish(backend, claimed, Outcome(a, claimed.lease, Failed(retry_at=None)), T0)
+    async with backend.changes() as changes:
+        discarded = await one(backend, ops.DiscardMany(None, ops.JobFilter(queue="q"), "bulk"))
+        assert discarded.ids == (b,)
+        await changed_ids(changes, b)
+        retried = await one(backend, ops.RetryMany(JobState.DEAD, ops.JobFilter(queue="q")))
+        assert set(retried.ids) == {a, b}
+        seen: set[int] = set()
+        with trio.fail_after(10):
+            while not seen >= {a, b}:
+                notice = await changes.receive()
+                if notice is None:  # SQLite: which jobs is not said
+                    break
+                seen |= notice
+
+
 async def test_a_large_outcome_batch_notifies_every_job(backend: Backend) -> None:
     ids = await enqueue(backend, *(job() for _ in range(700)))
     claimed = (await claim(backend, limit=700)).jobs

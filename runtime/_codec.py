@@ -368,6 +368,11 @@ def _key(key: str) -> str:
     return f".{key}" if key.isidentifier() else f"[{key!r}]"
 
 
+#: Payloads' JSON text: what ``json.dumps`` with these arguments gives (it builds this very
+#: encoder on every call; one built once saves a third of an encode).
+_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=True, separators=(",", ":"))
+
+
 class StrictCodec:
     """The default codec: a cattrs converter with strict hooks.
 
@@ -541,7 +546,7 @@ class StrictCodec:
         checked = self.check(tp, value, what)
         try:
             data = self.converter.unstructure(checked, tp)
-            return json.dumps(data, allow_nan=False, ensure_ascii=True, separators=(",", ":"))
+            return _JSON.encode(data)
         except Exception as exc:
             raise PayloadError(
                 f"{what} has no JSON form as {type_name(tp)} ({type(exc).__name__}: {exc})"

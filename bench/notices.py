@@ -5,19 +5,31 @@ delivered at commit), which the live feed of any process turns into ``watch()`` 
 ``wait()`` updates. Measured: the drain rate of 20,000 no-op jobs with the notices as
 shipped, with them left out of the outcome statement, and with them while another
 process LISTENs (a client watching a job), interleaved, ``--repeats`` rounds in a
-rotating order. Figures are printed, never asserted.
+rotating order.
+
+``--connections 1 8 32``: why the notices stay inside the statements. Plain asyncpg, that
+many connections each committing one-row updates for ``--seconds``: alone, with a
+``pg_notify`` in the update's transaction (the server's notify lock is then held through
+each commit's flush, so notifying commits queue behind one another), and with the notice
+sent after the commit in a statement of its own (``synchronous_commit`` off: it writes
+nothing), which costs a round trip instead (docs/performance.md). Figures are printed,
+never asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import trio
+import trio_asyncio
 
 import trioforge
 from bench.databases import add_postgres_url, postgres_schemas
@@ -44,13 +56,88 @@ async def quiet_outcomes() -> AsyncIterator[None]:
         pg._FINISH = shipped
 
 
+#: The three ways of --connections, each one commit (or two round trips) per loop.
+_WAYS = {
+    "no notice": ["UPDATE bench_notify SET n = n + 1 WHERE id = $1"],
+    "notice in the transaction": [
+        "WITH u AS (UPDATE bench_notify SET n = n + 1 WHERE id = $1 RETURNING id) "
+        "SELECT pg_notify('bench_notify', id::text) FROM u"
+    ],
+    "notice after the commit": [
+        "UPDATE bench_notify SET n = n + 1 WHERE id = $1",
+        "SELECT set_config('synchronous_commit', 'off', true), "
+        "pg_notify('bench_notify', $1::int::text)",
+    ],
+}
+
+
+async def _commit_until(
+    conn: asyncpg.Connection, row: int, statements: list[str], stop: float
+) -> int:
+    """Commits of ``statements`` (each on its own) on ``row`` until ``stop``: how many."""
+    done = 0
+    while time.monotonic() < stop:
+        for statement in statements:
+            await conn.execute(statement, row)
+        done += 1
+    return done
+
+
+async def commits_per_second(url: str, connections: int, seconds: float) -> dict[str, float]:
+    """Each way of _WAYS on ``connections`` connections for ``seconds``: commits/s."""
+    setup = await asyncpg.connect(url)
+    try:
+        await setup.execute(
+            "CREATE TABLE IF NOT EXISTS bench_notify (id int PRIMARY KEY, n bigint);"
+            "INSERT INTO bench_notify SELECT g, 0 FROM generate_series(0, 255) AS g "
+            "ON CONFLICT DO NOTHING"
+        )
+        rates = {}
+        for way, statements in _WAYS.items():
+            conns = [await asyncpg.connect(url) for _ in range(connections)]
+            stop = time.monotonic() + seconds
+            done = await asyncio.gather(
+                *(_commit_until(c, i, statements, stop) for i, c in enumerate(conns))
+            )
+            rates[way] = sum(done) / seconds
+            for conn in conns:
+                await conn.close()
+        return rates
+    finally:
+        await setup.execute("DROP TABLE IF EXISTS bench_notify")
+        await setup.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument(
+        "--connections", type=int, nargs="*", help="commits/s of the notify ways instead"
+    )
+    parser.add_argument("--seconds", type=float, default=4.0, help="each --connections way")
     add_postgres_url(parser)
     add_deadline(parser, 300)
     args = parser.parse_args()
+
+    async def ways() -> None:
+        async with trio_asyncio.open_loop():
+            for n in args.connections:
+                await one_way(n)
+
+    async def one_way(n: int) -> None:
+        rates = await trio_asyncio.aio_as_trio(commits_per_second)(
+            args.postgres_url, n, args.seconds
+        )
+        base = rates["no notice"]
+        report(
+            f"postgres: {n} connections committing one-row updates",
+            {way: f"{rate:,.0f} commits/s ({rate / base:.0%})" for way, rate in rates.items()},
+        )
+
+    if args.connections:
+        bounded("bench.notices", args.deadline, ways)
+        return
 
     async def run() -> None:
         async with postgres_schemas(args.postgres_url) as make:

@@ -456,11 +456,14 @@ async def test_get_many_returns_the_jobs_that_exist(backend: Backend) -> None:
     assert await one(backend, ops.GetMany(())) == {}
 
 
-async def changed_ids(changes: trio.MemoryReceiveChannel[Changed], job_id: int) -> None:
-    """Wait until a change notice names ``job_id`` (None names every job)."""
+async def changed_ids(changes: trio.MemoryReceiveChannel[Changed], *job_ids: int) -> None:
+    """Wait until change notices have named each of ``job_ids`` (None names every job:
+    SQLite's feed does not say which)."""
+    left = set(job_ids)
     with trio.fail_after(10):
         async for ids in changes:
-            if ids is None or job_id in ids:
+            left -= left if ids is None else ids
+            if not left:
                 return
     raise AssertionError("the change stream ended")
 
@@ -536,13 +539,7 @@ async def test_a_claim_notifies_every_job_it_claims(backend: Backend, limits: An
     async with backend.changes() as changes:
         op = ops.Claim("q", frozenset({"a"}), 700, "w1", T0 + 30, limits=limits)
         assert len((await one(backend, op)).jobs) == 700
-        seen: set[int] = set()
-        with trio.fail_after(10):
-            while not seen >= set(ids):
-                notice = await changes.receive()
-                if notice is None:  # SQLite: which jobs is not said
-                    break
-                seen |= notice
+        await changed_ids(changes, *ids)
 
 
 async def test_bulk_retries_and_discards_are_pushed_as_changes(backend: Backend) -> None:
@@ -557,13 +554,7 @@ async def test_bulk_retries_and_discards_are_pushed_as_changes(backend: Backend)
         await changed_ids(changes, b)
         retried = await one(backend, ops.RetryMany(JobState.DEAD, ops.JobFilter(queue="q")))
         assert set(retried.ids) == {a, b}
-        seen: set[int] = set()
-        with trio.fail_after(10):
-            while not seen >= {a, b}:
-                notice = await changes.receive()
-                if notice is None:  # SQLite: which jobs is not said
-                    break
-                seen |= notice
+        await changed_ids(changes, a, b)
 
 
 async def test_a_large_outcome_batch_notifies_every_job(backend: Backend) -> None:
@@ -572,10 +563,4 @@ async def test_a_large_outcome_batch_notifies_every_job(backend: Backend) -> Non
     async with backend.changes() as changes:
         outcomes = tuple(Outcome(j.id, j.lease, Succeeded()) for j in claimed)
         assert all(await one(backend, ops.Finish(outcomes), T0))
-        seen: set[int] = set()
-        with trio.fail_after(10):
-            while not seen >= set(ids):
-                notice = await changes.receive()
-                if notice is None:  # SQLite: which jobs is not said
-                    break
-                seen |= notice
+        await changed_ids(changes, *ids)

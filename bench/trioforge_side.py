@@ -8,7 +8,10 @@ on stdin starts it, one JSON line of figures, then it waits for stdin to close.
 
 ``wide``: N jobs that each sleep (I/O-bound), as many slots as jobs, on SQLite: the wall
 time and this process's CPU time (all its threads) from the runtime's start to the last
-job's end, and the peak RSS of this process beside its RSS before the runtime started.
+job's end, the peak RSS of
+this process beside its RSS before the runtime started, and the garbage collector's passes
+per generation and their time. ``--worker-heap`` first settles the heap as ``trioforge
+worker`` does once ready (collect, freeze, its collector thresholds).
 
 ``drain --processes N``: N ``trioforge worker`` processes drain while this one enqueues.
 """
@@ -16,6 +19,7 @@ job's end, and the peak RSS of this process beside its RSS before the runtime st
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import sys
@@ -135,22 +139,46 @@ async def drain_processes(url: str, jobs: int, slots: int, processes: int) -> No
             nursery.cancel_scope.cancel()
 
 
-async def wide(url: str, jobs: int, seconds: float) -> None:
+class Collections:
+    """The garbage collector's passes per generation and their time, from ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        self.passes = [0, 0, 0]
+        self.seconds = 0.0
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.passes[info["generation"]] += 1
+            self.seconds += time.perf_counter() - self._began
+
+
+async def wide(url: str, jobs: int, seconds: float, worker_heap: bool) -> None:
     COUNT.target = jobs
     async with trioforge.open_client(url) as client:
         for start in range(0, jobs, 5000):
             await client.enqueue_many(
                 io_bound, [seconds] * len(range(start, min(jobs, start + 5000)))
             )
+    if worker_heap:
+        from trioforge._cli_worker import settle_heap
+
+        settle_heap()
+    collections = Collections()
+    gc.callbacks.append(collections)
     before = rss_kib()
     t0, cpu0 = time.perf_counter(), cpu_s()
     async with trioforge.open_runtime(registry, database=url, queues={"wide": jobs}):
         await COUNT.all_done.wait()
         elapsed, cpu = time.perf_counter() - t0, cpu_s() - cpu0
+    gc.callbacks.remove(collections)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    emit({"jobs": jobs, "sleep_s": seconds, "wall_s": elapsed, "cpu_s": cpu,
-          "at_once": COUNT.most_at_once, "rss_before_kib": before,
-          "rss_peak_kib": peak})  # fmt: skip
+    emit({"jobs": jobs, "sleep_s": seconds, "wall_s": elapsed,
+          "cpu_s": cpu, "at_once": COUNT.most_at_once, "rss_before_kib": before,
+          "rss_peak_kib": peak, "worker_heap": worker_heap, "gc_passes": collections.passes,
+          "gc_s": collections.seconds})  # fmt: skip
 
 
 def cpu_s() -> float:
@@ -167,13 +195,16 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=64)
     parser.add_argument("--sleep", type=float, default=2.0, help="each wide job's sleep")
     parser.add_argument("--processes", type=int, default=0, help="drain by worker processes")
+    parser.add_argument(
+        "--worker-heap", action="store_true", help="wide: settle the heap as the worker does"
+    )
     args = parser.parse_args()
     if args.mode == "drain" and args.processes:
         trio.run(drain_processes, args.database, args.jobs, args.slots, args.processes)
     elif args.mode == "drain":
         trio.run(drain, args.database, args.jobs, args.slots)
     else:
-        trio.run(wide, args.database, args.jobs, args.sleep)
+        trio.run(wide, args.database, args.jobs, args.sleep, args.worker_heap)
 
 
 if __name__ == "__main__":

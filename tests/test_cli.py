@@ -23,6 +23,7 @@ from tests.support.postgres import URL as PG_URL
 from tests.support.postgres import require_postgres
 from trioforge import JobContext, JobState, Registry
 from trioforge._cli import main
+from trioforge._cli_worker import WORKER_GC_THRESHOLD
 from trioforge.storage.postgres import MIGRATIONS as PG_MIGRATIONS
 from trioforge.storage.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 
@@ -135,6 +136,10 @@ def test_bad_worker_arguments_are_usage_errors(url: str) -> None:
         result = cli("worker", "tests.test_cli:registry", "--queue", spec, "--database", url)
         assert result.exit_code == 2
         assert "NAME=CONCURRENCY" in result.output
+    for spec in ("10000,50", "1,2,3,4", "a,b,c", "-1,10,10", ""):
+        result = cli("worker", "tests.test_cli:registry", "--gc-threshold", spec, "--database", url)
+        assert result.exit_code == 2
+        assert "G0,G1,G2" in result.output
     not_a_registry = cli("worker", "tests.test_cli:echo", "--database", url)
     assert not_a_registry.exit_code == 1
     assert "is not a trioforge.Registry" in not_a_registry.output
@@ -151,14 +156,14 @@ async def test_worker_runs_jobs_and_drains_on_sigint(tmp_path: Path) -> None:
         "async def shout(ctx: trioforge.JobContext, text: str) -> str:\n"
         "    return text.upper()\n"
         "@registry.job('frozen')\n"
-        "async def frozen(ctx: trioforge.JobContext) -> int:\n"
+        "async def frozen(ctx: trioforge.JobContext) -> list[int]:\n"
         "    import gc\n"
-        "    return gc.get_freeze_count()\n"
+        "    return [gc.get_freeze_count(), *gc.get_threshold()]\n"
     )
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     shout = Registry().job("shout")(echo.handler)
 
-    async def freeze_count(ctx: JobContext) -> int:
+    async def freeze_count(ctx: JobContext) -> list[int]:
         raise AssertionError("runs in the worker process")
 
     frozen = Registry().job("frozen")(freeze_count)
@@ -177,9 +182,12 @@ async def test_worker_runs_jobs_and_drains_on_sigint(tmp_path: Path) -> None:
                     assert chunk, seen
                     seen += chunk
                 assert (await client.wait(job_id)).result == "HI"
-                # The heap the worker started with is out of the collector's walks.
+                # The heap the worker started with is out of the collector's walks, and the
+                # collector runs at the worker's thresholds, not Python's (700, 10, 10).
                 frozen_id = await client.enqueue(frozen)
-                assert (await client.wait(frozen_id)).result > 0
+                frozen_objects, *threshold = (await client.wait(frozen_id)).result
+                assert frozen_objects > 0
+                assert tuple(threshold) == WORKER_GC_THRESHOLD != (700, 10, 10)
             proc.send_signal(signal.SIGINT)
             with trio.fail_after(30):
                 assert await proc.wait() == 0

@@ -33,7 +33,14 @@ if TYPE_CHECKING:
     from trioforge.metrics import Metrics
     from trioforge.otel import Tracing
 
-__all__ = ["RegistryJobs"]
+__all__ = ["STORED_TIMEOUT_FIX", "RegistryJobs"]
+
+#: The fix a refused stored timeout names: enqueue refuses such a value, so the row came
+#: from elsewhere (a hand-written INSERT, an edited row, another program).
+STORED_TIMEOUT_FIX = (
+    " (enqueue refuses such a value, so this row was written by other means: enqueue the "
+    "job again with timeout= a number of seconds > 0, or none)"
+)
 
 
 @attrs.frozen
@@ -100,7 +107,11 @@ class RegistryJobs:
         if job.timeout is None or plan.definition.workflow is not None:
             return plan.retry, plan.timeout
         what = f"job {job.id}'s stored timeout"
-        return plan.retry, seconds(job.timeout, what, error=InvalidArgumentError, positive=True)
+        try:
+            timeout = seconds(job.timeout, what, error=InvalidArgumentError, positive=True)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"{exc}{STORED_TIMEOUT_FIX}") from None
+        return plan.retry, timeout
 
     def heartbeat_timeout(self, job: ClaimedJob) -> float | None:
         return self._plan(job).definition.heartbeat_timeout

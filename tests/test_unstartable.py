@@ -14,7 +14,7 @@ import trio
 import trioforge
 from tests.support.fast import FAST
 from trioforge import JobContext, JobState, Registry
-from trioforge._registry_jobs import RegistryJobs
+from trioforge._registry_jobs import STORED_TIMEOUT_FIX, RegistryJobs
 from trioforge.actors.attempts import Attempt
 from trioforge.storage import Backend, ClaimedJob, JobInfo, ops
 from trioforge.storage._records import NewJob
@@ -80,7 +80,8 @@ async def test_a_job_with_an_invalid_stored_timeout_goes_dead_alone(
     )
     error = dead.error or ""
     assert error.startswith(why)
-    assert _same(error.removeprefix(why), stored)
+    assert error.endswith(STORED_TIMEOUT_FIX)  # the message names the fix
+    assert _same(error.removeprefix(why).removesuffix(STORED_TIMEOUT_FIX), stored)
 
 
 async def test_a_job_whose_attempt_cannot_be_made_goes_dead_alone(

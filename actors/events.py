@@ -161,7 +161,10 @@ def attempt_ended(
         text = f"lost its lease {took}: another worker has the job; nothing recorded"
     if isinstance(event, Failed):
         if event.retry_at is None:
-            text += "; dead"
+            # Attempts left, yet dead: the error is one no retry could mend (a payload that
+            # no longer decodes, a result that cannot be stored, an attempt that could not
+            # begin, one the retry policy refuses); the one record says so.
+            text += "; dead" if job.attempt >= job.max_attempts else "; dead, not retried"
             level = logging.ERROR
         else:
             retry_in = max(event.retry_at - now, 0.0)

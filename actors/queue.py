@@ -28,7 +28,7 @@ import attrs
 import trio
 
 from trioforge._core.clock import Clock
-from trioforge._core.errors import JobTimeoutError, PayloadError
+from trioforge._core.errors import JobTimeoutError
 from trioforge._core.flow import JobLimits, RateLimit
 from trioforge._core.outcomes import AttemptOutcome, attempt_outcome
 from trioforge._core.prefetch import ClaimPace, claim_ahead, claim_size
@@ -654,8 +654,6 @@ class QueueSupervisor:
             )
             event = None if outcome is None else outcome.event
             kind = attempt_outcome(event, timed_out=run.timed_out)
-            if isinstance(error, PayloadError) and error.final:  # dead without a retry: say why
-                log.error("job %d (%s) goes dead without retries: %s", job.id, job.name, error)
             result = run.result
             self._log_end(
                 job, kind, event, run.began, error,

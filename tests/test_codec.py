@@ -174,7 +174,10 @@ async def test_a_result_that_cannot_be_encoded_goes_dead_after_one_run(
     assert "return value of job 'count' does not fit int: $: expected int, got str 'three'" in (
         count.error or ""
     )
-    assert any("goes dead without retries" in r.getMessage() for r in caplog.records)
+    # One record per job, which says the job went dead with attempts left.
+    ended = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(ended) == 2
+    assert all(message.endswith("; dead, not retried") for message in ended)
 
 
 @attrs.frozen
@@ -203,14 +206,18 @@ async def test_a_stored_payload_that_no_longer_decodes_goes_dead_at_once(
 
     async with trioforge.open_runtime(before, database=database, queues={}) as rt:
         job_id = await rt.enqueue("render", OldShape("pdf"))
-    caplog.set_level(logging.ERROR, "trioforge.queue")
+    caplog.set_level(logging.ERROR)
     async with trioforge.open_runtime(after, database=database, **FAST) as rt:
         info = await rt.wait(job_id)
     assert ran == []
     assert (info.status, info.attempt) == (JobState.DEAD, 1)
     assert "$.format: expected int, got str 'pdf'" in (info.error or "")
     assert "was the payload class changed incompatibly?" in (info.error or "")
-    assert any(f"job {job_id} (render) goes dead" in r.getMessage() for r in caplog.records)
+    # One error record, the attempt's, which says why and that it is not retried.
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage().startswith(f"job {job_id} default:render attempt 1/3 failed")
+    assert "was the payload class changed incompatibly?" in record.getMessage()
+    assert record.getMessage().endswith("; dead, not retried")
 
 
 async def test_perform_checks_the_result_as_a_worker_does() -> None:

@@ -56,7 +56,7 @@ def parse_queues(
 #: The collector's thresholds a worker sets once ready (``--gc-threshold``): Python's are
 #: (700, 10, 10). A young collection every 10,000 net allocations instead of 700, and a
 #: full one at most every 100 middle ones: with tens of thousands of jobs running, each
-#: full collection walks every one of them (about 24 objects each), and at Python's
+#: full collection walks every one of them (about 29 objects each), and at Python's
 #: thresholds a burst of 50,000 took 19 of them, 5 s of an 8.5 s run.
 WORKER_GC_THRESHOLD = (10_000, 50, 100)
 

@@ -65,14 +65,16 @@ def parse_gc_threshold(
     ctx: click.Context, param: click.Parameter, value: str
 ) -> tuple[int, int, int]:
     del ctx, param
-    parts = value.split(",")
-    if len(parts) != 3 or not all(part.strip().isdigit() for part in parts):
-        raise click.BadParameter(
-            f"{value!r} is not three whole numbers G0,G1,G2 (e.g. 10000,50,100; Python's own "
-            "are 700,10,10)"
-        )
-    g0, g1, g2 = (int(part) for part in parts)
-    return g0, g1, g2
+    try:
+        g0, g1, g2 = (int(part) for part in value.split(","))
+        if min(g0, g1, g2) >= 0:
+            return g0, g1, g2
+    except ValueError:  # not three parts, or one that is not a whole number
+        pass
+    raise click.BadParameter(
+        f"{value!r} is not three whole numbers G0,G1,G2 (e.g. 10000,50,100; Python's own are "
+        "700,10,10)"
+    )
 
 
 def check_port_free(host: str, port: int, option: str) -> None:

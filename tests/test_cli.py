@@ -136,7 +136,7 @@ def test_bad_worker_arguments_are_usage_errors(url: str) -> None:
         result = cli("worker", "tests.test_cli:registry", "--queue", spec, "--database", url)
         assert result.exit_code == 2
         assert "NAME=CONCURRENCY" in result.output
-    for spec in ("10000,50", "1,2,3,4", "a,b,c", "-1,10,10", ""):
+    for spec in ("10000,50", "1,2,3,4", "a,b,c", "-1,10,10", "", "\u00b2,1,1"):
         result = cli("worker", "tests.test_cli:registry", "--gc-threshold", spec, "--database", url)
         assert result.exit_code == 2
         assert "G0,G1,G2" in result.output

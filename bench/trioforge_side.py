@@ -51,6 +51,7 @@ class Count:
         self.all_done = trio.Event()
         self.running = 0
         self.most_at_once = 0
+        self.first_start = self.last_start = 0.0  # perf_counter() at the first and last start
 
     def one(self) -> None:
         self.ran += 1
@@ -70,6 +71,8 @@ async def order(ctx: trioforge.JobContext, payload: Payload) -> None:
 @registry.job("bench:io", queue="wide")
 async def io_bound(ctx: trioforge.JobContext, seconds: float) -> None:
     COUNT.running += 1
+    COUNT.last_start = time.perf_counter()
+    COUNT.first_start = COUNT.first_start or COUNT.last_start
     COUNT.most_at_once = max(COUNT.most_at_once, COUNT.running)
     await trio.sleep(seconds)
     COUNT.running -= 1
@@ -176,6 +179,7 @@ async def wide(url: str, jobs: int, seconds: float, worker_heap: bool) -> None:
     gc.callbacks.remove(collections)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     emit({"jobs": jobs, "sleep_s": seconds, "wall_s": elapsed,
+          "first_start_s": COUNT.first_start - t0, "last_start_s": COUNT.last_start - t0,
           "cpu_s": cpu, "at_once": COUNT.most_at_once, "rss_before_kib": before,
           "rss_peak_kib": peak, "worker_heap": worker_heap, "gc_passes": collections.passes,
           "gc_s": collections.seconds})  # fmt: skip

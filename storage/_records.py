@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -120,8 +121,10 @@ class ClaimedJob:
     """A job handed to a worker; ``lease`` fences every later write about this attempt."""
 
     id: int
-    name: str
-    queue: str
+    # Interned: a claim's rows bring their own copies of the same few strings, and one
+    # lives per running job (tens of thousands at once in a wide pool).
+    name: str = attrs.field(converter=sys.intern)
+    queue: str = attrs.field(converter=sys.intern)
     payload: str
     priority: int
     run_at: float

@@ -31,6 +31,33 @@ async def test_timeouts_survive_enqueue_with_idempotency_keys(backend: Backend) 
     assert (claimed.id, claimed.timeout) == (keyed, 0.25)
 
 
+#: Floats at the edges of what a double holds, and ones whose shortest text has 17 digits.
+EDGE_FLOATS = [5e-324, 1e-300, 0.1, 1 / 3, 1_733_380_000.123456, 1e15, 1.0000000000000002e200]
+HUGE = 1.7976931348623157e308
+
+
+async def test_a_claim_hands_back_times_timeouts_and_text_exactly_as_stored(
+    backend: Backend,
+) -> None:
+    """Whatever the backend carries a claim's rows in (SQLite: one JSON value)."""
+    odd = 'q\u00e9"\\\x01\u2028'  # a quote, a backslash, a control character
+    jobs = [
+        attrs.evolve(job(name=odd, queue=odd, payload='{"s":"\\u00e9\\n"}', run_at=x),
+                     timeout=t, trace_context=odd)
+        for x in [0.0, *EDGE_FLOATS]
+        for t in [None, HUGE, *EDGE_FLOATS]
+    ]  # fmt: skip
+    ids = await enqueue(backend, *jobs)
+    result = await claim(backend, HUGE, limit=len(jobs), queue=odd, names=frozenset({odd}))
+    got = {
+        j.id: (j.name, j.queue, j.payload, j.run_at, j.timeout, j.trace_context)
+        for j in result.jobs
+    }
+    assert got == {
+        i: (odd, odd, j.payload, j.run_at, j.timeout, odd) for i, j in zip(ids, jobs, strict=True)
+    }
+
+
 def limited(*, rate: RateLimit | None = None, concurrency: ConcurrencyLimit | None = None) -> Any:
     return {"a": JobLimits(rate, concurrency), "b": JobLimits(rate, concurrency)}
 

@@ -55,7 +55,7 @@ QUICK ?=
 BENCHES = \
 	"bench.table $(if $(QUICK),--quick)" \
 	"bench.run $(if $(QUICK),--jobs 2000 --rounds 1)" \
-	"bench.replicas $(if $(QUICK),--jobs 2000 --samples 30)" \
+	"bench.replicas $(if $(QUICK),--jobs 2000 --samples 30 --trickle 50)" \
 	"bench.live $(if $(QUICK),--samples 20)" \
 	"bench.workflows $(if $(QUICK),--runs 100 --asleep 1000)" \
 	"bench.dashboard --jobs $(if $(QUICK),20000,200000)" \

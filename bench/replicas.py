@@ -3,10 +3,13 @@
 Worker processes run `trioforge worker bench.replica_jobs:registry`; this process only
 enqueues and cancels, as a web process would. Reported: enqueue->start latency from one
 process to another (idle worker), cross-replica cancel latency (cancel call -> the handler's
-`finally` in the other process), and the drain rate of N no-op jobs with 1 and 3 worker
+`finally` in the other process), the drain rate of N no-op jobs with 1 and 3 worker
 processes, with the CPU per job of the workers and their PostgreSQL backends
-(bench/cpu.py). Times are wall-clock, taken on one machine; each figure is printed as soon
-as it is measured, and the whole bench stops at ``--deadline``.
+(bench/cpu.py), and that CPU per job for a trickle (one job every 10 ms, far below what one
+process can run) with 1, 3 and 6 idle worker processes: each notice of new work wakes every
+idle process, and each claims, so the cost per job grows with the processes. Times are
+wall-clock, taken on one machine; each figure is printed as soon as it is measured, and the
+whole bench stops at ``--deadline``.
 """
 
 from __future__ import annotations
@@ -100,7 +103,25 @@ async def drain(
             return rate, meter.per_job(jobs)
 
 
-async def main(url: str, jobs: int, samples: int) -> None:
+async def trickle(url: str, database: str, jobs: int, processes: int, marks: Path) -> str:
+    """CPU per job of ``jobs`` no-ops enqueued one at a time, every 10 ms, while
+    ``processes`` workers wait for them."""
+    async with workers(url, processes, "bench=64", marks) as procs:
+        meter = Meter([proc.proc.pid for proc in procs], database)
+        async with trioforge.open_client(url) as client, trio.open_nursery() as nursery:
+            meter.start()
+            nursery.start_soon(meter.poll)
+            ids = []
+            for n in range(jobs):
+                ids.append((await client.enqueue(noop, n)).id)
+                await trio.sleep(0.01)
+            for job_id in ids:
+                await client.wait(job_id)
+            nursery.cancel_scope.cancel()
+            return meter.per_job(jobs)
+
+
+async def main(url: str, jobs: int, samples: int, trickled: int) -> None:
     say("\npostgres, across processes (each figure as it comes; enqueue from this process)")
     with tempfile.TemporaryDirectory() as tmp:
         marks = Path(tmp)
@@ -121,6 +142,12 @@ async def main(url: str, jobs: int, samples: int) -> None:
                     f"  {f'drain {jobs:,} jobs, {processes} worker process(es)':46} "
                     f"{rates[processes]:,.0f} jobs/s{ratio}, CPU/job {cpu}"
                 )
+            for processes in (1, 3, 6):
+                cpu = await trickle(*await fresh(), trickled, processes, marks)
+                say(
+                    f"  {f'trickle of {trickled:,} jobs, {processes} worker process(es)':46} "
+                    f"CPU/job {cpu}"
+                )
     say(
         f"  ({METHOD}: the worker processes and every backend of the run's database, this "
         "process's enqueue and its completion polls every 50 ms included)"
@@ -131,9 +158,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--trickle", type=int, default=300, help="jobs, one every 10 ms")
     add_postgres_url(parser)
     add_deadline(parser, 300)
     args = parser.parse_args()
     bounded(
-        "bench.replicas", args.deadline, lambda: main(args.postgres_url, args.jobs, args.samples)
+        "bench.replicas",
+        args.deadline,
+        lambda: main(args.postgres_url, args.jobs, args.samples, args.trickle),
     )

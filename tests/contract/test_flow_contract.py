@@ -39,8 +39,9 @@ HUGE = 1.7976931348623157e308
 async def test_a_claim_hands_back_times_timeouts_and_text_exactly_as_stored(
     backend: Backend,
 ) -> None:
-    """Whatever the backend carries a claim's rows in (SQLite: one JSON value)."""
-    odd = 'q\u00e9"\\\x01\u2028'  # a quote, a backslash, a control character
+    """However the backend carries a claim's rows back (a carriage through JSON text, say,
+    loses float digits unless it takes care)."""
+    odd = 'q\u00e9"\\\x01\u2028'  # a quote, a backslash, a control character, U+2028
     jobs = [
         attrs.evolve(job(name=odd, queue=odd, payload='{"s":"\\u00e9\\n"}', run_at=x),
                      timeout=t, trace_context=odd)

@@ -5,7 +5,8 @@ claimed, or with their outcome not yet recorded; ``RENEW_MAX`` a request) and th
 process's row in the process registry; after a failure it retries with backoff rather than
 wait a whole interval. The reply says which jobs were cancelled by another process (their
 scopes fire, ending them as ``cancelled``) and which leases were lost (their scopes fire;
-nothing is written).
+nothing is written). A :class:`Nudge` brings the next beat forward (what the process says
+of itself changed: its listener now hears its own channel).
 
 Reaper: every ``interval``, if this process holds (or takes) the ``maintenance`` lease, so
 that one replica does it rather than all: running jobs whose lease expired (their owner
@@ -27,7 +28,9 @@ from trioforge.actors.running import RunningJobs
 from trioforge.actors.storage_actor import StorageHandle, log_failure
 from trioforge.storage import ProcessDetails, RenewResult, RescuedJob, ops
 
-__all__ = ["MAINTENANCE", "RENEW_MAX", "RETRY_FIRST", "heartbeat", "reaper", "renew_leases"]
+__all__ = [
+    "MAINTENANCE", "RENEW_MAX", "RETRY_FIRST", "Nudge", "heartbeat", "reaper", "renew_leases",
+]  # fmt: skip
 
 #: The first pause before retrying a failed storage write that must not be lost (lease
 #: renewals, outcomes); doubled on each further failure.
@@ -44,6 +47,23 @@ RENEW_MAX = 10_000
 log = logging.getLogger("trioforge.leases")
 
 
+class Nudge:
+    """Asks the heartbeat to beat now rather than at the end of its interval."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Until nudged or ``seconds`` passed (a cancel point); the nudge is then spent."""
+        with trio.move_on_after(seconds):
+            await self._event.wait()
+        if self._event.is_set():
+            self._event = trio.Event()
+
+
 async def heartbeat(
     storage: StorageHandle,
     running: RunningJobs,
@@ -55,8 +75,10 @@ async def heartbeat(
     lease_seconds: float,
     describe: Callable[[], ProcessDetails | None] = lambda: None,
     names: tuple[str, ...] | None = None,
+    nudge: Nudge | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    nudge = nudge or Nudge()
     # The first beat comes before ``started``: once the runtime is open, it is registered.
     try:
         await storage.call(ops.Beat(owner, queues, describe(), names))
@@ -65,7 +87,7 @@ async def heartbeat(
     task_status.started()
     wait, failing = interval, False
     while True:
-        await trio.sleep(wait)
+        await nudge.wait(wait)
         try:
             # Leases first: they are what a database blip must not cost.
             await renew_leases(storage, running, clock, owner=owner, lease_seconds=lease_seconds)

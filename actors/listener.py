@@ -6,7 +6,8 @@ task (one pass of trio's scheduler less between the notice and the claim). When 
 connection drops it reconnects (after ``retry_interval``) and then catches up, because
 notices sent while it was away are lost: every local fetcher is woken to claim, and cancel
 flags are still read by the heartbeat. Meanwhile the runtime keeps working on its poll
-interval.
+interval. ``on_address`` learns the channel where notices reach this process alone while
+the connection lasts (None when it drops), for the heartbeat to advertise.
 """
 
 from __future__ import annotations
@@ -29,17 +30,22 @@ async def listener(
     on_notice: Callable[[Notice], None],
     on_connected: Callable[[], None],
     retry_interval: float,
+    on_address: Callable[[str | None], None] = lambda address: None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     started = False
     while True:
         try:
-            async with backend.listen(on_notice) as lost:
+            async with backend.listen(on_notice) as listening:
                 if not started:
                     task_status.started()
                     started = True
-                on_connected()
-                await lost.wait()
+                on_address(listening.address)
+                try:
+                    on_connected()
+                    await listening.lost.wait()
+                finally:
+                    on_address(None)
             log.warning("listening connection dropped; reconnecting")
         except Exception as exc:
             log.warning("cannot listen for notices (%s); retrying in %.1fs", exc, retry_interval)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 import trio
@@ -90,6 +90,9 @@ def _next_look(result: ClaimResult) -> float | None:
 @attrs.frozen
 class _Wake:
     run_at: float
+    #: Jobs announced to this process alone, which it takes or passes on (0: a wake-up
+    #: every process heard, or this process's own).
+    owed: int = 0
 
 
 @attrs.frozen
@@ -164,6 +167,7 @@ class QueueSupervisor:
         *,
         max_restarts: int = 10,
         held: HeldQueues | None = None,
+        pass_on: Callable[[str, float], None] | None = None,
     ) -> None:
         self.config = config
         self._table = table
@@ -198,12 +202,26 @@ class QueueSupervisor:
         self._done = 0
         self._busy_seconds = 0.0
         self._pool: trio.Nursery | None = None
+        # Wake-ups addressed to this process alone (``wake(owed=...)``) not yet answered: how
+        # many jobs they announced and the earliest run_at; answered by the next claim made
+        # once that run_at is due, or passed on to every process (``pass_on``).
+        self._pass_on = pass_on
+        self._owed = 0
+        self._owed_at = math.inf
 
     # --- control (synchronous; safe from any task) -------------------------------------
 
-    def wake(self, run_at: float) -> None:
-        """Tell the fetcher that a job becomes due at ``run_at``."""
-        self._inbox_send.send_nowait(_Wake(run_at))
+    def wake(self, run_at: float, owed: int = 0) -> None:
+        """Tell the fetcher that a job becomes due at ``run_at``; ``owed``: the wake-up was
+        addressed to this process alone, for that many jobs, which the fetcher claims or,
+        if it has no free slot or its claim comes back full with fewer, passes on to every
+        process."""
+        self._inbox_send.send_nowait(_Wake(run_at, owed))
+
+    @property
+    def fetching(self) -> bool:
+        """Whether its fetcher is claiming (started, and not stopping)."""
+        return self._pool is not None and not self._fetch_scope.cancel_called
 
     def _wake_now(self) -> None:
         self.wake(self._clock.now())
@@ -333,6 +351,15 @@ class QueueSupervisor:
                 await self._fetch()
         finally:
             self._jobs_send.close()  # workers drain what is buffered, then stop
+            # Wake-ups addressed here that no claim of this process will answer now.
+            while True:
+                try:
+                    message = self._inbox.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                if isinstance(message, _Wake):
+                    self._absorb(message, 0, None)
+            self._settle_owed()
 
     async def _fetch(self) -> None:
         cfg, clock = self.config, self._clock
@@ -359,6 +386,8 @@ class QueueSupervisor:
                 except trio.WouldBlock:
                     break
                 free, wanted_at = self._absorb(message, free, wanted_at)
+            if self._owed and free <= 0:
+                self._settle_owed()  # no free slot: every other process hears of them
             deadline = math.inf
             limit = claim_size(free, claim_ahead(pace, self._size) if prefetch else 0, self._size)
             if limit > 0:
@@ -371,6 +400,14 @@ class QueueSupervisor:
                     began = trio.current_time()
                     result = await self._claim(names, limits, limit, now)
                     last_claim = now
+                    if self._owed and self._owed_at <= now:
+                        # Answered: passed on unless this claim took as many jobs as were
+                        # announced, or found no more (others took them, or a limit holds).
+                        taken = 0 if result is None else len(result.jobs)
+                        if result is None or (taken == limit and taken < self._owed):
+                            self._settle_owed()
+                        else:
+                            self._owed, self._owed_at = 0, math.inf
                     if result is None:  # storage error, logged: try again after the poll interval
                         wanted_at = None
                         continue
@@ -408,9 +445,18 @@ class QueueSupervisor:
                 self._staff()
                 return free + message.delta, self._clock.now()
             return free + message.delta, wanted_at
+        if message.owed:
+            self._owed += message.owed
+            self._owed_at = min(self._owed_at, message.run_at)
         if wanted_at is None or message.run_at < wanted_at:
             return free, message.run_at
         return free, wanted_at
+
+    def _settle_owed(self) -> None:
+        """Pass the wake-ups addressed here and not answered on to every process."""
+        if self._owed and self._pass_on is not None:
+            self._pass_on(self.config.name, self._owed_at)
+        self._owed, self._owed_at = 0, math.inf
 
     def _retire(self, keep: int) -> None:
         """Retire the workers beyond ``keep`` (not counting those already retiring).

@@ -58,7 +58,9 @@ from trioforge.actors import (
     storage_actor,
 )
 from trioforge.actors.cron import CronJob, cron_scheduler
+from trioforge.actors.leases import Nudge
 from trioforge.actors.outcome_writer import HeldQueues
+from trioforge.actors.relay import Relay
 from trioforge.actors.storage_actor import log_failure
 from trioforge.actors.sweeper import SweepPlan, sweeper
 from trioforge.storage import (
@@ -85,6 +87,9 @@ log = logging.getLogger("trioforge.runtime")
 DEFAULT_CONCURRENCY = 10
 #: How long finished jobs are kept unless a queue's policy says otherwise.
 DEFAULT_RETENTION = Retention()
+#: For how many heartbeat intervals a beat lets enqueues address wake-ups to this process
+#: alone: more than one, so a late beat does not send every wake-up to all processes.
+WAKE_BEATS = 2.5
 
 
 def _sweep_plans(policies: Mapping[str, Queue], default: Retention) -> tuple[SweepPlan, ...]:
@@ -337,6 +342,10 @@ class _Parts:
         self.starts = StepStarts(storage)
         self.supervisors: dict[str, QueueSupervisor] = {}
         self.held = HeldQueues()
+        self.relay = Relay(storage)
+        self.nudge = Nudge()
+        #: The channel where notices reach this process alone, while the listener hears it.
+        self.address: str | None = None
         #: What the registry's lifespan yielded: ``ctx.state``.
         self.state: Any = NO_STATE
         #: The rate limits a handler may take tokens from: its registry's and its queues'.
@@ -404,7 +413,7 @@ class _Parts:
         )  # fmt: skip
         supervisor = QueueSupervisor(
             config, self.jobs, self.storage, self.running, self.finished, s.clock,
-            held=self.held,
+            held=self.held, pass_on=self.relay.pass_on,
         )  # fmt: skip
         self.supervisors[name] = supervisor
         return supervisor
@@ -428,7 +437,24 @@ class _Parts:
             capabilities=tuple(sorted(s.capabilities)),
             running=len(self.running),
             busy=tuple((name, supervisor.busy) for name, supervisor in self.supervisors.items()),
+            **self._wake_address(),
         )
+
+    def _wake_address(self) -> dict[str, Any]:
+        """Where and until when an enqueue may address its wake-up to this process alone:
+        while the listener hears its own channel and the pools claim, for a few heartbeats
+        (a process that died is addressed until then: its jobs wait for another's poll)."""
+        fetching = any(supervisor.fetching for supervisor in self.supervisors.values())
+        if self.address is None or not fetching:
+            return {}
+        s = self.settings
+        until = s.clock.now() + WAKE_BEATS * s.heartbeat_interval
+        return {"wake_channel": self.address, "wake_until": until}
+
+    def set_address(self, address: str | None) -> None:
+        if address != self.address:
+            self.address = address
+            self.nudge.set()  # addressable (or no longer) from the next beat: make it now
 
     def wake_all(self) -> None:
         for queue in self.supervisors:
@@ -436,7 +462,14 @@ class _Parts:
 
     def on_notice(self, notice: Notice) -> None:
         if isinstance(notice, WakeNotice):
-            self.wake(notice.queue, notice.run_at)
+            supervisor = self.supervisors.get(notice.queue)
+            if not notice.owed:
+                if supervisor is not None:
+                    supervisor.wake(notice.run_at)
+            elif supervisor is not None and supervisor.fetching:
+                supervisor.wake(notice.run_at, notice.owed)
+            else:  # addressed here, but this process claims no more: every other one hears
+                self.relay.pass_on(notice.queue, notice.run_at)
         elif isinstance(notice, SlotsFreedNotice):
             self.held.written()  # queues a concurrency limit held back claim again
         else:
@@ -477,6 +510,7 @@ async def _start_services(services: trio.Nursery, parts: _Parts) -> None:
             heartbeat, storage, parts.running, clock, owner=s.owner, queues=tuple(s.queues),
             interval=s.heartbeat_interval, lease_seconds=s.lease_seconds,
             describe=parts.describe, names=tuple(sorted(parts.jobs.names())),
+            nudge=parts.nudge,
         )
     )  # fmt: skip
     await warn_unregistered(storage, tuple(s.queues), parts.jobs.names())
@@ -498,10 +532,11 @@ async def _start_services(services: trio.Nursery, parts: _Parts) -> None:
             )
         )  # fmt: skip
     if parts.backend.notifies:
+        await services.start(parts.relay.run)
         await services.start(
             partial(
                 listener, parts.backend, on_notice=parts.on_notice, on_connected=parts.wake_all,
-                retry_interval=min(s.poll_interval, 1.0),
+                retry_interval=min(s.poll_interval, 1.0), on_address=parts.set_address,
             )
         )  # fmt: skip
 

@@ -11,6 +11,7 @@ from trioforge.storage._backend import (
     AsyncioExecute,
     Backend,
     Changed,
+    Listening,
     StartsBatches,
     opened,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "CronState",
     "Enqueued",
     "JobInfo",
+    "Listening",
     "MemoryBackend",
     "NEVER",
     "NewJob",

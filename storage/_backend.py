@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, ClassVar, Protocol, TypeAlias, runtime_checkable
 
+import attrs
 import trio
 
 from trioforge._core.errors import InvalidArgumentError, unwrapped
@@ -18,6 +19,7 @@ __all__ = [
     "Backend",
     "CallerConnections",
     "Changed",
+    "Listening",
     "StartsBatches",
     "opened",
     "refused_value",
@@ -28,6 +30,19 @@ Changed: TypeAlias = frozenset[int] | None
 
 #: How a backend opened on plain asyncio runs a batch (as :meth:`Backend.execute`).
 AsyncioExecute: TypeAlias = Callable[[Sequence[Op], float], Awaitable[list[object]]]
+
+
+@attrs.frozen(eq=False)
+class Listening:
+    """A listener's dedicated connection, while it lasts (:meth:`Backend.listen`)."""
+
+    #: Set when the connection drops.
+    lost: trio.Event
+    #: A channel only this listener hears, once a notice sent there came back through the
+    #: server: an enqueue may address its wake-up to this process alone there
+    #: (``ProcessDetails.wake_channel``). None if that notice never came (LISTEN through a
+    #: transaction pooler hears nothing).
+    address: str | None
 
 
 class Backend(Protocol):
@@ -47,13 +62,12 @@ class Backend(Protocol):
     #: Whether :meth:`listen` works: other processes' enqueues and cancels are pushed here.
     notifies: bool
 
-    def listen(
-        self, on_notice: Callable[[Notice], None]
-    ) -> AbstractAsyncContextManager[trio.Event]:
-        """A dedicated connection receiving notices until it drops (the event yielded is
-        then set). ``on_notice`` is called with each notice as it arrives, synchronously on
-        trio's thread (no task in between: a wake-up reaches its fetcher in one pass of
-        the scheduler) but inside trio-asyncio's loop, where only trio's synchronous calls
+    def listen(self, on_notice: Callable[[Notice], None]) -> AbstractAsyncContextManager[Listening]:
+        """A dedicated connection receiving notices until it drops (``lost`` is then set):
+        those every listening process hears, and those addressed to its ``address`` alone.
+        ``on_notice`` is called with each notice as it arrives, synchronously on trio's
+        thread (no task in between: a wake-up reaches its fetcher in one pass of the
+        scheduler) but inside trio-asyncio's loop, where only trio's synchronous calls
         are safe (``send_nowait``, ``Event.set``, ``CancelScope.cancel``); it must not
         block, and an error it raises is logged.
 

@@ -395,6 +395,18 @@ class Beat(Op[None]):
 
 
 @attrs.frozen
+class WakeAll(Op[None]):
+    """Tell every listening process that work falls due on these queues, ``(queue,
+    run_at)`` each: a wake-up addressed to one process that it could not take all of,
+    passed on. Nothing happens on a backend that sends no notices."""
+
+    runs = Runs.BESIDE
+    single_statement = True
+
+    wakes: tuple[tuple[str, float], ...]
+
+
+@attrs.frozen
 class Leave(Op[None]):
     """Process ``owner`` stopped cleanly; its row goes, as do leases it holds."""
 

@@ -27,6 +27,7 @@ from trioforge.storage._pg_sql import (
     _CLAIM_LIMITED,
     _FOLD_COUNTS,
     _LOCK_LIMIT_KEY,
+    _NOTIFY_WAKES,
     _READ_BUCKET,
     _RENEW,
     _RESUME,
@@ -193,16 +194,26 @@ class PostgresClaims:
 
     @staticmethod
     async def _beat(conn: asyncpg.Connection, op: ops.Beat, now: float) -> None:
+        details = op.details
         await conn.execute(
             "INSERT INTO trioforge_processes "
-            "(owner, queues, started_at, heartbeat_at, details, job_names) "
-            "VALUES ($1, $2, $3, $3, $4, $5) ON CONFLICT (owner) DO UPDATE SET "
-            "queues = excluded.queues, heartbeat_at = excluded.heartbeat_at, "
-            "details = excluded.details, job_names = excluded.job_names",
-            op.owner, list(op.queues), now,
-            None if op.details is None else op.details.to_json(),
+            "(owner, queues, started_at, heartbeat_at, details, job_names, wake_channel, "
+            "wake_until) VALUES ($1, $2, $3, $3, $4, $5, $6, $7) ON CONFLICT (owner) DO "
+            "UPDATE SET queues = excluded.queues, heartbeat_at = excluded.heartbeat_at, "
+            "details = excluded.details, job_names = excluded.job_names, "
+            "wake_channel = excluded.wake_channel, wake_until = excluded.wake_until",
+            op.owner, list(op.queues), now, None if details is None else details.to_json(),
             None if op.names is None else list(op.names),
+            None if details is None else details.wake_channel,
+            None if details is None else details.wake_until,
         )  # fmt: skip
+
+    @staticmethod
+    async def _wake_all(conn: asyncpg.Connection, op: ops.WakeAll, now: float) -> None:
+        del now
+        await conn.execute(
+            _NOTIFY_WAKES, CHANNEL, [f"w:{run_at!r}:{queue}" for queue, run_at in op.wakes]
+        )
 
     @staticmethod
     async def _leave(conn: asyncpg.Connection, op: ops.Leave, now: float) -> None:

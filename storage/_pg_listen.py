@@ -16,7 +16,7 @@ import trio
 
 from trioforge._core.errors import DatabaseUnavailableError
 from trioforge._core.extras import needs_extra
-from trioforge.storage._backend import Changed
+from trioforge.storage._backend import Changed, Listening
 from trioforge.storage._changes import parse_ids
 from trioforge.storage._pg_sql import CHANNEL
 from trioforge.storage._records import CancelNotice, Notice, SlotsFreedNotice, WakeNotice
@@ -56,6 +56,10 @@ def parse_notice(payload: str, schema: str | None = None) -> Notice | None:
         if kind == "w":
             run_at, _, queue = rest.partition(":")
             return WakeNotice(queue, float(run_at))
+        if kind == "a":  # on the listener's own channel: addressed to this process alone
+            jobs, _, rest = rest.partition(":")
+            run_at, _, queue = rest.partition(":")
+            return WakeNotice(queue, float(run_at), max(1, int(jobs)))
         if kind == "c":
             job_id, _, scope = rest.partition(":")
             return CancelNotice(int(job_id)) if scope == (schema or "") else None
@@ -91,10 +95,12 @@ class PostgresListening:
         return await trio_asyncio_module().aio_as_trio(fn)(*args)
 
     @asynccontextmanager
-    async def listen(self, on_notice: Callable[[Notice], None]) -> AsyncIterator[trio.Event]:
+    async def listen(self, on_notice: Callable[[Notice], None]) -> AsyncIterator[Listening]:
         """LISTEN on a connection of its own (a pooled one would be UNLISTENed on release),
         ``on_notice`` called from asyncpg's callback itself (trio-asyncio runs it on trio's
-        thread). The event is set when that connection drops."""
+        thread): on the channel every process hears, and on one of its own, new for each
+        connection (a notice a dropped connection missed then never reaches a new one)."""
+        address = f"{CHANNEL}_w_{uuid.uuid4().hex}"
         probe, heard, lost = f"p:{uuid.uuid4().hex}", trio.Event(), trio.Event()
 
         def on_notify(conn: object, pid: int, channel: str, payload: str) -> None:
@@ -109,10 +115,10 @@ class PostgresListening:
             except Exception:  # raised into asyncio's loop it would end the runtime
                 log.exception("handling the notice %r failed", notice)
 
-        conn = await self._aio(self._listening, CHANNEL, on_notify, lost.set, "listener")
+        conn = await self._aio(self._listening, (CHANNEL, address), on_notify, lost.set, "listener")
         try:
-            await self._check_heard(CHANNEL, probe, heard)
-            yield lost
+            addressed = await self._check_heard(address, probe, heard)
+            yield Listening(lost, address if addressed else None)
         finally:
             lost.set()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -135,7 +141,7 @@ class PostgresListening:
                     send.send_nowait(ids)
 
         conn = await self._aio(
-            self._listening, self.changes_channel, on_notify, send.close, "live feed"
+            self._listening, (self.changes_channel,), on_notify, send.close, "live feed"
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -173,12 +179,12 @@ class PostgresListening:
 
     async def _listening(
         self,
-        channel: str,
+        channels: tuple[str, ...],
         on_notify: Callable[..., None],
         on_lost: Callable[[], None],
         role: str,
     ) -> asyncpg.Connection:
-        """A connection of its own LISTENing on ``channel`` (a pooled one would be
+        """A connection of its own LISTENing on ``channels`` (a pooled one would be
         UNLISTENed on release); ``on_lost()`` when it drops."""
         # LISTEN reads no table, so no search path (which a pooler would refuse).
         settings = {"application_name": f"trioforge {role} {self.schema or ''}".strip()}
@@ -191,5 +197,6 @@ class PostgresListening:
                 f"cannot reach PostgreSQL at {redact(self.listen_url)} to listen: {exc}"
             ) from None
         conn.add_termination_listener(lambda _: on_lost())
-        await conn.add_listener(channel, on_notify)
+        for channel in channels:
+            await conn.add_listener(channel, on_notify)
         return conn

@@ -80,6 +80,36 @@ async def _store(conn: asyncpg.Connection, tally: Tally) -> None:
         )  # fmt: skip
 
 
+def _wake_notices(new: str, now: str, channel: str) -> str:
+    """CTEs sending one wake-up per queue for the jobs of CTE ``new`` (rows of queue,
+    run_at, name, requiring: whether it requires capabilities), delivered at commit.
+
+    Jobs already due go to one process alone where one can take them all: picked at
+    random (``trioforge_addressee``) among those serving the queue and running every one
+    of their names whose listener hears its own channel (``wake_until``, renewed at each
+    heartbeat, has not passed by ``now``), on that channel as ``a:<jobs>:<run_at>:<queue>``.
+    That process claims them or, if it cannot take them all, passes the wake-up on to every
+    process (``WakeAll``). Otherwise (jobs due later, jobs that require capabilities, no such
+    process) every listening process hears ``w:<run_at>:<queue>`` on ``channel``: each
+    idle one would claim, and all but one would find nothing.
+    """
+    return f"""due AS (
+    SELECT queue, min(run_at) AS run_at, count(*) AS n, array_agg(name) AS names,
+        bool_or(requiring) AS requiring
+    FROM {new} GROUP BY queue
+), addressed AS (
+    SELECT due.*, CASE WHEN run_at <= {now} AND NOT requiring
+        THEN trioforge_addressee(queue, names, {now}) END AS address
+    FROM due
+), notified AS (
+    SELECT pg_notify(
+        coalesce(address, {channel}),
+        CASE WHEN address IS NULL THEN 'w:' || run_at::text || ':' || queue
+             ELSE 'a:' || n || ':' || run_at::text || ':' || queue END
+    ) FROM addressed
+)"""
+
+
 #: One statement: the insert, and one wake-up notice per queue (sent at commit).
 _INSERT_MANY = f"""
 WITH inserted AS (
@@ -97,11 +127,20 @@ WITH inserted AS (
         AS t(name, queue, payload, priority, run_at, max_attempts, status, timeout, requires,
              rate_key, concurrency_key, parent_id, workflow, trace_context, retain, ord)
     ORDER BY ord
-    RETURNING id, queue, run_at, status, finished_at, NULL AS old_status, NULL::float8 AS old_at
-), {_count_moved("inserted")}, notified AS (
-    SELECT pg_notify($9, 'w:' || min(run_at)::text || ':' || queue) FROM inserted GROUP BY queue
-)
+    RETURNING id, queue, run_at, status, finished_at, NULL AS old_status, NULL::float8 AS old_at,
+        name, requires IS NOT NULL AS requiring
+), {_count_moved("inserted")}, {_wake_notices("inserted", "$7", "$9")}
 SELECT id FROM inserted WHERE (SELECT count(*) FROM notified) >= 0
+"""
+
+#: The wake-ups of jobs inserted one by one (keyed ones): ``$1`` the channel, ``$2`` now,
+#: then each created job's queue, run_at, name and whether it requires capabilities.
+_NOTIFY_DUE = f"""
+WITH created AS (
+    SELECT * FROM unnest($3::text[], $4::float8[], $5::text[], $6::bool[])
+        AS t(queue, run_at, name, requiring)
+), {_wake_notices("created", "$2", "$1")}
+SELECT count(*) FROM notified
 """
 
 _INSERT_KEYED = f"""
@@ -115,7 +154,8 @@ RETURNING id
 """
 
 
-#: The LISTEN/NOTIFY channel. Payloads: ``w:<run_at>:<queue>`` (work enqueued),
+#: The LISTEN/NOTIFY channel every listening process hears. Payloads: ``w:<run_at>:<queue>``
+#: (work enqueued; ``a:<jobs>:<run_at>:<queue>`` on a channel one process alone hears),
 #: ``c:<job id>:<schema>`` (cancel requested; see parse_notice) and ``f:<schema>`` (jobs
 #: with a concurrency key stopped running: slots freed); delivered at commit.
 CHANNEL = "trioforge"

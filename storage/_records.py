@@ -181,6 +181,10 @@ class WakeNotice:
 
     queue: str
     run_at: float
+    #: For a notice addressed to this process alone (its listener's own channel): how many
+    #: jobs it announces, which this process takes or passes on to every other one. 0: a
+    #: notice every listening process hears.
+    owed: int = 0
 
 
 @attrs.frozen
@@ -253,13 +257,21 @@ class ProcessDetails:
     running: int
     #: Workers holding a job per queue, at the last beat (none said: an older trioforge).
     busy: tuple[tuple[str, int], ...] = ()
+    #: The channel only this process's listener hears, where an enqueue may address its
+    #: wake-up to this process alone, and until when (wall clock) it may; None: address
+    #: none here (no listener, a deaf one, a runtime stopping, or an older trioforge).
+    wake_channel: str | None = None
+    wake_until: float | None = None
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"host": self.host, "pid": self.pid, "pools": dict(self.pools),
-             "capabilities": list(self.capabilities), "running": self.running,
-             "busy": dict(self.busy)}
-        )  # fmt: skip
+        data: dict[str, object] = {
+            "host": self.host, "pid": self.pid, "pools": dict(self.pools),
+            "capabilities": list(self.capabilities), "running": self.running,
+            "busy": dict(self.busy),
+        }  # fmt: skip
+        if self.wake_channel is not None:
+            data["wake_channel"], data["wake_until"] = self.wake_channel, self.wake_until
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str | None) -> ProcessDetails | None:
@@ -271,7 +283,14 @@ class ProcessDetails:
             tuple((str(q), int(n)) for q, n in data["pools"].items()),
             tuple(str(c) for c in data["capabilities"]), int(data["running"]),
             tuple((str(q), int(n)) for q, n in data.get("busy", {}).items()),
+            *_wake_address(data.get("wake_channel"), data.get("wake_until")),
         )  # fmt: skip
+
+
+def _wake_address(channel: object, until: object) -> tuple[str | None, float | None]:
+    if isinstance(channel, str) and isinstance(until, int | float):
+        return channel, float(until)
+    return None, None
 
 
 @attrs.frozen

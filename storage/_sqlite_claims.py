@@ -160,6 +160,10 @@ class SQLiteClaims:
         return cursor.rowcount == 1
 
     @staticmethod
+    def _wake_all(db: sqlite3.Connection, op: ops.WakeAll, now: float) -> None:
+        del db, op, now  # no notices: other processes poll the file
+
+    @staticmethod
     def _beat(db: sqlite3.Connection, op: ops.Beat, now: float) -> None:
         db.execute(
             "INSERT INTO trioforge_processes "

@@ -37,7 +37,7 @@ from trioforge._core.states import (
 )
 from trioforge.storage import _compound as compound
 from trioforge.storage import _ops as ops
-from trioforge.storage._backend import AsyncioExecute, Changed
+from trioforge.storage._backend import AsyncioExecute, Changed, Listening
 from trioforge.storage._changes import changed_jobs
 from trioforge.storage._memory_store import MemoryStore, Row
 from trioforge.storage._records import (
@@ -97,9 +97,7 @@ class MemoryBackend(MemoryStore):
             self._change_feeds.remove(send)
             send.close()
 
-    def listen(
-        self, on_notice: Callable[[Notice], None]
-    ) -> AbstractAsyncContextManager[trio.Event]:
+    def listen(self, on_notice: Callable[[Notice], None]) -> AbstractAsyncContextManager[Listening]:
         raise NotImplementedError("this backend pushes no notices; the runtime polls it")
 
     def environment(self) -> AbstractAsyncContextManager[None]:
@@ -460,6 +458,9 @@ class MemoryBackend(MemoryStore):
         self._processes[op.owner] = ProcessInfo(
             op.owner, op.queues, started, now, op.details, op.names
         )
+
+    def _wake_all(self, op: ops.WakeAll, now: float) -> None:
+        del op, now  # no other process to tell
 
     def _leave(self, op: ops.Leave, now: float) -> None:
         del now

@@ -61,6 +61,7 @@ from trioforge.storage._pg_sql import (
     _INSERT_KEYED,
     _INSERT_MANY,
     _KEY_HOLDER,
+    _NOTIFY_DUE,
     _NOTIFY_WAKES,
     _RESCUE,
     _RUNNING,
@@ -244,7 +245,8 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
                 "trioforge_workflow_steps, trioforge_workflow_signals, trioforge_counts, "
                 "trioforge_finished, trioforge_schema CASCADE; "
                 "DROP FUNCTION IF EXISTS trioforge_keep_error(); "
-                "DROP FUNCTION IF EXISTS trioforge_claim_limited"
+                "DROP FUNCTION IF EXISTS trioforge_claim_limited; "
+                "DROP FUNCTION IF EXISTS trioforge_addressee"
             )
 
         await self._aio(self._run, drop_tables)
@@ -531,13 +533,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
                 [j.trace_context for j in op.jobs], [j.retain for j in op.jobs],
             )  # fmt: skip
             return [Enqueued(job_id, created=True) for job_id in sorted(r["id"] for r in rows)]
-        earliest: dict[str, float] = {}
-        for j in op.jobs:
-            earliest[j.queue] = min(j.run_at, earliest.get(j.queue, j.run_at))
-        await conn.execute(
-            _NOTIFY_WAKES, CHANNEL, [f"w:{at!r}:{queue}" for queue, at in earliest.items()]
-        )
-        out, inserted = [], Tally()
+        out, inserted, created = [], Tally(), []
         for j, state in zip(op.jobs, status, strict=True):
             if j.unique_for is not None and j.idempotency_key is not None:
                 # An unfinished holder first, else one that finished within unique_for.
@@ -560,6 +556,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
             if job_id is not None:
                 out.append(Enqueued(job_id, created=True))
                 inserted.add(j.queue, state, None)
+                created.append(j)
                 continue
             existing = await conn.fetchval(
                 _KEY_HOLDER,
@@ -567,6 +564,12 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
             )
             out.append(Enqueued(existing, created=False))
         await _store(conn, inserted)
+        if created:
+            await conn.execute(
+                _NOTIFY_DUE, CHANNEL, now, [j.queue for j in created],
+                [j.run_at for j in created], [j.name for j in created],
+                [bool(j.requires) for j in created],
+            )  # fmt: skip
         return out
 
     async def _release_orphans(

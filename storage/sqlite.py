@@ -43,7 +43,7 @@ from trioforge._core.errors import (
 from trioforge._core.states import TERMINAL_STATES, JobState, Released, Suspended, next_state
 from trioforge.storage import _compound as compound
 from trioforge.storage import _ops as ops
-from trioforge.storage._backend import AsyncioExecute, Changed, refused_value
+from trioforge.storage._backend import AsyncioExecute, Changed, Listening, refused_value
 from trioforge.storage._counts import Tally
 from trioforge.storage._records import (
     CancelResult,
@@ -130,9 +130,7 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
     notifies = False
     enqueue_in_asyncio: ClassVar[bool] = False
 
-    def listen(
-        self, on_notice: Callable[[Notice], None]
-    ) -> AbstractAsyncContextManager[trio.Event]:
+    def listen(self, on_notice: Callable[[Notice], None]) -> AbstractAsyncContextManager[Listening]:
         raise NotImplementedError("this backend pushes no notices; the runtime polls it")
 
     def environment(self) -> AbstractAsyncContextManager[None]:

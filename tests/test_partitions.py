@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import trioforge
 from tests.support.strategies import priorities
 from trioforge import JobContext, JobState, Priority, VirtualClock
-from trioforge.storage import Changed, MemoryBackend, Notice, SchemaStatus, ops
+from trioforge.storage import Changed, Listening, MemoryBackend, Notice, SchemaStatus, ops
 from trioforge.testing import EPOCH, run
 
 HEARTBEAT = 1.0
@@ -55,9 +55,7 @@ class Partition:
     def heal(self) -> None:
         self.healed.set()
 
-    def listen(
-        self, on_notice: Callable[[Notice], None]
-    ) -> AbstractAsyncContextManager[trio.Event]:
+    def listen(self, on_notice: Callable[[Notice], None]) -> AbstractAsyncContextManager[Listening]:
         raise NotImplementedError
 
     def changes(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Changed]]:

@@ -461,12 +461,16 @@ async def test_a_notice_handler_that_raises_is_logged_and_listening_goes_on(
             raise RuntimeError("the first notice's handler fails")
         second.set()
 
-    async with temporary_schema() as backend, opened(backend), backend.listen(on_notice) as lost:
+    async with (
+        temporary_schema() as backend,
+        opened(backend),
+        backend.listen(on_notice) as listening,
+    ):
         await backend.execute([ops.Enqueue((job,))], 1.0)
         await backend.execute([ops.Enqueue((job,))], 1.0)
         with trio.fail_after(10):
             await second.wait()
-        assert not lost.is_set()
+        assert not listening.lost.is_set()
     assert len(heard) == 2
     assert "the first notice's handler fails" in caplog.text
 

@@ -111,6 +111,27 @@ async def test_a_process_row_keeps_what_its_last_beat_said(backend: Backend) -> 
     assert rows["old"].details is None
 
 
+async def test_a_beat_keeps_where_wake_ups_may_be_addressed_and_until_when(
+    backend: Backend,
+) -> None:
+    listening = ProcessDetails("h", 7, (("q", 2),), (), 0, wake_channel="ch_1", wake_until=T0 + 5)
+    await one(backend, ops.Beat("p1", ("q",), listening), T0)
+    deaf = attrs.evolve(listening, wake_channel=None, wake_until=None)  # its listener dropped
+    await one(backend, ops.Beat("p2", ("q",), listening), T0)
+    await one(backend, ops.Beat("p2", ("q",), deaf), T0 + 1)
+    rows = {p.owner: p.details for p in await one(backend, ops.Processes(), T0 + 2)}
+    assert rows == {"p1": listening, "p2": deaf}
+
+
+async def test_waking_every_process_changes_no_job(backend: Backend) -> None:
+    """Where notices go to other processes (PostgreSQL) they hear it; elsewhere nothing
+    happens. Either way no job moves and the next claim finds what it would have."""
+    [job_id] = await enqueue(backend, job(queue="q"))
+    assert await one(backend, ops.WakeAll((("q", T0), ("other", T0 + 1.5))), T0) is None
+    assert (await get(backend, job_id)).status is JobState.AVAILABLE
+    assert [j.id for j in (await claim(backend, T0, queue="q")).jobs] == [job_id]
+
+
 async def test_every_attempts_error_is_kept(backend: Backend) -> None:
     [job_id] = await enqueue(backend, job(max_attempts=3))
     assert await one(backend, ops.Attempts(job_id)) == []

@@ -1,0 +1,284 @@
+"""Wake-ups addressed to one process (PostgreSQL): an enqueue tells one idle process that
+serves the queue of its due jobs, not every process (each of which would claim, all but
+one for nothing); that process takes them or passes the wake-up on to all of them.
+
+The runtimes here poll every 30 s, so a job that starts within seconds was started by a
+notice; processes opened with a long heartbeat interval never advertise a channel (their
+one beat comes before their listener), so the wake-ups go where the test says.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+import trioforge
+from tests.support.postgres import schema_url, temporary_schema
+from trioforge import JobContext, Registry
+from trioforge.storage import (
+    NewJob,
+    Notice,
+    ProcessDetails,
+    ProcessInfo,
+    WakeNotice,
+    backend_for_url,
+    opened,
+    ops,
+)
+from trioforge.storage.postgres import PostgresBackend
+
+NOW = 10.0
+#: Only a notice starts a job within the tests' bounds.
+SLOW_POLL = 30.0
+#: A runtime that advertises its channel a moment after it opens.
+ADDRESSED: dict[str, Any] = {
+    "heartbeat_interval": 0.1, "lease_seconds": 5.0, "poll_interval": SLOW_POLL,
+}  # fmt: skip
+#: A runtime that never advertises one (its next beat is a minute away).
+UNADDRESSED: dict[str, Any] = {
+    "heartbeat_interval": 60.0, "lease_seconds": 300.0, "poll_interval": SLOW_POLL,
+}  # fmt: skip
+
+
+def details(address: str | None = None, until: float = NOW + 100) -> ProcessDetails:
+    return ProcessDetails(
+        "h", 1, (("q", 4),), (), 0, wake_channel=address,
+        wake_until=None if address is None else until,
+    )  # fmt: skip
+
+
+class Heard:
+    """The wake-ups one listener hears for the given queues, in order."""
+
+    def __init__(self, *queues: str) -> None:
+        self.queues = queues
+        self._send, self._receive = trio.open_memory_channel[WakeNotice](math.inf)
+
+    def __call__(self, notice: Notice) -> None:
+        if isinstance(notice, WakeNotice) and notice.queue in self.queues:
+            self._send.send_nowait(notice)
+
+    async def next(self) -> WakeNotice:
+        with trio.fail_after(10):
+            return await self._receive.receive()
+
+
+async def one(backend: PostgresBackend, op: ops.Op, now: float = NOW) -> Any:
+    [result] = await backend.execute([op], now)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+@asynccontextmanager
+async def two_listeners(
+    queue: str, marker: str, *, a_until: float = NOW + 100, names: Sequence[str] = ("x",)
+) -> AsyncIterator[tuple[PostgresBackend, Heard, Heard]]:
+    """Processes "a" (addressable until ``a_until``) and "b" (not addressable), both
+    serving ``queue`` and running ``names``, each with its listener."""
+    a_heard, b_heard = Heard(queue, marker), Heard(queue, marker)
+    async with (
+        temporary_schema() as backend,
+        opened(backend),
+        backend.listen(a_heard) as a,
+        backend.listen(b_heard) as b,
+    ):
+        assert a.address is not None
+        assert b.address not in (None, a.address)
+        await one(backend, ops.Beat("a", (queue,), details(a.address, a_until), tuple(names)))
+        await one(backend, ops.Beat("b", (queue,), details(), tuple(names)))
+        yield backend, a_heard, b_heard
+
+
+def new_job(queue: str, **fields: Any) -> NewJob:
+    return attrs.evolve(NewJob("x", queue, "{}", 10, 5.0, 3), **fields)
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "keyed"])
+async def test_due_jobs_are_announced_to_one_addressable_process_alone(keyed: bool) -> None:
+    queue, marker = f"q{uuid.uuid4().hex}", f"m{uuid.uuid4().hex}"
+    async with two_listeners(queue, marker) as (backend, a, b):
+        jobs = [
+            new_job(queue, idempotency_key=f"k{n}" if keyed else None, run_at=5.0 - n)
+            for n in range(3)
+        ]
+        await one(backend, ops.Enqueue(tuple(jobs)))
+        await one(backend, ops.Enqueue((new_job(marker),)))  # nobody serves it: all hear
+        assert await a.next() == WakeNotice(queue, 3.0, owed=3)
+        assert await a.next() == WakeNotice(marker, 5.0)
+        # Notices arrive in commit order: b heard nothing of the first enqueue.
+        assert await b.next() == WakeNotice(marker, 5.0)
+
+
+@pytest.mark.parametrize(
+    "case", ["due later", "requires a capability", "address expired", "name not run there"]
+)
+async def test_jobs_no_one_process_can_be_told_of_wake_every_process(case: str) -> None:
+    queue, marker = f"q{uuid.uuid4().hex}", f"m{uuid.uuid4().hex}"
+    job = {
+        "due later": new_job(queue, run_at=NOW + 60),
+        "requires a capability": new_job(queue, requires=("gpu",)),
+        "address expired": new_job(queue),
+        "name not run there": new_job(queue, name="y"),
+    }[case]
+    a_until = NOW - 0.5 if case == "address expired" else NOW + 100
+    async with two_listeners(queue, marker, a_until=a_until) as (backend, a, b):
+        await one(backend, ops.Enqueue((job,)))
+        assert await a.next() == WakeNotice(queue, job.run_at)
+        assert await b.next() == WakeNotice(queue, job.run_at)
+
+
+async def test_waking_every_process_reaches_every_listener() -> None:
+    queue, marker = f"q{uuid.uuid4().hex}", f"m{uuid.uuid4().hex}"
+    async with two_listeners(queue, marker) as (backend, a, b):
+        await one(backend, ops.WakeAll(((queue, 3.5), (marker, 4.0))))
+        for heard in (a, b):
+            assert {await heard.next(), await heard.next()} == {
+                WakeNotice(queue, 3.5), WakeNotice(marker, 4.0),
+            }  # fmt: skip
+
+
+# --- runtimes -------------------------------------------------------------------------
+
+
+@attrs.define
+class Pool:
+    """What ran where: each started job's name and the runtime it started in."""
+
+    started: list[tuple[str, str]] = attrs.Factory(list)
+    release: trio.Event = attrs.Factory(trio.Event)
+    changed: trio.Event = attrs.Factory(trio.Event)
+
+    def registry(self, who: str, names: Sequence[str] = ("hold", "work")) -> Registry:
+        registry = Registry()
+        for name in names:
+            registry.job(name)(self._handler(who, name))
+        return registry
+
+    def _handler(self, who: str, name: str) -> Any:
+        async def handler(ctx: JobContext) -> None:
+            self.started.append((name, who))
+            self.changed.set()
+            self.changed = trio.Event()
+            if name == "hold":
+                await self.release.wait()
+
+        return handler
+
+    async def until(self, count: int) -> list[tuple[str, str]]:
+        with trio.fail_after(10):
+            while len(self.started) < count:
+                await self.changed.wait()
+        return sorted(self.started)
+
+
+async def processes(url: str) -> list[ProcessInfo]:
+    async with opened(backend_for_url(url)) as backend:
+        [rows] = await backend.execute([ops.Processes()], trioforge.WallClock().now())
+    assert isinstance(rows, list)
+    return rows
+
+
+async def advertised(url: str, count: int) -> None:
+    """Until ``count`` processes advertise a channel (their listener heard its probe and a
+    beat said so)."""
+    with trio.fail_after(10):
+        while True:
+            rows = await processes(url)
+            if (
+                sum(p.details is not None and p.details.wake_channel is not None for p in rows)
+                >= count
+            ):
+                return
+            await trio.sleep(0.05)
+
+
+async def test_a_process_with_no_free_slot_passes_its_wake_up_on() -> None:
+    pool = Pool()
+    async with (
+        schema_url() as url,
+        trioforge.open_runtime(pool.registry("a"), database=url, queues={"default": 1},
+                               **ADDRESSED),
+        trioforge.open_runtime(pool.registry("b"), database=url, queues={"default": 1},
+                               **UNADDRESSED),
+        trioforge.open_client(url, registry=pool.registry("client")) as client,
+    ):  # fmt: skip
+        await advertised(url, 1)
+        await client.enqueue("hold")  # to a, the one process addressable
+        assert await pool.until(1) == [("hold", "a")]
+        await client.enqueue("work")  # to a, busy: it passes the wake-up on to b
+        assert await pool.until(2) == [("hold", "a"), ("work", "b")]
+        pool.release.set()
+
+
+async def test_a_claim_that_comes_back_full_passes_the_rest_on() -> None:
+    pool = Pool()
+    async with (
+        schema_url() as url,
+        trioforge.open_runtime(pool.registry("a"), database=url, queues={"default": 2},
+                               **ADDRESSED),
+        trioforge.open_runtime(pool.registry("b"), database=url, queues={"default": 2},
+                               **UNADDRESSED),
+        trioforge.open_client(url, registry=pool.registry("client")) as client,
+    ):  # fmt: skip
+        await advertised(url, 1)
+        await client.enqueue_many("hold", [None] * 4)  # all four announced to a
+        assert await pool.until(4) == [("hold", "a")] * 2 + [("hold", "b")] * 2
+        pool.release.set()
+
+
+@pytest.mark.parametrize("case", ["requires a capability", "name not run there"])
+async def test_jobs_the_addressable_process_cannot_run_reach_one_that_can(case: str) -> None:
+    pool = Pool()
+    a_names = ("hold", "work") if case == "requires a capability" else ("hold",)
+    async with (
+        schema_url() as url,
+        trioforge.open_runtime(pool.registry("a", a_names), database=url, **ADDRESSED),
+        trioforge.open_runtime(pool.registry("b"), database=url, capabilities={"gpu"},
+                               **UNADDRESSED),
+        trioforge.open_client(url, registry=pool.registry("client")) as client,
+    ):  # fmt: skip
+        await advertised(url, 1)
+        requires = {"gpu"} if case == "requires a capability" else None
+        await client.enqueue("work", requires=requires)
+        assert await pool.until(1) == [("work", "b")]
+
+
+class CountingClaims(PostgresBackend):
+    """A PostgreSQL backend that counts the claims it runs."""
+
+    claims = 0
+
+    async def execute_asyncio(self, batch: Sequence[ops.Op], now: float) -> list[object]:
+        self.claims += sum(isinstance(op, ops.Claim) for op in batch)
+        return await super().execute_asyncio(batch, now)
+
+
+async def test_a_trickle_of_jobs_costs_one_claim_each_however_many_processes_listen() -> None:
+    """Three idle processes, one job at a time: one claim per job in all (every process
+    hearing every enqueue made three, two of them for nothing)."""
+    pool, jobs = Pool(), 10
+    async with schema_url() as url, AsyncExitStack() as stack:
+        backends = [CountingClaims(url) for _ in range(3)]
+        for n, backend in enumerate(backends):
+            await stack.enter_async_context(
+                trioforge.open_runtime(pool.registry(f"p{n}"), database=backend, **ADDRESSED)
+            )
+        client = await stack.enter_async_context(
+            trioforge.open_client(url, registry=pool.registry("client"))
+        )
+        await advertised(url, 3)
+        before = sum(b.claims for b in backends)
+        for _ in range(jobs):
+            with trio.fail_after(10):
+                await client.wait(await client.enqueue("work"))
+        claims = sum(b.claims for b in backends) - before
+    assert len(pool.started) == jobs
+    assert jobs <= claims <= jobs + 2, claims

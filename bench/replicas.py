@@ -6,10 +6,10 @@ process to another (idle worker), cross-replica cancel latency (cancel call -> t
 `finally` in the other process), the drain rate of N no-op jobs with 1 and 3 worker
 processes, with the CPU per job of the workers and their PostgreSQL backends
 (bench/cpu.py), and that CPU per job for a trickle (one job every 10 ms, far below what one
-process can run) with 1, 3 and 6 idle worker processes: each notice of new work wakes every
-idle process, and each claims, so the cost per job grows with the processes. Times are
-wall-clock, taken on one machine; each figure is printed as soon as it is measured, and the
-whole bench stops at ``--deadline``.
+process can run) with 1, 3 and 6 idle worker processes: what idle processes cost each job
+(an enqueue addresses its wake-up to one of them; before that, every idle process heard
+each one and claimed). Times are wall-clock, taken on one machine; each figure is printed
+as soon as it is measured, and the whole bench stops at ``--deadline``.
 """
 
 from __future__ import annotations

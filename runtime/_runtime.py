@@ -499,8 +499,8 @@ async def _start_services(services: trio.Nursery, parts: _Parts) -> None:
     """The process-wide actors, in order: a watch on storage's health, heartbeat (registered
     before anything claims; then a warning for each job name waiting in its queues that it
     does not run), reaper, sweeper (retention: the queues', and jobs' own), workflow step
-    starts, cron scheduler (if the registry has schedules), listener (if the backend sends
-    notices). A client-only runtime (no queues) runs none."""
+    starts, cron scheduler (if the registry has schedules), relay and listener (if the
+    backend sends notices). A client-only runtime (no queues) runs none."""
     s, storage, clock = parts.settings, parts.storage, parts.settings.clock
     if not s.queues:
         return

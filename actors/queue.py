@@ -34,6 +34,7 @@ from trioforge._core.outcomes import AttemptOutcome, attempt_outcome
 from trioforge._core.prefetch import ClaimPace, claim_ahead, claim_size
 from trioforge._core.retry import Retry
 from trioforge._core.states import Released as ReleasedEvent
+from trioforge._core.wakes import left_over
 from trioforge.actors import events
 from trioforge.actors.attempts import (
     Attempt,
@@ -400,11 +401,12 @@ class QueueSupervisor:
                     began = trio.current_time()
                     result = await self._claim(names, limits, limit, now)
                     last_claim = now
-                    if self._owed and self._owed_at <= now:
-                        # Answered: passed on unless this claim took as many jobs as were
-                        # announced, or found no more (others took them, or a limit holds).
-                        taken = 0 if result is None else len(result.jobs)
-                        if result is None or (taken == limit and taken < self._owed):
+                    if self._owed and self._owed_at <= now:  # answered by this claim
+                        if result is None or left_over(
+                            (job.run_at for job in result.jobs), taken=len(result.jobs),
+                            limit=limit, owed=self._owed, owed_at=self._owed_at,
+                            rate_limited=result.next_token_at is not None,
+                        ):  # fmt: skip
                             self._settle_owed()
                         else:
                             self._owed, self._owed_at = 0, math.inf

@@ -426,6 +426,7 @@ class _Parts:
     def describe(self) -> ProcessDetails:
         """This process as the heartbeat reports it (``trioforge workers list``)."""
         s = self.settings
+        channel, until = self._wake_address()
         return ProcessDetails(
             host=socket.gethostname(),
             pid=os.getpid(),
@@ -437,24 +438,30 @@ class _Parts:
             capabilities=tuple(sorted(s.capabilities)),
             running=len(self.running),
             busy=tuple((name, supervisor.busy) for name, supervisor in self.supervisors.items()),
-            **self._wake_address(),
+            wake_channel=channel,
+            wake_until=until,
         )
 
-    def _wake_address(self) -> dict[str, Any]:
+    def _wake_address(self) -> tuple[str | None, float | None]:
         """Where and until when an enqueue may address its wake-up to this process alone:
         while the listener hears its own channel and the pools claim, for a few heartbeats
         (a process that died is addressed until then: its jobs wait for another's poll)."""
         fetching = any(supervisor.fetching for supervisor in self.supervisors.values())
         if self.address is None or not fetching:
-            return {}
+            return None, None
         s = self.settings
-        until = s.clock.now() + WAKE_BEATS * s.heartbeat_interval
-        return {"wake_channel": self.address, "wake_until": until}
+        return self.address, s.clock.now() + WAKE_BEATS * s.heartbeat_interval
 
     def set_address(self, address: str | None) -> None:
         if address != self.address:
             self.address = address
-            self.nudge.set()  # addressable (or no longer) from the next beat: make it now
+            self.nudge.set()
+
+    def readdress(self) -> None:
+        """The pools started or stopped: say so at once rather than at the next beat
+        (only where a listener has an address: elsewhere nothing changes)."""
+        if self.address is not None:
+            self.nudge.set()
 
     def wake_all(self) -> None:
         for queue in self.supervisors:
@@ -640,6 +647,7 @@ async def open_runtime(
                 await _start_services(services, parts)
                 async with trio.open_nursery() as pools:
                     await _start_pools(pools, parts)
+                    parts.readdress()  # the pools claim: addressable from now
                     try:
                         yield parts.runtime
                     finally:
@@ -647,6 +655,7 @@ async def open_runtime(
                         # period (the pools nursery waits for them), then are released.
                         for supervisor in parts.supervisors.values():
                             supervisor.stop_fetching()
+                        parts.readdress()  # no longer addressable
                         services.start_soon(parts.stop_after_grace)
             finally:
                 services.cancel_scope.cancel()

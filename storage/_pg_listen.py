@@ -110,6 +110,8 @@ class PostgresListening:
             notice = parse_notice(payload, self.schema)
             if notice is None or lost.is_set():
                 return
+            if isinstance(notice, WakeNotice) and notice.owed and channel != address:
+                notice = WakeNotice(notice.queue, notice.run_at)  # only ours are addressed
             try:
                 on_notice(notice)
             except Exception:  # raised into asyncio's loop it would end the runtime

@@ -91,12 +91,14 @@ def _wake_notices(new: str, now: str, channel: str) -> str:
     That process claims them or, if it cannot take them all, passes the wake-up on to every
     process (``WakeAll``). Otherwise (jobs due later, jobs that require capabilities, no such
     process) every listening process hears ``w:<run_at>:<queue>`` on ``channel``: each
-    idle one would claim, and all but one would find nothing.
+    idle one would claim, and all but one would find nothing. A queue's due jobs and its
+    later ones go apart: told of later jobs alone, one process would be the only one to
+    claim them when they fall due.
     """
     return f"""due AS (
-    SELECT queue, min(run_at) AS run_at, count(*) AS n, array_agg(name) AS names,
+    SELECT queue, min(run_at) AS run_at, count(*) AS n, array_agg(DISTINCT name) AS names,
         bool_or(requiring) AS requiring
-    FROM {new} GROUP BY queue
+    FROM {new} GROUP BY queue, run_at <= {now}
 ), addressed AS (
     SELECT due.*, CASE WHEN run_at <= {now} AND NOT requiring
         THEN trioforge_addressee(queue, names, {now}) END AS address

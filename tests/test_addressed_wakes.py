@@ -3,15 +3,15 @@ serves the queue of its due jobs, not every process (each of which would claim, 
 one for nothing); that process takes them or passes the wake-up on to all of them.
 
 The runtimes here poll every 30 s, so a job that starts within seconds was started by a
-notice; processes opened with a long heartbeat interval never advertise a channel (their
-one beat comes before their listener), so the wake-ups go where the test says.
+notice; some listen through :class:`Unaddressable`, whose listener has no address (as a
+deaf one would not), so the wake-ups go where the test says.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -23,6 +23,7 @@ import trioforge
 from tests.support.postgres import schema_url, temporary_schema
 from trioforge import JobContext, Registry
 from trioforge.storage import (
+    Listening,
     NewJob,
     Notice,
     ProcessDetails,
@@ -37,14 +38,19 @@ from trioforge.storage.postgres import PostgresBackend
 NOW = 10.0
 #: Only a notice starts a job within the tests' bounds.
 SLOW_POLL = 30.0
-#: A runtime that advertises its channel a moment after it opens.
-ADDRESSED: dict[str, Any] = {
+SLOW: dict[str, Any] = {
     "heartbeat_interval": 0.1, "lease_seconds": 5.0, "poll_interval": SLOW_POLL,
 }  # fmt: skip
-#: A runtime that never advertises one (its next beat is a minute away).
-UNADDRESSED: dict[str, Any] = {
-    "heartbeat_interval": 60.0, "lease_seconds": 300.0, "poll_interval": SLOW_POLL,
-}  # fmt: skip
+
+
+class Unaddressable(PostgresBackend):
+    """A PostgreSQL backend whose listener hears everything sent to all processes but
+    offers no address: no enqueue tells its process alone."""
+
+    @asynccontextmanager
+    async def listen(self, on_notice: Callable[[Notice], None]) -> AsyncIterator[Listening]:
+        async with super().listen(on_notice) as listening:
+            yield attrs.evolve(listening, address=None)
 
 
 def details(address: str | None = None, until: float = NOW + 100) -> ProcessDetails:
@@ -135,6 +141,19 @@ async def test_jobs_no_one_process_can_be_told_of_wake_every_process(case: str) 
         assert await b.next() == WakeNotice(queue, job.run_at)
 
 
+async def test_a_queues_due_jobs_are_addressed_and_its_later_ones_wake_every_process() -> None:
+    queue, marker = f"q{uuid.uuid4().hex}", f"m{uuid.uuid4().hex}"
+    async with two_listeners(queue, marker) as (backend, a, b):
+        later = [new_job(queue, run_at=NOW + 30), new_job(queue, run_at=NOW + 20)]
+        await one(backend, ops.Enqueue((new_job(queue), *later, new_job(queue, run_at=1.0))))
+        await one(backend, ops.Enqueue((new_job(marker),)))
+        assert {await a.next(), await a.next()} == {
+            WakeNotice(queue, 1.0, owed=2), WakeNotice(queue, NOW + 20),
+        }  # fmt: skip
+        assert await b.next() == WakeNotice(queue, NOW + 20)
+        assert await b.next() == WakeNotice(marker, 5.0)
+
+
 async def test_waking_every_process_reaches_every_listener() -> None:
     queue, marker = f"q{uuid.uuid4().hex}", f"m{uuid.uuid4().hex}"
     async with two_listeners(queue, marker) as (backend, a, b):
@@ -200,17 +219,28 @@ async def advertised(url: str, count: int) -> None:
             await trio.sleep(0.05)
 
 
-async def test_a_process_with_no_free_slot_passes_its_wake_up_on() -> None:
-    pool = Pool()
+@asynccontextmanager
+async def a_and_b(
+    pool: Pool, size: int = 1, a_names: Sequence[str] = ("hold", "work"), **b: Any
+) -> AsyncIterator[trioforge.Client]:
+    """Processes "a" (addressable) and "b" (not: ``b`` its other settings), each with
+    ``size`` slots, and a client; once "a" is addressable."""
+    queues = {"default": size}
     async with (
         schema_url() as url,
-        trioforge.open_runtime(pool.registry("a"), database=url, queues={"default": 1},
-                               **ADDRESSED),
-        trioforge.open_runtime(pool.registry("b"), database=url, queues={"default": 1},
-                               **UNADDRESSED),
+        trioforge.open_runtime(pool.registry("a", a_names), database=url, queues=queues, **SLOW),
+        trioforge.open_runtime(
+            pool.registry("b"), database=Unaddressable(url), queues=queues, **SLOW, **b
+        ),
         trioforge.open_client(url, registry=pool.registry("client")) as client,
-    ):  # fmt: skip
+    ):
         await advertised(url, 1)
+        yield client
+
+
+async def test_a_process_with_no_free_slot_passes_its_wake_up_on() -> None:
+    pool = Pool()
+    async with a_and_b(pool) as client:
         await client.enqueue("hold")  # to a, the one process addressable
         assert await pool.until(1) == [("hold", "a")]
         await client.enqueue("work")  # to a, busy: it passes the wake-up on to b
@@ -220,15 +250,7 @@ async def test_a_process_with_no_free_slot_passes_its_wake_up_on() -> None:
 
 async def test_a_claim_that_comes_back_full_passes_the_rest_on() -> None:
     pool = Pool()
-    async with (
-        schema_url() as url,
-        trioforge.open_runtime(pool.registry("a"), database=url, queues={"default": 2},
-                               **ADDRESSED),
-        trioforge.open_runtime(pool.registry("b"), database=url, queues={"default": 2},
-                               **UNADDRESSED),
-        trioforge.open_client(url, registry=pool.registry("client")) as client,
-    ):  # fmt: skip
-        await advertised(url, 1)
+    async with a_and_b(pool, size=2) as client:
         await client.enqueue_many("hold", [None] * 4)  # all four announced to a
         assert await pool.until(4) == [("hold", "a")] * 2 + [("hold", "b")] * 2
         pool.release.set()
@@ -238,14 +260,7 @@ async def test_a_claim_that_comes_back_full_passes_the_rest_on() -> None:
 async def test_jobs_the_addressable_process_cannot_run_reach_one_that_can(case: str) -> None:
     pool = Pool()
     a_names = ("hold", "work") if case == "requires a capability" else ("hold",)
-    async with (
-        schema_url() as url,
-        trioforge.open_runtime(pool.registry("a", a_names), database=url, **ADDRESSED),
-        trioforge.open_runtime(pool.registry("b"), database=url, capabilities={"gpu"},
-                               **UNADDRESSED),
-        trioforge.open_client(url, registry=pool.registry("client")) as client,
-    ):  # fmt: skip
-        await advertised(url, 1)
+    async with a_and_b(pool, a_names=a_names, capabilities={"gpu"}) as client:
         requires = {"gpu"} if case == "requires a capability" else None
         await client.enqueue("work", requires=requires)
         assert await pool.until(1) == [("work", "b")]
@@ -269,7 +284,7 @@ async def test_a_trickle_of_jobs_costs_one_claim_each_however_many_processes_lis
         backends = [CountingClaims(url) for _ in range(3)]
         for n, backend in enumerate(backends):
             await stack.enter_async_context(
-                trioforge.open_runtime(pool.registry(f"p{n}"), database=backend, **ADDRESSED)
+                trioforge.open_runtime(pool.registry(f"p{n}"), database=backend, **SLOW)
             )
         client = await stack.enter_async_context(
             trioforge.open_client(url, registry=pool.registry("client"))

@@ -54,6 +54,7 @@ class Nudge:
         self._event = trio.Event()
 
     def set(self) -> None:
+        """Beat now (never blocks); nudges before that beat are one."""
         self._event.set()
 
     async def wait(self, seconds: float) -> None:

@@ -32,6 +32,12 @@ log = logging.getLogger("trioforge.postgres")
 PROBE_TIMEOUT = 2.0
 #: How often a deaf change feed marks every watched job for a re-read instead.
 DEAF_REREAD = 1.0
+#: How often a listener with an address checks that it still hears its own notices, and
+#: how long it waits for one (generous: a busy event loop reads notices late). A connection
+#: can stay up and hear nothing (half-open after a network fault); addressed, its process
+#: would keep being sent wake-ups it never gets, so it reconnects instead.
+REPROBE_EVERY = 10.0
+REPROBE_TIMEOUT = 30.0
 
 
 def trio_asyncio_module() -> Any:
@@ -102,10 +108,11 @@ class PostgresListening:
         connection (a notice a dropped connection missed then never reaches a new one)."""
         address = f"{CHANNEL}_w_{uuid.uuid4().hex}"
         probe, heard, lost = f"p:{uuid.uuid4().hex}", trio.Event(), trio.Event()
+        probes = {probe: heard}  # sent and not heard yet
 
         def on_notify(conn: object, pid: int, channel: str, payload: str) -> None:
-            if payload == probe:
-                heard.set()
+            if payload in probes:
+                probes.pop(payload).set()
                 return
             notice = parse_notice(payload, self.schema)
             if notice is None or lost.is_set():
@@ -120,7 +127,11 @@ class PostgresListening:
         conn = await self._aio(self._listening, (CHANNEL, address), on_notify, lost.set, "listener")
         try:
             addressed = await self._check_heard(address, probe, heard)
-            yield Listening(lost, address if addressed else None)
+            async with trio.open_nursery() as nursery:
+                if addressed:
+                    nursery.start_soon(self._keep_hearing, address, probes, lost)
+                yield Listening(lost, address if addressed else None)
+                nursery.cancel_scope.cancel()
         finally:
             lost.set()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -156,6 +167,31 @@ class PostgresListening:
             send.close()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._aio(conn.close)
+
+    async def _keep_hearing(
+        self, address: str, probes: dict[str, trio.Event], lost: trio.Event
+    ) -> None:
+        """Every :data:`REPROBE_EVERY`, a probe on ``address``; not heard within
+        :data:`REPROBE_TIMEOUT`, the connection counts as lost (``lost`` set: the listener
+        reconnects, and stops advertising the address meanwhile)."""
+        while True:
+            await trio.sleep(REPROBE_EVERY)
+            probe, heard = f"p:{uuid.uuid4().hex}", trio.Event()
+            probes[probe] = heard
+            try:
+                await self._notify_probe(address, probe)
+            except Exception:  # the database is away: the connection's own end says so
+                probes.pop(probe, None)
+                continue
+            with trio.move_on_after(REPROBE_TIMEOUT):
+                await heard.wait()
+                continue
+            log.warning(
+                "the listening connection to %s heard none of its own notices for %.0fs; "
+                "reconnecting", redact(self.listen_url), REPROBE_TIMEOUT,
+            )  # fmt: skip
+            lost.set()
+            return
 
     async def _check_heard(self, channel: str, probe: str, heard: trio.Event) -> bool:
         """NOTIFY ``probe`` on ``channel`` through the pool and wait for it on the listening

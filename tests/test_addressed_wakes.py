@@ -33,6 +33,7 @@ from trioforge.storage import (
     opened,
     ops,
 )
+from trioforge.storage import _pg_listen as pg_listen
 from trioforge.storage.postgres import PostgresBackend
 
 NOW = 10.0
@@ -297,3 +298,33 @@ async def test_a_trickle_of_jobs_costs_one_claim_each_however_many_processes_lis
         claims = sum(b.claims for b in backends) - before
     assert len(pool.started) == jobs
     assert jobs <= claims <= jobs + 2, claims
+
+
+class KeptListener(PostgresBackend):
+    """A PostgreSQL backend that keeps its listening connection where a test can reach it."""
+
+    kept: Any = None
+
+    async def _listening(self, *args: Any) -> Any:
+        self.kept = await super()._listening(*args)
+        return self.kept
+
+
+async def test_a_listener_that_stops_hearing_its_own_notices_reconnects(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection can stay up and hear nothing (half-open after a network fault): with
+    an address, its process would keep being sent wake-ups that it never gets."""
+    monkeypatch.setattr(pg_listen, "REPROBE_EVERY", 0.05)
+    monkeypatch.setattr(pg_listen, "REPROBE_TIMEOUT", 2.0)
+    async with temporary_schema() as fresh:
+        backend = KeptListener(fresh.url, schema=fresh.schema)
+        async with opened(backend), backend.listen(lambda notice: None) as listening:
+            assert listening.address is not None
+            with trio.move_on_after(0.5):  # ten probes or so, each heard
+                await listening.lost.wait()
+            assert not listening.lost.is_set()
+            await backend._aio(backend.kept.execute, "UNLISTEN *")  # up, and deaf
+            with trio.fail_after(10):
+                await listening.lost.wait()
+    assert "heard none of its own notices" in caplog.text

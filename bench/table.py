@@ -3,7 +3,8 @@
 Rows: the SQLite drain beside huey's SQLite backend; the PostgreSQL drain beside PgQueuer;
 cross-process enqueue -> start latency beside PgQueuer's; CPU per job (enqueue + drain,
 every process that works for it, bench/cpu.py); 1, 3 and 6 worker processes on PostgreSQL
-beside PgQueuer's (each side's driver enqueues while they drain);
+beside PgQueuer's (each side's driver enqueues while they drain); the CPU per job of a
+trickle (one job every 10 ms) with as many idle worker processes, beside PgQueuer's;
 workflow steps/s on PostgreSQL; 50,000 I/O-bound jobs at once in one process (and 10,000,
 for the cost per job). Each pair runs in the same minute, the order alternating from one
 pair to the next; every side runs in a process of its own (bench/trioforge_side.py,
@@ -33,7 +34,7 @@ from bench.databases import add_postgres_url, postgres_databases
 from bench.harness import Child, ChildFailed, add_deadline, bounded, leaves, pct, say
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS = ("sqlite", "postgres", "latency", "processes", "workflows", "wide")
+ROWS = ("sqlite", "postgres", "latency", "processes", "trickle", "workflows", "wide")
 
 
 @dataclass
@@ -297,6 +298,31 @@ async def processes_row(args: argparse.Namespace, python: Path | None, table: Ta
                 table.add(f"{count} worker processes vs 1 (PostgreSQL), {name}", scaling)
 
 
+async def trickle_row(args: argparse.Namespace, python: Path | None, table: Table) -> None:
+    """1, 3 and 6 (``--processes``) idle worker processes, each side's driver enqueueing one
+    job every 10 ms: the CPU per job that idle processes cost (the rates only follow the
+    driver's)."""
+    async with postgres_databases(args.postgres_url) as fresh:
+        for count in args.processes:
+            more = ["--jobs", str(args.trickle), "--processes", str(count), "--gap", "0.01"]
+
+            async def trioforge(more: list[str] = more) -> dict[str, Any]:
+                url, name = await fresh()
+                return await drive([*ours("drain", url, args.trickle), *more], "trioforge", name)
+
+            async def pgqueuer(more: list[str] = more) -> dict[str, Any]:
+                assert python is not None
+                url, name = await fresh()
+                command = [str(python), str(peers.driver("pgqueuer")), "drain", "--dsn", url]
+                return await drive([*command, *more, "--trickle"], "PgQueuer", name)
+
+            row = f"PostgreSQL trickle, one job every 10 ms, {count} idle worker process(es)"
+            await pairs(
+                row, args.pairs, args.trickle, trioforge, "PgQueuer", pgqueuer if python else None,
+                table,
+            )  # fmt: skip
+
+
 async def workflows_row(args: argparse.Namespace, table: Table) -> None:
     runs, steps = args.runs, workflows.STEPS
     say(
@@ -352,13 +378,14 @@ async def wide_row(args: argparse.Namespace, table: Table) -> None:
 async def main(args: argparse.Namespace) -> None:
     table = Table()
     try:
-        needs_peers = {"sqlite", "postgres", "latency", "processes"} & set(args.rows)
+        needs_peers = {"sqlite", "postgres", "latency", "processes", "trickle"} & set(args.rows)
         python = await install_peers() if needs_peers else None
         steps: dict[str, Callable[[], Awaitable[None]]] = {
             "sqlite": lambda: sqlite_row(args, python, table),
             "postgres": lambda: postgres_row(args, python, table),
             "latency": lambda: latency_row(args, python, table),
             "processes": lambda: processes_row(args, python, table),
+            "trickle": lambda: trickle_row(args, python, table),
             "workflows": lambda: workflows_row(args, table),
             "wide": lambda: wide_row(args, table),
         }
@@ -379,6 +406,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, help="same-minute pairs per row (3; quick 1)")
     parser.add_argument("--samples", type=int, help="latency samples per side (200; quick 30)")
     parser.add_argument("--runs", type=int, help="workflow runs of 10 steps (1,000; quick 100)")
+    parser.add_argument("--trickle", type=int, help="jobs of the trickle row (300; quick 50)")
     parser.add_argument(
         "--wide",
         type=int,
@@ -401,6 +429,7 @@ def parse() -> argparse.Namespace:
     args = parser.parse_args()
     sizes = {
         "jobs": (20_000, 2_000), "pairs": (3, 1), "samples": (200, 30), "runs": (1000, 100),
+        "trickle": (300, 50),
         "wide": ([1_000, 10_000, 50_000], [1_000, 5_000]),
     }  # fmt: skip
     for name, (full, quick) in sizes.items():

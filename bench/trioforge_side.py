@@ -13,7 +13,8 @@ this process beside its RSS before the runtime started, and the garbage collecto
 per generation and their time. ``--worker-heap`` first settles the heap as ``trioforge
 worker`` does once ready (collect, freeze, its collector thresholds).
 
-``drain --processes N``: N ``trioforge worker`` processes drain while this one enqueues.
+``drain --processes N``: N ``trioforge worker`` processes drain while this one enqueues;
+with ``--gap S``, one job at a time, every S seconds (a trickle: what idle processes cost).
 """
 
 from __future__ import annotations
@@ -107,9 +108,10 @@ async def drain(url: str, jobs: int, slots: int) -> None:
             await trio.to_thread.run_sync(sys.stdin.read)
 
 
-async def drain_processes(url: str, jobs: int, slots: int, processes: int) -> None:
+async def drain_processes(url: str, jobs: int, slots: int, processes: int, gap: float) -> None:
     """``processes`` worker processes (``trioforge worker``), ready before "ready"; the clock
-    runs from the first enqueue to the last completion (counts polled every 20 ms)."""
+    runs from the first enqueue to the last completion (counts polled every 20 ms). Jobs go
+    by 5,000, or one every ``gap`` seconds if it is set."""
     async with trioforge.open_client(url):
         pass  # creates the schema before the workers and the measured part
     command = [
@@ -126,10 +128,14 @@ async def drain_processes(url: str, jobs: int, slots: int, processes: int) -> No
             await trio.to_thread.run_sync(sys.stdin.readline)
             async with trioforge.open_client(url) as client:
                 t0 = time.perf_counter()
-                for start in range(0, jobs, 5000):
+                for start in range(0, jobs, 1 if gap else 5000):
                     batch = range(start, min(jobs, start + 5000))
                     payloads = [Payload(n, f"customer-{n}", n * 0.25) for n in batch]
-                    await client.enqueue_many(order, payloads)
+                    if gap:
+                        await client.enqueue(order, payloads[0])
+                        await trio.sleep(gap)
+                    else:
+                        await client.enqueue_many(order, payloads)
                 t1 = time.perf_counter()
                 while (await client.stats()).count("completed", queue="bench") < jobs:
                     await trio.sleep(0.02)
@@ -199,12 +205,13 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=64)
     parser.add_argument("--sleep", type=float, default=2.0, help="each wide job's sleep")
     parser.add_argument("--processes", type=int, default=0, help="drain by worker processes")
+    parser.add_argument("--gap", type=float, default=0.0, help="with --processes: a trickle")
     parser.add_argument(
         "--worker-heap", action="store_true", help="wide: settle the heap as the worker does"
     )
     args = parser.parse_args()
     if args.mode == "drain" and args.processes:
-        trio.run(drain_processes, args.database, args.jobs, args.slots, args.processes)
+        trio.run(drain_processes, args.database, args.jobs, args.slots, args.processes, args.gap)
     elif args.mode == "drain":
         trio.run(drain, args.database, args.jobs, args.slots)
     else:

@@ -8,7 +8,8 @@ batch size. Each job carries an attrs payload as JSON bytes, as trioforge's side
 
 ``drain``: prints ``{"ready": true}`` once set up, starts on a line on stdin, prints one
 JSON line of figures, then waits for stdin to close; with ``--processes N``, N worker
-processes drain while this one enqueues. ``latency``: a worker process (this
+processes drain while this one enqueues (with ``--trickle``, one job every ``--gap``
+seconds). ``latency``: a worker process (this
 script, ``worker``: PgQueuer's default batch size, no cap) prints each job's start time;
 jobs are enqueued one every ``--gap`` seconds and the enqueue -> start times are printed as
 one JSON line.
@@ -113,7 +114,11 @@ async def drain_processes(args: argparse.Namespace) -> None:
         emit({"ready": True, "pids": [child.pid for child in children]})
         await stdin_line()
         t0 = time.perf_counter()
-        for start in range(0, args.jobs, 5000):
+        if args.trickle:
+            for n in range(args.jobs):
+                await queries.enqueue("noop", encode(n))
+                await asyncio.sleep(args.gap)
+        for start in range(0, 0 if args.trickle else args.jobs, 5000):
             batch = range(start, min(args.jobs, start + 5000))
             entrypoints, payloads = ["noop"] * len(batch), [encode(n) for n in batch]
             await queries.enqueue(entrypoints, payloads, [0] * len(batch))
@@ -200,6 +205,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--gap", type=float, default=0.01)
     parser.add_argument("--processes", type=int, default=0, help="drain by worker processes")
+    parser.add_argument(
+        "--trickle", action="store_true", help="with --processes: one job every --gap seconds"
+    )
     args = parser.parse_args()
     modes = {"drain": drain, "latency": latency, "worker": worker, "drain-worker": drain_worker}
     if args.mode == "drain" and args.processes:

@@ -15,6 +15,7 @@ from trioforge._core.errors import ConfigurationError
 from trioforge._core.states import JobState
 from trioforge._terminal import terminal_text as t
 from trioforge._timestamps import iso_utc
+from trioforge.storage import ProcessDetails
 
 __all__ = ["healthcheck", "queues", "workers"]
 
@@ -62,7 +63,9 @@ def workers() -> None:
 @database_option
 def list_workers(as_json: bool, database: str | None) -> None:
     """Every process heartbeating on the database: owner, host, pid, queue pools,
-    capabilities, heartbeat age and running jobs."""
+    capabilities, whether an enqueue can wake it alone (PostgreSQL: its listener hears a
+    channel of its own; "-" where it cannot, as behind a transaction pooler without
+    listen_url), heartbeat age and running jobs."""
     found = with_client(database, lambda c: c.processes())
     now = time.time()
     if as_json:
@@ -75,6 +78,7 @@ def list_workers(as_json: bool, database: str | None) -> None:
                 "pools": dict(d.pools) if d else None,
                 "capabilities": list(d.capabilities) if d else None,
                 "running": d.running if d else None,
+                "addressed": _addressed(d, now),
             }, sort_keys=True))  # fmt: skip
         return
     if not found:
@@ -86,10 +90,16 @@ def list_workers(as_json: bool, database: str | None) -> None:
         where = f"{t(d.host)} pid {d.pid}" if d else "-"
         caps = t(",".join(d.capabilities)) if d and d.capabilities else "-"
         running = str(d.running) if d else "-"
+        addressed = "yes" if _addressed(d, now) else "-"
         click.echo(
             f"{t(p.owner)}  {where}  queues {pools}  capabilities {caps}  "
-            f"heartbeat {now - p.heartbeat_at:.1f}s ago  running {running}"
+            f"addressed {addressed}  heartbeat {now - p.heartbeat_at:.1f}s ago  running {running}"
         )
+
+
+def _addressed(details: ProcessDetails | None, now: float) -> bool:
+    """Whether an enqueue may address its wake-up to this process alone now."""
+    return bool(details and details.wake_channel and (details.wake_until or 0.0) > now)
 
 
 @click.group()

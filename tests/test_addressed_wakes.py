@@ -9,7 +9,9 @@ deaf one would not), so the wake-ups go where the test says.
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -328,3 +330,21 @@ async def test_a_listener_that_stops_hearing_its_own_notices_reconnects(
             with trio.fail_after(10):
                 await listening.lost.wait()
     assert "heard none of its own notices" in caplog.text
+
+
+async def test_workers_list_says_which_processes_an_enqueue_can_wake_alone() -> None:
+    pool = Pool()
+    async with (
+        schema_url() as url,
+        trioforge.open_runtime(pool.registry("a"), database=url, owner="a", **SLOW),
+        trioforge.open_runtime(pool.registry("b"), database=Unaddressable(url), owner="b", **SLOW),
+    ):
+        await advertised(url, 1)
+        command = [sys.executable, "-m", "trioforge", "workers", "list", "--database", url]
+        listed = await trio.run_process([*command, "--json"], capture_stdout=True)
+        text = await trio.run_process(command, capture_stdout=True)
+    rows = {row["owner"]: row["addressed"] for row in map(json.loads, listed.stdout.splitlines())}
+    assert rows == {"a": True, "b": False}
+    lines = {line.split()[0]: line for line in text.stdout.decode().splitlines()}
+    assert "  addressed yes  " in lines["a"]
+    assert "  addressed -  " in lines["b"]

@@ -9,8 +9,10 @@ there, held (their leases renewed) and cancellable like any claimed job, for the
 worker to come free; there are never more workers than slots. Their timeout runs from the
 attempt's start. At shutdown the jobs not yet started are released, not run. A queue with
 rate limits claims for its free slots only: a claim spends the job's token. The fetcher
-sleeps until a wake-up (an in-process enqueue), the earliest known future ``run_at``, or
-its poll interval.
+sleeps until a wake-up (an in-process enqueue, or a notice), the earliest known future
+``run_at``, or its poll interval. A wake-up addressed to this process alone (PostgreSQL:
+an enqueue picked it) is owed: the next claim answers for its jobs, or the fetcher hands
+it to the relay (:mod:`trioforge.actors.relay`) for every process to hear.
 Each worker runs one attempt at a time inside that job's own cancel scope, decides its
 outcome (:mod:`trioforge.actors.attempts`) and hands it to the queue's outcome writer
 (:mod:`trioforge.actors.outcome_writer`), which records it, batched with others and
@@ -214,9 +216,9 @@ class QueueSupervisor:
 
     def wake(self, run_at: float, owed: int = 0) -> None:
         """Tell the fetcher that a job becomes due at ``run_at``; ``owed``: the wake-up was
-        addressed to this process alone, for that many jobs, which the fetcher claims or,
-        if it has no free slot or its claim comes back full with fewer, passes on to every
-        process."""
+        addressed to this process alone, for that many jobs, which the fetcher claims or
+        passes on to every process (no free slot, a failed claim, or what
+        :func:`trioforge._core.wakes.left_over` says)."""
         self._inbox_send.send_nowait(_Wake(run_at, owed))
 
     @property

@@ -132,6 +132,7 @@ class Child:
             del self.stderr[: max(0, len(self.stderr) - 64_000)]
             async with self._seen:
                 self._seen.notify_all()
+        self._stderr_closed.set()  # all of it is in: a failure report need not wait
         async with self._seen:
             self._seen.notify_all()
 

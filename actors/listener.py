@@ -4,10 +4,12 @@ It holds the backend's dedicated listening connection, whose driver callback han
 notice to ``on_notice`` itself: a wake-up reaches its queue's fetcher without waking this
 task (one pass of trio's scheduler less between the notice and the claim). When that
 connection drops it reconnects (after ``retry_interval``) and then catches up, because
-notices sent while it was away are lost: every local fetcher is woken to claim, and cancel
-flags are still read by the heartbeat. Meanwhile the runtime keeps working on its poll
-interval. ``on_address`` learns the channel where notices reach this process alone while
-the connection lasts (None when it drops), for the heartbeat to advertise.
+notices sent while it was away are lost: ``on_connected`` has every local fetcher claim
+(and, after a reconnect, every other process hear of each queue: wake-ups addressed here
+meanwhile reached no one), and cancel flags are still read by the heartbeat. Meanwhile the
+runtime keeps working on its poll interval. ``on_address`` learns the channel where
+notices reach this process alone while the connection lasts (None when it drops), for the
+heartbeat to advertise.
 """
 
 from __future__ import annotations

@@ -404,10 +404,12 @@ class QueueSupervisor:
                     result = await self._claim(names, limits, limit, now)
                     last_claim = now
                     if self._owed and self._owed_at <= now:  # answered by this claim
-                        if result is None or left_over(
+                        # (Not by one whose jobs go back: resized to 0, or stopping.)
+                        gone = self._size == 0 or self._fetch_scope.cancel_called
+                        if result is None or gone or left_over(
                             (job.run_at for job in result.jobs), taken=len(result.jobs),
                             limit=limit, owed=self._owed, owed_at=self._owed_at,
-                            rate_limited=result.next_token_at is not None,
+                            limited=result.next_token_at is not None or result.held,
                         ):  # fmt: skip
                             self._settle_owed()
                         else:

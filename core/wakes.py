@@ -11,12 +11,15 @@ take now:
 - it came back full with a job older than the announced ones (``run_at`` before the
   earliest announced): jobs nobody was told of, such as ones a stopped process released,
   took their places;
-- it came back short of what was announced because a rate limit held jobs back: only a
-  claim learns when the limit's next token comes, and this process may be busy then.
+- it came back short of what was announced because a rate or concurrency limit held jobs
+  back: only a claim learns when the rate limit's next token comes, and only a process
+  whose own claim was held wakes when a running job frees a concurrency slot (the notice
+  of a written outcome goes to all, but each process re-claims only for the queues its
+  last claim found held); this process may have no free slot by then.
 
 A claim that came back short otherwise left nothing to tell: other processes took the
-jobs, or a concurrency limit holds them (its freed slots are announced to all). A process
-with no free slot, or whose claim failed, passes the wake-up on without asking this.
+jobs. A process with no free slot, or whose claim failed, passes the wake-up on without
+asking this.
 
 Pure: the fetcher passes in what its claim returned.
 """
@@ -35,11 +38,11 @@ def left_over(
     limit: int,
     owed: int,
     owed_at: float,
-    rate_limited: bool,
+    limited: bool,
 ) -> bool:
     """Whether a claim of ``limit`` that took ``taken`` jobs (due at ``run_ats``), made to
     answer ``owed`` announced jobs due from ``owed_at``, may have left due jobs that other
-    processes should hear of; ``rate_limited``: a rate limit held due jobs back."""
+    processes should hear of; ``limited``: a rate or concurrency limit held due jobs back."""
     if taken >= limit:
         return taken < owed or any(run_at < owed_at for run_at in run_ats)
-    return taken < owed and rate_limited
+    return taken < owed and limited

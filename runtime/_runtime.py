@@ -90,6 +90,8 @@ DEFAULT_RETENTION = Retention()
 #: For how many heartbeat intervals a beat lets enqueues address wake-ups to this process
 #: alone: more than one, so a late beat does not send every wake-up to all processes.
 WAKE_BEATS = 2.5
+#: How long a stopping runtime waits for the wake-ups its pools passed on to be sent.
+RELAY_FINISH_SECONDS = 2.0
 
 
 def _sweep_plans(policies: Mapping[str, Queue], default: Retention) -> tuple[SweepPlan, ...]:
@@ -343,6 +345,7 @@ class _Parts:
         self.supervisors: dict[str, QueueSupervisor] = {}
         self.held = HeldQueues()
         self.relay = Relay(storage)
+        self._listened = False  # the listener connected before (a reconnect is a catch-up)
         self.nudge = Nudge()
         #: The channel where notices reach this process alone, while the listener hears it.
         self.address: str | None = None
@@ -467,11 +470,21 @@ class _Parts:
         for queue in self.supervisors:
             self.wake(queue, self.settings.clock.now())
 
+    def listening(self) -> None:
+        """The listener is (re)connected: the fetchers claim what was enqueued while it was
+        away; after a reconnect every other process is told as well, as the wake-ups
+        addressed here meanwhile reached no one and this process may not take them all."""
+        self.wake_all()
+        if self._listened:
+            for queue in self.supervisors:
+                self.relay.pass_on(queue, self.settings.clock.now())
+        self._listened = True
+
     def on_notice(self, notice: Notice) -> None:
         if isinstance(notice, WakeNotice):
             supervisor = self.supervisors.get(notice.queue)
             if not notice.owed:
-                if supervisor is not None:
+                if supervisor is not None and not self.relay.echo(notice.queue, notice.run_at):
                     supervisor.wake(notice.run_at)
             elif supervisor is not None and supervisor.fetching:
                 supervisor.wake(notice.run_at, notice.owed)
@@ -542,7 +555,7 @@ async def _start_services(services: trio.Nursery, parts: _Parts) -> None:
         await services.start(parts.relay.run)
         await services.start(
             partial(
-                listener, parts.backend, on_notice=parts.on_notice, on_connected=parts.wake_all,
+                listener, parts.backend, on_notice=parts.on_notice, on_connected=parts.listening,
                 retry_interval=min(s.poll_interval, 1.0), on_address=parts.set_address,
             )
         )  # fmt: skip
@@ -658,6 +671,9 @@ async def open_runtime(
                         parts.readdress()  # no longer addressable
                         services.start_soon(parts.stop_after_grace)
             finally:
+                # What the stopping pools passed on goes out before the relay stops with
+                # the other services (its storage calls are not shielded).
+                await parts.relay.finish(RELAY_FINISH_SECONDS)
                 services.cancel_scope.cancel()
                 if settings.queues:  # out of the registry, and leadership handed on at once
                     await _leave(storage, settings.owner)

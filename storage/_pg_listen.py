@@ -95,6 +95,9 @@ class PostgresListening:
     _notify_probe: Callable[[str, str], Awaitable[None]]
     #: Whether the deaf-listener warning was given (once per backend, not per reconnect).
     _warned_deaf = False
+    #: The channel where notices reach this backend's listener alone (under PostgreSQL's
+    #: 63-byte limit for a name).
+    _address: str
 
     async def _aio(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """One crossing into asyncio."""
@@ -104,9 +107,10 @@ class PostgresListening:
     async def listen(self, on_notice: Callable[[Notice], None]) -> AsyncIterator[Listening]:
         """LISTEN on a connection of its own (a pooled one would be UNLISTENed on release),
         ``on_notice`` called from asyncpg's callback itself (trio-asyncio runs it on trio's
-        thread): on the channel every process hears, and on one of its own, new for each
-        connection (a notice a dropped connection missed then never reaches a new one)."""
-        address = f"{CHANNEL}_w_{uuid.uuid4().hex}"
+        thread): on the channel every process hears, and on one of its own, the same for
+        every connection of this backend (after a reconnect, an enqueue that still reads
+        the address advertised before the drop reaches the new connection)."""
+        address = self._address
         probe, heard, lost = f"p:{uuid.uuid4().hex}", trio.Event(), trio.Event()
         probes = {probe: heard}  # sent and not heard yet
 

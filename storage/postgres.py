@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import urllib.parse
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
@@ -171,6 +172,7 @@ class PostgresBackend(PostgresListening, PostgresClaims, PostgresReads, Postgres
                 f"{_MAX_IDENTIFIER - len(CHANGES_CHANNEL) - 1}; pick a shorter schema name"
             )
         self._slots_freed = f"f:{schema or ''}"
+        self._address = f"{CHANNEL}_w_{uuid.uuid4().hex}"
         self._connect_timeout = connect_timeout
         self._pool: Connections | None = None
         self._batch_tasks: set[asyncio.Task[None]] = set()  # batches running (start_batch)

@@ -1,4 +1,4 @@
-"""Wake-ups addressed to one process (PostgreSQL): an enqueue tells one idle process that
+"""Wake-ups addressed to one process (PostgreSQL): an enqueue tells one process that
 serves the queue of its due jobs, not every process (each of which would claim, all but
 one for nothing); that process takes them or passes the wake-up on to all of them.
 
@@ -24,7 +24,10 @@ import trio
 import trioforge
 from tests.support.postgres import schema_url, temporary_schema
 from trioforge import JobContext, Registry
+from trioforge.actors.relay import Relay
+from trioforge.actors.storage_actor import open_storage_channel, storage_actor
 from trioforge.storage import (
+    ClaimResult,
     Listening,
     NewJob,
     Notice,
@@ -93,17 +96,19 @@ async def two_listeners(
     """Processes "a" (addressable until ``a_until``) and "b" (not addressable), both
     serving ``queue`` and running ``names``, each with its listener."""
     a_heard, b_heard = Heard(queue, marker), Heard(queue, marker)
-    async with (
-        temporary_schema() as backend,
-        opened(backend),
-        backend.listen(a_heard) as a,
-        backend.listen(b_heard) as b,
-    ):
-        assert a.address is not None
-        assert b.address not in (None, a.address)
-        await one(backend, ops.Beat("a", (queue,), details(a.address, a_until), tuple(names)))
-        await one(backend, ops.Beat("b", (queue,), details(), tuple(names)))
-        yield backend, a_heard, b_heard
+    async with temporary_schema() as backend:
+        other = PostgresBackend(backend.url, schema=backend.schema)  # b's: an address of its own
+        async with (
+            opened(backend),
+            opened(other),
+            backend.listen(a_heard) as a,
+            other.listen(b_heard) as b,
+        ):
+            assert a.address is not None
+            assert b.address not in (None, a.address)
+            await one(backend, ops.Beat("a", (queue,), details(a.address, a_until), tuple(names)))
+            await one(backend, ops.Beat("b", (queue,), details(), tuple(names)))
+            yield backend, a_heard, b_heard
 
 
 def new_job(queue: str, **fields: Any) -> NewJob:
@@ -144,6 +149,18 @@ async def test_jobs_no_one_process_can_be_told_of_wake_every_process(case: str) 
         assert await b.next() == WakeNotice(queue, job.run_at)
 
 
+async def test_a_batch_of_names_goes_to_a_process_that_runs_them_all_or_to_every_process() -> None:
+    queue, marker = f"q{uuid.uuid4().hex}", f"m{uuid.uuid4().hex}"
+    async with two_listeners(queue, marker, names=("x", "z")) as (backend, a, b):
+        await one(backend, ops.Enqueue((new_job(queue), new_job(queue, name="y"))))
+        assert await a.next() == WakeNotice(queue, 5.0)  # a runs "x", not "y": all hear
+        assert await b.next() == WakeNotice(queue, 5.0)
+        await one(backend, ops.Enqueue((new_job(queue), new_job(queue, name="z"))))
+        assert await a.next() == WakeNotice(queue, 5.0, owed=2)
+        await one(backend, ops.Enqueue((new_job(marker),)))
+        assert await b.next() == WakeNotice(marker, 5.0)  # b heard nothing of the second
+
+
 async def test_a_queues_due_jobs_are_addressed_and_its_later_ones_wake_every_process() -> None:
     queue, marker = f"q{uuid.uuid4().hex}", f"m{uuid.uuid4().hex}"
     async with two_listeners(queue, marker) as (backend, a, b):
@@ -167,6 +184,27 @@ async def test_waking_every_process_reaches_every_listener() -> None:
             }  # fmt: skip
 
 
+async def test_a_finishing_relay_sends_what_it_was_handed_and_knows_its_echo() -> None:
+    """A stopping runtime's last pass-ons go out before its services are cancelled; the
+    wake-up comes back to the sender too, which ignores it (its fetcher just claimed)."""
+    queue, marker = f"q{uuid.uuid4().hex}", f"m{uuid.uuid4().hex}"
+    async with two_listeners(queue, marker) as (backend, _, b):
+        handle, inbox = open_storage_channel()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(storage_actor, backend, lambda: NOW, inbox)
+            relay = Relay(handle)
+            await nursery.start(relay.run)
+            relay.pass_on(queue, 3.5)
+            await relay.finish(10)
+            relay.pass_on(queue, 4.5)  # finished: dropped, never sent
+            handle.close()  # the storage actor ends once it has answered everything
+        await one(backend, ops.WakeAll(((marker, 5.0),)))
+        assert [await b.next(), await b.next()] == [WakeNotice(queue, 3.5), WakeNotice(marker, 5.0)]
+        assert relay.echo(queue, 3.5)
+        assert not relay.echo(queue, 3.5)  # once
+        assert not relay.echo(marker, 5.0)  # not its own
+
+
 # --- runtimes -------------------------------------------------------------------------
 
 
@@ -181,16 +219,18 @@ class Pool:
     def registry(self, who: str, names: Sequence[str] = ("hold", "work")) -> Registry:
         registry = Registry()
         for name in names:
-            registry.job(name)(self._handler(who, name))
+            registry.job(name)(self.handler(who, name, self.release if name == "hold" else None))
         return registry
 
-    def _handler(self, who: str, name: str) -> Any:
+    def handler(self, who: str, name: str, until: trio.Event | None) -> Any:
+        """A handler that notes its start, then waits for ``until`` if it is given."""
+
         async def handler(ctx: JobContext) -> None:
             self.started.append((name, who))
             self.changed.set()
             self.changed = trio.Event()
-            if name == "hold":
-                await self.release.wait()
+            if until is not None:
+                await until.wait()
 
         return handler
 
@@ -267,6 +307,72 @@ async def test_jobs_the_addressable_process_cannot_run_reach_one_that_can(case: 
         requires = {"gpu"} if case == "requires a capability" else None
         await client.enqueue("work", requires=requires)
         assert await pool.until(1) == [("work", "b")]
+
+
+class SeesHeldClaims(PostgresBackend):
+    """A PostgreSQL backend that counts its claims that a concurrency limit held back."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.held = 0
+        self.changed = trio.Event()
+
+    async def execute_asyncio(self, batch: Sequence[ops.Op], now: float) -> list[object]:
+        results = await super().execute_asyncio(batch, now)
+        if any(isinstance(r, ClaimResult) and r.held for r in results):
+            self.held += 1
+            self.changed.set()
+            self.changed = trio.Event()
+        return results
+
+    async def until_held(self) -> None:
+        with trio.fail_after(10):
+            while not self.held:
+                await self.changed.wait()
+
+
+class UnaddressableSeesHeldClaims(SeesHeldClaims, Unaddressable):
+    pass
+
+
+async def test_a_claim_held_by_a_concurrency_limit_passes_the_wake_up_on() -> None:
+    """A process re-claims when a running job frees a concurrency slot only for a queue its
+    own last claim found held: told alone of a held job, "a" must have "b" try too, or the
+    job waits for a poll once "a" is busy and "b" frees the slot."""
+    limit, pool = trioforge.ConcurrencyLimit("one", 1), Pool()
+    free_first = trio.Event()
+
+    def registry(who: str, names: Sequence[str]) -> Registry:
+        registry = Registry()
+        for name in names:
+            limited = name in ("first", "second")
+            handler = pool.handler(who, name, free_first if name == "first" else pool.release)
+            registry.job(name, concurrency=limit if limited else None)(handler)
+        return registry
+
+    every = ("hold", "first", "second")
+    async with schema_url() as url:
+        a, b = SeesHeldClaims(url), UnaddressableSeesHeldClaims(url)
+        async with (
+            trioforge.open_runtime(
+                registry("a", ("hold", "second")), database=a, queues={"default": 2}, **SLOW
+            ),
+            trioforge.open_runtime(registry("b", every), database=b, queues={"default": 2}, **SLOW),
+            trioforge.open_client(url, registry=registry("client", every)) as client,
+        ):
+            await advertised(url, 1)
+            await client.enqueue("first")  # "a" does not run it: every process hears
+            assert await pool.until(1) == [("first", "b")]
+            await client.enqueue("second")  # to "a" alone; the limit holds it back
+            await a.until_held()
+            await b.until_held()  # told by "a"
+            await client.enqueue_many("hold", [None, None])  # to "a": no free slot left
+            assert await pool.until(3) == [("first", "b"), ("hold", "a"), ("hold", "a")]
+            free_first.set()  # "b" frees the slot and takes the held job itself
+            assert await pool.until(4) == [
+                ("first", "b"), ("hold", "a"), ("hold", "a"), ("second", "b"),
+            ]  # fmt: skip
+            pool.release.set()
 
 
 class CountingClaims(PostgresBackend):

@@ -171,43 +171,40 @@ _run_ats = st.lists(st.floats(0.0, 100.0), max_size=8)
 
 @given(_run_ats, st.integers(1, 8), st.integers(1, 20), st.booleans())
 def test_a_full_claim_passes_on_unless_it_took_the_announced_jobs(
-    run_ats: list[float], limit: int, owed: int, rate_limited: bool
+    run_ats: list[float], limit: int, owed: int, limited: bool
 ) -> None:
     run_ats = run_ats[:limit] + [50.0] * (limit - len(run_ats))  # full: ``limit`` jobs
-    passes = left_over(
-        run_ats, taken=limit, limit=limit, owed=owed, owed_at=50.0, rate_limited=rate_limited
-    )
+    passes = left_over(run_ats, taken=limit, limit=limit, owed=owed, owed_at=50.0, limited=limited)
     assert passes == (limit < owed or min(run_ats) < 50.0)
 
 
 @given(st.integers(0, 7), st.integers(1, 20), st.booleans())
-def test_a_short_claim_passes_on_only_what_a_rate_limit_held_back(
-    taken: int, owed: int, rate_limited: bool
+def test_a_short_claim_passes_on_only_what_a_limit_held_back(
+    taken: int, owed: int, limited: bool
 ) -> None:
     # Older jobs than the announced ones do not matter: the claim took every due job it saw.
     passes = left_over(
-        [0.0] * taken, taken=taken, limit=8, owed=owed, owed_at=50.0, rate_limited=rate_limited
+        [0.0] * taken, taken=taken, limit=8, owed=owed, owed_at=50.0, limited=limited
     )
-    assert passes == (rate_limited and taken < owed)
+    assert passes == (limited and taken < owed)
 
 
 @pytest.mark.parametrize(
-    ("taken", "limit", "owed", "run_ats", "rate_limited", "passes"),
+    ("taken", "limit", "owed", "run_ats", "limited", "passes"),
     [
         (1, 64, 1, [50.0], False, False),  # a trickle: one job, taken
         (0, 64, 1, [], False, False),  # another process took it
         (64, 64, 100, [50.0] * 64, False, True),  # 36 announced jobs left
         (1, 1, 1, [50.0], False, False),  # a pool of one took the one announced
         (1, 1, 1, [10.0], False, True),  # ... took an older job instead
-        (0, 64, 3, [], True, True),  # a rate limit held them: others learn its next token
+        (0, 64, 3, [], True, True),  # a limit held them: others learn its next token or
+        # re-claim when a running job frees a concurrency slot
     ],
 )
 def test_left_over_cases(
-    taken: int, limit: int, owed: int, run_ats: list[float], rate_limited: bool, passes: bool
+    taken: int, limit: int, owed: int, run_ats: list[float], limited: bool, passes: bool
 ) -> None:
     assert (
-        left_over(
-            run_ats, taken=taken, limit=limit, owed=owed, owed_at=50.0, rate_limited=rate_limited
-        )
+        left_over(run_ats, taken=taken, limit=limit, owed=owed, owed_at=50.0, limited=limited)
         is passes
     )

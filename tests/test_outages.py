@@ -208,7 +208,8 @@ async def test_postgres_restart_under_load_loses_nothing_and_runs_nothing_twice(
     for n, _, _ in rows:
         runs[n] = runs.get(n, 0) + 1
     assert sorted(runs) == list(range(JOBS + 10))  # nothing lost
-    assert {n: c for n, c in runs.items() if c != 1} == {}  # nothing ran twice
+    twice = sorted(r for r in rows if runs[r[0]] != 1)  # (job, attempt, start) of each run
+    assert {n: c for n, c in runs.items() if c != 1} == {}, twice  # nothing ran twice
     assert {(f.status, f.attempt) for f in finals} == {(JobState.COMPLETED, 1)}  # no rescue
     # The stall: the longest pause between job starts, at most the downtime plus one poll
     # interval (claims failed meanwhile and are retried on the poll interval).

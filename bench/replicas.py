@@ -1,15 +1,15 @@
-"""Cross-process figures on PostgreSQL (`make bench` runs this after bench/run.py).
+"""Cross-process figures (`make bench` runs this after bench/run.py).
 
 Worker processes run `trioforge worker bench.replica_jobs:registry`; this process only
 enqueues and cancels, as a web process would. Reported: enqueue->start latency from one
 process to another (idle worker), cross-replica cancel latency (cancel call -> the handler's
-`finally` in the other process), the drain rate of N no-op jobs with 1 and 3 worker
-processes, with the CPU per job of the workers and their PostgreSQL backends
-(bench/cpu.py), and that CPU per job for a trickle (one job every 10 ms, far below what one
-process can run) with 1, 3 and 6 idle worker processes: what idle processes cost each job
-(an enqueue addresses its wake-up to one of them; before that, every idle process heard
-each one and claimed). Times are wall-clock, taken on one machine; each figure is printed
-as soon as it is measured, and the whole bench stops at ``--deadline``.
+`finally` in the other process), both on SQLite and PostgreSQL; on PostgreSQL, the drain
+rate of N no-op jobs with 1 and 3 worker processes, with the CPU per job of the workers and
+their PostgreSQL backends (bench/cpu.py), and that CPU per job for a trickle (one job every
+10 ms, far below what one process can run) with 1, 3 and 6 idle worker processes: what idle
+processes cost each job (an enqueue addresses its wake-up to one of them; before that, every
+idle process heard each one and claimed). Times are wall-clock, taken on one machine; each
+figure is printed as soon as it is measured, and the whole bench stops at ``--deadline``.
 """
 
 from __future__ import annotations
@@ -122,30 +122,34 @@ async def trickle(url: str, database: str, jobs: int, processes: int, marks: Pat
 
 
 async def main(url: str, jobs: int, samples: int, trickled: int) -> None:
-    say("\npostgres, across processes (each figure as it comes; enqueue from this process)")
+    ms = 1000.0
+
+    def show(name: str, enq: list[float], cancels: list[float]) -> None:
+        say(
+            f"  {f'{name}: cross-process enqueue->start p50 / p99 (ms)':54} "
+            f"{pct(enq, 0.5) * ms:.2f} / {pct(enq, 0.99) * ms:.2f}",
+            f"  {f'{name}: cross-replica cancel p50 / p99 (ms)':54} "
+            f"{pct(cancels, 0.5) * ms:.2f} / {pct(cancels, 0.99) * ms:.2f}",
+        )
+
+    say("\nacross processes (each figure as it comes; enqueue from this process)")
     with tempfile.TemporaryDirectory() as tmp:
         marks = Path(tmp)
+        show("sqlite", *await latencies(f"sqlite:///{marks / 'latency.db'}", samples, marks))
         async with postgres_databases(url) as fresh:
-            enq, cancels = await latencies((await fresh())[0], samples, marks)
-            ms = 1000.0
-            say(
-                f"  {'cross-process enqueue->start p50 / p99 (ms)':46} "
-                f"{pct(enq, 0.5) * ms:.2f} / {pct(enq, 0.99) * ms:.2f}",
-                f"  {'cross-replica cancel p50 / p99 (ms)':46} "
-                f"{pct(cancels, 0.5) * ms:.2f} / {pct(cancels, 0.99) * ms:.2f}",
-            )
+            show("postgres", *await latencies((await fresh())[0], samples, marks))
             rates = {}
             for processes in (1, 3):
                 rates[processes], cpu = await drain(*await fresh(), jobs, processes, marks)
                 ratio = f" ({rates[processes] / rates[1]:.2f}x)" if processes > 1 else ""
                 say(
-                    f"  {f'drain {jobs:,} jobs, {processes} worker process(es)':46} "
+                    f"  {f'postgres: drain {jobs:,} jobs, {processes} worker process(es)':54} "
                     f"{rates[processes]:,.0f} jobs/s{ratio}, CPU/job {cpu}"
                 )
             for processes in (1, 3, 6):
                 cpu = await trickle(*await fresh(), trickled, processes, marks)
                 say(
-                    f"  {f'trickle of {trickled:,} jobs, {processes} worker process(es)':46} "
+                    f"  {f'postgres: trickle of {trickled:,} jobs, {processes} process(es)':54} "
                     f"CPU/job {cpu}"
                 )
     say(

@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import sqlite3
-import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from functools import partial
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -76,8 +75,11 @@ from trioforge.storage._sqlite_sql import (
     _store,
     _wake_parents,
 )
+from trioforge.storage._sqlite_watch import NewWork, watching
 
 __all__ = ["SQLiteBackend"]
+
+log = logging.getLogger("trioforge.storage")
 
 T = TypeVar("T")
 
@@ -127,11 +129,30 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    notifies = False
+    notifies = True
     enqueue_in_asyncio: ClassVar[bool] = False
 
-    def listen(self, on_notice: Callable[[Notice], None]) -> AbstractAsyncContextManager[Listening]:
-        raise NotImplementedError("this backend pushes no notices; the runtime polls it")
+    @asynccontextmanager
+    async def listen(self, on_notice: Callable[[Notice], None]) -> AsyncIterator[Listening]:
+        """Jobs enqueued and cancels asked for by any connection to the file, this
+        process's own included, read when ``PRAGMA data_version`` moves (checked every
+        ``change_poll_interval`` seconds on a connection of its own): a wake-up for every
+        process serving the queue (no address: SQLite has no channel to one process) and
+        a cancel notice per running job. Concurrency limits freed in another process are
+        still found at the next poll."""
+        lost = trio.Event()
+
+        def report(notice: Notice) -> None:
+            try:
+                on_notice(notice)
+            except Exception:
+                log.exception("handling the notice %r failed", notice)
+
+        async with watching(
+            self.path, busy_timeout=self._busy_timeout, interval=self._change_poll_interval,
+            reader=lambda db: NewWork(db).read, report=report, ended=lost.set,
+        ):  # fmt: skip
+            yield Listening(lost, None)
 
     def environment(self) -> AbstractAsyncContextManager[None]:
         return nullcontext()
@@ -139,54 +160,23 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
     @asynccontextmanager
     async def changes(self) -> AsyncIterator[trio.MemoryReceiveChannel[Changed]]:
         """Commits by any connection to the file, this process's own included, seen by
-        ``PRAGMA data_version`` on a connection of its own: a thread reads it every
-        ``change_poll_interval`` seconds (a read of the WAL index in shared memory, no
-        disk I/O and no lock) and reports None (which jobs is unknown) when it moved."""
+        ``PRAGMA data_version`` (checked every ``change_poll_interval`` seconds on a
+        connection of its own) and reported as None (which jobs is unknown)."""
         send, receive = trio.open_memory_channel[Changed](math.inf)
-        stop = threading.Event()
-        token = trio.lowlevel.current_trio_token()
-        try:  # the first version is read before anything is reported: no gap
-            db, first = await trio.to_thread.run_sync(self._watch_connection)
-        except sqlite3.Error as exc:
-            raise DatabaseUnavailableError(
-                f"cannot watch SQLite database {str(self.path)!r} for changes: {exc}"
-            ) from None
 
-        def report() -> None:
+        def report(item: None) -> None:
             with contextlib.suppress(trio.ClosedResourceError):
-                send.send_nowait(None)
-
-        def watch() -> None:
-            try:
-                last = first
-                while not stop.wait(self._change_poll_interval):
-                    version = db.execute("PRAGMA data_version").fetchone()[0]
-                    if version != last:
-                        last = version
-                        trio.from_thread.run_sync(report, trio_token=token)
-            except sqlite3.Error:  # the feed ends; its reader reconnects
-                with contextlib.suppress(trio.RunFinishedError):
-                    trio.from_thread.run_sync(send.close, trio_token=token)
-            except trio.RunFinishedError:
-                pass
-            finally:
-                db.close()
+                send.send_nowait(item)
 
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(partial(trio.to_thread.run_sync, watch, abandon_on_cancel=False))
-                try:
-                    yield receive
-                finally:
-                    stop.set()  # the thread ends within one poll interval; the nursery waits
+            async with watching(
+                self.path, busy_timeout=self._busy_timeout,
+                interval=self._change_poll_interval, reader=lambda db: lambda: (None,),
+                report=report, ended=send.close,
+            ):  # fmt: skip
+                yield receive
         finally:
             send.close()
-
-    def _watch_connection(self) -> tuple[sqlite3.Connection, int]:
-        db = sqlite3.connect(self.path, timeout=self._busy_timeout, check_same_thread=False)
-        db.execute("PRAGMA query_only = 1")
-        version: int = db.execute("PRAGMA data_version").fetchone()[0]
-        return db, version
 
     async def open(self, *, migrate: bool = True) -> None:
         await trio.to_thread.run_sync(self._open_sync, migrate)

@@ -8,7 +8,7 @@ import trio
 
 import trioforge
 from tests.support.fast import FAST
-from trioforge import JobContext, Registry
+from trioforge import JobContext, JobState, Registry
 from trioforge.actors.leases import MAINTENANCE
 from trioforge.storage import ProcessInfo, backend_for_url, opened, ops
 
@@ -43,3 +43,41 @@ async def test_runtimes_register_and_one_of_them_leads(shared_url: str) -> None:
     # Both left cleanly: out of the registry, and the lease is free at once.
     assert await storage_op(shared_url, ops.Processes()) == []
     assert await storage_op(shared_url, ops.Lead(MAINTENANCE, "stranger", 1e18))
+
+
+#: Polling and heartbeats far away: only a pushed notice explains a prompt reaction.
+SLOW: dict[str, Any] = {"poll_interval": 60.0, "heartbeat_interval": 60.0, "lease_seconds": 120.0}
+
+
+async def test_another_process_reaches_an_idle_runtime_without_polling(shared_url: str) -> None:
+    """Enqueues (due now and due soon) and a cancel from another connection: on PostgreSQL
+    by NOTIFY, on SQLite by the file's data version, never by the 60 s poll."""
+    registry = Registry()
+    started, stopped = trio.Event(), trio.Event()
+
+    @registry.job("wait-here")
+    async def wait_here(ctx: JobContext) -> None:
+        started.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            stopped.set()
+
+    @registry.job("quick")
+    async def quick(ctx: JobContext) -> str:
+        return "ran"
+
+    async with (
+        trioforge.open_runtime(registry, database=shared_url, **SLOW) as rt,
+        trioforge.open_client(shared_url, registry=registry) as client,
+    ):
+        with trio.fail_after(10):
+            assert (await rt.wait(await client.enqueue("quick"))).result == "ran"
+            later = await client.enqueue("quick", delay=0.3)
+            info = await rt.wait(later)
+            assert info.started_at is not None and info.started_at >= info.run_at
+            job_id = await client.enqueue("wait-here")
+            await started.wait()
+            await client.cancel(job_id)
+            await stopped.wait()
+            assert (await rt.wait(job_id)).status is JobState.CANCELLED

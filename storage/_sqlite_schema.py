@@ -233,6 +233,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX trioforge_jobs_finished_by_state ON trioforge_jobs (status, finished_at, id)
         WHERE finished_at IS NOT NULL
     """,
+    # The running jobs whose cancel was asked for, read by every process's listener each
+    # time the file changes (storage._sqlite_watch): without it that read visits every
+    # running job. Usually empty; a job enters it at its cancel and leaves at its outcome.
+    """
+    CREATE INDEX trioforge_jobs_cancel_asked ON trioforge_jobs (id)
+        WHERE status = 'running' AND cancel_requested
+    """,
 )
 
 _TABLES = (

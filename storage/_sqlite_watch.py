@@ -2,11 +2,12 @@
 
 SQLite pushes nothing to other processes, but ``PRAGMA data_version`` on a connection of
 one's own moves whenever another connection committed: a read of the WAL index in shared
-memory, no disk I/O and no lock. A thread reads it every ``interval`` seconds (four
-times less often after a quiet quarter second) and, when it moved, runs a read-only query on
-the same connection and reports what it found on trio's thread. Two watchers use this: the live feed's change feed (``SQLiteBackend.changes``:
-"some jobs may have changed") and the runtime's listener (``SQLiteBackend.listen``: jobs
-enqueued and cancels asked for by any process, as :class:`NewWork` reads them).
+memory, no disk I/O and no lock. A thread reads it every ``interval`` seconds (four times
+less often after a quiet quarter second) and, when it moved, runs a read-only query on the
+same connection and reports what it found on trio's thread. Two watchers use this: the live
+feed's change feed (``SQLiteBackend.changes``: "some jobs may have changed") and the
+runtime's listener (``SQLiteBackend.listen``: jobs enqueued and cancels asked for by any
+process, as :class:`NewWork` reads them).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class NewWork:
     """What other connections added since the last read: a wake-up per queue for jobs
     enqueued (ids above the highest seen; ids only grow, the table is AUTOINCREMENT), with
     the earliest run_at among those still pending, and a cancel notice per running job
-    whose cancel was asked for since. Each read is one snapshot (a read transaction)."""
+    whose cancel was asked for since."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -132,29 +133,32 @@ class NewWork:
         return self._read(wakes=True)
 
     def _read(self, *, wakes: bool) -> list[Notice]:
-        db, notices = self._db, list[Notice]()
-        db.execute("BEGIN")
-        try:
-            row = db.execute(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'trioforge_jobs'"
-            ).fetchone()
-            if row is not None and row[0] > self._last_id:
-                if wakes:
-                    found = db.execute(
-                        "SELECT queue, min(run_at) FROM trioforge_jobs "
-                        f"WHERE id > ? AND status IN {PENDING} GROUP BY queue",
-                        (self._last_id,),
-                    )
-                    notices += [WakeNotice(queue, run_at) for queue, run_at in found]
-                self._last_id = row[0]
-            cancels = frozenset(
-                job_id
-                for (job_id,) in db.execute(
-                    "SELECT id FROM trioforge_jobs WHERE status = 'running' AND cancel_requested"
-                )
-            )
-        finally:
-            db.execute("COMMIT")
+        # One statement (one snapshot, one hand-over of the GIL) while nothing was enqueued:
+        # the file changes at every batch of a drain.
+        last_id, asked = self._db.execute(_SINCE).fetchone()
+        notices: list[Notice] = []
+        if last_id is not None and last_id > self._last_id:
+            if wakes:  # rows inserted after that statement are found now and again next time
+                found = self._db.execute(_WAKES, (self._last_id,))
+                notices += [WakeNotice(queue, run_at) for queue, run_at in found]
+            self._last_id = last_id
+        cancels = frozenset(int(job_id) for job_id in asked.split(",")) if asked else frozenset()
         notices += [CancelNotice(job_id) for job_id in sorted(cancels - self._cancels)]
         self._cancels = cancels
         return notices
+
+
+#: The highest job id given so far, and the running jobs whose cancel was asked for
+#: (through their own index, usually empty).
+_SINCE = (
+    "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'trioforge_jobs'), "
+    "(SELECT group_concat(id) FROM trioforge_jobs "
+    "WHERE status = 'running' AND cancel_requested)"
+)
+#: Per queue, the earliest run_at among the jobs inserted after an id, still pending: a
+#: range of ids, never an index over the table (the unary ``+`` keeps the planner from
+#: walking the (queue, run_at) index for the grouping, or the state index for the state).
+_WAKES = (
+    "SELECT queue, min(run_at) FROM trioforge_jobs "
+    f"WHERE id > ? AND +status IN {PENDING} GROUP BY +queue"
+)

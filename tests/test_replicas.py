@@ -75,7 +75,8 @@ async def test_another_process_reaches_an_idle_runtime_without_polling(shared_ur
             assert (await rt.wait(await client.enqueue("quick"))).result == "ran"
             later = await client.enqueue("quick", delay=0.3)
             info = await rt.wait(later)
-            assert info.started_at is not None and info.started_at >= info.run_at
+            assert info.started_at is not None
+            assert info.started_at >= info.run_at
             job_id = await client.enqueue("wait-here")
             await started.wait()
             await client.cancel(job_id)

@@ -135,9 +135,12 @@ async def main(url: str, jobs: int, samples: int, trickled: int) -> None:
     say("\nacross processes (each figure as it comes; enqueue from this process)")
     with tempfile.TemporaryDirectory() as tmp:
         marks = Path(tmp)
-        show("sqlite", *await latencies(f"sqlite:///{marks / 'latency.db'}", samples, marks))
+        for name in ("sqlite", "postgres"):  # job ids repeat across databases: their marks too
+            (marks / name).mkdir()
+        sqlite = f"sqlite:///{marks / 'latency.db'}"
+        show("sqlite", *await latencies(sqlite, samples, marks / "sqlite"))
         async with postgres_databases(url) as fresh:
-            show("postgres", *await latencies((await fresh())[0], samples, marks))
+            show("postgres", *await latencies((await fresh())[0], samples, marks / "postgres"))
             rates = {}
             for processes in (1, 3):
                 rates[processes], cpu = await drain(*await fresh(), jobs, processes, marks)

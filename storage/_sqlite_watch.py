@@ -110,7 +110,12 @@ async def watching(
             db.close()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(trio.to_thread.run_sync, watch, abandon_on_cancel=False))
+        # A limiter of its own: the thread lives as long as the watch and must not hold one
+        # of the default limiter's tokens, which the application's threads share.
+        own = trio.CapacityLimiter(1)
+        nursery.start_soon(
+            partial(trio.to_thread.run_sync, watch, abandon_on_cancel=False, limiter=own)
+        )
         try:
             yield
         finally:

@@ -82,3 +82,25 @@ async def test_another_process_reaches_an_idle_runtime_without_polling(shared_ur
             await client.cancel(job_id)
             await stopped.wait()
             assert (await rt.wait(job_id)).status is JobState.CANCELLED
+
+
+async def test_watching_for_other_processes_takes_no_token_of_the_default_thread_limiter(
+    shared_url: str,
+) -> None:
+    """SQLite's listener is a thread for the runtime's whole life: the application's own
+    ``trio.to_thread`` calls keep every token of the default limiter."""
+    registry = Registry()
+
+    @registry.job("quick")
+    async def quick(ctx: JobContext) -> None:
+        pass
+
+    limiter = trio.to_thread.current_default_thread_limiter()
+    async with (
+        trioforge.open_runtime(registry, database=shared_url, **SLOW) as rt,
+        trioforge.open_client(shared_url, registry=registry) as client,
+    ):
+        with trio.fail_after(5):
+            await rt.wait(await client.enqueue("quick"))  # heard: the watch is running
+            while limiter.borrowed_tokens:  # storage batches give theirs back
+                await trio.sleep(0.01)

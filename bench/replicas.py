@@ -3,13 +3,15 @@
 Worker processes run `trioforge worker bench.replica_jobs:registry`; this process only
 enqueues and cancels, as a web process would. Reported: enqueue->start latency from one
 process to another (idle worker), cross-replica cancel latency (cancel call -> the handler's
-`finally` in the other process), both on SQLite and PostgreSQL; on PostgreSQL, the drain
-rate of N no-op jobs with 1 and 3 worker processes, with the CPU per job of the workers and
-their PostgreSQL backends (bench/cpu.py), and that CPU per job for a trickle (one job every
-10 ms, far below what one process can run) with 1, 3 and 6 idle worker processes: what idle
-processes cost each job (an enqueue addresses its wake-up to one of them; before that, every
-idle process heard each one and claimed). Times are wall-clock, taken on one machine; each
-figure is printed as soon as it is measured, and the whole bench stops at ``--deadline``.
+`finally` in the other process), both on SQLite and PostgreSQL, and on SQLite the CPU per
+job of the worker processes for a trickle (below) with 1, 3 and 6 of them; on PostgreSQL,
+the drain rate of N no-op jobs with 1 and 3 worker processes, with the CPU per job of the
+workers and their PostgreSQL backends (bench/cpu.py), and that CPU per job for a trickle
+(one job every 10 ms, far below what one process can run) with 1, 3 and 6 idle worker
+processes: what idle processes cost each job (an enqueue addresses its wake-up to one of
+them; before that, every idle process heard each one and claimed). Times are wall-clock,
+taken on one machine; each figure is printed as soon as it is measured, and the whole bench
+stops at ``--deadline``.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ async def drain(
             return rate, meter.per_job(jobs)
 
 
-async def trickle(url: str, database: str, jobs: int, processes: int, marks: Path) -> str:
+async def trickle(url: str, database: str | None, jobs: int, processes: int, marks: Path) -> str:
     """CPU per job of ``jobs`` no-ops enqueued one at a time, every 10 ms, while
     ``processes`` workers wait for them."""
     async with workers(url, processes, "bench=64", marks) as procs:
@@ -139,6 +141,13 @@ async def main(url: str, jobs: int, samples: int, trickled: int) -> None:
             (marks / name).mkdir()
         sqlite = f"sqlite:///{marks / 'latency.db'}"
         show("sqlite", *await latencies(sqlite, samples, marks / "sqlite"))
+        for processes in (1, 3, 6):  # every idle process claims at each enqueue: no address
+            sqlite = f"sqlite:///{marks / f'trickle-{processes}.db'}"
+            cpu = await trickle(sqlite, None, trickled, processes, marks / "sqlite")
+            say(
+                f"  {f'sqlite: trickle of {trickled:,} jobs, {processes} process(es)':54} "
+                f"CPU/job {cpu}"
+            )
         async with postgres_databases(url) as fresh:
             show("postgres", *await latencies((await fresh())[0], samples, marks / "postgres"))
             rates = {}

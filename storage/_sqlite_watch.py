@@ -87,7 +87,11 @@ async def watching(
         for item in items:
             report(item)
 
+    ran = False  # a watch cancelled before its thread started closes the connection here
+
     def watch() -> None:
+        nonlocal ran
+        ran = True
         try:
             last, moved_at, wait = first, time.monotonic(), interval
             while not stop.wait(wait):
@@ -109,17 +113,21 @@ async def watching(
         finally:
             db.close()
 
-    async with trio.open_nursery() as nursery:
-        # A limiter of its own: the thread lives as long as the watch and must not hold one
-        # of the default limiter's tokens, which the application's threads share.
-        own = trio.CapacityLimiter(1)
-        nursery.start_soon(
-            partial(trio.to_thread.run_sync, watch, abandon_on_cancel=False, limiter=own)
-        )
-        try:
-            yield
-        finally:
-            stop.set()  # the thread ends within one interval; the nursery waits for it
+    try:
+        async with trio.open_nursery() as nursery:
+            # A limiter of its own: the thread lives as long as the watch and must not hold
+            # one of the default limiter's tokens, which the application's threads share.
+            own = trio.CapacityLimiter(1)
+            nursery.start_soon(
+                partial(trio.to_thread.run_sync, watch, abandon_on_cancel=False, limiter=own)
+            )
+            try:
+                yield
+            finally:
+                stop.set()  # the thread ends within one interval; the nursery waits for it
+    finally:
+        if not ran:  # the nursery is done: no thread can still be using it
+            db.close()
 
 
 class NewWork:

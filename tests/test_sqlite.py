@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import trio
 
 from trioforge import DatabaseUnavailableError, JobState, SchemaError
 from trioforge.storage import NewJob, ops
+from trioforge.storage._sqlite_watch import watching
 from trioforge.storage.sqlite import MIGRATIONS, SQLiteBackend
 
 NEW = NewJob("a", "q", '{"x": 1}', 10, 0.0, 3)
@@ -133,3 +135,27 @@ def test_outcomes_and_renewals_look_up_each_row_by_id_beside_many_running(
             "SEARCH j USING INTEGER PRIMARY KEY (rowid=?)"
         ], plan
     db.close()
+
+
+async def test_a_watch_cancelled_before_its_thread_starts_closes_its_connection(
+    tmp_path: Path,
+) -> None:
+    backend = SQLiteBackend(tmp_path / "jobs.db")
+    await backend.open()
+    await backend.aclose()
+    seen: list[sqlite3.Connection] = []
+
+    def reader(db: sqlite3.Connection) -> Callable[[], list[None]]:
+        seen.append(db)
+        return list
+
+    with trio.CancelScope() as scope:
+        async with watching(
+            backend.path, busy_timeout=1.0, interval=0.005, reader=reader,
+            report=lambda item: None, ended=lambda: None,
+        ):  # fmt: skip
+            scope.cancel()  # the watching thread's task sees it before it can start
+    assert scope.cancelled_caught
+    [db] = seen
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        db.execute("SELECT 1")

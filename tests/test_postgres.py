@@ -22,6 +22,7 @@ import trio
 import trio_asyncio
 
 import trioforge
+from tests.support.listening import SLOW, listener_registry
 from tests.support.postgres import (
     URL,
     migrated_sql,
@@ -332,47 +333,6 @@ async def test_three_replicas_run_every_job_exactly_once(tmp_path: Path, kill_on
 
 async def _enqueue_only(ctx: trioforge.JobContext, n: int) -> None:
     """Stands in for the replicas' handler: this process only enqueues."""
-
-
-def listener_registry() -> tuple[trioforge.Registry, trio.Event, trio.Event]:
-    registry = trioforge.Registry()
-    started, stopped = trio.Event(), trio.Event()
-
-    @registry.job("wait-here")
-    async def wait_here(ctx: trioforge.JobContext) -> None:
-        started.set()
-        try:
-            await trio.sleep_forever()
-        finally:
-            stopped.set()
-
-    @registry.job("quick")
-    async def quick(ctx: trioforge.JobContext) -> str:
-        return "ran"
-
-    return registry, started, stopped
-
-
-#: Polling and heartbeats far away: only a NOTIFY can explain a prompt reaction.
-SLOW: dict[str, Any] = {"poll_interval": 60.0, "heartbeat_interval": 60.0, "lease_seconds": 120.0}
-
-
-async def test_notify_wakes_another_process_and_carries_cancels() -> None:
-    registry, started, stopped = listener_registry()
-    async with temporary_schema() as backend:
-        other = PostgresBackend(backend.url, schema=backend.schema)
-        async with (
-            trioforge.open_runtime(registry, database=backend, **SLOW) as rt,
-            trioforge.open_client(other, registry=registry) as client,
-        ):
-            with trio.fail_after(10):
-                quick = await client.enqueue("quick")
-                assert (await rt.wait(quick)).result == "ran"
-                job_id = await client.enqueue("wait-here")
-                await started.wait()
-                await client.cancel(job_id)
-                await stopped.wait()
-                assert (await rt.wait(job_id)).status is JobState.CANCELLED
 
 
 async def listener_pids(url: str, schema: str) -> list[int]:

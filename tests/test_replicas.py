@@ -8,6 +8,7 @@ import trio
 
 import trioforge
 from tests.support.fast import FAST
+from tests.support.listening import SLOW, listener_registry
 from trioforge import JobContext, JobState, Registry
 from trioforge.actors.leases import MAINTENANCE
 from trioforge.storage import ProcessInfo, backend_for_url, opened, ops
@@ -45,28 +46,10 @@ async def test_runtimes_register_and_one_of_them_leads(shared_url: str) -> None:
     assert await storage_op(shared_url, ops.Lead(MAINTENANCE, "stranger", 1e18))
 
 
-#: Polling and heartbeats far away: only a pushed notice explains a prompt reaction.
-SLOW: dict[str, Any] = {"poll_interval": 60.0, "heartbeat_interval": 60.0, "lease_seconds": 120.0}
-
-
 async def test_another_process_reaches_an_idle_runtime_without_polling(shared_url: str) -> None:
     """Enqueues (due now and due soon) and a cancel from another connection: on PostgreSQL
     by NOTIFY, on SQLite by the file's data version, never by the 60 s poll."""
-    registry = Registry()
-    started, stopped = trio.Event(), trio.Event()
-
-    @registry.job("wait-here")
-    async def wait_here(ctx: JobContext) -> None:
-        started.set()
-        try:
-            await trio.sleep_forever()
-        finally:
-            stopped.set()
-
-    @registry.job("quick")
-    async def quick(ctx: JobContext) -> str:
-        return "ran"
-
+    registry, started, stopped = listener_registry()
     async with (
         trioforge.open_runtime(registry, database=shared_url, **SLOW) as rt,
         trioforge.open_client(shared_url, registry=registry) as client,
@@ -90,12 +73,7 @@ async def test_watching_threads_take_no_token_of_the_default_thread_limiter(
     """SQLite's listener and change feed are threads for as long as they watch: they must
     leave the default limiter's tokens to the application's own ``trio.to_thread`` calls
     and to storage's batches, here with a single token among them all."""
-    registry = Registry()
-
-    @registry.job("quick")
-    async def quick(ctx: JobContext) -> None:
-        pass
-
+    registry, _, _ = listener_registry()
     trio.to_thread.current_default_thread_limiter().total_tokens = 1
     with trio.fail_after(10):  # a thread holding the token would stall storage: no answer
         async with (

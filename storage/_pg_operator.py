@@ -99,6 +99,7 @@ class PostgresOperator:
         )  # fmt: skip
         old = (row["status"], row["finished_at"])
         await _store(conn, Tally().move(row["queue"], old, ("available", None)))
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"w:{now!r}:{row['queue']}")
         return True
 
     async def _discard(self, conn: asyncpg.Connection, op: ops.Discard, now: float) -> bool:

@@ -25,6 +25,7 @@ from trioforge.storage._sqlite_sql import (
     _claim_ids,
     _in_claim_order,
     _store,
+    _wake,
 )
 
 
@@ -157,11 +158,15 @@ class SQLiteClaims:
             )
         else:
             cursor = db.execute("DELETE FROM trioforge_paused_queues WHERE name = ?", (op.queue,))
+            if cursor.rowcount == 1:
+                _wake(db, [op.queue], now)
         return cursor.rowcount == 1
 
     @staticmethod
     def _wake_all(db: sqlite3.Connection, op: ops.WakeAll, now: float) -> None:
-        del db, op, now  # no notices: other processes poll the file
+        del now
+        for queue, run_at in op.wakes:
+            _wake(db, [queue], run_at)
 
     @staticmethod
     def _beat(db: sqlite3.Connection, op: ops.Beat, now: float) -> None:

@@ -240,13 +240,27 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX trioforge_jobs_cancel_asked ON trioforge_jobs (id)
         WHERE status = 'running' AND cancel_requested
     """,
+    # What other processes must hear of that adds no job (a new id is seen by itself): a
+    # queue's jobs made due (a workflow run woken, a job retried, a queue resumed, a
+    # relay's WakeAll) as kind 'w', and concurrency slots freed as kind 'f' (queue '').
+    # One row per kind and queue, its count raised by each write: every process's listener
+    # reads the sum when the file changes (storage._sqlite_watch), the rows when it moved.
+    """
+    CREATE TABLE trioforge_wakes (
+        kind TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        run_at REAL NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (kind, queue)
+    ) WITHOUT ROWID
+    """,
 )
 
 _TABLES = (
     "trioforge_jobs", "trioforge_processes", "trioforge_leases", "trioforge_cron",
     "trioforge_paused_queues", "trioforge_limits", "trioforge_attempts",
     "trioforge_workflow_steps", "trioforge_workflow_signals", "trioforge_counts",
-    "trioforge_finished", "trioforge_schema",
+    "trioforge_finished", "trioforge_wakes", "trioforge_schema",
 )  # fmt: skip
 
 

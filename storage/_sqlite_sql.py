@@ -1,11 +1,12 @@
 """SQLite statement text, and the few functions that run a statement built around it
-(count deltas, claims by id, parent wake-ups)."""
+(count deltas, claims by id, parent wake-ups, wake-ups for other processes)."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from trioforge._core.states import JobState, claim_key
@@ -143,7 +144,7 @@ SET status = u.status, attempt = j.attempt - u.released,
     lease_owner = NULL, lease_until = NULL, finished_at = u.finished_at, result = u.result,
     error = u.error
 FROM u WHERE j.id = u.id AND j.status = 'running' AND j.lease = u.lease
-RETURNING id, lease, queue, status, finished_at
+RETURNING id, lease, queue, status, finished_at, concurrency_key IS NOT NULL
 """
 
 #: Every lease of a renewal in one statement (one GIL hand-off, not one per lease: 50,000
@@ -166,7 +167,19 @@ SET run_at = CASE WHEN status IN {PENDING} AND run_at > ?1 THEN ?1 ELSE run_at E
     wake_requested = CASE WHEN status = 'running' THEN 1 ELSE wake_requested END
 WHERE id IN (SELECT parent_id FROM trioforge_jobs
              WHERE id IN (SELECT value FROM json_each(?2)) AND parent_id IS NOT NULL)
+RETURNING queue, status IN {PENDING}
 """
+
+#: Tell every process's listener (storage._sqlite_watch) that a queue has jobs due at ?2.
+_WAKE = (
+    "INSERT INTO trioforge_wakes (kind, queue, run_at, n) VALUES ('w', ?1, ?2, 1) "
+    "ON CONFLICT (kind, queue) DO UPDATE SET run_at = excluded.run_at, n = n + 1"
+)
+#: Tell every process's listener that jobs with a concurrency limit ended.
+_SLOTS_FREED = (
+    "INSERT INTO trioforge_wakes (kind, queue, run_at, n) VALUES ('f', '', 0, 1) "
+    "ON CONFLICT (kind, queue) DO UPDATE SET n = n + 1"
+)
 
 _STEP_COLUMNS = (
     "seq, kind, name, status, attempt, result, error, wake_at, compensable, started_at, finished_at"
@@ -186,7 +199,14 @@ def _status_literal(status: JobState | None) -> list[str]:
 
 
 def _wake_parents(db: sqlite3.Connection, ended: list[int], now: float) -> None:
-    db.execute(_WAKE_PARENTS, (now, json.dumps(ended)))
+    woken = db.execute(_WAKE_PARENTS, (now, json.dumps(ended))).fetchall()
+    _wake(db, {queue for queue, waiting in woken if waiting}, now)
+
+
+def _wake(db: sqlite3.Connection, queues: Iterable[str], run_at: float) -> None:
+    """Wake other processes' fetchers of ``queues`` for jobs due at ``run_at`` that no new
+    row announces (a listener sees new rows by itself)."""
+    db.executemany(_WAKE, [(queue, run_at) for queue in sorted(queues)])
 
 
 def _claim_ids(

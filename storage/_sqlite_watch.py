@@ -6,8 +6,9 @@ memory, no disk I/O and no lock. A thread reads it every ``interval`` seconds (f
 less often after a quiet quarter second) and, when it moved, runs a read-only query on the
 same connection and reports what it found on trio's thread. Two watchers use this: the live
 feed's change feed (``SQLiteBackend.changes``: "some jobs may have changed") and the
-runtime's listener (``SQLiteBackend.listen``: jobs enqueued and cancels asked for by any
-process, as :class:`NewWork` reads them).
+runtime's listener (``SQLiteBackend.listen``: jobs enqueued, cancels asked for, and the
+wake-ups and freed concurrency slots other writes announce, by any process, as
+:class:`NewWork` reads them).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import TypeVar
 import trio
 
 from trioforge._core.errors import DatabaseUnavailableError
-from trioforge.storage._records import CancelNotice, Notice, WakeNotice
+from trioforge.storage._records import CancelNotice, Notice, SlotsFreedNotice, WakeNotice
 from trioforge.storage._sql_states import PENDING
 
 __all__ = ["NewWork", "watching"]
@@ -131,15 +132,19 @@ async def watching(
 
 
 class NewWork:
-    """What other connections added since the last read: a wake-up per queue for jobs
+    """What other connections did since the last read: a wake-up per queue for jobs
     enqueued (ids above the highest seen; ids only grow, the table is AUTOINCREMENT), with
-    the earliest run_at among those still pending, and a cancel notice per running job
-    whose cancel was asked for since."""
+    the earliest run_at among those still pending; a cancel notice per running job whose
+    cancel was asked for since; and what writes that add no job announced in
+    ``trioforge_wakes`` (a wake-up per queue whose count moved, at the run_at written, or
+    due already when several writes came between two reads; slots freed)."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
         self._last_id = 0
         self._cancels: frozenset[int] = frozenset()
+        self._wakes_total = 0
+        self._wakes: dict[tuple[str, str], int] = {}
         self._read(wakes=False)  # the baseline: what is there already is not reported
 
     def read(self) -> list[Notice]:
@@ -148,26 +153,46 @@ class NewWork:
     def _read(self, *, wakes: bool) -> list[Notice]:
         # One statement (one snapshot, one hand-over of the GIL) while nothing was enqueued:
         # the file changes at every batch of a drain.
-        last_id, asked = self._db.execute(_SINCE).fetchone()
+        last_id, asked, wakes_total = self._db.execute(_SINCE).fetchone()
         notices: list[Notice] = []
         if last_id is not None and last_id > self._last_id:
             if wakes:  # rows inserted after that statement are found now and again next time
                 found = self._db.execute(_WAKES, (self._last_id,))
                 notices += [WakeNotice(queue, run_at) for queue, run_at in found]
             self._last_id = last_id
+        if wakes_total != self._wakes_total:  # counts only grow: a change is a write
+            notices += self._announced(report=wakes)
         cancels = frozenset(int(job_id) for job_id in asked.split(",")) if asked else frozenset()
         notices += [CancelNotice(job_id) for job_id in sorted(cancels - self._cancels)]
         self._cancels = cancels
         return notices
 
+    def _announced(self, *, report: bool) -> list[Notice]:
+        notices: list[Notice] = []
+        total = 0
+        for kind, queue, run_at, n in self._db.execute(_ANNOUNCED):
+            total += n
+            seen = self._wakes.get((kind, queue), 0)
+            if n != seen and report:
+                if kind == "f":
+                    notices.append(SlotsFreedNotice())
+                else:  # one write since the last read: its run_at; more: any may be due
+                    notices.append(WakeNotice(queue, run_at if n == seen + 1 else 0.0))
+            self._wakes[kind, queue] = n
+        self._wakes_total = total
+        return notices
 
-#: The highest job id given so far, and the running jobs whose cancel was asked for
-#: (through their own index, usually empty).
+
+#: The highest job id given so far, the running jobs whose cancel was asked for (through
+#: their own index, usually empty), and how many wake-ups writes have announced.
 _SINCE = (
     "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'trioforge_jobs'), "
     "(SELECT group_concat(id) FROM trioforge_jobs "
-    "WHERE status = 'running' AND cancel_requested)"
+    "WHERE status = 'running' AND cancel_requested), "
+    "(SELECT coalesce(sum(n), 0) FROM trioforge_wakes)"
 )
+#: The wake-ups writes announced, a row per kind and queue with its count.
+_ANNOUNCED = "SELECT kind, queue, run_at, n FROM trioforge_wakes"
 #: Per queue, the earliest run_at among the jobs inserted after an id, still pending: a
 #: range of ids, never an index over the table (the unary ``+`` keeps the planner from
 #: walking the (queue, run_at) index for the grouping, or the state index for the state).

@@ -69,10 +69,12 @@ from trioforge.storage._sqlite_sql import (
     _KEY_FINISHED,
     _KEY_HOLDER,
     _RUNNING,
+    _SLOTS_FREED,
     _STEP_COLUMNS,
     _first_state,
     _insert_row,
     _store,
+    _wake,
     _wake_parents,
 )
 from trioforge.storage._sqlite_watch import NewWork, watching
@@ -415,6 +417,8 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
         # No NaN or infinite time may pass as JSON SQLite cannot read: refused, not retried.
         done = db.execute(_FINISH, (json.dumps(rows, allow_nan=False), now)).fetchall()
         _store(db, Tally.from_running(Counter(map(itemgetter(2, 3, 4), done))))
+        if any(keyed for *_, keyed in done):
+            db.execute(_SLOTS_FREED)
         if ended:
             _wake_parents(db, ended, now)
         applied = {(job_id, lease) for job_id, lease, *_ in done}
@@ -442,12 +446,13 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
         if status is JobState.RUNNING:
             db.execute("UPDATE trioforge_jobs SET cancel_requested = 1 WHERE id = ?", (op.job_id,))
             return CancelResult.REQUESTED
-        cursor = db.execute(  # a waiting workflow run goes to a worker to be undone first
+        waiting = db.execute(  # a waiting workflow run goes to a worker to be undone first
             "UPDATE trioforge_jobs SET cancel_requested = 1, run_at = min(run_at, ?) "
-            "WHERE id = ? AND workflow",
+            "WHERE id = ? AND workflow RETURNING queue",
             (now, op.job_id),
-        )
-        if cursor.rowcount:
+        ).fetchall()
+        if waiting:
+            _wake(db, [waiting[0][0]], now)
             return CancelResult.REQUESTED
         [(queue,)] = db.execute(
             "UPDATE trioforge_jobs SET status = 'cancelled', finished_at = ? WHERE id = ? "
@@ -478,6 +483,7 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
             (now, op.job_id),
         )
         _store(db, Tally().move(queue, (status.value, finished_at), ("available", None)))
+        _wake(db, [queue], now)
         return True
 
     def _discard(self, db: sqlite3.Connection, op: ops.Discard, now: float) -> bool:
@@ -510,17 +516,20 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
             "  'attempt ' || attempt || ' lost: its worker stopped heartbeating' END, "
             "lease_owner = NULL, lease_until = NULL "
             "WHERE status = 'running' AND lease_until <= ?1 "
-            "RETURNING id, status, queue, finished_at, name, attempt, max_attempts",
+            "RETURNING id, status, queue, finished_at, name, attempt, max_attempts, "
+            "concurrency_key IS NOT NULL",
             (now,),
         ).fetchall()
         _store(db, Tally.from_running(Counter((q, s, at) for _, s, q, at, *_ in rows)))
+        if any(keyed for *_, keyed in rows):
+            db.execute(_SLOTS_FREED)
         ended = [i for i, status, *_ in rows if status != "retrying"]
         if ended:
             _wake_parents(db, ended, now)
         return sorted(
             (
                 RescuedJob(i, name, queue, attempt, most, JobState(status))
-                for i, status, queue, _, name, attempt, most in rows
+                for i, status, queue, _, name, attempt, most, _ in rows
             ),
             key=lambda r: r.id,
         )
@@ -622,13 +631,14 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
             "VALUES (?, ?, ?, ?)",
             (op.run_id, op.name, op.payload, now),
         )
-        db.execute(
+        [(queue,)] = db.execute(
             f"UPDATE trioforge_jobs SET "
             f"run_at = CASE WHEN status IN {PENDING} AND run_at > ?1 THEN ?1 ELSE run_at END, "
             f"wake_requested = CASE WHEN status = 'running' THEN 1 ELSE wake_requested END "
-            f"WHERE id = ?2",
+            f"WHERE id = ?2 RETURNING queue",
             (now, op.run_id),
-        )
+        ).fetchall()
+        _wake(db, [queue], now)
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 

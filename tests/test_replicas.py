@@ -83,3 +83,79 @@ async def test_watching_threads_take_no_token_of_the_default_thread_limiter(
             for _ in range(3):  # heard by the listener, seen by wait()'s change feed
                 await rt.wait(await client.enqueue("quick"))
             assert await trio.to_thread.run_sync(lambda: "the app's") == "the app's"
+
+
+def announced_registry() -> tuple[Registry, trio.Event, trio.Event, list[int]]:
+    """Jobs whose start another process's write must announce (no new row does): ``hold``
+    (queue ``a``) holds the one slot of a concurrency limit that ``after`` (queue ``b``)
+    shares, until the second event is set; ``flaky`` fails its only attempt the first
+    time; the workflow ``waits`` returns the signal it waits for."""
+    registry = Registry()
+    held, release, flaky_tries = trio.Event(), trio.Event(), []
+    slot = trioforge.ConcurrencyLimit("slot", 1)
+
+    @registry.job("hold", queue="a", concurrency=slot)
+    async def hold(ctx: JobContext) -> None:
+        held.set()
+        await release.wait()
+
+    @registry.job("after", queue="b", concurrency=slot)
+    async def after(ctx: JobContext) -> str:
+        return "ran"
+
+    @registry.job("flaky", queue="b", retry=trioforge.Retry(max_attempts=1))
+    async def flaky(ctx: JobContext) -> str:
+        flaky_tries.append(ctx.attempt)
+        if len(flaky_tries) == 1:
+            raise RuntimeError("first time")
+        return "ran"
+
+    @registry.workflow("waits", queue="b")
+    async def waits(ctx: trioforge.WorkflowContext) -> str:
+        return str(await ctx.wait_for_signal("go"))
+
+    return registry, held, release, flaky_tries
+
+
+async def status_is(client: trioforge.Client, job_id: trioforge.JobId, status: JobState) -> None:
+    """Poll until ``job_id`` is in ``status`` (what another runtime did has no event here)."""
+    while (await client.get(job_id)).status is not status:  # noqa: ASYNC110
+        await trio.sleep(0.02)
+
+
+async def test_writes_that_add_no_job_reach_another_process_without_polling(
+    shared_url: str,
+) -> None:
+    """A concurrency slot freed in one runtime, a signal to a waiting workflow run, a job
+    retried and a queue resumed from another connection: the runtime serving queue ``b``
+    starts what they make runnable at once, never at its 60 s poll (PostgreSQL: NOTIFY;
+    SQLite: the announcements its listener reads when the file changes)."""
+    registry, held, release, _ = announced_registry()
+    async with (
+        trioforge.open_runtime(registry, database=shared_url, queues={"a": 1}, **SLOW),
+        trioforge.open_runtime(registry, database=shared_url, queues={"b": 4}, **SLOW) as rt,
+        trioforge.open_client(shared_url, registry=registry) as client,
+    ):
+        with trio.fail_after(15):
+            await client.enqueue("hold")
+            await held.wait()
+            after = await client.enqueue("after")
+            await status_is(client, after, JobState.AVAILABLE)  # held back by the slot
+            release.set()  # the other runtime records the outcome: the slot is free
+            assert (await rt.wait(after)).result == "ran"
+
+            run = await client.enqueue("waits")
+            await status_is(client, run, JobState.SCHEDULED)  # suspended, waiting
+            await client.signal(run, "go", "now")
+            assert (await rt.wait(run)).result == "now"
+
+            flaky = await client.enqueue("flaky")
+            assert (await rt.wait(flaky)).status is JobState.DEAD
+            assert await client.retry(flaky)
+            assert (await rt.wait(flaky)).result == "ran"
+
+            assert await client.pause("b")
+            paused = await client.enqueue("after")
+            await status_is(client, paused, JobState.AVAILABLE)
+            assert await client.resume("b")
+            assert (await rt.wait(paused)).result == "ran"

@@ -2,9 +2,11 @@
 
 SQLite pushes nothing to other processes, but ``PRAGMA data_version`` on a connection of
 one's own moves whenever another connection committed: a read of the WAL index in shared
-memory, no disk I/O and no lock. A thread reads it every ``interval`` seconds (four times
-less often after a quiet quarter second) and, when it moved, runs a read-only query on the
-same connection and reports what it found on trio's thread. Two watchers use this: the live
+memory, no disk I/O and no lock. It is read after each write to the write-ahead log the
+kernel tells of (Linux's inotify, through trio's event loop: an idle watch wakes once a
+second), or elsewhere by a thread every ``interval`` seconds (four times less often after
+a quiet quarter second); when it moved, a read-only query on the same connection finds
+what is new, reported on trio's thread. Two watchers use this: the live
 feed's change feed (``SQLiteBackend.changes``: "some jobs may have changed") and the
 runtime's listener (``SQLiteBackend.listen``: jobs enqueued, cancels asked for, and the
 wake-ups and freed concurrency slots other writes announce, by any process, as
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import select
 import sqlite3
 import threading
 import time
@@ -22,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import trio
 
@@ -30,17 +34,32 @@ from trioforge._core.errors import DatabaseUnavailableError
 from trioforge.storage._records import CancelNotice, Notice, SlotsFreedNotice, WakeNotice
 from trioforge.storage._sql_states import PENDING
 
+if TYPE_CHECKING:
+    from inotify_simple import INotify
+
 __all__ = ["NewWork", "watching"]
 
 T = TypeVar("T")
 
 log = logging.getLogger("trioforge.storage")
 
-#: After this many seconds without a commit, the file is read ``QUIET_FACTOR`` times less
-#: often: each read costs a thread wake-up (tens of microseconds of CPU on a virtual
-#: machine), and an idle worker should cost next to nothing.
+#: Polling (no file events): after this many seconds without a commit, the file is read
+#: ``QUIET_FACTOR`` times less often: each read costs a thread wake-up (tens of
+#: microseconds of CPU on a virtual machine), and an idle worker should cost next to
+#: nothing.
 BUSY_SECONDS = 0.25
 QUIET_FACTOR = 4
+#: With file events: the pause after a look that found nothing new (most often the last
+#: write of a commit just seen), so that a busy file costs at most a look per this long
+#: beyond its commits.
+FUTILE_PAUSE = 0.001
+#: With file events: how long after the first write the kernel tells of the events are
+#: read and the file looked at (a commit writes the log a few times: read after its last
+#: write, they make one look, not a second that finds nothing new).
+SETTLE = 0.0003
+#: With file events, how often the version is read all the same (a write they could not
+#: tell of, such as to a log file replaced since, is seen within this).
+EVENTLESS_SECONDS = 1.0
 
 
 @asynccontextmanager
@@ -53,17 +72,20 @@ async def watching(
     report: Callable[[T], None],
     ended: Callable[[], None],
 ) -> AsyncIterator[None]:
-    """While inside, a thread watches ``path``: ``reader(db)`` runs first, on the watching
+    """While inside, ``path`` is watched: ``reader(db)`` runs first, on the watching
     connection (its reads are the baseline: nothing before them is reported), and returns
     the read run each time the data version moves; each item it returns is passed to
-    ``report`` on trio's thread. An ``sqlite3.Error`` in the thread ends the watch and
-    ``ended`` is called on trio's thread. After ``BUSY_SECONDS`` without a commit the file
-    is read every ``QUIET_FACTOR * interval``. Leaving stops the thread within that.
+    ``report`` on trio's thread. An ``sqlite3.Error`` ends the watch and ``ended`` is
+    called on trio's thread.
+
+    Where the kernel tells of writes to the file's write-ahead log (Linux's inotify), the
+    version is read after each (at most once per ``interval``) and otherwise every
+    ``EVENTLESS_SECONDS``: an idle watch costs next to nothing. Elsewhere a thread reads
+    it every ``interval``, and every ``QUIET_FACTOR * interval`` after ``BUSY_SECONDS``
+    without a commit. Leaving stops the watch within that.
 
     Raises DatabaseUnavailableError if the file cannot be opened for watching.
     """
-    stop = threading.Event()
-    token = trio.lowlevel.current_trio_token()
 
     def connect() -> tuple[sqlite3.Connection, int, Callable[[], Sequence[T]]]:
         db = sqlite3.connect(
@@ -83,52 +105,160 @@ async def watching(
         raise DatabaseUnavailableError(
             f"cannot watch SQLite database {str(path)!r} for changes: {exc}"
         ) from None
-
-    def deliver(items: Sequence[T]) -> None:
-        for item in items:
-            report(item)
-
-    ran = False  # a watch cancelled before its thread started closes the connection here
-
-    def watch() -> None:
-        nonlocal ran
-        ran = True
-        try:
-            last, moved_at, wait = first, time.monotonic(), interval
-            while not stop.wait(wait):
-                version = db.execute("PRAGMA data_version").fetchone()[0]
-                now = time.monotonic()
-                if now - moved_at > BUSY_SECONDS:
-                    wait = interval * QUIET_FACTOR
-                if version != last:
-                    last, moved_at, wait = version, now, interval
-                    items = read()
-                    if items:
-                        trio.from_thread.run_sync(deliver, items, trio_token=token)
-        except sqlite3.Error as exc:
-            log.warning("watching SQLite database %r stopped: %s", str(path), exc)
-            with contextlib.suppress(trio.RunFinishedError):
-                trio.from_thread.run_sync(ended, trio_token=token)
-        except trio.RunFinishedError:
-            pass
-        finally:
-            db.close()
-
+    events = _log_events(path)  # after connect(): the log exists while a connection is open
+    watch = _Watch(path, db, first, read, report, ended, events=events is not None)
+    run = partial(watch.follow, events, interval) if events else partial(watch.poll, interval)
     try:
         async with trio.open_nursery() as nursery:
             # A limiter of its own: the thread lives as long as the watch and must not hold
             # one of the default limiter's tokens, which the application's threads share.
             own = trio.CapacityLimiter(1)
             nursery.start_soon(
-                partial(trio.to_thread.run_sync, watch, abandon_on_cancel=False, limiter=own)
+                partial(trio.to_thread.run_sync, run, abandon_on_cancel=False, limiter=own)
             )
             try:
                 yield
             finally:
-                stop.set()  # the thread ends within one interval; the nursery waits for it
+                watch.leave()  # the thread ends within one interval; the nursery waits for it
     finally:
-        if not ran:  # the nursery is done: no thread can still be using it
-            db.close()
+        watch.close()
+        if events is not None:
+            events.close()
+
+
+def _log_events(path: Path) -> INotify | None:
+    """The kernel's events for writes to the write-ahead log of ``path`` (every commit
+    writes it), where it has them (Linux), else None."""
+    try:
+        from inotify_simple import INotify, flags
+    except ImportError:  # not Linux: the dependency is Linux's only
+        return None
+    try:
+        events = INotify(nonblocking=True)
+    except OSError:
+        return None
+    try:
+        events.add_watch(f"{path}-wal", flags.MODIFY)
+    except OSError:  # no log (not in WAL mode), or no watches left
+        events.close()
+        return None
+    return events
+
+
+class _Watch(Generic[T]):
+    """One watch's connection and the version it last saw; :meth:`follow` and
+    :meth:`poll` are the two ways it learns when to look again."""
+
+    def __init__(
+        self,
+        path: Path,
+        db: sqlite3.Connection,
+        version: int,
+        read: Callable[[], Sequence[T]],
+        report: Callable[[T], None],
+        ended: Callable[[], None],
+        *,
+        events: bool,
+    ) -> None:
+        self._path, self._db, self._version, self._read = path, db, version, read
+        self._report, self._ended = report, ended
+        self.stop = threading.Event()
+        self.threaded = False  # its thread ran: it closes the connection itself
+        self._token = trio.lowlevel.current_trio_token()
+        # Wakes a thread waiting for file events when the watch is left.
+        self._wakeup = os.eventfd(0, os.EFD_CLOEXEC) if events else -1
+
+    def _look(self) -> tuple[bool, Sequence[T]]:
+        """Whether the file changed since the last look, and what is new (in a thread: it
+        reads the file)."""
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._version:
+            return False, ()
+        self._version = version
+        return True, self._read()
+
+    def _deliver(self, items: Sequence[T]) -> None:
+        for item in items:
+            self._report(item)
+
+    def follow(self, events: INotify, interval: float) -> None:
+        """Look after each write the kernel tells of, and every ``EVENTLESS_SECONDS``
+        regardless; if the log is replaced (its watch gone), every ``QUIET_FACTOR *
+        interval`` (in a thread of its own, for the watch's life: a look needs no trip
+        through trio's thread pool). A look that finds nothing new (the event was of a
+        commit already seen, or of no commit) waits ``FUTILE_PAUSE`` before the next."""
+        from inotify_simple import flags
+
+        gone = flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED
+        waiting = select.poll()
+        waiting.register(events.fileno(), select.POLLIN)
+        waiting.register(self._wakeup, select.POLLIN)
+        wait = EVENTLESS_SECONDS  # for an event
+        pause = 0.0  # before waiting for one
+
+        def go_on() -> bool:
+            nonlocal wait
+            if self.stop.wait(pause):
+                return False
+            if waiting.poll(wait * 1000) and self.stop.wait(SETTLE):
+                return False  # (a commit's writes end before the look: one event, one look)
+            if any(event.mask & gone for event in events.read(timeout=0)):
+                wait = interval * QUIET_FACTOR
+            return not self.stop.is_set()
+
+        def pace(moved: bool) -> None:
+            nonlocal pause
+            pause = 0.0 if moved else min(interval, FUTILE_PAUSE)
+
+        self._run(go_on, pace)
+
+    def poll(self, interval: float) -> None:
+        """Look every ``interval``, every ``QUIET_FACTOR * interval`` after ``BUSY_SECONDS``
+        without a change (in a thread of its own, for the watch's life)."""
+        moved_at, wait = time.monotonic(), interval
+
+        def pace(moved: bool) -> None:
+            nonlocal moved_at, wait
+            now = time.monotonic()
+            if moved:
+                moved_at, wait = now, interval
+            elif now - moved_at > BUSY_SECONDS:
+                wait = interval * QUIET_FACTOR
+
+        self._run(lambda: not self.stop.wait(wait), pace)
+
+    def _run(self, go_on: Callable[[], bool], pace: Callable[[bool], object] = bool) -> None:
+        """Look each time ``go_on()`` (which waits) says to, until it says not to; ``pace``
+        hears whether each look found the file changed."""
+        self.threaded = True
+        token = self._token
+        try:
+            while go_on():
+                moved, items = self._look()
+                pace(moved)
+                if items:
+                    trio.from_thread.run_sync(self._deliver, items, trio_token=token)
+        except sqlite3.Error as exc:
+            log.warning("watching SQLite database %r stopped: %s", str(self._path), exc)
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(self._ended, trio_token=token)
+        except trio.RunFinishedError:
+            pass
+        finally:
+            self._db.close()
+
+    def leave(self) -> None:
+        """Stop the thread (it ends within one interval)."""
+        self.stop.set()
+        if self._wakeup >= 0:
+            os.eventfd_write(self._wakeup, 1)
+
+    def close(self) -> None:
+        """Once no thread runs: close what the thread did not."""
+        if not self.threaded:
+            self._db.close()
+        if self._wakeup >= 0:
+            os.close(self._wakeup)
 
 
 class NewWork:

@@ -136,12 +136,13 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
 
     @asynccontextmanager
     async def listen(self, on_notice: Callable[[Notice], None]) -> AsyncIterator[Listening]:
-        """Jobs enqueued and cancels asked for by any connection to the file, this
-        process's own included, read when ``PRAGMA data_version`` moves (checked every
-        ``change_poll_interval`` seconds on a connection of its own): a wake-up for every
-        process serving the queue (no address: SQLite has no channel to one process) and
-        a cancel notice per running job. Concurrency limits freed in another process are
-        still found at the next poll."""
+        """Jobs enqueued, cancels asked for, and what other writes announce (jobs made due
+        without a new row, concurrency slots freed), by any connection to the file, this
+        process's own included, read when ``PRAGMA data_version`` moves (checked on a
+        connection of its own after each write the kernel tells of, or where it tells of
+        none every ``change_poll_interval`` seconds: ``storage._sqlite_watch``): a wake-up
+        for every process serving the queue (no address: SQLite has no channel to one
+        process), a cancel notice per running job, a slots-freed notice."""
         lost = trio.Event()
 
         def report(notice: Notice) -> None:
@@ -162,8 +163,8 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
     @asynccontextmanager
     async def changes(self) -> AsyncIterator[trio.MemoryReceiveChannel[Changed]]:
         """Commits by any connection to the file, this process's own included, seen by
-        ``PRAGMA data_version`` (checked every ``change_poll_interval`` seconds on a
-        connection of its own) and reported as None (which jobs is unknown)."""
+        ``PRAGMA data_version`` (checked as :meth:`listen` checks it, on a connection of
+        its own) and reported as None (which jobs is unknown)."""
         send, receive = trio.open_memory_channel[Changed](math.inf)
 
         def report(item: None) -> None:

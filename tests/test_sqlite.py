@@ -13,6 +13,7 @@ import trio
 
 from trioforge import DatabaseUnavailableError, JobState, SchemaError
 from trioforge.storage import NewJob, ops
+from trioforge.storage import _sqlite_watch as sqlite_watch
 from trioforge.storage._sqlite_watch import watching
 from trioforge.storage.sqlite import MIGRATIONS, SQLiteBackend
 
@@ -159,3 +160,83 @@ async def test_a_watch_cancelled_before_its_thread_starts_closes_its_connection(
     [db] = seen
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         db.execute("SELECT 1")
+
+
+@pytest.fixture(params=["file events", "polling"])
+def watch_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a watch learns of commits: the kernel's file events (Linux) and polling
+    (elsewhere, here by having no events)."""
+    if request.param == "polling":
+        monkeypatch.setattr(sqlite_watch, "_log_events", lambda path: None)
+    return str(request.param)
+
+
+async def commit(backend: SQLiteBackend) -> None:
+    """One commit by the backend's own connection (a pause flipped)."""
+    [paused] = await backend.execute([ops.PauseQueue("q", True)], 0.0)
+    if not paused:
+        await backend.execute([ops.PauseQueue("q", False)], 0.0)
+
+
+async def test_a_watch_hears_another_connections_commit_and_leaves_at_once(
+    tmp_path: Path, watch_kind: str
+) -> None:
+    """Each commit of another connection is looked at; leaving ends the watch's thread at
+    once (waiting for file events, it is woken; it would otherwise wait up to a second)."""
+    backend = SQLiteBackend(tmp_path / "jobs.db")
+    await backend.open()
+    looked = trio.Semaphore(0)
+    try:
+        with trio.fail_after(5):
+            async with watching(
+                backend.path, busy_timeout=1.0, interval=0.005,
+                reader=lambda db: lambda: [None], report=lambda item: looked.release(),
+                ended=lambda: None,
+            ):  # fmt: skip
+                for _ in range(3):
+                    await commit(backend)
+                    await looked.acquire()
+                # Not a synchronisation: the state under test is an idle watch, its thread
+                # waiting for the next event (a look that just ended may still be going).
+                await trio.sleep(0.05)
+                left = trio.current_time()
+        assert trio.current_time() - left < sqlite_watch.EVENTLESS_SECONDS / 2, watch_kind
+    finally:
+        await backend.aclose()
+
+
+async def test_a_watch_whose_file_events_stop_polls_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log's watch gone (here removed, as the kernel does when the file is deleted or
+    replaced): commits are still seen within the polling interval, not only every
+    EVENTLESS_SECONDS."""
+    made: list[Any] = []
+    real = sqlite_watch._log_events
+
+    def log_events(path: Path) -> Any:
+        made.append(real(path))
+        return made[-1]
+
+    monkeypatch.setattr(sqlite_watch, "_log_events", log_events)
+    backend = SQLiteBackend(tmp_path / "jobs.db")
+    await backend.open()
+    looked = trio.Semaphore(0)
+    try:
+        with trio.fail_after(5):
+            async with watching(
+                backend.path, busy_timeout=1.0, interval=0.005,
+                reader=lambda db: lambda: [None], report=lambda item: looked.release(),
+                ended=lambda: None,
+            ):  # fmt: skip
+                [events] = made
+                if events is None:
+                    pytest.skip("no file events on this platform")
+                events.rm_watch(1)  # the only watch: the kernel says IGNORED
+                await commit(backend)
+                await looked.acquire()  # seen (at the latest by the eventless look)
+                await commit(backend)
+                with trio.fail_after(sqlite_watch.EVENTLESS_SECONDS / 2):
+                    await looked.acquire()
+    finally:
+        await backend.aclose()

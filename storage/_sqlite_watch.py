@@ -269,8 +269,9 @@ class NewWork:
     ``trioforge_wakes`` (a wake-up per queue whose count moved, at the run_at written, or
     due already when several writes came between two reads; slots freed)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, address: str | None = None) -> None:
         self._db = db
+        self._address = address
         self._last_id = 0
         self._cancels: frozenset[int] = frozenset()
         self._wakes_total = 0
@@ -286,15 +287,40 @@ class NewWork:
         last_id, asked, wakes_total = self._db.execute(_SINCE).fetchone()
         notices: list[Notice] = []
         if last_id is not None and last_id > self._last_id:
-            if wakes:  # rows inserted after that statement are found now and again next time
-                found = self._db.execute(_WAKES, (self._last_id,))
-                notices += [WakeNotice(queue, run_at) for queue, run_at in found]
+            if wakes:
+                notices += self._enqueued(self._last_id, last_id)
             self._last_id = last_id
         if wakes_total != self._wakes_total:  # counts only grow: a change is a write
             notices += self._announced(report=wakes)
         cancels = frozenset(int(job_id) for job_id in asked.split(",")) if asked else frozenset()
         notices += [CancelNotice(job_id) for job_id in sorted(cancels - self._cancels)]
         self._cancels = cancels
+        return notices
+
+    def _enqueued(self, after: int, upto: int) -> list[Notice]:
+        """The wake-ups for the jobs of ids ``after`` < id <= ``upto`` still pending, per
+        queue. Due jobs that require no capability are addressed, as an enqueue addresses
+        them on PostgreSQL, among the processes serving the queue, running all their names
+        and advertising an address that has not expired (read from their registry rows,
+        the same for every process): each job to the one at its id modulo their number,
+        so that one process claims it (owing it: passed on to every process if it cannot
+        take it). This process hears of those addressed to it alone; of the rest, and of
+        jobs due later, every process hears."""
+        now = time.time()
+        notices: list[Notice] = []
+        for queue, due, run_at, names, requiring in self._db.execute(_NEW, (after, upto, now)):
+            if not due or requiring or self._address is None:
+                notices.append(WakeNotice(queue, run_at))
+                continue
+            rows = self._db.execute(_ADDRESSABLE, (queue, names, now)).fetchall()
+            addresses = [address for (address,) in rows]
+            if not addresses:
+                notices.append(WakeNotice(queue, run_at))
+            elif self._address in addresses:
+                at = (after, upto, queue, now, len(addresses), addresses.index(self._address))
+                owed, first = self._db.execute(_ADDRESSED, at).fetchone()
+                if owed:
+                    notices.append(WakeNotice(queue, first, owed))
         return notices
 
     def _announced(self, *, report: bool) -> list[Notice]:
@@ -323,10 +349,31 @@ _SINCE = (
 )
 #: The wake-ups writes announced, a row per kind and queue with its count.
 _ANNOUNCED = "SELECT kind, queue, run_at, n FROM trioforge_wakes"
-#: Per queue, the earliest run_at among the jobs inserted after an id, still pending: a
-#: range of ids, never an index over the table (the unary ``+`` keeps the planner from
-#: walking the (queue, run_at) index for the grouping, or the state index for the state).
-_WAKES = (
-    "SELECT queue, min(run_at) FROM trioforge_jobs "
-    f"WHERE id > ? AND +status IN {PENDING} GROUP BY +queue"
+#: Per queue, the jobs inserted in a range of ids still pending, due by ?3 and the rest
+#: apart: whether due, the earliest run_at, their names (JSON), whether any requires
+#: capabilities. A range of ids, never an index over the table (the unary ``+`` keeps the
+#: planner from walking the (queue, run_at) index for the grouping, or the state index
+#: for the state).
+_NEW = (
+    "SELECT queue, run_at <= ?3, min(run_at), json_group_array(DISTINCT name), "
+    "max(requires IS NOT NULL) FROM trioforge_jobs "
+    f"WHERE id > ?1 AND id <= ?2 AND +status IN {PENDING} GROUP BY +queue, run_at <= ?3"
 )
+#: The addresses of the processes an enqueue on queue ?1 of names ?2 (JSON) may wake
+#: alone at ?3, in one order for every reader.
+_ADDRESSABLE = """
+SELECT json_extract(details, '$.wake_channel') AS address FROM trioforge_processes
+WHERE json_extract(details, '$.wake_until') > ?3
+  AND EXISTS (SELECT 1 FROM json_each(queues) WHERE value = ?1)
+  AND job_names IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM json_each(?2) AS n
+                  WHERE n.value NOT IN (SELECT value FROM json_each(job_names)))
+ORDER BY address
+"""
+#: How many of a range's due jobs of queue ?3 fall to the ?6th of ?5 addresses, and the
+#: earliest run_at among them.
+_ADDRESSED = f"""
+SELECT count(*), min(run_at) FROM trioforge_jobs
+WHERE id > ?1 AND id <= ?2 AND +queue = ?3 AND +status IN {PENDING} AND run_at <= ?4
+  AND requires IS NULL AND id % ?5 = ?6
+"""

@@ -21,6 +21,7 @@ import logging
 import math
 import sqlite3
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -151,11 +152,12 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
             except Exception:
                 log.exception("handling the notice %r failed", notice)
 
+        address = f"sqlite:{uuid.uuid4().hex}"  # this listener's, advertised by the heartbeat
         async with watching(
             self.path, busy_timeout=self._busy_timeout, interval=self._change_poll_interval,
-            reader=lambda db: NewWork(db).read, report=report, ended=lost.set,
+            reader=lambda db: NewWork(db, address).read, report=report, ended=lost.set,
         ):  # fmt: skip
-            yield Listening(lost, None)
+            yield Listening(lost, address)
 
     def environment(self) -> AbstractAsyncContextManager[None]:
         return nullcontext()

@@ -142,8 +142,9 @@ class SQLiteBackend(SQLiteClaims, SQLiteReads):
         process's own included, read when ``PRAGMA data_version`` moves (checked on a
         connection of its own after each write the kernel tells of, or where it tells of
         none every ``change_poll_interval`` seconds: ``storage._sqlite_watch``): a wake-up
-        for every process serving the queue (no address: SQLite has no channel to one
-        process), a cancel notice per running job, a slots-freed notice."""
+        per queue (for new due jobs, of those addressed to this listener's address, which
+        the heartbeat advertises: ``NewWork``), a cancel notice per running job, a
+        slots-freed notice."""
         lost = trio.Event()
 
         def report(notice: Notice) -> None:

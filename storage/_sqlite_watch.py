@@ -79,8 +79,9 @@ async def watching(
     called on trio's thread.
 
     Where the kernel tells of writes to the file's write-ahead log (Linux's inotify), the
-    version is read after each (at most once per ``interval``) and otherwise every
-    ``EVENTLESS_SECONDS``: an idle watch costs next to nothing. Elsewhere a thread reads
+    version is read ``SETTLE`` after each (a read that finds nothing new pauses
+    ``FUTILE_PAUSE``), once at the start, and otherwise every ``EVENTLESS_SECONDS``: an
+    idle watch costs next to nothing, a busy file about a read per commit. Elsewhere a thread reads
     it every ``interval``, and every ``QUIET_FACTOR * interval`` after ``BUSY_SECONDS``
     without a commit. Leaving stops the watch within that.
 
@@ -106,7 +107,13 @@ async def watching(
             f"cannot watch SQLite database {str(path)!r} for changes: {exc}"
         ) from None
     events = _log_events(path)  # after connect(): the log exists while a connection is open
-    watch = _Watch(path, db, first, read, report, ended, events=events is not None)
+    try:
+        watch = _Watch(path, db, first, read, report, ended, events=events is not None)
+    except BaseException:
+        if events is not None:
+            events.close()
+        db.close()
+        raise
     run = partial(watch.follow, events, interval) if events else partial(watch.poll, interval)
     try:
         async with trio.open_nursery() as nursery:
@@ -138,7 +145,7 @@ def _log_events(path: Path) -> INotify | None:
     except OSError:
         return None
     try:
-        events.add_watch(f"{path}-wal", flags.MODIFY)
+        events.add_watch(f"{path}-wal", flags.MODIFY | flags.DELETE_SELF | flags.MOVE_SELF)
     except OSError:  # no log (not in WAL mode), or no watches left
         events.close()
         return None
@@ -195,9 +202,13 @@ class _Watch(Generic[T]):
         waiting.register(self._wakeup, select.POLLIN)
         wait = EVENTLESS_SECONDS  # for an event
         pause = 0.0  # before waiting for one
+        started = False
 
         def go_on() -> bool:
-            nonlocal wait
+            nonlocal wait, started
+            if not started:  # a commit between the baseline and the watch made no event
+                started = True
+                return True
             if self.stop.wait(pause):
                 return False
             if waiting.poll(wait * 1000) and self.stop.wait(SETTLE):
@@ -238,7 +249,7 @@ class _Watch(Generic[T]):
                 pace(moved)
                 if items:
                     trio.from_thread.run_sync(self._deliver, items, trio_token=token)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             log.warning("watching SQLite database %r stopped: %s", str(self._path), exc)
             with contextlib.suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(self._ended, trio_token=token)
@@ -298,30 +309,32 @@ class NewWork:
         return notices
 
     def _enqueued(self, after: int, upto: int) -> list[Notice]:
-        """The wake-ups for the jobs of ids ``after`` < id <= ``upto`` still pending, per
-        queue. Due jobs that require no capability are addressed, as an enqueue addresses
-        them on PostgreSQL, among the processes serving the queue, running all their names
-        and advertising an address that has not expired (read from their registry rows,
-        the same for every process): each job to the one at its id modulo their number,
-        so that one process claims it (owing it: passed on to every process if it cannot
-        take it). This process hears of those addressed to it alone; of the rest, and of
-        jobs due later, every process hears."""
+        """The wake-ups for the jobs of ids ``after`` < id <= ``upto`` still pending. Due
+        jobs that require no capability are addressed, as an enqueue addresses them on
+        PostgreSQL, among the processes serving the queue, running the job's name and
+        advertising an address that has not expired (read from their registry rows, the
+        same for every reader whatever range of ids it read): each job to the one at its
+        id modulo their number, so that one process claims it (owing it: passed on to
+        every process if it cannot take it). This process hears of those addressed to it
+        alone; of the rest, and of jobs due later, every process hears (a wake-up per
+        queue)."""
         now = time.time()
+        everyone: dict[str, float] = {}
         notices: list[Notice] = []
-        for queue, due, run_at, names, requiring in self._db.execute(_NEW, (after, upto, now)):
-            if not due or requiring or self._address is None:
-                notices.append(WakeNotice(queue, run_at))
-                continue
-            rows = self._db.execute(_ADDRESSABLE, (queue, names, now)).fetchall()
-            addresses = [address for (address,) in rows]
+        for queue, addressable, name, run_at in self._db.execute(_NEW, (after, upto, now)):
+            addresses = []
+            if addressable and self._address is not None:
+                rows = self._db.execute(_ADDRESSABLE, (queue, name, now)).fetchall()
+                addresses = [address for (address,) in rows]
             if not addresses:
-                notices.append(WakeNotice(queue, run_at))
+                everyone[queue] = min(run_at, everyone.get(queue, run_at))
             elif self._address in addresses:
-                at = (after, upto, queue, now, len(addresses), addresses.index(self._address))
+                mine = (len(addresses), addresses.index(self._address))
+                at = (after, upto, queue, name, now, *mine)
                 owed, first = self._db.execute(_ADDRESSED, at).fetchone()
                 if owed:
                     notices.append(WakeNotice(queue, first, owed))
-        return notices
+        return [WakeNotice(queue, run_at) for queue, run_at in everyone.items()] + notices
 
     def _announced(self, *, report: bool) -> list[Notice]:
         notices: list[Notice] = []
@@ -349,31 +362,28 @@ _SINCE = (
 )
 #: The wake-ups writes announced, a row per kind and queue with its count.
 _ANNOUNCED = "SELECT kind, queue, run_at, n FROM trioforge_wakes"
-#: Per queue, the jobs inserted in a range of ids still pending, due by ?3 and the rest
-#: apart: whether due, the earliest run_at, their names (JSON), whether any requires
-#: capabilities. A range of ids, never an index over the table (the unary ``+`` keeps the
-#: planner from walking the (queue, run_at) index for the grouping, or the state index
-#: for the state).
+#: The jobs inserted in a range of ids still pending, per queue, name and whether they
+#: can be addressed (due by ?3, requiring no capability), with the earliest run_at. A
+#: range of ids, never an index over the table (the unary ``+`` keeps the planner from
+#: walking the (queue, run_at) index for the grouping, or the state index for the state).
 _NEW = (
-    "SELECT queue, run_at <= ?3, min(run_at), json_group_array(DISTINCT name), "
-    "max(requires IS NOT NULL) FROM trioforge_jobs "
-    f"WHERE id > ?1 AND id <= ?2 AND +status IN {PENDING} GROUP BY +queue, run_at <= ?3"
+    "SELECT queue, run_at <= ?3 AND requires IS NULL, name, min(run_at) FROM trioforge_jobs "
+    f"WHERE id > ?1 AND id <= ?2 AND +status IN {PENDING} "
+    "GROUP BY +queue, run_at <= ?3 AND requires IS NULL, name"
 )
-#: The addresses of the processes an enqueue on queue ?1 of names ?2 (JSON) may wake
-#: alone at ?3, in one order for every reader.
+#: The addresses of the processes a job of queue ?1 and name ?2 may wake alone at ?3, in
+#: one order for every reader.
 _ADDRESSABLE = """
 SELECT json_extract(details, '$.wake_channel') AS address FROM trioforge_processes
 WHERE json_extract(details, '$.wake_until') > ?3
   AND EXISTS (SELECT 1 FROM json_each(queues) WHERE value = ?1)
-  AND job_names IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM json_each(?2) AS n
-                  WHERE n.value NOT IN (SELECT value FROM json_each(job_names)))
+  AND EXISTS (SELECT 1 FROM json_each(job_names) WHERE value = ?2)
 ORDER BY address
 """
-#: How many of a range's due jobs of queue ?3 fall to the ?6th of ?5 addresses, and the
-#: earliest run_at among them.
+#: How many of a range's due jobs of queue ?3 and name ?4 fall to the ?7th of ?6
+#: addresses, and the earliest run_at among them.
 _ADDRESSED = f"""
 SELECT count(*), min(run_at) FROM trioforge_jobs
-WHERE id > ?1 AND id <= ?2 AND +queue = ?3 AND +status IN {PENDING} AND run_at <= ?4
-  AND requires IS NULL AND id % ?5 = ?6
+WHERE id > ?1 AND id <= ?2 AND +queue = ?3 AND name = ?4 AND +status IN {PENDING}
+  AND run_at <= ?5 AND requires IS NULL AND id % ?6 = ?7
 """

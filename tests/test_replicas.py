@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -11,7 +12,7 @@ from tests.support.fast import FAST
 from tests.support.listening import SLOW, listener_registry
 from trioforge import JobContext, JobState, Registry
 from trioforge.actors.leases import MAINTENANCE
-from trioforge.storage import ProcessInfo, backend_for_url, opened, ops
+from trioforge.storage import Backend, ProcessInfo, backend_for_url, opened, ops
 
 
 async def storage_op(url: str, op: ops.Op) -> Any:
@@ -117,6 +118,44 @@ def announced_registry() -> tuple[Registry, trio.Event, trio.Event, list[int]]:
     return registry, held, release, flaky_tries
 
 
+class Claims:
+    """The claims a backend runs, counted in the order they were sent (its ``execute``
+    wrapped, and PostgreSQL's ``execute_asyncio``, which runs batches on asyncio's side):
+    a test waits for one sent after a point to have come back."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.sent = 0
+        self._back = 0  # the latest sent of those come back
+        self._changed = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        for method in ("execute", "execute_asyncio"):
+            run = getattr(backend, method, None)
+            if run is None:
+                continue
+
+            async def counting(batch: Sequence[ops.Op], now: float, run: Any = run) -> Any:
+                if not any(isinstance(op, ops.Claim) for op in batch):
+                    return await run(batch, now)
+                self.sent += 1
+                sent = self.sent
+                try:
+                    return await run(batch, now)
+                finally:  # (on asyncio's side too: trio hears of it through its token)
+                    token.run_sync_soon(self._came_back, sent)
+
+            setattr(backend, method, counting)
+
+    def _came_back(self, sent: int) -> None:
+        self._back = max(self._back, sent)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def back_after(self, mark: int) -> None:
+        """Until a claim sent after ``mark`` (a value of :attr:`sent`) has come back."""
+        while self._back <= mark:
+            await self._changed.wait()
+
+
 async def status_is(client: trioforge.Client, job_id: trioforge.JobId, status: JobState) -> None:
     """Poll until ``job_id`` is in ``status`` (what another runtime did has no event here)."""
     while (await client.get(job_id)).status is not status:  # noqa: ASYNC110
@@ -131,16 +170,20 @@ async def test_writes_that_add_no_job_reach_another_process_without_polling(
     starts what they make runnable at once, never at its 60 s poll (PostgreSQL: NOTIFY;
     SQLite: the announcements its listener reads when the file changes)."""
     registry, held, release, _ = announced_registry()
+    b = backend_for_url(shared_url)
+    claims = Claims(b)
     async with (
         trioforge.open_runtime(registry, database=shared_url, queues={"a": 1}, **SLOW),
-        trioforge.open_runtime(registry, database=shared_url, queues={"b": 4}, **SLOW) as rt,
+        trioforge.open_runtime(registry, database=b, queues={"b": 4}, **SLOW) as rt,
         trioforge.open_client(shared_url, registry=registry) as client,
     ):
         with trio.fail_after(15):
             await client.enqueue("hold")
             await held.wait()
+            mark = claims.sent
             after = await client.enqueue("after")
-            await status_is(client, after, JobState.AVAILABLE)  # held back by the slot
+            await claims.back_after(mark)  # b claimed since: the slot held the job back
+            assert (await client.get(after)).status is JobState.AVAILABLE
             release.set()  # the other runtime records the outcome: the slot is free
             assert (await rt.wait(after)).result == "ran"
 
@@ -155,7 +198,9 @@ async def test_writes_that_add_no_job_reach_another_process_without_polling(
             assert (await rt.wait(flaky)).result == "ran"
 
             assert await client.pause("b")
+            mark = claims.sent
             paused = await client.enqueue("after")
-            await status_is(client, paused, JobState.AVAILABLE)
+            await claims.back_after(mark)  # b claimed since: paused, it took nothing
+            assert (await client.get(paused)).status is JobState.AVAILABLE
             assert await client.resume("b")
             assert (await rt.wait(paused)).result == "ran"

@@ -240,3 +240,32 @@ async def test_a_watch_whose_file_events_stop_polls_instead(
                     await looked.acquire()
     finally:
         await backend.aclose()
+
+
+async def test_a_commit_as_the_watch_starts_is_seen_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit between the watch's baseline read and the start of its file events made
+    no event the watch hears: its first look is at once, not after EVENTLESS_SECONDS."""
+    backend = SQLiteBackend(tmp_path / "jobs.db")
+    await backend.open()
+    real = sqlite_watch._log_events
+
+    def log_events(path: Path) -> Any:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("CREATE TABLE elsewhere (x)")  # after the baseline, before the events
+        other.close()
+        return real(path)
+
+    monkeypatch.setattr(sqlite_watch, "_log_events", log_events)
+    seen = trio.Event()
+    try:
+        with trio.fail_after(sqlite_watch.EVENTLESS_SECONDS / 2):
+            async with watching(
+                backend.path, busy_timeout=1.0, interval=0.005,
+                reader=lambda db: lambda: [None], report=lambda item: seen.set(),
+                ended=lambda: None,
+            ):  # fmt: skip
+                await seen.wait()
+    finally:
+        await backend.aclose()

@@ -12,13 +12,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import trio
 
 import trioforge
-from tests.test_addressed_wakes import SLOW, Pool, advertised, processes
+from tests.test_addressed_wakes import SLOW_POLL, Pool, advertised, processes
 from trioforge.storage import ops
 from trioforge.storage.sqlite import SQLiteBackend
+
+#: Only a notice starts a job within the tests' bounds; an address lasts 2.5 beats, long
+#: enough for a beat late on a busy machine.
+SLOW: dict[str, Any] = {
+    "heartbeat_interval": 1.0,
+    "lease_seconds": 10.0,
+    "poll_interval": SLOW_POLL,
+}
 
 
 class CountingClaims(SQLiteBackend):

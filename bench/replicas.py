@@ -141,7 +141,7 @@ async def main(url: str, jobs: int, samples: int, trickled: int) -> None:
             (marks / name).mkdir()
         sqlite = f"sqlite:///{marks / 'latency.db'}"
         show("sqlite", *await latencies(sqlite, samples, marks / "sqlite"))
-        for processes in (1, 3, 6):  # every idle process claims at each enqueue: no address
+        for processes in (1, 3, 6):  # what idle processes cost each job (one is addressed)
             sqlite = f"sqlite:///{marks / f'trickle-{processes}.db'}"
             cpu = await trickle(sqlite, None, trickled, processes, marks / "sqlite")
             say(

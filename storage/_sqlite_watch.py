@@ -58,7 +58,7 @@ FUTILE_PAUSE = 0.001
 #: write, they make one look, not a second that finds nothing new).
 SETTLE = 0.0003
 #: With file events, how often the version is read all the same (a write they could not
-#: tell of, such as to a log file replaced since, is seen within this).
+#: tell of, such as one on another machine's kernel, is seen within this).
 EVENTLESS_SECONDS = 1.0
 
 
@@ -145,7 +145,7 @@ def _log_events(path: Path) -> INotify | None:
     except OSError:
         return None
     try:
-        events.add_watch(f"{path}-wal", flags.MODIFY | flags.DELETE_SELF | flags.MOVE_SELF)
+        events.add_watch(f"{path}-wal", flags.MODIFY)
     except OSError:  # no log (not in WAL mode), or no watches left
         events.close()
         return None
@@ -190,31 +190,26 @@ class _Watch(Generic[T]):
 
     def follow(self, events: INotify, interval: float) -> None:
         """Look after each write the kernel tells of, and every ``EVENTLESS_SECONDS``
-        regardless; if the log is replaced (its watch gone), every ``QUIET_FACTOR *
-        interval`` (in a thread of its own, for the watch's life: a look needs no trip
+        regardless (in a thread of its own, for the watch's life: a look needs no trip
         through trio's thread pool). A look that finds nothing new (the event was of a
-        commit already seen, or of no commit) waits ``FUTILE_PAUSE`` before the next."""
-        from inotify_simple import flags
-
-        gone = flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED
+        commit already seen, or of no commit) waits ``FUTILE_PAUSE`` before the next.
+        The log is never deleted while the watch's own connection is open."""
         waiting = select.poll()
         waiting.register(events.fileno(), select.POLLIN)
         waiting.register(self._wakeup, select.POLLIN)
-        wait = EVENTLESS_SECONDS  # for an event
-        pause = 0.0  # before waiting for one
+        pause = 0.0  # before waiting for an event
         started = False
 
         def go_on() -> bool:
-            nonlocal wait, started
+            nonlocal started
             if not started:  # a commit between the baseline and the watch made no event
                 started = True
                 return True
             if self.stop.wait(pause):
                 return False
-            if waiting.poll(wait * 1000) and self.stop.wait(SETTLE):
+            if waiting.poll(EVENTLESS_SECONDS * 1000) and self.stop.wait(SETTLE):
                 return False  # (a commit's writes end before the look: one event, one look)
-            if any(event.mask & gone for event in events.read(timeout=0)):
-                wait = interval * QUIET_FACTOR
+            events.read(timeout=0)  # what they say does not matter: the look tells
             return not self.stop.is_set()
 
         def pace(moved: bool) -> None:
@@ -238,7 +233,7 @@ class _Watch(Generic[T]):
 
         self._run(lambda: not self.stop.wait(wait), pace)
 
-    def _run(self, go_on: Callable[[], bool], pace: Callable[[bool], object] = bool) -> None:
+    def _run(self, go_on: Callable[[], bool], pace: Callable[[bool], None]) -> None:
         """Look each time ``go_on()`` (which waits) says to, until it says not to; ``pace``
         hears whether each look found the file changed."""
         self.threaded = True

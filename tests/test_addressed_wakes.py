@@ -14,7 +14,7 @@ import math
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
@@ -22,8 +22,9 @@ import pytest
 import trio
 
 import trioforge
+from tests.support.addressing import SLOW_POLL, Pool, advertised, claims_for_a_trickle
 from tests.support.postgres import schema_url, temporary_schema
-from trioforge import JobContext, Registry
+from trioforge import Registry
 from trioforge.actors.relay import Relay
 from trioforge.actors.storage_actor import open_storage_channel, storage_actor
 from trioforge.storage import (
@@ -32,9 +33,7 @@ from trioforge.storage import (
     NewJob,
     Notice,
     ProcessDetails,
-    ProcessInfo,
     WakeNotice,
-    backend_for_url,
     opened,
     ops,
 )
@@ -42,8 +41,6 @@ from trioforge.storage import _pg_listen as pg_listen
 from trioforge.storage.postgres import PostgresBackend
 
 NOW = 10.0
-#: Only a notice starts a job within the tests' bounds.
-SLOW_POLL = 30.0
 SLOW: dict[str, Any] = {
     "heartbeat_interval": 0.1, "lease_seconds": 5.0, "poll_interval": SLOW_POLL,
 }  # fmt: skip
@@ -208,60 +205,6 @@ async def test_a_finishing_relay_sends_what_it_was_handed_and_knows_its_echo() -
 # --- runtimes -------------------------------------------------------------------------
 
 
-@attrs.define
-class Pool:
-    """What ran where: each started job's name and the runtime it started in."""
-
-    started: list[tuple[str, str]] = attrs.Factory(list)
-    release: trio.Event = attrs.Factory(trio.Event)
-    changed: trio.Event = attrs.Factory(trio.Event)
-
-    def registry(self, who: str, names: Sequence[str] = ("hold", "work")) -> Registry:
-        registry = Registry()
-        for name in names:
-            registry.job(name)(self.handler(who, name, self.release if name == "hold" else None))
-        return registry
-
-    def handler(self, who: str, name: str, until: trio.Event | None) -> Any:
-        """A handler that notes its start, then waits for ``until`` if it is given."""
-
-        async def handler(ctx: JobContext) -> None:
-            self.started.append((name, who))
-            self.changed.set()
-            self.changed = trio.Event()
-            if until is not None:
-                await until.wait()
-
-        return handler
-
-    async def until(self, count: int) -> list[tuple[str, str]]:
-        with trio.fail_after(10):
-            while len(self.started) < count:
-                await self.changed.wait()
-        return sorted(self.started)
-
-
-async def processes(url: str) -> list[ProcessInfo]:
-    async with opened(backend_for_url(url)) as backend:
-        [rows] = await backend.execute([ops.Processes()], trioforge.WallClock().now())
-    assert isinstance(rows, list)
-    return rows
-
-
-async def advertised(url: str, count: int) -> None:
-    """Until ``count`` processes advertise a channel (their listener heard its probe and a
-    beat said so)."""
-    with trio.fail_after(10):
-        while True:
-            rows = await processes(url)
-            if (
-                sum(p.details is not None and p.details.wake_channel is not None for p in rows)
-                >= count
-            ):
-                return
-            await trio.sleep(0.05)
-
-
 @asynccontextmanager
 async def a_and_b(
     pool: Pool, size: int = 1, a_names: Sequence[str] = ("hold", "work"), **b: Any
@@ -375,35 +318,13 @@ async def test_a_claim_held_by_a_concurrency_limit_passes_the_wake_up_on() -> No
             pool.release.set()
 
 
-class CountingClaims(PostgresBackend):
-    """A PostgreSQL backend that counts the claims it runs."""
-
-    claims = 0
-
-    async def execute_asyncio(self, batch: Sequence[ops.Op], now: float) -> list[object]:
-        self.claims += sum(isinstance(op, ops.Claim) for op in batch)
-        return await super().execute_asyncio(batch, now)
-
-
 async def test_a_trickle_of_jobs_costs_one_claim_each_however_many_processes_listen() -> None:
     """Three idle processes, one job at a time: one claim per job in all (every process
     hearing every enqueue made three, two of them for nothing)."""
     pool, jobs = Pool(), 10
-    async with schema_url() as url, AsyncExitStack() as stack:
-        backends = [CountingClaims(url) for _ in range(3)]
-        for n, backend in enumerate(backends):
-            await stack.enter_async_context(
-                trioforge.open_runtime(pool.registry(f"p{n}"), database=backend, **SLOW)
-            )
-        client = await stack.enter_async_context(
-            trioforge.open_client(url, registry=pool.registry("client"))
-        )
-        await advertised(url, 3)
-        before = sum(b.claims for b in backends)
-        for _ in range(jobs):
-            with trio.fail_after(10):
-                await client.wait(await client.enqueue("work"))
-        claims = sum(b.claims for b in backends) - before
+    async with schema_url() as url:
+        backends = [PostgresBackend(url) for _ in range(3)]
+        claims = await claims_for_a_trickle(url, backends, pool, jobs, SLOW)
     assert len(pool.started) == jobs
     assert jobs <= claims <= jobs + 2, claims
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import trio
 
 import trioforge
+from tests.support.addressing import Claims
 from tests.support.fast import FAST
 from tests.support.listening import SLOW, listener_registry
 from trioforge import JobContext, JobState, Registry
 from trioforge.actors.leases import MAINTENANCE
-from trioforge.storage import Backend, ProcessInfo, backend_for_url, opened, ops
+from trioforge.storage import ProcessInfo, backend_for_url, opened, ops
 
 
 async def storage_op(url: str, op: ops.Op) -> Any:
@@ -116,44 +116,6 @@ def announced_registry() -> tuple[Registry, trio.Event, trio.Event, list[int]]:
         return str(await ctx.wait_for_signal("go"))
 
     return registry, held, release, flaky_tries
-
-
-class Claims:
-    """The claims a backend runs, counted in the order they were sent (its ``execute``
-    wrapped, and PostgreSQL's ``execute_asyncio``, which runs batches on asyncio's side):
-    a test waits for one sent after a point to have come back."""
-
-    def __init__(self, backend: Backend) -> None:
-        self.sent = 0
-        self._back = 0  # the latest sent of those come back
-        self._changed = trio.Event()
-        token = trio.lowlevel.current_trio_token()
-        for method in ("execute", "execute_asyncio"):
-            run = getattr(backend, method, None)
-            if run is None:
-                continue
-
-            async def counting(batch: Sequence[ops.Op], now: float, run: Any = run) -> Any:
-                if not any(isinstance(op, ops.Claim) for op in batch):
-                    return await run(batch, now)
-                self.sent += 1
-                sent = self.sent
-                try:
-                    return await run(batch, now)
-                finally:  # (on asyncio's side too: trio hears of it through its token)
-                    token.run_sync_soon(self._came_back, sent)
-
-            setattr(backend, method, counting)
-
-    def _came_back(self, sent: int) -> None:
-        self._back = max(self._back, sent)
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def back_after(self, mark: int) -> None:
-        """Until a claim sent after ``mark`` (a value of :attr:`sent`) has come back."""
-        while self._back <= mark:
-            await self._changed.wait()
 
 
 async def status_is(client: trioforge.Client, job_id: trioforge.JobId, status: JobState) -> None:

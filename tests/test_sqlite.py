@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import select
 import sqlite3
-from collections.abc import Callable
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -178,68 +181,75 @@ async def commit(backend: SQLiteBackend) -> None:
         await backend.execute([ops.PauseQueue("q", False)], 0.0)
 
 
-async def test_a_watch_hears_another_connections_commit_and_leaves_at_once(
-    tmp_path: Path, watch_kind: str
-) -> None:
-    """Each commit of another connection is looked at; leaving ends the watch's thread at
-    once (waiting for file events, it is woken; it would otherwise wait up to a second)."""
+@asynccontextmanager
+async def counting_watch(tmp_path: Path) -> AsyncIterator[tuple[SQLiteBackend, trio.Semaphore]]:
+    """A backend on a new file, and a watch of that file whose every look that finds the
+    file changed releases the semaphore."""
     backend = SQLiteBackend(tmp_path / "jobs.db")
     await backend.open()
     looked = trio.Semaphore(0)
     try:
-        with trio.fail_after(5):
-            async with watching(
-                backend.path, busy_timeout=1.0, interval=0.005,
-                reader=lambda db: lambda: [None], report=lambda item: looked.release(),
-                ended=lambda: None,
-            ):  # fmt: skip
-                for _ in range(3):
-                    await commit(backend)
-                    await looked.acquire()
-                # Not a synchronisation: the state under test is an idle watch, its thread
-                # waiting for the next event (a look that just ended may still be going).
-                await trio.sleep(0.05)
-                left = trio.current_time()
-        assert trio.current_time() - left < sqlite_watch.EVENTLESS_SECONDS / 2, watch_kind
+        async with watching(
+            backend.path, busy_timeout=1.0, interval=0.005,
+            reader=lambda db: lambda: [None], report=lambda item: looked.release(),
+            ended=lambda: None,
+        ):  # fmt: skip
+            yield backend, looked
     finally:
         await backend.aclose()
 
 
-async def test_a_watch_whose_file_events_stop_polls_instead(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The log's watch gone (here removed, as the kernel does when the file is deleted or
-    replaced): commits are still seen within the polling interval, not only every
-    EVENTLESS_SECONDS."""
+def log_events_made(monkeypatch: pytest.MonkeyPatch, before: Callable[[Path], None]) -> list[Any]:
+    """The file events each watch gets (None: none), ``before(path)`` run first."""
     made: list[Any] = []
     real = sqlite_watch._log_events
 
     def log_events(path: Path) -> Any:
+        before(path)
         made.append(real(path))
         return made[-1]
 
     monkeypatch.setattr(sqlite_watch, "_log_events", log_events)
-    backend = SQLiteBackend(tmp_path / "jobs.db")
-    await backend.open()
-    looked = trio.Semaphore(0)
-    try:
-        with trio.fail_after(5):
-            async with watching(
-                backend.path, busy_timeout=1.0, interval=0.005,
-                reader=lambda db: lambda: [None], report=lambda item: looked.release(),
-                ended=lambda: None,
-            ):  # fmt: skip
-                [events] = made
-                if events is None:
-                    pytest.skip("no file events on this platform")
-                events.rm_watch(1)  # the only watch: the kernel says IGNORED
+    return made
+
+
+async def test_a_watch_hears_each_commit_of_another_connection(
+    tmp_path: Path, watch_kind: str
+) -> None:
+    with trio.fail_after(5):
+        async with counting_watch(tmp_path) as (backend, looked):
+            for _ in range(3):
                 await commit(backend)
-                await looked.acquire()  # seen (at the latest by the eventless look)
-                await commit(backend)
-                with trio.fail_after(sqlite_watch.EVENTLESS_SECONDS / 2):
-                    await looked.acquire()
-    finally:
-        await backend.aclose()
+                await looked.acquire()
+
+
+async def test_leaving_a_watch_waiting_for_file_events_wakes_its_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its thread waits for an event for up to EVENTLESS_SECONDS: leaving wakes it."""
+    waiting = threading.Event()  # set as the watch's thread starts waiting for an event
+    real_poll = select.poll
+
+    class Poll:
+        def __init__(self) -> None:
+            self._poll = real_poll()
+
+        def register(self, fd: int, mask: int) -> None:
+            self._poll.register(fd, mask)
+
+        def poll(self, timeout: float) -> list[tuple[int, int]]:
+            waiting.set()
+            return self._poll.poll(timeout)
+
+    monkeypatch.setattr(select, "poll", Poll)
+    made = log_events_made(monkeypatch, lambda path: None)
+    with trio.fail_after(5):
+        async with counting_watch(tmp_path):
+            if made[0] is None:
+                pytest.skip("no file events on this platform")
+            await trio.to_thread.run_sync(waiting.wait)
+            left = trio.current_time()
+    assert trio.current_time() - left < sqlite_watch.EVENTLESS_SECONDS / 2
 
 
 async def test_a_commit_as_the_watch_starts_is_seen_at_once(
@@ -247,25 +257,13 @@ async def test_a_commit_as_the_watch_starts_is_seen_at_once(
 ) -> None:
     """A commit between the watch's baseline read and the start of its file events made
     no event the watch hears: its first look is at once, not after EVENTLESS_SECONDS."""
-    backend = SQLiteBackend(tmp_path / "jobs.db")
-    await backend.open()
-    real = sqlite_watch._log_events
 
-    def log_events(path: Path) -> Any:
+    def commit_elsewhere(path: Path) -> None:
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("CREATE TABLE elsewhere (x)")  # after the baseline, before the events
         other.close()
-        return real(path)
 
-    monkeypatch.setattr(sqlite_watch, "_log_events", log_events)
-    seen = trio.Event()
-    try:
-        with trio.fail_after(sqlite_watch.EVENTLESS_SECONDS / 2):
-            async with watching(
-                backend.path, busy_timeout=1.0, interval=0.005,
-                reader=lambda db: lambda: [None], report=lambda item: seen.set(),
-                ended=lambda: None,
-            ):  # fmt: skip
-                await seen.wait()
-    finally:
-        await backend.aclose()
+    log_events_made(monkeypatch, commit_elsewhere)
+    with trio.fail_after(sqlite_watch.EVENTLESS_SECONDS / 2):
+        async with counting_watch(tmp_path) as (_, looked):
+            await looked.acquire()

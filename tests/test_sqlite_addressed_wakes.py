@@ -9,16 +9,11 @@ notice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import trio
-
 import trioforge
-from tests.test_addressed_wakes import SLOW_POLL, Pool, advertised, processes
-from trioforge.storage import ops
+from tests.support.addressing import SLOW_POLL, Pool, advertised, claims_for_a_trickle, processes
 from trioforge.storage.sqlite import SQLiteBackend
 
 #: Only a notice starts a job within the tests' bounds; an address lasts 2.5 beats, long
@@ -30,38 +25,14 @@ SLOW: dict[str, Any] = {
 }
 
 
-class CountingClaims(SQLiteBackend):
-    """A SQLite backend that counts the claims it runs."""
-
-    claims = 0
-
-    async def execute(self, batch: Sequence[ops.Op], now: float) -> list[object]:
-        self.claims += sum(isinstance(op, ops.Claim) for op in batch)
-        return await super().execute(batch, now)
-
-
 async def test_a_trickle_of_jobs_costs_one_claim_each_however_many_processes_watch(
     tmp_path: Path,
 ) -> None:
     """Three idle processes, one job at a time: one claim per job in all (each process
     claiming at each new job made three, two of them for nothing)."""
     pool, jobs, path = Pool(), 10, tmp_path / "jobs.db"
-    url = f"sqlite:///{path}"
-    async with AsyncExitStack() as stack:
-        backends = [CountingClaims(path) for _ in range(3)]
-        for n, backend in enumerate(backends):
-            await stack.enter_async_context(
-                trioforge.open_runtime(pool.registry(f"p{n}"), database=backend, **SLOW)
-            )
-        client = await stack.enter_async_context(
-            trioforge.open_client(url, registry=pool.registry("client"))
-        )
-        await advertised(url, 3)
-        before = sum(b.claims for b in backends)
-        for _ in range(jobs):
-            with trio.fail_after(10):
-                await client.wait(await client.enqueue("work"))
-        claims = sum(b.claims for b in backends) - before
+    backends = [SQLiteBackend(path) for _ in range(3)]
+    claims = await claims_for_a_trickle(f"sqlite:///{path}", backends, pool, jobs, SLOW)
     assert len(pool.started) == jobs
     assert jobs <= claims <= jobs + 2, claims
 

@@ -16,10 +16,12 @@ wake-ups and freed concurrency slots other writes announce, by any process, as
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -135,21 +137,57 @@ async def watching(
 
 def _log_events(path: Path) -> INotify | None:
     """The kernel's events for writes to the write-ahead log of ``path`` (every commit
-    writes it), where it has them (Linux), else None."""
+    writes it), where it has them (Linux), else None. On Linux, having none is logged
+    once per process (:func:`_polling_instead`): the watch then polls, which works but
+    costs an idle process several times the CPU and adds milliseconds to every wake-up."""
     try:
         from inotify_simple import INotify, flags
-    except ImportError:  # not Linux: the dependency is Linux's only
+    except ImportError:
+        if sys.platform == "linux":  # a dependency on Linux: installed without it
+            _polling_instead("the inotify-simple package is not installed")
         return None
     try:
         events = INotify(nonblocking=True)
-    except OSError:
+    except OSError as exc:
+        _polling_instead(_no_inotify(exc, "instances", str(path)))
         return None
     try:
         events.add_watch(f"{path}-wal", flags.MODIFY)
-    except OSError:  # no log (not in WAL mode), or no watches left
+    except OSError as exc:  # no watches left, or no log (the file is not in WAL mode)
         events.close()
+        _polling_instead(_no_inotify(exc, "watches", f"{path}-wal"))
         return None
     return events
+
+
+#: The causes already logged by :func:`_polling_instead` (each once per process).
+_LOGGED: set[str] = set()
+
+
+def _no_inotify(exc: OSError, kind: str, watched: str) -> str:
+    """Why an inotify instance or watch (``kind``) could not be had for ``watched``, and
+    what fixes it."""
+    if exc.errno in (errno.EMFILE, errno.ENOSPC):
+        return (
+            f"no inotify {kind} left for this user ({exc.strerror}): raise the kernel's "
+            f"fs.inotify.max_user_{kind} (sysctl), or run fewer processes on this host"
+        )
+    if exc.errno == errno.ENOENT:
+        return f"{watched!r} does not exist (the database is not in WAL mode)"
+    return f"inotify refused {watched!r} ({exc.strerror or exc})"
+
+
+def _polling_instead(cause: str) -> None:
+    if cause in _LOGGED:
+        return
+    _LOGGED.add(cause)
+    log.warning(
+        "SQLite's change watch gets no file events: %s. It polls the file instead (every "
+        "change_poll_interval, 5 ms by default, %d times less often when quiet), which "
+        "costs an idle process several times the CPU and each wake-up from another "
+        "process a few milliseconds more",
+        cause, QUIET_FACTOR,
+    )  # fmt: skip
 
 
 class _Watch(Generic[T]):

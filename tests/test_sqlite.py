@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
 import select
 import sqlite3
 import threading
@@ -267,3 +270,46 @@ async def test_a_commit_as_the_watch_starts_is_seen_at_once(
     with trio.fail_after(sqlite_watch.EVENTLESS_SECONDS / 2):
         async with counting_watch(tmp_path) as (_, looked):
             await looked.acquire()
+
+
+def refuse(error: int) -> Callable[..., Any]:
+    """What stands in for the making of an inotify instance or watch when the kernel has
+    none left: it fails with ``error``, as the kernel's call does."""
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(error, os.strerror(error))
+
+    return refused
+
+
+@pytest.mark.parametrize(
+    ("where", "error", "setting"),
+    [("INotify", errno.EMFILE, "max_user_instances"),
+     ("INotify.add_watch", errno.ENOSPC, "max_user_watches")],
+    ids=["no instance left", "no watch left"],
+)  # fmt: skip
+async def test_a_watch_without_file_events_polls_and_says_why_once(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    where: str,
+    error: int,
+    setting: str,
+) -> None:
+    """No inotify instance or watch left (the kernel's per-user limits, shared by every
+    process of the user): the watch polls, and the process logs once why, naming the
+    setting to raise. A second watch says nothing more."""
+    inotify_simple = pytest.importorskip("inotify_simple")
+    owner, _, name = where.rpartition(".")
+    monkeypatch.setattr(getattr(inotify_simple, owner) if owner else inotify_simple, name,
+                        refuse(error))  # fmt: skip
+    monkeypatch.setattr(sqlite_watch, "_LOGGED", set())
+    caplog.set_level(logging.WARNING, logger="trioforge.storage")
+    with trio.fail_after(5):
+        for _ in range(2):
+            async with counting_watch(tmp_path) as (backend, looked):
+                await commit(backend)
+                await looked.acquire()
+    [record] = caplog.records
+    assert setting in record.getMessage()
+    assert "polls the file" in record.getMessage()

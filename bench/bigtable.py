@@ -16,14 +16,15 @@ once and drained on 64 slots, then ``--trickle`` more enqueued a few at a time: 
 job (this process plus its PostgreSQL backends, ``bench/cpu.py``) and the claim's
 ``EXPLAIN (ANALYZE, BUFFERS)`` with a backlog and with nothing due.
 
-This server's autovacuum setting is printed first: with it off (a test server), nothing
-vacuums the table during the drain unless ``--vacuum-every`` N makes the bench run
-``VACUUM trioforge_jobs`` after every N jobs, as autovacuum would at that threshold. The
-jobs table gets the storage parameters docs/pgbouncer.md recommends (``TABLE_SETTINGS``):
-autovacuum acts on them where it runs, and ``VACUUM`` reads ``vacuum_index_cleanup`` (without
-it, a VACUUM finding dead rows on under 2% of the table's pages leaves the indexes alone,
-claims' dead entries included). ``--vacuum-every 10000`` is what those settings trigger:
-a job leaves two dead rows by its end, and they say every 20,000.
+This server's autovacuum setting is printed first. The jobs table gets the storage
+parameters docs/pgbouncer.md recommends (``TABLE_SETTINGS``): autovacuum acts on them where
+it runs, and ``VACUUM`` reads ``vacuum_index_cleanup`` (without it, a VACUUM finding dead
+rows on under 2% of the table's pages leaves the indexes alone, claims' dead entries
+included). With autovacuum off (a test server) nothing would vacuum the table during the
+drain, so the bench runs ``VACUUM trioforge_jobs`` after every ``--vacuum-every`` N jobs
+itself, by default every 10,000: what those settings trigger (a job leaves two dead rows
+by its end, and they say every 20,000). ``--vacuum-every 0``: no VACUUM, the worst case
+(dead index entries pile up in front of every claim).
 
 Figures are printed, never asserted.
 """
@@ -147,6 +148,9 @@ TABLE_SETTINGS = (
     "autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000, "
     "vacuum_index_cleanup = on"
 )
+#: Where no autovacuum runs, the bench VACUUMs after this many jobs: what those settings
+#: trigger (each job leaves two dead rows by its end; the threshold is 20,000).
+RECOMMENDED_VACUUM_EVERY = 10_000
 
 #: The claim's parameter types, for a prepared statement of it.
 CLAIM_TYPES = "text, float8, text[], bigint, text, float8, text[], text"
@@ -410,7 +414,10 @@ def main() -> None:
     parser.add_argument("--finished", type=int, default=1_000_000)
     parser.add_argument("--window", type=int, default=20_000)
     parser.add_argument("--poll-interval", type=float, default=1.0)
-    parser.add_argument("--vacuum-every", type=int, default=0, metavar="N")
+    parser.add_argument(
+        "--vacuum-every", type=int, default=None, metavar="N",
+        help="VACUUM after every N jobs (default: 10000 where autovacuum is off, else 0)",
+    )  # fmt: skip
     parser.add_argument("--future", type=int, default=1_000_000)
     parser.add_argument("--drain", type=int, default=20_000)
     parser.add_argument("--trickle", type=int, default=2000)
@@ -432,8 +439,12 @@ def main() -> None:
                 )
             finally:
                 await sql.close()
+            if args.vacuum_every is None:  # what the recommended settings would trigger
+                autovacuum = {r[0]: r[1] for r in settings}.get("autovacuum") == "on"
+                args.vacuum_every = 0 if autovacuum else RECOMMENDED_VACUUM_EVERY
+            vacuums = f"every {args.vacuum_every:,} jobs" if args.vacuum_every else "none"
             say(f"server: {', '.join(f'{r[0]}={r[1]}' for r in settings)}; "
-                f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
+                f"load {os.getloadavg()[0]:.1f}; the bench's VACUUM: {vacuums}")  # fmt: skip
             if "drain" in args.parts:
                 await big_drain(args, (await fresh())[0])
             if "future" in args.parts:

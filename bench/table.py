@@ -3,7 +3,8 @@
 Rows: the SQLite drain beside huey's SQLite backend; the PostgreSQL drain beside PgQueuer;
 cross-process enqueue -> start latency beside PgQueuer's; CPU per job (enqueue + drain,
 every process that works for it, bench/cpu.py); 1, 3 and 6 worker processes on PostgreSQL
-beside PgQueuer's (each side's driver enqueues while they drain); the CPU per job of a
+beside PgQueuer's (each side's driver enqueues while they drain), with no-op jobs and
+(``io-processes``) with jobs that wait ``--io-seconds`` (20 ms); the CPU per job of a
 trickle (one job every 10 ms) with as many idle worker processes, beside PgQueuer's;
 workflow steps/s on PostgreSQL; 50,000 I/O-bound jobs at once in one process (and 10,000,
 for the cost per job). Each pair runs in the same minute, the order alternating from one
@@ -34,7 +35,9 @@ from bench.databases import add_postgres_url, postgres_databases
 from bench.harness import Child, ChildFailed, add_deadline, bounded, leaves, pct, say
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS = ("sqlite", "postgres", "latency", "processes", "trickle", "workflows", "wide")
+ROWS = (
+    "sqlite", "postgres", "latency", "processes", "io-processes", "trickle", "workflows", "wide"
+)  # fmt: skip
 
 
 @dataclass
@@ -119,11 +122,12 @@ async def pairs(
     peer: Callable[[], Awaitable[dict[str, Any]]] | None,
     table: Table,
     cpu_row: str | None = None,
+    kind: str = "no-op jobs",
 ) -> dict[str, Side]:
     """``count`` same-minute pairs, alternating which side runs first."""
     sides = {"trioforge": Side("trioforge"), peer_name: Side(peer_name)}
     runners = {"trioforge": trioforge, **({peer_name: peer} if peer else {})}
-    say(f"\n{row}: {jobs:,} no-op jobs with attrs payloads, 64 slots a process")
+    say(f"\n{row}: {jobs:,} {kind} with attrs payloads, 64 slots a process")
     for i in range(count):
         order = list(runners) if i % 2 == 0 else list(reversed(runners))
         cells = []
@@ -266,13 +270,18 @@ async def run_once(command: list[str], name: str) -> dict[str, Any]:
     return figures
 
 
-async def processes_row(args: argparse.Namespace, python: Path | None, table: Table) -> None:
+async def processes_row(
+    args: argparse.Namespace, python: Path | None, table: Table, job_seconds: float = 0.0
+) -> None:
     """1, 3 and 6 (``--processes``) worker processes, each side's driver enqueueing while they
-    drain."""
+    drain; with ``job_seconds``, jobs that wait that long (I/O-bound: the slots are the
+    bound, not the CPU, so more processes can drain faster on this machine too)."""
     rates: dict[str, dict[int, list[float]]] = {"trioforge": {}, "PgQueuer": {}}
+    jobs = f"jobs of {job_seconds * 1000:g} ms" if job_seconds else "no-op jobs"
     async with postgres_databases(args.postgres_url) as fresh:
         for count in args.processes:
             more = ["--jobs", str(args.jobs), "--processes", str(count)]
+            more += ["--job-seconds", str(job_seconds)] if job_seconds else []
 
             async def trioforge(more: list[str] = more) -> dict[str, Any]:
                 url, name = await fresh()
@@ -285,9 +294,10 @@ async def processes_row(args: argparse.Namespace, python: Path | None, table: Ta
                 return await drive([*command, *more], "PgQueuer", name)
 
             row = f"PostgreSQL, {count} worker process(es) of 64 slots, enqueue + drain"
+            row += f", {jobs}" if job_seconds else ""
             sides = await pairs(
                 row, args.pairs, args.jobs, trioforge, "PgQueuer", pgqueuer if python else None,
-                table,
+                table, kind=jobs,
             )  # fmt: skip
             for name, side in sides.items():
                 rates[name][count] = side.rates
@@ -295,7 +305,7 @@ async def processes_row(args: argparse.Namespace, python: Path | None, table: Ta
         for count in args.processes:
             if count > 1 and found.get(count) and found.get(1):
                 scaling = spread(ratios(found[count], found[1]), "{:.2f}x")
-                table.add(f"{count} worker processes vs 1 (PostgreSQL), {name}", scaling)
+                table.add(f"{count} worker processes vs 1 (PostgreSQL, {jobs}), {name}", scaling)
 
 
 async def trickle_row(args: argparse.Namespace, python: Path | None, table: Table) -> None:
@@ -378,13 +388,14 @@ async def wide_row(args: argparse.Namespace, table: Table) -> None:
 async def main(args: argparse.Namespace) -> None:
     table = Table()
     try:
-        needs_peers = {"sqlite", "postgres", "latency", "processes", "trickle"} & set(args.rows)
-        python = await install_peers() if needs_peers else None
+        needs_peers = {"sqlite", "postgres", "latency", "processes", "io-processes", "trickle"}
+        python = await install_peers() if needs_peers & set(args.rows) else None
         steps: dict[str, Callable[[], Awaitable[None]]] = {
             "sqlite": lambda: sqlite_row(args, python, table),
             "postgres": lambda: postgres_row(args, python, table),
             "latency": lambda: latency_row(args, python, table),
             "processes": lambda: processes_row(args, python, table),
+            "io-processes": lambda: processes_row(args, python, table, args.io_seconds),
             "trickle": lambda: trickle_row(args, python, table),
             "workflows": lambda: workflows_row(args, table),
             "wide": lambda: wide_row(args, table),
@@ -415,6 +426,9 @@ def parse() -> argparse.Namespace:
     )
     parser.add_argument("--sleep", type=float, default=2.0, help="each I/O-bound job's sleep")
     parser.add_argument(
+        "--io-seconds", type=float, default=0.02, help="each job's wait in the io-processes row"
+    )
+    parser.add_argument(
         "--processes", type=int, nargs="+", default=[1, 3, 6], help="worker process counts (1 3 6)"
     )
     parser.add_argument(
@@ -425,7 +439,7 @@ def parse() -> argparse.Namespace:
     )
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     add_postgres_url(parser)
-    add_deadline(parser, 600)
+    add_deadline(parser, 900)
     args = parser.parse_args()
     sizes = {
         "jobs": (20_000, 2_000), "pairs": (3, 1), "samples": (200, 30), "runs": (1000, 100),

@@ -14,7 +14,9 @@ per generation and their time. ``--worker-heap`` first settles the heap as ``tri
 worker`` does once ready (collect, freeze, its collector thresholds).
 
 ``drain --processes N``: N ``trioforge worker`` processes drain while this one enqueues;
-with ``--gap S``, one job at a time, every S seconds (a trickle: what idle processes cost).
+with ``--gap S``, one job at a time, every S seconds (a trickle: what idle processes cost);
+with ``--job-seconds S``, each job sleeps S seconds (I/O-bound: what more processes buy
+when the jobs, not the CPU, are the bound).
 """
 
 from __future__ import annotations
@@ -69,6 +71,12 @@ async def order(ctx: trioforge.JobContext, payload: Payload) -> None:
     COUNT.one()
 
 
+@registry.job("bench:wait", queue="bench")
+async def wait(ctx: trioforge.JobContext, payload: Payload) -> None:
+    """The no-op job's payload and queue, for a job that waits ``amount`` seconds (I/O)."""
+    await trio.sleep(payload.amount)
+
+
 @registry.job("bench:io", queue="wide")
 async def io_bound(ctx: trioforge.JobContext, seconds: float) -> None:
     COUNT.running += 1
@@ -108,10 +116,14 @@ async def drain(url: str, jobs: int, slots: int) -> None:
             await trio.to_thread.run_sync(sys.stdin.read)
 
 
-async def drain_processes(url: str, jobs: int, slots: int, processes: int, gap: float) -> None:
+async def drain_processes(
+    url: str, jobs: int, slots: int, processes: int, gap: float, job_seconds: float
+) -> None:
     """``processes`` worker processes (``trioforge worker``), ready before "ready"; the clock
     runs from the first enqueue to the last completion (counts polled every 20 ms). Jobs go
-    by 5,000, or one every ``gap`` seconds if it is set."""
+    by 5,000, or one every ``gap`` seconds if it is set; each waits ``job_seconds`` (0: a
+    no-op)."""
+    job = wait if job_seconds else order
     async with trioforge.open_client(url):
         pass  # creates the schema before the workers and the measured part
     command = [
@@ -130,12 +142,12 @@ async def drain_processes(url: str, jobs: int, slots: int, processes: int, gap: 
                 t0 = time.perf_counter()
                 for start in range(0, jobs, 1 if gap else 5000):
                     batch = range(start, min(jobs, start + 5000))
-                    payloads = [Payload(n, f"customer-{n}", n * 0.25) for n in batch]
+                    payloads = [Payload(n, f"customer-{n}", job_seconds or n * 0.25) for n in batch]
                     if gap:
-                        await client.enqueue(order, payloads[0])
+                        await client.enqueue(job, payloads[0])
                         await trio.sleep(gap)
                     else:
-                        await client.enqueue_many(order, payloads)
+                        await client.enqueue_many(job, payloads)
                 t1 = time.perf_counter()
                 while (await client.stats()).count("completed", queue="bench") < jobs:
                     await trio.sleep(0.02)
@@ -207,11 +219,17 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=0, help="drain by worker processes")
     parser.add_argument("--gap", type=float, default=0.0, help="with --processes: a trickle")
     parser.add_argument(
+        "--job-seconds", type=float, default=0.0, help="with --processes: each job's wait"
+    )
+    parser.add_argument(
         "--worker-heap", action="store_true", help="wide: settle the heap as the worker does"
     )
     args = parser.parse_args()
     if args.mode == "drain" and args.processes:
-        trio.run(drain_processes, args.database, args.jobs, args.slots, args.processes, args.gap)
+        trio.run(
+            drain_processes, args.database, args.jobs, args.slots, args.processes, args.gap,
+            args.job_seconds,
+        )  # fmt: skip
     elif args.mode == "drain":
         trio.run(drain, args.database, args.jobs, args.slots)
     else:

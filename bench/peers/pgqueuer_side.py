@@ -9,7 +9,8 @@ batch size. Each job carries an attrs payload as JSON bytes, as trioforge's side
 ``drain``: prints ``{"ready": true}`` once set up, starts on a line on stdin, prints one
 JSON line of figures, then waits for stdin to close; with ``--processes N``, N worker
 processes drain while this one enqueues (with ``--trickle``, one job every ``--gap``
-seconds). ``latency``: a worker process (this
+seconds; with ``--job-seconds S``, each job waits S seconds after reading its payload).
+``latency``: a worker process (this
 script, ``worker``: PgQueuer's default batch size, no cap) prints each job's start time;
 jobs are enqueued one every ``--gap`` seconds and the enqueue -> start times are printed as
 one JSON line.
@@ -100,7 +101,8 @@ async def drain_processes(args: argparse.Namespace) -> None:
     await setup.close()
     producer = await asyncpg.connect(args.dsn)
     queries = Queries(AsyncpgDriver(producer))
-    command = [__file__, "drain-worker", "--dsn", args.dsn, "--slots", str(args.slots)]
+    command = [__file__, "drain-worker", "--dsn", args.dsn, "--slots", str(args.slots),
+               "--job-seconds", str(args.job_seconds)]  # fmt: skip
     children = []
     try:
         for _ in range(args.processes):
@@ -141,6 +143,8 @@ async def drain_worker(args: argparse.Namespace) -> None:
     async def noop(job: Job) -> None:
         assert job.payload is not None
         Payload(**json.loads(job.payload))
+        if args.job_seconds:
+            await asyncio.sleep(args.job_seconds)
 
     qm.entrypoint("noop")(noop)
     print("connected", flush=True)
@@ -205,6 +209,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--gap", type=float, default=0.01)
     parser.add_argument("--processes", type=int, default=0, help="drain by worker processes")
+    parser.add_argument(
+        "--job-seconds", type=float, default=0.0, help="with --processes: each job's wait"
+    )
     parser.add_argument(
         "--trickle", action="store_true", help="with --processes: one job every --gap seconds"
     )

@@ -277,7 +277,7 @@ async def processes_row(
     drain; with ``job_seconds``, jobs that wait that long (I/O-bound: the slots are the
     bound, not the CPU, so more processes can drain faster on this machine too)."""
     rates: dict[str, dict[int, list[float]]] = {"trioforge": {}, "PgQueuer": {}}
-    jobs = f"jobs of {job_seconds * 1000:g} ms" if job_seconds else "no-op jobs"
+    kind = f"jobs of {job_seconds * 1000:g} ms" if job_seconds else "no-op jobs"
     async with postgres_databases(args.postgres_url) as fresh:
         for count in args.processes:
             more = ["--jobs", str(args.jobs), "--processes", str(count)]
@@ -294,10 +294,10 @@ async def processes_row(
                 return await drive([*command, *more], "PgQueuer", name)
 
             row = f"PostgreSQL, {count} worker process(es) of 64 slots, enqueue + drain"
-            row += f", {jobs}" if job_seconds else ""
+            row += f", {kind}" if job_seconds else ""
             sides = await pairs(
                 row, args.pairs, args.jobs, trioforge, "PgQueuer", pgqueuer if python else None,
-                table, kind=jobs,
+                table, kind=kind,
             )  # fmt: skip
             for name, side in sides.items():
                 rates[name][count] = side.rates
@@ -305,7 +305,7 @@ async def processes_row(
         for count in args.processes:
             if count > 1 and found.get(count) and found.get(1):
                 scaling = spread(ratios(found[count], found[1]), "{:.2f}x")
-                table.add(f"{count} worker processes vs 1 (PostgreSQL, {jobs}), {name}", scaling)
+                table.add(f"{count} worker processes vs 1 (PostgreSQL, {kind}), {name}", scaling)
 
 
 async def trickle_row(args: argparse.Namespace, python: Path | None, table: Table) -> None:

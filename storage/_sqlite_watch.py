@@ -144,49 +144,59 @@ def _log_events(path: Path) -> INotify | None:
         from inotify_simple import INotify, flags
     except ImportError:
         if sys.platform == "linux":  # a dependency on Linux: installed without it
-            _polling_instead("the inotify-simple package is not installed")
+            _polling_instead("package", "the inotify-simple package is not installed")
         return None
     try:
         events = INotify(nonblocking=True)
     except OSError as exc:
-        _polling_instead(_no_inotify(exc, "instances", str(path)))
+        _polling_instead(*_no_inotify(exc, "instances", None))
         return None
     try:
         events.add_watch(f"{path}-wal", flags.MODIFY)
     except OSError as exc:  # no watches left, or no log (the file is not in WAL mode)
         events.close()
-        _polling_instead(_no_inotify(exc, "watches", f"{path}-wal"))
+        _polling_instead(*_no_inotify(exc, "watches", f"{path}-wal"))
         return None
     return events
 
 
 #: The causes already logged by :func:`_polling_instead` (each once per process).
-_LOGGED: set[str] = set()
+_LOGGED: set[object] = set()
 
 
-def _no_inotify(exc: OSError, kind: str, watched: str) -> str:
-    """Why an inotify instance or watch (``kind``) could not be had for ``watched``, and
-    what fixes it."""
-    if exc.errno in (errno.EMFILE, errno.ENOSPC):
-        return (
+def _no_inotify(exc: OSError, kind: str, watched: str | None) -> tuple[object, str]:
+    """Why an inotify instance or watch (``kind``) could not be had (for ``watched``,
+    None for an instance), and what fixes it; with the cause's key (kind and errno: one
+    line per cause, whichever database file met it)."""
+    key = (kind, exc.errno)
+    if exc.errno == errno.EMFILE:
+        return key, (
+            f"no inotify {kind} left ({exc.strerror}): raise the kernel's "
+            f"fs.inotify.max_user_{kind} (sysctl; shared by every process of the user), or "
+            "this process's open-file limit (ulimit -n) if that is what ran out"
+        )
+    if exc.errno == errno.ENOSPC:
+        return key, (
             f"no inotify {kind} left for this user ({exc.strerror}): raise the kernel's "
             f"fs.inotify.max_user_{kind} (sysctl), or run fewer processes on this host"
         )
-    if exc.errno == errno.ENOENT:
-        return f"{watched!r} does not exist (the database is not in WAL mode)"
-    return f"inotify refused {watched!r} ({exc.strerror or exc})"
+    if exc.errno == errno.ENOENT and watched is not None:
+        return key, f"{watched!r} does not exist (the database is not in WAL mode)"
+    return key, f"no inotify {kind[:-1]} ({exc.strerror or exc})"
 
 
-def _polling_instead(cause: str) -> None:
-    if cause in _LOGGED:
+def _polling_instead(key: object, text: str) -> None:
+    """Log why the watch polls, once per cause and process: every SQLite file and every
+    reconnect would otherwise repeat it."""
+    if key in _LOGGED:
         return
-    _LOGGED.add(cause)
+    _LOGGED.add(key)
     log.warning(
         "SQLite's change watch gets no file events: %s. It polls the file instead (every "
         "change_poll_interval, 5 ms by default, %d times less often when quiet), which "
         "costs an idle process several times the CPU and each wake-up from another "
         "process a few milliseconds more",
-        cause, QUIET_FACTOR,
+        text, QUIET_FACTOR,
     )  # fmt: skip
 
 

@@ -298,7 +298,7 @@ async def test_a_watch_without_file_events_polls_and_says_why_once(
 ) -> None:
     """No inotify instance or watch left (the kernel's per-user limits, shared by every
     process of the user): the watch polls, and the process logs once why, naming the
-    setting to raise. A second watch says nothing more."""
+    setting to raise. A second watch, of another file, says nothing more."""
     inotify_simple = pytest.importorskip("inotify_simple")
     owner, _, name = where.rpartition(".")
     monkeypatch.setattr(getattr(inotify_simple, owner) if owner else inotify_simple, name,
@@ -306,8 +306,9 @@ async def test_a_watch_without_file_events_polls_and_says_why_once(
     monkeypatch.setattr(sqlite_watch, "_LOGGED", set())
     caplog.set_level(logging.WARNING, logger="trioforge.storage")
     with trio.fail_after(5):
-        for _ in range(2):
-            async with counting_watch(tmp_path) as (backend, looked):
+        for folder in ("one", "another"):  # two database files: still one line
+            (tmp_path / folder).mkdir()
+            async with counting_watch(tmp_path / folder) as (backend, looked):
                 await commit(backend)
                 await looked.acquire()
     [record] = caplog.records

@@ -169,16 +169,13 @@ def _no_inotify(exc: OSError, kind: str, watched: str | None) -> tuple[object, s
     None for an instance), and what fixes it; with the cause's key (kind and errno: one
     line per cause, whichever database file met it)."""
     key = (kind, exc.errno)
-    if exc.errno == errno.EMFILE:
+    if exc.errno in (errno.EMFILE, errno.ENOSPC):
+        # EMFILE is also what a process out of file descriptors gets from inotify_init.
+        fds = ", or this process's open-file limit (ulimit -n)" if exc.errno == errno.EMFILE else ""
         return key, (
             f"no inotify {kind} left ({exc.strerror}): raise the kernel's "
-            f"fs.inotify.max_user_{kind} (sysctl; shared by every process of the user), or "
-            "this process's open-file limit (ulimit -n) if that is what ran out"
-        )
-    if exc.errno == errno.ENOSPC:
-        return key, (
-            f"no inotify {kind} left for this user ({exc.strerror}): raise the kernel's "
-            f"fs.inotify.max_user_{kind} (sysctl), or run fewer processes on this host"
+            f"fs.inotify.max_user_{kind} (sysctl; shared by every process of the user){fds}, "
+            "or run fewer processes on this host"
         )
     if exc.errno == errno.ENOENT and watched is not None:
         return key, f"{watched!r} does not exist (the database is not in WAL mode)"

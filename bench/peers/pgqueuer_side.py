@@ -39,8 +39,9 @@ class Payload:
     amount: float
 
 
-def encode(n: int) -> bytes:
-    return json.dumps(attrs.asdict(Payload(n, f"customer-{n}", n * 0.25))).encode()
+def encode(n: int, amount: float = 0.0) -> bytes:
+    """Job ``n``'s payload, as trioforge's side makes it (``amount``: a job's wait, if any)."""
+    return json.dumps(attrs.asdict(Payload(n, f"customer-{n}", amount or n * 0.25))).encode()
 
 
 def emit(figures: dict[str, Any]) -> None:
@@ -118,11 +119,12 @@ async def drain_processes(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         if args.trickle:
             for n in range(args.jobs):
-                await queries.enqueue("noop", encode(n))
+                await queries.enqueue("noop", encode(n, args.job_seconds))
                 await asyncio.sleep(args.gap)
         for start in range(0, 0 if args.trickle else args.jobs, 5000):
             batch = range(start, min(args.jobs, start + 5000))
-            entrypoints, payloads = ["noop"] * len(batch), [encode(n) for n in batch]
+            entrypoints = ["noop"] * len(batch)
+            payloads = [encode(n, args.job_seconds) for n in batch]
             await queries.enqueue(entrypoints, payloads, [0] * len(batch))
         t1 = time.perf_counter()
         while sum(row.count for row in await queries.queue_size()):
